@@ -1,0 +1,213 @@
+// sm90_fp8_gemm_blockscaled: D(m, n) = A(m, k) * B(n, k)^T with FP8 operands and FP32 block scales.
+//
+// Recipes: A scales per (row, 128-K block); B scales per (128-column block, 128-K block) when
+// kScaleGranN == 128 (DeepSeek-V3's 1x128 / 128x128), or per (column, 128-K block) when 1.
+// Scale tensors are read with run-time strides, so K-major and MN-major layouts share a binary.
+//
+// Warp roles: warpgroup 0 produces (one thread issues TMA loads of A and B into a ring of
+// kNumStages swizzled stages), warpgroups 1..kNumMathWG consume (each owns 64 rows of the tile,
+// issues 4 x wgmma k32 per 128-K block into a scratch accumulator, then promotes it into the
+// main accumulator with the block scales on the CUDA cores). Persistent grid over the tiles.
+#pragma once
+#include "common/epilogue.cuh"
+#include "common/pipeline.cuh"
+#include "common/ptx.cuh"
+#include "common/scheduler.cuh"
+#include "common/wgmma.cuh"
+
+namespace mategemm {
+
+constexpr int kBlockK = 128;  // one scale block of K; one 128-byte swizzled row of FP8
+
+__host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : const_gcd(b, a % b); }
+
+template <int BLOCK_M, int BLOCK_N, int kNumStages, int kOutSwizzle>
+struct Fp8GemmSmemLayout {
+  static constexpr int kOutBytes = BLOCK_M * BLOCK_N * 2;
+  static constexpr int kABytes = BLOCK_M * kBlockK;
+  static constexpr int kBBytes = BLOCK_N * kBlockK;
+  static constexpr int kOffA = kOutBytes;
+  static constexpr int kOffB = kOffA + kNumStages * kABytes;
+  static constexpr int kOffBarriers = kOffB + kNumStages * kBBytes;
+  // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
+  static constexpr int kTotalBytes = kOffBarriers + 2 * kNumStages * 8 + 1024;
+  static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
+                "swizzled tiles must stay 1024-byte aligned");
+};
+
+template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kTypeA, int kTypeB, int kOutType,
+          int kOutSwizzle>
+__global__ void __launch_bounds__((BLOCK_M / 64 + 1) * 128, 1)
+sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
+                          const __grid_constant__ TmaDesc tmap_d,
+                          const float* __restrict__ sfa, int sfa_stride_m, int sfa_stride_k,
+                          const float* __restrict__ sfb, int sfb_stride_n, int sfb_stride_k,
+                          int m, int n, int k, int group_n) {
+  constexpr int kNumMathWG = BLOCK_M / 64;
+  constexpr int kMathThreads = kNumMathWG * 128;
+  constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
+  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kOutSwizzle>;
+  static_assert(BLOCK_M == 64 || BLOCK_M == 128, "BLOCK_M is 64 or 128");
+  static_assert(BLOCK_N % 8 == 0 && BLOCK_N >= 8 && BLOCK_N <= 256, "BLOCK_N is a multiple of 8 in [8, 256]");
+  static_assert(BLOCK_N % (kOutSwizzle / 2) == 0, "output swizzle chunk must divide BLOCK_N");
+  // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
+  // aligned start n0 = j * BLOCK_N): BLOCK_N <= 128 + gcd(BLOCK_N, 128).
+  static_assert(kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
+                "BLOCK_N would straddle three B scale blocks");
+
+  extern __shared__ __align__(1024) u8 smem_raw[];
+  u8* smem = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
+  u8* smem_out = smem;
+  u8* smem_a = smem + Layout::kOffA;
+  u8* smem_b = smem + Layout::kOffB;
+  u64* full_bar = reinterpret_cast<u64*>(smem + Layout::kOffBarriers);
+  u64* empty_bar = full_bar + kNumStages;
+
+  const int warpgroup = warp_uniform(threadIdx.x / 128);
+  const int num_k_blocks = k / kBlockK;
+
+  // ---- set-up: barriers and descriptor prefetch ----
+  if (threadIdx.x == 0) {
+    tma_prefetch_desc(&tmap_a);
+    tma_prefetch_desc(&tmap_b);
+    tma_prefetch_desc(&tmap_d);
+    #pragma unroll
+    for (int s = 0; s < kNumStages; ++s) {
+      mbar_init(&full_bar[s], 1);
+      mbar_init(&empty_bar[s], kNumMathWG * 4);  // lane 0 of every math warp
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  TileScheduler scheduler(m, n, BLOCK_M, BLOCK_N, group_n);
+  PipelineState<kNumStages> pipe;
+  int m_block, n_block;
+
+  if (warpgroup == 0) {
+    // ---- producer: one thread streams A and B tiles through the ring ----
+    if constexpr (kNumMathWG > 1) setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      while (scheduler.next(m_block, n_block)) {
+        for (int kb = 0; kb < num_k_blocks; ++kb) {
+          mbar_wait(&empty_bar[pipe.stage], pipe.phase ^ 1);
+          mbar_arrive_expect_tx(&full_bar[pipe.stage], Layout::kABytes + Layout::kBBytes);
+          tma_load_2d(smem_a + pipe.stage * Layout::kABytes, &tmap_a, &full_bar[pipe.stage], kb * kBlockK,
+                      m_block * BLOCK_M);
+          tma_load_2d(smem_b + pipe.stage * Layout::kBBytes, &tmap_b, &full_bar[pipe.stage], kb * kBlockK,
+                      n_block * BLOCK_N);
+          pipe.advance();
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers: wgmma per 128-K block, promotion with the block scales, epilogue ----
+  if constexpr (kNumMathWG > 1) setmaxnreg_inc<232>();
+  const int math_wg = warpgroup - 1;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  const bool wg_leader = (threadIdx.x % 128) == 0;
+  const u32 smem_out_addr = smem_addr(smem_out);
+
+  float acc[kAcc];
+  float part[kAcc];
+
+  while (scheduler.next(m_block, n_block)) {
+    const int m0 = m_block * BLOCK_M;
+    const int n0 = n_block * BLOCK_N;
+
+    // Rows this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16), clamped so
+    // scale reads stay in bounds on the last M tile; those rows are never stored.
+    const int row = m0 + math_wg * 64 + warp * 16 + lane / 4;
+    const float* sfa_row0 = sfa + static_cast<i64>(min(row, m - 1)) * sfa_stride_m;
+    const float* sfa_row1 = sfa + static_cast<i64>(min(row + 8, m - 1)) * sfa_stride_m;
+
+    // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
+    // n0 / 128, the rest the next block.
+    const int num_n_scale_blocks = ceil_div(n, 128);
+    const int first_chunks = (128 - n0 % 128) / 8;
+    const float* sfb_blk0 = sfb + static_cast<i64>(n0 / 128) * sfb_stride_n;
+    const float* sfb_blk1 = sfb + static_cast<i64>(min(n0 / 128 + 1, num_n_scale_blocks - 1)) * sfb_stride_n;
+
+    #pragma unroll
+    for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+
+    for (int kb = 0; kb < num_k_blocks; ++kb) {
+      // Scale loads first: their latency hides behind the barrier wait and the wgmma.
+      const float sa0 = ldg_nc(sfa_row0 + kb * sfa_stride_k);
+      const float sa1 = ldg_nc(sfa_row1 + kb * sfa_stride_k);
+      float sb0 = 0.0f, sb1 = 0.0f;
+      if constexpr (kScaleGranN == 128) {
+        sb0 = ldg_nc(sfb_blk0 + kb * sfb_stride_k);
+        sb1 = ldg_nc(sfb_blk1 + kb * sfb_stride_k);
+      }
+
+      mbar_wait(&full_bar[pipe.stage], pipe.phase);
+      const u8* a_tile = smem_a + pipe.stage * Layout::kABytes + math_wg * 64 * kBlockK;
+      const u8* b_tile = smem_b + pipe.stage * Layout::kBBytes;
+      const u64 desc_a = smem_desc_k128_sw128(a_tile);
+      const u64 desc_b = smem_desc_k128_sw128(b_tile);
+
+      #pragma unroll
+      for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
+      wgmma_fence();
+      #pragma unroll
+      for (int kk = 0; kk < kBlockK / 32; ++kk) {
+        // Advancing the start address by 32 B walks K inside the 128-byte swizzled row.
+        WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(part, desc_a + kk * 2, desc_b + kk * 2, kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      #pragma unroll
+      for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
+
+      // The stage's shared memory is no longer read: hand it back to the producer.
+      if (lane == 0) mbar_arrive(&empty_bar[pipe.stage]);
+      pipe.advance();
+
+      // Promotion: acc += part * sa(row) * sb(column block) on the CUDA cores, in FP32.
+      #pragma unroll
+      for (int c = 0; c < BLOCK_N / 8; ++c) {
+        if constexpr (kScaleGranN == 128) {
+          const float sb = c < first_chunks ? sb0 : sb1;
+          const float s0 = sa0 * sb, s1 = sa1 * sb;
+          acc[c * 4 + 0] = fmaf(part[c * 4 + 0], s0, acc[c * 4 + 0]);
+          acc[c * 4 + 1] = fmaf(part[c * 4 + 1], s0, acc[c * 4 + 1]);
+          acc[c * 4 + 2] = fmaf(part[c * 4 + 2], s1, acc[c * 4 + 2]);
+          acc[c * 4 + 3] = fmaf(part[c * 4 + 3], s1, acc[c * 4 + 3]);
+        } else {
+          const int col = n0 + c * 8 + (lane % 4) * 2;
+          const float sb_lo = ldg_nc(sfb + static_cast<i64>(min(col, n - 1)) * sfb_stride_n + kb * sfb_stride_k);
+          const float sb_hi = ldg_nc(sfb + static_cast<i64>(min(col + 1, n - 1)) * sfb_stride_n + kb * sfb_stride_k);
+          acc[c * 4 + 0] = fmaf(part[c * 4 + 0], sa0 * sb_lo, acc[c * 4 + 0]);
+          acc[c * 4 + 1] = fmaf(part[c * 4 + 1], sa0 * sb_hi, acc[c * 4 + 1]);
+          acc[c * 4 + 2] = fmaf(part[c * 4 + 2], sa1 * sb_lo, acc[c * 4 + 2]);
+          acc[c * 4 + 3] = fmaf(part[c * 4 + 3], sa1 * sb_hi, acc[c * 4 + 3]);
+        }
+      }
+    }
+
+    // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----
+    const int barrier_id = 1 + math_wg;
+    if (wg_leader) tma_store_wait_read();  // the previous tile's store has left shared memory
+    named_barrier_sync(barrier_id, 128);
+    store_accum_to_smem<BLOCK_M, BLOCK_N, kOutSwizzle, kOutType>(acc, smem_out_addr, math_wg * 64);
+    fence_proxy_async_smem();
+    named_barrier_sync(barrier_id, 128);
+    if (wg_leader && m0 + math_wg * 64 < m) {
+      constexpr int kChunkCols = kOutSwizzle / 2;
+      #pragma unroll
+      for (int chunk = 0; chunk < BLOCK_N / kChunkCols; ++chunk) {
+        tma_store_2d(&tmap_d, smem_out + chunk * BLOCK_M * kOutSwizzle + math_wg * 64 * kOutSwizzle,
+                     n0 + chunk * kChunkCols, m0 + math_wg * 64);
+      }
+      tma_store_commit();
+    }
+  }
+  if (wg_leader) tma_store_wait_all();
+  (void)kMathThreads;
+}
+
+}  // namespace mategemm

@@ -1,0 +1,78 @@
+"""Every MATEGEMM_* environment variable, declared once, typed, with its default.
+
+This module is the only reader of ``os.environ`` in mategemm. Values are read at each call of
+the accessor, so a test or a long-lived process can change them; the hot path reads only
+``force_config`` and ``num_mp``, two dictionary look-ups.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    default: str
+    doc: str
+    in_cache_key: bool
+
+
+KNOBS = (
+    Knob("MATEGEMM_CACHE_DIR", "", "Kernel cache directory (default: jit_cache/ in a source checkout, "
+         "else ~/.cache/mategemm).", False),
+    Knob("MATEGEMM_NUM_MP", "0", "Number of SMs the kernels may use; 0 means all.", False),
+    Knob("MATEGEMM_PRINT_CONFIGS", "0", "1 prints each chosen kernel config once.", False),
+    Knob("MATEGEMM_JIT_DEBUG", "0", "1 keeps generated sources, prints NVRTC options, times and "
+         "ptxas resource usage; adds -lineinfo.", True),
+    Knob("MATEGEMM_FORCE_CONFIG", "", "Override heuristic choices, e.g. "
+         "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8'.", False),
+)
+
+_BY_NAME = {knob.name: knob for knob in KNOBS}
+
+
+def _raw(name: str) -> str:
+    return os.environ.get(name, _BY_NAME[name].default)
+
+
+def _flag(name: str) -> bool:
+    return _raw(name).strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_dir() -> str:
+    """The configured cache directory, or '' to use the default location."""
+    return _raw("MATEGEMM_CACHE_DIR")
+
+
+def num_mp() -> int:
+    raw = _raw("MATEGEMM_NUM_MP").strip() or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"MATEGEMM_NUM_MP must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"MATEGEMM_NUM_MP must be >= 0, got {value}")
+    return value
+
+
+def print_configs() -> bool:
+    return _flag("MATEGEMM_PRINT_CONFIGS")
+
+
+def jit_debug() -> bool:
+    return _flag("MATEGEMM_JIT_DEBUG")
+
+
+def force_config() -> str:
+    """The raw override string; parsed by mategemm.heuristics.parse_force_config."""
+    return _raw("MATEGEMM_FORCE_CONFIG").strip()
+
+
+def home_dir() -> str:
+    return os.path.expanduser("~")
+
+
+def snapshot() -> dict[str, str]:
+    """Every knob with the value in force (for `mategemm info`)."""
+    return {knob.name: _raw(knob.name) for knob in KNOBS}

@@ -1,0 +1,41 @@
+"""Dense FP8 GEMM entry points (MATE's mate.gemm surface)."""
+from __future__ import annotations
+
+import torch
+
+from mategemm import env, heuristics, validate
+from mategemm.heuristics import fp8_gemm
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.runtime import device as rt_device
+
+
+def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                          scale_major_mode: str | None = None, mma_sm: int | None = None,
+                          scale_granularity_mnk: tuple[int, int, int] | None = None, out: torch.Tensor | None = None,
+                          out_dtype: torch.dtype | None = None, backend: str = "auto",
+                          output_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """out(m, n) = (a * a_scale) @ (b * b_scale)^T with FP8 operands and FP32 block scales.
+
+    a: (m, k) float8_e4m3fn or float8_e5m2, row-major; b: (n, k) likewise. k % 128 == 0, n % 8 == 0.
+    scale_granularity_mnk: (1, 128, 128) (default) or (1, 1, 128).
+    scale_major_mode "K" (default): a_scale (m, k/128), b_scale (ceil(n/128), k/128) or (n, k/128);
+    "MN": the transposes, (k/128, m) and (k/128, ceil(n/128)) or (k/128, n). fp32, any strides.
+    out: optional (m, n) bf16/fp16 tensor, written in place (its row stride may exceed n).
+    out_dtype: bf16 (default) or fp16 when out is None. mma_sm: None or 1.
+    Raises TypeError/ValueError naming the argument before any launch; NotImplementedError for
+    output_scale (FP8 output), which is not supported yet.
+    """
+    problem, sfa_strides, sfb_strides = validate.gemm_fp8_nt_groupwise(
+        a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype, backend,
+        output_scale)
+    if out is None:
+        out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=a.device)
+    if problem.m == 0:
+        return out
+    info = rt_device.device_info(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    config = fp8_gemm.choose(problem, info, rt_device.get_num_mp(info), env.force_config())
+    heuristics.report(kernel_fp8.KERNEL, problem, config)
+    with torch.cuda.device(info.index):
+        kernel = kernel_fp8.load(problem, config, info.arch, info.index)
+        kernel_fp8.run(kernel, problem, config, a, b, a_scale, sfa_strides, b_scale, sfb_strides, out)
+    return out

@@ -1,0 +1,41 @@
+"""Config choice per kernel family; MATEGEMM_FORCE_CONFIG overrides; PRINT_CONFIGS shows choices."""
+from __future__ import annotations
+
+import functools
+
+from mategemm import env
+
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n")
+_printed: set = set()
+
+
+@functools.lru_cache(maxsize=64)
+def parse_force_config(raw: str) -> dict[str, int]:
+    """'block_m=128,block_n=160,stages=5' -> {'block_m': 128, ...}; ValueError names bad parts."""
+    forced: dict[str, int] = {}
+    if not raw:
+        return forced
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in FORCE_KEYS:
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: bad entry {part!r}; expected key=value with key in {FORCE_KEYS}")
+        try:
+            forced[name] = int(value)
+        except ValueError:
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: {name} must be an integer, got {value.strip()!r}") from None
+    return forced
+
+
+def report(kind: str, problem, config) -> None:
+    """Print a config once per (kind, problem, config) when MATEGEMM_PRINT_CONFIGS=1."""
+    if not env.print_configs():
+        return
+    key = (kind, problem, config)
+    if key in _printed:
+        return
+    _printed.add(key)
+    print(f"[mategemm] {kind} {problem} -> {config}", flush=True)

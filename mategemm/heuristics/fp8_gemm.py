@@ -1,0 +1,109 @@
+"""Config choice for sm90_fp8_gemm_blockscaled (dense FP8 block-scaled GEMM)."""
+from __future__ import annotations
+
+import functools
+import math
+
+from mategemm.heuristics import parse_force_config, sm90
+from mategemm.runtime.device import DeviceInfo
+from mategemm.types import GemmConfig, GemmProblem
+
+BLOCK_MS = (64, 128)
+# NOTES: BLOCK_N is any multiple of 16 up to 160: 192 and 256 spill with the scratch
+# accumulator of the promotion scheme (168 regs at 160, ptxas, 2026-11-28). With the
+# (1,128,128) recipe a tile may straddle at most two 128-column scale blocks, which rules out
+# widths with BLOCK_N > 128 + gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
+MAX_BLOCK_N = 160
+
+
+def block_n_allowed(block_n: int, scale_gran_n: int) -> bool:
+    if block_n % 16 or not 16 <= block_n <= MAX_BLOCK_N:
+        return False
+    return scale_gran_n != 128 or block_n <= 128 + math.gcd(block_n, 128)
+
+
+BLOCK_NS = tuple(bn for bn in range(16, MAX_BLOCK_N + 1, 16))
+
+
+def out_swizzle(block_n: int) -> int:
+    """Widest TMA swizzle whose chunk (bytes / 2 bf16 columns) divides BLOCK_N."""
+    for swizzle in (128, 64, 32):
+        if block_n % (swizzle // 2) == 0:
+            return swizzle
+    raise ValueError(f"block_n must be a multiple of 16, got {block_n}")
+
+
+def smem_bytes(block_m: int, block_n: int, stages: int) -> int:
+    """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh."""
+    out = block_m * block_n * 2
+    per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8
+    return out + stages * per_stage + 2 * stages * 8 + sm90.SMEM_SLACK
+
+
+def max_stages(block_m: int, block_n: int, smem_limit: int) -> int:
+    stages = sm90.MAX_STAGES
+    while stages > sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages) > smem_limit:
+        stages -= 1
+    return stages
+
+
+def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int) -> float:
+    """Waves x per-tile time, with each tile bound by its MMA work or its operand traffic.
+
+    NOTES: one math warpgroup (BLOCK_M 64) cannot overlap its promotion with another's wgmma,
+    so its MMA rate is counted at ~70%; operand bytes come mostly from L2 once a wave shares
+    them, at the L2 rate split over the SMs in use.
+    """
+    num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n)
+    waves = math.ceil(num_tiles / num_mp)
+    mma_eff = 0.9 if block_m >= 128 else 0.7
+    mma_ns = 2.0 * block_m * block_n * problem.k / (sm90.FP8_FLOPS_PER_SM_PER_NS * mma_eff)
+    load_ns = (block_m + block_n) * problem.k / (sm90.L2_BYTES_PER_NS / min(num_mp, num_tiles))
+    epilogue_ns = block_m * block_n * 2 / (sm90.DRAM_BYTES_PER_NS / min(num_mp, num_tiles))
+    return waves * (max(mma_ns, load_ns) + epilogue_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
+    """Pick BLOCK_M, BLOCK_N, stages, SM count and raster group for `problem` on `device`."""
+    forced = parse_force_config(force)
+    gran_n = problem.recipe.gn
+    block_ms = (forced["block_m"],) if "block_m" in forced else BLOCK_MS
+    block_ns = (forced["block_n"],) if "block_n" in forced else BLOCK_NS
+    for bm in block_ms:
+        if bm not in BLOCK_MS:
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS}, got {bm}")
+    for bn in block_ns:
+        if not block_n_allowed(bn, gran_n):
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={bn} is not allowed for recipe "
+                             f"{problem.recipe.name} (multiples of 16 up to {MAX_BLOCK_N})")
+    if "num_mp" in forced:
+        num_mp = max(1, min(forced["num_mp"], device.num_sms))
+
+    best = None
+    for bm in block_ms:
+        if problem.m > 64 and bm < 128 and "block_m" not in forced:
+            continue  # NOTES: BLOCK_M 64 runs one math warpgroup: only worth it for m <= 64
+        for bn in block_ns:
+            if not block_n_allowed(bn, gran_n):
+                continue
+            cost = estimate_ns(problem, bm, bn, num_mp)
+            # Ties go to the wider tile (fewer B re-reads from L2, longer wgmma).
+            rank = (round(cost, 1), -bm * bn)
+            if best is None or rank < best[0]:
+                best = (rank, bm, bn)
+    _, block_m, block_n = best
+    stages = forced.get("stages") or max_stages(block_m, block_n, device.smem_per_block)
+    if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
+    smem = smem_bytes(block_m, block_n, stages)
+    if smem > device.smem_per_block:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of {block_m}x{block_n} need {smem} B of shared "
+                         f"memory; the device has {device.smem_per_block}")
+    num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n)
+    group_n = forced.get("group_n") or 16
+    if group_n < 1:
+        raise ValueError("MATEGEMM_FORCE_CONFIG: group_n must be >= 1")
+    return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
+                      num_mp=min(num_mp, num_tiles), group_n=group_n, out_swizzle=out_swizzle(block_n),
+                      smem_bytes=smem)

@@ -1,0 +1,1 @@
+"""One module per kernel family, named as its kernels_src/<name>.cuh."""

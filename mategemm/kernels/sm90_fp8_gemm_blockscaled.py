@@ -1,0 +1,54 @@
+"""Host side of kernels_src/sm90_fp8_gemm_blockscaled.cuh: stub, TMA descriptors, launch."""
+from __future__ import annotations
+
+import torch
+
+from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.runtime import launch as rt
+from mategemm.runtime.tma import encode_2d
+from mategemm.types import FP8_CODES, OUT_CODES, GemmConfig, GemmProblem
+
+KERNEL = "sm90_fp8_gemm_blockscaled"
+
+_loaded: dict[tuple, rt.LoadedKernel] = {}
+
+
+def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
+    """The specialisation for (problem's recipe and dtypes, config); M, N, K stay run-time."""
+    args = (config.block_m, config.block_n, config.stages, problem.recipe.gn, FP8_CODES[problem.a_dtype],
+            FP8_CODES[problem.b_dtype], OUT_CODES[problem.out_dtype], config.out_swizzle)
+    name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
+    source = f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n'
+    return KernelSpec(KERNEL, source, name_expr, arch)
+
+
+def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
+    """What selects the binary: everything in spec() plus the launch shape."""
+    return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
+            config.block_n, config.stages, config.out_swizzle)
+
+
+def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
+         cache: KernelCache | None = None) -> rt.LoadedKernel:
+    key = (device_index, arch) + binary_key(problem, config)
+    kernel = _loaded.get(key)
+    if kernel is None:
+        compiled = (cache or default_cache()).get(spec(problem, config, arch))
+        kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes)
+        _loaded[key] = kernel
+    return kernel
+
+
+def run(kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor, b: torch.Tensor,
+        sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor, sfb_strides: tuple[int, int],
+        out: torch.Tensor) -> None:
+    """Launch on torch's current stream. sf*_strides are (stride along M/N, stride along K-blocks)."""
+    tmap_a = encode_2d(a, config.block_k, config.block_m, 128)
+    tmap_b = encode_2d(b, config.block_k, config.block_n, 128)
+    tmap_d = encode_2d(out, config.out_swizzle // out.element_size(), 64, config.out_swizzle)
+    values = (tmap_a, tmap_b, tmap_d, sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(),
+              sfb_strides[0], sfb_strides[1], problem.m, problem.n, problem.k, config.group_n)
+    types = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
+             rt.INT)
+    stream = torch.cuda.current_stream(a.device).cuda_stream
+    kernel.launch(config.num_mp, stream, values, types)

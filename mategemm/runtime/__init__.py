@@ -1,0 +1,1 @@
+"""Driver-side runtime: device facts, TMA descriptors, module load and launch."""

@@ -1,0 +1,81 @@
+"""Facts about the target device: arch, SM count, shared-memory limit; and the MP (SM) budget."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from mategemm import env
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int           # CUDA device index, -1 for a named arch without a device
+    name: str
+    arch: str            # NVRTC target, e.g. sm_90a
+    num_sms: int
+    smem_per_block: int  # opt-in dynamic shared memory per block, bytes
+    l2_bytes: int
+
+
+# NOTES: H100 SXM and H200 both have 132 SMs, 227 KB (232,448 B) opt-in shared memory per block
+# and 50 MB of L2; used when compiling for sm_90a on a machine with no GPU.
+SM90_NO_DEVICE = DeviceInfo(-1, "sm_90a (no device)", "sm_90a", 132, 232448, 50 * 1024 * 1024)
+KNOWN_ARCHS = {"sm_90a": SM90_NO_DEVICE}
+
+_num_mp_override: int | None = None
+
+
+def arch_of(major: int, minor: int) -> str:
+    # wgmma and setmaxnreg exist only in the arch-specific target sm_90a.
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+
+
+@functools.lru_cache(maxsize=None)
+def device_info(index: int) -> DeviceInfo:
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or 232448
+    l2 = getattr(props, "L2_cache_size", 0) or 50 * 1024 * 1024
+    return DeviceInfo(index, props.name, arch_of(props.major, props.minor), props.multi_processor_count, smem, l2)
+
+
+def current_device_info() -> DeviceInfo:
+    import torch
+
+    return device_info(torch.cuda.current_device())
+
+
+def info_for_arch(arch: str) -> DeviceInfo:
+    """The device to plan for when compiling for `arch` (the real one if a GPU of that arch is present)."""
+    if arch not in KNOWN_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(KNOWN_ARCHS)}, got {arch!r}")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info = current_device_info()
+            if info.arch == arch:
+                return info
+    except Exception:  # noqa: BLE001 - no usable GPU: plan for the named arch
+        pass
+    return KNOWN_ARCHS[arch]
+
+
+def set_num_mp(num_mp: int | None) -> None:
+    """Limit every kernel to `num_mp` SMs (None restores MATEGEMM_NUM_MP / all SMs)."""
+    global _num_mp_override
+    if num_mp is not None:
+        if isinstance(num_mp, bool) or not isinstance(num_mp, int):
+            raise TypeError(f"num_mp must be an int or None, got {type(num_mp).__name__}")
+        if num_mp < 1:
+            raise ValueError(f"num_mp must be >= 1, got {num_mp}")
+    _num_mp_override = num_mp
+
+
+def get_num_mp(info: DeviceInfo | None = None) -> int:
+    """SMs the kernels may use: set_num_mp(), else MATEGEMM_NUM_MP, else all SMs of the device."""
+    if info is None:
+        info = current_device_info()
+    limit = _num_mp_override or env.num_mp() or info.num_sms
+    return min(limit, info.num_sms)

@@ -1,0 +1,53 @@
+"""Module load and cuLaunchKernelEx on torch's current stream."""
+from __future__ import annotations
+
+import ctypes
+
+from mategemm.jit.cache import CompiledKernel
+from mategemm.runtime.errors import check
+
+# Kernel argument types for cuLaunchKernelEx's (values, types) form; None passes a
+# cuda.bindings object (a CUtensorMap) as is.
+PTR = ctypes.c_void_p
+INT = ctypes.c_int
+TMAP = None
+
+
+class LoadedKernel:
+    """A kernel function loaded into the current context, ready to launch."""
+
+    def __init__(self, compiled: CompiledKernel, num_threads: int, smem_bytes: int, cluster: int = 1):
+        from cuda.bindings import driver
+
+        self.compiled = compiled
+        self.num_threads = num_threads
+        self.smem_bytes = smem_bytes
+        self.cluster = cluster
+        self.module = check(driver.cuModuleLoadData(compiled.cubin), "cuModuleLoadData")
+        self.function = check(driver.cuModuleGetFunction(self.module, compiled.lowered_name.encode()),
+                              "cuModuleGetFunction")
+        check(driver.cuFuncSetAttribute(
+            self.function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_bytes), "cuFuncSetAttribute")
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        attr.value.clusterDim.x = cluster
+        attr.value.clusterDim.y = 1
+        attr.value.clusterDim.z = 1
+        self._attrs = [attr]
+
+    def launch(self, grid: int, stream: int, values: tuple, types: tuple) -> None:
+        from cuda.bindings import driver
+
+        config = driver.CUlaunchConfig()
+        config.gridDimX = grid
+        config.gridDimY = 1
+        config.gridDimZ = 1
+        config.blockDimX = self.num_threads
+        config.blockDimY = 1
+        config.blockDimZ = 1
+        config.sharedMemBytes = self.smem_bytes
+        config.hStream = driver.CUstream(stream)
+        config.attrs = self._attrs
+        config.numAttrs = 1
+        check(driver.cuLaunchKernelEx(config, self.function, (values, types), 0), "cuLaunchKernelEx")

@@ -1,0 +1,39 @@
+"""TMA descriptors (cuTensorMapEncodeTiled) for 2-D row-major tensors."""
+from __future__ import annotations
+
+import torch
+
+from mategemm.runtime.errors import check
+
+_SWIZZLE = {0: "CU_TENSOR_MAP_SWIZZLE_NONE", 32: "CU_TENSOR_MAP_SWIZZLE_32B",
+            64: "CU_TENSOR_MAP_SWIZZLE_64B", 128: "CU_TENSOR_MAP_SWIZZLE_128B"}
+_DTYPE = {
+    torch.float8_e4m3fn: "CU_TENSOR_MAP_DATA_TYPE_UINT8",
+    torch.float8_e5m2: "CU_TENSOR_MAP_DATA_TYPE_UINT8",
+    torch.uint8: "CU_TENSOR_MAP_DATA_TYPE_UINT8",
+    torch.bfloat16: "CU_TENSOR_MAP_DATA_TYPE_BFLOAT16",
+    torch.float16: "CU_TENSOR_MAP_DATA_TYPE_FLOAT16",
+    torch.float32: "CU_TENSOR_MAP_DATA_TYPE_FLOAT32",
+}
+
+
+def encode_2d(t: torch.Tensor, box_inner: int, box_outer: int, swizzle: int, rows: int | None = None):
+    """Descriptor over a row-major 2-D view of `t` (inner dim contiguous) with the given box.
+
+    `rows` overrides the outer extent (e.g. a 3-D tensor flattened over its leading dims).
+    """
+    from cuda.bindings import driver
+
+    inner = t.shape[-1]
+    outer = rows if rows is not None else t.shape[-2]
+    row_stride_bytes = t.stride(-2) * t.element_size()
+    if outer == 1:  # a single row's stride is never used but must still be legal
+        row_stride_bytes = -(-inner * t.element_size() // 16) * 16
+    return check(driver.cuTensorMapEncodeTiled(
+        getattr(driver.CUtensorMapDataType, _DTYPE[t.dtype]), 2, t.data_ptr(),
+        [driver.cuuint64_t(inner), driver.cuuint64_t(outer)], [driver.cuuint64_t(row_stride_bytes)],
+        [driver.cuuint32_t(box_inner), driver.cuuint32_t(box_outer)], [driver.cuuint32_t(1), driver.cuuint32_t(1)],
+        driver.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        getattr(driver.CUtensorMapSwizzle, _SWIZZLE[swizzle]),
+        driver.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        driver.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE), "cuTensorMapEncodeTiled")

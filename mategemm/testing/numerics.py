@@ -1,0 +1,36 @@
+"""calc_diff and the one tolerance table every test uses."""
+from __future__ import annotations
+
+import torch
+
+# calc_diff bounds per (kernel family, output dtype).
+# NOTES: the reference is exact on the dequantised FP8 inputs (fp64); what is left is the
+# rounding of the output (bf16: 8 bits, calc_diff ~ 1e-6; fp16: 11 bits, ~ 1e-7) and the
+# tensor cores' reduced-precision accumulation inside each 32-deep wgmma (DeepSeek-V3 report).
+# A wrong scale, row or column gives calc_diff > 1e-2.
+TOLERANCE = {
+    ("fp8_gemm", torch.bfloat16): 2e-5,
+    ("fp8_gemm", torch.float16): 1e-5,
+}
+
+
+def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """1 - cosine-style similarity: 1 - 2<x,y> / (|x|^2 + |y|^2), in float64. 0 means equal.
+
+    NaN or inf in either tensor gives inf, so it can never pass a tolerance.
+    """
+    x = x.double()
+    y = y.double()
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return float("inf")
+    denominator = (x * x + y * y).sum()
+    if denominator == 0:
+        return 0.0
+    return float(1 - 2 * (x * y).sum() / denominator)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, family: str, what: str = "") -> float:
+    tol = TOLERANCE[(family, out.dtype)]
+    diff = calc_diff(out, ref)
+    assert diff <= tol, f"{what}: calc_diff {diff:.3e} > {tol:.1e}"
+    return diff

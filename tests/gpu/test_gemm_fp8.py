@@ -1,0 +1,125 @@
+"""sm90_fp8_gemm_blockscaled on the GPU against the fp64 reference."""
+import itertools
+
+import pytest
+import torch
+
+import mategemm
+from mategemm.testing import assert_close, fp8_gemm_reference, make_fp8_gemm_inputs
+
+MS = (1, 7, 64, 128, 1000, 4096)
+NS = (576, 2112, 4096, 7168)
+KS = (128, 512, 7168)
+RECIPES = ((1, 128, 128), (1, 1, 128))
+MAJORS = ("K", "MN")
+
+
+def run_checked(m, n, k, recipe, major, out_dtype=torch.bfloat16, a_dtype=torch.float8_e4m3fn,
+                b_dtype=torch.float8_e4m3fn):
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe, major, a_dtype=a_dtype, b_dtype=b_dtype)
+    out = torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")  # poisoned
+    got = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major, scale_granularity_mnk=recipe,
+                                         out=out)
+    assert got is out
+    ref = fp8_gemm_reference(a, b, sa, sb, recipe, major)
+    assert_close(out, ref, "fp8_gemm", f"m={m} n={n} k={k} recipe={recipe} major={major}")
+
+
+@pytest.mark.parametrize("m,n,k,recipe,major", list(itertools.product(MS, NS, KS, RECIPES, MAJORS)))
+def test_sweep(m, n, k, recipe, major):
+    run_checked(m, n, k, recipe, major)
+
+
+@pytest.mark.parametrize("out_dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("a_dtype,b_dtype", ((torch.float8_e4m3fn, torch.float8_e5m2),
+                                             (torch.float8_e5m2, torch.float8_e5m2),
+                                             (torch.float8_e5m2, torch.float8_e4m3fn)))
+def test_dtypes(out_dtype, a_dtype, b_dtype):
+    run_checked(300, 1024, 1024, (1, 128, 128), "K", out_dtype, a_dtype, b_dtype)
+
+
+@pytest.mark.parametrize("m,n", ((1, 8), (129, 136), (257, 1000), (65, 4104)))
+def test_ragged_shapes_leave_neighbours_untouched(m, n):
+    """out is a view inside a larger poisoned buffer: only its m x n elements change."""
+    k = 256
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k)
+    big = torch.full((m + 3, n + 24), 7.0, dtype=torch.bfloat16, device="cuda")
+    out = big[1:m + 1, 8:n + 8]
+    out.fill_(float("nan"))
+    mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out)
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb), "fp8_gemm", f"m={m} n={n}")
+    mask = torch.ones_like(big, dtype=torch.bool)
+    mask[1:m + 1, 8:n + 8] = False
+    assert (big[mask] == 7.0).all()
+
+
+def test_allocates_out_with_dtype():
+    a, b, sa, sb = make_fp8_gemm_inputs(64, 256, 128)
+    out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out_dtype=torch.float16)
+    assert out.dtype == torch.float16 and out.shape == (64, 256)
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb), "fp8_gemm")
+
+
+def test_empty_m():
+    a, b, sa, sb = make_fp8_gemm_inputs(1, 256, 128)
+    out = mategemm.gemm_fp8_nt_groupwise(a[:0], b, sa[:0], sb)
+    assert out.shape == (0, 256)
+
+
+@pytest.mark.parametrize("num_mp", (1, 7, 66))
+def test_num_mp(num_mp):
+    a, b, sa, sb = make_fp8_gemm_inputs(1000, 2112, 512)
+    mategemm.set_num_mp(num_mp)
+    try:
+        assert mategemm.get_num_mp() == num_mp
+        out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
+    finally:
+        mategemm.set_num_mp(None)
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb), "fp8_gemm", f"num_mp={num_mp}")
+
+
+@pytest.mark.parametrize("force", ("block_m=64,block_n=160,stages=3", "block_m=128,block_n=48,group_n=1",
+                                   "block_m=128,block_n=144,num_mp=5", "block_m=64,block_n=16,stages=2"))
+def test_forced_configs(force, monkeypatch):
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+    for major in ("K", "MN"):
+        a, b, sa, sb = make_fp8_gemm_inputs(333, 1040, 640, scale_major_mode=major)
+        out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major)
+        assert_close(out, fp8_gemm_reference(a, b, sa, sb, scale_major_mode=major), "fp8_gemm", force)
+
+
+def test_non_default_stream():
+    """The kernel must run on torch's current stream: queued behind a slow copy of its input."""
+    a, b, sa, sb = make_fp8_gemm_inputs(512, 2112, 1024)
+    a_new = make_fp8_gemm_inputs(512, 2112, 1024)[0]
+    ref = fp8_gemm_reference(a_new, b, sa, sb)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(50_000_000)
+        a.copy_(a_new)  # lands only after the sleep, on this stream
+        out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert_close(out, ref, "fp8_gemm", "side stream")
+
+
+def test_cuda_graph_capture_and_replay():
+    a, b, sa, sb = make_fp8_gemm_inputs(256, 4096, 1024)
+    out = torch.empty((256, 4096), dtype=torch.bfloat16, device="cuda")
+    mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out)  # compile and load outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out)
+    for _ in range(2):
+        a2, b2, sa2, sb2 = make_fp8_gemm_inputs(256, 4096, 1024)
+        a.copy_(a2), b.copy_(b2), sa.copy_(sa2), sb.copy_(sb2)
+        out.fill_(float("nan"))
+        graph.replay()
+        assert_close(out, fp8_gemm_reference(a, b, sa, sb), "fp8_gemm", "graph replay")
+
+
+def test_repeated_calls_are_bitwise_identical():
+    a, b, sa, sb = make_fp8_gemm_inputs(1000, 2112, 7168)
+    first = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
+    for _ in range(3):
+        assert torch.equal(mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb), first)
