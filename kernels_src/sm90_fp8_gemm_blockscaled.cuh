@@ -4,8 +4,10 @@
 // kScaleGranN == 128 (DeepSeek-V3's 1x128 / 128x128), or per (column, 128-K block) when 1.
 // Scale tensors are read with run-time strides, so K-major and MN-major layouts share a binary.
 //
-// Warp roles: warpgroup 0 produces (one thread issues TMA loads of A and B into a ring of
-// kNumStages swizzled stages), warpgroups 1..kNumMathWG consume (each owns 64 rows of the tile,
+// Warp roles: warpgroup 0 produces: one thread issues TMA loads of A and B into a ring of
+// kNumStages swizzled stages, and warps 1-3 copy the stage's A and B scales (any strides) into
+// shared memory beside them, so scale-load latency hides behind the whole ring. Warpgroups
+// 1..kNumMathWG consume (each owns 64 rows of the tile,
 // issues 4 x wgmma k32 per 128-K block into a scratch accumulator, then promotes it into the
 // main accumulator with the block scales on the CUDA cores). Persistent grid over the tiles.
 #pragma once
@@ -21,19 +23,30 @@ constexpr int kBlockK = 128;  // one scale block of K; one 128-byte swizzled row
 
 __host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : const_gcd(b, a % b); }
 
-template <int BLOCK_M, int BLOCK_N, int kNumStages, int kOutSwizzle>
+template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN>
 struct Fp8GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * 2;
   static constexpr int kABytes = BLOCK_M * kBlockK;
   static constexpr int kBBytes = BLOCK_N * kBlockK;
+  static constexpr int kNumSfb = kScaleGranN == 128 ? 2 : BLOCK_N;  // B scales per stage
+  static constexpr int kSfBytes = ((BLOCK_M + kNumSfb) * 4 + 15) & ~15;  // A then B scales, one stage
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
-  static constexpr int kOffBarriers = kOffB + kNumStages * kBBytes;
+  static constexpr int kOffScales = kOffB + kNumStages * kBBytes;
+  static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
   static constexpr int kTotalBytes = kOffBarriers + 2 * kNumStages * 8 + 1024;
   static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
                 "swizzled tiles must stay 1024-byte aligned");
 };
+
+// acc += part * scale for one 8-column chunk of the m64nN layout: row r (lo) and row r + 8 (hi).
+__device__ __forceinline__ void promote_chunk(float* acc, const float* part, float scale_lo, float scale_hi) {
+  acc[0] = fmaf(part[0], scale_lo, acc[0]);
+  acc[1] = fmaf(part[1], scale_lo, acc[1]);
+  acc[2] = fmaf(part[2], scale_hi, acc[2]);
+  acc[3] = fmaf(part[3], scale_hi, acc[3]);
+}
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kTypeA, int kTypeB, int kOutType,
           int kOutSwizzle>
@@ -42,12 +55,15 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
                           const __grid_constant__ TmaDesc tmap_d,
                           const float* __restrict__ sfa, int sfa_stride_m, int sfa_stride_k,
                           const float* __restrict__ sfb, int sfb_stride_n, int sfb_stride_k,
-                          int m, int n, int k, int group_n) {
+                          int m, int n, int k, int group_n, int a_box_rows) {
   constexpr int kNumMathWG = BLOCK_M / 64;
-  constexpr int kMathThreads = kNumMathWG * 128;
   constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
-  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kOutSwizzle>;
+  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN>;
   static_assert(BLOCK_M == 64 || BLOCK_M == 128, "BLOCK_M is 64 or 128");
+  // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
+  // ahead of the consumers (mbarrier parity tells only one phase apart) only if the ring has
+  // at least as many stages as there are scale warps.
+  static_assert(kNumStages >= 3, "the scale warps need at least 3 stages");
   static_assert(BLOCK_N % 8 == 0 && BLOCK_N >= 8 && BLOCK_N <= 256, "BLOCK_N is a multiple of 8 in [8, 256]");
   static_assert(BLOCK_N % (kOutSwizzle / 2) == 0, "output swizzle chunk must divide BLOCK_N");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
@@ -55,11 +71,18 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   static_assert(kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
                 "BLOCK_N would straddle three B scale blocks");
 
+  // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
+  // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
+  constexpr int kProducerRegs = 40, kMathRegs = 232;
+  static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,
+                "register split exceeds the CTA's allocation");
+
   extern __shared__ __align__(1024) u8 smem_raw[];
   u8* smem = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
   u8* smem_out = smem;
   u8* smem_a = smem + Layout::kOffA;
   u8* smem_b = smem + Layout::kOffB;
+  float* smem_scales = reinterpret_cast<float*>(smem + Layout::kOffScales);  // stage s at s * kSfBytes / 4
   u64* full_bar = reinterpret_cast<u64*>(smem + Layout::kOffBarriers);
   u64* empty_bar = full_bar + kNumStages;
 
@@ -73,7 +96,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     tma_prefetch_desc(&tmap_d);
     #pragma unroll
     for (int s = 0; s < kNumStages; ++s) {
-      mbar_init(&full_bar[s], 1);
+      mbar_init(&full_bar[s], 1 + 32);  // the TMA thread + every lane of the stage's scale warp
       mbar_init(&empty_bar[s], kNumMathWG * 4);  // lane 0 of every math warp
     }
     fence_mbar_init();
@@ -85,13 +108,14 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   int m_block, n_block;
 
   if (warpgroup == 0) {
-    // ---- producer: one thread streams A and B tiles through the ring ----
-    if constexpr (kNumMathWG > 1) setmaxnreg_dec<40>();
+    if constexpr (kNumMathWG > 1) setmaxnreg_dec<kProducerRegs>();
+    const int warp = threadIdx.x / 32;
     if (threadIdx.x == 0) {
+      // ---- producer: one thread streams A and B tiles through the ring ----
       while (scheduler.next(m_block, n_block)) {
         for (int kb = 0; kb < num_k_blocks; ++kb) {
           mbar_wait(&empty_bar[pipe.stage], pipe.phase ^ 1);
-          mbar_arrive_expect_tx(&full_bar[pipe.stage], Layout::kABytes + Layout::kBBytes);
+          mbar_arrive_expect_tx(&full_bar[pipe.stage], a_box_rows * kBlockK + Layout::kBBytes);
           tma_load_2d(smem_a + pipe.stage * Layout::kABytes, &tmap_a, &full_bar[pipe.stage], kb * kBlockK,
                       m_block * BLOCK_M);
           tma_load_2d(smem_b + pipe.stage * Layout::kBBytes, &tmap_b, &full_bar[pipe.stage], kb * kBlockK,
@@ -99,12 +123,50 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           pipe.advance();
         }
       }
+    } else if (warp > 0) {
+      // ---- scale warps 1-3: warp w fills the stages of iterations i with i % 3 == w - 1 ----
+      constexpr int kNumScaleWarps = 3;
+      const int lane = threadIdx.x % 32;
+      const int num_n_scale_blocks = ceil_div(n, 128);
+      int iter = 0;
+      while (scheduler.next(m_block, n_block)) {
+        const int m0 = m_block * BLOCK_M, n0 = n_block * BLOCK_N;
+        for (int kb = 0; kb < num_k_blocks; ++kb, ++iter) {
+          if (iter % kNumScaleWarps != warp - 1) continue;
+          const int stage = iter % kNumStages;
+          mbar_wait(&empty_bar[stage], ((iter / kNumStages) & 1) ^ 1);
+          float* sf = smem_scales + stage * (Layout::kSfBytes / 4);
+          float va[ceil_div(BLOCK_M, 32)], vb[ceil_div(Layout::kNumSfb, 32)];
+          // Issue every load of the stage, then store: one memory latency per stage.
+          #pragma unroll
+          for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
+            const int row = m0 + lane + 32 * i;
+            va[i] = row < m ? ldg_nc(sfa + (row * sfa_stride_m + kb * sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
+          }
+          #pragma unroll
+          for (int i = 0; i < ceil_div(Layout::kNumSfb, 32); ++i) {
+            const int j = lane + 32 * i;
+            const int col = kScaleGranN == 128 ? min(n0 / 128 + j, num_n_scale_blocks - 1) : n0 + j;
+            const bool valid = j < Layout::kNumSfb && (kScaleGranN == 128 || col < n);
+            vb[i] = valid ? ldg_nc(sfb + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
+          }
+          #pragma unroll
+          for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
+            if (lane + 32 * i < BLOCK_M) sf[lane + 32 * i] = va[i];
+          }
+          #pragma unroll
+          for (int i = 0; i < ceil_div(Layout::kNumSfb, 32); ++i) {
+            if (lane + 32 * i < Layout::kNumSfb) sf[BLOCK_M + lane + 32 * i] = vb[i];
+          }
+          mbar_arrive(&full_bar[stage]);  // release: the stores above are visible to the waiters
+        }
+      }
     }
     return;
   }
 
   // ---- consumers: wgmma per 128-K block, promotion with the block scales, epilogue ----
-  if constexpr (kNumMathWG > 1) setmaxnreg_inc<232>();
+  if constexpr (kNumMathWG > 1) setmaxnreg_inc<kMathRegs>();
   const int math_wg = warpgroup - 1;
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
@@ -118,33 +180,25 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     const int m0 = m_block * BLOCK_M;
     const int n0 = n_block * BLOCK_N;
 
-    // Rows this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16), clamped so
-    // scale reads stay in bounds on the last M tile; those rows are never stored.
-    const int row = m0 + math_wg * 64 + warp * 16 + lane / 4;
-    const float* sfa_row0 = sfa + static_cast<i64>(min(row, m - 1)) * sfa_stride_m;
-    const float* sfa_row1 = sfa + static_cast<i64>(min(row + 8, m - 1)) * sfa_stride_m;
-
+    // The tile rows this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16).
+    const int row_in_tile = math_wg * 64 + warp * 16 + lane / 4;
     // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
     // n0 / 128, the rest the next block.
-    const int num_n_scale_blocks = ceil_div(n, 128);
     const int first_chunks = (128 - n0 % 128) / 8;
-    const float* sfb_blk0 = sfb + static_cast<i64>(n0 / 128) * sfb_stride_n;
-    const float* sfb_blk1 = sfb + static_cast<i64>(min(n0 / 128 + 1, num_n_scale_blocks - 1)) * sfb_stride_n;
 
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
 
     for (int kb = 0; kb < num_k_blocks; ++kb) {
-      // Scale loads first: their latency hides behind the barrier wait and the wgmma.
-      const float sa0 = ldg_nc(sfa_row0 + kb * sfa_stride_k);
-      const float sa1 = ldg_nc(sfa_row1 + kb * sfa_stride_k);
+      mbar_wait(&full_bar[pipe.stage], pipe.phase);
+      // Scales leave shared memory before the stage is handed back.
+      const float* sf = smem_scales + pipe.stage * (Layout::kSfBytes / 4);
+      const float sa0 = sf[row_in_tile], sa1 = sf[row_in_tile + 8];
       float sb0 = 0.0f, sb1 = 0.0f;
       if constexpr (kScaleGranN == 128) {
-        sb0 = ldg_nc(sfb_blk0 + kb * sfb_stride_k);
-        sb1 = ldg_nc(sfb_blk1 + kb * sfb_stride_k);
+        sb0 = sf[BLOCK_M];
+        sb1 = sf[BLOCK_M + 1];
       }
-
-      mbar_wait(&full_bar[pipe.stage], pipe.phase);
       const u8* a_tile = smem_a + pipe.stage * Layout::kABytes + math_wg * 64 * kBlockK;
       const u8* b_tile = smem_b + pipe.stage * Layout::kBBytes;
       const u64 desc_a = smem_desc_k128_sw128(a_tile);
@@ -163,30 +217,44 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       #pragma unroll
       for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
 
-      // The stage's shared memory is no longer read: hand it back to the producer.
-      if (lane == 0) mbar_arrive(&empty_bar[pipe.stage]);
-      pipe.advance();
+      // Per-block B scales are read now; per-column ones during promotion, so that stage
+      // is handed back after it.
+      if constexpr (kScaleGranN == 128) {
+        __syncwarp();  // every lane's scale reads happen before lane 0 releases the stage
+        if (lane == 0) mbar_arrive(&empty_bar[pipe.stage]);
+      }
 
-      // Promotion: acc += part * sa(row) * sb(column block) on the CUDA cores, in FP32.
-      #pragma unroll
-      for (int c = 0; c < BLOCK_N / 8; ++c) {
-        if constexpr (kScaleGranN == 128) {
-          const float sb = c < first_chunks ? sb0 : sb1;
-          const float s0 = sa0 * sb, s1 = sa1 * sb;
-          acc[c * 4 + 0] = fmaf(part[c * 4 + 0], s0, acc[c * 4 + 0]);
-          acc[c * 4 + 1] = fmaf(part[c * 4 + 1], s0, acc[c * 4 + 1]);
-          acc[c * 4 + 2] = fmaf(part[c * 4 + 2], s1, acc[c * 4 + 2]);
-          acc[c * 4 + 3] = fmaf(part[c * 4 + 3], s1, acc[c * 4 + 3]);
+      // Promotion: acc += part * sa(row) * sb(column) on the CUDA cores, in FP32.
+      if constexpr (kScaleGranN == 128) {
+        const float s00 = sa0 * sb0, s10 = sa1 * sb0;
+        if constexpr (128 % BLOCK_N == 0) {
+          // The tile lies inside one 128-column scale block: one scale pair for all columns.
+          #pragma unroll
+          for (int c = 0; c < BLOCK_N / 8; ++c) promote_chunk(acc + c * 4, part + c * 4, s00, s10);
         } else {
-          const int col = n0 + c * 8 + (lane % 4) * 2;
-          const float sb_lo = ldg_nc(sfb + static_cast<i64>(min(col, n - 1)) * sfb_stride_n + kb * sfb_stride_k);
-          const float sb_hi = ldg_nc(sfb + static_cast<i64>(min(col + 1, n - 1)) * sfb_stride_n + kb * sfb_stride_k);
+          const float s01 = sa0 * sb1, s11 = sa1 * sb1;
+          #pragma unroll
+          for (int c = 0; c < BLOCK_N / 8; ++c) {
+            const bool first = c < first_chunks;
+            promote_chunk(acc + c * 4, part + c * 4, first ? s00 : s01, first ? s10 : s11);
+          }
+        }
+      } else {
+        #pragma unroll
+        for (int c = 0; c < BLOCK_N / 8; ++c) {
+          const float sb_lo = sf[BLOCK_M + c * 8 + (lane % 4) * 2];
+          const float sb_hi = sf[BLOCK_M + c * 8 + (lane % 4) * 2 + 1];
           acc[c * 4 + 0] = fmaf(part[c * 4 + 0], sa0 * sb_lo, acc[c * 4 + 0]);
           acc[c * 4 + 1] = fmaf(part[c * 4 + 1], sa0 * sb_hi, acc[c * 4 + 1]);
           acc[c * 4 + 2] = fmaf(part[c * 4 + 2], sa1 * sb_lo, acc[c * 4 + 2]);
           acc[c * 4 + 3] = fmaf(part[c * 4 + 3], sa1 * sb_hi, acc[c * 4 + 3]);
         }
       }
+      if constexpr (kScaleGranN != 128) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty_bar[pipe.stage]);
+      }
+      pipe.advance();
     }
 
     // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----
@@ -207,7 +275,6 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     }
   }
   if (wg_leader) tma_store_wait_all();
-  (void)kMathThreads;
 }
 
 }  // namespace mategemm

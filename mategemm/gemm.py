@@ -32,10 +32,16 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
         out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=a.device)
     if problem.m == 0:
         return out
-    info = rt_device.device_info(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    current = torch.cuda.current_device()
+    index = a.device.index if a.device.index is not None else current
+    info = rt_device.device_info(index)
     config = fp8_gemm.choose(problem, info, rt_device.get_num_mp(info), env.force_config())
     heuristics.report(kernel_fp8.KERNEL, problem, config)
-    with torch.cuda.device(info.index):
-        kernel = kernel_fp8.load(problem, config, info.arch, info.index)
+    if index == current:
+        kernel = kernel_fp8.load(problem, config, info.arch, index)
         kernel_fp8.run(kernel, problem, config, a, b, a_scale, sfa_strides, b_scale, sfb_strides, out)
+    else:  # modules and streams belong to the tensors' device
+        with torch.cuda.device(index):
+            kernel = kernel_fp8.load(problem, config, info.arch, index)
+            kernel_fp8.run(kernel, problem, config, a, b, a_scale, sfa_strides, b_scale, sfb_strides, out)
     return out

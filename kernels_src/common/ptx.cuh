@@ -15,7 +15,7 @@ struct alignas(64) TmaDesc {
 };
 
 template <typename T>
-__device__ __forceinline__ T ceil_div(T a, T b) { return (a + b - 1) / b; }
+__host__ __device__ constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
 
 __device__ __forceinline__ u32 smem_addr(const void* ptr) {
   u32 addr;

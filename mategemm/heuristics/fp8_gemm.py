@@ -33,34 +33,46 @@ def out_swizzle(block_n: int) -> int:
     raise ValueError(f"block_n must be a multiple of 16, got {block_n}")
 
 
-def smem_bytes(block_m: int, block_n: int, stages: int) -> int:
+def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int) -> int:
     """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh."""
     out = block_m * block_n * 2
-    per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8
+    scales = ((block_m + (2 if scale_gran_n == 128 else block_n)) * 4 + 15) // 16 * 16
+    per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8 + scales
     return out + stages * per_stage + 2 * stages * 8 + sm90.SMEM_SLACK
 
 
-def max_stages(block_m: int, block_n: int, smem_limit: int) -> int:
+def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int) -> int:
     stages = sm90.MAX_STAGES
-    while stages > sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages) > smem_limit:
+    while stages > sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, scale_gran_n) > smem_limit:
         stages -= 1
     return stages
 
 
-def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int) -> float:
-    """Waves x per-tile time, with each tile bound by its MMA work or its operand traffic.
+def mma_efficiency(block_n: int) -> float:
+    """Relative MMA + promotion rate of a tile width.
 
-    NOTES: one math warpgroup (BLOCK_M 64) cannot overlap its promotion with another's wgmma,
-    so its MMA rate is counted at ~70%; operand bytes come mostly from L2 once a wave shares
-    them, at the L2 rate split over the SMs in use.
+    NOTES: BLOCK_N = 128 sits inside one B scale block (one scale pair per k-block, no
+    per-chunk select) and stores through the 128-byte swizzle; every other width measured ~0.6x
+    its rate per column on the H200 sweep (e.g. 4096x7168x16384: 128 -> 902 us, 160 -> 959 us
+    despite 22% fewer tiles).
+    """
+    return 1.0 if block_n == 128 else 0.6
+
+
+def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int) -> float:
+    """Waves x k-blocks x per-k-block time of one CTA, the slowest of three bounds.
+
+    MMA work at the tile's efficiency; operand bytes (A rows actually loaded, B rows) with the
+    feed rate shared by the CTAs running at once; and the fixed per-k-block latency floor.
     """
     num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n)
     waves = math.ceil(num_tiles / num_mp)
-    mma_eff = 0.9 if block_m >= 128 else 0.7
-    mma_ns = 2.0 * block_m * block_n * problem.k / (sm90.FP8_FLOPS_PER_SM_PER_NS * mma_eff)
-    load_ns = (block_m + block_n) * problem.k / (sm90.L2_BYTES_PER_NS / min(num_mp, num_tiles))
-    epilogue_ns = block_m * block_n * 2 / (sm90.DRAM_BYTES_PER_NS / min(num_mp, num_tiles))
-    return waves * (max(mma_ns, load_ns) + epilogue_ns)
+    active = min(num_tiles, num_mp)
+    a_rows = min(block_m, math.ceil(problem.m / 8) * 8)
+    mma_ns = 2.0 * block_m * block_n * sm90.BLOCK_K_FP8 / (sm90.FP8_FLOPS_PER_SM_PER_NS * mma_efficiency(block_n))
+    feed_ns = (a_rows + block_n) * sm90.BLOCK_K_FP8 * active / sm90.FEED_BYTES_PER_NS
+    k_blocks = problem.k // sm90.BLOCK_K_FP8
+    return waves * k_blocks * max(mma_ns, feed_ns, sm90.K_BLOCK_FLOOR_NS)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -82,21 +94,22 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
 
     best = None
     for bm in block_ms:
-        if problem.m > 64 and bm < 128 and "block_m" not in forced:
-            continue  # NOTES: BLOCK_M 64 runs one math warpgroup: only worth it for m <= 64
+        if problem.m > 128 and bm < 128 and "block_m" not in forced:
+            continue  # NOTES: BLOCK_M 64 (one math warpgroup) won only at m <= 128 in the sweep
         for bn in block_ns:
             if not block_n_allowed(bn, gran_n):
                 continue
             cost = estimate_ns(problem, bm, bn, num_mp)
-            # Ties go to the wider tile (fewer B re-reads from L2, longer wgmma).
-            rank = (round(cost, 1), -bm * bn)
+            # NOTES: ties (common where the per-k-block floor binds) go to the smaller tile: more
+            # CTAs in flight measured faster at decode sizes on the H200 sweep.
+            rank = (round(cost, 1), bm, bn)
             if best is None or rank < best[0]:
                 best = (rank, bm, bn)
     _, block_m, block_n = best
-    stages = forced.get("stages") or max_stages(block_m, block_n, device.smem_per_block)
+    stages = forced.get("stages") or max_stages(block_m, block_n, gran_n, device.smem_per_block)
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
-    smem = smem_bytes(block_m, block_n, stages)
+    smem = smem_bytes(block_m, block_n, stages, gran_n)
     if smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of {block_m}x{block_n} need {smem} B of shared "
                          f"memory; the device has {device.smem_per_block}")

@@ -43,12 +43,16 @@ def run(kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: to
         sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor, sfb_strides: tuple[int, int],
         out: torch.Tensor) -> None:
     """Launch on torch's current stream. sf*_strides are (stride along M/N, stride along K-blocks)."""
-    tmap_a = encode_2d(a, config.block_k, config.block_m, 128)
+    # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
+    # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
+    # output rows that are never stored (each output row reads only its own A row).
+    a_box_rows = min(config.block_m, -(-problem.m // 8) * 8)
+    tmap_a = encode_2d(a, config.block_k, a_box_rows, 128)
     tmap_b = encode_2d(b, config.block_k, config.block_n, 128)
     tmap_d = encode_2d(out, config.out_swizzle // out.element_size(), 64, config.out_swizzle)
     values = (tmap_a, tmap_b, tmap_d, sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(),
-              sfb_strides[0], sfb_strides[1], problem.m, problem.n, problem.k, config.group_n)
+              sfb_strides[0], sfb_strides[1], problem.m, problem.n, problem.k, config.group_n, a_box_rows)
     types = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
-             rt.INT)
-    stream = torch.cuda.current_stream(a.device).cuda_stream
+             rt.INT, rt.INT)
+    stream = torch.cuda.current_stream().cuda_stream  # the caller made a's device current
     kernel.launch(config.num_mp, stream, values, types)

@@ -34,20 +34,40 @@ class LoadedKernel:
         attr.value.clusterDim.x = cluster
         attr.value.clusterDim.y = 1
         attr.value.clusterDim.z = 1
-        self._attrs = [attr]
-
-    def launch(self, grid: int, stream: int, values: tuple, types: tuple) -> None:
-        from cuda.bindings import driver
-
         config = driver.CUlaunchConfig()
-        config.gridDimX = grid
         config.gridDimY = 1
         config.gridDimZ = 1
-        config.blockDimX = self.num_threads
+        config.blockDimX = num_threads
         config.blockDimY = 1
         config.blockDimZ = 1
-        config.sharedMemBytes = self.smem_bytes
-        config.hStream = driver.CUstream(stream)
-        config.attrs = self._attrs
+        config.sharedMemBytes = smem_bytes
+        config.attrs = [attr]
         config.numAttrs = 1
-        check(driver.cuLaunchKernelEx(config, self.function, (values, types), 0), "cuLaunchKernelEx")
+        self._config = config  # reused: only the grid and the stream change between launches
+        self._launch = driver.cuLaunchKernelEx
+
+    def launch(self, grid: int, stream: int, values: tuple, types: tuple) -> None:
+        config = self._config
+        config.gridDimX = grid
+        config.hStream = _stream(stream)
+        err = self._launch(config, self.function, (values, types), 0)
+        if err[0] != _SUCCESS:
+            check(err, "cuLaunchKernelEx")
+
+
+_SUCCESS = None
+_streams: dict[int, object] = {}
+
+
+def _stream(handle: int):
+    """CUstream objects by handle, made once each."""
+    stream = _streams.get(handle)
+    if stream is None:
+        from cuda.bindings import driver
+
+        global _SUCCESS
+        _SUCCESS = driver.CUresult.CUDA_SUCCESS
+        if len(_streams) > 1024:
+            _streams.clear()
+        stream = _streams[handle] = driver.CUstream(handle)
+    return stream

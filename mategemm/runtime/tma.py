@@ -17,20 +17,36 @@ _DTYPE = {
 }
 
 
+_descriptors: dict[tuple, object] = {}
+MAX_CACHED_DESCRIPTORS = 4096
+
+
 def encode_2d(t: torch.Tensor, box_inner: int, box_outer: int, swizzle: int, rows: int | None = None):
     """Descriptor over a row-major 2-D view of `t` (inner dim contiguous) with the given box.
 
     `rows` overrides the outer extent (e.g. a 3-D tensor flattened over its leading dims).
+    Descriptors depend only on address, extents, strides and box, so they are memoised on those.
     """
-    from cuda.bindings import driver
-
     inner = t.shape[-1]
     outer = rows if rows is not None else t.shape[-2]
     row_stride_bytes = t.stride(-2) * t.element_size()
-    if outer == 1:  # a single row's stride is never used but must still be legal
-        row_stride_bytes = -(-inner * t.element_size() // 16) * 16
+    key = (t.data_ptr(), t.dtype, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle)
+    desc = _descriptors.get(key)
+    if desc is None:
+        if len(_descriptors) >= MAX_CACHED_DESCRIPTORS:
+            _descriptors.clear()
+        if outer == 1:  # a single row's stride is never used but must still be legal
+            row_stride_bytes = -(-inner * t.element_size() // 16) * 16
+        desc = _descriptors[key] = _encode_2d(t.dtype, key[0], inner, outer, row_stride_bytes, box_inner, box_outer,
+                                              swizzle)
+    return desc
+
+
+def _encode_2d(dtype, ptr, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle):
+    from cuda.bindings import driver
+
     return check(driver.cuTensorMapEncodeTiled(
-        getattr(driver.CUtensorMapDataType, _DTYPE[t.dtype]), 2, t.data_ptr(),
+        getattr(driver.CUtensorMapDataType, _DTYPE[dtype]), 2, ptr,
         [driver.cuuint64_t(inner), driver.cuuint64_t(outer)], [driver.cuuint64_t(row_stride_bytes)],
         [driver.cuuint32_t(box_inner), driver.cuuint32_t(box_outer)], [driver.cuuint32_t(1), driver.cuuint32_t(1)],
         driver.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,

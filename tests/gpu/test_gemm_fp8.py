@@ -79,7 +79,7 @@ def test_num_mp(num_mp):
 
 
 @pytest.mark.parametrize("force", ("block_m=64,block_n=160,stages=3", "block_m=128,block_n=48,group_n=1",
-                                   "block_m=128,block_n=144,num_mp=5", "block_m=64,block_n=16,stages=2"))
+                                   "block_m=128,block_n=144,num_mp=5", "block_m=64,block_n=16,stages=3"))
 def test_forced_configs(force, monkeypatch):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
     for major in ("K", "MN"):

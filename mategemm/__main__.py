@@ -1,0 +1,4 @@
+"""`python -m mategemm` runs the console command."""
+from mategemm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The `mategemm` console command: info | prewarm | cache ls/verify/clear | demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from mategemm import env, prewarm
+from mategemm.jit import nvrtc
+from mategemm.jit.cache import KernelCache, default_cache, default_cache_dir
+
+DEMO_SHAPE = (4096, 7168, 7168)     # DeepSeek-V3's largest dense projection
+DEMO_CPU_SHAPE = (64, 256, 256)
+DEMO_SUITE = "dense_fp8"
+
+
+# ---- info -------------------------------------------------------------------------------------
+def cmd_info(args) -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        from mategemm.runtime.device import current_device_info
+
+        info = current_device_info()
+        print(f"device:    {info.name} ({info.arch}, {info.num_sms} SMs)")
+    else:
+        print("device:    no GPU")
+    major, minor = nvrtc.nvrtc_version()
+    print(f"nvrtc:     {major}.{minor}")
+    cache = KernelCache(default_cache_dir())
+    entries = cache.entries()
+    size = sum(f.stat().st_size for entry in entries for f in entry.iterdir() if f.is_file())
+    print(f"cache:     {cache.root} ({len(entries)} entries, {size / 2**20:.1f} MiB)")
+    print("env:")
+    for name, value in env.snapshot().items():
+        print(f"  {name}={value}")
+    return 0
+
+
+# ---- prewarm ----------------------------------------------------------------------------------
+def cmd_prewarm(args) -> int:
+    from mategemm.runtime.device import get_num_mp, info_for_arch
+
+    shapes = prewarm.resolve_shapes(args.shapes)
+    device = info_for_arch(args.arch)
+    planned = prewarm.plan(shapes, args.arch, num_mp=get_num_mp(device), force=env.force_config())
+    compiled, seconds = compile_plan(planned)
+    print(f"{len(planned)} kernels for {len(shapes)} shapes x {len(prewarm.RECIPES)} recipes: "
+          f"{compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
+    return 0
+
+
+def compile_plan(planned: list[prewarm.PlannedKernel]) -> tuple[int, float]:
+    """Compile (or find cached) every planned kernel, one line each; return (compiled, seconds)."""
+    cache = default_cache()
+    compiled = 0
+    start = time.perf_counter()
+    for item in planned:
+        t0 = time.perf_counter()
+        kernel = cache.get(item.spec)
+        compiled += kernel.compiled_here
+        name = kernel.path.name if kernel.path is not None else "(in memory)"
+        print(f"{'compiled' if kernel.compiled_here else 'cached  '} {name} {time.perf_counter() - t0:.2f} s",
+              flush=True)
+    return compiled, time.perf_counter() - start
+
+
+# ---- cache ------------------------------------------------------------------------------------
+def cmd_cache_ls(args) -> int:
+    cache = KernelCache(default_cache_dir())
+    rows = []
+    for entry in cache.entries():
+        cubin = entry / "kernel.cubin"
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        rows.append({"entry": entry.name, "kernel": meta.get("kernel", "?"), "key": meta.get("key", "?"),
+                     "name_expr": meta.get("name_expr", "?"), "cubin": str(cubin),
+                     "bytes": cubin.stat().st_size if cubin.is_file() else 0})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{cache.root}: {len(rows)} entries")
+    for row in rows:
+        print(f"{row['kernel']}  {row['key'][:16]}  {row['bytes']:>9} B  {row['cubin']}\n    {row['name_expr']}")
+    return 0
+
+
+def cmd_cache_verify(args) -> int:
+    cache = KernelCache(default_cache_dir())
+    total = len(cache.entries())
+    bad = cache.verify(repair=True)
+    for entry, problem in bad:
+        print(f"BAD {entry.name}: {problem} (removed; rebuilt on next use)")
+    if bad:
+        print(f"{len(bad)} of {total} entries were bad")
+        return 1
+    print(f"all {total} entries OK")
+    return 0
+
+
+def cmd_cache_clear(args) -> int:
+    cache = KernelCache(default_cache_dir())
+    removed = cache.clear()
+    print(f"removed {removed} entries from {cache.root}")
+    return 0
+
+
+# ---- demo -------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return demo_gpu()
+    return demo_cpu()
+
+
+def demo_gpu() -> int:
+    import torch
+
+    import mategemm
+    from mategemm.testing import TOLERANCE, calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs
+
+    m, n, k = DEMO_SHAPE
+    print(f"device: {torch.cuda.get_device_name()}; gemm_fp8_nt_groupwise m={m} n={n} k={k} recipe (1,128,128)")
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k)
+    out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
+    diff = calc_diff(out, fp8_gemm_reference(a, b, sa, sb))
+    tol = TOLERANCE[("fp8_gemm", out.dtype)]
+    print(f"calc_diff vs fp64 reference: {diff:.2e} (tolerance {tol:.0e}) {'OK' if diff <= tol else 'FAILED'}")
+
+    flops = 2.0 * m * n * k
+    rows = [("mategemm", lambda: mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out))]
+    try:
+        from mategemm.testing.peers import cublas_blockwise
+
+        rows.append(("cuBLAS blockwise", cublas_blockwise(a, b, sa, sb)))
+    except Exception as exc:  # noqa: BLE001 - the peer is optional
+        print(f"cuBLAS blockwise unavailable: {exc}")
+    for name, fn in rows:
+        try:
+            ms = median_ms(fn)
+        except Exception as exc:  # noqa: BLE001 - a peer failing must not hide our result
+            print(f"{name:<18} failed: {exc}")
+            continue
+        print(f"{name:<18} {ms:8.3f} ms  {flops / ms / 1e9:7.1f} TFLOPS")
+    return 0 if diff <= tol else 1
+
+
+def median_ms(fn, warmup: int = 5, reps: int = 20) -> float:
+    """Median of CUDA-event times, calls queued behind a GPU sleep so host overhead stays hidden."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    torch.cuda._sleep(10_000_000)
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def demo_cpu() -> int:
+    print("no GPU found: compiling the dense_fp8 kernels for sm_90a and checking the reference on the CPU "
+          "(nothing is launched)")
+    planned = prewarm.plan(prewarm.resolve_shapes(DEMO_SUITE), "sm_90a")
+    compiled, seconds = compile_plan(planned)
+    print(f"{len(planned)} kernels: {compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
+    ok = True
+    for recipe in prewarm.RECIPES:
+        diff, tol = check_reference_cpu(DEMO_CPU_SHAPE, (recipe.gm, recipe.gn, recipe.gk))
+        passed = diff <= tol
+        ok &= passed
+        print(f"reference {recipe.name} m,n,k={DEMO_CPU_SHAPE}: calc_diff vs per-block fp32 sum {diff:.2e} "
+              f"(tolerance {tol:.0e}) {'OK' if passed else 'FAILED'}")
+    print("NO GPU: only compilation and the reference were checked; run `mategemm demo` on an H100/H200 "
+          "to run the kernels.")
+    return 0 if ok else 1
+
+
+def check_reference_cpu(shape: tuple[int, int, int], recipe: tuple[int, int, int]) -> tuple[float, float]:
+    """calc_diff between fp8_gemm_reference and a per-128-K-block fp32 sum (the kernel's own order)."""
+    import torch
+
+    from mategemm.testing import TOLERANCE, calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs
+
+    m, n, k = shape
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe, device="cpu")
+    sb_rows = sb.repeat_interleave(recipe[1], dim=0)[:n]  # one scale row per column of the output
+    blockwise = torch.zeros((m, n), dtype=torch.float32)
+    for kb in range(k // 128):
+        part = a[:, kb * 128:(kb + 1) * 128].float() @ b[:, kb * 128:(kb + 1) * 128].float().t()
+        blockwise += part * sa[:, kb:kb + 1] * sb_rows[:, kb][None, :]
+    ref = fp8_gemm_reference(a, b, sa, sb, recipe)
+    return calc_diff(blockwise.to(torch.bfloat16), ref), TOLERANCE[("fp8_gemm", torch.bfloat16)]
+
+
+# ---- argument parsing -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mategemm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("info", help="device, NVRTC version, cache and env knobs").set_defaults(run=cmd_info)
+
+    warm = sub.add_parser("prewarm", help="compile the kernels a list of shapes needs (no GPU needed)")
+    warm.add_argument("--arch", default="sm_90a", help="target arch (default sm_90a)")
+    warm.add_argument("--shapes", required=True,
+                      help="a shapes JSON file, or a suite name of tools/shapes/shapes.json (e.g. dense_fp8)")
+    warm.add_argument("--jobs", type=int, default=1, help="accepted; kernels compile one after another for now")
+    warm.set_defaults(run=cmd_prewarm)
+
+    cache = sub.add_parser("cache", help="inspect the kernel cache").add_subparsers(dest="cache_command",
+                                                                                    required=True)
+    ls = cache.add_parser("ls", help="list entries")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+    ls.set_defaults(run=cmd_cache_ls)
+    cache.add_parser("verify", help="check every entry; remove bad ones (exit 1 if any)").set_defaults(
+        run=cmd_cache_verify)
+    cache.add_parser("clear", help="remove every entry").set_defaults(run=cmd_cache_clear)
+
+    sub.add_parser("demo", help="check and time one DeepSeek-V3 GEMM (compile-only without a GPU)").set_defaults(
+        run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mategemm {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,34 @@
+"""The peers a user already has through torch: cuBLAS FP8 blockwise and tensorwise GEMMs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _scaling(*names):
+    kind = getattr(F, "ScalingType", None) or getattr(F, "_ScalingType")
+    for name in names:
+        if hasattr(kind, name):
+            return getattr(kind, name)
+    raise AttributeError(f"torch.nn.functional.ScalingType has none of {names}")
+
+
+def cublas_blockwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor):
+    """A callable running cuBLAS's (1,128,128) blockwise GEMM on K-major scales (as ours take them).
+
+    cuBLAS wants A's scales M-major ((k/128, m) storage seen as (m, k/128)) and B's as the
+    transpose of a (ceil(n/128), k/128) tensor; the layouts are prepared here, outside the timing.
+    """
+    sa = a_scale.t().contiguous().t()
+    sb = b_scale.contiguous().t()
+    bt = b.t()
+    rec_a = _scaling("BlockWise1x128", "Blockwise_1x128")
+    rec_b = _scaling("BlockWise128x128", "Blockwise_128x128")
+    return lambda: F.scaled_mm(a, bt, sa, rec_a, sb, rec_b, output_dtype=torch.bfloat16)
+
+
+def cublas_tensorwise(a: torch.Tensor, b: torch.Tensor):
+    """A callable running cuBLAS's per-tensor FP8 GEMM (unit scales): the ceiling of the FP8 path."""
+    one = torch.ones((), dtype=torch.float32, device=a.device)
+    bt = b.t()
+    return lambda: torch._scaled_mm(a, bt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)

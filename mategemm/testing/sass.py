@@ -1,0 +1,47 @@
+"""SASS of a cubin through cuobjdump (from the nvidia-cuda-cuobjdump wheel), and its opcodes."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+# An instruction line: "/*0890*/   @!P0 STL.64 [R1+0x60], R4 ;" -> opcode "STL", modifiers ".64".
+_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)")
+
+
+def tools_dir() -> Path | None:
+    """The folder holding cuobjdump (and the nvdisasm it needs): PATH first, then the nvidia wheels."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return Path(found).resolve().parent
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        for sub in ("cu13", "cuda_cuobjdump", "cu12"):
+            candidate = Path(base) / sub / "bin"
+            if (candidate / "cuobjdump").is_file():
+                return candidate
+    return None
+
+
+def dump_sass(cubin: Path | str) -> str:
+    """`cuobjdump --dump-sass` of a cubin file. Raises FileNotFoundError if cuobjdump is missing."""
+    folder = tools_dir()
+    if folder is None:
+        raise FileNotFoundError("cuobjdump not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+    env = dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run([str(folder / "cuobjdump"), "--dump-sass", str(cubin)], env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0 or "Function" not in done.stdout:
+        raise RuntimeError(f"cuobjdump --dump-sass {cubin} failed (rc {done.returncode}):\n"
+                           f"{done.stderr or done.stdout}")
+    return done.stdout
+
+
+def opcodes(sass: str) -> list[str]:
+    """Every instruction's opcode without modifiers, in order: 'QGMMA', 'UTMALDG', 'STL', ..."""
+    return [m.group(1) for m in map(_INSTRUCTION.match, sass.splitlines()) if m]

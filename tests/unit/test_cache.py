@@ -1,0 +1,173 @@
+"""jit/cache: one compile per key across calls, caches and processes; bad entries are rebuilt."""
+import hashlib
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mategemm.jit import nvrtc
+from mategemm.jit.cache import CacheDirError, KernelCache, KernelSpec, default_cache, default_cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_SOURCE = "template <int N> __global__ void tiny(float* x) { x[threadIdx.x] = N; }\n"
+TINY = KernelSpec("tiny", TINY_SOURCE, "&tiny<3>", "sm_90a")
+ENTRY_FILES = {"kernel.cu", "kernel.cubin", "meta.json"}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def only_entry(root: Path) -> Path:
+    entries = KernelCache(root).entries()
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_ten_calls_compile_once(tmp_path):
+    cache = KernelCache(tmp_path / "cache")
+    kernels = [cache.get(TINY) for _ in range(10)]
+    assert cache.num_compiles == 1
+    assert all(k.cubin == kernels[0].cubin for k in kernels)
+    entry = only_entry(cache.root)
+    assert entry == kernels[0].path and entry.name.startswith("tiny.")
+    assert ENTRY_FILES <= {p.name for p in entry.iterdir()}
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["cubin_sha256"] == sha256((entry / "kernel.cubin").read_bytes()) == sha256(kernels[0].cubin)
+    assert meta["key"] == kernels[0].key and meta["lowered_name"] == kernels[0].lowered_name
+    assert (entry / "kernel.cu").read_text() == TINY_SOURCE
+
+
+def test_new_cache_on_same_root_hits_disk(tmp_path):
+    first = KernelCache(tmp_path).get(TINY)
+    second_cache = KernelCache(tmp_path)
+    second = second_cache.get(TINY)
+    assert second_cache.num_compiles == 0
+    assert first.compiled_here and not second.compiled_here
+    assert second.cubin == first.cubin and second.path == first.path
+
+
+WORKER = """
+import hashlib, json, sys, time
+from pathlib import Path
+from mategemm.jit.cache import KernelCache, KernelSpec
+root, go, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+spec = KernelSpec("tiny", {source!r}, "&tiny<3>", "sm_90a")
+ready.touch()
+while not go.exists():
+    time.sleep(0.002)
+kernel = KernelCache(root).get(spec)
+entry_cubin = (kernel.path / "kernel.cubin").read_bytes()
+meta = json.loads((kernel.path / "meta.json").read_text())
+print(json.dumps({{"compiled_here": kernel.compiled_here, "cubin": hashlib.sha256(kernel.cubin).hexdigest(),
+                   "entry_cubin": hashlib.sha256(entry_cubin).hexdigest(), "meta": meta["cubin_sha256"]}}))
+"""
+
+
+def test_eight_processes_racing_compile_once(tmp_path):
+    root, go = tmp_path / "cache", tmp_path / "go"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    script = WORKER.format(source=TINY_SOURCE)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(root), str(go), str(tmp_path / f"ready{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(8)]
+    deadline = time.time() + 240
+    while not all((tmp_path / f"ready{i}").exists() for i in range(8)):  # every worker imported
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a worker died before the race"
+        time.sleep(0.05)
+    go.touch()
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    assert sum(r["compiled_here"] for r in reports) == 1
+    hashes = {r[field] for r in reports for field in ("cubin", "entry_cubin", "meta")}
+    assert len(hashes) == 1
+    assert len(KernelCache(root).entries()) == 1
+
+
+def test_corrupted_cubin_is_rebuilt(tmp_path, caplog):
+    good = KernelCache(tmp_path).get(TINY)
+    cubin = good.path / "kernel.cubin"
+    data = bytearray(cubin.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    cubin.write_bytes(bytes(data))
+    cache = KernelCache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mategemm"):
+        again = cache.get(TINY)
+    assert cache.num_compiles == 1 and again.cubin == good.cubin
+    assert any("checksum" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
+    assert KernelCache(tmp_path).verify() == []
+
+
+def test_truncated_meta_is_rebuilt(tmp_path, caplog):
+    good = KernelCache(tmp_path).get(TINY)
+    meta = good.path / "meta.json"
+    meta.write_text(meta.read_text()[:40])
+    cache = KernelCache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mategemm"):
+        again = cache.get(TINY)
+    assert cache.num_compiles == 1 and again.cubin == good.cubin
+    assert any("meta.json" in r.getMessage() for r in caplog.records)
+    json.loads(meta.read_text())  # complete again
+
+
+def test_verify_reports_then_repairs(tmp_path):
+    cache = KernelCache(tmp_path)
+    entry = cache.get(TINY).path
+    assert cache.verify() == []
+    (entry / "kernel.cubin").write_bytes(b"not a cubin")
+    problems = cache.verify()
+    assert problems == [(entry, "kernel.cubin fails its checksum")]
+    assert entry.exists()  # reporting alone changes nothing
+    assert cache.verify(repair=True) == problems
+    assert not entry.exists() and cache.verify() == []
+    fresh = KernelCache(tmp_path)
+    fresh.get(TINY)
+    assert fresh.num_compiles == 1
+
+
+def test_symlinked_root_is_refused(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(CacheDirError, match="symlink"):
+        KernelCache(link).get(TINY)
+
+
+def test_default_cache_dir_honours_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATEGEMM_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    assert default_cache().root == tmp_path / "mine"
+    monkeypatch.setenv("MATEGEMM_CACHE_DIR", "~/somewhere")
+    assert default_cache_dir() == Path.home() / "somewhere"
+
+
+def test_root_and_entries_are_private(tmp_path):
+    root = tmp_path / "a" / "cache"
+    entry = KernelCache(root).get(TINY).path
+    assert mode(root) == 0o700
+    assert mode(entry) == 0o700
+
+
+def test_compile_error_keeps_source_and_log(tmp_path):
+    broken = KernelSpec("broken", "__global__ void broken() { this is not C++; }\n", "&broken", "sm_90a")
+    with pytest.raises(nvrtc.CompileError) as info:
+        KernelCache(tmp_path).get(broken)
+    kept = next((tmp_path / "failed").iterdir())
+    assert str(kept) in str(info.value)
+    assert (kept / "kernel.cu").read_text() == broken.source
+    assert "nvrtcCompileProgram" in (kept / "nvrtc.log").read_text()
+    assert KernelCache(tmp_path).entries() == []

@@ -1,0 +1,141 @@
+"""heuristics/fp8_gemm invariants over the dense suite; MATEGEMM_FORCE_CONFIG and env knobs."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mategemm import env, prewarm
+from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
+from mategemm.runtime import device as rt_device
+from mategemm.types import RECIPE_1x128_128x128, GemmProblem
+
+H100 = rt_device.SM90_NO_DEVICE
+SMEM_LIMIT = 232448
+DENSE = prewarm.read_suites(prewarm.default_shapes_file())["dense_fp8"]
+NUM_MPS = (132, 66, 8, 1)
+
+
+def problem(m, n, k, recipe=RECIPE_1x128_128x128):
+    return GemmProblem(m, n, k, recipe, torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16)
+
+
+def test_dense_suite_has_28_shapes():
+    assert len(DENSE) == 28
+
+
+@pytest.mark.parametrize("recipe", prewarm.RECIPES, ids=lambda r: f"gn{r.gn}")
+@pytest.mark.parametrize("num_mp", NUM_MPS, ids=lambda n: f"mp{n}")
+def test_dense_configs_are_legal(recipe, num_mp):
+    for m, n, k in DENSE:
+        p = problem(m, n, k, recipe)
+        c = fp8_gemm.choose(p, H100, num_mp)
+        where = f"{p} -> {c}"
+        num_tiles = math.ceil(m / c.block_m) * math.ceil(n / c.block_n)
+        assert num_tiles >= 1, where
+        assert 1 <= c.num_mp <= min(num_mp, num_tiles), where
+        assert c.block_m in fp8_gemm.BLOCK_MS, where
+        assert fp8_gemm.block_n_allowed(c.block_n, recipe.gn), where
+        assert c.block_k == sm90.BLOCK_K_FP8 == 128, where
+        assert sm90.MIN_STAGES <= c.stages <= sm90.MAX_STAGES, where
+        tiles_bytes = c.block_m * c.block_n * 2 + c.stages * (c.block_m + c.block_n) * c.block_k
+        assert tiles_bytes < c.smem_bytes <= SMEM_LIMIT, where
+        assert (c.block_n * 2) % c.out_swizzle == 0 and c.out_swizzle in (32, 64, 128), where
+        assert c.num_threads <= sm90.MAX_THREADS_PER_BLOCK, where
+        assert c.group_n >= 1, where
+
+
+def test_block_n_allowed_rules():
+    assert [bn for bn in range(0, 300) if fp8_gemm.block_n_allowed(bn, 1)] == list(range(16, 161, 16))
+    allowed_128 = [bn for bn in range(0, 300) if fp8_gemm.block_n_allowed(bn, 128)]
+    assert 144 in allowed_128 and 160 in allowed_128 and 176 not in allowed_128 and 8 not in allowed_128
+
+
+# ---- MATEGEMM_FORCE_CONFIG ----------------------------------------------------------------------
+@pytest.mark.parametrize("raw,expected", [
+    ("", {}),
+    ("block_m=128", {"block_m": 128}),
+    (" block_m = 64 , block_n=96,stages=4, num_mp=66,group_n=8,", {"block_m": 64, "block_n": 96, "stages": 4,
+                                                                   "num_mp": 66, "group_n": 8}),
+])
+def test_parse_force_config(raw, expected):
+    assert parse_force_config(raw) == expected
+
+
+@pytest.mark.parametrize("raw,named", [
+    ("block_m=abc", "block_m"),
+    ("stages=4.5", "stages"),
+    ("block_q=128", "block_q"),
+    ("block_m", "block_m"),
+    ("num_mp:8", "num_mp:8"),
+])
+def test_parse_force_config_rejects(raw, named):
+    with pytest.raises(ValueError, match="MATEGEMM_FORCE_CONFIG") as info:
+        parse_force_config(raw)
+    assert named in str(info.value)
+
+
+def test_forced_values_are_used():
+    c = fp8_gemm.choose(problem(4096, 7168, 7168), H100, 132, "block_m=64,block_n=96,stages=4,num_mp=66,group_n=8")
+    assert (c.block_m, c.block_n, c.stages, c.num_mp, c.group_n) == (64, 96, 4, 66, 8)
+
+
+@pytest.mark.parametrize("raw,named", [
+    ("block_m=96", "block_m"),
+    ("block_n=176", "block_n"),
+    ("block_n=100", "block_n"),
+    ("stages=1", "stages"),
+    ("stages=9", "stages"),
+    ("block_m=128,block_n=160,stages=8", "stages"),
+    ("group_n=-1", "group_n"),
+])
+def test_choose_rejects_bad_forced_values(raw, named):
+    with pytest.raises(ValueError, match="MATEGEMM_FORCE_CONFIG") as info:
+        fp8_gemm.choose(problem(4096, 7168, 7168), H100, 132, raw)
+    assert named in str(info.value)
+
+
+# ---- env knobs ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw", ("abc", "1.5", "-1"))
+def test_num_mp_env_rejects(monkeypatch, raw):
+    monkeypatch.setenv("MATEGEMM_NUM_MP", raw)
+    with pytest.raises(ValueError, match="MATEGEMM_NUM_MP"):
+        env.num_mp()
+
+
+def test_num_mp_env_and_override(monkeypatch):
+    monkeypatch.delenv("MATEGEMM_NUM_MP", raising=False)
+    assert env.num_mp() == 0 and rt_device.get_num_mp(H100) == 132
+    monkeypatch.setenv("MATEGEMM_NUM_MP", "8")
+    assert rt_device.get_num_mp(H100) == 8
+    monkeypatch.setenv("MATEGEMM_NUM_MP", "1000")
+    assert rt_device.get_num_mp(H100) == 132  # never above the device
+    try:
+        rt_device.set_num_mp(66)
+        assert rt_device.get_num_mp(H100) == 66  # set_num_mp wins over the env
+    finally:
+        rt_device.set_num_mp(None)
+    with pytest.raises(ValueError, match="num_mp"):
+        rt_device.set_num_mp(0)
+    with pytest.raises(TypeError, match="num_mp"):
+        rt_device.set_num_mp(8.0)
+
+
+@pytest.mark.parametrize("raw,expected", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)])
+def test_flag_knobs(monkeypatch, raw, expected):
+    monkeypatch.setenv("MATEGEMM_PRINT_CONFIGS", raw)
+    monkeypatch.setenv("MATEGEMM_JIT_DEBUG", raw)
+    assert env.print_configs() is expected and env.jit_debug() is expected
+
+
+def test_every_knob_is_in_snapshot_and_readme():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert set(env.snapshot()) == {knob.name for knob in env.KNOBS}
+    for knob in env.KNOBS:
+        assert knob.name.startswith("MATEGEMM_") and f"`{knob.name}`" in readme, knob.name
+
+
+def test_info_for_unknown_arch():
+    with pytest.raises(ValueError, match="arch"):
+        rt_device.info_for_arch("sm_80")
+    assert rt_device.info_for_arch("sm_90a").num_sms == 132

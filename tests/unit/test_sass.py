@@ -1,0 +1,87 @@
+"""Every kernel the heuristics pick for the dense suite compiles for sm_90a into a Hopper kernel.
+
+Hopper kernel = wgmma (QGMMA) fed by TMA (UTMALDG), and no local-memory traffic (LDL/STL: spills).
+"""
+import collections
+
+import pytest
+import torch
+
+from mategemm import prewarm
+from mategemm.heuristics import fp8_gemm
+from mategemm.jit.cache import KernelCache
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.runtime.device import SM90_NO_DEVICE
+from mategemm.testing import sass
+from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem
+
+ARCH = "sm_90a"
+DENSE = prewarm.read_suites(prewarm.default_shapes_file())["dense_fp8"]
+PLANNED = prewarm.plan(DENSE, ARCH, num_mp=132)
+DTYPE_NAMES = {torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2", torch.bfloat16: "bf16",
+               torch.float16: "fp16"}
+
+
+def kernel_id(problem: GemmProblem, config) -> str:
+    dtypes = ".".join(DTYPE_NAMES[d] for d in (problem.a_dtype, problem.b_dtype, problem.out_dtype))
+    return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-gn{problem.recipe.gn}-"
+            f"{dtypes}")
+
+
+def params(items):
+    return [pytest.param(problem, config, id=kernel_id(problem, config)) for problem, config in items]
+
+
+def other_dtype_instances():
+    """e5m2 operands and fp16 output on a large shape, both recipes."""
+    items = []
+    for a, b, out in ((torch.float8_e5m2, torch.float8_e4m3fn, torch.bfloat16),
+                      (torch.float8_e4m3fn, torch.float8_e5m2, torch.float16),
+                      (torch.float8_e5m2, torch.float8_e5m2, torch.float16)):
+        for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128):
+            problem = GemmProblem(4096, 4096, 7168, recipe, a, b, out)
+            items.append((problem, fp8_gemm.choose(problem, SM90_NO_DEVICE, 132)))
+    return items
+
+
+@pytest.fixture(scope="session")
+def sass_cache(tmp_path_factory):
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    return KernelCache(tmp_path_factory.mktemp("sass_cache"))
+
+
+def check_hopper_sass(cache: KernelCache, problem: GemmProblem, config) -> collections.Counter:
+    compiled = cache.get(kernel_fp8.spec(problem, config, ARCH))
+    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["QGMMA"] > 0, "no wgmma (QGMMA) in the SASS"
+    assert ops["UTMALDG"] > 0, "no TMA load (UTMALDG) in the SASS"
+    assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
+    return collections.Counter(line.split()[1] for line in text.splitlines() if " QGMMA." in line)
+
+
+def test_plan_covers_both_recipes():
+    assert {p.problem.recipe.gn for p in PLANNED} == {1, 128}
+    assert len({p.spec for p in PLANNED}) == len(PLANNED)
+
+
+@pytest.mark.parametrize("problem,config", params((p.problem, p.config) for p in PLANNED))
+def test_dense_kernel_is_hopper_sass(sass_cache, problem, config):
+    check_hopper_sass(sass_cache, problem, config)
+
+
+@pytest.mark.parametrize("problem,config", params(other_dtype_instances()))
+def test_other_dtypes_are_hopper_sass(sass_cache, problem, config):
+    qgmma = check_hopper_sass(sass_cache, problem, config)
+    a, b = DTYPE_NAMES[problem.a_dtype].upper(), DTYPE_NAMES[problem.b_dtype].upper()
+    assert any(name.endswith(f".{a}.{b}") for name in qgmma), qgmma
+
+
+def test_opcode_tokens_are_whole_words():
+    text = ("        /*0890*/                   STL.64 [R1+0x60], R4 ;  /* 0x0000600401007387 */\n"
+            "        /*08a0*/              @!P0 LDL R2, [R1] ;  /* 0x0 */\n"
+            "        /*08b0*/                   STS.U8 [R3], R2 ;  /* LDL STL in a comment */\n"
+            "        /*08c0*/               @P1 BRA 0x4c0 ;\n"
+            "\t.headerflags\t@\"EF_CUDA_SM90 STL\"\n")
+    assert sass.opcodes(text) == ["STL", "LDL", "STS", "BRA"]
