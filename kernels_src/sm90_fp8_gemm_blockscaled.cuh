@@ -40,6 +40,12 @@ struct Fp8GemmSmemLayout {
                 "swizzled tiles must stay 1024-byte aligned");
 };
 
+// One k-block's scales, as one math thread needs them: its two rows of A, and B's (up to two)
+// 128-column blocks (b0, b1 are unused with per-column B scales).
+struct BlockScales {
+  float a0, a1, b0, b1;
+};
+
 // acc += part * scale for one 8-column chunk of the m64nN layout: row r (lo) and row r + 8 (hi).
 __device__ __forceinline__ void promote_chunk(float* acc, const float* part, float scale_lo, float scale_hi) {
   acc[0] = fmaf(part[0], scale_lo, acc[0]);
@@ -173,8 +179,13 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   const bool wg_leader = (threadIdx.x % 128) == 0;
   const u32 smem_out_addr = smem_addr(smem_out);
 
+  // NOTES: with a second scratch accumulator, the wgmma of k-block kb + 1 runs while kb is
+  // promoted, so the tensor cores are not idle during promotion. It costs BLOCK_N / 2 more
+  // registers per thread: affordable up to BLOCK_N 128 (acc + 2 scratch = 192 of 232).
+  constexpr bool kOverlap = kScaleGranN == 128 && BLOCK_N <= 128;
   float acc[kAcc];
-  float part[kAcc];
+  float part0[kAcc];
+  float part1[kOverlap ? kAcc : 1];
 
   while (scheduler.next(m_block, n_block)) {
     const int m0 = m_block * BLOCK_M;
@@ -189,21 +200,20 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
 
-    for (int kb = 0; kb < num_k_blocks; ++kb) {
-      mbar_wait(&full_bar[pipe.stage], pipe.phase);
-      // Scales leave shared memory before the stage is handed back.
-      const float* sf = smem_scales + pipe.stage * (Layout::kSfBytes / 4);
-      const float sa0 = sf[row_in_tile], sa1 = sf[row_in_tile + 8];
-      float sb0 = 0.0f, sb1 = 0.0f;
+    // Waits for the next stage, takes its scales into registers, issues its 4 wgmma into `part`.
+    auto issue = [&](float* part, BlockScales& sc) -> int {
+      const int stage = pipe.stage;
+      mbar_wait(&full_bar[stage], pipe.phase);
+      pipe.advance();
+      const float* sf = smem_scales + stage * (Layout::kSfBytes / 4);
+      sc.a0 = sf[row_in_tile];
+      sc.a1 = sf[row_in_tile + 8];
       if constexpr (kScaleGranN == 128) {
-        sb0 = sf[BLOCK_M];
-        sb1 = sf[BLOCK_M + 1];
+        sc.b0 = sf[BLOCK_M];
+        sc.b1 = sf[BLOCK_M + 1];
       }
-      const u8* a_tile = smem_a + pipe.stage * Layout::kABytes + math_wg * 64 * kBlockK;
-      const u8* b_tile = smem_b + pipe.stage * Layout::kBBytes;
-      const u64 desc_a = smem_desc_k128_sw128(a_tile);
-      const u64 desc_b = smem_desc_k128_sw128(b_tile);
-
+      const u64 desc_a = smem_desc_k128_sw128(smem_a + stage * Layout::kABytes + math_wg * 64 * kBlockK);
+      const u64 desc_b = smem_desc_k128_sw128(smem_b + stage * Layout::kBBytes);
       #pragma unroll
       for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
       wgmma_fence();
@@ -213,26 +223,23 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(part, desc_a + kk * 2, desc_b + kk * 2, kk > 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      return stage;
+    };
+
+    // After `part`'s wgmma completed: hand its stage back, then acc += part * scales in FP32.
+    auto retire = [&](float* part, const BlockScales& sc, int stage) {
       #pragma unroll
       for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
-
-      // Per-block B scales are read now; per-column ones during promotion, so that stage
-      // is handed back after it.
       if constexpr (kScaleGranN == 128) {
         __syncwarp();  // every lane's scale reads happen before lane 0 releases the stage
-        if (lane == 0) mbar_arrive(&empty_bar[pipe.stage]);
-      }
-
-      // Promotion: acc += part * sa(row) * sb(column) on the CUDA cores, in FP32.
-      if constexpr (kScaleGranN == 128) {
-        const float s00 = sa0 * sb0, s10 = sa1 * sb0;
+        if (lane == 0) mbar_arrive(&empty_bar[stage]);
+        const float s00 = sc.a0 * sc.b0, s10 = sc.a1 * sc.b0;
         if constexpr (128 % BLOCK_N == 0) {
           // The tile lies inside one 128-column scale block: one scale pair for all columns.
           #pragma unroll
           for (int c = 0; c < BLOCK_N / 8; ++c) promote_chunk(acc + c * 4, part + c * 4, s00, s10);
         } else {
-          const float s01 = sa0 * sb1, s11 = sa1 * sb1;
+          const float s01 = sc.a0 * sc.b1, s11 = sc.a1 * sc.b1;
           #pragma unroll
           for (int c = 0; c < BLOCK_N / 8; ++c) {
             const bool first = c < first_chunks;
@@ -240,21 +247,52 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           }
         }
       } else {
+        // Per-column B scales are read from the stage here, so it is handed back afterwards.
+        const float* sf = smem_scales + stage * (Layout::kSfBytes / 4) + BLOCK_M;
         #pragma unroll
         for (int c = 0; c < BLOCK_N / 8; ++c) {
-          const float sb_lo = sf[BLOCK_M + c * 8 + (lane % 4) * 2];
-          const float sb_hi = sf[BLOCK_M + c * 8 + (lane % 4) * 2 + 1];
-          acc[c * 4 + 0] = fmaf(part[c * 4 + 0], sa0 * sb_lo, acc[c * 4 + 0]);
-          acc[c * 4 + 1] = fmaf(part[c * 4 + 1], sa0 * sb_hi, acc[c * 4 + 1]);
-          acc[c * 4 + 2] = fmaf(part[c * 4 + 2], sa1 * sb_lo, acc[c * 4 + 2]);
-          acc[c * 4 + 3] = fmaf(part[c * 4 + 3], sa1 * sb_hi, acc[c * 4 + 3]);
+          const float sb_lo = sf[c * 8 + (lane % 4) * 2], sb_hi = sf[c * 8 + (lane % 4) * 2 + 1];
+          acc[c * 4 + 0] = fmaf(part[c * 4 + 0], sc.a0 * sb_lo, acc[c * 4 + 0]);
+          acc[c * 4 + 1] = fmaf(part[c * 4 + 1], sc.a0 * sb_hi, acc[c * 4 + 1]);
+          acc[c * 4 + 2] = fmaf(part[c * 4 + 2], sc.a1 * sb_lo, acc[c * 4 + 2]);
+          acc[c * 4 + 3] = fmaf(part[c * 4 + 3], sc.a1 * sb_hi, acc[c * 4 + 3]);
         }
-      }
-      if constexpr (kScaleGranN != 128) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(&empty_bar[pipe.stage]);
+        if (lane == 0) mbar_arrive(&empty_bar[stage]);
       }
-      pipe.advance();
+    };
+
+    if constexpr (kOverlap) {
+      // Two scratch accumulators in turn: k-block kb + 1's wgmma runs while kb is promoted.
+      // NOTES: no wgmma is in flight across the loop's back edge or a conditional issue; with
+      // either, ptxas serialised every wgmma (C7514) or injected waits before promotion (C7517).
+      BlockScales sc0, sc1;
+      int stage0 = issue(part0, sc0), stage1;
+      wgmma_wait<0>();
+      int kb = 0;
+      for (; kb + 2 < num_k_blocks; kb += 2) {  // part0 holds k-block kb, complete
+        stage1 = issue(part1, sc1);
+        retire(part0, sc0, stage0);
+        wgmma_wait<0>();
+        stage0 = issue(part0, sc0);
+        retire(part1, sc1, stage1);
+        wgmma_wait<0>();
+      }
+      if (kb + 1 < num_k_blocks) {
+        stage1 = issue(part1, sc1);
+        retire(part0, sc0, stage0);
+        wgmma_wait<0>();
+        retire(part1, sc1, stage1);
+      } else {
+        retire(part0, sc0, stage0);
+      }
+    } else {
+      for (int kb = 0; kb < num_k_blocks; ++kb) {
+        BlockScales sc;
+        const int stage = issue(part0, sc);
+        wgmma_wait<0>();
+        retire(part0, sc, stage);
+      }
     }
 
     // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----

@@ -39,20 +39,30 @@ def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
     return kernel
 
 
-def run(kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor, b: torch.Tensor,
-        sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor, sfb_strides: tuple[int, int],
-        out: torch.Tensor) -> None:
-    """Launch on torch's current stream. sf*_strides are (stride along M/N, stride along K-blocks)."""
-    # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
-    # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
-    # output rows that are never stored (each output row reads only its own A row).
-    a_box_rows = min(config.block_m, -(-problem.m // 8) * 8)
-    tmap_a = encode_2d(a, config.block_k, a_box_rows, 128)
-    tmap_b = encode_2d(b, config.block_k, config.block_n, 128)
-    tmap_d = encode_2d(out, config.out_swizzle // out.element_size(), 64, config.out_swizzle)
-    values = (tmap_a, tmap_b, tmap_d, sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(),
-              sfb_strides[0], sfb_strides[1], problem.m, problem.n, problem.k, config.group_n, a_box_rows)
-    types = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
+class Launch:
+    """Everything of one call but the output: descriptors and arguments built once, reusable."""
+
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "out_dtype")
+    TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT)
-    stream = torch.cuda.current_stream().cuda_stream  # the caller made a's device current
-    kernel.launch(config.num_mp, stream, values, types)
+
+    def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
+                 b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
+                 sfb_strides: tuple[int, int]):
+        """sf*_strides are (stride along M/N, stride along K-blocks)."""
+        # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
+        # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
+        # output rows that are never stored (each output row reads only its own A row).
+        a_box_rows = min(config.block_m, -(-problem.m // 8) * 8)
+        self.kernel = kernel
+        self.grid = config.num_mp
+        self.head = (encode_2d(a, config.block_k, a_box_rows, 128), encode_2d(b, config.block_k, config.block_n, 128))
+        self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
+                     problem.m, problem.n, problem.k, config.group_n, a_box_rows)
+        self.out_swizzle = config.out_swizzle
+        self.out_dtype = problem.out_dtype
+
+    def __call__(self, out: torch.Tensor, stream: int) -> None:
+        """Launch writing `out` on `stream` (a raw CUstream handle of the current device)."""
+        tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), 64, self.out_swizzle)
+        self.kernel.launch(self.grid, stream, (*self.head, tmap_d, *self.tail), self.TYPES)

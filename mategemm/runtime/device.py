@@ -73,9 +73,14 @@ def set_num_mp(num_mp: int | None) -> None:
     _num_mp_override = num_mp
 
 
+def get_num_mp_setting() -> int:
+    """set_num_mp()'s value, else MATEGEMM_NUM_MP; 0 means all SMs (cheap: no device query)."""
+    return _num_mp_override or env.num_mp()
+
+
 def get_num_mp(info: DeviceInfo | None = None) -> int:
     """SMs the kernels may use: set_num_mp(), else MATEGEMM_NUM_MP, else all SMs of the device."""
     if info is None:
         info = current_device_info()
-    limit = _num_mp_override or env.num_mp() or info.num_sms
+    limit = get_num_mp_setting() or info.num_sms
     return min(limit, info.num_sms)

@@ -19,7 +19,9 @@ def cublas_blockwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_
     cuBLAS wants A's scales M-major ((k/128, m) storage seen as (m, k/128)) and B's as the
     transpose of a (ceil(n/128), k/128) tensor; the layouts are prepared here, outside the timing.
     """
-    sa = a_scale.t().contiguous().t()
+    m, k_blocks = a_scale.shape
+    sa = torch.empty_strided((m, k_blocks), (1, max(m, 1)), dtype=a_scale.dtype, device=a_scale.device)
+    sa.copy_(a_scale)  # explicit strides: .contiguous() keeps a 1-row tensor's strides as they are
     sb = b_scale.contiguous().t()
     bt = b.t()
     rec_a = _scaling("BlockWise1x128", "Blockwise_1x128")
