@@ -23,7 +23,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
 
 
 def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
-    """What selects the binary: everything in spec() plus the launch shape."""
+    """The template arguments of spec(): they select the binary (and with it the launch shape)."""
     return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
             config.block_n, config.stages, config.out_swizzle)
 

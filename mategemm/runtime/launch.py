@@ -45,17 +45,18 @@ class LoadedKernel:
         config.numAttrs = 1
         self._config = config  # reused: only the grid and the stream change between launches
         self._launch = driver.cuLaunchKernelEx
+        self._success = driver.CUresult.CUDA_SUCCESS
 
     def launch(self, grid: int, stream: int, values: tuple, types: tuple) -> None:
+        """Launch `grid` CTAs on the raw CUstream handle `stream`; DriverError on failure."""
         config = self._config
         config.gridDimX = grid
         config.hStream = _stream(stream)
         err = self._launch(config, self.function, (values, types), 0)
-        if err[0] != _SUCCESS:
+        if err[0] != self._success:
             check(err, "cuLaunchKernelEx")
 
 
-_SUCCESS = None
 _streams: dict[int, object] = {}
 
 
@@ -65,8 +66,6 @@ def _stream(handle: int):
     if stream is None:
         from cuda.bindings import driver
 
-        global _SUCCESS
-        _SUCCESS = driver.CUresult.CUDA_SUCCESS
         if len(_streams) > 1024:
             _streams.clear()
         stream = _streams[handle] = driver.CUstream(handle)

@@ -88,6 +88,8 @@ def test_forced_values_are_used():
     ("stages=9", "stages"),
     ("block_m=128,block_n=160,stages=8", "stages"),
     ("group_n=-1", "group_n"),
+    ("group_n=0", "group_n"),
+    ("stages=0", "stages"),
 ])
 def test_choose_rejects_bad_forced_values(raw, named):
     with pytest.raises(ValueError, match="MATEGEMM_FORCE_CONFIG") as info:
