@@ -85,3 +85,26 @@ def test_opcode_tokens_are_whole_words():
             "        /*08c0*/               @P1 BRA 0x4c0 ;\n"
             "\t.headerflags\t@\"EF_CUDA_SM90 STL\"\n")
     assert sass.opcodes(text) == ["STL", "LDL", "STS", "BRA"]
+
+
+# ptxas's performance diagnostics that must never appear: wgmma serialised (C7514), a wait
+# injected before promotion (C7517), setmaxnreg ignored (C7508).
+PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
+
+
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n", [
+    (128, 128, 5, 128),  # two math warpgroups, promotion overlapped with the next wgmma
+    (64, 64, 8, 128),    # one math warpgroup, overlapped
+    (128, 144, 5, 128),  # straddles two B scale blocks, not overlapped
+    (128, 112, 6, 1),    # per-column B scales
+])
+def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n):
+    from mategemm.jit import nvrtc
+
+    problem = GemmProblem(4096, 4096, 7168, RECIPE_1x128_128x128 if gran_n == 128 else RECIPE_1x128_1x128,
+                          torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16)
+    config = fp8_gemm.choose(problem, SM90_NO_DEVICE, 132, f"block_m={block_m},block_n={block_n},stages={stages}")
+    spec = kernel_fp8.spec(problem, config, ARCH)
+    _, _, log = nvrtc.compile_cubin(spec.source, spec.name_expr, nvrtc.base_options(ARCH, debug=True))
+    assert "ptxas info" in log, "no ptxas report in the log"
+    assert not [code for code in PTXAS_FORBIDDEN if code in log], log
