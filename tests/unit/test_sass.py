@@ -1,4 +1,5 @@
-"""Every kernel the heuristics pick for the dense suite compiles for sm_90a into a Hopper kernel.
+"""Every kernel the heuristics pick for the dense suite, at any SM budget, compiles for sm_90a into a
+Hopper kernel.
 
 Hopper kernel = wgmma (QGMMA) fed by TMA (UTMALDG), and no local-memory traffic (LDL/STL: spills).
 """
@@ -17,7 +18,18 @@ from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem
 
 ARCH = "sm_90a"
 DENSE = prewarm.read_suites(prewarm.default_shapes_file())["dense_fp8"]
-PLANNED = prewarm.plan(DENSE, ARCH, num_mp=132)
+
+
+def plan_every_num_mp():
+    """What the heuristics pick for the dense suite at any SM budget (set_num_mp 1 ... 132)."""
+    planned = {}
+    for num_mp in range(1, SM90_NO_DEVICE.num_sms + 1):
+        for p in prewarm.plan(DENSE, ARCH, num_mp=num_mp):
+            planned.setdefault(p.spec, p)
+    return list(planned.values())
+
+
+PLANNED = plan_every_num_mp()
 DTYPE_NAMES = {torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2", torch.bfloat16: "bf16",
                torch.float16: "fp16"}
 
