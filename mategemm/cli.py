@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from mategemm import env, prewarm
@@ -124,6 +123,7 @@ def demo_gpu() -> int:
 
     import mategemm
     from mategemm.testing import TOLERANCE, calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs
+    from mategemm.testing.timing import median_ms
 
     m, n, k = DEMO_SHAPE
     print(f"device: {torch.cuda.get_device_name()}; gemm_fp8_nt_groupwise m={m} n={n} k={k} recipe (1,128,128)")
@@ -143,29 +143,12 @@ def demo_gpu() -> int:
         print(f"cuBLAS blockwise unavailable: {exc}")
     for name, fn in rows:
         try:
-            ms = median_ms(fn)
+            ms = median_ms([fn])
         except Exception as exc:  # noqa: BLE001 - a peer failing must not hide our result
             print(f"{name:<18} failed: {exc}")
             continue
         print(f"{name:<18} {ms:8.3f} ms  {flops / ms / 1e9:7.1f} TFLOPS")
     return 0 if diff <= tol else 1
-
-
-def median_ms(fn, warmup: int = 5, reps: int = 20) -> float:
-    """Median of CUDA-event times, calls queued behind a GPU sleep so host overhead stays hidden."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    torch.cuda._sleep(10_000_000)
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def demo_cpu() -> int:

@@ -29,35 +29,20 @@ import torch  # noqa: E402
 import mategemm  # noqa: E402
 from mategemm.testing import calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs  # noqa: E402
 from mategemm.testing import peers  # noqa: E402
+from mategemm.testing.timing import SLEEP_CYCLES, median_ms  # noqa: E402
 
 SHAPES = ROOT / "tools" / "shapes" / "shapes.json"
 ANCHORS = ROOT / "tools" / "shapes" / "anchors.json"
-WARMUP, TIMED, SLEEP_CYCLES = 5, 30, 20_000_000  # ~10 ms at 1.98 GHz
 
 
 def card_kind(name: str) -> str:
     return "H200" if "H200" in name else "H100"
 
 
-def time_ms(calls: list) -> float:
-    """Median CUDA-event time of one call, rotating over `calls` (one per input set)."""
-    for i in range(WARMUP):
-        calls[i % len(calls)]()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(TIMED)]
-    torch.cuda._sleep(SLEEP_CYCLES)
-    for i, (start, end) in enumerate(events):
-        start.record()
-        calls[i % len(calls)]()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
-
-
 def copy_tbps() -> float:
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_ms([lambda: dst.copy_(src)])
+    ms = median_ms([lambda: dst.copy_(src)])
     return 2 * src.numel() / (ms * 1e-3) / 1e12
 
 
@@ -98,7 +83,7 @@ def bench_dense_fp8(args) -> dict:
         for name, calls in impls.items():
             try:
                 calls = calls() if callable(calls) else calls
-                ms = time_ms(calls)
+                ms = median_ms(calls)
             except Exception as exc:  # noqa: BLE001 - a peer that cannot run this shape
                 row[f"{name}_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
                 continue

@@ -4,7 +4,8 @@
 # feed rate (10 TB/s into all SMs together) and the 300 ns floor per 128-K block per CTA (the
 # serial chain barrier wait -> 4 wgmma -> wait -> promotion) were fitted to a sweep of every
 # (BLOCK_M, BLOCK_N) over the 28 dense shapes on an H200 (docs/benchmarks.md, 2026-11-28): the
-# fitted model picks configs within 0.5% (geomean) of the sweep's best, worst case 4%.
+# fitted model picks configs within 0.5% (geomean) of the sweep's best, worst case 4%
+# (`python tools/sweep_fp8_configs.py run | score` re-measures and re-scores).
 FP8_FLOPS_PER_SM_PER_NS = 1979e12 / 132 / 1e9
 FEED_BYTES_PER_NS = 10.0e12 / 1e9
 K_BLOCK_FLOOR_NS = 300.0

@@ -1,0 +1,27 @@
+"""CUDA-event timing as ../shared/bench/README.md prescribes (benchmarks and the demo share it)."""
+from __future__ import annotations
+
+import statistics
+
+WARMUP, TIMED, SLEEP_CYCLES = 5, 30, 20_000_000  # ~10 ms of GPU sleep at 1.98 GHz
+
+
+def median_ms(calls: list, warmup: int = WARMUP, timed: int = TIMED) -> float:
+    """Median CUDA-event time of one call, rotating over `calls` (one per input set).
+
+    The timed calls are queued behind a GPU sleep so the host stays ahead of the GPU and launch
+    overhead does not leak into the kernel times.
+    """
+    import torch
+
+    for i in range(warmup):
+        calls[i % len(calls)]()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(timed)]
+    torch.cuda._sleep(SLEEP_CYCLES)
+    for i, (start, end) in enumerate(events):
+        start.record()
+        calls[i % len(calls)]()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
