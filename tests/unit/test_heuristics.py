@@ -141,3 +141,17 @@ def test_info_for_unknown_arch():
     with pytest.raises(ValueError, match="arch"):
         rt_device.info_for_arch("sm_80")
     assert rt_device.info_for_arch("sm_90a").num_sms == 132
+
+
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n", [
+    (128, 128, 5, 128), (64, 16, 8, 128), (128, 144, 5, 128), (128, 112, 6, 1), (64, 160, 4, 1)])
+def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n):
+    """The launch's dynamic shared memory equals Fp8GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
+    from mategemm.jit import nvrtc
+
+    expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n)
+    source = ('#include "sm90_fp8_gemm_blockscaled.cuh"\n'
+              f"static_assert(mategemm::Fp8GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}>::kTotalBytes"
+              f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
+              "__global__ void probe() {}\n")
+    nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
