@@ -28,18 +28,29 @@ def tools_dir() -> Path | None:
     return None
 
 
-def dump_sass(cubin: Path | str) -> str:
-    """`cuobjdump --dump-sass` of a cubin file. Raises FileNotFoundError if cuobjdump is missing."""
+def _cuobjdump(flag: str, cubin: Path | str, expect: str) -> str:
     folder = tools_dir()
     if folder is None:
         raise FileNotFoundError("cuobjdump not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
     env = dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
-    done = subprocess.run([str(folder / "cuobjdump"), "--dump-sass", str(cubin)], env=env, capture_output=True,
-                          text=True)
-    if done.returncode != 0 or "Function" not in done.stdout:
-        raise RuntimeError(f"cuobjdump --dump-sass {cubin} failed (rc {done.returncode}):\n"
-                           f"{done.stderr or done.stdout}")
+    done = subprocess.run([str(folder / "cuobjdump"), flag, str(cubin)], env=env, capture_output=True, text=True)
+    if done.returncode != 0 or expect not in done.stdout:
+        raise RuntimeError(f"cuobjdump {flag} {cubin} failed (rc {done.returncode}):\n{done.stderr or done.stdout}")
     return done.stdout
+
+
+def dump_sass(cubin: Path | str) -> str:
+    """`cuobjdump --dump-sass` of a cubin file. Raises FileNotFoundError if cuobjdump is missing."""
+    return _cuobjdump("--dump-sass", cubin, "Function")
+
+
+_KPARAM = re.compile(r"Ordinal\s*:\s*0x([0-9a-f]+)\s+Offset\s*:\s*0x([0-9a-f]+)\s+Size\s*:\s*0x([0-9a-f]+)")
+
+
+def kernel_param_sizes(cubin: Path | str) -> list[int]:
+    """Byte size of each kernel parameter, in declaration order (from the cubin's EIATTR_KPARAM_INFO)."""
+    params = {int(o, 16): int(size, 16) for o, _, size in _KPARAM.findall(_cuobjdump("-elf", cubin, "KPARAM"))}
+    return [params[i] for i in range(len(params))]
 
 
 def opcodes(sass: str) -> list[str]:

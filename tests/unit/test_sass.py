@@ -73,6 +73,16 @@ def check_hopper_sass(cache: KernelCache, problem: GemmProblem, config) -> colle
     return collections.Counter(line.split()[1] for line in text.splitlines() if " QGMMA." in line)
 
 
+def test_launch_arguments_match_the_kernel_signature(sass_cache):
+    """Launch.TYPES (what the host passes) has the kernel's parameter count and sizes."""
+    import ctypes
+
+    planned = PLANNED[0]
+    compiled = sass_cache.get(planned.spec)
+    size = {None: 128, ctypes.c_void_p: 8, ctypes.c_int: 4}  # TMAP = CUtensorMap by value
+    assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [size[t] for t in kernel_fp8.Launch.TYPES]
+
+
 def test_plan_covers_both_recipes():
     assert {p.problem.recipe.gn for p in PLANNED} == {1, 128}
     assert len({p.spec for p in PLANNED}) == len(PLANNED)
