@@ -27,7 +27,10 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     """
     key = _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype,
                     backend, output_scale)
-    launch = _warm.get(key) if key is not None else None
+    try:
+        launch = _warm.get(key) if key is not None else None
+    except TypeError:  # an unhashable option (e.g. a list): checked the long way, not memoised
+        key = launch = None
     if launch is None:
         problem, sfa_strides, sfb_strides = validate.gemm_fp8_nt_groupwise(
             a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype, backend,
@@ -70,12 +73,10 @@ def _tensor_key(t):
 
 def _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend,
               output_scale):
-    """The memo key of a call, or None when it cannot be keyed (non-tensors, unhashable options)."""
+    """The memo key of a call, or None when an argument that must be a tensor is not one."""
     try:
-        key = (_tensor_key(a), _tensor_key(b), _tensor_key(a_scale), _tensor_key(b_scale),
-               None if out is None else _tensor_key(out), scale_major_mode, mma_sm, scale_granularity_mnk,
-               out_dtype, backend, output_scale is None, env.force_config(), rt_device.get_num_mp_setting())
-        hash(key)
+        return (_tensor_key(a), _tensor_key(b), _tensor_key(a_scale), _tensor_key(b_scale),
+                None if out is None else _tensor_key(out), scale_major_mode, mma_sm, scale_granularity_mnk,
+                out_dtype, backend, output_scale is None, env.force_config(), rt_device.get_num_mp_setting())
     except TypeError:
         return None
-    return key

@@ -89,3 +89,12 @@ def test_allocated_out_has_the_requested_dtype(stubbed):
     for _ in range(2):
         out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out_dtype=torch.float16)
         assert out.dtype == torch.float16 and out.shape == (16, 128)
+
+
+def test_unhashable_options_take_the_checked_path(stubbed):
+    counts, kernel = stubbed
+    a, b, sa, sb = make_fp8_gemm_inputs(16, 128, 128, device="cpu")
+    out = torch.empty((16, 128), dtype=torch.bfloat16)
+    for _ in range(2):
+        mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out, scale_granularity_mnk=[1, 128, 128])
+    assert counts["validate"] == 2 and len(kernel.launches) == 2
