@@ -7,9 +7,13 @@
 // Warp roles: warpgroup 0 produces: one thread issues TMA loads of A and B into a ring of
 // kNumStages swizzled stages, and warps 1-3 copy the stage's A and B scales (any strides) into
 // shared memory beside them, so scale-load latency hides behind the whole ring. Warpgroups
-// 1..kNumMathWG consume (each owns 64 rows of the tile,
-// issues 4 x wgmma k32 per 128-K block into a scratch accumulator, then promotes it into the
-// main accumulator with the block scales on the CUDA cores). Persistent grid over the tiles.
+// 1..kNumMathWG consume: each owns BLOCK_M / kNumMathWG rows of the tile in waves of 64, issues
+// 4 x wgmma k32 per 128-K block and wave into a scratch accumulator, then promotes it into the
+// main accumulator with the block scales on the CUDA cores. Persistent grid over the tiles.
+//
+// Clusters: with kClusterM = 2 the two CTAs of a cluster take vertically adjacent tiles of one
+// N-block and each loads half of the shared B tile into both (TMA multicast); with kClusterN = 2
+// they take horizontally adjacent tiles of one M-block and share A the same way.
 #pragma once
 #include "common/epilogue.cuh"
 #include "common/pipeline.cuh"
@@ -28,8 +32,11 @@ struct Fp8GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * 2;
   static constexpr int kABytes = BLOCK_M * kBlockK;
   static constexpr int kBBytes = BLOCK_N * kBlockK;
-  static constexpr int kNumSfb = kScaleGranN == 128 ? 2 : BLOCK_N;  // B scales per stage
-  static constexpr int kSfBytes = ((BLOCK_M + kNumSfb) * 4 + 15) & ~15;  // A then B scales, one stage
+  // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
+  // block, then (if the tile can straddle two) with the next. (1,1,128): sa per row, sb per column.
+  static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
+  static constexpr int kSfFloats = kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1) : BLOCK_M + BLOCK_N;
+  static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
   static constexpr int kOffScales = kOffB + kNumStages * kBBytes;
@@ -40,10 +47,10 @@ struct Fp8GemmSmemLayout {
                 "swizzled tiles must stay 1024-byte aligned");
 };
 
-// One k-block's scales, as one math thread needs them: its two rows of A, and B's (up to two)
-// 128-column blocks (b0, b1 are unused with per-column B scales).
+// One k-block's scales for one math thread's rows r (lo) and r + 8 (hi). (1,128,128): the products
+// sa * sb with B scale block 0 and 1 of the tile. (1,1,128): sa in lo[0], hi[0].
 struct BlockScales {
-  float a0, a1, b0, b1;
+  float lo[2], hi[2];
 };
 
 // acc += part * scale for one 8-column chunk of the m64nN layout: row r (lo) and row r + 8 (hi).
@@ -54,28 +61,41 @@ __device__ __forceinline__ void promote_chunk(float* acc, const float* part, flo
   acc[3] = fmaf(part[3], scale_hi, acc[3]);
 }
 
+template <int BLOCK_M>
+__host__ __device__ constexpr int fp8_gemm_math_warpgroups() { return BLOCK_M == 64 ? 1 : 2; }
+
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kTypeA, int kTypeB, int kOutType,
-          int kOutSwizzle>
-__global__ void __launch_bounds__((BLOCK_M / 64 + 1) * 128, 1)
+          int kOutSwizzle, int kClusterM, int kClusterN>
+__global__ void __launch_bounds__((fp8_gemm_math_warpgroups<BLOCK_M>() + 1) * 128, 1)
 sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                           const __grid_constant__ TmaDesc tmap_d,
                           const float* __restrict__ sfa, int sfa_stride_m, int sfa_stride_k,
                           const float* __restrict__ sfb, int sfb_stride_n, int sfb_stride_k,
                           int m, int n, int k, int group_n, int a_box_rows) {
-  constexpr int kNumMathWG = BLOCK_M / 64;
+  constexpr int kNumMathWG = fp8_gemm_math_warpgroups<BLOCK_M>();
+  constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
   constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
+  constexpr int kCluster = kClusterM * kClusterN;
   using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN>;
-  static_assert(BLOCK_M == 64 || BLOCK_M == 128, "BLOCK_M is 64 or 128");
+  static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
   // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
   // ahead of the consumers (mbarrier parity tells only one phase apart) only if the ring has
   // at least as many stages as there are scale warps.
   static_assert(kNumStages >= 3, "the scale warps need at least 3 stages");
   static_assert(BLOCK_N % 8 == 0 && BLOCK_N >= 8 && BLOCK_N <= 256, "BLOCK_N is a multiple of 8 in [8, 256]");
   static_assert(BLOCK_N % (kOutSwizzle / 2) == 0, "output swizzle chunk must divide BLOCK_N");
+  static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
+                "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
   // aligned start n0 = j * BLOCK_N): BLOCK_N <= 128 + gcd(BLOCK_N, 128).
   static_assert(kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
                 "BLOCK_N would straddle three B scale blocks");
+
+  // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
+  // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
+  // a __syncwarp before one lane's arrive). The peer CTA's producer also overwrites this CTA's
+  // stage (multicast): one lane per math warp arrives on the peer's barrier.
+  constexpr int kEmptyArrivals = kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;
 
   // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
   // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
@@ -88,9 +108,10 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   u8* smem_out = smem;
   u8* smem_a = smem + Layout::kOffA;
   u8* smem_b = smem + Layout::kOffB;
-  float* smem_scales = reinterpret_cast<float*>(smem + Layout::kOffScales);  // stage s at s * kSfBytes / 4
-  u64* full_bar = reinterpret_cast<u64*>(smem + Layout::kOffBarriers);
-  u64* empty_bar = full_bar + kNumStages;
+  // Scales and barriers by 32-bit shared-memory address: stage s's at base + s * size.
+  const u32 scales_addr = smem_addr(smem + Layout::kOffScales);
+  const u32 full_bar = smem_addr(smem + Layout::kOffBarriers);
+  const u32 empty_bar = full_bar + kNumStages * 8;
 
   const int warpgroup = warp_uniform(threadIdx.x / 128);
   const int num_k_blocks = k / kBlockK;
@@ -102,14 +123,16 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     tma_prefetch_desc(&tmap_d);
     #pragma unroll
     for (int s = 0; s < kNumStages; ++s) {
-      mbar_init(&full_bar[s], 1 + 32);  // the TMA thread + every lane of the stage's scale warp
-      mbar_init(&empty_bar[s], kNumMathWG * 4);  // lane 0 of every math warp
+      mbar_init(full_bar + s * 8, 1 + 32);  // the TMA thread + every lane of the stage's scale warp
+      mbar_init(empty_bar + s * 8, kEmptyArrivals);
     }
     fence_mbar_init();
   }
-  __syncthreads();
+  // The peer's multicast loads and arrivals target these barriers: they must exist first.
+  if constexpr (kCluster > 1) cluster_sync(); else __syncthreads();
 
-  TileScheduler scheduler(m, n, BLOCK_M, BLOCK_N, group_n);
+  TileScheduler<kClusterM, kClusterN> scheduler(m, n, BLOCK_M, BLOCK_N, group_n);
+  const u32 peer_cta = scheduler.rank ^ 1;
   PipelineState<kNumStages> pipe;
   int m_block, n_block;
 
@@ -120,12 +143,26 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       // ---- producer: one thread streams A and B tiles through the ring ----
       while (scheduler.next(m_block, n_block)) {
         for (int kb = 0; kb < num_k_blocks; ++kb) {
-          mbar_wait(&empty_bar[pipe.stage], pipe.phase ^ 1);
-          mbar_arrive_expect_tx(&full_bar[pipe.stage], a_box_rows * kBlockK + Layout::kBBytes);
-          tma_load_2d(smem_a + pipe.stage * Layout::kABytes, &tmap_a, &full_bar[pipe.stage], kb * kBlockK,
-                      m_block * BLOCK_M);
-          tma_load_2d(smem_b + pipe.stage * Layout::kBBytes, &tmap_b, &full_bar[pipe.stage], kb * kBlockK,
-                      n_block * BLOCK_N);
+          const u32 bar = full_bar + pipe.stage * 8;
+          mbar_wait(empty_bar + pipe.stage * 8, pipe.phase ^ 1);
+          mbar_arrive_expect_tx(bar, a_box_rows * kBlockK + Layout::kBBytes);
+          // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
+          u8* a_dst = smem_a + pipe.stage * Layout::kABytes;
+          u8* b_dst = smem_b + pipe.stage * Layout::kBBytes;
+          if constexpr (kClusterN == 1) {
+            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockK, m_block * BLOCK_M);
+          } else {
+            constexpr int kHalfRows = BLOCK_M / 2;
+            const int offset = scheduler.rank * kHalfRows;
+            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockK, m_block * BLOCK_M + offset, 0x3);
+          }
+          if constexpr (kClusterM == 1) {
+            tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockK, n_block * BLOCK_N);
+          } else {
+            constexpr int kHalfRows = BLOCK_N / 2;
+            const int offset = scheduler.rank * kHalfRows;
+            tma_load_2d_multicast(b_dst + offset * kBlockK, &tmap_b, bar, kb * kBlockK, n_block * BLOCK_N + offset, 0x3);
+          }
           pipe.advance();
         }
       }
@@ -140,179 +177,237 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         for (int kb = 0; kb < num_k_blocks; ++kb, ++iter) {
           if (iter % kNumScaleWarps != warp - 1) continue;
           const int stage = iter % kNumStages;
-          mbar_wait(&empty_bar[stage], ((iter / kNumStages) & 1) ^ 1);
-          float* sf = smem_scales + stage * (Layout::kSfBytes / 4);
-          float va[ceil_div(BLOCK_M, 32)], vb[ceil_div(Layout::kNumSfb, 32)];
+          mbar_wait(empty_bar + stage * 8, ((iter / kNumStages) & 1) ^ 1);
+          const u32 sf = scales_addr + stage * Layout::kSfBytes;
           // Issue every load of the stage, then store: one memory latency per stage.
+          float va[ceil_div(BLOCK_M, 32)];
           #pragma unroll
           for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
             const int row = m0 + lane + 32 * i;
             va[i] = row < m ? ldg_nc(sfa + (row * sfa_stride_m + kb * sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
           }
-          #pragma unroll
-          for (int i = 0; i < ceil_div(Layout::kNumSfb, 32); ++i) {
-            const int j = lane + 32 * i;
-            const int col = kScaleGranN == 128 ? min(n0 / 128 + j, num_n_scale_blocks - 1) : n0 + j;
-            const bool valid = j < Layout::kNumSfb && (kScaleGranN == 128 || col < n);
-            vb[i] = valid ? ldg_nc(sfb + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
+          if constexpr (kScaleGranN == 128) {
+            // NOTES: the products are formed here, so the math warps' promotion needs no FMUL
+            // waiting on a shared-memory load; ptxas had put those between the wgmma of a batch.
+            const int block0 = n0 / 128;
+            const float sb0 = ldg_nc(sfb + (block0 * sfb_stride_n + kb * sfb_stride_k));
+            const float sb1 = Layout::kTwoScaleBlocks
+                                  ? ldg_nc(sfb + (min(block0 + 1, num_n_scale_blocks - 1) * sfb_stride_n + kb * sfb_stride_k))
+                                  : 0.0f;
+            #pragma unroll
+            for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
+              const int row = lane + 32 * i;
+              if (row < BLOCK_M) {
+                st_shared_f32(sf + row * 4, va[i] * sb0);
+                if constexpr (Layout::kTwoScaleBlocks) st_shared_f32(sf + (BLOCK_M + row) * 4, va[i] * sb1);
+              }
+            }
+          } else {
+            float vb[ceil_div(BLOCK_N, 32)];
+            #pragma unroll
+            for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
+              const int col = n0 + lane + 32 * i;
+              vb[i] = lane + 32 * i < BLOCK_N && col < n ? ldg_nc(sfb + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
+            }
+            #pragma unroll
+            for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
+              if (lane + 32 * i < BLOCK_M) st_shared_f32(sf + (lane + 32 * i) * 4, va[i]);
+            }
+            #pragma unroll
+            for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
+              if (lane + 32 * i < BLOCK_N) st_shared_f32(sf + (BLOCK_M + lane + 32 * i) * 4, vb[i]);
+            }
           }
-          #pragma unroll
-          for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
-            if (lane + 32 * i < BLOCK_M) sf[lane + 32 * i] = va[i];
-          }
-          #pragma unroll
-          for (int i = 0; i < ceil_div(Layout::kNumSfb, 32); ++i) {
-            if (lane + 32 * i < Layout::kNumSfb) sf[BLOCK_M + lane + 32 * i] = vb[i];
-          }
-          mbar_arrive(&full_bar[stage]);  // release: the stores above are visible to the waiters
+          mbar_arrive(full_bar + stage * 8);  // release: the stores above are visible to the waiters
         }
       }
     }
-    return;
-  }
+  } else {
+    // ---- consumers: wgmma per 128-K block, promotion with the block scales, epilogue ----
+    if constexpr (kNumMathWG > 1) setmaxnreg_inc<kMathRegs>();
+    const int math_wg = warpgroup - 1;
+    const int warp = (threadIdx.x / 32) % 4;
+    const int lane = threadIdx.x % 32;
+    const bool wg_leader = (threadIdx.x % 128) == 0;
+    const u32 smem_out_addr = smem_addr(smem_out);
+    const u64 desc_a0 = smem_desc_k128_sw128(smem_a);  // stage 0, tile row 0
+    const u64 desc_b0 = smem_desc_k128_sw128(smem_b);
+    // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
+    auto wave_row0 = [&](int wave) { return (math_wg * kWaves + wave) * 64; };
 
-  // ---- consumers: wgmma per 128-K block, promotion with the block scales, epilogue ----
-  if constexpr (kNumMathWG > 1) setmaxnreg_inc<kMathRegs>();
-  const int math_wg = warpgroup - 1;
-  const int warp = (threadIdx.x / 32) % 4;
-  const int lane = threadIdx.x % 32;
-  const bool wg_leader = (threadIdx.x % 128) == 0;
-  const u32 smem_out_addr = smem_addr(smem_out);
+    // NOTES: with a second scratch accumulator, the wgmma of k-block kb + 1 runs while kb is
+    // promoted, so the tensor cores are not idle during promotion. It costs BLOCK_N / 2 more
+    // registers per thread: affordable up to BLOCK_N 128 with one wave (acc + 2 scratch = 192
+    // of 232). With two waves (BLOCK_M 256) the other warpgroup's wgmma covers the promotion.
+    constexpr bool kOverlap = kScaleGranN == 128 && BLOCK_N <= 128 && kWaves == 1;
+    float acc[kWaves * kAcc];
+    float part0[kAcc];
+    float part1[kOverlap ? kAcc : 1];
 
-  // NOTES: with a second scratch accumulator, the wgmma of k-block kb + 1 runs while kb is
-  // promoted, so the tensor cores are not idle during promotion. It costs BLOCK_N / 2 more
-  // registers per thread: affordable up to BLOCK_N 128 (acc + 2 scratch = 192 of 232).
-  constexpr bool kOverlap = kScaleGranN == 128 && BLOCK_N <= 128;
-  float acc[kAcc];
-  float part0[kAcc];
-  float part1[kOverlap ? kAcc : 1];
+    while (scheduler.next(m_block, n_block)) {
+      const int m0 = m_block * BLOCK_M;
+      const int n0 = n_block * BLOCK_N;
 
-  while (scheduler.next(m_block, n_block)) {
-    const int m0 = m_block * BLOCK_M;
-    const int n0 = n_block * BLOCK_N;
+      // The rows of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16).
+      const int thread_row = wave_row0(0) + warp * 16 + lane / 4;
+      // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
+      // n0 / 128, the rest the next block.
+      const int first_chunks = (128 - n0 % 128) / 8;
 
-    // The tile rows this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16).
-    const int row_in_tile = math_wg * 64 + warp * 16 + lane / 4;
-    // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
-    // n0 / 128, the rest the next block.
-    const int first_chunks = (128 - n0 % 128) / 8;
-
-    #pragma unroll
-    for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
-
-    // Waits for the next stage, takes its scales into registers, issues its 4 wgmma into `part`.
-    auto issue = [&](float* part, BlockScales& sc) -> int {
-      const int stage = pipe.stage;
-      mbar_wait(&full_bar[stage], pipe.phase);
-      pipe.advance();
-      const float* sf = smem_scales + stage * (Layout::kSfBytes / 4);
-      sc.a0 = sf[row_in_tile];
-      sc.a1 = sf[row_in_tile + 8];
-      if constexpr (kScaleGranN == 128) {
-        sc.b0 = sf[BLOCK_M];
-        sc.b1 = sf[BLOCK_M + 1];
-      }
-      const u64 desc_a = smem_desc_k128_sw128(smem_a + stage * Layout::kABytes + math_wg * 64 * kBlockK);
-      const u64 desc_b = smem_desc_k128_sw128(smem_b + stage * Layout::kBBytes);
       #pragma unroll
-      for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
-      wgmma_fence();
-      #pragma unroll
-      for (int kk = 0; kk < kBlockK / 32; ++kk) {
-        // Advancing the start address by 32 B walks K inside the 128-byte swizzled row.
-        WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(part, desc_a + kk * 2, desc_b + kk * 2, kk > 0);
-      }
-      wgmma_commit();
-      return stage;
-    };
+      for (int i = 0; i < kWaves * kAcc; ++i) acc[i] = 0.0f;
 
-    // After `part`'s wgmma completed: hand its stage back, then acc += part * scales in FP32.
-    auto retire = [&](float* part, const BlockScales& sc, int stage) {
-      #pragma unroll
-      for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
-      if constexpr (kScaleGranN == 128) {
-        __syncwarp();  // every lane's scale reads happen before lane 0 releases the stage
-        if (lane == 0) mbar_arrive(&empty_bar[stage]);
-        const float s00 = sc.a0 * sc.b0, s10 = sc.a1 * sc.b0;
-        if constexpr (128 % BLOCK_N == 0) {
-          // The tile lies inside one 128-column scale block: one scale pair for all columns.
-          #pragma unroll
-          for (int c = 0; c < BLOCK_N / 8; ++c) promote_chunk(acc + c * 4, part + c * 4, s00, s10);
+      // Waits until the next stage is full; returns it.
+      auto wait_stage = [&]() -> int {
+        const int stage = pipe.stage;
+        mbar_wait(full_bar + stage * 8, pipe.phase);
+        pipe.advance();
+        return stage;
+      };
+
+      // Issues wave `wave`'s 4 wgmma of `stage` into `part`, then reads the wave's scales.
+      auto issue = [&](float* part, BlockScales& sc, int stage, int wave) {
+        // The descriptors' address field is (address >> 4): stages and rows are constant steps.
+        const u64 desc_a = desc_a0 + (stage * Layout::kABytes + wave_row0(wave) * kBlockK) / 16;
+        const u64 desc_b = desc_b0 + stage * (Layout::kBBytes / 16);
+        #pragma unroll
+        for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
+        wgmma_fence();
+        #pragma unroll
+        for (int kk = 0; kk < kBlockK / 32; ++kk) {
+          // Advancing the start address by 32 B walks K inside the 128-byte swizzled row.
+          WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(part, desc_a + kk * 2, desc_b + kk * 2, kk > 0);
+        }
+        wgmma_commit();
+        // The scales are needed only at promotion: read while the wgmma runs.
+        const u32 sf = scales_addr + stage * Layout::kSfBytes + (thread_row + wave * 64) * 4;
+        sc.lo[0] = ld_shared_f32(sf);
+        sc.hi[0] = ld_shared_f32(sf + 8 * 4);
+        if constexpr (Layout::kTwoScaleBlocks) {
+          sc.lo[1] = ld_shared_f32(sf + BLOCK_M * 4);
+          sc.hi[1] = ld_shared_f32(sf + (BLOCK_M + 8) * 4);
+        }
+      };
+
+      // Hands a stage back once this thread's reads of it are done (its wgmma completed).
+      auto release = [&](int stage) {
+        mbar_arrive(empty_bar + stage * 8);
+        if constexpr (kCluster > 1) {
+          if (lane == 0) mbar_arrive_cluster(empty_bar + stage * 8, peer_cta);
+        }
+      };
+
+      // After `part`'s wgmma completed: out += part * scales in FP32. With per-column B scales
+      // the stage's scales are read here, so the caller releases the stage afterwards.
+      auto promote = [&](float* out, float* part, const BlockScales& sc, int stage) {
+        #pragma unroll
+        for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
+        if constexpr (kScaleGranN == 128) {
+          if constexpr (!Layout::kTwoScaleBlocks) {
+            // The tile lies inside one 128-column scale block: one scale pair for all columns.
+            #pragma unroll
+            for (int c = 0; c < BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);
+          } else {
+            #pragma unroll
+            for (int c = 0; c < BLOCK_N / 8; ++c) {
+              const bool first = c < first_chunks;  // a select: an index would put sc in local memory
+              promote_chunk(out + c * 4, part + c * 4, first ? sc.lo[0] : sc.lo[1], first ? sc.hi[0] : sc.hi[1]);
+            }
+          }
         } else {
-          const float s01 = sc.a0 * sc.b1, s11 = sc.a1 * sc.b1;
+          const u32 sf = scales_addr + stage * Layout::kSfBytes + (BLOCK_M + (lane % 4) * 2) * 4;
           #pragma unroll
           for (int c = 0; c < BLOCK_N / 8; ++c) {
-            const bool first = c < first_chunks;
-            promote_chunk(acc + c * 4, part + c * 4, first ? s00 : s01, first ? s10 : s11);
+            const float sb_lo = ld_shared_f32(sf + c * 32), sb_hi = ld_shared_f32(sf + c * 32 + 4);
+            out[c * 4 + 0] = fmaf(part[c * 4 + 0], sc.lo[0] * sb_lo, out[c * 4 + 0]);
+            out[c * 4 + 1] = fmaf(part[c * 4 + 1], sc.lo[0] * sb_hi, out[c * 4 + 1]);
+            out[c * 4 + 2] = fmaf(part[c * 4 + 2], sc.hi[0] * sb_lo, out[c * 4 + 2]);
+            out[c * 4 + 3] = fmaf(part[c * 4 + 3], sc.hi[0] * sb_hi, out[c * 4 + 3]);
           }
         }
-      } else {
-        // Per-column B scales are read from the stage here, so it is handed back afterwards.
-        const float* sf = smem_scales + stage * (Layout::kSfBytes / 4) + BLOCK_M;
-        #pragma unroll
-        for (int c = 0; c < BLOCK_N / 8; ++c) {
-          const float sb_lo = sf[c * 8 + (lane % 4) * 2], sb_hi = sf[c * 8 + (lane % 4) * 2 + 1];
-          acc[c * 4 + 0] = fmaf(part[c * 4 + 0], sc.a0 * sb_lo, acc[c * 4 + 0]);
-          acc[c * 4 + 1] = fmaf(part[c * 4 + 1], sc.a0 * sb_hi, acc[c * 4 + 1]);
-          acc[c * 4 + 2] = fmaf(part[c * 4 + 2], sc.a1 * sb_lo, acc[c * 4 + 2]);
-          acc[c * 4 + 3] = fmaf(part[c * 4 + 3], sc.a1 * sb_hi, acc[c * 4 + 3]);
+      };
+
+      if constexpr (kOverlap) {
+        // Two scratch accumulators in turn: k-block kb + 1's wgmma runs while kb is promoted.
+        // NOTES: no wgmma is in flight across the loop's back edge or a conditional issue; with
+        // either, ptxas serialised every wgmma (C7514) or injected waits before promotion (C7517).
+        BlockScales sc0, sc1;
+        int stage0 = wait_stage(), stage1;
+        issue(part0, sc0, stage0, 0);
+        wgmma_wait<0>();
+        int kb = 0;
+        for (; kb + 2 < num_k_blocks; kb += 2) {  // part0 holds k-block kb, complete
+          stage1 = wait_stage();
+          issue(part1, sc1, stage1, 0);
+          release(stage0);
+          promote(acc, part0, sc0, stage0);
+          wgmma_wait<0>();
+          stage0 = wait_stage();
+          issue(part0, sc0, stage0, 0);
+          release(stage1);
+          promote(acc, part1, sc1, stage1);
+          wgmma_wait<0>();
         }
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&empty_bar[stage]);
-      }
-    };
-
-    if constexpr (kOverlap) {
-      // Two scratch accumulators in turn: k-block kb + 1's wgmma runs while kb is promoted.
-      // NOTES: no wgmma is in flight across the loop's back edge or a conditional issue; with
-      // either, ptxas serialised every wgmma (C7514) or injected waits before promotion (C7517).
-      BlockScales sc0, sc1;
-      int stage0 = issue(part0, sc0), stage1;
-      wgmma_wait<0>();
-      int kb = 0;
-      for (; kb + 2 < num_k_blocks; kb += 2) {  // part0 holds k-block kb, complete
-        stage1 = issue(part1, sc1);
-        retire(part0, sc0, stage0);
-        wgmma_wait<0>();
-        stage0 = issue(part0, sc0);
-        retire(part1, sc1, stage1);
-        wgmma_wait<0>();
-      }
-      if (kb + 1 < num_k_blocks) {
-        stage1 = issue(part1, sc1);
-        retire(part0, sc0, stage0);
-        wgmma_wait<0>();
-        retire(part1, sc1, stage1);
+        if (kb + 1 < num_k_blocks) {
+          stage1 = wait_stage();
+          issue(part1, sc1, stage1, 0);
+          release(stage0);
+          promote(acc, part0, sc0, stage0);
+          wgmma_wait<0>();
+          release(stage1);
+          promote(acc, part1, sc1, stage1);
+        } else {
+          release(stage0);
+          promote(acc, part0, sc0, stage0);
+        }
       } else {
-        retire(part0, sc0, stage0);
+        for (int kb = 0; kb < num_k_blocks; ++kb) {
+          const int stage = wait_stage();
+          #pragma unroll
+          for (int wave = 0; wave < kWaves; ++wave) {
+            BlockScales sc;
+            issue(part0, sc, stage, wave);
+            wgmma_wait<0>();
+            if (kScaleGranN == 128 && wave == kWaves - 1) release(stage);
+            promote(acc + wave * kAcc, part0, sc, stage);
+          }
+          if constexpr (kScaleGranN != 128) release(stage);
+        }
       }
-    } else {
-      for (int kb = 0; kb < num_k_blocks; ++kb) {
-        BlockScales sc;
-        const int stage = issue(part0, sc);
-        wgmma_wait<0>();
-        retire(part0, sc, stage);
-      }
-    }
 
-    // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----
-    const int barrier_id = 1 + math_wg;
-    if (wg_leader) tma_store_wait_read();  // the previous tile's store has left shared memory
-    named_barrier_sync(barrier_id, 128);
-    store_accum_to_smem<BLOCK_M, BLOCK_N, kOutSwizzle, kOutType>(acc, smem_out_addr, math_wg * 64);
-    fence_proxy_async_smem();
-    named_barrier_sync(barrier_id, 128);
-    if (wg_leader && m0 + math_wg * 64 < m) {
-      constexpr int kChunkCols = kOutSwizzle / 2;
+      // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----
+      const int barrier_id = 1 + math_wg;
+      if (wg_leader) tma_store_wait_read();  // the previous tile's store has left shared memory
+      named_barrier_sync(barrier_id, 128);
+      // NOTES: opaque per tile, so the compiler computes the store addresses here instead of
+      // hoisting them out of the tile loop, where they spilled with BLOCK_M 256's accumulators.
+      u32 out_addr = smem_out_addr;
+      asm volatile("" : "+r"(out_addr));
       #pragma unroll
-      for (int chunk = 0; chunk < BLOCK_N / kChunkCols; ++chunk) {
-        tma_store_2d(&tmap_d, smem_out + chunk * BLOCK_M * kOutSwizzle + math_wg * 64 * kOutSwizzle,
-                     n0 + chunk * kChunkCols, m0 + math_wg * 64);
+      for (int wave = 0; wave < kWaves; ++wave) {
+        store_accum_to_smem<BLOCK_M, BLOCK_N, kOutSwizzle, kOutType>(acc + wave * kAcc, out_addr, wave_row0(wave));
       }
-      tma_store_commit();
+      fence_proxy_async_smem();
+      named_barrier_sync(barrier_id, 128);
+      if (wg_leader) {
+        constexpr int kChunkCols = kOutSwizzle / 2;
+        #pragma unroll
+        for (int wave = 0; wave < kWaves; ++wave) {
+          const int row0 = wave_row0(wave);
+          if (m0 + row0 >= m) break;  // rows past the end: nothing to store
+          #pragma unroll
+          for (int chunk = 0; chunk < BLOCK_N / kChunkCols; ++chunk) {
+            tma_store_2d(&tmap_d, smem_out + chunk * BLOCK_M * kOutSwizzle + row0 * kOutSwizzle,
+                         n0 + chunk * kChunkCols, m0 + row0);
+          }
+        }
+        tma_store_commit();
+      }
     }
+    if (wg_leader) tma_store_wait_all();
   }
-  if (wg_leader) tma_store_wait_all();
+  // A CTA's barriers must outlive the peer's last arrivals on them.
+  if constexpr (kCluster > 1) cluster_sync();
 }
 
 }  // namespace mategemm

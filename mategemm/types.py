@@ -52,7 +52,14 @@ class GemmConfig:
     group_n: int
     out_swizzle: int
     smem_bytes: int
+    cluster_m: int = 1  # CTAs per cluster stacked along M, sharing (multicasting) one B tile
+    cluster_n: int = 1  # CTAs per cluster side by side along N, sharing one A tile
+
+    @property
+    def cluster(self) -> int:
+        return self.cluster_m * self.cluster_n
 
     @property
     def num_threads(self) -> int:
-        return (self.block_m // 64 + 1) * 128
+        """A producer warpgroup, plus one math warpgroup (BLOCK_M 64) or two."""
+        return (1 if self.block_m == 64 else 2) * 128 + 128

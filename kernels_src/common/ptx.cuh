@@ -1,4 +1,5 @@
-// PTX wrappers for sm_90a: shared-memory addresses, mbarriers, TMA, wgmma control, conversions.
+// PTX wrappers for sm_90a: shared-memory addresses, mbarriers, clusters, TMA, wgmma control,
+// conversions.
 // Self-contained: no CUDA toolkit header is included anywhere under kernels_src/.
 #pragma once
 
@@ -40,33 +41,56 @@ __device__ __forceinline__ float ldg_nc(const float* ptr) {
 }
 
 // ---- mbarrier -----------------------------------------------------------------------------
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
 }
 
 __device__ __forceinline__ void fence_mbar_init() {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-  u32 addr = smem_addr(bar);
+// The mbarrier functions take the barrier's 32-bit shared-memory address (smem_addr): the hot
+// loops then do 32-bit arithmetic instead of converting generic pointers at every use.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   u32 done = 0;
   while (!done) {
     asm volatile(
         "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
         : "=r"(done)
-        : "r"(addr), "r"(parity)
+        : "r"(bar), "r"(parity)
         : "memory");
   }
 }
 
-__device__ __forceinline__ void mbar_arrive(u64* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 
-__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
-               : "memory");
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// ---- clusters -----------------------------------------------------------------------------
+__device__ __forceinline__ u32 cluster_cta_rank() {
+  u32 rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return rank;
+}
+
+// Every thread of the cluster arrives, then waits for all of them: barrier inits and shared
+// memory written before it are visible to the whole cluster after it.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
+// Arrive on the mbarrier at `bar`'s offset in CTA `cta` of the cluster. Default semantics
+// (release, CTA scope) as CUTLASS's cluster barrier: `.release.cluster` costs a MEMBAR.ALL.GPU.
+__device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 cta) {
+  asm volatile(
+      "{ .reg .b32 remote; mapa.shared::cluster.u32 remote, %0, %1; "
+      "mbarrier.arrive.shared::cluster.b64 _, [remote]; }"
+      ::"r"(bar), "r"(cta)
+      : "memory");
 }
 
 // ---- TMA ----------------------------------------------------------------------------------
@@ -75,10 +99,21 @@ __device__ __forceinline__ void tma_prefetch_desc(const TmaDesc* desc) {
 }
 
 // Load box at (c0 inner, c1 outer) into shared memory; completes `bytes` on `bar`.
-__device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u64* bar, int c0, int c1) {
+__device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
-      ::"r"(smem_addr(dst)), "l"(desc), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+      ::"r"(smem_addr(dst)), "l"(desc), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// As tma_load_2d, into the same shared-memory offset (and completing the same barrier offset) of
+// every CTA in `cta_mask`.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1,
+                                                      unsigned short cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%3, %4}], [%2], %5;"
+      ::"r"(smem_addr(dst)), "l"(desc), "r"(bar), "r"(c0), "r"(c1), "h"(cta_mask)
       : "memory");
 }
 
@@ -152,6 +187,16 @@ __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
   u32 r;
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
+}
+
+__device__ __forceinline__ float ld_shared_f32(u32 addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_shared_f32(u32 addr, float v) {
+  asm volatile("st.shared.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
 }
 
 __device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {

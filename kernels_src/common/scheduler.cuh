@@ -1,32 +1,41 @@
-// Persistent tile scheduler: CTA b takes tiles b, b + grid, b + 2 grid, ...
-// Tiles are walked in groups of `group_n` N-blocks; inside a group the N-block varies fastest,
+// Persistent tile scheduler: cluster c takes tile units c, c + clusters, c + 2 clusters, ...
+// A unit is kClusterM x kClusterN tiles (one per CTA of a cluster; at most one of the two is 2):
+// the CTAs of a cluster share one N-block (kClusterM = 2, they multicast its B tile) or one
+// M-block (kClusterN = 2, A tile); CTA rank r of the cluster takes the unit's r-th tile.
+// Units are walked in groups of `group_n` N-units; inside a group the N-unit varies fastest,
 // so CTAs running at the same time share A rows and a narrow band of B columns in L2.
 #pragma once
 #include "ptx.cuh"
 
 namespace mategemm {
 
+template <int kClusterM, int kClusterN>
 struct TileScheduler {
-  int num_m_blocks;
-  int num_n_blocks;
+  static constexpr int kCluster = kClusterM * kClusterN;
+  int num_m_units;  // the host launches clusters only where the blocks divide into units
+  int num_n_units;
   int group_n;
-  int next_tile;
+  int next_unit;
+  int rank;
 
   __device__ __forceinline__ TileScheduler(int m, int n, int block_m, int block_n, int group_n_)
-      : num_m_blocks(ceil_div(m, block_m)), num_n_blocks(ceil_div(n, block_n)), group_n(group_n_),
-        next_tile(blockIdx.x) {}
+      : num_m_units(ceil_div(m, block_m) / kClusterM), num_n_units(ceil_div(n, block_n) / kClusterN),
+        group_n(group_n_), next_unit(blockIdx.x / kCluster),
+        rank(kCluster == 1 ? 0 : static_cast<int>(cluster_cta_rank())) {}
 
   __device__ __forceinline__ bool next(int& m_block, int& n_block) {
-    const int tile = next_tile;
-    if (tile >= num_m_blocks * num_n_blocks) return false;
-    next_tile += gridDim.x;
-    const int tiles_per_group = num_m_blocks * group_n;
-    const int group = tile / tiles_per_group;
+    const int unit = next_unit;
+    if (unit >= num_m_units * num_n_units) return false;
+    next_unit += gridDim.x / kCluster;
+    const int units_per_group = num_m_units * group_n;
+    const int group = unit / units_per_group;
     const int first_n = group * group_n;
-    const int width = min(group_n, num_n_blocks - first_n);
-    const int local = tile - group * tiles_per_group;
-    m_block = local / width;
-    n_block = first_n + local - m_block * width;
+    const int width = min(group_n, num_n_units - first_n);
+    const int local = unit - group * units_per_group;
+    const int m_unit = local / width;
+    const int n_unit = first_n + local - m_unit * width;
+    m_block = m_unit * kClusterM + (kClusterM > 1 ? rank : 0);
+    n_block = n_unit * kClusterN + (kClusterN > 1 ? rank : 0);
     return true;
   }
 };

@@ -8,12 +8,13 @@ from mategemm.heuristics import parse_force_config, sm90
 from mategemm.runtime.device import DeviceInfo
 from mategemm.types import GemmConfig, GemmProblem
 
-BLOCK_MS = (64, 128)
-# NOTES: BLOCK_N is any multiple of 16 up to 160: 192 and 256 spill with the scratch
-# accumulator of the promotion scheme (168 regs at 160, ptxas, 2026-11-28). With the
+BLOCK_MS = (64, 128, 256)
+# NOTES: BLOCK_N is any multiple of 16 up to 192: 256 spills (accumulator + scratch = 256
+# registers per math thread, of 232). The double scratch of the overlapped promotion is used
+# only up to 128. With the
 # (1,128,128) recipe a tile may straddle at most two 128-column scale blocks, which rules out
 # widths with BLOCK_N > 128 + gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
-MAX_BLOCK_N = 160
+MAX_BLOCK_N = 192
 
 
 def block_n_allowed(block_n: int, scale_gran_n: int) -> bool:
@@ -26,6 +27,11 @@ BLOCK_NS = tuple(bn for bn in range(16, MAX_BLOCK_N + 1, 16))
 # NOTES: N-blocks per raster group. 4096x7168x16384 at 128x128 on an H200: group_n 4 -> 1043,
 # 8 -> 1069, 16 -> 1082, 32 -> 1054 TFLOPS.
 GROUP_N = 16
+# NOTES: 2-CTA clusters multicast the tile the two CTAs share: (cluster_m, cluster_n) = (2, 1)
+# puts them on adjacent M-blocks sharing B, (1, 2) on adjacent N-blocks sharing A. Each CTA
+# fetches half of the shared tile from L2. BLOCK_M 256 pairs only with sharing A (with B shared,
+# 256 x 112 spilled) and BLOCK_N <= 128 (two 64-row waves of accumulators per math warpgroup).
+CLUSTERS = ((1, 1), (2, 1), (1, 2))
 
 
 def out_swizzle(block_n: int) -> int:
@@ -39,7 +45,11 @@ def out_swizzle(block_n: int) -> int:
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int) -> int:
     """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh."""
     out = block_m * block_n * 2
-    scales = ((block_m + (2 if scale_gran_n == 128 else block_n)) * 4 + 15) // 16 * 16
+    if scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
+        scale_floats = block_m * (1 if 128 % block_n == 0 else 2)
+    else:  # sa per row, sb per column
+        scale_floats = block_m + block_n
+    scales = (scale_floats * 4 + 15) // 16 * 16
     per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8 + scales
     return out + stages * per_stage + 2 * stages * 8 + sm90.SMEM_SLACK
 
@@ -62,53 +72,91 @@ def mma_efficiency(block_n: int) -> float:
     return 1.0 if block_n == 128 else 0.6
 
 
-def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int) -> float:
+def tile_allowed(problem: GemmProblem, block_m: int, block_n: int, cluster: tuple[int, int], num_mp: int) -> bool:
+    """Tile and cluster shapes the kernel supports for `problem` (BLOCK_N legality aside)."""
+    cluster_m, cluster_n = cluster
+    if block_m == 256 and (block_n > 128 or cluster_m > 1):
+        return False
+    if cluster_m * cluster_n == 1:
+        return True
+    return (math.ceil(problem.m / block_m) % cluster_m == 0 and math.ceil(problem.n / block_n) % cluster_n == 0
+            and num_mp >= 2)
+
+
+def worth_trying(problem: GemmProblem, block_m: int, cluster: tuple[int, int]) -> bool:
+    """Tiles and clusters the heuristic considers (forced values bypass this).
+
+    NOTES (H200, 2026-11-28): at m <= 128 every cluster measured slower (64x32768x512 194 -> 174
+    TFLOPS with A multicast, 128x24576x1536 560 -> 460): decode is bound by B's bytes, which a
+    cluster does not share, and the pair runs in lockstep. BLOCK_M 64 won only at m <= 128, and
+    BLOCK_M 256 would compute at least half a tile of padding there.
+    """
+    if problem.m <= 128:
+        return block_m <= 128 and cluster == (1, 1)
+    return block_m >= 128
+
+
+def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int,
+                cluster: tuple[int, int] = (1, 1)) -> float:
     """Waves x k-blocks x per-k-block time of one CTA, the slowest of three bounds.
 
-    MMA work at the tile's efficiency; operand bytes (A rows actually loaded, B rows) with the
-    feed rate shared by the CTAs running at once; and the fixed per-k-block latency floor.
+    MMA work at the tile's efficiency; operand bytes (A rows actually loaded, B rows, the shared
+    one halved for a cluster) with the feed rate shared by the CTAs running at once; and the
+    fixed per-k-block latency floor.
     """
+    cluster_m, cluster_n = cluster
+    num_mp -= num_mp % (cluster_m * cluster_n)
     num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n)
     waves = math.ceil(num_tiles / num_mp)
     active = min(num_tiles, num_mp)
     a_rows = min(block_m, math.ceil(problem.m / 8) * 8)
     mma_ns = 2.0 * block_m * block_n * sm90.BLOCK_K_FP8 / (sm90.FP8_FLOPS_PER_SM_PER_NS * mma_efficiency(block_n))
-    feed_ns = (a_rows + block_n) * sm90.BLOCK_K_FP8 * active / sm90.FEED_BYTES_PER_NS
+    feed_ns = (a_rows / cluster_n + block_n / cluster_m) * sm90.BLOCK_K_FP8 * active / sm90.FEED_BYTES_PER_NS
     k_blocks = problem.k // sm90.BLOCK_K_FP8
     return waves * k_blocks * max(mma_ns, feed_ns, sm90.K_BLOCK_FLOOR_NS)
 
 
 @functools.lru_cache(maxsize=4096)
 def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
-    """Pick BLOCK_M, BLOCK_N, stages, SM count and raster group for `problem` on `device`."""
+    """Pick BLOCK_M, BLOCK_N, cluster, stages, SM count and raster group for `problem` on `device`."""
     forced = parse_force_config(force)
     gran_n = problem.recipe.gn
     block_ms = (forced["block_m"],) if "block_m" in forced else BLOCK_MS
     block_ns = (forced["block_n"],) if "block_n" in forced else BLOCK_NS
+    clusters = [c for c in CLUSTERS
+                if forced.get("cluster_m", c[0]) == c[0] and forced.get("cluster_n", c[1]) == c[1]]
     for bm in block_ms:
         if bm not in BLOCK_MS:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS}, got {bm}")
-    for bn in block_ns:
-        if not block_n_allowed(bn, gran_n):
-            raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={bn} is not allowed for recipe "
-                             f"{problem.recipe.name} (multiples of 16 up to {MAX_BLOCK_N})")
+    if "block_n" in forced and not block_n_allowed(forced["block_n"], gran_n):
+        bn = forced["block_n"]
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={bn} is not allowed for recipe "
+                         f"{problem.recipe.name} (multiples of 16 up to {MAX_BLOCK_N})")
+    if not clusters:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: (cluster_m, cluster_n) must be one of {CLUSTERS}")
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
 
     best = None
+    free = not ({"block_m", "cluster_m", "cluster_n"} & forced.keys())
     for bm in block_ms:
-        if problem.m > 128 and bm < 128 and "block_m" not in forced:
-            continue  # NOTES: BLOCK_M 64 (one math warpgroup) won only at m <= 128 in the sweep
-        for bn in block_ns:
-            if not block_n_allowed(bn, gran_n):
+        for cluster in clusters:
+            if free and not worth_trying(problem, bm, cluster):
                 continue
-            cost = estimate_ns(problem, bm, bn, num_mp)
-            # NOTES: ties (common where the per-k-block floor binds) go to the smaller tile: more
-            # CTAs in flight measured faster at decode sizes on the H200 sweep.
-            rank = (round(cost, 1), bm, bn)
-            if best is None or rank < best[0]:
-                best = (rank, bm, bn)
-    _, block_m, block_n = best
+            for bn in block_ns:
+                if not block_n_allowed(bn, gran_n) or not tile_allowed(problem, bm, bn, cluster, num_mp):
+                    continue
+                cost = estimate_ns(problem, bm, bn, num_mp, cluster)
+                # NOTES: ties (common where the per-k-block floor binds) go to the smaller tile: more
+                # CTAs in flight measured faster at decode sizes on the H200 sweep; then to no cluster.
+                rank = (round(cost, 1), bm, bn, cluster)
+                if best is None or rank < best[0]:
+                    best = (rank, bm, bn, cluster)
+    if best is None:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: no tile fits the forced values {forced} for m={problem.m}, "
+                         f"n={problem.n}: a cluster needs M-blocks (cluster_m) or N-blocks (cluster_n) divisible "
+                         f"by 2 and num_mp >= 2; block_m 256 needs block_n <= 128 and cluster_m 1")
+    _, block_m, block_n, (cluster_m, cluster_n) = best
     stages = forced["stages"] if "stages" in forced else max_stages(block_m, block_n, gran_n, device.smem_per_block)
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
@@ -120,6 +168,8 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     group_n = forced.get("group_n", GROUP_N)
     if group_n < 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: group_n must be >= 1")
+    cluster = cluster_m * cluster_n
+    num_mp = min(num_mp - num_mp % cluster, num_tiles)  # a whole number of clusters (num_tiles is)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
-                      num_mp=min(num_mp, num_tiles), group_n=group_n, out_swizzle=out_swizzle(block_n),
-                      smem_bytes=smem)
+                      num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n),
+                      smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n)

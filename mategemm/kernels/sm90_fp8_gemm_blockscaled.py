@@ -16,7 +16,8 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe and dtypes, config); M, N, K stay run-time."""
     args = (config.block_m, config.block_n, config.stages, problem.recipe.gn, FP8_CODES[problem.a_dtype],
-            FP8_CODES[problem.b_dtype], OUT_CODES[problem.out_dtype], config.out_swizzle)
+            FP8_CODES[problem.b_dtype], OUT_CODES[problem.out_dtype], config.out_swizzle, config.cluster_m,
+            config.cluster_n)
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(KERNEL, source, name_expr, arch)
@@ -25,7 +26,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
 def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
     """The template arguments of spec(): they select the binary (and with it the launch shape)."""
     return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
-            config.block_n, config.stages, config.out_swizzle)
+            config.block_n, config.stages, config.out_swizzle, config.cluster_m, config.cluster_n)
 
 
 def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
@@ -34,7 +35,7 @@ def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
     kernel = _loaded.get(key)
     if kernel is None:
         compiled = (cache or default_cache()).get(spec(problem, config, arch))
-        kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes)
+        kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes, config.cluster)
         _loaded[key] = kernel
     return kernel
 
@@ -52,11 +53,17 @@ class Launch:
         """sf*_strides are (stride along M/N, stride along K-blocks)."""
         # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
         # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
-        # output rows that are never stored (each output row reads only its own A row).
-        a_box_rows = min(config.block_m, -(-problem.m // 8) * 8)
+        # output rows that are never stored (each output row reads only its own A row). A tile
+        # shared by a cluster (cluster_n 2) is not clipped: each CTA loads one half of it.
+        a_box_rows = config.block_m if config.cluster_n > 1 else min(config.block_m, -(-problem.m // 8) * 8)
         self.kernel = kernel
         self.grid = config.num_mp
-        self.head = (encode_2d(a, config.block_k, a_box_rows, 128), encode_2d(b, config.block_k, config.block_n, 128))
+        if kernel.max_resident_ctas is not None:
+            self.grid = min(self.grid, kernel.max_resident_ctas)
+        # With a cluster, each CTA loads its share of the shared tile for all of them.
+        a_load_rows = a_box_rows // config.cluster_n
+        b_load_rows = config.block_n // config.cluster_m
+        self.head = (encode_2d(a, config.block_k, a_load_rows, 128), encode_2d(b, config.block_k, b_load_rows, 128))
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
                      problem.m, problem.n, problem.k, config.group_n, a_box_rows)
         self.out_swizzle = config.out_swizzle

@@ -46,6 +46,15 @@ class LoadedKernel:
         self._config = config  # reused: only the grid and the stream change between launches
         self._launch = driver.cuLaunchKernelEx
         self._success = driver.CUresult.CUDA_SUCCESS
+        self.max_resident_ctas = None if cluster == 1 else self._max_resident_ctas(driver)
+
+    def _max_resident_ctas(self, driver) -> int:
+        """CTAs of this kernel's clusters that fit on the device at once (a GPC's SMs may not
+        pair up): a persistent grid beyond it would run its last clusters in a second wave."""
+        config = self._config
+        config.gridDimX = self.cluster
+        clusters = check(driver.cuOccupancyMaxActiveClusters(self.function, config), "cuOccupancyMaxActiveClusters")
+        return max(1, clusters) * self.cluster
 
     def launch(self, grid: int, stream: int, values: tuple, types: tuple) -> None:
         """Launch `grid` CTAs on the raw CUstream handle `stream`; DriverError on failure."""

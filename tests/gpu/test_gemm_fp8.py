@@ -88,6 +88,44 @@ def test_forced_configs(force, monkeypatch):
         assert_close(out, fp8_gemm_reference(a, b, sa, sb, scale_major_mode=major), "fp8_gemm", force)
 
 
+# (forced config, m, n): ragged M and N; clusters need an even number of blocks along their axis.
+CLUSTER_CASES = (
+    ("block_m=128,block_n=128,cluster_m=2", 250, 1000),
+    ("block_m=128,block_n=144,cluster_m=2,num_mp=5", 250, 1000),
+    ("block_m=64,block_n=96,cluster_m=2,group_n=1", 250, 1000),
+    ("block_m=128,block_n=160,cluster_m=2,stages=3", 250, 1000),
+    ("block_m=128,block_n=128,cluster_n=2", 250, 1000),
+    ("block_m=256,block_n=128,cluster_n=2", 520, 1000),
+    ("block_m=256,block_n=112,cluster_n=2,num_mp=6", 300, 888),
+    ("block_m=256,block_n=64,cluster_n=2,group_n=1", 700, 1000),
+    ("block_m=256,block_n=96", 250, 1000),
+)
+
+
+@pytest.mark.parametrize("force,m,n", CLUSTER_CASES)
+@pytest.mark.parametrize("recipe,major", (((1, 128, 128), "K"), ((1, 1, 128), "MN")))
+def test_cluster_and_block_m_256_configs(force, m, n, recipe, major, monkeypatch):
+    """2-CTA clusters (multicast A or B) and 256-row tiles: poisoned buffer, several tiles per CTA."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+    k = 640
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe, major)
+    big = torch.full((m + 2, n + 16), 7.0, dtype=torch.bfloat16, device="cuda")
+    out = big[1:m + 1, 8:n + 8]
+    out.fill_(float("nan"))
+    mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major, scale_granularity_mnk=recipe, out=out)
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb, recipe, major), "fp8_gemm", force)
+    mask = torch.ones_like(big, dtype=torch.bool)
+    mask[1:m + 1, 8:n + 8] = False
+    assert (big[mask] == 7.0).all()
+
+
+def test_cluster_rejects_odd_m_blocks(monkeypatch):
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "block_m=128,cluster_m=2")
+    a, b, sa, sb = make_fp8_gemm_inputs(129 + 128, 256, 128)  # 3 M-blocks
+    with pytest.raises(ValueError, match="cluster_m"):
+        mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
+
+
 def test_non_default_stream():
     """The kernel must run on torch's current stream: queued behind a slow copy of its input."""
     a, b, sa, sb = make_fp8_gemm_inputs(512, 2112, 1024)

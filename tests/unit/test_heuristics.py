@@ -46,9 +46,10 @@ def test_dense_configs_are_legal(recipe, num_mp):
 
 
 def test_block_n_allowed_rules():
-    assert [bn for bn in range(0, 300) if fp8_gemm.block_n_allowed(bn, 1)] == list(range(16, 161, 16))
+    assert [bn for bn in range(0, 300) if fp8_gemm.block_n_allowed(bn, 1)] == list(range(16, 193, 16))
     allowed_128 = [bn for bn in range(0, 300) if fp8_gemm.block_n_allowed(bn, 128)]
-    assert 144 in allowed_128 and 160 in allowed_128 and 176 not in allowed_128 and 8 not in allowed_128
+    assert 144 in allowed_128 and 160 in allowed_128 and 192 in allowed_128
+    assert 176 not in allowed_128 and 8 not in allowed_128 and 256 not in allowed_128
 
 
 # ---- MATEGEMM_FORCE_CONFIG ----------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_info_for_unknown_arch():
 
 
 @pytest.mark.parametrize("block_m,block_n,stages,gran_n", [
-    (128, 128, 5, 128), (64, 16, 8, 128), (128, 144, 5, 128), (128, 112, 6, 1), (64, 160, 4, 1)])
+    (128, 128, 5, 128), (64, 16, 8, 128), (128, 144, 5, 128), (128, 112, 6, 1), (64, 160, 4, 1), (256, 128, 3, 128)])
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n):
     """The launch's dynamic shared memory equals Fp8GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc

@@ -36,8 +36,8 @@ DTYPE_NAMES = {torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2", torch.bfl
 
 def kernel_id(problem: GemmProblem, config) -> str:
     dtypes = ".".join(DTYPE_NAMES[d] for d in (problem.a_dtype, problem.b_dtype, problem.out_dtype))
-    return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-gn{problem.recipe.gn}-"
-            f"{dtypes}")
+    return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-"
+            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}")
 
 
 def params(items):
@@ -114,18 +114,22 @@ def test_opcode_tokens_are_whole_words():
 PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,gran_n", [
-    (128, 128, 5, 128),  # two math warpgroups, promotion overlapped with the next wgmma
-    (64, 64, 8, 128),    # one math warpgroup, overlapped
-    (128, 144, 5, 128),  # straddles two B scale blocks, not overlapped
-    (128, 112, 6, 1),    # per-column B scales
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n,cluster", [
+    (128, 128, 5, 128, ""),  # two math warpgroups, promotion overlapped with the next wgmma
+    (64, 64, 8, 128, ""),    # one math warpgroup, overlapped
+    (128, 144, 5, 128, ""),  # straddles two B scale blocks, not overlapped
+    (128, 112, 6, 1, ""),    # per-column B scales
+    (128, 128, 5, 128, ",cluster_m=2"),  # B multicast across a 2-CTA cluster
+    (256, 128, 3, 128, ",cluster_n=2"),  # two 64-row waves per warpgroup, A multicast
+    (256, 96, 3, 1, ""),
 ])
-def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n):
+def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster):
     from mategemm.jit import nvrtc
 
     problem = GemmProblem(4096, 4096, 7168, RECIPE_1x128_128x128 if gran_n == 128 else RECIPE_1x128_1x128,
                           torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16)
-    config = fp8_gemm.choose(problem, SM90_NO_DEVICE, 132, f"block_m={block_m},block_n={block_n},stages={stages}")
+    config = fp8_gemm.choose(problem, SM90_NO_DEVICE, 132,
+                             f"block_m={block_m},block_n={block_n},stages={stages}{cluster}")
     spec = kernel_fp8.spec(problem, config, ARCH)
     _, _, log = nvrtc.compile_cubin(spec.source, spec.name_expr, nvrtc.base_options(ARCH, debug=True))
     assert "ptxas info" in log, "no ptxas report in the log"

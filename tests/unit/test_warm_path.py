@@ -13,6 +13,8 @@ from mategemm.testing import make_fp8_gemm_inputs
 
 
 class FakeKernel:
+    max_resident_ctas = None
+
     def __init__(self):
         self.launches = []
 
