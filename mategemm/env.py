@@ -26,7 +26,8 @@ KNOBS = (
     Knob("MATEGEMM_JIT_DEBUG", "0", "1 keeps generated sources, prints NVRTC options, times and "
          "ptxas resource usage; adds -lineinfo.", True),
     Knob("MATEGEMM_FORCE_CONFIG", "", "Override heuristic choices, e.g. "
-         "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8'.", False),
+         "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8,cluster_m=2' (keys: block_m, block_n, "
+         "stages, num_mp, group_n, cluster_m, cluster_n).", False),
 )
 
 _BY_NAME = {knob.name: knob for knob in KNOBS}
@@ -67,6 +68,11 @@ def jit_debug() -> bool:
 def force_config() -> str:
     """The raw override string; parsed by mategemm.heuristics.parse_force_config."""
     return _raw("MATEGEMM_FORCE_CONFIG").strip()
+
+
+def hot_knobs() -> tuple[str | None, str | None]:
+    """The raw values of the knobs a warm call depends on (for its memo key; no parsing)."""
+    return os.environ.get("MATEGEMM_FORCE_CONFIG"), os.environ.get("MATEGEMM_NUM_MP")
 
 
 def home_dir() -> str:

@@ -50,11 +50,12 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
             _warm[key] = launch
     if out is None:
         out = torch.empty((a.shape[0], b.shape[0]), dtype=launch.out_dtype, device=a.device)
-    if a.device.index == torch.cuda.current_device():
-        launch(out, torch.cuda.current_stream().cuda_stream)
+    index = a.device.index
+    if index == rt_device.current_device_index():
+        launch(out, rt_device.current_stream_handle(index))
     else:  # modules and streams belong to the tensors' device
-        with torch.cuda.device(a.device.index):
-            launch(out, torch.cuda.current_stream().cuda_stream)
+        with torch.cuda.device(index):
+            launch(out, rt_device.current_stream_handle(index))
     return out
 
 
@@ -65,18 +66,18 @@ _warm: dict[tuple, "kernel_fp8.Launch"] = {}
 _MAX_WARM = 4096
 
 
-def _tensor_key(t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError
-    return t.data_ptr(), t.dtype, t.shape, t.stride(), t.is_cuda
-
-
 def _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend,
               output_scale):
-    """The memo key of a call, or None when an argument that must be a tensor is not one."""
+    """The memo key of a call, or None when an argument that must be a tensor is not one.
+
+    Each tensor enters by address, device, dtype, shape and strides; the knobs by their raw values.
+    """
     try:
-        return (_tensor_key(a), _tensor_key(b), _tensor_key(a_scale), _tensor_key(b_scale),
-                None if out is None else _tensor_key(out), scale_major_mode, mma_sm, scale_granularity_mnk,
-                out_dtype, backend, output_scale is None, env.force_config(), rt_device.get_num_mp_setting())
-    except TypeError:
+        tensors = (a, b, a_scale, b_scale) if out is None else (a, b, a_scale, b_scale, out)
+        key = [scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend, output_scale is None,
+               env.hot_knobs(), rt_device.get_num_mp_override()]
+        for t in tensors:
+            key += (t.data_ptr(), t.get_device(), t.dtype, t.shape, t.stride())
+        return tuple(key)
+    except (AttributeError, TypeError):
         return None

@@ -10,10 +10,10 @@ from mategemm.types import GemmConfig, GemmProblem
 
 BLOCK_MS = (64, 128, 256)
 # NOTES: BLOCK_N is any multiple of 16 up to 192: 256 spills (accumulator + scratch = 256
-# registers per math thread, of 232). The double scratch of the overlapped promotion is used
-# only up to 128. With the
-# (1,128,128) recipe a tile may straddle at most two 128-column scale blocks, which rules out
-# widths with BLOCK_N > 128 + gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
+# registers per math thread, of 232); the overlapped promotion's second scratch is used only up
+# to 128. 192 measured 990 TFLOPS vs 1180 at 128 (4096x7168x16384, H200), so the efficiency
+# model never picks it. With the (1,128,128) recipe a tile may straddle at most two 128-column
+# scale blocks, which rules out BLOCK_N > 128 + gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
 MAX_BLOCK_N = 192
 
 
@@ -31,6 +31,8 @@ GROUP_N = 16
 # puts them on adjacent M-blocks sharing B, (1, 2) on adjacent N-blocks sharing A. Each CTA
 # fetches half of the shared tile from L2. BLOCK_M 256 pairs only with sharing A (with B shared,
 # 256 x 112 spilled) and BLOCK_N <= 128 (two 64-row waves of accumulators per math warpgroup).
+# H200, 4096 rows: 256x128 sharing A 1258-1263 TFLOPS at 7168x16384 vs 128x128 sharing B 1205-
+# 1216 and no cluster 1180; the feed model below ranks them in that order.
 CLUSTERS = ((1, 1), (2, 1), (1, 2))
 
 

@@ -92,10 +92,11 @@ class KernelCache:
         self.num_compiles = 0
 
     # ---- public ---------------------------------------------------------------------------
-    def key_for(self, spec: KernelSpec) -> tuple[str, tuple[str, ...]]:
+    def key_for(self, spec: KernelSpec, nvrtc_version: tuple[int, int] | None = None) -> tuple[str, tuple[str, ...]]:
+        """The cache key and NVRTC options of `spec` (under the loaded NVRTC's version by default)."""
         options = nvrtc.base_options(spec.arch, env.jit_debug())
-        key = cache_key(spec.kernel, spec.source, spec.arch, options, nvrtc.nvrtc_version(), headers_hash())
-        return key, options
+        version = nvrtc_version or nvrtc.nvrtc_version()
+        return cache_key(spec.kernel, spec.source, spec.arch, options, version, headers_hash()), options
 
     def entry_dir(self, spec_kernel: str, key: str) -> Path:
         return self.root / f"{spec_kernel}.{key[:16]}"
@@ -105,6 +106,16 @@ class KernelCache:
 
         Raises CompileError (source and log kept under ``<cache>/failed/``), CacheDirError.
         """
+        hint = nvrtc.wheel_version()
+        if hint is not None:  # a look-up that does not load NVRTC
+            key, _ = self.key_for(spec, hint)
+            hit = self._memo.get(key)
+            if hit is None and self._ensure_root():
+                hit = self._load(self.entry_dir(spec.kernel, key), spec.kernel, key, warn=False)
+                if hit is not None:
+                    self._memo[key] = hit
+            if hit is not None:
+                return hit
         key, options = self.key_for(spec)
         hit = self._memo.get(key)
         if hit is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from mategemm.jit.key import KERNELS_SRC
 
@@ -17,6 +18,30 @@ def nvrtc_version() -> tuple[int, int]:
     err, major, minor = nvrtc.nvrtcVersion()
     _check(err, "nvrtcVersion")
     return int(major), int(minor)
+
+
+@functools.lru_cache(maxsize=1)
+def wheel_version() -> tuple[int, int] | None:
+    """(major, minor) of the nvidia-cuda-nvrtc wheel, from its dist-info name; None if there is
+    not exactly one. cuda-python loads NVRTC from that wheel first.
+
+    NOTES: loading NVRTC only to ask its version cost 38 ms of a new process's first call on the
+    H200 host; this reads a directory name. The cache looks kernels up under this version first
+    and confirms with nvrtc_version() before compiling (KernelCache.get).
+    """
+    try:
+        import nvidia  # the namespace package of NVIDIA's CUDA wheels
+    except ImportError:
+        return None
+    found = {info.name for base in nvidia.__path__ for info in Path(base).parent.glob("nvidia_cuda_nvrtc*.dist-info")}
+    if len(found) != 1:
+        return None
+    version = found.pop()[:-len(".dist-info")].rpartition("-")[2]
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
 
 
 def _check(err, what: str) -> None:

@@ -43,7 +43,7 @@ def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "out_dtype")
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "out_dtype", "_packed")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT)
 
@@ -68,8 +68,15 @@ class Launch:
                      problem.m, problem.n, problem.k, config.group_n, a_box_rows)
         self.out_swizzle = config.out_swizzle
         self.out_dtype = problem.out_dtype
+        self._packed: dict[tuple, object] = {}  # packed arguments per output (address, shape, strides)
 
     def __call__(self, out: torch.Tensor, stream: int) -> None:
         """Launch writing `out` on `stream` (a raw CUstream handle of the current device)."""
-        tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), 64, self.out_swizzle)
-        self.kernel.launch(self.grid, stream, (*self.head, tmap_d, *self.tail), self.TYPES)
+        key = (out.data_ptr(), out.shape, out.stride())
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= 64:
+                self._packed.clear()
+            tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), 64, self.out_swizzle)
+            packed = self._packed[key] = self.kernel.pack((*self.head, tmap_d, *self.tail), self.TYPES)
+        self.kernel.launch(self.grid, stream, packed)

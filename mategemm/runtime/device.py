@@ -73,6 +73,11 @@ def set_num_mp(num_mp: int | None) -> None:
     _num_mp_override = num_mp
 
 
+def get_num_mp_override() -> int | None:
+    """set_num_mp()'s value (None: not set)."""
+    return _num_mp_override
+
+
 def get_num_mp_setting() -> int:
     """set_num_mp()'s value, else MATEGEMM_NUM_MP; 0 means all SMs (cheap: no device query)."""
     return _num_mp_override or env.num_mp()
@@ -84,3 +89,23 @@ def get_num_mp(info: DeviceInfo | None = None) -> int:
         info = current_device_info()
     limit = get_num_mp_setting() or info.num_sms
     return min(limit, info.num_sms)
+
+
+def current_device_index() -> int:
+    """torch's current CUDA device (a direct query: torch.cuda.current_device costs ~1 us more)."""
+    import torch
+
+    get = getattr(torch._C, "_cuda_getDevice", None)
+    return get() if get is not None else torch.cuda.current_device()
+
+
+def current_stream_handle(index: int) -> int:
+    """The raw CUstream of torch's current stream on device `index`.
+
+    NOTES: torch.cuda.current_stream() builds a Stream object per call (several us on the H200
+    host); torch's private raw-stream query (also used by Triton) returns the handle directly.
+    """
+    import torch
+
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream

@@ -57,6 +57,35 @@ def test_new_cache_on_same_root_hits_disk(tmp_path):
     assert second.cubin == first.cubin and second.path == first.path
 
 
+def test_warm_hit_does_not_load_nvrtc(tmp_path, monkeypatch):
+    """With the NVRTC wheel's version known from its dist-info, a disk hit never asks NVRTC."""
+    first = KernelCache(tmp_path).get(TINY)
+    real = nvrtc.nvrtc_version()
+    monkeypatch.setattr(nvrtc, "wheel_version", lambda: real)
+
+    def must_not_load():
+        raise AssertionError("NVRTC loaded for a cache hit")
+
+    monkeypatch.setattr(nvrtc, "nvrtc_version", must_not_load)
+    second = KernelCache(tmp_path).get(TINY)
+    assert second.cubin == first.cubin and not second.compiled_here
+
+
+def test_wrong_wheel_version_falls_back_to_nvrtc(tmp_path, monkeypatch):
+    """A stale hint only costs the NVRTC query: the entry under the real version is found."""
+    first = KernelCache(tmp_path).get(TINY)
+    monkeypatch.setattr(nvrtc, "wheel_version", lambda: (1, 0))
+    cache = KernelCache(tmp_path)
+    assert cache.get(TINY).cubin == first.cubin and cache.num_compiles == 0
+
+
+def test_wheel_version_matches_the_loaded_nvrtc():
+    hint = nvrtc.wheel_version()
+    if hint is None:
+        pytest.skip("NVRTC does not come from exactly one nvidia-cuda-nvrtc wheel here")
+    assert hint == nvrtc.nvrtc_version()
+
+
 WORKER = """
 import hashlib, json, sys, time
 from pathlib import Path

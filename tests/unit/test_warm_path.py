@@ -18,8 +18,12 @@ class FakeKernel:
     def __init__(self):
         self.launches = []
 
-    def launch(self, grid, stream, values, types):
+    @staticmethod
+    def pack(values, types):
         assert len(values) == len(types)
+        return values
+
+    def launch(self, grid, stream, values):
         self.launches.append((grid, values))
 
 
@@ -39,9 +43,9 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(rt_device, "device_info", lambda index: rt_device.SM90_NO_DEVICE)
     monkeypatch.setattr(kernel_fp8, "load", lambda *args, **kwargs: kernel)
     monkeypatch.setattr(tma, "_encode_2d", lambda *args: object())
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    monkeypatch.setattr(rt_device, "current_device_index", lambda: None)
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: type("S", (), {"cuda_stream": 0})())
+    monkeypatch.setattr(rt_device, "current_stream_handle", lambda index: 0)
     monkeypatch.setattr(gemm, "_warm", {})
     monkeypatch.delenv("MATEGEMM_FORCE_CONFIG", raising=False)
     return counts, kernel
