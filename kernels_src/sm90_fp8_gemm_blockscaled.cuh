@@ -41,8 +41,9 @@ struct Fp8GemmSmemLayout {
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
   static constexpr int kOffScales = kOffB + kNumStages * kBBytes;
   static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
+  static constexpr int kOffSplitFlag = kOffBarriers + 2 * kNumStages * 8;  // split-K: "this CTA reduces"
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
-  static constexpr int kTotalBytes = kOffBarriers + 2 * kNumStages * 8 + 1024;
+  static constexpr int kTotalBytes = kOffSplitFlag + 16 + 1024;
   static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
                 "swizzled tiles must stay 1024-byte aligned");
 };
@@ -65,13 +66,14 @@ template <int BLOCK_M>
 __host__ __device__ constexpr int fp8_gemm_math_warpgroups() { return BLOCK_M == 64 ? 1 : 2; }
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kTypeA, int kTypeB, int kOutType,
-          int kOutSwizzle, int kClusterM, int kClusterN>
+          int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK>
 __global__ void __launch_bounds__((fp8_gemm_math_warpgroups<BLOCK_M>() + 1) * 128, 1)
 sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                           const __grid_constant__ TmaDesc tmap_d,
                           const float* __restrict__ sfa, int sfa_stride_m, int sfa_stride_k,
                           const float* __restrict__ sfb, int sfb_stride_n, int sfb_stride_k,
-                          int m, int n, int k, int group_n, int a_box_rows) {
+                          int m, int n, int k, int group_n, int a_box_rows, int num_splits,
+                          float* __restrict__ split_workspace, int* __restrict__ split_counters) {
   constexpr int kNumMathWG = fp8_gemm_math_warpgroups<BLOCK_M>();
   constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
   constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
@@ -84,6 +86,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   static_assert(kNumStages >= 3, "the scale warps need at least 3 stages");
   static_assert(BLOCK_N % 8 == 0 && BLOCK_N >= 8 && BLOCK_N <= 256, "BLOCK_N is a multiple of 8 in [8, 256]");
   static_assert(BLOCK_N % (kOutSwizzle / 2) == 0, "output swizzle chunk must divide BLOCK_N");
+  static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
@@ -115,6 +118,9 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
 
   const int warpgroup = warp_uniform(threadIdx.x / 128);
   const int num_k_blocks = k / kBlockK;
+  // Split-K: work item `split` of a tile covers k-blocks [split, split + 1) * k_blocks_per_split
+  // (the host picks num_splits so that none is empty; it passes 1 unless kSplitK).
+  const int k_blocks_per_split = kSplitK ? ceil_div(num_k_blocks, num_splits) : num_k_blocks;
 
   // ---- set-up: barriers and descriptor prefetch ----
   if (threadIdx.x == 0) {
@@ -131,18 +137,24 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   // The peer's multicast loads and arrivals target these barriers: they must exist first.
   if constexpr (kCluster > 1) cluster_sync(); else __syncthreads();
 
-  TileScheduler<kClusterM, kClusterN> scheduler(m, n, BLOCK_M, BLOCK_N, group_n);
+  TileScheduler<kClusterM, kClusterN> scheduler(m, n, BLOCK_M, BLOCK_N, group_n, num_splits);
   const u32 peer_cta = scheduler.rank ^ 1;
   PipelineState<kNumStages> pipe;
-  int m_block, n_block;
+  int m_block, n_block, split;
+  auto k_range = [&](int& kb_begin, int& kb_end) {
+    kb_begin = split * k_blocks_per_split;
+    kb_end = min(num_k_blocks, kb_begin + k_blocks_per_split);
+  };
 
   if (warpgroup == 0) {
     if constexpr (kNumMathWG > 1) setmaxnreg_dec<kProducerRegs>();
     const int warp = threadIdx.x / 32;
     if (threadIdx.x == 0) {
       // ---- producer: one thread streams A and B tiles through the ring ----
-      while (scheduler.next(m_block, n_block)) {
-        for (int kb = 0; kb < num_k_blocks; ++kb) {
+      while (scheduler.next(m_block, n_block, split)) {
+        int kb_begin, kb_end;
+        k_range(kb_begin, kb_end);
+        for (int kb = kb_begin; kb < kb_end; ++kb) {
           const u32 bar = full_bar + pipe.stage * 8;
           mbar_wait(empty_bar + pipe.stage * 8, pipe.phase ^ 1);
           mbar_arrive_expect_tx(bar, a_box_rows * kBlockK + Layout::kBBytes);
@@ -172,9 +184,11 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       const int lane = threadIdx.x % 32;
       const int num_n_scale_blocks = ceil_div(n, 128);
       int iter = 0;
-      while (scheduler.next(m_block, n_block)) {
+      while (scheduler.next(m_block, n_block, split)) {
         const int m0 = m_block * BLOCK_M, n0 = n_block * BLOCK_N;
-        for (int kb = 0; kb < num_k_blocks; ++kb, ++iter) {
+        int kb_begin, kb_end;
+        k_range(kb_begin, kb_end);
+        for (int kb = kb_begin; kb < kb_end; ++kb, ++iter) {
           if (iter % kNumScaleWarps != warp - 1) continue;
           const int stage = iter % kNumStages;
           mbar_wait(empty_bar + stage * 8, ((iter / kNumStages) & 1) ^ 1);
@@ -230,6 +244,8 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     const int lane = threadIdx.x % 32;
     const bool wg_leader = (threadIdx.x % 128) == 0;
     const u32 smem_out_addr = smem_addr(smem_out);
+    const u32 split_flag = smem_addr(smem + Layout::kOffSplitFlag);
+    constexpr int kSplitBarrier = 1 + kNumMathWG;  // after the epilogue's per-warpgroup barriers
     const u64 desc_a0 = smem_desc_k128_sw128(smem_a);  // stage 0, tile row 0
     const u64 desc_b0 = smem_desc_k128_sw128(smem_b);
     // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
@@ -244,9 +260,12 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     float part0[kAcc];
     float part1[kOverlap ? kAcc : 1];
 
-    while (scheduler.next(m_block, n_block)) {
+    while (scheduler.next(m_block, n_block, split)) {
       const int m0 = m_block * BLOCK_M;
       const int n0 = n_block * BLOCK_N;
+      int kb_begin, kb_end;
+      k_range(kb_begin, kb_end);
+      const int num_blocks = kb_end - kb_begin;  // k-blocks of this work item
 
       // The rows of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16).
       const int thread_row = wave_row0(0) + warp * 16 + lane / 4;
@@ -336,7 +355,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         issue(part0, sc0, stage0, 0);
         wgmma_wait<0>();
         int kb = 0;
-        for (; kb + 2 < num_k_blocks; kb += 2) {  // part0 holds k-block kb, complete
+        for (; kb + 2 < num_blocks; kb += 2) {  // part0 holds k-block kb, complete
           stage1 = wait_stage();
           issue(part1, sc1, stage1, 0);
           release(stage0);
@@ -348,7 +367,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           promote(acc, part1, sc1, stage1);
           wgmma_wait<0>();
         }
-        if (kb + 1 < num_k_blocks) {
+        if (kb + 1 < num_blocks) {
           stage1 = wait_stage();
           issue(part1, sc1, stage1, 0);
           release(stage0);
@@ -361,7 +380,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           promote(acc, part0, sc0, stage0);
         }
       } else {
-        for (int kb = 0; kb < num_k_blocks; ++kb) {
+        for (int kb = 0; kb < num_blocks; ++kb) {
           const int stage = wait_stage();
           #pragma unroll
           for (int wave = 0; wave < kWaves; ++wave) {
@@ -373,6 +392,39 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           }
           if constexpr (kScaleGranN != 128) release(stage);
         }
+      }
+
+      // ---- split-K: every work item leaves its partial tile in the workspace; the tile's last
+      // one to finish sums all partials in split order (deterministic) and stores the result ----
+      if constexpr (kSplitK) {
+        constexpr int kMathThreads = kNumMathWG * 128;
+        constexpr int kTileFloats = BLOCK_M * BLOCK_N;
+        const int t = threadIdx.x - 128;
+        const int tile = m_block * ceil_div(n, BLOCK_N) + n_block;
+        float* partials = split_workspace + static_cast<i64>(tile) * num_splits * kTileFloats;
+        #pragma unroll
+        for (int i = 0; i < kWaves * kAcc; ++i) partials[split * kTileFloats + i * kMathThreads + t] = acc[i];
+        __threadfence();  // the partial is visible GPU-wide before the counter says so
+        named_barrier_sync(kSplitBarrier, kMathThreads);
+        if (t == 0) {
+          const int done_before = atomicAdd(split_counters + tile, 1);
+          st_shared_u32(split_flag, done_before == num_splits - 1 ? 1u : 0u);
+        }
+        named_barrier_sync(kSplitBarrier, kMathThreads);
+        if (ld_shared_u32(split_flag) == 0) continue;  // another work item of this tile finishes it
+        __threadfence();
+        // Sum the partials in split order (this item's own one read back too): one slice's loads
+        // are all in flight together, so the reduction costs num_splits memory latencies.
+        #pragma unroll
+        for (int i = 0; i < kWaves * kAcc; ++i) acc[i] = 0.0f;
+        for (int s = 0; s < num_splits; ++s) {
+          float slice[kWaves * kAcc];
+          #pragma unroll
+          for (int i = 0; i < kWaves * kAcc; ++i) slice[i] = __ldcg(partials + s * kTileFloats + i * kMathThreads + t);
+          #pragma unroll
+          for (int i = 0; i < kWaves * kAcc; ++i) acc[i] += slice[i];
+        }
+        if (t == 0) split_counters[tile] = 0;  // ready for the next launch
       }
 
       // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----

@@ -27,7 +27,7 @@ KNOBS = (
          "ptxas resource usage; adds -lineinfo.", True),
     Knob("MATEGEMM_FORCE_CONFIG", "", "Override heuristic choices, e.g. "
          "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8,cluster_m=2' (keys: block_m, block_n, "
-         "stages, num_mp, group_n, cluster_m, cluster_n).", False),
+         "stages, num_mp, group_n, cluster_m, cluster_n, num_splits).", False),
 )
 
 _BY_NAME = {knob.name: knob for knob in KNOBS}

@@ -54,6 +54,7 @@ class GemmConfig:
     smem_bytes: int
     cluster_m: int = 1  # CTAs per cluster stacked along M, sharing (multicasting) one B tile
     cluster_n: int = 1  # CTAs per cluster side by side along N, sharing one A tile
+    num_splits: int = 1  # split-K: work items per tile, each over a slice of the K blocks
 
     @property
     def cluster(self) -> int:

@@ -4,6 +4,8 @@
 // M-block (kClusterN = 2, A tile); CTA rank r of the cluster takes the unit's r-th tile.
 // Units are walked in groups of `group_n` N-units; inside a group the N-unit varies fastest,
 // so CTAs running at the same time share A rows and a narrow band of B columns in L2.
+// Split-K (num_splits > 1, clusters of one): each tile is `num_splits` consecutive work items,
+// one per slice of the K blocks.
 #pragma once
 #include "ptx.cuh"
 
@@ -15,18 +17,22 @@ struct TileScheduler {
   int num_m_units;  // the host launches clusters only where the blocks divide into units
   int num_n_units;
   int group_n;
-  int next_unit;
+  int num_splits;
+  int next_item;
   int rank;
 
-  __device__ __forceinline__ TileScheduler(int m, int n, int block_m, int block_n, int group_n_)
+  __device__ __forceinline__ TileScheduler(int m, int n, int block_m, int block_n, int group_n_, int num_splits_)
       : num_m_units(ceil_div(m, block_m) / kClusterM), num_n_units(ceil_div(n, block_n) / kClusterN),
-        group_n(group_n_), next_unit(blockIdx.x / kCluster),
+        group_n(group_n_), num_splits(num_splits_), next_item(blockIdx.x / kCluster),
         rank(kCluster == 1 ? 0 : static_cast<int>(cluster_cta_rank())) {}
 
-  __device__ __forceinline__ bool next(int& m_block, int& n_block) {
-    const int unit = next_unit;
-    if (unit >= num_m_units * num_n_units) return false;
-    next_unit += gridDim.x / kCluster;
+  // The next tile and K slice of this CTA; false when there is none.
+  __device__ __forceinline__ bool next(int& m_block, int& n_block, int& split) {
+    const int item = next_item;
+    if (item >= num_m_units * num_n_units * num_splits) return false;
+    next_item += gridDim.x / kCluster;
+    const int unit = item / num_splits;
+    split = item - unit * num_splits;
     const int units_per_group = num_m_units * group_n;
     const int group = unit / units_per_group;
     const int first_n = group * group_n;

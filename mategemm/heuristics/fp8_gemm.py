@@ -23,7 +23,9 @@ def block_n_allowed(block_n: int, scale_gran_n: int) -> bool:
     return scale_gran_n != 128 or block_n <= 128 + math.gcd(block_n, 128)
 
 
-BLOCK_NS = tuple(bn for bn in range(16, MAX_BLOCK_N + 1, 16))
+# NOTES: the heuristic stops at 160: 176/192 were never faster in a measurement (128x24576x1536
+# 560 -> 535 TFLOPS when the floor-bound model picked 192); they remain forceable.
+BLOCK_NS = tuple(bn for bn in range(16, 161, 16))
 # NOTES: N-blocks per raster group. 4096x7168x16384 at 128x128 on an H200: group_n 4 -> 1043,
 # 8 -> 1069, 16 -> 1082, 32 -> 1054 TFLOPS.
 GROUP_N = 16
@@ -34,6 +36,12 @@ GROUP_N = 16
 # H200, 4096 rows: 256x128 sharing A 1258-1263 TFLOPS at 7168x16384 vs 128x128 sharing B 1205-
 # 1216 and no cluster 1180; the feed model below ranks them in that order.
 CLUSTERS = ((1, 1), (2, 1), (1, 2))
+# NOTES: split-K (decode only, split_k_rule): up to 8 slices of K; the last work item of a tile to
+# finish sums the partial tiles. SPLIT_REDUCE_NS is the reduction's cost when splits are forced.
+MAX_SPLITS = 8
+MIN_K_BLOCKS_PER_SPLIT = 14
+MIN_SPLITS = 3
+SPLIT_REDUCE_NS = 2000.0
 
 
 def out_swizzle(block_n: int) -> int:
@@ -53,7 +61,7 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int) -> in
         scale_floats = block_m + block_n
     scales = (scale_floats * 4 + 15) // 16 * 16
     per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8 + scales
-    return out + stages * per_stage + 2 * stages * 8 + sm90.SMEM_SLACK
+    return out + stages * per_stage + 2 * stages * 8 + 16 + sm90.SMEM_SLACK  # 16: the split-K flag
 
 
 def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int) -> int:
@@ -98,24 +106,65 @@ def worth_trying(problem: GemmProblem, block_m: int, cluster: tuple[int, int]) -
     return block_m >= 128
 
 
+def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
+    """Split-K runs on one-wave tiles without clusters (the kernel's static_assert)."""
+    return num_splits == 1 or (block_m <= 128 and cluster == (1, 1))
+
+
+def split_counts(k: int) -> list[int]:
+    """Split-K counts with no empty slice: s such that ceil(k_blocks / s) slices cover K exactly."""
+    k_blocks = k // sm90.BLOCK_K_FP8
+    counts = []
+    for splits in range(1, MAX_SPLITS + 1):
+        per_split = math.ceil(k_blocks / splits)
+        effective = math.ceil(k_blocks / per_split)
+        if effective not in counts:
+            counts.append(effective)
+    return counts
+
+
 def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int,
-                cluster: tuple[int, int] = (1, 1)) -> float:
+                cluster: tuple[int, int] = (1, 1), num_splits: int = 1) -> float:
     """Waves x k-blocks x per-k-block time of one CTA, the slowest of three bounds.
 
     MMA work at the tile's efficiency; operand bytes (A rows actually loaded, B rows, the shared
     one halved for a cluster) with the feed rate shared by the CTAs running at once; and the
-    fixed per-k-block latency floor.
+    fixed per-k-block latency floor. Split-K multiplies the work items, divides their k-blocks
+    and adds the partial-tile reduction.
     """
     cluster_m, cluster_n = cluster
     num_mp -= num_mp % (cluster_m * cluster_n)
-    num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n)
+    num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) * num_splits
     waves = math.ceil(num_tiles / num_mp)
     active = min(num_tiles, num_mp)
     a_rows = min(block_m, math.ceil(problem.m / 8) * 8)
     mma_ns = 2.0 * block_m * block_n * sm90.BLOCK_K_FP8 / (sm90.FP8_FLOPS_PER_SM_PER_NS * mma_efficiency(block_n))
     feed_ns = (a_rows / cluster_n + block_n / cluster_m) * sm90.BLOCK_K_FP8 * active / sm90.FEED_BYTES_PER_NS
+    k_blocks = math.ceil(problem.k // sm90.BLOCK_K_FP8 / num_splits)
+    reduce_ns = SPLIT_REDUCE_NS if num_splits > 1 else 0.0
+    return waves * k_blocks * max(mma_ns, feed_ns, sm90.K_BLOCK_FLOOR_NS) + reduce_ns
+
+
+def split_k_rule(problem: GemmProblem, block_m: int, block_n: int, cluster: tuple[int, int],
+                 num_mp: int) -> tuple[int, int]:
+    """(BLOCK_N, splits) after the one-split pick: decode shapes whose pick is a narrow tile (chosen
+    only to give every SM a tile) run 64-wide tiles split over K instead.
+
+    NOTES (H200, 2026-11-28, `tools/bench.py dense_fp8`, TFLOPS one-split pick -> 64-wide split):
+    64x2112x7168 141 -> 150 (4 splits), 64x576x7168 40 -> 43 (4), 128x576x7168 80 -> 85 (4),
+    1x2112x7168 2.2 -> 2.4 (4); two splits gained nothing (128x2112x7168 273 -> 273) or lost
+    (64x4096x7168 249 -> 241, 1x4096x7168 4.1 -> 3.8), so at least 3 are required. Wider picks
+    lost with splits (64x7168x16384 420 -> 380, 64x7168x2048 228 -> 169): the reduction (store,
+    fence, count, re-read) costs a few us, so each split keeps >= 14 k-blocks and the work items
+    stay within one wave.
+    """
+    if problem.m > 128 or block_n >= 64 or cluster != (1, 1) or not block_n_allowed(64, problem.recipe.gn):
+        return block_n, 1
     k_blocks = problem.k // sm90.BLOCK_K_FP8
-    return waves * k_blocks * max(mma_ns, feed_ns, sm90.K_BLOCK_FLOOR_NS)
+    tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / 64)
+    fits = [s for s in split_counts(problem.k) if tiles * s <= num_mp and k_blocks / s >= MIN_K_BLOCKS_PER_SPLIT]
+    splits = max(fits, default=1)
+    return (64, splits) if splits >= MIN_SPLITS else (block_n, 1)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -139,6 +188,15 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
 
+    counts = split_counts(problem.k)
+    if "num_splits" in forced:
+        if forced["num_splits"] not in counts:
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: num_splits must leave no K slice empty; for k={problem.k} "
+                             f"one of {counts}")
+        counts = [forced["num_splits"]]
+    else:
+        counts = [1]  # split-K: see split_k_rule below
+
     best = None
     free = not ({"block_m", "cluster_m", "cluster_n"} & forced.keys())
     for bm in block_ms:
@@ -148,17 +206,24 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
             for bn in block_ns:
                 if not block_n_allowed(bn, gran_n) or not tile_allowed(problem, bm, bn, cluster, num_mp):
                     continue
-                cost = estimate_ns(problem, bm, bn, num_mp, cluster)
-                # NOTES: ties (common where the per-k-block floor binds) go to the smaller tile: more
-                # CTAs in flight measured faster at decode sizes on the H200 sweep; then to no cluster.
-                rank = (round(cost, 1), bm, bn, cluster)
-                if best is None or rank < best[0]:
-                    best = (rank, bm, bn, cluster)
+                for splits in counts:
+                    if not split_allowed(bm, cluster, splits):
+                        continue
+                    cost = estimate_ns(problem, bm, bn, num_mp, cluster, splits)
+                    # NOTES: ties (common where the per-k-block floor binds) go to the smaller tile:
+                    # more CTAs in flight measured faster at decode sizes on the H200 sweep; then to
+                    # no cluster and fewer splits.
+                    rank = (round(cost, 1), bm, bn, cluster, splits)
+                    if best is None or rank < best[0]:
+                        best = (rank, bm, bn, cluster, splits)
     if best is None:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: no tile fits the forced values {forced} for m={problem.m}, "
                          f"n={problem.n}: a cluster needs M-blocks (cluster_m) or N-blocks (cluster_n) divisible "
-                         f"by 2 and num_mp >= 2; block_m 256 needs block_n <= 128 and cluster_m 1")
-    _, block_m, block_n, (cluster_m, cluster_n) = best
+                         f"by 2 and num_mp >= 2; block_m 256 needs block_n <= 128 and cluster_m 1; num_splits > 1 "
+                         f"needs block_m <= 128 and no cluster")
+    _, block_m, block_n, (cluster_m, cluster_n), num_splits = best
+    if free and "block_n" not in forced and "num_splits" not in forced:
+        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)
     stages = forced["stages"] if "stages" in forced else max_stages(block_m, block_n, gran_n, device.smem_per_block)
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
@@ -166,12 +231,12 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     if smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of {block_m}x{block_n} need {smem} B of shared "
                          f"memory; the device has {device.smem_per_block}")
-    num_tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n)
+    num_items = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) * num_splits
     group_n = forced.get("group_n", GROUP_N)
     if group_n < 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: group_n must be >= 1")
     cluster = cluster_m * cluster_n
-    num_mp = min(num_mp - num_mp % cluster, num_tiles)  # a whole number of clusters (num_tiles is)
+    num_mp = min(num_mp - num_mp % cluster, num_items)  # a whole number of clusters (num_items is)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
                       num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n),
-                      smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n)
+                      smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits)

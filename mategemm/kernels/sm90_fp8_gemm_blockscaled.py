@@ -17,7 +17,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe and dtypes, config); M, N, K stay run-time."""
     args = (config.block_m, config.block_n, config.stages, problem.recipe.gn, FP8_CODES[problem.a_dtype],
             FP8_CODES[problem.b_dtype], OUT_CODES[problem.out_dtype], config.out_swizzle, config.cluster_m,
-            config.cluster_n)
+            config.cluster_n, "true" if config.num_splits > 1 else "false")
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(KERNEL, source, name_expr, arch)
@@ -26,7 +26,8 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
 def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
     """The template arguments of spec(): they select the binary (and with it the launch shape)."""
     return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
-            config.block_n, config.stages, config.out_swizzle, config.cluster_m, config.cluster_n)
+            config.block_n, config.stages, config.out_swizzle, config.cluster_m, config.cluster_n,
+            config.num_splits > 1)
 
 
 def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
@@ -43,9 +44,9 @@ def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "out_dtype", "_packed")
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "out_dtype", "_packed", "_split", "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
-             rt.INT, rt.INT)
+             rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -65,18 +66,36 @@ class Launch:
         b_load_rows = config.block_n // config.cluster_m
         self.head = (encode_2d(a, config.block_k, a_load_rows, 128), encode_2d(b, config.block_k, b_load_rows, 128))
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
-                     problem.m, problem.n, problem.k, config.group_n, a_box_rows)
+                     problem.m, problem.n, problem.k, config.group_n, a_box_rows, config.num_splits)
+        # Split-K: (workspace floats, tiles) of its partial tiles and per-tile finish counters.
+        num_tiles = -(-problem.m // config.block_m) * -(-problem.n // config.block_n)
+        self._split = (num_tiles * config.num_splits * config.block_m * config.block_n, num_tiles, a.device)
+        self._split_buffers: dict[int, tuple] = {}
         self.out_swizzle = config.out_swizzle
         self.out_dtype = problem.out_dtype
-        self._packed: dict[tuple, object] = {}  # packed arguments per output (address, shape, strides)
+        self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
     def __call__(self, out: torch.Tensor, stream: int) -> None:
         """Launch writing `out` on `stream` (a raw CUstream handle of the current device)."""
-        key = (out.data_ptr(), out.shape, out.stride())
+        key = (out.data_ptr(), out.shape, out.stride(), stream)
         packed = self._packed.get(key)
         if packed is None:
             if len(self._packed) >= 64:
                 self._packed.clear()
             tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), 64, self.out_swizzle)
-            packed = self._packed[key] = self.kernel.pack((*self.head, tmap_d, *self.tail), self.TYPES)
+            values = (*self.head, tmap_d, *self.tail, *self._split_pointers(stream))
+            packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
         self.kernel.launch(self.grid, stream, packed)
+
+    def _split_pointers(self, stream: int) -> tuple[int, int]:
+        """Split-K's workspace and counters (which the kernel returns to zero) for one stream:
+        launches on a stream run in order, so they never share them with a running launch.
+        Without split-K, two null pointers."""
+        if self.tail[-1] == 1:
+            return 0, 0
+        buffers = self._split_buffers.get(stream)
+        if buffers is None:
+            floats, tiles, device = self._split
+            buffers = self._split_buffers[stream] = (torch.empty(floats, dtype=torch.float32, device=device),
+                                                     torch.zeros(tiles, dtype=torch.int32, device=device))
+        return buffers[0].data_ptr(), buffers[1].data_ptr()

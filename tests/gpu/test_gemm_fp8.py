@@ -119,6 +119,65 @@ def test_cluster_and_block_m_256_configs(force, m, n, recipe, major, monkeypatch
     assert (big[mask] == 7.0).all()
 
 
+# (forced config, m, n, k): split-K on decode shapes; k = 640 is 5 k-blocks (3 splits of 2, 2, 1).
+SPLIT_CASES = (
+    ("block_m=64,block_n=32,num_splits=2", 1, 2112, 1024),
+    ("block_m=64,block_n=64,num_splits=3", 64, 1000, 640),
+    ("block_m=64,block_n=16,num_splits=8,num_mp=7", 37, 576, 7168),
+    ("block_m=128,block_n=128,num_splits=4", 128, 1040, 2048),
+    ("block_m=64,block_n=144,num_splits=5", 100, 2112, 640),
+)
+
+
+@pytest.mark.parametrize("force,m,n,k", SPLIT_CASES)
+@pytest.mark.parametrize("recipe,major", (((1, 128, 128), "K"), ((1, 1, 128), "MN")))
+def test_split_k(force, m, n, k, recipe, major, monkeypatch):
+    """Split-K: right result in a poisoned buffer, bitwise the same on every call and graph replay."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe, major)
+    big = torch.full((m + 2, n + 16), 7.0, dtype=torch.bfloat16, device="cuda")
+    out = big[1:m + 1, 8:n + 8]
+    out.fill_(float("nan"))
+    call = lambda: mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major,  # noqa: E731
+                                                  scale_granularity_mnk=recipe, out=out)
+    call()
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb, recipe, major), "fp8_gemm", force)
+    mask = torch.ones_like(big, dtype=torch.bool)
+    mask[1:m + 1, 8:n + 8] = False
+    assert (big[mask] == 7.0).all()
+    first = out.clone()
+    for _ in range(3):
+        out.fill_(float("nan"))
+        call()
+        assert torch.equal(out, first)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    for _ in range(2):
+        out.fill_(float("nan"))
+        graph.replay()
+        assert torch.equal(out, first)
+
+
+def test_split_k_on_two_streams_at_once(monkeypatch):
+    """The same split-K call on two streams at once: each stream has its own workspace."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "block_m=64,block_n=64,num_splits=4")
+    a, b, sa, sb = make_fp8_gemm_inputs(64, 2112, 7168)
+    ref = fp8_gemm_reference(a, b, sa, sb)
+    mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)  # compile outside the timed part
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    outs = [torch.full((64, 2112), float("nan"), dtype=torch.bfloat16, device="cuda") for _ in streams]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    for _ in range(20):
+        for stream, out in zip(streams, outs):
+            with torch.cuda.stream(stream):
+                mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out)
+    torch.cuda.synchronize()
+    for out in outs:
+        assert_close(out, ref, "fp8_gemm", "two streams")
+
+
 def test_cluster_rejects_odd_m_blocks(monkeypatch):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "block_m=128,cluster_m=2")
     a, b, sa, sb = make_fp8_gemm_inputs(129 + 128, 256, 128)  # 3 M-blocks

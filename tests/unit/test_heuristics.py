@@ -33,7 +33,10 @@ def test_dense_configs_are_legal(recipe, num_mp):
         where = f"{p} -> {c}"
         num_tiles = math.ceil(m / c.block_m) * math.ceil(n / c.block_n)
         assert num_tiles >= 1, where
-        assert 1 <= c.num_mp <= min(num_mp, num_tiles), where
+        assert 1 <= c.num_mp <= min(num_mp, num_tiles * c.num_splits), where
+        assert c.num_mp % (c.cluster_m * c.cluster_n) == 0, where
+        assert c.num_splits in fp8_gemm.split_counts(k), where
+        assert c.num_splits == 1 or (m <= 128 and c.cluster_m * c.cluster_n == 1), where
         assert c.block_m in fp8_gemm.BLOCK_MS, where
         assert fp8_gemm.block_n_allowed(c.block_n, recipe.gn), where
         assert c.block_k == sm90.BLOCK_K_FP8 == 128, where
@@ -156,3 +159,24 @@ def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n):
               f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
               "__global__ void probe() {}\n")
     nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
+
+
+@pytest.mark.parametrize("k", (128, 640, 1024, 2048, 7168, 16384))
+def test_split_counts_leave_no_slice_empty(k):
+    k_blocks = k // 128
+    counts = fp8_gemm.split_counts(k)
+    assert counts[0] == 1 and len(set(counts)) == len(counts)
+    for splits in counts:
+        per_split = -(-k_blocks // splits)
+        assert (splits - 1) * per_split < k_blocks <= splits * per_split
+
+
+def test_forced_split_k_is_checked():
+    problem = GemmProblem(64, 2112, 640, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                          torch.bfloat16)
+    config = fp8_gemm.choose(problem, H100, 132, "block_m=64,block_n=32,num_splits=3")
+    assert config.num_splits == 3 and config.num_mp == min(132, 66 * 3)
+    with pytest.raises(ValueError, match="num_splits"):
+        fp8_gemm.choose(problem, H100, 132, "num_splits=4")  # 5 k-blocks: 2 + 2 + 1, one empty
+    with pytest.raises(ValueError, match="num_splits"):
+        fp8_gemm.choose(problem, H100, 132, "num_splits=2,cluster_n=2")

@@ -122,6 +122,7 @@ PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
     (128, 128, 5, 128, ",cluster_m=2"),  # B multicast across a 2-CTA cluster
     (256, 128, 3, 128, ",cluster_n=2"),  # two 64-row waves per warpgroup, A multicast
     (256, 96, 3, 1, ""),
+    (64, 32, 8, 128, ",num_splits=4"),   # split-K: partial tiles through the workspace
 ])
 def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster):
     from mategemm.jit import nvrtc
