@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/mategemm-gpu-check}
 mkdir -p "$OUT"
 # cuda-bindings probes cuGetProcAddress for symbols the driver lacks: API errors, not kernel faults.
 SANITIZER="compute-sanitizer --report-api-errors no --error-exitcode 9"
-SUBSET="ragged or forced or num_mp or dtypes or (sweep and (7-2112 or 1000-576))"
+SUBSET="ragged or forced or num_mp or dtypes or cluster_and or split_k or stream or graph or (sweep and (7-2112 or 1000-576 or 4096-4096-512))"
 
 status=0
 timeout 120 python3 -m pytest -q -x tests/gpu 2>&1 | tee "$OUT/gpu_tests.log" | tail -2 || status=1

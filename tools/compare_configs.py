@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Time forced kernel configs side by side on chosen dense shapes (GPU; a lab tool).
+
+    python tools/compare_configs.py --shapes 4096x7168x16384,64x2112x7168 \
+        --configs "" "block_m=256,block_n=128,cluster_n=2" "block_m=64,block_n=64,num_splits=4"
+
+An empty config is the heuristic's pick. Each cell is TFLOPS (CUDA events, as tools/bench.py),
+with calc_diff checked against the fp64 reference; configs that do not fit a shape print n/a.
+Writes the rows as JSON with --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", required=True, help="comma-separated MxNxK")
+    parser.add_argument("--configs", nargs="+", required=True, help="MATEGEMM_FORCE_CONFIG values ('' = heuristic)")
+    parser.add_argument("--input-sets", type=int, default=4, help="input sets rotated per shape (L2 residency)")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    import torch
+
+    import mategemm
+    from mategemm.testing import calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs
+    from mategemm.testing.timing import median_ms
+
+    rows = []
+    for shape in args.shapes.split(","):
+        m, n, k = (int(x) for x in shape.split("x"))
+        sets = [make_fp8_gemm_inputs(m, n, k) for _ in range(args.input_sets)]
+        outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
+        calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, out=o) for s, o in zip(sets, outs)]
+        reference = fp8_gemm_reference(*sets[0])
+        cells = []
+        for config in args.configs:
+            os.environ["MATEGEMM_FORCE_CONFIG"] = config
+            try:
+                us = median_ms(calls) * 1e3
+            except ValueError:
+                cells.append(f"[{config or 'heuristic'}] n/a")
+                continue
+            diff = calc_diff(outs[0].float(), reference)
+            tflops = 2 * m * n * k / us / 1e6
+            rows.append({"m": m, "n": n, "k": k, "config": config, "us": round(us, 2), "tflops": round(tflops, 1),
+                         "diff": diff})
+            cells.append(f"[{config or 'heuristic'}] {tflops:.0f}" + ("" if diff < 1e-5 else f" WRONG {diff:.1e}"))
+        os.environ.pop("MATEGEMM_FORCE_CONFIG", None)
+        print(f"{shape}: " + "  ".join(cells), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
