@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Time every (BLOCK_M, BLOCK_N) of sm90_fp8_gemm_blockscaled over the dense suite, and score the
-heuristic against such a sweep.
+"""Time the configs of sm90_fp8_gemm_blockscaled over the dense suite, and score the heuristic
+against such a sweep.
 
     python tools/sweep_fp8_configs.py run [--out docs/bench/dense_fp8_config_sweep.json]   (GPU)
     python tools/sweep_fp8_configs.py score [--sweep docs/bench/dense_fp8_config_sweep.json] (CPU)
 
+Configs: (BLOCK_M, BLOCK_N, cluster_m, cluster_n, num_splits). Large m: BLOCK_M 128 and 256 with
+every legal cluster; m <= 128: BLOCK_M 64 and 128, and 32/64/128-wide tiles split over K.
 `score` prints, per shape, the heuristic's pick, the sweep's best and the ratio of their times,
-then the geomean: the number the heuristic's NOTES quote.
+then the geomean: the number the heuristic's NOTES quote. Rows of older sweeps (bm, bn only)
+count as unclustered, unsplit configs.
 """
 from __future__ import annotations
 
@@ -24,6 +27,35 @@ sys.path.insert(0, str(ROOT))
 SWEEP = ROOT / "docs" / "bench" / "dense_fp8_config_sweep.json"
 SHAPES = ROOT / "tools" / "shapes" / "shapes.json"
 BLOCK_NS = (16, 32, 48, 64, 96, 112, 128, 144, 160)
+SPLIT_BLOCK_NS = (32, 64, 128)
+
+
+def candidates(m: int, n: int, k: int) -> list[tuple[int, int, int, int, int]]:
+    """The configs worth timing for one shape (forced values the kernel accepts)."""
+    from mategemm.heuristics import fp8_gemm
+
+    configs = []
+    if m <= 128:
+        for bm in (64, 128):
+            configs += [(bm, bn, 1, 1, 1) for bn in BLOCK_NS]
+            configs += [(bm, bn, 1, 1, s) for bn in SPLIT_BLOCK_NS for s in fp8_gemm.split_counts(k) if s > 1]
+        return configs
+    for bm in (128, 256):
+        for bn in BLOCK_NS:
+            if bn < 96 or (bm == 256 and bn > 128):
+                continue  # NOTES: never competitive at large m (a full sweep once: >= 1.3x slower)
+            for cm, cn in fp8_gemm.CLUSTERS:
+                if bm == 256 and cm > 1:
+                    continue
+                if math.ceil(m / bm) % cm or math.ceil(n / bn) % cn:
+                    continue
+                configs.append((bm, bn, cm, cn, 1))
+    return configs
+
+
+def force_string(config: tuple[int, int, int, int, int]) -> str:
+    bm, bn, cm, cn, splits = config
+    return f"block_m={bm},block_n={bn},cluster_m={cm},cluster_n={cn},num_splits={splits}"
 
 
 def run(out: Path) -> None:
@@ -39,16 +71,19 @@ def run(out: Path) -> None:
         sets = [make_fp8_gemm_inputs(m, n, k) for _ in range(1 if m >= 4096 else 4)]
         outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
         calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, out=o) for s, o in zip(sets, outs)]
-        for bm in (64, 128) if m <= 128 else (128,):
-            for bn in BLOCK_NS:
-                if m >= 4096 and bn < 96:
-                    continue  # NOTES: never competitive at large m (a full sweep once: >= 1.3x slower)
-                os.environ["MATEGEMM_FORCE_CONFIG"] = f"block_m={bm},block_n={bn}"
-                rows.append({"m": m, "n": n, "k": k, "bm": bm, "bn": bn, "us": median_ms(calls) * 1e3})
+        for config in candidates(m, n, k):
+            os.environ["MATEGEMM_FORCE_CONFIG"] = force_string(config)
+            bm, bn, cm, cn, splits = config
+            rows.append({"m": m, "n": n, "k": k, "bm": bm, "bn": bn, "cluster_m": cm, "cluster_n": cn,
+                         "num_splits": splits, "us": median_ms(calls) * 1e3})
         os.environ.pop("MATEGEMM_FORCE_CONFIG")
         best = min((r for r in rows if (r["m"], r["n"], r["k"]) == (m, n, k)), key=lambda r: r["us"])
-        print(f"{m}x{n}x{k}: best {best['bm']}x{best['bn']} {best['us']:.1f} us", flush=True)
+        print(f"{m}x{n}x{k}: best {row_config(best)} {best['us']:.1f} us", flush=True)
     out.write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
+
+
+def row_config(row: dict) -> tuple[int, int, int, int, int]:
+    return (row["bm"], row["bn"], row.get("cluster_m", 1), row.get("cluster_n", 1), row.get("num_splits", 1))
 
 
 def score(sweep: Path) -> float:
@@ -61,21 +96,23 @@ def score(sweep: Path) -> float:
     data = json.loads(sweep.read_text())
     times = collections.defaultdict(dict)
     for r in data["rows"] if isinstance(data, dict) else data:
-        times[(r["m"], r["n"], r["k"])][(r["bm"], r["bn"])] = r["us"]
-    logs = []
+        times[(r["m"], r["n"], r["k"])][row_config(r)] = r["us"]
+    logs, missing = [], 0
     for (m, n, k), by_config in times.items():
         problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
                               torch.bfloat16)
-        config = fp8_gemm.choose(problem, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms)
+        c = fp8_gemm.choose(problem, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms)
+        pick = (c.block_m, c.block_n, c.cluster_m, c.cluster_n, c.num_splits)
         best = min(by_config, key=by_config.get)
-        picked = by_config.get((config.block_m, config.block_n))
+        picked = by_config.get(pick)
         ratio = picked / by_config[best] if picked else float("nan")
         if picked:
             logs.append(math.log(ratio))
-        print(f"{m:>5}x{n:>6}x{k:>6}  picked {config.block_m}x{config.block_n}  best {best[0]}x{best[1]}  "
-              f"{ratio:.3f}")
-    geomean = math.exp(sum(logs) / len(logs))
-    print(f"geomean picked/best: {geomean:.4f} over {len(logs)} shapes")
+        else:
+            missing += 1
+        print(f"{m:>5}x{n:>6}x{k:>6}  picked {pick}  best {best}  {ratio:.3f}")
+    geomean = math.exp(sum(logs) / len(logs)) if logs else float("nan")
+    print(f"geomean picked/best: {geomean:.4f} over {len(logs)} shapes ({missing} picks not in the sweep)")
     return geomean
 
 

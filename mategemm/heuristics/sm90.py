@@ -5,7 +5,9 @@
 # serial chain barrier wait -> 4 wgmma -> wait -> promotion) were fitted to a sweep of every
 # (BLOCK_M, BLOCK_N) over the 28 dense shapes on an H200 (docs/benchmarks.md, 2026-11-28): the
 # fitted model picks configs within 0.5% (geomean) of the sweep's best, worst case 4%
-# (`python tools/sweep_fp8_configs.py run | score` re-measures and re-scores).
+# (`python tools/sweep_fp8_configs.py run | score` re-measures and re-scores). That sweep
+# predates clusters, BLOCK_M 256 and split-K (v4-v6); their choices rest on the side-by-side
+# measurements quoted in fp8_gemm.py until the next full sweep.
 FP8_FLOPS_PER_SM_PER_NS = 1979e12 / 132 / 1e9
 FEED_BYTES_PER_NS = 10.0e12 / 1e9
 K_BLOCK_FLOOR_NS = 300.0
