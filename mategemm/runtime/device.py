@@ -93,10 +93,7 @@ def get_num_mp(info: DeviceInfo | None = None) -> int:
 
 def current_device_index() -> int:
     """torch's current CUDA device (a direct query: torch.cuda.current_device costs ~1 us more)."""
-    import torch
-
-    get = getattr(torch._C, "_cuda_getDevice", None)
-    return get() if get is not None else torch.cuda.current_device()
+    return _torch_queries()[0]()
 
 
 def current_stream_handle(index: int) -> int:
@@ -105,7 +102,18 @@ def current_stream_handle(index: int) -> int:
     NOTES: torch.cuda.current_stream() builds a Stream object per call (several us on the H200
     host); torch's private raw-stream query (also used by Triton) returns the handle directly.
     """
+    return _torch_queries()[1](index)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_queries():
+    """(current device, raw current stream) functions, looked up once (a torch._C getattr costs
+    ~1 us); the public API where the private ones are missing."""
     import torch
 
-    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
+    device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+    stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if stream is None:
+        def stream(index):
+            return torch.cuda.current_stream(index).cuda_stream
+    return device, stream
