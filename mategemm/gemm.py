@@ -73,11 +73,13 @@ def _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granu
     Each tensor enters by address, device, dtype, shape and strides; the knobs by their raw values.
     """
     try:
-        tensors = (a, b, a_scale, b_scale) if out is None else (a, b, a_scale, b_scale, out)
-        key = [scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend, output_scale is None,
-               env.hot_knobs(), rt_device.get_num_mp_override()]
-        for t in tensors:
-            key += (t.data_ptr(), t.get_device(), t.dtype, t.shape, t.stride())
-        return tuple(key)
+        out_key = None if out is None else (out.data_ptr(), out.get_device(), out.dtype, out.shape, out.stride())
+        return (a.data_ptr(), b.data_ptr(), a_scale.data_ptr(), b_scale.data_ptr(),
+                a.get_device(), b.get_device(), a_scale.get_device(), b_scale.get_device(),
+                a.dtype, b.dtype, a_scale.dtype, b_scale.dtype,
+                a.shape, b.shape, a_scale.shape, b_scale.shape,
+                a.stride(), b.stride(), a_scale.stride(), b_scale.stride(), out_key,
+                scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend, output_scale is None,
+                env.hot_knobs(), rt_device.get_num_mp_override())
     except (AttributeError, TypeError):
         return None
