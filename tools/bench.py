@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import mategemm  # noqa: E402
 from mategemm.testing import calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs  # noqa: E402
 from mategemm.testing import peers  # noqa: E402
-from mategemm.testing.timing import SLEEP_CYCLES, median_ms  # noqa: E402
+from mategemm.testing.timing import SLEEP_CYCLES, median_ms, rotating_gemm_calls  # noqa: E402
 
 SHAPES = ROOT / "tools" / "shapes" / "shapes.json"
 ANCHORS = ROOT / "tools" / "shapes" / "anchors.json"
@@ -68,15 +68,14 @@ def bench_dense_fp8(args) -> dict:
         nbytes = dense_bytes(m, n, k)
         flops = 2 * m * n * k
         num_sets = min(32, max(1, math.ceil(3 * l2 / nbytes)))
-        sets = [make_fp8_gemm_inputs(m, n, k) for _ in range(num_sets)]
-        outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
+        sets, outs, ours_calls = rotating_gemm_calls(m, n, k, num_sets)
         row = {"m": m, "n": n, "k": k}
 
         a, b, sa, sb = sets[0]
         ours = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=outs[0])
         row["mategemm_diff"] = calc_diff(ours, fp8_gemm_reference(a, b, sa, sb))
         impls = {
-            "mategemm": [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, out=o) for s, o in zip(sets, outs)],
+            "mategemm": ours_calls,
             "cublas_blockwise": lambda: [peers.cublas_blockwise(*s) for s in sets],
             "cublas_tensorwise": lambda: [peers.cublas_tensorwise(s[0], s[1]) for s in sets],
         }

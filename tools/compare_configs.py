@@ -29,16 +29,13 @@ def main() -> None:
 
     import torch
 
-    import mategemm
-    from mategemm.testing import calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs
-    from mategemm.testing.timing import median_ms
+    from mategemm.testing import calc_diff, fp8_gemm_reference
+    from mategemm.testing.timing import median_ms, rotating_gemm_calls
 
     rows = []
     for shape in args.shapes.split(","):
         m, n, k = (int(x) for x in shape.split("x"))
-        sets = [make_fp8_gemm_inputs(m, n, k) for _ in range(args.input_sets)]
-        outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
-        calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, out=o) for s, o in zip(sets, outs)]
+        sets, outs, calls = rotating_gemm_calls(m, n, k, args.input_sets)
         reference = fp8_gemm_reference(*sets[0])
         cells = []
         for config in args.configs:

@@ -61,16 +61,12 @@ def force_string(config: tuple[int, int, int, int, int]) -> str:
 def run(out: Path) -> None:
     import torch
 
-    import mategemm
-    from mategemm.testing import make_fp8_gemm_inputs
-    from mategemm.testing.timing import median_ms
+    from mategemm.testing.timing import median_ms, rotating_gemm_calls
 
     rows = []
     for shape in json.loads(SHAPES.read_text())["dense_fp8"]:
         m, n, k = shape["m"], shape["n"], shape["k"]
-        sets = [make_fp8_gemm_inputs(m, n, k) for _ in range(1 if m >= 4096 else 4)]
-        outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
-        calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, out=o) for s, o in zip(sets, outs)]
+        _, _, calls = rotating_gemm_calls(m, n, k, 1 if m >= 4096 else 4)
         for config in candidates(m, n, k):
             os.environ["MATEGEMM_FORCE_CONFIG"] = force_string(config)
             bm, bn, cm, cn, splits = config
