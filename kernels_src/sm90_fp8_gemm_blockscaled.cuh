@@ -14,8 +14,14 @@
 // Clusters: with kClusterM = 2 the two CTAs of a cluster take vertically adjacent tiles of one
 // N-block and each loads half of the shared B tile into both (TMA multicast); with kClusterN = 2
 // they take horizontally adjacent tiles of one M-block and share A the same way.
+//
+// Grouped GEMMs (kGroupMode, common/groups.cuh) run on the same core: the M modes stack the
+// groups' weights in B (rows group * n + ...) and their tokens in A; tiles follow the groups'
+// rows, and tiles holding rows of another group are stored row by row. Ragged K walks each
+// group's slice of K and adds its fp32 tile into out[group] with a TMA reduce.
 #pragma once
 #include "common/epilogue.cuh"
+#include "common/groups.cuh"
 #include "common/pipeline.cuh"
 #include "common/ptx.cuh"
 #include "common/scheduler.cuh"
@@ -27,9 +33,9 @@ constexpr int kBlockK = 128;  // one scale block of K; one 128-byte swizzled row
 
 __host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : const_gcd(b, a % b); }
 
-template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN>
+template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups>
 struct Fp8GemmSmemLayout {
-  static constexpr int kOutBytes = BLOCK_M * BLOCK_N * 2;
+  static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
   static constexpr int kBBytes = BLOCK_N * kBlockK;
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
@@ -42,8 +48,12 @@ struct Fp8GemmSmemLayout {
   static constexpr int kOffScales = kOffB + kNumStages * kBBytes;
   static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
   static constexpr int kOffSplitFlag = kOffBarriers + 2 * kNumStages * 8;  // split-K: "this CTA reduces"
+  // Grouped M modes: a byte per tile row, "this row belongs to the tile's group".
+  static constexpr int kRowOkBytes = group_rows_checked<kGroupMode>() ? (BLOCK_M + 15) & ~15 : 0;
+  static constexpr int kOffRowOk = kOffSplitFlag + 16;
+  static constexpr int kOffGroupTable = kOffRowOk + kRowOkBytes;  // GroupTable: 3 ints per group
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
-  static constexpr int kTotalBytes = kOffSplitFlag + 16 + 1024;
+  static constexpr int kTotalBytes = kOffGroupTable + 3 * kMaxGroups * 4 + 1024;
   static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
                 "swizzled tiles must stay 1024-byte aligned");
 };
@@ -66,26 +76,37 @@ template <int BLOCK_M>
 __host__ __device__ constexpr int fp8_gemm_math_warpgroups() { return BLOCK_M == 64 ? 1 : 2; }
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kTypeA, int kTypeB, int kOutType,
-          int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK>
+          int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK, int kGroupMode, int kMaxGroups>
 __global__ void __launch_bounds__((fp8_gemm_math_warpgroups<BLOCK_M>() + 1) * 128, 1)
 sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                           const __grid_constant__ TmaDesc tmap_d,
                           const float* __restrict__ sfa, int sfa_stride_m, int sfa_stride_k,
                           const float* __restrict__ sfb, int sfb_stride_n, int sfb_stride_k,
                           int m, int n, int k, int group_n, int a_box_rows, int num_splits,
-                          float* __restrict__ split_workspace, int* __restrict__ split_counters) {
+                          float* __restrict__ split_workspace, int* __restrict__ split_counters,
+                          const int* __restrict__ group_info, int num_groups, int group_stride, int sfb_stride_group,
+                          void* __restrict__ out_ptr, int out_ld, int* __restrict__ signal, int signal_blocks) {
   constexpr int kNumMathWG = fp8_gemm_math_warpgroups<BLOCK_M>();
   constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
   constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
   constexpr int kCluster = kClusterM * kClusterN;
-  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN>;
+  constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (ragged K)
+  constexpr int kOutElemBytes = kOutAdd ? 4 : 2;
+  constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
+  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups>;
   static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
   // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
   // ahead of the consumers (mbarrier parity tells only one phase apart) only if the ring has
   // at least as many stages as there are scale warps.
   static_assert(kNumStages >= 3, "the scale warps need at least 3 stages");
   static_assert(BLOCK_N % 8 == 0 && BLOCK_N >= 8 && BLOCK_N <= 256, "BLOCK_N is a multiple of 8 in [8, 256]");
-  static_assert(BLOCK_N % (kOutSwizzle / 2) == 0, "output swizzle chunk must divide BLOCK_N");
+  static_assert(BLOCK_N % (kOutSwizzle / kOutElemBytes) == 0, "output swizzle chunk must divide BLOCK_N");
+  static_assert(group_has_table<kGroupMode>() == (kMaxGroups > 0) && (kMaxGroups & (kMaxGroups - 1)) == 0,
+                "the group table's capacity is a power of two, present exactly in the segment modes");
+  static_assert(kGroupMode == kGroupNone || (!kSplitK && kClusterM == 1),
+                "grouped GEMMs: no split-K; no cluster along M (its two tiles may belong to different groups)");
+  static_assert(kOutAdd == (kGroupMode == kGroupK) && (kGroupMode != kGroupK || kScaleGranN == 1),
+                "ragged K adds fp32 into its output, with the (1,1,128) recipe");
   static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
@@ -134,27 +155,76 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     }
     fence_mbar_init();
   }
+  int* group_ints = reinterpret_cast<int*>(smem + Layout::kOffGroupTable);
+  const GroupTable table{group_ints, group_ints + kMaxGroups, group_ints + 2 * kMaxGroups};
+  if constexpr (group_has_table<kGroupMode>()) {
+    if (threadIdx.x / 32 == 1) {
+      build_group_table<kGroupMode>(table, group_info, num_groups, kGroupMode == kGroupK ? k : m, group_stride, BLOCK_M);
+    }
+  }
   // The peer's multicast loads and arrivals target these barriers: they must exist first.
   if constexpr (kCluster > 1) cluster_sync(); else __syncthreads();
 
-  TileScheduler<kClusterM, kClusterN> scheduler(m, n, BLOCK_M, BLOCK_N, group_n, num_splits);
+  // M-blocks of the persistent loop: the dense tiling of m rows; the groups' tiles (segment
+  // modes); every group's tiling of its m x n output (ragged K).
+  int num_m_blocks = ceil_div(m, BLOCK_M);
+  if constexpr (kGroupMode == kGroupK) {
+    num_m_blocks *= num_groups;
+  } else if constexpr (group_has_table<kGroupMode>()) {
+    num_m_blocks = num_groups > 0 ? table.tile_end[num_groups - 1] : 0;
+  }
+  TileScheduler<kClusterM, kClusterN> scheduler(num_m_blocks, ceil_div(n, BLOCK_N), group_n, num_splits);
   const u32 peer_cta = scheduler.rank ^ 1;
   PipelineState<kNumStages> pipe;
-  int m_block, n_block, split;
-  auto k_range = [&](int& kb_begin, int& kb_end) {
-    kb_begin = split * k_blocks_per_split;
-    kb_end = min(num_k_blocks, kb_begin + k_blocks_per_split);
+
+  // The next work item of this CTA, skipping tiles with nothing to compute; false when none is left.
+  // Every role walks the same sequence.
+  struct Tile {
+    int m_block, n_block, split;
+    int group;     // the tile's group (0 for a dense GEMM)
+    int row0;      // first row of A and of the output
+    int row_end;   // end of the group's rows (m when the rows end with the tensor)
+    int kb_begin, kb_end;  // the K blocks to accumulate
   };
+  auto next_tile = [&](Tile& t) -> bool {
+    while (scheduler.next(t.m_block, t.n_block, t.split)) {
+      t.group = 0;
+      t.row0 = t.m_block * BLOCK_M;
+      t.row_end = m;
+      t.kb_begin = t.split * k_blocks_per_split;
+      t.kb_end = min(num_k_blocks, t.kb_begin + k_blocks_per_split);
+      if constexpr (kGroupMode == kGroupIds) {
+        t.group = __ldg(group_info + t.row0);
+        if (t.group < 0 || t.group >= num_groups) continue;  // padding rows: nothing to compute
+      } else if constexpr (kGroupMode == kGroupK) {
+        const int m_blocks_per_group = ceil_div(m, BLOCK_M);
+        t.group = t.m_block / m_blocks_per_group;
+        t.row0 = (t.m_block - t.group * m_blocks_per_group) * BLOCK_M;
+        t.kb_begin = table.row_start[t.group] / kBlockK;
+        t.kb_end = (table.row_start[t.group] + table.rows[t.group]) / kBlockK;
+        if (t.kb_begin == t.kb_end) continue;  // an empty group adds nothing
+      } else if constexpr (group_has_table<kGroupMode>()) {
+        t.group = find_group<kMaxGroups>(table.tile_end, num_groups, t.m_block);
+        const int first_tile = t.group == 0 ? 0 : table.tile_end[t.group - 1];
+        t.row0 = table.row_start[t.group] + (t.m_block - first_tile) * BLOCK_M;
+        t.row_end = table.row_start[t.group] + table.rows[t.group];
+      }
+      return true;
+    }
+    return false;
+  };
+  // B's rows: grouped M modes stack the groups' (n, k) weights.
+  constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
 
   if (warpgroup == 0) {
     if constexpr (kNumMathWG > 1) setmaxnreg_dec<kProducerRegs>();
     const int warp = threadIdx.x / 32;
     if (threadIdx.x == 0) {
       // ---- producer: one thread streams A and B tiles through the ring ----
-      while (scheduler.next(m_block, n_block, split)) {
-        int kb_begin, kb_end;
-        k_range(kb_begin, kb_end);
-        for (int kb = kb_begin; kb < kb_end; ++kb) {
+      Tile t;
+      while (next_tile(t)) {
+        const int b_row0 = (kGroupedB ? t.group * n : 0) + t.n_block * BLOCK_N;
+        for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
           const u32 bar = full_bar + pipe.stage * 8;
           mbar_wait(empty_bar + pipe.stage * 8, pipe.phase ^ 1);
           mbar_arrive_expect_tx(bar, a_box_rows * kBlockK + Layout::kBBytes);
@@ -162,18 +232,18 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           u8* a_dst = smem_a + pipe.stage * Layout::kABytes;
           u8* b_dst = smem_b + pipe.stage * Layout::kBBytes;
           if constexpr (kClusterN == 1) {
-            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockK, m_block * BLOCK_M);
+            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockK, t.row0);
           } else {
             constexpr int kHalfRows = BLOCK_M / 2;
             const int offset = scheduler.rank * kHalfRows;
-            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockK, m_block * BLOCK_M + offset, 0x3);
+            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockK, t.row0 + offset, 0x3);
           }
           if constexpr (kClusterM == 1) {
-            tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockK, n_block * BLOCK_N);
+            tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockK, b_row0);
           } else {
             constexpr int kHalfRows = BLOCK_N / 2;
             const int offset = scheduler.rank * kHalfRows;
-            tma_load_2d_multicast(b_dst + offset * kBlockK, &tmap_b, bar, kb * kBlockK, n_block * BLOCK_N + offset, 0x3);
+            tma_load_2d_multicast(b_dst + offset * kBlockK, &tmap_b, bar, kb * kBlockK, b_row0 + offset, 0x3);
           }
           pipe.advance();
         }
@@ -184,11 +254,11 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       const int lane = threadIdx.x % 32;
       const int num_n_scale_blocks = ceil_div(n, 128);
       int iter = 0;
-      while (scheduler.next(m_block, n_block, split)) {
-        const int m0 = m_block * BLOCK_M, n0 = n_block * BLOCK_N;
-        int kb_begin, kb_end;
-        k_range(kb_begin, kb_end);
-        for (int kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+      Tile t;
+      while (next_tile(t)) {
+        const int m0 = t.row0, n0 = t.n_block * BLOCK_N;
+        const float* sfb_group = sfb + t.group * sfb_stride_group;
+        for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
           if (iter % kNumScaleWarps != warp - 1) continue;
           const int stage = iter % kNumStages;
           mbar_wait(empty_bar + stage * 8, ((iter / kNumStages) & 1) ^ 1);
@@ -204,9 +274,9 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
             // NOTES: the products are formed here, so the math warps' promotion needs no FMUL
             // waiting on a shared-memory load; ptxas had put those between the wgmma of a batch.
             const int block0 = n0 / 128;
-            const float sb0 = ldg_nc(sfb + (block0 * sfb_stride_n + kb * sfb_stride_k));
+            const float sb0 = ldg_nc(sfb_group + (block0 * sfb_stride_n + kb * sfb_stride_k));
             const float sb1 = Layout::kTwoScaleBlocks
-                                  ? ldg_nc(sfb + (min(block0 + 1, num_n_scale_blocks - 1) * sfb_stride_n + kb * sfb_stride_k))
+                                  ? ldg_nc(sfb_group + (min(block0 + 1, num_n_scale_blocks - 1) * sfb_stride_n + kb * sfb_stride_k))
                                   : 0.0f;
             #pragma unroll
             for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
@@ -221,7 +291,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
             #pragma unroll
             for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
               const int col = n0 + lane + 32 * i;
-              vb[i] = lane + 32 * i < BLOCK_N && col < n ? ldg_nc(sfb + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
+              vb[i] = lane + 32 * i < BLOCK_N && col < n ? ldg_nc(sfb_group + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
             }
             #pragma unroll
             for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
@@ -245,6 +315,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     const bool wg_leader = (threadIdx.x % 128) == 0;
     const u32 smem_out_addr = smem_addr(smem_out);
     const u32 split_flag = smem_addr(smem + Layout::kOffSplitFlag);
+    const u32 row_ok_addr = smem_addr(smem + Layout::kOffRowOk);
     constexpr int kSplitBarrier = 1 + kNumMathWG;  // after the epilogue's per-warpgroup barriers
     const u64 desc_a0 = smem_desc_k128_sw128(smem_a);  // stage 0, tile row 0
     const u64 desc_b0 = smem_desc_k128_sw128(smem_b);
@@ -260,12 +331,11 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     float part0[kAcc];
     float part1[kOverlap ? kAcc : 1];
 
-    while (scheduler.next(m_block, n_block, split)) {
-      const int m0 = m_block * BLOCK_M;
-      const int n0 = n_block * BLOCK_N;
-      int kb_begin, kb_end;
-      k_range(kb_begin, kb_end);
-      const int num_blocks = kb_end - kb_begin;  // k-blocks of this work item
+    Tile t;
+    while (next_tile(t)) {
+      const int m0 = t.row0;
+      const int n0 = t.n_block * BLOCK_N;
+      const int num_blocks = t.kb_end - t.kb_begin;  // k-blocks of this work item
 
       // The rows of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16).
       const int thread_row = wave_row0(0) + warp * 16 + lane / 4;
@@ -399,14 +469,14 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       if constexpr (kSplitK) {
         constexpr int kMathThreads = kNumMathWG * 128;
         constexpr int kTileFloats = BLOCK_M * BLOCK_N;
-        const int t = threadIdx.x - 128;
-        const int tile = m_block * ceil_div(n, BLOCK_N) + n_block;
+        const int tid = threadIdx.x - 128;
+        const int tile = t.m_block * ceil_div(n, BLOCK_N) + t.n_block;
         float* partials = split_workspace + static_cast<i64>(tile) * num_splits * kTileFloats;
         #pragma unroll
-        for (int i = 0; i < kWaves * kAcc; ++i) partials[split * kTileFloats + i * kMathThreads + t] = acc[i];
+        for (int i = 0; i < kWaves * kAcc; ++i) partials[t.split * kTileFloats + i * kMathThreads + tid] = acc[i];
         __threadfence();  // the partial is visible GPU-wide before the counter says so
         named_barrier_sync(kSplitBarrier, kMathThreads);
-        if (t == 0) {
+        if (tid == 0) {
           const int done_before = atomicAdd(split_counters + tile, 1);
           st_shared_u32(split_flag, done_before == num_splits - 1 ? 1u : 0u);
         }
@@ -420,11 +490,11 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         for (int s = 0; s < num_splits; ++s) {
           float slice[kWaves * kAcc];
           #pragma unroll
-          for (int i = 0; i < kWaves * kAcc; ++i) slice[i] = __ldcg(partials + s * kTileFloats + i * kMathThreads + t);
+          for (int i = 0; i < kWaves * kAcc; ++i) slice[i] = __ldcg(partials + s * kTileFloats + i * kMathThreads + tid);
           #pragma unroll
           for (int i = 0; i < kWaves * kAcc; ++i) acc[i] += slice[i];
         }
-        if (t == 0) split_counters[tile] = 0;  // ready for the next launch
+        if (tid == 0) split_counters[tile] = 0;  // ready for the next launch
       }
 
       // ---- epilogue: registers -> swizzled shared tile -> TMA store (clips the M and N tails) ----
@@ -440,20 +510,72 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         store_accum_to_smem<BLOCK_M, BLOCK_N, kOutSwizzle, kOutType>(acc + wave * kAcc, out_addr, wave_row0(wave));
       }
       fence_proxy_async_smem();
-      named_barrier_sync(barrier_id, 128);
-      if (wg_leader) {
-        constexpr int kChunkCols = kOutSwizzle / 2;
+      // Grouped M modes: a tile whose rows all belong to its group is stored whole (TMA); one
+      // with rows of another group, padding or rows past a masked count goes row by row.
+      bool whole_tile = true;
+      if constexpr (kRowsChecked) {
+        bool rows_ok = true;
+        #pragma unroll
+        for (int wave = 0; wave < kWaves; ++wave) {
+          #pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int row = wave_row0(wave) + warp * 16 + lane / 4 + 8 * i;
+            const int global_row = m0 + row;
+            bool ok = global_row < t.row_end;
+            if constexpr (kGroupMode == kGroupIds) ok = ok && __ldg(group_info + global_row) == t.group;
+            if (lane % 4 == 0) st_shared_u8(row_ok_addr + row, ok ? 1u : 0u);
+            rows_ok = rows_ok && ok;
+          }
+        }
+        // NOTES: with an overlap signal every tile goes row by row: the signal's release then
+        // covers plain stores, with no wait for TMA stores to complete.
+        whole_tile = named_barrier_and(barrier_id, 128, rows_ok) && signal == nullptr;
+      } else {
+        named_barrier_sync(barrier_id, 128);
+      }
+      if (whole_tile) {
+        if (wg_leader) {
+          constexpr int kChunkCols = kOutSwizzle / kOutElemBytes;
+          #pragma unroll
+          for (int wave = 0; wave < kWaves; ++wave) {
+            const int row0 = wave_row0(wave);
+            if (m0 + row0 >= m) break;  // rows past the end: nothing to store
+            #pragma unroll
+            for (int chunk = 0; chunk < BLOCK_N / kChunkCols; ++chunk) {
+              const u8* src = smem_out + chunk * BLOCK_M * kOutSwizzle + row0 * kOutSwizzle;
+              if constexpr (kOutAdd) {
+                tma_reduce_add_3d(&tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
+              } else {
+                tma_store_2d(&tmap_d, src, n0 + chunk * kChunkCols, m0 + row0);
+              }
+            }
+          }
+          tma_store_commit();
+        }
+      } else if constexpr (kRowsChecked) {
+        u8* out_bytes = static_cast<u8*>(out_ptr);
         #pragma unroll
         for (int wave = 0; wave < kWaves; ++wave) {
           const int row0 = wave_row0(wave);
-          if (m0 + row0 >= m) break;  // rows past the end: nothing to store
-          #pragma unroll
-          for (int chunk = 0; chunk < BLOCK_N / kChunkCols; ++chunk) {
-            tma_store_2d(&tmap_d, smem_out + chunk * BLOCK_M * kOutSwizzle + row0 * kOutSwizzle,
-                         n0 + chunk * kChunkCols, m0 + row0);
+          u8* dst = out_bytes + (static_cast<i64>(m0 + row0) * out_ld + n0) * 2;
+          copy_rows_from_smem<BLOCK_M, BLOCK_N, kOutSwizzle>(out_addr, row_ok_addr, row0, 64, dst, out_ld, n - n0);
+        }
+        if (signal != nullptr) {
+          // Every row of the warpgroup's waves is written: count each 64-row block once more
+          // (a block is final when all its N-blocks have counted).
+          __threadfence();
+          named_barrier_sync(barrier_id, 128);
+          if (wg_leader) {
+            #pragma unroll
+            for (int wave = 0; wave < kWaves; ++wave) {
+              const int row0 = m0 + wave_row0(wave);
+              if (row0 < t.row_end) {
+                const int block = (row0 - t.group * group_stride) / 64;
+                red_release_gpu_add(signal + t.group * signal_blocks + block, 1);
+              }
+            }
           }
         }
-        tma_store_commit();
       }
     }
     if (wg_leader) tma_store_wait_all();

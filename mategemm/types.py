@@ -8,6 +8,10 @@ import torch
 # Element codes shared with kernels_src: FP8 operand types and output types.
 FP8_CODES = {torch.float8_e4m3fn: 0, torch.float8_e5m2: 1}
 OUT_CODES = {torch.bfloat16: 0, torch.float16: 1}
+OUT_F32_ADD = 2  # fp32 output added into `out` (ragged K)
+# Grouped GEMM modes (kernels_src/common/groups.cuh GroupMode).
+GROUP_MODES = {"none": 0, "per_token": 1, "per_expert": 2, "psum_expert": 3, "masked": 4, "ragged_k": 5}
+TABLE_GROUP_MODES = ("per_expert", "psum_expert", "masked", "ragged_k")  # a table of segments in shared memory
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,12 @@ RECIPE_1x128_1x128 = Recipe(1, 1, 128)
 
 @dataclass(frozen=True)
 class GemmProblem:
-    """A dense FP8 block-scaled GEMM D(m, n) = A(m, k) B(n, k)^T, as validated."""
+    """An FP8 block-scaled GEMM D(m, n) = A(m, k) B(n, k)^T, as validated.
+
+    Grouped (group_mode in GROUP_MODES, not "none"): m is the rows of A and of the output (all
+    groups together), or for ragged_k the rows of each group's output with k the sum of the
+    groups' K; num_groups is the number of groups (experts).
+    """
 
     m: int
     n: int
@@ -38,6 +47,19 @@ class GemmProblem:
     a_dtype: torch.dtype
     b_dtype: torch.dtype
     out_dtype: torch.dtype
+    group_mode: str = "none"
+    num_groups: int = 0
+
+    @property
+    def max_groups(self) -> int:
+        """The group table's capacity (a template argument): a power of two >= 32, or 0 without one."""
+        if self.group_mode not in TABLE_GROUP_MODES:
+            return 0
+        return max(32, 1 << (self.num_groups - 1).bit_length())
+
+    @property
+    def out_elem_bytes(self) -> int:
+        return self.out_dtype.itemsize
 
 
 @dataclass(frozen=True)

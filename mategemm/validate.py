@@ -137,3 +137,210 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
     same_device(a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out)
     cuda("a", a)
     return GemmProblem(m, n, k, rec, a.dtype, b.dtype, dtype), sfa, sfb
+
+
+# ---- grouped (MoE) GEMMs ----------------------------------------------------------------------
+
+MAX_GROUPS = 1024       # the kernel's group table lives in shared memory (12 bytes per group)
+MAX_GROUPED_ROWS = 2**30  # the kernel's saturating prefix sums stay below 2**31
+
+
+def pair(name: str, value) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (fp8 tensor, fp32 scale tensor) tuple."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a tuple (fp8 tensor, fp32 scale tensor), got {type(value).__name__}")
+    return value[0], value[1]
+
+
+def group_info(name: str, t, length: int, device: torch.device, allow_cpu: bool = False) -> torch.Tensor:
+    tensor(name, t, ndim=1, dtypes=(torch.int32,))
+    shape(name, t, (length,))
+    if t.device != device and not (allow_cpu and t.device.type == "cpu"):
+        raise ValueError(f"{name} is on {t.device}, expected {device} (same device as the operands)")
+    if t.stride(0) != 1 and length > 1:
+        raise ValueError(f"{name} must be contiguous")
+    return t
+
+
+def _fp8_operand(name: str, t, ndim: int) -> torch.Tensor:
+    return tensor(name, t, ndim=ndim, dtypes=FP8_DTYPES)
+
+
+def _grouped_common(k: int, n: int, num_groups: int) -> None:
+    if k == 0 or k % 128:
+        raise ValueError(f"k (hidden size, the last dimension of the operands) must be a positive multiple of 128, "
+                         f"got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"n (the weights' output size) must be a positive multiple of 8, got {n}")
+    if not 1 <= num_groups <= MAX_GROUPS:
+        raise ValueError(f"the number of experts must be in [1, {MAX_GROUPS}], got {num_groups}")
+
+
+def _expert_weights(b, sfb, rec: Recipe, k: int, k_major: bool = True, name: str = "input_b"):
+    """b (E, n, k) fp8 with per-group scales (E, ceil(n/128) or n, k/128); returns (E, n, strides).
+    k_major: b is read in place (else it is copied K-major first)."""
+    _fp8_operand(f"{name}[0]", b, 3)
+    num_groups, n, kb_ = b.shape
+    if kb_ != k:
+        raise ValueError(f"{name}[0] must have K = {k} (as input_a) in its last dimension, got shape {tuple(b.shape)}")
+    _grouped_common(k, n, num_groups)
+    if k_major:
+        tma_operand(f"{name}[0]", b)
+    if k_major and num_groups > 1 and b.stride(0) != n * b.stride(1):
+        raise ValueError(f"{name}[0]: the experts' weights must be stacked with no gap (stride(0) == n * stride(1))")
+    tensor(f"{name}[1]", sfb, ndim=3, dtypes=(torch.float32,))
+    rows = -(-n // 128) if rec.gn == 128 else n
+    shape(f"{name}[1]", sfb, (num_groups, rows, k // 128),
+          "one scale per 128x128 block" if rec.gn == 128 else "one scale per column and 128-K block")
+    strides = (sfb.stride(1), sfb.stride(2))
+    if num_groups * sfb.stride(0) > INT32_MAX or sfb.data_ptr() % 4:
+        raise ValueError(f"{name}[1] must be 4-byte aligned and span less than 2**31 elements")
+    return num_groups, n, strides
+
+
+def _out_dtype_check(out: torch.Tensor) -> None:
+    if out.dtype not in OUT_DTYPES:
+        raise TypeError(f"out must have dtype in {_names(OUT_DTYPES)}, got {out.dtype}")
+
+
+def ragged_m(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk, num_mp,
+             alignment_m, backend):
+    """Validate ragged_m_moe_gemm_8bit's arguments; returns (problem, a, sfa strides, b, sfb strides, alignment)."""
+    a, sfa = pair("input_a", input_a)
+    b, sfb = pair("input_b", input_b)
+    mode = choice("gemm_mode", gemm_mode, ("per_token", "per_expert", "psum_expert"), "per_token")
+    major_a = choice("major_a_mode", major_a_mode, ("K", "M"), "K")
+    major_b = choice("major_b_mode", major_b_mode, ("K", "N"), "K")
+    choice("backend", backend, ("auto", "sm90"), "auto")
+    rec = recipe(scale_granularity_mnk, (RECIPE_1x128_128x128, RECIPE_1x128_1x128), RECIPE_1x128_128x128)
+    if alignment_m is not None and alignment_m not in (128, 256):
+        raise ValueError(f"alignment_m must be 128 or 256, got {alignment_m!r}")
+    _fp8_operand("input_a[0]", a, 2)
+    rows, k = a.shape
+    if rows >= MAX_GROUPED_ROWS:
+        raise ValueError(f"input_a[0] must have fewer than 2**30 rows, got {rows}")
+    if major_a == "K":
+        tma_operand("input_a[0]", a)
+    num_groups, n, sfb_strides = _expert_weights(b, sfb, rec, k, k_major=major_b == "K")
+    sfa_strides = scale_strides("input_a[1]", sfa, "K", rows, k // 128, "one scale per row and 128-K block")
+    group_info("ragged_tokens_info", info, rows if mode == "per_token" else num_groups, a.device)
+    tensor("out", out, ndim=2)
+    _out_dtype_check(out)
+    shape("out", out, (rows, n))
+    tma_operand("out", out)
+    _num_mp(num_mp)
+    same_device(a.device, sfa=sfa, b=b, sfb=sfb, out=out)
+    cuda("input_a[0]", a)
+    problem = GemmProblem(rows, n, k, rec, a.dtype, b.dtype, out.dtype, mode, num_groups)
+    return problem, sfa_strides, sfb_strides, major_a, major_b, alignment_m or 128
+
+
+def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal, backend):
+    """Validate masked_moe_gemm_8bit's arguments; returns (problem, max_m, sfa strides, sfb strides)."""
+    a, sfa = pair("input_a", input_a)
+    b, sfb = pair("input_b", input_b)
+    choice("backend", backend, ("auto", "sm90"), "auto")
+    rec = recipe(scale_granularity_mnk, (RECIPE_1x128_128x128, RECIPE_1x128_1x128), RECIPE_1x128_128x128)
+    _fp8_operand("input_a[0]", a, 3)
+    groups_a, max_m, k = a.shape
+    num_groups, n, sfb_strides = _expert_weights(b, sfb, rec, k)
+    if groups_a != num_groups:
+        raise ValueError(f"input_a[0] has {groups_a} experts, input_b[0] has {num_groups}")
+    if groups_a * max_m >= MAX_GROUPED_ROWS:
+        raise ValueError(f"input_a[0] must have fewer than 2**30 rows in all, got {groups_a} x {max_m}")
+    tma_operand("input_a[0]", a)
+    if num_groups > 1 and a.stride(0) != max_m * a.stride(1):
+        raise ValueError("input_a[0]: the experts' rows must be stacked with no gap (stride(0) == max_m * stride(1))")
+    tensor("input_a[1]", sfa, ndim=3, dtypes=(torch.float32,))
+    shape("input_a[1]", sfa, (num_groups, max_m, k // 128), "one scale per row and 128-K block")
+    if num_groups > 1 and sfa.stride(0) != max_m * sfa.stride(1):
+        raise ValueError("input_a[1]: the experts' scales must be stacked with no gap (stride(0) == max_m * stride(1))")
+    sfa_strides = (sfa.stride(1), sfa.stride(2))  # rows of all experts at one stride (checked above)
+    if num_groups * max_m * abs(sfa_strides[0]) + k // 128 * abs(sfa_strides[1]) > INT32_MAX or sfa.data_ptr() % 4:
+        raise ValueError("input_a[1] must be 4-byte aligned and span less than 2**31 elements")
+    group_info("masked_tokens_info", info, num_groups, a.device)
+    if out is not None:
+        tensor("out", out, ndim=3)
+        _out_dtype_check(out)
+        shape("out", out, (num_groups, max_m, n))
+        tma_operand("out", out)
+        if num_groups > 1 and out.stride(0) != max_m * out.stride(1):
+            raise ValueError("out: the experts' rows must be stacked with no gap (stride(0) == max_m * stride(1))")
+    if expect_tokens is not None and (not isinstance(expect_tokens, int) or isinstance(expect_tokens, bool)
+                                      or expect_tokens < 0):
+        raise ValueError(f"expect_tokens must be a non-negative int (a host-side hint), got {expect_tokens!r}")
+    if not isinstance(enable_overlap, bool):
+        raise TypeError(f"enable_overlap must be a bool, got {type(enable_overlap).__name__}")
+    blocks = num_groups * -(-max_m // 64)
+    if signal is not None:
+        if not enable_overlap:
+            raise ValueError("signal is used only with enable_overlap=True")
+        tensor("signal", signal, ndim=1, dtypes=(torch.int32,))
+        shape("signal", signal, (blocks,), "one counter per expert and 64-row block: E * ceil(max_m / 64)")
+        if not signal.is_contiguous():
+            raise ValueError("signal must be contiguous")
+    same_device(a.device, sfa=sfa, b=b, sfb=sfb, out=out, signal=signal)
+    cuda("input_a[0]", a)
+    dtype = out.dtype if out is not None else torch.bfloat16
+    problem = GemmProblem(num_groups * max_m, n, k, rec, a.dtype, b.dtype, dtype, "masked", num_groups)
+    return problem, max_m, sfa_strides, sfb_strides
+
+
+def ragged_k(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk, num_mp):
+    """Validate ragged_k_moe_gemm_8bit's arguments; returns (problem, major_a, major_b, sfa strides, sfb strides)."""
+    a, sfa = pair("input_a", input_a)
+    b, sfb = pair("input_b", input_b)
+    choice("gemm_mode", gemm_mode, ("per_expert",), "per_expert")
+    major_a = choice("major_a_mode", major_a_mode, ("M", "K"), "M")
+    major_b = choice("major_b_mode", major_b_mode, ("N", "K"), "N")
+    rec = recipe(scale_granularity_mnk, (RECIPE_1x128_1x128,), RECIPE_1x128_1x128)
+    _fp8_operand("input_a[0]", a, 2)
+    _fp8_operand("input_b[0]", b, 2)
+    sum_k, m = a.shape
+    sum_k_b, n = b.shape
+    if sum_k_b != sum_k:
+        raise ValueError(f"input_a[0] and input_b[0] must share sum_k (dimension 0): {tuple(a.shape)} vs "
+                         f"{tuple(b.shape)}")
+    if sum_k % 128:
+        raise ValueError(f"sum_k (input_a[0].shape[0]) must be a multiple of 128, got {sum_k}")
+    if sum_k >= MAX_GROUPED_ROWS or m > INT32_MAX:
+        raise ValueError(f"sum_k must be below 2**30, got {sum_k}")
+    if m == 0 or n == 0 or n % 8:
+        raise ValueError(f"m must be positive and n a positive multiple of 8, got m={m}, n={n}")
+    for name, t, major in (("input_a[0]", a, major_a), ("input_b[0]", b, major_b)):
+        if major == "K":  # the (rows, sum_k) K-major operand, given as its transpose's view
+            tma_operand(f"{name}.t() (major mode 'K')", t.t())
+    tensor("out", out, ndim=3, dtypes=(torch.float32,))
+    num_groups = out.shape[0]
+    shape("out", out, (num_groups, m, n), "(num_experts, m, n)")
+    if not 1 <= num_groups <= MAX_GROUPS:
+        raise ValueError(f"out.shape[0] (experts) must be in [1, {MAX_GROUPS}], got {num_groups}")
+    tma_operand("out", out)
+    if out.stride(0) * 4 % 16:
+        raise ValueError(f"out.stride(0) must be a multiple of 4 elements (16 bytes), got {out.stride(0)}")
+    sfa_strides = scale_strides("input_a[1]", sfa, "MN", m, sum_k // 128, "one scale per 128-K block and row")
+    sfb_strides = scale_strides("input_b[1]", sfb, "MN", n, sum_k // 128, "one scale per 128-K block and column")
+    group_info("ragged_tokens_info", info, num_groups, a.device, allow_cpu=True)
+    if info.device.type == "cpu":  # checkable without a device sync
+        ragged_k_host_counts(info, sum_k)
+    _num_mp(num_mp)
+    same_device(a.device, sfa=sfa, b=b, sfb=sfb, out=out)
+    cuda("input_a[0]", a)
+    problem = GemmProblem(m, n, sum_k, rec, a.dtype, b.dtype, torch.float32, "ragged_k", num_groups)
+    return problem, major_a, major_b, sfa_strides, sfb_strides
+
+
+def _num_mp(num_mp) -> None:
+    if num_mp is not None and (not isinstance(num_mp, int) or isinstance(num_mp, bool) or num_mp < 1):
+        raise ValueError(f"num_mp must be None or a positive int, got {num_mp!r}")
+
+
+def ragged_k_host_counts(info: torch.Tensor, sum_k: int) -> None:
+    """Counts held on the host: each a non-negative multiple of 128, together at most sum_k."""
+    counts = info.tolist()
+    bad = [c for c in counts if c < 0 or c % 128]
+    if bad:
+        raise ValueError(f"ragged_tokens_info: every expert's token count must be a non-negative multiple of 128, "
+                         f"got {bad[0]}")
+    if sum(counts) > sum_k:
+        raise ValueError(f"ragged_tokens_info sums to {sum(counts)} tokens, more than sum_k = {sum_k}")

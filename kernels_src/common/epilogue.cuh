@@ -16,7 +16,8 @@ __device__ __forceinline__ u32 swizzle_offset(u32 offset) {
 }
 
 // Output element codes shared with the Python side.
-enum OutType : int { kOutBF16 = 0, kOutF16 = 1 };
+// kOutF32Add: fp32, added into the output by a TMA reduce (ragged-K weight gradients).
+enum OutType : int { kOutBF16 = 0, kOutF16 = 1, kOutF32Add = 2 };
 
 template <int kOutType>
 __device__ __forceinline__ u32 pack_out2(float lo, float hi) {
@@ -27,24 +28,52 @@ __device__ __forceinline__ u32 pack_out2(float lo, float hi) {
   }
 }
 
+// Byte offset of (row, col) in the staging tile: column chunks of kSwizzleBytes per row.
+template <int BLOCK_M, int kSwizzleBytes, int kElemBytes>
+__device__ __forceinline__ u32 staging_offset(int row, int col) {
+  constexpr int kChunkCols = kSwizzleBytes / kElemBytes;
+  const u32 offset = static_cast<u32>(col / kChunkCols) * (BLOCK_M * kSwizzleBytes) +
+                     static_cast<u32>(row) * kSwizzleBytes + static_cast<u32>(col % kChunkCols) * kElemBytes;
+  return swizzle_offset<kSwizzleBytes>(offset);
+}
+
 // Writes one warpgroup's 64 x BLOCK_N accumulator (wgmma m64nN layout) into the staging tile.
 // `tile_row0` is the warpgroup's first row inside the BLOCK_M-row tile.
 template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes, int kOutType>
 __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_base, int tile_row0) {
-  constexpr int kChunkCols = kSwizzleBytes / 2;
+  constexpr int kElemBytes = kOutType == kOutF32Add ? 4 : 2;
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
   const int row = tile_row0 + warp * 16 + lane / 4;
   #pragma unroll
   for (int c = 0; c < BLOCK_N / 8; ++c) {
     const int col = c * 8 + (lane % 4) * 2;
-    const u32 chunk_base = static_cast<u32>(col / kChunkCols) * (BLOCK_M * kSwizzleBytes);
-    const u32 byte_in_row = static_cast<u32>(col % kChunkCols) * 2;
     #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const u32 offset = chunk_base + static_cast<u32>(row + 8 * i) * kSwizzleBytes + byte_in_row;
-      st_shared_u32(smem_base + swizzle_offset<kSwizzleBytes>(offset),
-                    pack_out2<kOutType>(acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]));
+      const u32 addr = smem_base + staging_offset<BLOCK_M, kSwizzleBytes, kElemBytes>(row + 8 * i, col);
+      if constexpr (kOutType == kOutF32Add) {
+        st_shared_f32x2(addr, acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]);
+      } else {
+        st_shared_u32(addr, pack_out2<kOutType>(acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]));
+      }
+    }
+  }
+}
+
+// Copies `rows` rows x BLOCK_N columns (16-bit elements) of the staging tile from tile row
+// `tile_row0` to global memory at `out` (row stride `ld` elements) with 16-byte stores, all
+// threads of a warpgroup; a row is stored only where row_ok[row] (shared bytes) is set, a column
+// only below `cols`.
+template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes>
+__device__ __forceinline__ void copy_rows_from_smem(u32 smem_base, u32 row_ok, int tile_row0, int rows, u8* out,
+                                                    int ld, int cols) {
+  constexpr int kUnits = BLOCK_N / 8;  // 16-byte units per row
+  for (int idx = threadIdx.x % 128; idx < rows * kUnits; idx += 128) {
+    const int r = idx / kUnits, col = (idx % kUnits) * 8;
+    const int row = tile_row0 + r;
+    if (col < cols && ld_shared_u8(row_ok + row) != 0) {
+      const uint4 v = ld_shared_v4(smem_base + staging_offset<BLOCK_M, kSwizzleBytes, 2>(row, col));
+      st_global_v4(out + (static_cast<long long>(r) * ld + col) * 2, v);
     }
   }
 }

@@ -123,6 +123,13 @@ __device__ __forceinline__ void tma_store_2d(const TmaDesc* desc, const void* sr
                : "memory");
 }
 
+// Adds the shared-memory box into the 3-D tensor at (c0 inner, c1, c2) (fp32 add in L2).
+__device__ __forceinline__ void tma_reduce_add_3d(const TmaDesc* desc, const void* src, int c0, int c1, int c2) {
+  asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
+               ::"l"(desc), "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+
 __device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 
 // Wait until every committed store has finished reading shared memory.
@@ -207,6 +214,48 @@ __device__ __forceinline__ u32 ld_shared_u32(u32 addr) {
 
 __device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {
   asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void st_shared_f32x2(u32 addr, float lo, float hi) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(lo), "f"(hi) : "memory");
+}
+
+__device__ __forceinline__ u32 ld_shared_u8(u32 addr) {
+  u32 v;
+  asm volatile("ld.shared.u8 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_shared_u8(u32 addr, u32 v) {
+  asm volatile("st.shared.u8 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ uint4 ld_shared_v4(u32 addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr)
+               : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_global_v4(void* ptr, uint4 v) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(ptr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
+// Named barrier `id` over `num_threads` threads that also returns whether `pred` held in all of them.
+__device__ __forceinline__ bool named_barrier_and(int id, int num_threads, bool pred) {
+  u32 all;
+  asm volatile(
+      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, %2, %3, p;\n"
+      " selp.u32 %0, 1, 0, q;\n}"
+      : "=r"(all) : "r"(static_cast<u32>(pred)), "r"(id), "r"(num_threads) : "memory");
+  return all != 0;
+}
+
+// *ptr += v at GPU scope with release semantics: writes ordered before it are visible to a
+// reader that acquires the new value.
+__device__ __forceinline__ void red_release_gpu_add(int* ptr, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(ptr), "r"(v) : "memory");
 }
 
 }  // namespace mategemm

@@ -21,8 +21,8 @@ struct TileScheduler {
   int next_item;
   int rank;
 
-  __device__ __forceinline__ TileScheduler(int m, int n, int block_m, int block_n, int group_n_, int num_splits_)
-      : num_m_units(ceil_div(m, block_m) / kClusterM), num_n_units(ceil_div(n, block_n) / kClusterN),
+  __device__ __forceinline__ TileScheduler(int num_m_blocks, int num_n_blocks, int group_n_, int num_splits_)
+      : num_m_units(num_m_blocks / kClusterM), num_n_units(num_n_blocks / kClusterN),
         group_n(group_n_), num_splits(num_splits_), next_item(blockIdx.x / kCluster),
         rank(kCluster == 1 ? 0 : static_cast<int>(cluster_cta_rank())) {}
 

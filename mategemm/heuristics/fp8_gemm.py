@@ -44,29 +44,36 @@ MIN_SPLITS = 3
 SPLIT_REDUCE_NS = 2000.0
 
 
-def out_swizzle(block_n: int) -> int:
-    """Widest TMA swizzle whose chunk (bytes / 2 bf16 columns) divides BLOCK_N."""
+def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
+    """Widest TMA swizzle whose chunk (bytes / elem_bytes columns) divides BLOCK_N."""
     for swizzle in (128, 64, 32):
-        if block_n % (swizzle // 2) == 0:
+        if block_n % (swizzle // elem_bytes) == 0:
             return swizzle
     raise ValueError(f"block_n must be a multiple of 16, got {block_n}")
 
 
-def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int) -> int:
-    """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh."""
-    out = block_m * block_n * 2
+def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
+               rows_checked: bool = False, max_groups: int = 0) -> int:
+    """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh.
+
+    Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
+    3 ints per group (max_groups: the table's capacity)."""
+    out = block_m * block_n * out_elem_bytes
     if scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
         scale_floats = block_m * (1 if 128 % block_n == 0 else 2)
     else:  # sa per row, sb per column
         scale_floats = block_m + block_n
     scales = (scale_floats * 4 + 15) // 16 * 16
     per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8 + scales
-    return out + stages * per_stage + 2 * stages * 8 + 16 + sm90.SMEM_SLACK  # 16: the split-K flag
+    row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
+    # 16: the split-K flag
+    return out + stages * per_stage + 2 * stages * 8 + 16 + row_ok + 12 * max_groups + sm90.SMEM_SLACK
 
 
-def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int) -> int:
+def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, **extra) -> int:
+    """The most stages that fit; `extra`: smem_bytes' grouped-GEMM arguments."""
     stages = sm90.MAX_STAGES
-    while stages > sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, scale_gran_n) > smem_limit:
+    while stages > sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, scale_gran_n, **extra) > smem_limit:
         stages -= 1
     return stages
 

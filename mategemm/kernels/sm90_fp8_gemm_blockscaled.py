@@ -1,12 +1,14 @@
 """Host side of kernels_src/sm90_fp8_gemm_blockscaled.cuh: stub, TMA descriptors, launch."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
 from mategemm.runtime import launch as rt
-from mategemm.runtime.tma import encode_2d
-from mategemm.types import FP8_CODES, OUT_CODES, GemmConfig, GemmProblem
+from mategemm.runtime.tma import encode_2d, encode_3d
+from mategemm.types import FP8_CODES, GROUP_MODES, OUT_CODES, OUT_F32_ADD, GemmConfig, GemmProblem
 
 KERNEL = "sm90_fp8_gemm_blockscaled"
 
@@ -14,10 +16,13 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
-    """The specialisation for (problem's recipe and dtypes, config); M, N, K stay run-time."""
+    """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
+    number of groups (up to the table's capacity) stay run-time."""
+    out_code = OUT_F32_ADD if problem.group_mode == "ragged_k" else OUT_CODES[problem.out_dtype]
     args = (config.block_m, config.block_n, config.stages, problem.recipe.gn, FP8_CODES[problem.a_dtype],
-            FP8_CODES[problem.b_dtype], OUT_CODES[problem.out_dtype], config.out_swizzle, config.cluster_m,
-            config.cluster_n, "true" if config.num_splits > 1 else "false")
+            FP8_CODES[problem.b_dtype], out_code, config.out_swizzle, config.cluster_m,
+            config.cluster_n, "true" if config.num_splits > 1 else "false", GROUP_MODES[problem.group_mode],
+            problem.max_groups)
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(KERNEL, source, name_expr, arch)
@@ -27,7 +32,7 @@ def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
     """The template arguments of spec(): they select the binary (and with it the launch shape)."""
     return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
             config.block_n, config.stages, config.out_swizzle, config.cluster_m, config.cluster_n,
-            config.num_splits > 1)
+            config.num_splits > 1, problem.group_mode, problem.max_groups)
 
 
 def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
@@ -41,22 +46,37 @@ def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
     return kernel
 
 
+class GroupArgs(NamedTuple):
+    """The grouped modes' kernel arguments (problem.group_mode != "none")."""
+
+    info: torch.Tensor            # int32 ids per row, counts or prefix sums per group
+    stride: int = 0               # masked: rows per group (max_m)
+    sfb_stride_group: int = 0     # floats between two groups' B scales (grouped M modes)
+    signal_blocks: int = 0        # masked overlap: 64-row blocks (counters) per group, ceil(max_m / 64)
+
+
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "out_dtype", "_packed", "_split", "_split_buffers")
+    __slots__ = ("kernel", "grid", "head", "tail", "group_tail", "signal_blocks", "signal_blocks_total",
+                 "out_swizzle", "out_elem", "out_dtype", "out_3d", "_packed", "_split", "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
-             rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR)
+             rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.INT)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
-                 sfb_strides: tuple[int, int]):
-        """sf*_strides are (stride along M/N, stride along K-blocks)."""
+                 sfb_strides: tuple[int, int], group: GroupArgs | None = None):
+        """sf*_strides are (stride along M/N, stride along K-blocks). Grouped M modes: a is the
+        (rows, k) tokens of all groups, b the (groups, n, k) weights; ragged K: a and b are the
+        K-major (m, sum_k) and (n, sum_k) operands."""
+        grouped_m = problem.group_mode not in ("none", "ragged_k")
         # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
         # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
         # output rows that are never stored (each output row reads only its own A row). A tile
-        # shared by a cluster (cluster_n 2) is not clipped: each CTA loads one half of it.
-        a_box_rows = config.block_m if config.cluster_n > 1 else min(config.block_m, -(-problem.m // 8) * 8)
+        # shared by a cluster (cluster_n 2) is not clipped: each CTA loads one half of it, nor is
+        # a grouped M tile, which starts anywhere.
+        clip = config.cluster_n == 1 and not grouped_m
+        a_box_rows = min(config.block_m, -(-problem.m // 8) * 8) if clip else config.block_m
         self.kernel = kernel
         self.grid = config.num_mp
         if kernel.max_resident_ctas is not None:
@@ -64,26 +84,42 @@ class Launch:
         # With a cluster, each CTA loads its share of the shared tile for all of them.
         a_load_rows = a_box_rows // config.cluster_n
         b_load_rows = config.block_n // config.cluster_m
-        self.head = (encode_2d(a, config.block_k, a_load_rows, 128), encode_2d(b, config.block_k, b_load_rows, 128))
+        b_rows = b.shape[0] * b.shape[1] if b.dim() == 3 else None  # the groups' weights stacked
+        self.head = (encode_2d(a, config.block_k, a_load_rows, 128),
+                     encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
                      problem.m, problem.n, problem.k, config.group_n, a_box_rows, config.num_splits)
+        if group is None:
+            group = GroupArgs(None)
+        info = 0 if group.info is None else group.info.data_ptr()
+        self.group_tail = (info, problem.num_groups, group.stride, group.sfb_stride_group)
+        self.signal_blocks = group.signal_blocks
+        self.signal_blocks_total = group.signal_blocks * problem.num_groups
         # Split-K: (workspace floats, tiles) of its partial tiles and per-tile finish counters.
         num_tiles = -(-problem.m // config.block_m) * -(-problem.n // config.block_n)
         self._split = (num_tiles * config.num_splits * config.block_m * config.block_n, num_tiles, a.device)
         self._split_buffers: dict[int, tuple] = {}
         self.out_swizzle = config.out_swizzle
+        self.out_elem = problem.out_elem_bytes
         self.out_dtype = problem.out_dtype
+        self.out_3d = problem.group_mode == "ragged_k"  # out[group] += ...: a 3-D reduce per group
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
-    def __call__(self, out: torch.Tensor, stream: int) -> None:
-        """Launch writing `out` on `stream` (a raw CUstream handle of the current device)."""
-        key = (out.data_ptr(), out.shape, out.stride(), stream)
+    def __call__(self, out: torch.Tensor, stream: int, signal: int = 0) -> None:
+        """Launch writing `out` on `stream` (a raw CUstream handle of the current device); `signal`:
+        the address of the masked overlap counters, or 0."""
+        key = (out.data_ptr(), out.shape, out.stride(), stream, signal)
         packed = self._packed.get(key)
         if packed is None:
             if len(self._packed) >= 64:
                 self._packed.clear()
-            tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), 64, self.out_swizzle)
-            values = (*self.head, tmap_d, *self.tail, *self._split_pointers(stream))
+            chunk = self.out_swizzle // self.out_elem
+            if self.out_3d:
+                tmap_d = encode_3d(out, chunk, 64, self.out_swizzle)
+            else:  # a 3-D output (masked: groups x rows x n) is addressed as its stacked rows
+                tmap_d = encode_2d(out, chunk, 64, self.out_swizzle, rows=out.numel() // out.shape[-1])
+            values = (*self.head, tmap_d, *self.tail, *self._split_pointers(stream), *self.group_tail,
+                      out.data_ptr(), out.stride(-2), signal, self.signal_blocks)
             packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
         self.kernel.launch(self.grid, stream, packed)
 

@@ -1,4 +1,4 @@
-"""TMA descriptors (cuTensorMapEncodeTiled) for 2-D row-major tensors."""
+"""TMA descriptors (cuTensorMapEncodeTiled) for row-major 2-D and 3-D tensors."""
 from __future__ import annotations
 
 import torch
@@ -37,18 +37,31 @@ def encode_2d(t: torch.Tensor, box_inner: int, box_outer: int, swizzle: int, row
             _descriptors.clear()
         if outer == 1:  # a single row's stride is never used but must still be legal
             row_stride_bytes = -(-inner * t.element_size() // 16) * 16
-        desc = _descriptors[key] = _encode_2d(t.dtype, key[0], inner, outer, row_stride_bytes, box_inner, box_outer,
-                                              swizzle)
+        desc = _descriptors[key] = _encode(t.dtype, key[0], (inner, outer), (row_stride_bytes,), (box_inner, box_outer),
+                                           swizzle)
     return desc
 
 
-def _encode_2d(dtype, ptr, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle):
+def encode_3d(t: torch.Tensor, box_inner: int, box_middle: int, swizzle: int):
+    """Descriptor over a 3-D tensor (inner dim contiguous), box (box_inner, box_middle, 1)."""
+    dims = (t.shape[2], t.shape[1], t.shape[0])
+    strides = (t.stride(1) * t.element_size(), t.stride(0) * t.element_size())
+    key = (t.data_ptr(), t.dtype, dims, strides, box_inner, box_middle, swizzle)
+    desc = _descriptors.get(key)
+    if desc is None:
+        if len(_descriptors) >= MAX_CACHED_DESCRIPTORS:
+            _descriptors.clear()
+        desc = _descriptors[key] = _encode(t.dtype, key[0], dims, strides, (box_inner, box_middle, 1), swizzle)
+    return desc
+
+
+def _encode(dtype, ptr, dims, strides_bytes, box, swizzle):
     from cuda.bindings import driver
 
     return check(driver.cuTensorMapEncodeTiled(
-        getattr(driver.CUtensorMapDataType, _DTYPE[dtype]), 2, ptr,
-        [driver.cuuint64_t(inner), driver.cuuint64_t(outer)], [driver.cuuint64_t(row_stride_bytes)],
-        [driver.cuuint32_t(box_inner), driver.cuuint32_t(box_outer)], [driver.cuuint32_t(1), driver.cuuint32_t(1)],
+        getattr(driver.CUtensorMapDataType, _DTYPE[dtype]), len(dims), ptr,
+        [driver.cuuint64_t(d) for d in dims], [driver.cuuint64_t(s) for s in strides_bytes],
+        [driver.cuuint32_t(b) for b in box], [driver.cuuint32_t(1)] * len(dims),
         driver.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
         getattr(driver.CUtensorMapSwizzle, _SWIZZLE[swizzle]),
         driver.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,

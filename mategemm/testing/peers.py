@@ -1,4 +1,4 @@
-"""The peers a user already has through torch: cuBLAS FP8 blockwise and tensorwise GEMMs."""
+"""The peers a user already has through torch: cuBLAS FP8 blockwise and tensorwise GEMMs, torch's grouped GEMMs."""
 from __future__ import annotations
 
 import torch
@@ -34,3 +34,22 @@ def cublas_tensorwise(a: torch.Tensor, b: torch.Tensor):
     one = torch.ones((), dtype=torch.float32, device=a.device)
     bt = b.t()
     return lambda: torch._scaled_mm(a, bt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+
+def torch_scaled_grouped_rowwise(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None = None):
+    """A callable running torch._scaled_grouped_mm (row-wise FP8 scales, bf16 out) on MoE operands.
+
+    a (total_m, k) with offs the int32 cumulative row ends of each expert (E,), or a (E, m, k) with
+    offs None; b (E, n, k). Unit scales ((total_m,) or (E, m) for A, (E, n) for B): a row-wise
+    scale costs the same whatever its value, so this is for timing only.
+    """
+    bt = b.transpose(-2, -1)
+    scale_a = torch.ones(a.shape[:-1], dtype=torch.float32, device=a.device)
+    scale_b = torch.ones(b.shape[:-1], dtype=torch.float32, device=b.device)
+    return lambda: torch._scaled_grouped_mm(a, bt, scale_a, scale_b, offs=offs, out_dtype=torch.bfloat16)
+
+
+def torch_grouped_bf16(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None = None):
+    """A callable running torch._grouped_mm in bf16: a (total_m, k) with offs, or (E, m, k); b (E, n, k)."""
+    bt = b.transpose(-2, -1)
+    return lambda: torch._grouped_mm(a, bt, offs=offs, out_dtype=torch.bfloat16)

@@ -147,15 +147,22 @@ def test_info_for_unknown_arch():
     assert rt_device.info_for_arch("sm_90a").num_sms == 132
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,gran_n", [
-    (128, 128, 5, 128), (64, 16, 8, 128), (128, 144, 5, 128), (128, 112, 6, 1), (64, 160, 4, 1), (256, 128, 3, 128)])
-def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n):
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n,out_bytes,group_mode,max_groups", [
+    (128, 128, 5, 128, 2, "none", 0), (64, 16, 8, 128, 2, "none", 0), (128, 144, 5, 128, 2, "none", 0),
+    (128, 112, 6, 1, 2, "none", 0), (64, 160, 4, 1, 2, "none", 0), (256, 128, 3, 128, 2, "none", 0),
+    (128, 128, 5, 128, 2, "per_token", 0), (64, 96, 6, 128, 2, "per_expert", 256), (256, 128, 3, 1, 2, "masked", 32),
+    (128, 128, 4, 1, 4, "ragged_k", 64)])
+def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups):
     """The launch's dynamic shared memory equals Fp8GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
+    from mategemm.types import GROUP_MODES
 
-    expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n)
+    rows_checked = group_mode not in ("none", "ragged_k")
+    expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups)
+    layout = (f"mategemm::Fp8GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
+              f"{GROUP_MODES[group_mode]}, {max_groups}>")
     source = ('#include "sm90_fp8_gemm_blockscaled.cuh"\n'
-              f"static_assert(mategemm::Fp8GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}>::kTotalBytes"
+              f"static_assert({layout}::kTotalBytes"
               f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
               "__global__ void probe() {}\n")
     nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))

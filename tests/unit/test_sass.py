@@ -1,5 +1,5 @@
-"""Every kernel the heuristics pick for the dense suite, at any SM budget, compiles for sm_90a into a
-Hopper kernel.
+"""Every kernel the heuristics pick for the dense suite, at any SM budget, and for the grouped (MoE)
+modes compiles for sm_90a into a Hopper kernel.
 
 Hopper kernel = wgmma (QGMMA) fed by TMA (UTMALDG), and no local-memory traffic (LDL/STL: spills).
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mategemm import prewarm
-from mategemm.heuristics import fp8_gemm
+from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime.device import SM90_NO_DEVICE
@@ -31,13 +31,14 @@ def plan_every_num_mp():
 
 PLANNED = plan_every_num_mp()
 DTYPE_NAMES = {torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2", torch.bfloat16: "bf16",
-               torch.float16: "fp16"}
+               torch.float16: "fp16", torch.float32: "fp32"}
 
 
 def kernel_id(problem: GemmProblem, config) -> str:
     dtypes = ".".join(DTYPE_NAMES[d] for d in (problem.a_dtype, problem.b_dtype, problem.out_dtype))
+    group = "" if problem.group_mode == "none" else f"-{problem.group_mode}{problem.max_groups}"
     return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-"
-            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}")
+            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}{group}")
 
 
 def params(items):
@@ -54,6 +55,24 @@ def other_dtype_instances():
             problem = GemmProblem(4096, 4096, 7168, recipe, a, b, out)
             items.append((problem, fp8_gemm.choose(problem, SM90_NO_DEVICE, 132)))
     return items
+
+
+def grouped_instances():
+    """What the grouped heuristic picks at decode (8 rows per expert) and prefill (4096) sizes for
+    every mode and recipe (ragged K: (1,1,128) only), DeepSeek-V3's 256 experts."""
+    items = {}
+    e4m3, bf16 = torch.float8_e4m3fn, torch.bfloat16
+    for mode in ("per_token", "per_expert", "psum_expert", "masked", "ragged_k"):
+        for recipe in ((RECIPE_1x128_1x128,) if mode == "ragged_k" else (RECIPE_1x128_128x128, RECIPE_1x128_1x128)):
+            for rows in (8, 4096):
+                if mode == "ragged_k":
+                    problem = GemmProblem(4096, 7168, 8 * rows, recipe, e4m3, e4m3, torch.float32, mode, 8)
+                else:
+                    problem = GemmProblem(256 * rows, 4096, 7168, recipe, e4m3, e4m3, bf16, mode, 256)
+                config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132, "", 128 if mode == "per_token" else 0,
+                                        rows if mode == "masked" else 0)
+                items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+    return list(items.values())
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +117,16 @@ def test_other_dtypes_are_hopper_sass(sass_cache, problem, config):
     qgmma = check_hopper_sass(sass_cache, problem, config)
     a, b = DTYPE_NAMES[problem.a_dtype].upper(), DTYPE_NAMES[problem.b_dtype].upper()
     assert any(name.endswith(f".{a}.{b}") for name in qgmma), qgmma
+
+
+@pytest.mark.parametrize("problem,config", params(grouped_instances()))
+def test_grouped_kernel_is_hopper_sass(sass_cache, problem, config):
+    check_hopper_sass(sass_cache, problem, config)
+
+
+def test_grouped_instances_cover_every_mode():
+    assert {p.group_mode for p, _ in grouped_instances()} == {"per_token", "per_expert", "psum_expert", "masked",
+                                                              "ragged_k"}
 
 
 def test_opcode_tokens_are_whole_words():

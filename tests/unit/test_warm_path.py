@@ -42,7 +42,7 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(validate, "gemm_fp8_nt_groupwise", counting_validate)
     monkeypatch.setattr(rt_device, "device_info", lambda index: rt_device.SM90_NO_DEVICE)
     monkeypatch.setattr(kernel_fp8, "load", lambda *args, **kwargs: kernel)
-    monkeypatch.setattr(tma, "_encode_2d", lambda *args: object())
+    monkeypatch.setattr(tma, "_encode", lambda *args: object())
     monkeypatch.setattr(rt_device, "current_device_index", lambda: None)
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(rt_device, "current_stream_handle", lambda index: 0)

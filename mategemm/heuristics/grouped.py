@@ -1,0 +1,119 @@
+"""Config choice for the grouped (MoE) modes of sm90_fp8_gemm_blockscaled.
+
+The rows per group are unknown on the host (they live on the GPU; reading them would
+synchronise), so the choice rests on the expected rows per group: the caller's hint
+(expect_tokens / expected_m) or the average. The binary depends only on the config, never on
+the rows, so one compiled kernel serves every routing of a given (N, K, recipe, config).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
+from mategemm.runtime.device import DeviceInfo
+from mategemm.types import GemmConfig, GemmProblem
+
+# NOTES: ragged K stages fp32 output tiles (4 bytes per element) for its TMA reduce-add: BLOCK_M
+# 256 would need 128 KB for them alone, so it stays at 64/128 x <= 128.
+RAGGED_K_BLOCK_MS = (64, 128)
+RAGGED_K_MAX_BLOCK_N = 128
+# Clusters: only the pair sharing A (adjacent N-blocks of one M tile) — two M tiles side by side
+# may belong to different groups, with different B.
+CLUSTERS = ((1, 1), (1, 2))
+
+
+def tile_bound(problem: GemmProblem, block_m: int, block_n: int, alignment_m: int, max_m: int) -> int:
+    """An upper bound on the tiles of a launch (the persistent grid needs no more CTAs)."""
+    n_blocks = math.ceil(problem.n / block_n)
+    if problem.group_mode == "ragged_k":
+        return problem.num_groups * math.ceil(problem.m / block_m) * n_blocks
+    if problem.group_mode == "masked":
+        return problem.num_groups * math.ceil(max_m / block_m) * n_blocks
+    if problem.group_mode == "per_token":
+        return math.ceil(problem.m / block_m) * n_blocks
+    return (math.ceil(problem.m / block_m) + problem.num_groups) * n_blocks  # each group adds a partial tile
+
+
+@functools.lru_cache(maxsize=4096)
+def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "",
+           alignment_m: int = 0, max_m: int = 0) -> GemmConfig:
+    """Pick BLOCK_M, BLOCK_N, cluster and stages for a grouped problem with about `rows_per_group`
+    rows per group (ragged K: K rows per group). alignment_m: per_token's segment alignment
+    (BLOCK_M must divide it); max_m: masked's rows per group."""
+    forced = parse_force_config(force)
+    ragged_k = problem.group_mode == "ragged_k"
+    if "num_splits" in forced and forced["num_splits"] != 1:
+        raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs have no split-K (num_splits must be 1)")
+    if forced.get("cluster_m", 1) != 1:
+        raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs take no cluster along M (cluster_m must be 1)")
+    block_ms = RAGGED_K_BLOCK_MS if ragged_k else fp8_gemm.BLOCK_MS
+    if alignment_m:
+        block_ms = tuple(bm for bm in block_ms if alignment_m % bm == 0)
+    if "block_m" in forced:
+        if forced["block_m"] not in block_ms:
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {block_ms} here, got {forced['block_m']}")
+        block_ms = (forced["block_m"],)
+    max_bn = RAGGED_K_MAX_BLOCK_N if ragged_k else fp8_gemm.MAX_BLOCK_N
+    block_ns = (forced["block_n"],) if "block_n" in forced else fp8_gemm.BLOCK_NS
+    if "block_n" in forced and (forced["block_n"] > max_bn
+                                or not fp8_gemm.block_n_allowed(forced["block_n"], problem.recipe.gn)):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={forced['block_n']} is not allowed here "
+                         f"(multiples of 16 up to {max_bn})")
+    clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1]]
+    if not clusters:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: cluster_n must be 1 or 2 for grouped GEMMs")
+    if "num_mp" in forced:
+        num_mp = max(1, min(forced["num_mp"], device.num_sms))
+
+    rows = max(1, rows_per_group)
+    best = None
+    for bm in block_ms:
+        for cluster in clusters:
+            if len(block_ms) > 1 and "cluster_n" not in forced and not _worth_trying(rows, bm, cluster):
+                continue
+            for bn in block_ns:
+                if bn > max_bn or not fp8_gemm.block_n_allowed(bn, problem.recipe.gn):
+                    continue
+                # The dense model on the expected tiles: each group's rows tiled on their own.
+                if ragged_k:
+                    m_tiles = problem.num_groups * math.ceil(problem.m / bm)
+                    k = max(128, rows // 128 * 128)
+                else:
+                    m_tiles = problem.num_groups * math.ceil(rows / bm)
+                    k = problem.k
+                if cluster[1] > 1 and math.ceil(problem.n / bn) % 2:
+                    continue
+                proxy = GemmProblem(m_tiles * bm, problem.n, k, problem.recipe, problem.a_dtype, problem.b_dtype,
+                                    problem.out_dtype)
+                cost = fp8_gemm.estimate_ns(proxy, bm, bn, num_mp, cluster)
+                rank = (round(cost, 1), bm, bn, cluster)
+                if best is None or rank < best[0]:
+                    best = (rank, bm, bn, cluster)
+    if best is None:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: no tile fits the forced values {forced} for this grouped GEMM "
+                         f"(cluster_n 2 needs an even number of N-blocks)")
+    _, block_m, block_n, (_, cluster_n) = best
+    extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": not ragged_k,
+             "max_groups": problem.max_groups}
+    stages = forced.get("stages") or fp8_gemm.max_stages(block_m, block_n, problem.recipe.gn, device.smem_per_block,
+                                                        **extra)
+    if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
+    smem = fp8_gemm.smem_bytes(block_m, block_n, stages, problem.recipe.gn, **extra)
+    if smem > device.smem_per_block:
+        raise ValueError(f"{stages} stages of {block_m}x{block_n} need {smem} B of shared memory; the device has "
+                         f"{device.smem_per_block}")
+    tiles = tile_bound(problem, block_m, block_n, alignment_m, max_m)
+    num_mp = max(cluster_n, min(num_mp - num_mp % cluster_n, tiles + tiles % cluster_n))
+    return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages, num_mp=num_mp,
+                      group_n=forced.get("group_n", fp8_gemm.GROUP_N),
+                      out_swizzle=fp8_gemm.out_swizzle(block_n, problem.out_elem_bytes), smem_bytes=smem,
+                      cluster_m=1, cluster_n=cluster_n, num_splits=1)
+
+
+def _worth_trying(rows_per_group: int, block_m: int, cluster: tuple[int, int]) -> bool:
+    """As the dense rule (fp8_gemm.worth_trying) on one group's rows."""
+    if rows_per_group <= 128:
+        return block_m <= 128 and cluster == (1, 1)
+    return block_m >= 128

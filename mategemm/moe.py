@@ -1,0 +1,234 @@
+"""Mixture-of-Experts grouped FP8 GEMMs (MATE's mate.gemm MoE surface, FlashInfer's masked form).
+
+All modes run on the dense kernel's core (kernels_src/sm90_fp8_gemm_blockscaled.cuh with a
+group mode): the routing (ids, counts, prefix sums) stays on the GPU and is read by the kernel,
+so no call synchronises with the host and every call can be captured in a CUDA graph.
+
+Operand layouts: K-major operands are the fast path. An M-major (or N-major) operand is copied
+once per call into a K-major workspace before the launch: a read and a write of the operand
+(e.g. 4 x 8192 x 7168 FP8 = 235 MB each way, ~0.1 ms on an H200).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from mategemm import env, heuristics, validate
+from mategemm.heuristics import grouped
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.runtime import device as rt_device
+
+SIGNAL_BLOCK_M = 64  # rows per overlap-signal counter
+
+
+class _Call(NamedTuple):
+    """A validated call, reusable while its tensors and options stay the same."""
+
+    launch: kernel_fp8.Launch
+    staged: tuple  # (workspace, source) pairs: copied before each launch (K-major copies, host counts)
+    threshold: int  # masked overlap: counter value at which a 64-row block is final
+
+
+_warm: dict[tuple, _Call] = {}
+_MAX_WARM = 1024
+
+
+def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode="per_token", major_a_mode="K",
+                           major_b_mode="K", scale_granularity_mnk=None, num_mp=None, alignment_m=None,
+                           backend="auto") -> torch.Tensor:
+    """out[rows of expert e] = A[rows] @ B[e]^T for tokens of all experts stacked along M.
+
+    input_a: (a (rows, k) fp8, a scales (rows, k/128) fp32); input_b: (b (E, n, k) fp8, b scales
+    (E, ceil(n/128), k/128) for recipe (1,128,128) (default) or (E, n, k/128) for (1,1,128)).
+    gemm_mode "per_token": ragged_tokens_info is an int32 expert id per row, -1 on padding rows;
+    each expert's rows are contiguous and start at a multiple of alignment_m (128 or 256). Rows
+    with id -1 are not computed and their rows of `out` are left as they were.
+    "per_expert": int32 token counts per expert, rows packed in expert order with no padding.
+    "psum_expert": the inclusive prefix sums of those counts. Rows past the last expert's are
+    left as they were. out: (rows, n) bf16/fp16, written in place and returned.
+    major_a_mode "M" / major_b_mode "N": the operand is copied K-major first (see the module doc).
+    The routing is never read on the host: an id out of range skips its tile; counts beyond the
+    rows there are are clipped; nothing outside the tensors is read or written.
+    """
+    key = _memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                    scale_granularity_mnk, num_mp, alignment_m, backend)
+    call = _warm.get(key) if key is not None else None
+    if call is None:
+        problem, sfa_strides, sfb_strides, major_a, major_b, alignment = validate.ragged_m(
+            input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
+            num_mp, alignment_m, backend)
+        if problem.m == 0:
+            return out
+        (a, sfa), (b, sfb) = input_a, input_b
+        staged = []
+        a = _k_major(a, major_a == "M", staged)
+        b = _k_major(b, major_b == "N", staged)
+        rows_per_group = -(-problem.m // problem.num_groups)
+        align = alignment if problem.group_mode == "per_token" else 0
+        group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
+        call = _prepare(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
+                        alignment_m=align)
+        _remember(key, call)
+    _launch(call, out)
+    return out
+
+
+def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_granularity_mnk=None,
+                         expect_tokens=None, enable_overlap=False, signal=None, backend="auto"):
+    """out[e, :masked_tokens_info[e]] = A[e, :count] @ B[e]^T; rows past each count are untouched.
+
+    input_a: (a (E, max_m, k) fp8, scales (E, max_m, k/128) fp32); input_b as ragged_m_moe_gemm_8bit.
+    out: (E, max_m, n) bf16/fp16, or None for a new bf16 tensor. expect_tokens: a host-side hint of
+    the rows per expert for the tile choice (default max_m). A count above max_m counts as max_m.
+    enable_overlap: the kernel adds 1 (release semantics, GPU scope) to
+    signal[e * ceil(max_m / 64) + r // 64] each time one N-block of the 64 rows starting at row r of
+    expert e is stored; those rows are final when the counter reaches `threshold`. signal (int32,
+    E * ceil(max_m / 64)) is added to, so pass zeros; None allocates zeros. Returns out, or
+    (out, signal, block_m, threshold) with enable_overlap, block_m being the 64 rows per counter.
+    """
+    key = _memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
+                    enable_overlap, backend)
+    call = _warm.get(key) if key is not None and signal is None else None
+    if call is None:
+        problem, max_m, sfa_strides, sfb_strides = validate.masked(
+            input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal,
+            backend)
+        (a, sfa), (b, sfb) = input_a, input_b
+        rows_per_group = max_m if expect_tokens is None else expect_tokens
+        group = kernel_fp8.GroupArgs(masked_tokens_info, stride=max_m, sfb_stride_group=sfb.stride(0),
+                                     signal_blocks=-(-max_m // SIGNAL_BLOCK_M) if enable_overlap else 0)
+        call = _prepare(problem, rows_per_group, None, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides, group,
+                        [], max_m=max_m)
+        if signal is None:
+            _remember(key, call)
+    a = input_a[0]
+    if out is None:
+        out = torch.empty((a.shape[0], a.shape[1], input_b[0].shape[1]), dtype=torch.bfloat16, device=a.device)
+    if not enable_overlap:
+        _launch(call, out)
+        return out
+    if signal is None:
+        signal = torch.zeros(call.launch.signal_blocks_total, dtype=torch.int32, device=a.device)
+    _launch(call, out, signal)
+    return out, signal, SIGNAL_BLOCK_M, call.threshold
+
+
+def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m, scale_granularity_mnk=(1, 128, 128),
+                                    out=None, out_dtype=None) -> torch.Tensor:
+    """FlashInfer's masked batched FP8 GEMM: out[i, :masked_m[i]] = a[i, :masked_m[i]] @ b[i]^T.
+
+    a (B, m, k), b (B, n, k) fp8; a_scale (B, m, k/128), b_scale (B, ceil(n/128), k/128) (or (B, n, k/128)
+    for (1,1,128)); masked_m int32 (B,); expected_m: host hint of the rows per batch entry.
+    out (B, m, n) or None (out_dtype, default bf16). Rows past masked_m[i] are left as they were.
+    """
+    if out is None:
+        if out_dtype is not None and out_dtype not in validate.OUT_DTYPES:
+            raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype}")
+        validate.tensor("a", a, ndim=3, dtypes=validate.FP8_DTYPES)
+        validate.tensor("b", b, ndim=3, dtypes=validate.FP8_DTYPES)
+        out = torch.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype or torch.bfloat16, device=a.device)
+    elif out_dtype is not None and out_dtype != out.dtype:
+        raise ValueError(f"out_dtype {out_dtype} differs from out.dtype {out.dtype}")
+    return masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_m, out, scale_granularity_mnk,
+                                expect_tokens=expected_m)
+
+
+def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode="per_expert", major_a_mode="M",
+                           major_b_mode="N", scale_granularity_mnk=None, num_mp=None) -> torch.Tensor:
+    """out[e] += A_e^T @ B_e with the tokens of all experts stacked along K (weight gradients).
+
+    input_a: (a (sum_k, m) fp8, scales (sum_k/128, m) fp32); input_b: (b (sum_k, n), (sum_k/128, n)).
+    A_e is rows [start_e, start_e + count_e) of a, count_e = ragged_tokens_info[e] (int32, a multiple of
+    128, zero allowed; experts in order). out: (E, m, n) fp32, accumulated into. Recipe (1,1,128).
+    major_a_mode "M" (default): a is row-major (sum_k, m) and is copied K-major first; "K": a is
+    the transpose view of a row-major (m, sum_k) tensor and is read as it is (the fast path). The
+    same for b with "N"/"K". Counts on the CPU are checked (ValueError); counts on the GPU are not
+    (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
+    """
+    key = _memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                    scale_granularity_mnk, num_mp)
+    call = _warm.get(key) if key is not None else None
+    if call is None:
+        problem, major_a, major_b, sfa_strides, sfb_strides = validate.ragged_k(
+            input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
+            num_mp)
+        (a, sfa), (b, sfb) = input_a, input_b
+        staged = []
+        a_km = _k_major(a.t(), major_a == "M", staged)
+        b_kn = _k_major(b.t(), major_b == "N", staged)
+        info = ragged_tokens_info
+        if info.device != a.device:  # host counts, checked: copied to the GPU at every call
+            device_info = torch.empty_like(info, device=a.device)
+            staged.append((device_info, info))
+            info = device_info
+        rows_per_group = problem.k // problem.num_groups
+        call = _prepare(problem, rows_per_group, num_mp, a_km, b_kn, sfa, sfa_strides, sfb, sfb_strides,
+                        kernel_fp8.GroupArgs(info), staged)
+        _remember(key, call)
+    elif ragged_tokens_info.device.type == "cpu":
+        validate.ragged_k_host_counts(ragged_tokens_info, input_a[0].shape[0])
+    _launch(call, out)
+    return out
+
+
+def _k_major(t: torch.Tensor, copy: bool, staged: list) -> torch.Tensor:
+    """`t` itself, or a contiguous workspace it is copied into before every launch."""
+    if not copy:
+        return t
+    workspace = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    staged.append((workspace, t))
+    return workspace
+
+
+def _prepare(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
+             alignment_m=0, max_m=0) -> _Call:
+    index = a.device.index
+    info = rt_device.device_info(index)
+    budget = min(num_mp, info.num_sms) if num_mp else rt_device.get_num_mp(info)
+    config = grouped.choose(problem, rows_per_group, info, budget, env.force_config(), alignment_m, max_m)
+    heuristics.report(kernel_fp8.KERNEL, problem, config)
+    with torch.cuda.device(index):
+        kernel = kernel_fp8.load(problem, config, info.arch, index)
+        launch = kernel_fp8.Launch(kernel, problem, config, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
+    return _Call(launch, tuple(staged), -(-problem.n // config.block_n))
+
+
+def _launch(call: _Call, out: torch.Tensor, signal: torch.Tensor | None = None) -> None:
+    for workspace, source in call.staged:
+        workspace.copy_(source)
+    index = out.device.index
+    signal_ptr = 0 if signal is None else signal.data_ptr()
+    if index == rt_device.current_device_index():
+        call.launch(out, rt_device.current_stream_handle(index), signal_ptr)
+    else:
+        with torch.cuda.device(index):
+            call.launch(out, rt_device.current_stream_handle(index), signal_ptr)
+
+
+def _remember(key, call: _Call) -> None:
+    if key is None:
+        return
+    if len(_warm) >= _MAX_WARM:
+        _warm.clear()
+    _warm[key] = call
+
+
+def _memo_key(*values):
+    """Each tensor by address, device, dtype, shape and strides; other values as they are; the
+    knobs a call depends on. None when a value cannot be keyed (checked the long way)."""
+    key = []
+    try:
+        for v in values:
+            if isinstance(v, (tuple, list)):
+                for t in v:
+                    key += (t.data_ptr(), t.device, t.dtype, t.shape, t.stride())
+            elif isinstance(v, torch.Tensor):
+                key += (v.data_ptr(), v.device, v.dtype, v.shape, v.stride())
+            else:
+                hash(v)
+                key.append(v)
+    except (AttributeError, TypeError):
+        return None
+    key += (env.hot_knobs(), rt_device.get_num_mp_override())
+    return tuple(key)
