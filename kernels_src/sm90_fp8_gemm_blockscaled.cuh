@@ -41,7 +41,9 @@ struct Fp8GemmSmemLayout {
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
   // block, then (if the tile can straddle two) with the next. (1,1,128): sa per row, sb per column.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
-  static constexpr int kSfFloats = kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1) : BLOCK_M + BLOCK_N;
+  static constexpr int kSfFloats = kScaleGranN == 0     ? 0
+                                   : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
+                                                        : BLOCK_M + BLOCK_N;
   static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
@@ -84,13 +86,14 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
                           const float* __restrict__ sfb, int sfb_stride_n, int sfb_stride_k,
                           int m, int n, int k, int group_n, int a_box_rows, int num_splits,
                           float* __restrict__ split_workspace, int* __restrict__ split_counters,
-                          const int* __restrict__ group_info, int num_groups, int group_stride, int sfb_stride_group,
+                          const int* __restrict__ group_info, int num_groups, int group_stride, int sfa_stride_group,
+                          int sfb_stride_group,
                           void* __restrict__ out_ptr, int out_ld, int* __restrict__ signal, int signal_blocks) {
   constexpr int kNumMathWG = fp8_gemm_math_warpgroups<BLOCK_M>();
   constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
   constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
   constexpr int kCluster = kClusterM * kClusterN;
-  constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (ragged K)
+  constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (3-D outputs)
   constexpr int kOutElemBytes = kOutAdd ? 4 : 2;
   constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
   using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups>;
@@ -105,15 +108,19 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
                 "the group table's capacity is a power of two, present exactly in the segment modes");
   static_assert(kGroupMode == kGroupNone || (!kSplitK && kClusterM == 1),
                 "grouped GEMMs: no split-K; no cluster along M (its two tiles may belong to different groups)");
-  static_assert(kOutAdd == (kGroupMode == kGroupK) && (kGroupMode != kGroupK || kScaleGranN == 1),
-                "ragged K adds fp32 into its output, with the (1,1,128) recipe");
+  static_assert((!kOutAdd || group_out_3d<kGroupMode>()) && (kGroupMode != kGroupK || (kOutAdd && kScaleGranN == 1)),
+                "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe");
   static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
   // aligned start n0 = j * BLOCK_N): BLOCK_N <= 128 + gcd(BLOCK_N, 128).
-  static_assert(kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
+  static_assert(kScaleGranN == 0 || kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
                 "BLOCK_N would straddle three B scale blocks");
+  // kScaleGranN == 0: scales per row of A and per tensor of B, applied once to the finished
+  // accumulator; the wgmma accumulate across all of K with no promotion and no scale warps.
+  constexpr bool kScaleAtEnd = kScaleGranN == 0;
+  static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -150,7 +157,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     tma_prefetch_desc(&tmap_d);
     #pragma unroll
     for (int s = 0; s < kNumStages; ++s) {
-      mbar_init(full_bar + s * 8, 1 + 32);  // the TMA thread + every lane of the stage's scale warp
+      mbar_init(full_bar + s * 8, kScaleAtEnd ? 1 : 1 + 32);  // the TMA thread + every lane of the stage's scale warp
       mbar_init(empty_bar + s * 8, kEmptyArrivals);
     }
     fence_mbar_init();
@@ -168,7 +175,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   // M-blocks of the persistent loop: the dense tiling of m rows; the groups' tiles (segment
   // modes); every group's tiling of its m x n output (ragged K).
   int num_m_blocks = ceil_div(m, BLOCK_M);
-  if constexpr (kGroupMode == kGroupK) {
+  if constexpr (group_out_3d<kGroupMode>()) {
     num_m_blocks *= num_groups;
   } else if constexpr (group_has_table<kGroupMode>()) {
     num_m_blocks = num_groups > 0 ? table.tile_end[num_groups - 1] : 0;
@@ -182,7 +189,8 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   struct Tile {
     int m_block, n_block, split;
     int group;     // the tile's group (0 for a dense GEMM)
-    int row0;      // first row of A and of the output
+    int row0;      // first row of the output (of its group's output for 3-D outputs)
+    int a_row0;    // first row of A (and of A's scales)
     int row_end;   // end of the group's rows (m when the rows end with the tensor)
     int kb_begin, kb_end;  // the K blocks to accumulate
   };
@@ -196,6 +204,10 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       if constexpr (kGroupMode == kGroupIds) {
         t.group = __ldg(group_info + t.row0);
         if (t.group < 0 || t.group >= num_groups) continue;  // padding rows: nothing to compute
+      } else if constexpr (kGroupMode == kGroupBatched) {
+        const int m_blocks_per_group = ceil_div(m, BLOCK_M);
+        t.group = t.m_block / m_blocks_per_group;
+        t.row0 = (t.m_block - t.group * m_blocks_per_group) * BLOCK_M;
       } else if constexpr (kGroupMode == kGroupK) {
         const int m_blocks_per_group = ceil_div(m, BLOCK_M);
         t.group = t.m_block / m_blocks_per_group;
@@ -209,6 +221,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         t.row0 = table.row_start[t.group] + (t.m_block - first_tile) * BLOCK_M;
         t.row_end = table.row_start[t.group] + table.rows[t.group];
       }
+      t.a_row0 = (kGroupMode == kGroupBatched ? t.group * m : 0) + t.row0;
       return true;
     }
     return false;
@@ -232,11 +245,11 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           u8* a_dst = smem_a + pipe.stage * Layout::kABytes;
           u8* b_dst = smem_b + pipe.stage * Layout::kBBytes;
           if constexpr (kClusterN == 1) {
-            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockK, t.row0);
+            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockK, t.a_row0);
           } else {
             constexpr int kHalfRows = BLOCK_M / 2;
             const int offset = scheduler.rank * kHalfRows;
-            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockK, t.row0 + offset, 0x3);
+            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockK, t.a_row0 + offset, 0x3);
           }
           if constexpr (kClusterM == 1) {
             tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockK, b_row0);
@@ -248,7 +261,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           pipe.advance();
         }
       }
-    } else if (warp > 0) {
+    } else if (warp > 0 && !kScaleAtEnd) {
       // ---- scale warps 1-3: warp w fills the stages of iterations i with i % 3 == w - 1 ----
       constexpr int kNumScaleWarps = 3;
       const int lane = threadIdx.x % 32;
@@ -257,6 +270,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       Tile t;
       while (next_tile(t)) {
         const int m0 = t.row0, n0 = t.n_block * BLOCK_N;
+        const float* sfa_tile = sfa + (kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * sfa_stride_group : 0);
         const float* sfb_group = sfb + t.group * sfb_stride_group;
         for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
           if (iter % kNumScaleWarps != warp - 1) continue;
@@ -268,7 +282,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           #pragma unroll
           for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
             const int row = m0 + lane + 32 * i;
-            va[i] = row < m ? ldg_nc(sfa + (row * sfa_stride_m + kb * sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
+            va[i] = row < m ? ldg_nc(sfa_tile + (row * sfa_stride_m + kb * sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
           }
           if constexpr (kScaleGranN == 128) {
             // NOTES: the products are formed here, so the math warps' promotion needs no FMUL
@@ -449,6 +463,52 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           release(stage0);
           promote(acc, part0, sc0, stage0);
         }
+      } else if constexpr (kScaleAtEnd) {
+        // Every wave accumulates in place over all of K; a stage is released once the next
+        // k-block's wgmma are issued and its own have completed (one batch stays in flight).
+        int previous = -1;
+        for (int kb = 0; kb < num_blocks; ++kb) {
+          const int stage = wait_stage();
+          #pragma unroll
+          for (int i = 0; i < kWaves * kAcc; ++i) fence_operand(acc[i]);
+          wgmma_fence();
+          #pragma unroll
+          for (int wave = 0; wave < kWaves; ++wave) {
+            const u64 desc_a = desc_a0 + (stage * Layout::kABytes + wave_row0(wave) * kBlockK) / 16;
+            const u64 desc_b = desc_b0 + stage * (Layout::kBBytes / 16);
+            #pragma unroll
+            for (int kk = 0; kk < kBlockK / 32; ++kk) {
+              WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(acc + wave * kAcc, desc_a + kk * 2, desc_b + kk * 2,
+                                                              kb > 0 || kk > 0);
+            }
+          }
+          wgmma_commit();
+          #pragma unroll
+          for (int i = 0; i < kWaves * kAcc; ++i) fence_operand(acc[i]);
+          wgmma_wait<1>();
+          if (previous >= 0) release(previous);
+          previous = stage;
+        }
+        wgmma_wait<0>();
+        #pragma unroll
+        for (int i = 0; i < kWaves * kAcc; ++i) fence_operand(acc[i]);
+        if (previous >= 0) release(previous);
+        // acc *= sa(row) * sb: per-row (or broadcast per-tensor) A scales, one B scale per group.
+        const float* sfa_rows = sfa + (kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * sfa_stride_group : 0);
+        const float sb = ldg_nc(sfb + static_cast<i64>(t.group) * sfb_stride_group);
+        #pragma unroll
+        for (int wave = 0; wave < kWaves; ++wave) {
+          const int row = m0 + wave_row0(wave) + warp * 16 + lane / 4;
+          const float s_lo = row < m ? ldg_nc(sfa_rows + static_cast<i64>(row) * sfa_stride_m) * sb : 0.0f;
+          const float s_hi = row + 8 < m ? ldg_nc(sfa_rows + static_cast<i64>(row + 8) * sfa_stride_m) * sb : 0.0f;
+          #pragma unroll
+          for (int c = 0; c < BLOCK_N / 8; ++c) {
+            acc[wave * kAcc + c * 4 + 0] *= s_lo;
+            acc[wave * kAcc + c * 4 + 1] *= s_lo;
+            acc[wave * kAcc + c * 4 + 2] *= s_hi;
+            acc[wave * kAcc + c * 4 + 3] *= s_hi;
+          }
+        }
       } else {
         for (int kb = 0; kb < num_blocks; ++kb) {
           const int stage = wait_stage();
@@ -545,6 +605,8 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
               const u8* src = smem_out + chunk * BLOCK_M * kOutSwizzle + row0 * kOutSwizzle;
               if constexpr (kOutAdd) {
                 tma_reduce_add_3d(&tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
+              } else if constexpr (group_out_3d<kGroupMode>()) {
+                tma_store_3d(&tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
               } else {
                 tma_store_2d(&tmap_d, src, n0 + chunk * kChunkCols, m0 + row0);
               }

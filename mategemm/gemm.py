@@ -22,9 +22,17 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     "MN": the transposes, (k/128, m) and (k/128, ceil(n/128)) or (k/128, n). fp32, any strides.
     out: optional (m, n) bf16/fp16 tensor, written in place (its row stride may exceed n).
     out_dtype: bf16 (default) or fp16 when out is None. mma_sm: None or 1.
-    Raises TypeError/ValueError naming the argument before any launch; NotImplementedError for
-    output_scale (FP8 output), which is not supported yet.
+    output_scale: one fp32 element: FP8 output, out (e4m3) = saturate(result / output_scale); the
+    product is formed in fp32 first (mategemm.bmm's accumulate path, batch 1).
+    Raises TypeError/ValueError naming the argument before any launch.
     """
+    if output_scale is not None:
+        validate.fp8_output(out, out_dtype, output_scale)
+        validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk,
+                                       None, None, backend, None)
+        from mategemm import bmm
+
+        return bmm.gemm_fp8_output(a, b, a_scale, b_scale, scale_major_mode, scale_granularity_mnk, out, output_scale)
     key = _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype,
                     backend, output_scale)
     try:

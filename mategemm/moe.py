@@ -10,28 +10,18 @@ once per call into a K-major workspace before the launch: a read and a write of 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from mategemm import env, heuristics, validate
 from mategemm.heuristics import grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
 
 SIGNAL_BLOCK_M = 64  # rows per overlap-signal counter
 
 
-class _Call(NamedTuple):
-    """A validated call, reusable while its tensors and options stay the same."""
-
-    launch: kernel_fp8.Launch
-    staged: tuple  # (workspace, source) pairs: copied before each launch (K-major copies, host counts)
-    threshold: int  # masked overlap: counter value at which a 64-row block is final
-
-
-_warm: dict[tuple, _Call] = {}
-_MAX_WARM = 1024
+_warm = calls.WarmCalls()
 
 
 def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode="per_token", major_a_mode="K",
@@ -51,9 +41,9 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     The routing is never read on the host: an id out of range skips its tile; counts beyond the
     rows there are are clipped; nothing outside the tensors is read or written.
     """
-    key = _memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+    key = calls.memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                     scale_granularity_mnk, num_mp, alignment_m, backend)
-    call = _warm.get(key) if key is not None else None
+    call = _warm.get(key)
     if call is None:
         problem, sfa_strides, sfb_strides, major_a, major_b, alignment = validate.ragged_m(
             input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
@@ -62,15 +52,15 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             return out
         (a, sfa), (b, sfb) = input_a, input_b
         staged = []
-        a = _k_major(a, major_a == "M", staged)
-        b = _k_major(b, major_b == "N", staged)
+        a = calls.k_major(a, major_a == "M", staged)
+        b = calls.k_major(b, major_b == "N", staged)
         rows_per_group = -(-problem.m // problem.num_groups)
         align = alignment if problem.group_mode == "per_token" else 0
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
-        call = _prepare(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
+        call = prepare_call(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
                         alignment_m=align)
-        _remember(key, call)
-    _launch(call, out)
+        _warm.remember(key, call)
+    calls.launch(call, out)
     return out
 
 
@@ -87,9 +77,9 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
     E * ceil(max_m / 64)) is added to, so pass zeros; None allocates zeros. Returns out, or
     (out, signal, block_m, threshold) with enable_overlap, block_m being the 64 rows per counter.
     """
-    key = _memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
+    key = calls.memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
                     enable_overlap, backend)
-    call = _warm.get(key) if key is not None and signal is None else None
+    call = _warm.get(key) if signal is None else None
     if call is None:
         problem, max_m, sfa_strides, sfb_strides = validate.masked(
             input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal,
@@ -98,19 +88,19 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
         rows_per_group = max_m if expect_tokens is None else expect_tokens
         group = kernel_fp8.GroupArgs(masked_tokens_info, stride=max_m, sfb_stride_group=sfb.stride(0),
                                      signal_blocks=-(-max_m // SIGNAL_BLOCK_M) if enable_overlap else 0)
-        call = _prepare(problem, rows_per_group, None, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides, group,
+        call = prepare_call(problem, rows_per_group, None, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides, group,
                         [], max_m=max_m)
         if signal is None:
-            _remember(key, call)
+            _warm.remember(key, call)
     a = input_a[0]
     if out is None:
         out = torch.empty((a.shape[0], a.shape[1], input_b[0].shape[1]), dtype=torch.bfloat16, device=a.device)
     if not enable_overlap:
-        _launch(call, out)
+        calls.launch(call, out)
         return out
     if signal is None:
         signal = torch.zeros(call.launch.signal_blocks_total, dtype=torch.int32, device=a.device)
-    _launch(call, out, signal)
+    calls.launch(call, out, signal)
     return out, signal, SIGNAL_BLOCK_M, call.threshold
 
 
@@ -146,43 +136,35 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     same for b with "N"/"K". Counts on the CPU are checked (ValueError); counts on the GPU are not
     (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
     """
-    key = _memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+    key = calls.memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                     scale_granularity_mnk, num_mp)
-    call = _warm.get(key) if key is not None else None
+    call = _warm.get(key)
     if call is None:
         problem, major_a, major_b, sfa_strides, sfb_strides = validate.ragged_k(
             input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
             num_mp)
         (a, sfa), (b, sfb) = input_a, input_b
         staged = []
-        a_km = _k_major(a.t(), major_a == "M", staged)
-        b_kn = _k_major(b.t(), major_b == "N", staged)
+        a_km = calls.k_major(a.t(), major_a == "M", staged)
+        b_kn = calls.k_major(b.t(), major_b == "N", staged)
         info = ragged_tokens_info
         if info.device != a.device:  # host counts, checked: copied to the GPU at every call
             device_info = torch.empty_like(info, device=a.device)
             staged.append((device_info, info))
             info = device_info
         rows_per_group = problem.k // problem.num_groups
-        call = _prepare(problem, rows_per_group, num_mp, a_km, b_kn, sfa, sfa_strides, sfb, sfb_strides,
+        call = prepare_call(problem, rows_per_group, num_mp, a_km, b_kn, sfa, sfa_strides, sfb, sfb_strides,
                         kernel_fp8.GroupArgs(info), staged)
-        _remember(key, call)
+        _warm.remember(key, call)
     elif ragged_tokens_info.device.type == "cpu":
         validate.ragged_k_host_counts(ragged_tokens_info, input_a[0].shape[0])
-    _launch(call, out)
+    calls.launch(call, out)
     return out
 
 
-def _k_major(t: torch.Tensor, copy: bool, staged: list) -> torch.Tensor:
-    """`t` itself, or a contiguous workspace it is copied into before every launch."""
-    if not copy:
-        return t
-    workspace = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-    staged.append((workspace, t))
-    return workspace
-
-
-def _prepare(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
-             alignment_m=0, max_m=0) -> _Call:
+def prepare_call(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
+                 alignment_m=0, max_m=0) -> calls.PreparedCall:
+    """Choose the config of a grouped problem, load its kernel and build its reusable launch."""
     index = a.device.index
     info = rt_device.device_info(index)
     budget = min(num_mp, info.num_sms) if num_mp else rt_device.get_num_mp(info)
@@ -191,44 +173,4 @@ def _prepare(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_s
     with torch.cuda.device(index):
         kernel = kernel_fp8.load(problem, config, info.arch, index)
         launch = kernel_fp8.Launch(kernel, problem, config, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
-    return _Call(launch, tuple(staged), -(-problem.n // config.block_n))
-
-
-def _launch(call: _Call, out: torch.Tensor, signal: torch.Tensor | None = None) -> None:
-    for workspace, source in call.staged:
-        workspace.copy_(source)
-    index = out.device.index
-    signal_ptr = 0 if signal is None else signal.data_ptr()
-    if index == rt_device.current_device_index():
-        call.launch(out, rt_device.current_stream_handle(index), signal_ptr)
-    else:
-        with torch.cuda.device(index):
-            call.launch(out, rt_device.current_stream_handle(index), signal_ptr)
-
-
-def _remember(key, call: _Call) -> None:
-    if key is None:
-        return
-    if len(_warm) >= _MAX_WARM:
-        _warm.clear()
-    _warm[key] = call
-
-
-def _memo_key(*values):
-    """Each tensor by address, device, dtype, shape and strides; other values as they are; the
-    knobs a call depends on. None when a value cannot be keyed (checked the long way)."""
-    key = []
-    try:
-        for v in values:
-            if isinstance(v, (tuple, list)):
-                for t in v:
-                    key += (t.data_ptr(), t.device, t.dtype, t.shape, t.stride())
-            elif isinstance(v, torch.Tensor):
-                key += (v.data_ptr(), v.device, v.dtype, v.shape, v.stride())
-            else:
-                hash(v)
-                key.append(v)
-    except (AttributeError, TypeError):
-        return None
-    key += (env.hot_knobs(), rt_device.get_num_mp_override())
-    return tuple(key)
+    return calls.PreparedCall(launch, tuple(staged), -(-problem.n // config.block_n))

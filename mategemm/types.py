@@ -10,7 +10,7 @@ FP8_CODES = {torch.float8_e4m3fn: 0, torch.float8_e5m2: 1}
 OUT_CODES = {torch.bfloat16: 0, torch.float16: 1}
 OUT_F32_ADD = 2  # fp32 output added into `out` (ragged K)
 # Grouped GEMM modes (kernels_src/common/groups.cuh GroupMode).
-GROUP_MODES = {"none": 0, "per_token": 1, "per_expert": 2, "psum_expert": 3, "masked": 4, "ragged_k": 5}
+GROUP_MODES = {"none": 0, "per_token": 1, "per_expert": 2, "psum_expert": 3, "masked": 4, "ragged_k": 5, "batched": 6}
 TABLE_GROUP_MODES = ("per_expert", "psum_expert", "masked", "ragged_k")  # a table of segments in shared memory
 
 

@@ -1,6 +1,8 @@
 """Argument checks shared by every entry point. Each failure names the argument and the rule."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mategemm.types import FP8_CODES, OUT_CODES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem, Recipe
@@ -90,6 +92,19 @@ def scale_strides(name: str, t: torch.Tensor, major: str, rows: int, k_blocks: i
     return strides
 
 
+def fp8_output(out, out_dtype, output_scale) -> None:
+    """The FP8-output arguments of gemm_fp8_nt_groupwise: one fp32 output_scale, an e4m3 output."""
+    tensor("output_scale", output_scale, dtypes=(torch.float32,))
+    if output_scale.numel() != 1:
+        raise ValueError(f"output_scale must hold one fp32 element, got shape {tuple(output_scale.shape)}")
+    if out_dtype not in (None, torch.float8_e4m3fn):
+        raise ValueError(f"out_dtype must be torch.float8_e4m3fn (or None) with output_scale, got {out_dtype}")
+    if out is not None:
+        tensor("out", out, ndim=2)
+        if out.dtype != torch.float8_e4m3fn:
+            raise TypeError(f"out.dtype must be torch.float8_e4m3fn with output_scale, got {out.dtype}")
+
+
 def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype,
                           backend, output_scale):
     """Validate gemm_fp8_nt_groupwise's arguments.
@@ -121,7 +136,7 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
     sfb = scale_strides("b_scale", b_scale, major, n_rows, k_blocks,
                         "one scale per 128x128 block" if rec.gn == 128 else "one scale per column and 128-K block")
     if output_scale is not None:
-        raise NotImplementedError("output_scale (FP8 output) is not supported yet by gemm_fp8_nt_groupwise")
+        raise ValueError("output_scale (FP8 output) goes through mategemm.bmm; not through this check")
     if out is not None:
         tensor("out", out, ndim=2, dtypes=OUT_DTYPES)
         shape("out", out, (m, n))
@@ -344,3 +359,118 @@ def ragged_k_host_counts(info: torch.Tensor, sum_k: int) -> None:
                          f"got {bad[0]}")
     if sum(counts) > sum_k:
         raise ValueError(f"ragged_tokens_info sums to {sum(counts)} tokens, more than sum_k = {sum_k}")
+
+
+# ---- batched FP8 GEMM ---------------------------------------------------------------------------
+
+RECIPE_PER_TENSOR = Recipe(-1, -1, -1)
+RECIPE_PER_ROW = Recipe(1, -1, -1)
+BMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn)
+
+
+class BmmChecked(NamedTuple):
+    problem: GemmProblem          # the kernel's problem (group_mode "batched"; out fp32 when it accumulates)
+    sfa_strides: tuple            # (along M, along K blocks, between batch entries), floats; 0: broadcast
+    sfb_strides: tuple            # (along N or N blocks, along K blocks, between batch entries)
+    major_a: str
+    major_b: str
+    copy_a: bool                  # copied K-major (and stacked) before each launch
+    copy_b: bool
+    out_shape: tuple
+
+
+def _stacked_k_major(t: torch.Tensor) -> bool:
+    """(batch, rows, k) readable in place by TMA as (batch * rows, k) rows."""
+    rows = t.shape[1]
+    return (t.stride(2) == 1 and (rows <= 1 or (t.stride(1) * t.element_size()) % 16 == 0 and t.stride(1) >= t.shape[2])
+            and (t.shape[0] <= 1 or t.stride(0) == rows * t.stride(1)) and t.data_ptr() % 16 == 0)
+
+
+def _per_tensor_scale(name: str, t, batch: int) -> tuple[int, int, int]:
+    tensor(name, t, dtypes=(torch.float32,))
+    if t.numel() == 1 and t.dim() <= 1:
+        return 0, 0, 0
+    if t.dim() == 1 and t.shape[0] == batch:
+        return 0, 0, t.stride(0)
+    raise ValueError(f"{name} must hold one fp32 scale (shape () or (1,)) or one per batch entry (shape ({batch},)) "
+                     f"for a per-tensor recipe, got shape {tuple(t.shape)}")
+
+
+def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk, output_scale, c, major_a_mode,
+            major_b_mode) -> BmmChecked:
+    """Validate bmm_fp8's arguments."""
+    major_a = choice("major_a_mode", major_a_mode, ("K", "M"), "K")
+    major_b = choice("major_b_mode", major_b_mode, ("K", "N"), "K")
+    choice("backend", backend, ("auto", "sm90"), "auto")
+    rec = recipe(scale_granularity_mnk, (RECIPE_PER_TENSOR, RECIPE_PER_ROW, RECIPE_1x128_128x128, RECIPE_1x128_1x128),
+                 RECIPE_PER_TENSOR)
+    tensor("a", a, ndim=3, dtypes=FP8_DTYPES)
+    tensor("b", b, ndim=3, dtypes=FP8_DTYPES)
+    if a.stride(2) != 1 and a.shape[2] > 1:
+        raise ValueError(f"a: its declared major dimension (the last, major_a_mode={major_a!r}) must have stride 1, "
+                         f"got strides {a.stride()}")
+    if b.stride(2) != 1 and b.shape[2] > 1:
+        raise ValueError(f"b: its declared major dimension (the last, major_b_mode={major_b!r}) must have stride 1, "
+                         f"got strides {b.stride()}")
+    batch, m, k = a.shape if major_a == "K" else (a.shape[0], a.shape[2], a.shape[1])
+    batch_b, n, k_b = b.shape if major_b == "K" else (b.shape[0], b.shape[2], b.shape[1])
+    if batch_b != batch or k_b != k:
+        raise ValueError(f"a and b must share batch and K: a is {tuple(a.shape)} (major {major_a!r}), b is "
+                         f"{tuple(b.shape)} (major {major_b!r})")
+    if k == 0 or k % 128:
+        raise ValueError(f"k must be a positive multiple of 128, got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"n must be a positive multiple of 8, got {n}")
+    if batch * max(m, n) >= MAX_GROUPED_ROWS:
+        raise ValueError(f"batch x m and batch x n must stay below 2**30, got batch={batch}, m={m}, n={n}")
+    k_blocks = k // 128
+    if rec in (RECIPE_PER_TENSOR, RECIPE_PER_ROW):
+        if rec == RECIPE_PER_ROW:
+            tensor("a_scale", a_scale, ndim=2, dtypes=(torch.float32,))
+            shape("a_scale", a_scale, (batch, m), "one scale per row of A for recipe (1,-1,-1)")
+            sfa = (a_scale.stride(1), 0, a_scale.stride(0))
+        else:
+            sfa = _per_tensor_scale("a_scale", a_scale, batch)
+        sfb = _per_tensor_scale("b_scale", b_scale, batch)
+    else:
+        tensor("a_scale", a_scale, ndim=3, dtypes=(torch.float32,))
+        shape("a_scale", a_scale, (batch, m, k_blocks), "one scale per row and 128-K block")
+        rows_b = -(-n // 128) if rec.gn == 128 else n
+        tensor("b_scale", b_scale, ndim=3, dtypes=(torch.float32,))
+        shape("b_scale", b_scale, (batch, rows_b, k_blocks),
+              "one scale per 128x128 block" if rec.gn == 128 else "one scale per column and 128-K block")
+        sfa = (a_scale.stride(1), a_scale.stride(2), a_scale.stride(0))
+        sfb = (b_scale.stride(1), b_scale.stride(2), b_scale.stride(0))
+    for name, t in (("a_scale", a_scale), ("b_scale", b_scale)):
+        if t.data_ptr() % 4 or t.numel() * 4 >= 2**33:
+            raise ValueError(f"{name} must be 4-byte aligned and below 2**31 elements")
+    if out_dtype not in BMM_OUT_DTYPES:
+        raise TypeError(f"out_dtype must be one of {_names(BMM_OUT_DTYPES)}, got {out_dtype}")
+    if (out_dtype == torch.float8_e4m3fn) != (output_scale is not None):
+        raise ValueError("an FP8 output needs output_scale, and output_scale needs out_dtype=torch.float8_e4m3fn")
+    if output_scale is not None:
+        tensor("output_scale", output_scale, dtypes=(torch.float32,))
+        if output_scale.numel() != 1:
+            raise ValueError(f"output_scale must hold one fp32 element, got shape {tuple(output_scale.shape)}")
+    out_shape = (batch, m, n)
+    if out is not None:
+        tensor("out", out, ndim=3)
+        if out.dtype != out_dtype:
+            raise TypeError(f"out.dtype {out.dtype} differs from out_dtype {out_dtype}")
+        shape("out", out, out_shape)
+        tma_operand("out", out)
+        if batch > 1 and (out.stride(0) * out.element_size()) % 16:
+            raise ValueError(f"out.stride(0) must be a multiple of 16 bytes, got {out.stride(0)} elements")
+    if c is not None:
+        tensor("c", c, ndim=3, dtypes=(torch.float32,))
+        shape("c", c, out_shape, "fp32, added to the product")
+    same_device(a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out, c=c, output_scale=output_scale)
+    cuda("a", a)
+    accumulate = out_dtype not in (torch.bfloat16, torch.float16) or c is not None
+    kernel_out = torch.float32 if accumulate else out_dtype
+    # Per-tensor A scales are per-row ones read through a zero stride.
+    kernel_recipe = RECIPE_PER_ROW if rec in (RECIPE_PER_TENSOR, RECIPE_PER_ROW) else rec
+    problem = GemmProblem(m, n, k, kernel_recipe, a.dtype, b.dtype, kernel_out, "batched", batch)
+    copy_a = major_a == "M" or not _stacked_k_major(a)
+    copy_b = major_b == "N" or not _stacked_k_major(b)
+    return BmmChecked(problem, sfa, sfb, major_a, major_b, copy_a, copy_b, out_shape)

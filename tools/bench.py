@@ -5,6 +5,8 @@
     python tools/bench.py grouped [--modes contiguous masked k_grouped per_expert moe_layer]
                                     (MoE GEMMs: DeepGEMM's grouped shapes, decode per-expert
                                      counts vs padding, real models' MoE layers)
+    python tools/bench.py bmm       (bmm_fp8 in its four recipes vs torch._scaled_mm per batch entry and
+                                     torch.bmm in bf16; dense_fp8's shapes as batch 1 in (1,128,128))
     python tools/bench.py host      (host overhead per warm call, first call in a new process,
                                      cold NVRTC compile time per kernel)
 
@@ -634,9 +636,237 @@ def bench_grouped(args) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- bmm suite
+
+BMM_RECIPES = ((-1, -1, -1), (1, -1, -1), (1, 128, 128), (1, 1, 128))
+# Each recipe's cuBLAS peer: torch._scaled_mm once per batch entry (torch has no batched FP8 GEMM).
+BMM_PEERS = {"-1,-1,-1": "cublas_tensorwise_loop", "1,-1,-1": "cublas_rowwise_loop",
+             "1,128,128": "cublas_blockwise_loop", "1,1,128": None}
+# dense_fp8's shapes run as batch 1 in this recipe only (ours and its peer): the suite stays short.
+BMM_DENSE_RECIPE = (1, 128, 128)
+BMM_LABELS = {"cublas_tensorwise_loop": "cuBLAS-tw", "cublas_rowwise_loop": "cuBLAS-rw",
+              "cublas_blockwise_loop": "cuBLAS-bw", "torch_bmm_bf16": "bf16-bmm"}
+E4M3_MAX = 448.0
+
+
+def recipe_name(recipe: tuple) -> str:
+    return ",".join(str(g) for g in recipe)
+
+
+def bmm_peer(recipe: str) -> str | None:
+    """The cuBLAS loop that runs a recipe ("1,128,128"), or None."""
+    return BMM_PEERS[recipe]
+
+
+def bmm_jobs(shapes: dict) -> list[dict]:
+    """The rows of the suite in run order, recipe by recipe: every "bmm" shape in each recipe, then
+    dense_fp8's (m, n, k) as batch 1 in BMM_DENSE_RECIPE. `shapes` names the list a row came from."""
+    jobs = []
+    for recipe in BMM_RECIPES:
+        for s in shapes["bmm"]:
+            jobs.append({"batch": s["batch"], "m": s["m"], "n": s["n"], "k": s["k"], "recipe": recipe_name(recipe),
+                         "shapes": "bmm"})
+        if recipe == BMM_DENSE_RECIPE:
+            for s in shapes["dense_fp8"]:
+                jobs.append({"batch": 1, "m": s["m"], "n": s["n"], "k": s["k"], "recipe": recipe_name(recipe),
+                             "shapes": "dense_fp8"})
+    return jobs
+
+
+def parse_recipe(name: str) -> tuple:
+    return tuple(int(g) for g in name.split(","))
+
+
+def operand_granularity(recipe: tuple, side: str) -> tuple[int, int]:
+    """(rows, k) that one scale of A ("a") or B ("b") covers under `recipe`; -1: the whole dimension."""
+    return (recipe[0], recipe[2]) if side == "a" else (recipe[1], recipe[2])
+
+
+def _block(granularity: tuple[int, int], rows: int, k: int) -> tuple[int, int]:
+    return (rows if granularity[0] == -1 else granularity[0]), (k if granularity[1] == -1 else granularity[1])
+
+
+def bmm_scale_shape(batch: int, rows: int, k: int, granularity: tuple[int, int]) -> tuple:
+    """bmm_fp8's scale shape for one operand: per tensor (batch,), per row (batch, rows), else
+    (batch, ceil(rows/g), k/128)."""
+    if granularity == (-1, -1):
+        return (batch,)
+    gr, gk = _block(granularity, rows, k)
+    if granularity[1] == -1:
+        return (batch, math.ceil(rows / gr))
+    return (batch, math.ceil(rows / gr), k // gk)
+
+
+def bmm_bytes(batch: int, m: int, n: int, k: int, recipe: tuple) -> int:
+    """A + B (fp8) + both fp32 scales + the bf16 output."""
+    scales = sum(math.prod(bmm_scale_shape(batch, rows, k, operand_granularity(recipe, side)))
+                 for rows, side in ((m, "a"), (n, "b")))
+    return batch * (m * k + n * k + 2 * m * n) + 4 * scales
+
+
+def quantise(x: torch.Tensor, granularity: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (batch, rows, k) -> (q e4m3 (batch, rows, k), fp32 scale in bmm_scale_shape) with
+    x ~= q * scale per (rows, k) block of `granularity` (-1: the whole dimension)."""
+    batch, rows, k = x.shape
+    gr, gk = _block(granularity, rows, k)
+    rows_pad = math.ceil(rows / gr) * gr
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, rows_pad - rows)) if rows_pad != rows else x.float()
+    blocks = padded.view(batch, rows_pad // gr, gr, k // gk, gk)
+    scale = blocks.abs().amax(dim=(2, 4)).clamp(min=1e-4) / E4M3_MAX
+    q = (blocks / scale[:, :, None, :, None]).to(torch.float8_e4m3fn).view(batch, rows_pad, k)[:, :rows]
+    return q.contiguous(), scale.reshape(bmm_scale_shape(batch, rows, k, granularity))
+
+
+def dequantise(q: torch.Tensor, scale: torch.Tensor, granularity: tuple[int, int],
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """q (batch, rows, k) times its scale (bmm_fp8's form; a per-tensor scale of 1 element serves
+    every batch entry), in `dtype`."""
+    rows, k = q.shape[1:]
+    gr, gk = _block(granularity, rows, k)
+    s = scale.to(dtype).reshape(-1, math.ceil(rows / gr), k // gk)
+    if gr != rows:
+        s = s.repeat_interleave(gr, dim=1)[:, :rows]
+    if gk != k:
+        s = s.repeat_interleave(gk, dim=2)
+    return q.to(dtype) * s
+
+
+def bmm_reference(a, b, a_scale, b_scale, recipe: tuple, index: int = 0) -> torch.Tensor:
+    """float64 (m, n) product of batch entry `index`, dequantised with bmm_fp8's scales for `recipe`."""
+    def entry(x, scale, side):
+        scale = scale if scale.numel() == 1 else scale[index:index + 1]
+        return dequantise(x[index:index + 1], scale, operand_granularity(recipe, side))[0]
+
+    return entry(a, a_scale, "a") @ entry(b, b_scale, "b").t()
+
+
+def make_bmm_inputs(batch: int, m: int, n: int, k: int, recipe: tuple, device="cuda", generator=None):
+    """Fresh random (a, b, a_scale, b_scale) for bmm_fp8 in `recipe`; rows, batch entries and B's K
+    columns of different magnitudes, so that a scale applied to the wrong one shows."""
+    def rand(*shape):
+        return torch.rand(shape, device=device, generator=generator) * 4 + 0.25
+
+    xa = torch.randn((batch, m, k), device=device, generator=generator) * rand(batch, m, 1) * rand(batch, 1, 1)
+    xb = torch.randn((batch, n, k), device=device, generator=generator) * rand(batch, n, 1) * rand(batch, 1, k)
+    a, sa = quantise(xa, operand_granularity(recipe, "a"))
+    b, sb = quantise(xb, operand_granularity(recipe, "b"))
+    return a, b, sa, sb
+
+
+def bmm_diff(call, out: torch.Tensor, ref: torch.Tensor) -> float:
+    """calc_diff of batch entry 0 of one call's output against ref, the output NaN-filled first."""
+    out.fill_(float("nan"))
+    call()
+    return calc_diff(out[0], ref)
+
+
+def called_once(calls: list) -> list:
+    """`calls`, each run once: every input set's first (argument-checking) call happens before the timing."""
+    for call in calls:
+        call()
+    return calls
+
+
+def bench_bmm_row(job: dict, l2_bytes: int) -> dict:
+    """One (shape, recipe): ours (bf16 out), the recipe's cuBLAS loop and, for the bmm shapes,
+    torch.bmm in bf16 on the dequantised operands, each over the same rotated input sets."""
+    row = dict(job)
+    batch, m, n, k, recipe = job["batch"], job["m"], job["n"], job["k"], parse_recipe(job["recipe"])
+    nbytes, flops = bmm_bytes(batch, m, n, k, recipe), 2 * batch * m * n * k
+    sets = [make_bmm_inputs(batch, m, n, k, recipe) for _ in range(rotation_sets(nbytes, l2_bytes))]
+    outs = [torch.empty((batch, m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
+
+    def ours(s, out):
+        a, b, sa, sb = s
+        return lambda: mategemm.bmm_fp8(a, b, sa, sb, torch.bfloat16, out=out, scale_granularity_mnk=recipe)
+
+    record_diff(row, "mategemm", lambda: bmm_diff(ours(sets[0], outs[0]), outs[0], bmm_reference(*sets[0], recipe)))
+    time_impl(row, "mategemm", lambda: called_once([ours(s, o) for s, o in zip(sets, outs)]), flops, nbytes)
+    peer = bmm_peer(job["recipe"])
+    if peer:
+        make_peer = getattr(peers, peer)
+        time_impl(row, peer, lambda: [make_peer(*s) for s in sets], flops, nbytes)
+    if job["shapes"] == "bmm":
+        def bf16(s, out):
+            a, b, sa, sb = s
+            a16 = dequantise(a, sa, operand_granularity(recipe, "a"), torch.float32).to(torch.bfloat16)
+            b16 = dequantise(b, sb, operand_granularity(recipe, "b"), torch.float32).to(torch.bfloat16)
+            return lambda: torch.bmm(a16, b16.transpose(1, 2), out=out)
+
+        time_impl(row, "torch_bmm_bf16", lambda: [bf16(s, o) for s, o in zip(sets, outs)], flops,
+                  2 * batch * (m * k + n * k + m * n))
+    return row
+
+
+def format_bmm_row(row: dict) -> tuple[str, str]:
+    """(header, line) of a row: shape | ours TF, GB/s, ms, diff | cuBLAS loop TF, x | bf16 bmm TF, x."""
+    def tflops(impl):
+        return row.get(f"{impl}_tflops", "ERR" if f"{impl}_error" in row else "-")
+
+    def ratio_text(peer):
+        x = speedup(row, "mategemm", peer) if peer else None
+        return f"{x:.2f}" if x else "-"
+
+    peer = bmm_peer(row["recipe"])
+    diff = row.get("mategemm_diff")
+    head = (f"{'batch':>5} {'m':>5} {'n':>6} {'k':>6} | {'ours TF':>8} {'GB/s':>7} {'ms':>8} {'diff':>7} | "
+            f"{BMM_LABELS.get(peer, 'cuBLAS'):>9} {'x':>5} | {BMM_LABELS['torch_bmm_bf16']:>8} {'x':>5}")
+    line = (f"{row['batch']:>5} {row['m']:>5} {row['n']:>6} {row['k']:>6} | {tflops('mategemm')!s:>8} "
+            f"{row.get('mategemm_gbps', '-')!s:>7} {row.get('mategemm_ms', '-')!s:>8} "
+            f"{f'{diff:.1e}' if diff is not None else '-':>7} | {tflops(peer) if peer else '-'!s:>9} "
+            f"{ratio_text(peer):>5} | {tflops('torch_bmm_bf16')!s:>8} {ratio_text('torch_bmm_bf16'):>5}")
+    return head, line
+
+
+def bmm_summary(rows: list[dict]) -> dict:
+    """Per recipe: geomean, min and count of peer ms / our ms against its cuBLAS loop and against
+    torch_bmm_bf16; where a recipe's rows come from more than one shape list, per list too."""
+    summary = {}
+    for recipe in BMM_RECIPES:
+        name = recipe_name(recipe)
+        recipe_rows = [r for r in rows if r["recipe"] == name]
+        lists = sorted({r.get("shapes", "bmm") for r in recipe_rows})
+        groups = [("", recipe_rows)]
+        if len(lists) > 1:
+            groups += [(f"{lst}_", [r for r in recipe_rows if r.get("shapes", "bmm") == lst]) for lst in lists]
+        entry = {}
+        for peer in (bmm_peer(name), "torch_bmm_bf16"):
+            for prefix, group in groups if peer else ():
+                values = [x for x in (speedup(r, "mategemm", peer) for r in group) if x]
+                if values:
+                    entry.update({f"{prefix}geomean_vs_{peer}": round(geomean(values), 4),
+                                  f"{prefix}min_vs_{peer}": round(min(values), 4),
+                                  f"{prefix}rows_vs_{peer}": len(values)})
+        if entry:
+            summary[name] = entry
+    return summary
+
+
+def bench_bmm(args) -> dict:
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    result = {"suite": "bmm", "card": props.name, "date": time.strftime("%Y-%m-%d"),
+              "copy_tbps": round(copy_tbps(), 3), "rows": []}
+    recipe = None
+    for job in bmm_jobs(json.loads(Path(args.shapes).read_text())):
+        row = bench_bmm_row(job, l2)
+        torch.cuda.empty_cache()
+        head, line = format_bmm_row(row)
+        if row["recipe"] != recipe:
+            recipe = row["recipe"]
+            print(f"\n== bmm, recipe ({recipe}): TFLOPS; x = peer ms / ours ms (> 1: ours faster)\n{head}", flush=True)
+        print(line, flush=True)
+        result["rows"].append(row)
+    result["summary"] = bmm_summary(result["rows"])
+    print(f"\ncard {result['card']}, copy {result['copy_tbps']} TB/s", flush=True)
+    for name, entry in result["summary"].items():
+        print(f"({name}): " + ", ".join(f"{k} {v}" for k, v in entry.items()), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suite", choices=("dense_fp8", "grouped", "host"))
+    parser.add_argument("suite", choices=("dense_fp8", "grouped", "bmm", "host"))
     parser.add_argument("--out-dir", default=str(ROOT / "docs" / "bench"))
     parser.add_argument("--shapes", default=str(SHAPES))
     parser.add_argument("--modes", nargs="+", choices=GROUPED_MODES, default=list(GROUPED_MODES),
@@ -644,7 +874,7 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suites = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "host": bench_host}
+    suites = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "bmm": bench_bmm, "host": bench_host}
     result = suites[args.suite](args)
     (out_dir / f"{args.suite}.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.suite == "dense_fp8":

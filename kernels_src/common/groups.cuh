@@ -9,6 +9,7 @@
 //   kGroupMasked   masked: group g owns rows [g * stride, g * stride + count_g), count_g <= stride.
 //   kGroupK        ragged K: counts of K rows per group (multiples of 128); every group computes
 //                  the whole (m, n) output of its own, over its slice of K.
+//   kGroupBatched  a batch of equal GEMMs: group g's A rows g * m ..., B rows g * n ..., out[g].
 // The segment modes tile each group's rows from the group's first row, so a tile never spans
 // two groups; a table of the segments is built in shared memory at kernel start.
 //
@@ -20,7 +21,14 @@
 
 namespace mategemm {
 
-enum GroupMode : int { kGroupNone = 0, kGroupIds = 1, kGroupCounts = 2, kGroupPsum = 3, kGroupMasked = 4, kGroupK = 5 };
+enum GroupMode : int {
+  kGroupNone = 0, kGroupIds = 1, kGroupCounts = 2, kGroupPsum = 3, kGroupMasked = 4, kGroupK = 5, kGroupBatched = 6
+};
+
+// Modes whose output is 3-D (group, m, n), stored per group by a 3-D TMA (which clips each
+// group's M and N tails).
+template <int kGroupMode>
+__host__ __device__ constexpr bool group_out_3d() { return kGroupMode == kGroupK || kGroupMode == kGroupBatched; }
 
 template <int kGroupMode>
 __host__ __device__ constexpr bool group_has_table() {

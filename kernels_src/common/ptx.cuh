@@ -123,6 +123,12 @@ __device__ __forceinline__ void tma_store_2d(const TmaDesc* desc, const void* sr
                : "memory");
 }
 
+__device__ __forceinline__ void tma_store_3d(const TmaDesc* desc, const void* src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
+               ::"l"(desc), "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+
 // Adds the shared-memory box into the 3-D tensor at (c0 inner, c1, c2) (fp32 add in L2).
 __device__ __forceinline__ void tma_reduce_add_3d(const TmaDesc* desc, const void* src, int c0, int c1, int c2) {
   asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"

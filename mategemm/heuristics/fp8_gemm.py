@@ -61,8 +61,10 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     out = block_m * block_n * out_elem_bytes
     if scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
         scale_floats = block_m * (1 if 128 % block_n == 0 else 2)
-    else:  # sa per row, sb per column
+    elif scale_gran_n == 1:  # sa per row, sb per column
         scale_floats = block_m + block_n
+    else:  # per-row / per-tensor scales, applied after the last k-block: none in the ring
+        scale_floats = 0
     scales = (scale_floats * 4 + 15) // 16 * 16
     per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0

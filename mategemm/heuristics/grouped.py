@@ -14,10 +14,12 @@ from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
 from mategemm.runtime.device import DeviceInfo
 from mategemm.types import GemmConfig, GemmProblem
 
-# NOTES: ragged K stages fp32 output tiles (4 bytes per element) for its TMA reduce-add: BLOCK_M
-# 256 would need 128 KB for them alone, so it stays at 64/128 x <= 128.
-RAGGED_K_BLOCK_MS = (64, 128)
-RAGGED_K_MAX_BLOCK_N = 128
+# NOTES: fp32 outputs (ragged K, batched with fp32 output) stage 4-byte output tiles for their TMA
+# reduce-add: BLOCK_M 256 would need 128 KB for them alone, so they stay at 64/128 x <= 128. The
+# batched mode stays at 64/128 too: at 256 its per-group row arithmetic spilled (5-18 LDL/STL).
+FP32_OUT_BLOCK_MS = (64, 128)
+FP32_OUT_MAX_BLOCK_N = 128
+ROWS_CHECKED_MODES = ("per_token", "per_expert", "psum_expert", "masked")
 # Clusters: only the pair sharing A (adjacent N-blocks of one M tile) — two M tiles side by side
 # may belong to different groups, with different B.
 CLUSTERS = ((1, 1), (1, 2))
@@ -26,7 +28,7 @@ CLUSTERS = ((1, 1), (1, 2))
 def tile_bound(problem: GemmProblem, block_m: int, block_n: int, alignment_m: int, max_m: int) -> int:
     """An upper bound on the tiles of a launch (the persistent grid needs no more CTAs)."""
     n_blocks = math.ceil(problem.n / block_n)
-    if problem.group_mode == "ragged_k":
+    if problem.group_mode in ("ragged_k", "batched"):
         return problem.num_groups * math.ceil(problem.m / block_m) * n_blocks
     if problem.group_mode == "masked":
         return problem.num_groups * math.ceil(max_m / block_m) * n_blocks
@@ -43,18 +45,20 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     (BLOCK_M must divide it); max_m: masked's rows per group."""
     forced = parse_force_config(force)
     ragged_k = problem.group_mode == "ragged_k"
+    per_group_m = problem.group_mode in ("ragged_k", "batched")  # every group tiles its own m rows
+    fp32_out = problem.out_elem_bytes == 4
     if "num_splits" in forced and forced["num_splits"] != 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs have no split-K (num_splits must be 1)")
     if forced.get("cluster_m", 1) != 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs take no cluster along M (cluster_m must be 1)")
-    block_ms = RAGGED_K_BLOCK_MS if ragged_k else fp8_gemm.BLOCK_MS
+    block_ms = FP32_OUT_BLOCK_MS if fp32_out or problem.group_mode == "batched" else fp8_gemm.BLOCK_MS
     if alignment_m:
         block_ms = tuple(bm for bm in block_ms if alignment_m % bm == 0)
     if "block_m" in forced:
         if forced["block_m"] not in block_ms:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {block_ms} here, got {forced['block_m']}")
         block_ms = (forced["block_m"],)
-    max_bn = RAGGED_K_MAX_BLOCK_N if ragged_k else fp8_gemm.MAX_BLOCK_N
+    max_bn = FP32_OUT_MAX_BLOCK_N if fp32_out else fp8_gemm.MAX_BLOCK_N
     block_ns = (forced["block_n"],) if "block_n" in forced else fp8_gemm.BLOCK_NS
     if "block_n" in forced and (forced["block_n"] > max_bn
                                 or not fp8_gemm.block_n_allowed(forced["block_n"], problem.recipe.gn)):
@@ -76,9 +80,9 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                 if bn > max_bn or not fp8_gemm.block_n_allowed(bn, problem.recipe.gn):
                     continue
                 # The dense model on the expected tiles: each group's rows tiled on their own.
-                if ragged_k:
+                if per_group_m:
                     m_tiles = problem.num_groups * math.ceil(problem.m / bm)
-                    k = max(128, rows // 128 * 128)
+                    k = max(128, rows // 128 * 128) if ragged_k else problem.k
                 else:
                     m_tiles = problem.num_groups * math.ceil(rows / bm)
                     k = problem.k
@@ -94,7 +98,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: no tile fits the forced values {forced} for this grouped GEMM "
                          f"(cluster_n 2 needs an even number of N-blocks)")
     _, block_m, block_n, (_, cluster_n) = best
-    extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": not ragged_k,
+    extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": problem.group_mode in ROWS_CHECKED_MODES,
              "max_groups": problem.max_groups}
     stages = forced.get("stages") or fp8_gemm.max_stages(block_m, block_n, problem.recipe.gn, device.smem_per_block,
                                                         **extra)

@@ -18,8 +18,10 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time."""
-    out_code = OUT_F32_ADD if problem.group_mode == "ragged_k" else OUT_CODES[problem.out_dtype]
-    args = (config.block_m, config.block_n, config.stages, problem.recipe.gn, FP8_CODES[problem.a_dtype],
+    out_code = OUT_F32_ADD if problem.out_dtype == torch.float32 else OUT_CODES[problem.out_dtype]
+    # kScaleGranN: 128 or 1 (block scales promoted per 128-K block), 0 (per-row A and per-tensor B
+    # scales, recipes (1,-1,-1) and (-1,-1,-1): applied once to the finished accumulator).
+    args = (config.block_m, config.block_n, config.stages, max(problem.recipe.gn, 0), FP8_CODES[problem.a_dtype],
             FP8_CODES[problem.b_dtype], out_code, config.out_swizzle, config.cluster_m,
             config.cluster_n, "true" if config.num_splits > 1 else "false", GROUP_MODES[problem.group_mode],
             problem.max_groups)
@@ -51,7 +53,8 @@ class GroupArgs(NamedTuple):
 
     info: torch.Tensor            # int32 ids per row, counts or prefix sums per group
     stride: int = 0               # masked: rows per group (max_m)
-    sfb_stride_group: int = 0     # floats between two groups' B scales (grouped M modes)
+    sfb_stride_group: int = 0     # floats between two groups' B scales (grouped M modes, batched)
+    sfa_stride_group: int = 0     # floats between two groups' A scales (batched)
     signal_blocks: int = 0        # masked overlap: 64-row blocks (counters) per group, ceil(max_m / 64)
 
 
@@ -61,7 +64,8 @@ class Launch:
     __slots__ = ("kernel", "grid", "head", "tail", "group_tail", "signal_blocks", "signal_blocks_total",
                  "out_swizzle", "out_elem", "out_dtype", "out_3d", "_packed", "_split", "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
-             rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.INT)
+             rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT, rt.PTR,
+             rt.INT)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -69,7 +73,7 @@ class Launch:
         """sf*_strides are (stride along M/N, stride along K-blocks). Grouped M modes: a is the
         (rows, k) tokens of all groups, b the (groups, n, k) weights; ragged K: a and b are the
         K-major (m, sum_k) and (n, sum_k) operands."""
-        grouped_m = problem.group_mode not in ("none", "ragged_k")
+        grouped_m = problem.group_mode not in ("none", "ragged_k", "batched")
         # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
         # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
         # output rows that are never stored (each output row reads only its own A row). A tile
@@ -85,14 +89,15 @@ class Launch:
         a_load_rows = a_box_rows // config.cluster_n
         b_load_rows = config.block_n // config.cluster_m
         b_rows = b.shape[0] * b.shape[1] if b.dim() == 3 else None  # the groups' weights stacked
-        self.head = (encode_2d(a, config.block_k, a_load_rows, 128),
+        a_rows = a.shape[0] * a.shape[1] if a.dim() == 3 else None  # batched: the batch's rows stacked
+        self.head = (encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
                      problem.m, problem.n, problem.k, config.group_n, a_box_rows, config.num_splits)
         if group is None:
             group = GroupArgs(None)
         info = 0 if group.info is None else group.info.data_ptr()
-        self.group_tail = (info, problem.num_groups, group.stride, group.sfb_stride_group)
+        self.group_tail = (info, problem.num_groups, group.stride, group.sfa_stride_group, group.sfb_stride_group)
         self.signal_blocks = group.signal_blocks
         self.signal_blocks_total = group.signal_blocks * problem.num_groups
         # Split-K: (workspace floats, tiles) of its partial tiles and per-tile finish counters.
@@ -102,7 +107,7 @@ class Launch:
         self.out_swizzle = config.out_swizzle
         self.out_elem = problem.out_elem_bytes
         self.out_dtype = problem.out_dtype
-        self.out_3d = problem.group_mode == "ragged_k"  # out[group] += ...: a 3-D reduce per group
+        self.out_3d = problem.group_mode in ("ragged_k", "batched")  # a 3-D store (or reduce) per group
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
     def __call__(self, out: torch.Tensor, stream: int, signal: int = 0) -> None:

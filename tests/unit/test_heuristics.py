@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mategemm import env, prewarm
-from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
+from mategemm.heuristics import fp8_gemm, grouped, parse_force_config, sm90
 from mategemm.runtime import device as rt_device
 from mategemm.types import RECIPE_1x128_128x128, GemmProblem
 
@@ -151,13 +151,13 @@ def test_info_for_unknown_arch():
     (128, 128, 5, 128, 2, "none", 0), (64, 16, 8, 128, 2, "none", 0), (128, 144, 5, 128, 2, "none", 0),
     (128, 112, 6, 1, 2, "none", 0), (64, 160, 4, 1, 2, "none", 0), (256, 128, 3, 128, 2, "none", 0),
     (128, 128, 5, 128, 2, "per_token", 0), (64, 96, 6, 128, 2, "per_expert", 256), (256, 128, 3, 1, 2, "masked", 32),
-    (128, 128, 4, 1, 4, "ragged_k", 64)])
+    (128, 128, 4, 1, 4, "ragged_k", 64), (128, 128, 6, 0, 2, "batched", 0), (64, 96, 8, 0, 4, "batched", 0)])
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups):
     """The launch's dynamic shared memory equals Fp8GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
     from mategemm.types import GROUP_MODES
 
-    rows_checked = group_mode not in ("none", "ragged_k")
+    rows_checked = group_mode in grouped.ROWS_CHECKED_MODES
     expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups)
     layout = (f"mategemm::Fp8GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
               f"{GROUP_MODES[group_mode]}, {max_groups}>")

@@ -14,7 +14,7 @@ from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import sass
-from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem
+from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem, Recipe
 
 ARCH = "sm_90a"
 DENSE = prewarm.read_suites(prewarm.default_shapes_file())["dense_fp8"]
@@ -59,7 +59,8 @@ def other_dtype_instances():
 
 def grouped_instances():
     """What the grouped heuristic picks at decode (8 rows per expert) and prefill (4096) sizes for
-    every mode and recipe (ragged K: (1,1,128) only), DeepSeek-V3's 256 experts."""
+    every mode and recipe (ragged K: (1,1,128) only), DeepSeek-V3's 256 experts; and the batched
+    mode (bmm_fp8) with both kinds of output."""
     items = {}
     e4m3, bf16 = torch.float8_e4m3fn, torch.bfloat16
     for mode in ("per_token", "per_expert", "psum_expert", "masked", "ragged_k"):
@@ -71,6 +72,14 @@ def grouped_instances():
                     problem = GemmProblem(256 * rows, 4096, 7168, recipe, e4m3, e4m3, bf16, mode, 256)
                 config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132, "", 128 if mode == "per_token" else 0,
                                         rows if mode == "masked" else 0)
+                items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+    # bmm_fp8: a batch of 16 (m, n, k) = (rows, 4096, 4096), stored bf16 or added in fp32; the
+    # per-row recipe (scales applied at the end) too
+    for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128, Recipe(1, -1, -1)):
+        for out in (bf16, torch.float32):
+            for rows in (64, 4096):
+                problem = GemmProblem(rows, 4096, 4096, recipe, e4m3, e4m3, out, "batched", 16)
+                config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132)
                 items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
     return list(items.values())
 
@@ -126,7 +135,7 @@ def test_grouped_kernel_is_hopper_sass(sass_cache, problem, config):
 
 def test_grouped_instances_cover_every_mode():
     assert {p.group_mode for p, _ in grouped_instances()} == {"per_token", "per_expert", "psum_expert", "masked",
-                                                              "ragged_k"}
+                                                              "ragged_k", "batched"}
 
 
 def test_opcode_tokens_are_whole_words():

@@ -152,9 +152,10 @@ def test_out_last_dim_not_contiguous():
             out=torch.empty(N, M, dtype=torch.bfloat16).t())
 
 
-def test_output_scale_not_supported_yet():
-    with pytest.raises(NotImplementedError, match="output_scale"):
-        call(output_scale=torch.ones(()))
+def test_output_scale_checks():
+    rejects(ValueError, "out_dtype", output_scale=torch.ones(()), out_dtype=torch.bfloat16)
+    rejects(ValueError, "output_scale", output_scale=torch.ones(2), out_dtype=torch.float8_e4m3fn)
+    rejects(TypeError, "out.dtype", output_scale=torch.ones(()), out=torch.empty(M, N, dtype=torch.bfloat16))
 
 
 # ---- device -------------------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Batched FP8 GEMM (MATE's mate.gemm.bmm_fp8) on the block-scaled core's batched mode.
+
+Every recipe runs on sm90_fp8_gemm_blockscaled. Block recipes promote per 128-K block as the
+dense GEMM does; per-row (1,-1,-1) and per-tensor (-1,-1,-1) scales take the kernel's
+scales-at-the-end loop (the wgmma accumulate over all of K, then acc *= sa[row] * sb), a
+per-tensor A scale being a per-row one read through a zero stride. Outputs:
+- bf16/fp16 with no `c`: stored by the kernel (a 3-D TMA store per batch entry);
+- fp32, or any output with `c`, or FP8 with `output_scale`: the kernel adds its fp32 product into
+  an fp32 tensor that holds `c` (or zeros) — `out` itself for an fp32 output, else a workspace
+  then converted (one extra pass over the output).
+M-major A / N-major B are copied K-major first (a read and a write of the operand per call).
+"""
+from __future__ import annotations
+
+import torch
+
+from typing import NamedTuple
+
+from mategemm import validate
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.moe import prepare_call
+from mategemm.quant import FP8_MAX
+from mategemm.runtime import calls
+
+
+class _BmmCall(NamedTuple):
+    prepared: calls.PreparedCall
+    checked: validate.BmmChecked
+
+
+_warm = calls.WarmCalls()
+
+
+def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_granularity_mnk=None,
+            output_scale=None, c=None, major_a_mode="K", major_b_mode="K") -> torch.Tensor:
+    """out[i] = (a[i] * a_scale) @ (b[i] * b_scale)^T (+ c[i]) for every batch entry i.
+
+    a: (batch, m, k) fp8 ("K") or (batch, k, m) ("M"); b: (batch, n, k) ("K") or (batch, k, n) ("N");
+    the declared major dimension has stride 1. k % 128 == 0, n % 8 == 0.
+    scale_granularity_mnk (default (-1,-1,-1)):
+      (-1,-1,-1) per tensor: a_scale and b_scale fp32 with 1 element (shape () or (1,)) or batch;
+      (1,-1,-1) per row of A: a_scale (batch, m), b_scale per tensor as above;
+      (1,128,128): a_scale (batch, m, k/128), b_scale (batch, ceil(n/128), k/128);
+      (1,1,128): a_scale (batch, m, k/128), b_scale (batch, n, k/128).
+    out_dtype: bf16, fp16, fp32, or float8_e4m3fn with output_scale (one fp32 element):
+    out = saturate_e4m3(result / output_scale). c: optional fp32 (batch, m, n) added to the product.
+    out: optional (batch, m, n) of out_dtype, written in place.
+    """
+    key = calls.memo_key("bmm_fp8", a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
+                         output_scale is None, c is None, major_a_mode, major_b_mode)
+    call = _warm.get(key)
+    if call is None:
+        checked = validate.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
+                                   output_scale, c, major_a_mode, major_b_mode)
+        if checked.problem.m == 0 or checked.problem.num_groups == 0:
+            return _empty_result(a, out, out_dtype, checked)
+        call = _BmmCall(_prepare(a, b, a_scale, b_scale, checked), checked)
+        _warm.remember(key, call)
+    checked = call.checked
+    if out is None:
+        out = torch.empty(checked.out_shape, dtype=out_dtype, device=a.device)
+    kernel_out_fp32 = checked.problem.out_dtype == torch.float32
+    if not kernel_out_fp32:
+        calls.launch(call.prepared, out)
+        return out
+    acc = out if out_dtype == torch.float32 else torch.empty(checked.out_shape, dtype=torch.float32, device=a.device)
+    if c is not None:
+        acc.copy_(c)
+    else:
+        acc.zero_()
+    calls.launch(call.prepared, acc)
+    if out_dtype == torch.float32:
+        return out
+    if output_scale is not None:
+        fp8_max = FP8_MAX[out_dtype]
+        out.copy_(acc.div_(output_scale.reshape(())).clamp_(-fp8_max, fp8_max))
+    else:
+        out.copy_(acc)
+    return out
+
+
+def _prepare(a, b, a_scale, b_scale, checked) -> calls.PreparedCall:
+    staged = []
+    a_km = calls.k_major(a.transpose(1, 2) if checked.major_a == "M" else a, checked.copy_a, staged)
+    b_km = calls.k_major(b.transpose(1, 2) if checked.major_b == "N" else b, checked.copy_b, staged)
+    problem = checked.problem
+    group = kernel_fp8.GroupArgs(None, sfa_stride_group=checked.sfa_strides[2],
+                                 sfb_stride_group=checked.sfb_strides[2])
+    return prepare_call(problem, problem.m, None, a_km, b_km, a_scale, checked.sfa_strides[:2], b_scale,
+                        checked.sfb_strides[:2], group, staged)
+
+
+def _empty_result(a, out, out_dtype, checked):
+    if out is None:
+        out = torch.empty(checked.out_shape, dtype=out_dtype, device=a.device)
+    return out
+
+
+def gemm_fp8_output(a, b, a_scale, b_scale, scale_major_mode, scale_granularity_mnk, out, output_scale):
+    """gemm_fp8_nt_groupwise with an FP8 (e4m3) output: the batch-1 bmm with output_scale."""
+    if scale_major_mode not in (None, "K"):
+        a_scale, b_scale = a_scale.t(), b_scale.t()  # MN-major scales, seen K-major (any strides)
+    out3 = None if out is None else out.unsqueeze(0)
+    rec = scale_granularity_mnk or (1, 128, 128)
+    result = bmm_fp8(a.unsqueeze(0), b.unsqueeze(0), a_scale.unsqueeze(0), b_scale.unsqueeze(0),
+                     torch.float8_e4m3fn, out=out3, scale_granularity_mnk=rec, output_scale=output_scale)
+    return result[0]
+
