@@ -29,7 +29,10 @@
 
 namespace mategemm {
 
-constexpr int kBlockK = 128;  // one scale block of K; one 128-byte swizzled row of FP8
+constexpr int kBlockK = 128;  // bytes of K per stage row: one 128-byte swizzled row; one scale block of FP8
+
+// Operand codes (mategemm.types.OPERAND_CODES): 0 e4m3, 1 e5m2, 2 bf16, 3 fp16.
+__host__ __device__ constexpr int operand_bytes(int type) { return type >= 2 ? 2 : 1; }
 
 __host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : const_gcd(b, a % b); }
 
@@ -121,6 +124,13 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   // accumulator; the wgmma accumulate across all of K with no promotion and no scale warps.
   constexpr bool kScaleAtEnd = kScaleGranN == 0;
   static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
+  // 16-bit operands (bmm_fp16): no scales at all; a stage row of 128 bytes holds 64 elements of K.
+  constexpr bool kUnscaled = operand_bytes(kTypeA) == 2;
+  constexpr int kBlockKElems = kBlockK / operand_bytes(kTypeA);
+  static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) &&
+                    (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd &&
+                                    (kGroupMode == kGroupNone || kGroupMode == kGroupBatched))),
+                "16-bit operands: the same type on both sides, unscaled, dense or batched");
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -145,7 +155,8 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   const u32 empty_bar = full_bar + kNumStages * 8;
 
   const int warpgroup = warp_uniform(threadIdx.x / 128);
-  const int num_k_blocks = k / kBlockK;
+  // A 16-bit K tail is zero-filled by TMA; FP8's K is a multiple of 128 (checked on the host).
+  const int num_k_blocks = kUnscaled ? ceil_div(k, kBlockKElems) : k / kBlockK;
   // Split-K: work item `split` of a tile covers k-blocks [split, split + 1) * k_blocks_per_split
   // (the host picks num_splits so that none is empty; it passes 1 unless kSplitK).
   const int k_blocks_per_split = kSplitK ? ceil_div(num_k_blocks, num_splits) : num_k_blocks;
@@ -245,18 +256,18 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           u8* a_dst = smem_a + pipe.stage * Layout::kABytes;
           u8* b_dst = smem_b + pipe.stage * Layout::kBBytes;
           if constexpr (kClusterN == 1) {
-            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockK, t.a_row0);
+            tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockKElems, t.a_row0);
           } else {
             constexpr int kHalfRows = BLOCK_M / 2;
             const int offset = scheduler.rank * kHalfRows;
-            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockK, t.a_row0 + offset, 0x3);
+            tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockKElems, t.a_row0 + offset, 0x3);
           }
           if constexpr (kClusterM == 1) {
-            tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockK, b_row0);
+            tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockKElems, b_row0);
           } else {
             constexpr int kHalfRows = BLOCK_N / 2;
             const int offset = scheduler.rank * kHalfRows;
-            tma_load_2d_multicast(b_dst + offset * kBlockK, &tmap_b, bar, kb * kBlockK, b_row0 + offset, 0x3);
+            tma_load_2d_multicast(b_dst + offset * kBlockK, &tmap_b, bar, kb * kBlockKElems, b_row0 + offset, 0x3);
           }
           pipe.advance();
         }
@@ -379,7 +390,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         #pragma unroll
         for (int kk = 0; kk < kBlockK / 32; ++kk) {
           // Advancing the start address by 32 B walks K inside the 128-byte swizzled row.
-          WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(part, desc_a + kk * 2, desc_b + kk * 2, kk > 0);
+          Wgmma<BLOCK_N>::template mma<kTypeA, kTypeB>(part, desc_a + kk * 2, desc_b + kk * 2, kk > 0);
         }
         wgmma_commit();
         // The scales are needed only at promotion: read while the wgmma runs.
@@ -478,7 +489,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
             const u64 desc_b = desc_b0 + stage * (Layout::kBBytes / 16);
             #pragma unroll
             for (int kk = 0; kk < kBlockK / 32; ++kk) {
-              WgmmaFp8<BLOCK_N>::template mma<kTypeA, kTypeB>(acc + wave * kAcc, desc_a + kk * 2, desc_b + kk * 2,
+              Wgmma<BLOCK_N>::template mma<kTypeA, kTypeB>(acc + wave * kAcc, desc_a + kk * 2, desc_b + kk * 2,
                                                               kb > 0 || kk > 0);
             }
           }
@@ -494,19 +505,21 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         for (int i = 0; i < kWaves * kAcc; ++i) fence_operand(acc[i]);
         if (previous >= 0) release(previous);
         // acc *= sa(row) * sb: per-row (or broadcast per-tensor) A scales, one B scale per group.
-        const float* sfa_rows = sfa + (kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * sfa_stride_group : 0);
-        const float sb = ldg_nc(sfb + static_cast<i64>(t.group) * sfb_stride_group);
-        #pragma unroll
-        for (int wave = 0; wave < kWaves; ++wave) {
-          const int row = m0 + wave_row0(wave) + warp * 16 + lane / 4;
-          const float s_lo = row < m ? ldg_nc(sfa_rows + static_cast<i64>(row) * sfa_stride_m) * sb : 0.0f;
-          const float s_hi = row + 8 < m ? ldg_nc(sfa_rows + static_cast<i64>(row + 8) * sfa_stride_m) * sb : 0.0f;
+        if constexpr (!kUnscaled) {
+          const float* sfa_rows = sfa + (kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * sfa_stride_group : 0);
+          const float sb = ldg_nc(sfb + static_cast<i64>(t.group) * sfb_stride_group);
           #pragma unroll
-          for (int c = 0; c < BLOCK_N / 8; ++c) {
-            acc[wave * kAcc + c * 4 + 0] *= s_lo;
-            acc[wave * kAcc + c * 4 + 1] *= s_lo;
-            acc[wave * kAcc + c * 4 + 2] *= s_hi;
-            acc[wave * kAcc + c * 4 + 3] *= s_hi;
+          for (int wave = 0; wave < kWaves; ++wave) {
+            const int row = m0 + wave_row0(wave) + warp * 16 + lane / 4;
+            const float s_lo = row < m ? ldg_nc(sfa_rows + static_cast<i64>(row) * sfa_stride_m) * sb : 0.0f;
+            const float s_hi = row + 8 < m ? ldg_nc(sfa_rows + static_cast<i64>(row + 8) * sfa_stride_m) * sb : 0.0f;
+            #pragma unroll
+            for (int c = 0; c < BLOCK_N / 8; ++c) {
+              acc[wave * kAcc + c * 4 + 0] *= s_lo;
+              acc[wave * kAcc + c * 4 + 1] *= s_lo;
+              acc[wave * kAcc + c * 4 + 2] *= s_hi;
+              acc[wave * kAcc + c * 4 + 3] *= s_hi;
+            }
           }
         }
       } else {

@@ -56,14 +56,19 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
             return _empty_result(a, out, out_dtype, checked)
         call = _BmmCall(_prepare(a, b, a_scale, b_scale, checked), checked)
         _warm.remember(key, call)
+    return _run(call, a.device, out_dtype, out, c, output_scale)
+
+
+def _run(call: _BmmCall, device, out_dtype, out, c, output_scale) -> torch.Tensor:
+    """Launch a prepared batched call: straight into `out`, or through an fp32 accumulator."""
     checked = call.checked
     if out is None:
-        out = torch.empty(checked.out_shape, dtype=out_dtype, device=a.device)
+        out = torch.empty(checked.out_shape, dtype=out_dtype, device=device)
     kernel_out_fp32 = checked.problem.out_dtype == torch.float32
     if not kernel_out_fp32:
         calls.launch(call.prepared, out)
         return out
-    acc = out if out_dtype == torch.float32 else torch.empty(checked.out_shape, dtype=torch.float32, device=a.device)
+    acc = out if out_dtype == torch.float32 else torch.empty(checked.out_shape, dtype=torch.float32, device=device)
     if c is not None:
         acc.copy_(c)
     else:
@@ -77,6 +82,24 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
     else:
         out.copy_(acc)
     return out
+
+
+def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
+    """out[i] = a[i] @ b[i]^T (+ c[i]) with a (batch, m, k), b (batch, n, k) both fp16 or both bf16.
+
+    The same kernel as bmm_fp8 with wgmma k16 (HGMMA) and no scales. k % 8 == 0 (a K tail below
+    64 is zero-filled), n % 8 == 0. out_dtype bf16/fp16/fp32; c optional fp32 (batch, m, n).
+    """
+    key = calls.memo_key("bmm_fp16", a, b, out_dtype, out, backend, c is None)
+    call = _warm.get(key)
+    if call is None:
+        checked = validate.bmm_fp16(a, b, out_dtype, out, backend, c)
+        if checked.problem.m == 0 or checked.problem.num_groups == 0:
+            return _empty_result(a, out, out_dtype, checked)
+        # No scales: the kernel never reads its scale pointers (a's address stands in).
+        call = _BmmCall(_prepare(a, b, a, a, checked), checked)
+        _warm.remember(key, call)
+    return _run(call, a.device, out_dtype, out, c, None)
 
 
 def _prepare(a, b, a_scale, b_scale, checked) -> calls.PreparedCall:

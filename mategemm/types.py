@@ -7,6 +7,7 @@ import torch
 
 # Element codes shared with kernels_src: FP8 operand types and output types.
 FP8_CODES = {torch.float8_e4m3fn: 0, torch.float8_e5m2: 1}
+OPERAND_CODES = {**FP8_CODES, torch.bfloat16: 2, torch.float16: 3}  # 16-bit: bmm_fp16 (unscaled)
 OUT_CODES = {torch.bfloat16: 0, torch.float16: 1}
 OUT_F32_ADD = 2  # fp32 output added into `out` (ragged K)
 # Grouped GEMM modes (kernels_src/common/groups.cuh GroupMode).

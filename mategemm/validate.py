@@ -474,3 +474,46 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
     copy_a = major_a == "M" or not _stacked_k_major(a)
     copy_b = major_b == "N" or not _stacked_k_major(b)
     return BmmChecked(problem, sfa, sfb, major_a, major_b, copy_a, copy_b, out_shape)
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
+    """Validate bmm_fp16's arguments: a (batch, m, k), b (batch, n, k), fp16 or bf16 alike."""
+    choice("backend", backend, ("auto", "sm90"), "auto")
+    tensor("a", a, ndim=3, dtypes=HALF_DTYPES)
+    tensor("b", b, ndim=3, dtypes=HALF_DTYPES)
+    if b.dtype != a.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    batch, m, k = a.shape
+    batch_b, n, k_b = b.shape
+    if batch_b != batch or k_b != k:
+        raise ValueError(f"a (batch, m, k) and b (batch, n, k) must share batch and K: {tuple(a.shape)} vs "
+                         f"{tuple(b.shape)}")
+    if k == 0 or k % 8:
+        raise ValueError(f"k must be a positive multiple of 8 (16-byte rows), got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"n must be a positive multiple of 8, got {n}")
+    if batch * max(m, n) >= MAX_GROUPED_ROWS:
+        raise ValueError(f"batch x m and batch x n must stay below 2**30, got batch={batch}, m={m}, n={n}")
+    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"out_dtype must be one of (torch.bfloat16, torch.float16, torch.float32), got {out_dtype}")
+    out_shape = (batch, m, n)
+    if out is not None:
+        tensor("out", out, ndim=3)
+        if out.dtype != out_dtype:
+            raise TypeError(f"out.dtype {out.dtype} differs from out_dtype {out_dtype}")
+        shape("out", out, out_shape)
+        tma_operand("out", out)
+        if batch > 1 and (out.stride(0) * out.element_size()) % 16:
+            raise ValueError(f"out.stride(0) must be a multiple of 16 bytes, got {out.stride(0)} elements")
+    if c is not None:
+        tensor("c", c, ndim=3, dtypes=(torch.float32,))
+        shape("c", c, out_shape, "fp32, added to the product")
+    same_device(a.device, b=b, out=out, c=c)
+    cuda("a", a)
+    kernel_out = torch.float32 if out_dtype == torch.float32 or c is not None else out_dtype
+    problem = GemmProblem(m, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, kernel_out, "batched", batch)
+    return BmmChecked(problem, (0, 0, 0), (0, 0, 0), "K", "K", not _stacked_k_major(a), not _stacked_k_major(b),
+                      out_shape)

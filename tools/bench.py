@@ -824,7 +824,7 @@ def bmm_summary(rows: list[dict]) -> dict:
     summary = {}
     for recipe in BMM_RECIPES:
         name = recipe_name(recipe)
-        recipe_rows = [r for r in rows if r["recipe"] == name]
+        recipe_rows = [r for r in rows if r.get("recipe") == name]
         lists = sorted({r.get("shapes", "bmm") for r in recipe_rows})
         groups = [("", recipe_rows)]
         if len(lists) > 1:
@@ -842,6 +842,24 @@ def bmm_summary(rows: list[dict]) -> dict:
     return summary
 
 
+def bench_bmm_fp16_row(shape: dict, dtype: torch.dtype, l2_bytes: int) -> dict:
+    """bmm_fp16 (bf16 out) against torch.bmm (cuBLAS) on the same 16-bit operands."""
+    batch, m, n, k = shape["batch"], shape["m"], shape["n"], shape["k"]
+    row = {"batch": batch, "m": m, "n": n, "k": k, "operands": str(dtype).split(".")[-1]}
+    nbytes, flops = 2 * batch * (m * k + n * k + m * n), 2 * batch * m * n * k
+    sets = [(torch.randn((batch, m, k), device="cuda").to(dtype), torch.randn((batch, n, k), device="cuda").to(dtype))
+            for _ in range(rotation_sets(nbytes, l2_bytes))]
+    outs = [torch.empty((batch, m, n), dtype=dtype, device="cuda") for _ in sets]
+    a, b = sets[0]
+    got = mategemm.bmm_fp16(a, b, dtype, out=outs[0])
+    row["mategemm_diff"] = calc_diff(got[:1], a[:1].double() @ b[:1].double().transpose(1, 2))  # batch entry 0
+    time_impl(row, "mategemm", lambda: called_once(
+        [lambda a=a, b=b, o=o: mategemm.bmm_fp16(a, b, dtype, out=o) for (a, b), o in zip(sets, outs)]), flops, nbytes)
+    time_impl(row, "torch_bmm", lambda: [lambda a=a, b=b, o=o: torch.bmm(a, b.transpose(1, 2), out=o)
+                                         for (a, b), o in zip(sets, outs)], flops, nbytes)
+    return row
+
+
 def bench_bmm(args) -> dict:
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)
@@ -857,7 +875,23 @@ def bench_bmm(args) -> dict:
             print(f"\n== bmm, recipe ({recipe}): TFLOPS; x = peer ms / ours ms (> 1: ours faster)\n{head}", flush=True)
         print(line, flush=True)
         result["rows"].append(row)
+    print("\n== bmm_fp16: TFLOPS; x = torch.bmm ms / ours ms", flush=True)
+    fp16_rows = []
+    for shape in json.loads(Path(args.shapes).read_text())["bmm"]:
+        for dtype in (torch.bfloat16, torch.float16):
+            row = bench_bmm_fp16_row(shape, dtype, l2)
+            torch.cuda.empty_cache()
+            x = speedup(row, "mategemm", "torch_bmm")
+            print(f"{row['operands']:>9} {row['batch']:>5} {row['m']:>5} {row['n']:>6} {row['k']:>6} | "
+                  f"{row.get('mategemm_tflops', 'ERR')!s:>8} | torch.bmm {row.get('torch_bmm_tflops', 'ERR')!s:>8} | "
+                  f"{f'{x:.2f}' if x else '-':>5} | diff {row['mategemm_diff']:.1e}", flush=True)
+            fp16_rows.append(row)
+    result["rows"] += fp16_rows
     result["summary"] = bmm_summary(result["rows"])
+    ratios = [x for x in (speedup(r, "mategemm", "torch_bmm") for r in fp16_rows) if x]
+    if ratios:
+        result["summary"]["bmm_fp16"] = {"geomean_vs_torch_bmm": round(geomean(ratios), 4),
+                                         "min_vs_torch_bmm": round(min(ratios), 4), "rows": len(ratios)}
     print(f"\ncard {result['card']}, copy {result['copy_tbps']} TB/s", flush=True)
     for name, entry in result["summary"].items():
         print(f"({name}): " + ", ".join(f"{k} {v}" for k, v in entry.items()), flush=True)

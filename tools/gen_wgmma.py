@@ -1,4 +1,5 @@
-"""Generate kernels_src/common/wgmma.cuh: wgmma m64nNk32 FP8 wrappers for every legal N.
+"""Generate kernels_src/common/wgmma.cuh: wgmma wrappers for every legal N, FP8 (m64nNk32) and
+16-bit (m64nNk16, bf16 or fp16 with itself): one call covers 32 bytes of K either way.
 
 The inline-asm operand list of a wgmma must be spelled out register by register, so the header
 is generated once and committed. Run: python tools/gen_wgmma.py
@@ -6,6 +7,7 @@ is generated once and committed. Run: python tools/gen_wgmma.py
 from pathlib import Path
 
 FP8_TYPES = {0: "e4m3", 1: "e5m2"}
+HALF_TYPES = {2: "bf16", 3: "f16"}  # operand codes shared with mategemm.types.OPERAND_CODES
 HEADER = Path(__file__).resolve().parent.parent / "kernels_src" / "common" / "wgmma.cuh"
 
 
@@ -13,7 +15,7 @@ def emit_fp8(n: int) -> str:
     regs = n // 2
     outs = ", ".join(f"%{i}" for i in range(regs))
     constraints = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
-    lines = [f"template <> struct WgmmaFp8<{n}> {{",
+    lines = [f"template <> struct Wgmma<{n}> {{",
              "  template <int kTypeA, int kTypeB>",
              "  static __device__ __forceinline__ void mma(float* d, u64 desc_a, u64 desc_b, int scale_d) {"]
     for code_a, name_a in FP8_TYPES.items():
@@ -26,6 +28,15 @@ def emit_fp8(n: int) -> str:
             lines.append(f'        : {constraints}')
             lines.append('        : "l"(desc_a), "l"(desc_b), "r"(scale_d));')
             lines.append("    }")
+    for code, name in HALF_TYPES.items():
+        lines.append(f"    if constexpr (kTypeA == {code} && kTypeB == {code}) {{")
+        lines.append(
+            f'      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n'
+            f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{name}.{name} "
+            f'{{{outs}}}, %{regs}, %{regs + 1}, p, 1, 1, 0, 0;\\n}}\\n"')
+        lines.append(f'        : {constraints}')
+        lines.append('        : "l"(desc_a), "l"(desc_b), "r"(scale_d));')
+        lines.append("    }")
     lines.append("  }")
     lines.append("};")
     return "\n".join(lines)
@@ -39,9 +50,10 @@ def main() -> None:
         "",
         "namespace mategemm {",
         "",
-        "// D(64xN, fp32) (+)= A(64x32, fp8, smem) * B(Nx32, fp8, smem)^T; both K-major.",
-        "// kType: 0 = e4m3, 1 = e5m2. scale_d = 0 overwrites D, 1 accumulates.",
-        "template <int N> struct WgmmaFp8;",
+        "// D(64xN, fp32) (+)= A(64 x 32 bytes of K, smem) * B(N x 32 bytes of K, smem)^T; both K-major:",
+        "// k32 for FP8, k16 for 16-bit types. kType: 0 = e4m3, 1 = e5m2, 2 = bf16, 3 = fp16 (16-bit",
+        "// types pair only with themselves). scale_d = 0 overwrites D, 1 accumulates.",
+        "template <int N> struct Wgmma;",
         "",
     ]
     for n in range(8, 257, 8):

@@ -19,6 +19,7 @@ from mategemm.types import GemmConfig, GemmProblem
 # batched mode stays at 64/128 too: at 256 its per-group row arithmetic spilled (5-18 LDL/STL).
 FP32_OUT_BLOCK_MS = (64, 128)
 FP32_OUT_MAX_BLOCK_N = 128
+SCALE_AT_END_MAX_BLOCK_N = 256
 ROWS_CHECKED_MODES = ("per_token", "per_expert", "psum_expert", "masked")
 # Clusters: only the pair sharing A (adjacent N-blocks of one M tile) — two M tiles side by side
 # may belong to different groups, with different B.
@@ -51,17 +52,20 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
         raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs have no split-K (num_splits must be 1)")
     if forced.get("cluster_m", 1) != 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs take no cluster along M (cluster_m must be 1)")
-    block_ms = FP32_OUT_BLOCK_MS if fp32_out or problem.group_mode == "batched" else fp8_gemm.BLOCK_MS
+    # Scales applied at the end (per-row/per-tensor FP8, 16-bit): no promotion registers, so
+    # BLOCK_M 256 and BLOCK_N up to 256 fit without spills.
+    scale_at_end = problem.recipe.gn <= 0
+    promoted_batch = problem.group_mode == "batched" and not scale_at_end
+    block_ms = FP32_OUT_BLOCK_MS if fp32_out or promoted_batch else fp8_gemm.BLOCK_MS
     if alignment_m:
         block_ms = tuple(bm for bm in block_ms if alignment_m % bm == 0)
     if "block_m" in forced:
         if forced["block_m"] not in block_ms:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {block_ms} here, got {forced['block_m']}")
         block_ms = (forced["block_m"],)
-    max_bn = FP32_OUT_MAX_BLOCK_N if fp32_out else fp8_gemm.MAX_BLOCK_N
+    max_bn = FP32_OUT_MAX_BLOCK_N if fp32_out else SCALE_AT_END_MAX_BLOCK_N if scale_at_end else fp8_gemm.MAX_BLOCK_N
     block_ns = (forced["block_n"],) if "block_n" in forced else fp8_gemm.BLOCK_NS
-    if "block_n" in forced and (forced["block_n"] > max_bn
-                                or not fp8_gemm.block_n_allowed(forced["block_n"], problem.recipe.gn)):
+    if "block_n" in forced and not _block_n_allowed(forced["block_n"], problem.recipe.gn, max_bn):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={forced['block_n']} is not allowed here "
                          f"(multiples of 16 up to {max_bn})")
     clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1]]
@@ -72,12 +76,20 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
 
     rows = max(1, rows_per_group)
     best = None
-    for bm in block_ms:
+    if scale_at_end and not fp32_out and not ({"block_m", "block_n", "cluster_n"} & forced.keys()):
+        # NOTES (H200, 2026-11-28, forced configs side by side, TFLOPS): without promotion the
+        # widest tile wins, sharing A across a cluster pair. bmm_fp16 bf16 16x4096^3: 128x128 704,
+        # 128x192 721, 256x128 673, 128x256 767, 128x256 cluster_n 2 770 (torch.bmm 703); per-tensor
+        # FP8 16x4096^3: 1396 -> 1478; 64x128x7168x512: 379 -> 402 (bf16), 609 -> 638 (FP8).
+        block_n = min(SCALE_AT_END_MAX_BLOCK_N, -(-problem.n // 16) * 16)
+        cluster_n = 2 if math.ceil(problem.n / block_n) % 2 == 0 and num_mp >= 2 else 1
+        best = ((0.0,), 64 if rows <= 64 else 128, block_n, (1, cluster_n))
+    for bm in block_ms if best is None else ():
         for cluster in clusters:
             if len(block_ms) > 1 and "cluster_n" not in forced and not _worth_trying(rows, bm, cluster):
                 continue
             for bn in block_ns:
-                if bn > max_bn or not fp8_gemm.block_n_allowed(bn, problem.recipe.gn):
+                if not _block_n_allowed(bn, problem.recipe.gn, max_bn):
                     continue
                 # The dense model on the expected tiles: each group's rows tiled on their own.
                 if per_group_m:
@@ -86,6 +98,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                 else:
                     m_tiles = problem.num_groups * math.ceil(rows / bm)
                     k = problem.k
+                k *= problem.a_dtype.itemsize  # the model counts 128-byte blocks of K
                 if cluster[1] > 1 and math.ceil(problem.n / bn) % 2:
                     continue
                 proxy = GemmProblem(m_tiles * bm, problem.n, k, problem.recipe, problem.a_dtype, problem.b_dtype,
@@ -110,10 +123,17 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                          f"{device.smem_per_block}")
     tiles = tile_bound(problem, block_m, block_n, alignment_m, max_m)
     num_mp = max(cluster_n, min(num_mp - num_mp % cluster_n, tiles + tiles % cluster_n))
-    return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages, num_mp=num_mp,
+    block_k = sm90.BLOCK_K_FP8 // problem.a_dtype.itemsize  # elements in a 128-byte stage row
+    return GemmConfig(block_m=block_m, block_n=block_n, block_k=block_k, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),
                       out_swizzle=fp8_gemm.out_swizzle(block_n, problem.out_elem_bytes), smem_bytes=smem,
                       cluster_m=1, cluster_n=cluster_n, num_splits=1)
+
+
+def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int) -> bool:
+    if scale_gran_n <= 0:  # no B scale blocks to straddle
+        return block_n % 16 == 0 and 16 <= block_n <= max_block_n
+    return block_n <= max_block_n and fp8_gemm.block_n_allowed(block_n, scale_gran_n)
 
 
 def _worth_trying(rows_per_group: int, block_m: int, cluster: tuple[int, int]) -> bool:

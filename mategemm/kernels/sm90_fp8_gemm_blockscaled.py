@@ -8,7 +8,7 @@ import torch
 from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d, encode_3d
-from mategemm.types import FP8_CODES, GROUP_MODES, OUT_CODES, OUT_F32_ADD, GemmConfig, GemmProblem
+from mategemm.types import GROUP_MODES, OPERAND_CODES, OUT_CODES, OUT_F32_ADD, GemmConfig, GemmProblem
 
 KERNEL = "sm90_fp8_gemm_blockscaled"
 
@@ -21,8 +21,8 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     out_code = OUT_F32_ADD if problem.out_dtype == torch.float32 else OUT_CODES[problem.out_dtype]
     # kScaleGranN: 128 or 1 (block scales promoted per 128-K block), 0 (per-row A and per-tensor B
     # scales, recipes (1,-1,-1) and (-1,-1,-1): applied once to the finished accumulator).
-    args = (config.block_m, config.block_n, config.stages, max(problem.recipe.gn, 0), FP8_CODES[problem.a_dtype],
-            FP8_CODES[problem.b_dtype], out_code, config.out_swizzle, config.cluster_m,
+    args = (config.block_m, config.block_n, config.stages, max(problem.recipe.gn, 0), OPERAND_CODES[problem.a_dtype],
+            OPERAND_CODES[problem.b_dtype], out_code, config.out_swizzle, config.cluster_m,
             config.cluster_n, "true" if config.num_splits > 1 else "false", GROUP_MODES[problem.group_mode],
             problem.max_groups)
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"

@@ -101,3 +101,29 @@ def test_gemm_fp8_nt_groupwise_fp8_output():
     assert got.data_ptr() == out.data_ptr() and got.dtype == torch.float8_e4m3fn
     expected = (ref / output_scale.double()).clamp(-448, 448).float().to(torch.float8_e4m3fn)
     assert calc_diff(out.float(), expected.float()) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("with_c", (False, True))
+@pytest.mark.parametrize("batch,m,n,k", ((3, 200, 264, 512), (1, 1, 136, 200), (4, 129, 1000, 64)))
+def test_bmm_fp16(dtype, out_dtype, with_c, batch, m, n, k):
+    a = torch.randn((batch, m, k), device="cuda").to(dtype)
+    b = torch.randn((batch, n, k), device="cuda").to(dtype)
+    c = torch.randn((batch, m, n), device="cuda") * 10 if with_c else None
+    out = torch.full((batch, m, n), float("nan"), dtype=out_dtype, device="cuda")
+    got = mategemm.bmm_fp16(a, b, out_dtype, out=out, c=c)
+    assert got is out
+    ref = a.double() @ b.double().transpose(1, 2)
+    if c is not None:
+        ref += c.double()
+    diff = calc_diff(out, ref)
+    assert diff <= TOLERANCE.get(("fp8_gemm", out_dtype), 1e-6), f"{dtype} {out_dtype} c={with_c}: {diff:.3e}"
+
+
+def test_bmm_fp16_allocates_out():
+    a = torch.randn((2, 64, 128), device="cuda", dtype=torch.bfloat16)
+    b = torch.randn((2, 256, 128), device="cuda", dtype=torch.bfloat16)
+    out = mategemm.bmm_fp16(a, b, torch.bfloat16)
+    assert out.shape == (2, 64, 256) and out.dtype == torch.bfloat16
+    assert calc_diff(out, a.double() @ b.double().transpose(1, 2)) <= TOLERANCE[("fp8_gemm", torch.bfloat16)]

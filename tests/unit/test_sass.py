@@ -81,6 +81,12 @@ def grouped_instances():
                 problem = GemmProblem(rows, 4096, 4096, recipe, e4m3, e4m3, out, "batched", 16)
                 config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132)
                 items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+    # bmm_fp16: 16-bit operands, no scales
+    for half in (torch.bfloat16, torch.float16):
+        for out in (half, torch.float32):
+            problem = GemmProblem(4096, 4096, 4096, Recipe(1, -1, -1), half, half, out, "batched", 16)
+            items[kernel_fp8.spec(problem, grouped.choose(problem, 4096, SM90_NO_DEVICE, 132), ARCH)] = (
+                problem, grouped.choose(problem, 4096, SM90_NO_DEVICE, 132))
     return list(items.values())
 
 
@@ -95,7 +101,8 @@ def check_hopper_sass(cache: KernelCache, problem: GemmProblem, config) -> colle
     compiled = cache.get(kernel_fp8.spec(problem, config, ARCH))
     text = sass.dump_sass(compiled.path / "kernel.cubin")
     ops = collections.Counter(sass.opcodes(text))
-    assert ops["QGMMA"] > 0, "no wgmma (QGMMA) in the SASS"
+    mma = "HGMMA" if problem.a_dtype.itemsize == 2 else "QGMMA"
+    assert ops[mma] > 0, f"no wgmma ({mma}) in the SASS"
     assert ops["UTMALDG"] > 0, "no TMA load (UTMALDG) in the SASS"
     assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
     return collections.Counter(line.split()[1] for line in text.splitlines() if " QGMMA." in line)
