@@ -18,7 +18,11 @@
 // Grouped GEMMs (kGroupMode, common/groups.cuh) run on the same core: the M modes stack the
 // groups' weights in B (rows group * n + ...) and their tokens in A; tiles follow the groups'
 // rows, and tiles holding rows of another group are stored row by row. Ragged K walks each
-// group's slice of K and adds its fp32 tile into out[group] with a TMA reduce.
+// group's slice of K and adds its fp32 tile into out[group] with a TMA reduce; the batched mode
+// (bmm) tiles each batch entry's output and stores it with a 3-D TMA (or reduces, for fp32).
+//
+// kScaleGranN == 0 (per-row A / per-tensor B scales, and 16-bit operands, which have none): no
+// promotion; the wgmma accumulate over all of K and the scales are applied once at the end.
 #pragma once
 #include "common/epilogue.cuh"
 #include "common/groups.cuh"

@@ -148,7 +148,39 @@ def demo_gpu() -> int:
             print(f"{name:<18} failed: {exc}")
             continue
         print(f"{name:<18} {ms:8.3f} ms  {flops / ms / 1e9:7.1f} TFLOPS")
-    return 0 if diff <= tol else 1
+    moe_ok = demo_moe_gpu()
+    return 0 if diff <= tol and moe_ok else 1
+
+
+def demo_moe_gpu() -> bool:
+    """DeepSeek-V3's first expert GEMM at decode: 64 tokens x top-8 over 256 experts, token-packed
+    (per_expert) against 128-row padding (per_token), checked on a few experts."""
+    import torch
+
+    import mategemm
+    from mategemm.testing import TOLERANCE, moe
+    from mategemm.testing.timing import median_ms
+
+    n, k = 4096, 7168
+    counts = moe.routing_counts(64, 256, 8, generator=torch.Generator().manual_seed(0))
+    b, sfb = moe.make_expert_weights(256, n, k)
+    count_t, _ = moe.packed_layout(counts)
+    a, sfa = moe.make_tokens(sum(counts), k)
+    out = torch.full((a.shape[0], n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    packed = lambda: mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), count_t, out, gemm_mode="per_expert")  # noqa: E731
+    packed()
+    experts = moe.spot_check_experts(counts, 2.0 * n * k, 5e10)
+    diff = moe.calc_diff_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, count_t, "per_expert", experts=experts))
+    tol = TOLERANCE[("fp8_gemm", torch.bfloat16)]
+    ids, _ = moe.per_token_layout(counts, 128)
+    a_pad, sfa_pad = moe.make_tokens(ids.numel(), k)
+    out_pad = torch.empty((ids.numel(), n), dtype=torch.bfloat16, device="cuda")
+    padded = lambda: mategemm.ragged_m_moe_gemm_8bit((a_pad, sfa_pad), (b, sfb), ids, out_pad)  # noqa: E731
+    ms_packed, ms_padded = median_ms([packed]), median_ms([padded])
+    print(f"MoE decode, 64 tokens x top-8 / 256 experts, n={n} k={k}: per_expert {ms_packed:.3f} ms, per_token "
+          f"(128-row padding) {ms_padded:.3f} ms; calc_diff on {len(experts)} experts {diff:.2e} "
+          f"{'OK' if diff <= tol else 'FAILED'}")
+    return diff <= tol
 
 
 def demo_cpu() -> int:
@@ -157,6 +189,11 @@ def demo_cpu() -> int:
     planned = prewarm.plan(prewarm.resolve_shapes(DEMO_SUITE), "sm_90a")
     compiled, seconds = compile_plan(planned)
     print(f"{len(planned)} kernels: {compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
+    grouped_specs = demo_grouped_specs()
+    start = time.perf_counter()
+    for spec in grouped_specs:
+        default_cache().get(spec)
+    print(f"{len(grouped_specs)} grouped/batched kernels (MoE decode, bmm): ready in {time.perf_counter() - start:.1f} s")
     ok = True
     for recipe in prewarm.RECIPES:
         diff, tol = check_reference_cpu(DEMO_CPU_SHAPE, (recipe.gm, recipe.gn, recipe.gk))
@@ -167,6 +204,25 @@ def demo_cpu() -> int:
     print("NO GPU: only compilation and the reference were checked; run `mategemm demo` on an H100/H200 "
           "to run the kernels.")
     return 0 if ok else 1
+
+
+def demo_grouped_specs() -> list:
+    """The kernels of the GPU demo's MoE step and of a per-tensor bmm, planned for sm_90a."""
+    import torch
+
+    from mategemm.heuristics import grouped
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+    from mategemm.runtime.device import SM90_NO_DEVICE
+    from mategemm.types import RECIPE_1x128_128x128, GemmProblem, Recipe
+
+    e4m3 = torch.float8_e4m3fn
+    problems = [(GemmProblem(512, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, "per_expert", 256), 2),
+                (GemmProblem(4096, 4096, 4096, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 16), 4096)]
+    specs = []
+    for problem, rows in problems:
+        config = grouped.choose(problem, rows, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms)
+        specs.append(kernel_fp8.spec(problem, config, "sm_90a"))
+    return specs
 
 
 def check_reference_cpu(shape: tuple[int, int, int], recipe: tuple[int, int, int]) -> tuple[float, float]:
@@ -209,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_cache_verify)
     cache.add_parser("clear", help="remove every entry").set_defaults(run=cmd_cache_clear)
 
-    sub.add_parser("demo", help="check and time one DeepSeek-V3 GEMM (compile-only without a GPU)").set_defaults(
+    sub.add_parser("demo", help="check and time one DeepSeek-V3 GEMM and an MoE decode step (compile-only without a GPU)").set_defaults(
         run=cmd_demo)
     return parser
 
