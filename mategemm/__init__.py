@@ -6,5 +6,5 @@ from mategemm.moe import (batch_deepgemm_fp8_nt_groupwise, masked_moe_gemm_8bit,
 from mategemm.runtime.device import get_num_mp, set_num_mp
 from mategemm.version import __version__
 
-__all__ = ["batch_deepgemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "gemm_fp8_nt_groupwise", "get_num_mp", "masked_moe_gemm_8bit",
-           "ragged_k_moe_gemm_8bit", "ragged_m_moe_gemm_8bit", "set_num_mp", "__version__"]
+__all__ = ["batch_deepgemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "gemm_fp8_nt_groupwise", "get_num_mp",
+           "masked_moe_gemm_8bit", "ragged_k_moe_gemm_8bit", "ragged_m_moe_gemm_8bit", "set_num_mp", "__version__"]

@@ -12,9 +12,9 @@ M-major A / N-major B are copied K-major first (a read and a write of the operan
 """
 from __future__ import annotations
 
-import torch
-
 from typing import NamedTuple
+
+import torch
 
 from mategemm import validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
@@ -47,7 +47,7 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
     out: optional (batch, m, n) of out_dtype, written in place.
     """
     key = calls.memo_key("bmm_fp8", a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
-                         output_scale is None, c is None, major_a_mode, major_b_mode)
+                         _layout(output_scale), _layout(c), major_a_mode, major_b_mode)
     call = _warm.get(key)
     if call is None:
         checked = validate.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
@@ -90,7 +90,7 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
     The same kernel as bmm_fp8 with wgmma k16 (HGMMA) and no scales. k % 8 == 0 (a K tail below
     64 is zero-filled), n % 8 == 0. out_dtype bf16/fp16/fp32; c optional fp32 (batch, m, n).
     """
-    key = calls.memo_key("bmm_fp16", a, b, out_dtype, out, backend, c is None)
+    key = calls.memo_key("bmm_fp16", a, b, out_dtype, out, backend, _layout(c))
     call = _warm.get(key)
     if call is None:
         checked = validate.bmm_fp16(a, b, out_dtype, out, backend, c)
@@ -111,6 +111,12 @@ def _prepare(a, b, a_scale, b_scale, checked) -> calls.PreparedCall:
                                  sfb_stride_group=checked.sfb_strides[2])
     return prepare_call(problem, problem.m, None, a_km, b_km, a_scale, checked.sfa_strides[:2], b_scale,
                         checked.sfb_strides[:2], group, staged)
+
+
+def _layout(t) -> str | None:
+    """What the checks of an input read once per call (c, output_scale): its dtype, shape and
+    device; its values and address may change between calls that reuse the checks."""
+    return None if t is None else f"{t.dtype}{tuple(t.shape)}{t.device}" if isinstance(t, torch.Tensor) else repr(t)
 
 
 def _empty_result(a, out, out_dtype, checked):

@@ -193,7 +193,8 @@ def demo_cpu() -> int:
     start = time.perf_counter()
     for spec in grouped_specs:
         default_cache().get(spec)
-    print(f"{len(grouped_specs)} grouped/batched kernels (MoE decode, bmm): ready in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    print(f"{len(grouped_specs)} grouped/batched kernels (MoE decode, bmm): ready in {seconds:.1f} s")
     ok = True
     for recipe in prewarm.RECIPES:
         diff, tol = check_reference_cpu(DEMO_CPU_SHAPE, (recipe.gm, recipe.gn, recipe.gk))
@@ -265,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_cache_verify)
     cache.add_parser("clear", help="remove every entry").set_defaults(run=cmd_cache_clear)
 
-    sub.add_parser("demo", help="check and time one DeepSeek-V3 GEMM and an MoE decode step (compile-only without a GPU)").set_defaults(
+    sub.add_parser("demo", help="check and time one DeepSeek-V3 GEMM and an MoE decode step "
+                                "(compile-only without a GPU)").set_defaults(
         run=cmd_demo)
     return parser
 

@@ -42,7 +42,7 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     rows there are are clipped; nothing outside the tensors is read or written.
     """
     key = calls.memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
-                    scale_granularity_mnk, num_mp, alignment_m, backend)
+                         scale_granularity_mnk, num_mp, alignment_m, backend)
     call = _warm.get(key)
     if call is None:
         problem, sfa_strides, sfb_strides, major_a, major_b, alignment = validate.ragged_m(
@@ -57,8 +57,8 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
         rows_per_group = -(-problem.m // problem.num_groups)
         align = alignment if problem.group_mode == "per_token" else 0
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
-        call = prepare_call(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
-                        alignment_m=align)
+        call = prepare_call(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group,
+                            staged, alignment_m=align)
         _warm.remember(key, call)
     calls.launch(call, out)
     return out
@@ -78,7 +78,7 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
     (out, signal, block_m, threshold) with enable_overlap, block_m being the 64 rows per counter.
     """
     key = calls.memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
-                    enable_overlap, backend)
+                         enable_overlap, backend)
     call = _warm.get(key) if signal is None else None
     if call is None:
         problem, max_m, sfa_strides, sfb_strides = validate.masked(
@@ -88,8 +88,8 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
         rows_per_group = max_m if expect_tokens is None else expect_tokens
         group = kernel_fp8.GroupArgs(masked_tokens_info, stride=max_m, sfb_stride_group=sfb.stride(0),
                                      signal_blocks=-(-max_m // SIGNAL_BLOCK_M) if enable_overlap else 0)
-        call = prepare_call(problem, rows_per_group, None, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides, group,
-                        [], max_m=max_m)
+        call = prepare_call(problem, rows_per_group, None, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides,
+                            group, [], max_m=max_m)
         if signal is None:
             _warm.remember(key, call)
     a = input_a[0]
@@ -137,7 +137,7 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
     """
     key = calls.memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
-                    scale_granularity_mnk, num_mp)
+                         scale_granularity_mnk, num_mp)
     call = _warm.get(key)
     if call is None:
         problem, major_a, major_b, sfa_strides, sfb_strides = validate.ragged_k(
@@ -154,7 +154,7 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             info = device_info
         rows_per_group = problem.k // problem.num_groups
         call = prepare_call(problem, rows_per_group, num_mp, a_km, b_kn, sfa, sfa_strides, sfb, sfb_strides,
-                        kernel_fp8.GroupArgs(info), staged)
+                            kernel_fp8.GroupArgs(info), staged)
         _warm.remember(key, call)
     elif ragged_tokens_info.device.type == "cpu":
         validate.ragged_k_host_counts(ragged_tokens_info, input_a[0].shape[0])

@@ -379,6 +379,21 @@ class BmmChecked(NamedTuple):
     out_shape: tuple
 
 
+def _batched_out_and_c(out, out_dtype, c, out_shape: tuple) -> None:
+    """A given `out` (batch, m, n) of out_dtype a 3-D TMA can store; `c` fp32 of the same shape."""
+    if out is not None:
+        tensor("out", out, ndim=3)
+        if out.dtype != out_dtype:
+            raise TypeError(f"out.dtype {out.dtype} differs from out_dtype {out_dtype}")
+        shape("out", out, out_shape)
+        tma_operand("out", out)
+        if out_shape[0] > 1 and (out.stride(0) * out.element_size()) % 16:
+            raise ValueError(f"out.stride(0) must be a multiple of 16 bytes, got {out.stride(0)} elements")
+    if c is not None:
+        tensor("c", c, ndim=3, dtypes=(torch.float32,))
+        shape("c", c, out_shape, "fp32, added to the product")
+
+
 def _stacked_k_major(t: torch.Tensor) -> bool:
     """(batch, rows, k) readable in place by TMA as (batch * rows, k) rows."""
     rows = t.shape[1]
@@ -453,17 +468,7 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
         if output_scale.numel() != 1:
             raise ValueError(f"output_scale must hold one fp32 element, got shape {tuple(output_scale.shape)}")
     out_shape = (batch, m, n)
-    if out is not None:
-        tensor("out", out, ndim=3)
-        if out.dtype != out_dtype:
-            raise TypeError(f"out.dtype {out.dtype} differs from out_dtype {out_dtype}")
-        shape("out", out, out_shape)
-        tma_operand("out", out)
-        if batch > 1 and (out.stride(0) * out.element_size()) % 16:
-            raise ValueError(f"out.stride(0) must be a multiple of 16 bytes, got {out.stride(0)} elements")
-    if c is not None:
-        tensor("c", c, ndim=3, dtypes=(torch.float32,))
-        shape("c", c, out_shape, "fp32, added to the product")
+    _batched_out_and_c(out, out_dtype, c, out_shape)
     same_device(a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out, c=c, output_scale=output_scale)
     cuda("a", a)
     accumulate = out_dtype not in (torch.bfloat16, torch.float16) or c is not None
@@ -500,17 +505,7 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"out_dtype must be one of (torch.bfloat16, torch.float16, torch.float32), got {out_dtype}")
     out_shape = (batch, m, n)
-    if out is not None:
-        tensor("out", out, ndim=3)
-        if out.dtype != out_dtype:
-            raise TypeError(f"out.dtype {out.dtype} differs from out_dtype {out_dtype}")
-        shape("out", out, out_shape)
-        tma_operand("out", out)
-        if batch > 1 and (out.stride(0) * out.element_size()) % 16:
-            raise ValueError(f"out.stride(0) must be a multiple of 16 bytes, got {out.stride(0)} elements")
-    if c is not None:
-        tensor("c", c, ndim=3, dtypes=(torch.float32,))
-        shape("c", c, out_shape, "fp32, added to the product")
+    _batched_out_and_c(out, out_dtype, c, out_shape)
     same_device(a.device, b=b, out=out, c=c)
     cuda("a", a)
     kernel_out = torch.float32 if out_dtype == torch.float32 or c is not None else out_dtype

@@ -70,7 +70,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                          f"(multiples of 16 up to {max_bn})")
     clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1]]
     if not clusters:
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: cluster_n must be 1 or 2 for grouped GEMMs")
+        raise ValueError("MATEGEMM_FORCE_CONFIG: cluster_n must be 1 or 2 for grouped GEMMs")
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
 

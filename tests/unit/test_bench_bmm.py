@@ -1,7 +1,6 @@
 """The bmm benchmark's pure parts on the CPU: the row list, scale shapes and byte counts, the
 quantiser and float64 reference against naive loops, summary maths, the table; and the cuBLAS
 loop peers' layouts against torch's own shape checks on the meta device."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,14 +13,6 @@ from mategemm.testing import calc_diff, peers
 ROOT = Path(__file__).resolve().parents[2]
 FP8 = torch.float8_e4m3fn
 RECIPES = ((-1, -1, -1), (1, -1, -1), (1, 128, 128), (1, 1, 128))
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("mategemm_tools_bench_bmm", ROOT / "tools" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import mategemm
-from mategemm import validate
 
 E4M3 = torch.float8_e4m3fn
 B, M, N, K = 3, 64, 256, 256
@@ -50,7 +49,8 @@ def test_scale_shapes_are_checked_per_recipe(recipe, name, bad, match):
     (dict(output_scale=torch.ones(())), ValueError, "output_scale"),
     (dict(major_a_mode="N"), ValueError, "major_a_mode"),
     (dict(b=torch.zeros((B, N, 200), dtype=E4M3)), ValueError, "share batch and K"),
-    (dict(a=torch.zeros((B, M, 200), dtype=E4M3), b=torch.zeros((B, N, 200), dtype=E4M3)), ValueError, "multiple of 128"),
+    (dict(a=torch.zeros((B, M, 200), dtype=E4M3), b=torch.zeros((B, N, 200), dtype=E4M3)), ValueError,
+     "multiple of 128"),
     (dict(b=torch.zeros((B, 100, K), dtype=E4M3)), ValueError, "multiple of 8"),
     (dict(a=torch.zeros((B, K, M), dtype=E4M3).transpose(1, 2)), ValueError, "stride 1"),
     (dict(c=torch.zeros((B, M, N), dtype=torch.bfloat16)), TypeError, "c must have dtype"),

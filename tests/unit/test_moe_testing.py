@@ -1,6 +1,5 @@
 """The MoE generators and float64 references (mategemm.testing.moe) on the CPU, against a naive
 dequantise-and-matmul; and the grouped benchmark's pure parts (anchor matching, summary maths)."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -244,14 +243,6 @@ def test_torch_grouped_peers_accept_our_layouts():
 
 
 # ---------------------------------------------------------------- the grouped benchmark's pure parts
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("mategemm_tools_bench", ROOT / "tools" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_grouped_anchor_matches_a_benchmarked_shape(bench):

@@ -1,0 +1,15 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """tools/bench.py as a module (its pure helpers are tested without a GPU)."""
+    spec = importlib.util.spec_from_file_location("mategemm_tools_bench", ROOT / "tools" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
