@@ -355,7 +355,30 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     // promoted, so the tensor cores are not idle during promotion. It costs BLOCK_N / 2 more
     // registers per thread: affordable up to BLOCK_N 128 with one wave (acc + 2 scratch = 192
     // of 232). With two waves (BLOCK_M 256) the other warpgroup's wgmma covers the promotion.
-    constexpr bool kOverlap = kScaleGranN == 128 && BLOCK_N <= 128 && kWaves == 1;
+    // NOTES (experiment, off until timed: tools/experiments/promotion_cost.sh, variant "pingpong"):
+    // the two math warpgroups take turns issuing their k-block batches (a named-barrier hand-off),
+    // so one warpgroup's batch is queued while the other waits and promotes; in lockstep both wait
+    // at the same moment and the tensor queue drains (notebook v9).
+    constexpr bool kPingPongEnabled = false;
+    constexpr bool kPingPong = kPingPongEnabled && kNumMathWG == 2 && kWaves == 1 && !kScaleAtEnd;
+    constexpr int kTurnBarrier0 = 2 + kNumMathWG, kTurnBarrier1 = 3 + kNumMathWG;  // after split-K's
+    bool first_turn = true;  // warpgroup 0's very first batch waits for no one
+    // Before issuing a batch: wait until the other warpgroup issued its batch of the k-block before
+    // (warpgroup 0) or of the same k-block (warpgroup 1). After: let the other one go.
+    auto take_turn = [&]() {
+      if constexpr (kPingPong) {
+        if (math_wg == 1) {
+          named_barrier_sync(kTurnBarrier1, 256);
+        } else if (!first_turn) {
+          named_barrier_sync(kTurnBarrier0, 256);
+        }
+        first_turn = false;
+      }
+    };
+    auto pass_turn = [&]() {
+      if constexpr (kPingPong) named_barrier_arrive(math_wg == 0 ? kTurnBarrier1 : kTurnBarrier0, 256);
+    };
+    constexpr bool kOverlap = kScaleGranN == 128 && BLOCK_N <= 128 && kWaves == 1 && !kPingPong;
     float acc[kWaves * kAcc];
     float part0[kAcc];
     float part1[kOverlap ? kAcc : 1];
@@ -532,7 +555,9 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           #pragma unroll
           for (int wave = 0; wave < kWaves; ++wave) {
             BlockScales sc;
+            take_turn();
             issue(part0, sc, stage, wave);
+            pass_turn();
             wgmma_wait<0>();
             if (kScaleGranN == 128 && wave == kWaves - 1) release(stage);
             promote(acc + wave * kAcc, part0, sc, stage);
@@ -656,6 +681,10 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           }
         }
       }
+    }
+    // Ping-pong: warpgroup 1's hand-off after its last batch is still pending; take it.
+    if constexpr (kPingPong) {
+      if (math_wg == 0 && !first_turn) named_barrier_sync(kTurnBarrier0, 256);
     }
     if (wg_leader) tma_store_wait_all();
   }

@@ -248,6 +248,11 @@ __device__ __forceinline__ void st_global_v4(void* ptr, uint4 v) {
                : "memory");
 }
 
+// Arrives on named barrier `id` (of `num_threads` threads) without waiting for it.
+__device__ __forceinline__ void named_barrier_arrive(int id, int num_threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(num_threads) : "memory");
+}
+
 // Named barrier `id` over `num_threads` threads that also returns whether `pred` held in all of them.
 __device__ __forceinline__ bool named_barrier_and(int id, int num_threads, bool pred) {
   u32 all;
