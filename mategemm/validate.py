@@ -177,6 +177,14 @@ def group_info(name: str, t, length: int, device: torch.device, allow_cpu: bool 
     return t
 
 
+def _stacked(name: str, t: torch.Tensor, rows: int, rows_name: str, what: str) -> None:
+    """A (groups, rows, ...) tensor whose groups follow each other with no gap, so that it can be
+    addressed as (groups * rows, ...) rows at one stride."""
+    if t.shape[0] > 1 and t.stride(0) != rows * t.stride(1):
+        raise ValueError(f"{name}: the experts' {what} must be stacked with no gap "
+                         f"(stride(0) == {rows_name} * stride(1))")
+
+
 def _fp8_operand(name: str, t, ndim: int) -> torch.Tensor:
     return tensor(name, t, ndim=ndim, dtypes=FP8_DTYPES)
 
@@ -201,8 +209,8 @@ def _expert_weights(b, sfb, rec: Recipe, k: int, k_major: bool = True, name: str
     _grouped_common(k, n, num_groups)
     if k_major:
         tma_operand(f"{name}[0]", b)
-    if k_major and num_groups > 1 and b.stride(0) != n * b.stride(1):
-        raise ValueError(f"{name}[0]: the experts' weights must be stacked with no gap (stride(0) == n * stride(1))")
+    if k_major:
+        _stacked(f"{name}[0]", b, n, "n", "weights")
     tensor(f"{name}[1]", sfb, ndim=3, dtypes=(torch.float32,))
     rows = -(-n // 128) if rec.gn == 128 else n
     shape(f"{name}[1]", sfb, (num_groups, rows, k // 128),
@@ -264,12 +272,10 @@ def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, en
     if groups_a * max_m >= MAX_GROUPED_ROWS:
         raise ValueError(f"input_a[0] must have fewer than 2**30 rows in all, got {groups_a} x {max_m}")
     tma_operand("input_a[0]", a)
-    if num_groups > 1 and a.stride(0) != max_m * a.stride(1):
-        raise ValueError("input_a[0]: the experts' rows must be stacked with no gap (stride(0) == max_m * stride(1))")
+    _stacked("input_a[0]", a, max_m, "max_m", "rows")
     tensor("input_a[1]", sfa, ndim=3, dtypes=(torch.float32,))
     shape("input_a[1]", sfa, (num_groups, max_m, k // 128), "one scale per row and 128-K block")
-    if num_groups > 1 and sfa.stride(0) != max_m * sfa.stride(1):
-        raise ValueError("input_a[1]: the experts' scales must be stacked with no gap (stride(0) == max_m * stride(1))")
+    _stacked("input_a[1]", sfa, max_m, "max_m", "scales")
     sfa_strides = (sfa.stride(1), sfa.stride(2))  # rows of all experts at one stride (checked above)
     if num_groups * max_m * abs(sfa_strides[0]) + k // 128 * abs(sfa_strides[1]) > INT32_MAX or sfa.data_ptr() % 4:
         raise ValueError("input_a[1] must be 4-byte aligned and span less than 2**31 elements")
@@ -279,8 +285,7 @@ def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, en
         _out_dtype_check(out)
         shape("out", out, (num_groups, max_m, n))
         tma_operand("out", out)
-        if num_groups > 1 and out.stride(0) != max_m * out.stride(1):
-            raise ValueError("out: the experts' rows must be stacked with no gap (stride(0) == max_m * stride(1))")
+        _stacked("out", out, max_m, "max_m", "rows")
     if expect_tokens is not None and (not isinstance(expect_tokens, int) or isinstance(expect_tokens, bool)
                                       or expect_tokens < 0):
         raise ValueError(f"expect_tokens must be a non-negative int (a host-side hint), got {expect_tokens!r}")
@@ -379,6 +384,16 @@ class BmmChecked(NamedTuple):
     out_shape: tuple
 
 
+def _batched_dims(batch: int, m: int, n: int, k: int, k_multiple: int, k_why: str) -> None:
+    """K a positive multiple of k_multiple, n of 8, and the stacked rows of the batch below 2**30."""
+    if k == 0 or k % k_multiple:
+        raise ValueError(f"k must be a positive multiple of {k_multiple}{k_why}, got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"n must be a positive multiple of 8, got {n}")
+    if batch * max(m, n) >= MAX_GROUPED_ROWS:
+        raise ValueError(f"batch x m and batch x n must stay below 2**30, got batch={batch}, m={m}, n={n}")
+
+
 def _batched_out_and_c(out, out_dtype, c, out_shape: tuple) -> None:
     """A given `out` (batch, m, n) of out_dtype a 3-D TMA can store; `c` fp32 of the same shape."""
     if out is not None:
@@ -432,12 +447,7 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
     if batch_b != batch or k_b != k:
         raise ValueError(f"a and b must share batch and K: a is {tuple(a.shape)} (major {major_a!r}), b is "
                          f"{tuple(b.shape)} (major {major_b!r})")
-    if k == 0 or k % 128:
-        raise ValueError(f"k must be a positive multiple of 128, got {k}")
-    if n == 0 or n % 8:
-        raise ValueError(f"n must be a positive multiple of 8, got {n}")
-    if batch * max(m, n) >= MAX_GROUPED_ROWS:
-        raise ValueError(f"batch x m and batch x n must stay below 2**30, got batch={batch}, m={m}, n={n}")
+    _batched_dims(batch, m, n, k, 128, "")
     k_blocks = k // 128
     if rec in (RECIPE_PER_TENSOR, RECIPE_PER_ROW):
         if rec == RECIPE_PER_ROW:
@@ -496,12 +506,7 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
     if batch_b != batch or k_b != k:
         raise ValueError(f"a (batch, m, k) and b (batch, n, k) must share batch and K: {tuple(a.shape)} vs "
                          f"{tuple(b.shape)}")
-    if k == 0 or k % 8:
-        raise ValueError(f"k must be a positive multiple of 8 (16-byte rows), got {k}")
-    if n == 0 or n % 8:
-        raise ValueError(f"n must be a positive multiple of 8, got {n}")
-    if batch * max(m, n) >= MAX_GROUPED_ROWS:
-        raise ValueError(f"batch x m and batch x n must stay below 2**30, got batch={batch}, m={m}, n={n}")
+    _batched_dims(batch, m, n, k, 8, " (16-byte rows)")
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"out_dtype must be one of (torch.bfloat16, torch.float16, torch.float32), got {out_dtype}")
     out_shape = (batch, m, n)

@@ -7,6 +7,7 @@ the rows, so one compiled kernel serves every routing of a given (N, K, recipe, 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -86,7 +87,9 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
         best = ((0.0,), 64 if rows <= 64 else 128, block_n, (1, cluster_n))
     for bm in block_ms if best is None else ():
         for cluster in clusters:
-            if len(block_ms) > 1 and "cluster_n" not in forced and not _worth_trying(rows, bm, cluster):
+            # The dense rule, on one group's rows.
+            if (len(block_ms) > 1 and "cluster_n" not in forced
+                    and not fp8_gemm.worth_trying(dataclasses.replace(problem, m=rows), bm, cluster)):
                 continue
             for bn in block_ns:
                 if not _block_n_allowed(bn, problem.recipe.gn, max_bn):
@@ -134,10 +137,3 @@ def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int) -> bool:
     if scale_gran_n <= 0:  # no B scale blocks to straddle
         return block_n % 16 == 0 and 16 <= block_n <= max_block_n
     return block_n <= max_block_n and fp8_gemm.block_n_allowed(block_n, scale_gran_n)
-
-
-def _worth_trying(rows_per_group: int, block_m: int, cluster: tuple[int, int]) -> bool:
-    """As the dense rule (fp8_gemm.worth_trying) on one group's rows."""
-    if rows_per_group <= 128:
-        return block_m <= 128 and cluster == (1, 1)
-    return block_m >= 128
