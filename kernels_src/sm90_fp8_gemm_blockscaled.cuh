@@ -40,7 +40,8 @@ __host__ __device__ constexpr int operand_bytes(int type) { return type >= 2 ? 2
 
 __host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : const_gcd(b, a % b); }
 
-template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups>
+template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
+          int kMnMajor>
 struct Fp8GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
@@ -52,11 +53,18 @@ struct Fp8GemmSmemLayout {
                                    : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
                                                         : BLOCK_M + BLOCK_N;
   static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
+  // MN-major operands (kMnMajor bit 0: A, bit 1: B) land untransposed in a staging area of the
+  // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
+  static constexpr int kStagingABytes = (kMnMajor & 1) ? kABytes : 0;
+  static constexpr int kStagingBytes = kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
-  static constexpr int kOffScales = kOffB + kNumStages * kBBytes;
+  static constexpr int kOffStaging = kOffB + kNumStages * kBBytes;
+  static constexpr int kOffScales = kOffStaging + kNumStages * kStagingBytes;
   static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
-  static constexpr int kOffSplitFlag = kOffBarriers + 2 * kNumStages * 8;  // split-K: "this CTA reduces"
+  // full and empty per stage; with staging also "staged" (the TMA loads landed)
+  static constexpr int kNumBarrierSets = kMnMajor ? 3 : 2;
+  static constexpr int kOffSplitFlag = kOffBarriers + kNumBarrierSets * kNumStages * 8;  // split-K: "this CTA reduces"
   // Grouped M modes: a byte per tile row, "this row belongs to the tile's group".
   static constexpr int kRowOkBytes = group_rows_checked<kGroupMode>() ? (BLOCK_M + 15) & ~15 : 0;
   static constexpr int kOffRowOk = kOffSplitFlag + 16;
@@ -81,11 +89,51 @@ __device__ __forceinline__ void promote_chunk(float* acc, const float* part, flo
   acc[3] = fmaf(part[3], scale_hi, acc[3]);
 }
 
+// Warps copy a stage's MN-major FP8 tile of kRows rows (as staged: parts of 128 K-rows x kWidth
+// bytes) into the K-major 128-byte-swizzled layout the wgmma descriptors read: row r, 16-byte K
+// chunk c at (c ^ r % 8). Lane l owns MN rows 4l .. 4l + 3; steps first_step, first_step +
+// kNumWarps, ... of the 8 go to this warp, and step s is K chunk (s + l) % 8: 16 loads of 4 bytes
+// (one per K row), byte permutes, one 16-byte store per row. No access has bank conflicts.
+template <int kRows, int kNumWarps>
+__device__ __forceinline__ void transpose_stage_to_k_major(u32 src, u32 dst, int lane, int first_step) {
+  constexpr int kWidth = kRows < 128 ? kRows : 128;
+  static_assert(kRows % kWidth == 0 && kWidth % 64 == 0, "MN-major tiles are 64, 128 or 256 rows");
+  if (lane * 4 >= kWidth) return;
+  #pragma unroll
+  for (int part = 0; part < kRows / kWidth; ++part) {
+    const u32 part_src = src + part * kWidth * kBlockK + lane * 4;
+    const u32 rows_dst = dst + (part * kWidth + lane * 4) * kBlockK;
+    #pragma unroll 1
+    for (int step = first_step; step < kBlockK / 16; step += kNumWarps) {
+      const int chunk = (step + lane) % (kBlockK / 16);
+      u32 v[16];  // K rows 16 chunk .. + 15, 4 MN bytes each
+      #pragma unroll
+      for (int r = 0; r < 16; ++r) v[r] = ld_shared_u32(part_src + (chunk * 16 + r) * kWidth);
+      u32 rows[4][4];  // [MN row][4 K bytes]
+      #pragma unroll
+      for (int quad = 0; quad < 4; ++quad) {
+        const u32* q = v + quad * 4;
+        const u32 even01 = __byte_perm(q[0], q[1], 0x5140), even23 = __byte_perm(q[2], q[3], 0x5140);  // bytes 0, 1
+        const u32 odd01 = __byte_perm(q[0], q[1], 0x7362), odd23 = __byte_perm(q[2], q[3], 0x7362);    // bytes 2, 3
+        rows[0][quad] = __byte_perm(even01, even23, 0x5410);
+        rows[1][quad] = __byte_perm(even01, even23, 0x7632);
+        rows[2][quad] = __byte_perm(odd01, odd23, 0x5410);
+        rows[3][quad] = __byte_perm(odd01, odd23, 0x7632);
+      }
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int swizzle = (lane * 4 + j) % 8;  // the row's index mod 8 (parts start at multiples of 64)
+        st_shared_v4(rows_dst + j * kBlockK + (chunk ^ swizzle) * 16, rows[j][0], rows[j][1], rows[j][2], rows[j][3]);
+      }
+    }
+  }
+}
+
 template <int BLOCK_M>
 __host__ __device__ constexpr int fp8_gemm_math_warpgroups() { return BLOCK_M == 64 ? 1 : 2; }
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kTypeA, int kTypeB, int kOutType,
-          int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK, int kGroupMode, int kMaxGroups>
+          int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK, int kGroupMode, int kMaxGroups, int kMnMajor>
 __global__ void __launch_bounds__((fp8_gemm_math_warpgroups<BLOCK_M>() + 1) * 128, 1)
 sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                           const __grid_constant__ TmaDesc tmap_d,
@@ -103,7 +151,8 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (3-D outputs)
   constexpr int kOutElemBytes = kOutAdd ? 4 : 2;
   constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
-  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups>;
+  using Layout = Fp8GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
+                                   kMnMajor>;
   static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
   // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
   // ahead of the consumers (mbarrier parity tells only one phase apart) only if the ring has
@@ -135,6 +184,16 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
                     (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd &&
                                     (kGroupMode == kGroupNone || kGroupMode == kGroupBatched))),
                 "16-bit operands: the same type on both sides, unscaled, dense or batched");
+  // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
+  // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
+  // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes
+  // whose tiles start at multiples of BLOCK_M (not the packed segments, which start anywhere).
+  static_assert(kMnMajor == 0 || (!kUnscaled && kMnMajor <= 3 &&
+                                  (!(kMnMajor & 1) || (kClusterN == 1 && BLOCK_M % 64 == 0 &&
+                                                       kGroupMode != kGroupCounts && kGroupMode != kGroupPsum &&
+                                                       kGroupMode != kGroupMasked)) &&
+                                  (!(kMnMajor & 2) || (kClusterM == 1 && BLOCK_N % 64 == 0))),
+                "MN-major operands: FP8, tiles of 64, 128 or 256 rows, not shared by a cluster, aligned A tiles");
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -144,7 +203,10 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
 
   // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
   // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
-  constexpr int kProducerRegs = 40, kMathRegs = 232;
+  // Transposing MN-major operands takes the producer's warps 1-3 past 40 registers: 56, or 64
+  // beside per-column B scales (56 spilled there); the promoted 128x128 math spilled at 216.
+  constexpr int kProducerRegs = !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
+  constexpr int kMathRegs = !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
   static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,
                 "register split exceeds the CTA's allocation");
 
@@ -157,6 +219,7 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
   const u32 scales_addr = smem_addr(smem + Layout::kOffScales);
   const u32 full_bar = smem_addr(smem + Layout::kOffBarriers);
   const u32 empty_bar = full_bar + kNumStages * 8;
+  const u32 staged_bar = empty_bar + kNumStages * 8;  // with MN-major operands: the stage's TMA loads landed
 
   const int warpgroup = warp_uniform(threadIdx.x / 128);
   // A 16-bit K tail is zero-filled by TMA; FP8's K is a multiple of 128 (checked on the host).
@@ -172,8 +235,11 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
     tma_prefetch_desc(&tmap_d);
     #pragma unroll
     for (int s = 0; s < kNumStages; ++s) {
-      mbar_init(full_bar + s * 8, kScaleAtEnd ? 1 : 1 + 32);  // the TMA thread + every lane of the stage's scale warp
+      // Arrivals: the TMA thread and every lane of the stage's scale warp; with staging, every lane
+      // of the three warps that transpose the stage together (after the scales, if any).
+      mbar_init(full_bar + s * 8, kMnMajor ? 3 * 32 : kScaleAtEnd ? 1 : 1 + 32);
       mbar_init(empty_bar + s * 8, kEmptyArrivals);
+      if constexpr (kMnMajor != 0) mbar_init(staged_bar + s * 8, 1);
     }
     fence_mbar_init();
   }
@@ -253,20 +319,39 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
       while (next_tile(t)) {
         const int b_row0 = (kGroupedB ? t.group * n : 0) + t.n_block * BLOCK_N;
         for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
-          const u32 bar = full_bar + pipe.stage * 8;
+          const u32 bar = (kMnMajor ? staged_bar : full_bar) + pipe.stage * 8;
           mbar_wait(empty_bar + pipe.stage * 8, pipe.phase ^ 1);
-          mbar_arrive_expect_tx(bar, a_box_rows * kBlockK + Layout::kBBytes);
+          mbar_arrive_expect_tx(bar, ((kMnMajor & 1) ? BLOCK_M : a_box_rows) * kBlockK + Layout::kBBytes);
           // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
           u8* a_dst = smem_a + pipe.stage * Layout::kABytes;
           u8* b_dst = smem_b + pipe.stage * Layout::kBBytes;
-          if constexpr (kClusterN == 1) {
+          // MN-major operands: boxes of 128 K-rows x min(rows, 128) bytes into the staging area;
+          // the descriptors view them as (K rows of all groups, MN).
+          u8* staging = smem + Layout::kOffStaging + pipe.stage * Layout::kStagingBytes;
+          const int mn_k_row = kb * kBlockK;
+          if constexpr (kMnMajor & 1) {
+            constexpr int kWidth = BLOCK_M < 128 ? BLOCK_M : 128;
+            const int k_row = (kGroupMode == kGroupBatched ? t.group * k : 0) + mn_k_row;
+            #pragma unroll
+            for (int c = 0; c < BLOCK_M / kWidth; ++c) {
+              tma_load_2d(staging + c * kWidth * kBlockK, &tmap_a, bar, t.row0 + c * kWidth, k_row);
+            }
+          } else if constexpr (kClusterN == 1) {
             tma_load_2d(a_dst, &tmap_a, bar, kb * kBlockKElems, t.a_row0);
           } else {
             constexpr int kHalfRows = BLOCK_M / 2;
             const int offset = scheduler.rank * kHalfRows;
             tma_load_2d_multicast(a_dst + offset * kBlockK, &tmap_a, bar, kb * kBlockKElems, t.a_row0 + offset, 0x3);
           }
-          if constexpr (kClusterM == 1) {
+          if constexpr (kMnMajor & 2) {
+            constexpr int kWidth = BLOCK_N < 128 ? BLOCK_N : 128;
+            const int k_row = (kGroupedB ? t.group * k : 0) + mn_k_row;
+            #pragma unroll
+            for (int c = 0; c < BLOCK_N / kWidth; ++c) {
+              tma_load_2d(staging + Layout::kStagingABytes + c * kWidth * kBlockK, &tmap_b, bar,
+                          t.n_block * BLOCK_N + c * kWidth, k_row);
+            }
+          } else if constexpr (kClusterM == 1) {
             tma_load_2d(b_dst, &tmap_b, bar, kb * kBlockKElems, b_row0);
           } else {
             constexpr int kHalfRows = BLOCK_N / 2;
@@ -276,8 +361,9 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
           pipe.advance();
         }
       }
-    } else if (warp > 0 && !kScaleAtEnd) {
-      // ---- scale warps 1-3: warp w fills the stages of iterations i with i % 3 == w - 1 ----
+    } else if (warp > 0 && (!kScaleAtEnd || kMnMajor != 0)) {
+      // ---- scale warps 1-3: warp w fills the scales of iterations i with i % 3 == w - 1; with
+      // MN-major operands all three transpose every stage's staged tiles into its K-major ones ----
       constexpr int kNumScaleWarps = 3;
       const int lane = threadIdx.x % 32;
       const int num_n_scale_blocks = ceil_div(n, 128);
@@ -288,48 +374,64 @@ sm90_fp8_gemm_blockscaled(const __grid_constant__ TmaDesc tmap_a, const __grid_c
         const float* sfa_tile = sfa + (kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * sfa_stride_group : 0);
         const float* sfb_group = sfb + t.group * sfb_stride_group;
         for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
-          if (iter % kNumScaleWarps != warp - 1) continue;
+          const bool scales_here = iter % kNumScaleWarps == warp - 1;
+          if (!kMnMajor && !scales_here) continue;
           const int stage = iter % kNumStages;
           mbar_wait(empty_bar + stage * 8, ((iter / kNumStages) & 1) ^ 1);
-          const u32 sf = scales_addr + stage * Layout::kSfBytes;
-          // Issue every load of the stage, then store: one memory latency per stage.
-          float va[ceil_div(BLOCK_M, 32)];
-          #pragma unroll
-          for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
-            const int row = m0 + lane + 32 * i;
-            va[i] = row < m ? ldg_nc(sfa_tile + (row * sfa_stride_m + kb * sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
-          }
-          if constexpr (kScaleGranN == 128) {
-            // NOTES: the products are formed here, so the math warps' promotion needs no FMUL
-            // waiting on a shared-memory load; ptxas had put those between the wgmma of a batch.
-            const int block0 = n0 / 128;
-            const float sb0 = ldg_nc(sfb_group + (block0 * sfb_stride_n + kb * sfb_stride_k));
-            const float sb1 = Layout::kTwoScaleBlocks
-                                  ? ldg_nc(sfb_group + (min(block0 + 1, num_n_scale_blocks - 1) * sfb_stride_n + kb * sfb_stride_k))
-                                  : 0.0f;
+          if (!kScaleAtEnd && scales_here) {
+            const u32 sf = scales_addr + stage * Layout::kSfBytes;
+            // Issue every load of the stage, then store: one memory latency per stage.
+            float va[ceil_div(BLOCK_M, 32)];
             #pragma unroll
             for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
-              const int row = lane + 32 * i;
-              if (row < BLOCK_M) {
-                st_shared_f32(sf + row * 4, va[i] * sb0);
-                if constexpr (Layout::kTwoScaleBlocks) st_shared_f32(sf + (BLOCK_M + row) * 4, va[i] * sb1);
+              const int row = m0 + lane + 32 * i;
+              va[i] = row < m ? ldg_nc(sfa_tile + (row * sfa_stride_m + kb * sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
+            }
+            if constexpr (kScaleGranN == 128) {
+              // NOTES: the products are formed here, so the math warps' promotion needs no FMUL
+              // waiting on a shared-memory load; ptxas had put those between the wgmma of a batch.
+              const int block0 = n0 / 128;
+              const float sb0 = ldg_nc(sfb_group + (block0 * sfb_stride_n + kb * sfb_stride_k));
+              const float sb1 = Layout::kTwoScaleBlocks
+                                    ? ldg_nc(sfb_group + (min(block0 + 1, num_n_scale_blocks - 1) * sfb_stride_n + kb * sfb_stride_k))
+                                    : 0.0f;
+              #pragma unroll
+              for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
+                const int row = lane + 32 * i;
+                if (row < BLOCK_M) {
+                  st_shared_f32(sf + row * 4, va[i] * sb0);
+                  if constexpr (Layout::kTwoScaleBlocks) st_shared_f32(sf + (BLOCK_M + row) * 4, va[i] * sb1);
+                }
+              }
+            } else {
+              float vb[ceil_div(BLOCK_N, 32)];
+              #pragma unroll
+              for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
+                const int col = n0 + lane + 32 * i;
+                vb[i] = lane + 32 * i < BLOCK_N && col < n ? ldg_nc(sfb_group + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
+              }
+              #pragma unroll
+              for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
+                if (lane + 32 * i < BLOCK_M) st_shared_f32(sf + (lane + 32 * i) * 4, va[i]);
+              }
+              #pragma unroll
+              for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
+                if (lane + 32 * i < BLOCK_N) st_shared_f32(sf + (BLOCK_M + lane + 32 * i) * 4, vb[i]);
               }
             }
-          } else {
-            float vb[ceil_div(BLOCK_N, 32)];
-            #pragma unroll
-            for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
-              const int col = n0 + lane + 32 * i;
-              vb[i] = lane + 32 * i < BLOCK_N && col < n ? ldg_nc(sfb_group + (col * sfb_stride_n + kb * sfb_stride_k)) : 0.0f;
+          }
+          if constexpr (kMnMajor != 0) {
+            mbar_wait(staged_bar + stage * 8, (iter / kNumStages) & 1);
+            const u32 staging = smem_addr(smem + Layout::kOffStaging + stage * Layout::kStagingBytes);
+            if constexpr (kMnMajor & 1) {
+              transpose_stage_to_k_major<BLOCK_M, kNumScaleWarps>(
+                  staging, smem_addr(smem_a + stage * Layout::kABytes), lane, warp - 1);
             }
-            #pragma unroll
-            for (int i = 0; i < ceil_div(BLOCK_M, 32); ++i) {
-              if (lane + 32 * i < BLOCK_M) st_shared_f32(sf + (lane + 32 * i) * 4, va[i]);
+            if constexpr (kMnMajor & 2) {
+              transpose_stage_to_k_major<BLOCK_N, kNumScaleWarps>(
+                  staging + Layout::kStagingABytes, smem_addr(smem_b + stage * Layout::kBBytes), lane, warp - 1);
             }
-            #pragma unroll
-            for (int i = 0; i < ceil_div(BLOCK_N, 32); ++i) {
-              if (lane + 32 * i < BLOCK_N) st_shared_f32(sf + (BLOCK_M + lane + 32 * i) * 4, vb[i]);
-            }
+            fence_proxy_async_smem();  // the wgmma (async proxy) read what these stores wrote
           }
           mbar_arrive(full_bar + stage * 8);  // release: the stores above are visible to the waiters
         }

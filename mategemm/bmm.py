@@ -8,15 +8,22 @@ per-tensor A scale being a per-row one read through a zero stride. Outputs:
 - fp32, or any output with `c`, or FP8 with `output_scale`: the kernel adds its fp32 product into
   an fp32 tensor that holds `c` (or zeros) — `out` itself for an fp32 output, else a workspace
   then converted (one extra pass over the output).
-M-major A / N-major B are copied K-major first (a read and a write of the operand per call).
+M-major A / N-major B: FP8 wgmma reads K-major shared memory, so such an operand is either
+transposed in shared memory by the GEMM itself (the kernel's producer warps; it costs shared-memory
+bandwidth and caps the GEMM near 600 TFLOPS per-tensor, 250 block-scaled on an H200) or copied
+K-major first by transpose_8bit (a read and a write of the operand at ~3 TB/s). The heuristic
+(heuristics.grouped.transpose_in_kernel) takes the cheaper: in the kernel where the GEMM is
+memory-bound (decode-like shapes), the copy where it is compute-bound.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
 
 from mategemm import validate
+from mategemm.heuristics import grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.moe import prepare_call
 from mategemm.quant import FP8_MAX
@@ -104,12 +111,16 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
 
 def _prepare(a, b, a_scale, b_scale, checked) -> calls.PreparedCall:
     staged = []
-    a_km = calls.k_major(a.transpose(1, 2) if checked.major_a == "M" else a, checked.copy_a, staged)
-    b_km = calls.k_major(b.transpose(1, 2) if checked.major_b == "N" else b, checked.copy_b, staged)
-    problem = checked.problem
+    in_kernel = grouped.transpose_in_kernel(checked.problem, (a.numel() if checked.major_a == "M" else 0)
+                                            + (b.numel() if checked.major_b == "N" else 0))
+    a_op, a_mn = calls.operand(a.transpose(1, 2) if checked.major_a == "M" else a,
+                               a if checked.major_a == "M" else None, checked.copy_a, staged, in_kernel)
+    b_op, b_mn = calls.operand(b.transpose(1, 2) if checked.major_b == "N" else b,
+                               b if checked.major_b == "N" else None, checked.copy_b, staged, in_kernel)
+    problem = dataclasses.replace(checked.problem, mn_major=a_mn | b_mn << 1)
     group = kernel_fp8.GroupArgs(None, sfa_stride_group=checked.sfa_strides[2],
                                  sfb_stride_group=checked.sfb_strides[2])
-    return prepare_call(problem, problem.m, None, a_km, b_km, a_scale, checked.sfa_strides[:2], b_scale,
+    return prepare_call(problem, problem.m, None, a_op, b_op, a_scale, checked.sfa_strides[:2], b_scale,
                         checked.sfb_strides[:2], group, staged)
 
 

@@ -194,7 +194,8 @@ def demo_cpu() -> int:
     for spec in grouped_specs:
         default_cache().get(spec)
     seconds = time.perf_counter() - start
-    print(f"{len(grouped_specs)} grouped/batched kernels (MoE decode, bmm): ready in {seconds:.1f} s")
+    print(f"{len(grouped_specs)} grouped/batched kernels (MoE decode, bmm, M/N-major operands): ready in "
+          f"{seconds:.1f} s")
     ok = True
     for recipe in prewarm.RECIPES:
         diff, tol = check_reference_cpu(DEMO_CPU_SHAPE, (recipe.gm, recipe.gn, recipe.gk))
@@ -208,22 +209,25 @@ def demo_cpu() -> int:
 
 
 def demo_grouped_specs() -> list:
-    """The kernels of the GPU demo's MoE step and of a per-tensor bmm, planned for sm_90a."""
+    """The kernels of the GPU demo's MoE step, of a per-tensor bmm, of a decode bmm with N-major
+    weights transposed in the kernel and the K-major copy kernel, planned for sm_90a."""
     import torch
 
     from mategemm.heuristics import grouped
     from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+    from mategemm.kernels import transpose_8bit
     from mategemm.runtime.device import SM90_NO_DEVICE
     from mategemm.types import RECIPE_1x128_128x128, GemmProblem, Recipe
 
     e4m3 = torch.float8_e4m3fn
     problems = [(GemmProblem(512, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, "per_expert", 256), 2),
-                (GemmProblem(4096, 4096, 4096, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 16), 4096)]
+                (GemmProblem(4096, 4096, 4096, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 16), 4096),
+                (GemmProblem(128, 7168, 512, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 64, 2), 128)]
     specs = []
     for problem, rows in problems:
         config = grouped.choose(problem, rows, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms)
         specs.append(kernel_fp8.spec(problem, config, "sm_90a"))
-    return specs
+    return specs + [transpose_8bit.spec(vector_loads, "sm_90a") for vector_loads in (True, False)]
 
 
 def check_reference_cpu(shape: tuple[int, int, int], recipe: tuple[int, int, int]) -> tuple[float, float]:

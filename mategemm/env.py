@@ -27,7 +27,8 @@ KNOBS = (
          "ptxas resource usage; adds -lineinfo.", True),
     Knob("MATEGEMM_FORCE_CONFIG", "", "Override heuristic choices, e.g. "
          "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8,cluster_m=2' (keys: block_m, block_n, "
-         "stages, num_mp, group_n, cluster_m, cluster_n, num_splits).", False),
+         "stages, num_mp, group_n, cluster_m, cluster_n, num_splits; transpose=1/0: M/N-major FP8 "
+         "operands transposed in the kernel / copied K-major first).", False),
 )
 
 _BY_NAME = {knob.name: knob for knob in KNOBS}

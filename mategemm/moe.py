@@ -4,11 +4,16 @@ All modes run on the dense kernel's core (kernels_src/sm90_fp8_gemm_blockscaled.
 group mode): the routing (ids, counts, prefix sums) stays on the GPU and is read by the kernel,
 so no call synchronises with the host and every call can be captured in a CUDA graph.
 
-Operand layouts: K-major operands are the fast path. An M-major (or N-major) operand is copied
-once per call into a K-major workspace before the launch: a read and a write of the operand
-(e.g. 4 x 8192 x 7168 FP8 = 235 MB each way, ~0.1 ms on an H200).
+Operand layouts: K-major operands are the fast path. An M-major (or N-major) operand is either
+transposed in shared memory by the GEMM (memory-bound shapes) or copied once per call into a
+K-major workspace by transpose_8bit (a read and a write of the operand, e.g. 4 x 8192 x 7168 FP8 =
+235 MB each way, ~0.16 ms on an H200); see mategemm.bmm and heuristics.grouped.transpose_in_kernel.
+An M-major A of the packed modes (per_expert, psum_expert) is always copied: their segments start
+at any row, and a TMA box must start 16-byte aligned along its contiguous dimension.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -37,7 +42,8 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     "per_expert": int32 token counts per expert, rows packed in expert order with no padding.
     "psum_expert": the inclusive prefix sums of those counts. Rows past the last expert's are
     left as they were. out: (rows, n) bf16/fp16, written in place and returned.
-    major_a_mode "M" / major_b_mode "N": the operand is copied K-major first (see the module doc).
+    major_a_mode "M" / major_b_mode "N": the operand is transposed in the kernel or copied K-major
+    first (see the module doc).
     The routing is never read on the host: an id out of range skips its tile; counts beyond the
     rows there are are clipped; nothing outside the tensors is read or written.
     """
@@ -52,8 +58,14 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             return out
         (a, sfa), (b, sfb) = input_a, input_b
         staged = []
-        a = calls.k_major(a, major_a == "M", staged)
-        b = calls.k_major(b, major_b == "N", staged)
+        # Packed segments start at any row: an M-major A there is copied (its TMA boxes would
+        # start unaligned along M); per_token segments start at multiples of alignment_m.
+        a_in_kernel = major_a == "M" and problem.group_mode == "per_token"
+        in_kernel = grouped.transpose_in_kernel(problem, (a.numel() if a_in_kernel else 0)
+                                                + (b.numel() if major_b == "N" else 0))
+        a, a_mn = calls.operand(a, a.t() if a_in_kernel else None, major_a == "M", staged, in_kernel)
+        b, b_mn = calls.operand(b, b.transpose(1, 2) if major_b == "N" else None, major_b == "N", staged, in_kernel)
+        problem = dataclasses.replace(problem, mn_major=a_mn | b_mn << 1)
         rows_per_group = -(-problem.m // problem.num_groups)
         align = alignment if problem.group_mode == "per_token" else 0
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
@@ -131,7 +143,8 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     input_a: (a (sum_k, m) fp8, scales (sum_k/128, m) fp32); input_b: (b (sum_k, n), (sum_k/128, n)).
     A_e is rows [start_e, start_e + count_e) of a, count_e = ragged_tokens_info[e] (int32, a multiple of
     128, zero allowed; experts in order). out: (E, m, n) fp32, accumulated into. Recipe (1,1,128).
-    major_a_mode "M" (default): a is row-major (sum_k, m) and is copied K-major first; "K": a is
+    major_a_mode "M" (default): a is row-major (sum_k, m) and is copied K-major first (or transposed
+    in the kernel where that is cheaper, see the module doc); "K": a is
     the transpose view of a row-major (m, sum_k) tensor and is read as it is (the fast path). The
     same for b with "N"/"K". Counts on the CPU are checked (ValueError); counts on the GPU are not
     (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
@@ -145,15 +158,18 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             num_mp)
         (a, sfa), (b, sfb) = input_a, input_b
         staged = []
-        a_km = calls.k_major(a.t(), major_a == "M", staged)
-        b_kn = calls.k_major(b.t(), major_b == "N", staged)
+        in_kernel = grouped.transpose_in_kernel(problem, (a.numel() if major_a == "M" else 0)
+                                                + (b.numel() if major_b == "N" else 0))
+        a_op, a_mn = calls.operand(a.t(), a if major_a == "M" else None, major_a == "M", staged, in_kernel)
+        b_op, b_mn = calls.operand(b.t(), b if major_b == "N" else None, major_b == "N", staged, in_kernel)
+        problem = dataclasses.replace(problem, mn_major=a_mn | b_mn << 1)
         info = ragged_tokens_info
         if info.device != a.device:  # host counts, checked: copied to the GPU at every call
             device_info = torch.empty_like(info, device=a.device)
-            staged.append((device_info, info))
+            staged.append(calls.TorchCopy(device_info, info))
             info = device_info
         rows_per_group = problem.k // problem.num_groups
-        call = prepare_call(problem, rows_per_group, num_mp, a_km, b_kn, sfa, sfa_strides, sfb, sfb_strides,
+        call = prepare_call(problem, rows_per_group, num_mp, a_op, b_op, sfa, sfa_strides, sfb, sfb_strides,
                             kernel_fp8.GroupArgs(info), staged)
         _warm.remember(key, call)
     elif ragged_tokens_info.device.type == "cpu":

@@ -50,6 +50,9 @@ class GemmProblem:
     out_dtype: torch.dtype
     group_mode: str = "none"
     num_groups: int = 0
+    # MN-major FP8 operands the kernel reads as they are and transposes in shared memory: bit 0 A
+    # given as (K rows, M), bit 1 B as (K rows, N). Otherwise both operands are K-major.
+    mn_major: int = 0
 
     @property
     def max_groups(self) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -342,6 +343,31 @@ def time_impl(row: dict, impl: str, make_calls, flops: float, nbytes: float) -> 
         row[f"{impl}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
+def time_interleaved(row: dict, impls: list, flops: float, nbytes: float, rounds: int = 3) -> None:
+    """Time implementations [(name, make_calls, nbytes or None)] taking turns, `rounds` times with
+    the starting one rotated, and record each one's median over the rounds: under the card's power
+    cap the clock drifts within a run, and a fixed order would favour whoever goes first."""
+    calls, times = {}, {}
+    for impl, make_calls, _ in impls:
+        try:
+            calls[impl] = make_calls()
+        except Exception as exc:  # noqa: BLE001 - as time_impl
+            row[f"{impl}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    names = list(calls)
+    for r in range(rounds):
+        for impl in names[r % len(names):] + names[:r % len(names)] if names else ():
+            try:
+                times.setdefault(impl, []).append(median_ms(calls[impl]))
+            except Exception as exc:  # noqa: BLE001
+                row[f"{impl}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                calls.pop(impl)
+                names.remove(impl)
+                break
+    for impl, _, impl_bytes in impls:
+        if impl in times and f"{impl}_error" not in row:
+            add_timing(row, impl, statistics.median(times[impl]), flops, impl_bytes or nbytes)
+
+
 def record_diff(row: dict, impl: str, compute) -> None:
     try:
         row[f"{impl}_diff"] = compute()
@@ -510,8 +536,12 @@ def bench_k_grouped_row(ctx: GroupedContext, shape: dict) -> dict:
     record_diff(row, "mategemm", lambda: diff(True))
     record_diff(row, "mategemm_mn_major", lambda: diff(False))
     flops = 2 * m * n * sum_k
-    time_impl(row, "mategemm", lambda: [call(s, True) for s in sets], flops, nbytes)
-    time_impl(row, "mategemm_mn_major", lambda: [call(s, False) for s in sets], flops, nbytes)
+    # M/N-major operands: the heuristic's way (here: copied K-major by transpose_8bit first), and
+    # transposed in shared memory by the GEMM itself
+    time_interleaved(row, [("mategemm", lambda: [call(s, True) for s in sets], None),
+                           ("mategemm_mn_major", lambda: [call(s, False) for s in sets], None),
+                           ("mategemm_mn_in_kernel", lambda: [forcing(call(s, False), "transpose=1") for s in sets],
+                            None)], flops, nbytes)
     return finish_row(ctx, row)
 
 
@@ -581,7 +611,7 @@ def finish_row(ctx: GroupedContext, row: dict) -> dict:
 # Table labels: what each implementation is, in a few letters.
 LABELS = {"mategemm": "ours", "mategemm_packed": "packed", "mategemm_padded": "padded", "deepgemm": "DeepGEMM",
           "torch_scaled_grouped_rowwise": "torch-fp8", "torch_grouped_bf16": "torch-bf16",
-          "mategemm_dense_same_work": "dense", "mategemm_mn_major": "MN-major"}
+          "mategemm_dense_same_work": "dense", "mategemm_mn_major": "MN-major", "mategemm_mn_in_kernel": "MN-in-kernel"}
 
 
 def format_grouped_row(row: dict) -> tuple[str, str]:
@@ -760,6 +790,17 @@ def bmm_diff(call, out: torch.Tensor, ref: torch.Tensor) -> float:
     return calc_diff(out[0], ref)
 
 
+def forcing(call, force: str):
+    """`call` run with MATEGEMM_FORCE_CONFIG=force (e.g. transpose=1): read by every call's memo key."""
+    def run():
+        os.environ["MATEGEMM_FORCE_CONFIG"] = force
+        try:
+            return call()
+        finally:
+            os.environ.pop("MATEGEMM_FORCE_CONFIG", None)
+    return run
+
+
 def called_once(calls: list) -> list:
     """`calls`, each run once: every input set's first (argument-checking) call happens before the timing."""
     for call in calls:
@@ -781,11 +822,11 @@ def bench_bmm_row(job: dict, l2_bytes: int) -> dict:
         return lambda: mategemm.bmm_fp8(a, b, sa, sb, torch.bfloat16, out=out, scale_granularity_mnk=recipe)
 
     record_diff(row, "mategemm", lambda: bmm_diff(ours(sets[0], outs[0]), outs[0], bmm_reference(*sets[0], recipe)))
-    time_impl(row, "mategemm", lambda: called_once([ours(s, o) for s, o in zip(sets, outs)]), flops, nbytes)
+    impls = [("mategemm", lambda: called_once([ours(s, o) for s, o in zip(sets, outs)]), None)]
     peer = bmm_peer(job["recipe"])
     if peer:
         make_peer = getattr(peers, peer)
-        time_impl(row, peer, lambda: [make_peer(*s) for s in sets], flops, nbytes)
+        impls.append((peer, lambda: [make_peer(*s) for s in sets], None))
     if job["shapes"] == "bmm":
         def bf16(s, out):
             a, b, sa, sb = s
@@ -793,8 +834,23 @@ def bench_bmm_row(job: dict, l2_bytes: int) -> dict:
             b16 = dequantise(b, sb, operand_granularity(recipe, "b"), torch.float32).to(torch.bfloat16)
             return lambda: torch.bmm(a16, b16.transpose(1, 2), out=out)
 
-        time_impl(row, "torch_bmm_bf16", lambda: [bf16(s, o) for s, o in zip(sets, outs)], flops,
-                  2 * batch * (m * k + n * k + m * n))
+        impls.append(("torch_bmm_bf16", lambda: [bf16(s, o) for s, o in zip(sets, outs)],
+                      2 * batch * (m * k + n * k + m * n)))
+
+        # M-major A and N-major B: the heuristic's way, then each way forced
+        mn_sets = [(a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous(), sa, sb) for a, b, sa, sb in sets]
+
+        def mn(s, out, force):
+            a, b, sa, sb = s
+            return forcing(lambda: mategemm.bmm_fp8(a, b, sa, sb, torch.bfloat16, out=out, scale_granularity_mnk=recipe,
+                                                    major_a_mode="M", major_b_mode="N"), force)
+
+        record_diff(row, "mategemm_mn_major", lambda: bmm_diff(mn(mn_sets[0], outs[0], ""), outs[0],
+                                                               bmm_reference(*sets[0], recipe)))
+        for impl, force in (("mategemm_mn_major", ""), ("mategemm_mn_in_kernel", "transpose=1"),
+                            ("mategemm_mn_copied", "transpose=0")):
+            impls.append((impl, lambda force=force: called_once([mn(s, o, force) for s, o in zip(mn_sets, outs)]), None))
+    time_interleaved(row, impls, flops, nbytes)
     return row
 
 
@@ -853,10 +909,11 @@ def bench_bmm_fp16_row(shape: dict, dtype: torch.dtype, l2_bytes: int) -> dict:
     a, b = sets[0]
     got = mategemm.bmm_fp16(a, b, dtype, out=outs[0])
     row["mategemm_diff"] = calc_diff(got[:1], a[:1].double() @ b[:1].double().transpose(1, 2))  # batch entry 0
-    time_impl(row, "mategemm", lambda: called_once(
-        [lambda a=a, b=b, o=o: mategemm.bmm_fp16(a, b, dtype, out=o) for (a, b), o in zip(sets, outs)]), flops, nbytes)
-    time_impl(row, "torch_bmm", lambda: [lambda a=a, b=b, o=o: torch.bmm(a, b.transpose(1, 2), out=o)
-                                         for (a, b), o in zip(sets, outs)], flops, nbytes)
+    time_interleaved(row, [
+        ("mategemm", lambda: called_once([lambda a=a, b=b, o=o: mategemm.bmm_fp16(a, b, dtype, out=o)
+                                          for (a, b), o in zip(sets, outs)]), None),
+        ("torch_bmm", lambda: [lambda a=a, b=b, o=o: torch.bmm(a, b.transpose(1, 2), out=o)
+                               for (a, b), o in zip(sets, outs)], None)], flops, nbytes)
     return row
 
 
@@ -874,6 +931,10 @@ def bench_bmm(args) -> dict:
             recipe = row["recipe"]
             print(f"\n== bmm, recipe ({recipe}): TFLOPS; x = peer ms / ours ms (> 1: ours faster)\n{head}", flush=True)
         print(line, flush=True)
+        if "mategemm_mn_major_tflops" in row or "mategemm_mn_major_error" in row:
+            cells = [f"{label} {row.get(f'mategemm_{impl}_tflops', 'ERR')}" for impl, label in
+                     (("mn_major", "chosen"), ("mn_in_kernel", "in-kernel"), ("mn_copied", "copied first"))]
+            print(f"{'':>26}M-major A, N-major B (TF): " + ", ".join(cells), flush=True)
         result["rows"].append(row)
     print("\n== bmm_fp16: TFLOPS; x = torch.bmm ms / ours ms", flush=True)
     fp16_rows = []

@@ -5,7 +5,7 @@ import functools
 
 from mategemm import env
 
-FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits")
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits", "transpose")
 _printed: set = set()
 
 

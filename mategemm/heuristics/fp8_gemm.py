@@ -53,11 +53,12 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
-               rows_checked: bool = False, max_groups: int = 0) -> int:
+               rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0) -> int:
     """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh.
 
     Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
-    3 ints per group (max_groups: the table's capacity)."""
+    3 ints per group (max_groups: the table's capacity); MN-major operands (mn_major bits) a
+    staging copy of their tile per stage and a third barrier per stage."""
     out = block_m * block_n * out_elem_bytes
     if scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
         scale_floats = block_m * (1 if 128 % block_n == 0 else 2)
@@ -66,10 +67,12 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     else:  # per-row / per-tensor scales, applied after the last k-block: none in the ring
         scale_floats = 0
     scales = (scale_floats * 4 + 15) // 16 * 16
-    per_stage = (block_m + block_n) * sm90.BLOCK_K_FP8 + scales
+    staging = (block_m if mn_major & 1 else 0) + (block_n if mn_major & 2 else 0)
+    per_stage = (block_m + block_n + staging) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
+    barriers = (3 if mn_major else 2) * stages * 8
     # 16: the split-K flag
-    return out + stages * per_stage + 2 * stages * 8 + 16 + row_ok + 12 * max_groups + sm90.SMEM_SLACK
+    return out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sm90.SMEM_SLACK
 
 
 def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, **extra) -> int:

@@ -25,6 +25,11 @@ ROWS_CHECKED_MODES = ("per_token", "per_expert", "psum_expert", "masked")
 # Clusters: only the pair sharing A (adjacent N-blocks of one M tile) — two M tiles side by side
 # may belong to different groups, with different B.
 CLUSTERS = ((1, 1), (1, 2))
+# NOTES: MN-major operands transposed in the kernel (problem.mn_major) stage a second copy of
+# their tile per stage: tiles stay at 64/128 x 64/128 (the transposing warps take 56 registers;
+# 256-wide tiles spilled), an M-major A is not shared by a cluster pair, and an N-major B tile is
+# 64 or 128 wide (the transpose works in 64-byte columns).
+MN_MAJOR_BLOCKS = (64, 128)
 
 
 def tile_bound(problem: GemmProblem, block_m: int, block_n: int, alignment_m: int, max_m: int) -> int:
@@ -39,6 +44,37 @@ def tile_bound(problem: GemmProblem, block_m: int, block_n: int, alignment_m: in
     return (math.ceil(problem.m / block_m) + problem.num_groups) * n_blocks  # each group adds a partial tile
 
 
+# NOTES (H200, 2026-11-28, interleaved timing, TFLOPS with A M-major and B N-major: transposed in
+# the kernel / copied K-major by transpose_8bit first / both K-major): bmm per-tensor 16x4096^3
+# 596 / 1180 / 1444, 64x128x7168x512 445 / 242 / 636, 128x512x128x512 332 / 168 / 394;
+# (1,128,128) 16x4096^3 280 / 953 / 1077, 64x128x7168x512 248 / 237 / 599; ragged K 4 x 8192,
+# 4096x7168: 230 / 695 / 708. The staged copy and the transposing warps take shared-memory
+# bandwidth from the wgmma, capping the kernel near IN_KERNEL_TFLOPS; the copy costs a read and a
+# write of each MN-major operand at COPY_TBPS. The model below picks the cheaper one; it matches
+# every measurement above.
+IN_KERNEL_TFLOPS = {"scale_at_end": 600.0, "promoted": 250.0}
+DENSE_TFLOPS, HBM_TBPS, COPY_TBPS = 1200.0, 4.0, 3.0
+
+
+def transpose_in_kernel(problem: GemmProblem, mn_major_bytes: int) -> bool:
+    """Whether the kernel transposes MN-major operands (mn_major_bytes of them) itself, rather
+    than reading copies made K-major first: true where the GEMM is bound by memory anyway."""
+    groups = max(1, problem.num_groups)
+    m, n, k = problem.m, problem.n, problem.k
+    out = problem.out_elem_bytes
+    if problem.group_mode == "batched":
+        flops, nbytes = 2 * groups * m * n * k, groups * (m * k + n * k + m * n * out)
+    elif problem.group_mode == "ragged_k":  # k: all groups' K together; the output read and written
+        flops, nbytes = 2 * m * n * k, (m + n) * k + 2 * groups * m * n * out
+    else:  # m: all groups' rows; one (n, k) weight per group
+        flops, nbytes = 2 * m * n * k, m * k + groups * n * k + m * n * out
+    gemm_us = max(flops / DENSE_TFLOPS, nbytes / HBM_TBPS) / 1e6
+    cap = IN_KERNEL_TFLOPS["scale_at_end" if problem.recipe.gn <= 0 else "promoted"]
+    in_kernel_us = max(gemm_us, flops / cap / 1e6)
+    copied_us = gemm_us + 2 * mn_major_bytes / COPY_TBPS / 1e6
+    return in_kernel_us < copied_us
+
+
 @functools.lru_cache(maxsize=4096)
 def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "",
            alignment_m: int = 0, max_m: int = 0) -> GemmConfig:
@@ -51,6 +87,8 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     fp32_out = problem.out_elem_bytes == 4
     if "num_splits" in forced and forced["num_splits"] != 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs have no split-K (num_splits must be 1)")
+    if problem.mn_major & 1 and problem.group_mode in ("per_expert", "psum_expert", "masked"):
+        raise ValueError(f"an M-major A is not read in place in mode {problem.group_mode} (segments start unaligned)")
     if forced.get("cluster_m", 1) != 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: grouped GEMMs take no cluster along M (cluster_m must be 1)")
     # Scales applied at the end (per-row/per-tensor FP8, 16-bit): no promotion registers, so
@@ -58,6 +96,9 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     scale_at_end = problem.recipe.gn <= 0
     promoted_batch = problem.group_mode == "batched" and not scale_at_end
     block_ms = FP32_OUT_BLOCK_MS if fp32_out or promoted_batch else fp8_gemm.BLOCK_MS
+    if problem.mn_major:
+        # the batched mode's promoted 128-row tiles spilled beside the transposing warps
+        block_ms = tuple(bm for bm in block_ms if bm in MN_MAJOR_BLOCKS and not (promoted_batch and bm > 64))
     if alignment_m:
         block_ms = tuple(bm for bm in block_ms if alignment_m % bm == 0)
     if "block_m" in forced:
@@ -65,25 +106,30 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {block_ms} here, got {forced['block_m']}")
         block_ms = (forced["block_m"],)
     max_bn = FP32_OUT_MAX_BLOCK_N if fp32_out else SCALE_AT_END_MAX_BLOCK_N if scale_at_end else fp8_gemm.MAX_BLOCK_N
+    if problem.mn_major:
+        max_bn = min(max_bn, MN_MAJOR_BLOCKS[-1])
     block_ns = (forced["block_n"],) if "block_n" in forced else fp8_gemm.BLOCK_NS
-    if "block_n" in forced and not _block_n_allowed(forced["block_n"], problem.recipe.gn, max_bn):
+    if "block_n" in forced and not _block_n_allowed(forced["block_n"], problem.recipe.gn, max_bn, problem.mn_major):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={forced['block_n']} is not allowed here "
-                         f"(multiples of 16 up to {max_bn})")
-    clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1]]
+                         f"(multiples of {64 if problem.mn_major & 2 else 16} up to {max_bn})")
+    clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1] and not (problem.mn_major & 1 and c[1] > 1)]
     if not clusters:
-        raise ValueError("MATEGEMM_FORCE_CONFIG: cluster_n must be 1 or 2 for grouped GEMMs")
+        raise ValueError("MATEGEMM_FORCE_CONFIG: cluster_n must be 1 or 2 for grouped GEMMs (1 with an M-major A "
+                         "transposed in the kernel)")
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
 
     rows = max(1, rows_per_group)
+    extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": problem.group_mode in ROWS_CHECKED_MODES,
+             "max_groups": problem.max_groups, "mn_major": problem.mn_major}
     best = None
     if scale_at_end and not fp32_out and not ({"block_m", "block_n", "cluster_n"} & forced.keys()):
         # NOTES (H200, 2026-11-28, forced configs side by side, TFLOPS): without promotion the
         # widest tile wins, sharing A across a cluster pair. bmm_fp16 bf16 16x4096^3: 128x128 704,
         # 128x192 721, 256x128 673, 128x256 767, 128x256 cluster_n 2 770 (torch.bmm 703); per-tensor
         # FP8 16x4096^3: 1396 -> 1478; 64x128x7168x512: 379 -> 402 (bf16), 609 -> 638 (FP8).
-        block_n = min(SCALE_AT_END_MAX_BLOCK_N, -(-problem.n // 16) * 16)
-        cluster_n = 2 if math.ceil(problem.n / block_n) % 2 == 0 and num_mp >= 2 else 1
+        block_n = min(max_bn, -(-problem.n // (64 if problem.mn_major & 2 else 16)) * (64 if problem.mn_major & 2 else 16))
+        cluster_n = 2 if math.ceil(problem.n / block_n) % 2 == 0 and num_mp >= 2 and (1, 2) in clusters else 1
         best = ((0.0,), 64 if rows <= 64 else 128, block_n, (1, cluster_n))
     for bm in block_ms if best is None else ():
         for cluster in clusters:
@@ -92,7 +138,9 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                     and not fp8_gemm.worth_trying(dataclasses.replace(problem, m=rows), bm, cluster)):
                 continue
             for bn in block_ns:
-                if not _block_n_allowed(bn, problem.recipe.gn, max_bn):
+                if not _block_n_allowed(bn, problem.recipe.gn, max_bn, problem.mn_major):
+                    continue
+                if fp8_gemm.smem_bytes(bm, bn, sm90.MIN_STAGES, problem.recipe.gn, **extra) > device.smem_per_block:
                     continue
                 # The dense model on the expected tiles: each group's rows tiled on their own.
                 if per_group_m:
@@ -114,8 +162,6 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: no tile fits the forced values {forced} for this grouped GEMM "
                          f"(cluster_n 2 needs an even number of N-blocks)")
     _, block_m, block_n, (_, cluster_n) = best
-    extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": problem.group_mode in ROWS_CHECKED_MODES,
-             "max_groups": problem.max_groups}
     stages = forced.get("stages") or fp8_gemm.max_stages(block_m, block_n, problem.recipe.gn, device.smem_per_block,
                                                         **extra)
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
@@ -133,7 +179,9 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                       cluster_m=1, cluster_n=cluster_n, num_splits=1)
 
 
-def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int) -> bool:
+def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int, mn_major: int = 0) -> bool:
+    if mn_major & 2 and block_n % 64:
+        return False
     if scale_gran_n <= 0:  # no B scale blocks to straddle
         return block_n % 16 == 0 and 16 <= block_n <= max_block_n
     return block_n <= max_block_n and fp8_gemm.block_n_allowed(block_n, scale_gran_n)

@@ -24,7 +24,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     args = (config.block_m, config.block_n, config.stages, max(problem.recipe.gn, 0), OPERAND_CODES[problem.a_dtype],
             OPERAND_CODES[problem.b_dtype], out_code, config.out_swizzle, config.cluster_m,
             config.cluster_n, "true" if config.num_splits > 1 else "false", GROUP_MODES[problem.group_mode],
-            problem.max_groups)
+            problem.max_groups, problem.mn_major)
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(KERNEL, source, name_expr, arch)
@@ -34,7 +34,7 @@ def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
     """The template arguments of spec(): they select the binary (and with it the launch shape)."""
     return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
             config.block_n, config.stages, config.out_swizzle, config.cluster_m, config.cluster_n,
-            config.num_splits > 1, problem.group_mode, problem.max_groups)
+            config.num_splits > 1, problem.group_mode, problem.max_groups, problem.mn_major)
 
 
 def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
@@ -72,7 +72,8 @@ class Launch:
                  sfb_strides: tuple[int, int], group: GroupArgs | None = None):
         """sf*_strides are (stride along M/N, stride along K-blocks). Grouped M modes: a is the
         (rows, k) tokens of all groups, b the (groups, n, k) weights; ragged K: a and b are the
-        K-major (m, sum_k) and (n, sum_k) operands."""
+        K-major (m, sum_k) and (n, sum_k) operands. An operand marked in problem.mn_major is given
+        as its MN-major view instead: (k, m) or (groups, k, m), (sum_k, m) for ragged K."""
         grouped_m = problem.group_mode not in ("none", "ragged_k", "batched")
         # NOTES: A's box stops at the last real row (rounded to 8): for m = 1 a 64-row box spent
         # most of each stage zero-filling. Rows past it hold stale shared memory, which only feeds
@@ -90,7 +91,11 @@ class Launch:
         b_load_rows = config.block_n // config.cluster_m
         b_rows = b.shape[0] * b.shape[1] if b.dim() == 3 else None  # the groups' weights stacked
         a_rows = a.shape[0] * a.shape[1] if a.dim() == 3 else None  # batched: the batch's rows stacked
-        self.head = (encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
+        # MN-major operands ((K rows, MN), stacked per group): unswizzled boxes of 128 K-rows by
+        # up to 128 bytes of MN, transposed in shared memory by the kernel.
+        self.head = (encode_2d(a, min(config.block_m, 128), 128, 0, rows=a_rows) if problem.mn_major & 1 else
+                     encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
+                     encode_2d(b, min(config.block_n, 128), 128, 0, rows=b_rows) if problem.mn_major & 2 else
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
                      problem.m, problem.n, problem.k, config.group_n, a_box_rows, config.num_splits)

@@ -11,13 +11,25 @@ from typing import NamedTuple
 import torch
 
 from mategemm import env
+from mategemm.heuristics import parse_force_config
+from mategemm.kernels import transpose_8bit
 from mategemm.runtime import device as rt_device
 
 
 class PreparedCall(NamedTuple):
     launch: object   # kernels' Launch: launch(out, stream, signal)
-    staged: tuple    # (workspace, source) pairs copied before each launch (K-major copies, host counts)
+    staged: tuple    # copies run before each launch, called with the stream (K-major copies, host counts)
     threshold: int   # masked overlap: counter value at which a 64-row block is final
+
+
+class TorchCopy(NamedTuple):
+    """workspace.copy_(source) on torch's current stream."""
+
+    workspace: torch.Tensor
+    source: torch.Tensor
+
+    def __call__(self, stream: int) -> None:
+        self.workspace.copy_(self.source)
 
 
 class WarmCalls:
@@ -58,23 +70,59 @@ def memo_key(*values):
     return tuple(key)
 
 
+def operand(k_major_view: torch.Tensor, mn_view: torch.Tensor | None, copy: bool, staged: list,
+            in_kernel: bool) -> tuple:
+    """(tensor the kernel reads, whether it reads it MN-major) for one FP8 operand.
+
+    An operand given MN-major (mn_view: (K rows, MN) or (groups, K rows, MN)) is read as it is and
+    transposed in shared memory by the kernel if `in_kernel` (the heuristic's choice;
+    MATEGEMM_FORCE_CONFIG transpose=1 or 0 overrides it) and TMA can address it (unit MN stride,
+    16-byte rows and base, groups stacked). Otherwise, or when `copy`, its K-major view is copied
+    into a contiguous workspace before every launch.
+    """
+    if mn_view is not None and _tma_rows(mn_view):
+        forced = parse_force_config(env.force_config()).get("transpose")
+        if (in_kernel if forced is None else forced == 1):
+            return mn_view, True
+    return k_major(k_major_view, copy, staged), False
+
+
+def _tma_rows(t: torch.Tensor) -> bool:
+    rows = t.shape[-2]
+    if t.element_size() != 1 or t.stride(-1) != 1 or t.data_ptr() % 16:
+        return False
+    if rows > 1 and (t.stride(-2) % 16 or t.stride(-2) < t.shape[-1]):
+        return False
+    return t.dim() == 2 or t.shape[0] <= 1 or t.stride(0) == rows * t.stride(-2)
+
+
 def k_major(t: torch.Tensor, copy: bool, staged: list) -> torch.Tensor:
-    """`t` itself, or a contiguous workspace it is copied into before every launch."""
+    """`t` itself, or a contiguous workspace it is copied into before every launch: by
+    transpose_8bit when `t` is the transpose of an MN-major FP8 operand (torch's strided copy of
+    1-byte elements moved ~0.3 TB/s on the H200), else by torch."""
     if not copy:
         return t
     workspace = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-    staged.append((workspace, t))
+    source = t.transpose(-1, -2)
+    if t.is_cuda and transpose_8bit.supported(source):
+        staged.append(transpose_8bit.Transpose(source, workspace))
+    else:
+        staged.append(TorchCopy(workspace, t))
     return workspace
 
 
 def launch(call: PreparedCall, out: torch.Tensor, signal: torch.Tensor | None = None) -> None:
     """Run the staged copies, then the kernel writing `out`, on torch's current stream of out's device."""
-    for workspace, source in call.staged:
-        workspace.copy_(source)
     index = out.device.index
     signal_ptr = 0 if signal is None else signal.data_ptr()
     if index == rt_device.current_device_index():
-        call.launch(out, rt_device.current_stream_handle(index), signal_ptr)
+        stream = rt_device.current_stream_handle(index)
+        for copy in call.staged:
+            copy(stream)
+        call.launch(out, stream, signal_ptr)
     else:
         with torch.cuda.device(index):
-            call.launch(out, rt_device.current_stream_handle(index), signal_ptr)
+            stream = rt_device.current_stream_handle(index)
+            for copy in call.staged:
+                copy(stream)
+            call.launch(out, stream, signal_ptr)

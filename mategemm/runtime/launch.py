@@ -15,6 +15,7 @@ from mategemm.runtime.errors import check
 # Kernel argument kinds for PackedArgs: a ctypes type, or TMAP for a cuda.bindings CUtensorMap.
 PTR = ctypes.c_void_p
 INT = ctypes.c_int
+I64 = ctypes.c_longlong
 TMAP = None
 
 _launch = driver.cuLaunchKernelEx

@@ -61,10 +61,28 @@ def test_recipes_outputs_and_c(recipe, out_dtype, with_c):
     run_bmm(3, 200, 264, 512, recipe, out_dtype, with_c)
 
 
+@pytest.fixture(params=("in_kernel", "copy"))
+def transpose(request, monkeypatch):
+    """MN-major operands transposed in shared memory by the kernel, or copied K-major first
+    (transpose_8bit), whatever the heuristic would choose."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=0" if request.param == "copy" else "transpose=1")
+    return request.param
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("major_a,major_b", (("M", "K"), ("K", "N"), ("M", "N")))
-def test_major_modes(recipe, major_a, major_b):
+def test_major_modes(recipe, major_a, major_b, transpose):
     run_bmm(2, 96, 128, 256, recipe, torch.bfloat16, False, major_a, major_b)
+
+
+@pytest.mark.parametrize("recipe,out_dtype,with_c", [((-1, -1, -1), torch.bfloat16, False),
+                                                     ((1, -1, -1), torch.float32, True),
+                                                     ((1, 128, 128), torch.float16, False),
+                                                     ((1, 1, 128), torch.bfloat16, True)])
+@pytest.mark.parametrize("batch,m,n,k", ((3, 208, 272, 512), (1, 16, 64, 128), (4, 512, 1024, 1024)))
+def test_major_modes_ragged_tiles(recipe, out_dtype, with_c, batch, m, n, k, transpose):
+    """M-major A and N-major B with partial tiles along M and N (m, n multiples of 16)."""
+    run_bmm(batch, m, n, k, recipe, out_dtype, with_c, "M", "N")
 
 
 @pytest.mark.parametrize("batch,m,n,k", ((1, 1, 8, 128), (1, 4096, 4096, 1024), (5, 1, 136, 384), (2, 129, 1000, 256),

@@ -84,15 +84,20 @@ def test_per_token_alignment_and_ragged_n(alignment_m, n):
     check_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, info, "per_token"), f"alignment {alignment_m}")
 
 
-def test_ragged_m_major_modes_and_num_mp():
-    counts = [10, 200, 0, 77]
-    a, sfa, b, sfb, info = ragged_inputs(counts, 256, 512, (1, 128, 128), "per_expert")
+@pytest.mark.parametrize("gemm_mode", ("per_expert", "per_token"))
+@pytest.mark.parametrize("transpose", ("in_kernel", "copy"))
+def test_ragged_m_major_modes_and_num_mp(gemm_mode, transpose, monkeypatch):
+    """M-major tokens and N-major weights: N-major B is transposed in the kernel in every mode, an
+    M-major A only in per_token (packed segments start unaligned); with transpose=0 both are copied."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=0" if transpose == "copy" else "transpose=1")
+    counts = [10, 200, 0, 78]  # 288 packed rows: a 16-byte row stride for the M-major A
+    a, sfa, b, sfb, info = ragged_inputs(counts, 256, 512, (1, 128, 128), gemm_mode)
     a_mn = a.t().contiguous().t()          # same values, M-major
     b_mn = b.transpose(1, 2).contiguous().transpose(1, 2)  # N-major
     out = torch.full((a.shape[0], 256), float("nan"), dtype=torch.bfloat16, device="cuda")
-    mategemm.ragged_m_moe_gemm_8bit((a_mn, sfa), (b_mn, sfb), info, out, gemm_mode="per_expert", major_a_mode="M",
+    mategemm.ragged_m_moe_gemm_8bit((a_mn, sfa), (b_mn, sfb), info, out, gemm_mode=gemm_mode, major_a_mode="M",
                                     major_b_mode="N", num_mp=5)
-    check_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, info, "per_expert"), "M/N-major, num_mp=5")
+    check_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, info, gemm_mode), f"M/N-major {gemm_mode}, num_mp=5")
 
 
 def test_ragged_m_warm_call_sees_new_routing():
@@ -242,9 +247,12 @@ def test_masked_overlap_signal_consumer_reads_only_final_rows():
         assert (counters[g, :live] == threshold).all() and (counters[g, live:] == 0).all(), counters[g]
 
 
-@pytest.mark.parametrize("major", ("M", "K"))
+@pytest.mark.parametrize("major", ("M", "K", "M-copied", "M-in-kernel"))
 @pytest.mark.parametrize("counts", ([256, 0, 128, 384], [0, 0, 1024], [128] * 12))
-def test_ragged_k(major, counts):
+def test_ragged_k(major, counts, monkeypatch):
+    if major != "K" and major != "M":  # force either way of reading M/N-major operands
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=0" if major == "M-copied" else "transpose=1")
+        major = "M"
     m, n = 320, 512
     sum_k = sum(counts) + 128  # a spare block past the last expert: never read
     a, sfa = moe.make_k_grouped_operand(sum_k, m)

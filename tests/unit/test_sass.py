@@ -12,6 +12,7 @@ from mategemm import prewarm
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import transpose_8bit
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import sass
 from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem, Recipe
@@ -37,8 +38,9 @@ DTYPE_NAMES = {torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2", torch.bfl
 def kernel_id(problem: GemmProblem, config) -> str:
     dtypes = ".".join(DTYPE_NAMES[d] for d in (problem.a_dtype, problem.b_dtype, problem.out_dtype))
     group = "" if problem.group_mode == "none" else f"-{problem.group_mode}{problem.max_groups}"
+    mn = f"-mn{problem.mn_major}" if problem.mn_major else ""
     return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-"
-            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}{group}")
+            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}{group}{mn}")
 
 
 def params(items):
@@ -80,6 +82,29 @@ def grouped_instances():
             for rows in (64, 4096):
                 problem = GemmProblem(rows, 4096, 4096, recipe, e4m3, e4m3, out, "batched", 16)
                 config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132)
+                items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+    # MN-major operands transposed in the kernel: bmm_fp8 (A, B or both), ragged K (both, its
+    # default), the M modes with M-major tokens and N-major weights
+    for mn_major in (1, 2, 3):
+        for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128, Recipe(1, -1, -1)):
+            for out in (bf16, torch.float32):
+                for rows in (64, 4096):
+                    problem = GemmProblem(rows, 4096, 4096, recipe, e4m3, e4m3, out, "batched", 16, mn_major)
+                    config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132)
+                    items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+        for rows in (8, 4096):
+            problem = GemmProblem(4096, 7168, 8 * rows, RECIPE_1x128_1x128, e4m3, e4m3, torch.float32, "ragged_k", 8,
+                                  mn_major)
+            config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132)
+            items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+            for mode in ("per_token", "per_expert"):
+                # packed segments start unaligned: only their weights are read N-major
+                mode_mn = mn_major if mode == "per_token" else mn_major & 2
+                if not mode_mn:
+                    continue
+                problem = GemmProblem(256 * rows, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, bf16, mode, 256,
+                                      mode_mn)
+                config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132, "", 128 if mode == "per_token" else 0)
                 items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
     # bmm_fp16: 16-bit operands, no scales
     for half in (torch.bfloat16, torch.float16):
@@ -138,6 +163,16 @@ def test_other_dtypes_are_hopper_sass(sass_cache, problem, config):
 @pytest.mark.parametrize("problem,config", params(grouped_instances()))
 def test_grouped_kernel_is_hopper_sass(sass_cache, problem, config):
     check_hopper_sass(sass_cache, problem, config)
+
+
+@pytest.mark.parametrize("vector_loads", (True, False))
+def test_transpose_kernel_sass(sass_cache, vector_loads):
+    """The K-major copy of MN-major FP8 operands: 16-byte global stores, no spills."""
+    compiled = sass_cache.get(transpose_8bit.spec(vector_loads, ARCH))
+    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    ops = collections.Counter(sass.opcodes(text))
+    assert "STG.E.128 " in text and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    assert ("LDG.E.128" in text) == vector_loads
 
 
 def test_grouped_instances_cover_every_mode():
