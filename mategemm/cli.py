@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+
 from mategemm import env, prewarm
 from mategemm.jit import nvrtc
 from mategemm.jit.cache import KernelCache, default_cache, default_cache_dir
@@ -194,7 +195,7 @@ def demo_cpu() -> int:
     for spec in grouped_specs:
         default_cache().get(spec)
     seconds = time.perf_counter() - start
-    print(f"{len(grouped_specs)} grouped/batched kernels (MoE decode, bmm, M/N-major operands): ready in "
+    print(f"{len(grouped_specs)} more kernels (MoE decode, bmm, M/N-major operands, MQA logits): ready in "
           f"{seconds:.1f} s")
     ok = True
     for recipe in prewarm.RECIPES:
@@ -210,14 +211,16 @@ def demo_cpu() -> int:
 
 def demo_grouped_specs() -> list:
     """The kernels of the GPU demo's MoE step, of a per-tensor bmm, of a decode bmm with N-major
-    weights transposed in the kernel and the K-major copy kernel, planned for sm_90a."""
+    weights transposed in the kernel, the K-major copy kernel and the lightning indexer, planned
+    for sm_90a."""
     import torch
 
     from mategemm.heuristics import grouped
     from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+    from mategemm.kernels import sm90_fp8_mqa_logits as mqa_logits
     from mategemm.kernels import transpose_8bit
     from mategemm.runtime.device import SM90_NO_DEVICE
-    from mategemm.types import RECIPE_1x128_128x128, GemmProblem, Recipe
+    from mategemm.types import GemmProblem, Recipe, RECIPE_1x128_128x128
 
     e4m3 = torch.float8_e4m3fn
     problems = [(GemmProblem(512, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, "per_expert", 256), 2),
@@ -227,7 +230,12 @@ def demo_grouped_specs() -> list:
     for problem, rows in problems:
         config = grouped.choose(problem, rows, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms)
         specs.append(kernel_fp8.spec(problem, config, "sm_90a"))
-    return specs + [transpose_8bit.spec(vector_loads, "sm_90a") for vector_loads in (True, False)]
+    specs += [transpose_8bit.spec(vector_loads, "sm_90a") for vector_loads in (True, False)]
+    # the lightning indexer: DeepSeek-V3.2's decode (64 heads, next_n 1 and 2) and prefill tiles
+    for rows, heads, paged in ((1, 64, True), (2, 64, True), (2, 64, False)):
+        stages = mqa_logits.stages_for(rows, heads, SM90_NO_DEVICE.smem_per_block)
+        specs += [mqa_logits.spec(rows, heads, stages, paged, "sm_90a"), mqa_logits.fill_spec(rows, paged, "sm_90a")]
+    return specs
 
 
 def check_reference_cpu(shape: tuple[int, int, int], recipe: tuple[int, int, int]) -> tuple[float, float]:

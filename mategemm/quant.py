@@ -37,3 +37,113 @@ def per_block_cast_to_fp8(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m
     scale = amax / FP8_MAX[dtype]
     q = (blocks / scale[:, None, :, None]).to(dtype).view(n_pad, k)[:n].contiguous()
     return q, scale
+
+
+# ---------------------------------------------------------------- paged KV cache (lightning indexer)
+# NOTES: one cache block is 8448 contiguous bytes: the 64 tokens' e4m3 keys (64 x 128 bytes, token t
+# at bytes t*128 .. t*128+127), then their 64 fp32 scales (256 bytes). The (num_blocks, 64, 1, 132)
+# shape is only a view of those bytes; keys and scales are not interleaved per token.
+# A non-paged kv (seq, 128) needs no quantiser of its own: per_token_cast_to_fp8 gives one scale per
+# row (its (seq, 1) scales, squeezed).
+
+PAGED_BLOCK_TOKENS = 64
+PAGED_HEAD_DIM = 128
+PAGED_KEY_BYTES = PAGED_BLOCK_TOKENS * PAGED_HEAD_DIM  # 8192
+PAGED_BLOCK_BYTES = PAGED_KEY_BYTES + PAGED_BLOCK_TOKENS * 4  # 8448
+_PAGED_SHAPE = (PAGED_BLOCK_TOKENS, 1, PAGED_HEAD_DIM + 4)
+
+
+def _check_fused(fused, name: str = "fused") -> None:
+    if not isinstance(fused, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(fused).__name__}")
+    if fused.dtype != torch.uint8:
+        raise TypeError(f"{name} must be uint8 (fused e4m3 keys + fp32 scales), got {fused.dtype}")
+    if fused.dim() != 4 or tuple(fused.shape[1:]) != _PAGED_SHAPE:
+        raise ValueError(f"{name} must have shape (num_blocks, 64, 1, 132), got {tuple(fused.shape)}")
+    if fused.stride(3) != 1 or fused.stride(1) != 132 or fused.stride(0) % 4:
+        raise ValueError(f"{name}: each block's 8448 bytes must be contiguous (strides (8448k, 132, *, 1)), "
+                         f"got strides {fused.stride()}; pass fused.contiguous()")
+
+
+def _check_float_keys(k, name: str, dims: int) -> None:
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(k).__name__}")
+    if not k.is_floating_point() or k.element_size() == 1:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16 (unquantised keys), got {k.dtype}")
+    if k.dim() != dims or k.shape[-1] != PAGED_HEAD_DIM:
+        want = "(T, 128)" if dims == 2 else "(num_blocks, 64, 1, 128)"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(k.shape)}")
+
+
+def _per_token_e4m3(k: torch.Tensor):
+    """(..., 128) float -> (keys e4m3 (..., 128), scales fp32 (...)): amax / 448 per token."""
+    k = k.float()
+    dtype = torch.float8_e4m3fn
+    scale = k.abs().amax(dim=-1).clamp(min=_EPS) / FP8_MAX[dtype]
+    return (k / scale.unsqueeze(-1)).to(dtype), scale
+
+
+def paged_kv_cache_split(fused: torch.Tensor):
+    """uint8 (num_blocks, 64, 1, 132) -> (keys e4m3 (num_blocks, 64, 128), scales fp32 (num_blocks, 64)).
+
+    Both are views of `fused` (no copy): writing to them writes the cache.
+    Raises TypeError (not a uint8 tensor) or ValueError (shape, or a block's bytes not contiguous).
+    """
+    _check_fused(fused)
+    flat = fused.view(fused.shape[0], PAGED_BLOCK_BYTES)
+    keys = flat[:, :PAGED_KEY_BYTES].view(torch.float8_e4m3fn).view(-1, PAGED_BLOCK_TOKENS, PAGED_HEAD_DIM)
+    scales = flat[:, PAGED_KEY_BYTES:].view(torch.float32)
+    return keys, scales
+
+
+def paged_kv_cache_cast_to_fp8(k: torch.Tensor) -> torch.Tensor:
+    """k float/bf16 (num_blocks, 64, 1, 128) -> fused uint8 (num_blocks, 64, 1, 132), on k's device.
+
+    Per token: scale = max(amax over the 128 dims, 1e-4) / 448, keys = e4m3(k / scale).
+    Raises TypeError (dtype) or ValueError (shape).
+    """
+    _check_float_keys(k, "k", 4)
+    if tuple(k.shape[1:3]) != (PAGED_BLOCK_TOKENS, 1):
+        raise ValueError(f"k must have shape (num_blocks, 64, 1, 128), got {tuple(k.shape)}")
+    num_blocks = k.shape[0]
+    keys, scales = _per_token_e4m3(k.reshape(num_blocks, PAGED_BLOCK_TOKENS, PAGED_HEAD_DIM))
+    fused = torch.empty((num_blocks, PAGED_BLOCK_BYTES), dtype=torch.uint8, device=k.device)
+    fused[:, :PAGED_KEY_BYTES] = keys.view(torch.uint8).view(num_blocks, PAGED_KEY_BYTES)
+    fused[:, PAGED_KEY_BYTES:] = scales.contiguous().view(torch.uint8)
+    return fused.view(num_blocks, *_PAGED_SHAPE)
+
+
+def write_paged_kv(fused: torch.Tensor, k: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Quantise k float/bf16 (T, 128) per token and write token t (keys and scale) in place into
+    fused uint8 (num_blocks, 64, 1, 132) at flat slot slot_mapping[t] = block * 64 + offset.
+
+    slot_mapping: 1-D integer tensor (T,) of distinct slots in [0, num_blocks * 64), any device.
+    Raises TypeError (a wrong type or dtype) or ValueError (shapes, devices, slot values), naming the
+    argument. Other slots are left byte for byte as they were.
+    """
+    _check_fused(fused)
+    _check_float_keys(k, "k", 2)
+    if not isinstance(slot_mapping, torch.Tensor):
+        raise TypeError(f"slot_mapping must be a torch.Tensor, got {type(slot_mapping).__name__}")
+    if slot_mapping.is_floating_point() or slot_mapping.is_complex() or slot_mapping.dtype == torch.bool:
+        raise TypeError(f"slot_mapping must be an integer tensor, got {slot_mapping.dtype}")
+    if slot_mapping.dim() != 1 or slot_mapping.shape[0] != k.shape[0]:
+        raise ValueError(f"slot_mapping must have shape ({k.shape[0]},) (one slot per row of k), "
+                         f"got {tuple(slot_mapping.shape)}")
+    if k.device != fused.device:
+        raise ValueError(f"k is on {k.device} but fused is on {fused.device}; move k to fused's device")
+    num_slots = fused.shape[0] * PAGED_BLOCK_TOKENS
+    slots = slot_mapping.to(device=fused.device, dtype=torch.int64)
+    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= num_slots):
+        raise ValueError(f"slot_mapping values must be in [0, num_blocks * 64 = {num_slots}), "
+                         f"got min {int(slots.min())}, max {int(slots.max())}")
+    if torch.unique(slots).numel() != slots.numel():
+        raise ValueError("slot_mapping must not repeat a slot (the write order would decide the result)")
+
+    # quantise, then scatter the key bytes and the scale of each token
+    keys, scales = _per_token_e4m3(k)
+    block, offset = slots // PAGED_BLOCK_TOKENS, slots % PAGED_BLOCK_TOKENS
+    flat = fused.view(fused.shape[0], PAGED_BLOCK_BYTES)
+    key_bytes = flat[:, :PAGED_KEY_BYTES].view(-1, PAGED_BLOCK_TOKENS, PAGED_HEAD_DIM)
+    key_bytes[block, offset] = keys.view(torch.uint8)
+    flat[:, PAGED_KEY_BYTES:].view(torch.float32)[block, offset] = scales

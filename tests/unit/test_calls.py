@@ -6,7 +6,7 @@ import torch
 from mategemm.heuristics import grouped
 from mategemm.runtime import calls
 from mategemm.runtime.device import SM90_NO_DEVICE
-from mategemm.types import RECIPE_1x128_128x128, GemmProblem, Recipe
+from mategemm.types import GemmProblem, Recipe, RECIPE_1x128_128x128
 
 E4M3 = torch.float8_e4m3fn
 
@@ -89,7 +89,9 @@ def test_transpose_in_kernel_only_where_memory_bound():
     def batched(batch, m, n, k, recipe=RECIPE_1x128_128x128):
         return GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16, "batched", batch)
     per_tensor = Recipe(1, -1, -1)
-    both = lambda batch, m, n, k: batch * k * (m + n)  # noqa: E731 - bytes of A and B
+
+    def both(batch, m, n, k):  # bytes of A and B
+        return batch * k * (m + n)
     assert grouped.transpose_in_kernel(batched(64, 128, 7168, 512, per_tensor), both(64, 128, 7168, 512))
     assert grouped.transpose_in_kernel(batched(64, 128, 7168, 512, per_tensor), 64 * 7168 * 512)  # weights only
     assert grouped.transpose_in_kernel(batched(128, 512, 128, 512), both(128, 512, 128, 512))

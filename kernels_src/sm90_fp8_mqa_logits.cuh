@@ -1,0 +1,320 @@
+// sm90_fp8_mqa_logits: DeepSeek's lightning indexer on Hopper,
+//   logits[row, t] = sum_h weights[row, h] * relu((q[row, h, :] . k[t, :]) * k_scale[t])
+// for the key positions t a row sees, -inf at the others (when clean), in two forms:
+// - paged (kPaged): a request's kRows draft tokens form a tile. Its keys live in 64-key blocks of
+//   a fused cache (a block: 64 x 128 FP8 keys, then their 64 fp32 scales) named by a block table.
+//   Draft token j sees [0, hi_j). A persistent CTA per SM walks the (request, block) range the
+//   schedule metadata gives it.
+// - non-paged: kRows consecutive query rows form a tile (one CTA each); row r sees [ks_r, ke_r)
+//   of a contiguous key array with a separate scale array. With `compressed`, column c of row r
+//   holds key ks_r + c (DeepGEMM's max_seqlen_k form).
+// Per 64-key block: 4 x wgmma m64nNk32, the keys as A (64 rows of 128 bytes, 128-byte swizzle)
+// and the tile's queries as B (N = kRows x kHeads rows); each thread scales, rectifies and weights
+// its accumulators, and the 4 lanes that share a key row sum the heads.
+// Warp roles: one thread of warpgroup 0 issues TMA (the queries once per tile, keys and scales
+// through a ring of kStages); warpgroup 1 computes. Positions no block covers are set to -inf
+// by mqa_logits_fill (when clean). Block-table entries are not trusted: an entry out of range
+// reads zeros (TMA's out-of-bounds fill), never memory outside the cache.
+#pragma once
+#include "common/pipeline.cuh"
+#include "common/ptx.cuh"
+#include "common/wgmma.cuh"
+
+namespace mategemm {
+
+constexpr int kIndexDim = 128;          // bytes of one FP8 key or query head
+constexpr int kKvBlock = 64;            // keys per block
+constexpr int kFusedBlockRows = 66;     // a fused block as rows of 128 bytes: 64 keys, then 2 rows of scales
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+
+template <int kRows, int kHeads, int kStages>
+struct MqaLogitsSmem {
+  static constexpr int kN = kRows * kHeads;
+  static constexpr int kQBytes = kN * kIndexDim;
+  static constexpr int kKeyBytes = kKvBlock * kIndexDim;
+  static constexpr int kOffQ = 0;  // two query buffers: the next tile's loads while this one runs
+  static constexpr int kOffKeys = 2 * kQBytes;
+  static constexpr int kOffScales = kOffKeys + kStages * kKeyBytes;
+  static constexpr int kOffBarriers = kOffScales + kStages * kKvBlock * 4;
+  static constexpr int kTotalBytes = kOffBarriers + (2 * kStages + 4) * 8 + 1024;  // + alignment slack
+  static_assert(kQBytes % 1024 == 0, "query buffers stay 1024-byte aligned");
+};
+
+// The key window [lo, hi) of row j of a tile, and the tile's blocks [block_begin, block_end).
+template <int kRows, bool kPaged>
+struct MqaTile {
+  int lo[kRows], hi[kRows];
+  int block_begin, block_end;
+
+  // paged: `lens` holds context lengths per request (lens_2d: per draft token); non-paged: ks, ke.
+  __device__ __forceinline__ void load(int tile, const int* lens, const int* lens_end, int lens_2d, int num_rows) {
+    int min_lo = 0x7fffffff, max_hi = 0;
+    #pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      if constexpr (kPaged) {
+        lo[j] = 0;
+        hi[j] = lens_2d ? __ldg(lens + tile * kRows + j) : __ldg(lens + tile) - kRows + j + 1;
+      } else {
+        const int row = tile * kRows + j;
+        lo[j] = row < num_rows ? max(__ldg(lens + row), 0) : 0;
+        hi[j] = row < num_rows ? __ldg(lens_end + row) : 0;
+      }
+      if (hi[j] > lo[j]) {
+        min_lo = min(min_lo, lo[j]);
+        max_hi = max(max_hi, hi[j]);
+      }
+    }
+    block_begin = max_hi > 0 ? min_lo / kKvBlock : 0;
+    block_end = max_hi > 0 ? ceil_div(max_hi, kKvBlock) : 0;
+  }
+};
+
+// Paged: the blocks of request b (as get_paged_mqa_logits_metadata counts them).
+template <int kRows>
+__device__ __forceinline__ int paged_num_blocks(const int* lens, int lens_2d, int b) {
+  int len = 0;
+  if (lens_2d) {
+    #pragma unroll
+    for (int j = 0; j < kRows; ++j) len = max(len, __ldg(lens + b * kRows + j));
+  } else {
+    len = __ldg(lens + b);
+  }
+  return len > 0 ? ceil_div(len, kKvBlock) : 0;
+}
+
+// Walks a CTA's work items (tile, block) in order. Paged: from schedule[cta] up to schedule[cta + 1]
+// (each a (request, block) pair); non-paged: every block of tile blockIdx.x.
+template <int kRows, bool kPaged>
+struct MqaWalker {
+  int tile, block, end_tile, end_block;
+  const int* lens;
+  int lens_2d;
+
+  __device__ __forceinline__ MqaWalker(const int* schedule, const int* lens_, int lens_2d_, int first_block,
+                                       int last_block)
+      : lens(lens_), lens_2d(lens_2d_) {
+    if constexpr (kPaged) {
+      tile = __ldg(schedule + 2 * blockIdx.x);
+      block = __ldg(schedule + 2 * blockIdx.x + 1);
+      end_tile = __ldg(schedule + 2 * blockIdx.x + 2);
+      end_block = __ldg(schedule + 2 * blockIdx.x + 3);
+    } else {
+      tile = end_tile = blockIdx.x;
+      block = first_block;
+      end_block = last_block;
+    }
+  }
+
+  // The next (tile, block) or false; paged tiles with no block left are skipped.
+  __device__ __forceinline__ bool next(int& t, int& b) {
+    if constexpr (kPaged) {
+      while (tile < end_tile || (tile == end_tile && block < end_block)) {
+        if (block < paged_num_blocks<kRows>(lens, lens_2d, tile)) {
+          t = tile;
+          b = block++;
+          return true;
+        }
+        ++tile;
+        block = 0;
+      }
+      return false;
+    } else {
+      if (block >= end_block) return false;
+      t = tile;
+      b = block++;
+      return true;
+    }
+  }
+};
+
+template <int kRows, int kHeads, int kStages, bool kPaged>
+__global__ void __launch_bounds__(256, 1)
+sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constant__ TmaDesc tmap_keys,
+                    const __grid_constant__ TmaDesc tmap_scales, const float* __restrict__ weights,
+                    const int* __restrict__ lens, const int* __restrict__ lens_end, int lens_2d,
+                    const int* __restrict__ block_table, int block_table_ld, const int* __restrict__ schedule,
+                    float* __restrict__ logits, i64 logits_ld, int num_rows, int num_cols, int compressed,
+                    int clean) {
+  using Smem = MqaLogitsSmem<kRows, kHeads, kStages>;
+  constexpr int kN = Smem::kN;
+  static_assert(kHeads % 8 == 0 && kN <= 256 && kRows <= 8, "a tile is at most 256 query heads");
+  extern __shared__ __align__(1024) u8 smem_raw[];
+  u8* smem = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
+  const u32 full_bar = smem_addr(smem + Smem::kOffBarriers);
+  const u32 empty_bar = full_bar + kStages * 8;
+  const u32 q_full_bar = empty_bar + kStages * 8;  // 2 query buffers
+  const u32 q_empty_bar = q_full_bar + 2 * 8;
+  const int warpgroup = warp_uniform(threadIdx.x / 128);
+
+  // Non-paged: this CTA's tile and its blocks.
+  MqaTile<kRows, kPaged> tile_info;
+  int first_block = 0, last_block = 0;
+  if constexpr (!kPaged) {
+    tile_info.load(blockIdx.x, lens, lens_end, 0, num_rows);
+    first_block = tile_info.block_begin;
+    last_block = tile_info.block_end;
+  }
+
+  if (threadIdx.x == 0) {
+    tma_prefetch_desc(&tmap_q);
+    tma_prefetch_desc(&tmap_keys);
+    tma_prefetch_desc(&tmap_scales);
+    #pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full_bar + s * 8, 1);
+      mbar_init(empty_bar + s * 8, 128);
+    }
+    #pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(q_full_bar + s * 8, 1);
+      mbar_init(q_empty_bar + s * 8, 128);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  MqaWalker<kRows, kPaged> walker(schedule, lens, lens_2d, first_block, last_block);
+  if (warpgroup == 0) {
+    // ---- producer: one thread loads each tile's queries, then its blocks' keys and scales ----
+    if (threadIdx.x != 0) return;
+    PipelineState<kStages> pipe;
+    int t, block, current = -1, q_loads = 0;
+    while (walker.next(t, block)) {
+      if (t != current) {
+        const int buf = q_loads & 1;
+        mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
+        mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes);
+        tma_load_2d(smem + Smem::kOffQ + buf * Smem::kQBytes, &tmap_q, q_full_bar + buf * 8, 0, t * kN);
+        ++q_loads;
+        current = t;
+      }
+      const u32 bar = full_bar + pipe.stage * 8;
+      mbar_wait(empty_bar + pipe.stage * 8, pipe.phase ^ 1);
+      mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
+      u8* keys = smem + Smem::kOffKeys + pipe.stage * Smem::kKeyBytes;
+      u8* scales = smem + Smem::kOffScales + pipe.stage * kKvBlock * 4;
+      if constexpr (kPaged) {
+        const int physical = __ldg(block_table + static_cast<i64>(t) * block_table_ld + block);
+        tma_load_2d(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows);
+        tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);
+      } else {
+        tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
+        tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);
+      }
+      pipe.advance();
+    }
+    return;
+  }
+
+  // ---- math warpgroup ----
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  const int key_row0 = warp * 16 + lane / 4;  // this thread's key rows in a block: key_row0, key_row0 + 8
+  PipelineState<kStages> pipe;
+  float acc[kN / 2];
+  float w[kN / 4];  // the weights of this thread's columns: 2 per 8-column chunk
+  int t, block, current = -1, q_loads = 0, buf = 0;
+  while (walker.next(t, block)) {
+    if (t != current) {
+      if (current >= 0) mbar_arrive(q_empty_bar + buf * 8);  // the previous tile's queries are no longer read
+      buf = q_loads & 1;
+      if constexpr (kPaged) tile_info.load(t, lens, lens_end, lens_2d, num_rows);
+      #pragma unroll
+      for (int c = 0; c < kN / 8; ++c) {
+        #pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = c * 8 + (lane % 4) * 2 + e;  // column = j * kHeads + h
+          const int row = t * kRows + col / kHeads;
+          w[c * 2 + e] = row < num_rows * (kPaged ? kRows : 1) ? __ldg(weights + static_cast<i64>(row) * kHeads + col % kHeads)
+                                                              : 0.0f;
+        }
+      }
+      mbar_wait(q_full_bar + buf * 8, (q_loads >> 1) & 1);
+      ++q_loads;
+      current = t;
+    }
+    const int stage = pipe.stage;
+    mbar_wait(full_bar + stage * 8, pipe.phase);
+    const u64 desc_keys = smem_desc_k128_sw128(smem + Smem::kOffKeys + stage * Smem::kKeyBytes);
+    const u64 desc_q = smem_desc_k128_sw128(smem + Smem::kOffQ + buf * Smem::kQBytes);
+    #pragma unroll
+    for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
+    wgmma_fence();
+    #pragma unroll
+    for (int kk = 0; kk < kIndexDim / 32; ++kk) {
+      Wgmma<kN>::template mma<0, 0>(acc, desc_keys + kk * 2, desc_q + kk * 2, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    #pragma unroll
+    for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
+    const u32 scales = smem_addr(smem + Smem::kOffScales + stage * kKvBlock * 4);
+    const float scale0 = ld_shared_f32(scales + key_row0 * 4), scale1 = ld_shared_f32(scales + (key_row0 + 8) * 4);
+    mbar_arrive(empty_bar + stage * 8);
+    pipe.advance();
+
+    // Weighted sum over the heads of each draft token / query row j, for both key rows.
+    float sum0[kRows], sum1[kRows];
+    #pragma unroll
+    for (int j = 0; j < kRows; ++j) sum0[j] = sum1[j] = 0.0f;
+    #pragma unroll
+    for (int c = 0; c < kN / 8; ++c) {
+      const int j = c * 8 / kHeads;  // an 8-column chunk lies inside one row's heads
+      sum0[j] += w[c * 2] * fmaxf(acc[c * 4] * scale0, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 1] * scale0, 0.0f);
+      sum1[j] += w[c * 2] * fmaxf(acc[c * 4 + 2] * scale1, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 3] * scale1, 0.0f);
+    }
+    #pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
+      sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
+      sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
+      sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
+    }
+    // Lane l of each quad stores the rows j with j % 4 == l % 4.
+    #pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      if (j % 4 != lane % 4) continue;
+      const int row = t * kRows + j;
+      if (!kPaged && row >= num_rows) continue;
+      float* out_row = logits + static_cast<i64>(row) * logits_ld;
+      #pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int position = block * kKvBlock + key_row0 + half * 8;
+        const bool visible = position >= tile_info.lo[j] && position < tile_info.hi[j];
+        const int col = compressed ? position - tile_info.lo[j] : position;
+        if ((visible || clean) && col >= 0 && col < num_cols) {
+          out_row[col] = visible ? (half ? sum1[j] : sum0[j]) : neg_inf();
+        }
+      }
+    }
+  }
+}
+
+// With clean logits: -inf at the columns of each output row that no block of the main kernel
+// covers (paged: from the request's last block on; non-paged: outside its tile's blocks). One
+// CTA per output row.
+template <int kRows, bool kPaged>
+__global__ void __launch_bounds__(256) mqa_logits_fill(const int* __restrict__ lens, const int* __restrict__ lens_end,
+                                                        int lens_2d, float* __restrict__ logits, i64 logits_ld,
+                                                        int num_rows, int num_cols, int compressed) {
+  const int row = blockIdx.x;
+  const int tile = row / kRows;
+  MqaTile<kRows, kPaged> info;
+  info.load(tile, lens, lens_end, lens_2d, num_rows);
+  int covered_begin = info.block_begin * kKvBlock, covered_end = info.block_end * kKvBlock;
+  if constexpr (kPaged) {
+    covered_begin = 0;
+    covered_end = paged_num_blocks<kRows>(lens, lens_2d, tile) * kKvBlock;
+  }
+  if (compressed) {
+    const int shift = info.lo[row % kRows];
+    covered_begin -= shift;
+    covered_end -= shift;
+  }
+  float* out_row = logits + static_cast<i64>(row) * logits_ld;
+  for (int col = threadIdx.x; col < num_cols; col += blockDim.x) {
+    if (col < covered_begin || col >= covered_end) out_row[col] = neg_inf();
+  }
+}
+
+}  // namespace mategemm

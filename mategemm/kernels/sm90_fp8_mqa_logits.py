@@ -1,0 +1,103 @@
+"""Host side of kernels_src/sm90_fp8_mqa_logits.cuh: stubs, descriptors, launches."""
+from __future__ import annotations
+
+import torch
+
+from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.runtime import launch as rt
+from mategemm.runtime.tma import encode_2d
+
+KERNEL = "sm90_fp8_mqa_logits"
+FILL = "mqa_logits_fill"
+INDEX_DIM = 128
+KV_BLOCK = 64
+FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
+MAX_STAGES = 16
+THREADS = 256  # a TMA warpgroup and a math warpgroup
+TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
+         rt.INT, rt.INT, rt.INT)
+FILL_TYPES = (rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.INT, rt.INT, rt.INT)
+
+_loaded: dict[tuple, rt.LoadedKernel] = {}
+
+
+def smem_bytes(rows: int, heads: int, stages: int) -> int:
+    """Must match MqaLogitsSmem::kTotalBytes."""
+    q_bytes = rows * heads * INDEX_DIM
+    return 2 * q_bytes + stages * (KV_BLOCK * INDEX_DIM + KV_BLOCK * 4) + (2 * stages + 4) * 8 + 1024
+
+
+def stages_for(rows: int, heads: int, smem_limit: int) -> int:
+    """The deepest ring of key blocks that fits (memory-bound: more bytes in flight)."""
+    stages = MAX_STAGES
+    while stages > 2 and smem_bytes(rows, heads, stages) > smem_limit:
+        stages -= 1
+    return stages
+
+
+def spec(rows: int, heads: int, stages: int, paged: bool, arch: str) -> KernelSpec:
+    name_expr = f"&mategemm::{KERNEL}<{rows}, {heads}, {stages}, {'true' if paged else 'false'}>"
+    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+
+
+def fill_spec(rows: int, paged: bool, arch: str) -> KernelSpec:
+    name_expr = f"&mategemm::{FILL}<{rows}, {'true' if paged else 'false'}>"
+    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+
+
+def _load(kernel_spec: KernelSpec, smem: int, device_index: int, cache: KernelCache | None) -> rt.LoadedKernel:
+    key = (device_index, kernel_spec.arch, kernel_spec.name_expr)
+    kernel = _loaded.get(key)
+    if kernel is None:
+        with torch.cuda.device(device_index):
+            kernel = rt.LoadedKernel((cache or default_cache()).get(kernel_spec), THREADS, smem)
+        _loaded[key] = kernel
+    return kernel
+
+
+class MqaLogitsLaunch:
+    """One call's kernels and packed arguments, built once and reusable while the tensors stay."""
+
+    __slots__ = ("main", "main_grid", "main_args", "fill", "fill_grid", "fill_args", "tensors")
+
+    def __init__(self, *, paged: bool, rows: int, heads: int, arch: str, smem_limit: int, q: torch.Tensor,
+                 keys: torch.Tensor, scales: torch.Tensor | None, weights: torch.Tensor, lens: torch.Tensor,
+                 lens_end: torch.Tensor | None, lens_2d: bool, block_table: torch.Tensor | None,
+                 schedule: torch.Tensor | None, logits: torch.Tensor, num_rows: int, compressed: bool, clean: bool,
+                 grid: int):
+        """paged: keys is the fused uint8 cache (num_blocks, 64, 1, 132); else keys (seq_len_kv, 128)
+        FP8 with scales (seq_len_kv,) fp32, lens/lens_end the windows' starts and ends."""
+        index = q.device.index
+        stages = stages_for(rows, heads, smem_limit)
+        smem = smem_bytes(rows, heads, stages)
+        self.main = _load(spec(rows, heads, stages, paged, arch), smem, index, None)
+        n = rows * heads
+        tmap_q = encode_2d(q.view(-1, INDEX_DIM), INDEX_DIM, n, 128)
+        if paged:
+            cache_rows = keys.view(torch.uint8).view(-1, INDEX_DIM)  # 66 rows of 128 bytes per block
+            tmap_keys = encode_2d(cache_rows, INDEX_DIM, KV_BLOCK, 128)
+            tmap_scales = encode_2d(cache_rows, INDEX_DIM, 2, 0)
+        else:
+            tmap_keys = encode_2d(keys, INDEX_DIM, KV_BLOCK, 128)
+            tmap_scales = encode_2d(scales.view(1, -1), KV_BLOCK, 1, 0)  # one row: boxes of 64 scales
+        lens_end_ptr = 0 if lens_end is None else lens_end.data_ptr()
+        table_ptr, table_ld = (0, 0) if block_table is None else (block_table.data_ptr(), block_table.stride(0))
+        num_cols = logits.shape[1]
+        self.main_grid = grid
+        self.main_args = self.main.pack(
+            (tmap_q, tmap_keys, tmap_scales, weights.data_ptr(), lens.data_ptr(), lens_end_ptr, int(lens_2d),
+             table_ptr, table_ld, 0 if schedule is None else schedule.data_ptr(), logits.data_ptr(), logits.stride(0),
+             num_rows, num_cols, int(compressed), int(clean)), TYPES)
+        self.fill = None
+        if clean:
+            self.fill = _load(fill_spec(rows, paged, arch), 0, index, None)
+            self.fill_grid = logits.shape[0]
+            self.fill_args = self.fill.pack((lens.data_ptr(), lens_end_ptr, int(lens_2d), logits.data_ptr(),
+                                             logits.stride(0), num_rows, num_cols, int(compressed)), FILL_TYPES)
+        self.tensors = (q, keys, scales, weights, lens, lens_end, block_table, schedule, logits)
+
+    def __call__(self, stream: int) -> None:
+        if self.fill is not None and self.fill_grid > 0:
+            self.fill.launch(self.fill_grid, stream, self.fill_args)
+        if self.main_grid > 0:
+            self.main.launch(self.main_grid, stream, self.main_args)

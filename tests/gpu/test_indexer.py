@@ -1,0 +1,120 @@
+"""The lightning indexer on the GPU against the float64 references of mategemm.testing.indexer.
+
+Logits start poisoned (NaN): positions a call must leave alone are checked to still be NaN.
+"""
+import pytest
+import torch
+
+import mategemm
+from mategemm import indexer
+from mategemm.testing import indexer as ref
+from mategemm.testing.numerics import calc_diff
+
+TOL = 1e-5  # FP8 products are exact; fp32 sums over 128 dims and the heads
+
+
+def check(got: torch.Tensor, want: torch.Tensor, clean: bool, what: str) -> None:
+    """Visible positions match; invisible ones are -inf (clean) or still the NaN poison."""
+    visible = torch.isfinite(want)
+    assert torch.isfinite(got[visible]).all(), f"{what}: a visible position is not finite"
+    if visible.any():
+        diff = calc_diff(got[visible].double(), want[visible].double())
+        assert diff <= TOL, f"{what}: calc_diff {diff:.2e}"
+    hidden = got[~visible]
+    if clean:
+        assert (hidden == float("-inf")).all(), f"{what}: an invisible position is not -inf"
+    else:
+        assert torch.isnan(hidden).all(), f"{what}: an invisible position was written"
+
+
+def run_paged(case: dict, clean: bool, num_mps: int = 0) -> torch.Tensor:
+    meta = mategemm.get_paged_mqa_logits_metadata(case["context_lens"], 64, num_mps)
+    rows = case["q"].shape[0] * case["q"].shape[1]
+    logits = torch.full((rows, case["max_context_len"]), float("nan"), device="cuda")
+    args = (case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"], case["block_table"], meta)
+    indexer._paged_checks(*args, case["max_context_len"], clean)
+    return indexer._paged_into(logits, *args, clean)
+
+
+def paged_want(case: dict, clean: bool) -> torch.Tensor:
+    return ref.paged_reference(case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"],
+                               case["block_table"], case["max_context_len"], clean_logits=clean)
+
+
+@pytest.mark.parametrize("next_n,heads", [(1, 32), (1, 64), (2, 32), (2, 64), (3, 64), (4, 64)])
+@pytest.mark.parametrize("two_d", (False, True))
+@pytest.mark.parametrize("clean", (True, False))
+def test_paged_logits(next_n, heads, two_d, clean):
+    gen = torch.Generator(device="cuda").manual_seed(next_n * 100 + heads + two_d)
+    lens = [1 + next_n, 63, 64, 65, 200, 1000, 777]
+    if two_d:
+        lens = [[max(n - (next_n - 1 - j) * 7, 0) for j in range(next_n)] for n in lens]
+    case = ref.make_paged_case(len(lens), next_n, heads, lens, shared_prefix_blocks=2, generator=gen, device="cuda")
+    got = run_paged(case, clean)
+    check(got, paged_want(case, clean), clean, f"paged next_n={next_n} heads={heads} 2d={two_d}")
+
+
+@pytest.mark.parametrize("num_mps", (1, 7, 132, 300))
+def test_paged_logits_any_split(num_mps):
+    """Every SM count splits requests mid-way differently; the logits stay the same."""
+    gen = torch.Generator(device="cuda").manual_seed(num_mps)
+    case = ref.make_paged_case(5, 2, 64, [3000, 0, 129, 1, 4095], generator=gen, device="cuda")
+    check(run_paged(case, True, num_mps), paged_want(case, True), True, f"num_mps={num_mps}")
+
+
+def test_paged_long_context_through_the_public_api():
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    case = ref.make_paged_case(3, 1, 64, [70000, 65537, 123], generator=gen, device="cuda")
+    meta = mategemm.get_paged_mqa_logits_metadata(case["context_lens"], 64)
+    got = mategemm.fp8_paged_mqa_logits(case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"],
+                                        case["block_table"], meta, case["max_context_len"], True)
+    check(got, paged_want(case, True), True, "long context")
+
+
+def test_paged_block_table_out_of_range_reads_zeros():
+    """Entries past the cache or negative: those blocks score 0, nothing faults (run under memcheck)."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    case = ref.make_paged_case(2, 1, 32, [200, 200], generator=gen, device="cuda")
+    want = paged_want(case, True)  # with the valid table (the reference would index out of range)
+    num_blocks = case["fused_kv_cache"].shape[0]
+    case["block_table"][0, 1] = num_blocks + 1000
+    case["block_table"][1, 2] = -5
+    got = run_paged(case, True)
+    zero = torch.zeros_like(want[0, 64:128])
+    assert torch.equal(got[0, 64:128], zero) and torch.equal(got[1, 128:192], zero)
+    keep = torch.ones_like(want, dtype=torch.bool)
+    keep[0, 64:128] = False
+    keep[1, 128:192] = False
+    assert calc_diff(got[keep & torch.isfinite(want)].double(), want[keep & torch.isfinite(want)].double()) <= TOL
+
+
+@pytest.mark.parametrize("heads", (32, 64))
+@pytest.mark.parametrize("causal", (False, True))
+@pytest.mark.parametrize("compressed", (False, True))
+@pytest.mark.parametrize("clean", (True, False))
+def test_prefill_logits(heads, causal, compressed, clean):
+    gen = torch.Generator(device="cuda").manual_seed(heads + 2 * causal + 4 * compressed)
+    case = ref.make_prefill_case(301, 1000, heads, generator=gen, device="cuda", causal_chunks=causal)
+    max_k = case["max_seqlen_k"] if compressed else 0
+    num_cols = max_k if compressed else case["kv"][0].shape[0]
+    logits = torch.full((301, num_cols), float("nan"), device="cuda")
+    args = (case["q"], case["kv"], case["weights"], case["ks"], case["ke"], clean, max_k)
+    indexer._prefill_checks(*args)
+    got = indexer._prefill_into(logits, *args)
+    want = ref.prefill_reference(*args)
+    check(got, want, clean, f"prefill heads={heads} causal={causal} compressed={compressed}")
+
+
+def test_prefill_public_api_and_deep_gemm_names():
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    case = ref.make_prefill_case(64, 333, 64, generator=gen, device="cuda", causal_chunks=True)
+    got = mategemm.deep_gemm.fp8_mqa_logits(case["q"], case["kv"], case["weights"], case["ks"], case["ke"])
+    want = ref.prefill_reference(case["q"], case["kv"], case["weights"], case["ks"], case["ke"])
+    check(got, want, True, "public prefill")
+
+
+def test_metadata_on_the_gpu_matches_the_cpu():
+    lens = torch.tensor([5000, 0, 1, 64, 65, 129], dtype=torch.int32)
+    for num_mps in (1, 5, 132):
+        gpu = mategemm.get_paged_mqa_logits_metadata(lens.cuda(), 64, num_mps)
+        assert torch.equal(gpu.cpu(), mategemm.get_paged_mqa_logits_metadata(lens, 64, num_mps))

@@ -1,0 +1,162 @@
+"""The lightning indexer without a GPU: schedule metadata, argument checks, SASS of its kernels."""
+import collections
+
+import pytest
+import torch
+
+import mategemm
+from mategemm import deep_gemm
+from mategemm.kernels import sm90_fp8_mqa_logits as kernel
+from mategemm.testing import sass
+
+E4M3 = torch.float8_e4m3fn
+
+
+def walk(meta: torch.Tensor, blocks: list[int]) -> list[list[tuple[int, int]]]:
+    """The (request, block) items each SM's CTA visits, as the kernel walks them."""
+    rows = meta.tolist()
+    visits = []
+    for (b, i), (end_b, end_i) in zip(rows[:-1], rows[1:]):
+        items = []
+        while b < end_b or (b == end_b and i < end_i):
+            if i < blocks[b]:
+                items.append((b, i))
+                i += 1
+            else:
+                b, i = b + 1, 0
+        visits.append(items)
+    return visits
+
+
+@pytest.mark.parametrize("lens,num_mps", [([100, 0, 64, 65, 3000], 4), ([1], 132), ([0, 0, 0], 8),
+                                          ([70000, 5, 64 * 7, 1, 2, 3], 13), ([[10, 70], [0, 0], [128, 1]], 3)])
+def test_metadata_splits_every_block_once_and_evenly(lens, num_mps):
+    context_lens = torch.tensor(lens, dtype=torch.int32)
+    meta = mategemm.get_paged_mqa_logits_metadata(context_lens, 64, num_mps)
+    assert meta.dtype == torch.int32 and tuple(meta.shape) == (num_mps + 1, 2)
+    longest = context_lens if context_lens.dim() == 1 else context_lens.amax(dim=1)
+    blocks = [-(-max(n, 0) // 64) for n in longest.tolist()]
+    visits = walk(meta, blocks)
+    flat = [item for items in visits for item in items]
+    assert flat == [(b, i) for b in range(len(blocks)) for i in range(blocks[b])]
+    total = sum(blocks)
+    assert all(total // num_mps <= len(items) <= -(-total // num_mps) for items in visits)
+    assert meta[-1].tolist() == [len(blocks), 0]
+    assert deep_gemm.get_paged_mqa_logits_metadata is mategemm.get_paged_mqa_logits_metadata
+
+
+def test_metadata_checks_its_arguments():
+    lens = torch.tensor([5, 6], dtype=torch.int32)
+    with pytest.raises(ValueError, match="block_kv"):
+        mategemm.get_paged_mqa_logits_metadata(lens, 128, 4)
+    with pytest.raises(TypeError, match="context_lens"):
+        mategemm.get_paged_mqa_logits_metadata(lens.long(), 64, 4)
+    with pytest.raises(ValueError, match="num_mps"):
+        mategemm.get_paged_mqa_logits_metadata(lens, 64, -1)
+    with pytest.raises(ValueError, match="context_lens"):
+        mategemm.get_paged_mqa_logits_metadata(torch.zeros((2, 2, 2), dtype=torch.int32), 64, 4)
+
+
+def paged_args(batch=2, next_n=2, heads=64, num_blocks=8):
+    q = torch.zeros((batch, next_n, heads, 128), dtype=torch.uint8).view(E4M3)
+    cache = torch.zeros((num_blocks, 64, 1, 132), dtype=torch.uint8)
+    weights = torch.zeros((batch * next_n, heads))
+    lens = torch.tensor([100] * batch, dtype=torch.int32)
+    table = torch.zeros((batch, 4), dtype=torch.int32)
+    meta = torch.zeros((5, 2), dtype=torch.int32)
+    return dict(q=q, fused_kv_cache=cache, weights=weights, context_lens=lens, block_table=table, schedule_meta=meta,
+                max_context_len=256, clean_logits=True)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(q=torch.zeros((2, 2, 64, 128))), TypeError, "q must have dtype"),
+    (dict(q=torch.zeros((2, 5, 64, 128), dtype=torch.uint8).view(E4M3)), ValueError, "next_n"),
+    (dict(q=torch.zeros((2, 2, 60, 128), dtype=torch.uint8).view(E4M3)), ValueError, "heads"),
+    (dict(q=torch.zeros((2, 4, 128, 128), dtype=torch.uint8).view(E4M3)), ValueError, "heads"),
+    (dict(q=torch.zeros((2, 2, 64, 64), dtype=torch.uint8).view(E4M3)), ValueError, "index_dim"),
+    (dict(fused_kv_cache=torch.zeros((8, 64, 1, 128), dtype=torch.uint8)), ValueError, "fused_kv_cache"),
+    (dict(fused_kv_cache=torch.zeros((8, 32, 1, 132), dtype=torch.uint8)), ValueError, "fused_kv_cache"),
+    (dict(weights=torch.zeros((4, 32))), ValueError, "weights"),
+    (dict(weights=torch.zeros((4, 64), dtype=torch.float16)), TypeError, "weights"),
+    (dict(context_lens=torch.tensor([1, 2, 3], dtype=torch.int32)), ValueError, "context_lens"),
+    (dict(context_lens=torch.tensor([[1, 2, 3]] * 2, dtype=torch.int32)), ValueError, "context_lens"),
+    (dict(block_table=torch.zeros((3, 4), dtype=torch.int32)), ValueError, "block_table"),
+    (dict(block_table=torch.zeros((2, 4), dtype=torch.int64)), TypeError, "block_table"),
+    (dict(schedule_meta=torch.zeros((5, 3), dtype=torch.int32)), ValueError, "schedule_meta"),
+    (dict(max_context_len=0), ValueError, "max_context_len"),
+    (dict(max_context_len=2.5), ValueError, "max_context_len"),
+    (dict(clean_logits=1), TypeError, "clean_logits"),
+    (dict(), ValueError, "CUDA"),  # everything right but on the CPU
+])
+def test_paged_logits_check_arguments_before_any_launch(change, error, match):
+    args = paged_args()
+    args.update(change)
+    with pytest.raises(error, match=match):
+        mategemm.fp8_paged_mqa_logits(**args)
+
+
+def prefill_args(seq_len=16, heads=32, seq_len_kv=100):
+    q = torch.zeros((seq_len, heads, 128), dtype=torch.uint8).view(E4M3)
+    k = torch.zeros((seq_len_kv, 128), dtype=torch.uint8).view(E4M3)
+    return dict(q=q, kv=(k, torch.ones(seq_len_kv)), weights=torch.zeros((seq_len, heads)),
+                cu_seq_len_k_start=torch.zeros(seq_len, dtype=torch.int32),
+                cu_seq_len_k_end=torch.full((seq_len,), seq_len_kv, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(kv=torch.zeros((100, 128))), TypeError, "kv must be a pair"),
+    (dict(kv=(torch.zeros((100, 128), dtype=torch.uint8).view(E4M3), torch.ones(99))), ValueError, "kv\\[1\\]"),
+    (dict(kv=(torch.zeros((100, 64), dtype=torch.uint8).view(E4M3), torch.ones(100))), ValueError, "kv\\[0\\]"),
+    (dict(weights=torch.zeros((16, 64))), ValueError, "weights"),
+    (dict(cu_seq_len_k_start=torch.zeros(15, dtype=torch.int32)), ValueError, "cu_seq_len_k_start"),
+    (dict(cu_seq_len_k_end=torch.zeros(16, dtype=torch.int64)), TypeError, "cu_seq_len_k_end"),
+    (dict(max_seqlen_k=-1), ValueError, "max_seqlen_k"),
+    (dict(), ValueError, "CUDA"),
+])
+def test_prefill_logits_check_arguments(change, error, match):
+    args = prefill_args()
+    args.update(change)
+    with pytest.raises(error, match=match):
+        mategemm.fp8_mqa_logits(**args)
+
+
+def test_stage_ring_fits_shared_memory():
+    for rows, heads in ((1, 32), (1, 64), (2, 64), (4, 64), (4, 32), (8, 32)):
+        stages = kernel.stages_for(rows, heads, 232448)
+        assert 2 <= stages <= kernel.MAX_STAGES and kernel.smem_bytes(rows, heads, stages) <= 232448
+
+
+def test_smem_bytes_match_the_kernel_layout():
+    from mategemm.jit import nvrtc
+
+    for rows, heads, stages in ((1, 64, 16), (4, 64, 12), (4, 32, 16)):
+        source = ('#include "sm90_fp8_mqa_logits.cuh"\n'
+                  f"static_assert(mategemm::MqaLogitsSmem<{rows}, {heads}, {stages}>::kTotalBytes == "
+                  f'{kernel.smem_bytes(rows, heads, stages)}, "python and kernel disagree");\n'
+                  "__global__ void probe() {}\n")
+        nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
+
+
+@pytest.fixture(scope="module")
+def sass_cache(tmp_path_factory):
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    from mategemm.jit.cache import KernelCache
+    return KernelCache(tmp_path_factory.mktemp("indexer_sass"))
+
+
+# Every tile shape the API can launch: paged next_n 1-4 x heads 32/64; prefill 128-column tiles.
+INSTANCES = [(next_n, heads, True) for next_n in (1, 2, 3, 4) for heads in (32, 64)] + [(4, 32, False), (2, 64, False)]
+
+
+@pytest.mark.parametrize("rows,heads,paged", INSTANCES)
+def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged):
+    stages = kernel.stages_for(rows, heads, 232448)
+    compiled = sass_cache.get(kernel.spec(rows, heads, stages, paged, "sm_90a"))
+    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    ops = collections.Counter(sass.opcodes(text))
+    assert f"QGMMA.64x{rows * heads}x32.F32.E4M3.E4M3" in text
+    assert ops["UTMALDG"] > 0 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    fill = sass_cache.get(kernel.fill_spec(rows, paged, "sm_90a"))
+    fill_ops = collections.Counter(sass.opcodes(sass.dump_sass(fill.path / "kernel.cubin")))
+    assert fill_ops["STG"] > 0 and fill_ops["LDL"] == 0
