@@ -12,7 +12,8 @@
 // and the tile's queries as B (N = kRows x kHeads rows); each thread scales, rectifies and weights
 // its accumulators, and the 4 lanes that share a key row sum the heads.
 // Warp roles: one thread of warpgroup 0 issues TMA (the queries once per tile, keys and scales
-// through a ring of kStages); warpgroup 1 computes. Positions no block covers are set to -inf
+// through a ring of kStages); kMathWG math warpgroups take the blocks in turn, so one's epilogue
+// runs while the other's wgmma does. Positions no block covers are set to -inf
 // by mqa_logits_fill (when clean). Block-table entries are not trusted: an entry out of range
 // reads zeros (TMA's out-of-bounds fill), never memory outside the cache.
 #pragma once
@@ -127,8 +128,8 @@ struct MqaWalker {
   }
 };
 
-template <int kRows, int kHeads, int kStages, bool kPaged>
-__global__ void __launch_bounds__(256, 1)
+template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
+__global__ void __launch_bounds__((kMathWG + 1) * 128, 1)
 sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constant__ TmaDesc tmap_keys,
                     const __grid_constant__ TmaDesc tmap_scales, const float* __restrict__ weights,
                     const int* __restrict__ lens, const int* __restrict__ lens_end, int lens_2d,
@@ -138,6 +139,10 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
   using Smem = MqaLogitsSmem<kRows, kHeads, kStages>;
   constexpr int kN = Smem::kN;
   static_assert(kHeads % 8 == 0 && kN <= 256 && kRows <= 8, "a tile is at most 256 query heads");
+  static_assert(kMathWG == 1 || kMathWG == 2, "one or two math warpgroups");
+  // NOTES: with two math warpgroups (384 threads, 168 registers each at launch) the producer
+  // hands its registers to the math warps, whose accumulators and weights need up to 200.
+  constexpr int kProducerRegs = 40, kMathRegs = 232;
   extern __shared__ __align__(1024) u8 smem_raw[];
   u8* smem = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
   const u32 full_bar = smem_addr(smem + Smem::kOffBarriers);
@@ -167,7 +172,7 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     #pragma unroll
     for (int s = 0; s < 2; ++s) {
       mbar_init(q_full_bar + s * 8, 1);
-      mbar_init(q_empty_bar + s * 8, 128);
+      mbar_init(q_empty_bar + s * 8, kMathWG * 128);
     }
     fence_mbar_init();
   }
@@ -176,6 +181,7 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
   MqaWalker<kRows, kPaged> walker(schedule, lens, lens_2d, first_block, last_block);
   if (warpgroup == 0) {
     // ---- producer: one thread loads each tile's queries, then its blocks' keys and scales ----
+    if constexpr (kMathWG == 2) setmaxnreg_dec<kProducerRegs>();
     if (threadIdx.x != 0) return;
     PipelineState<kStages> pipe;
     int t, block, current = -1, q_loads = 0;
@@ -206,18 +212,24 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     return;
   }
 
-  // ---- math warpgroup ----
+  // ---- math warpgroups: warpgroup w takes the work items i with i % kMathWG == w - 1 ----
+  if constexpr (kMathWG == 2) setmaxnreg_inc<kMathRegs>();
+  const int math_wg = warpgroup - 1;
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
   const int key_row0 = warp * 16 + lane / 4;  // this thread's key rows in a block: key_row0, key_row0 + 8
   PipelineState<kStages> pipe;
   float acc[kN / 2];
   float w[kN / 4];  // the weights of this thread's columns: 2 per 8-column chunk
-  int t, block, current = -1, q_loads = 0, buf = 0;
+  int t, block, current = -1, q_loads = 0, buf = 0, item = 0;
+  u32 q_phase = 0;
+  bool q_ready = false;
   while (walker.next(t, block)) {
     if (t != current) {
       if (current >= 0) mbar_arrive(q_empty_bar + buf * 8);  // the previous tile's queries are no longer read
       buf = q_loads & 1;
+      q_phase = (q_loads >> 1) & 1;
+      q_ready = false;
       if constexpr (kPaged) tile_info.load(t, lens, lens_end, lens_2d, num_rows);
       #pragma unroll
       for (int c = 0; c < kN / 8; ++c) {
@@ -229,12 +241,18 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
                                                               : 0.0f;
         }
       }
-      mbar_wait(q_full_bar + buf * 8, (q_loads >> 1) & 1);
       ++q_loads;
       current = t;
     }
     const int stage = pipe.stage;
-    mbar_wait(full_bar + stage * 8, pipe.phase);
+    const u32 phase = pipe.phase;
+    pipe.advance();
+    if (item++ % kMathWG != math_wg) continue;  // the other warpgroup's block
+    if (!q_ready) {
+      mbar_wait(q_full_bar + buf * 8, q_phase);
+      q_ready = true;
+    }
+    mbar_wait(full_bar + stage * 8, phase);
     const u64 desc_keys = smem_desc_k128_sw128(smem + Smem::kOffKeys + stage * Smem::kKeyBytes);
     const u64 desc_q = smem_desc_k128_sw128(smem + Smem::kOffQ + buf * Smem::kQBytes);
     #pragma unroll
@@ -251,17 +269,31 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     const u32 scales = smem_addr(smem + Smem::kOffScales + stage * kKvBlock * 4);
     const float scale0 = ld_shared_f32(scales + key_row0 * 4), scale1 = ld_shared_f32(scales + (key_row0 + 8) * 4);
     mbar_arrive(empty_bar + stage * 8);
-    pipe.advance();
 
-    // Weighted sum over the heads of each draft token / query row j, for both key rows.
+    // Weighted sum over the heads of each draft token / query row j, for both key rows. With a
+    // non-negative scale s, relu(x * s) = s * relu(x) rounds the same: one multiply per key row.
     float sum0[kRows], sum1[kRows];
     #pragma unroll
     for (int j = 0; j < kRows; ++j) sum0[j] = sum1[j] = 0.0f;
-    #pragma unroll
-    for (int c = 0; c < kN / 8; ++c) {
-      const int j = c * 8 / kHeads;  // an 8-column chunk lies inside one row's heads
-      sum0[j] += w[c * 2] * fmaxf(acc[c * 4] * scale0, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 1] * scale0, 0.0f);
-      sum1[j] += w[c * 2] * fmaxf(acc[c * 4 + 2] * scale1, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 3] * scale1, 0.0f);
+    if (scale0 >= 0.0f && scale1 >= 0.0f) {
+      #pragma unroll
+      for (int c = 0; c < kN / 8; ++c) {
+        const int j = c * 8 / kHeads;  // an 8-column chunk lies inside one row's heads
+        sum0[j] += w[c * 2] * fmaxf(acc[c * 4], 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 1], 0.0f);
+        sum1[j] += w[c * 2] * fmaxf(acc[c * 4 + 2], 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 3], 0.0f);
+      }
+      #pragma unroll
+      for (int j = 0; j < kRows; ++j) {
+        sum0[j] *= scale0;
+        sum1[j] *= scale1;
+      }
+    } else {
+      #pragma unroll
+      for (int c = 0; c < kN / 8; ++c) {
+        const int j = c * 8 / kHeads;
+        sum0[j] += w[c * 2] * fmaxf(acc[c * 4] * scale0, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 1] * scale0, 0.0f);
+        sum1[j] += w[c * 2] * fmaxf(acc[c * 4 + 2] * scale1, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 3] * scale1, 0.0f);
+      }
     }
     #pragma unroll
     for (int j = 0; j < kRows; ++j) {

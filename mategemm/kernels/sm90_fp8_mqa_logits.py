@@ -13,9 +13,14 @@ INDEX_DIM = 128
 KV_BLOCK = 64
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
 MAX_STAGES = 16
-THREADS = 256  # a TMA warpgroup and a math warpgroup
+# NOTES: v1 (one math warpgroup) is the one verified on a GPU (H200, session 4: 48 tests, 1313-2423
+# GB/s, 0.46-0.58x DeepGEMM). Two math warpgroups taking alternate blocks are built and compile
+# without spills (tests/unit/test_indexer_api.py) but have not run on a GPU yet: switch after
+# tests/gpu/test_indexer.py passes with MATH_WARPGROUPS = 2, and measure with tools/bench.py indexer.
+MATH_WARPGROUPS = 1
 TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
          rt.INT, rt.INT, rt.INT)
+FILL_THREADS = 256
 FILL_TYPES = (rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.INT, rt.INT, rt.INT)
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
@@ -35,8 +40,8 @@ def stages_for(rows: int, heads: int, smem_limit: int) -> int:
     return stages
 
 
-def spec(rows: int, heads: int, stages: int, paged: bool, arch: str) -> KernelSpec:
-    name_expr = f"&mategemm::{KERNEL}<{rows}, {heads}, {stages}, {'true' if paged else 'false'}>"
+def spec(rows: int, heads: int, stages: int, paged: bool, arch: str, math_wg: int = MATH_WARPGROUPS) -> KernelSpec:
+    name_expr = f"&mategemm::{KERNEL}<{rows}, {heads}, {stages}, {'true' if paged else 'false'}, {math_wg}>"
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
 
@@ -45,12 +50,13 @@ def fill_spec(rows: int, paged: bool, arch: str) -> KernelSpec:
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
 
-def _load(kernel_spec: KernelSpec, smem: int, device_index: int, cache: KernelCache | None) -> rt.LoadedKernel:
+def _load(kernel_spec: KernelSpec, threads: int, smem: int, device_index: int,
+          cache: KernelCache | None) -> rt.LoadedKernel:
     key = (device_index, kernel_spec.arch, kernel_spec.name_expr)
     kernel = _loaded.get(key)
     if kernel is None:
         with torch.cuda.device(device_index):
-            kernel = rt.LoadedKernel((cache or default_cache()).get(kernel_spec), THREADS, smem)
+            kernel = rt.LoadedKernel((cache or default_cache()).get(kernel_spec), threads, smem)
         _loaded[key] = kernel
     return kernel
 
@@ -70,7 +76,7 @@ class MqaLogitsLaunch:
         index = q.device.index
         stages = stages_for(rows, heads, smem_limit)
         smem = smem_bytes(rows, heads, stages)
-        self.main = _load(spec(rows, heads, stages, paged, arch), smem, index, None)
+        self.main = _load(spec(rows, heads, stages, paged, arch), (MATH_WARPGROUPS + 1) * 128, smem, index, None)
         n = rows * heads
         tmap_q = encode_2d(q.view(-1, INDEX_DIM), INDEX_DIM, n, 128)
         if paged:
@@ -90,7 +96,7 @@ class MqaLogitsLaunch:
              num_rows, num_cols, int(compressed), int(clean)), TYPES)
         self.fill = None
         if clean:
-            self.fill = _load(fill_spec(rows, paged, arch), 0, index, None)
+            self.fill = _load(fill_spec(rows, paged, arch), FILL_THREADS, 0, index, None)
             self.fill_grid = logits.shape[0]
             self.fill_args = self.fill.pack((lens.data_ptr(), lens_end_ptr, int(lens_2d), logits.data_ptr(),
                                              logits.stride(0), num_rows, num_cols, int(compressed)), FILL_TYPES)

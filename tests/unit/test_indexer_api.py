@@ -149,10 +149,11 @@ def sass_cache(tmp_path_factory):
 INSTANCES = [(next_n, heads, True) for next_n in (1, 2, 3, 4) for heads in (32, 64)] + [(4, 32, False), (2, 64, False)]
 
 
+@pytest.mark.parametrize("math_wg", (1, 2))
 @pytest.mark.parametrize("rows,heads,paged", INSTANCES)
-def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged):
+def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged, math_wg):
     stages = kernel.stages_for(rows, heads, 232448)
-    compiled = sass_cache.get(kernel.spec(rows, heads, stages, paged, "sm_90a"))
+    compiled = sass_cache.get(kernel.spec(rows, heads, stages, paged, "sm_90a", math_wg))
     text = sass.dump_sass(compiled.path / "kernel.cubin")
     ops = collections.Counter(sass.opcodes(text))
     assert f"QGMMA.64x{rows * heads}x32.F32.E4M3.E4M3" in text
