@@ -7,6 +7,9 @@
                                      counts vs padding, real models' MoE layers)
     python tools/bench.py bmm       (bmm_fp8 in its four recipes vs torch._scaled_mm per batch entry and
                                      torch.bmm in bf16; dense_fp8's shapes as batch 1 in (1,128,128))
+    python tools/bench.py indexer   (fp8_paged_mqa_logits, DeepSeek's lightning indexer in decode, over
+                                     "paged_mqa_logits": GB/s against the copy bandwidth and DeepGEMM's
+                                     anchors, and a plain torch peer)
     python tools/bench.py host      (host overhead per warm call, first call in a new process,
                                      cold NVRTC compile time per kernel)
 
@@ -34,6 +37,7 @@ import torch  # noqa: E402
 
 import mategemm  # noqa: E402
 from mategemm.testing import calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs  # noqa: E402
+from mategemm.testing import indexer as indexer_testing  # noqa: E402
 from mategemm.testing import moe, peers  # noqa: E402
 from mategemm.testing.timing import SLEEP_CYCLES, median_ms, rotating_gemm_calls  # noqa: E402
 
@@ -52,9 +56,10 @@ def copy_tbps() -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e12
 
 
-def load_anchors(suite: str, kind: str) -> dict:
-    data = json.loads(ANCHORS.read_text())
-    return {(r["m"], r["n"], r["k"]): r for r in data.get(suite, {}).get(kind, [])}
+def load_anchors(suite: str, kind: str, fields: tuple = ("m", "n", "k"), path: Path = ANCHORS) -> dict:
+    """anchors.json's rows of `suite` on a card kind, keyed by their values of `fields`."""
+    data = json.loads(Path(path).read_text())
+    return {tuple(r[f] for f in fields): r for r in data.get(suite, {}).get(kind, [])}
 
 
 def dense_bytes(m: int, n: int, k: int) -> int:
@@ -150,7 +155,11 @@ def summarise(result: dict) -> None:
           ", ".join(f"{k} {v}" for k, v in summary.items()), flush=True)
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path, label=lambda r: f"{r['m']}x{r['n']}x{r['k']}",
+         impls: tuple = ("mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise"), metric: str = "tflops",
+         ylabel: str = "TFLOPS", ceiling: tuple | None = None) -> None:
+    """Bars of each implementation's `metric` per row (dense_fp8's TFLOPS by default); `ceiling`:
+    (value, label) of a dashed line across the plot."""
     try:
         import matplotlib
 
@@ -160,15 +169,17 @@ def plot(result: dict, path: Path) -> None:
         print("matplotlib not installed: no plot", flush=True)
         return
     rows = result["rows"]
-    labels = [f"{r['m']}x{r['n']}x{r['k']}" for r in rows]
+    labels = [label(r) for r in rows]
     fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.5), 5))
-    width = 0.2
-    for i, impl in enumerate(("mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise")):
-        ys = [r.get(f"{impl}_tflops", 0) for r in rows]
-        ax.bar([x + (i - 1.5) * width for x in range(len(rows))], ys, width, label=impl)
+    width = 0.8 / len(impls)
+    for i, impl in enumerate(impls):
+        ys = [r.get(f"{impl}_{metric}", 0) for r in rows]
+        ax.bar([x + (i - (len(impls) - 1) / 2) * width for x in range(len(rows))], ys, width, label=impl)
+    if ceiling:
+        ax.axhline(ceiling[0], color="gray", linestyle="--", label=ceiling[1])
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_ylabel("TFLOPS")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{result['suite']} on {result['card']} ({result['date']})")
     ax.legend()
     fig.tight_layout()
@@ -959,9 +970,244 @@ def bench_bmm(args) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- indexer suite (paged MQA logits)
+
+INDEXER_SHAPE_FIELDS = ("batch", "next_n", "heads", "index_dim", "block_kv", "avg_context")
+# anchors.json's "indexer" rows are matched on these (DeepGEMM drew its own context lengths)
+INDEXER_FIELDS = ("batch", "next_n", "heads", "avg_context")
+INDEXER_PEER = "torch_paged_logits"
+# The torch peer holds fp32 keys and scores of every request at once: a row whose estimate
+# (torch_peer_bytes) is over this, or over 90 % of the free GPU memory, is not timed for it. The
+# correctness check runs the same peer on chunks of requests of at most INDEXER_CHECK_BYTES each.
+TORCH_PEER_MAX_BYTES = 60e9
+INDEXER_CHECK_BYTES = 8e9
+LONG_CONTEXT = 8192  # summary: our GB/s against the copy bandwidth on rows with avg_context >= this
+
+
+def indexer_context_lens(batch: int, avg_context: int, generator=None) -> list[int]:
+    """DeepGEMM's generator: each request's length uniform in [int(0.7 avg), int(1.3 avg))."""
+    return torch.randint(int(0.7 * avg_context), int(1.3 * avg_context), (batch,), generator=generator).tolist()
+
+
+def indexer_kv_blocks(context_lens: list[int], block_kv: int = 64) -> int:
+    """Cache blocks the kernel reads: ceil(len / block_kv) per request."""
+    return sum(-(-n // block_kv) for n in context_lens)
+
+
+def indexer_bytes(context_lens: list[int], next_n: int, heads: int, max_context_len: int, index_dim: int = 128,
+                  block_kv: int = 64) -> int:
+    """All bytes moved: the cache blocks read (block_kv FP8 keys and their fp32 scales each), q (FP8),
+    weights (fp32) and the whole fp32 logits (batch * next_n, max_context_len) written (clean_logits)."""
+    rows = len(context_lens) * next_n
+    return (indexer_kv_blocks(context_lens, block_kv) * block_kv * (index_dim + 4) + rows * heads * (index_dim + 4)
+            + rows * max_context_len * 4)
+
+
+def indexer_deepgemm_bytes(context_lens: list[int], next_n: int, heads: int, index_dim: int = 128) -> int:
+    """Bytes as DeepGEMM's anchors count them (its gbps x ms reproduces this to 1e-5 on every anchor):
+    sum(len) keys with their scales, q, weights and sum(len) x next_n fp32 logits."""
+    rows, tokens = len(context_lens) * next_n, sum(context_lens)
+    return tokens * (index_dim + 4) + rows * heads * (index_dim + 4) + tokens * next_n * 4
+
+
+def indexer_flops(context_lens: list[int], next_n: int, heads: int, index_dim: int = 128) -> int:
+    return 2 * sum(context_lens) * next_n * heads * index_dim
+
+
+def torch_peer_bytes(batch: int, next_n: int, heads: int, max_context_len: int, index_dim: int = 128,
+                     block_kv: int = 64) -> int:
+    """Estimated peak GPU memory of one torch_paged_logits call beyond its inputs: the fp32 keys of
+    every table block twice (dequantising, then padding), or once beside two fp32 score tensors
+    (batch, next_n * heads, max_context_len) (relu, then the weighted heads); plus three logits-sized
+    tensors (the head sum, the mask, the masked fill)."""
+    keys = batch * math.ceil(max_context_len / block_kv) * block_kv * index_dim * 4
+    scores = batch * next_n * heads * max_context_len * 4
+    return max(2 * keys, keys + 2 * scores) + 3 * batch * next_n * max_context_len * 4
+
+
+def peer_skip_reason(need: float, limit: float) -> str | None:
+    """Why the torch peer is not timed on a row (its `<impl>_error`), or None when it fits."""
+    if need <= limit:
+        return None
+    return f"skipped: needs ~{need / 1e9:.1f} GB of GPU memory, over the {limit / 1e9:.1f} GB allowed"
+
+
+def request_chunks(batch: int, bytes_per_request: float, limit: float) -> list[tuple[int, int]]:
+    """[start, end) ranges covering the batch in order, each of at most `limit` bytes (one request at least)."""
+    step = max(1, int(limit // max(bytes_per_request, 1)))
+    return [(b, min(b + step, batch)) for b in range(0, batch, step)]
+
+
+def paged_args(case: dict, requests: tuple[int, int] | None = None) -> tuple:
+    """(q, fused_kv_cache, weights, context_lens, block_table) of a make_paged_case case, or of the
+    requests [start, end) of it (the whole cache stays)."""
+    q, weights, lens, table = case["q"], case["weights"], case["context_lens"], case["block_table"]
+    if requests:
+        (b0, b1), next_n = requests, q.shape[1]
+        q, weights, lens, table = q[b0:b1], weights[b0 * next_n:b1 * next_n], lens[b0:b1], table[b0:b1]
+    return q, case["fused_kv_cache"], weights, lens, table
+
+
+def chunked_peer_logits(case: dict, limit: float = INDEXER_CHECK_BYTES) -> torch.Tensor:
+    """torch_paged_logits (clean_logits) run on chunks of requests of at most `limit` bytes each and
+    concatenated: the logits of one call on the whole batch, in bounded memory."""
+    batch, next_n, heads, _ = case["q"].shape
+    max_len = case["max_context_len"]
+    chunks = request_chunks(batch, torch_peer_bytes(1, next_n, heads, max_len), limit)
+    return torch.cat([indexer_testing.torch_paged_logits(*paged_args(case, c), max_len, True) for c in chunks])
+
+
+def indexer_diff(got: torch.Tensor, ref: torch.Tensor, context_lens: torch.Tensor, next_n: int) -> float:
+    """calc_diff of got against ref over the positions each row sees; inf if any position a row does
+    not see is other than -inf (clean_logits)."""
+    seen = indexer_testing.visible_mask(context_lens, next_n, got.shape[1]).to(got.device)
+    if not bool((got[~seen] == -math.inf).all()):
+        return float("inf")
+    return calc_diff(got[seen], ref[seen])
+
+
+def indexer_anchor_key(row: dict) -> tuple:
+    return tuple(row[f] for f in INDEXER_FIELDS)
+
+
+def indexer_ratios(row: dict, copy: float) -> dict:
+    """Unrounded: our GB/s over the copy bandwidth (`copy` TB/s, read + write); our GB/s counted as
+    DeepGEMM counts over its anchor's; peer ms / our ms. Only those the row has the numbers for."""
+    ratios = {}
+    if "mategemm_gbps" in row and copy:
+        ratios["mategemm_of_copy"] = row["mategemm_gbps"] / (copy * 1e3)
+    if "mategemm_gbps_deepgemm_count" in row and row.get("deepgemm_gbps"):
+        ratios["mategemm_vs_deepgemm"] = row["mategemm_gbps_deepgemm_count"] / row["deepgemm_gbps"]
+    x = speedup(row, "mategemm", INDEXER_PEER)
+    if x:
+        ratios[f"speedup_vs_{INDEXER_PEER}"] = x
+    return ratios
+
+
+def finish_indexer_row(row: dict, copy: float, anchor: dict | None) -> dict:
+    """Add DeepGEMM's anchor (if any), our GB/s under DeepGEMM's byte count, and the ratios (rounded)."""
+    if anchor:
+        row.update(deepgemm_tflops=anchor["tflops"], deepgemm_gbps=anchor["gbps"], deepgemm_ms=anchor["ms"])
+    if "mategemm_ms" in row and "deepgemm_bytes" in row:
+        row["mategemm_gbps_deepgemm_count"] = round(row["deepgemm_bytes"] / (row["mategemm_ms"] * 1e-3) / 1e9, 1)
+    row.update({k: round(v, 4) for k, v in indexer_ratios(row, copy).items()})
+    return row
+
+
+def indexer_summary(rows: list[dict], copy: float, long_context: int = LONG_CONTEXT) -> dict:
+    """Geomean and min of our GB/s over DeepGEMM's (anchored rows, DeepGEMM's byte count), of peer ms /
+    our ms against the torch peer, and of our GB/s over the copy bandwidth at avg_context >= long_context."""
+    summary = {}
+    groups = (("vs_deepgemm", "mategemm_vs_deepgemm", rows),
+              (f"vs_{INDEXER_PEER}", f"speedup_vs_{INDEXER_PEER}", rows),
+              (f"of_copy_ctx_ge_{long_context}", "mategemm_of_copy",
+               [r for r in rows if r.get("avg_context", 0) >= long_context]))
+    for name, key, group in groups:
+        values = [x for x in (indexer_ratios(r, copy).get(key) for r in group) if x]
+        if values:
+            summary.update({f"geomean_{name}": round(geomean(values), 4), f"min_{name}": round(min(values), 4),
+                            f"rows_{name}": len(values)})
+    return summary
+
+
+def format_indexer_row(row: dict) -> tuple[str, str]:
+    """(header, line) of a row: shape | ours GB/s, TF, ms, diff, of copy | DeepGEMM GB/s, x | torch ms, x."""
+    def cell(impl, metric):
+        return row.get(f"{impl}_{metric}", "ERR" if f"{impl}_error" in row else "-")
+
+    def ratio_text(key, digits=2):
+        x = row.get(key)
+        return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
+
+    diff = row.get("mategemm_diff")
+    head = (f"{'batch':>5} {'next_n':>6} {'heads':>5} {'avg_ctx':>7} | {'ours GB/s':>9} {'TF':>6} {'ms':>8} "
+            f"{'diff':>7} {'of copy':>7} | {'DeepGEMM':>8} {'x':>5} | {'torch ms':>8} {'x':>6}")
+    line = (f"{row['batch']:>5} {row['next_n']:>6} {row['heads']:>5} {row['avg_context']:>7} | "
+            f"{cell('mategemm', 'gbps')!s:>9} {cell('mategemm', 'tflops')!s:>6} {cell('mategemm', 'ms')!s:>8} "
+            f"{f'{diff:.1e}' if diff is not None else '-':>7} {ratio_text('mategemm_of_copy'):>7} | "
+            f"{row.get('deepgemm_gbps', '-')!s:>8} {ratio_text('mategemm_vs_deepgemm'):>5} | "
+            f"{cell(INDEXER_PEER, 'ms')!s:>8} {ratio_text(f'speedup_vs_{INDEXER_PEER}', 1):>6}")
+    return head, line
+
+
+def indexer_label(row: dict) -> str:
+    return f"b{row['batch']} n{row['next_n']} h{row['heads']} {row['avg_context'] // 1024}k"
+
+
+def plot_indexer(result: dict, path: Path) -> None:
+    plot(result, path, label=indexer_label, impls=("mategemm", "deepgemm", INDEXER_PEER), metric="gbps",
+         ylabel="GB/s", ceiling=(result["copy_tbps"] * 1e3, "device copy"))
+
+
+def bench_indexer_row(shape: dict, l2_bytes: int, lens_generator, data_generator) -> dict:
+    """One shape: fresh inputs (context lengths 0.7-1.3x avg_context, the same in every rotated set),
+    ours (clean_logits, its schedule metadata computed once per set, untimed) and the torch peer
+    interleaved; ours checked once against the peer (fp32) on the positions each row sees."""
+    row = {f: shape[f] for f in INDEXER_SHAPE_FIELDS}
+    batch, next_n, heads, index_dim, block_kv = (shape[f] for f in INDEXER_SHAPE_FIELDS[:5])
+    lens = indexer_context_lens(batch, shape["avg_context"], lens_generator)
+
+    def make_case():
+        return indexer_testing.make_paged_case(batch, next_n, heads, lens, generator=data_generator, device="cuda")
+
+    sets = [make_case()]
+    max_len = sets[0]["max_context_len"]
+    nbytes = indexer_bytes(lens, next_n, heads, max_len, index_dim, block_kv)
+    flops = indexer_flops(lens, next_n, heads, index_dim)
+    sets += [make_case() for _ in range(rotation_sets(nbytes, l2_bytes) - 1)]
+    row.update(sum_context=sum(lens), max_context_len=max_len, kv_blocks=indexer_kv_blocks(lens, block_kv),
+               input_sets=len(sets), bytes=nbytes,
+               deepgemm_bytes=indexer_deepgemm_bytes(lens, next_n, heads, index_dim))
+
+    def ours(s):
+        meta = mategemm.get_paged_mqa_logits_metadata(s["context_lens"], block_kv)
+        return lambda: mategemm.fp8_paged_mqa_logits(*paged_args(s), meta, s["max_context_len"], True)
+
+    def peer(s):
+        return lambda: indexer_testing.torch_paged_logits(*paged_args(s), s["max_context_len"], True)
+
+    record_diff(row, "mategemm", lambda: indexer_diff(ours(sets[0])(), chunked_peer_logits(sets[0]),
+                                                      sets[0]["context_lens"], next_n))
+    impls = [("mategemm", lambda: called_once([ours(s) for s in sets]), None)]
+    torch.cuda.empty_cache()
+    limit = min(TORCH_PEER_MAX_BYTES, 0.9 * torch.cuda.mem_get_info()[0])
+    skip = peer_skip_reason(torch_peer_bytes(batch, next_n, heads, max_len, index_dim, block_kv), limit)
+    if skip:
+        row[f"{INDEXER_PEER}_error"] = skip
+    else:
+        impls.append((INDEXER_PEER, lambda: [peer(s) for s in sets], None))
+    time_interleaved(row, impls, flops, nbytes)
+    return row
+
+
+def bench_indexer(args) -> dict:
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    anchors = load_anchors("indexer", card_kind(props.name), INDEXER_FIELDS)
+    result = {"suite": "indexer", "card": props.name, "date": time.strftime("%Y-%m-%d"),
+              "copy_tbps": round(copy_tbps(), 3), "rows": []}
+    lens_generator = torch.Generator().manual_seed(0)
+    data_generator = torch.Generator(device="cuda").manual_seed(0)
+    for shape in json.loads(Path(args.shapes).read_text())["paged_mqa_logits"]:
+        row = bench_indexer_row(shape, l2, lens_generator, data_generator)
+        torch.cuda.empty_cache()
+        finish_indexer_row(row, result["copy_tbps"], anchors.get(indexer_anchor_key(row)))
+        head, line = format_indexer_row(row)
+        if not result["rows"]:
+            print(f"\n== indexer (fp8_paged_mqa_logits, clean_logits): GB/s counts every byte moved; of copy = "
+                  f"GB/s / device copy; DeepGEMM x = our GB/s / its GB/s, both as DeepGEMM counts; torch x = torch ms "
+                  f"/ ours ms (> 1: ours faster)\n{head}", flush=True)
+        print(line, flush=True)
+        result["rows"].append(row)
+    result["summary"] = indexer_summary(result["rows"], result["copy_tbps"])
+    print(f"\ncard {result['card']}, copy {result['copy_tbps']} TB/s; " +
+          ", ".join(f"{k} {v}" for k, v in result["summary"].items()), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suite", choices=("dense_fp8", "grouped", "bmm", "host"))
+    parser.add_argument("suite", choices=("dense_fp8", "grouped", "bmm", "indexer", "host"))
     parser.add_argument("--out-dir", default=str(ROOT / "docs" / "bench"))
     parser.add_argument("--shapes", default=str(SHAPES))
     parser.add_argument("--modes", nargs="+", choices=GROUPED_MODES, default=list(GROUPED_MODES),
@@ -969,11 +1215,14 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suites = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "bmm": bench_bmm, "host": bench_host}
+    suites = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "bmm": bench_bmm, "indexer": bench_indexer,
+              "host": bench_host}
     result = suites[args.suite](args)
     (out_dir / f"{args.suite}.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.suite == "dense_fp8":
         plot(result, out_dir / f"{args.suite}.png")
+    elif args.suite == "indexer":
+        plot_indexer(result, out_dir / f"{args.suite}.png")
 
 
 if __name__ == "__main__":
