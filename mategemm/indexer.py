@@ -17,6 +17,7 @@ from mategemm.runtime import device as rt_device
 
 FP8 = (torch.float8_e4m3fn,)
 HEADS_MULTIPLE, MAX_TILE_HEADS, MAX_NEXT_N = 8, 256, 4
+MAX_MPS = 1 << 16  # schedule rows: one per CTA of the persistent grid
 
 
 def get_paged_mqa_logits_metadata(context_lens: torch.Tensor, block_kv: int, num_mps: int = 0) -> torch.Tensor:
@@ -26,8 +27,8 @@ def get_paged_mqa_logits_metadata(context_lens: torch.Tensor, block_kv: int, num
     _int32_lens(context_lens)
     if block_kv != kernel.KV_BLOCK:
         raise ValueError(f"block_kv must be {kernel.KV_BLOCK}, got {block_kv!r}")
-    if not isinstance(num_mps, int) or num_mps < 0:
-        raise ValueError(f"num_mps must be a non-negative int, got {num_mps!r}")
+    if not isinstance(num_mps, int) or isinstance(num_mps, bool) or not 0 <= num_mps <= MAX_MPS:
+        raise ValueError(f"num_mps must be an int in [0, {MAX_MPS}], got {num_mps!r}")
     if num_mps == 0:
         if not context_lens.is_cuda:
             raise ValueError("num_mps=0 (all SMs) needs context_lens on a CUDA device")
