@@ -132,8 +132,19 @@ def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m
         out = torch.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype or torch.bfloat16, device=a.device)
     elif out_dtype is not None and out_dtype != out.dtype:
         raise ValueError(f"out_dtype {out_dtype} differs from out.dtype {out.dtype}")
-    return masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_m, out, scale_granularity_mnk,
-                                expect_tokens=expected_m)
+    try:
+        return masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_m, out, scale_granularity_mnk,
+                                    expect_tokens=expected_m)
+    except (TypeError, ValueError) as exc:  # the checks name masked_moe_gemm_8bit's arguments: use ours
+        message = str(exc)
+        for theirs, ours in _FLASHINFER_NAMES:
+            message = message.replace(theirs, ours)
+        raise type(exc)(message) from None
+
+
+_FLASHINFER_NAMES = (("input_a[0]", "a"), ("input_a[1]", "a_scale"), ("input_b[0]", "b"), ("input_b[1]", "b_scale"),
+                     ("input_a", "(a, a_scale)"), ("input_b", "(b, b_scale)"), ("masked_tokens_info", "masked_m"),
+                     ("expect_tokens", "expected_m"))
 
 
 def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode="per_expert", major_a_mode="M",

@@ -193,3 +193,18 @@ def test_fp8_mqa_logits():
                  for seq, heads, kv in ((5, 32, 100), (64, 64, 1000))]
     fuzz(mategemm.fp8_mqa_logits, baselines, {"q": ("q", "weights", "cu_seq_len_k_start", "cu_seq_len_k_end"),
                                               "kv": ("kv", "kv[0]", "kv[1]")}, free_rows=("kv",))
+
+
+def test_batch_deepgemm_fp8_nt_groupwise():
+    """FlashInfer's names: errors name a, b, a_scale, b_scale, masked_m, expected_m, not the masked op's."""
+    baselines = [dict(a=fp8(3, 64, 256), b=fp8(3, 128, 256), a_scale=scales(3, 64, 2), b_scale=scales(3, 1, 2),
+                      masked_m=torch.tensor([5, 64, 0], dtype=torch.int32), expected_m=16,
+                      out=torch.zeros((3, 64, 128), dtype=torch.bfloat16))]
+    fuzz(mategemm.batch_deepgemm_fp8_nt_groupwise, baselines,
+         {"a": ("a", "a_scale", "k"), "b": ("b", "b_scale", "k"), "masked_m": ("masked_m",), "out": ("out",)})
+
+
+def test_set_num_mp():
+    for bad in (0, -1, 1.5, "4", True):
+        with pytest.raises((ValueError, TypeError), match="num_mp"):
+            mategemm.set_num_mp(bad)
