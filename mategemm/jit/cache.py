@@ -96,7 +96,7 @@ class KernelCache:
         """The cache key and NVRTC options of `spec` (under the loaded NVRTC's version by default)."""
         options = nvrtc.base_options(spec.arch, env.jit_debug())
         version = nvrtc_version or nvrtc.nvrtc_version()
-        return cache_key(spec.kernel, spec.source, spec.arch, options, version, headers_hash()), options
+        return cache_key(spec.kernel, spec.source, spec.arch, options, version, headers_hash(), spec.name_expr), options
 
     def entry_dir(self, spec_kernel: str, key: str) -> Path:
         return self.root / f"{spec_kernel}.{key[:16]}"
@@ -131,6 +131,7 @@ class KernelCache:
             with lock:
                 compiled = self._load(entry, spec.kernel, key, warn=False)  # second check, under the lock
                 if compiled is None:
+                    self._remove_leftovers(entry.name)
                     compiled = self._compile(spec, key, options, entry)
         self._memo[key] = compiled
         return compiled
@@ -169,6 +170,15 @@ class KernelCache:
             except FileNotFoundError:
                 pass
         return removed
+
+    def _remove_leftovers(self, entry_name: str) -> None:
+        """Staging and trash directories of this entry left by a process killed mid-compile or
+        mid-rename. Called under the entry's lock, so no live process is writing them."""
+        staging = self.root / STAGING
+        for path in staging.glob(f"{entry_name}.*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in staging.glob(f"trash.{entry_name}.*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def clear(self) -> int:
         count = 0
@@ -274,7 +284,8 @@ class KernelCache:
             return CompiledKernel(spec.kernel, key, cubin, lowered, None, compiled_here=True)
 
         meta = {
-            **key_fields(spec.kernel, spec.source, spec.arch, options, nvrtc.nvrtc_version(), headers_hash()),
+            **key_fields(spec.kernel, spec.source, spec.arch, options, nvrtc.nvrtc_version(), headers_hash(),
+                         spec.name_expr),
             "key": key,
             "name_expr": spec.name_expr,
             "lowered_name": lowered,

@@ -29,10 +29,11 @@ def _headers_hash(root: str) -> str:
 
 
 def key_fields(kernel: str, source: str, arch: str, options: tuple[str, ...], nvrtc_version: tuple[int, int],
-               headers: str) -> dict:
+               headers: str, name_expr: str = "") -> dict:
     return {
         "kernel": kernel,
         "source": source,
+        "name_expr": name_expr,  # the instance compiled: two specs may share a source
         "headers": headers,
         "arch": arch,
         "nvrtc": list(nvrtc_version),
@@ -42,8 +43,8 @@ def key_fields(kernel: str, source: str, arch: str, options: tuple[str, ...], nv
 
 
 def cache_key(kernel: str, source: str, arch: str, options: tuple[str, ...], nvrtc_version: tuple[int, int],
-              headers: str) -> str:
+              headers: str, name_expr: str = "") -> str:
     """Hex sha256 of the canonical JSON of the key fields."""
-    canonical = json.dumps(key_fields(kernel, source, arch, options, nvrtc_version, headers),
+    canonical = json.dumps(key_fields(kernel, source, arch, options, nvrtc_version, headers, name_expr),
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

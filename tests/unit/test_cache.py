@@ -200,3 +200,76 @@ def test_compile_error_keeps_source_and_log(tmp_path):
     assert (kept / "kernel.cu").read_text() == broken.source
     assert "nvrtcCompileProgram" in (kept / "nvrtc.log").read_text()
     assert KernelCache(tmp_path).entries() == []
+
+
+KILLED_WORKER = """
+import os, sys, time
+from pathlib import Path
+from mategemm.jit import cache as cache_module
+from mategemm.jit.cache import KernelCache, KernelSpec
+
+stage = sys.argv[3]
+real_write = cache_module._fsync_write
+def slow_write(path, data):  # stop for good once the staging directory holds a file
+    real_write(path, data)
+    if stage == "write":
+        Path(sys.argv[2]).touch()
+        time.sleep(600)
+cache_module._fsync_write = slow_write
+real_replace = os.replace
+def slow_replace(src, dst):  # stop for good just before the rename that publishes the entry
+    if stage == "rename" and "staging" in str(src) and "trash" not in str(dst):
+        Path(sys.argv[2]).touch()
+        time.sleep(600)
+    return real_replace(src, dst)
+cache_module.os.replace = slow_replace
+KernelCache(sys.argv[1]).get(KernelSpec("tiny", {source!r}, "&tiny<3>", "sm_90a"))
+"""
+
+
+@pytest.mark.parametrize("stage", ("write", "rename"))
+def test_a_process_killed_mid_compile_leaves_a_usable_cache(tmp_path, stage):
+    """SIGKILL while the staging directory is half written, or just before the rename: the lock
+    dies with the process, the next call compiles once and removes the leftovers."""
+    import signal
+
+    root, marker = tmp_path / "cache", tmp_path / "stopped"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WORKER.format(source=TINY_SOURCE), str(root), str(marker),
+                             stage], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "the worker never reached the compile"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    leftovers = list((root / ".staging").glob("tiny.*"))
+    assert leftovers, "the killed process left no staging directory to recover from"
+    assert KernelCache(root).entries() == []  # nothing half-published
+    cache = KernelCache(root)
+    kernel = cache.get(TINY)
+    assert cache.num_compiles == 1 and kernel.path is not None
+    assert not any(p.exists() for p in leftovers)
+    assert KernelCache(root).verify() == []
+
+
+def test_an_unwritable_cache_dir_compiles_in_memory_with_one_warning(tmp_path, monkeypatch, caplog):
+    """(Running as root, permissions do not stop writes: the write probe is made to fail.)"""
+    from mategemm.jit import cache as cache_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache_module.tempfile, "NamedTemporaryFile", refuse)
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+    cache = KernelCache(root)
+    other = KernelSpec("tiny", TINY_SOURCE, "&tiny<4>", "sm_90a")
+    with caplog.at_level(logging.WARNING, logger="mategemm"):
+        first, second, again = cache.get(TINY), cache.get(other), cache.get(TINY)
+    assert first.path is None and second.path is None and again is first
+    assert cache.num_compiles == 2
+    warnings = [r for r in caplog.records if "not writable" in r.getMessage()]
+    assert len(warnings) == 1 and "compiling in memory" in warnings[0].getMessage()
+    assert KernelCache(root).entries() == []

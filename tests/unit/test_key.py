@@ -15,6 +15,7 @@ CHANGED = {
     "options": ("--gpu-architecture=sm_90a", "-std=c++17", "-lineinfo"),
     "nvrtc_version": (13, 6),
     "headers": "cd" * 32,
+    "name_expr": "&other<1>",
 }
 
 
