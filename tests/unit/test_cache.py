@@ -276,3 +276,16 @@ def test_an_unwritable_cache_dir_compiles_in_memory_with_one_warning(tmp_path, m
     warnings = [r for r in caplog.records if "not writable" in r.getMessage()]
     assert len(warnings) == 1 and "compiling in memory" in warnings[0].getMessage()
     assert KernelCache(root).entries() == []
+
+
+def test_nothing_from_the_cache_is_unpickled_or_executed():
+    """The cache holds data only (JSON, cubin bytes, source text): no module of mategemm may load
+    objects or code from files (pickle, marshal, torch.load, exec/eval, import by path)."""
+    import re
+
+    forbidden = re.compile(r"\b(pickle|marshal|shelve|dill)\b|torch\.load\(|\bexec\(|\beval\(|importlib\.(util|machinery)"
+                           r"|spec_from_file_location|runpy\b")
+    offenders = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "mategemm").rglob("*.py"))
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if forbidden.search(line.split("#")[0])]
+    assert offenders == []
