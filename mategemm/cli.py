@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from typing import NamedTuple
 
 from mategemm import env, prewarm
 from mategemm.jit import nvrtc
-from mategemm.jit.cache import KernelCache, default_cache, default_cache_dir
+from mategemm.jit.cache import CacheDirError, KernelCache, default_cache, default_cache_dir
 
 DEMO_SHAPE = (4096, 7168, 7168)     # DeepSeek-V3's largest dense projection
 DEMO_CPU_SHAPE = (64, 256, 256)
@@ -42,28 +44,159 @@ def cmd_info(args) -> int:
 def cmd_prewarm(args) -> int:
     from mategemm.runtime.device import get_num_mp, info_for_arch
 
-    shapes = prewarm.resolve_shapes(args.shapes)
+    if args.max_tokens is not None and args.preset is None:
+        raise ValueError("--max-tokens applies to --preset only (a --shapes list gives its own M)")
     device = info_for_arch(args.arch)
-    planned = prewarm.plan(shapes, args.arch, num_mp=get_num_mp(device), force=env.force_config())
-    compiled, seconds = compile_plan(planned)
-    print(f"{len(planned)} kernels for {len(shapes)} shapes x {len(prewarm.RECIPES)} recipes: "
-          f"{compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
+    num_mp, force = get_num_mp(device), env.force_config()
+    if args.preset is None:
+        shapes = prewarm.resolve_shapes(args.shapes)
+        planned = prewarm.plan(shapes, args.arch, num_mp=num_mp, force=force)
+        compiled, seconds = compile_plan(planned, args.jobs)
+        print(f"{len(planned)} kernels for {len(shapes)} shapes x {len(prewarm.RECIPES)} recipes: "
+              f"{compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
+        return 0
+    preset = prewarm.load_preset(args.preset)
+    max_tokens = args.max_tokens or prewarm.DEFAULT_MAX_TOKENS
+    start = time.perf_counter()
+    planned = prewarm.plan_preset(preset, max_tokens, args.arch, num_mp=num_mp, force=force)
+    families = {}
+    for item in planned:
+        families[item.family] = families.get(item.family, 0) + 1
+    print(f"preset {preset.name}, M = 1..{max_tokens} tokens, {args.arch} ({num_mp} SMs): "
+          f"{' + '.join(f'{count} {family}' for family, count in families.items())} kernels, planned in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    progress = Progress(len(planned))
+    try:
+        results = compile_specs([item.spec for item in planned], args.jobs, progress.update)
+    except (nvrtc.CompileError, CacheDirError) as exc:
+        progress.close()
+        print(f"mategemm prewarm: {exc}", file=sys.stderr)
+        return 1
+    progress.close()
+    compiled = sum(r.compiled for r in results)
+    print(f"{len(planned)} kernels for preset {preset.name}: {compiled} compiled, {len(planned) - compiled} already "
+          f"cached, {progress.seconds():.1f} s (--jobs {args.jobs})")
+    if any(r.entry is None for r in results):
+        print(f"mategemm prewarm: the cache directory {default_cache_dir()} is not writable: nothing was stored",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def compile_plan(planned: list[prewarm.PlannedKernel]) -> tuple[int, float]:
+class CompileResult(NamedTuple):
+    compiled: bool         # NVRTC ran for it (else it was found in the cache)
+    seconds: float
+    entry: str | None      # the cache entry's directory name, None when compiled in memory only
+
+
+def compile_plan(planned: list[prewarm.PlannedKernel], jobs: int = 1) -> tuple[int, float]:
     """Compile (or find cached) every planned kernel, one line each; return (compiled, seconds)."""
-    cache = default_cache()
-    compiled = 0
+    def line(result: CompileResult, done: int, total: int, seconds: float) -> None:
+        print(f"{'compiled' if result.compiled else 'cached  '} {result.entry or '(in memory)'} "
+              f"{result.seconds:.2f} s", flush=True)
+
     start = time.perf_counter()
-    for item in planned:
-        t0 = time.perf_counter()
-        kernel = cache.get(item.spec)
-        compiled += kernel.compiled_here
-        name = kernel.path.name if kernel.path is not None else "(in memory)"
-        print(f"{'compiled' if kernel.compiled_here else 'cached  '} {name} {time.perf_counter() - t0:.2f} s",
-              flush=True)
-    return compiled, time.perf_counter() - start
+    results = compile_specs([item.spec for item in planned], jobs, line)
+    return sum(r.compiled for r in results), time.perf_counter() - start
+
+
+def compile_specs(specs: list, jobs: int, on_done=None) -> list[CompileResult]:
+    """Get every spec from the default cache, compiling what is missing: in this process (jobs 1) or
+    in `jobs` spawned worker processes sharing the cache directory (its per-entry lock makes each
+    kernel compile once). on_done(result, done, total, seconds) runs in this process as each
+    finishes. Raises the first CompileError, after cancelling the kernels not yet started."""
+    start = time.perf_counter()
+    root = str(default_cache().root)
+    results: list[CompileResult] = []
+
+    def done(result: CompileResult) -> None:
+        results.append(result)
+        if on_done is not None:
+            on_done(result, len(results), len(specs), time.perf_counter() - start)
+
+    if jobs > 1:  # kernels already in the cache are looked up here: no worker starts for them
+        cache, missing = default_cache(), []
+        for spec in specs:
+            if cache.entry_dir(spec.kernel, cache.key_for(spec)[0]).is_dir():
+                done(compile_in_worker(root, spec))
+            else:
+                missing.append(spec)
+        specs_left = missing
+    else:
+        specs_left = specs
+    if jobs <= 1 or len(specs_left) <= 1:
+        for spec in specs_left:
+            done(compile_in_worker(root, spec))
+        return results
+    import concurrent.futures
+    import multiprocessing
+
+    # NOTES: "spawn": a forked child would inherit the parent's NVRTC and torch state (and threads).
+    # A worker takes ~2-3 s to start (Python, torch); a GEMM kernel ~0.3 s to compile (2-core host).
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs_left)),
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(compile_in_worker, root, spec) for spec in specs_left]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                done(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+_worker_caches: dict[str, KernelCache] = {}
+
+
+def compile_in_worker(root: str, spec) -> CompileResult:
+    """One kernel through the cache at `root` (one KernelCache per process and root)."""
+    cache = _worker_caches.get(root)
+    if cache is None:
+        cache = _worker_caches[root] = default_cache() if str(default_cache().root) == root else KernelCache(root)
+    start = time.perf_counter()
+    kernel = cache.get(spec)
+    return CompileResult(kernel.compiled_here, time.perf_counter() - start,
+                         kernel.path.name if kernel.path is not None else None)
+
+
+class Progress:
+    """A one-line progress report on stderr: rewritten in place on a terminal, else a line at each
+    tenth of the kernels."""
+
+    def __init__(self, total: int, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.total, self.compiled, self.done = total, 0, 0
+        self.start = time.perf_counter()
+        self.next_line = 0
+        self.width = 0
+        if self.tty:  # workers take a few seconds to start: say so at once
+            self._write(f"prewarm: 0/{total} kernels")
+
+    def _write(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self.width))
+        self.width = len(text)
+        self.stream.flush()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def update(self, result: CompileResult, done: int, total: int, seconds: float) -> None:
+        self.compiled += result.compiled
+        self.done = done
+        text = (f"prewarm: {done}/{self.total} kernels, {self.compiled} compiled, {done - self.compiled} cached, "
+                f"{self.seconds():.1f} s")
+        if self.tty:
+            self._write(text)
+        elif done >= self.next_line or done == self.total:
+            print(text, file=self.stream, flush=True)
+            self.next_line = done + max(1, self.total // 10)
+
+    def close(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 # ---- cache ------------------------------------------------------------------------------------
@@ -262,11 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="device, NVRTC version, cache and env knobs").set_defaults(run=cmd_info)
 
-    warm = sub.add_parser("prewarm", help="compile the kernels a list of shapes needs (no GPU needed)")
+    warm = sub.add_parser("prewarm", help="compile the kernels a list of shapes or a model needs (no GPU needed)")
     warm.add_argument("--arch", default="sm_90a", help="target arch (default sm_90a)")
-    warm.add_argument("--shapes", required=True,
+    what = warm.add_mutually_exclusive_group(required=True)
+    what.add_argument("--shapes",
                       help="a shapes JSON file, or a suite name of tools/shapes/shapes.json (e.g. dense_fp8)")
-    warm.add_argument("--jobs", type=int, default=1, help="accepted; kernels compile one after another for now")
+    what.add_argument("--preset", help=f"a model preset ({', '.join(prewarm.preset_names())}, or a preset JSON "
+                                       f"file): every kernel that 1..--max-tokens tokens can pick")
+    warm.add_argument("--max-tokens", type=_positive_int, default=None,
+                      help=f"with --preset: the most tokens per call (default {prewarm.DEFAULT_MAX_TOKENS})")
+    warm.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                      help="worker processes compiling at once (default: one per CPU core)")
     warm.set_defaults(run=cmd_prewarm)
 
     cache = sub.add_parser("cache", help="inspect the kernel cache").add_subparsers(dest="cache_command",
@@ -282,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(compile-only without a GPU)").set_defaults(
         run=cmd_demo)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
-"""Pre-warm planning: shape lists -> the unique kernel specialisations the heuristics would pick.
+"""Pre-warm planning: shape lists or model presets -> the unique kernel specialisations the
+heuristics would pick.
 
-Pure functions only; the CLI and the tests compile the plan through the kernel cache.
+Pure functions only (a preset file is read, nothing is written); the CLI and the tests compile
+the plan through the kernel cache.
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from mategemm.heuristics import fp8_gemm
+from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
-from mategemm.runtime.device import info_for_arch
+from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
+from mategemm.runtime.device import DeviceInfo, info_for_arch
 from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmConfig, GemmProblem, Recipe
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -89,3 +92,331 @@ def plan(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Recipe, .
             spec = kernel_fp8.spec(problem, config, arch)
             planned.setdefault(spec, PlannedKernel(spec, problem, config))
     return list(planned.values())
+
+
+# ---- model presets ----------------------------------------------------------------------------
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_MAX_TOKENS = 16384
+MOE_MODES = ("per_expert", "psum_expert", "per_token", "masked")
+PRESET_RECIPES = (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
+E4M3 = torch.float8_e4m3fn
+# NOTES: what the FP8 entry points accept (mategemm.validate): K a whole number of 128-wide scale
+# blocks, N a multiple of 8 (16-byte output rows for the TMA store).
+FP8_K_MULTIPLE, FP8_N_MULTIPLE = 128, 8
+
+
+@dataclass(frozen=True)
+class DenseGemm:
+    """One FP8 linear layer: out (M, n) bf16 = x (M, k) e4m3 . W (n, k)^T, for M tokens."""
+
+    name: str
+    n: int
+    k: int
+
+
+@dataclass(frozen=True)
+class MoeLayer:
+    """The routed experts: gate_up (n = 2 x moe_intermediate, k = hidden), then down (n = hidden,
+    k = moe_intermediate), each called in every mode of `modes`; per_token segments start at
+    multiples of alignment_m."""
+
+    num_experts: int
+    top_k: int
+    hidden: int
+    moe_intermediate: int
+    modes: tuple[str, ...] = ("per_expert", "per_token", "masked")
+    alignment_m: int = 128
+
+    @property
+    def gemms(self) -> tuple[tuple[str, int, int], ...]:
+        """(name, n, k) of the two expert GEMMs."""
+        return (("gate_up", 2 * self.moe_intermediate, self.hidden), ("down", self.hidden, self.moe_intermediate))
+
+
+@dataclass(frozen=True)
+class IndexerLayer:
+    """DeepSeek-V3.2's lightning indexer: paged decode at each next_n, and the prefill form."""
+
+    heads: int
+    next_n: tuple[int, ...]
+    paged: bool = True
+    prefill: bool = True
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model's FP8 GEMMs (and indexer) as read from mategemm/presets/<name>.json."""
+
+    name: str
+    recipe: Recipe
+    dense: tuple[DenseGemm, ...]
+    moe: MoeLayer | None = None
+    indexer: IndexerLayer | None = None
+
+
+@dataclass(frozen=True)
+class PresetKernel:
+    """One kernel of a preset's plan: its family (dense, moe, indexer) and the first use that picks it."""
+
+    spec: KernelSpec
+    family: str
+    use: str
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+
+
+def preset_path(preset: str) -> Path:
+    """The file of `preset`: a name in mategemm/presets/, or a path to a preset JSON file."""
+    if preset in preset_names():
+        return PRESETS_DIR / f"{preset}.json"
+    path = Path(preset)
+    if path.suffix == ".json" and path.is_file():
+        return path
+    raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(preset_names())} "
+                     f"(or the path of a preset .json file)")
+
+
+def load_preset(preset: str) -> Preset:
+    """Read and check a preset (a name or a JSON path). Raises ValueError naming the file and field."""
+    path = preset_path(preset)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return parse_preset(data, path.stem, str(path))
+
+
+def parse_preset(data: object, name: str, where: str = "preset") -> Preset:
+    """A Preset from its JSON object; keys starting with '_' are comments."""
+    from mategemm import indexer, validate
+
+    _fields(where, data, ("recipe", "dense"), ("moe", "indexer", "model"))
+    recipe_raw = data["recipe"]
+    recipes = {(r.gm, r.gn, r.gk): r for r in PRESET_RECIPES}
+    if (not isinstance(recipe_raw, list) or not all(type(x) is int for x in recipe_raw)
+            or tuple(recipe_raw) not in recipes):
+        raise ValueError(f"{where}: recipe must be one of {[list(r) for r in recipes]}, got {recipe_raw!r}")
+    if not isinstance(data["dense"], list):
+        raise ValueError(f"{where}: dense must be a list of {{name, n, k}}")
+    dense = []
+    for i, row in enumerate(data["dense"]):
+        at = f"{where}: dense[{i}]"
+        _fields(at, row, ("name", "n", "k"))
+        if not isinstance(row["name"], str) or not row["name"]:
+            raise ValueError(f"{at}.name must be a non-empty string")
+        dense.append(DenseGemm(row["name"], _fp8_dim(f"{at}.n", row["n"], FP8_N_MULTIPLE),
+                               _fp8_dim(f"{at}.k", row["k"], FP8_K_MULTIPLE)))
+    moe = None
+    if data.get("moe") is not None:
+        at = f"{where}: moe"
+        raw = _fields(at, data["moe"], ("num_experts", "top_k", "hidden", "moe_intermediate"),
+                      ("modes", "alignment_m"))
+        experts = _int(f"{at}.num_experts", raw["num_experts"])
+        if experts > validate.MAX_GROUPS:
+            raise ValueError(f"{at}.num_experts must be at most {validate.MAX_GROUPS}, got {experts}")
+        top_k = _int(f"{at}.top_k", raw["top_k"])
+        if top_k > experts:
+            raise ValueError(f"{at}.top_k must be at most num_experts ({experts}), got {top_k}")
+        # hidden is gate_up's K and down's N; moe_intermediate is down's K (gate_up's N is twice it)
+        hidden = _fp8_dim(f"{at}.hidden", raw["hidden"], FP8_K_MULTIPLE)
+        inter = _fp8_dim(f"{at}.moe_intermediate", raw["moe_intermediate"], FP8_K_MULTIPLE)
+        modes = raw.get("modes", list(MoeLayer.modes))
+        if not isinstance(modes, list) or not modes or any(m not in MOE_MODES for m in modes):
+            raise ValueError(f"{at}.modes must be a non-empty list of {MOE_MODES}, got {modes!r}")
+        alignment = raw.get("alignment_m", 128)
+        if type(alignment) is not int or alignment not in (128, 256):
+            raise ValueError(f"{at}.alignment_m must be 128 or 256 (per_token segment alignment), got {alignment!r}")
+        moe = MoeLayer(experts, top_k, hidden, inter, tuple(dict.fromkeys(modes)), alignment)
+    layer = None
+    if data.get("indexer") is not None:
+        at = f"{where}: indexer"
+        raw = _fields(at, data["indexer"], ("heads", "index_dim", "next_n"), ("paged", "prefill"))
+        if raw["index_dim"] != kernel_mqa.INDEX_DIM:
+            raise ValueError(f"{at}.index_dim must be {kernel_mqa.INDEX_DIM}, got {raw['index_dim']!r}")
+        heads = _int(f"{at}.heads", raw["heads"], multiple=indexer.HEADS_MULTIPLE)
+        next_n = raw["next_n"]
+        if (not isinstance(next_n, list) or not next_n
+                or any(type(j) is not int or not 1 <= j <= indexer.MAX_NEXT_N for j in next_n)):
+            raise ValueError(f"{at}.next_n must be a non-empty list of ints in [1, {indexer.MAX_NEXT_N}], "
+                             f"got {next_n!r}")
+        if max(next_n) * heads > indexer.MAX_TILE_HEADS:
+            raise ValueError(f"{at}: next_n x heads must be at most {indexer.MAX_TILE_HEADS}, "
+                             f"got {max(next_n)} x {heads}")
+        flags = {key: raw.get(key, True) for key in ("paged", "prefill")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{at}.{key} must be true or false, got {value!r}")
+        layer = IndexerLayer(heads, tuple(sorted(set(next_n))), flags["paged"], flags["prefill"])
+    return Preset(name, recipes[tuple(recipe_raw)], tuple(dense), moe, layer)
+
+
+def _fields(where: str, obj: object, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be a JSON object")
+    unknown = sorted(key for key in obj if not key.startswith("_") and key not in required + optional)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected {list(required + optional)}")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    return obj
+
+
+def _int(where: str, value: object, multiple: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % multiple:
+        rule = f" and a multiple of {multiple}" if multiple > 1 else ""
+        raise ValueError(f"{where} must be a positive integer{rule}, got {value!r}")
+    return value
+
+
+def _fp8_dim(where: str, value: object, multiple: int) -> int:
+    what = "K" if multiple == FP8_K_MULTIPLE else "N"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % multiple:
+        raise ValueError(f"{where} = {value}: an FP8 GEMM's {what} must be a multiple of {multiple}; list the layer "
+                         f"as the library would run it (padded) or leave it out and say so in _about")
+    return _int(where, value, multiple)
+
+
+def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str = "sm_90a",
+                num_mp: int | None = None, force: str = "") -> list[PresetKernel]:
+    """Every kernel a call with 1..max_tokens tokens can pick for the preset's GEMMs (and its indexer)
+    on `arch`, each once, in first-use order (dense layers, experts, indexer).
+
+    num_mp defaults to all SMs of the arch's device (pass the serving process's budget, as the
+    runtime sees it); `force` is a MATEGEMM_FORCE_CONFIG string. Raises ValueError for
+    max_tokens < 1 and for forced values that fit no tile.
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    device = info_for_arch(arch)
+    num_mp = num_mp or device.num_sms
+    planned: dict[KernelSpec, PresetKernel] = {}
+    for gemm in preset.dense:
+        for spec, m in dense_specs(gemm.n, gemm.k, preset.recipe, max_tokens, arch, device, num_mp, force):
+            planned.setdefault(spec, PresetKernel(spec, "dense", f"{gemm.name} n={gemm.n} k={gemm.k} M={m}"))
+    if preset.moe is not None:
+        for spec, use in moe_specs(preset.moe, preset.recipe, max_tokens, arch, device, num_mp, force):
+            planned.setdefault(spec, PresetKernel(spec, "moe", use))
+    if preset.indexer is not None:
+        for spec, use in indexer_specs(preset.indexer, arch, device):
+            planned.setdefault(spec, PresetKernel(spec, "indexer", use))
+    return list(planned.values())
+
+
+def dense_m_runs(max_tokens: int) -> list[tuple[int, int]]:
+    """Token counts 1..max_tokens cut into runs [lo, hi] over which fp8_gemm.choose keeps its pick.
+
+    NOTES: choose sees M only through ceil(M / 8) up to 256 rows (the A rows a tile loads,
+    min(BLOCK_M, ceil(M / 8) x 8), and the M <= 128 rules) and through ceil(M / BLOCK_M) for
+    BLOCK_M 64, 128 and 256 (tile counts, cluster parity, split-K fits), which above 256 rows are
+    all functions of ceil(M / 64). So runs of 8 rows up to 256 and of 64 above: 288 choices for
+    16384 tokens instead of 16384. dense_specs still checks both ends of every run.
+    """
+    runs, lo = [], 1
+    while lo <= max_tokens:
+        step = 8 if lo <= 256 else 64
+        hi = min(max_tokens, -(-lo // step) * step)
+        runs.append((lo, hi))
+        lo = hi + 1
+    return runs
+
+
+def dense_specs(n: int, k: int, recipe: Recipe, max_tokens: int, arch: str, device: DeviceInfo, num_mp: int,
+                force: str = "") -> list[tuple[KernelSpec, int]]:
+    """(spec, M) for every M in 1..max_tokens whose pick differs from M - 1's, for a dense (n, k):
+    one choice per run of dense_m_runs, every M of a run whose two ends disagree."""
+    def pick(m: int) -> KernelSpec:
+        problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16)
+        return kernel_fp8.spec(problem, fp8_gemm.choose(problem, device, num_mp, force), arch)
+
+    out: list[tuple[KernelSpec, int]] = []
+    for lo, hi in dense_m_runs(max_tokens):
+        first, last = pick(lo), pick(hi)
+        ms = [lo] if first == last else range(lo, hi + 1)
+        for m in ms:
+            spec = first if m == lo else pick(m)
+            if not out or out[-1][0] != spec:
+                out.append((spec, m))
+    return out
+
+
+def moe_rows_per_expert_runs(max_tokens: int, num_experts: int, top_k: int) -> list[tuple[int, int, int]]:
+    """(r, lo, hi): the token counts M in [lo, hi] whose average rows per expert, ceil(M x top_k /
+    num_experts) as ragged_m_moe_gemm_8bit computes it for packed rows, is r."""
+    runs = []
+    for r in range(1, -(-max_tokens * top_k // num_experts) + 1):
+        lo, hi = (r - 1) * num_experts // top_k + 1, min(max_tokens, r * num_experts // top_k)
+        if lo <= hi:
+            runs.append((r, lo, hi))
+    return runs
+
+
+def per_token_rows(max_tokens: int, num_experts: int, top_k: int, alignment: int) -> list[int]:
+    """Every row count of A a per_token call with 1..max_tokens tokens can have, ascending.
+
+    For M tokens (T = M x top_k routed rows) the padded rows are a multiple of `alignment` between
+    max(align(T), top_k x alignment) (every one of >= top_k experts with tokens pads to a whole
+    segment) and align(T + num_experts x (alignment - 1)): the bound a server sizes its workspace
+    with when the counts stay on the GPU (vLLM's compute_aligned_M), which also bounds any routing.
+    """
+    def align(x: int) -> int:
+        return -(-x // alignment) * alignment
+
+    intervals = []
+    for m in range(1, max_tokens + 1):
+        t = m * top_k
+        intervals.append((max(align(t), top_k * alignment), align(t + num_experts * (alignment - 1))))
+    rows: list[int] = []
+    for lo, hi in sorted(intervals):
+        start = lo if not rows else max(lo, rows[-1] + alignment)
+        rows.extend(range(start, hi + 1, alignment))
+    return rows
+
+
+def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, arch: str, device: DeviceInfo, num_mp: int,
+              force: str = "") -> list[tuple[KernelSpec, str]]:
+    """(spec, use) of the expert GEMMs in each mode, for 1..max_tokens tokens, as the runtime
+    (mategemm.moe) picks them: rows per expert = ceil(rows of A / experts) for ragged M, the
+    expect_tokens hint ceil(M x top_k / experts) for masked (max_m = max_tokens: room for any
+    routing; it changes only the grid size, not the kernel)."""
+    experts, top_k = moe.num_experts, moe.top_k
+    out: list[tuple[KernelSpec, str]] = []
+    for name, n, k in moe.gemms:
+        def pick(mode: str, rows: int, per_group: int, alignment_m: int = 0, max_m: int = 0, n: int = n,
+                 k: int = k) -> KernelSpec:
+            problem = GemmProblem(rows, n, k, recipe, E4M3, E4M3, torch.bfloat16, mode, experts)
+            config = grouped.choose(problem, per_group, device, num_mp, force, alignment_m, max_m)
+            return kernel_fp8.spec(problem, config, arch)
+
+        for mode in moe.modes:
+            use = f"{name} {mode} n={n} k={k}"
+            if mode in ("per_expert", "psum_expert"):
+                # packed: A holds exactly the M x top_k routed rows
+                for r, lo, hi in moe_rows_per_expert_runs(max_tokens, experts, top_k):
+                    first, last = pick(mode, lo * top_k, r), pick(mode, hi * top_k, r)
+                    ms = [lo] if first == last else range(lo, hi + 1)
+                    out += [(first if m == lo else pick(mode, m * top_k, r), f"{use} M={m}") for m in ms]
+            elif mode == "per_token":
+                for rows in per_token_rows(max_tokens, experts, top_k, moe.alignment_m):
+                    out.append((pick(mode, rows, -(-rows // experts), moe.alignment_m), f"{use} rows={rows}"))
+            else:  # masked: A (experts, max_m, k)
+                for r, lo, _ in moe_rows_per_expert_runs(max_tokens, experts, top_k):
+                    out.append((pick(mode, experts * max_tokens, r, 0, max_tokens), f"{use} M={lo} expect_tokens={r}"))
+    return out
+
+
+def indexer_specs(layer: IndexerLayer, arch: str, device: DeviceInfo) -> list[tuple[KernelSpec, str]]:
+    """(spec, use) of the MQA-logits kernels mategemm.indexer launches: the paged decode kernel per
+    next_n, the prefill kernel (128 // heads query rows per tile), each with its -inf fill kernel."""
+    out = []
+    forms = [(j, True) for j in layer.next_n] if layer.paged else []
+    if layer.prefill:
+        forms.append((max(1, 128 // layer.heads), False))
+    for rows, paged in forms:
+        what = f"paged next_n={rows}" if paged else f"prefill rows={rows}"
+        stages = kernel_mqa.stages_for(rows, layer.heads, device.smem_per_block)
+        out.append((kernel_mqa.spec(rows, layer.heads, stages, paged, arch), f"{what} heads={layer.heads}"))
+        out.append((kernel_mqa.fill_spec(rows, paged, arch), f"{what} fill"))
+    return out
