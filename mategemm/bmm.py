@@ -17,13 +17,11 @@ memory-bound (decode-like shapes), the copy where it is compute-bound.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import torch
 
 from mategemm import validate
-from mategemm.heuristics import grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.moe import prepare_call
 from mategemm.quant import FP8_MAX
@@ -111,13 +109,10 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
 
 def _prepare(a, b, a_scale, b_scale, checked) -> calls.PreparedCall:
     staged = []
-    in_kernel = grouped.transpose_in_kernel(checked.problem, (a.numel() if checked.major_a == "M" else 0)
-                                            + (b.numel() if checked.major_b == "N" else 0))
-    a_op, a_mn = calls.operand(a.transpose(1, 2) if checked.major_a == "M" else a,
-                               a if checked.major_a == "M" else None, checked.copy_a, staged, in_kernel)
-    b_op, b_mn = calls.operand(b.transpose(1, 2) if checked.major_b == "N" else b,
-                               b if checked.major_b == "N" else None, checked.copy_b, staged, in_kernel)
-    problem = dataclasses.replace(checked.problem, mn_major=a_mn | b_mn << 1)
+    a_mn, b_mn = checked.major_a == "M", checked.major_b == "N"
+    problem, a_op, b_op = calls.operands(checked.problem, a.transpose(1, 2) if a_mn else a, a if a_mn else None,
+                                         checked.copy_a, b.transpose(1, 2) if b_mn else b, b if b_mn else None,
+                                         checked.copy_b, staged)
     group = kernel_fp8.GroupArgs(None, sfa_stride_group=checked.sfa_strides[2],
                                  sfb_stride_group=checked.sfb_strides[2])
     return prepare_call(problem, problem.m, None, a_op, b_op, a_scale, checked.sfa_strides[:2], b_scale,

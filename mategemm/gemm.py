@@ -58,12 +58,7 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
             _warm[key] = launch
     if out is None:
         out = torch.empty((a.shape[0], b.shape[0]), dtype=launch.out_dtype, device=a.device)
-    index = a.device.index
-    if index == rt_device.current_device_index():
-        launch(out, rt_device.current_stream_handle(index))
-    else:  # modules and streams belong to the tensors' device
-        with torch.cuda.device(index):
-            launch(out, rt_device.current_stream_handle(index))
+    rt_device.run_on_current_stream(a.device.index, launch, out)
     return out
 
 

@@ -65,7 +65,7 @@ def _paged_into(logits, q, fused_kv_cache, weights, context_lens, block_table, s
         keys=fused_kv_cache, scales=None, weights=weights, lens=context_lens, lens_end=None,
         lens_2d=context_lens.dim() == 2, block_table=block_table, schedule=schedule_meta, logits=logits,
         num_rows=batch, compressed=False, clean=clean_logits, grid=schedule_meta.shape[0] - 1)
-    _run(launch, q.device)
+    rt_device.run_on_current_stream(q.device.index, launch)
     return logits
 
 
@@ -95,17 +95,8 @@ def _prefill_into(logits, q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, 
         scales=k_scale, weights=weights, lens=cu_seq_len_k_start, lens_end=cu_seq_len_k_end, lens_2d=False,
         block_table=None, schedule=None, logits=logits, num_rows=seq_len, compressed=max_seqlen_k > 0,
         clean=clean_logits, grid=-(-seq_len // rows))
-    _run(launch, q.device)
+    rt_device.run_on_current_stream(q.device.index, launch)
     return logits
-
-
-def _run(launch, device: torch.device) -> None:
-    index = device.index
-    if index == rt_device.current_device_index():
-        launch(rt_device.current_stream_handle(index))
-    else:
-        with torch.cuda.device(index):
-            launch(rt_device.current_stream_handle(index))
 
 
 # ---- argument checks: every one before any launch, messages naming the argument ----------------

@@ -13,8 +13,6 @@ at any row, and a TMA box must start 16-byte aligned along its contiguous dimens
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from mategemm import env, heuristics, validate
@@ -61,11 +59,8 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
         # Packed segments start at any row: an M-major A there is copied (its TMA boxes would
         # start unaligned along M); per_token segments start at multiples of alignment_m.
         a_in_kernel = major_a == "M" and problem.group_mode == "per_token"
-        in_kernel = grouped.transpose_in_kernel(problem, (a.numel() if a_in_kernel else 0)
-                                                + (b.numel() if major_b == "N" else 0))
-        a, a_mn = calls.operand(a, a.t() if a_in_kernel else None, major_a == "M", staged, in_kernel)
-        b, b_mn = calls.operand(b, b.transpose(1, 2) if major_b == "N" else None, major_b == "N", staged, in_kernel)
-        problem = dataclasses.replace(problem, mn_major=a_mn | b_mn << 1)
+        problem, a, b = calls.operands(problem, a, a.t() if a_in_kernel else None, major_a == "M",
+                                       b, b.transpose(1, 2) if major_b == "N" else None, major_b == "N", staged)
         rows_per_group = -(-problem.m // problem.num_groups)
         align = alignment if problem.group_mode == "per_token" else 0
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
@@ -169,11 +164,8 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             num_mp)
         (a, sfa), (b, sfb) = input_a, input_b
         staged = []
-        in_kernel = grouped.transpose_in_kernel(problem, (a.numel() if major_a == "M" else 0)
-                                                + (b.numel() if major_b == "N" else 0))
-        a_op, a_mn = calls.operand(a.t(), a if major_a == "M" else None, major_a == "M", staged, in_kernel)
-        b_op, b_mn = calls.operand(b.t(), b if major_b == "N" else None, major_b == "N", staged, in_kernel)
-        problem = dataclasses.replace(problem, mn_major=a_mn | b_mn << 1)
+        problem, a_op, b_op = calls.operands(problem, a.t(), a if major_a == "M" else None, major_a == "M",
+                                             b.t(), b if major_b == "N" else None, major_b == "N", staged)
         info = ragged_tokens_info
         if info.device != a.device:  # host counts, checked: copied to the GPU at every call
             device_info = torch.empty_like(info, device=a.device)

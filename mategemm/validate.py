@@ -409,11 +409,13 @@ def _batched_out_and_c(out, out_dtype, c, out_shape: tuple) -> None:
         shape("c", c, out_shape, "fp32, added to the product")
 
 
-def _stacked_k_major(t: torch.Tensor) -> bool:
-    """(batch, rows, k) readable in place by TMA as (batch * rows, k) rows."""
-    rows = t.shape[1]
-    return (t.stride(2) == 1 and (rows <= 1 or (t.stride(1) * t.element_size()) % 16 == 0 and t.stride(1) >= t.shape[2])
-            and (t.shape[0] <= 1 or t.stride(0) == rows * t.stride(1)) and t.data_ptr() % 16 == 0)
+def tma_rows(t: torch.Tensor) -> bool:
+    """(rows, cols) or (groups, rows, cols) readable in place by TMA as rows of one stride: unit
+    column stride, 16-byte rows that do not overlap, a 16-byte base, groups stacked row after row."""
+    rows = t.shape[-2]
+    return (t.stride(-1) == 1
+            and (rows <= 1 or (t.stride(-2) * t.element_size()) % 16 == 0 and t.stride(-2) >= t.shape[-1])
+            and (t.dim() == 2 or t.shape[0] <= 1 or t.stride(0) == rows * t.stride(-2)) and t.data_ptr() % 16 == 0)
 
 
 def _per_tensor_scale(name: str, t, batch: int) -> tuple[int, int, int]:
@@ -486,8 +488,8 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
     # Per-tensor A scales are per-row ones read through a zero stride.
     kernel_recipe = RECIPE_PER_ROW if rec in (RECIPE_PER_TENSOR, RECIPE_PER_ROW) else rec
     problem = GemmProblem(m, n, k, kernel_recipe, a.dtype, b.dtype, kernel_out, "batched", batch)
-    copy_a = major_a == "M" or not _stacked_k_major(a)
-    copy_b = major_b == "N" or not _stacked_k_major(b)
+    copy_a = major_a == "M" or not tma_rows(a)
+    copy_b = major_b == "N" or not tma_rows(b)
     return BmmChecked(problem, sfa, sfb, major_a, major_b, copy_a, copy_b, out_shape)
 
 
@@ -515,5 +517,5 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
     cuda("a", a)
     kernel_out = torch.float32 if out_dtype == torch.float32 or c is not None else out_dtype
     problem = GemmProblem(m, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, kernel_out, "batched", batch)
-    return BmmChecked(problem, (0, 0, 0), (0, 0, 0), "K", "K", not _stacked_k_major(a), not _stacked_k_major(b),
+    return BmmChecked(problem, (0, 0, 0), (0, 0, 0), "K", "K", not tma_rows(a), not tma_rows(b),
                       out_shape)

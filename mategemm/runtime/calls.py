@@ -6,12 +6,13 @@ reuses that call's launch and skips validation, heuristics and descriptor encodi
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
 
-from mategemm import env
-from mategemm.heuristics import parse_force_config
+from mategemm import env, validate
+from mategemm.heuristics import grouped, parse_force_config
 from mategemm.kernels import transpose_8bit
 from mategemm.runtime import device as rt_device
 
@@ -70,6 +71,18 @@ def memo_key(*values):
     return tuple(key)
 
 
+def operands(problem, a_k_major: torch.Tensor, a_mn: torch.Tensor | None, copy_a: bool, b_k_major: torch.Tensor,
+             b_mn: torch.Tensor | None, copy_b: bool, staged: list) -> tuple:
+    """(problem with mn_major set, A and B as the kernel reads them): each operand through operand(),
+    transposed in the kernel where heuristics.grouped.transpose_in_kernel finds it cheaper than
+    copying the MN-major ones (a_mn / b_mn: their MN-major views, or None) K-major first."""
+    mn_bytes = sum(t.numel() for t in (a_mn, b_mn) if t is not None)
+    in_kernel = grouped.transpose_in_kernel(problem, mn_bytes)
+    a, a_in_kernel = operand(a_k_major, a_mn, copy_a, staged, in_kernel)
+    b, b_in_kernel = operand(b_k_major, b_mn, copy_b, staged, in_kernel)
+    return dataclasses.replace(problem, mn_major=a_in_kernel | b_in_kernel << 1), a, b
+
+
 def operand(k_major_view: torch.Tensor, mn_view: torch.Tensor | None, copy: bool, staged: list,
             in_kernel: bool) -> tuple:
     """(tensor the kernel reads, whether it reads it MN-major) for one FP8 operand.
@@ -80,20 +93,11 @@ def operand(k_major_view: torch.Tensor, mn_view: torch.Tensor | None, copy: bool
     16-byte rows and base, groups stacked). Otherwise, or when `copy`, its K-major view is copied
     into a contiguous workspace before every launch.
     """
-    if mn_view is not None and _tma_rows(mn_view):
+    if mn_view is not None and mn_view.element_size() == 1 and validate.tma_rows(mn_view):
         forced = parse_force_config(env.force_config()).get("transpose")
         if (in_kernel if forced is None else forced == 1):
             return mn_view, True
     return k_major(k_major_view, copy, staged), False
-
-
-def _tma_rows(t: torch.Tensor) -> bool:
-    rows = t.shape[-2]
-    if t.element_size() != 1 or t.stride(-1) != 1 or t.data_ptr() % 16:
-        return False
-    if rows > 1 and (t.stride(-2) % 16 or t.stride(-2) < t.shape[-1]):
-        return False
-    return t.dim() == 2 or t.shape[0] <= 1 or t.stride(0) == rows * t.stride(-2)
 
 
 def k_major(t: torch.Tensor, copy: bool, staged: list) -> torch.Tensor:
@@ -113,16 +117,11 @@ def k_major(t: torch.Tensor, copy: bool, staged: list) -> torch.Tensor:
 
 def launch(call: PreparedCall, out: torch.Tensor, signal: torch.Tensor | None = None) -> None:
     """Run the staged copies, then the kernel writing `out`, on torch's current stream of out's device."""
-    index = out.device.index
-    signal_ptr = 0 if signal is None else signal.data_ptr()
-    if index == rt_device.current_device_index():
-        stream = rt_device.current_stream_handle(index)
-        for copy in call.staged:
-            copy(stream)
-        call.launch(out, stream, signal_ptr)
-    else:
-        with torch.cuda.device(index):
-            stream = rt_device.current_stream_handle(index)
-            for copy in call.staged:
-                copy(stream)
-            call.launch(out, stream, signal_ptr)
+    rt_device.run_on_current_stream(out.device.index, _run_prepared, call, out,
+                                    0 if signal is None else signal.data_ptr())
+
+
+def _run_prepared(call: PreparedCall, out: torch.Tensor, signal_ptr: int, stream: int) -> None:
+    for copy in call.staged:
+        copy(stream)
+    call.launch(out, stream, signal_ptr)

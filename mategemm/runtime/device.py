@@ -105,6 +105,18 @@ def current_stream_handle(index: int) -> int:
     return _torch_queries()[1](index)
 
 
+def run_on_current_stream(index: int, fn, *args) -> None:
+    """fn(*args, stream): the raw CUstream of torch's current stream on device `index`, with that
+    device current (modules and streams belong to the tensors' device)."""
+    if index == current_device_index():
+        fn(*args, current_stream_handle(index))
+    else:
+        import torch
+
+        with torch.cuda.device(index):
+            fn(*args, current_stream_handle(index))
+
+
 @functools.lru_cache(maxsize=1)
 def _torch_queries():
     """(current device, raw current stream) functions, looked up once (a torch._C getattr costs
