@@ -11,11 +11,12 @@
 // Per 64-key block: 4 x wgmma m64nNk32, the keys as A (64 rows of 128 bytes, 128-byte swizzle)
 // and the tile's queries as B (N = kRows x kHeads rows); each thread scales, rectifies and weights
 // its accumulators, and the 4 lanes that share a key row sum the heads.
-// Warp roles: one thread of warpgroup 0 issues TMA (the queries once per tile, keys and scales
-// through a ring of kStages); kMathWG math warpgroups take the blocks in turn, so one's epilogue
-// runs while the other's wgmma does. Positions no block covers are set to -inf
-// by mqa_logits_fill (when clean). Block-table entries are not trusted: an entry out of range
-// reads zeros (TMA's out-of-bounds fill), never memory outside the cache.
+// Warp roles: kMathWG math warpgroups each take every kMathWG-th block of a tile from their own
+// ring of stages, so their waits and epilogues overlap; lane 0 of producer warp r feeds ring r by
+// TMA (warp 0 also the tile's queries, once per tile). When clean, the producer warps then set the
+// positions no block covers to -inf.
+// Block-table entries are not trusted: an entry out of range reads zeros (TMA's out-of-bounds
+// fill), never memory outside the cache.
 #pragma once
 #include "common/pipeline.cuh"
 #include "common/ptx.cuh"
@@ -46,10 +47,13 @@ template <int kRows, bool kPaged>
 struct MqaTile {
   int lo[kRows], hi[kRows];
   int block_begin, block_end;
+  int all_lo, all_hi;  // the positions every row sees: [all_lo, all_hi)
 
   // paged: `lens` holds context lengths per request (lens_2d: per draft token); non-paged: ks, ke.
   __device__ __forceinline__ void load(int tile, const int* lens, const int* lens_end, int lens_2d, int num_rows) {
     int min_lo = 0x7fffffff, max_hi = 0;
+    all_lo = 0;
+    all_hi = 0x7fffffff;
     #pragma unroll
     for (int j = 0; j < kRows; ++j) {
       if constexpr (kPaged) {
@@ -64,6 +68,8 @@ struct MqaTile {
         min_lo = min(min_lo, lo[j]);
         max_hi = max(max_hi, hi[j]);
       }
+      all_lo = max(all_lo, lo[j]);
+      all_hi = min(all_hi, hi[j]);
     }
     block_begin = max_hi > 0 ? min_lo / kKvBlock : 0;
     block_end = max_hi > 0 ? ceil_div(max_hi, kKvBlock) : 0;
@@ -83,8 +89,9 @@ __device__ __forceinline__ int paged_num_blocks(const int* lens, int lens_2d, in
   return len > 0 ? ceil_div(len, kKvBlock) : 0;
 }
 
-// Walks a CTA's work items (tile, block) in order. Paged: from schedule[cta] up to schedule[cta + 1]
-// (each a (request, block) pair); non-paged: every block of tile blockIdx.x.
+// Walks a CTA's tiles in order, each with the blocks [begin, end) of it the CTA covers. Paged: from
+// schedule[cta] up to schedule[cta + 1] (each a (request, block) pair), skipping requests with no
+// block; non-paged: tile blockIdx.x with its blocks.
 template <int kRows, bool kPaged>
 struct MqaWalker {
   int tile, block, end_tile, end_block;
@@ -106,27 +113,76 @@ struct MqaWalker {
     }
   }
 
-  // The next (tile, block) or false; paged tiles with no block left are skipped.
-  __device__ __forceinline__ bool next(int& t, int& b) {
-    if constexpr (kPaged) {
-      while (tile < end_tile || (tile == end_tile && block < end_block)) {
-        if (block < paged_num_blocks<kRows>(lens, lens_2d, tile)) {
-          t = tile;
-          b = block++;
-          return true;
-        }
-        ++tile;
-        block = 0;
-      }
-      return false;
-    } else {
-      if (block >= end_block) return false;
+  __device__ __forceinline__ bool next(int& t, int& begin, int& end) {
+    while (tile < end_tile || (tile == end_tile && block < end_block)) {
+      const int blocks = kPaged ? paged_num_blocks<kRows>(lens, lens_2d, tile) : end_block;
       t = tile;
-      b = block++;
-      return true;
+      begin = block;
+      end = tile == end_tile ? min(blocks, end_block) : blocks;
+      ++tile;
+      block = 0;
+      if (begin < end) return true;
     }
+    return false;
   }
 };
+
+// Math warpgroup `ring` takes every kMathWG-th block of a tile, starting where the tile's index
+// rotates it (short tiles spread over the warpgroups).
+template <int kMathWG>
+__device__ __forceinline__ int first_block_of(int ring, int tile, int begin) {
+  return begin + (ring + kMathWG - tile % kMathWG) % kMathWG;
+}
+
+// This thread's share of sum_h w[h] * relu(acc[h] (* scale)) for each row j of a tile, for its two
+// key rows (accumulator pairs 4c, 4c+1 and 4c+2, 4c+3 of 8-column chunk c). Even and odd columns
+// sum apart: four independent chains per row.
+template <int kRows, int kHeads, int kN, bool kScaleFirst>
+__device__ __forceinline__ void head_sums(const float* acc, const float* w, float scale0, float scale1,
+                                          float (&sum0)[kRows], float (&sum1)[kRows]) {
+  float part[kRows][4];
+  #pragma unroll
+  for (int j = 0; j < kRows; ++j) part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
+  #pragma unroll
+  for (int c = 0; c < kN / 8; ++c) {
+    const int j = c * 8 / kHeads;  // an 8-column chunk lies inside one row's heads
+    #pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float x = kScaleFirst ? acc[c * 4 + q] * (q < 2 ? scale0 : scale1) : acc[c * 4 + q];
+      part[j][q] = fmaf(w[c * 2 + q % 2], fmaxf(x, 0.0f), part[j][q]);
+    }
+  }
+  #pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    sum0[j] = part[j][0] + part[j][1];
+    sum1[j] = part[j][2] + part[j][3];
+  }
+}
+
+// With clean logits: -inf at the columns of output row `row` that no block of the main loop
+// covers (paged: from the request's last block on; non-paged: outside its tile's blocks). One warp.
+template <int kRows, bool kPaged>
+__device__ __forceinline__ void fill_uncovered(int row, const int* lens, const int* lens_end, int lens_2d,
+                                               float* logits, i64 logits_ld, int num_rows, int num_cols,
+                                               int compressed) {
+  const int tile = row / kRows;
+  MqaTile<kRows, kPaged> info;
+  info.load(tile, lens, lens_end, lens_2d, num_rows);
+  int covered_begin = info.block_begin * kKvBlock, covered_end = info.block_end * kKvBlock;
+  if constexpr (kPaged) {
+    covered_begin = 0;
+    covered_end = paged_num_blocks<kRows>(lens, lens_2d, tile) * kKvBlock;
+  }
+  if (!kPaged && compressed) {
+    const int shift = max(__ldg(lens + row), 0);  // the row's window start (info.lo[row % kRows])
+    covered_begin -= shift;
+    covered_end -= shift;
+  }
+  float* out_row = logits + static_cast<i64>(row) * logits_ld;
+  for (int col = threadIdx.x % 32; col < num_cols; col += 32) {
+    if (col < covered_begin || col >= covered_end) out_row[col] = neg_inf();
+  }
+}
 
 template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
 __global__ void __launch_bounds__((kMathWG + 1) * 128, 1)
@@ -138,11 +194,18 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
                     int clean) {
   using Smem = MqaLogitsSmem<kRows, kHeads, kStages>;
   constexpr int kN = Smem::kN;
+  constexpr int kRingStages = kStages / kMathWG;  // each math warpgroup has its own ring of key blocks
   static_assert(kHeads % 8 == 0 && kN <= 256 && kRows <= 8, "a tile is at most 256 query heads");
-  static_assert(kMathWG == 1 || kMathWG == 2, "one or two math warpgroups");
-  // NOTES: with two math warpgroups (384 threads, 168 registers each at launch) the producer
-  // hands its registers to the math warps, whose accumulators and weights need up to 200.
-  constexpr int kProducerRegs = 40, kMathRegs = 232;
+  static_assert(kMathWG == 1 || kMathWG == 2 || kMathWG == 4, "one, two or four math warpgroups");
+  static_assert(kStages % kMathWG == 0 && kRingStages >= 2, "rings of two stages or more");
+  // NOTES: the producer warpgroup hands its registers to the math warps, whose accumulators and
+  // weights take 3/4 N registers (N <= 128 fits four warpgroups, 256 two). setmaxnreg.inc waits
+  // until the CTA's pool (launch registers x threads) has the registers: what the math warps gain
+  // must not exceed what the producer gives back, or they wait forever.
+  constexpr int kProducerRegs = kMathWG == 2 ? 40 : 32, kMathRegs = kMathWG == 2 ? 232 : 112;
+  constexpr int kLaunchRegs = (65536 / ((kMathWG + 1) * 128)) & ~7;
+  static_assert(kMathWG == 1 || kMathWG * (kMathRegs - kLaunchRegs) <= kLaunchRegs - kProducerRegs,
+                "the math warps' registers come from the producer's");
   extern __shared__ __align__(1024) u8 smem_raw[];
   u8* smem = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
   const u32 full_bar = smem_addr(smem + Smem::kOffBarriers);
@@ -150,6 +213,8 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
   const u32 q_full_bar = empty_bar + kStages * 8;  // 2 query buffers
   const u32 q_empty_bar = q_full_bar + 2 * 8;
   const int warpgroup = warp_uniform(threadIdx.x / 128);
+  const int warp = warp_uniform((threadIdx.x / 32) % 4);
+  const int lane = threadIdx.x % 32;
 
   // Non-paged: this CTA's tile and its blocks.
   MqaTile<kRows, kPaged> tile_info;
@@ -180,56 +245,67 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
 
   MqaWalker<kRows, kPaged> walker(schedule, lens, lens_2d, first_block, last_block);
   if (warpgroup == 0) {
-    // ---- producer: one thread loads each tile's queries, then its blocks' keys and scales ----
-    if constexpr (kMathWG == 2) setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x != 0) return;
-    PipelineState<kStages> pipe;
-    int t, block, current = -1, q_loads = 0;
-    while (walker.next(t, block)) {
-      if (t != current) {
-        const int buf = q_loads & 1;
-        mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
-        mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes);
-        tma_load_2d(smem + Smem::kOffQ + buf * Smem::kQBytes, &tmap_q, q_full_bar + buf * 8, 0, t * kN);
-        ++q_loads;
-        current = t;
+    // ---- producer: lane 0 of warp r feeds ring r with its blocks' keys and scales (warp 0 also
+    // loads each tile's queries); then the four warps set uncovered positions to -inf ----
+    if constexpr (kMathWG > 1) setmaxnreg_dec<kProducerRegs>();
+    if (warp < kMathWG && lane == 0) {
+      PipelineState<kRingStages> pipe;
+      int t, begin, end, q_loads = 0;
+      while (walker.next(t, begin, end)) {
+        if (warp == 0) {
+          const int buf = q_loads & 1;
+          mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
+          mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes);
+          tma_load_2d(smem + Smem::kOffQ + buf * Smem::kQBytes, &tmap_q, q_full_bar + buf * 8, 0, t * kN);
+          ++q_loads;
+        }
+        for (int block = first_block_of<kMathWG>(warp, t, begin); block < end; block += kMathWG) {
+          const int stage = warp * kRingStages + pipe.stage;
+          const u32 bar = full_bar + stage * 8;
+          mbar_wait(empty_bar + stage * 8, pipe.phase ^ 1);
+          mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
+          u8* keys = smem + Smem::kOffKeys + stage * Smem::kKeyBytes;
+          u8* scales = smem + Smem::kOffScales + stage * kKvBlock * 4;
+          if constexpr (kPaged) {
+            const int physical = __ldg(block_table + static_cast<i64>(t) * block_table_ld + block);
+            tma_load_2d(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows);
+            tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);
+          } else {
+            tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
+            tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);
+          }
+          pipe.advance();
+        }
       }
-      const u32 bar = full_bar + pipe.stage * 8;
-      mbar_wait(empty_bar + pipe.stage * 8, pipe.phase ^ 1);
-      mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
-      u8* keys = smem + Smem::kOffKeys + pipe.stage * Smem::kKeyBytes;
-      u8* scales = smem + Smem::kOffScales + pipe.stage * kKvBlock * 4;
-      if constexpr (kPaged) {
-        const int physical = __ldg(block_table + static_cast<i64>(t) * block_table_ld + block);
-        tma_load_2d(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows);
-        tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);
-      } else {
-        tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
-        tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);
+    }
+    __syncwarp();
+    if (clean) {
+      const int out_rows = kPaged ? num_rows * kRows : num_rows;
+      for (int row = blockIdx.x * 4 + warp; row < out_rows; row += gridDim.x * 4) {
+        fill_uncovered<kRows, kPaged>(row, lens, lens_end, lens_2d, logits, logits_ld, num_rows, num_cols,
+                                      compressed);
       }
-      pipe.advance();
     }
     return;
   }
 
-  // ---- math warpgroups: warpgroup w takes the work items i with i % kMathWG == w - 1 ----
-  if constexpr (kMathWG == 2) setmaxnreg_inc<kMathRegs>();
-  const int math_wg = warpgroup - 1;
-  const int warp = (threadIdx.x / 32) % 4;
-  const int lane = threadIdx.x % 32;
+  // ---- math warpgroup r: the blocks of ring r ----
+  if constexpr (kMathWG > 1) setmaxnreg_inc<kMathRegs>();
+  const int ring = warpgroup - 1;
   const int key_row0 = warp * 16 + lane / 4;  // this thread's key rows in a block: key_row0, key_row0 + 8
-  PipelineState<kStages> pipe;
+  PipelineState<kRingStages> pipe;
   float acc[kN / 2];
   float w[kN / 4];  // the weights of this thread's columns: 2 per 8-column chunk
-  int t, block, current = -1, q_loads = 0, buf = 0, item = 0;
-  u32 q_phase = 0;
-  bool q_ready = false;
-  while (walker.next(t, block)) {
-    if (t != current) {
-      if (current >= 0) mbar_arrive(q_empty_bar + buf * 8);  // the previous tile's queries are no longer read
-      buf = q_loads & 1;
-      q_phase = (q_loads >> 1) & 1;
-      q_ready = false;
+  int t, begin, end, q_loads = 0;
+  while (walker.next(t, begin, end)) {
+    if (q_loads > 0) mbar_arrive(q_empty_bar + ((q_loads - 1) & 1) * 8);  // the previous tile's queries are read
+    const int buf = q_loads & 1;
+    // NOTES: wait for every tile's queries, blocks or not: a warpgroup with no block here must not
+    // run ahead and arrive on a query buffer again before that buffer's phase has completed.
+    mbar_wait(q_full_bar + buf * 8, (q_loads >> 1) & 1);
+    ++q_loads;
+    const int first = first_block_of<kMathWG>(ring, t, begin);
+    if (first < end) {
       if constexpr (kPaged) tile_info.load(t, lens, lens_end, lens_2d, num_rows);
       #pragma unroll
       for (int c = 0; c < kN / 8; ++c) {
@@ -237,115 +313,76 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         for (int e = 0; e < 2; ++e) {
           const int col = c * 8 + (lane % 4) * 2 + e;  // column = j * kHeads + h
           const int row = t * kRows + col / kHeads;
-          w[c * 2 + e] = row < num_rows * (kPaged ? kRows : 1) ? __ldg(weights + static_cast<i64>(row) * kHeads + col % kHeads)
-                                                              : 0.0f;
+          w[c * 2 + e] = row < num_rows * (kPaged ? kRows : 1)
+                             ? __ldg(weights + static_cast<i64>(row) * kHeads + col % kHeads) : 0.0f;
         }
       }
-      ++q_loads;
-      current = t;
     }
-    const int stage = pipe.stage;
-    const u32 phase = pipe.phase;
-    pipe.advance();
-    if (item++ % kMathWG != math_wg) continue;  // the other warpgroup's block
-    if (!q_ready) {
-      mbar_wait(q_full_bar + buf * 8, q_phase);
-      q_ready = true;
-    }
-    mbar_wait(full_bar + stage * 8, phase);
-    const u64 desc_keys = smem_desc_k128_sw128(smem + Smem::kOffKeys + stage * Smem::kKeyBytes);
-    const u64 desc_q = smem_desc_k128_sw128(smem + Smem::kOffQ + buf * Smem::kQBytes);
-    #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
-    wgmma_fence();
-    #pragma unroll
-    for (int kk = 0; kk < kIndexDim / 32; ++kk) {
-      Wgmma<kN>::template mma<0, 0>(acc, desc_keys + kk * 2, desc_q + kk * 2, kk > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
-    const u32 scales = smem_addr(smem + Smem::kOffScales + stage * kKvBlock * 4);
-    const float scale0 = ld_shared_f32(scales + key_row0 * 4), scale1 = ld_shared_f32(scales + (key_row0 + 8) * 4);
-    mbar_arrive(empty_bar + stage * 8);
-
-    // Weighted sum over the heads of each draft token / query row j, for both key rows. With a
-    // non-negative scale s, relu(x * s) = s * relu(x) rounds the same: one multiply per key row.
-    float sum0[kRows], sum1[kRows];
-    #pragma unroll
-    for (int j = 0; j < kRows; ++j) sum0[j] = sum1[j] = 0.0f;
-    if (scale0 >= 0.0f && scale1 >= 0.0f) {
+    for (int block = first; block < end; block += kMathWG) {
+      const int stage = ring * kRingStages + pipe.stage;
+      mbar_wait(full_bar + stage * 8, pipe.phase);
+      pipe.advance();
+      const u64 desc_keys = smem_desc_k128_sw128(smem + Smem::kOffKeys + stage * Smem::kKeyBytes);
+      const u64 desc_q = smem_desc_k128_sw128(smem + Smem::kOffQ + buf * Smem::kQBytes);
       #pragma unroll
-      for (int c = 0; c < kN / 8; ++c) {
-        const int j = c * 8 / kHeads;  // an 8-column chunk lies inside one row's heads
-        sum0[j] += w[c * 2] * fmaxf(acc[c * 4], 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 1], 0.0f);
-        sum1[j] += w[c * 2] * fmaxf(acc[c * 4 + 2], 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 3], 0.0f);
+      for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
+      wgmma_fence();
+      #pragma unroll
+      for (int kk = 0; kk < kIndexDim / 32; ++kk) {
+        Wgmma<kN>::template mma<0, 0>(acc, desc_keys + kk * 2, desc_q + kk * 2, kk > 0);
+      }
+      wgmma_commit();
+      const u32 scales = smem_addr(smem + Smem::kOffScales + stage * kKvBlock * 4);
+      const float scale0 = ld_shared_f32(scales + key_row0 * 4), scale1 = ld_shared_f32(scales + (key_row0 + 8) * 4);
+      wgmma_wait<0>();
+      #pragma unroll
+      for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
+      mbar_arrive(empty_bar + stage * 8);
+
+      // Weighted sum over the heads of each draft token / query row j, for both key rows. With a
+      // non-negative scale s, relu(x * s) = s * relu(x) rounds the same: one multiply per key row.
+      float sum0[kRows], sum1[kRows];
+      if (scale0 >= 0.0f && scale1 >= 0.0f) {
+        head_sums<kRows, kHeads, kN, false>(acc, w, scale0, scale1, sum0, sum1);
+        #pragma unroll
+        for (int j = 0; j < kRows; ++j) {
+          sum0[j] *= scale0;
+          sum1[j] *= scale1;
+        }
+      } else {
+        head_sums<kRows, kHeads, kN, true>(acc, w, scale0, scale1, sum0, sum1);
       }
       #pragma unroll
       for (int j = 0; j < kRows; ++j) {
-        sum0[j] *= scale0;
-        sum1[j] *= scale1;
+        sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
+        sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
+        sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
+        sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
       }
-    } else {
+      // Lane l of each quad stores the rows j with j % 4 == l % 4. A block every row sees in full
+      // (the common case) stores without per-position checks.
+      const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
+                         (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
       #pragma unroll
-      for (int c = 0; c < kN / 8; ++c) {
-        const int j = c * 8 / kHeads;
-        sum0[j] += w[c * 2] * fmaxf(acc[c * 4] * scale0, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 1] * scale0, 0.0f);
-        sum1[j] += w[c * 2] * fmaxf(acc[c * 4 + 2] * scale1, 0.0f) + w[c * 2 + 1] * fmaxf(acc[c * 4 + 3] * scale1, 0.0f);
-      }
-    }
-    #pragma unroll
-    for (int j = 0; j < kRows; ++j) {
-      sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
-      sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
-      sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
-      sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
-    }
-    // Lane l of each quad stores the rows j with j % 4 == l % 4.
-    #pragma unroll
-    for (int j = 0; j < kRows; ++j) {
-      if (j % 4 != lane % 4) continue;
-      const int row = t * kRows + j;
-      if (!kPaged && row >= num_rows) continue;
-      float* out_row = logits + static_cast<i64>(row) * logits_ld;
-      #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int position = block * kKvBlock + key_row0 + half * 8;
-        const bool visible = position >= tile_info.lo[j] && position < tile_info.hi[j];
-        const int col = compressed ? position - tile_info.lo[j] : position;
-        if ((visible || clean) && col >= 0 && col < num_cols) {
-          out_row[col] = visible ? (half ? sum1[j] : sum0[j]) : neg_inf();
+      for (int j = 0; j < kRows; ++j) {
+        if (j % 4 != lane % 4) continue;
+        const int row = t * kRows + j;
+        if (!kPaged && row >= num_rows) continue;
+        float* out_row = logits + static_cast<i64>(row) * logits_ld;
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int position = block * kKvBlock + key_row0 + half * 8;
+          const float value = half ? sum1[j] : sum0[j];
+          if (whole) {
+            out_row[position] = value;
+            continue;
+          }
+          const bool visible = position >= tile_info.lo[j] && position < tile_info.hi[j];
+          const int col = compressed ? position - tile_info.lo[j] : position;
+          if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
         }
       }
     }
-  }
-}
-
-// With clean logits: -inf at the columns of each output row that no block of the main kernel
-// covers (paged: from the request's last block on; non-paged: outside its tile's blocks). One
-// CTA per output row.
-template <int kRows, bool kPaged>
-__global__ void __launch_bounds__(256) mqa_logits_fill(const int* __restrict__ lens, const int* __restrict__ lens_end,
-                                                        int lens_2d, float* __restrict__ logits, i64 logits_ld,
-                                                        int num_rows, int num_cols, int compressed) {
-  const int row = blockIdx.x;
-  const int tile = row / kRows;
-  MqaTile<kRows, kPaged> info;
-  info.load(tile, lens, lens_end, lens_2d, num_rows);
-  int covered_begin = info.block_begin * kKvBlock, covered_end = info.block_end * kKvBlock;
-  if constexpr (kPaged) {
-    covered_begin = 0;
-    covered_end = paged_num_blocks<kRows>(lens, lens_2d, tile) * kKvBlock;
-  }
-  if (compressed) {
-    const int shift = info.lo[row % kRows];
-    covered_begin -= shift;
-    covered_end -= shift;
-  }
-  float* out_row = logits + static_cast<i64>(row) * logits_ld;
-  for (int col = threadIdx.x; col < num_cols; col += blockDim.x) {
-    if (col < covered_begin || col >= covered_end) out_row[col] = neg_inf();
   }
 }
 

@@ -367,7 +367,7 @@ def demo_grouped_specs() -> list:
     # the lightning indexer: DeepSeek-V3.2's decode (64 heads, next_n 1 and 2) and prefill tiles
     for rows, heads, paged in ((1, 64, True), (2, 64, True), (2, 64, False)):
         stages = mqa_logits.stages_for(rows, heads, SM90_NO_DEVICE.smem_per_block)
-        specs += [mqa_logits.spec(rows, heads, stages, paged, "sm_90a"), mqa_logits.fill_spec(rows, paged, "sm_90a")]
+        specs.append(mqa_logits.spec(rows, heads, stages, paged, "sm_90a"))
     return specs
 
 

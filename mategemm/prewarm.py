@@ -409,7 +409,7 @@ def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, arch: str, device:
 
 def indexer_specs(layer: IndexerLayer, arch: str, device: DeviceInfo) -> list[tuple[KernelSpec, str]]:
     """(spec, use) of the MQA-logits kernels mategemm.indexer launches: the paged decode kernel per
-    next_n, the prefill kernel (128 // heads query rows per tile), each with its -inf fill kernel."""
+    next_n and the prefill kernel (128 // heads query rows per tile)."""
     out = []
     forms = [(j, True) for j in layer.next_n] if layer.paged else []
     if layer.prefill:
@@ -418,5 +418,4 @@ def indexer_specs(layer: IndexerLayer, arch: str, device: DeviceInfo) -> list[tu
         what = f"paged next_n={rows}" if paged else f"prefill rows={rows}"
         stages = kernel_mqa.stages_for(rows, layer.heads, device.smem_per_block)
         out.append((kernel_mqa.spec(rows, layer.heads, stages, paged, arch), f"{what} heads={layer.heads}"))
-        out.append((kernel_mqa.fill_spec(rows, paged, arch), f"{what} fill"))
     return out

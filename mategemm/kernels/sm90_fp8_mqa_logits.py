@@ -8,20 +8,12 @@ from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 
 KERNEL = "sm90_fp8_mqa_logits"
-FILL = "mqa_logits_fill"
 INDEX_DIM = 128
 KV_BLOCK = 64
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
-MAX_STAGES = 16
-# NOTES: v1 (one math warpgroup) is the one verified on a GPU (H200, session 4: 48 tests, 1313-2423
-# GB/s, 0.46-0.58x DeepGEMM). Two math warpgroups taking alternate blocks are built and compile
-# without spills (tests/unit/test_indexer_api.py) but have not run on a GPU yet: switch after
-# tests/gpu/test_indexer.py passes with MATH_WARPGROUPS = 2, and measure with tools/bench.py indexer.
-MATH_WARPGROUPS = 1
+MAX_STAGES = 12  # H200: 12 beat 8, 16 and 20 by 1-7% (docs/benchmarks.md)
 TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
          rt.INT, rt.INT, rt.INT)
-FILL_THREADS = 256
-FILL_TYPES = (rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.INT, rt.INT, rt.INT)
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
 
@@ -33,20 +25,24 @@ def smem_bytes(rows: int, heads: int, stages: int) -> int:
 
 
 def stages_for(rows: int, heads: int, smem_limit: int) -> int:
-    """The deepest ring of key blocks that fits (memory-bound: more bytes in flight)."""
-    stages = MAX_STAGES
-    while stages > 2 and smem_bytes(rows, heads, stages) > smem_limit:
-        stages -= 1
+    """The most key-block stages that fit, split evenly over the math warpgroups' rings (two at
+    least each); memory-bound: more bytes in flight."""
+    rings = math_warpgroups(rows, heads)
+    stages = MAX_STAGES // rings * rings
+    while stages > 2 * rings and smem_bytes(rows, heads, stages) > smem_limit:
+        stages -= rings
     return stages
 
 
-def spec(rows: int, heads: int, stages: int, paged: bool, arch: str, math_wg: int = MATH_WARPGROUPS) -> KernelSpec:
+def math_warpgroups(rows: int, heads: int) -> int:
+    """Math warpgroups taking key blocks in turn: four while a tile's accumulators and weights fit
+    their 112 registers (N <= 128 columns), else two (232 registers)."""
+    return 4 if rows * heads <= 128 else 2
+
+
+def spec(rows: int, heads: int, stages: int, paged: bool, arch: str) -> KernelSpec:
+    math_wg = math_warpgroups(rows, heads)
     name_expr = f"&mategemm::{KERNEL}<{rows}, {heads}, {stages}, {'true' if paged else 'false'}, {math_wg}>"
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
-
-
-def fill_spec(rows: int, paged: bool, arch: str) -> KernelSpec:
-    name_expr = f"&mategemm::{FILL}<{rows}, {'true' if paged else 'false'}>"
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
 
@@ -62,9 +58,9 @@ def _load(kernel_spec: KernelSpec, threads: int, smem: int, device_index: int,
 
 
 class MqaLogitsLaunch:
-    """One call's kernels and packed arguments, built once and reusable while the tensors stay."""
+    """One call's kernel and packed arguments, built once and reusable while the tensors stay."""
 
-    __slots__ = ("main", "main_grid", "main_args", "fill", "fill_grid", "fill_args", "tensors")
+    __slots__ = ("main", "main_grid", "main_args", "tensors")
 
     def __init__(self, *, paged: bool, rows: int, heads: int, arch: str, smem_limit: int, q: torch.Tensor,
                  keys: torch.Tensor, scales: torch.Tensor | None, weights: torch.Tensor, lens: torch.Tensor,
@@ -76,7 +72,8 @@ class MqaLogitsLaunch:
         index = q.device.index
         stages = stages_for(rows, heads, smem_limit)
         smem = smem_bytes(rows, heads, stages)
-        self.main = _load(spec(rows, heads, stages, paged, arch), (MATH_WARPGROUPS + 1) * 128, smem, index, None)
+        threads = (math_warpgroups(rows, heads) + 1) * 128
+        self.main = _load(spec(rows, heads, stages, paged, arch), threads, smem, index, None)
         n = rows * heads
         tmap_q = encode_2d(q.view(-1, INDEX_DIM), INDEX_DIM, n, 128)
         if paged:
@@ -94,16 +91,8 @@ class MqaLogitsLaunch:
             (tmap_q, tmap_keys, tmap_scales, weights.data_ptr(), lens.data_ptr(), lens_end_ptr, int(lens_2d),
              table_ptr, table_ld, 0 if schedule is None else schedule.data_ptr(), logits.data_ptr(), logits.stride(0),
              num_rows, num_cols, int(compressed), int(clean)), TYPES)
-        self.fill = None
-        if clean:
-            self.fill = _load(fill_spec(rows, paged, arch), FILL_THREADS, 0, index, None)
-            self.fill_grid = logits.shape[0]
-            self.fill_args = self.fill.pack((lens.data_ptr(), lens_end_ptr, int(lens_2d), logits.data_ptr(),
-                                             logits.stride(0), num_rows, num_cols, int(compressed)), FILL_TYPES)
         self.tensors = (q, keys, scales, weights, lens, lens_end, block_table, schedule, logits)
 
     def __call__(self, stream: int) -> None:
-        if self.fill is not None and self.fill_grid > 0:
-            self.fill.launch(self.fill_grid, stream, self.fill_args)
         if self.main_grid > 0:
             self.main.launch(self.main_grid, stream, self.main_args)

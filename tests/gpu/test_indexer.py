@@ -62,6 +62,16 @@ def test_paged_logits_any_split(num_mps):
     check(run_paged(case, True, num_mps), paged_want(case, True), True, f"num_mps={num_mps}")
 
 
+@pytest.mark.parametrize("num_mps", (1, 3))
+def test_paged_many_short_requests(num_mps):
+    """Requests of one or two blocks: most math warpgroups get no block of a request and pass it by;
+    none may run ahead onto a query buffer still in use (a race that corrupted logits)."""
+    gen = torch.Generator(device="cuda").manual_seed(11 + num_mps)
+    lens = torch.randint(1, 129, (300,), generator=torch.Generator().manual_seed(num_mps)).tolist()
+    case = ref.make_paged_case(len(lens), 2, 64, lens, generator=gen, device="cuda")
+    check(run_paged(case, True, num_mps), paged_want(case, True), True, f"short requests num_mps={num_mps}")
+
+
 def test_paged_long_context_through_the_public_api():
     gen = torch.Generator(device="cuda").manual_seed(7)
     case = ref.make_paged_case(3, 1, 64, [70000, 65537, 123], generator=gen, device="cuda")

@@ -122,8 +122,9 @@ def test_prefill_logits_check_arguments(change, error, match):
 
 def test_stage_ring_fits_shared_memory():
     for rows, heads in ((1, 32), (1, 64), (2, 64), (4, 64), (4, 32), (8, 32)):
-        stages = kernel.stages_for(rows, heads, 232448)
-        assert 2 <= stages <= kernel.MAX_STAGES and kernel.smem_bytes(rows, heads, stages) <= 232448
+        stages, rings = kernel.stages_for(rows, heads, 232448), kernel.math_warpgroups(rows, heads)
+        assert stages % rings == 0 and 2 * rings <= stages <= kernel.MAX_STAGES
+        assert kernel.smem_bytes(rows, heads, stages) <= 232448
 
 
 def test_smem_bytes_match_the_kernel_layout():
@@ -149,15 +150,20 @@ def sass_cache(tmp_path_factory):
 INSTANCES = [(next_n, heads, True) for next_n in (1, 2, 3, 4) for heads in (32, 64)] + [(4, 32, False), (2, 64, False)]
 
 
-@pytest.mark.parametrize("math_wg", (1, 2))
 @pytest.mark.parametrize("rows,heads,paged", INSTANCES)
-def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged, math_wg):
+def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged):
     stages = kernel.stages_for(rows, heads, 232448)
-    compiled = sass_cache.get(kernel.spec(rows, heads, stages, paged, "sm_90a", math_wg))
+    compiled = sass_cache.get(kernel.spec(rows, heads, stages, paged, "sm_90a"))
     text = sass.dump_sass(compiled.path / "kernel.cubin")
     ops = collections.Counter(sass.opcodes(text))
     assert f"QGMMA.64x{rows * heads}x32.F32.E4M3.E4M3" in text
-    assert ops["UTMALDG"] > 0 and ops["LDL"] == 0 and ops["STL"] == 0, ops
-    fill = sass_cache.get(kernel.fill_spec(rows, paged, "sm_90a"))
-    fill_ops = collections.Counter(sass.opcodes(sass.dump_sass(fill.path / "kernel.cubin")))
-    assert fill_ops["STG"] > 0 and fill_ops["LDL"] == 0
+    assert ops["UTMALDG"] > 0 and ops["STG"] > 0 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    # the math warpgroups take the producer's registers: four get 112 each (producer 32), two 232 (40)
+    math_regs, producer_regs = {4: (112, 32), 2: (232, 40)}[kernel.math_warpgroups(rows, heads)]
+    assert f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {math_regs:#x}" in text
+    assert f"USETMAXREG.DEALLOC.CTAPOOL {producer_regs:#x}" in text
+
+
+def test_indexer_math_warpgroups_fit_their_registers():
+    assert [kernel.math_warpgroups(r, h) for r, h in ((1, 32), (1, 64), (2, 64), (4, 32), (3, 64), (4, 64))] == \
+        [4, 4, 4, 4, 2, 2]

@@ -83,7 +83,6 @@ def brute_force(preset, max_tokens):
         for rows, paged in [(j, True) for j in preset.indexer.next_n] + [(max(1, 128 // heads), False)]:
             stages = kernel_mqa.stages_for(rows, heads, DEVICE.smem_per_block)
             found.setdefault(kernel_mqa.spec(rows, heads, stages, paged, ARCH), "indexer")
-            found.setdefault(kernel_mqa.fill_spec(rows, paged, ARCH), "indexer")
     return found
 
 
@@ -224,7 +223,7 @@ def test_runtime_picks_for_random_token_counts_are_planned(name, full_plans):
 def test_indexer_kernels_are_the_demos():
     planned = [p.spec for p in prewarm.plan_preset(prewarm.load_preset("deepseek_v3"), 1) if p.family == "indexer"]
     demo = [s for s in cli.demo_grouped_specs() if s.kernel == kernel_mqa.KERNEL]
-    assert planned == demo and len(planned) == 6
+    assert planned == demo and len(planned) == 3
 
 
 def test_plan_rejects_bad_max_tokens():
