@@ -6,6 +6,7 @@ from mategemm.moe import (batch_deepgemm_fp8_nt_groupwise, masked_moe_gemm_8bit,
                           ragged_m_moe_gemm_8bit)
 from mategemm.runtime.device import get_num_mp, set_num_mp
 from mategemm import deep_gemm  # noqa: E402 - DeepGEMM's names (mategemm.deep_gemm.fp8_mqa_logits, ...)
+from mategemm import ops  # noqa: E402,F401 - registers the torch custom ops (torch.compile, CUDA graphs)
 from mategemm.version import __version__
 
 __all__ = ["batch_deepgemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "fp8_mqa_logits", "fp8_paged_mqa_logits",

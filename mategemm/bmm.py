@@ -51,6 +51,10 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
     out = saturate_e4m3(result / output_scale). c: optional fp32 (batch, m, n) added to the product.
     out: optional (batch, m, n) of out_dtype, written in place.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk, output_scale, c,
+                           major_a_mode, major_b_mode)
     key = calls.memo_key("bmm_fp8", a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
                          _layout(output_scale), _layout(c), major_a_mode, major_b_mode)
     call = _warm.get(key)
@@ -95,6 +99,9 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
     The same kernel as bmm_fp8 with wgmma k16 (HGMMA) and no scales. k % 8 == 0 (a K tail below
     64 is zero-filled), n % 8 == 0. out_dtype bf16/fp16/fp32; c optional fp32 (batch, m, n).
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.bmm_fp16(a, b, out_dtype, out, backend, c)
     key = calls.memo_key("bmm_fp16", a, b, out_dtype, out, backend, _layout(c))
     call = _warm.get(key)
     if call is None:

@@ -26,6 +26,10 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     product is formed in fp32 first (mategemm.bmm's accumulate path, batch 1).
     Raises TypeError/ValueError naming the argument before any launch.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk,
+                                         out, out_dtype, backend, output_scale)
     if output_scale is not None:
         validate.fp8_output(out, out_dtype, output_scale)
         validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk,

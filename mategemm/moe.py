@@ -45,6 +45,10 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     The routing is never read on the host: an id out of range skips its tile; counts beyond the
     rows there are are clipped; nothing outside the tensors is read or written.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode,
+                                          major_b_mode, scale_granularity_mnk, num_mp, alignment_m, backend)
     key = calls.memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                          scale_granularity_mnk, num_mp, alignment_m, backend)
     call = _warm.get(key)
@@ -84,6 +88,10 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
     E * ceil(max_m / 64)) is added to, so pass zeros; None allocates zeros. Returns out, or
     (out, signal, block_m, threshold) with enable_overlap, block_m being the 64 rows per counter.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out, scale_granularity_mnk,
+                                        expect_tokens, enable_overlap, signal, backend)
     key = calls.memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
                          enable_overlap, backend)
     call = _warm.get(key) if signal is None else None
@@ -119,6 +127,10 @@ def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m
     for (1,1,128)); masked_m int32 (B,); expected_m: host hint of the rows per batch entry.
     out (B, m, n) or None (out_dtype, default bf16). Rows past masked_m[i] are left as they were.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m,
+                                                   scale_granularity_mnk, out, out_dtype)
     if out is None:
         if out_dtype is not None and out_dtype not in validate.OUT_DTYPES:
             raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype}")
@@ -155,6 +167,10 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     same for b with "N"/"K". Counts on the CPU are checked (ValueError); counts on the GPU are not
     (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
+        from mategemm import ops
+        return ops.ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode,
+                                          major_b_mode, scale_granularity_mnk, num_mp)
     key = calls.memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                          scale_granularity_mnk, num_mp)
     call = _warm.get(key)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mategemm.version import __version__
 
-KERNELS_SRC = Path(__file__).resolve().parent.parent.parent / "kernels_src"
+# In a checkout mategemm/kernels_src links to the top-level kernels_src/; a wheel carries the files.
+KERNELS_SRC = (Path(__file__).resolve().parent.parent / "kernels_src").resolve()
 
 
 def headers_hash(root: Path = KERNELS_SRC) -> str:

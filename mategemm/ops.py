@@ -1,0 +1,249 @@
+"""The public functions as torch custom ops (torch.library), for torch.compile and CUDA graphs.
+
+Each public function, while torch.compile traces it, calls its op here instead of running: the op's
+fake implementation gives dynamo the output's shape and dtype, and the compiled graph calls the
+real function (through the op) when it runs. Functions that return a new tensor have a functional
+op `mategemm::<name>` and a `mategemm::<name>_out` that writes `out` (declared mutated); functions
+whose `out` is required have only the latter. Eager calls never go through here (no dispatcher
+overhead).
+"""
+from __future__ import annotations
+
+import torch
+
+from mategemm import bmm, gemm, indexer, moe
+
+Tensor = torch.Tensor
+Dtype = torch.dtype
+
+
+def _op(name: str, mutates: tuple[str, ...] = ()):
+    return torch.library.custom_op(f"mategemm::{name}", mutates_args=mutates)
+
+
+def _tuple(values):
+    return None if values is None else tuple(values)
+
+
+def _list(values):
+    return None if values is None else [int(v) for v in values]
+
+
+# ---- gemm_fp8_nt_groupwise ----------------------------------------------------------------------
+
+@_op("gemm_fp8_nt_groupwise")
+def _gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: str | None,
+          mma_sm: int | None, scale_granularity_mnk: list[int] | None, out_dtype: Dtype | None, backend: str,
+          output_scale: Tensor | None) -> Tensor:
+    return gemm.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, _tuple(scale_granularity_mnk),
+                                      None, out_dtype, backend, output_scale)
+
+
+@_gemm.register_fake
+def _(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend, output_scale):
+    dtype = torch.float8_e4m3fn if output_scale is not None else out_dtype or torch.bfloat16
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=dtype)
+
+
+@_op("gemm_fp8_nt_groupwise_out", ("out",))
+def _gemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: str | None,
+              mma_sm: int | None, scale_granularity_mnk: list[int] | None, out: Tensor, out_dtype: Dtype | None,
+              backend: str, output_scale: Tensor | None) -> None:
+    gemm.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, _tuple(scale_granularity_mnk), out,
+                               out_dtype, backend, output_scale)
+
+
+def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype,
+                          backend, output_scale):
+    args = (a, b, a_scale, b_scale, scale_major_mode, mma_sm, _list(scale_granularity_mnk))
+    if out is None:
+        return _gemm(*args, out_dtype, backend, output_scale)
+    _gemm_out(*args, out, out_dtype, backend, output_scale)
+    return out
+
+
+# ---- bmm_fp8 / bmm_fp16 --------------------------------------------------------------------------
+
+@_op("bmm_fp8")
+def _bmm_fp8(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: Dtype, backend: str,
+             scale_granularity_mnk: list[int] | None, output_scale: Tensor | None, c: Tensor | None,
+             major_a_mode: str, major_b_mode: str) -> Tensor:
+    return bmm.bmm_fp8(a, b, a_scale, b_scale, out_dtype, None, backend, _tuple(scale_granularity_mnk), output_scale,
+                       c, major_a_mode, major_b_mode)
+
+
+@_bmm_fp8.register_fake
+def _(a, b, a_scale, b_scale, out_dtype, backend, scale_granularity_mnk, output_scale, c, major_a_mode,
+      major_b_mode):
+    m = a.shape[2] if major_a_mode == "M" else a.shape[1]
+    n = b.shape[2] if major_b_mode == "N" else b.shape[1]
+    return a.new_empty((a.shape[0], m, n), dtype=out_dtype)
+
+
+@_op("bmm_fp8_out", ("out",))
+def _bmm_fp8_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: Dtype, out: Tensor,
+                 backend: str, scale_granularity_mnk: list[int] | None, output_scale: Tensor | None,
+                 c: Tensor | None, major_a_mode: str, major_b_mode: str) -> None:
+    bmm.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, _tuple(scale_granularity_mnk), output_scale, c,
+                major_a_mode, major_b_mode)
+
+
+def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk, output_scale, c, major_a_mode,
+            major_b_mode):
+    rest = (backend, _list(scale_granularity_mnk), output_scale, c, major_a_mode, major_b_mode)
+    if out is None:
+        return _bmm_fp8(a, b, a_scale, b_scale, out_dtype, *rest)
+    _bmm_fp8_out(a, b, a_scale, b_scale, out_dtype, out, *rest)
+    return out
+
+
+@_op("bmm_fp16")
+def _bmm_fp16(a: Tensor, b: Tensor, out_dtype: Dtype, backend: str, c: Tensor | None) -> Tensor:
+    return bmm.bmm_fp16(a, b, out_dtype, None, backend, c)
+
+
+@_bmm_fp16.register_fake
+def _(a, b, out_dtype, backend, c):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
+
+
+@_op("bmm_fp16_out", ("out",))
+def _bmm_fp16_out(a: Tensor, b: Tensor, out_dtype: Dtype, out: Tensor, backend: str, c: Tensor | None) -> None:
+    bmm.bmm_fp16(a, b, out_dtype, out, backend, c)
+
+
+def bmm_fp16(a, b, out_dtype, out, backend, c):
+    if out is None:
+        return _bmm_fp16(a, b, out_dtype, backend, c)
+    _bmm_fp16_out(a, b, out_dtype, out, backend, c)
+    return out
+
+
+# ---- MoE grouped GEMMs ----------------------------------------------------------------------------
+
+@_op("ragged_m_moe_gemm_8bit_out", ("out",))
+def _ragged_m_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, ragged_tokens_info: Tensor, out: Tensor,
+                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: list[int] | None,
+                  num_mp: int | None, alignment_m: int | None, backend: str) -> None:
+    moe.ragged_m_moe_gemm_8bit((a, a_scale), (b, b_scale), ragged_tokens_info, out, gemm_mode, major_a_mode,
+                               major_b_mode, _tuple(scale_granularity_mnk), num_mp, alignment_m, backend)
+
+
+def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                           scale_granularity_mnk, num_mp, alignment_m, backend):
+    _ragged_m_out(*input_a, *input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                  _list(scale_granularity_mnk), num_mp, alignment_m, backend)
+    return out
+
+
+@_op("ragged_k_moe_gemm_8bit_out", ("out",))
+def _ragged_k_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, ragged_tokens_info: Tensor, out: Tensor,
+                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: list[int] | None,
+                  num_mp: int | None) -> None:
+    moe.ragged_k_moe_gemm_8bit((a, a_scale), (b, b_scale), ragged_tokens_info, out, gemm_mode, major_a_mode,
+                               major_b_mode, _tuple(scale_granularity_mnk), num_mp)
+
+
+def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                           scale_granularity_mnk, num_mp):
+    _ragged_k_out(*input_a, *input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                  _list(scale_granularity_mnk), num_mp)
+    return out
+
+
+@_op("masked_moe_gemm_8bit")
+def _masked(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, masked_tokens_info: Tensor,
+            scale_granularity_mnk: list[int] | None, expect_tokens: int | None, backend: str) -> Tensor:
+    return moe.masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_tokens_info, None,
+                                    _tuple(scale_granularity_mnk), expect_tokens, False, None, backend)
+
+
+@_masked.register_fake
+def _(a, a_scale, b, b_scale, masked_tokens_info, scale_granularity_mnk, expect_tokens, backend):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16)
+
+
+@_op("masked_moe_gemm_8bit_out", ("out",))
+def _masked_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, masked_tokens_info: Tensor, out: Tensor,
+                scale_granularity_mnk: list[int] | None, expect_tokens: int | None, backend: str) -> None:
+    moe.masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_tokens_info, out, _tuple(scale_granularity_mnk),
+                             expect_tokens, False, None, backend)
+
+
+def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
+                         enable_overlap, signal, backend):
+    if enable_overlap or signal is not None:
+        raise ValueError("enable_overlap (and signal) is not supported under torch.compile: its (block_m, "
+                         "threshold) are host values chosen at run time; call it outside the compiled region")
+    args = (*input_a, *input_b, masked_tokens_info)
+    rest = (_list(scale_granularity_mnk), expect_tokens, backend)
+    if out is None:
+        return _masked(*args, *rest)
+    _masked_out(*args, out, *rest)
+    return out
+
+
+@_op("batch_deepgemm_fp8_nt_groupwise_out", ("out",))
+def _batch_deepgemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, masked_m: Tensor, expected_m: int,
+                        scale_granularity_mnk: list[int], out: Tensor, out_dtype: Dtype | None) -> None:
+    moe.batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m, tuple(scale_granularity_mnk),
+                                        out, out_dtype)
+
+
+def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m, scale_granularity_mnk, out,
+                                    out_dtype):
+    if out is None:
+        out = a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype or torch.bfloat16)
+    _batch_deepgemm_out(a, b, a_scale, b_scale, masked_m, expected_m, _list(scale_granularity_mnk), out, out_dtype)
+    return out
+
+
+# ---- lightning indexer ----------------------------------------------------------------------------
+
+@_op("get_paged_mqa_logits_metadata")
+def _metadata(context_lens: Tensor, block_kv: int, num_mps: int) -> Tensor:
+    return indexer.get_paged_mqa_logits_metadata(context_lens, block_kv, num_mps)
+
+
+@_metadata.register_fake
+def _(context_lens, block_kv, num_mps):
+    if num_mps == 0:
+        num_mps = torch.cuda.get_device_properties(context_lens.device).multi_processor_count
+    return context_lens.new_empty((num_mps + 1, 2), dtype=torch.int32)
+
+
+def get_paged_mqa_logits_metadata(context_lens, block_kv, num_mps):
+    return _metadata(context_lens, block_kv, num_mps)
+
+
+@_op("fp8_paged_mqa_logits")
+def _paged(q: Tensor, fused_kv_cache: Tensor, weights: Tensor, context_lens: Tensor, block_table: Tensor,
+           schedule_meta: Tensor, max_context_len: int, clean_logits: bool) -> Tensor:
+    return indexer.fp8_paged_mqa_logits(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta,
+                                        max_context_len, clean_logits)
+
+
+@_paged.register_fake
+def _(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits):
+    return q.new_empty((q.shape[0] * q.shape[1], max_context_len), dtype=torch.float32)
+
+
+def fp8_paged_mqa_logits(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
+                         clean_logits):
+    return _paged(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits)
+
+
+@_op("fp8_mqa_logits")
+def _prefill(q: Tensor, k: Tensor, k_scale: Tensor, weights: Tensor, cu_seq_len_k_start: Tensor,
+             cu_seq_len_k_end: Tensor, clean_logits: bool, max_seqlen_k: int) -> Tensor:
+    return indexer.fp8_mqa_logits(q, (k, k_scale), weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits,
+                                  max_seqlen_k)
+
+
+@_prefill.register_fake
+def _(q, k, k_scale, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k):
+    return q.new_empty((q.shape[0], max_seqlen_k if max_seqlen_k > 0 else k.shape[0]), dtype=torch.float32)
+
+
+def fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k):
+    return _prefill(q, *kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k)
