@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from mategemm import env
+from mategemm.log import verbose
 
 FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits", "transpose")
 _printed: set = set()
@@ -31,11 +32,11 @@ def parse_force_config(raw: str) -> dict[str, int]:
 
 
 def report(kind: str, problem, config) -> None:
-    """Print a config once per (kind, problem, config) when MATEGEMM_PRINT_CONFIGS=1."""
+    """Log a config once per (kind, problem, config) when MATEGEMM_PRINT_CONFIGS=1."""
     if not env.print_configs():
         return
     key = (kind, problem, config)
     if key in _printed:
         return
     _printed.add(key)
-    print(f"[mategemm] {kind} {problem} -> {config}", flush=True)
+    verbose().info("%s %s -> %s", kind, problem, config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -24,8 +23,7 @@ from filelock import FileLock
 from mategemm import env
 from mategemm.jit import nvrtc
 from mategemm.jit.key import cache_key, headers_hash, key_fields
-
-log = logging.getLogger("mategemm")
+from mategemm.log import log, verbose
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 STAGING = ".staging"
@@ -269,17 +267,19 @@ class KernelCache:
     def _compile(self, spec: KernelSpec, key: str, options: tuple[str, ...], entry: Path | None) -> CompiledKernel:
         debug = env.jit_debug()
         if debug:
-            print(f"[mategemm] nvrtc {spec.kernel} {' '.join(options)}", flush=True)
+            verbose().debug("nvrtc %s %s", spec.kernel, " ".join(options))
         start = time.perf_counter()
         try:
             cubin, lowered, nvrtc_log = nvrtc.compile_cubin(spec.source, spec.name_expr, options)
         except nvrtc.CompileError as exc:
             kept = self._keep_failed(spec, key, str(exc))
+            log.error("mategemm: NVRTC failed on %s (%s); source and log kept in %s", spec.kernel, spec.name_expr, kept)
             raise nvrtc.CompileError(f"{exc}\nsource and log kept in {kept}") from None
         seconds = time.perf_counter() - start
         self.num_compiles += 1
+        log.info("compiled %s.%s (%s) in %.3f s", spec.kernel, key[:16], spec.name_expr, seconds)
         if debug:
-            print(f"[mategemm] compiled {spec.kernel}.{key[:16]} in {seconds:.3f} s\n{nvrtc_log}", flush=True)
+            verbose().debug("%s.%s NVRTC log:\n%s", spec.kernel, key[:16], nvrtc_log)
         if entry is None:
             return CompiledKernel(spec.kernel, key, cubin, lowered, None, compiled_here=True)
 

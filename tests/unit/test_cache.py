@@ -194,12 +194,13 @@ def test_root_and_entries_are_private(tmp_path):
     assert mode(entry) == 0o700
 
 
-def test_compile_error_keeps_source_and_log(tmp_path):
+def test_compile_error_keeps_source_and_log(tmp_path, caplog):
     broken = KernelSpec("broken", "__global__ void broken() { this is not C++; }\n", "&broken", "sm_90a")
-    with pytest.raises(nvrtc.CompileError) as info:
+    with caplog.at_level(logging.ERROR, logger="mategemm"), pytest.raises(nvrtc.CompileError) as info:
         KernelCache(tmp_path).get(broken)
     kept = next((tmp_path / "failed").iterdir())
     assert str(kept) in str(info.value)
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and str(kept) in caplog.records[0].getMessage()
     assert (kept / "kernel.cu").read_text() == broken.source
     assert "nvrtcCompileProgram" in (kept / "nvrtc.log").read_text()
     assert KernelCache(tmp_path).entries() == []
@@ -289,3 +290,11 @@ def test_nothing_from_the_cache_is_unpickled_or_executed():
                  for n, line in enumerate(path.read_text().splitlines(), 1)
                  if forbidden.search(line.split("#")[0])]
     assert offenders == []
+
+
+def test_each_compile_is_logged_once_at_info(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="mategemm"):
+        KernelCache(tmp_path).get(TINY)
+        KernelCache(tmp_path).get(TINY)  # from disk: no compile, no record
+    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
+    assert len(compiles) == 1 and TINY.kernel in compiles[0] and TINY.name_expr in compiles[0]

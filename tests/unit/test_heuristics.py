@@ -1,4 +1,5 @@
 """heuristics/fp8_gemm invariants over the dense suite; MATEGEMM_FORCE_CONFIG and env knobs."""
+import logging
 import math
 from pathlib import Path
 
@@ -190,3 +191,18 @@ def test_forced_split_k_is_checked():
         fp8_gemm.choose(problem, H100, 132, "num_splits=4")  # 5 k-blocks: 2 + 2 + 1, one empty
     with pytest.raises(ValueError, match="num_splits"):
         fp8_gemm.choose(problem, H100, 132, "num_splits=2,cluster_n=2")
+
+
+def test_print_configs_logs_each_choice_once(monkeypatch, caplog):
+    from mategemm import heuristics
+    problem = GemmProblem(64, 4096, 7168, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                          torch.bfloat16)
+    config = fp8_gemm.choose(problem, H100, 132, "")
+    monkeypatch.setattr(heuristics, "_printed", set())
+    monkeypatch.setenv("MATEGEMM_PRINT_CONFIGS", "0")
+    with caplog.at_level(logging.INFO, logger="mategemm"):
+        heuristics.report("k", problem, config)
+        monkeypatch.setenv("MATEGEMM_PRINT_CONFIGS", "1")
+        heuristics.report("k", problem, config)
+        heuristics.report("k", problem, config)
+    assert [r.getMessage() for r in caplog.records] == [f"k {problem} -> {config}"]
