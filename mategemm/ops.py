@@ -7,17 +7,22 @@ op `mategemm::<name>` and a `mategemm::<name>_out` that writes `out` (declared m
 whose `out` is required have only the latter. Eager calls never go through here (no dispatcher
 overhead).
 """
-from __future__ import annotations
+from typing import List, Optional
 
 import torch
 
 from mategemm import bmm, gemm, indexer, moe
 
+# Annotations torch.library reads to infer each op's schema (evaluated, in forms every torch takes).
 Tensor = torch.Tensor
-Dtype = torch.dtype
+OptTensor = Optional[torch.Tensor]
+OptDtype = Optional[torch.dtype]
+OptInts = Optional[List[int]]
+OptInt = Optional[int]
+OptStr = Optional[str]
 
 
-def _op(name: str, mutates: tuple[str, ...] = ()):
+def _op(name, mutates=()):
     return torch.library.custom_op(f"mategemm::{name}", mutates_args=mutates)
 
 
@@ -32,9 +37,9 @@ def _list(values):
 # ---- gemm_fp8_nt_groupwise ----------------------------------------------------------------------
 
 @_op("gemm_fp8_nt_groupwise")
-def _gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: str | None,
-          mma_sm: int | None, scale_granularity_mnk: list[int] | None, out_dtype: Dtype | None, backend: str,
-          output_scale: Tensor | None) -> Tensor:
+def _gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: OptStr,
+          mma_sm: OptInt, scale_granularity_mnk: OptInts, out_dtype: OptDtype, backend: str,
+          output_scale: OptTensor) -> Tensor:
     return gemm.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, _tuple(scale_granularity_mnk),
                                       None, out_dtype, backend, output_scale)
 
@@ -46,9 +51,9 @@ def _(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, o
 
 
 @_op("gemm_fp8_nt_groupwise_out", ("out",))
-def _gemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: str | None,
-              mma_sm: int | None, scale_granularity_mnk: list[int] | None, out: Tensor, out_dtype: Dtype | None,
-              backend: str, output_scale: Tensor | None) -> None:
+def _gemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: OptStr,
+              mma_sm: OptInt, scale_granularity_mnk: OptInts, out: Tensor, out_dtype: OptDtype,
+              backend: str, output_scale: OptTensor) -> None:
     gemm.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, _tuple(scale_granularity_mnk), out,
                                out_dtype, backend, output_scale)
 
@@ -65,8 +70,8 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
 # ---- bmm_fp8 / bmm_fp16 --------------------------------------------------------------------------
 
 @_op("bmm_fp8")
-def _bmm_fp8(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: Dtype, backend: str,
-             scale_granularity_mnk: list[int] | None, output_scale: Tensor | None, c: Tensor | None,
+def _bmm_fp8(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: torch.dtype, backend: str,
+             scale_granularity_mnk: OptInts, output_scale: OptTensor, c: OptTensor,
              major_a_mode: str, major_b_mode: str) -> Tensor:
     return bmm.bmm_fp8(a, b, a_scale, b_scale, out_dtype, None, backend, _tuple(scale_granularity_mnk), output_scale,
                        c, major_a_mode, major_b_mode)
@@ -81,9 +86,9 @@ def _(a, b, a_scale, b_scale, out_dtype, backend, scale_granularity_mnk, output_
 
 
 @_op("bmm_fp8_out", ("out",))
-def _bmm_fp8_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: Dtype, out: Tensor,
-                 backend: str, scale_granularity_mnk: list[int] | None, output_scale: Tensor | None,
-                 c: Tensor | None, major_a_mode: str, major_b_mode: str) -> None:
+def _bmm_fp8_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: torch.dtype, out: Tensor,
+                 backend: str, scale_granularity_mnk: OptInts, output_scale: OptTensor,
+                 c: OptTensor, major_a_mode: str, major_b_mode: str) -> None:
     bmm.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, _tuple(scale_granularity_mnk), output_scale, c,
                 major_a_mode, major_b_mode)
 
@@ -98,7 +103,7 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
 
 
 @_op("bmm_fp16")
-def _bmm_fp16(a: Tensor, b: Tensor, out_dtype: Dtype, backend: str, c: Tensor | None) -> Tensor:
+def _bmm_fp16(a: Tensor, b: Tensor, out_dtype: torch.dtype, backend: str, c: OptTensor) -> Tensor:
     return bmm.bmm_fp16(a, b, out_dtype, None, backend, c)
 
 
@@ -108,7 +113,7 @@ def _(a, b, out_dtype, backend, c):
 
 
 @_op("bmm_fp16_out", ("out",))
-def _bmm_fp16_out(a: Tensor, b: Tensor, out_dtype: Dtype, out: Tensor, backend: str, c: Tensor | None) -> None:
+def _bmm_fp16_out(a: Tensor, b: Tensor, out_dtype: torch.dtype, out: Tensor, backend: str, c: OptTensor) -> None:
     bmm.bmm_fp16(a, b, out_dtype, out, backend, c)
 
 
@@ -123,8 +128,8 @@ def bmm_fp16(a, b, out_dtype, out, backend, c):
 
 @_op("ragged_m_moe_gemm_8bit_out", ("out",))
 def _ragged_m_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, ragged_tokens_info: Tensor, out: Tensor,
-                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: list[int] | None,
-                  num_mp: int | None, alignment_m: int | None, backend: str) -> None:
+                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: OptInts,
+                  num_mp: OptInt, alignment_m: OptInt, backend: str) -> None:
     moe.ragged_m_moe_gemm_8bit((a, a_scale), (b, b_scale), ragged_tokens_info, out, gemm_mode, major_a_mode,
                                major_b_mode, _tuple(scale_granularity_mnk), num_mp, alignment_m, backend)
 
@@ -138,8 +143,8 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode,
 
 @_op("ragged_k_moe_gemm_8bit_out", ("out",))
 def _ragged_k_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, ragged_tokens_info: Tensor, out: Tensor,
-                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: list[int] | None,
-                  num_mp: int | None) -> None:
+                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: OptInts,
+                  num_mp: OptInt) -> None:
     moe.ragged_k_moe_gemm_8bit((a, a_scale), (b, b_scale), ragged_tokens_info, out, gemm_mode, major_a_mode,
                                major_b_mode, _tuple(scale_granularity_mnk), num_mp)
 
@@ -153,7 +158,7 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode,
 
 @_op("masked_moe_gemm_8bit")
 def _masked(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, masked_tokens_info: Tensor,
-            scale_granularity_mnk: list[int] | None, expect_tokens: int | None, backend: str) -> Tensor:
+            scale_granularity_mnk: OptInts, expect_tokens: OptInt, backend: str) -> Tensor:
     return moe.masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_tokens_info, None,
                                     _tuple(scale_granularity_mnk), expect_tokens, False, None, backend)
 
@@ -165,7 +170,7 @@ def _(a, a_scale, b, b_scale, masked_tokens_info, scale_granularity_mnk, expect_
 
 @_op("masked_moe_gemm_8bit_out", ("out",))
 def _masked_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, masked_tokens_info: Tensor, out: Tensor,
-                scale_granularity_mnk: list[int] | None, expect_tokens: int | None, backend: str) -> None:
+                scale_granularity_mnk: OptInts, expect_tokens: OptInt, backend: str) -> None:
     moe.masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_tokens_info, out, _tuple(scale_granularity_mnk),
                              expect_tokens, False, None, backend)
 
@@ -185,7 +190,7 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out, scale_granul
 
 @_op("batch_deepgemm_fp8_nt_groupwise_out", ("out",))
 def _batch_deepgemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, masked_m: Tensor, expected_m: int,
-                        scale_granularity_mnk: list[int], out: Tensor, out_dtype: Dtype | None) -> None:
+                        scale_granularity_mnk: List[int], out: Tensor, out_dtype: OptDtype) -> None:
     moe.batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m, tuple(scale_granularity_mnk),
                                         out, out_dtype)
 
