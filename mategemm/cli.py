@@ -21,6 +21,10 @@ DEMO_SUITE = "dense_fp8"
 def cmd_info(args) -> int:
     import torch
 
+    from mategemm.jit.key import KERNELS_SRC, headers_hash
+    from mategemm.version import __version__
+
+    print(f"mategemm:  {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda or 'none'})")
     if torch.cuda.is_available():
         from mategemm.runtime.device import current_device_info
 
@@ -30,6 +34,7 @@ def cmd_info(args) -> int:
         print("device:    no GPU")
     major, minor = nvrtc.nvrtc_version()
     print(f"nvrtc:     {major}.{minor}")
+    print(f"kernels:   {KERNELS_SRC} (headers {headers_hash()[:16]}, part of every cache key)")
     cache = KernelCache(default_cache_dir())
     entries = cache.entries()
     size = sum(f.stat().st_size for entry in entries for f in entry.iterdir() if f.is_file())

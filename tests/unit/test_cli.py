@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mategemm
 from mategemm import env, prewarm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,6 +81,8 @@ def test_cache_verify_finds_and_repairs_a_corrupt_cubin(cache, first_prewarm):
 def test_info(cache, first_prewarm):
     out = ok(mategemm_cmd(cache, "info"))
     assert re.search(r"^nvrtc: +\d+\.\d+$", out, re.M)
+    assert re.search(rf"^mategemm: +{re.escape(mategemm.__version__)} \(torch ", out, re.M)
+    assert re.search(r"^kernels: +\S+kernels_src \(headers [0-9a-f]{16}, ", out, re.M)
     assert f"{cache} ({NUM_DENSE_KERNELS} entries" in out
     if not torch.cuda.is_available():
         assert "no GPU" in out
