@@ -30,8 +30,13 @@ def _tuple(values):
     return None if values is None else tuple(values)
 
 
-def _list(values):
-    return None if values is None else [int(v) for v in values]
+def _list(values, name="scale_granularity_mnk"):
+    """A recipe as the ops' int[] (the eager checks run later, inside the op, on the tuple again)."""
+    if values is None:
+        return None
+    if not isinstance(values, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must be a tuple of three ints, got {values!r}")
+    return list(values)
 
 
 # ---- gemm_fp8_nt_groupwise ----------------------------------------------------------------------

@@ -117,3 +117,12 @@ def test_eager_calls_do_not_go_through_the_dispatcher(monkeypatch):
     monkeypatch.setattr(mategemm.ops, "gemm_fp8_nt_groupwise", traced)
     with pytest.raises(TypeError, match="a must have dtype"):
         mategemm.gemm_fp8_nt_groupwise(torch.zeros(4, 128), torch.zeros(4, 128), torch.zeros(4, 1), torch.zeros(1, 1))
+
+
+def test_a_bad_recipe_is_named_while_tracing():
+    def bad():
+        return mategemm.gemm_fp8_nt_groupwise(empty(40, 256, dtype=E4), empty(72, 256, dtype=E4), empty(40, 2),
+                                              empty(1, 2), scale_granularity_mnk="1,128,128")
+
+    with FakeTensorMode(), pytest.raises(Exception, match="scale_granularity_mnk must be a tuple of three ints"):
+        torch.export.export(Calls(bad), (torch.empty(2, device="cuda"),), strict=True)
