@@ -35,11 +35,11 @@ def paged_case(seed=0):
 
 
 def model(a, b, sa, sb, input_a, input_b, counts, paged):
-    """A small graph mixing our ops with torch's."""
+    """A small graph mixing our ops with torch elementwise ops (inductor may reorder a reduction)."""
     y = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
     z = mategemm.masked_moe_gemm_8bit(input_a, input_b, counts)
     logits = mategemm.fp8_paged_mqa_logits(*paged)
-    return torch.relu(y.float()) * 2, z[:, :17].float().sum(dim=1), logits.clamp(min=-1e30)
+    return torch.relu(y.float()) * 2, z[:, :17].float() * 0.5, logits.clamp(min=-1e30)  # elementwise: exact
 
 
 def test_compile_fullgraph_matches_eager():
