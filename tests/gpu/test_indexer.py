@@ -41,7 +41,7 @@ def paged_want(case: dict, clean: bool) -> torch.Tensor:
                                case["block_table"], case["max_context_len"], clean_logits=clean)
 
 
-@pytest.mark.parametrize("next_n,heads", [(1, 32), (1, 64), (2, 32), (2, 64), (3, 64), (4, 64)])
+@pytest.mark.parametrize("next_n,heads", [(1, 32), (1, 64), (2, 32), (2, 64), (3, 32), (3, 64), (4, 32), (4, 64)])
 @pytest.mark.parametrize("two_d", (False, True))
 @pytest.mark.parametrize("clean", (True, False))
 def test_paged_logits(next_n, heads, two_d, clean):
