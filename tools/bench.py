@@ -625,6 +625,11 @@ LABELS = {"mategemm": "ours", "mategemm_packed": "packed", "mategemm_padded": "p
           "mategemm_dense_same_work": "dense", "mategemm_mn_major": "MN-major", "mategemm_mn_in_kernel": "MN-in-kernel"}
 
 
+def cell(row: dict, impl: str, metric: str = "tflops"):
+    """A table cell: the row's value of impl's metric, ERR where that impl failed, else '-'."""
+    return row.get(f"{impl}_{metric}", "ERR" if f"{impl}_error" in row else "-")
+
+
 def format_grouped_row(row: dict) -> tuple[str, str]:
     """(header, line) of a row's table: shape fields | ours TF, ms, diff | each peer's TF and peer ms / ours ms."""
     mode = row["mode"]
@@ -633,17 +638,15 @@ def format_grouped_row(row: dict) -> tuple[str, str]:
     head = [f"{f:>{w}}" for f, w in widths.items()]
     line = [f"{row.get(f, '-')!s:>{w}}" for f, w in widths.items()]
 
-    def tflops(impl):
-        return row.get(f"{impl}_tflops", "ERR" if f"{impl}_error" in row else "-")
-
     diff = row.get(f"{ours}_diff")
     head.append(f"| {LABELS[ours] + ' TF':>9} {'ms':>8} {'diff':>7}")
-    line.append(f"| {tflops(ours):>9} {row.get(f'{ours}_ms', '-'):>8} {f'{diff:.1e}' if diff is not None else '-':>7}")
+    line.append(f"| {cell(row, ours):>9} {row.get(f'{ours}_ms', '-'):>8} "
+                f"{f'{diff:.1e}' if diff is not None else '-':>7}")
     for peer in PEERS[mode]:
         x = speedup(row, ours, peer)
         width = max(len(LABELS[peer]), 6)
         head.append(f"| {LABELS[peer]:>{width}} {'x':>5}")
-        line.append(f"| {tflops(peer):>{width}} {f'{x:.2f}' if x else '-':>5}")
+        line.append(f"| {cell(row, peer):>{width}} {f'{x:.2f}' if x else '-':>5}")
     return " ".join(head), " ".join(line)
 
 
@@ -867,9 +870,6 @@ def bench_bmm_row(job: dict, l2_bytes: int) -> dict:
 
 def format_bmm_row(row: dict) -> tuple[str, str]:
     """(header, line) of a row: shape | ours TF, GB/s, ms, diff | cuBLAS loop TF, x | bf16 bmm TF, x."""
-    def tflops(impl):
-        return row.get(f"{impl}_tflops", "ERR" if f"{impl}_error" in row else "-")
-
     def ratio_text(peer):
         x = speedup(row, "mategemm", peer) if peer else None
         return f"{x:.2f}" if x else "-"
@@ -878,10 +878,10 @@ def format_bmm_row(row: dict) -> tuple[str, str]:
     diff = row.get("mategemm_diff")
     head = (f"{'batch':>5} {'m':>5} {'n':>6} {'k':>6} | {'ours TF':>8} {'GB/s':>7} {'ms':>8} {'diff':>7} | "
             f"{BMM_LABELS.get(peer, 'cuBLAS'):>9} {'x':>5} | {BMM_LABELS['torch_bmm_bf16']:>8} {'x':>5}")
-    line = (f"{row['batch']:>5} {row['m']:>5} {row['n']:>6} {row['k']:>6} | {tflops('mategemm')!s:>8} "
+    line = (f"{row['batch']:>5} {row['m']:>5} {row['n']:>6} {row['k']:>6} | {cell(row, 'mategemm')!s:>8} "
             f"{row.get('mategemm_gbps', '-')!s:>7} {row.get('mategemm_ms', '-')!s:>8} "
-            f"{f'{diff:.1e}' if diff is not None else '-':>7} | {tflops(peer) if peer else '-'!s:>9} "
-            f"{ratio_text(peer):>5} | {tflops('torch_bmm_bf16')!s:>8} {ratio_text('torch_bmm_bf16'):>5}")
+            f"{f'{diff:.1e}' if diff is not None else '-':>7} | {cell(row, peer) if peer else '-'!s:>9} "
+            f"{ratio_text(peer):>5} | {cell(row, 'torch_bmm_bf16')!s:>8} {ratio_text('torch_bmm_bf16'):>5}")
     return head, line
 
 
@@ -1112,9 +1112,6 @@ def indexer_summary(rows: list[dict], copy: float, long_context: int = LONG_CONT
 
 def format_indexer_row(row: dict) -> tuple[str, str]:
     """(header, line) of a row: shape | ours GB/s, TF, ms, diff, of copy | DeepGEMM GB/s, x | torch ms, x."""
-    def cell(impl, metric):
-        return row.get(f"{impl}_{metric}", "ERR" if f"{impl}_error" in row else "-")
-
     def ratio_text(key, digits=2):
         x = row.get(key)
         return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
@@ -1123,10 +1120,10 @@ def format_indexer_row(row: dict) -> tuple[str, str]:
     head = (f"{'batch':>5} {'next_n':>6} {'heads':>5} {'avg_ctx':>7} | {'ours GB/s':>9} {'TF':>6} {'ms':>8} "
             f"{'diff':>7} {'of copy':>7} | {'DeepGEMM':>8} {'x':>5} | {'torch ms':>8} {'x':>6}")
     line = (f"{row['batch']:>5} {row['next_n']:>6} {row['heads']:>5} {row['avg_context']:>7} | "
-            f"{cell('mategemm', 'gbps')!s:>9} {cell('mategemm', 'tflops')!s:>6} {cell('mategemm', 'ms')!s:>8} "
+            f"{cell(row, 'mategemm', 'gbps')!s:>9} {cell(row, 'mategemm')!s:>6} {cell(row, 'mategemm', 'ms')!s:>8} "
             f"{f'{diff:.1e}' if diff is not None else '-':>7} {ratio_text('mategemm_of_copy'):>7} | "
             f"{row.get('deepgemm_gbps', '-')!s:>8} {ratio_text('mategemm_vs_deepgemm'):>5} | "
-            f"{cell(INDEXER_PEER, 'ms')!s:>8} {ratio_text(f'speedup_vs_{INDEXER_PEER}', 1):>6}")
+            f"{cell(row, INDEXER_PEER, 'ms')!s:>8} {ratio_text(f'speedup_vs_{INDEXER_PEER}', 1):>6}")
     return head, line
 
 
