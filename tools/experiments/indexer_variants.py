@@ -10,21 +10,28 @@ KERNEL = Path("kernels_src/sm90_fp8_mqa_logits.cuh")
 OLD_PRODUCER = KERNEL.read_text()[KERNEL.read_text().index("    if (warp < kMathWG && lane == 0) {"):
                                   KERNEL.read_text().index("    __syncwarp();\n    if (clean) {")]
 
+def _kernel_lines(start: str, stop: str, indent: int, drop: str = "") -> str:
+    """The kernel producer's lines from `start` up to `stop`, shifted right by `indent` spaces,
+    without those containing `drop`: the variant reuses them as they are."""
+    first = OLD_PRODUCER.index(start)
+    lines = OLD_PRODUCER[first:OLD_PRODUCER.index(stop, first)].rstrip("\n").split("\n")
+    return "".join(" " * indent + line + "\n" for line in lines if not (drop and drop in line))
+
+
 def _prefetch_producer():
     """The whole producer warp walks; lane i prefetches the i-th next block-table entry of the ring,
     lane 0 issues the barrier ops and TMA with the entry shuffled to it (one table load per 32 blocks).
-    The query (and weights) load is the kernel's own, kept as it is."""
-    head = "        if (warp == 0) {\n"
-    q_start = OLD_PRODUCER.index(head) + len(head)
-    q_body = OLD_PRODUCER[q_start:OLD_PRODUCER.index("          ++q_loads;\n", q_start)]
-    q_body = "".join("  " + line + "\n" for line in q_body.rstrip("\n").split("\n"))
+    The query (and weights) load and each block's loads are the kernel's own lines."""
+    q_load = _kernel_lines("          const int buf = q_loads & 1;", "          ++q_loads;\n", 2)
+    block_load = _kernel_lines("          const int stage = warp * kRingStages", "          pipe.advance();\n", 4,
+                               drop="= __ldg(block_table")
     return (r'''    if (warp < kMathWG) {
       PipelineState<kRingStages> pipe;
       int t, begin, end, q_loads = 0;
       while (walker.next(t, begin, end)) {
         if (warp == 0) {
           if (lane == 0) {
-''' + q_body + r'''          }
+''' + q_load + r'''          }
           ++q_loads;
           __syncwarp();
         }
@@ -39,20 +46,7 @@ def _prefetch_producer():
             const int physical = __shfl_sync(0xffffffffu, physical_mine, i);
             const int block = base + i * kMathWG;
             if (lane == 0) {
-              const int stage = warp * kRingStages + pipe.stage;
-              const u32 bar = full_bar + stage * 8;
-              mbar_wait(empty_bar + stage * 8, pipe.phase ^ 1);
-              mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
-              u8* keys = smem + Smem::kOffKeys + stage * Smem::kKeyBytes;
-              u8* scales = smem + Smem::kOffScales + stage * kKvBlock * 4;
-              if constexpr (kPaged) {
-                tma_load_2d(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows);
-                tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);
-              } else {
-                tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
-                tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);
-              }
-            }
+''' + block_load + r'''            }
             __syncwarp();
             pipe.advance();
           }
