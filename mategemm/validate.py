@@ -41,10 +41,10 @@ def tma_operand(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} data pointer must be 16-byte aligned")
 
 
-def same_device(device: torch.device, **tensors) -> None:
+def same_device(first: str, device: torch.device, **tensors) -> None:
     for name, t in tensors.items():
         if t is not None and t.device != device:
-            raise ValueError(f"{name} is on {t.device}, expected {device} (same device as a)")
+            raise ValueError(f"{name} is on {t.device}, expected {device} (same device as {first})")
 
 
 def cuda(name: str, t: torch.Tensor) -> None:
@@ -149,7 +149,7 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
         if out_dtype is not None and out_dtype not in OUT_DTYPES:
             raise TypeError(f"out_dtype must be one of {_names(OUT_DTYPES)}, got {out_dtype}")
         dtype = out_dtype or torch.bfloat16
-    same_device(a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out)
+    same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out)
     cuda("a", a)
     return GemmProblem(m, n, k, rec, a.dtype, b.dtype, dtype), sfa, sfb
 
@@ -171,7 +171,7 @@ def group_info(name: str, t, length: int, device: torch.device, allow_cpu: bool 
     tensor(name, t, ndim=1, dtypes=(torch.int32,))
     shape(name, t, (length,))
     if t.device != device and not (allow_cpu and t.device.type == "cpu"):
-        raise ValueError(f"{name} is on {t.device}, expected {device} (same device as the operands)")
+        raise ValueError(f"{name} is on {t.device}, expected {device} (same device as input_a[0])")
     if t.stride(0) != 1 and length > 1:
         raise ValueError(f"{name} must be contiguous")
     return t
@@ -252,7 +252,7 @@ def ragged_m(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode,
     shape("out", out, (rows, n))
     tma_operand("out", out)
     _num_mp(num_mp)
-    same_device(a.device, sfa=sfa, b=b, sfb=sfb, out=out)
+    same_device("input_a[0]", a.device, **{"input_a[1]": sfa, "input_b[0]": b, "input_b[1]": sfb}, out=out)
     cuda("input_a[0]", a)
     problem = GemmProblem(rows, n, k, rec, a.dtype, b.dtype, out.dtype, mode, num_groups)
     return problem, sfa_strides, sfb_strides, major_a, major_b, alignment_m or 128
@@ -299,7 +299,8 @@ def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, en
         shape("signal", signal, (blocks,), "one counter per expert and 64-row block: E * ceil(max_m / 64)")
         if not signal.is_contiguous():
             raise ValueError("signal must be contiguous")
-    same_device(a.device, sfa=sfa, b=b, sfb=sfb, out=out, signal=signal)
+    same_device("input_a[0]", a.device, **{"input_a[1]": sfa, "input_b[0]": b, "input_b[1]": sfb}, out=out,
+                signal=signal)
     cuda("input_a[0]", a)
     dtype = out.dtype if out is not None else torch.bfloat16
     problem = GemmProblem(num_groups * max_m, n, k, rec, a.dtype, b.dtype, dtype, "masked", num_groups)
@@ -344,7 +345,7 @@ def ragged_k(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode,
     if info.device.type == "cpu":  # checkable without a device sync
         ragged_k_host_counts(info, sum_k)
     _num_mp(num_mp)
-    same_device(a.device, sfa=sfa, b=b, sfb=sfb, out=out)
+    same_device("input_a[0]", a.device, **{"input_a[1]": sfa, "input_b[0]": b, "input_b[1]": sfb}, out=out)
     cuda("input_a[0]", a)
     problem = GemmProblem(m, n, sum_k, rec, a.dtype, b.dtype, torch.float32, "ragged_k", num_groups)
     return problem, major_a, major_b, sfa_strides, sfb_strides
@@ -481,7 +482,7 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
             raise ValueError(f"output_scale must hold one fp32 element, got shape {tuple(output_scale.shape)}")
     out_shape = (batch, m, n)
     _batched_out_and_c(out, out_dtype, c, out_shape)
-    same_device(a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out, c=c, output_scale=output_scale)
+    same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out, c=c, output_scale=output_scale)
     cuda("a", a)
     accumulate = out_dtype not in (torch.bfloat16, torch.float16) or c is not None
     kernel_out = torch.float32 if accumulate else out_dtype
@@ -513,7 +514,7 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
         raise TypeError(f"out_dtype must be one of (torch.bfloat16, torch.float16, torch.float32), got {out_dtype}")
     out_shape = (batch, m, n)
     _batched_out_and_c(out, out_dtype, c, out_shape)
-    same_device(a.device, b=b, out=out, c=c)
+    same_device("a", a.device, b=b, out=out, c=c)
     cuda("a", a)
     kernel_out = torch.float32 if out_dtype == torch.float32 or c is not None else out_dtype
     problem = GemmProblem(m, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, kernel_out, "batched", batch)
