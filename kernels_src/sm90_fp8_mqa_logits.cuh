@@ -34,8 +34,11 @@ struct MqaLogitsSmem {
   static constexpr int kN = kRows * kHeads;
   static constexpr int kQBytes = kN * kIndexDim;
   static constexpr int kKeyBytes = kKvBlock * kIndexDim;
-  static constexpr int kOffQ = 0;  // two query buffers: the next tile's loads while this one runs
-  static constexpr int kOffKeys = 2 * kQBytes;
+  static constexpr int kWeightBytes = (kN * 4 + 127) / 128 * 128;  // the tile's fp32 weights
+  // two buffers of a tile's queries and weights: the next tile's loads while this one runs
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffWeights = 2 * kQBytes;
+  static constexpr int kOffKeys = (kOffWeights + 2 * kWeightBytes + 1023) / 1024 * 1024;
   static constexpr int kOffScales = kOffKeys + kStages * kKeyBytes;
   static constexpr int kOffBarriers = kOffScales + kStages * kKvBlock * 4;
   static constexpr int kTotalBytes = kOffBarriers + (2 * kStages + 4) * 8 + 1024;  // + alignment slack
@@ -187,7 +190,7 @@ __device__ __forceinline__ void fill_uncovered(int row, const int* lens, const i
 template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
 __global__ void __launch_bounds__((kMathWG + 1) * 128, 1)
 sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constant__ TmaDesc tmap_keys,
-                    const __grid_constant__ TmaDesc tmap_scales, const float* __restrict__ weights,
+                    const __grid_constant__ TmaDesc tmap_scales, const __grid_constant__ TmaDesc tmap_weights,
                     const int* __restrict__ lens, const int* __restrict__ lens_end, int lens_2d,
                     const int* __restrict__ block_table, int block_table_ld, const int* __restrict__ schedule,
                     float* __restrict__ logits, i64 logits_ld, int num_rows, int num_cols, int compressed,
@@ -229,6 +232,7 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     tma_prefetch_desc(&tmap_q);
     tma_prefetch_desc(&tmap_keys);
     tma_prefetch_desc(&tmap_scales);
+    tma_prefetch_desc(&tmap_weights);
     #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full_bar + s * 8, 1);
@@ -255,8 +259,11 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         if (warp == 0) {
           const int buf = q_loads & 1;
           mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
-          mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes);
+          mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes + kN * 4);
           tma_load_2d(smem + Smem::kOffQ + buf * Smem::kQBytes, &tmap_q, q_full_bar + buf * 8, 0, t * kN);
+          // the tile's kRows x kHeads weights; rows past the last are zero-filled
+          tma_load_2d(smem + Smem::kOffWeights + buf * Smem::kWeightBytes, &tmap_weights, q_full_bar + buf * 8, 0,
+                      t * kRows);
           ++q_loads;
         }
         for (int block = first_block_of<kMathWG>(warp, t, begin); block < end; block += kMathWG) {
@@ -307,15 +314,11 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     const int first = first_block_of<kMathWG>(ring, t, begin);
     if (first < end) {
       if constexpr (kPaged) tile_info.load(t, lens, lens_end, lens_2d, num_rows);
+      const u32 tile_weights = smem_addr(smem + Smem::kOffWeights + buf * Smem::kWeightBytes);
       #pragma unroll
       for (int c = 0; c < kN / 8; ++c) {
         #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = c * 8 + (lane % 4) * 2 + e;  // column = j * kHeads + h
-          const int row = t * kRows + col / kHeads;
-          w[c * 2 + e] = row < num_rows * (kPaged ? kRows : 1)
-                             ? __ldg(weights + static_cast<i64>(row) * kHeads + col % kHeads) : 0.0f;
-        }
+        for (int e = 0; e < 2; ++e) w[c * 2 + e] = ld_shared_f32(tile_weights + (c * 8 + (lane % 4) * 2 + e) * 4);
       }
     }
     for (int block = first; block < end; block += kMathWG) {

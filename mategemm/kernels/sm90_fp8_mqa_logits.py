@@ -12,7 +12,7 @@ INDEX_DIM = 128
 KV_BLOCK = 64
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
 MAX_STAGES = 12  # H200: 12 beat 8, 16 and 20 by 1-7% (docs/benchmarks.md)
-TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
+TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
          rt.INT, rt.INT, rt.INT)
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
@@ -21,7 +21,9 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 def smem_bytes(rows: int, heads: int, stages: int) -> int:
     """Must match MqaLogitsSmem::kTotalBytes."""
     q_bytes = rows * heads * INDEX_DIM
-    return 2 * q_bytes + stages * (KV_BLOCK * INDEX_DIM + KV_BLOCK * 4) + (2 * stages + 4) * 8 + 1024
+    weight_bytes = -(-rows * heads * 4 // 128) * 128
+    keys = -(-(2 * q_bytes + 2 * weight_bytes) // 1024) * 1024
+    return keys + stages * (KV_BLOCK * INDEX_DIM + KV_BLOCK * 4) + (2 * stages + 4) * 8 + 1024
 
 
 def stages_for(rows: int, heads: int, smem_limit: int) -> int:
@@ -83,12 +85,15 @@ class MqaLogitsLaunch:
         else:
             tmap_keys = encode_2d(keys, INDEX_DIM, KV_BLOCK, 128)
             tmap_scales = encode_2d(scales.view(1, -1), KV_BLOCK, 1, 0)  # one row: boxes of 64 scales
+        if weights.data_ptr() % 16:  # TMA reads from a 16-byte aligned base: a sliced view is copied
+            weights = weights.clone()
+        tmap_weights = encode_2d(weights, heads, rows, 0)  # one box: the tile's rows x heads
         lens_end_ptr = 0 if lens_end is None else lens_end.data_ptr()
         table_ptr, table_ld = (0, 0) if block_table is None else (block_table.data_ptr(), block_table.stride(0))
         num_cols = logits.shape[1]
         self.main_grid = grid
         self.main_args = self.main.pack(
-            (tmap_q, tmap_keys, tmap_scales, weights.data_ptr(), lens.data_ptr(), lens_end_ptr, int(lens_2d),
+            (tmap_q, tmap_keys, tmap_scales, tmap_weights, lens.data_ptr(), lens_end_ptr, int(lens_2d),
              table_ptr, table_ld, 0 if schedule is None else schedule.data_ptr(), logits.data_ptr(), logits.stride(0),
              num_rows, num_cols, int(compressed), int(clean)), TYPES)
         self.tensors = (q, keys, scales, weights, lens, lens_end, block_table, schedule, logits)
