@@ -155,7 +155,7 @@ PREWARMED_RUN = textwrap.dedent("""
     moe = preset.moe
     weights = {(n, k): (fp8(moe.num_experts, n, k), ones(moe.num_experts, -(-n // 128), k // 128))
                for n, k in ((2 * moe.moe_intermediate, moe.hidden), (moe.hidden, moe.moe_intermediate))}
-    for m in (1, 7, 64, 333, 512):
+    for m in TOKEN_COUNTS:
         for d in preset.dense:
             mategemm.gemm_fp8_nt_groupwise(fp8(m, d.k), fp8(d.n, d.k), ones(m, d.k // 128),
                                            ones(-(-d.n // 128), d.k // 128))
@@ -187,15 +187,18 @@ PREWARMED_RUN = textwrap.dedent("""
 """)
 
 
-def test_cpu_prewarm_leaves_no_compile(tmp_path):
+@pytest.mark.parametrize("max_tokens, token_counts", [(512, (1, 7, 64, 333, 512)),
+                                                     (16384, (1, 129, 1000, 4097, 16384))])
+def test_cpu_prewarm_leaves_no_compile(tmp_path, max_tokens, token_counts):
     """What `mategemm prewarm --preset deepseek_v3` (no GPU needed) compiles is all a serving run
-    of that model's GEMMs, MoE modes and indexer needs, at token counts 1 ... 512."""
+    of that model's GEMMs, MoE modes and indexer needs, at token counts up to --max-tokens."""
     env = {**os.environ, "MATEGEMM_CACHE_DIR": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, "-m", "mategemm", "prewarm", "--preset", "deepseek_v3", "--max-tokens", "512",
-                    "--arch", "sm_90a", "--jobs", str(min(16, os.cpu_count() or 1))], env=env, check=True,
-                   timeout=300)
+    subprocess.run([sys.executable, "-m", "mategemm", "prewarm", "--preset", "deepseek_v3", "--max-tokens",
+                    str(max_tokens), "--arch", "sm_90a", "--jobs", str(min(16, os.cpu_count() or 1))], env=env,
+                   check=True, timeout=300)
     env.pop("CUDA_VISIBLE_DEVICES")
-    run = subprocess.run([sys.executable, "-c", PREWARMED_RUN], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", f"TOKEN_COUNTS = {token_counts!r}\n" + PREWARMED_RUN], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "compiles 0", run.stdout[-2000:]
 
