@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from mategemm import validate
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel
 from mategemm.runtime import device as rt_device
 
@@ -110,15 +111,6 @@ def _prefill_into(logits, q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, 
 
 
 # ---- argument checks: every one before any launch, messages naming the argument ----------------
-def _tensor(name: str, t, ndim: int, dtypes: tuple) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-
-
 def _contiguous(name: str, t: torch.Tensor) -> None:
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
@@ -138,14 +130,6 @@ def _int32_lens(context_lens) -> None:
         raise ValueError(f"context_lens must be contiguous, got strides {context_lens.stride()}")
 
 
-def _same_device(device: torch.device, **tensors) -> None:
-    if device.type != "cuda":
-        raise ValueError(f"q must be on a CUDA device, got {device}")
-    for name, t in tensors.items():
-        if t.device != device:
-            raise ValueError(f"{name} is on {t.device}, expected {device} (the device of q)")
-
-
 def _heads(name: str, heads: int, rows: int, dim: int) -> None:
     if dim != kernel.INDEX_DIM:
         raise ValueError(f"{name}: index_dim must be {kernel.INDEX_DIM}, got {dim}")
@@ -155,18 +139,18 @@ def _heads(name: str, heads: int, rows: int, dim: int) -> None:
 
 
 def _paged_checks(q, cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits):
-    _tensor("q", q, 4, FP8)
+    validate.tensor("q", q, 4, FP8)
     batch, next_n, heads, dim = q.shape
     if not 1 <= next_n <= MAX_NEXT_N:
         raise ValueError(f"q: next_n (dimension 1) must be in [1, {MAX_NEXT_N}], got {next_n}")
     _heads("q", heads, next_n, dim)
     _contiguous("q", q)
-    _tensor("fused_kv_cache", cache, 4, (torch.uint8,) + FP8)
+    validate.tensor("fused_kv_cache", cache, 4, (torch.uint8,) + FP8)
     if tuple(cache.shape[1:]) != (kernel.KV_BLOCK, 1, dim + 4):
         raise ValueError(f"fused_kv_cache must have shape (num_blocks, {kernel.KV_BLOCK}, 1, {dim + 4}), got "
                          f"{tuple(cache.shape)}")
     _contiguous("fused_kv_cache", cache)
-    _tensor("weights", weights, 2, (torch.float32,))
+    validate.tensor("weights", weights, 2, (torch.float32,))
     if tuple(weights.shape) != (batch * next_n, heads):
         raise ValueError(f"weights must have shape (batch * next_n, heads) = {(batch * next_n, heads)}, got "
                          f"{tuple(weights.shape)}")
@@ -175,11 +159,11 @@ def _paged_checks(q, cache, weights, context_lens, block_table, schedule_meta, m
     expected = (batch,) if context_lens.dim() == 1 else (batch, next_n)
     if tuple(context_lens.shape) != expected:
         raise ValueError(f"context_lens must have shape {expected}, got {tuple(context_lens.shape)}")
-    _tensor("block_table", block_table, 2, (torch.int32,))
+    validate.tensor("block_table", block_table, 2, (torch.int32,))
     if block_table.shape[0] != batch or block_table.stride(1) != 1:
         raise ValueError(f"block_table must be (batch={batch}, max_blocks) int32 with unit column stride, got shape "
                          f"{tuple(block_table.shape)}, strides {block_table.stride()}")
-    _tensor("schedule_meta", schedule_meta, 2, (torch.int32,))
+    validate.tensor("schedule_meta", schedule_meta, 2, (torch.int32,))
     if schedule_meta.shape[0] < 2 or schedule_meta.shape[1] != 2 or not schedule_meta.is_contiguous():
         raise ValueError(f"schedule_meta must be (num_mps + 1, 2) int32 from get_paged_mqa_logits_metadata, got "
                          f"shape {tuple(schedule_meta.shape)}")
@@ -187,33 +171,34 @@ def _paged_checks(q, cache, weights, context_lens, block_table, schedule_meta, m
         raise ValueError(f"max_context_len must be a positive int, got {max_context_len!r}")
     if not isinstance(clean_logits, bool):
         raise TypeError(f"clean_logits must be a bool, got {type(clean_logits).__name__}")
-    _same_device(q.device, fused_kv_cache=cache, weights=weights, context_lens=context_lens, block_table=block_table,
-                 schedule_meta=schedule_meta)
+    validate.cuda("q", q)
+    validate.same_device("q", q.device, fused_kv_cache=cache, weights=weights, context_lens=context_lens,
+                         block_table=block_table, schedule_meta=schedule_meta)
     return batch, next_n, heads, dim
 
 
 def _prefill_checks(q, kv, weights, ks, ke, clean_logits, max_seqlen_k):
-    _tensor("q", q, 3, FP8)
+    validate.tensor("q", q, 3, FP8)
     seq_len, heads, dim = q.shape
     _heads("q", heads, max(1, 128 // max(heads, 1)), dim)
     _contiguous("q", q)
     if not isinstance(kv, (tuple, list)) or len(kv) != 2:
         raise TypeError("kv must be a pair (k (seq_len_kv, 128) FP8, k_scale (seq_len_kv,) fp32)")
     k, k_scale = kv
-    _tensor("kv[0]", k, 2, FP8)
+    validate.tensor("kv[0]", k, 2, FP8)
     if k.shape[1] != dim:
         raise ValueError(f"kv[0] must be (seq_len_kv, {dim}), got {tuple(k.shape)}")
     _contiguous("kv[0]", k)
-    _tensor("kv[1]", k_scale, 1, (torch.float32,))
+    validate.tensor("kv[1]", k_scale, 1, (torch.float32,))
     if k_scale.shape[0] != k.shape[0]:
         raise ValueError(f"kv[1] must hold one scale per key: shape ({k.shape[0]},), got {tuple(k_scale.shape)}")
     _contiguous("kv[1]", k_scale)
-    _tensor("weights", weights, 2, (torch.float32,))
+    validate.tensor("weights", weights, 2, (torch.float32,))
     if tuple(weights.shape) != (seq_len, heads):
         raise ValueError(f"weights must have shape (seq_len, heads) = {(seq_len, heads)}, got {tuple(weights.shape)}")
     _contiguous("weights", weights)
     for name, t in (("cu_seq_len_k_start", ks), ("cu_seq_len_k_end", ke)):
-        _tensor(name, t, 1, (torch.int32,))
+        validate.tensor(name, t, 1, (torch.int32,))
         if t.shape[0] != seq_len or not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous ({seq_len},) int32, got shape {tuple(t.shape)}")
     if not isinstance(clean_logits, bool):
@@ -222,6 +207,7 @@ def _prefill_checks(q, kv, weights, ks, ke, clean_logits, max_seqlen_k):
         raise ValueError(f"max_seqlen_k must be a non-negative int, got {max_seqlen_k!r}")
     if k.shape[0] >= 2**31:
         raise ValueError(f"kv[0] must have fewer than 2**31 keys, got {k.shape[0]}")
-    _same_device(q.device, **{"kv[0]": k, "kv[1]": k_scale, "weights": weights, "cu_seq_len_k_start": ks,
-                              "cu_seq_len_k_end": ke})
+    validate.cuda("q", q)
+    validate.same_device("q", q.device, **{"kv[0]": k, "kv[1]": k_scale, "weights": weights,
+                                           "cu_seq_len_k_start": ks, "cu_seq_len_k_end": ke})
     return seq_len, heads, k.shape[0]
