@@ -30,6 +30,17 @@ CLUSTERS = ((1, 1), (1, 2))
 # 256-wide tiles spilled), an M-major A is not shared by a cluster pair, and an N-major B tile is
 # 64 or 128 wide (the transpose works in 64-byte columns).
 MN_MAJOR_BLOCKS = (64, 128)
+# NOTES (H200, 2026-11-28, forced configs interleaved with torch.bmm, TFLOPS): scales-at-the-end
+# tiles (128x256, A shared by a cluster pair) raster in bands of ~2048 output columns, as the dense
+# kernel's GROUP_N of 16 128-wide blocks does: 8x8192^3 bf16 group_n 16 (the whole width) 655,
+# 4 685-691; fp16 623 -> 656-667; per-tensor FP8 1237 -> 1296. 16x4096^3 unchanged (+-2%). Not
+# where each group has a single M-block (64x128x7168x512: 399 -> 374): B is then read once anyway,
+# and whole-width rows stream each batch entry's B in order.
+SCALE_AT_END_RASTER_COLUMNS = 2048
+# NOTES: a short K loop runs better with the ring at most half a tile's K deep (the loads of the
+# next tile wait instead of competing): bmm_fp16 128x512x128x512 (128x128 tiles, 8 K blocks)
+# 6 stages 255, 5 262, 4 268, 3 266 (torch.bmm 272); FP8 per-tensor there (4 K blocks) 388 -> 391.
+SCALE_AT_END_MIN_RING = 4
 
 
 def tile_bound(problem: GemmProblem, block_m: int, block_n: int, alignment_m: int, max_m: int) -> int:
@@ -164,6 +175,13 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     _, block_m, block_n, (_, cluster_n) = best
     stages = forced.get("stages") or fp8_gemm.max_stages(block_m, block_n, problem.recipe.gn, device.smem_per_block,
                                                         **extra)
+    group_n = forced.get("group_n", fp8_gemm.GROUP_N)
+    if scale_at_end:
+        if "stages" not in forced:
+            k_blocks = math.ceil(problem.k * problem.a_dtype.itemsize / sm90.BLOCK_K_FP8)
+            stages = max(sm90.MIN_STAGES, min(stages, max(SCALE_AT_END_MIN_RING, k_blocks // 2)))
+        if "group_n" not in forced and rows > block_m:  # B tiles are reused by several M-blocks
+            group_n = max(1, SCALE_AT_END_RASTER_COLUMNS // (block_n * cluster_n))
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
     smem = fp8_gemm.smem_bytes(block_m, block_n, stages, problem.recipe.gn, **extra)
@@ -174,7 +192,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     num_mp = max(cluster_n, min(num_mp - num_mp % cluster_n, tiles + tiles % cluster_n))
     block_k = sm90.BLOCK_K_FP8 // problem.a_dtype.itemsize  # elements in a 128-byte stage row
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=block_k, stages=stages, num_mp=num_mp,
-                      group_n=forced.get("group_n", fp8_gemm.GROUP_N),
+                      group_n=group_n,
                       out_swizzle=fp8_gemm.out_swizzle(block_n, problem.out_elem_bytes), smem_bytes=smem,
                       cluster_m=1, cluster_n=cluster_n, num_splits=1)
 

@@ -67,3 +67,26 @@ def test_major_modes_take_the_transposed_shapes():
     b = torch.zeros((B, K, N), dtype=E4M3)
     with pytest.raises(ValueError, match="CUDA"):  # shapes accepted
         mategemm.bmm_fp8(**args(a=a, b=b, major_a_mode="M", major_b_mode="N"))
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, E4M3))
+def test_scales_at_end_raster_bands_and_short_k_ring(dtype):
+    """Scales-at-the-end tiles walk ~2048 output columns per raster band, and a short K loop keeps
+    the ring at most half a tile's K deep (but 4 stages); forced values win."""
+    from mategemm.heuristics import fp8_gemm, grouped, sm90
+    from mategemm.runtime.device import SM90_NO_DEVICE
+    from mategemm.types import GemmProblem, Recipe
+
+    def choose(batch, m, n, k, force=""):
+        problem = GemmProblem(m, n, k, Recipe(1, -1, -1), dtype, dtype, torch.bfloat16, "batched", batch)
+        return grouped.choose(problem, m, SM90_NO_DEVICE, 132, force)
+
+    wide = choose(8, 8192, 8192, 8192)
+    assert wide.block_n * wide.cluster_n * wide.group_n == grouped.SCALE_AT_END_RASTER_COLUMNS
+    assert choose(16, 4096, 128, 4096).stages > grouped.SCALE_AT_END_MIN_RING  # a long K loop: the deepest ring
+    short = choose(128, 512, 128, 512)
+    k_blocks = 512 * dtype.itemsize // sm90.BLOCK_K_FP8
+    assert short.stages == max(grouped.SCALE_AT_END_MIN_RING, k_blocks // 2)
+    assert choose(128, 512, 128, 512, "stages=6,group_n=16").stages == 6
+    assert choose(8, 8192, 8192, 8192, "group_n=16").group_n == 16
+    assert choose(64, 128, 7168, 512).group_n == fp8_gemm.GROUP_N  # one M-block per batch entry: whole rows

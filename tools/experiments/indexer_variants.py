@@ -24,10 +24,31 @@ EARLY_WALKER = [
      "  __syncthreads();\n\n"),
 ]
 
+# The math skipped (each block released as soon as it lands; logits wrong on purpose): what the
+# producer path alone takes, i.e. the most that overlapping the math could win.
+NO_MATH = [
+    ("      pipe.advance();\n      const u64 desc_keys",
+     "      pipe.advance();\n      mbar_arrive(empty_bar + stage * 8);\n      continue;\n      const u64 desc_keys"),
+]
+
+# The wgmma kept, the head sums and stores skipped; and the sums kept, the stores skipped (a value
+# never met keeps the sums alive): which part of the math costs the time.
+NO_EPILOGUE = [
+    ("      mbar_arrive(empty_bar + stage * 8);\n\n", "      mbar_arrive(empty_bar + stage * 8);\n      continue;\n"),
+]
+NO_STORE = [
+    ("          if (whole) {\n            out_row[position] = value;",
+     "          if (value != -1234.5f) continue;\n          if (whole) {\n            out_row[position] = value;"),
+]
+
 VARIANTS = {
     "base": [],
     "early_walker": EARLY_WALKER,
+    "no_math": NO_MATH,
+    "no_epilogue": NO_EPILOGUE,
+    "no_store": NO_STORE,
 }
+WRONG_ON_PURPOSE = {"no_math", "no_epilogue", "no_store"}  # timing probes: their logits are not checked
 
 
 def source(name):
@@ -91,7 +112,7 @@ def time_all():
                     seen = torch.isfinite(want)
                     ok = "ok" if torch.equal(torch.isinf(got), torch.isinf(want)) and \
                         mategemm.testing.calc_diff(got[seen].double(), want[seen].double()) < 1e-5 else "WRONG"
-                line.append(f"b{batch}n{next_n} {median_ms([call]) * 1e3:6.1f} us {ok}")
+                line.append(f"b{batch}n{next_n} {median_ms([call]) * 1e3:6.1f} us {'' if name in WRONG_ON_PURPOSE else ok}")
             print(f"round {rnd} stages {stages} {name:>15}: " + " | ".join(line), flush=True)
 
 
