@@ -176,7 +176,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     stages = forced.get("stages") or fp8_gemm.max_stages(block_m, block_n, problem.recipe.gn, device.smem_per_block,
                                                         **extra)
     group_n = forced.get("group_n", fp8_gemm.GROUP_N)
-    if scale_at_end:
+    if scale_at_end and problem.group_mode == "batched":  # measured on bmm only (NOTES above)
         if "stages" not in forced:
             k_blocks = math.ceil(problem.k * problem.a_dtype.itemsize / sm90.BLOCK_K_FP8)
             stages = max(sm90.MIN_STAGES, min(stages, max(SCALE_AT_END_MIN_RING, k_blocks // 2)))

@@ -90,3 +90,5 @@ def test_scales_at_end_raster_bands_and_short_k_ring(dtype):
     assert choose(128, 512, 128, 512, "stages=6,group_n=16").stages == 6
     assert choose(8, 8192, 8192, 8192, "group_n=16").group_n == 16
     assert choose(64, 128, 7168, 512).group_n == fp8_gemm.GROUP_N  # one M-block per batch entry: whole rows
+    moe = GemmProblem(8 * 8192, 8192, 512, Recipe(1, -1, -1), dtype, dtype, torch.bfloat16, "per_expert", 8)
+    assert grouped.choose(moe, 8192, SM90_NO_DEVICE, 132).group_n == fp8_gemm.GROUP_N  # MoE modes unchanged
