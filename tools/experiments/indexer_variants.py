@@ -40,6 +40,26 @@ NO_STORE = [
     ("          if (whole) {\n            out_row[position] = value;",
      "          if (value != -1234.5f) continue;\n          if (whole) {\n            out_row[position] = value;"),
 ]
+# Each block released as soon as it lands, the math then run on it anyway (it may be overwritten:
+# wrong on purpose): whether holding the stage through the wgmma is what slows the stream.
+EARLY_RELEASE = [
+    ("      pipe.advance();\n      const u64 desc_keys",
+     "      pipe.advance();\n      mbar_arrive(empty_bar + stage * 8);\n      const u64 desc_keys"),
+    ("      mbar_arrive(empty_bar + stage * 8);\n\n", "\n"),
+]
+# The math warps' per-tile length loads replaced by "every key visible" (wrong on purpose): what the
+# load's latency at each request change costs the math warpgroups.
+NO_LENS = [
+    ("      if constexpr (kPaged) tile_info.load(t, lens, lens_end, lens_2d, num_rows);",
+     "      if constexpr (kPaged) {\n"
+     "        for (int j = 0; j < kRows; ++j) tile_info.lo[j] = 0, tile_info.hi[j] = 0x7fffffff;\n"
+     "        tile_info.all_lo = 0;\n        tile_info.all_hi = 0x7fffffff;\n      }"),
+]
+# The logits stored with the streaming (evict-first) hint.
+STREAMING_STORES = [
+    ("            out_row[position] = value;", "            __stcs(out_row + position, value);"),
+    ("out_row[col] = visible ? value : neg_inf();", "__stcs(out_row + col, visible ? value : neg_inf());"),
+]
 
 VARIANTS = {
     "base": [],
@@ -47,8 +67,11 @@ VARIANTS = {
     "no_math": NO_MATH,
     "no_epilogue": NO_EPILOGUE,
     "no_store": NO_STORE,
+    "early_release": EARLY_RELEASE,
+    "no_lens": NO_LENS,
+    "streaming_stores": STREAMING_STORES,
 }
-WRONG_ON_PURPOSE = {"no_math", "no_epilogue", "no_store"}  # timing probes: their logits are not checked
+WRONG_ON_PURPOSE = {"no_math", "no_epilogue", "no_store", "early_release", "no_lens"}  # timing probes: their logits are not checked
 
 
 def source(name):
