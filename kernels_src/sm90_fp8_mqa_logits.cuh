@@ -12,8 +12,8 @@
 // and the tile's queries as B (N = kRows x kHeads rows); each thread scales, rectifies and weights
 // its accumulators, and the 4 lanes that share a key row sum the heads.
 // Warp roles: kMathWG math warpgroups each take every kMathWG-th block of a tile from their own
-// ring of stages, so their waits and epilogues overlap; lane 0 of producer warp r feeds ring r by
-// TMA (warp 0 also the tile's queries, once per tile). When clean, the producer warps then set the
+// ring of stages, so their waits and epilogues overlap; producer warp r feeds ring r by TMA (its
+// lanes hold the next 32 block-table entries, lane 0 issues; warp 0 also loads the tile's queries). When clean, the producer warps then set the
 // positions no block covers to -inf.
 // Block-table entries are not trusted: an entry out of range reads zeros (TMA's out-of-bounds
 // fill), never memory outside the cache.
@@ -249,14 +249,18 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
 
   MqaWalker<kRows, kPaged> walker(schedule, lens, lens_2d, first_block, last_block);
   if (warpgroup == 0) {
-    // ---- producer: lane 0 of warp r feeds ring r with its blocks' keys and scales (warp 0 also
-    // loads each tile's queries); then the four warps set uncovered positions to -inf ----
+    // ---- producer: warp r feeds ring r with its blocks' keys and scales (warp 0 also loads each
+    // tile's queries); then the four warps set uncovered positions to -inf ----
     if constexpr (kMathWG > 1) setmaxnreg_dec<kProducerRegs>();
-    if (warp < kMathWG && lane == 0) {
+    if (warp < kMathWG) {
+      // NOTES: the whole warp walks the ring's blocks, so that lane l holds the table entry of the
+      // l-th of the next 32 (one load per 32 blocks, handed out by shuffle); lane 0 issues. A load
+      // per block put its ~600 cycles of L2 latency into every refill of the ring
+      // (tools/experiments/indexer_profile.py).
       PipelineState<kRingStages> pipe;
       int t, begin, end, q_loads = 0;
       while (walker.next(t, begin, end)) {
-        if (warp == 0) {
+        if (warp == 0 && lane == 0) {
           const int buf = q_loads & 1;
           mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
           mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes + kN * 4);
@@ -266,22 +270,32 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
                       t * kRows);
           ++q_loads;
         }
-        for (int block = first_block_of<kMathWG>(warp, t, begin); block < end; block += kMathWG) {
+        int entries = 0;
+        int k = 0;  // the block's index in this ring's walk of the tile
+        for (int block = first_block_of<kMathWG>(warp, t, begin); block < end; block += kMathWG, ++k) {
+          int physical = block;
+          if constexpr (kPaged) {
+            if (k % 32 == 0) {
+              const int mine = block + lane * kMathWG;
+              entries = mine < end ? __ldg(block_table + static_cast<i64>(t) * block_table_ld + mine) : 0;
+            }
+            physical = __shfl_sync(0xffffffffu, entries, k % 32);
+          }
           const int stage = warp * kRingStages + pipe.stage;
           const u32 bar = full_bar + stage * 8;
           mbar_wait(empty_bar + stage * 8, pipe.phase ^ 1);
+          pipe.advance();
+          if (lane != 0) continue;
           mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
           u8* keys = smem + Smem::kOffKeys + stage * Smem::kKeyBytes;
           u8* scales = smem + Smem::kOffScales + stage * kKvBlock * 4;
           if constexpr (kPaged) {
-            const int physical = __ldg(block_table + static_cast<i64>(t) * block_table_ld + block);
             tma_load_2d(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows);
             tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);
           } else {
             tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
             tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);
           }
-          pipe.advance();
         }
       }
     }
@@ -303,6 +317,7 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
   PipelineState<kRingStages> pipe;
   float acc[kN / 2];
   float w[kN / 4];  // the weights of this thread's columns: 2 per 8-column chunk
+  constexpr int kValuesPerLane = (kRows + 1) / 2;  // of the 2 x kRows logits per key row pair
   int t, begin, end, q_loads = 0;
   while (walker.next(t, begin, end)) {
     if (q_loads > 0) mbar_arrive(q_empty_bar + ((q_loads - 1) & 1) * 8);  // the previous tile's queries are read
@@ -362,28 +377,36 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
         sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
       }
-      // Lane l of each quad stores the rows j with j % 4 == l % 4. A block every row sees in full
-      // (the common case) stores without per-position checks.
+      // The quad's 2 x kRows values (row j, key half h) are stored by its lanes in turn: lane l takes
+      // values l, l + 4, ..., so each lane issues one store per two rows. A block every row sees in
+      // full (the common case) stores without per-position checks.
       const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
                          (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
       #pragma unroll
-      for (int j = 0; j < kRows; ++j) {
-        if (j % 4 != lane % 4) continue;
+      for (int i = 0; i < kValuesPerLane; ++i) {
+        const int index = lane % 4 + 4 * i;
+        const int j = index / 2, half = index % 2;
         const int row = t * kRows + j;
-        if (!kPaged && row >= num_rows) continue;
-        float* out_row = logits + static_cast<i64>(row) * logits_ld;
+        if (j >= kRows || (!kPaged && row >= num_rows)) continue;
+        float value = 0.0f;
+        int lo = 0, hi = 0;
         #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int position = block * kKvBlock + key_row0 + half * 8;
-          const float value = half ? sum1[j] : sum0[j];
-          if (whole) {
-            out_row[position] = value;
-            continue;
+        for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // the rows lanes take in turn i
+          if (jj == j) {
+            value = half ? sum1[jj] : sum0[jj];
+            lo = tile_info.lo[jj];
+            hi = tile_info.hi[jj];
           }
-          const bool visible = position >= tile_info.lo[j] && position < tile_info.hi[j];
-          const int col = compressed ? position - tile_info.lo[j] : position;
-          if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
         }
+        float* out_row = logits + static_cast<i64>(row) * logits_ld;
+        const int position = block * kKvBlock + key_row0 + half * 8;
+        if (whole) {
+          out_row[position] = value;
+          continue;
+        }
+        const bool visible = position >= lo && position < hi;
+        const int col = compressed ? position - lo : position;
+        if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
       }
     }
   }

@@ -46,8 +46,8 @@ def stamped_source() -> str:
          f"    mqa_stamps[blockIdx.x * 8 + {SM_SLOT}] = sm;\n"
          "  }\n"),
         ("  __syncthreads();\n\n  MqaWalker", "  __syncthreads();\n  if (threadIdx.x == 0) stamp(1, true);\n\n  MqaWalker"),
-        ("        if (warp == 0) {\n          const int buf = q_loads & 1;",
-         "        if (warp == 0) {\n          stamp(2, true);\n          const int buf = q_loads & 1;"),
+        ("        if (warp == 0 && lane == 0) {\n          const int buf = q_loads & 1;",
+         "        if (warp == 0 && lane == 0) {\n          stamp(2, true);\n          const int buf = q_loads & 1;"),
         ("            tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);\n",
          "            tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);\n"
          "            if (warp == 0) stamp(3, true);\n"),
