@@ -13,8 +13,8 @@
 // its accumulators, and the 4 lanes that share a key row sum the heads.
 // Warp roles: kMathWG math warpgroups each take every kMathWG-th block of a tile from their own
 // ring of stages, so their waits and epilogues overlap; producer warp r feeds ring r by TMA (its
-// lanes hold the next 32 block-table entries, lane 0 issues; warp 0 also loads the tile's queries). When clean, the producer warps then set the
-// positions no block covers to -inf.
+// lanes hold the next 32 block-table entries, lane 0 issues; warp 0 also loads the tile's
+// queries). When clean, the producer warps then set the positions no block covers to -inf.
 // Block-table entries are not trusted: an entry out of range reads zeros (TMA's out-of-bounds
 // fill), never memory outside the cache.
 #pragma once
@@ -391,7 +391,7 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         float value = 0.0f;
         int lo = 0, hi = 0;
         #pragma unroll
-        for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // the rows lanes take in turn i
+        for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // rows 2i and 2i + 1, this turn's
           if (jj == j) {
             value = half ? sum1[jj] : sum0[jj];
             lo = tile_info.lo[jj];
