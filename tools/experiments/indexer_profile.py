@@ -1,24 +1,17 @@
 """Where each warp of a paged indexer call spends its cycles: the kernel, patched with clock()
 accounting per math warpgroup (waiting for a block, wgmma, head sums, stores) and per producer warp
-(waiting for a free stage, then lane 0 issuing a block's loads), runs on one case (GPU; run from the repository
-root with PYTHONPATH=.). Prints per role the mean over CTAs of each part, in us at 1.98 GHz and as a
-share of the role's time.
+(waiting for a free stage, then lane 0 issuing a block's loads), runs on one case (GPU; run from the
+repository root with PYTHONPATH=.). Prints per role the mean over CTAs of each part, in us at
+1.98 GHz and as a share of the role's time.
 `python tools/experiments/indexer_profile.py [batch next_n heads context]` (default 128 1 64 8192)."""
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-
-import mategemm
-from mategemm.jit.cache import KernelSpec
-from mategemm.kernels import sm90_fp8_mqa_logits as K
-from mategemm.testing import indexer as ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from indexer_stamps import global_ptr, read_global  # noqa: E402
+from indexer_stamps import MAX_CTAS, apply_patches, patched_call, read_global, run_zeroed  # noqa: E402
 
-MAX_CTAS = 264
 RECORDS = 16  # per CTA: math warpgroup w at w (1-4), producer warp p at 8 + p
 WORDS = 8
 MATH_PARTS = ["wait for block", "wgmma", "head sums", "stores"]
@@ -66,10 +59,7 @@ def profiled_source() -> str:
          "    for (int i = 0; i < 5; ++i) o[i] = prof[i];\n    o[5] = static_cast<unsigned>(clock()) - prof_t0;\n  }\n"
          "}\n\n}  // namespace mategemm"),
     ]
-    for old, new in patches:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text + "\n// profiled\n"
+    return apply_patches(text, patches, "profiled")
 
 
 def report(name: str, rows: np.ndarray, parts: list[str]) -> None:
@@ -86,29 +76,10 @@ def report(name: str, rows: np.ndarray, parts: list[str]) -> None:
 
 
 def main(batch: int, next_n: int, heads: int, context: int) -> None:
-    source = profiled_source()
-    original = K.spec
-    K.spec = lambda *a: KernelSpec(original(*a).kernel, source, original(*a).name_expr, a[-1])
-    K._loaded.clear()
-    case = ref.make_paged_case(batch, next_n, heads, [context] * batch,
-                               generator=torch.Generator(device="cuda").manual_seed(0), device="cuda")
-    meta = mategemm.get_paged_mqa_logits_metadata(case["context_lens"], 64)
-    ctas = meta.shape[0] - 1
-    assert ctas <= MAX_CTAS
-
-    def call():
-        return mategemm.fp8_paged_mqa_logits(case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"],
-                                             case["block_table"], meta, case["max_context_len"], True)
-
-    call()
+    call, _, ctas = patched_call(profiled_source(), batch, next_n, heads, context)
     print(f"batch {batch}, next_n {next_n}, {heads} heads, {context} keys, {ctas} CTAs", flush=True)
     for run in range(2):
-        ptr, size = global_ptr("mqa_prof")
-        from cuda.bindings import driver
-        driver.cuMemsetD8(ptr, 0, size)
-        torch.cuda.synchronize()
-        call()
-        torch.cuda.synchronize()
+        run_zeroed(call, "mqa_prof")
         prof = read_global("mqa_prof", MAX_CTAS * RECORDS * WORDS).reshape(MAX_CTAS, RECORDS, WORDS)[:ctas]
         print(f"run {run}:")
         report("math warpgroups", prof[:, 1:5].reshape(-1, WORDS), MATH_PARTS)

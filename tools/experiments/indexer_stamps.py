@@ -59,10 +59,15 @@ def stamped_source() -> str:
          "      }\n    }\n  }\n  if (threadIdx.x == 128) {\n    stamp(6, false);\n"
          "    mqa_globaltimer[blockIdx.x * 2 + 1] = globaltimer();\n  }\n}\n\n}  // namespace mategemm"),
     ]
+    return apply_patches(text, patches, "stamped")
+
+
+def apply_patches(text: str, patches: list[tuple[str, str]], tag: str) -> str:
+    """`text` with each (old, new) replaced, every old found exactly once, tagged at the end."""
     for old, new in patches:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
-    return text + "\n// stamped\n"
+    return text + f"\n// {tag}\n"
 
 
 def global_ptr(name: str) -> tuple:
@@ -70,6 +75,15 @@ def global_ptr(name: str) -> tuple:
     err, ptr, size = driver.cuModuleGetGlobal(kernel.module, name.encode())
     assert err == driver.CUresult.CUDA_SUCCESS, err
     return ptr, size
+
+
+def run_zeroed(call, name: str) -> None:
+    """Zero the kernel's global `name`, then run `call` once to completion."""
+    ptr, size = global_ptr(name)
+    driver.cuMemsetD8(ptr, 0, size)
+    torch.cuda.synchronize()
+    call()
+    torch.cuda.synchronize()
 
 
 def read_global(name: str, words: int) -> np.ndarray:
@@ -80,8 +94,9 @@ def read_global(name: str, words: int) -> np.ndarray:
     return host.astype(np.int64)
 
 
-def main(batch: int, next_n: int, heads: int, context: int) -> None:
-    source = stamped_source()
+def patched_call(source: str, batch: int, next_n: int, heads: int, context: int) -> tuple:
+    """(call, schedule metadata, CTAs): a paged call of `context` keys per request running `source`
+    as the kernel, called once (compiled and loaded)."""
     original = K.spec
     K.spec = lambda *a: KernelSpec(original(*a).kernel, source, original(*a).name_expr, a[-1])
     K._loaded.clear()
@@ -96,6 +111,11 @@ def main(batch: int, next_n: int, heads: int, context: int) -> None:
                                              case["block_table"], meta, case["max_context_len"], True)
 
     call()
+    return call, meta, ctas
+
+
+def main(batch: int, next_n: int, heads: int, context: int) -> None:
+    call, meta, ctas = patched_call(stamped_source(), batch, next_n, heads, context)
     print(f"batch {batch}, next_n {next_n}, {heads} heads, {context} keys, {ctas} CTAs: event time "
           f"{median_ms([call]) * 1e3:.1f} us; an x.add_(1) kernel: "
           f"{median_ms([lambda x=torch.zeros(1, device='cuda'): x.add_(1)]) * 1e3:.1f} us")
@@ -103,11 +123,7 @@ def main(batch: int, next_n: int, heads: int, context: int) -> None:
     requests = np.array([schedule[i + 1][0] - schedule[i][0] + (schedule[i + 1][1] > 0) for i in range(ctas)])
     ends_by_sm = []
     for run in range(2):
-        ptr, size = global_ptr("mqa_stamps")
-        driver.cuMemsetD8(ptr, 0, size)
-        torch.cuda.synchronize()
-        call()
-        torch.cuda.synchronize()
+        run_zeroed(call, "mqa_stamps")
         stamps = read_global("mqa_stamps", MAX_CTAS * 8).reshape(MAX_CTAS, 8)[:ctas]
         timer = read_global("mqa_globaltimer", MAX_CTAS * 2).reshape(MAX_CTAS, 2)[:ctas]
         end = (timer[:, 1] - timer[:, 0].min()) / 1e3
