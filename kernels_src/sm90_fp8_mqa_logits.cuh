@@ -314,6 +314,8 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
   if constexpr (kMathWG > 1) setmaxnreg_inc<kMathRegs>();
   const int ring = warpgroup - 1;
   const int key_row0 = warp * 16 + lane / 4;  // this thread's key rows in a block: key_row0, key_row0 + 8
+  const bool upper = lane & 2, odd = lane & 1;  // this lane's share of its quad's logits (see below)
+  const int store_row0 = key_row0 + (odd ? 8 : 0);
   PipelineState<kRingStages> pipe;
   float acc[kN / 2];
   float w[kN / 4];  // the weights of this thread's columns: 2 per 8-column chunk
@@ -370,43 +372,85 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
       } else {
         head_sums<kRows, kHeads, kN, true>(acc, w, scale0, scale1, sum0, sum1);
       }
-      #pragma unroll
-      for (int j = 0; j < kRows; ++j) {
-        sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
-        sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
-        sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
-        sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
-      }
-      // The quad's 2 x kRows values (row j, key half h) are stored by its lanes in turn: lane l takes
-      // values l, l + 4, ..., so each lane issues one store per two rows. A block every row sees in
-      // full (the common case) stores without per-position checks.
-      const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
-                         (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
-      #pragma unroll
-      for (int i = 0; i < kValuesPerLane; ++i) {
-        const int index = lane % 4 + 4 * i;
-        const int j = index / 2, half = index % 2;
-        const int row = t * kRows + j;
-        if (j >= kRows || (!kPaged && row >= num_rows)) continue;
-        float value = 0.0f;
-        int lo = 0, hi = 0;
+      if constexpr (kRows <= 2) {
+        // The quad's 4 lanes hold partial sums of all 2 x kRows values (row j, key half h: value
+        // 2j + h). A reduce-scatter per group of 4 leaves lane l with the full value l + 4i of group
+        // i: 3 shuffles per 4 values (an all-reduce took 8); lane l then stores it. A block every row
+        // sees in full (the common case) stores without per-position checks.
+        const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
+                           (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
+        const int position = block * kKvBlock + store_row0;
         #pragma unroll
-        for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // rows 2i and 2i + 1, this turn's
-          if (jj == j) {
-            value = half ? sum1[jj] : sum0[jj];
-            lo = tile_info.lo[jj];
-            hi = tile_info.hi[jj];
+        for (int i = 0; i < kValuesPerLane; ++i) {
+          float v[4];
+          #pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int index = 4 * i + r;
+            v[r] = index >= 2 * kRows ? 0.0f : index % 2 ? sum1[index / 2] : sum0[index / 2];
           }
+          float keep0 = upper ? v[2] : v[0], keep1 = upper ? v[3] : v[1];
+          keep0 += __shfl_xor_sync(0xffffffffu, upper ? v[0] : v[2], 2);
+          keep1 += __shfl_xor_sync(0xffffffffu, upper ? v[1] : v[3], 2);
+          const float value = (odd ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, odd ? keep0 : keep1, 1);
+          const int j = 2 * i + (upper ? 1 : 0);
+          const int row = t * kRows + j;
+          if (j >= kRows || (!kPaged && row >= num_rows)) continue;
+          float* out_row = logits + static_cast<i64>(row) * logits_ld;
+          if (whole) {
+            out_row[position] = value;
+            continue;
+          }
+          int lo = 0, hi = 0;
+          #pragma unroll
+          for (int jj = 2 * i; jj < kRows && jj < 2 * i + 2; ++jj) {  // rows 2i and 2i + 1: this group's
+            if (jj == j) {
+              lo = tile_info.lo[jj];
+              hi = tile_info.hi[jj];
+            }
+          }
+          const bool visible = position >= lo && position < hi;
+          const int col = compressed ? position - lo : position;
+          if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
         }
-        float* out_row = logits + static_cast<i64>(row) * logits_ld;
-        const int position = block * kKvBlock + key_row0 + half * 8;
-        if (whole) {
-          out_row[position] = value;
-          continue;
+      } else {  // NOTES: the reduce-scatter spilled at 4 rows x 32 heads (112 registers)
+        #pragma unroll
+        for (int j = 0; j < kRows; ++j) {
+          sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
+          sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
+          sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
+          sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
         }
-        const bool visible = position >= lo && position < hi;
-        const int col = compressed ? position - lo : position;
-        if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
+        // The quad's 2 x kRows values (row j, key half h) are stored by its lanes in turn: lane l takes
+        // values l, l + 4, ..., so each lane issues one store per two rows. A block every row sees in
+        // full (the common case) stores without per-position checks.
+        const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
+                           (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
+        #pragma unroll
+        for (int i = 0; i < kValuesPerLane; ++i) {
+          const int index = lane % 4 + 4 * i;
+          const int j = index / 2, half = index % 2;
+          const int row = t * kRows + j;
+          if (j >= kRows || (!kPaged && row >= num_rows)) continue;
+          float value = 0.0f;
+          int lo = 0, hi = 0;
+          #pragma unroll
+          for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // rows 2i and 2i + 1, this turn's
+            if (jj == j) {
+              value = half ? sum1[jj] : sum0[jj];
+              lo = tile_info.lo[jj];
+              hi = tile_info.hi[jj];
+            }
+          }
+          float* out_row = logits + static_cast<i64>(row) * logits_ld;
+          const int position = block * kKvBlock + key_row0 + half * 8;
+          if (whole) {
+            out_row[position] = value;
+            continue;
+          }
+          const bool visible = position >= lo && position < hi;
+          const int col = compressed ? position - lo : position;
+          if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
+        }
       }
     }
   }
