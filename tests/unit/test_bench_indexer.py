@@ -57,14 +57,21 @@ def test_deepgemm_count_reproduces_every_anchor(bench):
     for rows in anchors.values():
         for a in rows:
             batch, next_n, heads = a["batch"], a["next_n"], a["heads"]
-            tokens = round(a["tflops"] * a["ms"] * 1e9 / (2 * next_n * heads * a["index_dim"]))
-            lens = [tokens // batch + (i < tokens % batch) for i in range(batch)]
+            tokens = bench.anchor_tokens(a, next_n, heads, a["index_dim"])
+            lens = bench.with_total([0] * batch, tokens)
             assert bench.indexer_flops(lens, next_n, heads) == pytest.approx(a["tflops"] * a["ms"] * 1e9, rel=1e-5)
             measured = a["gbps"] * a["ms"] * 1e6
             assert bench.indexer_deepgemm_bytes(lens, next_n, heads) == pytest.approx(measured, rel=1e-4)
             # ours counts whole cache blocks and the whole logits: a little more
             max_len = max(lens) + 17
             assert 1 < bench.indexer_bytes(lens, next_n, heads, max_len) / measured < 1.05
+
+
+def test_with_total_shifts_evenly(bench):
+    lens = [8000, 9000, 7000]
+    assert bench.with_total(lens, 24000 + 7) == [8003, 9002, 7002]
+    assert bench.with_total(lens, 24000 - 7) == [7998, 8998, 6997]  # -3 each, the first two 1 back up
+    assert bench.with_total(lens, 24000) == lens
 
 
 def test_anchors_match_shape_rows_of_the_suite(bench):
@@ -177,6 +184,7 @@ def timed_row(bench, ours_ms=0.025, peer_ms=0.5, avg_context=8192, deepgemm_byte
            "deepgemm_bytes": deepgemm_bytes, "mategemm_diff": 2e-8}
     if ours_ms:
         bench.add_timing(row, "mategemm", ours_ms, 8.6e9, 73.4e6)
+        bench.add_timing(row, bench.INDEXER_AS_DEEPGEMM, ours_ms, 8.6e9, deepgemm_bytes)
     if peer_ms:
         bench.add_timing(row, PEER, peer_ms, 8.6e9, 73.4e6)
     return row
@@ -189,6 +197,16 @@ def test_finish_row_ratios(bench):
     assert row["mategemm_of_copy"] == pytest.approx(2936.0 / 4000, abs=1e-4)
     assert row["mategemm_vs_deepgemm"] == pytest.approx(2899.2 / 2949.2, abs=1e-4)
     assert row[f"speedup_vs_{PEER}"] == 20.0
+
+    # the DeepGEMM ratio comes from our time without cleaning (the mode DeepGEMM's anchors time)
+    faster = timed_row(bench)
+    bench.add_timing(faster, bench.INDEXER_AS_DEEPGEMM, 0.0245, 8.6e9, 72_480_000)
+    faster = bench.finish_indexer_row(faster, 4.0, ANCHOR)
+    assert faster["mategemm_gbps_deepgemm_count"] == 2958.4 and faster["mategemm_of_copy"] == row["mategemm_of_copy"]
+    assert faster["mategemm_vs_deepgemm"] == pytest.approx(2958.4 / 2949.2, abs=1e-4)
+    clean_only = timed_row(bench)
+    del clean_only[f"{bench.INDEXER_AS_DEEPGEMM}_ms"]
+    assert "mategemm_vs_deepgemm" not in bench.finish_indexer_row(clean_only, 4.0, ANCHOR)
 
     bare = bench.finish_indexer_row(timed_row(bench, avg_context=65536), 4.0, None)
     assert "deepgemm_gbps" not in bare and "mategemm_vs_deepgemm" not in bare
@@ -231,6 +249,8 @@ def test_format_indexer_row(bench):
               "mategemm_error": "RuntimeError: boom", f"{PEER}_error": "skipped: needs ~99 GB"}
     head, line = bench.format_indexer_row(failed)  # no timings: ERR and dashes, never an exception
     assert line.count("ERR") == 4 and "65536" in line
+    failed[f"{bench.INDEXER_AS_DEEPGEMM}_error"] = "RuntimeError: boom"
+    assert bench.format_indexer_row(failed)[1].count("ERR") == 5
 
 
 def fake_matplotlib():
@@ -250,9 +270,10 @@ def test_plot_indexer_draws_gbps_and_the_copy_line(bench, tmp_path, monkeypatch)
     result = {"suite": "indexer", "card": "NVIDIA H200", "date": "2026-11-28", "copy_tbps": 4.0, "rows": rows}
     bench.plot_indexer(result, tmp_path / "indexer.png")
     bars = ax.bar.call_args_list
-    assert [c.kwargs["label"] for c in bars] == ["mategemm", "deepgemm", PEER]
+    assert [c.kwargs["label"] for c in bars] == ["mategemm", bench.INDEXER_AS_DEEPGEMM, "deepgemm", PEER]
     assert bars[0].args[1] == [rows[0]["mategemm_gbps"], rows[1]["mategemm_gbps"]]
-    assert bars[1].args[1] == [2949.2, 0] and bars[2].args[1] == [rows[0][f"{PEER}_gbps"], 0]
+    assert bars[1].args[1] == [rows[0][f"{bench.INDEXER_AS_DEEPGEMM}_gbps"], rows[1][f"{bench.INDEXER_AS_DEEPGEMM}_gbps"]]
+    assert bars[2].args[1] == [2949.2, 0] and bars[3].args[1] == [rows[0][f"{PEER}_gbps"], 0]
     ax.axhline.assert_called_once()
     assert ax.axhline.call_args.args[0] == 4000.0
     ax.set_ylabel.assert_called_once_with("GB/s")
@@ -299,34 +320,39 @@ SHAPE = {"batch": 3, "next_n": 2, "heads": 8, "index_dim": 128, "block_kv": 64, 
 @pytest.fixture
 def cpu_row(bench, monkeypatch):
     """bench_indexer_row on the CPU: inputs made on the CPU, ours = the float64 reference, the timer
-    returning 0.01 ms for ours and 0.3 ms for the peer, `free` bytes of GPU memory."""
+    returning 0.01 ms for ours (0.008 without cleaning) and 0.3 ms for the peer, `free` bytes of GPU
+    memory."""
     make = indexer.make_paged_case
     monkeypatch.setattr(bench.indexer_testing, "make_paged_case", lambda *a, **k: make(*a, **{**k, "device": "cpu"}))
     monkeypatch.setattr(bench.mategemm, "get_paged_mqa_logits_metadata",
                         lambda lens, block_kv: torch.zeros((133, 2), dtype=torch.int32))
 
+    cleaned = []
+
     def ours(q, cache, weights, lens, table, meta, max_len, clean):
-        assert meta.shape == (133, 2) and clean is True
+        assert meta.shape == (133, 2) and clean in (True, False)
+        cleaned.append(clean)
         return indexer.paged_reference(q, cache, weights, lens, table, max_len, clean)
 
     monkeypatch.setattr(bench.mategemm, "fp8_paged_mqa_logits", ours)
     timed = []
 
     def median_ms(calls):
+        cleaned.clear()
         for call in calls:
             call()
-        impl = "peer" if ".peer." in calls[0].__qualname__ else "ours"
+        impl = "peer" if ".peer." in calls[0].__qualname__ else "ours" if cleaned[0] else "unclean"
         timed.append(impl)
-        return 0.3 if impl == "peer" else 0.01
+        return {"peer": 0.3, "ours": 0.01, "unclean": 0.008}[impl]
 
     monkeypatch.setattr(bench, "median_ms", median_ms)
     monkeypatch.setattr(bench.torch.cuda, "empty_cache", lambda: None)
 
-    def run(free=80e9, shape=SHAPE):
+    def run(free=80e9, shape=SHAPE, anchor=None):
         monkeypatch.setattr(bench.torch.cuda, "mem_get_info", lambda: (free, 141e9))
         timed.clear()
         row = bench.bench_indexer_row(shape, 1 << 20, torch.Generator().manual_seed(0),
-                                      torch.Generator().manual_seed(1))
+                                      torch.Generator().manual_seed(1), anchor)
         return row, list(timed)
 
     return run
@@ -341,9 +367,11 @@ def test_row_end_to_end_on_cpu(bench, cpu_row):
     nbytes = bench.indexer_bytes(lens, 2, 8, row["max_context_len"])
     assert row["bytes"] == nbytes and row["deepgemm_bytes"] == bench.indexer_deepgemm_bytes(lens, 2, 8)
     assert row["input_sets"] == bench.rotation_sets(nbytes, 1 << 20) > 1
-    assert row["mategemm_diff"] < 1e-6
-    assert timed == ["ours", "peer", "peer", "ours", "ours", "peer"]  # interleaved, starting one rotated
-    assert row["mategemm_ms"] == 0.01 and row[f"{PEER}_ms"] == 0.3
+    assert row["mategemm_diff"] < 1e-6 and row[f"{bench.INDEXER_AS_DEEPGEMM}_diff"] < 1e-6
+    # interleaved, the starting one rotated
+    assert timed == ["ours", "unclean", "peer", "unclean", "peer", "ours", "peer", "ours", "unclean"]
+    assert row["mategemm_ms"] == 0.01 and row[f"{PEER}_ms"] == 0.3 and row[f"{bench.INDEXER_AS_DEEPGEMM}_ms"] == 0.008
+    assert row[f"{bench.INDEXER_AS_DEEPGEMM}_gbps"] == round(row["deepgemm_bytes"] / 8e-6 / 1e9, 1)
     assert row["mategemm_gbps"] == round(nbytes / 1e-5 / 1e9, 1)
     assert row["mategemm_tflops"] == round(bench.indexer_flops(lens, 2, 8) / 1e-5 / 1e12, 1)
     assert not any(k.endswith("_error") for k in row)
@@ -351,10 +379,19 @@ def test_row_end_to_end_on_cpu(bench, cpu_row):
     assert row[f"speedup_vs_{PEER}"] == 30.0
 
 
+def test_row_with_an_anchor_runs_its_total(bench, cpu_row):
+    anchor = {"tflops": 0.1, "ms": 0.01}  # 2 * 2 * 8 * 128 FLOPs per token: 244 tokens
+    row, _ = cpu_row(anchor=anchor)
+    assert bench.anchor_tokens(anchor, 2, 8) == 244
+    assert row["sum_context"] == 244 and row["sum_context_from_anchor"] and row["mategemm_diff"] < 1e-6
+    assert not cpu_row()[0]["sum_context_from_anchor"]
+
+
 def test_row_skips_a_peer_that_would_not_fit(bench, cpu_row):
     row, timed = cpu_row(free=1e3)
     assert row[f"{PEER}_error"].startswith("skipped") and f"{PEER}_ms" not in row
-    assert timed == ["ours"] * 3 and row["mategemm_ms"] == 0.01 and row["mategemm_diff"] < 1e-6
+    assert timed == ["ours", "unclean", "unclean", "ours", "ours", "unclean"]
+    assert row["mategemm_ms"] == 0.01 and row["mategemm_diff"] < 1e-6
 
 
 def test_row_records_our_failure(bench, cpu_row, monkeypatch):
@@ -364,4 +401,5 @@ def test_row_records_our_failure(bench, cpu_row, monkeypatch):
     monkeypatch.setattr(bench.mategemm, "fp8_paged_mqa_logits", broken)
     row, timed = cpu_row()
     assert row["mategemm_error"] == "RuntimeError: no kernel" and "mategemm_ms" not in row
+    assert row[f"{bench.INDEXER_AS_DEEPGEMM}_error"] == "RuntimeError: no kernel"
     assert "mategemm_diff" not in row and row[f"{PEER}_ms"] == 0.3 and timed == ["peer"] * 3
