@@ -11,7 +11,9 @@ KERNEL = "sm90_fp8_mqa_logits"
 INDEX_DIM = 128
 KV_BLOCK = 64
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
-MAX_STAGES = 12  # H200: 12 beat 8, 16 and 20 by 1-7% (docs/benchmarks.md)
+# H200, session 8 (docs/benchmarks.md, indexer v2.4): 8 stages (two a ring) beat 12 / 16 / 20 by
+# 3-4% / 5-7% / 6-9% at batch 64-128, next_n 1-2, 8192 keys. Fewer bytes in flight, faster.
+MAX_STAGES = 8
 TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
          rt.INT, rt.INT, rt.INT)
 
@@ -27,8 +29,8 @@ def smem_bytes(rows: int, heads: int, stages: int) -> int:
 
 
 def stages_for(rows: int, heads: int, smem_limit: int) -> int:
-    """The most key-block stages that fit, split evenly over the math warpgroups' rings (two at
-    least each); memory-bound: more bytes in flight."""
+    """Up to MAX_STAGES key-block stages that fit, split evenly over the math warpgroups' rings (two
+    at least each)."""
     rings = math_warpgroups(rows, heads)
     stages = MAX_STAGES // rings * rings
     while stages > 2 * rings and smem_bytes(rows, heads, stages) > smem_limit:

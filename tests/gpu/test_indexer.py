@@ -7,6 +7,7 @@ import torch
 
 import mategemm
 from mategemm import indexer
+from mategemm.quant import paged_kv_cache_split
 from mategemm.testing import indexer as ref
 from mategemm.testing.numerics import calc_diff
 
@@ -52,6 +53,18 @@ def test_paged_logits(next_n, heads, two_d, clean):
     case = ref.make_paged_case(len(lens), next_n, heads, lens, shared_prefix_blocks=2, generator=gen, device="cuda")
     got = run_paged(case, clean)
     check(got, paged_want(case, clean), clean, f"paged next_n={next_n} heads={heads} 2d={two_d}")
+
+
+@pytest.mark.parametrize("next_n,heads", [(1, 64), (2, 64), (2, 32), (4, 32)])
+def test_paged_logits_negative_and_zero_key_scales(next_n, heads):
+    """relu(q.k * s) where some keys' scales are negative or zero (the slow head-sum path)."""
+    gen = torch.Generator(device="cuda").manual_seed(next_n + heads)
+    case = ref.make_paged_case(3, next_n, heads, [500, 131, 64], generator=gen, device="cuda")
+    _, scales = paged_kv_cache_split(case["fused_kv_cache"])
+    scales[:, ::3] *= -1  # a view of the cache: the kernel and the reference both see these
+    scales[:, 1::7] = 0.0
+    for clean in (True, False):
+        check(run_paged(case, clean), paged_want(case, clean), clean, f"signed scales next_n={next_n} heads={heads}")
 
 
 @pytest.mark.parametrize("num_mps", (1, 7, 132, 300))
