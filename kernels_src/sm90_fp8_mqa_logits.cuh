@@ -290,8 +290,10 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
           u8* keys = smem + Smem::kOffKeys + stage * Smem::kKeyBytes;
           u8* scales = smem + Smem::kOffScales + stage * kKvBlock * 4;
           if constexpr (kPaged) {
-            tma_load_2d(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows);
-            tma_load_2d(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock);
+            // NOTES: evict-first: a block is read once, and the logits written meanwhile keep their
+            // L2 lines (H200: -0.5 us at next_n 1, -1.4 us at next_n 2).
+            tma_load_2d_hinted(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows, kL2EvictFirst);
+            tma_load_2d_hinted(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock, kL2EvictFirst);
           } else {
             tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
             tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);

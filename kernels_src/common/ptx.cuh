@@ -106,6 +106,20 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u32 
       : "memory");
 }
 
+// L2 cache policies for tma_load_2d_hinted (the encodings CUTLASS's CacheHintSm90 uses).
+constexpr u64 kL2EvictFirst = 0x12F0000000000000ull;
+constexpr u64 kL2EvictLast = 0x14F0000000000000ull;
+
+// As tma_load_2d, with an L2 eviction policy for the lines it brings in.
+__device__ __forceinline__ void tma_load_2d_hinted(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1,
+                                                   u64 policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%3, %4}], [%2], %5;"
+      ::"r"(smem_addr(dst)), "l"(desc), "r"(bar), "r"(c0), "r"(c1), "l"(policy)
+      : "memory");
+}
+
 // As tma_load_2d, into the same shared-memory offset (and completing the same barrier offset) of
 // every CTA in `cta_mask`.
 __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1,

@@ -1,7 +1,8 @@
 """Indexer kernel variants as text patches of kernels_src/sm90_fp8_mqa_logits.cuh, compiled and timed
 side by side (run from the repository root with PYTHONPATH=.).
 `python tools/experiments/indexer_variants.py compile` checks each compiles for sm_90a without spills (CPU);
-`python tools/experiments/indexer_variants.py time` times each on the GPU (b128 n1/n2 h64 ctx 8192; b64 n1/n2)."""
+`python tools/experiments/indexer_variants.py time [name ...]` times each (or the named ones) on the GPU
+(b128 n1/n2 h64 ctx 8192; b64 n1/n2)."""
 import sys
 from pathlib import Path
 
@@ -37,8 +38,8 @@ NO_EPILOGUE = [
     ("      mbar_arrive(empty_bar + stage * 8);\n\n", "      mbar_arrive(empty_bar + stage * 8);\n      continue;\n"),
 ]
 NO_STORE = [
-    ("        if (whole) {\n          out_row[position] = value;",
-     "        if (value != -1234.5f) continue;\n        if (whole) {\n          out_row[position] = value;"),
+    ("          if (whole) {\n            out_row[position] = value;",
+     "          if (value != -1234.5f) continue;\n          if (whole) {\n            out_row[position] = value;"),
 ]
 # Each block released as soon as it lands, the math then run on it anyway (it may be overwritten:
 # wrong on purpose): whether holding the stage through the wgmma is what slows the stream.
@@ -103,7 +104,7 @@ def compile_all():
             print(name, spec.name_expr, "LDL", ops["LDL"], "STL", ops["STL"], "UTMALDG", ops["UTMALDG"], flush=True)
 
 
-def time_all():
+def time_all(names):
     import torch, mategemm
     from mategemm.jit.cache import KernelSpec
     from mategemm.kernels import sm90_fp8_mqa_logits as K
@@ -119,7 +120,7 @@ def time_all():
                                    case["block_table"], case["max_context_len"]) if batch == 64 else None
         cases.append((batch, next_n, case, meta, want))
     for rnd in range(3):
-        for name in VARIANTS:
+        for name in names:
             K.spec = lambda r, h, st, p, a, name=name: KernelSpec(orig(r, h, st, p, a).kernel, source(name),
                                                                   orig(r, h, st, p, a).name_expr, a)
             K._loaded.clear()
@@ -139,4 +140,4 @@ def time_all():
 
 
 if __name__ == "__main__":
-    compile_all() if sys.argv[1] == "compile" else time_all()
+    compile_all() if sys.argv[1] == "compile" else time_all(sys.argv[2:] or list(VARIANTS))
