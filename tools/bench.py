@@ -1086,12 +1086,14 @@ def indexer_anchor_key(row: dict) -> tuple:
 
 
 def indexer_ratios(row: dict, copy: float) -> dict:
-    """Unrounded: our GB/s (clean) over the copy bandwidth (`copy` TB/s, read + write); our GB/s
-    without cleaning, counted as DeepGEMM counts, over its anchor's; peer ms / our ms (clean, as the
-    peer). Only those the row has the numbers for."""
+    """Unrounded: our GB/s over the copy bandwidth (`copy` TB/s, read + write), with and without
+    cleaning; our GB/s without cleaning, counted as DeepGEMM counts, over its anchor's; peer ms / our
+    ms (clean, as the peer). Only those the row has the numbers for."""
     ratios = {}
     if "mategemm_gbps" in row and copy:
         ratios["mategemm_of_copy"] = row["mategemm_gbps"] / (copy * 1e3)
+    if f"{INDEXER_AS_DEEPGEMM}_gbps" in row and copy:  # its bytes as DeepGEMM counts them: a little fewer
+        ratios[f"{INDEXER_AS_DEEPGEMM}_of_copy"] = row[f"{INDEXER_AS_DEEPGEMM}_gbps"] / (copy * 1e3)
     if "mategemm_gbps_deepgemm_count" in row and row.get("deepgemm_gbps"):
         ratios["mategemm_vs_deepgemm"] = row["mategemm_gbps_deepgemm_count"] / row["deepgemm_gbps"]
     x = speedup(row, "mategemm", INDEXER_PEER)
@@ -1113,12 +1115,14 @@ def finish_indexer_row(row: dict, copy: float, anchor: dict | None) -> dict:
 
 def indexer_summary(rows: list[dict], copy: float, long_context: int = LONG_CONTEXT) -> dict:
     """Geomean and min of our GB/s over DeepGEMM's (anchored rows, DeepGEMM's byte count), of peer ms /
-    our ms against the torch peer, and of our GB/s over the copy bandwidth at avg_context >= long_context."""
+    our ms against the torch peer, and of our GB/s (with and without cleaning) over the copy bandwidth at
+    avg_context >= long_context."""
     summary = {}
+    long_rows = [r for r in rows if r.get("avg_context", 0) >= long_context]
     groups = (("vs_deepgemm", "mategemm_vs_deepgemm", rows),
               (f"vs_{INDEXER_PEER}", f"speedup_vs_{INDEXER_PEER}", rows),
-              (f"of_copy_ctx_ge_{long_context}", "mategemm_of_copy",
-               [r for r in rows if r.get("avg_context", 0) >= long_context]))
+              (f"of_copy_ctx_ge_{long_context}", "mategemm_of_copy", long_rows),
+              (f"no_clean_of_copy_ctx_ge_{long_context}", f"{INDEXER_AS_DEEPGEMM}_of_copy", long_rows))
     for name, key, group in groups:
         values = [x for x in (indexer_ratios(r, copy).get(key) for r in group) if x]
         if values:

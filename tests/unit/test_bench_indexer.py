@@ -195,6 +195,7 @@ def test_finish_row_ratios(bench):
     assert (row["deepgemm_gbps"], row["deepgemm_tflops"], row["deepgemm_ms"]) == (2949.2, 352.6, 0.024576)
     assert row["mategemm_gbps"] == 2936.0 and row["mategemm_gbps_deepgemm_count"] == 2899.2
     assert row["mategemm_of_copy"] == pytest.approx(2936.0 / 4000, abs=1e-4)
+    assert row[f"{bench.INDEXER_AS_DEEPGEMM}_of_copy"] == pytest.approx(2899.2 / 4000, abs=1e-4)
     assert row["mategemm_vs_deepgemm"] == pytest.approx(2899.2 / 2949.2, abs=1e-4)
     assert row[f"speedup_vs_{PEER}"] == 20.0
 
@@ -235,6 +236,8 @@ def test_indexer_summary(bench):
     assert summary[f"rows_vs_{PEER}"] == 2
     assert summary["min_of_copy_ctx_ge_8192"] == pytest.approx(73.4e6 / 0.05e-3 / 1e9 / 4000, abs=1e-4)
     assert summary["rows_of_copy_ctx_ge_8192"] == 2
+    assert summary["min_no_clean_of_copy_ctx_ge_8192"] == pytest.approx(72.48e6 / 0.05e-3 / 1e9 / 4000, abs=1e-4)
+    assert summary["rows_no_clean_of_copy_ctx_ge_8192"] == 2
     assert bench.indexer_summary([], copy) == {}
     assert bench.indexer_summary(rows, copy, long_context=100)["rows_of_copy_ctx_ge_100"] == 3
 
