@@ -181,10 +181,11 @@ __device__ __forceinline__ void fill_uncovered(int row, const int* lens, const i
     covered_begin -= shift;
     covered_end -= shift;
   }
+  // Only the uncovered columns are walked: [0, covered_begin) and [covered_end, num_cols).
   float* out_row = logits + static_cast<i64>(row) * logits_ld;
-  for (int col = threadIdx.x % 32; col < num_cols; col += 32) {
-    if (col < covered_begin || col >= covered_end) out_row[col] = neg_inf();
-  }
+  const int lane = threadIdx.x % 32;
+  for (int col = lane; col < min(covered_begin, num_cols); col += 32) out_row[col] = neg_inf();
+  for (int col = max(covered_end, 0) + lane; col < num_cols; col += 32) out_row[col] = neg_inf();
 }
 
 template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
