@@ -12,7 +12,7 @@ INDEX_DIM = 128
 KV_BLOCK = 64
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
 # H200, session 8 (docs/benchmarks.md, indexer v2.4): 8 stages (two a ring) beat 12 / 16 / 20 by
-# 3-4% / 5-7% / 6-9% at batch 64-128, next_n 1-2, 8192 keys. Fewer bytes in flight, faster.
+# 3-4% / ~7% / 8-10% at batch 64-128, next_n 1-2, 8192 keys. Fewer bytes in flight, faster.
 MAX_STAGES = 8
 TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,
          rt.INT, rt.INT, rt.INT)
