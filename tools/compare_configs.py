@@ -4,15 +4,18 @@
     python tools/compare_configs.py --shapes 4096x7168x16384,64x2112x7168 \
         --configs "" "block_m=256,block_n=128,cluster_n=2" "block_m=64,block_n=64,num_splits=4"
 
-An empty config is the heuristic's pick. Each cell is TFLOPS (CUDA events, as tools/bench.py),
-with calc_diff checked against the fp64 reference; configs that do not fit a shape print n/a.
-Writes the rows as JSON with --out.
+An empty config is the heuristic's pick. Each cell is TFLOPS (CUDA events, as tools/bench.py), the
+median of --rounds rounds in which the configs take turns with the starting one rotated (under the
+card's power cap the clock drifts within a run, and a fixed order favours whoever goes first), with
+the rounds' spread; calc_diff is checked against the fp64 reference; configs that do not fit a shape
+print n/a. Writes the rows as JSON with --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,6 +27,7 @@ def main() -> None:
     parser.add_argument("--shapes", required=True, help="comma-separated MxNxK")
     parser.add_argument("--configs", nargs="+", required=True, help="MATEGEMM_FORCE_CONFIG values ('' = heuristic)")
     parser.add_argument("--input-sets", type=int, default=4, help="input sets rotated per shape (L2 residency)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns per shape")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
 
@@ -37,21 +41,32 @@ def main() -> None:
         m, n, k = (int(x) for x in shape.split("x"))
         sets, outs, calls = rotating_gemm_calls(m, n, k, args.input_sets)
         reference = fp8_gemm_reference(*sets[0])
-        cells = []
+        runnable, cells = [], {}
         for config in args.configs:
             os.environ["MATEGEMM_FORCE_CONFIG"] = config
+            outs[0].fill_(float("nan"))
             try:
-                us = median_ms(calls) * 1e3
+                calls[0]()
             except ValueError:
-                cells.append(f"[{config or 'heuristic'}] n/a")
+                cells[config] = "n/a"
                 continue
             diff = calc_diff(outs[0].float(), reference)
-            tflops = 2 * m * n * k / us / 1e6
-            rows.append({"m": m, "n": n, "k": k, "config": config, "us": round(us, 2), "tflops": round(tflops, 1),
-                         "diff": diff})
-            cells.append(f"[{config or 'heuristic'}] {tflops:.0f}" + ("" if diff < 1e-5 else f" WRONG {diff:.1e}"))
+            runnable.append(config)
+            rows.append({"m": m, "n": n, "k": k, "config": config, "diff": diff, "us_rounds": []})
+        by_config = {row["config"]: row for row in rows[len(rows) - len(runnable):]}
+        for r in range(args.rounds):
+            start = r % max(1, len(runnable))
+            for config in runnable[start:] + runnable[:start]:
+                os.environ["MATEGEMM_FORCE_CONFIG"] = config
+                by_config[config]["us_rounds"].append(round(median_ms(calls) * 1e3, 2))
+        for config, row in by_config.items():
+            us = statistics.median(row["us_rounds"])
+            tflops = [2 * m * n * k / t / 1e6 for t in row["us_rounds"]]
+            row.update(us=us, tflops=round(2 * m * n * k / us / 1e6, 1))
+            cells[config] = (f"{row['tflops']:.0f} ({min(tflops):.0f}-{max(tflops):.0f})"
+                             + ("" if row["diff"] < 1e-5 else f" WRONG {row['diff']:.1e}"))
         os.environ.pop("MATEGEMM_FORCE_CONFIG", None)
-        print(f"{shape}: " + "  ".join(cells), flush=True)
+        print(f"{shape}: " + "  ".join(f"[{c or 'heuristic'}] {cells[c]}" for c in args.configs), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
 

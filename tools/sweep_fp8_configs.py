@@ -3,13 +3,17 @@
 against such a sweep.
 
     python tools/sweep_fp8_configs.py run [--out docs/bench/dense_fp8_config_sweep.json]   (GPU)
-    python tools/sweep_fp8_configs.py score [--sweep docs/bench/dense_fp8_config_sweep.json] (CPU)
+        [--shapes MxNxK,...]  (default: the dense suite)
+    python tools/sweep_fp8_configs.py score [--sweep docs/bench/dense_fp8_config_sweep.json ...] (CPU)
 
 Configs: (BLOCK_M, BLOCK_N, cluster_m, cluster_n, num_splits). Large m: BLOCK_M 128 and 256 with
-every legal cluster; m <= 128: BLOCK_M 64 and 128, and 32/64/128-wide tiles split over K.
+every legal cluster (below 2048 rows also 48-80 wide tiles); m <= 128: BLOCK_M 64 and 128, and
+32/64/128-wide tiles split over K. Each config is timed twice, in a forward and a reverse pass over
+the shape's configs (the clock drifts under the power cap), and the two times averaged.
 `score` prints, per shape, the heuristic's pick, the sweep's best and the ratio of their times,
 then the geomean: the number the heuristic's NOTES quote. Rows of older sweeps (bm, bn only)
-count as unclustered, unsplit configs.
+count as unclustered, unsplit configs; where several sweeps are given, a shape is scored on the
+last one that has it.
 """
 from __future__ import annotations
 
@@ -42,8 +46,8 @@ def candidates(m: int, n: int, k: int) -> list[tuple[int, int, int, int, int]]:
         return configs
     for bm in (128, 256):
         for bn in BLOCK_NS:
-            if bn < 96 or (bm == 256 and bn > 128):
-                continue  # NOTES: never competitive at large m (a full sweep once: >= 1.3x slower)
+            if bn < (48 if m < 2048 else 96) or (bm == 256 and bn > 128):
+                continue  # NOTES: never competitive at m = 4096 (a full sweep once: >= 1.3x slower)
             for cm, cn in fp8_gemm.CLUSTERS:
                 if bm == 256 and cm > 1:
                     continue
@@ -58,23 +62,28 @@ def force_string(config: tuple[int, int, int, int, int]) -> str:
     return f"block_m={bm},block_n={bn},cluster_m={cm},cluster_n={cn},num_splits={splits}"
 
 
-def run(out: Path) -> None:
+def run(out: Path, shapes: list[tuple[int, int, int]]) -> None:
     import torch
 
     from mategemm.testing.timing import median_ms, rotating_gemm_calls
 
+    def time(config) -> float:
+        os.environ["MATEGEMM_FORCE_CONFIG"] = force_string(config)
+        return median_ms(calls) * 1e3
+
     rows = []
-    for shape in json.loads(SHAPES.read_text())["dense_fp8"]:
-        m, n, k = shape["m"], shape["n"], shape["k"]
+    for m, n, k in shapes:
         _, _, calls = rotating_gemm_calls(m, n, k, 1 if m >= 4096 else 4)
-        for config in candidates(m, n, k):
-            os.environ["MATEGEMM_FORCE_CONFIG"] = force_string(config)
-            bm, bn, cm, cn, splits = config
-            rows.append({"m": m, "n": n, "k": k, "bm": bm, "bn": bn, "cluster_m": cm, "cluster_n": cn,
-                         "num_splits": splits, "us": median_ms(calls) * 1e3})
+        configs = candidates(m, n, k)
+        forward = [time(config) for config in configs]
+        backward = [time(config) for config in reversed(configs)][::-1]
         os.environ.pop("MATEGEMM_FORCE_CONFIG")
-        best = min((r for r in rows if (r["m"], r["n"], r["k"]) == (m, n, k)), key=lambda r: r["us"])
+        shape_rows = [{"m": m, "n": n, "k": k, "bm": bm, "bn": bn, "cluster_m": cm, "cluster_n": cn,
+                       "num_splits": splits, "us": (t1 + t2) / 2}
+                      for (bm, bn, cm, cn, splits), t1, t2 in zip(configs, forward, backward)]
+        best = min(shape_rows, key=lambda r: r["us"])
         print(f"{m}x{n}x{k}: best {row_config(best)} {best['us']:.1f} us", flush=True)
+        rows += shape_rows
     out.write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
 
 
@@ -82,17 +91,20 @@ def row_config(row: dict) -> tuple[int, int, int, int, int]:
     return (row["bm"], row["bn"], row.get("cluster_m", 1), row.get("cluster_n", 1), row.get("num_splits", 1))
 
 
-def score(sweep: Path) -> float:
+def score(sweeps: list[Path]) -> float:
     import torch
 
     from mategemm.heuristics import fp8_gemm
     from mategemm.runtime.device import SM90_NO_DEVICE
-    from mategemm.types import RECIPE_1x128_128x128, GemmProblem
+    from mategemm.types import GemmProblem, RECIPE_1x128_128x128
 
-    data = json.loads(sweep.read_text())
-    times = collections.defaultdict(dict)
-    for r in data["rows"] if isinstance(data, dict) else data:
-        times[(r["m"], r["n"], r["k"])][row_config(r)] = r["us"]
+    times = {}
+    for sweep in sweeps:
+        data = json.loads(sweep.read_text())
+        found = collections.defaultdict(dict)
+        for r in data["rows"] if isinstance(data, dict) else data:
+            found[(r["m"], r["n"], r["k"])][row_config(r)] = r["us"]
+        times.update(found)
     logs, missing = [], 0
     for (m, n, k), by_config in times.items():
         problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
@@ -116,9 +128,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("run", "score"))
     parser.add_argument("--out", type=Path, default=SWEEP)
-    parser.add_argument("--sweep", type=Path, default=SWEEP)
+    parser.add_argument("--sweep", type=Path, nargs="+", default=[SWEEP])
+    parser.add_argument("--shapes", help="comma-separated MxNxK (run; default: the dense suite)")
     args = parser.parse_args()
-    run(args.out) if args.mode == "run" else score(args.sweep)
+    if args.mode == "score":
+        score(args.sweep)
+    elif args.shapes:
+        run(args.out, [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")])
+    else:
+        run(args.out, [(s["m"], s["n"], s["k"]) for s in json.loads(SHAPES.read_text())["dense_fp8"]])
 
 
 if __name__ == "__main__":
