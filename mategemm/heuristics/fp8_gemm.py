@@ -33,8 +33,8 @@ GROUP_N = 16
 # puts them on adjacent M-blocks sharing B, (1, 2) on adjacent N-blocks sharing A. Each CTA
 # fetches half of the shared tile from L2. BLOCK_M 256 pairs only with sharing A (with B shared,
 # 256 x 112 spilled) and BLOCK_N <= 128 (two 64-row waves of accumulators per math warpgroup).
-# H200, 4096 rows: 256x128 sharing A 1258-1263 TFLOPS at 7168x16384 vs 128x128 sharing B 1205-
-# 1216 and no cluster 1180; the feed model below ranks them in that order.
+# They are forced only (worth_trying): once kernels without a cluster launched without the cluster
+# attribute, no pair beat the same tile alone by more than 1.5% (H200 sweep below).
 CLUSTERS = ((1, 1), (2, 1), (1, 2))
 # NOTES: split-K (decode only, split_k_rule): up to 8 slices of K; the last work item of a tile to
 # finish sums the partial tiles. SPLIT_REDUCE_NS is the reduction's cost when splits are forced.
@@ -84,14 +84,16 @@ def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, *
 
 
 def mma_efficiency(block_n: int) -> float:
-    """Relative MMA + promotion rate of a tile width.
+    """Rate of a tile width's MMA + per-k-block promotion, relative to the datasheet FP8 rate.
 
-    NOTES: BLOCK_N = 128 sits inside one B scale block (one scale pair per k-block, no
-    per-chunk select) and stores through the 128-byte swizzle; every other width measured ~0.6x
-    its rate per column on the H200 sweep (e.g. 4096x7168x16384: 128 -> 902 us, 160 -> 959 us
-    despite 22% fewer tiles).
+    NOTES (H200, plain launches, `tools/sweep_fp8_configs.py`): a 128-wide tile runs a k-block in
+    ~435-455 ns at BLOCK_M 128 and ~855 ns at 256 (promotion-bound, whatever the number of CTAs in
+    flight): 0.65-0.7 of the datasheet rate. BLOCK_N = 128 sits inside one B scale block (one scale
+    pair per k-block, no per-chunk select) and stores through the 128-byte swizzle; other widths
+    ran ~0.8x its rate per column (128x112 462 ns, 128x144 586 ns per k-block; 4096x2112x7168,
+    interleaved: 128x128 1039 TFLOPS, 128x112 975).
     """
-    return 1.0 if block_n == 128 else 0.6
+    return 0.7 if block_n == 128 else 0.55
 
 
 def tile_allowed(problem: GemmProblem, block_m: int, block_n: int, cluster: tuple[int, int], num_mp: int) -> bool:
@@ -108,14 +110,16 @@ def tile_allowed(problem: GemmProblem, block_m: int, block_n: int, cluster: tupl
 def worth_trying(problem: GemmProblem, block_m: int, cluster: tuple[int, int]) -> bool:
     """Tiles and clusters the heuristic considers (forced values bypass this).
 
-    NOTES (H200, 2026-11-28): at m <= 128 every cluster measured slower (64x32768x512 194 -> 174
-    TFLOPS with A multicast, 128x24576x1536 560 -> 460): decode is bound by B's bytes, which a
-    cluster does not share, and the pair runs in lockstep. BLOCK_M 64 won only at m <= 128, and
-    BLOCK_M 256 would compute at least half a tile of padding there.
+    NOTES (H200, 2026-11-28, sweep of forced configs, each timed in a forward and a reverse pass):
+    the best cluster pair against the same tile alone, us: 4096x2112x7168 123.7 vs 121.7,
+    4096x7168x16384 808.6 vs 773.6, 2048x2112x7168 67.7 vs 65.6, 512x4096x7168 30.1 vs 28.6,
+    256x4096x7168 20.7 vs 21.0, 512x2112x7168 21.3 vs 21.5 (17 shapes with m >= 256; at m <= 128
+    every cluster measured slower before, e.g. 128x24576x1536 560 -> 460 TFLOPS). BLOCK_M 64 won
+    only at m <= 128, and BLOCK_M 256 would compute at least half a tile of padding there.
     """
-    if problem.m <= 128:
-        return block_m <= 128 and cluster == (1, 1)
-    return block_m >= 128
+    if cluster != (1, 1):
+        return False
+    return block_m <= 128 if problem.m <= 128 else block_m >= 128
 
 
 def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
@@ -218,6 +222,8 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
             for bn in block_ns:
                 if not block_n_allowed(bn, gran_n) or not tile_allowed(problem, bm, bn, cluster, num_mp):
                     continue
+                if free and bm == 256 and bn != 128 and "block_n" not in forced:
+                    continue  # NOTES: 4096x7168x16384 256x112 968 us vs 774 at 256x128; 256x96 spills with gn 1
                 for splits in counts:
                     if not split_allowed(bm, cluster, splits):
                         continue

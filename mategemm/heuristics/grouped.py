@@ -144,9 +144,9 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
         best = ((0.0,), 64 if rows <= 64 else 128, block_n, (1, cluster_n))
     for bm in block_ms if best is None else ():
         for cluster in clusters:
-            # The dense rule, on one group's rows.
-            if (len(block_ms) > 1 and "cluster_n" not in forced
-                    and not fp8_gemm.worth_trying(dataclasses.replace(problem, m=rows), bm, cluster)):
+            # The dense rule, on one group's rows: no cluster unless forced.
+            if "cluster_n" not in forced and (cluster != (1, 1) or (len(block_ms) > 1 and not fp8_gemm.worth_trying(
+                    dataclasses.replace(problem, m=rows), bm, cluster))):
                 continue
             for bn in block_ns:
                 if not _block_n_allowed(bn, problem.recipe.gn, max_bn, problem.mn_major):

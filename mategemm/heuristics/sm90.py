@@ -1,16 +1,18 @@
 """Hopper (sm_90a) limits and rates the heuristics plan with."""
 
 # NOTES: the FP8 rate is the H100 SXM datasheet's 1979 dense TFLOPS over 132 SMs. The operand
-# feed rate (10 TB/s into all SMs together) and the 300 ns floor per 128-K block per CTA (the
-# serial chain barrier wait -> 4 wgmma -> wait -> promotion) were fitted to a sweep of every
-# (BLOCK_M, BLOCK_N) over the 28 dense shapes on an H200 (docs/benchmarks.md, 2026-11-28): the
-# fitted model picks configs within 0.5% (geomean) of the sweep's best, worst case 4%
-# (`python tools/sweep_fp8_configs.py run | score` re-measures and re-scores). That sweep
-# predates clusters, BLOCK_M 256 and split-K (v4-v6); their choices rest on the side-by-side
-# measurements quoted in fp8_gemm.py until the next full sweep.
+# feed rate (10 TB/s into all SMs together), the 400 ns floor per 128-K block per CTA (the
+# serial chain barrier wait -> 4 wgmma -> wait -> promotion) and the tile rates of
+# fp8_gemm.mma_efficiency were fitted to sweeps of forced configs on an H200
+# (docs/bench/dense_fp8_config_sweep.json: the 28 dense shapes, the 7 with m = 4096 and 10 of
+# 256-2048 rows re-swept in session 9 with plain launches for cluster-1 kernels): the model picks
+# configs within 0.6% (geomean) of each shape's best, worst case 4.3% (128x7168x16384: 64x112
+# for 128x64; 1x24576x1536 2.9%, 1024x4096x7168 2.4%, the rest <= 1.2%).
+# `python tools/sweep_fp8_configs.py run | score` re-measures and re-scores. Split-K decode picks
+# follow split_k_rule's side-by-side measurements.
 FP8_FLOPS_PER_SM_PER_NS = 1979e12 / 132 / 1e9
 FEED_BYTES_PER_NS = 10.0e12 / 1e9
-K_BLOCK_FLOOR_NS = 300.0
+K_BLOCK_FLOOR_NS = 400.0
 
 MAX_THREADS_PER_BLOCK = 1024
 SMEM_SLACK = 1024        # alignment slack every mategemm kernel reserves

@@ -206,3 +206,15 @@ def test_print_configs_logs_each_choice_once(monkeypatch, caplog):
         heuristics.report("k", problem, config)
         heuristics.report("k", problem, config)
     assert [r.getMessage() for r in caplog.records] == [f"k {problem} -> {config}"]
+
+
+def test_heuristic_stays_fitted_to_the_committed_sweep():
+    """The dense picks against docs/bench/dense_fp8_config_sweep.json (H200): a change to the model
+    that moves picks off the measured best shows here before it reaches a GPU."""
+    import importlib.util
+
+    tools = Path(__file__).resolve().parents[2] / "tools"
+    spec = importlib.util.spec_from_file_location("sweep_fp8_configs", tools / "sweep_fp8_configs.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.score([sweep.SWEEP]) <= 1.01
