@@ -425,7 +425,9 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         }
         // The quad's 2 x kRows values (row j, key half h) are stored by its lanes in turn: lane l takes
         // values l, l + 4, ..., so each lane issues one store per two rows. A block every row sees in
-        // full (the common case) stores without per-position checks.
+        // full (the common case) stores without per-position checks. NOTES: the checked store repeats
+        // the branch above on purpose: one shared helper with `whole` hoisted measured 5% slower at
+        // next_n 3, 64 heads (H200: 36.0 -> 38.3 us; 1-2 rows compiled to the same SASS).
         const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
                            (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
         #pragma unroll
