@@ -174,7 +174,7 @@ def test_plan_equals_brute_force(name):
 def test_a_run_whose_ends_disagree_is_planned_m_by_m(monkeypatch):
     """Should the heuristic change its pick inside a run of dense_m_runs, the run's ends catch it
     (here at its last M, 320) and every M of the run is asked."""
-    n, k = 7168, 2048
+    n, k = 4096, 7168
     odd = runtime_dense(4096, n, k, RECIPE_1x128_128x128)
     assert odd not in {s for s, _ in prewarm.dense_specs(n, k, RECIPE_1x128_128x128, 320, ARCH, DEVICE, NUM_MP)}
     real = fp8_gemm.choose
