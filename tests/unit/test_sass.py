@@ -115,6 +115,22 @@ def grouped_instances():
     return list(items.values())
 
 
+def forced_cluster_instances():
+    """CTA pairs, which the heuristics no longer pick but MATEGEMM_FORCE_CONFIG still runs: dense
+    with B shared (cluster_m 2) or A shared (cluster_n 2, BLOCK_M 128 and 256), both recipes; and
+    the grouped per_token mode with A shared."""
+    items = []
+    e4m3, bf16 = torch.float8_e4m3fn, torch.bfloat16
+    for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128):
+        problem = GemmProblem(4096, 7168, 16384, recipe, e4m3, e4m3, bf16)
+        for force in ("block_m=128,block_n=128,cluster_m=2", "block_m=128,block_n=128,cluster_n=2",
+                      "block_m=256,block_n=128,cluster_n=2"):
+            items.append((problem, fp8_gemm.choose(problem, SM90_NO_DEVICE, 132, force)))
+        problem = GemmProblem(256 * 4096, 4096, 7168, recipe, e4m3, e4m3, bf16, "per_token", 256)
+        items.append((problem, grouped.choose(problem, 4096, SM90_NO_DEVICE, 132, "cluster_n=2", 128)))
+    return items
+
+
 @pytest.fixture(scope="session")
 def sass_cache(tmp_path_factory):
     if sass.tools_dir() is None:
@@ -162,6 +178,12 @@ def test_other_dtypes_are_hopper_sass(sass_cache, problem, config):
 
 @pytest.mark.parametrize("problem,config", params(grouped_instances()))
 def test_grouped_kernel_is_hopper_sass(sass_cache, problem, config):
+    check_hopper_sass(sass_cache, problem, config)
+
+
+@pytest.mark.parametrize("problem,config", params(forced_cluster_instances()))
+def test_forced_cluster_kernel_is_hopper_sass(sass_cache, problem, config):
+    assert config.cluster_m * config.cluster_n == 2
     check_hopper_sass(sass_cache, problem, config)
 
 
