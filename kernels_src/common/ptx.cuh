@@ -106,9 +106,8 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u32 
       : "memory");
 }
 
-// L2 cache policies for tma_load_2d_hinted (the encodings CUTLASS's CacheHintSm90 uses).
+// L2 cache policy for tma_load_2d_hinted (the encoding CUTLASS's CacheHintSm90 uses).
 constexpr u64 kL2EvictFirst = 0x12F0000000000000ull;
-constexpr u64 kL2EvictLast = 0x14F0000000000000ull;
 
 // As tma_load_2d, with an L2 eviction policy for the lines it brings in.
 __device__ __forceinline__ void tma_load_2d_hinted(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1,
