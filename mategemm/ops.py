@@ -5,13 +5,15 @@ fake implementation gives dynamo the output's shape and dtype, and the compiled 
 real function (through the op) when it runs. Functions that return a new tensor have a functional
 op `mategemm::<name>` and a `mategemm::<name>_out` that writes `out` (declared mutated); functions
 whose `out` is required have only the latter. Eager calls never go through here (no dispatcher
-overhead).
+overhead). Each op's arguments have its function's defaults, except those before a required argument
+(a schema's defaults are trailing) and `out` of the `_out` ops.
 """
 from typing import List, Optional
 
 import torch
 
 from mategemm import bmm, gemm, indexer, moe
+from mategemm.runtime import device as rt_device
 
 # Annotations torch.library reads to infer each op's schema (evaluated, in forms every torch takes).
 Tensor = torch.Tensor
@@ -42,23 +44,24 @@ def _list(values, name="scale_granularity_mnk"):
 # ---- gemm_fp8_nt_groupwise ----------------------------------------------------------------------
 
 @_op("gemm_fp8_nt_groupwise")
-def _gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: OptStr,
-          mma_sm: OptInt, scale_granularity_mnk: OptInts, out_dtype: OptDtype, backend: str,
-          output_scale: OptTensor) -> Tensor:
+def _gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: OptStr = None,
+          mma_sm: OptInt = None, scale_granularity_mnk: OptInts = None, out_dtype: OptDtype = None,
+          backend: str = "auto", output_scale: OptTensor = None) -> Tensor:
     return gemm.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, _tuple(scale_granularity_mnk),
                                       None, out_dtype, backend, output_scale)
 
 
 @_gemm.register_fake
-def _(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype, backend, output_scale):
+def _(a, b, a_scale, b_scale, scale_major_mode=None, mma_sm=None, scale_granularity_mnk=None, out_dtype=None,
+      backend="auto", output_scale=None):
     dtype = torch.float8_e4m3fn if output_scale is not None else out_dtype or torch.bfloat16
     return a.new_empty((a.shape[0], b.shape[0]), dtype=dtype)
 
 
 @_op("gemm_fp8_nt_groupwise_out", ("out",))
 def _gemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, scale_major_mode: OptStr,
-              mma_sm: OptInt, scale_granularity_mnk: OptInts, out: Tensor, out_dtype: OptDtype,
-              backend: str, output_scale: OptTensor) -> None:
+              mma_sm: OptInt, scale_granularity_mnk: OptInts, out: Tensor, out_dtype: OptDtype = None,
+              backend: str = "auto", output_scale: OptTensor = None) -> None:
     gemm.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, _tuple(scale_granularity_mnk), out,
                                out_dtype, backend, output_scale)
 
@@ -75,16 +78,16 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
 # ---- bmm_fp8 / bmm_fp16 --------------------------------------------------------------------------
 
 @_op("bmm_fp8")
-def _bmm_fp8(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: torch.dtype, backend: str,
-             scale_granularity_mnk: OptInts, output_scale: OptTensor, c: OptTensor,
-             major_a_mode: str, major_b_mode: str) -> Tensor:
+def _bmm_fp8(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: torch.dtype, backend: str = "auto",
+             scale_granularity_mnk: OptInts = None, output_scale: OptTensor = None, c: OptTensor = None,
+             major_a_mode: str = "K", major_b_mode: str = "K") -> Tensor:
     return bmm.bmm_fp8(a, b, a_scale, b_scale, out_dtype, None, backend, _tuple(scale_granularity_mnk), output_scale,
                        c, major_a_mode, major_b_mode)
 
 
 @_bmm_fp8.register_fake
-def _(a, b, a_scale, b_scale, out_dtype, backend, scale_granularity_mnk, output_scale, c, major_a_mode,
-      major_b_mode):
+def _(a, b, a_scale, b_scale, out_dtype, backend="auto", scale_granularity_mnk=None, output_scale=None, c=None,
+      major_a_mode="K", major_b_mode="K"):
     m = a.shape[2] if major_a_mode == "M" else a.shape[1]
     n = b.shape[2] if major_b_mode == "N" else b.shape[1]
     return a.new_empty((a.shape[0], m, n), dtype=out_dtype)
@@ -92,8 +95,8 @@ def _(a, b, a_scale, b_scale, out_dtype, backend, scale_granularity_mnk, output_
 
 @_op("bmm_fp8_out", ("out",))
 def _bmm_fp8_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_dtype: torch.dtype, out: Tensor,
-                 backend: str, scale_granularity_mnk: OptInts, output_scale: OptTensor,
-                 c: OptTensor, major_a_mode: str, major_b_mode: str) -> None:
+                 backend: str = "auto", scale_granularity_mnk: OptInts = None, output_scale: OptTensor = None,
+                 c: OptTensor = None, major_a_mode: str = "K", major_b_mode: str = "K") -> None:
     bmm.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, _tuple(scale_granularity_mnk), output_scale, c,
                 major_a_mode, major_b_mode)
 
@@ -108,17 +111,18 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
 
 
 @_op("bmm_fp16")
-def _bmm_fp16(a: Tensor, b: Tensor, out_dtype: torch.dtype, backend: str, c: OptTensor) -> Tensor:
+def _bmm_fp16(a: Tensor, b: Tensor, out_dtype: torch.dtype, backend: str = "auto", c: OptTensor = None) -> Tensor:
     return bmm.bmm_fp16(a, b, out_dtype, None, backend, c)
 
 
 @_bmm_fp16.register_fake
-def _(a, b, out_dtype, backend, c):
+def _(a, b, out_dtype, backend="auto", c=None):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
 
 
 @_op("bmm_fp16_out", ("out",))
-def _bmm_fp16_out(a: Tensor, b: Tensor, out_dtype: torch.dtype, out: Tensor, backend: str, c: OptTensor) -> None:
+def _bmm_fp16_out(a: Tensor, b: Tensor, out_dtype: torch.dtype, out: Tensor, backend: str = "auto",
+                  c: OptTensor = None) -> None:
     bmm.bmm_fp16(a, b, out_dtype, out, backend, c)
 
 
@@ -133,8 +137,9 @@ def bmm_fp16(a, b, out_dtype, out, backend, c):
 
 @_op("ragged_m_moe_gemm_8bit_out", ("out",))
 def _ragged_m_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, ragged_tokens_info: Tensor, out: Tensor,
-                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: OptInts,
-                  num_mp: OptInt, alignment_m: OptInt, backend: str) -> None:
+                  gemm_mode: str = "per_token", major_a_mode: str = "K", major_b_mode: str = "K",
+                  scale_granularity_mnk: OptInts = None, num_mp: OptInt = None, alignment_m: OptInt = None,
+                  backend: str = "auto") -> None:
     moe.ragged_m_moe_gemm_8bit((a, a_scale), (b, b_scale), ragged_tokens_info, out, gemm_mode, major_a_mode,
                                major_b_mode, _tuple(scale_granularity_mnk), num_mp, alignment_m, backend)
 
@@ -148,8 +153,8 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode,
 
 @_op("ragged_k_moe_gemm_8bit_out", ("out",))
 def _ragged_k_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, ragged_tokens_info: Tensor, out: Tensor,
-                  gemm_mode: str, major_a_mode: str, major_b_mode: str, scale_granularity_mnk: OptInts,
-                  num_mp: OptInt) -> None:
+                  gemm_mode: str = "per_expert", major_a_mode: str = "M", major_b_mode: str = "N",
+                  scale_granularity_mnk: OptInts = None, num_mp: OptInt = None) -> None:
     moe.ragged_k_moe_gemm_8bit((a, a_scale), (b, b_scale), ragged_tokens_info, out, gemm_mode, major_a_mode,
                                major_b_mode, _tuple(scale_granularity_mnk), num_mp)
 
@@ -163,19 +168,19 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode,
 
 @_op("masked_moe_gemm_8bit")
 def _masked(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, masked_tokens_info: Tensor,
-            scale_granularity_mnk: OptInts, expect_tokens: OptInt, backend: str) -> Tensor:
+            scale_granularity_mnk: OptInts = None, expect_tokens: OptInt = None, backend: str = "auto") -> Tensor:
     return moe.masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_tokens_info, None,
                                     _tuple(scale_granularity_mnk), expect_tokens, False, None, backend)
 
 
 @_masked.register_fake
-def _(a, a_scale, b, b_scale, masked_tokens_info, scale_granularity_mnk, expect_tokens, backend):
+def _(a, a_scale, b, b_scale, masked_tokens_info, scale_granularity_mnk=None, expect_tokens=None, backend="auto"):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16)
 
 
 @_op("masked_moe_gemm_8bit_out", ("out",))
 def _masked_out(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, masked_tokens_info: Tensor, out: Tensor,
-                scale_granularity_mnk: OptInts, expect_tokens: OptInt, backend: str) -> None:
+                scale_granularity_mnk: OptInts = None, expect_tokens: OptInt = None, backend: str = "auto") -> None:
     moe.masked_moe_gemm_8bit((a, a_scale), (b, b_scale), masked_tokens_info, out, _tuple(scale_granularity_mnk),
                              expect_tokens, False, None, backend)
 
@@ -195,7 +200,7 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out, scale_granul
 
 @_op("batch_deepgemm_fp8_nt_groupwise_out", ("out",))
 def _batch_deepgemm_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, masked_m: Tensor, expected_m: int,
-                        scale_granularity_mnk: List[int], out: Tensor, out_dtype: OptDtype) -> None:
+                        scale_granularity_mnk: List[int], out: Tensor, out_dtype: OptDtype = None) -> None:
     moe.batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m, tuple(scale_granularity_mnk),
                                         out, out_dtype)
 
@@ -211,14 +216,14 @@ def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m
 # ---- lightning indexer ----------------------------------------------------------------------------
 
 @_op("get_paged_mqa_logits_metadata")
-def _metadata(context_lens: Tensor, block_kv: int, num_mps: int) -> Tensor:
+def _metadata(context_lens: Tensor, block_kv: int, num_mps: int = 0) -> Tensor:
     return indexer.get_paged_mqa_logits_metadata(context_lens, block_kv, num_mps)
 
 
 @_metadata.register_fake
-def _(context_lens, block_kv, num_mps):
+def _(context_lens, block_kv, num_mps=0):
     if num_mps == 0:
-        num_mps = torch.cuda.get_device_properties(context_lens.device).multi_processor_count
+        num_mps = rt_device.device_info(context_lens.device.index).num_sms
     return context_lens.new_empty((num_mps + 1, 2), dtype=torch.int32)
 
 
@@ -245,13 +250,13 @@ def fp8_paged_mqa_logits(q, fused_kv_cache, weights, context_lens, block_table, 
 
 @_op("fp8_mqa_logits")
 def _prefill(q: Tensor, k: Tensor, k_scale: Tensor, weights: Tensor, cu_seq_len_k_start: Tensor,
-             cu_seq_len_k_end: Tensor, clean_logits: bool, max_seqlen_k: int) -> Tensor:
+             cu_seq_len_k_end: Tensor, clean_logits: bool = True, max_seqlen_k: int = 0) -> Tensor:
     return indexer.fp8_mqa_logits(q, (k, k_scale), weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits,
                                   max_seqlen_k)
 
 
 @_prefill.register_fake
-def _(q, k, k_scale, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k):
+def _(q, k, k_scale, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits=True, max_seqlen_k=0):
     return q.new_empty((q.shape[0], max_seqlen_k if max_seqlen_k > 0 else k.shape[0]), dtype=torch.float32)
 
 

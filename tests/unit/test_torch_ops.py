@@ -1,10 +1,13 @@
 """The torch custom ops without a GPU: every public function traces (dynamo, fullgraph) into its op
 with fake CUDA tensors, and the fake implementations give the eager outputs' shapes and dtypes."""
+import inspect
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mategemm
+from mategemm.runtime import device as rt_device
 
 E4 = torch.float8_e4m3fn
 OPS = {"gemm_fp8_nt_groupwise", "gemm_fp8_nt_groupwise_out", "bmm_fp8", "bmm_fp8_out", "bmm_fp16", "bmm_fp16_out",
@@ -127,3 +130,89 @@ def test_a_bad_recipe_is_named_while_tracing():
 
     with FakeTensorMode(), pytest.raises(Exception, match="scale_granularity_mnk must be a tuple of three ints"):
         torch.export.export(Calls(bad), (torch.empty(2, device="cuda"),), strict=True)
+
+
+REQUIRED = "required"
+
+
+def python_defaults(op_name: str) -> dict:
+    """The op's arguments that must be required, and the defaults of the others, as the Python function has them.
+
+    An argument is required if the Python function requires it, if it is one of a tuple's parts
+    (input_a -> a, a_scale), if it is `out` of an _out op, or if a required argument follows it (a
+    schema's defaults are trailing). Tuple defaults read as the schema's lists.
+    """
+    python = inspect.signature(getattr(mategemm, op_name.removesuffix("_out"))).parameters
+    expected, required_after = {}, False
+    for arg in reversed(getattr(torch.ops.mategemm, op_name).default._schema.arguments):
+        default = python[arg.name].default if arg.name in python else inspect.Parameter.empty
+        if op_name.endswith("_out") and arg.name == "out":
+            default = inspect.Parameter.empty
+        if default is inspect.Parameter.empty or required_after:
+            required_after = True
+            expected[arg.name] = REQUIRED
+        else:
+            expected[arg.name] = list(default) if isinstance(default, tuple) else default
+    return expected
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_defaults_are_the_python_functions_defaults(name):
+    schema = getattr(torch.ops.mategemm, name).default._schema
+    got = {arg.name: arg.default_value if arg.has_default_value() else REQUIRED for arg in schema.arguments}
+    assert got == python_defaults(name)
+
+
+def kernel_inputs():
+    """Per op, fake CUDA values of exactly the arguments its schema requires."""
+    a, b, sa, sb = empty(40, 256, dtype=E4), empty(72, 256, dtype=E4), empty(40, 2), empty(1, 2)
+    xa, xsa = empty(4, 64, 256, dtype=E4), empty(4, 64, 2)
+    w, wsb = empty(4, 128, 256, dtype=E4), empty(4, 1, 2)
+    counts = empty(4, dtype=torch.int32)
+    gemm = dict(a=a, b=b, a_scale=sa, b_scale=sb)
+    bmm8 = dict(a=empty(3, 40, 256, dtype=E4), b=empty(3, 64, 256, dtype=E4), a_scale=empty(1), b_scale=empty(1),
+                out_dtype=torch.bfloat16)
+    bmm16 = dict(a=empty(2, 9, 64, dtype=torch.half), b=empty(2, 24, 64, dtype=torch.half), out_dtype=torch.float32)
+    masked = dict(a=xa, a_scale=xsa, b=w, b_scale=wsb, masked_tokens_info=counts)
+    return {
+        "gemm_fp8_nt_groupwise": gemm,
+        # a schema's defaults are trailing: those before the required out stay required
+        "gemm_fp8_nt_groupwise_out": dict(gemm, scale_major_mode=None, mma_sm=None, scale_granularity_mnk=None,
+                                          out=empty(40, 72, dtype=torch.bfloat16)),
+        "bmm_fp8": bmm8,
+        "bmm_fp8_out": dict(bmm8, out=empty(3, 40, 64, dtype=torch.bfloat16)),
+        "bmm_fp16": bmm16,
+        "bmm_fp16_out": dict(bmm16, out=empty(2, 9, 24)),
+        "ragged_m_moe_gemm_8bit_out": dict(a=empty(256, 256, dtype=E4), a_scale=empty(256, 2), b=w, b_scale=wsb,
+                                           ragged_tokens_info=empty(256, dtype=torch.int32),
+                                           out=empty(256, 128, dtype=torch.bfloat16)),
+        "ragged_k_moe_gemm_8bit_out": dict(a=empty(512, 64, dtype=E4), a_scale=empty(4, 64),
+                                           b=empty(512, 32, dtype=E4), b_scale=empty(4, 32),
+                                           ragged_tokens_info=empty(2, dtype=torch.int32), out=empty(2, 64, 32)),
+        "masked_moe_gemm_8bit": masked,
+        "masked_moe_gemm_8bit_out": dict(masked, out=empty(4, 64, 128, dtype=torch.bfloat16)),
+        "batch_deepgemm_fp8_nt_groupwise_out": dict(a=xa, b=w, a_scale=xsa, b_scale=wsb, masked_m=counts,
+                                                    expected_m=16, scale_granularity_mnk=[1, 128, 128],
+                                                    out=empty(4, 64, 128, dtype=torch.bfloat16)),
+        "get_paged_mqa_logits_metadata": dict(context_lens=empty(5, dtype=torch.int32), block_kv=64),
+        "fp8_paged_mqa_logits": dict(q=empty(5, 2, 64, 128, dtype=E4), fused_kv_cache=empty(30, 64, 1, 132,
+                                                                                             dtype=torch.uint8),
+                                     weights=empty(10, 64), context_lens=empty(5, dtype=torch.int32),
+                                     block_table=empty(5, 6, dtype=torch.int32),
+                                     schedule_meta=empty(9, 2, dtype=torch.int32), max_context_len=333,
+                                     clean_logits=True),
+        "fp8_mqa_logits": dict(q=empty(7, 32, 128, dtype=E4), k=empty(50, 128, dtype=E4), k_scale=empty(50),
+                               weights=empty(7, 32), cu_seq_len_k_start=empty(7, dtype=torch.int32),
+                               cu_seq_len_k_end=empty(7, dtype=torch.int32)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_runs_with_only_its_required_arguments(name, monkeypatch):
+    """The defaults fill in the rest: the op reaches its fake implementation (the GPU's SM count: an H100's)."""
+    monkeypatch.setattr(rt_device, "device_info", lambda index: rt_device.SM90_NO_DEVICE)
+    op = getattr(torch.ops.mategemm, name).default
+    with FakeTensorMode():
+        inputs = kernel_inputs()[name]
+        assert set(inputs) == {arg.name for arg in op._schema.arguments if not arg.has_default_value()}
+        op(**inputs)
