@@ -8,29 +8,62 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from mategemm import env
+from mategemm import env, validate
 from mategemm.heuristics import fp8_gemm
 from mategemm.jit.cache import default_cache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
-from mategemm.runtime.device import get_num_mp, info_for_arch
+from mategemm.runtime.device import KNOWN_ARCHS, get_num_mp, info_for_arch
 from mategemm.testing.sass import dump_sass
-from mategemm.types import FP8_CODES, OUT_CODES, GemmProblem, Recipe
+from mategemm.types import FP8_CODES, OUT_CODES, GemmProblem
 
 DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2, "bf16": torch.bfloat16,
           "fp16": torch.float16}
 
 
-def parse_recipe(text: str) -> Recipe:
-    parts = [int(p) for p in text.split(",")]
+class BadArgument(ValueError):
+    """An argument the API would refuse."""
+
+
+def parse_recipe(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
     if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"--recipe must be three comma-separated ints, got {text!r}")
-    return Recipe(*parts)
+        raise BadArgument(f"--recipe must be three comma-separated ints (gm,gn,gk), got {text!r}")
+    return tuple(parts)
+
+
+def checked_problem(m: int, n: int, k: int, recipe: tuple[int, int, int], a_dtype, b_dtype, out_dtype) -> GemmProblem:
+    """The problem as gemm_fp8_nt_groupwise would run it, checked by the API's own rules
+    (validate.py) on fake CUDA tensors of these shapes; raises BadArgument naming the rule."""
+    for name, value in (("m", m), ("n", n), ("k", k)):
+        if value < 1:
+            raise BadArgument(f"{name} must be >= 1, got {value}")
+    k_blocks = k // 128
+    b_scale_rows = -(-n // 128) if recipe[1] == 128 else n
+    try:
+        # the checks read data pointers: fake tensors have none, and warn
+        with FakeTensorMode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = torch.empty((m, k), dtype=a_dtype, device="cuda")
+            b = torch.empty((n, k), dtype=b_dtype, device="cuda")
+            a_scale = torch.empty((m, k_blocks), device="cuda")
+            b_scale = torch.empty((b_scale_rows, k_blocks), device="cuda")
+            problem, _, _ = validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, None, None, recipe, None,
+                                                           out_dtype, "auto", None)
+    except (TypeError, ValueError) as error:
+        rule = str(error).replace("scale_granularity_mnk", "scale_granularity_mnk (--recipe)")
+        raise BadArgument(f"m={m} n={n} k={k} --recipe {','.join(map(str, recipe))}: {rule}") from None
+    return problem
 
 
 def main(argv=None) -> int:
@@ -38,16 +71,20 @@ def main(argv=None) -> int:
     parser.add_argument("m", type=int)
     parser.add_argument("n", type=int)
     parser.add_argument("k", type=int)
-    parser.add_argument("--recipe", type=parse_recipe, default=Recipe(1, 128, 128), help="gm,gn,gk")
-    parser.add_argument("--arch", default="sm_90a")
+    parser.add_argument("--recipe", default="1,128,128", help="gm,gn,gk (the API's scale_granularity_mnk)")
+    parser.add_argument("--arch", choices=sorted(KNOWN_ARCHS), default="sm_90a")
     parser.add_argument("--a-dtype", choices=[n for n, d in DTYPES.items() if d in FP8_CODES], default="e4m3")
     parser.add_argument("--b-dtype", choices=[n for n, d in DTYPES.items() if d in FP8_CODES], default="e4m3")
     parser.add_argument("--out-dtype", choices=[n for n, d in DTYPES.items() if d in OUT_CODES], default="bf16")
     parser.add_argument("--no-sass", action="store_true", help="skip the SASS dump")
     args = parser.parse_args(argv)
 
-    problem = GemmProblem(args.m, args.n, args.k, args.recipe, DTYPES[args.a_dtype], DTYPES[args.b_dtype],
-                          DTYPES[args.out_dtype])
+    try:
+        problem = checked_problem(args.m, args.n, args.k, parse_recipe(args.recipe), DTYPES[args.a_dtype],
+                                  DTYPES[args.b_dtype], DTYPES[args.out_dtype])
+    except BadArgument as error:
+        print(f"show_kernel.py: {error}", file=sys.stderr)
+        return 2
     device = info_for_arch(args.arch)
     config = fp8_gemm.choose(problem, device, get_num_mp(device), env.force_config())
     spec = kernel_fp8.spec(problem, config, args.arch)
