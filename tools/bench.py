@@ -1252,6 +1252,13 @@ def main() -> None:
                         help="grouped suite only: the modes to run (default: all)")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
+    from mategemm.runtime.device import require_cuda_gpu
+    from mategemm.runtime.errors import NoCudaGpuError
+    try:
+        require_cuda_gpu(f"tools/bench.py {args.suite}")
+    except NoCudaGpuError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2)
     out_dir.mkdir(parents=True, exist_ok=True)
     suites = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "bmm": bench_bmm, "indexer": bench_indexer,
               "host": bench_host}

@@ -33,6 +33,14 @@ def main() -> None:
 
     import torch
 
+    from mategemm.runtime.device import require_cuda_gpu
+    from mategemm.runtime.errors import NoCudaGpuError
+    try:
+        require_cuda_gpu("tools/compare_configs.py")
+    except NoCudaGpuError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2)
+
     from mategemm.testing import calc_diff, fp8_gemm_reference
     from mategemm.testing.timing import median_ms, rotating_gemm_calls
 

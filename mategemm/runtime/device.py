@@ -5,6 +5,7 @@ import functools
 from dataclasses import dataclass
 
 from mategemm import env
+from mategemm.runtime.errors import NoCudaGpuError
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,30 @@ def arch_of(major: int, minor: int) -> str:
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
 
 
+def require_cuda_gpu(needed_by: str) -> None:
+    """Raise NoCudaGpuError, naming `needed_by`, unless torch sees a CUDA GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise NoCudaGpuError(f"{needed_by} needs a CUDA GPU (torch.cuda.is_available() is False); without one, "
+                             "kernels can still be compiled for sm_90a: python -m mategemm prewarm")
+
+
 @functools.lru_cache(maxsize=None)
 def device_info(index: int) -> DeviceInfo:
     import torch
 
+    require_cuda_gpu("mategemm's device query")
     props = torch.cuda.get_device_properties(index)
     smem = getattr(props, "shared_memory_per_block_optin", 0) or 232448
     l2 = getattr(props, "L2_cache_size", 0) or 50 * 1024 * 1024
     return DeviceInfo(index, props.name, arch_of(props.major, props.minor), props.multi_processor_count, smem, l2)
 
 
-def current_device_info() -> DeviceInfo:
+def current_device_info(needed_by: str = "mategemm's device query") -> DeviceInfo:
     import torch
 
+    require_cuda_gpu(needed_by)
     return device_info(torch.cuda.current_device())
 
 
@@ -86,7 +98,7 @@ def get_num_mp_setting() -> int:
 def get_num_mp(info: DeviceInfo | None = None) -> int:
     """SMs the kernels may use: set_num_mp(), else MATEGEMM_NUM_MP, else all SMs of the device."""
     if info is None:
-        info = current_device_info()
+        info = current_device_info("mategemm.get_num_mp")
     limit = get_num_mp_setting() or info.num_sms
     return min(limit, info.num_sms)
 

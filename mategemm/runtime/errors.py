@@ -1,9 +1,13 @@
-"""Driver errors that name the failing driver function."""
+"""Driver errors that name the failing driver function; the error of a GPU call where there is no GPU."""
 from __future__ import annotations
 
 
 class DriverError(RuntimeError):
     """A CUDA driver call failed; the message names the driver function and the error."""
+
+
+class NoCudaGpuError(RuntimeError):
+    """A call that needs a CUDA GPU ran where torch sees none."""
 
 
 def check(result, function: str):
