@@ -12,6 +12,9 @@
                                      anchors, and a plain torch peer)
     python tools/bench.py host      (host overhead per warm call, first call in a new process,
                                      cold NVRTC compile time per kernel)
+    python tools/bench.py plot [SUITE ...]   (no GPU: redraw docs/bench/<suite>.png from <suite>.json)
+    python tools/bench.py docs      (no GPU: rewrite the generated tables of README.md and
+                                     docs/benchmarks.md from docs/bench/*.json)
 
 Timing follows ../shared/bench/README.md: CUDA events around each call, 5 warm-up calls, then
 30 timed calls queued behind a ~10 ms GPU sleep, median; input sets rotated so the data touched
@@ -155,11 +158,23 @@ def summarise(result: dict) -> None:
           ", ".join(f"{k} {v}" for k, v in summary.items()), flush=True)
 
 
-def plot(result: dict, path: Path, label=lambda r: f"{r['m']}x{r['n']}x{r['k']}",
-         impls: tuple = ("mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise"), metric: str = "tflops",
-         ylabel: str = "TFLOPS", ceiling: tuple | None = None) -> None:
-    """Bars of each implementation's `metric` per row (dense_fp8's TFLOPS by default); `ceiling`:
-    (value, label) of a dashed line across the plot."""
+# Legend names and colours of the series the plots draw (keys: the rows' implementation prefixes).
+SERIES = {"mategemm": ("mategemm", "tab:blue"),
+          "mategemm_no_clean": ("mategemm, clean_logits=False", "tab:cyan"),
+          "mategemm_packed": ("mategemm, token-packed", "tab:blue"),
+          "mategemm_padded": ("mategemm, 128-row padding", "tab:cyan"),
+          "deepgemm": ("DeepGEMM (anchor)", "tab:orange"),
+          "cublas_blockwise": ("cuBLAS blockwise", "tab:green"),
+          "cublas_tensorwise": ("cuBLAS per-tensor", "tab:red"),
+          "cublas_loop": ("cuBLAS, one call per batch entry", "tab:green"),
+          "torch_bmm_bf16": ("torch.bmm, bf16", "tab:purple"),
+          "torch_bmm": ("torch.bmm", "tab:purple"),
+          "torch_scaled_grouped_rowwise": ("torch._scaled_grouped_mm, row-wise FP8", "tab:purple"),
+          "torch_paged_logits": ("torch implementation", "tab:purple")}
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (and a note) where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -167,24 +182,94 @@ def plot(result: dict, path: Path, label=lambda r: f"{r['m']}x{r['n']}x{r['k']}"
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed: no plot", flush=True)
-        return
-    rows = result["rows"]
-    labels = [label(r) for r in rows]
-    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.5), 5))
+        return None
+    return plt
+
+
+def panel(rows: list, label, impls: tuple, metric: str = "tflops", ylabel: str = "TFLOPS", title: str = "",
+          ceiling: tuple | None = None, log: bool = False) -> dict:
+    """One axes: bars of each impl's `metric` per row, x labels `label(row)`; `ceiling`: (value, label) of
+    a dashed line across it; `log`: log y axis."""
+    return {"rows": rows, "label": label, "impls": impls, "metric": metric, "ylabel": ylabel, "title": title,
+            "ceiling": ceiling, "log": log}
+
+
+def draw(ax, p: dict) -> dict:
+    """Draw panel `p` on `ax`; returns {legend name: handle}."""
+    rows, impls = p["rows"], p["impls"]
     width = 0.8 / len(impls)
+    handles = {}
     for i, impl in enumerate(impls):
-        ys = [r.get(f"{impl}_{metric}", 0) for r in rows]
-        ax.bar([x + (i - (len(impls) - 1) / 2) * width for x in range(len(rows))], ys, width, label=impl)
-    if ceiling:
-        ax.axhline(ceiling[0], color="gray", linestyle="--", label=ceiling[1])
+        ys = [r.get(f"{impl}_{p['metric']}", 0) for r in rows]
+        name, color = SERIES.get(impl, (impl, None))
+        handles[name] = ax.bar([x + (i - (len(impls) - 1) / 2) * width for x in range(len(rows))], ys, width,
+                               label=impl, color=color)
+    if p["ceiling"]:
+        value, name = p["ceiling"]
+        handles[name] = ax.axhline(value, color="gray", linestyle="--", label=name)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{result['suite']} on {result['card']} ({result['date']})")
-    ax.legend()
+    ax.set_xticklabels([p["label"](r) for r in rows], rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel(p["ylabel"])
+    if p["log"]:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if p["title"]:
+        ax.set_title(p["title"], fontsize=10)
+    return handles
+
+
+def plot_panels(result: dict, path: Path, panels: list, cols: int = 1) -> None:
+    """`panels` on a grid `cols` wide, under the suite, card and date; one legend per grid row, right of
+    its last panel (outside the axes: it covers no bar); saved to `path`."""
+    plt = pyplot()
+    if plt is None or not panels:
+        return
+    title = f"{result.get('suite', '')} on {result.get('card', '?')} ({result.get('date', '?')})"
+    lines = -(-len(panels) // cols)
+    width = max(8.0, max(3.2, 0.4 * max(len(p["rows"]) for p in panels)) * cols + 2)
+    if len(panels) == 1:
+        fig, ax = plt.subplots(figsize=(width, 5))
+        axes, panels = [ax], [{**panels[0], "title": panels[0]["title"] or title}]
+    else:
+        fig, grid = plt.subplots(lines, cols, figsize=(width, 4.5 * lines), squeeze=False)
+        axes = [ax for line in grid for ax in line]
+        fig.suptitle(title)
+    for line in range(lines):
+        handles = {}
+        for i in range(line * cols, min(len(panels), (line + 1) * cols)):
+            handles.update(draw(axes[i], panels[i]))
+        axes[i].legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       fontsize=8, frameon=False)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
     print(f"plot: {path}", flush=True)
+
+
+def plot(result: dict, path: Path, label=lambda r: f"{r['m']}x{r['n']}x{r['k']}",
+         impls: tuple = ("mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise"), metric: str = "tflops",
+         ylabel: str = "TFLOPS", ceiling: tuple | None = None, log: bool = False) -> None:
+    """One axes of bars of each implementation's `metric` per row (dense_fp8's TFLOPS by default);
+    `ceiling`: (value, label) of a dashed line across the plot."""
+    plot_panels(result, path, [panel(result["rows"], label, impls, metric, ylabel, ceiling=ceiling, log=log)])
+
+
+def dense_panels(result: dict) -> list:
+    """dense_fp8: one panel per m, each on its own scale (m = 1 runs ~200x fewer TFLOPS than m = 4096)."""
+    impls = ("mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise")
+    ms = sorted({r["m"] for r in result["rows"]})
+    return [panel([r for r in result["rows"] if r["m"] == m], lambda r: f"{r['n']}x{r['k']}", impls,
+                  ylabel="TFLOPS" if i == 0 else "", title=f"m = {m}; n x k below")
+            for i, m in enumerate(ms)]
+
+
+def plot_dense(result: dict, path: Path) -> None:
+    panels = dense_panels(result)
+    plot_panels(result, path, panels, cols=max(1, len(panels)))
 
 
 FIRST_CALL_SCRIPT = """
@@ -680,6 +765,42 @@ def bench_grouped(args) -> dict:
     return result
 
 
+def grouped_label(row: dict) -> str:
+    mode = row["mode"]
+    if mode == "k_grouped":
+        return f"k-grouped {row['groups']}x{row['k_per_group']} m{row['m']} n{row['n']}"
+    if mode in ANCHOR_FIELDS:
+        return f"{mode} {row['groups']}x{row['m_per_group']} n{row['n']} k{row['k']}"
+    if mode == "per_expert":
+        return f"{row['tokens_per_expert']} per expert, {row['gemm']}"
+    return f"{row['model']} {row['tokens']} tok {row['gemm']}"
+
+
+def grouped_panels(result: dict) -> list:
+    """grouped: DeepGEMM's modes in TFLOPS; decode per expert and the models' MoE layers in ms (their
+    TFLOPS count padding rows differently, their times compare)."""
+    rows = result["rows"]
+    shapes = [r for r in rows if r["mode"] in ANCHOR_FIELDS]
+    decode = [r for r in rows if r["mode"] == "per_expert"]
+    layers = [r for r in rows if r["mode"] == "moe_layer"]
+    panels = []
+    if shapes:
+        panels.append(panel(shapes, grouped_label, ("mategemm", "deepgemm", "torch_scaled_grouped_rowwise"),
+                            title="contiguous, masked, k-grouped: TFLOPS (higher is better)"))
+    if decode:
+        panels.append(panel(decode, grouped_label, ("mategemm_packed", "mategemm_padded"), "ms", "ms",
+                            title="DeepSeek-V3 decode, tokens per expert: time (lower is better)"))
+    if layers:
+        panels.append(panel(layers, grouped_label, ("mategemm_packed", "mategemm_padded",
+                                                    "torch_scaled_grouped_rowwise"), "ms", "ms (log scale)",
+                            title="MoE layers of real models, by tokens: time (lower is better)", log=True))
+    return panels
+
+
+def plot_grouped(result: dict, path: Path) -> None:
+    plot_panels(result, path, grouped_panels(result))
+
+
 # ---------------------------------------------------------------- bmm suite
 
 BMM_RECIPES = ((-1, -1, -1), (1, -1, -1), (1, 128, 128), (1, 1, 128))
@@ -970,6 +1091,38 @@ def bench_bmm(args) -> dict:
     return result
 
 
+BMM_TITLES = {"-1,-1,-1": "per-tensor", "1,-1,-1": "per-row", "1,128,128": "blockwise", "1,1,128": "1x128 blocks"}
+
+
+def bmm_label(row: dict) -> str:
+    """batch x m x n x k; batch x m³ where m = n = k."""
+    b, m, n, k = row["batch"], row["m"], row["n"], row["k"]
+    return f"{b}x{m}³" if m == n == k else f"{b}x{m}x{n}x{k}"
+
+
+def bmm_panels(result: dict) -> list:
+    """bmm: bmm_fp8 per recipe (log scale where a cuBLAS loop runs: 3-1200 TFLOPS), then bmm_fp16 per
+    operand type. The dense shapes as batch 1 are left out (dense_fp8's plot has them)."""
+    panels = []
+    for recipe in BMM_RECIPES:
+        name, peer = recipe_name(recipe), bmm_peer(recipe_name(recipe))
+        rows = [dict(r, cublas_loop_tflops=r.get(f"{peer}_tflops", 0)) if peer else r
+                for r in result["rows"] if r.get("recipe") == name and r.get("shapes", "bmm") == "bmm"]
+        if rows:
+            impls = ("mategemm", "cublas_loop", "torch_bmm_bf16") if peer else ("mategemm", "torch_bmm_bf16")
+            panels.append(panel(rows, bmm_label, impls, ylabel="TFLOPS (log scale)" if peer else "TFLOPS",
+                                title=f"bmm_fp8 ({name}), {BMM_TITLES[name]}", log=bool(peer)))
+    for dtype in ("bfloat16", "float16"):
+        rows = [r for r in result["rows"] if r.get("operands") == dtype]
+        if rows:
+            panels.append(panel(rows, bmm_label, ("mategemm", "torch_bmm"), title=f"bmm_fp16, {dtype}"))
+    return panels
+
+
+def plot_bmm(result: dict, path: Path) -> None:
+    plot_panels(result, path, bmm_panels(result), cols=4)
+
+
 # ---------------------------------------------------------------- indexer suite (paged MQA logits)
 
 INDEXER_SHAPE_FIELDS = ("batch", "next_n", "heads", "index_dim", "block_kv", "avg_context")
@@ -1243,15 +1396,362 @@ def bench_indexer(args) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- docs: plots and tables from the result files
+
+SUITES = ("dense_fp8", "grouped", "bmm", "indexer", "host")
+PLOTS = {"dense_fp8": plot_dense, "grouped": plot_grouped, "bmm": plot_bmm, "indexer": plot_indexer}
+DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+# A generated block of a document: from <!-- bench:NAME --> to <!-- /bench:NAME -->.
+BLOCK = r"(<!-- bench:(\w+) -->\n)(.*?)(<!-- /bench:\2 -->)"
+
+
+def load_results(directory: Path = ROOT / "docs" / "bench") -> dict:
+    """The suites' result files in `directory`, by suite (those present)."""
+    paths = {s: Path(directory) / f"{s}.json" for s in SUITES}
+    return {s: json.loads(p.read_text()) for s, p in paths.items() if p.exists()}
+
+
+def redraw(directory: Path, suites: list) -> None:
+    """Each suite's plot from its result file, beside it (no GPU needed)."""
+    results = load_results(directory)
+    for suite in suites:
+        PLOTS[suite](results[suite], Path(directory) / f"{suite}.png")
+
+
+def num(value, digits: int = 1, unit: str = "") -> str:
+    return f"{value:.{digits}f}{unit}" if isinstance(value, (int, float)) else "–"
+
+
+def times(value) -> str:
+    return num(value, 2, "x")
+
+
+def ms_text(value) -> str:
+    return f"{value:#.3g}".rstrip(".") if isinstance(value, (int, float)) else "–"
+
+
+def pct(value) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) else "–"
+
+
+def md_table(head: list, rows: list) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def measured(result: dict) -> str:
+    copy = f"; device copy bandwidth {result['copy_tbps']} TB/s" if "copy_tbps" in result else ""
+    return f"{result['card']}, {result['date']}{copy}; from `docs/bench/{result['suite']}.json`.\n"
+
+
+def mean_min(summary: dict, name: str, prefix: str = "", show=times) -> str:
+    """'geomean (min)' of summary[{prefix}geomean_{name}] and its min, each as `show` writes it."""
+    return f"{show(summary.get(f'{prefix}geomean_{name}'))} ({show(summary.get(f'{prefix}min_{name}'))})"
+
+
+def dense_block(result: dict) -> str:
+    rows, summary, copy = result["rows"], result.get("summary", {}), result.get("copy_tbps")
+
+    def count(peer):
+        return sum(1 for r in rows if ratio(r, peer))
+
+    def tflops(row, impl):
+        return "n/s" if f"{impl}_error" in row else num(row.get(f"{impl}_tflops"))
+
+    diffs = [r["mategemm_diff"] for r in rows if isinstance(r.get("mategemm_diff"), float)]
+    head = md_table(["summary", "value"], [
+        [f"vs cuBLAS blockwise, geomean (min) of {count('cublas_blockwise')} shapes",
+         mean_min(summary, "vs_cublas_blockwise")],
+        [f"vs DeepGEMM, geomean (min) of {count('deepgemm')} shapes", mean_min(summary, "vs_deepgemm")],
+        ["vs DeepGEMM at m <= 128, geomean", times(summary.get("geomean_vs_deepgemm_m_le_128"))],
+        [f"vs cuBLAS per-tensor, geomean (min) of {count('cublas_tensorwise')} shapes",
+         mean_min(summary, "vs_cublas_tensorwise")],
+        ["largest calc_diff against the float64 reference", f"{max(diffs):.1e}" if diffs else "–"]])
+    table = md_table(["m", "n", "k", "TFLOPS", "GB/s", "of copy", "ms", "cuBLAS blockwise TFLOPS",
+                      "x cuBLAS blockwise", "DeepGEMM TFLOPS", "x DeepGEMM", "cuBLAS per-tensor TFLOPS",
+                      "x cuBLAS per-tensor", "calc_diff"],
+                     [[r["m"], r["n"], r["k"], num(r.get("mategemm_tflops")), num(r.get("mategemm_gbps"), 0),
+                       f"{r['mategemm_gbps'] / (copy * 1e3):.0%}" if copy and "mategemm_gbps" in r else "–",
+                       ms_text(r.get("mategemm_ms")), tflops(r, "cublas_blockwise"),
+                       "n/s" if "cublas_blockwise_error" in r else times(ratio(r, "cublas_blockwise")),
+                       num(r.get("deepgemm_tflops")), times(ratio(r, "deepgemm")),
+                       tflops(r, "cublas_tensorwise"), times(ratio(r, "cublas_tensorwise")),
+                       f"{r['mategemm_diff']:.1e}" if "mategemm_diff" in r else "–"] for r in rows])
+    return f"{measured(result)}\n{head}\n{table}"
+
+
+def grouped_block(result: dict) -> str:
+    rows, summary = result["rows"], result.get("summary", {})
+
+    def mode(name):
+        return [r for r in rows if r["mode"] == name]
+
+    def x(row, ours, peer):
+        return times(speedup(row, ours, peer))
+
+    per_mode = ", ".join(f"{m.replace('_', '-')} {times(summary.get(f'{m}_geomean_vs_deepgemm'))}"
+                         for m in ANCHOR_FIELDS if f"{m}_geomean_vs_deepgemm" in summary)
+    tpe = sorted(int(k[len("packed_vs_padded_tpe"):]) for k in summary if k.startswith("packed_vs_padded_tpe"))
+    out = [measured(result), md_table(["summary", "value"], [
+        [f"vs DeepGEMM on its {summary.get('rows_vs_deepgemm', 0)} shapes, geomean (min)",
+         f"{mean_min(summary, 'vs_deepgemm')}; {per_mode}"],
+        ["decode, token-packed vs 128-row padding, by tokens per expert",
+         ", ".join(f"{t}: {times(summary[f'packed_vs_padded_tpe{t}'])}" for t in tpe) or "–"],
+        ["MoE layers, token-packed vs 128-row padding, geomean",
+         times(summary.get("moe_layer_geomean_vs_mategemm_padded"))],
+        ["MoE layers, token-packed vs torch._scaled_grouped_mm (row-wise FP8), geomean",
+         times(summary.get("moe_layer_geomean_vs_torch_scaled_grouped_rowwise"))],
+        ["MoE layers, token-packed vs one dense GEMM of the same rows, geomean",
+         times(summary.get("moe_layer_geomean_vs_mategemm_dense_same_work"))]])]
+    if mode("contiguous"):
+        out.append("**contiguous** (`ragged_m_moe_gemm_8bit`, `per_token`, segments aligned to 128 rows)\n\n" +
+                   md_table(["groups x rows", "n", "k", "rows (tokens / padded)", "TFLOPS", "ms", "DeepGEMM TFLOPS",
+                             "x DeepGEMM", "x token-packed", "x torch FP8", "x torch bf16", "x dense, same rows"],
+                            [[f"{r['groups']} x {r['m_per_group']}", r["n"], r["k"],
+                              f"{r['m_tokens']} / {r['m_padded']}", num(r.get("mategemm_tflops")),
+                              ms_text(r.get("mategemm_ms")), num(r.get("deepgemm_tflops")),
+                              x(r, "mategemm", "deepgemm"), x(r, "mategemm", "mategemm_packed"),
+                              x(r, "mategemm", "torch_scaled_grouped_rowwise"), x(r, "mategemm", "torch_grouped_bf16"),
+                              x(r, "mategemm", "mategemm_dense_same_work")] for r in mode("contiguous")]))
+    if mode("masked"):
+        out.append("**masked** (`masked_moe_gemm_8bit`, every group full)\n\n" +
+                   md_table(["groups x rows", "n", "k", "TFLOPS", "ms", "DeepGEMM TFLOPS", "x DeepGEMM",
+                             "torch FP8 TFLOPS", "x torch FP8"],
+                            [[f"{r['groups']} x {r['m_per_group']}", r["n"], r["k"], num(r.get("mategemm_tflops")),
+                              ms_text(r.get("mategemm_ms")), num(r.get("deepgemm_tflops")),
+                              x(r, "mategemm", "deepgemm"), num(r.get("torch_scaled_grouped_rowwise_tflops")),
+                              x(r, "mategemm", "torch_scaled_grouped_rowwise")] for r in mode("masked")]))
+    if mode("k_grouped"):
+        out.append("**k-grouped** (`ragged_k_moe_gemm_8bit`, weight gradients, fp32 out; K-major operands, "
+                   "then the M/N-major layout as the heuristic runs it and transposed in the kernel)\n\n" +
+                   md_table(["groups x K", "m", "n", "TFLOPS", "ms", "DeepGEMM TFLOPS", "x DeepGEMM",
+                             "M/N-major TFLOPS", "M/N-major in kernel TFLOPS"],
+                            [[f"{r['groups']} x {r['k_per_group']}", r["m"], r["n"], num(r.get("mategemm_tflops")),
+                              ms_text(r.get("mategemm_ms")), num(r.get("deepgemm_tflops")),
+                              x(r, "mategemm", "deepgemm"), num(r.get("mategemm_mn_major_tflops")),
+                              num(r.get("mategemm_mn_in_kernel_tflops"))] for r in mode("k_grouped")]))
+    if mode("per_expert"):
+        out.append("**decode, DeepSeek-V3 experts** (token-packed `per_expert` counts against `per_token` with "
+                   "each expert padded to 128 rows)\n\n" +
+                   md_table(["tokens per expert", "GEMM", "n", "k", "tokens", "experts with tokens",
+                             "token-packed ms", "padded ms", "x padded"],
+                            [[r["tokens_per_expert"], r["gemm"], r["n"], r["k"], r["m_tokens"], r["live_experts"],
+                              ms_text(r.get("mategemm_packed_ms")), ms_text(r.get("mategemm_padded_ms")),
+                              x(r, "mategemm_packed", "mategemm_padded")] for r in mode("per_expert")]))
+    if mode("moe_layer"):
+        out.append("**MoE layers of real models** (token-packed; x = the other's time / ours)\n\n" +
+                   md_table(["model", "tokens", "GEMM", "n", "k", "experts with tokens", "ms", "x padded",
+                             "x torch FP8", "x dense, same rows"],
+                            [[r["model"], r["tokens"], r["gemm"], r["n"], r["k"], r["live_experts"],
+                              ms_text(r.get("mategemm_packed_ms")), x(r, "mategemm_packed", "mategemm_padded"),
+                              x(r, "mategemm_packed", "torch_scaled_grouped_rowwise"),
+                              x(r, "mategemm_packed", "mategemm_dense_same_work")] for r in mode("moe_layer")]))
+    return "\n".join(out)
+
+
+BMM_PEER_NAMES = {"cublas_tensorwise_loop": "cuBLAS per-tensor", "cublas_rowwise_loop": "cuBLAS row-wise",
+                  "cublas_blockwise_loop": "cuBLAS blockwise"}
+
+
+def bmm_block(result: dict) -> str:
+    rows, summary = result["rows"], result.get("summary", {})
+    lines = []
+    for recipe in BMM_RECIPES:
+        name = recipe_name(recipe)
+        entry, peer = summary.get(name, {}), bmm_peer(name)
+        prefix = "bmm_" if "bmm_geomean_vs_torch_bmm_bf16" in entry else ""
+        if peer:
+            lines.append([f"({name}) vs {BMM_PEER_NAMES[peer]} once per batch entry, geomean (min)",
+                          mean_min(entry, f"vs_{peer}", prefix)])
+        lines.append([f"({name}) vs torch.bmm in bf16, geomean (min)", mean_min(entry, "vs_torch_bmm_bf16", prefix)])
+    if "bmm_fp16" in summary:
+        lines.append(["`bmm_fp16` vs torch.bmm, geomean (min)", mean_min(summary["bmm_fp16"], "vs_torch_bmm")])
+    dense = summary.get(recipe_name(BMM_DENSE_RECIPE), {})
+    if "dense_fp8_geomean_vs_cublas_blockwise_loop" in dense:
+        lines.append([f"dense_fp8's shapes as batch 1 ({recipe_name(BMM_DENSE_RECIPE)}) vs cuBLAS blockwise, "
+                      f"geomean (min) of {dense['dense_fp8_rows_vs_cublas_blockwise_loop']}",
+                      mean_min(dense, "vs_cublas_blockwise_loop", "dense_fp8_")])
+
+    def x(row, peer):
+        return times(speedup(row, "mategemm", peer)) if peer else "–"
+
+    fp8 = [r for r in rows if r.get("shapes") == "bmm"]
+    fp16 = [r for r in rows if "operands" in r]
+    out = [measured(result), md_table(["summary (x = the other's time / ours)", "value"], lines)]
+    if fp8:
+        out.append("**`bmm_fp8`** (K-major operands; then M-major A and N-major B: as the heuristic runs them, "
+                   "transposed in the kernel, copied K-major first)\n\n" +
+                   md_table(["recipe", "batch x m x n x k", "TFLOPS", "ms", "cuBLAS loop TFLOPS", "x cuBLAS loop",
+                             "x torch.bmm bf16", "M/N-major TFLOPS", "in kernel", "copied first"],
+                            [[f"({r['recipe']})", bmm_label(r), num(r.get("mategemm_tflops")),
+                              ms_text(r.get("mategemm_ms")), num(r.get(f"{bmm_peer(r['recipe'])}_tflops")),
+                              x(r, bmm_peer(r["recipe"])), x(r, "torch_bmm_bf16"),
+                              num(r.get("mategemm_mn_major_tflops")), num(r.get("mategemm_mn_in_kernel_tflops")),
+                              num(r.get("mategemm_mn_copied_tflops"))] for r in fp8]))
+    if fp16:
+        out.append("**`bmm_fp16`**\n\n" +
+                   md_table(["operands", "batch x m x n x k", "TFLOPS", "ms", "torch.bmm TFLOPS", "x torch.bmm"],
+                            [[r["operands"], bmm_label(r), num(r.get("mategemm_tflops")), ms_text(r.get("mategemm_ms")),
+                              num(r.get("torch_bmm_tflops")), x(r, "torch_bmm")] for r in fp16]))
+    return "\n".join(out)
+
+
+def indexer_block(result: dict) -> str:
+    rows, summary = result["rows"], result.get("summary", {})
+    long = f"at context >= {LONG_CONTEXT}"
+    head = md_table(["summary", "value"], [
+        [f"GB/s vs DeepGEMM on its {summary.get('rows_vs_deepgemm', 0)} shapes (clean_logits=False, as DeepGEMM), "
+         "geomean (min)", mean_min(summary, "vs_deepgemm")],
+        [f"of the device copy bandwidth {long}, geomean (min)",
+         mean_min(summary, f"of_copy_ctx_ge_{LONG_CONTEXT}", show=pct)],
+        [f"the same with clean_logits=False {long}, geomean (min)",
+         mean_min(summary, f"no_clean_of_copy_ctx_ge_{LONG_CONTEXT}", show=pct)],
+        ["vs the torch implementation, geomean (min)",
+         mean_min(summary, f"vs_{INDEXER_PEER}", show=lambda v: num(v, 0, "x"))]])
+    table = md_table(["batch", "next_n", "heads", "avg context", "ms", "GB/s", "of copy",
+                      "GB/s, clean_logits=False", "DeepGEMM GB/s", "x DeepGEMM", "torch ms", "x torch"],
+                     [[r["batch"], r["next_n"], r["heads"], r["avg_context"], ms_text(r.get("mategemm_ms")),
+                       num(r.get("mategemm_gbps"), 0),
+                       pct(r.get("mategemm_of_copy")),
+                       num(r.get("mategemm_gbps_deepgemm_count"), 0), num(r.get("deepgemm_gbps"), 0),
+                       times(r.get("mategemm_vs_deepgemm")), ms_text(r.get(f"{INDEXER_PEER}_ms")),
+                       num(r.get(f"speedup_vs_{INDEXER_PEER}"), 0, "x")] for r in rows])
+    return f"{measured(result)}\n{head}\n{table}"
+
+
+def host_block(result: dict) -> str:
+    cold = result.get("cold_compile_s", {})
+    return f"{measured(result)}\n" + md_table(["what", "value"], [
+        ["host time per warm call (tight loop, GPU kept busy)", f"{result.get('host_us_per_call', '–')} us"],
+        ["first call in a new process, warm disk cache", f"{result.get('first_call_warm_disk_ms', '–')} ms"],
+        [f"cold NVRTC compile of the {cold.get('kernels', '?')} kernels dense_fp8's shapes pick (both recipes)",
+         f"mean {cold.get('mean', '–')} s, max {cold.get('max', '–')} s, total {cold.get('total', '–')} s"]])
+
+
+# The dense rows the README shows.
+README_DENSE = ((64, 2112, 7168), (64, 7168, 16384), (128, 4096, 7168), (4096, 24576, 1536), (4096, 7168, 16384),
+                (4096, 4096, 7168))
+
+
+def readme_line(suite: str, result: dict | None) -> list:
+    if result is None:
+        return [suite, "–", "–", f"not measured yet (`python tools/bench.py {suite}`)"]
+    s, rows = result.get("summary", {}), result.get("rows", [])
+    if suite == "dense_fp8":
+        text = (f"{times(s.get('geomean_vs_cublas_blockwise'))} cuBLAS blockwise (geomean of "
+                f"{sum(1 for r in rows if ratio(r, 'cublas_blockwise'))} shapes, min "
+                f"{times(s.get('min_vs_cublas_blockwise'))}); {times(s.get('geomean_vs_deepgemm'))} DeepGEMM "
+                f"(geomean of {sum(1 for r in rows if ratio(r, 'deepgemm'))} shapes, min "
+                f"{times(s.get('min_vs_deepgemm'))})")
+    elif suite == "grouped":
+        tpe = [v for k, v in s.items() if k.startswith("packed_vs_padded_tpe")]
+        text = (f"{times(s.get('geomean_vs_deepgemm'))} DeepGEMM (geomean of {s.get('rows_vs_deepgemm', 0)} "
+                f"shapes, min {times(s.get('min_vs_deepgemm'))}); decode with token-packed experts "
+                f"{num(min(tpe, default=None), 2)}-{times(max(tpe, default=None))} as fast as with 128-row padding; "
+                f"MoE layers {times(s.get('moe_layer_geomean_vs_torch_scaled_grouped_rowwise'))} "
+                "torch's row-wise `_scaled_grouped_mm`")
+    elif suite == "bmm":
+        parts = []
+        for recipe in BMM_RECIPES[:3]:
+            e, peer = s.get(recipe_name(recipe), {}), bmm_peer(recipe_name(recipe))
+            prefix = "bmm_" if "bmm_geomean_vs_torch_bmm_bf16" in e else ""
+            parts.append((BMM_TITLES[recipe_name(recipe)], e.get(f"{prefix}geomean_vs_{peer}"),
+                          e.get(f"{prefix}min_vs_{peer}"), e.get(f"{prefix}rows_vs_{peer}", 0)))
+        fp16 = s.get("bmm_fp16", {})
+        text = ("`bmm_fp8` against cuBLAS called once per batch entry: " +
+                ", ".join(f"{t} {times(g)}" for t, g, _, _ in parts) +
+                f" (geomean of {max(n for *_, n in parts)} shapes; min " + ", ".join(times(m) for _, _, m, _ in parts) +
+                f"); `bmm_fp16` {times(fp16.get('geomean_vs_torch_bmm'))} `torch.bmm` "
+                f"(min {times(fp16.get('min_vs_torch_bmm'))})")
+    elif suite == "indexer":
+        copy = [r["mategemm_of_copy"] for r in rows if r.get("avg_context", 0) >= LONG_CONTEXT
+                and "mategemm_of_copy" in r]
+        torch_x = [r[f"speedup_vs_{INDEXER_PEER}"] for r in rows if f"speedup_vs_{INDEXER_PEER}" in r]
+        text = (f"{times(s.get('geomean_vs_deepgemm'))} DeepGEMM's GB/s (geomean of {s.get('rows_vs_deepgemm', 0)} "
+                f"shapes, min {times(s.get('min_vs_deepgemm'))}); "
+                f"{min(copy, default=0) * 100:.0f}-{pct(max(copy, default=0))} of the device copy bandwidth; "
+                f"{num(min(torch_x, default=None), 0)}-{num(max(torch_x, default=None), 0, 'x')} "
+                "the torch implementation")
+    else:
+        cold = result.get("cold_compile_s", {})
+        text = (f"{result.get('host_us_per_call', '–')} us per warm call; first call in a new process "
+                f"{result.get('first_call_warm_disk_ms', '–')} ms; cold compile {cold.get('mean', '–')} s "
+                "per kernel")
+    return [suite, result["card"], result["date"], text]
+
+
+def readme_block(results: dict) -> str:
+    out = ["x = the other's time / ours (above 1: mategemm is faster); numbers from `docs/bench/*.json`, "
+           "written here by `python tools/bench.py docs`.\n",
+           md_table(["suite", "card", "date", "mategemm against its peers"],
+                    [readme_line(s, results.get(s)) for s in SUITES])]
+    dense = results.get("dense_fp8")
+    if dense:
+        rows = {(r["m"], r["n"], r["k"]): r for r in dense["rows"]}
+        out.append(f"Dense FP8 GEMMs of DeepSeek-V3, recipe (1,128,128), bf16 out, TFLOPS ({dense['card']}, "
+                   f"{dense['date']}):\n\n" +
+                   md_table(["m", "n", "k", "mategemm", "cuBLAS blockwise", "DeepGEMM", "x cuBLAS", "x DeepGEMM"],
+                            [[m, n, k, num(r.get("mategemm_tflops"), 0), num(r.get("cublas_blockwise_tflops"), 0),
+                              num(r.get("deepgemm_tflops"), 0), times(ratio(r, "cublas_blockwise")),
+                              times(ratio(r, "deepgemm"))]
+                             for (m, n, k), r in ((key, rows[key]) for key in README_DENSE if key in rows)]))
+    return "\n".join(out)
+
+
+BLOCKS = {"dense_fp8": dense_block, "grouped": grouped_block, "bmm": bmm_block, "indexer": indexer_block,
+          "host": host_block}
+
+
+def render(name: str, results: dict) -> str:
+    """The text of generated block `name`: "readme" or a suite's tables."""
+    if name == "readme":
+        body = readme_block(results)
+    elif name in results:
+        body = BLOCKS[name](results[name])
+    else:
+        body = f"No results yet: run `python tools/bench.py {name}` on a GPU.\n"
+    return f"\n{body}\n"
+
+
+def fill(text: str, results: dict) -> str:
+    """`text` with every generated block rendered afresh from `results`."""
+    import re
+
+    return re.sub(BLOCK, lambda m: m.group(1) + render(m.group(2), results) + m.group(4), text, flags=re.S)
+
+
+def write_docs(directory: Path, docs: tuple = DOCS) -> None:
+    """Rewrite the generated blocks of the README and docs/benchmarks.md from the result files."""
+    results = load_results(directory)
+    for path in docs:
+        text = path.read_text()
+        new = fill(text, results)
+        if new != text:
+            path.write_text(new)
+        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+              f"{'rewritten' if new != text else 'up to date'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suite", choices=("dense_fp8", "grouped", "bmm", "indexer", "host"))
+    parser.add_argument("suite", choices=(*SUITES, "plot", "docs"),
+                        help="a suite to run on the GPU; or, without a GPU, plot: redraw the plots from the result "
+                             "files, docs: rewrite the README's and docs/benchmarks.md's tables from them")
+    parser.add_argument("plots", nargs="*", metavar="SUITE", help="plot only: the suites to redraw (default: all)")
     parser.add_argument("--out-dir", default=str(ROOT / "docs" / "bench"))
     parser.add_argument("--shapes", default=str(SHAPES))
     parser.add_argument("--modes", nargs="+", choices=GROUPED_MODES, default=list(GROUPED_MODES),
                         help="grouped suite only: the modes to run (default: all)")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
+    if args.plots and (args.suite != "plot" or set(args.plots) - set(PLOTS)):
+        parser.error(f"only plot takes suites, one of {', '.join(PLOTS)}")
+    if args.suite == "plot":
+        redraw(out_dir, args.plots or [s for s in PLOTS if (out_dir / f"{s}.json").exists()])
+        return
+    if args.suite == "docs":
+        write_docs(out_dir)
+        return
     from mategemm.runtime.device import require_cuda_gpu
     from mategemm.runtime.errors import NoCudaGpuError
     try:
@@ -1264,10 +1764,8 @@ def main() -> None:
               "host": bench_host}
     result = suites[args.suite](args)
     (out_dir / f"{args.suite}.json").write_text(json.dumps(result, indent=1) + "\n")
-    if args.suite == "dense_fp8":
-        plot(result, out_dir / f"{args.suite}.png")
-    elif args.suite == "indexer":
-        plot_indexer(result, out_dir / f"{args.suite}.png")
+    if args.suite in PLOTS:
+        PLOTS[args.suite](result, out_dir / f"{args.suite}.png")
 
 
 if __name__ == "__main__":
