@@ -5,12 +5,21 @@ An entry is a directory ``<kernel>.<hash16>/`` holding ``kernel.cu`` (the render
 It is built in a staging directory, fsynced, and renamed into place, so an entry is complete or
 absent whatever processes race or die. Nothing read from the cache is unpickled or imported:
 ``meta.json`` is parsed as JSON and the cubin is handed to the driver after its checksum matches.
+
+The cache only ever touches what it wrote. Its root carries a ``CACHEDIR.TAG`` marker; inside it
+an entry is a directory named ``<kernel>.<16 hex digits>`` holding nothing but the three files
+above, ``failed/`` keeps ``kernel.cu`` and ``nvrtc.log`` of failed compiles under the same names,
+``.staging/`` and ``.locks/`` hold work directories and lock files named after entries. Anything
+else is foreign: reported, never removed. A directory without the marker is taken as a cache only
+when it is empty or holds nothing but that layout (a cache from before the marker); otherwise it
+is refused.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +38,17 @@ _PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 STAGING = ".staging"
 LOCKS = ".locks"
 FAILED = "failed"
+MARKER = "CACHEDIR.TAG"
+# The cache-directory tag that backup tools recognise, with a line that names mategemm.
+MARKER_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+MARKER_TEXT = f"{MARKER_SIGNATURE}\n# A mategemm kernel cache: compiled kernels, rebuilt on demand when removed.\n"
+ENTRY_FILES = frozenset({"kernel.cu", "kernel.cubin", "meta.json"})
+FAILED_FILES = frozenset({"kernel.cu", "nvrtc.log"})
+ENTRY_NAME = re.compile(r"[a-z][a-z0-9_]*\.[0-9a-f]{16}")
+# .staging: an entry being built (mkdtemp with the entry's name as prefix), one being discarded,
+# or the write probe; .locks: one FileLock per entry
+STAGING_NAME = re.compile(r"(trash\.)?[a-z][a-z0-9_]*\.[0-9a-f]{16}\.[A-Za-z0-9_]+|probe\.[A-Za-z0-9_]+")
+LOCK_NAME = re.compile(r"[a-z][a-z0-9_]*\.[0-9a-f]{16}\.lock")
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,50 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _is_marker(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and path.read_text(errors="replace").startswith(
+            MARKER_SIGNATURE) and "mategemm" in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _own_dir(path: Path, name: re.Pattern, files: frozenset) -> bool:
+    """A real directory named by `name` that holds nothing but regular files among `files`."""
+    if path.is_symlink() or not path.is_dir() or not name.fullmatch(path.name):
+        return False
+    try:
+        return all(child.name in files and child.is_file() and not child.is_symlink() for child in path.iterdir())
+    except OSError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _unwritable(root: Path) -> str:
+    """Why nothing could be stored at `root` (its nearest existing folder not one, or read-only), or ''."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return ""
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -80,13 +144,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class RootReport:
+    """What a cache directory holds, read without changing it."""
+
+    root: Path
+    exists: bool
+    marked: bool               # carries mategemm's CACHEDIR.TAG
+    entries: tuple[Path, ...]  # entry directories of the cache's own layout
+    foreign: tuple[str, ...]   # names at the root that mategemm did not write ("name/" for folders)
+    unwritable: str            # why nothing can be stored there, or ""
+
+    @property
+    def is_cache(self) -> bool:
+        """Marked, or holding nothing but the cache's own layout (then it is adopted on first use)."""
+        return self.marked or not self.foreign
+
+    def refusal(self) -> str:
+        """Why the directory is not a mategemm cache ('' when it is one)."""
+        if self.is_cache:
+            return ""
+        shown = ", ".join(self.foreign[:5]) + (f" and {len(self.foreign) - 5} more" if len(self.foreign) > 5 else "")
+        return (f"{self.root} is not a mategemm cache: it has no {MARKER} and holds {shown}, which mategemm did not "
+                f"write; point MATEGEMM_CACHE_DIR at a new or empty directory")
+
+
 class KernelCache:
     """Compiled kernels by key, in memory and in one cache directory."""
 
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self._memo: dict[str, CompiledKernel] = {}
-        self._writable: bool | None = None
+        self._state: str | None = None  # "writable", "read-only" or "absent", once opened
         self.num_compiles = 0
 
     # ---- public ---------------------------------------------------------------------------
@@ -108,7 +197,7 @@ class KernelCache:
         if hint is not None:  # a look-up that does not load NVRTC
             key, _ = self.key_for(spec, hint)
             hit = self._memo.get(key)
-            if hit is None and self._ensure_root():
+            if hit is None and self._open() != "absent":
                 hit = self._load(self.entry_dir(spec.kernel, key), spec.kernel, key, warn=False)
                 if hit is not None:
                     self._memo[key] = hit
@@ -118,13 +207,12 @@ class KernelCache:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        if not self._ensure_root():
-            compiled = self._compile(spec, key, options, None)
-            self._memo[key] = compiled
-            return compiled
+        state = self._open()
         entry = self.entry_dir(spec.kernel, key)
-        compiled = self._load(entry, spec.kernel, key, warn=True)
-        if compiled is None:
+        compiled = None if state == "absent" else self._load(entry, spec.kernel, key, warn=True)
+        if compiled is None and state != "writable":
+            compiled = self._compile(spec, key, options, None)
+        elif compiled is None:
             lock = FileLock(str(self.root / LOCKS / f"{entry.name}.lock"))
             with lock:
                 compiled = self._load(entry, spec.kernel, key, warn=False)  # second check, under the lock
@@ -134,14 +222,40 @@ class KernelCache:
         self._memo[key] = compiled
         return compiled
 
+    @property
+    def writable(self) -> bool:
+        """Whether compiled kernels are stored on disk (opens the directory, creating it if needed)."""
+        return self._open() == "writable"
+
+    def report(self) -> RootReport:
+        """The directory as it is: marker, entries, foreign items, why it is unwritable. Changes nothing."""
+        root = self.root
+        if not root.is_dir() or root.is_symlink():
+            return RootReport(root, root.exists(), False, (), (), _unwritable(root))
+        marked, entries, foreign = False, [], []
+        for path in sorted(root.iterdir()):
+            name = path.name
+            if name == MARKER and _is_marker(path):
+                marked = True
+            elif name in (STAGING, LOCKS, FAILED) and path.is_dir() and not path.is_symlink():
+                pass
+            elif _own_dir(path, ENTRY_NAME, ENTRY_FILES):
+                entries.append(path)
+            else:
+                foreign.append(name + "/" if path.is_dir() else name)
+        return RootReport(root, True, marked, tuple(entries), tuple(foreign), _unwritable(root))
+
     def entries(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                      and p.name != FAILED)
+        """The entry directories (the cache's own layout only; a foreign item is never one)."""
+        return list(self.report().entries)
 
     def verify(self, repair: bool = False) -> list[tuple[Path, str]]:
-        """Check every entry; return (entry, problem) for the bad ones; repair removes them."""
+        """Check every entry; return (entry, problem) for the bad ones; repair removes them.
+
+        Raises CacheDirError when repairing a directory that is not a cache or cannot be written.
+        """
+        if repair:
+            self._open_for_removal()
         problems = []
         for entry in self.entries():
             problem = self._entry_problem(entry)
@@ -154,16 +268,18 @@ class KernelCache:
         return problems
 
     def clean_staging(self, older_than_s: float = 0.0) -> int:
-        """Remove staging directories left by processes that died mid-compile."""
+        """Remove work directories left in .staging by processes that died mid-compile."""
         staging = self.root / STAGING
         removed = 0
         if not staging.is_dir():
             return 0
         now = time.time()
         for path in staging.iterdir():
+            if not STAGING_NAME.fullmatch(path.name):
+                continue
             try:
-                if now - path.stat().st_mtime >= older_than_s:
-                    shutil.rmtree(path, ignore_errors=True)
+                if now - path.lstat().st_mtime >= older_than_s:
+                    _remove(path)
                     removed += 1
             except FileNotFoundError:
                 pass
@@ -173,26 +289,49 @@ class KernelCache:
         """Staging and trash directories of this entry left by a process killed mid-compile or
         mid-rename. Called under the entry's lock, so no live process is writing them."""
         staging = self.root / STAGING
-        for path in staging.glob(f"{entry_name}.*"):
-            shutil.rmtree(path, ignore_errors=True)
-        for path in staging.glob(f"trash.{entry_name}.*"):
-            shutil.rmtree(path, ignore_errors=True)
+        for pattern in (f"{entry_name}.*", f"trash.{entry_name}.*"):
+            for path in staging.glob(pattern):
+                if STAGING_NAME.fullmatch(path.name):
+                    _remove(path)
 
     def clear(self) -> int:
-        count = 0
-        for entry in self.entries():
-            self._discard(entry)
-            count += 1
-        for sub in (STAGING, FAILED):
-            shutil.rmtree(self.root / sub, ignore_errors=True)
+        """Remove every entry, failed-compile record, work directory and free lock file; return the
+        number of entries removed. Foreign files are left where they are (see report()).
+
+        Raises CacheDirError for a directory that is not a cache or cannot be written.
+        """
+        if not self.root.exists():
+            return 0
+        self._open_for_removal()
+        count = sum(self._discard(entry) for entry in self.entries())
+        failed = self.root / FAILED
+        if failed.is_dir() and not failed.is_symlink():
+            for path in failed.iterdir():
+                if _own_dir(path, ENTRY_NAME, FAILED_FILES):
+                    _remove(path)
+            _remove_if_empty(failed)
+        self.clean_staging()
+        locks = self.root / LOCKS
+        for path in locks.iterdir() if locks.is_dir() else ():
+            if LOCK_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                lock = FileLock(str(path), timeout=0)
+                try:
+                    with lock:  # a lock held by a compiling process stays
+                        path.unlink()
+                except TimeoutError:
+                    pass
         self._memo.clear()
         return count
 
     # ---- internals ------------------------------------------------------------------------
-    def _ensure_root(self) -> bool:
-        """Create/check the root once; False means read-only (compile in memory)."""
-        if self._writable is not None:
-            return self._writable
+    def _open(self) -> str:
+        """Check the root once: "writable", "read-only" (entries load, new kernels stay in memory)
+        or "absent" (no directory and none can be made). Creates a missing root with its marker.
+
+        Raises CacheDirError for a symlink, a file, another user's directory or a foreign one.
+        """
+        if self._state is not None:
+            return self._state
         root = self.root
         if root.is_symlink():
             raise CacheDirError(f"cache directory {root} is a symlink; point MATEGEMM_CACHE_DIR at a real directory")
@@ -201,24 +340,40 @@ class KernelCache:
                 root.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 log.warning("mategemm: cannot create cache directory %s (%s); compiling in memory", root, exc)
-                self._writable = False
-                return False
+                self._state = "absent"
+                return self._state
         if not root.is_dir():
             raise CacheDirError(f"cache directory {root} is not a directory")
         if hasattr(os, "getuid") and root.stat().st_uid != os.getuid():
             raise CacheDirError(f"cache directory {root} is owned by another user; set MATEGEMM_CACHE_DIR to a "
                                 f"directory of your own")
+        report = self.report()
+        if not report.is_cache:
+            raise CacheDirError(report.refusal())
         try:
             for sub in (STAGING, LOCKS):
                 (root / sub).mkdir(mode=0o700, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=root / STAGING, delete=True)
+            probe = tempfile.NamedTemporaryFile(prefix="probe.", dir=root / STAGING, delete=False)
+            probe.write(MARKER_TEXT.encode())
             probe.close()
+            if report.marked:
+                os.unlink(probe.name)
+            else:  # the marker appears whole: a racing process never reads it half written
+                os.replace(probe.name, root / MARKER)
         except OSError as exc:
-            log.warning("mategemm: cache directory %s is not writable (%s); compiling in memory", root, exc)
-            self._writable = False
-            return False
-        self._writable = True
-        return True
+            log.warning("mategemm: cache directory %s is not writable (%s); compiling in memory (its entries "
+                        "still load)", root, exc)
+            self._state = "read-only"
+            return self._state
+        self._state = "writable"
+        return self._state
+
+    def _open_for_removal(self) -> None:
+        report = self.report()
+        if report.exists and not report.is_cache:
+            raise CacheDirError(report.refusal())
+        if self._open() != "writable":
+            raise CacheDirError(f"cache directory {self.root} is not writable: nothing can be removed")
 
     def _read_entry(self, entry: Path, key: str | None = None) -> tuple[str, dict, bytes]:
         """(problem, meta, cubin); problem is '' for a complete entry (of `key`, when given)."""
@@ -255,14 +410,17 @@ class KernelCache:
             return None
         return CompiledKernel(kernel, key, cubin, meta["lowered_name"], entry, compiled_here=False)
 
-    def _discard(self, entry: Path) -> None:
-        """Move an entry out of the way atomically, then delete it."""
+    def _discard(self, entry: Path) -> bool:
+        """Move an entry out of the way atomically, then delete it; False if it was already gone."""
         trash = self.root / STAGING / f"trash.{entry.name}.{uuid.uuid4().hex[:8]}"
         try:
             os.replace(entry, trash)
         except FileNotFoundError:
-            return
+            if entry.exists():
+                raise
+            return False
         shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def _compile(self, spec: KernelSpec, key: str, options: tuple[str, ...], entry: Path | None) -> CompiledKernel:
         debug = env.jit_debug()
@@ -312,7 +470,7 @@ class KernelCache:
         return CompiledKernel(spec.kernel, key, cubin, lowered, entry, compiled_here=True)
 
     def _keep_failed(self, spec: KernelSpec, key: str, message: str) -> Path:
-        base = self.root if self._writable else Path(tempfile.gettempdir()) / "mategemm"
+        base = self.root if self._state == "writable" else Path(tempfile.gettempdir()) / "mategemm"
         kept = base / FAILED / f"{spec.kernel}.{key[:16]}"
         try:
             kept.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mategemm.jit import nvrtc
-from mategemm.jit.cache import CacheDirError, KernelCache, KernelSpec, default_cache, default_cache_dir
+from mategemm.jit.cache import MARKER, CacheDirError, KernelCache, KernelSpec, default_cache, default_cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SOURCE = "template <int N> __global__ void tiny(float* x) { x[threadIdx.x] = N; }\n"
@@ -222,7 +222,7 @@ def slow_write(path, data):  # stop for good once the staging directory holds a 
 cache_module._fsync_write = slow_write
 real_replace = os.replace
 def slow_replace(src, dst):  # stop for good just before the rename that publishes the entry
-    if stage == "rename" and "staging" in str(src) and "trash" not in str(dst):
+    if stage == "rename" and "staging" in str(src) and "trash" not in str(dst) and "probe." not in str(src):
         Path(sys.argv[2]).touch()
         time.sleep(600)
     return real_replace(src, dst)
@@ -298,3 +298,106 @@ def test_each_compile_is_logged_once_at_info(tmp_path, caplog):
         KernelCache(tmp_path).get(TINY)  # from disk: no compile, no record
     compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
     assert len(compiles) == 1 and TINY.kernel in compiles[0] and TINY.name_expr in compiles[0]
+
+
+# ---- the cache touches only what it wrote ---------------------------------------------------------
+def user_files(root: Path) -> dict:
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    (root / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
+    (root / "notes.txt").write_text("my notes")
+    return snapshot(root)
+
+
+def snapshot(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_directory_of_other_files_is_refused_and_left_as_it_was(tmp_path):
+    root = tmp_path / "mine"
+    before = user_files(root)
+    cache = KernelCache(root)
+    for action in (lambda: cache.get(TINY), cache.clear, lambda: cache.verify(repair=True)):
+        with pytest.raises(CacheDirError, match="not a mategemm cache.*notes.txt, photos/"):
+            action()
+    assert snapshot(root) == before and sorted(p.name for p in root.iterdir()) == ["notes.txt", "photos"]
+    assert cache.entries() == [] and cache.report().foreign == ("notes.txt", "photos/")
+
+
+def test_another_tools_cachedir_tag_does_not_make_a_mategemm_cache(tmp_path):
+    (tmp_path / MARKER).write_text("Signature: 8a477f597d28d172789f06886806bc55\n# some other tool\n")
+    (tmp_path / "data.bin").write_bytes(b"x")
+    with pytest.raises(CacheDirError, match="not a mategemm cache"):
+        KernelCache(tmp_path).get(TINY)
+
+
+def test_a_new_or_empty_directory_becomes_a_marked_cache(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for root in (tmp_path / "new" / "cache", tmp_path / "empty"):
+        KernelCache(root).get(TINY)
+        report = KernelCache(root).report()
+        assert report.marked and report.foreign == () and len(report.entries) == 1
+
+
+def test_a_cache_from_before_the_marker_is_adopted(tmp_path):
+    first = KernelCache(tmp_path)
+    first.get(TINY)
+    (tmp_path / MARKER).unlink()
+    cache = KernelCache(tmp_path)
+    assert cache.report().is_cache and not cache.report().marked
+    cache.get(TINY)
+    assert cache.num_compiles == 0 and (tmp_path / MARKER).is_file()
+
+
+def test_foreign_items_in_a_cache_are_kept_by_clear_and_verify(tmp_path):
+    cache = KernelCache(tmp_path)
+    entry = cache.get(TINY).path
+    before = user_files(tmp_path)
+    lookalikes = {tmp_path / "tiny.0123456789abcdef": ("kernel.cubin", "mine.txt"),  # an entry's name, not its layout
+                  tmp_path / "failed" / "tiny.0123456789abcdef": ("notes.md",),
+                  tmp_path / ".staging" / "keep": ("x",), tmp_path / ".locks" / "mine": ("y",)}
+    for folder, names in lookalikes.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / name).write_text("mine")
+    (tmp_path / ".locks" / "notes.lock").write_text("mine")
+    before = snapshot(tmp_path)
+    before = {p: data for p, data in before.items() if entry.name not in str(p) and p.name != MARKER}
+    assert [p.name for p in cache.entries()] == [entry.name]
+    assert set(cache.report().foreign) == {"notes.txt", "photos/", "tiny.0123456789abcdef/"}
+    (entry / "kernel.cubin").write_bytes(b"corrupt")
+    assert cache.verify(repair=True) == [(entry, "kernel.cubin fails its checksum")]
+    assert KernelCache(tmp_path).get(TINY).path == entry  # rebuilt
+    assert cache.clear() == 1 and not entry.exists()
+    assert {p: data for p, data in snapshot(tmp_path).items() if p.name != MARKER} == before
+
+
+def test_clear_removes_its_lock_files_but_not_a_held_one(tmp_path):
+    from filelock import FileLock
+
+    cache = KernelCache(tmp_path)
+    cache.get(TINY)
+    other = KernelSpec("tiny", TINY_SOURCE, "&tiny<4>", "sm_90a")
+    cache.get(other)
+    locks = sorted((tmp_path / ".locks").iterdir())
+    assert len(locks) == 2
+    with FileLock(str(locks[0])):
+        assert KernelCache(tmp_path).clear() == 2
+        assert sorted((tmp_path / ".locks").iterdir()) == [locks[0]]
+    assert KernelCache(tmp_path).clear() == 0 and list((tmp_path / ".locks").iterdir()) == []
+
+
+def test_a_read_only_cache_still_loads_its_entries(tmp_path, monkeypatch):
+    """A pre-warmed cache shipped read-only (running as root, the write probe is made to fail)."""
+    from mategemm.jit import cache as cache_module
+
+    KernelCache(tmp_path).get(TINY)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache_module.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(cache_module.nvrtc, "wheel_version", lambda: None)  # the full look-up path
+    cache = KernelCache(tmp_path)
+    assert cache.get(TINY).path is not None and cache.num_compiles == 0 and not cache.writable
+    with pytest.raises(CacheDirError, match="not writable"):
+        cache.clear()
