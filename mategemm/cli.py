@@ -5,12 +5,13 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import NamedTuple
 
-from mategemm import env, prewarm
+from mategemm import env, prewarm, suites
 from mategemm.jit import nvrtc
-from mategemm.jit.cache import CacheDirError, KernelCache, default_cache, default_cache_dir
+from mategemm.jit.cache import MARKER, CacheDirError, KernelCache, default_cache, default_cache_dir
 
 DEMO_SHAPE = (4096, 7168, 7168)     # DeepSeek-V3's largest dense projection
 DEMO_CPU_SHAPE = (64, 256, 256)
@@ -35,10 +36,9 @@ def cmd_info(args) -> int:
     major, minor = nvrtc.nvrtc_version()
     print(f"nvrtc:     {major}.{minor}")
     print(f"kernels:   {KERNELS_SRC} (headers {headers_hash()[:16]}, part of every cache key)")
-    cache = KernelCache(default_cache_dir())
-    entries = cache.entries()
-    size = sum(f.stat().st_size for entry in entries for f in entry.iterdir() if f.is_file())
-    print(f"cache:     {cache.root} ({len(entries)} entries, {size / 2**20:.1f} MiB)")
+    report = KernelCache(default_cache_dir()).report()
+    size = sum(f.stat().st_size for entry in report.entries for f in entry.iterdir() if f.is_file())
+    print(f"cache:     {report.root} ({len(report.entries)} entries, {size / 2**20:.1f} MiB{cache_notes(report)})")
     print("env:")
     for name, value in env.snapshot().items():
         print(f"  {name}={value}")
@@ -50,40 +50,46 @@ def cmd_prewarm(args) -> int:
     from mategemm.runtime.device import get_num_mp, info_for_arch
 
     if args.max_tokens is not None and args.preset is None:
-        raise ValueError("--max-tokens applies to --preset only (a --shapes list gives its own M)")
+        raise ValueError("--max-tokens applies to --preset only (a --shapes suite gives its own sizes)")
     device = info_for_arch(args.arch)
     num_mp, force = get_num_mp(device), env.force_config()
-    if args.preset is None:
-        shapes = prewarm.resolve_shapes(args.shapes)
-        planned = prewarm.plan(shapes, args.arch, num_mp=num_mp, force=force)
-        compiled, seconds = compile_plan(planned, args.jobs)
-        print(f"{len(planned)} kernels for {len(shapes)} shapes x {len(prewarm.RECIPES)} recipes: "
-              f"{compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
-        return 0
-    preset = prewarm.load_preset(args.preset)
-    max_tokens = args.max_tokens or prewarm.DEFAULT_MAX_TOKENS
     start = time.perf_counter()
-    planned = prewarm.plan_preset(preset, max_tokens, args.arch, num_mp=num_mp, force=force)
+    if args.preset is None:
+        suite_list = suites.resolve(args.shapes)
+        planned = prewarm.plan_suites(suite_list, args.arch, num_mp=num_mp, force=force)
+        label = what = f"shapes {', '.join(s.name for s in suite_list)}"
+    else:
+        preset = prewarm.load_preset(args.preset)
+        max_tokens = args.max_tokens or prewarm.DEFAULT_MAX_TOKENS
+        planned = prewarm.plan_preset(preset, max_tokens, args.arch, num_mp=num_mp, force=force)
+        label = f"preset {preset.name}"
+        what = f"{label}, M = 1..{max_tokens} tokens"
     families = {}
     for item in planned:
         families[item.family] = families.get(item.family, 0) + 1
-    print(f"preset {preset.name}, M = 1..{max_tokens} tokens, {args.arch} ({num_mp} SMs): "
-          f"{' + '.join(f'{count} {family}' for family, count in families.items())} kernels, planned in "
-          f"{time.perf_counter() - start:.1f} s", flush=True)
+    print(f"{what}, {args.arch} ({num_mp} SMs): {' + '.join(f'{n} {f}' for f, n in families.items())} kernels, "
+          f"planned in {time.perf_counter() - start:.1f} s", flush=True)
+    cache = default_cache()
+    why = cache.report().unwritable
+    if why or not cache.writable:
+        print(f"mategemm prewarm: the cache directory {cache.root} is not writable ({why or 'see above'}): "
+              f"nothing would be stored", file=sys.stderr)
+        return 1
     progress = Progress(len(planned))
     try:
         results = compile_specs([item.spec for item in planned], args.jobs, progress.update)
-    except (nvrtc.CompileError, CacheDirError) as exc:
+    except nvrtc.CompileError as exc:
         progress.close()
         print(f"mategemm prewarm: {exc}", file=sys.stderr)
         return 1
     progress.close()
     compiled = sum(r.compiled for r in results)
-    print(f"{len(planned)} kernels for preset {preset.name}: {compiled} compiled, {len(planned) - compiled} already "
-          f"cached, {progress.seconds():.1f} s (--jobs {args.jobs})")
-    if any(r.entry is None for r in results):
-        print(f"mategemm prewarm: the cache directory {default_cache_dir()} is not writable: nothing was stored",
-              file=sys.stderr)
+    print(f"{len(planned)} kernels for {label}: {compiled} compiled, {len(planned) - compiled} already cached, "
+          f"{progress.seconds():.1f} s (--jobs {args.jobs})")
+    unstored = sum(r.entry is None for r in results)
+    if unstored:
+        print(f"mategemm prewarm: {unstored} kernels were compiled but not stored: the cache directory {cache.root} "
+              f"is not writable", file=sys.stderr)
         return 1
     return 0
 
@@ -92,17 +98,6 @@ class CompileResult(NamedTuple):
     compiled: bool         # NVRTC ran for it (else it was found in the cache)
     seconds: float
     entry: str | None      # the cache entry's directory name, None when compiled in memory only
-
-
-def compile_plan(planned: list[prewarm.PlannedKernel], jobs: int = 1) -> tuple[int, float]:
-    """Compile (or find cached) every planned kernel, one line each; return (compiled, seconds)."""
-    def line(result: CompileResult, done: int, total: int, seconds: float) -> None:
-        print(f"{'compiled' if result.compiled else 'cached  '} {result.entry or '(in memory)'} "
-              f"{result.seconds:.2f} s", flush=True)
-
-    start = time.perf_counter()
-    results = compile_specs([item.spec for item in planned], jobs, line)
-    return sum(r.compiled for r in results), time.perf_counter() - start
 
 
 def compile_specs(specs: list, jobs: int, on_done=None) -> list[CompileResult]:
@@ -205,10 +200,39 @@ class Progress:
 
 
 # ---- cache ------------------------------------------------------------------------------------
-def cmd_cache_ls(args) -> int:
+def cache_notes(report) -> str:
+    """What a user should know of a cache directory beyond its entries, as '; ...' clauses."""
+    notes = []
+    if not report.exists:
+        notes.append("does not exist yet")
+    if report.refusal():
+        notes.append(f"NOT a mategemm cache: no {MARKER}, holds {', '.join(report.foreign)}")
+    elif report.foreign:
+        notes.append(f"also holds {len(report.foreign)} items mategemm did not write, left alone: "
+                     f"{', '.join(report.foreign)}")
+    if report.unwritable:
+        notes.append(f"NOT writable: {report.unwritable}")
+    return "".join(f"; {note}" for note in notes)
+
+
+def open_cache_report():
+    """(cache, report) of the configured directory; raises CacheDirError when it is not a cache."""
     cache = KernelCache(default_cache_dir())
+    report = cache.report()
+    if report.refusal():
+        raise CacheDirError(report.refusal())
+    return cache, report
+
+
+def warn_foreign(report) -> None:
+    if report.foreign:
+        print(f"left alone (not written by mategemm): {', '.join(report.foreign)}", file=sys.stderr)
+
+
+def cmd_cache_ls(args) -> int:
+    _, report = open_cache_report()
     rows = []
-    for entry in cache.entries():
+    for entry in report.entries:
         cubin = entry / "kernel.cubin"
         try:
             meta = json.loads((entry / "meta.json").read_text())
@@ -221,30 +245,43 @@ def cmd_cache_ls(args) -> int:
                      "bytes": cubin.stat().st_size if cubin.is_file() else 0})
     if args.json:
         print(json.dumps(rows, indent=1))
+        warn_foreign(report)
         return 0
-    print(f"{cache.root}: {len(rows)} entries")
+    print(f"{report.root}: {len(rows)} entries{cache_notes(report)}")
     for row in rows:
         print(f"{row['kernel']}  {row['key'][:16]}  {row['bytes']:>9} B  {row['cubin']}\n    {row['name_expr']}")
     return 0
 
 
 def cmd_cache_verify(args) -> int:
-    cache = KernelCache(default_cache_dir())
-    total = len(cache.entries())
-    bad = cache.verify(repair=True)
+    cache, report = open_cache_report()
+    if not report.exists:
+        notes = cache_notes(report).replace("; does not exist yet", "")
+        print(f"no cache at {report.root} yet: nothing to verify{notes}")
+        return 0
+    writable = not report.unwritable
+    bad = cache.verify(repair=writable)
+    action = "removed; rebuilt on next use" if writable else "NOT removed: the directory is not writable"
     for entry, problem in bad:
-        print(f"BAD {entry.name}: {problem} (removed; rebuilt on next use)")
+        print(f"BAD {entry.name}: {problem} ({action})")
+    warn_foreign(report)
+    if report.unwritable:
+        print(f"warning: the cache directory is not writable ({report.unwritable})", file=sys.stderr)
     if bad:
-        print(f"{len(bad)} of {total} entries were bad")
+        print(f"{len(bad)} of {len(report.entries)} entries were bad")
         return 1
-    print(f"all {total} entries OK")
+    print(f"all {len(report.entries)} entries OK")
     return 0
 
 
 def cmd_cache_clear(args) -> int:
-    cache = KernelCache(default_cache_dir())
+    cache, report = open_cache_report()
+    if not report.exists:
+        print(f"nothing to clear: no cache at {report.root}")
+        return 0
     removed = cache.clear()
     print(f"removed {removed} entries from {cache.root}")
+    warn_foreign(report)
     return 0
 
 
@@ -325,16 +362,23 @@ def demo_moe_gpu() -> bool:
 def demo_cpu() -> int:
     print("no GPU found: compiling the dense_fp8 kernels for sm_90a and checking the reference on the CPU "
           "(nothing is launched)")
-    planned = prewarm.plan(prewarm.resolve_shapes(DEMO_SUITE), "sm_90a")
-    compiled, seconds = compile_plan(planned)
-    print(f"{len(planned)} kernels: {compiled} compiled, {len(planned) - compiled} cached, {seconds:.1f} s")
+    planned = prewarm.plan_suites(suites.resolve(DEMO_SUITE), "sm_90a")
+    start = time.perf_counter()
+    results = compile_specs([item.spec for item in planned], 1)
+    compiled = sum(r.compiled for r in results)
+    print(f"{len(planned)} kernels: {compiled} compiled, {len(planned) - compiled} cached, "
+          f"{time.perf_counter() - start:.1f} s")
     grouped_specs = demo_grouped_specs()
     start = time.perf_counter()
+    stored = all(r.entry is not None for r in results)
     for spec in grouped_specs:
-        default_cache().get(spec)
+        stored &= default_cache().get(spec).path is not None
     seconds = time.perf_counter() - start
     print(f"{len(grouped_specs)} more kernels (MoE decode, bmm, M/N-major operands, MQA logits): ready in "
           f"{seconds:.1f} s")
+    if not stored:
+        print(f"warning: the cache directory {default_cache().root} is not writable: the kernels were compiled in "
+              f"memory only", file=sys.stderr)
     ok = True
     for recipe in prewarm.RECIPES:
         diff, tol = check_reference_cpu(DEMO_CPU_SHAPE, (recipe.gm, recipe.gn, recipe.gk))
@@ -394,37 +438,61 @@ def check_reference_cpu(shape: tuple[int, int, int], recipe: tuple[int, int, int
 
 
 # ---- argument parsing -------------------------------------------------------------------------
+def _shapes_epilog() -> str:
+    """--shapes explained: the shipped suites, then the file format (mategemm.suites' own words)."""
+    try:
+        names = ", ".join(suites.read(suites.SHAPES_FILE))
+    except ValueError as exc:
+        names = f"(unreadable: {exc})"
+    intro = (f"--shapes takes suite names of the shipped list ({names}), comma-separated, or a JSON file of your "
+             f"own: an object of suite name -> list of rows, or a plain list of rows (one suite). Every bad row is "
+             f"reported with its suite, index and rule, and then nothing is compiled (exit 2). A suite's kind "
+             f"follows from its rows' fields:")
+    return textwrap.fill(intro, 100) + "\n" + suites.__doc__.split("every row of a suite has the same fields:", 1)[1]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mategemm.version import __version__
+
     parser = argparse.ArgumentParser(prog="mategemm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mategemm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("info", help="device, NVRTC version, cache and env knobs").set_defaults(run=cmd_info)
+    def command(name: str, text: str, run, parent=sub, **kwargs):
+        cmd = parent.add_parser(name, help=text, description=text, **kwargs)
+        cmd.set_defaults(run=run)
+        return cmd
 
-    warm = sub.add_parser("prewarm", help="compile the kernels a list of shapes or a model needs (no GPU needed)")
+    command("info", "print mategemm, torch, CUDA and NVRTC versions, the device, the kernel sources' hash, the "
+                    "cache directory and the MATEGEMM_* settings in force", cmd_info)
+
+    warm = command("prewarm", "compile, without a GPU, every kernel a list of shapes or a model's FP8 GEMMs need, "
+                              "into the kernel cache", cmd_prewarm, epilog=_shapes_epilog(),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     warm.add_argument("--arch", default="sm_90a", help="target arch (default sm_90a)")
     what = warm.add_mutually_exclusive_group(required=True)
-    what.add_argument("--shapes",
-                      help="a shapes JSON file, or a suite name of tools/shapes/shapes.json (e.g. dense_fp8)")
+    what.add_argument("--shapes", metavar="SUITES|FILE",
+                      help="suite names of the shipped shape list, comma-separated, or a shapes JSON file (see below)")
     what.add_argument("--preset", help=f"a model preset ({', '.join(prewarm.preset_names())}, or a preset JSON "
                                        f"file): every kernel that 1..--max-tokens tokens can pick")
     warm.add_argument("--max-tokens", type=_positive_int, default=None,
                       help=f"with --preset: the most tokens per call (default {prewarm.DEFAULT_MAX_TOKENS})")
     warm.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
                       help="worker processes compiling at once (default: one per CPU core)")
-    warm.set_defaults(run=cmd_prewarm)
 
-    cache = sub.add_parser("cache", help="inspect the kernel cache").add_subparsers(dest="cache_command",
-                                                                                    required=True)
-    ls = cache.add_parser("ls", help="list entries")
+    cache_help = (f"inspect or empty the kernel cache ({default_cache_dir()}; MATEGEMM_CACHE_DIR sets it). Only "
+                  f"what mategemm wrote is ever removed")
+    cache = sub.add_parser("cache", help=cache_help, description=cache_help).add_subparsers(
+        dest="cache_command", required=True)
+    ls = command("ls", "list the cache entries: kernel, key, cubin path and size", cmd_cache_ls, cache)
     ls.add_argument("--json", action="store_true", help="print a JSON list")
-    ls.set_defaults(run=cmd_cache_ls)
-    cache.add_parser("verify", help="check every entry; remove bad ones (exit 1 if any)").set_defaults(
-        run=cmd_cache_verify)
-    cache.add_parser("clear", help="remove every entry").set_defaults(run=cmd_cache_clear)
+    command("verify", "check every entry's cubin against its checksum and remove the bad ones (exit 1 if any)",
+            cmd_cache_verify, cache)
+    command("clear", "remove every entry, failed-compile record and free lock file", cmd_cache_clear, cache)
 
-    sub.add_parser("demo", help="check and time one DeepSeek-V3 GEMM and an MoE decode step "
-                                "(compile-only without a GPU)").set_defaults(
-        run=cmd_demo)
+    command("demo", "with a GPU: check and time one DeepSeek-V3 GEMM against cuBLAS and an MoE decode step, "
+                    "packed vs padded; without one: compile the kernels for sm_90a and check the reference on the "
+                    "CPU", cmd_demo)
     return parser
 
 
@@ -441,7 +509,14 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"mategemm {args.command}: {exc}", file=sys.stderr)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below
+        return code
+    except (ValueError, FileNotFoundError, CacheDirError) as exc:
+        print(f"mategemm {' '.join(filter(None, (args.command, getattr(args, 'cache_command', None))))}: {exc}",
+              file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`mategemm cache ls | head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

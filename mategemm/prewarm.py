@@ -1,4 +1,4 @@
-"""Pre-warm planning: shape lists or model presets -> the unique kernel specialisations the
+"""Pre-warm planning: shape suites or model presets -> the unique kernel specialisations the
 heuristics would pick.
 
 Pure functions only (a preset file is read, nothing is written); the CLI and the tests compile
@@ -6,12 +6,14 @@ the plan through the kernel cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mategemm import suites
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
@@ -19,10 +21,6 @@ from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import DeviceInfo, info_for_arch
 from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmConfig, GemmProblem, Recipe
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
-# Searched in order for suite names: the checkout's preset, then the shared benchmark list.
-DEFAULT_SHAPE_FILES = (_CHECKOUT / "tools" / "shapes" / "shapes.json",
-                       _CHECKOUT.parent / "shared" / "bench" / "shapes.json")
 RECIPES = (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
 
 
@@ -33,46 +31,6 @@ class PlannedKernel:
     spec: KernelSpec
     problem: GemmProblem
     config: GemmConfig
-
-
-def default_shapes_file() -> Path:
-    for path in DEFAULT_SHAPE_FILES:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"no default shapes file; looked for {', '.join(map(str, DEFAULT_SHAPE_FILES))}")
-
-
-def read_suites(path: Path | str) -> dict[str, list[tuple[int, int, int]]]:
-    """The dense suites of a shapes JSON: {suite: [(m, n, k), ...]}.
-
-    Keys starting with '_' and suites whose rows are not all {m, n, k} dicts are skipped.
-    """
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be an object of suite name -> list of shapes")
-    suites = {}
-    for name, rows in data.items():
-        if name.startswith("_") or not isinstance(rows, list) or not rows:
-            continue
-        if all(isinstance(r, dict) and {"m", "n", "k"} <= r.keys() for r in rows):
-            suites[name] = [(int(r["m"]), int(r["n"]), int(r["k"])) for r in rows]
-    return suites
-
-
-def resolve_shapes(shapes: str) -> list[tuple[int, int, int]]:
-    """`shapes` is a JSON file (every dense suite in it) or a suite name in the default file."""
-    path = Path(shapes)
-    if path.is_file():
-        suites = read_suites(path)
-        if not suites:
-            raise ValueError(f"{path} holds no suite of {{m, n, k}} shapes")
-        return [shape for rows in suites.values() for shape in rows]
-    default = default_shapes_file()
-    suites = read_suites(default)
-    if shapes not in suites:
-        raise ValueError(f"--shapes {shapes!r} is neither a file nor a suite of {default}; "
-                         f"suites: {', '.join(sorted(suites))}")
-    return suites[shapes]
 
 
 def plan(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Recipe, ...] = RECIPES,
@@ -155,8 +113,8 @@ class Preset:
 
 
 @dataclass(frozen=True)
-class PresetKernel:
-    """One kernel of a preset's plan: its family (dense, moe, indexer) and the first use that picks it."""
+class KernelUse:
+    """One kernel of a plan: its family (dense, bmm, moe, indexer, ...) and the first use that picks it."""
 
     spec: KernelSpec
     family: str
@@ -280,7 +238,7 @@ def _fp8_dim(where: str, value: object, multiple: int) -> int:
 
 
 def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str = "sm_90a",
-                num_mp: int | None = None, force: str = "") -> list[PresetKernel]:
+                num_mp: int | None = None, force: str = "") -> list[KernelUse]:
     """Every kernel a call with 1..max_tokens tokens can pick for the preset's GEMMs (and its indexer)
     on `arch`, each once, in first-use order (dense layers, experts, indexer).
 
@@ -292,16 +250,16 @@ def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str 
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     device = info_for_arch(arch)
     num_mp = num_mp or device.num_sms
-    planned: dict[KernelSpec, PresetKernel] = {}
+    planned: dict[KernelSpec, KernelUse] = {}
     for gemm in preset.dense:
         for spec, m in dense_specs(gemm.n, gemm.k, preset.recipe, max_tokens, arch, device, num_mp, force):
-            planned.setdefault(spec, PresetKernel(spec, "dense", f"{gemm.name} n={gemm.n} k={gemm.k} M={m}"))
+            planned.setdefault(spec, KernelUse(spec, "dense", f"{gemm.name} n={gemm.n} k={gemm.k} M={m}"))
     if preset.moe is not None:
         for spec, use in moe_specs(preset.moe, preset.recipe, max_tokens, arch, device, num_mp, force):
-            planned.setdefault(spec, PresetKernel(spec, "moe", use))
+            planned.setdefault(spec, KernelUse(spec, "moe", use))
     if preset.indexer is not None:
         for spec, use in indexer_specs(preset.indexer, arch, device):
-            planned.setdefault(spec, PresetKernel(spec, "indexer", use))
+            planned.setdefault(spec, KernelUse(spec, "indexer", use))
     return list(planned.values())
 
 
@@ -361,18 +319,21 @@ def per_token_rows(max_tokens: int, num_experts: int, top_k: int, alignment: int
     segment) and align(T + num_experts x (alignment - 1)): the bound a server sizes its workspace
     with when the counts stay on the GPU (vLLM's compute_aligned_M), which also bounds any routing.
     """
-    def align(x: int) -> int:
-        return -(-x // alignment) * alignment
-
-    intervals = []
-    for m in range(1, max_tokens + 1):
-        t = m * top_k
-        intervals.append((max(align(t), top_k * alignment), align(t + num_experts * (alignment - 1))))
+    intervals = [per_token_row_bounds(m, num_experts, top_k, alignment) for m in range(1, max_tokens + 1)]
     rows: list[int] = []
     for lo, hi in sorted(intervals):
         start = lo if not rows else max(lo, rows[-1] + alignment)
         rows.extend(range(start, hi + 1, alignment))
     return rows
+
+
+def per_token_row_bounds(tokens: int, num_experts: int, top_k: int, alignment: int) -> tuple[int, int]:
+    """The fewest and most padded rows `tokens` tokens can take in per_token segments (see per_token_rows)."""
+    def align(x: int) -> int:
+        return -(-x // alignment) * alignment
+
+    routed = tokens * top_k
+    return max(align(routed), top_k * alignment), align(routed + num_experts * (alignment - 1))
 
 
 def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, arch: str, device: DeviceInfo, num_mp: int,
@@ -419,3 +380,121 @@ def indexer_specs(layer: IndexerLayer, arch: str, device: DeviceInfo) -> list[tu
         stages = kernel_mqa.stages_for(rows, layer.heads, device.smem_per_block)
         out.append((kernel_mqa.spec(rows, layer.heads, stages, paged, arch), f"{what} heads={layer.heads}"))
     return out
+
+
+# ---- shape suites -----------------------------------------------------------------------------
+BMM_RECIPES = (Recipe(-1, -1, -1), Recipe(1, -1, -1), RECIPE_1x128_128x128, RECIPE_1x128_1x128)
+BF16 = torch.bfloat16
+PER_TOKEN_ALIGNMENT = 128  # DeepGEMM's contiguous layout
+
+
+def plan_suites(suite_list: list[suites.Suite], arch: str, num_mp: int | None = None,
+                force: str = "") -> list[KernelUse]:
+    """Every kernel the calls of the suites pick on `arch` (what tools/bench.py runs as mategemm,
+    without its forced-config variants), each once, in first-use order."""
+    device = info_for_arch(arch)
+    num_mp = num_mp or device.num_sms
+    planned: dict[KernelSpec, KernelUse] = {}
+    for suite in suite_list:
+        planner = SUITE_PLANNERS[suite.kind]
+        for i, row in enumerate(suite.rows):
+            at = f"{suite.name}[{i}]"
+            for spec, family, use in planner(row, arch, device, num_mp, force):
+                planned.setdefault(spec, KernelUse(spec, family, f"{at} {use}"))
+    return list(planned.values())
+
+
+def _grouped_spec(problem: GemmProblem, rows_per_group: int, arch: str, device: DeviceInfo, num_mp: int,
+                  force: str, alignment_m: int = 0, max_m: int = 0) -> KernelSpec:
+    config = grouped.choose(problem, rows_per_group, device, num_mp, force, alignment_m, max_m)
+    return kernel_fp8.spec(problem, config, arch)
+
+
+def _dense_suite(row, arch, device, num_mp, force):
+    m, n, k = row["m"], row["n"], row["k"]
+    for recipe in RECIPES:
+        problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16)
+        config = fp8_gemm.choose(problem, device, num_mp, force)
+        yield kernel_fp8.spec(problem, config, arch), "dense", f"m={m} n={n} k={k} {recipe.name}"
+
+
+def _bmm_suite(row, arch, device, num_mp, force):
+    """bmm_fp8 (bf16 out) in each recipe (per-tensor and per-row run as per-row), bmm_fp16 in both dtypes."""
+    from mategemm.validate import RECIPE_PER_ROW
+
+    batch, m, n, k = row["batch"], row["m"], row["n"], row["k"]
+    shape = f"batch={batch} m={m} n={n} k={k}"
+    for recipe in BMM_RECIPES:
+        kernel_recipe = RECIPE_PER_ROW if recipe.gn == -1 else recipe
+        problem = GemmProblem(m, n, k, kernel_recipe, E4M3, E4M3, BF16, "batched", batch)
+        yield _grouped_spec(problem, m, arch, device, num_mp, force), "bmm", f"{shape} bmm_fp8 {recipe.name}"
+    for dtype in (torch.bfloat16, torch.float16):
+        problem = GemmProblem(m, n, k, RECIPE_PER_ROW, dtype, dtype, dtype, "batched", batch)
+        yield _grouped_spec(problem, m, arch, device, num_mp, force), "bmm", f"{shape} bmm_fp16 {dtype}"
+
+
+def _contiguous_suite(row, arch, device, num_mp, force):
+    """per_token ids with 128-row segments, for every padded size the drawn group sizes can give."""
+    groups, n, k = row["groups"], row["n"], row["k"]
+    low, high = (-(-size // PER_TOKEN_ALIGNMENT) * PER_TOKEN_ALIGNMENT
+                 for size in suites.group_size_range(row["m_per_group"]))
+    for rows in range(max(PER_TOKEN_ALIGNMENT, groups * low), groups * high + 1, PER_TOKEN_ALIGNMENT):
+        problem = GemmProblem(rows, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_token", groups)
+        yield (_grouped_spec(problem, -(-rows // groups), arch, device, num_mp, force, PER_TOKEN_ALIGNMENT), "moe",
+               f"per_token rows={rows} n={n} k={k}")
+
+
+def _masked_suite(row, arch, device, num_mp, force):
+    groups, m, n, k = row["groups"], row["m_per_group"], row["n"], row["k"]
+    problem = GemmProblem(groups * m, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "masked", groups)
+    yield (_grouped_spec(problem, m, arch, device, num_mp, force, 0, m), "moe",
+           f"masked groups={groups} max_m={m} n={n} k={k}")
+
+
+def _k_grouped_suite(row, arch, device, num_mp, force):
+    """ragged_k for every sum of the drawn K sizes (each aligned to 128), with K-major operands and
+    with M/N-major ones (transposed in the kernel, or copied K-major by transpose_8bit first)."""
+    from mategemm.kernels import transpose_8bit
+
+    groups, m, n = row["groups"], row["m"], row["n"]
+    low, high = (-(-size // 128) * 128 for size in suites.group_size_range(row["k_per_group"]))
+    for sum_k in range(max(128, groups * low), groups * high + 1, 128):
+        problem = GemmProblem(m, n, sum_k, RECIPE_1x128_1x128, E4M3, E4M3, torch.float32, "ragged_k", groups)
+        shape = f"ragged_k sum_k={sum_k} m={m} n={n}"
+        yield _grouped_spec(problem, sum_k // groups, arch, device, num_mp, force), "moe", shape
+        if grouped.transpose_in_kernel(problem, sum_k * (m + n)):
+            mn_major = dataclasses.replace(problem, mn_major=3)
+            yield _grouped_spec(mn_major, sum_k // groups, arch, device, num_mp, force), "moe", f"{shape} MN-major"
+        else:
+            for rows in (m, n):  # the copy reads 16-byte vectors where the MN-major rows allow
+                yield transpose_8bit.spec(rows % 16 == 0, arch), "transpose", f"{shape} MN-major copy"
+
+
+def _indexer_suite(row, arch, device, num_mp, force):
+    layer = IndexerLayer(row["heads"], (row["next_n"],), paged=True, prefill=False)
+    for spec, use in indexer_specs(layer, arch, device):
+        yield spec, "indexer", use
+
+
+def _moe_layers_suite(row, arch, device, num_mp, force):
+    """A model's two expert GEMMs at each token count: token-packed (per_expert) rows, and every
+    padded size of per_token segments that the routing can give."""
+    experts, top_k = row["experts"], row["topk"]
+    layer = MoeLayer(experts, top_k, row["hidden"], row["intermediate"])
+    for name, n, k in layer.gemms:
+        for tokens in row["tokens"]:
+            routed = tokens * top_k
+            problem = GemmProblem(routed, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_expert", experts)
+            use = f"{row['model']} {name} n={n} k={k} tokens={tokens}"
+            yield (_grouped_spec(problem, -(-routed // experts), arch, device, num_mp, force), "moe",
+                   f"{use} per_expert")
+            low, high = per_token_row_bounds(tokens, experts, top_k, PER_TOKEN_ALIGNMENT)
+            for rows in range(low, high + 1, PER_TOKEN_ALIGNMENT):
+                problem = GemmProblem(rows, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_token", experts)
+                yield (_grouped_spec(problem, -(-rows // experts), arch, device, num_mp, force, PER_TOKEN_ALIGNMENT),
+                       "moe", f"{use} per_token rows={rows}")
+
+
+SUITE_PLANNERS = {"dense": _dense_suite, "bmm": _bmm_suite, "contiguous": _contiguous_suite,
+                  "masked": _masked_suite, "k_grouped": _k_grouped_suite, "indexer": _indexer_suite,
+                  "moe_layers": _moe_layers_suite}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """mategemm against its peers, side by side in one run on one card.
 
-    python tools/bench.py dense_fp8 [--out-dir docs/bench] [--shapes tools/shapes/shapes.json]
+    python tools/bench.py dense_fp8 [--out-dir docs/bench] [--shapes mategemm/shapes/shapes.json]
     python tools/bench.py grouped [--modes contiguous masked k_grouped per_expert moe_layer]
                                     (MoE GEMMs: DeepGEMM's grouped shapes, decode per-expert
                                      counts vs padding, real models' MoE layers)
@@ -16,7 +16,7 @@
     python tools/bench.py docs      (no GPU: rewrite the generated tables of README.md and
                                      docs/benchmarks.md from docs/bench/*.json)
 
-Timing follows ../shared/bench/README.md: CUDA events around each call, 5 warm-up calls, then
+Timing (docs/benchmarks.md): CUDA events around each call, 5 warm-up calls, then
 30 timed calls queued behind a ~10 ms GPU sleep, median; input sets rotated so the data touched
 exceeds 3x L2. Benchmarks never assert; correctness is reported as calc_diff beside each row.
 """
@@ -44,7 +44,7 @@ from mategemm.testing import indexer as indexer_testing  # noqa: E402
 from mategemm.testing import moe, peers  # noqa: E402
 from mategemm.testing.timing import SLEEP_CYCLES, median_ms, rotating_gemm_calls  # noqa: E402
 
-SHAPES = ROOT / "tools" / "shapes" / "shapes.json"
+SHAPES = ROOT / "mategemm" / "shapes" / "shapes.json"
 ANCHORS = ROOT / "tools" / "shapes" / "anchors.json"
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SWEEP = ROOT / "docs" / "bench" / "dense_fp8_config_sweep.json"
-SHAPES = ROOT / "tools" / "shapes" / "shapes.json"
+SHAPES = ROOT / "mategemm" / "shapes" / "shapes.json"
 BLOCK_NS = (16, 32, 48, 64, 96, 112, 128, 144, 160)
 SPLIT_BLOCK_NS = (32, 64, 128)
 

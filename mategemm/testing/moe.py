@@ -12,6 +12,7 @@ import math
 import torch
 
 from mategemm.quant import per_block_cast_to_fp8, per_token_cast_to_fp8
+from mategemm.suites import GROUP_SIZE_LOW, GROUP_SIZE_SPREAD
 from mategemm.testing.numerics import calc_diff
 from mategemm.testing.reference import fp8_gemm_reference
 
@@ -102,7 +103,7 @@ def routing_counts(num_tokens: int, num_experts: int, topk: int, skew: float = 0
 def deepgemm_group_sizes(groups: int, m_per_group: int, generator=None) -> list[int]:
     """DeepGEMM's test generator: each group int(m_per_group * U(0.7, 1.3)) rows."""
     u = torch.rand(groups, dtype=torch.float64, generator=generator)
-    return [int(m_per_group * (0.7 + 0.6 * float(x))) for x in u]
+    return [int(m_per_group * (GROUP_SIZE_LOW + GROUP_SIZE_SPREAD * float(x))) for x in u]
 
 
 def align(x: int, alignment: int) -> int:

@@ -13,3 +13,9 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def shared_kernel_cache(tmp_path_factory):
+    """One kernel cache for the tests that run the command line on the shipped suites."""
+    return tmp_path_factory.mktemp("kernel_cache") / "cache"

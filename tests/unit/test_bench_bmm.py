@@ -44,7 +44,7 @@ def naive_dequantise(q, scale, recipe, side):
 
 
 def test_jobs_cover_every_recipe_and_dense_shapes_once(bench):
-    shapes = json.loads((ROOT / "tools" / "shapes" / "shapes.json").read_text())
+    shapes = json.loads((ROOT / "mategemm" / "shapes" / "shapes.json").read_text())
     jobs = bench.bmm_jobs(shapes)
     assert len(jobs) == 4 * len(shapes["bmm"]) + len(shapes["dense_fp8"])
     assert [j["recipe"] for j in jobs if j["shapes"] == "bmm"][::len(shapes["bmm"])] == \

@@ -14,7 +14,7 @@ import torch
 from mategemm.testing import indexer
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAPES = json.loads((ROOT / "tools" / "shapes" / "shapes.json").read_text())["paged_mqa_logits"]
+SHAPES = json.loads((ROOT / "mategemm" / "shapes" / "shapes.json").read_text())["paged_mqa_logits"]
 ANCHORS = ROOT / "tools" / "shapes" / "anchors.json"
 PEER = "torch_paged_logits"
 

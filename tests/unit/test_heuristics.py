@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mategemm import env, prewarm
+from mategemm import env, prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped, parse_force_config, sm90
 from mategemm.runtime import device as rt_device
 from mategemm.types import RECIPE_1x128_128x128, GemmProblem
 
 H100 = rt_device.SM90_NO_DEVICE
 SMEM_LIMIT = 232448
-DENSE = prewarm.read_suites(prewarm.default_shapes_file())["dense_fp8"]
+DENSE = [(r["m"], r["n"], r["k"]) for r in suites.resolve("dense_fp8")[0].rows]
 NUM_MPS = (132, 66, 8, 1)
 
 

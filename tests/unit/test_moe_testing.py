@@ -246,7 +246,7 @@ def test_torch_grouped_peers_accept_our_layouts():
 
 
 def test_every_grouped_anchor_matches_a_benchmarked_shape(bench):
-    shapes = json.loads((ROOT / "tools" / "shapes" / "shapes.json").read_text())
+    shapes = json.loads((ROOT / "mategemm" / "shapes" / "shapes.json").read_text())
     lists = {"contiguous": "grouped_contiguous_fp8", "masked": "grouped_masked_fp8", "k_grouped": "grouped_k_fp8"}
     keys = {bench.grouped_anchor_key({"mode": mode, **s}) for mode, name in lists.items() for s in shapes[name]}
     for kind in ("H100", "H200"):

@@ -8,7 +8,7 @@ import collections
 import pytest
 import torch
 
-from mategemm import prewarm
+from mategemm import prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
@@ -18,7 +18,7 @@ from mategemm.testing import sass
 from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem, Recipe
 
 ARCH = "sm_90a"
-DENSE = prewarm.read_suites(prewarm.default_shapes_file())["dense_fp8"]
+DENSE = [(r["m"], r["n"], r["k"]) for r in suites.resolve("dense_fp8")[0].rows]
 
 
 def plan_every_num_mp():
