@@ -5,7 +5,7 @@
 # serial chain barrier wait -> 4 wgmma -> wait -> promotion) and the tile rates of
 # fp8_gemm.mma_efficiency were fitted to sweeps of forced configs on an H200
 # (docs/bench/dense_fp8_config_sweep.json: the 28 dense shapes, the 7 with m = 4096 and 10 of
-# 256-2048 rows re-swept in session 9 with plain launches for cluster-1 kernels): the model picks
+# 256-2048 rows re-swept with plain launches for cluster-1 kernels): the model picks
 # configs within 0.6% (geomean) of each shape's best, worst case 4.3% (128x7168x16384: 64x112
 # for 128x64; 1x24576x1536 2.9%, 1024x4096x7168 2.4%, the rest <= 1.2%).
 # `python tools/sweep_fp8_configs.py run | score` re-measures and re-scores. Split-K decode picks

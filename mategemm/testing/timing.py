@@ -1,4 +1,4 @@
-"""CUDA-event timing as ../shared/bench/README.md prescribes (benchmarks and the demo share it)."""
+"""CUDA-event timing of the benchmarks and the demo (the method: docs/benchmarks.md)."""
 from __future__ import annotations
 
 import statistics
