@@ -11,7 +11,7 @@ KERNEL = "sm90_fp8_mqa_logits"
 INDEX_DIM = 128
 KV_BLOCK = 64
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
-# H200 (docs/notebook.md, indexer, like-for-like with DeepGEMM): 8 stages (two a ring) beat 12 / 16 / 20 by
+# H200: 8 stages (two a ring) beat 12 / 16 / 20 by
 # 3-4% / ~7% / 8-10% at batch 64-128, next_n 1-2, 8192 keys. Fewer bytes in flight, faster.
 MAX_STAGES = 8
 TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.I64, rt.INT,

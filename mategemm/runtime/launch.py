@@ -53,7 +53,7 @@ class LoadedKernel:
         config.hStream = driver.CUstream(stream)
         # NOTES: a kernel without CTA clusters launches without the cluster attribute: with a cluster
         # dimension of 1 it ran slower (H200, bmm_fp16 128x512x128x512: 32.2 -> 30.2 us without it;
-        # a single 128x128 tile 6.2 -> 6.1 us; docs/notebook.md, the cluster launch attribute).
+        # a single 128x128 tile 6.2 -> 6.1 us).
         if self.cluster > 1:
             attr = driver.CUlaunchAttribute()
             attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
