@@ -21,16 +21,17 @@ from typing import NamedTuple
 
 import torch
 
-from mategemm import validate
+from mategemm import plan, prepare, validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
-from mategemm.moe import prepare_call
 from mategemm.quant import FP8_MAX
 from mategemm.runtime import calls
+from mategemm.runtime import device as rt_device
 
 
 class _BmmCall(NamedTuple):
     prepared: calls.PreparedCall
-    checked: validate.BmmChecked
+    out_shape: tuple
+    accumulates: bool  # the kernel adds its fp32 product into an fp32 tensor (plan.batched_problem)
 
 
 _warm = calls.WarmCalls()
@@ -51,10 +52,6 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
     out = saturate_e4m3(result / output_scale). c: optional fp32 (batch, m, n) added to the product.
     out: optional (batch, m, n) of out_dtype, written in place.
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk, output_scale, c,
-                           major_a_mode, major_b_mode)
     key = calls.memo_key("bmm_fp8", a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
                          _layout(output_scale), _layout(c), major_a_mode, major_b_mode)
     call = _warm.get(key)
@@ -63,21 +60,19 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
                                    output_scale, c, major_a_mode, major_b_mode)
         if checked.problem.m == 0 or checked.problem.num_groups == 0:
             return _empty_result(a, out, out_dtype, checked)
-        call = _BmmCall(_prepare(a, b, a_scale, b_scale, checked), checked)
+        call = _prepare(a, b, a_scale, b_scale, checked)
         _warm.remember(key, call)
     return _run(call, a.device, out_dtype, out, c, output_scale)
 
 
 def _run(call: _BmmCall, device, out_dtype, out, c, output_scale) -> torch.Tensor:
     """Launch a prepared batched call: straight into `out`, or through an fp32 accumulator."""
-    checked = call.checked
     if out is None:
-        out = torch.empty(checked.out_shape, dtype=out_dtype, device=device)
-    kernel_out_fp32 = checked.problem.out_dtype == torch.float32
-    if not kernel_out_fp32:
+        out = torch.empty(call.out_shape, dtype=out_dtype, device=device)
+    if not call.accumulates:
         calls.launch(call.prepared, out)
         return out
-    acc = out if out_dtype == torch.float32 else torch.empty(checked.out_shape, dtype=torch.float32, device=device)
+    acc = out if out_dtype == torch.float32 else torch.empty(call.out_shape, dtype=torch.float32, device=device)
     if c is not None:
         acc.copy_(c)
     else:
@@ -99,9 +94,6 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
     The same kernel as bmm_fp8 with wgmma k16 (HGMMA) and no scales. k % 8 == 0 (a K tail below
     64 is zero-filled), n % 8 == 0. out_dtype bf16/fp16/fp32; c optional fp32 (batch, m, n).
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.bmm_fp16(a, b, out_dtype, out, backend, c)
     key = calls.memo_key("bmm_fp16", a, b, out_dtype, out, backend, _layout(c))
     call = _warm.get(key)
     if call is None:
@@ -109,21 +101,25 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
         if checked.problem.m == 0 or checked.problem.num_groups == 0:
             return _empty_result(a, out, out_dtype, checked)
         # No scales: the kernel never reads its scale pointers (a's address stands in).
-        call = _BmmCall(_prepare(a, b, a, a, checked), checked)
+        call = _prepare(a, b, a, a, checked)
         _warm.remember(key, call)
     return _run(call, a.device, out_dtype, out, c, None)
 
 
-def _prepare(a, b, a_scale, b_scale, checked) -> calls.PreparedCall:
+def _prepare(a, b, a_scale, b_scale, checked: validate.BmmChecked) -> _BmmCall:
+    problem = plan.batched_problem(checked.problem, checked.add_c)
+    a_k, a_mn = (a.transpose(1, 2), a) if checked.major_a == "M" else (a, None)
+    b_k, b_mn = (b.transpose(1, 2), b) if checked.major_b == "N" else (b, None)
+    problem, a_how, b_how = plan.staging(problem, prepare.operand_facts(a_mn, not checked.a_in_place),
+                                         prepare.operand_facts(b_mn, not checked.b_in_place))
     staged = []
-    a_mn, b_mn = checked.major_a == "M", checked.major_b == "N"
-    problem, a_op, b_op = calls.operands(checked.problem, a.transpose(1, 2) if a_mn else a, a if a_mn else None,
-                                         checked.copy_a, b.transpose(1, 2) if b_mn else b, b if b_mn else None,
-                                         checked.copy_b, staged)
+    a_op, b_op = prepare.operand(a_k, a_mn, a_how, staged), prepare.operand(b_k, b_mn, b_how, staged)
+    gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index))
     group = kernel_fp8.GroupArgs(None, sfa_stride_group=checked.sfa_strides[2],
                                  sfb_stride_group=checked.sfb_strides[2])
-    return prepare_call(problem, problem.m, None, a_op, b_op, a_scale, checked.sfa_strides[:2], b_scale,
-                        checked.sfb_strides[:2], group, staged)
+    prepared = prepare.grouped_call(gemm_plan, a_op, b_op, a_scale, checked.sfa_strides[:2], b_scale,
+                                    checked.sfb_strides[:2], group, staged)
+    return _BmmCall(prepared, checked.out_shape, problem.out_dtype == torch.float32)
 
 
 def _layout(t) -> str | None:

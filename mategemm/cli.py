@@ -397,26 +397,19 @@ def demo_grouped_specs() -> list:
     for sm_90a."""
     import torch
 
-    from mategemm.heuristics import grouped
-    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
-    from mategemm.kernels import sm90_fp8_mqa_logits as mqa_logits
+    from mategemm import plan
     from mategemm.kernels import transpose_8bit
     from mategemm.runtime.device import SM90_NO_DEVICE
     from mategemm.types import GemmProblem, Recipe, RECIPE_1x128_128x128
 
-    e4m3 = torch.float8_e4m3fn
-    problems = [(GemmProblem(512, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, "per_expert", 256), 2),
-                (GemmProblem(4096, 4096, 4096, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 16), 4096),
-                (GemmProblem(128, 7168, 512, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 64, 2), 128)]
-    specs = []
-    for problem, rows in problems:
-        config = grouped.choose(problem, rows, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms)
-        specs.append(kernel_fp8.spec(problem, config, "sm_90a"))
+    e4m3, device = torch.float8_e4m3fn, SM90_NO_DEVICE
+    problems = [GemmProblem(512, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, "per_expert", 256),
+                GemmProblem(4096, 4096, 4096, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 16),
+                GemmProblem(128, 7168, 512, Recipe(1, -1, -1), e4m3, e4m3, torch.bfloat16, "batched", 64, 2)]
+    specs = [plan.grouped_gemm(problem, device, num_mp=device.num_sms, force="").spec for problem in problems]
     specs += [transpose_8bit.spec(vector_loads, "sm_90a") for vector_loads in (True, False)]
     # the lightning indexer: DeepSeek-V3.2's decode (64 heads, next_n 1 and 2) and prefill tiles
-    for rows, heads, paged in ((1, 64, True), (2, 64, True), (2, 64, False)):
-        stages = mqa_logits.stages_for(rows, heads, SM90_NO_DEVICE.smem_per_block)
-        specs.append(mqa_logits.spec(rows, heads, stages, paged, "sm_90a"))
+    specs += [plan.mqa_logits(rows, 64, paged, device).spec for rows, paged in ((1, True), (2, True), (2, False))]
     return specs
 
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm import env, heuristics, validate
-from mategemm.heuristics import fp8_gemm
+from mategemm import bmm, env, plan, prepare, validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime import device as rt_device
 
@@ -26,16 +25,10 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     product is formed in fp32 first (mategemm.bmm's accumulate path, batch 1).
     Raises TypeError/ValueError naming the argument before any launch.
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk,
-                                         out, out_dtype, backend, output_scale)
     if output_scale is not None:
         validate.fp8_output(out, out_dtype, output_scale)
         validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk,
                                        None, None, backend, None)
-        from mategemm import bmm
-
         return bmm.gemm_fp8_output(a, b, a_scale, b_scale, scale_major_mode, scale_granularity_mnk, out, output_scale)
     key = _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype,
                     backend, output_scale)
@@ -49,13 +42,8 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
             output_scale)
         if problem.m == 0:
             return out if out is not None else torch.empty((0, problem.n), dtype=problem.out_dtype, device=a.device)
-        index = a.device.index
-        info = rt_device.device_info(index)
-        config = fp8_gemm.choose(problem, info, rt_device.get_num_mp(info), env.force_config())
-        heuristics.report(kernel_fp8.KERNEL, problem, config)
-        with torch.cuda.device(index):
-            kernel = kernel_fp8.load(problem, config, info.arch, index)
-            launch = kernel_fp8.Launch(kernel, problem, config, a, b, a_scale, sfa_strides, b_scale, sfb_strides)
+        gemm_plan = plan.dense(problem, rt_device.device_info(a.device.index))
+        launch = prepare.gemm_launch(gemm_plan, a, b, a_scale, sfa_strides, b_scale, sfb_strides)
         if key is not None:
             if len(_warm) >= _MAX_WARM:
                 _warm.clear()

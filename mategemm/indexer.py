@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm import validate
+from mategemm import plan, validate
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel
 from mategemm.runtime import device as rt_device
 
@@ -25,9 +25,6 @@ def get_paged_mqa_logits_metadata(context_lens: torch.Tensor, block_kv: int, num
     """int32 (num_mps + 1, 2): row s is the (request, block) where SM s starts; row num_mps is
     (batch, 0). Every request counts ceil(len / block_kv) blocks (2-D lens: its longest draft
     token's). num_mps = 0: every SM of the current device."""
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.get_paged_mqa_logits_metadata(context_lens, block_kv, num_mps)
     _int32_lens(context_lens)
     if block_kv != kernel.KV_BLOCK:
         raise ValueError(f"block_kv must be {kernel.KV_BLOCK}, got {block_kv!r}")
@@ -54,10 +51,6 @@ def fp8_paged_mqa_logits(q: torch.Tensor, fused_kv_cache: torch.Tensor, weights:
     paged cache. 1-D context_lens (batch,): draft token j of request b sees [0, len_b - next_n + j];
     2-D (batch, next_n): it sees [0, len_bj - 1]. Positions outside: -inf with clean_logits, else
     not written. Block-table entries out of range read zero keys, never outside the cache."""
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.fp8_paged_mqa_logits(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta,
-                                        max_context_len, clean_logits)
     batch, next_n, _, _ = _paged_checks(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta,
                                          max_context_len, clean_logits)
     logits = torch.empty((batch * next_n, max_context_len), dtype=torch.float32, device=q.device)
@@ -67,10 +60,9 @@ def fp8_paged_mqa_logits(q: torch.Tensor, fused_kv_cache: torch.Tensor, weights:
 def _paged_into(logits, q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, clean_logits):
     """fp8_paged_mqa_logits writing a given logits tensor (checked arguments; tests poison it)."""
     batch, next_n, heads, _ = q.shape
-    info = rt_device.device_info(q.device.index)
+    mqa_plan = plan.mqa_logits(next_n, heads, True, rt_device.device_info(q.device.index))
     launch = kernel.MqaLogitsLaunch(
-        paged=True, rows=next_n, heads=heads, arch=info.arch, smem_limit=info.smem_per_block, q=q,
-        keys=fused_kv_cache, scales=None, weights=weights, lens=context_lens, lens_end=None,
+        mqa_plan, q=q, keys=fused_kv_cache, scales=None, weights=weights, lens=context_lens, lens_end=None,
         lens_2d=context_lens.dim() == 2, block_table=block_table, schedule=schedule_meta, logits=logits,
         num_rows=batch, compressed=False, clean=clean_logits, grid=schedule_meta.shape[0] - 1)
     rt_device.run_on_current_stream(q.device.index, launch)
@@ -83,9 +75,6 @@ def fp8_mqa_logits(q: torch.Tensor, kv: tuple, weights: torch.Tensor, cu_seq_len
     FP8, k_scale (seq_len_kv,) fp32), weights (seq_len, heads) fp32; row i sees keys
     [cu_seq_len_k_start[i], cu_seq_len_k_end[i]). Returns fp32 (seq_len, seq_len_kv), or with
     max_seqlen_k > 0 (seq_len, max_seqlen_k) whose column c of row i is key start_i + c."""
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k)
     seq_len, _, seq_len_kv = _prefill_checks(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits,
                                                  max_seqlen_k)
     num_cols = max_seqlen_k if max_seqlen_k > 0 else seq_len_kv
@@ -99,11 +88,10 @@ def _prefill_into(logits, q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, 
         return logits
     seq_len, heads, _ = q.shape
     k, k_scale = kv
-    rows = max(1, 128 // heads)  # query rows per tile: N = 128 columns of heads
-    info = rt_device.device_info(q.device.index)
+    rows = plan.mqa_prefill_rows(heads)
+    mqa_plan = plan.mqa_logits(rows, heads, False, rt_device.device_info(q.device.index))
     launch = kernel.MqaLogitsLaunch(
-        paged=False, rows=rows, heads=heads, arch=info.arch, smem_limit=info.smem_per_block, q=q, keys=k,
-        scales=k_scale, weights=weights, lens=cu_seq_len_k_start, lens_end=cu_seq_len_k_end, lens_2d=False,
+        mqa_plan, q=q, keys=k, scales=k_scale, weights=weights, lens=cu_seq_len_k_start, lens_end=cu_seq_len_k_end, lens_2d=False,
         block_table=None, schedule=None, logits=logits, num_rows=seq_len, compressed=max_seqlen_k > 0,
         clean=clean_logits, grid=-(-seq_len // rows))
     rt_device.run_on_current_stream(q.device.index, launch)

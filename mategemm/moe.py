@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm import env, heuristics, validate
-from mategemm.heuristics import grouped
+from mategemm import plan, prepare, validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
@@ -45,10 +44,6 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     The routing is never read on the host: an id out of range skips its tile; counts beyond the
     rows there are are clipped; nothing outside the tensors is read or written.
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode,
-                                          major_b_mode, scale_granularity_mnk, num_mp, alignment_m, backend)
     key = calls.memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                          scale_granularity_mnk, num_mp, alignment_m, backend)
     call = _warm.get(key)
@@ -59,17 +54,17 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
         if problem.m == 0:
             return out
         (a, sfa), (b, sfb) = input_a, input_b
+        a_mn = a.t() if major_a == "M" else None
+        b_mn = b.transpose(1, 2) if major_b == "N" else None
+        problem, a_how, b_how = plan.staging(problem, prepare.operand_facts(a_mn, major_a == "M"),
+                                             prepare.operand_facts(b_mn, major_b == "N"))
         staged = []
-        # Packed segments start at any row: an M-major A there is copied (its TMA boxes would
-        # start unaligned along M); per_token segments start at multiples of alignment_m.
-        a_in_kernel = major_a == "M" and problem.group_mode == "per_token"
-        problem, a, b = calls.operands(problem, a, a.t() if a_in_kernel else None, major_a == "M",
-                                       b, b.transpose(1, 2) if major_b == "N" else None, major_b == "N", staged)
-        rows_per_group = -(-problem.m // problem.num_groups)
+        a, b = prepare.operand(a, a_mn, a_how, staged), prepare.operand(b, b_mn, b_how, staged)
         align = alignment if problem.group_mode == "per_token" else 0
+        gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp,
+                                      alignment_m=align)
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
-        call = prepare_call(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group,
-                            staged, alignment_m=align)
+        call = prepare.grouped_call(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged)
         _warm.remember(key, call)
     calls.launch(call, out)
     return out
@@ -88,10 +83,6 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
     E * ceil(max_m / 64)) is added to, so pass zeros; None allocates zeros. Returns out, or
     (out, signal, block_m, threshold) with enable_overlap, block_m being the 64 rows per counter.
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out, scale_granularity_mnk,
-                                        expect_tokens, enable_overlap, signal, backend)
     key = calls.memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
                          enable_overlap, backend)
     call = _warm.get(key) if signal is None else None
@@ -100,11 +91,11 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
             input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal,
             backend)
         (a, sfa), (b, sfb) = input_a, input_b
-        rows_per_group = max_m if expect_tokens is None else expect_tokens
+        gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), max_m=max_m,
+                                      expect_tokens=expect_tokens)
         group = kernel_fp8.GroupArgs(masked_tokens_info, stride=max_m, sfb_stride_group=sfb.stride(0),
                                      signal_blocks=-(-max_m // SIGNAL_BLOCK_M) if enable_overlap else 0)
-        call = prepare_call(problem, rows_per_group, None, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides,
-                            group, [], max_m=max_m)
+        call = prepare.grouped_call(gemm_plan, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides, group, [])
         if signal is None:
             _warm.remember(key, call)
     a = input_a[0]
@@ -127,10 +118,6 @@ def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m
     for (1,1,128)); masked_m int32 (B,); expected_m: host hint of the rows per batch entry.
     out (B, m, n) or None (out_dtype, default bf16). Rows past masked_m[i] are left as they were.
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m,
-                                                   scale_granularity_mnk, out, out_dtype)
     if out is None:
         if out_dtype is not None and out_dtype not in validate.OUT_DTYPES:
             raise TypeError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype}")
@@ -167,10 +154,6 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     same for b with "N"/"K". Counts on the CPU are checked (ValueError); counts on the GPU are not
     (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
     """
-    if torch.compiler.is_compiling():  # traced: the custom op (mategemm/ops.py) stands in
-        from mategemm import ops
-        return ops.ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode,
-                                          major_b_mode, scale_granularity_mnk, num_mp)
     key = calls.memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                          scale_granularity_mnk, num_mp)
     call = _warm.get(key)
@@ -179,33 +162,21 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
             num_mp)
         (a, sfa), (b, sfb) = input_a, input_b
+        a_mn, b_mn = (a if major_a == "M" else None), (b if major_b == "N" else None)
+        problem, a_how, b_how = plan.staging(problem, prepare.operand_facts(a_mn, major_a == "M"),
+                                             prepare.operand_facts(b_mn, major_b == "N"))
         staged = []
-        problem, a_op, b_op = calls.operands(problem, a.t(), a if major_a == "M" else None, major_a == "M",
-                                             b.t(), b if major_b == "N" else None, major_b == "N", staged)
+        a_op, b_op = prepare.operand(a.t(), a_mn, a_how, staged), prepare.operand(b.t(), b_mn, b_how, staged)
         info = ragged_tokens_info
         if info.device != a.device:  # host counts, checked: copied to the GPU at every call
             device_info = torch.empty_like(info, device=a.device)
             staged.append(calls.TorchCopy(device_info, info))
             info = device_info
-        rows_per_group = problem.k // problem.num_groups
-        call = prepare_call(problem, rows_per_group, num_mp, a_op, b_op, sfa, sfa_strides, sfb, sfb_strides,
-                            kernel_fp8.GroupArgs(info), staged)
+        gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp)
+        call = prepare.grouped_call(gemm_plan, a_op, b_op, sfa, sfa_strides, sfb, sfb_strides,
+                                    kernel_fp8.GroupArgs(info), staged)
         _warm.remember(key, call)
     elif ragged_tokens_info.device.type == "cpu":
         validate.ragged_k_host_counts(ragged_tokens_info, input_a[0].shape[0])
     calls.launch(call, out)
     return out
-
-
-def prepare_call(problem, rows_per_group, num_mp, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged,
-                 alignment_m=0, max_m=0) -> calls.PreparedCall:
-    """Choose the config of a grouped problem, load its kernel and build its reusable launch."""
-    index = a.device.index
-    info = rt_device.device_info(index)
-    budget = min(num_mp, info.num_sms) if num_mp else rt_device.get_num_mp(info)
-    config = grouped.choose(problem, rows_per_group, info, budget, env.force_config(), alignment_m, max_m)
-    heuristics.report(kernel_fp8.KERNEL, problem, config)
-    with torch.cuda.device(index):
-        kernel = kernel_fp8.load(problem, config, info.arch, index)
-        launch = kernel_fp8.Launch(kernel, problem, config, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
-    return calls.PreparedCall(launch, tuple(staged), -(-problem.n // config.block_n))

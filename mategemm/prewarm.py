@@ -6,20 +6,18 @@ the plan through the kernel cache.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mategemm import suites
-from mategemm.heuristics import fp8_gemm, grouped
+from mategemm import plan, suites
 from mategemm.jit.cache import KernelSpec
-from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import DeviceInfo, info_for_arch
-from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmConfig, GemmProblem, Recipe
+from mategemm.types import (RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW, RECIPE_PER_TENSOR, GemmConfig,
+                            GemmProblem, Recipe)
 
 RECIPES = (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
 
@@ -33,22 +31,20 @@ class PlannedKernel:
     config: GemmConfig
 
 
-def plan(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Recipe, ...] = RECIPES,
-         a_dtype: torch.dtype = torch.float8_e4m3fn, b_dtype: torch.dtype = torch.float8_e4m3fn,
-         out_dtype: torch.dtype = torch.bfloat16, num_mp: int | None = None, force: str = "") -> list[PlannedKernel]:
-    """The unique kernel specs the heuristics pick for `shapes` x `recipes` on `arch`, in first-seen order.
+def plan_dense(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Recipe, ...] = RECIPES,
+               a_dtype: torch.dtype = torch.float8_e4m3fn, b_dtype: torch.dtype = torch.float8_e4m3fn,
+               out_dtype: torch.dtype = torch.bfloat16, num_mp: int | None = None,
+               force: str = "") -> list[PlannedKernel]:
+    """The unique kernels of dense GEMMs of `shapes` x `recipes` on `arch`, in first-seen order.
 
-    num_mp defaults to all SMs of the arch's device; `force` is a MATEGEMM_FORCE_CONFIG string.
+    num_mp: the SM budget (default: as the runtime sees it); `force` a MATEGEMM_FORCE_CONFIG string.
     """
     device = info_for_arch(arch)
-    num_mp = num_mp or device.num_sms
     planned: dict[KernelSpec, PlannedKernel] = {}
     for m, n, k in shapes:
         for recipe in recipes:
-            problem = GemmProblem(m, n, k, recipe, a_dtype, b_dtype, out_dtype)
-            config = fp8_gemm.choose(problem, device, num_mp, force)
-            spec = kernel_fp8.spec(problem, config, arch)
-            planned.setdefault(spec, PlannedKernel(spec, problem, config))
+            gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, a_dtype, b_dtype, out_dtype), device, num_mp, force)
+            planned.setdefault(gemm_plan.spec, PlannedKernel(gemm_plan.spec, gemm_plan.problem, gemm_plan.config))
     return list(planned.values())
 
 
@@ -249,16 +245,15 @@ def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str 
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     device = info_for_arch(arch)
-    num_mp = num_mp or device.num_sms
     planned: dict[KernelSpec, KernelUse] = {}
     for gemm in preset.dense:
-        for spec, m in dense_specs(gemm.n, gemm.k, preset.recipe, max_tokens, arch, device, num_mp, force):
+        for spec, m in dense_specs(gemm.n, gemm.k, preset.recipe, max_tokens, device, num_mp, force):
             planned.setdefault(spec, KernelUse(spec, "dense", f"{gemm.name} n={gemm.n} k={gemm.k} M={m}"))
     if preset.moe is not None:
-        for spec, use in moe_specs(preset.moe, preset.recipe, max_tokens, arch, device, num_mp, force):
+        for spec, use in moe_specs(preset.moe, preset.recipe, max_tokens, device, num_mp, force):
             planned.setdefault(spec, KernelUse(spec, "moe", use))
     if preset.indexer is not None:
-        for spec, use in indexer_specs(preset.indexer, arch, device):
+        for spec, use in indexer_specs(preset.indexer, device):
             planned.setdefault(spec, KernelUse(spec, "indexer", use))
     return list(planned.values())
 
@@ -281,13 +276,12 @@ def dense_m_runs(max_tokens: int) -> list[tuple[int, int]]:
     return runs
 
 
-def dense_specs(n: int, k: int, recipe: Recipe, max_tokens: int, arch: str, device: DeviceInfo, num_mp: int,
+def dense_specs(n: int, k: int, recipe: Recipe, max_tokens: int, device: DeviceInfo, num_mp: int | None = None,
                 force: str = "") -> list[tuple[KernelSpec, int]]:
     """(spec, M) for every M in 1..max_tokens whose pick differs from M - 1's, for a dense (n, k):
     one choice per run of dense_m_runs, every M of a run whose two ends disagree."""
     def pick(m: int) -> KernelSpec:
-        problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16)
-        return kernel_fp8.spec(problem, fp8_gemm.choose(problem, device, num_mp, force), arch)
+        return plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16), device, num_mp, force).spec
 
     out: list[tuple[KernelSpec, int]] = []
     for lo, hi in dense_m_runs(max_tokens):
@@ -336,7 +330,7 @@ def per_token_row_bounds(tokens: int, num_experts: int, top_k: int, alignment: i
     return max(align(routed), top_k * alignment), align(routed + num_experts * (alignment - 1))
 
 
-def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, arch: str, device: DeviceInfo, num_mp: int,
+def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, device: DeviceInfo, num_mp: int | None = None,
               force: str = "") -> list[tuple[KernelSpec, str]]:
     """(spec, use) of the expert GEMMs in each mode, for 1..max_tokens tokens, as the runtime
     (mategemm.moe) picks them: rows per expert = ceil(rows of A / experts) for ragged M, the
@@ -345,45 +339,45 @@ def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, arch: str, device:
     experts, top_k = moe.num_experts, moe.top_k
     out: list[tuple[KernelSpec, str]] = []
     for name, n, k in moe.gemms:
-        def pick(mode: str, rows: int, per_group: int, alignment_m: int = 0, max_m: int = 0, n: int = n,
-                 k: int = k) -> KernelSpec:
+        def pick(mode: str, rows: int, expect_tokens: int | None = None, alignment_m: int = 0, max_m: int = 0,
+                 n: int = n, k: int = k) -> KernelSpec:
             problem = GemmProblem(rows, n, k, recipe, E4M3, E4M3, torch.bfloat16, mode, experts)
-            config = grouped.choose(problem, per_group, device, num_mp, force, alignment_m, max_m)
-            return kernel_fp8.spec(problem, config, arch)
+            return plan.grouped_gemm(problem, device, num_mp=num_mp, alignment_m=alignment_m, max_m=max_m,
+                                     expect_tokens=expect_tokens, force=force).spec
 
         for mode in moe.modes:
             use = f"{name} {mode} n={n} k={k}"
             if mode in ("per_expert", "psum_expert"):
                 # packed: A holds exactly the M x top_k routed rows
                 for r, lo, hi in moe_rows_per_expert_runs(max_tokens, experts, top_k):
-                    first, last = pick(mode, lo * top_k, r), pick(mode, hi * top_k, r)
+                    first, last = pick(mode, lo * top_k), pick(mode, hi * top_k)
                     ms = [lo] if first == last else range(lo, hi + 1)
-                    out += [(first if m == lo else pick(mode, m * top_k, r), f"{use} M={m}") for m in ms]
+                    out += [(first if m == lo else pick(mode, m * top_k), f"{use} M={m}") for m in ms]
             elif mode == "per_token":
                 for rows in per_token_rows(max_tokens, experts, top_k, moe.alignment_m):
-                    out.append((pick(mode, rows, -(-rows // experts), moe.alignment_m), f"{use} rows={rows}"))
+                    out.append((pick(mode, rows, alignment_m=moe.alignment_m), f"{use} rows={rows}"))
             else:  # masked: A (experts, max_m, k)
                 for r, lo, _ in moe_rows_per_expert_runs(max_tokens, experts, top_k):
-                    out.append((pick(mode, experts * max_tokens, r, 0, max_tokens), f"{use} M={lo} expect_tokens={r}"))
+                    out.append((pick(mode, experts * max_tokens, r, max_m=max_tokens),
+                                f"{use} M={lo} expect_tokens={r}"))
     return out
 
 
-def indexer_specs(layer: IndexerLayer, arch: str, device: DeviceInfo) -> list[tuple[KernelSpec, str]]:
+def indexer_specs(layer: IndexerLayer, device: DeviceInfo) -> list[tuple[KernelSpec, str]]:
     """(spec, use) of the MQA-logits kernels mategemm.indexer launches: the paged decode kernel per
-    next_n and the prefill kernel (128 // heads query rows per tile)."""
+    next_n and the prefill kernel."""
     out = []
     forms = [(j, True) for j in layer.next_n] if layer.paged else []
     if layer.prefill:
-        forms.append((max(1, 128 // layer.heads), False))
+        forms.append((plan.mqa_prefill_rows(layer.heads), False))
     for rows, paged in forms:
         what = f"paged next_n={rows}" if paged else f"prefill rows={rows}"
-        stages = kernel_mqa.stages_for(rows, layer.heads, device.smem_per_block)
-        out.append((kernel_mqa.spec(rows, layer.heads, stages, paged, arch), f"{what} heads={layer.heads}"))
+        out.append((plan.mqa_logits(rows, layer.heads, paged, device).spec, f"{what} heads={layer.heads}"))
     return out
 
 
 # ---- shape suites -----------------------------------------------------------------------------
-BMM_RECIPES = (Recipe(-1, -1, -1), Recipe(1, -1, -1), RECIPE_1x128_128x128, RECIPE_1x128_1x128)
+BMM_RECIPES = (RECIPE_PER_TENSOR, RECIPE_PER_ROW, RECIPE_1x128_128x128, RECIPE_1x128_1x128)
 BF16 = torch.bfloat16
 PER_TOKEN_ALIGNMENT = 128  # DeepGEMM's contiguous layout
 
@@ -391,67 +385,57 @@ PER_TOKEN_ALIGNMENT = 128  # DeepGEMM's contiguous layout
 def plan_suites(suite_list: list[suites.Suite], arch: str, num_mp: int | None = None,
                 force: str = "") -> list[KernelUse]:
     """Every kernel the calls of the suites pick on `arch` (what tools/bench.py runs as mategemm,
-    without its forced-config variants), each once, in first-use order."""
+    without its forced-config variants), each once, in first-use order. num_mp: the SM budget
+    (default: as the runtime sees it); `force` a MATEGEMM_FORCE_CONFIG string."""
     device = info_for_arch(arch)
-    num_mp = num_mp or device.num_sms
     planned: dict[KernelSpec, KernelUse] = {}
     for suite in suite_list:
         planner = SUITE_PLANNERS[suite.kind]
         for i, row in enumerate(suite.rows):
-            at = f"{suite.name}[{i}]"
-            for spec, family, use in planner(row, arch, device, num_mp, force):
-                planned.setdefault(spec, KernelUse(spec, family, f"{at} {use}"))
+            for spec, family, use in planner(row, device, num_mp, force):
+                planned.setdefault(spec, KernelUse(spec, family, f"{suite.name}[{i}] {use}"))
     return list(planned.values())
 
 
-def _grouped_spec(problem: GemmProblem, rows_per_group: int, arch: str, device: DeviceInfo, num_mp: int,
-                  force: str, alignment_m: int = 0, max_m: int = 0) -> KernelSpec:
-    config = grouped.choose(problem, rows_per_group, device, num_mp, force, alignment_m, max_m)
-    return kernel_fp8.spec(problem, config, arch)
-
-
-def _dense_suite(row, arch, device, num_mp, force):
+def _dense_suite(row, device, num_mp, force):
     m, n, k = row["m"], row["n"], row["k"]
     for recipe in RECIPES:
-        problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16)
-        config = fp8_gemm.choose(problem, device, num_mp, force)
-        yield kernel_fp8.spec(problem, config, arch), "dense", f"m={m} n={n} k={k} {recipe.name}"
+        gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16), device, num_mp, force)
+        yield gemm_plan.spec, "dense", f"m={m} n={n} k={k} {recipe.name}"
 
 
-def _bmm_suite(row, arch, device, num_mp, force):
+def _bmm_suite(row, device, num_mp, force):
     """bmm_fp8 (bf16 out) in each recipe (per-tensor and per-row run as per-row), bmm_fp16 in both dtypes."""
-    from mategemm.validate import RECIPE_PER_ROW
-
     batch, m, n, k = row["batch"], row["m"], row["n"], row["k"]
     shape = f"batch={batch} m={m} n={n} k={k}"
-    for recipe in BMM_RECIPES:
-        kernel_recipe = RECIPE_PER_ROW if recipe.gn == -1 else recipe
-        problem = GemmProblem(m, n, k, kernel_recipe, E4M3, E4M3, BF16, "batched", batch)
-        yield _grouped_spec(problem, m, arch, device, num_mp, force), "bmm", f"{shape} bmm_fp8 {recipe.name}"
-    for dtype in (torch.bfloat16, torch.float16):
-        problem = GemmProblem(m, n, k, RECIPE_PER_ROW, dtype, dtype, dtype, "batched", batch)
-        yield _grouped_spec(problem, m, arch, device, num_mp, force), "bmm", f"{shape} bmm_fp16 {dtype}"
+    called = [(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16, "batched", batch), f"bmm_fp8 {recipe.name}")
+              for recipe in BMM_RECIPES]
+    called += [(GemmProblem(m, n, k, RECIPE_PER_ROW, dtype, dtype, dtype, "batched", batch), f"bmm_fp16 {dtype}")
+               for dtype in (torch.bfloat16, torch.float16)]
+    for problem, call in called:
+        problem = plan.batched_problem(problem, add_c=False)
+        yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "bmm", f"{shape} {call}"
 
 
-def _contiguous_suite(row, arch, device, num_mp, force):
+def _contiguous_suite(row, device, num_mp, force):
     """per_token ids with 128-row segments, for every padded size the drawn group sizes can give."""
     groups, n, k = row["groups"], row["n"], row["k"]
     low, high = (-(-size // PER_TOKEN_ALIGNMENT) * PER_TOKEN_ALIGNMENT
                  for size in suites.group_size_range(row["m_per_group"]))
     for rows in range(max(PER_TOKEN_ALIGNMENT, groups * low), groups * high + 1, PER_TOKEN_ALIGNMENT):
         problem = GemmProblem(rows, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_token", groups)
-        yield (_grouped_spec(problem, -(-rows // groups), arch, device, num_mp, force, PER_TOKEN_ALIGNMENT), "moe",
-               f"per_token rows={rows} n={n} k={k}")
+        gemm_plan = plan.grouped_gemm(problem, device, num_mp=num_mp, alignment_m=PER_TOKEN_ALIGNMENT, force=force)
+        yield gemm_plan.spec, "moe", f"per_token rows={rows} n={n} k={k}"
 
 
-def _masked_suite(row, arch, device, num_mp, force):
+def _masked_suite(row, device, num_mp, force):
     groups, m, n, k = row["groups"], row["m_per_group"], row["n"], row["k"]
     problem = GemmProblem(groups * m, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "masked", groups)
-    yield (_grouped_spec(problem, m, arch, device, num_mp, force, 0, m), "moe",
-           f"masked groups={groups} max_m={m} n={n} k={k}")
+    gemm_plan = plan.grouped_gemm(problem, device, num_mp=num_mp, max_m=m, expect_tokens=m, force=force)
+    yield gemm_plan.spec, "moe", f"masked groups={groups} max_m={m} n={n} k={k}"
 
 
-def _k_grouped_suite(row, arch, device, num_mp, force):
+def _k_grouped_suite(row, device, num_mp, force):
     """ragged_k for every sum of the drawn K sizes (each aligned to 128), with K-major operands and
     with M/N-major ones (transposed in the kernel, or copied K-major by transpose_8bit first)."""
     from mategemm.kernels import transpose_8bit
@@ -461,38 +445,38 @@ def _k_grouped_suite(row, arch, device, num_mp, force):
     for sum_k in range(max(128, groups * low), groups * high + 1, 128):
         problem = GemmProblem(m, n, sum_k, RECIPE_1x128_1x128, E4M3, E4M3, torch.float32, "ragged_k", groups)
         shape = f"ragged_k sum_k={sum_k} m={m} n={n}"
-        yield _grouped_spec(problem, sum_k // groups, arch, device, num_mp, force), "moe", shape
-        if grouped.transpose_in_kernel(problem, sum_k * (m + n)):
-            mn_major = dataclasses.replace(problem, mn_major=3)
-            yield _grouped_spec(mn_major, sum_k // groups, arch, device, num_mp, force), "moe", f"{shape} MN-major"
-        else:
-            for rows in (m, n):  # the copy reads 16-byte vectors where the MN-major rows allow
-                yield transpose_8bit.spec(rows % 16 == 0, arch), "transpose", f"{shape} MN-major copy"
+        yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "moe", shape
+        # M/N-major: a (sum_k, m) and b (sum_k, n) row-major, TMA-readable with 16-byte rows
+        a, b = (plan.Operand(copy=True, mn_readable=rows % 16 == 0, mn_bytes=sum_k * rows) for rows in (m, n))
+        staged, a_how, b_how = plan.staging(problem, a, b, force)
+        yield plan.grouped_gemm(staged, device, num_mp=num_mp, force=force).spec, "moe", f"{shape} MN-major"
+        for rows, how in ((m, a_how), (n, b_how)):
+            if how == plan.COPY:  # the copy reads 16-byte vectors where the MN-major rows allow
+                yield transpose_8bit.spec(rows % 16 == 0, device.arch), "transpose", f"{shape} MN-major copy"
 
 
-def _indexer_suite(row, arch, device, num_mp, force):
+def _indexer_suite(row, device, num_mp, force):
     layer = IndexerLayer(row["heads"], (row["next_n"],), paged=True, prefill=False)
-    for spec, use in indexer_specs(layer, arch, device):
+    for spec, use in indexer_specs(layer, device):
         yield spec, "indexer", use
 
 
-def _moe_layers_suite(row, arch, device, num_mp, force):
+def _moe_layers_suite(row, device, num_mp, force):
     """A model's two expert GEMMs at each token count: token-packed (per_expert) rows, and every
     padded size of per_token segments that the routing can give."""
     experts, top_k = row["experts"], row["topk"]
     layer = MoeLayer(experts, top_k, row["hidden"], row["intermediate"])
     for name, n, k in layer.gemms:
         for tokens in row["tokens"]:
-            routed = tokens * top_k
-            problem = GemmProblem(routed, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_expert", experts)
             use = f"{row['model']} {name} n={n} k={k} tokens={tokens}"
-            yield (_grouped_spec(problem, -(-routed // experts), arch, device, num_mp, force), "moe",
-                   f"{use} per_expert")
+            problem = GemmProblem(tokens * top_k, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_expert", experts)
+            yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "moe", f"{use} per_expert"
             low, high = per_token_row_bounds(tokens, experts, top_k, PER_TOKEN_ALIGNMENT)
             for rows in range(low, high + 1, PER_TOKEN_ALIGNMENT):
                 problem = GemmProblem(rows, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_token", experts)
-                yield (_grouped_spec(problem, -(-rows // experts), arch, device, num_mp, force, PER_TOKEN_ALIGNMENT),
-                       "moe", f"{use} per_token rows={rows}")
+                gemm_plan = plan.grouped_gemm(problem, device, num_mp=num_mp, alignment_m=PER_TOKEN_ALIGNMENT,
+                                              force=force)
+                yield gemm_plan.spec, "moe", f"{use} per_token rows={rows}"
 
 
 SUITE_PLANNERS = {"dense": _dense_suite, "bmm": _bmm_suite, "contiguous": _contiguous_suite,

@@ -30,6 +30,8 @@ class Recipe:
 
 RECIPE_1x128_128x128 = Recipe(1, 128, 128)
 RECIPE_1x128_1x128 = Recipe(1, 1, 128)
+RECIPE_PER_TENSOR = Recipe(-1, -1, -1)
+RECIPE_PER_ROW = Recipe(1, -1, -1)
 
 
 @dataclass(frozen=True)

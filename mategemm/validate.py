@@ -5,7 +5,8 @@ from typing import NamedTuple
 
 import torch
 
-from mategemm.types import FP8_CODES, OUT_CODES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem, Recipe
+from mategemm.types import (FP8_CODES, OUT_CODES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW,
+                            RECIPE_PER_TENSOR, GemmProblem, Recipe)
 
 FP8_DTYPES = tuple(FP8_CODES)
 OUT_DTYPES = tuple(OUT_CODES)
@@ -369,19 +370,18 @@ def ragged_k_host_counts(info: torch.Tensor, sum_k: int) -> None:
 
 # ---- batched FP8 GEMM ---------------------------------------------------------------------------
 
-RECIPE_PER_TENSOR = Recipe(-1, -1, -1)
-RECIPE_PER_ROW = Recipe(1, -1, -1)
 BMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn)
 
 
 class BmmChecked(NamedTuple):
-    problem: GemmProblem          # the kernel's problem (group_mode "batched"; out fp32 when it accumulates)
+    problem: GemmProblem          # as called (group_mode "batched"): the recipe given, the output dtype asked for
+    add_c: bool                   # a `c` to add to the product
     sfa_strides: tuple            # (along M, along K blocks, between batch entries), floats; 0: broadcast
     sfb_strides: tuple            # (along N or N blocks, along K blocks, between batch entries)
     major_a: str
     major_b: str
-    copy_a: bool                  # copied K-major (and stacked) before each launch
-    copy_b: bool
+    a_in_place: bool              # A given K-major and TMA-readable as it is (tma_rows)
+    b_in_place: bool
     out_shape: tuple
 
 
@@ -484,14 +484,9 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
     _batched_out_and_c(out, out_dtype, c, out_shape)
     same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out, c=c, output_scale=output_scale)
     cuda("a", a)
-    accumulate = out_dtype not in (torch.bfloat16, torch.float16) or c is not None
-    kernel_out = torch.float32 if accumulate else out_dtype
-    # Per-tensor A scales are per-row ones read through a zero stride.
-    kernel_recipe = RECIPE_PER_ROW if rec in (RECIPE_PER_TENSOR, RECIPE_PER_ROW) else rec
-    problem = GemmProblem(m, n, k, kernel_recipe, a.dtype, b.dtype, kernel_out, "batched", batch)
-    copy_a = major_a == "M" or not tma_rows(a)
-    copy_b = major_b == "N" or not tma_rows(b)
-    return BmmChecked(problem, sfa, sfb, major_a, major_b, copy_a, copy_b, out_shape)
+    problem = GemmProblem(m, n, k, rec, a.dtype, b.dtype, out_dtype, "batched", batch)
+    return BmmChecked(problem, c is not None, sfa, sfb, major_a, major_b, major_a == "K" and tma_rows(a),
+                      major_b == "K" and tma_rows(b), out_shape)
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -516,7 +511,5 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
     _batched_out_and_c(out, out_dtype, c, out_shape)
     same_device("a", a.device, b=b, out=out, c=c)
     cuda("a", a)
-    kernel_out = torch.float32 if out_dtype == torch.float32 or c is not None else out_dtype
-    problem = GemmProblem(m, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, kernel_out, "batched", batch)
-    return BmmChecked(problem, (0, 0, 0), (0, 0, 0), "K", "K", not tma_rows(a), not tma_rows(b),
-                      out_shape)
+    problem = GemmProblem(m, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, out_dtype, "batched", batch)
+    return BmmChecked(problem, c is not None, (0, 0, 0), (0, 0, 0), "K", "K", tma_rows(a), tma_rows(b), out_shape)

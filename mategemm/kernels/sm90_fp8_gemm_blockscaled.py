@@ -30,19 +30,13 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     return KernelSpec(KERNEL, source, name_expr, arch)
 
 
-def binary_key(problem: GemmProblem, config: GemmConfig) -> tuple:
-    """The template arguments of spec(): they select the binary (and with it the launch shape)."""
-    return (problem.recipe.gn, problem.a_dtype, problem.b_dtype, problem.out_dtype, config.block_m,
-            config.block_n, config.stages, config.out_swizzle, config.cluster_m, config.cluster_n,
-            config.num_splits > 1, problem.group_mode, problem.max_groups, problem.mn_major)
-
-
-def load(problem: GemmProblem, config: GemmConfig, arch: str, device_index: int,
+def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
          cache: KernelCache | None = None) -> rt.LoadedKernel:
-    key = (device_index, arch) + binary_key(problem, config)
+    """The kernel of `kernel_spec` (compiled for `config`), loaded on a device once."""
+    key = (device_index, kernel_spec)
     kernel = _loaded.get(key)
     if kernel is None:
-        compiled = (cache or default_cache()).get(spec(problem, config, arch))
+        compiled = (cache or default_cache()).get(kernel_spec)
         kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes, config.cluster)
         _loaded[key] = kernel
     return kernel

@@ -66,21 +66,18 @@ class MqaLogitsLaunch:
 
     __slots__ = ("main", "main_grid", "main_args", "tensors")
 
-    def __init__(self, *, paged: bool, rows: int, heads: int, arch: str, smem_limit: int, q: torch.Tensor,
-                 keys: torch.Tensor, scales: torch.Tensor | None, weights: torch.Tensor, lens: torch.Tensor,
-                 lens_end: torch.Tensor | None, lens_2d: bool, block_table: torch.Tensor | None,
-                 schedule: torch.Tensor | None, logits: torch.Tensor, num_rows: int, compressed: bool, clean: bool,
-                 grid: int):
-        """paged: keys is the fused uint8 cache (num_blocks, 64, 1, 132); else keys (seq_len_kv, 128)
-        FP8 with scales (seq_len_kv,) fp32, lens/lens_end the windows' starts and ends."""
-        index = q.device.index
-        stages = stages_for(rows, heads, smem_limit)
-        smem = smem_bytes(rows, heads, stages)
-        threads = (math_warpgroups(rows, heads) + 1) * 128
-        self.main = _load(spec(rows, heads, stages, paged, arch), threads, smem, index, None)
+    def __init__(self, plan, *, q: torch.Tensor, keys: torch.Tensor, scales: torch.Tensor | None,
+                 weights: torch.Tensor, lens: torch.Tensor, lens_end: torch.Tensor | None, lens_2d: bool,
+                 block_table: torch.Tensor | None, schedule: torch.Tensor | None, logits: torch.Tensor,
+                 num_rows: int, compressed: bool, clean: bool, grid: int):
+        """plan: a mategemm.plan.MqaPlan. Paged: keys is the fused uint8 cache (num_blocks, 64, 1,
+        132); else keys (seq_len_kv, 128) FP8 with scales (seq_len_kv,) fp32, lens/lens_end the
+        windows' starts and ends."""
+        rows, heads = plan.rows, plan.heads
+        self.main = _load(plan.spec, plan.threads, plan.smem_bytes, q.device.index, None)
         n = rows * heads
         tmap_q = encode_2d(q.view(-1, INDEX_DIM), INDEX_DIM, n, 128)
-        if paged:
+        if plan.paged:
             cache_rows = keys.view(torch.uint8).view(-1, INDEX_DIM)  # 66 rows of 128 bytes per block
             tmap_keys = encode_2d(cache_rows, INDEX_DIM, KV_BLOCK, 128)
             tmap_scales = encode_2d(cache_rows, INDEX_DIM, 2, 0)

@@ -2,16 +2,17 @@
 import pytest
 import torch
 
+from mategemm import prepare
 from mategemm.kernels import transpose_8bit
 from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
 
 
 def run_k_major(source: torch.Tensor) -> torch.Tensor:
-    """calls.k_major on the K-major view of `source` (K rows, MN), as the GEMM paths call it."""
+    """prepare.k_major_copy on the K-major view of `source` (K rows, MN), as the GEMM paths call it."""
     staged = []
     view = source.transpose(-1, -2)
-    workspace = calls.k_major(view, True, staged)
+    workspace = prepare.k_major_copy(view, staged)
     assert len(staged) == 1 and isinstance(staged[0], transpose_8bit.Transpose)
     workspace.fill_(0x7F)  # poison: a NaN in e4m3
     staged[0](rt_device.current_stream_handle(source.device.index))
@@ -51,7 +52,7 @@ def test_batched_source_with_gaps_between_groups():
 def test_non_fp8_or_unaligned_k_falls_back_to_torch():
     staged = []
     half = torch.randn((128, 64), device="cuda", dtype=torch.bfloat16)
-    calls.k_major(half.t(), True, staged)
+    prepare.k_major_copy(half.t(), staged)
     ragged_k = random_fp8((200, 64))
-    calls.k_major(ragged_k.t(), True, staged)
+    prepare.k_major_copy(ragged_k.t(), staged)
     assert all(isinstance(s, calls.TorchCopy) for s in staged)

@@ -1,12 +1,15 @@
-"""Prepared-call reuse (mategemm.runtime.calls) and the grouped heuristic's bounds, without a GPU."""
+"""Prepared-call reuse (mategemm.runtime.calls), operand staging (mategemm.plan and prepare) and the
+grouped heuristic's bounds, without a GPU."""
+import dataclasses
 import math
 
 import torch
 
+from mategemm import plan, prepare
 from mategemm.heuristics import grouped
 from mategemm.runtime import calls
 from mategemm.runtime.device import SM90_NO_DEVICE
-from mategemm.types import GemmProblem, Recipe, RECIPE_1x128_128x128
+from mategemm.types import GemmProblem, RECIPE_1x128_128x128, RECIPE_1x128_1x128
 
 E4M3 = torch.float8_e4m3fn
 
@@ -36,11 +39,11 @@ def test_warm_calls_stay_bounded():
     assert cache.get(None) is None
 
 
-def test_k_major_stages_a_copy_only_when_asked():
+def test_a_copy_is_staged_only_when_planned():
     t = torch.arange(12.0).reshape(3, 4).t()
     staged = []
-    assert calls.k_major(t, False, staged) is t and not staged
-    workspace = calls.k_major(t, True, staged)
+    assert prepare.operand(t, None, plan.AS_IS, staged) is t and not staged
+    workspace = prepare.operand(t, None, plan.COPY, staged)
     assert workspace.is_contiguous() and staged == [(workspace, t)]
 
 
@@ -66,59 +69,38 @@ def fp8(shape):
     return torch.zeros(shape, dtype=torch.uint8).view(E4M3)
 
 
-def test_operand_reads_mn_major_in_place_only_when_chosen_and_addressable(monkeypatch):
-    monkeypatch.delenv("MATEGEMM_FORCE_CONFIG", raising=False)
+def staged(problem, a_view, copy=True, force=""):
+    """How plan.staging has A (offered as a_view) reach the kernel, B given K-major."""
+    return plan.staging(problem, prepare.operand_facts(a_view, copy), plan.Operand(), force)[1]
+
+
+def test_operand_reads_mn_major_in_place_only_when_chosen_and_addressable():
+    problem = GemmProblem(96, 256, 256, RECIPE_1x128_1x128, E4M3, E4M3, torch.float32, "ragged_k", 1)
     mn = fp8((256, 96))  # (K rows, M): a 96-byte row stride
-    staged = []
-    assert calls.operand(mn.t(), mn, True, staged, in_kernel=True) == (mn, True) and not staged
-    workspace, in_place = calls.operand(mn.t(), mn, True, staged, in_kernel=False)
-    assert not in_place and workspace.is_contiguous() and workspace.shape == (96, 256) and len(staged) == 1
+    assert staged(problem, mn, force="transpose=1") == plan.IN_KERNEL
+    assert staged(problem, mn, force="transpose=0") == plan.COPY
+    assert staged(problem, mn, copy=False, force="transpose=0") == plan.AS_IS
     ragged = fp8((256, 100))[:, :90]  # a 100-byte row stride: TMA cannot read it
-    assert not calls.operand(ragged.t(), ragged, True, [], in_kernel=True)[1]
+    assert staged(problem, ragged, force="transpose=1") == plan.COPY
     unstacked = fp8((2, 256 + 128, 96))[:, :256]  # groups not stacked row after row
-    assert not calls.operand(unstacked.transpose(1, 2), unstacked, True, [], in_kernel=True)[1]
-    assert calls.operand(mn.t(), None, True, [], in_kernel=True)[1] is False  # given K-major
-    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=0")
-    assert not calls.operand(mn.t(), mn, True, [], in_kernel=True)[1]
-    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=1")
-    assert calls.operand(mn.t(), mn, True, [], in_kernel=False)[1]
+    assert staged(problem, unstacked, force="transpose=1") == plan.COPY
+    assert staged(problem, None, force="transpose=1") == plan.COPY  # given K-major: nothing to read MN-major
+    workspace = prepare.operand(mn.t(), mn, plan.COPY, [])
+    assert workspace.is_contiguous() and workspace.shape == (96, 256)
+    assert prepare.operand(mn.t(), mn, plan.IN_KERNEL, []) is mn
 
 
-def test_transpose_in_kernel_only_where_memory_bound():
-    """The choices the H200 measurements in heuristics/grouped.py's NOTES call for."""
-    def batched(batch, m, n, k, recipe=RECIPE_1x128_128x128):
-        return GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16, "batched", batch)
-    per_tensor = Recipe(1, -1, -1)
-
-    def both(batch, m, n, k):  # bytes of A and B
-        return batch * k * (m + n)
-    assert grouped.transpose_in_kernel(batched(64, 128, 7168, 512, per_tensor), both(64, 128, 7168, 512))
-    assert grouped.transpose_in_kernel(batched(64, 128, 7168, 512, per_tensor), 64 * 7168 * 512)  # weights only
-    assert grouped.transpose_in_kernel(batched(128, 512, 128, 512), both(128, 512, 128, 512))
-    assert not grouped.transpose_in_kernel(batched(16, 4096, 4096, 4096, per_tensor), both(16, 4096, 4096, 4096))
-    assert not grouped.transpose_in_kernel(batched(8, 8192, 8192, 8192), both(8, 8192, 8192, 8192))
-    for groups, k_per_group, m, n in ((4, 8192, 4096, 7168), (16, 1024, 7168, 2048), (16, 1024, 4096, 4096)):
-        weight_grad = GemmProblem(m, n, groups * k_per_group, Recipe(1, 1, 128), E4M3, E4M3, torch.float32,
-                                  "ragged_k", groups)
-        assert not grouped.transpose_in_kernel(weight_grad, groups * k_per_group * (m + n))
-
-
-def test_mn_major_tiles_fit_the_transposing_kernel():
-    """M-major A: no cluster pair shares it; N-major B: 64/128-wide tiles; batched promoted: 64 rows."""
-    for mn_major, mode, recipe_gn in ((1, "batched", -1), (2, "batched", -1), (3, "ragged_k", 1), (2, "per_expert", 128),
-                                      (3, "batched", 128), (1, "per_token", 128)):
-        recipe = {-1: (1, -1, -1), 1: (1, 1, 128), 128: (1, 128, 128)}[recipe_gn]
-        out = torch.float32 if mode == "ragged_k" else torch.bfloat16
-        problem = GemmProblem(4096, 4096, 8192, Recipe(*recipe), E4M3, E4M3, out, mode, 8, mn_major)
-        config = grouped.choose(problem, 512, SM90_NO_DEVICE, 132, "", 128 if mode == "per_token" else 0)
-        assert config.block_m in (64, 128) and config.block_n <= 128
-        assert not (mn_major & 1 and config.cluster_n > 1)
-        assert not (mn_major & 2) or config.block_n % 64 == 0
-        assert not (mode == "batched" and recipe_gn > 0) or config.block_m == 64
-    packed = GemmProblem(4096, 4096, 8192, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, "per_expert", 8, 1)
-    try:
-        grouped.choose(packed, 512, SM90_NO_DEVICE, 132)
-    except ValueError as exc:
-        assert "M-major" in str(exc)
-    else:
-        raise AssertionError("an M-major A in packed segments must be refused")
+def test_staging_sets_mn_major_and_follows_the_cost_model():
+    """Without a forced choice: in the kernel where the GEMM is memory-bound anyway (a decode-like
+    shape), copied where it is compute-bound; a packed mode's A is always copied."""
+    a = plan.Operand(copy=True, mn_readable=True, mn_bytes=64 * 7168)
+    b = plan.Operand(copy=True, mn_readable=True, mn_bytes=8 * 4096 * 7168)
+    decode = GemmProblem(64, 4096, 7168, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, "per_token", 8)
+    assert plan.staging(decode, a, b, "") == (dataclasses.replace(decode, mn_major=3), plan.IN_KERNEL,
+                                               plan.IN_KERNEL)
+    big = plan.Operand(copy=True, mn_readable=True, mn_bytes=8192 * 8192 * 16)
+    batched = GemmProblem(8192, 8192, 8192, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, "batched", 16)
+    assert plan.staging(batched, big, big, "")[1:] == (plan.COPY, plan.COPY)
+    packed = dataclasses.replace(decode, group_mode="per_expert")
+    problem, a_how, b_how = plan.staging(packed, a, b, "")
+    assert (a_how, b_how, problem.mn_major) == (plan.COPY, plan.IN_KERNEL, 2)

@@ -176,7 +176,7 @@ def test_a_run_whose_ends_disagree_is_planned_m_by_m(monkeypatch):
     (here at its last M, 320) and every M of the run is asked."""
     n, k = 4096, 7168
     odd = runtime_dense(4096, n, k, RECIPE_1x128_128x128)
-    assert odd not in {s for s, _ in prewarm.dense_specs(n, k, RECIPE_1x128_128x128, 320, ARCH, DEVICE, NUM_MP)}
+    assert odd not in {s for s, _ in prewarm.dense_specs(n, k, RECIPE_1x128_128x128, 320, DEVICE, NUM_MP)}
     real = fp8_gemm.choose
     asked = []
 
@@ -187,7 +187,7 @@ def test_a_run_whose_ends_disagree_is_planned_m_by_m(monkeypatch):
         return real(problem, device, num_mp, force)
 
     monkeypatch.setattr(fp8_gemm, "choose", choose)
-    specs = prewarm.dense_specs(n, k, RECIPE_1x128_128x128, 320, ARCH, DEVICE, NUM_MP)
+    specs = prewarm.dense_specs(n, k, RECIPE_1x128_128x128, 320, DEVICE, NUM_MP)
     assert (odd, 320) in specs
     assert set(range(257, 321)) <= set(asked) and not set(range(2, 8)) & set(asked)
 

@@ -25,7 +25,7 @@ def plan_every_num_mp():
     """What the heuristics pick for the dense suite at any SM budget (set_num_mp 1 ... 132)."""
     planned = {}
     for num_mp in range(1, SM90_NO_DEVICE.num_sms + 1):
-        for p in prewarm.plan(DENSE, ARCH, num_mp=num_mp):
+        for p in prewarm.plan_dense(DENSE, ARCH, num_mp=num_mp):
             planned.setdefault(p.spec, p)
     return list(planned.values())
 

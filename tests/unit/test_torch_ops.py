@@ -216,3 +216,13 @@ def test_op_runs_with_only_its_required_arguments(name, monkeypatch):
         inputs = kernel_inputs()[name]
         assert set(inputs) == {arg.name for arg in op._schema.arguments if not arg.has_default_value()}
         op(**inputs)
+
+
+def test_each_public_function_traces_as_the_op_of_its_name_with_its_arguments_in_order():
+    """mategemm.api calls ops.<name> with the function's arguments in the function's order."""
+    import inspect
+
+    for name in set(mategemm.__all__) - {"get_num_mp", "set_num_mp", "__version__"}:
+        function = getattr(mategemm, name)
+        assert list(inspect.signature(function.__wrapped__).parameters) == \
+            list(inspect.signature(getattr(mategemm.ops, name)).parameters), name

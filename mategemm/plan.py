@@ -1,0 +1,130 @@
+"""The plan stage: a checked call -> the kernel that runs it and how its operands reach it.
+
+Every decision of the call path is made here, from facts (shapes, dtypes, layouts, the device and
+the knobs), never from tensors: the public functions call these functions after validate, and
+`prewarm` calls the same ones for the shapes it is given, so a pre-warmed cache holds what the
+calls ask for. Pure functions: nothing is compiled, loaded or launched.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from mategemm import env, heuristics
+from mategemm.heuristics import fp8_gemm, grouped, parse_force_config
+from mategemm.jit.cache import KernelSpec
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
+from mategemm.runtime.device import DeviceInfo, get_num_mp
+from mategemm.types import RECIPE_PER_ROW, GemmConfig, GemmProblem
+
+# How an FP8 operand reaches the kernel: read as it is given (K-major), read MN-major and
+# transposed in shared memory by the kernel, or copied K-major into a workspace before each launch.
+AS_IS, IN_KERNEL, COPY = "as_is", "in_kernel", "copy"
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    problem: GemmProblem  # as the kernel runs it (mn_major set by staging)
+    config: GemmConfig
+    spec: KernelSpec
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one FP8 operand of a grouped or batched call is given."""
+
+    copy: bool = False         # its K-major view cannot be read as it is: copied unless read MN-major
+    mn_readable: bool = False  # an MN-major view of it is offered that TMA can read as it is
+    mn_bytes: int = 0          # bytes of the MN-major view offered (0: none)
+
+
+def mp_budget(device: DeviceInfo, num_mp: int | None = None) -> int:
+    """SMs one launch may use: the call's own num_mp (at most the device's), else get_num_mp."""
+    return min(num_mp, device.num_sms) if num_mp else get_num_mp(device)
+
+
+def _force(force: str | None) -> str:
+    return env.force_config() if force is None else force
+
+
+def dense(problem: GemmProblem, device: DeviceInfo, num_mp: int | None = None, force: str | None = None) -> GemmPlan:
+    """A dense GEMM (group_mode "none")."""
+    config = fp8_gemm.choose(problem, device, mp_budget(device, num_mp), _force(force))
+    heuristics.report(kernel_fp8.KERNEL, problem, config)
+    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch))
+
+
+def rows_per_group(problem: GemmProblem, max_m: int = 0, expect_tokens: int | None = None) -> int:
+    """The rows per group the tile choice is made for: the average of ragged M, the expected
+    tokens of masked (default max_m), each group's K of ragged K, each entry's m of batched."""
+    if problem.group_mode == "masked":
+        return max_m if expect_tokens is None else expect_tokens
+    if problem.group_mode == "ragged_k":
+        return problem.k // problem.num_groups
+    if problem.group_mode == "batched":
+        return problem.m
+    return -(-problem.m // problem.num_groups)
+
+
+def grouped_gemm(problem: GemmProblem, device: DeviceInfo, *, num_mp: int | None = None, alignment_m: int = 0,
+                 max_m: int = 0, expect_tokens: int | None = None, force: str | None = None) -> GemmPlan:
+    """A grouped or batched GEMM. alignment_m: per_token's segment alignment (0 otherwise);
+    max_m: masked's rows per group; expect_tokens: masked's hint of the rows per group."""
+    config = grouped.choose(problem, rows_per_group(problem, max_m, expect_tokens), device,
+                            mp_budget(device, num_mp), _force(force), alignment_m, max_m)
+    heuristics.report(kernel_fp8.KERNEL, problem, config)
+    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch))
+
+
+def batched_problem(problem: GemmProblem, add_c: bool) -> GemmProblem:
+    """The kernel's problem of a batched call (bmm_fp8, bmm_fp16) as called: per-tensor and per-row
+    scales run as per-row ones (a per-tensor A scale is a per-row one read through a zero stride);
+    an fp32 or FP8 output, or a `c` to add, makes the kernel add its fp32 product into an fp32
+    tensor (then converted)."""
+    accumulate = add_c or problem.out_dtype not in (torch.bfloat16, torch.float16)
+    return dataclasses.replace(problem, recipe=RECIPE_PER_ROW if problem.recipe.gn == -1 else problem.recipe,
+                               out_dtype=torch.float32 if accumulate else problem.out_dtype)
+
+
+def staging(problem: GemmProblem, a: Operand, b: Operand, force: str | None = None) -> tuple[GemmProblem, str, str]:
+    """(problem with mn_major set, how A reaches the kernel, how B does): an operand offered
+    MN-major is transposed by the kernel where heuristics.grouped.transpose_in_kernel finds that
+    cheaper than a copy (MATEGEMM_FORCE_CONFIG transpose=1 / 0 overrides) and TMA can read it."""
+    if problem.group_mode in ("per_expert", "psum_expert"):
+        # packed segments start at any row: a TMA box of an M-major A would start unaligned along M
+        a = Operand(copy=a.copy)
+    forced = parse_force_config(_force(force)).get("transpose")
+    in_kernel = grouped.transpose_in_kernel(problem, a.mn_bytes + b.mn_bytes) if forced is None else forced == 1
+
+    def how(operand: Operand) -> str:
+        return IN_KERNEL if operand.mn_readable and in_kernel else COPY if operand.copy else AS_IS
+
+    a_how, b_how = how(a), how(b)
+    mn_major = int(a_how == IN_KERNEL) | int(b_how == IN_KERNEL) << 1
+    return dataclasses.replace(problem, mn_major=mn_major), a_how, b_how
+
+
+@dataclass(frozen=True)
+class MqaPlan:
+    rows: int        # query rows per tile (next_n for the paged form)
+    heads: int
+    paged: bool
+    stages: int
+    threads: int
+    smem_bytes: int
+    spec: KernelSpec
+
+
+def mqa_prefill_rows(heads: int) -> int:
+    """Query rows per tile of the prefill form: 128 columns of heads."""
+    return max(1, 128 // heads)
+
+
+def mqa_logits(rows: int, heads: int, paged: bool, device: DeviceInfo) -> MqaPlan:
+    """The lightning indexer's kernel for `rows` query rows of `heads` heads per tile."""
+    stages = kernel_mqa.stages_for(rows, heads, device.smem_per_block)
+    return MqaPlan(rows, heads, paged, stages, (kernel_mqa.math_warpgroups(rows, heads) + 1) * 128,
+                   kernel_mqa.smem_bytes(rows, heads, stages), kernel_mqa.spec(rows, heads, stages, paged, device.arch))

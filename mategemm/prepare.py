@@ -1,0 +1,61 @@
+"""Prepared calls: a plan and the call's tensors -> its reusable launch (the kernel loaded, its TMA
+descriptors built, the operand copies the plan asks for set up). The cold path of a call;
+mategemm.runtime.calls runs what this builds."""
+from __future__ import annotations
+
+import torch
+
+from mategemm import plan, validate
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import transpose_8bit
+from mategemm.runtime import calls
+
+
+def operand_facts(mn_view: torch.Tensor | None, copy: bool) -> plan.Operand:
+    """What the plan needs to know of one FP8 operand: its K-major view must be copied (`copy`),
+    and the MN-major view offered (or None), which TMA can read as it is when it has 1-byte
+    elements, unit MN stride, 16-byte rows and base, and stacked groups."""
+    if mn_view is None:
+        return plan.Operand(copy=copy)
+    readable = mn_view.element_size() == 1 and validate.tma_rows(mn_view)
+    return plan.Operand(copy=copy, mn_readable=readable, mn_bytes=mn_view.numel() * mn_view.element_size())
+
+
+def operand(k_major_view: torch.Tensor, mn_view: torch.Tensor | None, how: str, staged: list) -> torch.Tensor:
+    """The tensor the kernel reads for an operand staged `how` (plan.staging): its MN-major view,
+    a K-major workspace copied before every launch, or the K-major view itself."""
+    if how == plan.IN_KERNEL:
+        return mn_view
+    if how == plan.COPY:
+        return k_major_copy(k_major_view, staged)
+    return k_major_view
+
+
+def k_major_copy(t: torch.Tensor, staged: list) -> torch.Tensor:
+    """A contiguous workspace that `t` is copied into before every launch: by transpose_8bit when
+    `t` is the transpose of an MN-major FP8 operand (torch's strided copy of 1-byte elements moved
+    ~0.3 TB/s on the H200), else by torch."""
+    workspace = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    source = t.transpose(-1, -2)
+    if t.is_cuda and transpose_8bit.supported(source):
+        staged.append(transpose_8bit.Transpose(source, workspace))
+    else:
+        staged.append(calls.TorchCopy(workspace, t))
+    return workspace
+
+
+def gemm_launch(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides,
+                group: kernel_fp8.GroupArgs | None = None) -> kernel_fp8.Launch:
+    """The plan's kernel, loaded on the operands' device, with the launch of these tensors."""
+    index = a.device.index
+    with torch.cuda.device(index):
+        kernel = kernel_fp8.load(gemm_plan.spec, gemm_plan.config, index)
+        return kernel_fp8.Launch(kernel, gemm_plan.problem, gemm_plan.config, a, b, sfa, sfa_strides, sfb,
+                                 sfb_strides, group)
+
+
+def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides, group: kernel_fp8.GroupArgs,
+                 staged: list) -> calls.PreparedCall:
+    """A grouped call's launch after its staged copies; the masked overlap threshold with it."""
+    launch = gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
+    return calls.PreparedCall(launch, tuple(staged), -(-gemm_plan.problem.n // gemm_plan.config.block_n))
