@@ -37,13 +37,13 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     except TypeError:  # an unhashable option (e.g. a list): checked the long way, not memoised
         key = launch = None
     if launch is None:
-        problem, sfa_strides, sfb_strides = validate.gemm_fp8_nt_groupwise(
-            a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype, backend,
-            output_scale)
+        checked = validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm,
+                                                 scale_granularity_mnk, out, out_dtype, backend, output_scale)
+        problem = checked.problem
         if problem.m == 0:
             return out if out is not None else torch.empty((0, problem.n), dtype=problem.out_dtype, device=a.device)
         gemm_plan = plan.dense(problem, rt_device.device_info(a.device.index))
-        launch = prepare.gemm_launch(gemm_plan, a, b, a_scale, sfa_strides, b_scale, sfb_strides)
+        launch = prepare.gemm_launch(gemm_plan, a, b, a_scale, checked.sfa_strides, b_scale, checked.sfb_strides)
         if key is not None:
             if len(_warm) >= _MAX_WARM:
                 _warm.clear()

@@ -48,23 +48,23 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
                          scale_granularity_mnk, num_mp, alignment_m, backend)
     call = _warm.get(key)
     if call is None:
-        problem, sfa_strides, sfb_strides, major_a, major_b, alignment = validate.ragged_m(
-            input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
-            num_mp, alignment_m, backend)
-        if problem.m == 0:
+        checked = validate.ragged_m(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+                                    scale_granularity_mnk, num_mp, alignment_m, backend)
+        if checked.problem.m == 0:
             return out
         (a, sfa), (b, sfb) = input_a, input_b
-        a_mn = a.t() if major_a == "M" else None
-        b_mn = b.transpose(1, 2) if major_b == "N" else None
-        problem, a_how, b_how = plan.staging(problem, prepare.operand_facts(a_mn, major_a == "M"),
-                                             prepare.operand_facts(b_mn, major_b == "N"))
+        a_mn = a.t() if checked.major_a == "M" else None
+        b_mn = b.transpose(1, 2) if checked.major_b == "N" else None
+        problem, a_how, b_how = plan.staging(checked.problem, prepare.operand_facts(a_mn, checked.major_a == "M"),
+                                             prepare.operand_facts(b_mn, checked.major_b == "N"))
         staged = []
         a, b = prepare.operand(a, a_mn, a_how, staged), prepare.operand(b, b_mn, b_how, staged)
-        align = alignment if problem.group_mode == "per_token" else 0
+        align = checked.alignment_m if problem.group_mode == "per_token" else 0
         gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp,
                                       alignment_m=align)
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
-        call = prepare.grouped_call(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides, group, staged)
+        call = prepare.grouped_call(gemm_plan, a, b, sfa, checked.sfa_strides, sfb, checked.sfb_strides, group,
+                                    staged)
         _warm.remember(key, call)
     calls.launch(call, out)
     return out
@@ -87,15 +87,15 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
                          enable_overlap, backend)
     call = _warm.get(key) if signal is None else None
     if call is None:
-        problem, max_m, sfa_strides, sfb_strides = validate.masked(
-            input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal,
-            backend)
-        (a, sfa), (b, sfb) = input_a, input_b
-        gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), max_m=max_m,
+        checked = validate.masked(input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
+                                  enable_overlap, signal, backend)
+        (a, sfa), (b, sfb), max_m = input_a, input_b, checked.max_m
+        gemm_plan = plan.grouped_gemm(checked.problem, rt_device.device_info(a.device.index), max_m=max_m,
                                       expect_tokens=expect_tokens)
         group = kernel_fp8.GroupArgs(masked_tokens_info, stride=max_m, sfb_stride_group=sfb.stride(0),
                                      signal_blocks=-(-max_m // SIGNAL_BLOCK_M) if enable_overlap else 0)
-        call = prepare.grouped_call(gemm_plan, a.flatten(0, 1), b, sfa, sfa_strides, sfb, sfb_strides, group, [])
+        call = prepare.grouped_call(gemm_plan, a.flatten(0, 1), b, sfa, checked.sfa_strides, sfb,
+                                    checked.sfb_strides, group, [])
         if signal is None:
             _warm.remember(key, call)
     a = input_a[0]
@@ -158,13 +158,12 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
                          scale_granularity_mnk, num_mp)
     call = _warm.get(key)
     if call is None:
-        problem, major_a, major_b, sfa_strides, sfb_strides = validate.ragged_k(
-            input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
-            num_mp)
+        checked = validate.ragged_k(input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode,
+                                    major_b_mode, scale_granularity_mnk, num_mp)
         (a, sfa), (b, sfb) = input_a, input_b
-        a_mn, b_mn = (a if major_a == "M" else None), (b if major_b == "N" else None)
-        problem, a_how, b_how = plan.staging(problem, prepare.operand_facts(a_mn, major_a == "M"),
-                                             prepare.operand_facts(b_mn, major_b == "N"))
+        a_mn, b_mn = (a if checked.major_a == "M" else None), (b if checked.major_b == "N" else None)
+        problem, a_how, b_how = plan.staging(checked.problem, prepare.operand_facts(a_mn, checked.major_a == "M"),
+                                             prepare.operand_facts(b_mn, checked.major_b == "N"))
         staged = []
         a_op, b_op = prepare.operand(a.t(), a_mn, a_how, staged), prepare.operand(b.t(), b_mn, b_how, staged)
         info = ragged_tokens_info
@@ -173,7 +172,7 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             staged.append(calls.TorchCopy(device_info, info))
             info = device_info
         gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp)
-        call = prepare.grouped_call(gemm_plan, a_op, b_op, sfa, sfa_strides, sfb, sfb_strides,
+        call = prepare.grouped_call(gemm_plan, a_op, b_op, sfa, checked.sfa_strides, sfb, checked.sfb_strides,
                                     kernel_fp8.GroupArgs(info), staged)
         _warm.remember(key, call)
     elif ragged_tokens_info.device.type == "cpu":

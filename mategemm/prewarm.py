@@ -144,7 +144,7 @@ def load_preset(preset: str) -> Preset:
 
 def parse_preset(data: object, name: str, where: str = "preset") -> Preset:
     """A Preset from its JSON object; keys starting with '_' are comments."""
-    from mategemm import indexer, validate
+    from mategemm import validate
 
     _fields(where, data, ("recipe", "dense"), ("moe", "indexer", "model"))
     recipe_raw = data["recipe"]
@@ -189,14 +189,14 @@ def parse_preset(data: object, name: str, where: str = "preset") -> Preset:
         raw = _fields(at, data["indexer"], ("heads", "index_dim", "next_n"), ("paged", "prefill"))
         if raw["index_dim"] != kernel_mqa.INDEX_DIM:
             raise ValueError(f"{at}.index_dim must be {kernel_mqa.INDEX_DIM}, got {raw['index_dim']!r}")
-        heads = _int(f"{at}.heads", raw["heads"], multiple=indexer.HEADS_MULTIPLE)
+        heads = _int(f"{at}.heads", raw["heads"], multiple=kernel_mqa.HEADS_MULTIPLE)
         next_n = raw["next_n"]
         if (not isinstance(next_n, list) or not next_n
-                or any(type(j) is not int or not 1 <= j <= indexer.MAX_NEXT_N for j in next_n)):
-            raise ValueError(f"{at}.next_n must be a non-empty list of ints in [1, {indexer.MAX_NEXT_N}], "
+                or any(type(j) is not int or not 1 <= j <= kernel_mqa.MAX_NEXT_N for j in next_n)):
+            raise ValueError(f"{at}.next_n must be a non-empty list of ints in [1, {kernel_mqa.MAX_NEXT_N}], "
                              f"got {next_n!r}")
-        if max(next_n) * heads > indexer.MAX_TILE_HEADS:
-            raise ValueError(f"{at}: next_n x heads must be at most {indexer.MAX_TILE_HEADS}, "
+        if max(next_n) * heads > kernel_mqa.MAX_TILE_HEADS:
+            raise ValueError(f"{at}: next_n x heads must be at most {kernel_mqa.MAX_TILE_HEADS}, "
                              f"got {max(next_n)} x {heads}")
         flags = {key: raw.get(key, True) for key in ("paged", "prefill")}
         for key, value in flags.items():

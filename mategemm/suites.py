@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.validate import MAX_GROUPS
 
 SHAPES_FILE = Path(__file__).resolve().parent / "shapes" / "shapes.json"
@@ -189,15 +190,12 @@ def _check_row(row: dict) -> str:
         if problem:
             return problem
     if "next_n" in row:
-        from mategemm import indexer
-        from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
-
         next_n, heads = row["next_n"], row["heads"]
-        if not _positive(next_n) or next_n > indexer.MAX_NEXT_N:
-            return f"next_n must be an integer in [1, {indexer.MAX_NEXT_N}], got {next_n!r}"
-        if heads % indexer.HEADS_MULTIPLE or next_n * heads > indexer.MAX_TILE_HEADS:
-            return (f"heads must be a multiple of {indexer.HEADS_MULTIPLE} with next_n x heads <= "
-                    f"{indexer.MAX_TILE_HEADS}, got heads={heads}, next_n={next_n}")
+        if not _positive(next_n) or next_n > kernel_mqa.MAX_NEXT_N:
+            return f"next_n must be an integer in [1, {kernel_mqa.MAX_NEXT_N}], got {next_n!r}"
+        if heads % kernel_mqa.HEADS_MULTIPLE or next_n * heads > kernel_mqa.MAX_TILE_HEADS:
+            return (f"heads must be a multiple of {kernel_mqa.HEADS_MULTIPLE} with next_n x heads <= "
+                    f"{kernel_mqa.MAX_TILE_HEADS}, got heads={heads}, next_n={next_n}")
         for field, only in (("index_dim", kernel_mqa.INDEX_DIM), ("block_kv", kernel_mqa.KV_BLOCK)):
             if type(row[field]) is not int or row[field] != only:
                 return f"{field} must be {only}, got {row[field]!r}"

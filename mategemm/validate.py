@@ -1,10 +1,11 @@
 """Argument checks shared by every entry point. Each failure names the argument and the rule."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
+from mategemm.kernels import sm90_fp8_mqa_logits as mqa
 from mategemm.types import (FP8_CODES, OUT_CODES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW,
                             RECIPE_PER_TENSOR, GemmProblem, Recipe)
 
@@ -106,12 +107,16 @@ def fp8_output(out, out_dtype, output_scale) -> None:
             raise TypeError(f"out.dtype must be torch.float8_e4m3fn with output_scale, got {out.dtype}")
 
 
-def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype,
-                          backend, output_scale):
-    """Validate gemm_fp8_nt_groupwise's arguments.
+@dataclass(frozen=True)
+class GemmChecked:
+    problem: GemmProblem
+    sfa_strides: tuple[int, int]  # (along M, along K blocks), floats
+    sfb_strides: tuple[int, int]  # (along N or N blocks, along K blocks)
 
-    Returns (problem, a_scale strides, b_scale strides). Raises TypeError/ValueError naming the argument.
-    """
+
+def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scale_granularity_mnk, out, out_dtype,
+                          backend, output_scale) -> GemmChecked:
+    """Validate gemm_fp8_nt_groupwise's arguments. Raises TypeError/ValueError naming the argument."""
     tensor("a", a, ndim=2, dtypes=FP8_DTYPES)
     tensor("b", b, ndim=2, dtypes=FP8_DTYPES)
     m, k = a.shape
@@ -152,7 +157,7 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
         dtype = out_dtype or torch.bfloat16
     same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out)
     cuda("a", a)
-    return GemmProblem(m, n, k, rec, a.dtype, b.dtype, dtype), sfa, sfb
+    return GemmChecked(GemmProblem(m, n, k, rec, a.dtype, b.dtype, dtype), sfa, sfb)
 
 
 # ---- grouped (MoE) GEMMs ----------------------------------------------------------------------
@@ -227,9 +232,19 @@ def _out_dtype_check(out: torch.Tensor) -> None:
         raise TypeError(f"out must have dtype in {_names(OUT_DTYPES)}, got {out.dtype}")
 
 
+@dataclass(frozen=True)
+class RaggedMChecked:
+    problem: GemmProblem          # m: the rows of A (all experts), group_mode per_token / per_expert / psum_expert
+    sfa_strides: tuple[int, int]
+    sfb_strides: tuple[int, int]  # within one expert's scales
+    major_a: str
+    major_b: str
+    alignment_m: int              # per_token's segment alignment
+
+
 def ragged_m(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk, num_mp,
-             alignment_m, backend):
-    """Validate ragged_m_moe_gemm_8bit's arguments; returns (problem, a, sfa strides, b, sfb strides, alignment)."""
+             alignment_m, backend) -> RaggedMChecked:
+    """Validate ragged_m_moe_gemm_8bit's arguments."""
     a, sfa = pair("input_a", input_a)
     b, sfb = pair("input_b", input_b)
     mode = choice("gemm_mode", gemm_mode, ("per_token", "per_expert", "psum_expert"), "per_token")
@@ -256,11 +271,20 @@ def ragged_m(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode,
     same_device("input_a[0]", a.device, **{"input_a[1]": sfa, "input_b[0]": b, "input_b[1]": sfb}, out=out)
     cuda("input_a[0]", a)
     problem = GemmProblem(rows, n, k, rec, a.dtype, b.dtype, out.dtype, mode, num_groups)
-    return problem, sfa_strides, sfb_strides, major_a, major_b, alignment_m or 128
+    return RaggedMChecked(problem, sfa_strides, sfb_strides, major_a, major_b, alignment_m or 128)
 
 
-def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal, backend):
-    """Validate masked_moe_gemm_8bit's arguments; returns (problem, max_m, sfa strides, sfb strides)."""
+@dataclass(frozen=True)
+class MaskedChecked:
+    problem: GemmProblem          # m: experts x max_m rows, group_mode masked
+    max_m: int                    # rows per expert
+    sfa_strides: tuple[int, int]  # the rows of all experts at one stride
+    sfb_strides: tuple[int, int]
+
+
+def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, enable_overlap, signal,
+           backend) -> MaskedChecked:
+    """Validate masked_moe_gemm_8bit's arguments."""
     a, sfa = pair("input_a", input_a)
     b, sfb = pair("input_b", input_b)
     choice("backend", backend, ("auto", "sm90"), "auto")
@@ -305,11 +329,21 @@ def masked(input_a, input_b, info, out, scale_granularity_mnk, expect_tokens, en
     cuda("input_a[0]", a)
     dtype = out.dtype if out is not None else torch.bfloat16
     problem = GemmProblem(num_groups * max_m, n, k, rec, a.dtype, b.dtype, dtype, "masked", num_groups)
-    return problem, max_m, sfa_strides, sfb_strides
+    return MaskedChecked(problem, max_m, sfa_strides, sfb_strides)
 
 
-def ragged_k(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk, num_mp):
-    """Validate ragged_k_moe_gemm_8bit's arguments; returns (problem, major_a, major_b, sfa strides, sfb strides)."""
+@dataclass(frozen=True)
+class RaggedKChecked:
+    problem: GemmProblem          # k: the sum of the experts' K, group_mode ragged_k, fp32 out
+    major_a: str
+    major_b: str
+    sfa_strides: tuple[int, int]
+    sfb_strides: tuple[int, int]
+
+
+def ragged_k(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode, scale_granularity_mnk,
+             num_mp) -> RaggedKChecked:
+    """Validate ragged_k_moe_gemm_8bit's arguments."""
     a, sfa = pair("input_a", input_a)
     b, sfb = pair("input_b", input_b)
     choice("gemm_mode", gemm_mode, ("per_expert",), "per_expert")
@@ -349,7 +383,7 @@ def ragged_k(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode,
     same_device("input_a[0]", a.device, **{"input_a[1]": sfa, "input_b[0]": b, "input_b[1]": sfb}, out=out)
     cuda("input_a[0]", a)
     problem = GemmProblem(m, n, sum_k, rec, a.dtype, b.dtype, torch.float32, "ragged_k", num_groups)
-    return problem, major_a, major_b, sfa_strides, sfb_strides
+    return RaggedKChecked(problem, major_a, major_b, sfa_strides, sfb_strides)
 
 
 def _num_mp(num_mp) -> None:
@@ -373,7 +407,8 @@ def ragged_k_host_counts(info: torch.Tensor, sum_k: int) -> None:
 BMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn)
 
 
-class BmmChecked(NamedTuple):
+@dataclass(frozen=True)
+class BmmChecked:
     problem: GemmProblem          # as called (group_mode "batched"): the recipe given, the output dtype asked for
     add_c: bool                   # a `c` to add to the product
     sfa_strides: tuple            # (along M, along K blocks, between batch entries), floats; 0: broadcast
@@ -513,3 +548,138 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
     cuda("a", a)
     problem = GemmProblem(m, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, out_dtype, "batched", batch)
     return BmmChecked(problem, c is not None, (0, 0, 0), (0, 0, 0), "K", "K", tma_rows(a), tma_rows(b), out_shape)
+
+
+MQA_FP8 = (torch.float8_e4m3fn,)
+MAX_MPS = 1 << 16  # schedule rows: one per CTA of the persistent grid
+
+
+# ---- the lightning indexer ---------------------------------------------------------------------
+def _contiguous(name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
+    if t.data_ptr() % 16:
+        raise ValueError(f"{name} data pointer must be 16-byte aligned")
+
+
+def _int32_lens(context_lens) -> None:
+    if not isinstance(context_lens, torch.Tensor):
+        raise TypeError(f"context_lens must be a torch.Tensor, got {type(context_lens).__name__}")
+    if context_lens.dtype != torch.int32:
+        raise TypeError(f"context_lens must be int32, got {context_lens.dtype}")
+    if context_lens.dim() not in (1, 2) or context_lens.shape[0] == 0:
+        raise ValueError(f"context_lens must be (batch,) or (batch, next_n) with batch >= 1, got shape "
+                         f"{tuple(context_lens.shape)}")
+    if not context_lens.is_contiguous():
+        raise ValueError(f"context_lens must be contiguous, got strides {context_lens.stride()}")
+
+
+def _heads(name: str, heads: int, rows: int, dim: int) -> None:
+    if dim != mqa.INDEX_DIM:
+        raise ValueError(f"{name}: index_dim must be {mqa.INDEX_DIM}, got {dim}")
+    if heads % mqa.HEADS_MULTIPLE or heads == 0 or rows * heads > mqa.MAX_TILE_HEADS:
+        raise ValueError(f"{name}: heads must be a positive multiple of {mqa.HEADS_MULTIPLE} with next_n x heads <= "
+                         f"{mqa.MAX_TILE_HEADS}, got heads={heads}, next_n={rows}")
+
+
+@dataclass(frozen=True)
+class PagedChecked:
+    batch: int
+    next_n: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class PrefillChecked:
+    seq_len: int
+    heads: int
+    seq_len_kv: int
+
+
+def paged_mqa_metadata(context_lens, block_kv, num_mps) -> None:
+    """Validate get_paged_mqa_logits_metadata's arguments."""
+    _int32_lens(context_lens)
+    if block_kv != mqa.KV_BLOCK:
+        raise ValueError(f"block_kv must be {mqa.KV_BLOCK}, got {block_kv!r}")
+    if not isinstance(num_mps, int) or isinstance(num_mps, bool) or not 0 <= num_mps <= MAX_MPS:
+        raise ValueError(f"num_mps must be an int in [0, {MAX_MPS}], got {num_mps!r}")
+    if num_mps == 0 and not context_lens.is_cuda:
+        raise ValueError("num_mps=0 (all SMs) needs context_lens on a CUDA device")
+
+
+def paged_mqa_logits(q, cache, weights, context_lens, block_table, schedule_meta, max_context_len,
+                     clean_logits) -> PagedChecked:
+    """Validate fp8_paged_mqa_logits's arguments."""
+    tensor("q", q, 4, MQA_FP8)
+    batch, next_n, heads, dim = q.shape
+    if not 1 <= next_n <= mqa.MAX_NEXT_N:
+        raise ValueError(f"q: next_n (dimension 1) must be in [1, {mqa.MAX_NEXT_N}], got {next_n}")
+    _heads("q", heads, next_n, dim)
+    _contiguous("q", q)
+    tensor("fused_kv_cache", cache, 4, (torch.uint8,) + MQA_FP8)
+    if tuple(cache.shape[1:]) != (mqa.KV_BLOCK, 1, dim + 4):
+        raise ValueError(f"fused_kv_cache must have shape (num_blocks, {mqa.KV_BLOCK}, 1, {dim + 4}), got "
+                         f"{tuple(cache.shape)}")
+    _contiguous("fused_kv_cache", cache)
+    tensor("weights", weights, 2, (torch.float32,))
+    if tuple(weights.shape) != (batch * next_n, heads):
+        raise ValueError(f"weights must have shape (batch * next_n, heads) = {(batch * next_n, heads)}, got "
+                         f"{tuple(weights.shape)}")
+    _contiguous("weights", weights)
+    _int32_lens(context_lens)
+    expected = (batch,) if context_lens.dim() == 1 else (batch, next_n)
+    if tuple(context_lens.shape) != expected:
+        raise ValueError(f"context_lens must have shape {expected}, got {tuple(context_lens.shape)}")
+    tensor("block_table", block_table, 2, (torch.int32,))
+    if block_table.shape[0] != batch or block_table.stride(1) != 1:
+        raise ValueError(f"block_table must be (batch={batch}, max_blocks) int32 with unit column stride, got shape "
+                         f"{tuple(block_table.shape)}, strides {block_table.stride()}")
+    tensor("schedule_meta", schedule_meta, 2, (torch.int32,))
+    if schedule_meta.shape[0] < 2 or schedule_meta.shape[1] != 2 or not schedule_meta.is_contiguous():
+        raise ValueError(f"schedule_meta must be (num_mps + 1, 2) int32 from get_paged_mqa_logits_metadata, got "
+                         f"shape {tuple(schedule_meta.shape)}")
+    if not isinstance(max_context_len, int) or isinstance(max_context_len, bool) or not 0 < max_context_len < 2**31:
+        raise ValueError(f"max_context_len must be a positive int, got {max_context_len!r}")
+    if not isinstance(clean_logits, bool):
+        raise TypeError(f"clean_logits must be a bool, got {type(clean_logits).__name__}")
+    cuda("q", q)
+    same_device("q", q.device, fused_kv_cache=cache, weights=weights, context_lens=context_lens,
+                         block_table=block_table, schedule_meta=schedule_meta)
+    return PagedChecked(batch, next_n, heads)
+
+
+def mqa_logits(q, kv, weights, ks, ke, clean_logits, max_seqlen_k) -> PrefillChecked:
+    """Validate fp8_mqa_logits's arguments."""
+    tensor("q", q, 3, MQA_FP8)
+    seq_len, heads, dim = q.shape
+    _heads("q", heads, max(1, 128 // max(heads, 1)), dim)
+    _contiguous("q", q)
+    if not isinstance(kv, (tuple, list)) or len(kv) != 2:
+        raise TypeError("kv must be a pair (k (seq_len_kv, 128) FP8, k_scale (seq_len_kv,) fp32)")
+    k, k_scale = kv
+    tensor("kv[0]", k, 2, MQA_FP8)
+    if k.shape[1] != dim:
+        raise ValueError(f"kv[0] must be (seq_len_kv, {dim}), got {tuple(k.shape)}")
+    _contiguous("kv[0]", k)
+    tensor("kv[1]", k_scale, 1, (torch.float32,))
+    if k_scale.shape[0] != k.shape[0]:
+        raise ValueError(f"kv[1] must hold one scale per key: shape ({k.shape[0]},), got {tuple(k_scale.shape)}")
+    _contiguous("kv[1]", k_scale)
+    tensor("weights", weights, 2, (torch.float32,))
+    if tuple(weights.shape) != (seq_len, heads):
+        raise ValueError(f"weights must have shape (seq_len, heads) = {(seq_len, heads)}, got {tuple(weights.shape)}")
+    _contiguous("weights", weights)
+    for name, t in (("cu_seq_len_k_start", ks), ("cu_seq_len_k_end", ke)):
+        tensor(name, t, 1, (torch.int32,))
+        if t.shape[0] != seq_len or not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous ({seq_len},) int32, got shape {tuple(t.shape)}")
+    if not isinstance(clean_logits, bool):
+        raise TypeError(f"clean_logits must be a bool, got {type(clean_logits).__name__}")
+    if not isinstance(max_seqlen_k, int) or isinstance(max_seqlen_k, bool) or not 0 <= max_seqlen_k < 2**31:
+        raise ValueError(f"max_seqlen_k must be a non-negative int, got {max_seqlen_k!r}")
+    if k.shape[0] >= 2**31:
+        raise ValueError(f"kv[0] must have fewer than 2**31 keys, got {k.shape[0]}")
+    cuda("q", q)
+    same_device("q", q.device, **{"kv[0]": k, "kv[1]": k_scale, "weights": weights,
+                                           "cu_seq_len_k_start": ks, "cu_seq_len_k_end": ke})
+    return PrefillChecked(seq_len, heads, k.shape[0])

@@ -58,8 +58,8 @@ def checked_problem(m: int, n: int, k: int, recipe: tuple[int, int, int], a_dtyp
             b = torch.empty((n, k), dtype=b_dtype, device="cuda")
             a_scale = torch.empty((m, k_blocks), device="cuda")
             b_scale = torch.empty((b_scale_rows, k_blocks), device="cuda")
-            problem, _, _ = validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, None, None, recipe, None,
-                                                           out_dtype, "auto", None)
+            problem = validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, None, None, recipe, None, out_dtype,
+                                                     "auto", None).problem
     except (TypeError, ValueError) as error:
         rule = str(error).replace("scale_granularity_mnk", "scale_granularity_mnk (--recipe)")
         raise BadArgument(f"m={m} n={n} k={k} --recipe {','.join(map(str, recipe))}: {rule}") from None

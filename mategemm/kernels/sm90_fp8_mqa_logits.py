@@ -10,6 +10,7 @@ from mategemm.runtime.tma import encode_2d
 KERNEL = "sm90_fp8_mqa_logits"
 INDEX_DIM = 128
 KV_BLOCK = 64
+HEADS_MULTIPLE, MAX_TILE_HEADS, MAX_NEXT_N = 8, 256, 4  # heads per row, next_n x heads per tile, rows
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
 # H200: 8 stages (two a ring) beat 12 / 16 / 20 by
 # 3-4% / ~7% / 8-10% at batch 64-128, next_n 1-2, 8192 keys. Fewer bytes in flight, faster.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mategemm
-from mategemm import indexer
+from mategemm import indexer, validate
 from mategemm.quant import paged_kv_cache_split
 from mategemm.testing import indexer as ref
 from mategemm.testing.numerics import calc_diff
@@ -33,7 +33,7 @@ def run_paged(case: dict, clean: bool, num_mps: int = 0) -> torch.Tensor:
     rows = case["q"].shape[0] * case["q"].shape[1]
     logits = torch.full((rows, case["max_context_len"]), float("nan"), device="cuda")
     args = (case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"], case["block_table"], meta)
-    indexer._paged_checks(*args, case["max_context_len"], clean)
+    validate.paged_mqa_logits(*args, case["max_context_len"], clean)
     return indexer._paged_into(logits, *args, clean)
 
 
@@ -122,7 +122,7 @@ def test_prefill_logits(heads, causal, compressed, clean):
     num_cols = max_k if compressed else case["kv"][0].shape[0]
     logits = torch.full((301, num_cols), float("nan"), device="cuda")
     args = (case["q"], case["kv"], case["weights"], case["ks"], case["ke"], clean, max_k)
-    indexer._prefill_checks(*args)
+    validate.mqa_logits(*args)
     got = indexer._prefill_into(logits, *args)
     want = ref.prefill_reference(*args)
     check(got, want, clean, f"prefill heads={heads} causal={causal} compressed={compressed}")
