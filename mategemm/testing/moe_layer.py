@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from mategemm.fused_moe import ACTIVATIONS, activation_params
+from mategemm.moe_layer import ACTIVATIONS, activation_params
 from mategemm.quant import per_block_cast_to_fp8, per_token_cast_to_fp8
 from mategemm.testing.moe import _magnitudes
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mategemm.fused_moe import activation_params
+from mategemm.moe_layer import activation_params
 from mategemm.testing.moe_layer import (fused_moe_reference, gated_activation, make_moe_layer_inputs,
                                         route_counts)
 
