@@ -13,6 +13,7 @@ from typing import List, Optional
 import torch
 
 from mategemm import bmm, gemm, indexer, moe
+from mategemm import moe_layer
 from mategemm.runtime import device as rt_device
 
 # Annotations torch.library reads to infer each op's schema (evaluated, in forms every torch takes).
@@ -262,3 +263,52 @@ def _(q, k, k_scale, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits
 
 def fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k):
     return _prefill(q, *kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k)
+
+
+# ---- the fused MoE layer ------------------------------------------------------------------------
+OptFloat = Optional[float]
+
+
+@_op("fused_moe")
+def _fused_moe(hidden_states: Tensor, w1: Tensor, w2: Tensor, w1_scale: Tensor, w2_scale: Tensor,
+               topk_weights: Tensor, topk_ids: Tensor, activation: str = "silu", gemm1_alpha: OptFloat = None,
+               gemm1_beta: OptFloat = None, gemm1_clamp_limit: OptFloat = None, expert_map: OptTensor = None,
+               global_num_experts: int = -1, apply_router_weight_on_input: bool = False,
+               hidden_states_scale: OptTensor = None) -> Tensor:
+    return moe_layer.fused_moe(
+        hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation=activation,
+        gemm1_alpha=gemm1_alpha, gemm1_beta=gemm1_beta, gemm1_clamp_limit=gemm1_clamp_limit, expert_map=expert_map,
+        global_num_experts=global_num_experts, apply_router_weight_on_input=apply_router_weight_on_input,
+        hidden_states_scale=hidden_states_scale)
+
+
+@_fused_moe.register_fake
+def _(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation="silu", gemm1_alpha=None,
+      gemm1_beta=None, gemm1_clamp_limit=None, expert_map=None, global_num_experts=-1,
+      apply_router_weight_on_input=False, hidden_states_scale=None):
+    return hidden_states.new_empty(hidden_states.shape, dtype=torch.bfloat16)
+
+
+@_op("fused_moe_out", ("out",))
+def _fused_moe_out(hidden_states: Tensor, w1: Tensor, w2: Tensor, w1_scale: Tensor, w2_scale: Tensor,
+                   topk_weights: Tensor, topk_ids: Tensor, out: Tensor, activation: str = "silu",
+                   gemm1_alpha: OptFloat = None, gemm1_beta: OptFloat = None, gemm1_clamp_limit: OptFloat = None,
+                   expert_map: OptTensor = None, global_num_experts: int = -1,
+                   apply_router_weight_on_input: bool = False, hidden_states_scale: OptTensor = None) -> None:
+    moe_layer.fused_moe(
+        hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation=activation,
+        gemm1_alpha=gemm1_alpha, gemm1_beta=gemm1_beta, gemm1_clamp_limit=gemm1_clamp_limit, expert_map=expert_map,
+        global_num_experts=global_num_experts, apply_router_weight_on_input=apply_router_weight_on_input,
+        hidden_states_scale=hidden_states_scale, out=out)
+
+
+def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation, gemm1_alpha, gemm1_beta,
+              gemm1_clamp_limit, expert_map, global_num_experts, apply_router_weight_on_input, hidden_states_scale,
+              out):
+    args = (hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids)
+    options = (gemm1_alpha, gemm1_beta, gemm1_clamp_limit, expert_map, global_num_experts,
+               apply_router_weight_on_input, hidden_states_scale)
+    if out is None:
+        return _fused_moe(*args, activation, *options)
+    _fused_moe_out(*args, out, activation, *options)
+    return out

@@ -16,6 +16,7 @@ from mategemm import env, heuristics
 from mategemm.heuristics import fp8_gemm, grouped, parse_force_config
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import DeviceInfo, get_num_mp
 from mategemm.types import RECIPE_PER_ROW, GemmConfig, GemmProblem
@@ -128,3 +129,10 @@ def mqa_logits(rows: int, heads: int, paged: bool, device: DeviceInfo) -> MqaPla
     stages = kernel_mqa.stages_for(rows, heads, device.smem_per_block)
     return MqaPlan(rows, heads, paged, stages, (kernel_mqa.math_warpgroups(rows, heads) + 1) * 128,
                    kernel_mqa.smem_bytes(rows, heads, stages), kernel_mqa.spec(rows, heads, stages, paged, device.arch))
+
+
+def moe_layer_kernels(input_fp8: bool, activation: str, device: DeviceInfo) -> tuple[KernelSpec, KernelSpec, KernelSpec]:
+    """The fused MoE layer's own kernels (its GEMMs are planned as per_expert grouped GEMMs):
+    permute (quantising a bf16 input), gated activation + quantisation, unpermute."""
+    return (kernel_moe.permute_spec(input_fp8, device.arch), kernel_moe.gated_act_spec(activation, device.arch),
+            kernel_moe.unpermute_spec(device.arch))

@@ -234,13 +234,13 @@ def _fp8_dim(where: str, value: object, multiple: int) -> int:
 
 
 def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str = "sm_90a",
-                num_mp: int | None = None, force: str = "") -> list[KernelUse]:
+                num_mp: int | None = None, force: str = "", activations: tuple[str, ...] = ("silu",)) -> list[KernelUse]:
     """Every kernel a call with 1..max_tokens tokens can pick for the preset's GEMMs (and its indexer)
-    on `arch`, each once, in first-use order (dense layers, experts, indexer).
+    on `arch`, each once, in first-use order (dense layers, experts, the fused MoE layer's own
+    kernels for `activations` and either input dtype, indexer).
 
-    num_mp defaults to all SMs of the arch's device (pass the serving process's budget, as the
-    runtime sees it); `force` is a MATEGEMM_FORCE_CONFIG string. Raises ValueError for
-    max_tokens < 1 and for forced values that fit no tile.
+    num_mp defaults to the SM budget as the runtime sees it; `force` is a MATEGEMM_FORCE_CONFIG
+    string. Raises ValueError for max_tokens < 1 and for forced values that fit no tile.
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -252,6 +252,11 @@ def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str 
     if preset.moe is not None:
         for spec, use in moe_specs(preset.moe, preset.recipe, max_tokens, device, num_mp, force):
             planned.setdefault(spec, KernelUse(spec, "moe", use))
+        for input_fp8 in (False, True):  # fused_moe: its GEMMs are the per_expert ones above
+            for activation in activations:
+                for spec in plan.moe_layer_kernels(input_fp8, activation, device):
+                    planned.setdefault(spec, KernelUse(spec, "moe_layer", f"fused_moe {activation} "
+                                                                          f"{'fp8' if input_fp8 else 'bf16'} input"))
     if preset.indexer is not None:
         for spec, use in indexer_specs(preset.indexer, device):
             planned.setdefault(spec, KernelUse(spec, "indexer", use))

@@ -683,3 +683,116 @@ def mqa_logits(q, kv, weights, ks, ke, clean_logits, max_seqlen_k) -> PrefillChe
     same_device("q", q.device, **{"kv[0]": k, "kv[1]": k_scale, "weights": weights,
                                            "cu_seq_len_k_start": ks, "cu_seq_len_k_end": ke})
     return PrefillChecked(seq_len, heads, k.shape[0])
+
+
+# ---- the fused MoE layer -----------------------------------------------------------------------
+MOE_ACTIVATIONS = ("silu", "swigluoai", "swiglustep")
+E4M3 = torch.float8_e4m3fn
+
+
+@dataclass(frozen=True)
+class FusedMoeChecked:
+    tokens: int            # M
+    hidden: int            # K: hidden_states' columns, w2's rows
+    intermediate: int      # N: w1 has 2N rows (gate, then up), w2 N columns
+    experts: int           # E, local
+    topk: int
+    input_fp8: bool        # hidden_states given FP8 with hidden_states_scale
+    activation: str
+    global_experts: int    # ids range over [0, global_experts)
+
+
+def _float_or_none(name: str, value, positive: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a float or None, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation, gemm1_alpha, gemm1_beta,
+              gemm1_clamp_limit, expert_map, global_num_experts, apply_router_weight_on_input, hidden_states_scale,
+              out) -> FusedMoeChecked:
+    """Validate fused_moe's arguments."""
+    tensor("hidden_states", hidden_states, ndim=2, dtypes=(torch.bfloat16, E4M3))
+    tokens, hidden = hidden_states.shape
+    if hidden == 0 or hidden % 128:
+        raise ValueError(f"hidden_states: K (its columns) must be a positive multiple of 128, got {hidden}")
+    tma_operand("hidden_states", hidden_states)
+    input_fp8 = hidden_states.dtype == E4M3
+    if input_fp8:
+        if hidden_states_scale is None:
+            raise ValueError("hidden_states in FP8 needs hidden_states_scale (M, K/128) fp32")
+        tensor("hidden_states_scale", hidden_states_scale, ndim=2, dtypes=(torch.float32,))
+        shape("hidden_states_scale", hidden_states_scale, (tokens, hidden // 128), "one scale per token and 128 columns")
+        if hidden_states_scale.stride(1) != 1:
+            raise ValueError("hidden_states_scale must be contiguous along its last dimension")
+    elif hidden_states_scale is not None:
+        raise ValueError("hidden_states_scale goes with FP8 hidden_states only (bf16 is quantised inside)")
+    tensor("w1", w1, ndim=3, dtypes=(E4M3,))
+    experts, two_n, k1 = w1.shape
+    if k1 != hidden or two_n % 256 or two_n == 0:
+        raise ValueError(f"w1 must be (E, 2N, K) with K = {hidden} and N a positive multiple of 128, got "
+                         f"{tuple(w1.shape)}")
+    intermediate = two_n // 2
+    if not 1 <= experts <= MAX_GROUPS:
+        raise ValueError(f"w1: the number of experts must be in [1, {MAX_GROUPS}], got {experts}")
+    tensor("w2", w2, ndim=3, dtypes=(E4M3,))
+    shape("w2", w2, (experts, hidden, intermediate), "(E, K, N)")
+    tensor("w1_scale", w1_scale, ndim=3, dtypes=(torch.float32,))
+    shape("w1_scale", w1_scale, (experts, two_n // 128, hidden // 128), "one scale per 128x128 block")
+    tensor("w2_scale", w2_scale, ndim=3, dtypes=(torch.float32,))
+    shape("w2_scale", w2_scale, (experts, hidden // 128, intermediate // 128), "one scale per 128x128 block")
+    tensor("topk_ids", topk_ids, ndim=2, dtypes=(torch.int32, torch.int64))
+    topk = topk_ids.shape[1]
+    if topk_ids.shape[0] != tokens or topk == 0:
+        raise ValueError(f"topk_ids must be (M={tokens}, topk) with topk >= 1, got {tuple(topk_ids.shape)}")
+    if not topk_ids.is_contiguous():
+        raise ValueError("topk_ids must be contiguous")
+    tensor("topk_weights", topk_weights, ndim=2, dtypes=(torch.float32,))
+    shape("topk_weights", topk_weights, (tokens, topk), "one weight per token and slot")
+    if not topk_weights.is_contiguous():
+        raise ValueError("topk_weights must be contiguous")
+    activation = choice("activation", activation, MOE_ACTIVATIONS, "silu")
+    if activation != "swigluoai" and (gemm1_alpha is not None or gemm1_beta is not None):
+        raise ValueError(f"gemm1_alpha and gemm1_beta apply to activation 'swigluoai' only, got activation "
+                         f"{activation!r}")
+    _float_or_none("gemm1_alpha", gemm1_alpha)
+    _float_or_none("gemm1_beta", gemm1_beta)
+    _float_or_none("gemm1_clamp_limit", gemm1_clamp_limit, positive=True)
+    if not isinstance(apply_router_weight_on_input, bool):
+        raise TypeError(f"apply_router_weight_on_input must be a bool, got {apply_router_weight_on_input!r}")
+    if apply_router_weight_on_input and topk != 1:
+        raise ValueError(f"apply_router_weight_on_input needs topk == 1 (the weight scales the token's one copy), "
+                         f"got topk {topk}")
+    if isinstance(global_num_experts, bool) or not isinstance(global_num_experts, int):
+        raise TypeError(f"global_num_experts must be an int, got {global_num_experts!r}")
+    if expert_map is None:
+        if global_num_experts not in (-1, experts):
+            raise ValueError(f"global_num_experts {global_num_experts} differs from the {experts} local experts of "
+                             f"w1; pass expert_map to run a slice of the experts")
+        global_experts = experts
+    else:
+        tensor("expert_map", expert_map, ndim=1, dtypes=(torch.int32,))
+        global_experts = expert_map.shape[0]
+        if global_num_experts not in (-1, global_experts):
+            raise ValueError(f"global_num_experts {global_num_experts} differs from expert_map's length "
+                             f"{global_experts}")
+        if not expert_map.is_contiguous():
+            raise ValueError("expert_map must be contiguous")
+    if out is not None:
+        fused_moe_out(out, hidden_states, tokens, hidden)
+    same_device("hidden_states", hidden_states.device, w1=w1, w2=w2, w1_scale=w1_scale, w2_scale=w2_scale,
+                topk_weights=topk_weights, topk_ids=topk_ids, expert_map=expert_map,
+                hidden_states_scale=hidden_states_scale)
+    cuda("hidden_states", hidden_states)
+    return FusedMoeChecked(tokens, hidden, intermediate, experts, topk, input_fp8, activation, global_experts)
+
+
+def fused_moe_out(out, hidden_states, tokens: int, hidden: int) -> None:
+    """fused_moe's `out`: (M, K) bf16 with 16-byte rows, on hidden_states' device."""
+    tensor("out", out, ndim=2, dtypes=(torch.bfloat16,))
+    shape("out", out, (tokens, hidden))
+    tma_operand("out", out)
+    same_device("hidden_states", hidden_states.device, out=out)

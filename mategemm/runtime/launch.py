@@ -16,6 +16,7 @@ from mategemm.runtime.errors import check
 PTR = ctypes.c_void_p
 INT = ctypes.c_int
 I64 = ctypes.c_longlong
+FLOAT = ctypes.c_float
 TMAP = None
 
 _launch = driver.cuLaunchKernelEx

@@ -213,13 +213,39 @@ def batch_deepgemm_fp8_nt_groupwise_case(device):
                        "out": ("out",)}, {}
 
 
+def fused_moe_case(device):
+    def layer(tokens, experts, topk, input_fp8, expert_map):
+        hidden = fp8(tokens, 256, device=device) if input_fp8 else torch.zeros((tokens, 256), dtype=torch.bfloat16,
+                                                                             device=device)
+        return dict(hidden_states=hidden, w1=fp8(experts, 256, 256, device=device), w2=fp8(experts, 256, 128,
+                                                                                         device=device),
+                    w1_scale=scales(experts, 2, 2, device=device), w2_scale=scales(experts, 2, 1, device=device),
+                    topk_weights=scales(tokens, topk, device=device),
+                    topk_ids=_ints([[j % experts for j in range(topk)]] * tokens, device),
+                    activation="swigluoai", gemm1_alpha=1.5, gemm1_clamp_limit=7.0,
+                    expert_map=_ints(list(range(experts)) + [-1] * 3, device) if expert_map else None,
+                    apply_router_weight_on_input=topk == 1,
+                    hidden_states_scale=scales(tokens, 2, device=device) if input_fp8 else None,
+                    out=torch.zeros((tokens, 256), dtype=torch.bfloat16, device=device))
+
+    baselines = [layer(5, 4, 2, False, False), layer(3, 8, 1, True, True)]
+    weights = ("w1", "w2", "w1_scale", "w2_scale")
+    return baselines, {"hidden_states": ("hidden_states", "hidden_states_scale", "topk_ids"),
+                       **{w: weights for w in weights}, "topk_ids": ("topk_ids", "topk_weights"),
+                       "topk_weights": ("topk_weights",), "activation": ("activation", "gemm1_alpha"),
+                       "gemm1_alpha": ("gemm1_alpha",), "gemm1_clamp_limit": ("gemm1_clamp_limit",),
+                       "expert_map": ("expert_map",), "apply_router_weight_on_input": ("apply_router_weight_on_input",),
+                       "hidden_states_scale": ("hidden_states_scale",), "out": ("out",)}, \
+        {"skip": ("global_num_experts",), "free_rows": ("expert_map",)}
+
+
 CASES = {
     "gemm_fp8_nt_groupwise": gemm_fp8_nt_groupwise_case, "bmm_fp8": bmm_fp8_case, "bmm_fp16": bmm_fp16_case,
     "ragged_m_moe_gemm_8bit": ragged_m_moe_gemm_8bit_case, "masked_moe_gemm_8bit": masked_moe_gemm_8bit_case,
     "ragged_k_moe_gemm_8bit": ragged_k_moe_gemm_8bit_case,
     "get_paged_mqa_logits_metadata": get_paged_mqa_logits_metadata_case,
     "fp8_paged_mqa_logits": fp8_paged_mqa_logits_case, "fp8_mqa_logits": fp8_mqa_logits_case,
-    "batch_deepgemm_fp8_nt_groupwise": batch_deepgemm_fp8_nt_groupwise_case,
+    "batch_deepgemm_fp8_nt_groupwise": batch_deepgemm_fp8_nt_groupwise_case, "fused_moe": fused_moe_case,
 }
 
 

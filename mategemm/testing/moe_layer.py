@@ -206,9 +206,19 @@ def _expert_weights(num_experts: int, rows: int, cols: int, gain: float, device,
     return w, scale
 
 
+def make_moe_layer_weights(num_experts: int, hidden: int, intermediate: int, device="cuda", generator=None) -> dict:
+    """Random FP8 expert weights with 128x128 block scales: {w1 (E, 2N, K), w1_scale, w2 (E, K, N),
+    w2_scale}, as make_moe_layer_inputs draws them (pass them back through its `weights` to reuse
+    one set for several token counts)."""
+    w1, w1_scale = _expert_weights(num_experts, 2 * intermediate, hidden, _GEMM1_GAIN, device, generator)
+    w2, w2_scale = _expert_weights(num_experts, hidden, intermediate, 1.0, device, generator)
+    return {"w1": w1, "w1_scale": w1_scale, "w2": w2, "w2_scale": w2_scale}
+
+
 def make_moe_layer_inputs(num_tokens: int, hidden: int, intermediate: int, num_experts: int, topk: int,
                           input_dtype=torch.bfloat16, routing: str = "uniform", expert_map: bool = False,
-                          num_global_experts: int | None = None, device="cuda", generator=None) -> dict:
+                          num_global_experts: int | None = None, device="cuda", generator=None,
+                          weights: dict | None = None) -> dict:
     """Random inputs of `mategemm.fused_moe` / `fused_moe_reference`, as a dict of its argument names.
 
     hidden_states (M, hidden) bf16 (input_dtype bf16) or FP8 e4m3 with hidden_states_scale
@@ -252,8 +262,12 @@ def make_moe_layer_inputs(num_tokens: int, hidden: int, intermediate: int, num_e
     hidden_states_scale = None
     if input_dtype == FP8:
         x, hidden_states_scale = per_token_cast_to_fp8(x)
-    w1, w1_scale = _expert_weights(num_experts, 2 * intermediate, hidden, _GEMM1_GAIN, device, generator)
-    w2, w2_scale = _expert_weights(num_experts, hidden, intermediate, 1.0, device, generator)
+    if weights is None:
+        weights = make_moe_layer_weights(num_experts, hidden, intermediate, device, generator)
+    w1, w1_scale, w2, w2_scale = (weights[k] for k in ("w1", "w1_scale", "w2", "w2_scale"))
+    if w1.shape != (num_experts, 2 * intermediate, hidden) or w2.shape != (num_experts, hidden, intermediate):
+        raise ValueError(f"weights must be (E, 2N, K) and (E, K, N) for E={num_experts}, K={hidden}, "
+                         f"N={intermediate}, got {tuple(w1.shape)} and {tuple(w2.shape)}")
 
     popularity = torch.ones(num_global, dtype=torch.float32, device=device)
     if routing == "skewed":

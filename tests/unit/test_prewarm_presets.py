@@ -17,6 +17,7 @@ import torch
 from mategemm import cli, prewarm
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import moe
@@ -78,6 +79,10 @@ def brute_force(preset, max_tokens):
                 for rows in rows_list:
                     found.setdefault(_ragged_memo(mode, rows, n, k, preset.recipe, layer.num_experts,
                                                   layer.alignment_m), "moe")
+    if layer is not None:  # fused_moe's own kernels: either input dtype, silu by default
+        for spec in (kernel_moe.permute_spec(False, ARCH), kernel_moe.permute_spec(True, ARCH),
+                     kernel_moe.gated_act_spec("silu", ARCH), kernel_moe.unpermute_spec(ARCH)):
+            found.setdefault(spec, "moe_layer")
     if preset.indexer is not None:
         heads = preset.indexer.heads
         for rows, paged in [(j, True) for j in preset.indexer.next_n] + [(max(1, 128 // heads), False)]:

@@ -12,7 +12,7 @@ from mategemm import prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
-from mategemm.kernels import transpose_8bit
+from mategemm.kernels import sm90_fp8_moe_layer, transpose_8bit
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import sass
 from mategemm.types import RECIPE_1x128_128x128, RECIPE_1x128_1x128, GemmProblem, Recipe
@@ -195,6 +195,25 @@ def test_transpose_kernel_sass(sass_cache, vector_loads):
     ops = collections.Counter(sass.opcodes(text))
     assert "STG.E.128 " in text and ops["LDL"] == 0 and ops["STL"] == 0, ops
     assert ("LDG.E.128" in text) == vector_loads
+
+
+MOE_LAYER_SPECS = {"permute bf16": sm90_fp8_moe_layer.permute_spec(False, ARCH),
+                   "permute fp8": sm90_fp8_moe_layer.permute_spec(True, ARCH),
+                   **{f"gated_act {a}": sm90_fp8_moe_layer.gated_act_spec(a, ARCH) for a in ("silu", "swiglustep")},
+                   "unpermute": sm90_fp8_moe_layer.unpermute_spec(ARCH)}
+
+
+@pytest.mark.parametrize("name", MOE_LAYER_SPECS)
+def test_moe_layer_kernels_sass(sass_cache, name):
+    """The fused MoE layer's own kernels: no spills; the quantising ones convert to e4m3 in pairs
+    (F2FP) and reduce the amax by shuffles; the unpermute stores 16 bytes of bf16 at a time."""
+    text = sass.dump_sass(sass_cache.get(MOE_LAYER_SPECS[name]).path / "kernel.cubin")
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["LDL"] == 0 and ops["STL"] == 0, ops
+    if name in ("permute bf16", "gated_act silu", "gated_act swiglustep"):
+        assert ops["F2FP"] >= 2 and ops["SHFL"] >= 5, ops
+    if name == "unpermute":
+        assert "STG.E.128 " in text, ops
 
 
 def test_grouped_instances_cover_every_mode():

@@ -13,7 +13,7 @@ E4 = torch.float8_e4m3fn
 OPS = {"gemm_fp8_nt_groupwise", "gemm_fp8_nt_groupwise_out", "bmm_fp8", "bmm_fp8_out", "bmm_fp16", "bmm_fp16_out",
        "ragged_m_moe_gemm_8bit_out", "ragged_k_moe_gemm_8bit_out", "masked_moe_gemm_8bit", "masked_moe_gemm_8bit_out",
        "batch_deepgemm_fp8_nt_groupwise_out", "get_paged_mqa_logits_metadata", "fp8_paged_mqa_logits",
-       "fp8_mqa_logits"}
+       "fp8_mqa_logits", "fused_moe", "fused_moe_out"}
 
 
 def test_every_public_function_has_its_ops():
@@ -78,6 +78,15 @@ CASES = {
         empty(7, 32, 128, dtype=E4), (empty(50, 128, dtype=E4), empty(50)), empty(7, 32),
         empty(7, dtype=torch.int32), empty(7, dtype=torch.int32), max_seqlen_k=20),
         ((7, 20), torch.float32), "fp8_mqa_logits"),
+    "fused_moe": (lambda: mategemm.fused_moe(
+        empty(5, 256, dtype=torch.bfloat16), empty(4, 256, 256, dtype=E4), empty(4, 256, 128, dtype=E4),
+        empty(4, 2, 2), empty(4, 2, 1), empty(5, 2), empty(5, 2, dtype=torch.int32), activation="swigluoai",
+        gemm1_alpha=1.5), ((5, 256), torch.bfloat16), "fused_moe"),
+    "fused_moe out=": (lambda: mategemm.fused_moe(
+        empty(5, 256, dtype=E4), empty(4, 256, 256, dtype=E4), empty(4, 256, 128, dtype=E4), empty(4, 2, 2),
+        empty(4, 2, 1), empty(5, 1), empty(5, 1, dtype=torch.int32), expert_map=empty(8, dtype=torch.int32),
+        apply_router_weight_on_input=True, hidden_states_scale=empty(5, 2), out=empty(5, 256, dtype=torch.bfloat16)),
+        ((5, 256), torch.bfloat16), "fused_moe_out"),
 }
 
 
@@ -174,6 +183,9 @@ def kernel_inputs():
                 out_dtype=torch.bfloat16)
     bmm16 = dict(a=empty(2, 9, 64, dtype=torch.half), b=empty(2, 24, 64, dtype=torch.half), out_dtype=torch.float32)
     masked = dict(a=xa, a_scale=xsa, b=w, b_scale=wsb, masked_tokens_info=counts)
+    layer = dict(hidden_states=empty(5, 256, dtype=torch.bfloat16), w1=empty(4, 256, 256, dtype=E4),
+                 w2=empty(4, 256, 128, dtype=E4), w1_scale=empty(4, 2, 2), w2_scale=empty(4, 2, 1),
+                 topk_weights=empty(5, 2), topk_ids=empty(5, 2, dtype=torch.int32))
     return {
         "gemm_fp8_nt_groupwise": gemm,
         # a schema's defaults are trailing: those before the required out stay required
@@ -204,6 +216,8 @@ def kernel_inputs():
         "fp8_mqa_logits": dict(q=empty(7, 32, 128, dtype=E4), k=empty(50, 128, dtype=E4), k_scale=empty(50),
                                weights=empty(7, 32), cu_seq_len_k_start=empty(7, dtype=torch.int32),
                                cu_seq_len_k_end=empty(7, dtype=torch.int32)),
+        "fused_moe": layer,
+        "fused_moe_out": dict(layer, out=empty(5, 256, dtype=torch.bfloat16)),
     }
 
 

@@ -1,0 +1,153 @@
+// sm90_fp8_moe_layer: the MoE layer's steps around its two grouped GEMMs (token-packed rows,
+// per_expert mode), each one pass over its rows.
+//
+//   permute:   a[r] = the FP8 row of the (token, slot) pair order[r], with its 1x128 scales: a bf16
+//              input quantised here, optionally times the pair's router weight; rows r < live.
+//   gated_act: q[r] = act(gate, up) of GEMM1's bf16 output h[r] = [gate | up], quantised 1x128.
+//   unpermute: out[m] = sum over the slots j of w[m, j] * y[inv[m * topk + j]] (GEMM2's bf16 rows),
+//              in slot order (deterministic); pairs at packed rows >= live (off-rank) add nothing.
+//
+// Quantisation (mategemm.quant.per_token_cast_to_fp8's rule): per row and 128 columns,
+// scale = max(amax, 1e-4) / 448, q = saturate_rn(x / scale). One warp per (row, 128-column
+// group), 4 values per lane, the amax reduced by shuffles. `live` is read on the device (the
+// routing's count of local pairs): no launch depends on the routing from the host.
+//
+// Activations, limit = +inf when none is given:
+//   kGatedSigmoid: gate' = min(gate, limit), up' = clamp(up, -limit, limit),
+//                  act = (up' + beta) * gate' * sigmoid(alpha * gate')   (silu: alpha 1, beta 0)
+//   kSwigluStep:   act = min(silu(gate), limit) * clamp(up, -limit, limit)
+#pragma once
+#include "common/ptx.cuh"
+
+namespace mategemm {
+
+constexpr int kGatedSigmoid = 0, kSwigluStep = 1;
+constexpr int kMoeThreads = 256;
+constexpr int kMoeWarps = kMoeThreads / 32;
+constexpr int kQuantGroup = 128;  // columns per scale
+
+__device__ __forceinline__ float bf16_lo(u32 pair) { return __uint_as_float(pair << 16); }
+__device__ __forceinline__ float bf16_hi(u32 pair) { return __uint_as_float(pair & 0xffff0000u); }
+
+__device__ __forceinline__ u32 e4m3x2(float first, float second) {
+  // first in the low byte (the lower address), second in the high byte
+  unsigned short r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(second), "f"(first));
+  return r;
+}
+
+__device__ __forceinline__ int live_count(const int* live, int rows) {
+  return live == nullptr ? rows : min(max(*live, 0), rows);
+}
+
+// The warp's 128-column group quantised: lane holds columns 4 * lane .. 4 * lane + 3 in x.
+__device__ __forceinline__ void quantize_group(const float (&x)[4], u8* q, float* scale_out, int lane) {
+  float amax = fmaxf(fmaxf(fabsf(x[0]), fabsf(x[1])), fmaxf(fabsf(x[2]), fabsf(x[3])));
+  #pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+  *reinterpret_cast<u32*>(q + lane * 4) = e4m3x2(x[0] / scale, x[1] / scale) | e4m3x2(x[2] / scale, x[3] / scale) << 16;
+  if (lane == 0) *scale_out = scale;
+}
+
+__device__ __forceinline__ void load_bf16x4(const u8* from, float (&x)[4]) {
+  const uint2 v = __ldg(reinterpret_cast<const uint2*>(from));
+  x[0] = bf16_lo(v.x);
+  x[1] = bf16_hi(v.x);
+  x[2] = bf16_lo(v.y);
+  x[3] = bf16_hi(v.y);
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+template <int kActivation>
+__device__ __forceinline__ float gated_act(float gate, float up, float alpha, float beta, float limit) {
+  up = fminf(fmaxf(up, -limit), limit);
+  if constexpr (kActivation == kGatedSigmoid) {
+    gate = fminf(gate, limit);
+    return (up + beta) * gate * sigmoid(alpha * gate);
+  } else {
+    return fminf(gate * sigmoid(gate), limit) * up;
+  }
+}
+
+// ---- permute -----------------------------------------------------------------------------------
+template <bool kInputFp8>
+__global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_permute(
+    const u8* __restrict__ x, i64 x_ld, const float* __restrict__ x_scale, i64 x_scale_ld,
+    const i64* __restrict__ order, int topk, const float* __restrict__ weights, int weight_input,
+    u8* __restrict__ a, i64 a_ld, float* __restrict__ a_scale, i64 a_scale_ld, int rows,
+    const int* __restrict__ live, int k) {
+  const int lane = threadIdx.x % 32;
+  const int groups = k / kQuantGroup;
+  const i64 items = static_cast<i64>(live_count(live, rows)) * groups;
+  for (i64 item = blockIdx.x * kMoeWarps + threadIdx.x / 32; item < items; item += gridDim.x * kMoeWarps) {
+    const i64 r = item / groups;
+    const int g = static_cast<int>(item % groups), col = g * kQuantGroup + lane * 4;
+    const i64 pair = __ldg(order + r);
+    const i64 token = pair / topk;
+    const float w = weight_input ? __ldg(weights + pair) : 1.0f;
+    if constexpr (kInputFp8) {
+      *reinterpret_cast<u32*>(a + r * a_ld + col) = __ldg(reinterpret_cast<const u32*>(x + token * x_ld + col));
+      if (lane == 0) a_scale[r * a_scale_ld + g] = __ldg(x_scale + token * x_scale_ld + g) * w;
+    } else {
+      float v[4];
+      load_bf16x4(x + (token * x_ld + col) * 2, v);
+      #pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] *= w;
+      quantize_group(v, a + r * a_ld + g * kQuantGroup, a_scale + r * a_scale_ld + g, lane);
+    }
+  }
+}
+
+// ---- gated activation --------------------------------------------------------------------------
+template <int kActivation>
+__global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_gated_act(
+    const u8* __restrict__ h, i64 h_ld, u8* __restrict__ q, i64 q_ld, float* __restrict__ scales, i64 scale_ld,
+    int rows, const int* __restrict__ live, int n, float alpha, float beta, float limit) {
+  const int lane = threadIdx.x % 32;
+  const int groups = n / kQuantGroup;
+  const i64 items = static_cast<i64>(live_count(live, rows)) * groups;
+  for (i64 item = blockIdx.x * kMoeWarps + threadIdx.x / 32; item < items; item += gridDim.x * kMoeWarps) {
+    const i64 r = item / groups;
+    const int g = static_cast<int>(item % groups), col = g * kQuantGroup + lane * 4;
+    float gate[4], up[4], x[4];
+    load_bf16x4(h + (r * h_ld + col) * 2, gate);
+    load_bf16x4(h + (r * h_ld + n + col) * 2, up);
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) x[i] = gated_act<kActivation>(gate[i], up[i], alpha, beta, limit);
+    quantize_group(x, q + r * q_ld + g * kQuantGroup, scales + r * scale_ld + g, lane);
+  }
+}
+
+// ---- unpermute ---------------------------------------------------------------------------------
+// A CTA per output row (grid-stride), 8 columns (16 bytes of bf16) per thread and step.
+__global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_unpermute(
+    const u8* __restrict__ y, i64 y_ld, const i64* __restrict__ inv, int topk, const float* __restrict__ weights,
+    int weight_output, u8* __restrict__ out, i64 out_ld, int tokens, int rows, const int* __restrict__ live,
+    int k) {
+  const int used = live_count(live, rows);
+  for (int m = blockIdx.x; m < tokens; m += gridDim.x) {
+    for (int col = threadIdx.x * 8; col < k; col += kMoeThreads * 8) {
+      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int j = 0; j < topk; ++j) {
+        const i64 pair = static_cast<i64>(m) * topk + j;
+        const i64 r = __ldg(inv + pair);
+        if (r >= used) continue;  // routed to another rank
+        const float w = weight_output ? __ldg(weights + pair) : 1.0f;
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(y + (r * y_ld + col) * 2));
+        const u32 words[4] = {v.x, v.y, v.z, v.w};
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          acc[2 * i] += w * bf16_lo(words[i]);
+          acc[2 * i + 1] += w * bf16_hi(words[i]);
+        }
+      }
+      const uint4 packed = make_uint4(pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]),
+                                      pack_bf16x2(acc[4], acc[5]), pack_bf16x2(acc[6], acc[7]));
+      *reinterpret_cast<uint4*>(out + (static_cast<i64>(m) * out_ld + col) * 2) = packed;
+    }
+  }
+}
+
+}  // namespace mategemm

@@ -1,0 +1,96 @@
+"""Host side of kernels_src/sm90_fp8_moe_layer.cuh: the MoE layer's permute (with the input's FP8
+1x128 quantisation), gated activation + quantisation, and weighted unpermute."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.runtime import launch as rt
+
+KERNEL = "sm90_fp8_moe_layer"
+THREADS = 256
+GROUP = 128       # columns per scale
+CTAS_PER_SM = 8   # the grids stride over their rows
+ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
+PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
+                 rt.INT, rt.PTR, rt.INT)
+ACT_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.I64, rt.INT, rt.PTR, rt.INT, rt.FLOAT, rt.FLOAT, rt.FLOAT)
+UNPERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.INT, rt.INT, rt.PTR, rt.INT)
+
+_loaded: dict[tuple, rt.LoadedKernel] = {}
+
+
+def _spec(name_expr: str, arch: str) -> KernelSpec:
+    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+
+
+def permute_spec(input_fp8: bool, arch: str) -> KernelSpec:
+    return _spec(f"&mategemm::sm90_fp8_moe_permute<{'true' if input_fp8 else 'false'}>", arch)
+
+
+def gated_act_spec(activation: str, arch: str) -> KernelSpec:
+    return _spec(f"&mategemm::sm90_fp8_moe_gated_act<{ACTIVATION_KINDS[activation]}>", arch)
+
+
+def unpermute_spec(arch: str) -> KernelSpec:
+    return _spec("&mategemm::sm90_fp8_moe_unpermute", arch)
+
+
+def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None = None) -> rt.LoadedKernel:
+    key = (device_index, kernel_spec)
+    kernel = _loaded.get(key)
+    if kernel is None:
+        kernel = _loaded[key] = rt.LoadedKernel((cache or default_cache()).get(kernel_spec), THREADS, 0)
+    return kernel
+
+
+def _warp_grid(rows: int, cols: int, num_sms: int) -> int:
+    """CTAs for one warp per (row, 128 columns), at most CTAS_PER_SM per SM (the grid strides)."""
+    return max(1, min(-(-rows * (cols // GROUP) // (THREADS // 32)), num_sms * CTAS_PER_SM))
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class Launch:
+    """One kernel launch with its arguments packed once (the tensors are kept alive with it)."""
+
+    __slots__ = ("kernel", "grid", "args", "tensors")
+
+    def __init__(self, kernel: rt.LoadedKernel, grid: int, values: tuple, types: tuple, tensors: tuple):
+        self.kernel, self.grid, self.tensors = kernel, grid, tensors
+        self.args = kernel.pack(values, types)
+
+    def __call__(self, stream: int) -> None:
+        self.kernel.launch(self.grid, stream, self.args)
+
+
+def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_scale, live, num_sms) -> Launch:
+    """a[r], a_scale[r] = the FP8 row (and scales) of pair order[r] for r < *live; x bf16 (quantised
+    here) or FP8 with x_scale; times the pair's weight when weight_input."""
+    rows, k = a.shape
+    values = (x.data_ptr(), x.stride(0), _ptr(x_scale), 0 if x_scale is None else x_scale.stride(0), order.data_ptr(),
+              topk, weights.data_ptr(), int(weight_input), a.data_ptr(), a.stride(0), a_scale.data_ptr(),
+              a_scale.stride(0), rows, live.data_ptr(), k)
+    return Launch(kernel, _warp_grid(rows, k, num_sms), values, PERMUTE_TYPES, (x, x_scale, order, weights, a, a_scale,
+                                                                                live))
+
+
+def gated_act(kernel, h, q, q_scale, live, alpha: float, beta: float, limit: float | None, num_sms: int) -> Launch:
+    """q, q_scale = act(h[:, :n], h[:, n:]) quantised 1x128, for the rows r < *live."""
+    rows, n = q.shape
+    values = (h.data_ptr(), h.stride(0), q.data_ptr(), q.stride(0), q_scale.data_ptr(), q_scale.stride(0), rows,
+              live.data_ptr(), n, alpha, beta, math.inf if limit is None else limit)
+    return Launch(kernel, _warp_grid(rows, n, num_sms), values, ACT_TYPES, (h, q, q_scale, live))
+
+
+def unpermute(kernel, y, inv, topk, weights, weight_output: bool, out, live, num_sms) -> Launch:
+    """out[m] = sum_j w[m, j] * y[inv[m * topk + j]] over the pairs at packed rows < *live."""
+    tokens, k = out.shape
+    values = (y.data_ptr(), y.stride(0), inv.data_ptr(), topk, weights.data_ptr(), int(weight_output),
+              out.data_ptr(), out.stride(0), tokens, y.shape[0], live.data_ptr(), k)
+    return Launch(kernel, max(1, min(tokens, num_sms * CTAS_PER_SM)), values, UNPERMUTE_TYPES,
+                  (y, inv, weights, out, live))

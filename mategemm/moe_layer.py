@@ -1,0 +1,237 @@
+"""The fused MoE expert layer (the job of vLLM's DeepGemmExperts, in one call):
+
+    route      local expert of every (token, slot) pair, sorted by expert, counts per expert
+               (torch ops into the workspace: on the GPU, no host synchronisation)
+    permute    the pairs' FP8 rows packed by expert, a bf16 input quantised 1x128 on the way
+    GEMM1      ragged_m_moe_gemm_8bit per_expert: h = a . w1[e]^T, gate and up (bf16)
+    gated_act  act(gate, up) quantised 1x128 to FP8 in one kernel
+    GEMM2      ragged_m_moe_gemm_8bit per_expert: y = q . w2[e]^T (bf16)
+    unpermute  out[m] = sum_j w[m, j] * y[row of (m, j)], in slot order
+
+Token-packed rows need no per-expert padding. Buffers come from a workspace kept per (device,
+layer shape) and grown to the largest token count seen, so after a first call of the largest size
+a call allocates nothing but its output (none with `out`), and a CUDA graph captures it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mategemm import moe, plan, validate
+from mategemm.kernels import sm90_fp8_moe_layer as kernel
+from mategemm.runtime import calls
+from mategemm.runtime import device as rt_device
+
+ACTIVATIONS = validate.MOE_ACTIVATIONS
+# OpenAI's gpt-oss gate: (up' + beta) * gate' * sigmoid(alpha * gate'), gate' and up' clamped to limit.
+SWIGLUOAI_ALPHA, SWIGLUOAI_BETA, SWIGLUOAI_LIMIT = 1.702, 1.0, 7.0
+SWIGLUSTEP_LIMIT = 7.0
+
+
+def activation_params(activation: str, alpha: float | None, beta: float | None,
+                      limit: float | None) -> tuple[float, float, float | None]:
+    """(alpha, beta, limit) an activation runs with: the arguments, else its defaults. silu takes
+    no alpha or beta and clamps only when given a limit."""
+    if activation == "swigluoai":
+        return (SWIGLUOAI_ALPHA if alpha is None else alpha, SWIGLUOAI_BETA if beta is None else beta,
+                SWIGLUOAI_LIMIT if limit is None else limit)
+    if activation == "swiglustep":
+        return 1.0, 0.0, SWIGLUSTEP_LIMIT if limit is None else limit
+    return 1.0, 0.0, limit
+
+
+# ---- routing -----------------------------------------------------------------------------------
+@dataclass
+class Routing:
+    """The routing buffers of `pairs` = M x topk (token, slot) pairs and E local experts."""
+
+    key: torch.Tensor      # int64 (pairs,): the pair's local expert, E when it has none here
+    flag: torch.Tensor     # bool (pairs,), scratch
+    flag2: torch.Tensor    # bool (pairs,), scratch
+    local: torch.Tensor    # int32 (pairs,): expert_map's answer
+    sorted: torch.Tensor   # int64 (pairs,): keys in order
+    order: torch.Tensor    # int64 (pairs,): packed row r holds pair order[r]
+    inv: torch.Tensor      # int64 (pairs,): the packed row of each pair
+    arange: torch.Tensor   # int64 (pairs,): 0, 1, ...
+    ones: torch.Tensor     # int32 (pairs,)
+    counts: torch.Tensor   # int32 (E + 1,): rows per local expert, then the pairs with none
+    live: torch.Tensor     # int32 (): rows of local experts (the packed rows in use)
+
+    @staticmethod
+    def empty(pairs: int, experts: int, device) -> "Routing":
+        def buf(dtype, n=pairs):
+            return torch.empty(n, dtype=dtype, device=device)
+
+        routing = Routing(buf(torch.int64), buf(torch.bool), buf(torch.bool), buf(torch.int32), buf(torch.int64),
+                          buf(torch.int64), buf(torch.int64), buf(torch.int64), buf(torch.int32),
+                          buf(torch.int32, experts + 1), torch.empty((), dtype=torch.int32, device=device))
+        routing.ones.fill_(1)
+        torch.cumsum(routing.ones, 0, dtype=torch.int64, out=routing.arange).sub_(1)
+        return routing
+
+    def first(self, pairs: int) -> "Routing":
+        """Views for the first `pairs` pairs (counts and live shared)."""
+        per_pair = {name: getattr(self, name).narrow(0, 0, pairs) for name in self.__dataclass_fields__
+                    if name not in ("counts", "live")}
+        return Routing(**per_pair, counts=self.counts, live=self.live)
+
+
+def route(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, global_experts: int, experts: int,
+          r: Routing) -> None:
+    """Fill `r` from the ids (M, topk): each pair's local expert (expert_map's entry, or the id
+    itself), pairs sorted by it (stable: token order within an expert), counts and live rows. An id
+    outside [0, global_experts), or mapped outside [0, experts), has no local expert. Torch ops
+    writing into `r` only: no allocation, no host synchronisation."""
+    key = r.key
+    torch.add(topk_ids.view(-1), 0, out=key)  # int32 or int64 ids, widened in place
+    torch.lt(key, 0, out=r.flag)
+    torch.ge(key, global_experts, out=r.flag2)
+    torch.logical_or(r.flag, r.flag2, out=r.flag)
+    if expert_map is not None:
+        key.clamp_(0, global_experts - 1)
+        torch.index_select(expert_map, 0, key, out=r.local)
+        torch.add(r.local, 0, out=key)
+        torch.lt(key, 0, out=r.flag2)
+        torch.logical_or(r.flag, r.flag2, out=r.flag)
+        torch.ge(key, experts, out=r.flag2)
+        torch.logical_or(r.flag, r.flag2, out=r.flag)
+    key.masked_fill_(r.flag, experts)
+    torch.sort(key, stable=True, out=(r.sorted, r.order))
+    r.counts.zero_()
+    r.counts.scatter_add_(0, key, r.ones)
+    torch.sum(r.counts.narrow(0, 0, experts), 0, dtype=torch.int32, out=r.live)
+    r.inv.scatter_(0, r.order, r.arange)
+
+
+# ---- workspace ---------------------------------------------------------------------------------
+class Workspace:
+    """The buffers of one layer shape on one device for up to `capacity` pairs: FP8 rows and their
+    scales (A of GEMM1, then A of GEMM2), bf16 rows (GEMM1's output, then GEMM2's) and the
+    routing's. Views of the first M x topk rows serve a call."""
+
+    def __init__(self, device, capacity: int, hidden: int, intermediate: int, experts: int):
+        widest = max(hidden, intermediate)
+        self.capacity = capacity
+        self.fp8 = torch.empty(capacity * widest, dtype=torch.uint8, device=device)
+        self.scales = torch.empty(capacity * widest // 128, dtype=torch.float32, device=device)
+        self.bf16 = torch.empty(capacity * max(2 * intermediate, hidden), dtype=torch.bfloat16, device=device)
+        self.routing = Routing.empty(capacity, experts, device)
+
+    def rows(self, pairs: int, cols: int, kind: str) -> tuple[torch.Tensor, ...]:
+        """(pairs, cols) views: "fp8" -> (e4m3 rows, their (pairs, cols/128) scales); "bf16" -> (rows,)."""
+        if kind == "bf16":
+            return (self.bf16.narrow(0, 0, pairs * cols).view(pairs, cols),)
+        q = self.fp8.narrow(0, 0, pairs * cols).view(torch.float8_e4m3fn).view(pairs, cols)
+        return q, self.scales.narrow(0, 0, pairs * cols // 128).view(pairs, cols // 128)
+
+
+_workspaces: dict[tuple, Workspace] = {}
+# Outgrown workspaces stay allocated: a CUDA graph captured with one keeps its addresses and holds
+# no reference to it (a power-of-two growth keeps them below the size of the newest).
+_outgrown: list[Workspace] = []
+
+
+def workspace(device, pairs: int, hidden: int, intermediate: int, experts: int) -> Workspace:
+    """The workspace of a layer shape on a device, grown to hold `pairs` (capacity a power of two)."""
+    key = (device, hidden, intermediate, experts)
+    ws = _workspaces.get(key)
+    if ws is None or ws.capacity < pairs:
+        if ws is not None:
+            _outgrown.append(ws)
+        ws = _workspaces[key] = Workspace(device, 1 << max(pairs - 1, 0).bit_length(), hidden, intermediate, experts)
+    return ws
+
+
+# ---- the layer ---------------------------------------------------------------------------------
+class Layer:
+    """One call's steps, prepared for its tensors (reused while they stay)."""
+
+    def __init__(self, checked: validate.FusedMoeChecked, hidden_states, w1, w2, w1_scale, w2_scale, topk_weights,
+                 topk_ids, expert_map, apply_router_weight_on_input, hidden_states_scale, alpha, beta, limit):
+        c = checked
+        self.index = hidden_states.device.index
+        info = rt_device.device_info(self.index)
+        pairs = c.tokens * c.topk
+        ws = workspace(hidden_states.device, pairs, c.hidden, c.intermediate, c.experts)
+        r = self.routing = ws.routing.first(pairs)
+        self.checked = c
+        self.route_args = (topk_ids, expert_map, c.global_experts, c.experts, r)
+        a, a_scale = ws.rows(pairs, c.hidden, "fp8")
+        (h,) = ws.rows(pairs, 2 * c.intermediate, "bf16")
+        q, q_scale = ws.rows(pairs, c.intermediate, "fp8")
+        (y,) = ws.rows(pairs, c.hidden, "bf16")
+        permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, info)
+        with torch.cuda.device(self.index):
+            self.permute = kernel.permute(kernel.load(permute, self.index), hidden_states, hidden_states_scale,
+                                          r.order, c.topk, topk_weights, apply_router_weight_on_input, a, a_scale,
+                                          r.live, info.num_sms)
+            self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
+                                              limit, info.num_sms)
+            self.unpermute_kernel = kernel.load(unpermute, self.index)
+        counts = r.counts.narrow(0, 0, c.experts)
+        self.gemm1 = ((a, a_scale), (w1, w1_scale), counts, h)
+        self.gemm2 = ((q, q_scale), (w2, w2_scale), counts, y)
+        self.unpermute_args = (y, r.inv, c.topk, topk_weights, not apply_router_weight_on_input)
+        self._unpermute: dict[tuple, kernel.Launch] = {}
+        self.num_sms = info.num_sms
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        route(*self.route_args)
+        rt_device.run_on_current_stream(self.index, self.permute)
+        moe.ragged_m_moe_gemm_8bit(*self.gemm1, gemm_mode="per_expert")
+        rt_device.run_on_current_stream(self.index, self.gated_act)
+        moe.ragged_m_moe_gemm_8bit(*self.gemm2, gemm_mode="per_expert")
+        key = (out.data_ptr(), out.stride(0))
+        launch = self._unpermute.get(key)
+        if launch is None:
+            if len(self._unpermute) >= 16:
+                self._unpermute.clear()
+            launch = self._unpermute[key] = kernel.unpermute(self.unpermute_kernel, *self.unpermute_args, out,
+                                                             self.routing.live, self.num_sms)
+        rt_device.run_on_current_stream(self.index, launch)
+        return out
+
+
+_warm = calls.WarmCalls(limit=256)
+
+
+def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, *, activation="silu",
+              gemm1_alpha=None, gemm1_beta=None, gemm1_clamp_limit=None, expert_map=None, global_num_experts=-1,
+              apply_router_weight_on_input=False, hidden_states_scale=None, out=None) -> torch.Tensor:
+    """A MoE layer's routed experts: out (M, K) bf16 = sum over each token's top-k experts e of
+    topk_weights x w2[e] . act(w1[e] . x).
+
+    hidden_states (M, K) bf16 (quantised inside, one scale per token and 128 columns) or FP8 e4m3
+    with hidden_states_scale (M, K/128) fp32. w1 (E, 2N, K) e4m3, gate rows then up rows, w1_scale
+    (E, 2N/128, K/128); w2 (E, K, N) e4m3, w2_scale (E, K/128, N/128); fp32 scales per 128x128
+    block; K and N multiples of 128. topk_ids (M, topk) int32/int64, topk_weights (M, topk) fp32.
+    activation: "silu" (silu(gate) * up; with gemm1_clamp_limit, gate clamped above and up to
+    +-limit first), "swigluoai" ((up' + beta) * gate' * sigmoid(alpha * gate'), defaults alpha
+    1.702, beta 1.0, limit 7.0) or "swiglustep" (min(silu(gate), limit) * clamp(up, +-limit), limit
+    7.0). expert_map (global E,) int32: the local index of each global expert, -1 for an expert of
+    another rank (its pairs add nothing); ids outside the map add nothing either.
+    apply_router_weight_on_input (topk 1): the weight scales the input row, the output sums with
+    weight 1. out: (M, K) bf16, written and returned; None: a new tensor.
+    Raises TypeError/ValueError naming the argument before anything runs.
+    """
+    key = calls.memo_key("fused_moe", hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation,
+                         gemm1_alpha, gemm1_beta, gemm1_clamp_limit, expert_map, global_num_experts,
+                         apply_router_weight_on_input, hidden_states_scale)
+    layer = _warm.get(key)
+    if layer is None:
+        checked = validate.fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation,
+                                     gemm1_alpha, gemm1_beta, gemm1_clamp_limit, expert_map, global_num_experts,
+                                     apply_router_weight_on_input, hidden_states_scale, out)
+        if checked.tokens == 0:
+            return out if out is not None else hidden_states.new_empty((0, checked.hidden), dtype=torch.bfloat16)
+        alpha, beta, limit = activation_params(checked.activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
+        layer = Layer(checked, hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, expert_map,
+                      apply_router_weight_on_input, hidden_states_scale, alpha, beta, limit)
+        _warm.remember(key, layer)
+    elif out is not None:
+        validate.fused_moe_out(out, hidden_states, layer.checked.tokens, layer.checked.hidden)
+    if out is None:
+        out = torch.empty((layer.checked.tokens, layer.checked.hidden), dtype=torch.bfloat16,
+                          device=hidden_states.device)
+    return layer(out)

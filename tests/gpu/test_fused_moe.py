@@ -1,0 +1,114 @@
+"""The fused MoE layer on the GPU against testing.moe_layer.fused_moe_reference (float64, with the
+layer's own roundings): every activation x input dtype x expert_map x router-weight placement, the
+edge routings, a CUDA graph replayed with new inputs, and no allocation per call after warm-up."""
+import pytest
+import torch
+
+import mategemm
+from mategemm.testing import moe_layer as ref
+from mategemm.testing.numerics import TOLERANCE, calc_diff
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+TOL = TOLERANCE[("fused_moe", torch.bfloat16)]
+LAYER = ("hidden_states", "w1", "w2", "w1_scale", "w2_scale", "topk_weights", "topk_ids")
+OPTIONS = ("expert_map", "global_num_experts", "hidden_states_scale")
+
+
+def run(case: dict, **options) -> torch.Tensor:
+    args = [case[name] for name in LAYER]
+    kwargs = {name: case[name] for name in OPTIONS if case.get(name) is not None}
+    return mategemm.fused_moe(*args, **kwargs, **options)
+
+
+def reference(case: dict, **options) -> torch.Tensor:
+    args = [case[name] for name in LAYER]
+    kwargs = {name: case[name] for name in OPTIONS if case.get(name) is not None}
+    return ref.fused_moe_reference(*args, **kwargs, **options)
+
+
+def check(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all(), what
+    diff = calc_diff(got, want) if want.abs().sum() > 0 else float(got.abs().max())
+    assert diff <= TOL, f"{what}: calc_diff {diff:.2e}"
+
+
+@pytest.mark.parametrize("activation", ["silu", "swigluoai", "swiglustep"])
+@pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("expert_map", [False, True])
+def test_layer_matches_the_reference(activation, input_dtype, expert_map):
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    case = ref.make_moe_layer_inputs(37, 512, 256, 8, 4, input_dtype, expert_map=expert_map, generator=gen)
+    options = dict(activation=activation)
+    if activation == "silu":
+        options["gemm1_clamp_limit"] = 6.0
+    if activation == "swigluoai":
+        options.update(gemm1_alpha=1.5, gemm1_beta=0.5)
+    out = torch.full((37, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
+    got = run(case, out=out, **options)
+    assert got is out
+    check(got, reference(case, **options), f"{activation} {input_dtype} map={expert_map}")
+
+
+@pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_router_weight_on_input(input_dtype):
+    case = ref.make_moe_layer_inputs(20, 256, 128, 4, 1, input_dtype)
+    check(run(case, apply_router_weight_on_input=True), reference(case, apply_router_weight_on_input=True),
+          f"weight on input {input_dtype}")
+
+
+@pytest.mark.parametrize("tokens,experts,topk,routing", [(1, 8, 2, "uniform"), (1, 4, 1, "uniform"),
+                                                        (300, 16, 4, "skewed"), (64, 256, 8, "skewed")])
+def test_routings(tokens, experts, topk, routing):
+    case = ref.make_moe_layer_inputs(tokens, 256, 128, experts, topk, routing=routing)
+    check(run(case), reference(case), f"M={tokens} E={experts} topk={topk} {routing}")
+
+
+def test_all_tokens_on_one_expert_and_empty_experts():
+    case = ref.make_moe_layer_inputs(50, 256, 128, 8, 1)
+    case["topk_ids"].fill_(3)
+    check(run(case), reference(case), "all on expert 3")
+
+
+def test_every_pair_routed_off_rank_gives_zeros():
+    case = ref.make_moe_layer_inputs(9, 256, 128, 4, 2, expert_map=True)
+    case["expert_map"].fill_(-1)
+    out = torch.full((9, 256), float("nan"), dtype=torch.bfloat16, device="cuda")
+    run(case, out=out)
+    assert (out == 0).all()
+
+
+def test_no_tokens():
+    case = ref.make_moe_layer_inputs(1, 256, 128, 4, 2)
+    for name in ("hidden_states", "topk_weights", "topk_ids"):
+        case[name] = case[name][:0]
+    assert run(case).shape == (0, 256)
+
+
+def test_cuda_graph_replay_matches_eager_bit_for_bit():
+    case = ref.make_moe_layer_inputs(48, 512, 256, 8, 4)
+    out = torch.empty((48, 512), dtype=torch.bfloat16, device="cuda")
+    run(case, out=out)  # warm-up: workspace, kernels, prepared launches
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(case, out=out)
+    for seed in (1, 2):
+        fresh = ref.make_moe_layer_inputs(48, 512, 256, 8, 4, generator=torch.Generator(device="cuda").manual_seed(seed))
+        for name in LAYER:  # new inputs into the captured tensors
+            case[name].copy_(fresh[name])
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = run(fresh)
+        assert torch.equal(out, eager), f"replay {seed} differs from eager"
+
+
+def test_a_warm_call_keeps_memory_flat():
+    case = ref.make_moe_layer_inputs(64, 512, 256, 8, 4)
+    out = torch.empty((64, 512), dtype=torch.bfloat16, device="cuda")
+    run(case, out=out)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(3):
+        run(case, out=out)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before

@@ -1,0 +1,132 @@
+"""The fused MoE layer without a GPU: argument checks, the routing (torch ops, run on the CPU),
+and the call path on fake CUDA tensors asking only for kernels that prewarm plans."""
+import pytest
+import torch
+
+import mategemm
+from fake_device import call, recorded_specs
+from mategemm import moe_layer as layer_module
+from mategemm import prewarm
+from mategemm.kernels import sm90_fp8_gemm_blockscaled
+from mategemm.runtime import device as rt_device
+
+E4M3 = torch.float8_e4m3fn
+
+
+def naive_route(ids, expert_map, global_experts, experts):
+    """(packed order of the pairs, counts per local expert, live rows): the pairs of each local
+    expert in token order, experts in order; pairs with no local expert last."""
+    local = []
+    for g in ids.reshape(-1).tolist():
+        e = -1
+        if 0 <= g < global_experts:
+            e = expert_map[g].item() if expert_map is not None else g
+        local.append(e if 0 <= e < experts else experts)
+    order = sorted(range(len(local)), key=lambda p: (local[p], p))
+    counts = [local.count(e) for e in range(experts)]
+    return order, counts, sum(counts)
+
+
+@pytest.mark.parametrize("case", ["plain", "map", "out_of_range", "all_off", "one_expert", "single"])
+def test_route_matches_a_naive_sort(case):
+    gen = torch.Generator().manual_seed(hash(case) % 1000)
+    tokens, topk, experts, global_experts, expert_map = 37, 4, 8, 8, None
+    ids = torch.stack([torch.randperm(global_experts, generator=gen)[:topk] for _ in range(tokens)]).to(torch.int32)
+    if case in ("map", "out_of_range", "all_off"):
+        global_experts = 16
+        ids = torch.stack([torch.randperm(global_experts, generator=gen)[:topk] for _ in range(tokens)])
+        expert_map = torch.full((global_experts,), -1, dtype=torch.int32)
+        if case != "all_off":
+            expert_map[torch.randperm(global_experts, generator=gen)[:experts]] = torch.arange(experts,
+                                                                                             dtype=torch.int32)
+        if case == "out_of_range":
+            ids[0, 0], ids[1, 1], ids[2, 2] = -1, global_experts, 99
+            expert_map[3] = experts + 2  # a map entry past the local experts
+    if case == "one_expert":
+        ids = torch.full((tokens, 1), 5, dtype=torch.int64)
+        topk = 1
+    if case == "single":
+        tokens, ids = 1, ids[:1]
+    r = layer_module.Routing.empty(tokens * topk, experts, "cpu")
+    layer_module.route(ids, expert_map, global_experts, experts, r)
+    order, counts, live = naive_route(ids, expert_map, global_experts, experts)
+    assert r.order.tolist() == order
+    assert r.counts[:experts].tolist() == counts and r.live.item() == live
+    assert r.inv[r.order].tolist() == list(range(tokens * topk))
+
+
+def test_route_views_of_a_larger_workspace():
+    ids = torch.tensor([[1, 0], [0, 2]], dtype=torch.int32)
+    big = layer_module.Routing.empty(16, 3, "cpu")
+    small = big.first(4)
+    layer_module.route(ids, None, 3, 3, small)
+    assert small.order.tolist() == [1, 2, 0, 3] and big.counts[:3].tolist() == [2, 1, 1] and small.live.item() == 4
+
+
+def inputs(tokens=5, hidden=256, inter=128, experts=4, topk=2, dtype=torch.bfloat16):
+    cuda = lambda *shape, dtype=torch.float32: torch.empty(shape, dtype=dtype, device="cuda")  # noqa: E731
+    return dict(hidden_states=cuda(tokens, hidden, dtype=dtype), w1=cuda(experts, 2 * inter, hidden, dtype=E4M3),
+                w2=cuda(experts, hidden, inter, dtype=E4M3), w1_scale=cuda(experts, 2 * inter // 128, hidden // 128),
+                w2_scale=cuda(experts, hidden // 128, inter // 128), topk_weights=cuda(tokens, topk),
+                topk_ids=cuda(tokens, topk, dtype=torch.int32))
+
+
+BAD = [(dict(activation="gelu"), ValueError, "activation must be one of"),
+       (dict(gemm1_alpha=1.0), ValueError, "apply to activation 'swigluoai' only"),
+       (dict(gemm1_clamp_limit=-1.0), ValueError, "gemm1_clamp_limit must be positive"),
+       (dict(apply_router_weight_on_input=True), ValueError, "needs topk == 1"),
+       (dict(global_num_experts=8), ValueError, "pass expert_map"),
+       (dict(expert_map="x"), TypeError, "expert_map must be a torch.Tensor"),
+       (dict(hidden_states_scale="x"), ValueError, "goes with FP8 hidden_states only"),
+       (dict(out="x"), TypeError, "out must be a torch.Tensor")]
+
+
+@pytest.mark.parametrize("change,error,message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_arguments_are_named(monkeypatch, change, error, message):
+    with recorded_specs(monkeypatch) as asked:
+        args = inputs()
+        with pytest.raises(error, match=message):
+            mategemm.fused_moe(*args.values(), **change)
+    assert asked == []
+
+
+def test_bad_shapes_are_named(monkeypatch):
+    with recorded_specs(monkeypatch):
+        args = inputs()
+        args["w2"] = torch.empty((4, 256, 256), dtype=E4M3, device="cuda")
+        with pytest.raises(ValueError, match="w2 must have shape"):
+            mategemm.fused_moe(*args.values())
+        args = inputs(dtype=E4M3)
+        with pytest.raises(ValueError, match="needs hidden_states_scale"):
+            mategemm.fused_moe(*args.values())
+        args = inputs(hidden=200)
+        with pytest.raises(ValueError, match="multiple of 128"):
+            mategemm.fused_moe(*args.values())
+
+
+@pytest.mark.parametrize("input_dtype", [torch.bfloat16, E4M3])
+@pytest.mark.parametrize("activation", ["silu", "swigluoai", "swiglustep"])
+def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dtype, activation):
+    """DeepSeek-V3's experts at a few token counts: the layer's own kernels and its two GEMMs."""
+    preset = prewarm.load_preset("deepseek_v3")
+    moe = preset.moe
+    planned = {p.spec for p in prewarm.plan_preset(preset, 64, "sm_90a", activations=(activation,))}
+
+    class Done:  # the GEMMs' launches, run as nothing
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, *args):
+            pass
+
+    with recorded_specs(monkeypatch) as asked:
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", Done)
+        monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
+        for tokens in (1, 7, 64):
+            args = inputs(tokens, moe.hidden, moe.moe_intermediate, moe.num_experts, moe.top_k, input_dtype)
+            scale = torch.empty((tokens, moe.hidden // 128), device="cuda") if input_dtype == E4M3 else None
+            call(mategemm.fused_moe, *args.values(), activation=activation, hidden_states_scale=scale)
+    kernels = {spec.kernel for spec in asked}
+    assert kernels == {"sm90_fp8_moe_layer", "sm90_fp8_gemm_blockscaled"}
+    missing = sorted({spec.name_expr for spec in asked if spec not in planned})
+    assert not missing, missing
