@@ -145,52 +145,68 @@ def workspace(device, pairs: int, hidden: int, intermediate: int, experts: int) 
 
 # ---- the layer ---------------------------------------------------------------------------------
 class Layer:
-    """One call's steps, prepared for its tensors (reused while they stay)."""
+    """A layer's steps for its weights, options and input layouts: kernels loaded, workspace views
+    and GEMM calls set up once; the launches that read a call's own tensors (permute: the inputs
+    and weights; unpermute: the weights and `out`) packed once per set of addresses."""
 
-    def __init__(self, checked: validate.FusedMoeChecked, hidden_states, w1, w2, w1_scale, w2_scale, topk_weights,
-                 topk_ids, expert_map, apply_router_weight_on_input, hidden_states_scale, alpha, beta, limit):
-        c = checked
-        self.index = hidden_states.device.index
+    def __init__(self, checked: validate.FusedMoeChecked, device, w1, w2, w1_scale, w2_scale, expert_map,
+                 apply_router_weight_on_input: bool, alpha: float, beta: float, limit: float | None):
+        c = self.checked = checked
+        self.index = device.index
         info = rt_device.device_info(self.index)
         pairs = c.tokens * c.topk
-        ws = workspace(hidden_states.device, pairs, c.hidden, c.intermediate, c.experts)
+        ws = workspace(device, pairs, c.hidden, c.intermediate, c.experts)
         r = self.routing = ws.routing.first(pairs)
-        self.checked = c
-        self.route_args = (topk_ids, expert_map, c.global_experts, c.experts, r)
-        a, a_scale = ws.rows(pairs, c.hidden, "fp8")
+        self.expert_map = expert_map
+        self.weight_input = apply_router_weight_on_input
+        self.a = ws.rows(pairs, c.hidden, "fp8")
         (h,) = ws.rows(pairs, 2 * c.intermediate, "bf16")
         q, q_scale = ws.rows(pairs, c.intermediate, "fp8")
-        (y,) = ws.rows(pairs, c.hidden, "bf16")
+        (self.y,) = ws.rows(pairs, c.hidden, "bf16")
         permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, info)
         with torch.cuda.device(self.index):
-            self.permute = kernel.permute(kernel.load(permute, self.index), hidden_states, hidden_states_scale,
-                                          r.order, c.topk, topk_weights, apply_router_weight_on_input, a, a_scale,
-                                          r.live, info.num_sms)
+            self.kernels = (kernel.load(permute, self.index), kernel.load(unpermute, self.index))
             self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
                                               limit, info.num_sms)
-            self.unpermute_kernel = kernel.load(unpermute, self.index)
         counts = r.counts.narrow(0, 0, c.experts)
-        self.gemm1 = ((a, a_scale), (w1, w1_scale), counts, h)
-        self.gemm2 = ((q, q_scale), (w2, w2_scale), counts, y)
-        self.unpermute_args = (y, r.inv, c.topk, topk_weights, not apply_router_weight_on_input)
-        self._unpermute: dict[tuple, kernel.Launch] = {}
+        self.gemm1 = (self.a, (w1, w1_scale), counts, h)
+        self.gemm2 = ((q, q_scale), (w2, w2_scale), counts, self.y)
         self.num_sms = info.num_sms
+        self._launches: dict[tuple, kernel.Launch] = {}
 
-    def __call__(self, out: torch.Tensor) -> torch.Tensor:
-        route(*self.route_args)
-        rt_device.run_on_current_stream(self.index, self.permute)
+    def _launch(self, key: tuple, make) -> kernel.Launch:
+        launch = self._launches.get(key)
+        if launch is None:
+            if len(self._launches) >= 64:
+                self._launches.clear()
+            launch = self._launches[key] = make()
+        return launch
+
+    def __call__(self, hidden_states, hidden_states_scale, topk_weights, topk_ids, out) -> torch.Tensor:
+        c, r = self.checked, self.routing
+        route(topk_ids, self.expert_map, c.global_experts, c.experts, r)
+        permute = self._launch(
+            ("permute", hidden_states.data_ptr(), 0 if hidden_states_scale is None else hidden_states_scale.data_ptr(),
+             topk_weights.data_ptr()),
+            lambda: kernel.permute(self.kernels[0], hidden_states, hidden_states_scale, r.order, c.topk, topk_weights,
+                                   self.weight_input, *self.a, r.live, self.num_sms))
+        unpermute = self._launch(
+            ("unpermute", topk_weights.data_ptr(), out.data_ptr()),
+            lambda: kernel.unpermute(self.kernels[1], self.y, r.inv, c.topk, topk_weights, not self.weight_input,
+                                     out, r.live, self.num_sms))
+        rt_device.run_on_current_stream(self.index, permute)
         moe.ragged_m_moe_gemm_8bit(*self.gemm1, gemm_mode="per_expert")
         rt_device.run_on_current_stream(self.index, self.gated_act)
         moe.ragged_m_moe_gemm_8bit(*self.gemm2, gemm_mode="per_expert")
-        key = (out.data_ptr(), out.stride(0))
-        launch = self._unpermute.get(key)
-        if launch is None:
-            if len(self._unpermute) >= 16:
-                self._unpermute.clear()
-            launch = self._unpermute[key] = kernel.unpermute(self.unpermute_kernel, *self.unpermute_args, out,
-                                                             self.routing.live, self.num_sms)
-        rt_device.run_on_current_stream(self.index, launch)
+        rt_device.run_on_current_stream(self.index, unpermute)
         return out
+
+
+def _layout(t: torch.Tensor | None):
+    """What the checks read of a per-call tensor: all but its values and its exact address."""
+    if t is None:
+        return None
+    return t.dtype, t.shape, t.stride(), t.device, t.data_ptr() % 16 == 0
 
 
 _warm = calls.WarmCalls(limit=256)
@@ -215,10 +231,13 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
     weight 1. out: (M, K) bf16, written and returned; None: a new tensor.
     Raises TypeError/ValueError naming the argument before anything runs.
     """
-    key = calls.memo_key("fused_moe", hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation,
-                         gemm1_alpha, gemm1_beta, gemm1_clamp_limit, expert_map, global_num_experts,
-                         apply_router_weight_on_input, hidden_states_scale)
-    layer = _warm.get(key)
+    try:
+        key = ("fused_moe", *(_layout(t) for t in (hidden_states, hidden_states_scale, topk_weights, topk_ids)),
+               calls.memo_key(w1, w2, w1_scale, w2_scale, expert_map, activation, gemm1_alpha, gemm1_beta,
+                              gemm1_clamp_limit, global_num_experts, apply_router_weight_on_input))
+        layer = _warm.get(key if key[-1] is not None else None)
+    except (AttributeError, TypeError):  # not tensors where tensors belong: the checks say which
+        key = layer = None
     if layer is None:
         checked = validate.fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation,
                                      gemm1_alpha, gemm1_beta, gemm1_clamp_limit, expert_map, global_num_experts,
@@ -226,12 +245,13 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
         if checked.tokens == 0:
             return out if out is not None else hidden_states.new_empty((0, checked.hidden), dtype=torch.bfloat16)
         alpha, beta, limit = activation_params(checked.activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
-        layer = Layer(checked, hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, expert_map,
-                      apply_router_weight_on_input, hidden_states_scale, alpha, beta, limit)
-        _warm.remember(key, layer)
+        layer = Layer(checked, hidden_states.device, w1, w2, w1_scale, w2_scale, expert_map,
+                      apply_router_weight_on_input, alpha, beta, limit)
+        if key is not None and key[-1] is not None:
+            _warm.remember(key, layer)
     elif out is not None:
         validate.fused_moe_out(out, hidden_states, layer.checked.tokens, layer.checked.hidden)
     if out is None:
         out = torch.empty((layer.checked.tokens, layer.checked.hidden), dtype=torch.bfloat16,
                           device=hidden_states.device)
-    return layer(out)
+    return layer(hidden_states, hidden_states_scale, topk_weights, topk_ids, out)

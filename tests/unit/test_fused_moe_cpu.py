@@ -130,3 +130,32 @@ def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dty
     assert kernels == {"sm90_fp8_moe_layer", "sm90_fp8_gemm_blockscaled"}
     missing = sorted({spec.name_expr for spec in asked if spec not in planned})
     assert not missing, missing
+
+
+def test_new_activations_of_the_same_layout_reuse_the_prepared_layer(monkeypatch):
+    """A serving step passes new hidden_states, ids and weights each time: checked and set up once."""
+    from mategemm import validate
+
+    class Done:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, *args):
+            pass
+
+    with recorded_specs(monkeypatch) as asked:
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", Done)
+        monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
+        checks = []
+        real = validate.fused_moe
+        monkeypatch.setattr(validate, "fused_moe", lambda *args: checks.append(1) or real(*args))
+        weights = inputs()
+        requested = []
+        for _ in range(3):
+            step = dict(inputs(), **{k: weights[k] for k in ("w1", "w2", "w1_scale", "w2_scale")})
+            mategemm.fused_moe(*step.values())
+            requested.append(len(asked))
+        assert len(checks) == 1 and requested[0] >= 4 and requested == requested[:1] * 3  # kernels loaded once
+        step = dict(inputs(tokens=6), **{k: weights[k] for k in ("w1", "w2", "w1_scale", "w2_scale")})
+        mategemm.fused_moe(*step.values())  # another token count: another layout
+        assert len(checks) == 2
