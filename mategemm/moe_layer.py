@@ -9,8 +9,9 @@
     unpermute  out[m] = sum_j w[m, j] * y[row of (m, j)], in slot order
 
 Token-packed rows need no per-expert padding. Buffers come from a workspace kept per (device,
-layer shape) and grown to the largest token count seen, so after a first call of the largest size
-a call allocates nothing but its output (none with `out`), and a CUDA graph captures it.
+layer shape) and grown to the largest token count seen: after a first call of the largest size a
+call allocates only its output (none with `out`) and the sort's scratch, which torch's caching
+allocator serves (and a CUDA graph captures in its pool).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def route(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, global_expert
     """Fill `r` from the ids (M, topk): each pair's local expert (expert_map's entry, or the id
     itself), pairs sorted by it (stable: token order within an expert), counts and live rows. An id
     outside [0, global_experts), or mapped outside [0, experts), has no local expert. Torch ops
-    writing into `r` only: no allocation, no host synchronisation."""
+    writing into `r` (the sort's scratch aside), with no host synchronisation."""
     key = r.key
     torch.add(topk_ids.view(-1), 0, out=key)  # int32 or int64 ids, widened in place
     torch.lt(key, 0, out=r.flag)

@@ -234,7 +234,8 @@ def _fp8_dim(where: str, value: object, multiple: int) -> int:
 
 
 def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str = "sm_90a",
-                num_mp: int | None = None, force: str = "", activations: tuple[str, ...] = ("silu",)) -> list[KernelUse]:
+                num_mp: int | None = None, force: str = "",
+                activations: tuple[str, ...] = ("silu",)) -> list[KernelUse]:
     """Every kernel a call with 1..max_tokens tokens can pick for the preset's GEMMs (and its indexer)
     on `arch`, each once, in first-use order (dense layers, experts, the fused MoE layer's own
     kernels for `activations` and either input dtype, indexer).

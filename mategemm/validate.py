@@ -725,7 +725,8 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
         if hidden_states_scale is None:
             raise ValueError("hidden_states in FP8 needs hidden_states_scale (M, K/128) fp32")
         tensor("hidden_states_scale", hidden_states_scale, ndim=2, dtypes=(torch.float32,))
-        shape("hidden_states_scale", hidden_states_scale, (tokens, hidden // 128), "one scale per token and 128 columns")
+        shape("hidden_states_scale", hidden_states_scale, (tokens, hidden // 128),
+              "one scale per token and 128 columns")
         if hidden_states_scale.stride(1) != 1:
             raise ValueError("hidden_states_scale must be contiguous along its last dimension")
     elif hidden_states_scale is not None:

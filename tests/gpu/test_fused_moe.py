@@ -93,7 +93,8 @@ def test_cuda_graph_replay_matches_eager_bit_for_bit():
     with torch.cuda.graph(graph):
         run(case, out=out)
     for seed in (1, 2):
-        fresh = ref.make_moe_layer_inputs(48, 512, 256, 8, 4, generator=torch.Generator(device="cuda").manual_seed(seed))
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        fresh = ref.make_moe_layer_inputs(48, 512, 256, 8, 4, generator=gen)
         for name in LAYER:  # new inputs into the captured tensors
             case[name].copy_(fresh[name])
         graph.replay()
