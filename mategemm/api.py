@@ -9,7 +9,7 @@ import inspect
 
 import torch
 
-from mategemm import bmm, gemm, indexer, moe, moe_layer, ops
+from mategemm import bmm, formats, gemm, indexer, moe, moe_layer, ops
 
 
 def _traced_as(fn):
@@ -39,3 +39,4 @@ get_paged_mqa_logits_metadata = _traced_as(indexer.get_paged_mqa_logits_metadata
 fp8_paged_mqa_logits = _traced_as(indexer.fp8_paged_mqa_logits)
 fp8_mqa_logits = _traced_as(indexer.fp8_mqa_logits)
 fused_moe = _traced_as(moe_layer.fused_moe)
+moe_gemm_mxfp8_nt_groupwise = _traced_as(formats.moe_gemm_mxfp8_nt_groupwise)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import torch
 
-from mategemm import bmm, gemm, indexer, moe
+from mategemm import bmm, formats, gemm, indexer, moe
 from mategemm import moe_layer
 from mategemm.runtime import device as rt_device
 
@@ -311,4 +311,41 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
     if out is None:
         return _fused_moe(*args, activation, *options)
     _fused_moe_out(*args, out, activation, *options)
+    return out
+
+
+# ---- MXFP8 grouped GEMM -------------------------------------------------------------------------
+MXFP8_DEFAULT_GRANULARITY = (1, 1, 128)
+
+
+@_op("moe_gemm_mxfp8_nt_groupwise")
+def _mxfp8(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, m_indptr: Tensor,
+           scale_granularity_mnk: OptInts = None, scale_major_mode: str = "MN", backend: str = "auto",
+           out_dtype: OptDtype = None) -> Tensor:  # a schema has no tuple default: None is (1, 1, 128)
+    return formats.moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr,
+                                               _tuple(scale_granularity_mnk) or MXFP8_DEFAULT_GRANULARITY,
+                                               scale_major_mode, backend, None, out_dtype)
+
+
+@_mxfp8.register_fake
+def _(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk=None, scale_major_mode="MN", backend="auto",
+      out_dtype=None):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.bfloat16)
+
+
+@_op("moe_gemm_mxfp8_nt_groupwise_out", ("out",))
+def _mxfp8_out(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, m_indptr: Tensor,
+               scale_granularity_mnk: OptInts, scale_major_mode: str, backend: str, out: Tensor,
+               out_dtype: OptDtype = None) -> None:
+    formats.moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr,
+                                        _tuple(scale_granularity_mnk) or MXFP8_DEFAULT_GRANULARITY, scale_major_mode,
+                                        backend, out, out_dtype)
+
+
+def moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk, scale_major_mode, backend,
+                                out, out_dtype):
+    args = (a, b, a_scale, b_scale, m_indptr, _list(scale_granularity_mnk), scale_major_mode, backend)
+    if out is None:
+        return _mxfp8(*args, out_dtype)
+    _mxfp8_out(*args, out, out_dtype)
     return out

@@ -147,3 +147,73 @@ def write_paged_kv(fused: torch.Tensor, k: torch.Tensor, slot_mapping: torch.Ten
     key_bytes = flat[:, :PAGED_KEY_BYTES].view(-1, PAGED_BLOCK_TOKENS, PAGED_HEAD_DIM)
     key_bytes[block, offset] = keys.view(torch.uint8)
     flat[:, PAGED_KEY_BYTES:].view(torch.float32)[block, offset] = scales
+
+
+# ---- MXFP8: e4m3 values with UE8M0 (power-of-two) scales ----------------------------------------
+# A UE8M0 byte e is the scale 2^(e - 127), e in [0, 254] (255 is NaN in the OCP format and never
+# written). Packed scales hold 4 bytes per int32 along K blocks, the first block in the lowest byte
+# (the int32 view of the little-endian byte rows).
+MXFP8_GRANULARITIES = (32, 128)
+UE8M0_BIAS = 127
+
+
+def mxfp8_scale_rows(m_indptr: list[int]) -> tuple[int, list[int]]:
+    """(m_padded, first scale row of each expert) of token-packed rows whose per-expert scale
+    rows are padded to a multiple of 4: m_padded = (cum_m + E x 3) // 4 x 4."""
+    starts, row = [], 0
+    for lo, hi in zip(m_indptr, m_indptr[1:]):
+        starts.append(row)
+        row += -(-(hi - lo) // 4) * 4
+    cum_m, experts = m_indptr[-1], len(m_indptr) - 1
+    return (cum_m + experts * 3) // 4 * 4, starts
+
+
+def _ue8m0_quantize(x: torch.Tensor, k_granularity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 values, UE8M0 bytes (..., ceil(k / gran))) of x (..., k): per row and K block, the
+    smallest power-of-two scale that maps the block's amax into e4m3 (amax / scale <= 448)."""
+    if k_granularity not in MXFP8_GRANULARITIES:
+        raise ValueError(f"k_granularity must be one of {MXFP8_GRANULARITIES}, got {k_granularity!r}")
+    *lead, k = x.shape
+    blocks = -(-k // k_granularity)
+    padded = torch.nn.functional.pad(x.float(), (0, blocks * k_granularity - k))
+    groups = padded.view(*lead, blocks, k_granularity)
+    amax = groups.abs().amax(dim=-1)
+    # exponent of the smallest 2^e >= amax / 448 (frexp: amax / 448 = mantissa x 2^exp, mantissa in [0.5, 1))
+    mantissa, exponent = torch.frexp(amax / 448.0)
+    exponent = torch.where(mantissa == 0.5, exponent - 1, exponent)
+    e = (exponent + UE8M0_BIAS).clamp(0, 2 * UE8M0_BIAS).to(torch.int32)
+    e = torch.where(amax == 0, torch.zeros_like(e), e)
+    scale = torch.ldexp(torch.ones_like(amax), (e - UE8M0_BIAS).to(torch.int32)).unsqueeze(-1)
+    q = (groups / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(*lead, blocks * k_granularity)
+    return q[..., :k].contiguous(), e.to(torch.uint8)
+
+
+def _pack_ue8m0(e: torch.Tensor) -> torch.Tensor:
+    """(..., blocks) UE8M0 bytes -> (..., ceil(blocks / 4)) int32, 4 per int32, padded with zeros."""
+    blocks = e.shape[-1]
+    padded = torch.nn.functional.pad(e, (0, -(-blocks // 4) * 4 - blocks))
+    return padded.contiguous().view(torch.int32)
+
+
+def mxfp8_quantize(x: torch.Tensor, k_granularity: int = 128, m_indptr: list[int] | torch.Tensor | None = None):
+    """MXFP8 e4m3 values and int32-packed UE8M0 scales from bf16/fp32 x, in the layouts of
+    moe_gemm_mxfp8_nt_groupwise: x (cum_m, k) token-packed rows -> (values (cum_m, k), a_scale
+    (m_padded, k_align)), each expert's scale rows (m_indptr: the (E + 1,) CSR offsets) starting at
+    a multiple of 4, padding rows zero; or expert weights x (E, n, k) -> (values, b_scale
+    (E, n, k_align)). k_align = ceil(k / (4 x k_granularity)). Scales round up to a power of two:
+    2^e with e in [-127, 127] (a block of zeros gets 2^-127)."""
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or not x.is_floating_point():
+        raise ValueError("x must be a 2-D (tokens, k) or 3-D (experts, n, k) floating-point tensor")
+    q, e = _ue8m0_quantize(x, k_granularity)
+    if x.dim() == 3:
+        if m_indptr is not None:
+            raise ValueError("m_indptr goes with 2-D token rows, not 3-D expert weights")
+        return q, _pack_ue8m0(e)
+    offsets = [0, x.shape[0]] if m_indptr is None else [int(v) for v in m_indptr]
+    if offsets[0] != 0 or offsets[-1] != x.shape[0] or any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"m_indptr must rise from 0 to x.shape[0] = {x.shape[0]}, got {offsets}")
+    m_padded, starts = mxfp8_scale_rows(offsets)
+    rows = torch.zeros((m_padded, e.shape[1]), dtype=torch.uint8, device=x.device)
+    for start, lo, hi in zip(starts, offsets, offsets[1:]):
+        rows[start:start + hi - lo] = e[lo:hi]
+    return q, _pack_ue8m0(rows)

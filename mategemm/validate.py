@@ -797,3 +797,65 @@ def fused_moe_out(out, hidden_states, tokens: int, hidden: int) -> None:
     shape("out", out, (tokens, hidden))
     tma_operand("out", out)
     same_device("hidden_states", hidden_states.device, out=out)
+
+
+# ---- MXFP8 grouped GEMM ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Mxfp8Checked:
+    cum_m: int
+    n: int
+    k: int
+    experts: int
+    k_granularity: int
+
+
+def moe_gemm_mxfp8(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk, scale_major_mode, backend, out,
+                   out_dtype) -> Mxfp8Checked:
+    """Validate moe_gemm_mxfp8_nt_groupwise's arguments."""
+    if (not isinstance(scale_granularity_mnk, (tuple, list)) or len(scale_granularity_mnk) != 3
+            or tuple(scale_granularity_mnk) not in ((1, 1, 128), (1, 1, 32))):
+        raise ValueError(f"scale_granularity_mnk must be (1, 1, 128) or (1, 1, 32), got {scale_granularity_mnk!r}")
+    k_gran = scale_granularity_mnk[2]
+    choice("scale_major_mode", scale_major_mode, ("MN",), "MN")
+    choice("backend", backend, ("auto", "sm90", "cute"), "auto")
+    if out_dtype not in (None, torch.bfloat16):
+        raise TypeError(f"out_dtype must be torch.bfloat16 (or None), got {out_dtype}")
+    tensor("a", a, ndim=2, dtypes=(E4M3,))
+    tensor("b", b, ndim=3, dtypes=(E4M3,))
+    cum_m, k = a.shape
+    experts, n, k_b = b.shape
+    if k_b != k:
+        raise ValueError(f"a (cum_m, k) and b (E, n, k) must share k: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if k == 0 or k % 128:
+        raise ValueError(f"k must be a positive multiple of 128 (the FP8 core's K block), got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"n (b.shape[1]) must be a positive multiple of 8, got {n}")
+    if not 1 <= experts <= MAX_GROUPS:
+        raise ValueError(f"b: the number of experts must be in [1, {MAX_GROUPS}], got {experts}")
+    k_align = -(-k // (4 * k_gran))
+    tensor("a_scale", a_scale, ndim=2, dtypes=(torch.int32,))
+    shape("a_scale", a_scale, ((cum_m + experts * 3) // 4 * 4, k_align),
+          "(m_padded, k_align): 4 UE8M0 exponents per int32, each expert's rows padded to a multiple of 4")
+    tensor("b_scale", b_scale, ndim=3, dtypes=(torch.int32,))
+    shape("b_scale", b_scale, (experts, n, k_align), "(E, n, k_align): one row of exponents per row of b")
+    tensor("m_indptr", m_indptr, ndim=1, dtypes=(torch.int32,))
+    shape("m_indptr", m_indptr, (experts + 1,), "CSR offsets of the experts' rows")
+    if m_indptr.device.type == "cpu":
+        offsets = m_indptr.tolist()
+        if offsets[0] != 0 or offsets[-1] != cum_m or any(b_ < a_ for a_, b_ in zip(offsets, offsets[1:])):
+            raise ValueError(f"m_indptr must rise from 0 to cum_m = {cum_m}, got {offsets}")
+    if out is not None:
+        tensor("out", out, ndim=2, dtypes=(torch.bfloat16,))
+        shape("out", out, (cum_m, n))
+        tma_operand("out", out)
+    if cum_m:
+        tma_operand("a", a)
+    tma_operand("b", b)
+    same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out)
+    if m_indptr.device != a.device and m_indptr.device.type != "cpu":
+        raise ValueError(f"m_indptr is on {m_indptr.device}, expected {a.device} or the CPU")
+    cuda("a", a)
+    if k_gran == 32:
+        raise NotImplementedError("moe_gemm_mxfp8_nt_groupwise: scale_granularity_mnk (1, 1, 32) needs a main loop "
+                                  "that applies a scale per k32 step; only (1, 1, 128) runs on Hopper so far")
+    return Mxfp8Checked(cum_m, n, k, experts, k_gran)

@@ -239,6 +239,18 @@ def fused_moe_case(device):
         {"skip": ("global_num_experts",), "free_rows": ("expert_map",)}
 
 
+def moe_gemm_mxfp8_nt_groupwise_case(device):
+    baselines = [dict(a=fp8(10, 256, device=device), b=fp8(3, 64, 256, device=device),
+                      a_scale=torch.zeros((16, 1), dtype=torch.int32, device=device),
+                      b_scale=torch.zeros((3, 64, 1), dtype=torch.int32, device=device),
+                      m_indptr=_ints([0, 4, 4, 10], device), scale_granularity_mnk=(1, 1, 128),
+                      out=torch.zeros((10, 64), dtype=torch.bfloat16, device=device))]
+    return baselines, {"a": ("a", "a_scale", "k", "m_indptr", "out"), "b": ("b", "b_scale", "k", "n", "a_scale",
+                                                                           "m_indptr"),
+                       "a_scale": ("a_scale",), "b_scale": ("b_scale",), "m_indptr": ("m_indptr", "a_scale"),
+                       "scale_granularity_mnk": ("scale_granularity_mnk",), "out": ("out",)}, {}
+
+
 CASES = {
     "gemm_fp8_nt_groupwise": gemm_fp8_nt_groupwise_case, "bmm_fp8": bmm_fp8_case, "bmm_fp16": bmm_fp16_case,
     "ragged_m_moe_gemm_8bit": ragged_m_moe_gemm_8bit_case, "masked_moe_gemm_8bit": masked_moe_gemm_8bit_case,
@@ -246,6 +258,7 @@ CASES = {
     "get_paged_mqa_logits_metadata": get_paged_mqa_logits_metadata_case,
     "fp8_paged_mqa_logits": fp8_paged_mqa_logits_case, "fp8_mqa_logits": fp8_mqa_logits_case,
     "batch_deepgemm_fp8_nt_groupwise": batch_deepgemm_fp8_nt_groupwise_case, "fused_moe": fused_moe_case,
+    "moe_gemm_mxfp8_nt_groupwise": moe_gemm_mxfp8_nt_groupwise_case,
 }
 
 

@@ -13,7 +13,8 @@ E4 = torch.float8_e4m3fn
 OPS = {"gemm_fp8_nt_groupwise", "gemm_fp8_nt_groupwise_out", "bmm_fp8", "bmm_fp8_out", "bmm_fp16", "bmm_fp16_out",
        "ragged_m_moe_gemm_8bit_out", "ragged_k_moe_gemm_8bit_out", "masked_moe_gemm_8bit", "masked_moe_gemm_8bit_out",
        "batch_deepgemm_fp8_nt_groupwise_out", "get_paged_mqa_logits_metadata", "fp8_paged_mqa_logits",
-       "fp8_mqa_logits", "fused_moe", "fused_moe_out"}
+       "fp8_mqa_logits", "fused_moe", "fused_moe_out", "moe_gemm_mxfp8_nt_groupwise",
+       "moe_gemm_mxfp8_nt_groupwise_out"}
 
 
 def test_every_public_function_has_its_ops():
@@ -87,6 +88,14 @@ CASES = {
         empty(4, 2, 1), empty(5, 1), empty(5, 1, dtype=torch.int32), expert_map=empty(8, dtype=torch.int32),
         apply_router_weight_on_input=True, hidden_states_scale=empty(5, 2), out=empty(5, 256, dtype=torch.bfloat16)),
         ((5, 256), torch.bfloat16), "fused_moe_out"),
+    "mxfp8": (lambda: mategemm.moe_gemm_mxfp8_nt_groupwise(
+        empty(10, 256, dtype=E4), empty(3, 64, 256, dtype=E4), empty(16, 1, dtype=torch.int32),
+        empty(3, 64, 1, dtype=torch.int32), empty(4, dtype=torch.int32)),
+        ((10, 64), torch.bfloat16), "moe_gemm_mxfp8_nt_groupwise"),
+    "mxfp8 out=": (lambda: mategemm.flashinfer.moe_gemm_mxfp8_nt_groupwise(
+        empty(10, 256, dtype=E4), empty(3, 64, 256, dtype=E4), empty(16, 1, dtype=torch.int32),
+        empty(3, 64, 1, dtype=torch.int32), empty(4, dtype=torch.int32), out=empty(10, 64, dtype=torch.bfloat16)),
+        ((10, 64), torch.bfloat16), "moe_gemm_mxfp8_nt_groupwise_out"),
 }
 
 
@@ -149,7 +158,7 @@ def python_defaults(op_name: str) -> dict:
 
     An argument is required if the Python function requires it, if it is one of a tuple's parts
     (input_a -> a, a_scale), if it is `out` of an _out op, or if a required argument follows it (a
-    schema's defaults are trailing). Tuple defaults read as the schema's lists.
+    schema's defaults are trailing). A tuple default reads as None (a schema cannot hold it).
     """
     python = inspect.signature(getattr(mategemm, op_name.removesuffix("_out"))).parameters
     expected, required_after = {}, False
@@ -160,8 +169,8 @@ def python_defaults(op_name: str) -> dict:
         if default is inspect.Parameter.empty or required_after:
             required_after = True
             expected[arg.name] = REQUIRED
-        else:
-            expected[arg.name] = list(default) if isinstance(default, tuple) else default
+        else:  # a schema holds no tuple default: None stands for it
+            expected[arg.name] = None if isinstance(default, tuple) else default
     return expected
 
 
@@ -186,6 +195,8 @@ def kernel_inputs():
     layer = dict(hidden_states=empty(5, 256, dtype=torch.bfloat16), w1=empty(4, 256, 256, dtype=E4),
                  w2=empty(4, 256, 128, dtype=E4), w1_scale=empty(4, 2, 2), w2_scale=empty(4, 2, 1),
                  topk_weights=empty(5, 2), topk_ids=empty(5, 2, dtype=torch.int32))
+    mxfp8 = dict(a=empty(10, 256, dtype=E4), b=empty(3, 64, 256, dtype=E4), a_scale=empty(16, 1, dtype=torch.int32),
+                 b_scale=empty(3, 64, 1, dtype=torch.int32), m_indptr=empty(4, dtype=torch.int32))
     return {
         "gemm_fp8_nt_groupwise": gemm,
         # a schema's defaults are trailing: those before the required out stay required
@@ -217,6 +228,9 @@ def kernel_inputs():
                                weights=empty(7, 32), cu_seq_len_k_start=empty(7, dtype=torch.int32),
                                cu_seq_len_k_end=empty(7, dtype=torch.int32)),
         "fused_moe": layer,
+        "moe_gemm_mxfp8_nt_groupwise": mxfp8,
+        "moe_gemm_mxfp8_nt_groupwise_out": dict(mxfp8, scale_granularity_mnk=None, scale_major_mode="MN",
+                                                backend="auto", out=empty(10, 64, dtype=torch.bfloat16)),
         "fused_moe_out": dict(layer, out=empty(5, 256, dtype=torch.bfloat16)),
     }
 

@@ -1,0 +1,56 @@
+"""moe_gemm_mxfp8_nt_groupwise on the GPU against the exact MXFP8 reference (mategemm.testing.mxfp8):
+token-packed experts with unaligned and empty segments, extreme exponents, out= and the FlashInfer name."""
+import pytest
+import torch
+
+import mategemm
+from mategemm import quant
+from mategemm.testing import TOLERANCE, calc_diff
+from mategemm.testing import mxfp8 as ref
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+TOL = TOLERANCE[("fp8_gemm", torch.bfloat16)]
+
+
+def case(counts, n=256, k=512, spread=1.0, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    a = torch.randn((offsets[-1], k), device="cuda", generator=gen) * spread
+    b = torch.randn((len(counts), n, k), device="cuda", generator=gen)
+    qa, sa = quant.mxfp8_quantize(a.to(torch.bfloat16), 128, offsets)
+    qb, sb = quant.mxfp8_quantize(b.to(torch.bfloat16), 128)
+    return qa, qb, sa, sb, torch.tensor(offsets, dtype=torch.int32, device="cuda")
+
+
+@pytest.mark.parametrize("counts", [[5, 0, 130, 1, 64], [1], [0, 0, 7], [300, 200], [0, 3] * 20])
+def test_matches_the_exact_reference(counts):
+    qa, qb, sa, sb, m_indptr = case(counts)
+    out = torch.full((qa.shape[0], qb.shape[1]), float("nan"), dtype=torch.bfloat16, device="cuda")
+    got = mategemm.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr, out=out)
+    assert got is out
+    want = ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), 128)
+    if qa.shape[0]:
+        assert calc_diff(got, want) <= TOL
+
+
+def test_extreme_exponents():
+    """Rows scaled by 2^-100 and 2^90: the decoded powers of two are exact, the products finite."""
+    qa, qb, sa, sb, m_indptr = case([4, 9], spread=1.0, seed=1)
+    a = torch.randn((13, 512), device="cuda")
+    a[:4] *= 2.0 ** -100
+    a[4:] *= 2.0 ** 90
+    qa, sa = quant.mxfp8_quantize(a, 128, [0, 4, 13])
+    got = mategemm.flashinfer.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr)
+    want = ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), 128)
+    assert calc_diff(got[:4].double() * 2.0 ** 100, want[:4] * 2.0 ** 100) <= TOL
+    assert calc_diff(got[4:], want[4:]) <= TOL
+
+
+def test_host_offsets_and_no_rows():
+    qa, qb, sa, sb, m_indptr = case([3, 5])
+    got = mategemm.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr.cpu())
+    assert calc_diff(got, ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), 128)) <= TOL
+    empty = case([0, 0])
+    assert mategemm.moe_gemm_mxfp8_nt_groupwise(*empty).shape == (0, 256)
