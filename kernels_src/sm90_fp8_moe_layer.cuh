@@ -1,6 +1,9 @@
 // sm90_fp8_moe_layer: the MoE layer's steps around its two grouped GEMMs (token-packed rows,
 // per_expert mode), each one pass over its rows.
 //
+//   route:     each (token, slot) pair's local expert (expert_map's entry, or the id; none when
+//              out of range), the rows per expert, and the pairs sorted by expert, stable: packed
+//              row r holds pair order[r], pair p sits at row inv[p]; live = rows of local experts.
 //   permute:   a[r] = the FP8 row of the (token, slot) pair order[r], with its 1x128 scales: a bf16
 //              input quantised here, optionally times the pair's router weight; rows r < live.
 //   gated_act: q[r] = act(gate, up) of GEMM1's bf16 output h[r] = [gate | up], quantised 1x128.
@@ -68,6 +71,80 @@ __device__ __forceinline__ float gated_act(float gate, float up, float alpha, fl
     return (up + beta) * gate * sigmoid(alpha * gate);
   } else {
     return fminf(gate * sigmoid(gate), limit) * up;
+  }
+}
+
+// ---- route -------------------------------------------------------------------------------------
+// One CTA of 1024 threads. Pass 1 counts the pairs per key (key = local expert, or `experts` for a
+// pair with none) in shared memory and scans the counts into each key's first row. Pass 2 places
+// 1024 pairs at a time: lanes with the same key find their rank by __match_any_sync, each warp's
+// count per key goes to a per-warp histogram, a prefix over the warps (per key) gives each warp
+// its rows, and the chunk's totals move each key's next row on. Shared memory: 33 x (experts + 1)
+// ints (experts <= 1024: 135 KB).
+constexpr int kRouteThreads = 1024;
+
+template <bool kIds64>
+__device__ __forceinline__ int local_expert(const void* ids, int pair, const int* expert_map, int global_experts,
+                                            int experts) {
+  const i64 g = kIds64 ? __ldg(static_cast<const i64*>(ids) + pair) : __ldg(static_cast<const int*>(ids) + pair);
+  if (g < 0 || g >= global_experts) return experts;
+  const int e = expert_map == nullptr ? static_cast<int>(g) : __ldg(expert_map + g);
+  return e < 0 || e >= experts ? experts : e;
+}
+
+template <bool kIds64>
+__global__ void __launch_bounds__(kRouteThreads) sm90_fp8_moe_route(
+    const void* __restrict__ ids, int pairs, const int* __restrict__ expert_map, int global_experts, int experts,
+    int* __restrict__ counts, int* __restrict__ live, i64* __restrict__ order, i64* __restrict__ inv) {
+  extern __shared__ int route_smem[];
+  const int bins = experts + 1;
+  int* next_row = route_smem;            // bins: each key's next packed row
+  int* warp_rows = route_smem + bins;    // 32 x bins: this chunk's pairs per (warp, key), then their first row
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  for (int b = tid; b < bins; b += kRouteThreads) next_row[b] = 0;
+  __syncthreads();
+  for (int p = tid; p < pairs; p += kRouteThreads)
+    atomicAdd(next_row + local_expert<kIds64>(ids, p, expert_map, global_experts, experts), 1);
+  __syncthreads();
+  for (int b = tid; b < bins; b += kRouteThreads) counts[b] = next_row[b];
+  __syncthreads();
+  if (tid == 0) {
+    int row = 0;
+    for (int b = 0; b < bins; ++b) {
+      const int count = next_row[b];
+      next_row[b] = row;
+      row += count;
+    }
+    *live = next_row[experts];  // the rows of the local experts come first
+  }
+  __syncthreads();
+
+  for (int chunk = 0; chunk < pairs; chunk += kRouteThreads) {
+    for (int i = tid; i < 32 * bins; i += kRouteThreads) warp_rows[i] = 0;
+    __syncthreads();
+    const int p = chunk + tid;
+    const int key = p < pairs ? local_expert<kIds64>(ids, p, expert_map, global_experts, experts) : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, key);
+    const int rank = __popc(same & ((1u << lane) - 1u));
+    if (key >= 0 && rank == 0) warp_rows[warp * bins + key] = __popc(same);
+    __syncthreads();
+    for (int b = tid; b < bins; b += kRouteThreads) {
+      int row = next_row[b];
+      for (int w = 0; w < 32; ++w) {
+        const int count = warp_rows[w * bins + b];
+        warp_rows[w * bins + b] = row;
+        row += count;
+      }
+      next_row[b] = row;
+    }
+    __syncthreads();
+    if (key >= 0) {
+      const int row = warp_rows[warp * bins + key] + rank;
+      order[row] = p;
+      inv[p] = row;
+    }
+    __syncthreads();  // warp_rows is cleared for the next chunk
   }
 }
 

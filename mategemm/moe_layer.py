@@ -1,7 +1,7 @@
 """The fused MoE expert layer (the job of vLLM's DeepGemmExperts, in one call):
 
-    route      local expert of every (token, slot) pair, sorted by expert, counts per expert
-               (torch ops into the workspace: on the GPU, no host synchronisation)
+    route      local expert of every (token, slot) pair, pairs sorted by expert (stable), counts
+               per expert: one kernel, no host synchronisation
     permute    the pairs' FP8 rows packed by expert, a bf16 input quantised 1x128 on the way
     GEMM1      ragged_m_moe_gemm_8bit per_expert: h = a . w1[e]^T, gate and up (bf16)
     gated_act  act(gate, up) quantised 1x128 to FP8 in one kernel
@@ -10,8 +10,7 @@
 
 Token-packed rows need no per-expert padding. Buffers come from a workspace kept per (device,
 layer shape) and grown to the largest token count seen: after a first call of the largest size a
-call allocates only its output (none with `out`) and the sort's scratch, which torch's caching
-allocator serves (and a CUDA graph captures in its pool).
+call allocates nothing but its output (none with `out`), and a CUDA graph captures it.
 """
 from __future__ import annotations
 
@@ -45,64 +44,23 @@ def activation_params(activation: str, alpha: float | None, beta: float | None,
 # ---- routing -----------------------------------------------------------------------------------
 @dataclass
 class Routing:
-    """The routing buffers of `pairs` = M x topk (token, slot) pairs and E local experts."""
+    """What the routing kernel writes for `pairs` = M x topk (token, slot) pairs and E local experts."""
 
-    key: torch.Tensor      # int64 (pairs,): the pair's local expert, E when it has none here
-    flag: torch.Tensor     # bool (pairs,), scratch
-    flag2: torch.Tensor    # bool (pairs,), scratch
-    local: torch.Tensor    # int32 (pairs,): expert_map's answer
-    sorted: torch.Tensor   # int64 (pairs,): keys in order
-    order: torch.Tensor    # int64 (pairs,): packed row r holds pair order[r]
+    order: torch.Tensor    # int64 (pairs,): packed row r holds pair order[r] (rows past `live`: other ranks)
     inv: torch.Tensor      # int64 (pairs,): the packed row of each pair
-    arange: torch.Tensor   # int64 (pairs,): 0, 1, ...
-    ones: torch.Tensor     # int32 (pairs,)
     counts: torch.Tensor   # int32 (E + 1,): rows per local expert, then the pairs with none
     live: torch.Tensor     # int32 (): rows of local experts (the packed rows in use)
 
     @staticmethod
     def empty(pairs: int, experts: int, device) -> "Routing":
-        def buf(dtype, n=pairs):
-            return torch.empty(n, dtype=dtype, device=device)
-
-        routing = Routing(buf(torch.int64), buf(torch.bool), buf(torch.bool), buf(torch.int32), buf(torch.int64),
-                          buf(torch.int64), buf(torch.int64), buf(torch.int64), buf(torch.int32),
-                          buf(torch.int32, experts + 1), torch.empty((), dtype=torch.int32, device=device))
-        routing.ones.fill_(1)
-        torch.cumsum(routing.ones, 0, dtype=torch.int64, out=routing.arange).sub_(1)
-        return routing
+        return Routing(torch.empty(pairs, dtype=torch.int64, device=device),
+                       torch.empty(pairs, dtype=torch.int64, device=device),
+                       torch.empty(experts + 1, dtype=torch.int32, device=device),
+                       torch.empty((), dtype=torch.int32, device=device))
 
     def first(self, pairs: int) -> "Routing":
         """Views for the first `pairs` pairs (counts and live shared)."""
-        per_pair = {name: getattr(self, name).narrow(0, 0, pairs) for name in self.__dataclass_fields__
-                    if name not in ("counts", "live")}
-        return Routing(**per_pair, counts=self.counts, live=self.live)
-
-
-def route(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, global_experts: int, experts: int,
-          r: Routing) -> None:
-    """Fill `r` from the ids (M, topk): each pair's local expert (expert_map's entry, or the id
-    itself), pairs sorted by it (stable: token order within an expert), counts and live rows. An id
-    outside [0, global_experts), or mapped outside [0, experts), has no local expert. Torch ops
-    writing into `r` (the sort's scratch aside), with no host synchronisation."""
-    key = r.key
-    torch.add(topk_ids.view(-1), 0, out=key)  # int32 or int64 ids, widened in place
-    torch.lt(key, 0, out=r.flag)
-    torch.ge(key, global_experts, out=r.flag2)
-    torch.logical_or(r.flag, r.flag2, out=r.flag)
-    if expert_map is not None:
-        key.clamp_(0, global_experts - 1)
-        torch.index_select(expert_map, 0, key, out=r.local)
-        torch.add(r.local, 0, out=key)
-        torch.lt(key, 0, out=r.flag2)
-        torch.logical_or(r.flag, r.flag2, out=r.flag)
-        torch.ge(key, experts, out=r.flag2)
-        torch.logical_or(r.flag, r.flag2, out=r.flag)
-    key.masked_fill_(r.flag, experts)
-    torch.sort(key, stable=True, out=(r.sorted, r.order))
-    r.counts.zero_()
-    r.counts.scatter_add_(0, key, r.ones)
-    torch.sum(r.counts.narrow(0, 0, experts), 0, dtype=torch.int32, out=r.live)
-    r.inv.scatter_(0, r.order, r.arange)
+        return Routing(self.order.narrow(0, 0, pairs), self.inv.narrow(0, 0, pairs), self.counts, self.live)
 
 
 # ---- workspace ---------------------------------------------------------------------------------
@@ -164,9 +122,10 @@ class Layer:
         (h,) = ws.rows(pairs, 2 * c.intermediate, "bf16")
         q, q_scale = ws.rows(pairs, c.intermediate, "fp8")
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
-        permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, info)
+        route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
         with torch.cuda.device(self.index):
-            self.kernels = (kernel.load(permute, self.index), kernel.load(unpermute, self.index))
+            self.kernels = (kernel.load(route, self.index), kernel.load(permute, self.index),
+                            kernel.load(unpermute, self.index))
             self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
                                               limit, info.num_sms)
         counts = r.counts.narrow(0, 0, c.experts)
@@ -185,16 +144,20 @@ class Layer:
 
     def __call__(self, hidden_states, hidden_states_scale, topk_weights, topk_ids, out) -> torch.Tensor:
         c, r = self.checked, self.routing
-        route(topk_ids, self.expert_map, c.global_experts, c.experts, r)
+        route = self._launch(
+            ("route", topk_ids.data_ptr()),
+            lambda: kernel.route(self.kernels[0], topk_ids, self.expert_map, c.global_experts, c.experts, r.counts,
+                                 r.live, r.order, r.inv))
         permute = self._launch(
             ("permute", hidden_states.data_ptr(), 0 if hidden_states_scale is None else hidden_states_scale.data_ptr(),
              topk_weights.data_ptr()),
-            lambda: kernel.permute(self.kernels[0], hidden_states, hidden_states_scale, r.order, c.topk, topk_weights,
+            lambda: kernel.permute(self.kernels[1], hidden_states, hidden_states_scale, r.order, c.topk, topk_weights,
                                    self.weight_input, *self.a, r.live, self.num_sms))
         unpermute = self._launch(
             ("unpermute", topk_weights.data_ptr(), out.data_ptr()),
-            lambda: kernel.unpermute(self.kernels[1], self.y, r.inv, c.topk, topk_weights, not self.weight_input,
+            lambda: kernel.unpermute(self.kernels[2], self.y, r.inv, c.topk, topk_weights, not self.weight_input,
                                      out, r.live, self.num_sms))
+        rt_device.run_on_current_stream(self.index, route)
         rt_device.run_on_current_stream(self.index, permute)
         moe.ragged_m_moe_gemm_8bit(*self.gemm1, gemm_mode="per_expert")
         rt_device.run_on_current_stream(self.index, self.gated_act)

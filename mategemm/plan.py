@@ -131,9 +131,10 @@ def mqa_logits(rows: int, heads: int, paged: bool, device: DeviceInfo) -> MqaPla
                    kernel_mqa.smem_bytes(rows, heads, stages), kernel_mqa.spec(rows, heads, stages, paged, device.arch))
 
 
-def moe_layer_kernels(input_fp8: bool, activation: str,
-                      device: DeviceInfo) -> tuple[KernelSpec, KernelSpec, KernelSpec]:
+def moe_layer_kernels(input_fp8: bool, activation: str, ids_64bit: bool,
+                      device: DeviceInfo) -> tuple[KernelSpec, KernelSpec, KernelSpec, KernelSpec]:
     """The fused MoE layer's own kernels (its GEMMs are planned as per_expert grouped GEMMs):
-    permute (quantising a bf16 input), gated activation + quantisation, unpermute."""
-    return (kernel_moe.permute_spec(input_fp8, device.arch), kernel_moe.gated_act_spec(activation, device.arch),
-            kernel_moe.unpermute_spec(device.arch))
+    route (int32 or int64 ids), permute (quantising a bf16 input), gated activation +
+    quantisation, unpermute."""
+    return (kernel_moe.route_spec(ids_64bit, device.arch), kernel_moe.permute_spec(input_fp8, device.arch),
+            kernel_moe.gated_act_spec(activation, device.arch), kernel_moe.unpermute_spec(device.arch))

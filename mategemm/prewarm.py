@@ -255,9 +255,10 @@ def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str 
             planned.setdefault(spec, KernelUse(spec, "moe", use))
         for input_fp8 in (False, True):  # fused_moe: its GEMMs are the per_expert ones above
             for activation in activations:
-                for spec in plan.moe_layer_kernels(input_fp8, activation, device):
-                    planned.setdefault(spec, KernelUse(spec, "moe_layer", f"fused_moe {activation} "
-                                                                          f"{'fp8' if input_fp8 else 'bf16'} input"))
+                for ids_64bit in (False, True):
+                    use = f"fused_moe {activation} {'fp8' if input_fp8 else 'bf16'} input"
+                    for spec in plan.moe_layer_kernels(input_fp8, activation, ids_64bit, device):
+                        planned.setdefault(spec, KernelUse(spec, "moe_layer", use))
     if preset.indexer is not None:
         for spec, use in indexer_specs(preset.indexer, device):
             planned.setdefault(spec, KernelUse(spec, "indexer", use))

@@ -700,6 +700,7 @@ class FusedMoeChecked:
     input_fp8: bool        # hidden_states given FP8 with hidden_states_scale
     activation: str
     global_experts: int    # ids range over [0, global_experts)
+    ids_64bit: bool        # topk_ids int64 (else int32)
 
 
 def _float_or_none(name: str, value, positive: bool = False) -> None:
@@ -788,7 +789,8 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
                 topk_weights=topk_weights, topk_ids=topk_ids, expert_map=expert_map,
                 hidden_states_scale=hidden_states_scale)
     cuda("hidden_states", hidden_states)
-    return FusedMoeChecked(tokens, hidden, intermediate, experts, topk, input_fp8, activation, global_experts)
+    return FusedMoeChecked(tokens, hidden, intermediate, experts, topk, input_fp8, activation, global_experts,
+                           topk_ids.dtype == torch.int64)
 
 
 def fused_moe_out(out, hidden_states, tokens: int, hidden: int) -> None:

@@ -11,12 +11,16 @@ from mategemm.runtime import launch as rt
 
 KERNEL = "sm90_fp8_moe_layer"
 THREADS = 256
+ROUTE_THREADS = 1024
+MAX_EXPERTS = 1024                        # validate.MAX_GROUPS
+ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key)
 GROUP = 128       # columns per scale
 CTAS_PER_SM = 8   # the grids stride over their rows
 ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
 PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
                  rt.INT, rt.PTR, rt.INT)
 ACT_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.I64, rt.INT, rt.PTR, rt.INT, rt.FLOAT, rt.FLOAT, rt.FLOAT)
+ROUTE_TYPES = (rt.PTR, rt.INT, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.PTR)
 UNPERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.INT, rt.INT, rt.PTR, rt.INT)
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
@@ -24,6 +28,10 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 def _spec(name_expr: str, arch: str) -> KernelSpec:
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+
+
+def route_spec(ids_64bit: bool, arch: str) -> KernelSpec:
+    return _spec(f"&mategemm::sm90_fp8_moe_route<{'true' if ids_64bit else 'false'}>", arch)
 
 
 def permute_spec(input_fp8: bool, arch: str) -> KernelSpec:
@@ -42,7 +50,9 @@ def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None =
     key = (device_index, kernel_spec)
     kernel = _loaded.get(key)
     if kernel is None:
-        kernel = _loaded[key] = rt.LoadedKernel((cache or default_cache()).get(kernel_spec), THREADS, 0)
+        routing = "moe_route" in kernel_spec.name_expr
+        kernel = _loaded[key] = rt.LoadedKernel((cache or default_cache()).get(kernel_spec),
+                                                ROUTE_THREADS if routing else THREADS, ROUTE_SMEM if routing else 0)
     return kernel
 
 
@@ -66,6 +76,13 @@ class Launch:
 
     def __call__(self, stream: int) -> None:
         self.kernel.launch(self.grid, stream, self.args)
+
+
+def route(kernel, ids, expert_map, global_experts: int, experts: int, counts, live, order, inv) -> Launch:
+    """counts (E + 1), live, order and inv of the (token, slot) pairs of ids (M, topk): one CTA."""
+    values = (ids.data_ptr(), ids.numel(), _ptr(expert_map), global_experts, experts, counts.data_ptr(),
+              live.data_ptr(), order.data_ptr(), inv.data_ptr())
+    return Launch(kernel, 1, values, ROUTE_TYPES, (ids, expert_map, counts, live, order, inv))
 
 
 def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_scale, live, num_sms) -> Launch:

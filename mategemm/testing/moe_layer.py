@@ -310,3 +310,22 @@ def route_counts(topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Ten
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_experts):
         raise ValueError(f"local experts must be in [0, {num_experts}), got min {int(ids.min())}, max {int(ids.max())}")
     return torch.bincount(ids, minlength=num_experts).tolist()
+
+
+def route_reference(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, global_experts: int,
+                    experts: int) -> tuple[list[int], list[int], list[int], int]:
+    """What the layer's routing kernel writes, on the host: (order, inv, counts (E + 1), live).
+    A pair's key is its local expert (expert_map's entry, or the id), or `experts` when the id is
+    outside [0, global_experts) or maps outside [0, experts); pairs sorted by key, stable."""
+    keys = []
+    for g in topk_ids.reshape(-1).tolist():
+        e = experts
+        if 0 <= g < global_experts:
+            e = int(expert_map[g]) if expert_map is not None else g
+        keys.append(e if 0 <= e < experts else experts)
+    order = sorted(range(len(keys)), key=lambda p: (keys[p], p))
+    inv = [0] * len(keys)
+    for row, pair in enumerate(order):
+        inv[pair] = row
+    counts = [keys.count(e) for e in range(experts + 1)]
+    return order, inv, counts, sum(counts[:experts])

@@ -113,3 +113,34 @@ def test_a_warm_call_keeps_memory_flat():
         run(case, out=out)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before
+
+
+@pytest.mark.parametrize("tokens,topk,experts,global_experts,mapped,dtype",
+                         [(1, 1, 1, 1, False, torch.int32), (5, 2, 4, 4, False, torch.int64),
+                          (3000, 8, 256, 256, False, torch.int32), (700, 4, 16, 64, True, torch.int64),
+                          (2048, 8, 1024, 1024, False, torch.int32)])
+def test_route_kernel_matches_the_reference(tokens, topk, experts, global_experts, mapped, dtype):
+    """The routing kernel alone, against testing.moe_layer.route_reference: several 1024-pair
+    chunks, an expert map, ids out of range, int32 and int64 ids, 1024 experts."""
+    from mategemm import moe_layer
+    from mategemm.kernels import sm90_fp8_moe_layer as kernel
+    from mategemm.runtime import device as rt_device
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    ids = torch.stack([torch.randperm(global_experts, device="cuda", generator=gen)[:topk] for _ in range(tokens)])
+    ids = ids.to(dtype)
+    ids.view(-1)[::97] = -1
+    ids.view(-1)[5::101] = global_experts + 3
+    expert_map = None
+    if mapped:
+        expert_map = torch.full((global_experts,), -1, dtype=torch.int32, device="cuda")
+        chosen = torch.randperm(global_experts, device="cuda", generator=gen)[:experts]
+        expert_map[chosen] = torch.arange(experts, dtype=torch.int32, device="cuda")
+    r = moe_layer.Routing.empty(tokens * topk, experts, "cuda")
+    launch = kernel.route(kernel.load(kernel.route_spec(dtype == torch.int64, "sm_90a"), 0), ids, expert_map,
+                          global_experts, experts, r.counts, r.live, r.order, r.inv)
+    rt_device.run_on_current_stream(0, launch)
+    order, inv, counts, live = ref.route_reference(ids.cpu(), None if expert_map is None else expert_map.cpu(),
+                                                   global_experts, experts)
+    assert r.order.tolist() == order and r.inv.tolist() == inv
+    assert r.counts.tolist() == counts and r.live.item() == live

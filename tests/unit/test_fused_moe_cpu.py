@@ -7,60 +7,44 @@ import mategemm
 from fake_device import call, recorded_specs
 from mategemm import moe_layer as layer_module
 from mategemm import prewarm
+from mategemm.testing import moe_layer as ref
 from mategemm.kernels import sm90_fp8_gemm_blockscaled
 from mategemm.runtime import device as rt_device
 
 E4M3 = torch.float8_e4m3fn
 
 
-def naive_route(ids, expert_map, global_experts, experts):
-    """(packed order of the pairs, counts per local expert, live rows): the pairs of each local
-    expert in token order, experts in order; pairs with no local expert last."""
-    local = []
-    for g in ids.reshape(-1).tolist():
-        e = -1
-        if 0 <= g < global_experts:
-            e = expert_map[g].item() if expert_map is not None else g
-        local.append(e if 0 <= e < experts else experts)
-    order = sorted(range(len(local)), key=lambda p: (local[p], p))
-    counts = [local.count(e) for e in range(experts)]
-    return order, counts, sum(counts)
-
-
-@pytest.mark.parametrize("case", ["plain", "map", "out_of_range", "all_off", "one_expert", "single"])
-def test_route_matches_a_naive_sort(case):
-    gen = torch.Generator().manual_seed(hash(case) % 1000)
-    tokens, topk, experts, global_experts, expert_map = 37, 4, 8, 8, None
-    ids = torch.stack([torch.randperm(global_experts, generator=gen)[:topk] for _ in range(tokens)]).to(torch.int32)
-    if case in ("map", "out_of_range", "all_off"):
-        global_experts = 16
-        ids = torch.stack([torch.randperm(global_experts, generator=gen)[:topk] for _ in range(tokens)])
-        expert_map = torch.full((global_experts,), -1, dtype=torch.int32)
-        if case != "all_off":
-            expert_map[torch.randperm(global_experts, generator=gen)[:experts]] = torch.arange(experts,
-                                                                                             dtype=torch.int32)
-        if case == "out_of_range":
-            ids[0, 0], ids[1, 1], ids[2, 2] = -1, global_experts, 99
-            expert_map[3] = experts + 2  # a map entry past the local experts
+@pytest.mark.parametrize("case", ["plain", "map", "out_of_range", "all_off", "one_expert"])
+def test_the_routing_reference(case):
+    """testing.moe_layer.route_reference (what the routing kernel must write) on hand-made cases."""
+    ids = torch.tensor([[2, 0], [0, 1], [2, 3]], dtype=torch.int32)
+    expert_map = None
+    global_experts, experts = 4, 4
+    want_order = {"plain": [1, 2, 3, 0, 4, 5], "one_expert": [0, 1, 2, 3, 4, 5]}
+    if case == "map":
+        expert_map, global_experts, experts = torch.tensor([1, -1, 0, 1], dtype=torch.int32), 4, 2
+        want_order["map"] = [0, 4, 1, 2, 5, 3]  # expert 0: pairs 0, 4 (global 2); expert 1: 1, 5; off-rank: 3
+    if case == "out_of_range":
+        ids = torch.tensor([[-1, 0], [7, 1], [2, 4]], dtype=torch.int64)
+        want_order["out_of_range"] = [1, 3, 4, 0, 2, 5]
+    if case == "all_off":
+        expert_map, experts = torch.full((4,), -1, dtype=torch.int32), 3
+        want_order["all_off"] = [0, 1, 2, 3, 4, 5]
     if case == "one_expert":
-        ids = torch.full((tokens, 1), 5, dtype=torch.int64)
-        topk = 1
-    if case == "single":
-        tokens, ids = 1, ids[:1]
-    r = layer_module.Routing.empty(tokens * topk, experts, "cpu")
-    layer_module.route(ids, expert_map, global_experts, experts, r)
-    order, counts, live = naive_route(ids, expert_map, global_experts, experts)
-    assert r.order.tolist() == order
-    assert r.counts[:experts].tolist() == counts and r.live.item() == live
-    assert r.inv[r.order].tolist() == list(range(tokens * topk))
+        ids = torch.full((3, 2), 3, dtype=torch.int32)
+    order, inv, counts, live = ref.route_reference(ids, expert_map, global_experts, experts)
+    assert order == want_order[case]
+    assert [inv[p] for p in order] == list(range(6))
+    assert sum(counts) == 6 and live == sum(counts[:experts])
+    if case == "all_off":
+        assert live == 0
 
 
-def test_route_views_of_a_larger_workspace():
-    ids = torch.tensor([[1, 0], [0, 2]], dtype=torch.int32)
+def test_routing_views_of_a_larger_workspace():
     big = layer_module.Routing.empty(16, 3, "cpu")
     small = big.first(4)
-    layer_module.route(ids, None, 3, 3, small)
-    assert small.order.tolist() == [1, 2, 0, 3] and big.counts[:3].tolist() == [2, 1, 1] and small.live.item() == 4
+    assert small.order.shape == (4,) and small.order.data_ptr() == big.order.data_ptr()
+    assert small.counts is big.counts and small.live is big.live
 
 
 def inputs(tokens=5, hidden=256, inter=128, experts=4, topk=2, dtype=torch.bfloat16):

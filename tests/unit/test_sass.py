@@ -197,7 +197,9 @@ def test_transpose_kernel_sass(sass_cache, vector_loads):
     assert ("LDG.E.128" in text) == vector_loads
 
 
-MOE_LAYER_SPECS = {"permute bf16": sm90_fp8_moe_layer.permute_spec(False, ARCH),
+MOE_LAYER_SPECS = {"route int32": sm90_fp8_moe_layer.route_spec(False, ARCH),
+                   "route int64": sm90_fp8_moe_layer.route_spec(True, ARCH),
+                   "permute bf16": sm90_fp8_moe_layer.permute_spec(False, ARCH),
                    "permute fp8": sm90_fp8_moe_layer.permute_spec(True, ARCH),
                    **{f"gated_act {a}": sm90_fp8_moe_layer.gated_act_spec(a, ARCH) for a in ("silu", "swiglustep")},
                    "unpermute": sm90_fp8_moe_layer.unpermute_spec(ARCH)}
@@ -214,6 +216,8 @@ def test_moe_layer_kernels_sass(sass_cache, name):
         assert ops["F2FP"] >= 2 and ops["SHFL"] >= 5, ops
     if name == "unpermute":
         assert "STG.E.128 " in text, ops
+    if name.startswith("route"):  # the stable rank of equal keys in a warp, shared-memory counts
+        assert ops["MATCH"] >= 1 and ops["ATOMS"] >= 1, ops
 
 
 def test_grouped_instances_cover_every_mode():
