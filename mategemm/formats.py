@@ -1,7 +1,7 @@
 """MXFP8 on Hopper: FlashInfer's moe_gemm_mxfp8_nt_groupwise (token-packed experts, UE8M0 scales).
 
-Granularity 128: the UE8M0 exponents are decoded to fp32 powers of two (exact) on the GPU, the
-token rows' scales gathered from their per-expert padded rows, and the GEMM runs on the grouped
+Granularity 128: one small kernel decodes the UE8M0 exponents to fp32 powers of two (exact) and
+gathers each token row's scales from its expert's padded rows, then the GEMM runs on the grouped
 core's psum_expert mode with recipe (1,1,128), exactly as an FP32-scaled call. Granularity 32 (one
 scale per wgmma k32 step) needs its own main loop and is not available yet.
 """
@@ -10,27 +10,8 @@ from __future__ import annotations
 import torch
 
 from mategemm import moe, validate
-from mategemm.quant import UE8M0_BIAS
-
-_SMALLEST_SCALE = 2.0 ** -UE8M0_BIAS  # UE8M0 byte 0, a float32 subnormal
-
-
-def decode_ue8m0(packed: torch.Tensor, blocks: int) -> torch.Tensor:
-    """fp32 (..., blocks) scales 2^(e - 127) of int32-packed UE8M0 bytes (first block lowest)."""
-    e = packed.contiguous().view(torch.uint8)[..., :blocks].to(torch.int32)
-    scale = (e << 23).view(torch.float32)
-    return torch.where(e == 0, torch.full_like(scale, _SMALLEST_SCALE), scale)
-
-
-def token_scale_rows(m_indptr: torch.Tensor, cum_m: int) -> torch.Tensor:
-    """int64 (cum_m,): the a_scale row of each token row (each expert's rows start at a multiple
-    of 4), from the CSR offsets on the device (no host synchronisation)."""
-    counts = (m_indptr[1:] - m_indptr[:-1]).to(torch.int64)
-    aligned = (counts + 3) // 4 * 4
-    first_row = torch.cumsum(aligned, 0) - aligned
-    rows = torch.arange(cum_m, device=m_indptr.device)
-    expert = torch.searchsorted(m_indptr[1:].to(torch.int64), rows, right=True).clamp(max=counts.numel() - 1)
-    return first_row[expert] + rows - m_indptr[:-1].to(torch.int64)[expert]
+from mategemm.kernels import sm90_mxfp8_scales as kernel_scales
+from mategemm.runtime import device as rt_device
 
 
 def moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk=(1, 1, 128),
@@ -53,8 +34,13 @@ def moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr, scale_granular
         return out
     blocks = checked.k // checked.k_granularity
     offsets = m_indptr.to(a.device)  # host offsets (checked) are copied to the GPU
-    sa = decode_ue8m0(a_scale, blocks)[token_scale_rows(offsets, checked.cum_m)]
-    sb = decode_ue8m0(b_scale, blocks)
-    psum = offsets[1:].contiguous()
-    return moe.ragged_m_moe_gemm_8bit((a, sa), (b, sb), psum, out, gemm_mode="psum_expert",
+    sa = torch.empty((checked.cum_m, blocks), dtype=torch.float32, device=a.device)
+    sb = torch.empty((checked.experts, checked.n, blocks), dtype=torch.float32, device=a.device)
+    index = a.device.index
+    info = rt_device.device_info(index)
+    with torch.cuda.device(index):
+        kernel = kernel_scales.load(info.arch, index)
+    rt_device.run_on_current_stream(index, kernel_scales.decode, kernel, a_scale, offsets, b_scale, sa, sb,
+                                    info.num_sms)
+    return moe.ragged_m_moe_gemm_8bit((a, sa), (b, sb), offsets[1:], out, gemm_mode="psum_expert",
                                       scale_granularity_mnk=(1, 1, 128))

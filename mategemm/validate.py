@@ -840,6 +840,8 @@ def moe_gemm_mxfp8(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk, scal
           "(m_padded, k_align): 4 UE8M0 exponents per int32, each expert's rows padded to a multiple of 4")
     tensor("b_scale", b_scale, ndim=3, dtypes=(torch.int32,))
     shape("b_scale", b_scale, (experts, n, k_align), "(E, n, k_align): one row of exponents per row of b")
+    if a_scale.stride(1) != 1 or not b_scale.is_contiguous():
+        raise ValueError("a_scale must be contiguous along its rows and b_scale contiguous")
     tensor("m_indptr", m_indptr, ndim=1, dtypes=(torch.int32,))
     shape("m_indptr", m_indptr, (experts + 1,), "CSR offsets of the experts' rows")
     if m_indptr.device.type == "cpu":

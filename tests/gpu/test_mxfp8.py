@@ -54,3 +54,26 @@ def test_host_offsets_and_no_rows():
     assert calc_diff(got, ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), 128)) <= TOL
     empty = case([0, 0])
     assert mategemm.moe_gemm_mxfp8_nt_groupwise(*empty).shape == (0, 256)
+
+
+def test_scale_decode_kernel_is_exact():
+    """The decode kernel alone: every exponent byte 0..254 and the token rows' padded scale rows."""
+    from mategemm.kernels import sm90_mxfp8_scales as kernel_scales
+    from mategemm.runtime import device as rt_device
+
+    offsets = [0, 3, 3, 10, 11]
+    a_scale = torch.randint(0, 255, (16, 2), dtype=torch.int32, device="cuda")
+    a_scale.view(torch.uint8)[:, :8] = torch.randint(0, 255, (16, 8), dtype=torch.uint8, device="cuda")
+    b_scale = (torch.arange(4 * 32 * 2, dtype=torch.int32, device="cuda") % 255).view(4, 32, 2)  # byte 255 is NaN
+    b_scale.view(torch.uint8).view(-1)[:255] = torch.arange(255, dtype=torch.uint8, device="cuda")
+    blocks = 8
+    sa = torch.empty((11, blocks), dtype=torch.float32, device="cuda")
+    sb = torch.empty((4, 32, blocks), dtype=torch.float32, device="cuda")
+    kernel = kernel_scales.load("sm_90a", 0)
+    m_indptr = torch.tensor(offsets, dtype=torch.int32, device="cuda")
+    rt_device.run_on_current_stream(0, kernel_scales.decode, kernel, a_scale, m_indptr, b_scale, sa, sb, 132)
+    ones = torch.ones((11, 8 * 128), dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn)  # 1.0 is 0x38
+    ones.view(torch.uint8).fill_(0x38)
+    want_a = ref.mxfp8_dequantize(ones, a_scale, 128, offsets)[:, ::128]
+    want_b = ref.mxfp8_dequantize(ones[:1].expand(4 * 32, -1).reshape(4, 32, -1), b_scale, 128)[..., ::128]
+    assert torch.equal(sa.double(), want_a) and torch.equal(sb.double(), want_b)

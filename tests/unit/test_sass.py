@@ -205,6 +205,14 @@ MOE_LAYER_SPECS = {"route int32": sm90_fp8_moe_layer.route_spec(False, ARCH),
                    "unpermute": sm90_fp8_moe_layer.unpermute_spec(ARCH)}
 
 
+def test_mxfp8_scales_kernel_sass(sass_cache):
+    from mategemm.kernels import sm90_mxfp8_scales
+
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(sass_cache.get(sm90_mxfp8_scales.spec(ARCH)).path /
+                                                          "kernel.cubin")))
+    assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STG"] >= 2, ops
+
+
 @pytest.mark.parametrize("name", MOE_LAYER_SPECS)
 def test_moe_layer_kernels_sass(sass_cache, name):
     """The fused MoE layer's own kernels: no spills; the quantising ones convert to e4m3 in pairs
