@@ -75,6 +75,16 @@ def dense_bytes(m: int, n: int, k: int) -> int:
     return m * k + n * k + m * (k // 128) * 4 + math.ceil(n / 128) * (k // 128) * 4 + m * n * 2
 
 
+def live_deepgemm():
+    """DeepGEMM's module when it imports (a build on the PYTHONPATH: tools/deepgemm_build.sh), else
+    None: the suites then take DeepGEMM's numbers from the anchors."""
+    try:
+        import deep_gemm
+    except Exception:  # noqa: BLE001 - not built here, or built for another torch
+        return None
+    return deep_gemm
+
+
 def bench_dense_fp8(args) -> dict:
     props = torch.cuda.get_device_properties(0)
     kind = card_kind(props.name)
@@ -83,6 +93,9 @@ def bench_dense_fp8(args) -> dict:
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     result = {"suite": "dense_fp8", "card": props.name, "date": time.strftime("%Y-%m-%d"),
               "copy_tbps": round(copy_tbps(), 3), "rows": []}
+    deep_gemm = live_deepgemm()
+    if deep_gemm is not None:
+        result["deepgemm"] = f"live, {getattr(deep_gemm, '__version__', '?')}"
     for shape in shapes:
         m, n, k = shape["m"], shape["n"], shape["k"]
         nbytes = dense_bytes(m, n, k)
@@ -93,12 +106,26 @@ def bench_dense_fp8(args) -> dict:
 
         a, b, sa, sb = sets[0]
         ours = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=outs[0])
-        row["mategemm_diff"] = calc_diff(ours, fp8_gemm_reference(a, b, sa, sb))
+        reference = fp8_gemm_reference(a, b, sa, sb)
+        row["mategemm_diff"] = calc_diff(ours, reference)
         impls = {
             "mategemm": ours_calls,
             "cublas_blockwise": lambda: [peers.cublas_blockwise(*s) for s in sets],
             "cublas_tensorwise": lambda: [peers.cublas_tensorwise(s[0], s[1]) for s in sets],
         }
+        if deep_gemm is not None:  # the live anchor: ours and DeepGEMM take turns (the card's clock drifts)
+            def deepgemm_calls():
+                return [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)
+                        for s, o in zip(sets, outs)]
+            def deepgemm_diff():
+                deepgemm_calls()[0]()  # writes outs[0]
+                return calc_diff(outs[0], reference)
+
+            record_diff(row, "deepgemm", deepgemm_diff)
+            time_interleaved(row, [("mategemm", lambda: ours_calls, None), ("deepgemm", deepgemm_calls, None)],
+                             flops, nbytes)
+            row["deepgemm_source"] = "live"
+            del impls["mategemm"]
         for name, calls in impls.items():
             try:
                 calls = calls() if callable(calls) else calls
@@ -110,7 +137,7 @@ def bench_dense_fp8(args) -> dict:
             row[f"{name}_tflops"] = round(flops / (ms * 1e-3) / 1e12, 1)
             row[f"{name}_gbps"] = round(nbytes / (ms * 1e-3) / 1e9, 1)
         anchor = anchors.get((m, n, k))
-        if anchor:
+        if anchor and deep_gemm is None:
             row.update(deepgemm_tflops=anchor["tflops"], deepgemm_gbps=anchor["gbps"], deepgemm_ms=anchor["ms"])
         result["rows"].append(row)
         print_row(row, first=len(result["rows"]) == 1)
