@@ -559,7 +559,16 @@ def bench_ragged_m(ctx: GroupedContext, row: dict, counts: list[int], n: int, k:
         record_diff(row, impls["packed"], lambda: poisoned_diff(packed(s0), s0["out_packed"], moe.pack_rows(ref, ids)))
 
     flops_padded, flops_packed = 2 * m_padded * n * k, 2 * m_tokens * n * k
-    if "padded" in impls:
+    deep_gemm = live_deepgemm() if impls.get("padded") == "mategemm" else None
+    if deep_gemm is not None:  # the live anchor on the same padded rows: ours and DeepGEMM take turns
+        def deepgemm(s):
+            return lambda: deep_gemm.m_grouped_fp8_gemm_nt_contiguous(
+                (s["a"], s["sfa"]), (s["b"], s["sfb"]), s["out_padded"], ids, disable_ue8m0_cast=True)
+
+        record_diff(row, "deepgemm", lambda: poisoned_diff(deepgemm(s0), s0["out_padded"], ref))
+        time_interleaved(row, [("mategemm", lambda: [padded(s) for s in sets], None),
+                               ("deepgemm", lambda: [deepgemm(s) for s in sets], None)], flops_padded, padded_bytes)
+    elif "padded" in impls:
         time_impl(row, impls["padded"], lambda: [padded(s) for s in sets], flops_padded, padded_bytes)
     if "packed" in impls:
         time_impl(row, impls["packed"], lambda: [packed(s) for s in sets], flops_packed, packed_bytes)
@@ -621,7 +630,17 @@ def bench_masked_row(ctx: GroupedContext, shape: dict) -> dict:
     record_diff(row, "mategemm", lambda: poisoned_diff(
         ours(sets[0]), out, moe.masked_reference(a, sfa, b, sfb, masked_m, RECIPE, experts)))
     flops = 2 * groups * m * n * k  # sum of masked_m
-    time_impl(row, "mategemm", lambda: [ours(s) for s in sets], flops, nbytes)
+    deep_gemm = live_deepgemm()
+    if deep_gemm is not None:  # the live anchor: ours and DeepGEMM take turns
+        def deepgemm(s):
+            a, sfa, b, sfb, out = s
+            return lambda: deep_gemm.m_grouped_fp8_gemm_nt_masked((a, sfa), (b, sfb), out, masked_m, m,
+                                                                  disable_ue8m0_cast=True)
+
+        time_interleaved(row, [("mategemm", lambda: [ours(s) for s in sets], None),
+                               ("deepgemm", lambda: [deepgemm(s) for s in sets], None)], flops, nbytes)
+    else:
+        time_impl(row, "mategemm", lambda: [ours(s) for s in sets], flops, nbytes)
     time_impl(row, "torch_scaled_grouped_rowwise",
               lambda: [peers.torch_scaled_grouped_rowwise(s[0], s[2]) for s in sets], flops, nbytes)
     return finish_row(ctx, row)
@@ -731,7 +750,7 @@ def model_gemms(model: dict) -> list[tuple[str, int, int]]:
 
 def finish_row(ctx: GroupedContext, row: dict) -> dict:
     anchor = ctx.anchors.get(grouped_anchor_key(row))
-    if anchor:
+    if anchor and "deepgemm_ms" not in row:  # timed live, or the anchor
         row.update(deepgemm_tflops=anchor["tflops"], deepgemm_gbps=anchor["gbps"], deepgemm_ms=anchor["ms"])
     print_grouped_row(row)
     return row
