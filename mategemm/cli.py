@@ -294,12 +294,19 @@ def cmd_demo(args) -> int:
     return demo_cpu()
 
 
+def demo_ms(call) -> float:
+    """Median time of one call in ms (torch.utils.benchmark: warmed up, CUDA-synchronised). The
+    benchmarks' method, with peers beside ours, is tools/bench.py's."""
+    from torch.utils import benchmark
+
+    return benchmark.Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.2).median * 1e3
+
+
 def demo_gpu() -> int:
     import torch
 
     import mategemm
     from mategemm.testing import TOLERANCE, calc_diff, fp8_gemm_reference, make_fp8_gemm_inputs
-    from mategemm.testing.timing import median_ms
 
     m, n, k = DEMO_SHAPE
     print(f"device: {torch.cuda.get_device_name()}; gemm_fp8_nt_groupwise m={m} n={n} k={k} recipe (1,128,128)")
@@ -308,22 +315,8 @@ def demo_gpu() -> int:
     diff = calc_diff(out, fp8_gemm_reference(a, b, sa, sb))
     tol = TOLERANCE[("fp8_gemm", out.dtype)]
     print(f"calc_diff vs fp64 reference: {diff:.2e} (tolerance {tol:.0e}) {'OK' if diff <= tol else 'FAILED'}")
-
-    flops = 2.0 * m * n * k
-    rows = [("mategemm", lambda: mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out))]
-    try:
-        from mategemm.testing.peers import cublas_blockwise
-
-        rows.append(("cuBLAS blockwise", cublas_blockwise(a, b, sa, sb)))
-    except Exception as exc:  # noqa: BLE001 - the peer is optional
-        print(f"cuBLAS blockwise unavailable: {exc}")
-    for name, fn in rows:
-        try:
-            ms = median_ms([fn])
-        except Exception as exc:  # noqa: BLE001 - a peer failing must not hide our result
-            print(f"{name:<18} failed: {exc}")
-            continue
-        print(f"{name:<18} {ms:8.3f} ms  {flops / ms / 1e9:7.1f} TFLOPS")
+    ms = demo_ms(lambda: mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=out))
+    print(f"mategemm {ms:8.3f} ms  {2.0 * m * n * k / ms / 1e9:7.1f} TFLOPS")
     moe_ok = demo_moe_gpu()
     return 0 if diff <= tol and moe_ok else 1
 
@@ -335,7 +328,6 @@ def demo_moe_gpu() -> bool:
 
     import mategemm
     from mategemm.testing import TOLERANCE, moe
-    from mategemm.testing.timing import median_ms
 
     n, k = 4096, 7168
     counts = moe.routing_counts(64, 256, 8, generator=torch.Generator().manual_seed(0))
@@ -352,7 +344,7 @@ def demo_moe_gpu() -> bool:
     a_pad, sfa_pad = moe.make_tokens(ids.numel(), k)
     out_pad = torch.empty((ids.numel(), n), dtype=torch.bfloat16, device="cuda")
     padded = lambda: mategemm.ragged_m_moe_gemm_8bit((a_pad, sfa_pad), (b, sfb), ids, out_pad)  # noqa: E731
-    ms_packed, ms_padded = median_ms([packed]), median_ms([padded])
+    ms_packed, ms_padded = demo_ms(packed), demo_ms(padded)
     print(f"MoE decode, 64 tokens x top-8 / 256 experts, n={n} k={k}: per_expert {ms_packed:.3f} ms, per_token "
           f"(128-row padding) {ms_padded:.3f} ms; calc_diff on {len(experts)} experts {diff:.2e} "
           f"{'OK' if diff <= tol else 'FAILED'}")

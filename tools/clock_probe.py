@@ -48,7 +48,8 @@ def main() -> None:
     import torch
 
     import mategemm
-    from mategemm.testing import make_fp8_gemm_inputs, peers
+    from benchkit import peers
+    from mategemm.testing import make_fp8_gemm_inputs
 
     m, n, k = (int(x) for x in args.shape.split("x"))
     a, b, sa, sb = make_fp8_gemm_inputs(m, n, k)

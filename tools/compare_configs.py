@@ -42,7 +42,7 @@ def main() -> None:
         raise SystemExit(2)
 
     from mategemm.testing import calc_diff, fp8_gemm_reference
-    from mategemm.testing.timing import median_ms, rotating_gemm_calls
+    from benchkit.timing import median_ms, rotating_gemm_calls
 
     rows = []
     for shape in args.shapes.split(","):

@@ -65,7 +65,7 @@ def force_string(config: tuple[int, int, int, int, int]) -> str:
 def run(out: Path, shapes: list[tuple[int, int, int]]) -> None:
     import torch
 
-    from mategemm.testing.timing import median_ms, rotating_gemm_calls
+    from benchkit.timing import median_ms, rotating_gemm_calls
 
     def time(config) -> float:
         os.environ["MATEGEMM_FORCE_CONFIG"] = force_string(config)

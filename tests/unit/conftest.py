@@ -1,14 +1,16 @@
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))  # benchkit, the benchmark suites' pure helpers are tested without a GPU
 
 
 @pytest.fixture(scope="session")
 def bench():
-    """tools/bench.py as a module (its pure helpers are tested without a GPU)."""
+    """tools/bench.py as a module: its command line."""
     spec = importlib.util.spec_from_file_location("mategemm_tools_bench", ROOT / "tools" / "bench.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

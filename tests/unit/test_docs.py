@@ -9,6 +9,8 @@ from unittest import mock
 
 import pytest
 
+from benchkit import bmm_suite, dense_suite, docs_tables, grouped_suite, indexer_suite, registry
+
 ROOT = Path(__file__).resolve().parents[2]
 README, BENCH_DOC, NOTEBOOK = ROOT / "README.md", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "notebook.md"
 RESULTS = ROOT / "docs" / "bench"
@@ -22,74 +24,74 @@ def section(text: str, title: str) -> str:
 # ---------------------------------------------------------------- generated tables
 
 
-def test_readme_benchmarks_come_from_the_json(bench):
+def test_readme_benchmarks_come_from_the_json():
     text = README.read_text()
     assert re.findall(r"<!-- bench:(\w+) -->", text) == ["readme"]
     assert "<!-- bench:readme -->" in section(text, "Benchmarks")
-    assert bench.fill(text, bench.load_results(RESULTS)) == text, "run: python tools/bench.py docs"
+    assert docs_tables.fill(text, docs_tables.load_results(RESULTS)) == text, "run: python tools/bench.py docs"
 
 
-def test_benchmarks_doc_tables_come_from_the_json(bench):
+def test_benchmarks_doc_tables_come_from_the_json():
     text = BENCH_DOC.read_text()
-    assert sorted(re.findall(r"<!-- bench:(\w+) -->", text)) == sorted(bench.SUITES)
-    assert bench.fill(text, bench.load_results(RESULTS)) == text, "run: python tools/bench.py docs"
+    assert sorted(re.findall(r"<!-- bench:(\w+) -->", text)) == sorted(registry.SUITES)
+    assert docs_tables.fill(text, docs_tables.load_results(RESULTS)) == text, "run: python tools/bench.py docs"
 
 
-def test_every_suite_is_shown_with_its_card_and_date(bench):
-    results = bench.load_results(RESULTS)
-    assert set(results) == set(bench.SUITES)
+def test_every_suite_is_shown_with_its_card_and_date():
+    results = docs_tables.load_results(RESULTS)
+    assert set(results) == set(registry.SUITES)
     readme = section(README.read_text(), "Benchmarks")
     for suite, result in results.items():
         assert result["card"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", result["date"])
         assert f"| {suite} | {result['card']} | {result['date']} |" in readme
-        assert f"{result['card']}, {result['date']}" in bench.render(suite, results)
+        assert f"{result['card']}, {result['date']}" in docs_tables.render(suite, results)
 
 
-def test_fill_replaces_only_the_blocks(bench):
+def test_fill_replaces_only_the_blocks():
     results = {"host": {"suite": "host", "card": "NVIDIA H100 80GB HBM3", "date": "2027-01-02",
                         "host_us_per_call": 9.5, "first_call_warm_disk_ms": 4.0,
                         "cold_compile_s": {"kernels": 3, "mean": 0.3, "max": 0.4, "total": 0.9}}}
     text = "before\n<!-- bench:host -->\nstale 1.0x\n<!-- /bench:host -->\nafter\n<!-- bench:bmm -->\n<!-- /bench:bmm -->\n"
-    out = bench.fill(text, results)
+    out = docs_tables.fill(text, results)
     assert out.startswith("before\n<!-- bench:host -->\n") and out.endswith("<!-- /bench:bmm -->\n")
     assert "stale" not in out and "9.5 us" in out and "NVIDIA H100 80GB HBM3, 2027-01-02" in out
     assert "python tools/bench.py bmm" in out  # no result yet: says how to make one
-    assert bench.fill(out, results) == out
+    assert docs_tables.fill(out, results) == out
 
 
-def test_docs_command_rewrites_stale_blocks(bench, tmp_path, capsys):
+def test_docs_command_rewrites_stale_blocks(tmp_path, capsys):
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- bench:readme -->\nstale\n<!-- /bench:readme -->\n")
-    bench.write_docs(RESULTS, docs=(doc,))
+    docs_tables.write_docs(RESULTS, docs=(doc,))
     assert "stale" not in doc.read_text() and "| dense_fp8 |" in doc.read_text()
-    bench.write_docs(RESULTS, docs=(doc,))
+    docs_tables.write_docs(RESULTS, docs=(doc,))
     assert "up to date" in capsys.readouterr().out.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- plots
 
 
-def test_benchmarks_doc_embeds_every_plot_and_each_exists(bench):
+def test_benchmarks_doc_embeds_every_plot_and_each_exists():
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", BENCH_DOC.read_text())
-    assert {f"bench/{suite}.png" for suite in bench.PLOTS} <= set(images)
+    assert {f"bench/{suite}.png" for suite in registry.PLOTS} <= set(images)
     for image in images:
         assert (BENCH_DOC.parent / image).is_file(), image
 
 
-def test_dense_plot_has_one_panel_per_m(bench):
-    result = bench.load_results(RESULTS)["dense_fp8"]
-    panels = bench.dense_panels(result)
+def test_dense_plot_has_one_panel_per_m():
+    result = docs_tables.load_results(RESULTS)["dense_fp8"]
+    panels = dense_suite.dense_panels(result)
     assert [p["title"].split(";")[0] for p in panels] == ["m = 1", "m = 64", "m = 128", "m = 4096"]
     assert [r for p in panels for r in p["rows"]] == sorted(result["rows"], key=lambda r: r["m"])
     assert all(r["m"] == int(p["title"].split(";")[0][4:]) for p in panels for r in p["rows"])
 
 
-def test_grouped_and_bmm_plots_cover_their_json(bench):
-    results = bench.load_results(RESULTS)
-    grouped = bench.grouped_panels(results["grouped"])
+def test_grouped_and_bmm_plots_cover_their_json():
+    results = docs_tables.load_results(RESULTS)
+    grouped = grouped_suite.grouped_panels(results["grouped"])
     assert sum(len(p["rows"]) for p in grouped) == len(results["grouped"]["rows"])
     assert [p["metric"] for p in grouped] == ["tflops", "ms", "ms"] and grouped[2]["log"]
-    bmm = bench.bmm_panels(results["bmm"])
+    bmm = bmm_suite.bmm_panels(results["bmm"])
     assert len(bmm) == 6 and all(len(p["rows"]) == 4 for p in bmm)
     assert [p["rows"][0]["cublas_loop_tflops"] for p in bmm[:3]] == [1239.4, 1181.8, 1167.2]
     assert [p["log"] for p in bmm] == [True, True, True, False, False, False]
@@ -111,11 +113,11 @@ def fake_pyplot():
     return {"matplotlib": matplotlib, "matplotlib.pyplot": plt}, fig, axes
 
 
-def test_indexer_legend_is_outside_and_labels_are_kept(bench, tmp_path, monkeypatch):
+def test_indexer_legend_is_outside_and_labels_are_kept(tmp_path, monkeypatch):
     modules, fig, axes = fake_pyplot()
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    bench.plot_indexer(bench.load_results(RESULTS)["indexer"], tmp_path / "indexer.png")
+    indexer_suite.plot_indexer(docs_tables.load_results(RESULTS)["indexer"], tmp_path / "indexer.png")
     (ax,) = axes
     legend = ax.legend.call_args.kwargs
     assert legend["loc"] == "upper left" and legend["bbox_to_anchor"][0] > 1  # right of the axes
@@ -124,26 +126,26 @@ def test_indexer_legend_is_outside_and_labels_are_kept(bench, tmp_path, monkeypa
 
 
 def test_plot_command_redraws_every_plot_from_the_json(bench, tmp_path, monkeypatch):
-    for suite in bench.SUITES:
+    for suite in registry.SUITES:
         shutil.copy(RESULTS / f"{suite}.json", tmp_path)
     modules, fig, axes = fake_pyplot()
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(sys, "argv", ["bench.py", "plot", "--out-dir", str(tmp_path)])
     bench.main()
-    assert [c.args[0] for c in fig.savefig.call_args_list] == [tmp_path / f"{s}.png" for s in bench.PLOTS]
+    assert [c.args[0] for c in fig.savefig.call_args_list] == [tmp_path / f"{s}.png" for s in registry.PLOTS]
     fig.savefig.reset_mock()
     monkeypatch.setattr(sys, "argv", ["bench.py", "plot", "bmm", "--out-dir", str(tmp_path)])
     bench.main()
     assert [c.args[0] for c in fig.savefig.call_args_list] == [tmp_path / "bmm.png"]
 
 
-def test_plots_render_with_matplotlib(bench, tmp_path):
+def test_plots_render_with_matplotlib(tmp_path):
     pytest.importorskip("matplotlib")
-    for suite in bench.PLOTS:
+    for suite in registry.PLOTS:
         shutil.copy(RESULTS / f"{suite}.json", tmp_path)
-    bench.redraw(tmp_path, list(bench.PLOTS))
-    for suite in bench.PLOTS:
+    docs_tables.redraw(tmp_path, list(registry.PLOTS))
+    for suite in registry.PLOTS:
         assert (tmp_path / f"{suite}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

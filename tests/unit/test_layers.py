@@ -80,3 +80,26 @@ def test_arrows_point_down_the_data_path():
             if module == layer or module.startswith(layer + "."):
                 wrong += [f"{module} -> {d}" for d in deps if not d.startswith(allowed)]
     assert wrong == []
+
+
+def test_benchmark_code_lives_outside_the_package():
+    """Peers and timing are the benchmarks' (tools/benchkit), and the package imports none of it."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n.split(".")[0] in ("benchkit", "tools") for n in names), path
+    assert not list(PACKAGE.rglob("peers.py")) and not list(PACKAGE.rglob("timing.py"))
+
+
+def test_benchkit_has_no_import_cycle():
+    kit = PACKAGE.parent / "tools" / "benchkit"
+    graph = {}
+    for path in kit.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module] if node.module else [a.name for a in node.names])
+        graph[path.stem] = deps
+    assert {"registry", "common", "timing", "peers"} <= set(graph)
+    assert cycles(graph) == []

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mategemm.testing import calc_diff, moe, peers
+from mategemm.testing import calc_diff, moe
+
+from benchkit import common, grouped_suite, peers
 
 ROOT = Path(__file__).resolve().parents[2]
 FP8 = torch.float8_e4m3fn
@@ -245,19 +247,19 @@ def test_torch_grouped_peers_accept_our_layouts():
 # ---------------------------------------------------------------- the grouped benchmark's pure parts
 
 
-def test_every_grouped_anchor_matches_a_benchmarked_shape(bench):
+def test_every_grouped_anchor_matches_a_benchmarked_shape():
     shapes = json.loads((ROOT / "mategemm" / "shapes" / "shapes.json").read_text())
     lists = {"contiguous": "grouped_contiguous_fp8", "masked": "grouped_masked_fp8", "k_grouped": "grouped_k_fp8"}
-    keys = {bench.grouped_anchor_key({"mode": mode, **s}) for mode, name in lists.items() for s in shapes[name]}
+    keys = {grouped_suite.grouped_anchor_key({"mode": mode, **s}) for mode, name in lists.items() for s in shapes[name]}
     for kind in ("H100", "H200"):
-        anchors = bench.load_grouped_anchors(kind)
+        anchors = grouped_suite.load_grouped_anchors(kind)
         assert anchors and set(anchors) <= keys, f"{kind}: anchors without a benchmarked shape"
-    assert bench.grouped_anchor_key({"mode": "k_grouped", "groups": 4, "m": 4096, "n": 7168, "k_per_group": 8192,
+    assert grouped_suite.grouped_anchor_key({"mode": "k_grouped", "groups": 4, "m": 4096, "n": 7168, "k_per_group": 8192,
                                      "k_sum": 1}) == ("k_grouped", 4, 4096, 7168, 8192)
-    assert bench.grouped_anchor_key({"mode": "moe_layer", "n": 1}) is None
+    assert grouped_suite.grouped_anchor_key({"mode": "moe_layer", "n": 1}) is None
 
 
-def test_grouped_summary_maths(bench):
+def test_grouped_summary_maths():
     rows = [
         {"mode": "contiguous", "mategemm_ms": 1.0, "deepgemm_ms": 2.0},
         {"mode": "masked", "mategemm_ms": 2.0, "deepgemm_ms": 1.0},
@@ -269,7 +271,7 @@ def test_grouped_summary_maths(bench):
         {"mode": "moe_layer", "mategemm_packed_ms": 1.0, "mategemm_padded_ms": 3.0,
          "torch_scaled_grouped_rowwise_error": "shape"},
     ]
-    summary = bench.grouped_summary(rows)
+    summary = grouped_suite.grouped_summary(rows)
     assert summary["geomean_vs_deepgemm"] == 1.0 and summary["min_vs_deepgemm"] == 0.5
     assert summary["rows_vs_deepgemm"] == 2
     assert summary["contiguous_geomean_vs_deepgemm"] == 2.0 and summary["masked_geomean_vs_deepgemm"] == 0.5
@@ -279,16 +281,16 @@ def test_grouped_summary_maths(bench):
     assert "moe_layer_geomean_vs_torch_scaled_grouped_rowwise" not in summary
 
 
-def test_grouped_row_helpers(bench):
-    assert bench.rotation_sets(10 << 20, 50 << 20) == 15
-    assert bench.rotation_sets(1 << 40, 50 << 20) == 1
-    assert bench.rotation_sets(1, 50 << 20) == 32
+def test_grouped_row_helpers():
+    assert common.rotation_sets(10 << 20, 50 << 20) == 15
+    assert common.rotation_sets(1 << 40, 50 << 20) == 1
+    assert common.rotation_sets(1, 50 << 20) == 32
     row = {"mode": "masked", "groups": 1, "m_per_group": 1024, "n": 4096, "k": 7168}
-    bench.add_timing(row, "mategemm", 0.05, 2 * 1024 * 4096 * 7168, 45e6)
+    common.add_timing(row, "mategemm", 0.05, 2 * 1024 * 4096 * 7168, 45e6)
     assert row["mategemm_tflops"] == pytest.approx(1202.6, abs=0.1) and row["mategemm_gbps"] == 900.0
     row.update(deepgemm_ms=0.1, deepgemm_tflops=601.3, torch_scaled_grouped_rowwise_error="no")
-    assert bench.speedup(row, "mategemm", "deepgemm") == 2.0
-    head, line = bench.format_grouped_row(row)
+    assert common.speedup(row, "mategemm", "deepgemm") == 2.0
+    head, line = grouped_suite.format_grouped_row(row)
     assert "DeepGEMM" in head and "2.00" in line and "ERR" in line
-    assert bench.model_gemms({"hidden": 7168, "intermediate": 2048}) == [("gemm1", 4096, 7168),
+    assert grouped_suite.model_gemms({"hidden": 7168, "intermediate": 2048}) == [("gemm1", 4096, 7168),
                                                                           ("gemm2", 7168, 2048)]

@@ -1,5 +1,5 @@
 """Indexer kernel variants as text patches of kernels_src/sm90_fp8_mqa_logits.cuh, compiled and timed
-side by side (run from the repository root with PYTHONPATH=.).
+side by side (run from the repository root with PYTHONPATH=.:tools).
 `python tools/experiments/indexer_variants.py compile` checks each compiles for sm_90a without spills (CPU);
 `python tools/experiments/indexer_variants.py time [name ...]` times each (or the named ones) on the GPU
 (b128 n1/n2 h64 ctx 8192; b64 n1/n2)."""
@@ -109,7 +109,7 @@ def time_all(names):
     from mategemm.jit.cache import KernelSpec
     from mategemm.kernels import sm90_fp8_mqa_logits as K
     from mategemm.testing import indexer as ref
-    from mategemm.testing.timing import median_ms
+    from benchkit.timing import median_ms
     orig = K.spec
     cases = []
     for batch, next_n in ((128, 1), (128, 2), (64, 1), (64, 2)):

@@ -1,4 +1,4 @@
-"""CUDA-event timing of the benchmarks and the demo (the method: docs/benchmarks.md)."""
+"""CUDA-event timing of the benchmarks (the method: docs/benchmarks.md)."""
 from __future__ import annotations
 
 import statistics

@@ -1,0 +1,18 @@
+"""The suites tools/bench.py runs, those with committed results, and their plots."""
+from __future__ import annotations
+
+from .bmm_suite import bench_bmm, plot_bmm
+from .dense_suite import bench_dense_fp8, plot_dense
+from .grouped_suite import bench_grouped, plot_grouped
+from .host_suite import bench_host
+from .indexer_suite import bench_indexer, plot_indexer
+from .moe_layer_suite import bench_moe_layer
+from .mxfp8_suite import bench_mxfp8
+
+RUNNERS = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "bmm": bench_bmm, "indexer": bench_indexer,
+           "host": bench_host, "moe_layer": bench_moe_layer, "mxfp8": bench_mxfp8}
+# Suites with committed results (docs/bench/<suite>.json), shown in the docs.
+SUITES = ("dense_fp8", "grouped", "bmm", "indexer", "host")
+# Runnable suites with no result file yet: not in the docs or plots until a run writes one.
+UNMEASURED_SUITES = ("moe_layer", "mxfp8")
+PLOTS = {"dense_fp8": plot_dense, "grouped": plot_grouped, "bmm": plot_bmm, "indexer": plot_indexer}
