@@ -1,0 +1,118 @@
+"""DeepGEMM's FP8 GEMM names on mategemm's kernels: operands as (tensor, scale) pairs, the output `d`
+written in place, None returned, as DeepGEMM does.
+
+Hopper takes float32 scales per recipe (1, 128, 128) (A per 1 x 128, B per 128 x 128 block, bf16
+out) or (1, 1, 128) (both per 1 x 128); DeepGEMM's disable_ue8m0_cast and compiled_dims change
+nothing here (its UE8M0 scales and baked-in dims are SM100 matters). FP4 operands, packed UE8M0
+scales and per-operand recipes raise NotImplementedError.
+"""
+from __future__ import annotations
+
+import torch
+
+import mategemm
+from mategemm.deep_gemm.utils import layout
+
+RECIPE_BLOCK_B, RECIPE_ROW_B = (1, 128, 128), (1, 1, 128)
+
+
+def _sm100_only(func: str, what: str):
+    return NotImplementedError(f"{func}: {what} is DeepGEMM's SM100 (Blackwell) feature; Hopper takes FP8 "
+                               "e4m3 operands with float32 scales")
+
+
+def _operand(pair, name: str, func: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"{name} must be a (tensor, scale) pair, got {type(pair).__name__}")
+    x, scale = pair
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.int8, torch.uint8):
+        raise _sm100_only(func, f"{name} as packed FP4")
+    if isinstance(scale, torch.Tensor) and scale.dtype == torch.int32:
+        raise _sm100_only(func, f"{name}'s packed UE8M0 scales")
+    return x, scale
+
+
+def _recipe(recipe, recipe_a, recipe_b, func: str) -> tuple[int, int, int]:
+    if recipe_a is not None or recipe_b is not None:
+        if recipe is not None:
+            raise ValueError("give recipe, or recipe_a and recipe_b, not both")
+        raise _sm100_only(func, "a per-operand recipe (recipe_a, recipe_b)")
+    recipe = RECIPE_BLOCK_B if recipe is None else tuple(recipe)
+    if recipe not in (RECIPE_BLOCK_B, RECIPE_ROW_B):
+        raise ValueError(f"recipe must be {RECIPE_BLOCK_B} or {RECIPE_ROW_B} on Hopper, got {recipe}")
+    return recipe
+
+
+def fp8_gemm_nt(a, b, d: torch.Tensor, c: torch.Tensor | None = None, recipe=None, recipe_a=None, recipe_b=None,
+                compiled_dims: str = "nk", disable_ue8m0_cast: bool = False) -> None:
+    """d = a @ b^T with a = (a (m, k) e4m3, sfa (m, k/128)), b = (b (n, k) e4m3, sfb per recipe).
+
+    recipe (1, 128, 128): d bf16, c None. recipe (1, 1, 128): d float32 and c float32 (m, n), which
+    may be d itself: d = c + a @ b^T. k == 0 gives d = c (or zeros).
+    """
+    func = "fp8_gemm_nt"
+    (a, sfa), (b, sfb) = _operand(a, "a", func), _operand(b, "b", func)
+    recipe = _recipe(recipe, recipe_a, recipe_b, func)
+    if not isinstance(d, torch.Tensor):
+        raise TypeError(f"d must be a tensor, got {type(d).__name__}")
+    if recipe == RECIPE_BLOCK_B:
+        if c is not None:
+            raise ValueError("c needs recipe (1, 1, 128) and a float32 d on Hopper (as in DeepGEMM)")
+        if d.dtype != torch.bfloat16:
+            raise TypeError(f"d must be bfloat16 with recipe (1, 128, 128), got {d.dtype}")
+    else:
+        if d.dtype != torch.float32 or not isinstance(c, torch.Tensor) or c.dtype != torch.float32:
+            raise TypeError(f"recipe (1, 1, 128) accumulates: d and c float32 on Hopper, got d {d.dtype}, "
+                            f"c {getattr(c, 'dtype', c)}")
+        if tuple(c.shape) != tuple(d.shape):
+            raise ValueError(f"c must have d's shape {tuple(d.shape)}, got {tuple(c.shape)}")
+    if isinstance(a, torch.Tensor) and a.dim() == 2 and a.shape[1] == 0:
+        d.copy_(c) if c is not None else d.zero_()
+        return None
+    if recipe == RECIPE_BLOCK_B:
+        mategemm.gemm_fp8_nt_groupwise(a, b, sfa, sfb, scale_granularity_mnk=recipe, out=d)
+    else:
+        mategemm.bmm_fp8(a.unsqueeze(0), b.unsqueeze(0), sfa.unsqueeze(0), sfb.unsqueeze(0), torch.float32,
+                         out=d.unsqueeze(0), scale_granularity_mnk=recipe, c=c.unsqueeze(0))
+    return None
+
+
+def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int, recipe=None,
+                                 recipe_a=None, recipe_b=None, compiled_dims: str = "nk",
+                                 disable_ue8m0_cast: bool = False) -> None:
+    """d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]^T; a = (a (G, max_m, k), sfa (G, max_m, k/128)),
+    b = (b (G, n, k), sfb), d bf16 (G, max_m, n); expected_m: the host's guess of rows per group."""
+    func = "m_grouped_fp8_gemm_nt_masked"
+    a, b = _operand(a, "a", func), _operand(b, "b", func)
+    recipe = _recipe(recipe, recipe_a, recipe_b, func)
+    if isinstance(expected_m, bool) or not isinstance(expected_m, int) or expected_m <= 0:
+        raise ValueError(f"expected_m must be an int > 0, got {expected_m!r}")
+    mategemm.masked_moe_gemm_8bit(a, b, masked_m, out=d, scale_granularity_mnk=recipe, expect_tokens=expected_m)
+    return None
+
+
+def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, grouped_layout: torch.Tensor, recipe=None, recipe_a=None,
+                                     recipe_b=None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,
+                                     use_psum_layout: bool = False, ensure_zero_padding: bool = True,
+                                     expected_m_for_psum_layout: int | None = None) -> None:
+    """Rows of all groups stacked along M: grouped_layout int32 (M,) holds each row's group, -1 on the
+    padding rows that round each group up to get_mk_alignment_for_contiguous_layout(); those rows
+    of d are written as zeros (what DeepGEMM's kernel gives for A's zero padding rows)."""
+    func = "m_grouped_fp8_gemm_nt_contiguous"
+    a, b = _operand(a, "a", func), _operand(b, "b", func)
+    recipe = _recipe(recipe, recipe_a, recipe_b, func)
+    if use_psum_layout:
+        raise NotImplementedError(f"{func}: use_psum_layout (groups at aligned starts, given by their ends) is not "
+                                  "in mategemm yet")
+    if expected_m_for_psum_layout is not None:
+        raise ValueError("expected_m_for_psum_layout goes with use_psum_layout=True")
+    mategemm.ragged_m_moe_gemm_8bit(a, b, grouped_layout, d, gemm_mode="per_token", scale_granularity_mnk=recipe,
+                                    alignment_m=layout.get_mk_alignment_for_contiguous_layout())
+    if isinstance(grouped_layout, torch.Tensor) and d.shape[0] == grouped_layout.shape[0]:
+        d.masked_fill_(grouped_layout.lt(0).unsqueeze(1), 0)
+    return None
+
+
+fp8_fp4_gemm_nt = fp8_gemm_nt
+m_grouped_fp8_fp4_gemm_nt_masked = fp8_m_grouped_gemm_nt_masked = m_grouped_fp8_gemm_nt_masked
+m_grouped_fp8_fp4_gemm_nt_contiguous = m_grouped_fp8_gemm_nt_contiguous

@@ -1,0 +1,117 @@
+"""mategemm.deep_gemm's FP8 GEMM names on the CPU: each maps DeepGEMM's arguments onto mategemm's
+function (recorded, not launched), writes d in place and returns None; DeepGEMM's SM100-only
+arguments raise NotImplementedError, bad ones a clear error, before anything runs."""
+import pytest
+import torch
+
+import mategemm
+import mategemm.deep_gemm as dg
+
+E4M3 = torch.float8_e4m3fn
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    calls = []
+
+    def recorder(name):
+        def record(*args, **kwargs):
+            calls.append((name, args, kwargs))
+        return record
+
+    for name in ("gemm_fp8_nt_groupwise", "bmm_fp8", "masked_moe_gemm_8bit", "ragged_m_moe_gemm_8bit"):
+        monkeypatch.setattr(mategemm, name, recorder(name))
+    return calls
+
+
+def operands(m=64, n=256, k=512, groups=None):
+    lead = () if groups is None else (groups,)
+    a = torch.zeros(*lead, m, k, dtype=E4M3)
+    b = torch.zeros(*lead, n, k, dtype=E4M3)
+    return (a, torch.ones(*lead, m, k // 128)), (b, torch.ones(*lead, n // 128, k // 128))
+
+
+def test_dense_block_recipe(recorded):
+    a, b = operands()
+    d = torch.empty(64, 256, dtype=torch.bfloat16)
+    assert dg.fp8_gemm_nt(a, b, d, disable_ue8m0_cast=True) is None
+    assert dg.fp8_fp4_gemm_nt is dg.fp8_gemm_nt
+    [(name, args, kwargs)] = recorded
+    assert name == "gemm_fp8_nt_groupwise" and args[0] is a[0] and args[1] is b[0] and args[2] is a[1]
+    assert args[3] is b[1] and kwargs == {"scale_granularity_mnk": (1, 128, 128), "out": d}
+
+
+def test_dense_row_recipe_accumulates_in_place(recorded):
+    a = (torch.zeros(64, 512, dtype=E4M3), torch.ones(64, 4))
+    b = (torch.zeros(256, 512, dtype=E4M3), torch.ones(256, 4))
+    d = torch.randn(64, 256)
+    dg.fp8_gemm_nt(a, b, d, c=d, recipe=(1, 1, 128))
+    [(name, args, kwargs)] = recorded
+    assert name == "bmm_fp8" and args[0].shape == (1, 64, 512) and args[4] == torch.float32
+    assert kwargs["out"].data_ptr() == d.data_ptr() and kwargs["c"].data_ptr() == d.data_ptr()
+    assert kwargs["scale_granularity_mnk"] == (1, 1, 128)
+
+
+def test_dense_k_zero_copies_c(recorded):
+    a = (torch.zeros(4, 0, dtype=E4M3), torch.ones(4, 0))
+    b = (torch.zeros(8, 0, dtype=E4M3), torch.ones(8, 0))
+    c, d = torch.randn(4, 8), torch.full((4, 8), float("nan"))
+    dg.fp8_gemm_nt(a, b, d, c=c, recipe=(1, 1, 128))
+    assert torch.equal(d, c) and not recorded
+    d = torch.full((4, 8), float("nan"), dtype=torch.bfloat16)
+    dg.fp8_gemm_nt(a, (b[0], torch.ones(1, 0)), d)
+    assert torch.equal(d, torch.zeros_like(d))
+
+
+def test_dense_argument_errors(recorded):
+    a, b = operands()
+    bf16, fp32 = torch.empty(64, 256, dtype=torch.bfloat16), torch.empty(64, 256)
+    with pytest.raises(ValueError, match="c needs recipe"):
+        dg.fp8_gemm_nt(a, b, bf16, c=bf16)
+    with pytest.raises(TypeError, match="d must be bfloat16"):
+        dg.fp8_gemm_nt(a, b, fp32)
+    with pytest.raises(TypeError, match="accumulates"):
+        dg.fp8_gemm_nt(a, b, fp32, recipe=(1, 1, 128))
+    with pytest.raises(ValueError, match="recipe must be"):
+        dg.fp8_gemm_nt(a, b, bf16, recipe=(1, 128, 64))
+    with pytest.raises(NotImplementedError, match="SM100"):
+        dg.fp8_gemm_nt(a, b, bf16, recipe_a=(1, 32), recipe_b=(1, 32))
+    with pytest.raises(NotImplementedError, match="packed FP4"):
+        dg.fp8_gemm_nt((torch.zeros(64, 256, dtype=torch.int8), a[1]), b, bf16)
+    with pytest.raises(NotImplementedError, match="packed UE8M0"):
+        dg.fp8_gemm_nt(a, (b[0], torch.zeros(2, 1, dtype=torch.int32)), bf16)
+    with pytest.raises(TypeError, match=r"a must be a \(tensor, scale\) pair"):
+        dg.fp8_gemm_nt(a[0], b, bf16)
+    assert not recorded
+
+
+def test_masked(recorded):
+    a, b = operands(groups=4)
+    d = torch.empty(4, 64, 256, dtype=torch.bfloat16)
+    masked_m = torch.tensor([0, 3, 64, 7], dtype=torch.int32)
+    assert dg.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 20, disable_ue8m0_cast=True) is None
+    assert dg.fp8_m_grouped_gemm_nt_masked is dg.m_grouped_fp8_fp4_gemm_nt_masked is dg.m_grouped_fp8_gemm_nt_masked
+    [(name, args, kwargs)] = recorded
+    assert name == "masked_moe_gemm_8bit" and args == (a, b, masked_m)
+    assert kwargs == {"out": d, "scale_granularity_mnk": (1, 128, 128), "expect_tokens": 20}
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="expected_m"):
+            dg.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, bad)
+
+
+def test_contiguous_zeroes_the_padding_rows(recorded):
+    a, (b, sfb) = operands(m=384, groups=None)
+    b, sfb = b.expand(3, -1, -1), sfb.expand(3, -1, -1)
+    layout = torch.full((384,), -1, dtype=torch.int32)
+    layout[:100], layout[128:300] = 0, 2  # group 0: 100 rows, group 2: 172 rows, each padded to 128
+    d = torch.full((384, 256), float("nan"), dtype=torch.bfloat16)
+    assert dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, layout, disable_ue8m0_cast=True) is None
+    [(name, args, kwargs)] = recorded
+    assert name == "ragged_m_moe_gemm_8bit" and args[2] is layout and args[3] is d
+    assert kwargs == {"gemm_mode": "per_token", "scale_granularity_mnk": (1, 128, 128), "alignment_m": 128}
+    padding = layout.lt(0)
+    assert torch.equal(d[padding], torch.zeros_like(d[padding])) and d[~padding].isnan().all()
+    with pytest.raises(NotImplementedError, match="use_psum_layout"):
+        dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, layout, use_psum_layout=True)
+    with pytest.raises(ValueError, match="expected_m_for_psum_layout"):
+        dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, layout, expected_m_for_psum_layout=100)
