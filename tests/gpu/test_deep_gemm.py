@@ -1,0 +1,70 @@
+"""mategemm.deep_gemm on the GPU: DeepGEMM's names give the references' results, d in place, the
+contiguous layout's padding rows zeroed; its layout helpers and bench_kineto on CUDA tensors."""
+import pytest
+import torch
+
+import mategemm.deep_gemm as dg
+from mategemm.testing import fp8_gemm_reference, make_fp8_gemm_inputs, moe
+from mategemm.testing.numerics import TOLERANCE, calc_diff
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+TOL = TOLERANCE[("fp8_gemm", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 2112, 7168), (128, 576, 7168), (4096, 4096, 7168), (300, 7168, 2048)])
+def test_fp8_gemm_nt_block_recipe(m, n, k):
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k)
+    d = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    assert dg.fp8_gemm_nt((a, sa), (b, sb), d, disable_ue8m0_cast=True) is None
+    assert calc_diff(d, fp8_gemm_reference(a, b, sa, sb)) <= TOL
+
+
+@pytest.mark.parametrize("m,n,k", [(128, 256, 1024), (4096, 2048, 512)])
+def test_fp8_gemm_nt_accumulates_into_fp32(m, n, k):
+    recipe = (1, 1, 128)
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe)
+    d = torch.randn((m, n), device="cuda") * 32
+    expected = d.double() + fp8_gemm_reference(a, b, sa, sb, recipe).double()
+    dg.fp8_gemm_nt((a, sa), (b, sb), d, c=d, recipe=recipe)
+    assert calc_diff(d, expected) <= TOL
+
+
+def test_m_grouped_masked():
+    groups, max_m, n, k = 6, 256, 1024, 2048
+    a, sfa = moe.make_tokens(groups * max_m, k)
+    a, sfa = a.view(groups, max_m, k), sfa.view(groups, max_m, -1)
+    b, sfb = moe.make_expert_weights(groups, n, k)
+    masked_m = torch.tensor([0, 1, 20, 128, 200, 256], dtype=torch.int32, device="cuda")
+    d = torch.full((groups, max_m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    dg.m_grouped_fp8_gemm_nt_masked((a, sfa), (b, sfb), d, masked_m, 120)
+    ref = moe.masked_reference(a, sfa, b, sfb, masked_m)
+    rows = torch.isfinite(ref).all(dim=-1)
+    assert calc_diff(d[rows], ref[rows]) <= TOL and d[~rows].isnan().all()
+
+
+def test_m_grouped_contiguous_writes_zero_padding_rows():
+    counts, n, k = [100, 0, 300, 128, 1], 512, 1024
+    layout, _ = moe.per_token_layout(counts, dg.get_mk_alignment_for_contiguous_layout())
+    a, sfa = moe.make_tokens(layout.numel(), k)
+    b, sfb = moe.make_expert_weights(len(counts), n, k)
+    d = torch.full((layout.numel(), n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    dg.m_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, layout, disable_ue8m0_cast=True)
+    ref = moe.ragged_m_reference(a, sfa, b, sfb, layout, "per_token").nan_to_num(0.0)
+    assert calc_diff(d, ref) <= TOL and torch.equal(d[layout < 0], torch.zeros_like(d[layout < 0]))
+
+
+def test_layout_helpers_on_cuda():
+    sf = torch.exp2(torch.randint(-10, 10, (3, 4097, 57), device="cuda").float())
+    mn_major = dg.get_mn_major_tma_aligned_tensor(sf)
+    assert torch.equal(mn_major, sf) and mn_major.stride() == (4100 * 57, 1, 4100)
+    packed = dg.get_mn_major_tma_aligned_packed_ue8m0_tensor(sf)
+    assert torch.equal(packed.cpu(), dg.get_mn_major_tma_aligned_packed_ue8m0_tensor(sf.cpu()))
+
+
+def test_bench_kineto_times_a_gemm():
+    a, b, sa, sb = make_fp8_gemm_inputs(4096, 4096, 7168)
+    d = torch.empty((4096, 4096), dtype=torch.bfloat16, device="cuda")
+    seconds = dg.testing.bench_kineto(lambda: dg.fp8_gemm_nt((a, sa), (b, sb), d), "gemm_", num_tests=5,
+                                      suppress_kineto_output=True)
+    assert 20e-6 < seconds < 5e-3  # 240 GFLOP of work: about 0.35 ms on an H100/H200
+    assert dg.testing.bench_kineto(lambda: None, ("a", "b"), num_tests=2) == (0.0, 0.0)
