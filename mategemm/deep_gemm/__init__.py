@@ -2,7 +2,7 @@
 contiguous grouped GEMMs and the lightning indexer so far, DeepGEMM's runtime settings,
 `deep_gemm.utils` (its quantisation and scale-layout helpers, also at the top level as DeepGEMM
 has them) and `deep_gemm.testing` (what its test files import)."""
-from mategemm.api import fp8_mqa_logits, fp8_paged_mqa_logits, get_paged_mqa_logits_metadata
+from mategemm.api import fp8_mqa_logits, fp8_paged_mqa_logits
 from mategemm.deep_gemm import testing, utils
 from mategemm.deep_gemm.gemm import (
     fp8_fp4_gemm_nt,
@@ -13,6 +13,7 @@ from mategemm.deep_gemm.gemm import (
     m_grouped_fp8_gemm_nt_contiguous,
     m_grouped_fp8_gemm_nt_masked,
 )
+from mategemm.deep_gemm.indexer import fp8_fp4_mqa_logits, fp8_fp4_paged_mqa_logits, get_paged_mqa_logits_metadata
 from mategemm.deep_gemm.runtime import (
     get_num_sms,
     get_pdl,
@@ -27,6 +28,6 @@ from mategemm.deep_gemm.utils import *  # noqa: F401,F403 - DeepGEMM's top level
 
 __all__ = ["fp8_fp4_gemm_nt", "fp8_gemm_nt", "fp8_m_grouped_gemm_nt_masked", "m_grouped_fp8_fp4_gemm_nt_contiguous",
            "m_grouped_fp8_fp4_gemm_nt_masked", "m_grouped_fp8_gemm_nt_contiguous", "m_grouped_fp8_gemm_nt_masked",
-           "fp8_mqa_logits", "fp8_paged_mqa_logits", "get_num_sms", "get_paged_mqa_logits_metadata", "get_pdl",
+           "fp8_fp4_mqa_logits", "fp8_fp4_paged_mqa_logits", "fp8_mqa_logits", "fp8_paged_mqa_logits", "get_num_sms", "get_paged_mqa_logits_metadata", "get_pdl",
            "get_tc_util", "set_block_size_multiple_of", "set_ignore_compile_dims", "set_num_sms", "set_pdl",
            "set_tc_util", "testing", "utils", *utils.__all__]

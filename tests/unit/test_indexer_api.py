@@ -42,7 +42,7 @@ def test_metadata_splits_every_block_once_and_evenly(lens, num_mps):
     total = sum(blocks)
     assert all(total // num_mps <= len(items) <= -(-total // num_mps) for items in visits)
     assert meta[-1].tolist() == [len(blocks), 0]
-    assert deep_gemm.get_paged_mqa_logits_metadata is mategemm.get_paged_mqa_logits_metadata
+    assert torch.equal(deep_gemm.get_paged_mqa_logits_metadata(context_lens, 64, num_mps, indices=None), meta)
 
 
 def test_metadata_checks_its_arguments():
