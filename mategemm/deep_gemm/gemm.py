@@ -91,24 +91,45 @@ def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor, 
     return None
 
 
+def psum_row_groups(psum: torch.Tensor, rows: int, alignment: int) -> torch.Tensor:
+    """int32 (rows,): each row's group under the psum layout (group g's rows run from its previous
+    group's end rounded up to `alignment` to psum[g]), -1 in the gaps; on psum's device, no sync."""
+    ends = psum.to(torch.int64)
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    starts = (starts + alignment - 1) // alignment * alignment
+    row = torch.arange(rows, device=psum.device)
+    group = torch.searchsorted(starts, row, right=True) - 1
+    return torch.where(row < ends[group], group, -1).to(torch.int32)
+
+
 def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, grouped_layout: torch.Tensor, recipe=None, recipe_a=None,
                                      recipe_b=None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,
                                      use_psum_layout: bool = False, ensure_zero_padding: bool = True,
                                      expected_m_for_psum_layout: int | None = None) -> None:
-    """Rows of all groups stacked along M: grouped_layout int32 (M,) holds each row's group, -1 on the
-    padding rows that round each group up to get_mk_alignment_for_contiguous_layout(); those rows
-    of d are written as zeros (what DeepGEMM's kernel gives for A's zero padding rows)."""
+    """Rows of all groups stacked along M, each group starting at a multiple of
+    get_mk_alignment_for_contiguous_layout().
+
+    grouped_layout: int32 (M,) with each row's group and -1 on the padding rows (written as zeros,
+    as DeepGEMM's kernel gives for A's zero padding rows); or with use_psum_layout, int32 (G,) of
+    each group's row end (the gaps up to the next aligned start are left as they were).
+    expected_m_for_psum_layout: a hint DeepGEMM's tile choice takes; not needed here.
+    """
     func = "m_grouped_fp8_gemm_nt_contiguous"
     a, b = _operand(a, "a", func), _operand(b, "b", func)
     recipe = _recipe(recipe, recipe_a, recipe_b, func)
-    if use_psum_layout:
-        raise NotImplementedError(f"{func}: use_psum_layout (groups at aligned starts, given by their ends) is not "
-                                  "in mategemm yet")
-    if expected_m_for_psum_layout is not None:
+    if expected_m_for_psum_layout is not None and not use_psum_layout:
         raise ValueError("expected_m_for_psum_layout goes with use_psum_layout=True")
-    mategemm.ragged_m_moe_gemm_8bit(a, b, grouped_layout, d, gemm_mode="per_token", scale_granularity_mnk=recipe,
-                                    alignment_m=layout.get_mk_alignment_for_contiguous_layout())
-    if isinstance(grouped_layout, torch.Tensor) and d.shape[0] == grouped_layout.shape[0]:
+    alignment = layout.get_mk_alignment_for_contiguous_layout()
+    row_groups = grouped_layout
+    if use_psum_layout:
+        groups = b[0].shape[0] if isinstance(b[0], torch.Tensor) and b[0].dim() == 3 else None
+        if not isinstance(grouped_layout, torch.Tensor) or grouped_layout.dim() != 1 or \
+                grouped_layout.shape[0] != groups:
+            raise ValueError(f"grouped_layout must hold one row end per group ({groups}) with use_psum_layout")
+        row_groups = psum_row_groups(grouped_layout, d.shape[0], alignment)
+    mategemm.ragged_m_moe_gemm_8bit(a, b, row_groups, d, gemm_mode="per_token", scale_granularity_mnk=recipe,
+                                    alignment_m=alignment)
+    if not use_psum_layout and isinstance(grouped_layout, torch.Tensor) and d.shape[0] == grouped_layout.shape[0]:
         d.masked_fill_(grouped_layout.lt(0).unsqueeze(1), 0)
     return None
 

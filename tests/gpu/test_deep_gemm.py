@@ -53,6 +53,25 @@ def test_m_grouped_contiguous_writes_zero_padding_rows():
     assert calc_diff(d, ref) <= TOL and torch.equal(d[layout < 0], torch.zeros_like(d[layout < 0]))
 
 
+def test_m_grouped_contiguous_psum_layout():
+    counts, n, k = [100, 0, 300, 1], 512, 1024
+    ends, start = [], 0
+    for c in counts:
+        ends.append(start + c)
+        start = -(-(start + c) // 128) * 128
+    psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
+    rows = start + 128
+    a, sfa = moe.make_tokens(rows, k)
+    b, sfb = moe.make_expert_weights(len(counts), n, k)
+    d = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    dg.m_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, psum, use_psum_layout=True,
+                                        expected_m_for_psum_layout=100)
+    ids = dg.gemm.psum_row_groups(psum, rows, 128)
+    ref = moe.ragged_m_reference(a, sfa, b, sfb, ids, "per_token")
+    live = ids >= 0
+    assert calc_diff(d[live], ref[live]) <= TOL and d[~live].isnan().all()
+
+
 def test_layout_helpers_on_cuda():
     sf = torch.exp2(torch.randint(-10, 10, (3, 4097, 57), device="cuda").float())
     mn_major = dg.get_mn_major_tma_aligned_tensor(sf)

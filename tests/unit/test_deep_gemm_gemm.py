@@ -111,7 +111,32 @@ def test_contiguous_zeroes_the_padding_rows(recorded):
     assert kwargs == {"gemm_mode": "per_token", "scale_granularity_mnk": (1, 128, 128), "alignment_m": 128}
     padding = layout.lt(0)
     assert torch.equal(d[padding], torch.zeros_like(d[padding])) and d[~padding].isnan().all()
-    with pytest.raises(NotImplementedError, match="use_psum_layout"):
-        dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, layout, use_psum_layout=True)
     with pytest.raises(ValueError, match="expected_m_for_psum_layout"):
         dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, layout, expected_m_for_psum_layout=100)
+
+
+def test_psum_rows_by_hand():
+    ends = [100, 228, 256, 256, 300]  # groups: 100 rows, 100 at 128, 0 at 256 (end 256), 0, 44 at 256
+    got = dg.gemm.psum_row_groups(torch.tensor(ends, dtype=torch.int32), 384, 128).tolist()
+    want = []
+    for row in range(384):
+        start, group = 0, -1
+        for g, end in enumerate(ends):
+            if start <= row < end:
+                group = g
+            start = -(-end // 128) * 128
+        want.append(group)
+    assert got == want and got[99:101] == [0, -1] and got[128] == 1 and got[256] == 4 and got[300] == -1
+
+
+def test_contiguous_psum_layout(recorded):
+    a, (b, sfb) = operands(m=512)
+    b, sfb = b.expand(4, -1, -1), sfb.expand(4, -1, -1)
+    psum = torch.tensor([100, 228, 228, 400], dtype=torch.int32)
+    d = torch.full((512, 256), float("nan"), dtype=torch.bfloat16)
+    dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, psum, use_psum_layout=True, expected_m_for_psum_layout=90)
+    [(name, args, kwargs)] = recorded
+    assert torch.equal(args[2], dg.gemm.psum_row_groups(psum, 512, 128)) and kwargs["gemm_mode"] == "per_token"
+    assert d.isnan().all()  # the gaps are left as they were
+    with pytest.raises(ValueError, match="one row end per group"):
+        dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, psum[:3], use_psum_layout=True)
