@@ -5,8 +5,18 @@ has them) and `deep_gemm.testing` (what its test files import)."""
 from mategemm.api import fp8_mqa_logits, fp8_paged_mqa_logits
 from mategemm.deep_gemm import testing, utils
 from mategemm.deep_gemm.gemm import (
+    bf16_gemm_nn,
+    bf16_gemm_nt,
+    bf16_gemm_tn,
+    bf16_gemm_tt,
+    fp8_fp4_gemm_nn,
     fp8_fp4_gemm_nt,
+    fp8_fp4_gemm_tn,
+    fp8_fp4_gemm_tt,
+    fp8_gemm_nn,
     fp8_gemm_nt,
+    fp8_gemm_tn,
+    fp8_gemm_tt,
     fp8_m_grouped_gemm_nt_masked,
     m_grouped_fp8_fp4_gemm_nt_contiguous,
     m_grouped_fp8_fp4_gemm_nt_masked,
@@ -26,7 +36,8 @@ from mategemm.deep_gemm.runtime import (
 )
 from mategemm.deep_gemm.utils import *  # noqa: F401,F403 - DeepGEMM's top level re-exports its utils
 
-__all__ = ["fp8_fp4_gemm_nt", "fp8_gemm_nt", "fp8_m_grouped_gemm_nt_masked", "m_grouped_fp8_fp4_gemm_nt_contiguous",
+__all__ = ["bf16_gemm_nn", "bf16_gemm_nt", "bf16_gemm_tn", "bf16_gemm_tt", "fp8_fp4_gemm_nn", "fp8_fp4_gemm_nt",
+           "fp8_fp4_gemm_tn", "fp8_fp4_gemm_tt", "fp8_gemm_nn", "fp8_gemm_nt", "fp8_gemm_tn", "fp8_gemm_tt", "fp8_m_grouped_gemm_nt_masked", "m_grouped_fp8_fp4_gemm_nt_contiguous",
            "m_grouped_fp8_fp4_gemm_nt_masked", "m_grouped_fp8_gemm_nt_contiguous", "m_grouped_fp8_gemm_nt_masked",
            "fp8_fp4_mqa_logits", "fp8_fp4_paged_mqa_logits", "fp8_mqa_logits", "fp8_paged_mqa_logits", "get_num_sms", "get_paged_mqa_logits_metadata", "get_pdl",
            "get_tc_util", "set_block_size_multiple_of", "set_ignore_compile_dims", "set_num_sms", "set_pdl",

@@ -77,6 +77,62 @@ def fp8_gemm_nt(a, b, d: torch.Tensor, c: torch.Tensor | None = None, recipe=Non
     return None
 
 
+def _transposed(pair):
+    x, scale = pair
+    return x.transpose(0, 1), scale.transpose(0, 1)
+
+
+def fp8_gemm_nn(a, b, d, c=None, recipe=None, recipe_a=None, recipe_b=None, compiled_dims: str = "nk",
+                disable_ue8m0_cast: bool = False) -> None:
+    """fp8_gemm_nt with b given as (k, n) and its scales transposed alike (Hopper's FP8 kernels need
+    both operands K-major, so b must be the transpose of a K-major tensor)."""
+    fp8_gemm_nt(a, _transposed(_operand(b, "b", "fp8_gemm_nn")), d, c, recipe, recipe_a, recipe_b, compiled_dims,
+                disable_ue8m0_cast)
+
+
+def fp8_gemm_tn(a, b, d, c=None, recipe=None, recipe_a=None, recipe_b=None, compiled_dims: str = "mn",
+                disable_ue8m0_cast: bool = False) -> None:
+    """fp8_gemm_nt with a given as (k, m) and b as (k, n) (each the transpose of a K-major tensor)."""
+    fp8_gemm_nt(_transposed(_operand(a, "a", "fp8_gemm_tn")), _transposed(_operand(b, "b", "fp8_gemm_tn")), d, c,
+                recipe, recipe_a, recipe_b, compiled_dims, disable_ue8m0_cast)
+
+
+def fp8_gemm_tt(a, b, d, c=None, recipe=None, recipe_a=None, recipe_b=None, compiled_dims: str = "mn",
+                disable_ue8m0_cast: bool = False) -> None:
+    """fp8_gemm_nt with a given as (k, m) (the transpose of a K-major tensor)."""
+    fp8_gemm_nt(_transposed(_operand(a, "a", "fp8_gemm_tt")), b, d, c, recipe, recipe_a, recipe_b, compiled_dims,
+                disable_ue8m0_cast)
+
+
+def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
+                 compiled_dims: str = "nk") -> None:
+    """d = a @ b^T (+ c) with a (m, k), b (n, k) bf16, K-major; d bf16 or float32; c of d's dtype,
+    which may be d itself."""
+    for name, x in (("a", a), ("b", b), ("d", d)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if c is not None and (not isinstance(c, torch.Tensor) or c.dtype != d.dtype or c.shape != d.shape):
+        raise ValueError(f"c must be a tensor of d's dtype and shape ({d.dtype}, {tuple(d.shape)})")
+    if a.dim() == 2 and a.shape[1] == 0:
+        d.copy_(c) if c is not None else d.zero_()
+        return None
+    acc = None if c is None else c.unsqueeze(0).float()  # a copy when c is bf16 (or c is d): read before d is written
+    mategemm.bmm_fp16(a.unsqueeze(0), b.unsqueeze(0), d.dtype, out=d.unsqueeze(0), c=acc)
+    return None
+
+
+def bf16_gemm_nn(a, b, d, c=None, compiled_dims: str = "nk") -> None:
+    bf16_gemm_nt(a, b.transpose(0, 1), d, c, compiled_dims)
+
+
+def bf16_gemm_tn(a, b, d, c=None, compiled_dims: str = "mn") -> None:
+    bf16_gemm_nt(a.transpose(0, 1), b.transpose(0, 1), d, c, compiled_dims)
+
+
+def bf16_gemm_tt(a, b, d, c=None, compiled_dims: str = "mn") -> None:
+    bf16_gemm_nt(a.transpose(0, 1), b, d, c, compiled_dims)
+
+
 def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int, recipe=None,
                                  recipe_a=None, recipe_b=None, compiled_dims: str = "nk",
                                  disable_ue8m0_cast: bool = False) -> None:
@@ -134,6 +190,6 @@ def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, grouped_layout: torc
     return None
 
 
-fp8_fp4_gemm_nt = fp8_gemm_nt
+fp8_fp4_gemm_nt, fp8_fp4_gemm_nn, fp8_fp4_gemm_tn, fp8_fp4_gemm_tt = fp8_gemm_nt, fp8_gemm_nn, fp8_gemm_tn, fp8_gemm_tt
 m_grouped_fp8_fp4_gemm_nt_masked = fp8_m_grouped_gemm_nt_masked = m_grouped_fp8_gemm_nt_masked
 m_grouped_fp8_fp4_gemm_nt_contiguous = m_grouped_fp8_gemm_nt_contiguous

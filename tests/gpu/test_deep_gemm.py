@@ -29,6 +29,17 @@ def test_fp8_gemm_nt_accumulates_into_fp32(m, n, k):
     assert calc_diff(d, expected) <= TOL
 
 
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_bf16_gemm_nt_accumulates(out_dtype):
+    m, n, k = 4096, 2112, 7168
+    a = torch.randn((m, k), device="cuda", dtype=torch.bfloat16)
+    b = torch.randn((n, k), device="cuda", dtype=torch.bfloat16)
+    d = torch.randn((m, n), device="cuda").to(out_dtype)
+    expected = d.double() + a.double() @ b.double().t()
+    dg.bf16_gemm_nt(a, b, d, c=d)
+    assert calc_diff(d, expected) <= 1e-5
+
+
 def test_m_grouped_masked():
     groups, max_m, n, k = 6, 256, 1024, 2048
     a, sfa = moe.make_tokens(groups * max_m, k)

@@ -19,7 +19,7 @@ def recorded(monkeypatch):
             calls.append((name, args, kwargs))
         return record
 
-    for name in ("gemm_fp8_nt_groupwise", "bmm_fp8", "masked_moe_gemm_8bit", "ragged_m_moe_gemm_8bit"):
+    for name in ("gemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "masked_moe_gemm_8bit", "ragged_m_moe_gemm_8bit"):
         monkeypatch.setattr(mategemm, name, recorder(name))
     return calls
 
@@ -140,3 +140,34 @@ def test_contiguous_psum_layout(recorded):
     assert d.isnan().all()  # the gaps are left as they were
     with pytest.raises(ValueError, match="one row end per group"):
         dg.m_grouped_fp8_gemm_nt_contiguous(a, (b, sfb), d, psum[:3], use_psum_layout=True)
+
+
+def test_dense_transposed_forms(recorded):
+    (a, sa), (b, sb) = operands()
+    d = torch.empty(64, 256, dtype=torch.bfloat16)
+    dg.fp8_gemm_nn((a, sa), (b.t(), sb.t()), d)
+    dg.fp8_gemm_tn((a.t(), sa.t()), (b.t(), sb.t()), d)
+    dg.fp8_gemm_tt((a.t(), sa.t()), (b, sb), d)
+    assert dg.fp8_fp4_gemm_tn is dg.fp8_gemm_tn
+    for name, args, _ in recorded:  # each reaches the NT kernel with the K-major tensors themselves
+        assert name == "gemm_fp8_nt_groupwise" and args[0].data_ptr() == a.data_ptr() and args[0].stride() == (512, 1)
+        assert args[1].stride() == (512, 1) and args[2].shape == sa.shape and args[3].shape == sb.shape
+
+
+def test_bf16_forms(recorded):
+    a, b = torch.randn(64, 512).bfloat16(), torch.randn(256, 512).bfloat16()
+    d = torch.randn(64, 256).bfloat16()
+    dg.bf16_gemm_nt(a, b, d, c=d)
+    name, args, kwargs = recorded[-1]
+    assert name == "bmm_fp16" and args[0].shape == (1, 64, 512) and args[2] == torch.bfloat16
+    assert kwargs["out"].data_ptr() == d.data_ptr()
+    assert kwargs["c"].dtype == torch.float32 and torch.equal(kwargs["c"][0], d.float())  # read before d is written
+    f32 = torch.randn(64, 256)
+    dg.bf16_gemm_tt(a.t(), b, f32)
+    name, args, kwargs = recorded[-1]
+    assert args[0].shape == (1, 64, 512) and args[2] == torch.float32 and kwargs["c"] is None
+    with pytest.raises(ValueError, match="c must be a tensor of d's dtype"):
+        dg.bf16_gemm_nt(a, b, f32, c=d)
+    c, out = torch.randn(4, 8).bfloat16(), torch.full((4, 8), float("nan")).bfloat16()
+    dg.bf16_gemm_nn(torch.zeros(4, 0).bfloat16(), torch.zeros(0, 8).bfloat16(), out, c=c)
+    assert torch.equal(out, c) and len(recorded) == 2
