@@ -190,6 +190,56 @@ def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, grouped_layout: torc
     return None
 
 
+def _columns_by_group(flat: torch.Tensor, ks: list[int], rows: int) -> torch.Tensor:
+    """(rows, sum_k) row-major from groups stored one after another as (rows, k_i) row-major blocks."""
+    out = flat.new_empty((rows, sum(ks)))
+    offset = column = 0
+    for k in ks:
+        out[:, column:column + k] = flat[offset:offset + rows * k].view(rows, k)
+        offset, column = offset + rows * k, column + k
+    return out
+
+
+def k_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, ks_cpu, grouped_layout: torch.Tensor,
+                                     c: torch.Tensor | None = None, recipe=(1, 1, 128), compiled_dims: str = "mn",
+                                     use_psum_layout: bool = False) -> None:
+    """d[g] = c[g] + A_g @ B_g^T for the weight gradients of G groups with k_g tokens each.
+
+    a = (flat fp8 of the groups' (m, k_g) row-major blocks one after another, sfa (m, sum_k/128));
+    b likewise with n; ks_cpu the k_g (multiples of 128, zeros allowed) and grouped_layout the same
+    as an int32 tensor on the GPU; d float32 (G, m, n); c float32 like d (may be d; None: zeros).
+    The groups are gathered into one K-major operand first (a copy of a and b), then mategemm's
+    ragged-K kernel runs.
+    """
+    func = "k_grouped_fp8_gemm_nt_contiguous"
+    (a, sfa), (b, sfb) = _operand(a, "a", func), _operand(b, "b", func)
+    if use_psum_layout:
+        raise _sm100_only(func, "use_psum_layout")
+    if tuple(recipe) != RECIPE_ROW_B:
+        raise ValueError(f"recipe must be {RECIPE_ROW_B} for K-grouped GEMMs, got {tuple(recipe)}")
+    if not ks_cpu:
+        raise ValueError("ks_cpu must list every group's K (DeepGEMM's empty ks_cpu goes with its SM100 psum layout)")
+    ks = [int(k) for k in ks_cpu]
+    if not isinstance(d, torch.Tensor) or d.dtype != torch.float32 or d.dim() != 3 or d.shape[0] != len(ks):
+        raise ValueError(f"d must be float32 (G={len(ks)}, m, n), got {getattr(d, 'dtype', d)} "
+                         f"{tuple(getattr(d, 'shape', ()))}")
+    if c is not None and (not isinstance(c, torch.Tensor) or c.dtype != torch.float32 or c.shape != d.shape):
+        raise ValueError(f"c must be float32 of d's shape {tuple(d.shape)}")
+    _, m, n = d.shape
+    for name, x, rows in (("a", a, m), ("b", b, n)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.numel() != rows * sum(ks):
+            raise ValueError(f"{name} must be 1-D with {rows} x sum(ks_cpu) = {rows * sum(ks)} elements, got "
+                             f"{tuple(getattr(x, 'shape', ()))}")
+    if c is None:
+        d.zero_()
+    elif c.data_ptr() != d.data_ptr():
+        d.copy_(c)
+    a_rows, b_rows = _columns_by_group(a, ks, m), _columns_by_group(b, ks, n)
+    mategemm.ragged_k_moe_gemm_8bit((a_rows.t(), sfa.t()), (b_rows.t(), sfb.t()), grouped_layout, d,
+                                    major_a_mode="K", major_b_mode="K", scale_granularity_mnk=RECIPE_ROW_B)
+    return None
+
+
 fp8_fp4_gemm_nt, fp8_fp4_gemm_nn, fp8_fp4_gemm_tn, fp8_fp4_gemm_tt = fp8_gemm_nt, fp8_gemm_nn, fp8_gemm_tn, fp8_gemm_tt
 m_grouped_fp8_fp4_gemm_nt_masked = fp8_m_grouped_gemm_nt_masked = m_grouped_fp8_gemm_nt_masked
 m_grouped_fp8_fp4_gemm_nt_contiguous = m_grouped_fp8_gemm_nt_contiguous

@@ -83,6 +83,23 @@ def test_m_grouped_contiguous_psum_layout():
     assert calc_diff(d[live], ref[live]) <= TOL and d[~live].isnan().all()
 
 
+def test_k_grouped_contiguous():
+    ks, m, n, recipe = [256, 0, 1024, 128], 512, 384, (1, 1, 128)
+    groups = [make_fp8_gemm_inputs(m, n, k, recipe) if k else None for k in ks]
+    a = torch.cat([g[0].reshape(-1) for g in groups if g])
+    b = torch.cat([g[1].reshape(-1) for g in groups if g])
+    sfa = torch.cat([g[2] for g in groups if g], dim=1)  # (m, sum_k/128)
+    sfb = torch.cat([g[3] for g in groups if g], dim=1)
+    d = torch.randn((len(ks), m, n), device="cuda")
+    expected = d.double().clone()
+    for i, g in enumerate(groups):
+        if g:
+            expected[i] += fp8_gemm_reference(*g, recipe).double()
+    layout = torch.tensor(ks, dtype=torch.int32, device="cuda")
+    dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, ks, layout, c=d)
+    assert calc_diff(d, expected) <= TOL
+
+
 def test_layout_helpers_on_cuda():
     sf = torch.exp2(torch.randint(-10, 10, (3, 4097, 57), device="cuda").float())
     mn_major = dg.get_mn_major_tma_aligned_tensor(sf)

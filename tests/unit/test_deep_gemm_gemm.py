@@ -19,7 +19,8 @@ def recorded(monkeypatch):
             calls.append((name, args, kwargs))
         return record
 
-    for name in ("gemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "masked_moe_gemm_8bit", "ragged_m_moe_gemm_8bit"):
+    for name in ("gemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "masked_moe_gemm_8bit", "ragged_m_moe_gemm_8bit",
+                 "ragged_k_moe_gemm_8bit"):
         monkeypatch.setattr(mategemm, name, recorder(name))
     return calls
 
@@ -171,3 +172,33 @@ def test_bf16_forms(recorded):
     c, out = torch.randn(4, 8).bfloat16(), torch.full((4, 8), float("nan")).bfloat16()
     dg.bf16_gemm_nn(torch.zeros(4, 0).bfloat16(), torch.zeros(0, 8).bfloat16(), out, c=c)
     assert torch.equal(out, c) and len(recorded) == 2
+
+
+def test_k_grouped_gathers_the_groups_along_k(recorded):
+    ks, m, n = [256, 0, 128], 3, 5
+    a_blocks = [torch.arange(m * k).view(m, k) % 7 for k in ks]  # small integers: exact in e4m3
+    b_blocks = [torch.arange(n * k).view(n, k) % 5 for k in ks]
+    a = torch.cat([x.reshape(-1) for x in a_blocks]).to(E4M3)
+    b = torch.cat([x.reshape(-1) for x in b_blocks]).to(E4M3)
+    sfa, sfb = torch.rand(3, m).t(), torch.rand(3, n).t()  # (m, sum_k/128) views, as DeepGEMM's tests give them
+    layout = torch.tensor(ks, dtype=torch.int32)
+    c = torch.randn(3, m, n)
+    d = torch.full((3, m, n), float("nan"))
+    dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, ks, layout, c=c)
+    [(name, args, kwargs)] = recorded
+    assert name == "ragged_k_moe_gemm_8bit" and torch.equal(d, c) and args[2] is layout and args[3] is d
+    (a_op, sfa_op), (b_op, sfb_op) = args[0], args[1]
+    assert torch.equal(a_op.t().float(), torch.cat(a_blocks, dim=1).float()) and a_op.stride() == (1, 384)
+    assert torch.equal(b_op.t().float(), torch.cat(b_blocks, dim=1).float())
+    assert torch.equal(sfa_op, sfa.t()) and torch.equal(sfb_op, sfb.t())
+    assert kwargs == {"major_a_mode": "K", "major_b_mode": "K", "scale_granularity_mnk": (1, 1, 128)}
+    dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, ks, layout)
+    assert torch.equal(d, torch.zeros_like(d))  # no c: d = A B^T alone
+    with pytest.raises(NotImplementedError, match="use_psum_layout"):
+        dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, ks, layout, use_psum_layout=True)
+    with pytest.raises(ValueError, match="ks_cpu"):
+        dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, [], layout)
+    with pytest.raises(ValueError, match="a must be 1-D"):
+        dg.k_grouped_fp8_gemm_nt_contiguous((a[:-1], sfa), (b, sfb), d, ks, layout)
+    with pytest.raises(ValueError, match="d must be float32"):
+        dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d[:2], ks, layout)
