@@ -190,6 +190,34 @@ def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, grouped_layout: torc
     return None
 
 
+def fp8_gemm_nt_skip_head_mid(a, b, d: torch.Tensor, head_splits: tuple, recipe=None, compiled_dims: str = "nk",
+                              disable_ue8m0_cast: bool = False) -> None:
+    """fp8_gemm_nt whose n = heads x (left + right) columns land in d (m, heads x (left + mid + right)) head
+    by head as [left | mid | right], the mid columns of d left as they were.
+
+    The product goes through a bf16 buffer of (m, n) and is then copied around the gaps.
+    """
+    func = "fp8_gemm_nt_skip_head_mid"
+    left, mid, right = (int(v) for v in head_splits)
+    (a_x, _), (b_x, _) = _operand(a, "a", func), _operand(b, "b", func)
+    if min(left, mid, right) < 0 or left + right == 0:
+        raise ValueError(f"head_splits must be (left, mid, right) >= 0 with left + right > 0, got {head_splits}")
+    n = b_x.shape[0]
+    heads = n // (left + right)
+    if n % (left + right) or not isinstance(d, torch.Tensor) or d.dim() != 2 or \
+            d.shape[1] != n + heads * mid or d.shape[0] != a_x.shape[0]:
+        raise ValueError(f"d must be (m={a_x.shape[0]}, {n + heads * mid}) for n={n} and head_splits {head_splits} "
+                         f"(n a multiple of left + right), got {tuple(getattr(d, 'shape', ()))}")
+    if d.dtype != torch.bfloat16:
+        raise TypeError(f"d must be bfloat16, got {d.dtype}")
+    product = torch.empty((a_x.shape[0], n), dtype=torch.bfloat16, device=d.device)
+    fp8_gemm_nt(a, b, product, recipe=recipe)
+    by_head, out = product.view(-1, heads, left + right), d.view(-1, heads, left + mid + right)
+    out[:, :, :left] = by_head[:, :, :left]
+    out[:, :, left + mid:] = by_head[:, :, left:]
+    return None
+
+
 def _columns_by_group(flat: torch.Tensor, ks: list[int], rows: int) -> torch.Tensor:
     """(rows, sum_k) row-major from groups stored one after another as (rows, k_i) row-major blocks."""
     out = flat.new_empty((rows, sum(ks)))

@@ -100,6 +100,19 @@ def test_k_grouped_contiguous():
     assert calc_diff(d, expected) <= TOL
 
 
+@pytest.mark.parametrize("m,n", [(128, 8192), (4096, 32768)])
+def test_skip_head_mid(m, n):
+    left, mid, right = 128, 64, 128
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, 512)
+    heads = n // (left + right)
+    d = torch.full((m, heads * (left + mid + right)), float("nan"), dtype=torch.bfloat16, device="cuda")
+    dg.fp8_gemm_nt_skip_head_mid((a, sa), (b, sb), d, (left, mid, right))
+    ref = fp8_gemm_reference(a, b, sa, sb).view(m, heads, left + right)
+    out = d.view(m, heads, left + mid + right)
+    assert calc_diff(torch.cat([out[:, :, :left], out[:, :, left + mid:]], dim=2), ref) <= TOL
+    assert out[:, :, left:left + mid].isnan().all()
+
+
 def test_layout_helpers_on_cuda():
     sf = torch.exp2(torch.randint(-10, 10, (3, 4097, 57), device="cuda").float())
     mn_major = dg.get_mn_major_tma_aligned_tensor(sf)

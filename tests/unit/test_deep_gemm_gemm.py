@@ -202,3 +202,25 @@ def test_k_grouped_gathers_the_groups_along_k(recorded):
         dg.k_grouped_fp8_gemm_nt_contiguous((a[:-1], sfa), (b, sfb), d, ks, layout)
     with pytest.raises(ValueError, match="d must be float32"):
         dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d[:2], ks, layout)
+
+
+def test_skip_head_mid_places_each_head_around_the_gap(monkeypatch):
+    heads, (left, mid, right), m = 3, (4, 2, 5), 2
+    product = torch.arange(m * heads * (left + right), dtype=torch.float32).view(m, -1).bfloat16()
+
+    def gemm(a, b, a_scale, b_scale, scale_granularity_mnk, out):
+        out.copy_(product)
+    monkeypatch.setattr(mategemm, "gemm_fp8_nt_groupwise", gemm)
+    a = (torch.zeros(m, 128, dtype=E4M3), torch.ones(m, 1))
+    b = (torch.zeros(heads * (left + right), 128, dtype=E4M3), torch.ones(1, 1))
+    d = torch.full((m, heads * (left + mid + right)), -1.0, dtype=torch.bfloat16)
+    assert dg.fp8_gemm_nt_skip_head_mid(a, b, d, (left, mid, right), disable_ue8m0_cast=True) is None
+    for h in range(heads):
+        got = d[:, h * 11:(h + 1) * 11]
+        assert torch.equal(got[:, :left], product[:, h * 9:h * 9 + left])
+        assert torch.equal(got[:, left:left + mid], torch.full((m, mid), -1.0, dtype=torch.bfloat16))
+        assert torch.equal(got[:, left + mid:], product[:, h * 9 + left:(h + 1) * 9])
+    with pytest.raises(ValueError, match="d must be"):
+        dg.fp8_gemm_nt_skip_head_mid(a, b, d[:, :-1], (left, mid, right))
+    with pytest.raises(ValueError, match="head_splits"):
+        dg.fp8_gemm_nt_skip_head_mid(a, b, d, (0, 3, 0))
