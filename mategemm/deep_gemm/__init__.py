@@ -9,6 +9,10 @@ from mategemm.deep_gemm.gemm import (
     bf16_gemm_nt,
     bf16_gemm_tn,
     bf16_gemm_tt,
+    cublaslt_gemm_nn,
+    cublaslt_gemm_nt,
+    cublaslt_gemm_tn,
+    cublaslt_gemm_tt,
     fp8_fp4_gemm_nn,
     fp8_fp4_gemm_nt,
     fp8_fp4_gemm_tn,
@@ -38,7 +42,8 @@ from mategemm.deep_gemm.runtime import (
 )
 from mategemm.deep_gemm.utils import *  # noqa: F401,F403 - DeepGEMM's top level re-exports its utils
 
-__all__ = ["bf16_gemm_nn", "bf16_gemm_nt", "bf16_gemm_tn", "bf16_gemm_tt", "fp8_fp4_gemm_nn", "fp8_fp4_gemm_nt",
+__all__ = ["bf16_gemm_nn", "bf16_gemm_nt", "bf16_gemm_tn", "bf16_gemm_tt", "cublaslt_gemm_nn", "cublaslt_gemm_nt",
+           "cublaslt_gemm_tn", "cublaslt_gemm_tt", "fp8_fp4_gemm_nn", "fp8_fp4_gemm_nt",
            "fp8_fp4_gemm_tn", "fp8_fp4_gemm_tt", "fp8_gemm_nn", "fp8_gemm_nt", "fp8_gemm_nt_skip_head_mid", "fp8_gemm_tn",
            "fp8_gemm_tt", "fp8_m_grouped_gemm_nt_masked", "k_grouped_fp8_gemm_nt_contiguous",
            "m_grouped_fp8_fp4_gemm_nt_contiguous",

@@ -218,6 +218,29 @@ def fp8_gemm_nt_skip_head_mid(a, b, d: torch.Tensor, head_splits: tuple, recipe=
     return None
 
 
+def cublaslt_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None) -> None:
+    """d = a @ b^T (+ c) through torch's cuBLAS, the reference and peer of DeepGEMM's tests: FP8 a, b
+    with unit scales (torch._scaled_mm), or 16/32-bit ones (torch.mm in d's dtype)."""
+    if a.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        one = torch.ones((), dtype=torch.float32, device=a.device)
+        product = torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=d.dtype)
+    else:
+        product = torch.mm(a.to(d.dtype), b.to(d.dtype).t())
+    d.copy_(product if c is None else product + c)
+
+
+def cublaslt_gemm_nn(a, b, d, c=None) -> None:
+    cublaslt_gemm_nt(a, b.transpose(0, 1), d, c)
+
+
+def cublaslt_gemm_tn(a, b, d, c=None) -> None:
+    cublaslt_gemm_nt(a.transpose(0, 1), b.transpose(0, 1), d, c)
+
+
+def cublaslt_gemm_tt(a, b, d, c=None) -> None:
+    cublaslt_gemm_nt(a.transpose(0, 1), b, d, c)
+
+
 def _columns_by_group(flat: torch.Tensor, ks: list[int], rows: int) -> torch.Tensor:
     """(rows, sum_k) row-major from groups stored one after another as (rows, k_i) row-major blocks."""
     out = flat.new_empty((rows, sum(ks)))

@@ -6,6 +6,7 @@ import torch
 
 import mategemm
 import mategemm.deep_gemm as dg
+from mategemm.testing import calc_diff
 
 E4M3 = torch.float8_e4m3fn
 
@@ -224,3 +225,20 @@ def test_skip_head_mid_places_each_head_around_the_gap(monkeypatch):
         dg.fp8_gemm_nt_skip_head_mid(a, b, d[:, :-1], (left, mid, right))
     with pytest.raises(ValueError, match="head_splits"):
         dg.fp8_gemm_nt_skip_head_mid(a, b, d, (0, 3, 0))
+
+
+def test_cublaslt_reference_forms():
+    g = torch.Generator().manual_seed(5)
+    a, b, c = torch.randn(6, 32, generator=g), torch.randn(5, 32, generator=g), torch.randn(6, 5, generator=g)
+    d = torch.empty(6, 5)
+    dg.cublaslt_gemm_nt(a, b, d, c=c)
+    assert torch.allclose(d, a @ b.t() + c, atol=1e-5)
+    dg.cublaslt_gemm_tn(a.t(), b.t(), d)
+    assert torch.allclose(d, a @ b.t(), atol=1e-5)
+    dg.cublaslt_gemm_nn(a, b.t(), d)
+    assert torch.allclose(d, a @ b.t(), atol=1e-5)
+    dg.cublaslt_gemm_tt(a.t(), b, d)
+    assert torch.allclose(d, a @ b.t(), atol=1e-5)
+    bf16 = torch.empty(6, 5, dtype=torch.bfloat16)
+    dg.cublaslt_gemm_nt(a.bfloat16(), b.bfloat16(), bf16)
+    assert calc_diff(bf16, a @ b.t()) < 1e-4
