@@ -106,8 +106,9 @@ def fp8_gemm_tt(a, b, d, c=None, recipe=None, recipe_a=None, recipe_b=None, comp
 
 def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
                  compiled_dims: str = "nk") -> None:
-    """d = a @ b^T (+ c) with a (m, k), b (n, k) bf16, K-major; d bf16 or float32; c of d's dtype,
-    which may be d itself."""
+    """d = a @ b^T (+ c) with a (m, k), b (n, k) bf16; d bf16 or float32; c of d's dtype, which may
+    be d itself. An operand that is not K-major (the nn/tn/tt forms' transposed views) is copied
+    K-major first."""
     for name, x in (("a", a), ("b", b), ("d", d)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
@@ -116,6 +117,7 @@ def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Ten
     if a.dim() == 2 and a.shape[1] == 0:
         d.copy_(c) if c is not None else d.zero_()
         return None
+    a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))
     acc = None if c is None else c.unsqueeze(0).float()  # a copy when c is bf16 (or c is d): read before d is written
     mategemm.bmm_fp16(a.unsqueeze(0), b.unsqueeze(0), d.dtype, out=d.unsqueeze(0), c=acc)
     return None

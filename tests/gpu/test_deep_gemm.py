@@ -40,6 +40,15 @@ def test_bf16_gemm_nt_accumulates(out_dtype):
     assert calc_diff(d, expected) <= 1e-5
 
 
+def test_bf16_gemm_tn_with_mn_major_operands():
+    m, n, k = 1024, 768, 4096
+    a = torch.randn((k, m), device="cuda", dtype=torch.bfloat16)  # (k, m) and (k, n): weight-gradient form
+    b = torch.randn((k, n), device="cuda", dtype=torch.bfloat16)
+    d = torch.empty((m, n), device="cuda")
+    dg.bf16_gemm_tn(a, b, d)
+    assert calc_diff(d, a.double().t() @ b.double()) <= 1e-5
+
+
 def test_m_grouped_masked():
     groups, max_m, n, k = 6, 256, 1024, 2048
     a, sfa = moe.make_tokens(groups * max_m, k)

@@ -165,9 +165,10 @@ def test_bf16_forms(recorded):
     assert kwargs["out"].data_ptr() == d.data_ptr()
     assert kwargs["c"].dtype == torch.float32 and torch.equal(kwargs["c"][0], d.float())  # read before d is written
     f32 = torch.randn(64, 256)
-    dg.bf16_gemm_tt(a.t(), b, f32)
+    dg.bf16_gemm_tt(a.t().contiguous(), b, f32)  # a given as (k, m): copied K-major
     name, args, kwargs = recorded[-1]
-    assert args[0].shape == (1, 64, 512) and args[2] == torch.float32 and kwargs["c"] is None
+    assert args[0].shape == (1, 64, 512) and args[0].stride(-1) == 1 and torch.equal(args[0][0], a)
+    assert args[2] == torch.float32 and kwargs["c"] is None
     with pytest.raises(ValueError, match="c must be a tensor of d's dtype"):
         dg.bf16_gemm_nt(a, b, f32, c=d)
     c, out = torch.randn(4, 8).bfloat16(), torch.full((4, 8), float("nan")).bfloat16()
