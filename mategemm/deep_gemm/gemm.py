@@ -1,5 +1,5 @@
-"""DeepGEMM's FP8 GEMM names on mategemm's kernels: operands as (tensor, scale) pairs, the output `d`
-written in place, None returned, as DeepGEMM does.
+"""DeepGEMM's GEMM names on mategemm's kernels: FP8 operands as (tensor, scale) pairs, the output
+`d` written in place, None returned, as DeepGEMM does.
 
 Hopper takes float32 scales per recipe (1, 128, 128) (A per 1 x 128, B per 128 x 128 block, bf16
 out) or (1, 1, 128) (both per 1 x 128); DeepGEMM's disable_ue8m0_cast and compiled_dims change
@@ -118,7 +118,7 @@ def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Ten
         d.copy_(c) if c is not None else d.zero_()
         return None
     a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))
-    acc = None if c is None else c.unsqueeze(0).float()  # a copy when c is bf16 (or c is d): read before d is written
+    acc = None if c is None else c.unsqueeze(0).float()  # bf16 c: a float32 copy, taken before d is written
     mategemm.bmm_fp16(a.unsqueeze(0), b.unsqueeze(0), d.dtype, out=d.unsqueeze(0), c=acc)
     return None
 
