@@ -217,3 +217,88 @@ def mxfp8_quantize(x: torch.Tensor, k_granularity: int = 128, m_indptr: list[int
     for start, lo, hi in zip(starts, offsets, offsets[1:]):
         rows[start:start + hi - lo] = e[lo:hi]
     return q, _pack_ue8m0(rows)
+
+
+# ---- NVFP4: e2m1 values two per byte, e4m3 scales per 16 values, in NVIDIA's 128x4 blocked layout ----
+NVFP4_BLOCK = 16  # values per e4m3 scale along K
+E2M1_MAX, E4M3_MAX = 6.0, 448.0
+E2M1_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)  # between the magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6
+SCALE_TILE_ROWS, SCALE_TILE_COLS = 128, 4
+
+
+def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
+    """uint8 e2m1 codes (sign in bit 3) of x, rounded to nearest with ties to the even code (as the
+    hardware converts), saturating at 6; -0 is coded +0."""
+    magnitude = x.abs().float().contiguous()
+    midpoints = torch.tensor(E2M1_MIDPOINTS, device=x.device)
+    code = torch.bucketize(magnitude, midpoints)  # ties go down here ...
+    tie = (code < len(E2M1_MIDPOINTS)) & (magnitude == midpoints[code.clamp(max=len(E2M1_MIDPOINTS) - 1)])
+    code = code + (tie & (code % 2 == 1)).long()  # ... and up where the lower code is odd
+    return (code | (((x < 0) & (code > 0)).long() << 3)).to(torch.uint8)
+
+
+def swizzle_nvfp4_scales(scales: torch.Tensor) -> torch.Tensor:
+    """(..., rows, k/16) e4m3 -> NVIDIA's blocked layout as (..., ceil(rows/128), ceil(k/64), 32, 4, 4):
+    element [t, c, i, g, j] is the scale of row t*128 + g*32 + i, column c*4 + j (zero padding)."""
+    *lead, rows, cols = scales.shape
+    tiles_r, tiles_c = -(-rows // SCALE_TILE_ROWS), -(-cols // SCALE_TILE_COLS)
+    padded = torch.zeros((*lead, tiles_r * SCALE_TILE_ROWS, tiles_c * SCALE_TILE_COLS), dtype=torch.uint8,
+                         device=scales.device)
+    padded[..., :rows, :cols] = scales.view(torch.uint8)
+    blocked = padded.view(*lead, tiles_r, 4, 32, tiles_c, SCALE_TILE_COLS)  # [t, g, i, c, j]
+    n = len(lead)
+    blocked = blocked.permute(*range(n), n, n + 3, n + 2, n + 1, n + 4).contiguous()  # [t, c, i, g, j]
+    return blocked.view(torch.float8_e4m3fn)
+
+
+def _nvfp4_rows(x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 (..., k/2), e4m3 scales (..., k/16)) of x (..., k); global_scale broadcasts
+    against x's leading dimensions."""
+    *lead, k = x.shape
+    blocks = x.float().view(*lead, k // NVFP4_BLOCK, NVFP4_BLOCK)
+    g = global_scale.float().view(*global_scale.shape, 1, 1)
+    scale = (blocks.abs().amax(dim=-1, keepdim=True) / E2M1_MAX * g).clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
+    step = scale.float() / g  # the value one e2m1 unit stands for
+    codes = e2m1_codes(torch.where(step > 0, blocks / step, torch.zeros_like(blocks))).view(*lead, k)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed, scale.squeeze(-1)
+
+
+def nvfp4_quantize(x: torch.Tensor, global_scale, group_offsets=None):
+    """NVFP4 values and block scales from bf16/fp32 x, in grouped_matmul_dynamic_scaled_nvfp4's layouts.
+
+    Per 16 values along K: scale = e4m3(amax / 6 x global_scale), value = e2m1(x x global_scale /
+    scale), packed two per byte, the even column in the low nibble; x ~ value x scale / global_scale
+    (the GEMM's expert_scales carry 1 / (global_scale_a x global_scale_b)). global_scale: a float or
+    fp32 tensor, one per expert for 3-D x (FlashInfer's convention: 448 x 6 / amax(x)).
+
+    x (tokens, k) with group_offsets (the (G + 1,) token offsets of the groups; default one group) ->
+    (a (tokens, k/2) uint8, a_scales (tiles, ceil(k/64), 32, 4, 4) e4m3, group_scale_offsets (G,)
+    uint32: each group's scales start a new 128-row tile, its first tile's index here).
+    x (E, n, k) weights -> (b (E, n, k/2), b_scales (E, ceil(n/128), ceil(k/64), 32, 4, 4)). k % 32 == 0.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or not x.is_floating_point():
+        raise ValueError("x must be a 2-D (tokens, k) or 3-D (experts, n, k) floating-point tensor")
+    if x.shape[-1] % 32:
+        raise ValueError(f"x's k ({x.shape[-1]}) must be a multiple of 32")
+    scale = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device)
+    experts = x.shape[0] if x.dim() == 3 else 1
+    if scale.numel() not in (1, experts) or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(f"global_scale must be positive and finite, one value or one per expert ({experts})")
+    if x.dim() == 3:
+        if group_offsets is not None:
+            raise ValueError("group_offsets goes with 2-D token rows, not 3-D expert weights")
+        packed, scales = _nvfp4_rows(x, scale.reshape(-1).expand(experts).reshape(experts, 1))
+        return packed, swizzle_nvfp4_scales(scales)
+    offsets = [0, x.shape[0]] if group_offsets is None else [int(v) for v in group_offsets]
+    if offsets[0] != 0 or offsets[-1] != x.shape[0] or any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"group_offsets must rise from 0 to x.shape[0] = {x.shape[0]}, got {offsets}")
+    if scale.numel() != 1:
+        raise ValueError("global_scale for token rows is one value")
+    packed, scales = _nvfp4_rows(x, scale.reshape(()))
+    tiles, starts = [], []
+    for lo, hi in zip(offsets, offsets[1:]):
+        starts.append(sum(t.shape[0] for t in tiles))
+        tiles.append(swizzle_nvfp4_scales(scales[lo:hi]))
+    a_scales = torch.cat(tiles) if tiles else swizzle_nvfp4_scales(scales)
+    return packed, a_scales, torch.tensor(starts, dtype=torch.uint32, device=x.device)
