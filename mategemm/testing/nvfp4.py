@@ -43,3 +43,22 @@ def nvfp4_dequantize(packed: torch.Tensor, blocked_scales: torch.Tensor, global_
     if values.dim() == 3 and g.numel() > 1:
         g = g.view(-1, 1, 1)
     return values * scales / g
+
+
+def grouped_nvfp4_reference(a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids,
+                            expert_scales, n_groups: int | None = None) -> torch.Tensor:
+    """float64 (tokens, n) of grouped_matmul_dynamic_scaled_nvfp4: the rows of group g times expert
+    expert_ids[g]'s weights (values x block scales), times expert_scales[expert]; rows of groups
+    with expert id -1 (or past n_groups, the active count) are NaN (left untouched)."""
+    offsets = [int(v) for v in group_offsets]
+    groups = len(offsets) - 1 if n_groups is None else n_groups
+    out = torch.full((a.shape[0], b.shape[1]), float("nan"), dtype=torch.float64, device=a.device)
+    for g in range(groups):
+        lo, hi, expert = offsets[g], offsets[g + 1], int(expert_ids[g])
+        if expert < 0 or hi == lo:
+            continue
+        first, tiles = int(group_scale_offsets[g]), -(-(hi - lo) // 128)
+        a64 = nvfp4_dequantize(a[lo:hi], a_scales[first:first + tiles], 1.0)
+        b64 = nvfp4_dequantize(b[expert], b_scales[expert], 1.0)
+        out[lo:hi] = (a64 @ b64.t()) * float(expert_scales[expert])
+    return out

@@ -85,3 +85,25 @@ def test_argument_errors():
         quant.nvfp4_quantize(torch.randn(2, 4, 64), 1.0, [0, 4])
     with pytest.raises(ValueError, match="x must be"):
         quant.nvfp4_quantize(torch.zeros(64, dtype=torch.int32), 1.0)
+
+
+def test_grouped_reference_against_a_loop():
+    g = torch.Generator().manual_seed(3)
+    experts, n, k, offsets = 3, 8, 64, [0, 2, 2, 7]
+    weights = torch.randn(experts, n, k, generator=g)
+    tokens = torch.randn(7, k, generator=g)
+    b, b_scales = quant.nvfp4_quantize(weights, 1.0)
+    a, a_scales, starts = quant.nvfp4_quantize(tokens, 1.0, offsets)
+    expert_ids, expert_scales = torch.tensor([2, -1, 0], dtype=torch.int32), torch.tensor([0.5, 1.0, 3.0])
+    got = ref.grouped_nvfp4_reference(a, b, a_scales, b_scales, offsets, starts, expert_ids, expert_scales)
+    a64, b64 = ref.unpack_e2m1(a), ref.unpack_e2m1(b)
+    sa = ref.unswizzle_scales(a_scales[0:1], 2, 4).repeat_interleave(16, -1)  # group 0: tile 0, rows 0-1
+    sa2 = ref.unswizzle_scales(a_scales[1:2], 5, 4).repeat_interleave(16, -1)  # group 2: tile 1, rows 2-6
+    sb = ref.unswizzle_scales(b_scales, n, 4).repeat_interleave(16, -1)
+    for row in range(7):
+        expert, scale_row = (2, sa[row]) if row < 2 else (0, sa2[row - 2])
+        for col in range(n):
+            want = sum(a64[row, i] * scale_row[i] * b64[expert, col, i] * sb[expert, col, i] for i in range(k))
+            assert abs(got[row, col].item() - want.item() * expert_scales[expert].item()) < 1e-9
+    only_first = ref.grouped_nvfp4_reference(a, b, a_scales, b_scales, offsets, starts, expert_ids, expert_scales, 1)
+    assert only_first[2:].isnan().all() and torch.equal(only_first[:2], got[:2])
