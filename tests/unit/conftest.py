@@ -1,6 +1,7 @@
 import importlib.util
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -21,3 +22,23 @@ def bench():
 def shared_kernel_cache(tmp_path_factory):
     """One kernel cache for the tests that run the command line on the shipped suites."""
     return tmp_path_factory.mktemp("kernel_cache") / "cache"
+
+
+@pytest.fixture
+def fake_pyplot(monkeypatch):
+    """matplotlib replaced by mocks whose subplots hand out one mock axes per grid cell: (fig, axes),
+    axes filled as the plot asks for them."""
+    plt, fig = mock.MagicMock(), mock.MagicMock()
+    axes = []
+
+    def subplots(rows=1, cols=1, **kwargs):
+        grid = [[mock.MagicMock() for _ in range(cols)] for _ in range(rows)]
+        axes.extend(a for line in grid for a in line)
+        return (fig, grid) if kwargs.get("squeeze") is False else (fig, grid[0][0])
+
+    plt.subplots.side_effect = subplots
+    matplotlib = mock.MagicMock()
+    matplotlib.pyplot = plt
+    monkeypatch.setitem(sys.modules, "matplotlib", matplotlib)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", plt)
+    return fig, axes

@@ -6,7 +6,6 @@ import json
 import math
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -258,22 +257,13 @@ def test_format_indexer_row():
     assert indexer_suite.format_indexer_row(failed)[1].count("ERR") == 5
 
 
-def fake_matplotlib():
-    plt, fig, ax = mock.MagicMock(), mock.MagicMock(), mock.MagicMock()
-    plt.subplots.return_value = (fig, ax)
-    matplotlib = mock.MagicMock()
-    matplotlib.pyplot = plt
-    return {"matplotlib": matplotlib, "matplotlib.pyplot": plt}, ax, fig
-
-
-def test_plot_indexer_draws_gbps_and_the_copy_line(tmp_path, monkeypatch):
-    modules, ax, fig = fake_matplotlib()
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+def test_plot_indexer_draws_gbps_and_the_copy_line(tmp_path, fake_pyplot):
+    fig, axes = fake_pyplot
     rows = [indexer_suite.finish_indexer_row(timed_row(), 4.0, ANCHOR),
             indexer_suite.finish_indexer_row(timed_row(0.2, None, avg_context=65536), 4.0, None)]
     result = {"suite": "indexer", "card": "NVIDIA H200", "date": "2026-11-28", "copy_tbps": 4.0, "rows": rows}
     indexer_suite.plot_indexer(result, tmp_path / "indexer.png")
+    (ax,) = axes
     bars = ax.bar.call_args_list
     assert [c.kwargs["label"] for c in bars] == ["mategemm", indexer_suite.INDEXER_AS_DEEPGEMM, "deepgemm", PEER]
     assert bars[0].args[1] == [rows[0]["mategemm_gbps"], rows[1]["mategemm_gbps"]]
@@ -287,12 +277,11 @@ def test_plot_indexer_draws_gbps_and_the_copy_line(tmp_path, monkeypatch):
     fig.savefig.assert_called_once()
 
 
-def test_plot_default_is_dense_unchanged(tmp_path, monkeypatch):
-    modules, ax, _ = fake_matplotlib()
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+def test_plot_default_is_dense_unchanged(tmp_path, fake_pyplot):
+    _, axes = fake_pyplot
     rows = [{"m": 64, "n": 2112, "k": 7168, "mategemm_tflops": 150.0, "deepgemm_tflops": 156.1}]
     plots.plot({"suite": "dense_fp8", "card": "H100", "date": "d", "rows": rows}, tmp_path / "dense.png")
+    (ax,) = axes
     bars = ax.bar.call_args_list
     assert [c.kwargs["label"] for c in bars] == ["mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise"]
     assert [c.args[0] for c in bars] == [[-0.30000000000000004], [-0.1], [0.1], [0.30000000000000004]]

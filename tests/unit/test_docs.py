@@ -5,7 +5,6 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -97,26 +96,8 @@ def test_grouped_and_bmm_plots_cover_their_json():
     assert [p["log"] for p in bmm] == [True, True, True, False, False, False]
 
 
-def fake_pyplot():
-    """A matplotlib whose subplots hand out one mock axes per grid cell."""
-    plt, fig = mock.MagicMock(), mock.MagicMock()
-    axes = []
-
-    def subplots(rows=1, cols=1, **kwargs):
-        grid = [[mock.MagicMock() for _ in range(cols)] for _ in range(rows)]
-        axes.extend(a for line in grid for a in line)
-        return (fig, grid) if kwargs.get("squeeze") is False else (fig, grid[0][0])
-
-    plt.subplots.side_effect = subplots
-    matplotlib = mock.MagicMock()
-    matplotlib.pyplot = plt
-    return {"matplotlib": matplotlib, "matplotlib.pyplot": plt}, fig, axes
-
-
-def test_indexer_legend_is_outside_and_labels_are_kept(tmp_path, monkeypatch):
-    modules, fig, axes = fake_pyplot()
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+def test_indexer_legend_is_outside_and_labels_are_kept(tmp_path, fake_pyplot):
+    fig, axes = fake_pyplot
     indexer_suite.plot_indexer(docs_tables.load_results(RESULTS)["indexer"], tmp_path / "indexer.png")
     (ax,) = axes
     legend = ax.legend.call_args.kwargs
@@ -125,12 +106,10 @@ def test_indexer_legend_is_outside_and_labels_are_kept(tmp_path, monkeypatch):
     assert fig.savefig.call_args.kwargs["bbox_inches"] == "tight"  # nothing clipped
 
 
-def test_plot_command_redraws_every_plot_from_the_json(bench, tmp_path, monkeypatch):
+def test_plot_command_redraws_every_plot_from_the_json(bench, tmp_path, monkeypatch, fake_pyplot):
     for suite in registry.SUITES:
         shutil.copy(RESULTS / f"{suite}.json", tmp_path)
-    modules, fig, axes = fake_pyplot()
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+    fig, _ = fake_pyplot
     monkeypatch.setattr(sys, "argv", ["bench.py", "plot", "--out-dir", str(tmp_path)])
     bench.main()
     assert [c.args[0] for c in fig.savefig.call_args_list] == [tmp_path / f"{s}.png" for s in registry.PLOTS]
