@@ -88,6 +88,16 @@ def test_bad_shapes_are_named(monkeypatch):
             mategemm.fused_moe(*args.values())
 
 
+class NoLaunch:
+    """Stands in for the GEMMs' Launch: built and called as the real one, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args):
+        pass
+
+
 @pytest.mark.parametrize("input_dtype", [torch.bfloat16, E4M3])
 @pytest.mark.parametrize("activation", ["silu", "swigluoai", "swiglustep"])
 def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dtype, activation):
@@ -96,15 +106,8 @@ def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dty
     moe = preset.moe
     planned = {p.spec for p in prewarm.plan_preset(preset, 64, "sm_90a", activations=(activation,))}
 
-    class Done:  # the GEMMs' launches, run as nothing
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __call__(self, *args):
-            pass
-
     with recorded_specs(monkeypatch) as asked:
-        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", Done)
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", NoLaunch)
         monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
         for tokens in (1, 7, 64):
             args = inputs(tokens, moe.hidden, moe.moe_intermediate, moe.num_experts, moe.top_k, input_dtype)
@@ -120,15 +123,8 @@ def test_new_activations_of_the_same_layout_reuse_the_prepared_layer(monkeypatch
     """A serving step passes new hidden_states, ids and weights each time: checked and set up once."""
     from mategemm import validate
 
-    class Done:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __call__(self, *args):
-            pass
-
     with recorded_specs(monkeypatch) as asked:
-        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", Done)
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", NoLaunch)
         monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
         checks = []
         real = validate.fused_moe
