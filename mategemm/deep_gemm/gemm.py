@@ -43,6 +43,14 @@ def _recipe(recipe, recipe_a, recipe_b, func: str) -> tuple[int, int, int]:
     return recipe
 
 
+def _start_from(c: torch.Tensor | None, d: torch.Tensor) -> None:
+    """d = c before a product is added to it (nothing to copy when c is d), or zeros without c."""
+    if c is None:
+        d.zero_()
+    elif c.data_ptr() != d.data_ptr():
+        d.copy_(c)
+
+
 def fp8_gemm_nt(a, b, d: torch.Tensor, c: torch.Tensor | None = None, recipe=None, recipe_a=None, recipe_b=None,
                 compiled_dims: str = "nk", disable_ue8m0_cast: bool = False) -> None:
     """d = a @ b^T with a = (a (m, k) e4m3, sfa (m, k/128)), b = (b (n, k) e4m3, sfb per recipe).
@@ -67,7 +75,7 @@ def fp8_gemm_nt(a, b, d: torch.Tensor, c: torch.Tensor | None = None, recipe=Non
         if tuple(c.shape) != tuple(d.shape):
             raise ValueError(f"c must have d's shape {tuple(d.shape)}, got {tuple(c.shape)}")
     if isinstance(a, torch.Tensor) and a.dim() == 2 and a.shape[1] == 0:
-        d.copy_(c) if c is not None else d.zero_()
+        _start_from(c, d)
         return None
     if recipe == RECIPE_BLOCK_B:
         mategemm.gemm_fp8_nt_groupwise(a, b, sfa, sfb, scale_granularity_mnk=recipe, out=d)
@@ -115,7 +123,7 @@ def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Ten
     if c is not None and (not isinstance(c, torch.Tensor) or c.dtype != d.dtype or c.shape != d.shape):
         raise ValueError(f"c must be a tensor of d's dtype and shape ({d.dtype}, {tuple(d.shape)})")
     if a.dim() == 2 and a.shape[1] == 0:
-        d.copy_(c) if c is not None else d.zero_()
+        _start_from(c, d)
         return None
     a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))
     acc = None if c is None else c.unsqueeze(0).float()  # bf16 c: a float32 copy, taken before d is written
@@ -283,10 +291,7 @@ def k_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, ks_cpu, grouped_layo
         if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.numel() != rows * sum(ks):
             raise ValueError(f"{name} must be 1-D with {rows} x sum(ks_cpu) = {rows * sum(ks)} elements, got "
                              f"{tuple(getattr(x, 'shape', ()))}")
-    if c is None:
-        d.zero_()
-    elif c.data_ptr() != d.data_ptr():
-        d.copy_(c)
+    _start_from(c, d)
     a_rows, b_rows = _columns_by_group(a, ks, m), _columns_by_group(b, ks, n)
     mategemm.ragged_k_moe_gemm_8bit((a_rows.t(), sfa.t()), (b_rows.t(), sfb.t()), grouped_layout, d,
                                     major_a_mode="K", major_b_mode="K", scale_granularity_mnk=RECIPE_ROW_B)
