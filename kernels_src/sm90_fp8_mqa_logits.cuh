@@ -352,7 +352,7 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
       wgmma_fence();
       #pragma unroll
       for (int kk = 0; kk < kIndexDim / 32; ++kk) {
-        Wgmma<kN>::template mma<0, 0>(acc, desc_keys + kk * 2, desc_q + kk * 2, kk > 0);
+        Wgmma<kN>::template mma<kE4M3, kE4M3>(acc, desc_keys + kk * 2, desc_q + kk * 2, kk > 0);
       }
       wgmma_commit();
       const u32 scales = smem_addr(smem + Smem::kOffScales + stage * kKvBlock * 4);

@@ -5,13 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-# Element codes shared with kernels_src: FP8 operand types and output types.
-FP8_CODES = {torch.float8_e4m3fn: 0, torch.float8_e5m2: 1}
-OPERAND_CODES = {**FP8_CODES, torch.bfloat16: 2, torch.float16: 3}  # 16-bit: bmm_fp16 (unscaled)
-OUT_CODES = {torch.bfloat16: 0, torch.float16: 1}
-OUT_F32_ADD = 2  # fp32 output added into `out` (ragged K)
-# Grouped GEMM modes (kernels_src/common/groups.cuh GroupMode).
-GROUP_MODES = {"none": 0, "per_token": 1, "per_expert": 2, "psum_expert": 3, "masked": 4, "ragged_k": 5, "batched": 6}
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+OUT_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit outputs; fp32 only added into (ragged K, bmm with c)
 TABLE_GROUP_MODES = ("per_expert", "psum_expert", "masked", "ragged_k")  # a table of segments in shared memory
 
 
@@ -38,7 +33,7 @@ RECIPE_PER_ROW = Recipe(1, -1, -1)
 class GemmProblem:
     """An FP8 block-scaled GEMM D(m, n) = A(m, k) B(n, k)^T, as validated.
 
-    Grouped (group_mode in GROUP_MODES, not "none"): m is the rows of A and of the output (all
+    Grouped (group_mode one of the kernel's GROUP_MODES, not "none"): m is the rows of A and of the output (all
     groups together), or for ragged_k the rows of each group's output with k the sum of the
     groups' K; num_groups is the number of groups (experts).
     """

@@ -6,11 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from mategemm.kernels import sm90_fp8_mqa_logits as mqa
-from mategemm.types import (FP8_CODES, OUT_CODES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW,
+from mategemm.types import (FP8_DTYPES, OUT_DTYPES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW,
                             RECIPE_PER_TENSOR, GemmProblem, Recipe)
 
-FP8_DTYPES = tuple(FP8_CODES)
-OUT_DTYPES = tuple(OUT_CODES)
 INT32_MAX = 2**31 - 1
 
 

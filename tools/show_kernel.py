@@ -22,7 +22,7 @@ from mategemm.jit.cache import default_cache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime.device import KNOWN_ARCHS, get_num_mp, info_for_arch
 from mategemm.testing.sass import dump_sass
-from mategemm.types import FP8_CODES, OUT_CODES, GemmProblem
+from mategemm.types import FP8_DTYPES, OUT_DTYPES, GemmProblem
 
 DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2, "bf16": torch.bfloat16,
           "fp16": torch.float16}
@@ -73,9 +73,9 @@ def main(argv=None) -> int:
     parser.add_argument("k", type=int)
     parser.add_argument("--recipe", default="1,128,128", help="gm,gn,gk (the API's scale_granularity_mnk)")
     parser.add_argument("--arch", choices=sorted(KNOWN_ARCHS), default="sm_90a")
-    parser.add_argument("--a-dtype", choices=[n for n, d in DTYPES.items() if d in FP8_CODES], default="e4m3")
-    parser.add_argument("--b-dtype", choices=[n for n, d in DTYPES.items() if d in FP8_CODES], default="e4m3")
-    parser.add_argument("--out-dtype", choices=[n for n, d in DTYPES.items() if d in OUT_CODES], default="bf16")
+    parser.add_argument("--a-dtype", choices=[n for n, d in DTYPES.items() if d in FP8_DTYPES], default="e4m3")
+    parser.add_argument("--b-dtype", choices=[n for n, d in DTYPES.items() if d in FP8_DTYPES], default="e4m3")
+    parser.add_argument("--out-dtype", choices=[n for n, d in DTYPES.items() if d in OUT_DTYPES], default="bf16")
     parser.add_argument("--no-sass", action="store_true", help="skip the SASS dump")
     args = parser.parse_args(argv)
 

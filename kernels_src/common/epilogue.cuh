@@ -6,6 +6,7 @@
 // 16-byte units: no bank conflicts.
 #pragma once
 #include "ptx.cuh"
+#include "types.cuh"
 
 namespace mategemm {
 
@@ -14,10 +15,6 @@ __device__ __forceinline__ u32 swizzle_offset(u32 offset) {
   constexpr u32 kMask = kSwizzleBytes / 16 - 1;
   return offset ^ (((offset >> 7) & kMask) << 4);
 }
-
-// Output element codes shared with the Python side.
-// kOutF32Add: fp32, added into the output by a TMA reduce (ragged-K weight gradients).
-enum OutType : int { kOutBF16 = 0, kOutF16 = 1, kOutF32Add = 2 };
 
 template <int kOutType>
 __device__ __forceinline__ u32 pack_out2(float lo, float hi) {

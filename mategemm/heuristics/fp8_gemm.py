@@ -54,7 +54,7 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
 
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
                rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0) -> int:
-    """Must match Fp8GemmSmemLayout in kernels_src/sm90_fp8_gemm_blockscaled.cuh.
+    """Must match GemmSmemLayout in kernels_src/gemm/traits.cuh.
 
     Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
     3 ints per group (max_groups: the table's capacity); MN-major operands (mn_major bits) a

@@ -1,4 +1,4 @@
-"""Config choice for the grouped (MoE) modes of sm90_fp8_gemm_blockscaled.
+"""Config choice for the grouped (MoE) and batched modes of the GEMM core (kernels_src/gemm/).
 
 The rows per group are unknown on the host (they live on the GPU; reading them would
 synchronise), so the choice rests on the expected rows per group: the caller's hint

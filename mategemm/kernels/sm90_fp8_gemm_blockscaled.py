@@ -1,4 +1,5 @@
-"""Host side of kernels_src/sm90_fp8_gemm_blockscaled.cuh: stub, TMA descriptors, launch."""
+"""Host side of the GEMM core's kernels (kernels_src/sm90_fp8_gemm_blockscaled.cuh and
+sm90_gemm_scale_at_end.cuh, one parameter list): stub, TMA descriptors, launch."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -8,26 +9,42 @@ import torch
 from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d, encode_3d
-from mategemm.types import GROUP_MODES, OPERAND_CODES, OUT_CODES, OUT_F32_ADD, GemmConfig, GemmProblem
+from mategemm.types import GemmConfig, GemmProblem
 
-KERNEL = "sm90_fp8_gemm_blockscaled"
+KERNEL = "sm90_fp8_gemm_blockscaled"  # block scales, promoted per 128-K block
+KERNEL_SCALE_AT_END = "sm90_gemm_scale_at_end"  # per-row / per-tensor scales (or none) applied at the end
+
+# C++ enumerators (kernels_src/common/types.cuh, common/groups.cuh) of the template arguments.
+OPERAND_TYPES = {torch.float8_e4m3fn: "kE4M3", torch.float8_e5m2: "kE5M2", torch.bfloat16: "kBF16",
+                 torch.float16: "kF16"}
+OUT_TYPES = {torch.bfloat16: "kOutBF16", torch.float16: "kOutF16", torch.float32: "kOutF32Add"}
+GROUP_MODES = {"none": "kGroupNone", "per_token": "kGroupIds", "per_expert": "kGroupCounts",
+               "psum_expert": "kGroupPsum", "masked": "kGroupMasked", "ragged_k": "kGroupK",
+               "batched": "kGroupBatched"}
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
+def kernel_name(problem: GemmProblem) -> str:
+    """Block-scaled recipes ((1,128,128), (1,1,128)) promote; the others scale the finished tile."""
+    return KERNEL if problem.recipe.gn > 0 else KERNEL_SCALE_AT_END
+
+
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
-    number of groups (up to the table's capacity) stay run-time."""
-    out_code = OUT_F32_ADD if problem.out_dtype == torch.float32 else OUT_CODES[problem.out_dtype]
-    # kScaleGranN: 128 or 1 (block scales promoted per 128-K block), 0 (per-row A and per-tensor B
-    # scales, recipes (1,-1,-1) and (-1,-1,-1): applied once to the finished accumulator).
-    args = (config.block_m, config.block_n, config.stages, max(problem.recipe.gn, 0), OPERAND_CODES[problem.a_dtype],
-            OPERAND_CODES[problem.b_dtype], out_code, config.out_swizzle, config.cluster_m,
-            config.cluster_n, "true" if config.num_splits > 1 else "false", GROUP_MODES[problem.group_mode],
-            problem.max_groups, problem.mn_major)
-    name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
-    source = f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n'
-    return KernelSpec(KERNEL, source, name_expr, arch)
+    number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
+    the B scale granularity (128 or 1) and split-K."""
+    name = kernel_name(problem)
+    enum = "mategemm::{}".format
+    tile = (config.block_m, config.block_n, config.stages)
+    promotion = (problem.recipe.gn,) if name == KERNEL else ()
+    split_k = ("true" if config.num_splits > 1 else "false",) if name == KERNEL else ()
+    args = (*tile, *promotion, enum(OPERAND_TYPES[problem.a_dtype]), enum(OPERAND_TYPES[problem.b_dtype]),
+            enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
+            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major)
+    name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
+    source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
+    return KernelSpec(name, source, name_expr, arch)
 
 
 def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,

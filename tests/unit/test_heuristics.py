@@ -157,15 +157,15 @@ def test_info_for_unknown_arch():
     (128, 128, 4, 0, 2, "batched", 0, 2)])
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups,
                                             mn_major):
-    """The launch's dynamic shared memory equals Fp8GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
+    """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
-    from mategemm.types import GROUP_MODES
+    from mategemm.kernels.sm90_fp8_gemm_blockscaled import GROUP_MODES
 
     rows_checked = group_mode in grouped.ROWS_CHECKED_MODES
     expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups, mn_major)
-    layout = (f"mategemm::Fp8GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
-              f"{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}>")
-    source = ('#include "sm90_fp8_gemm_blockscaled.cuh"\n'
+    layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
+              f"mategemm::{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}>")
+    source = ('#include "gemm/traits.cuh"\n'
               f"static_assert({layout}::kTotalBytes"
               f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
               "__global__ void probe() {}\n")

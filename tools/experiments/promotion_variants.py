@@ -1,63 +1,74 @@
 #!/usr/bin/env python3
-"""Patch the FP8 kernel into a lab variant (used by promotion_cost.sh; the source tree is untouched).
+"""Patch the GEMM core into a lab variant (used by promotion_cost.sh on a copy of the tree).
 
-    python tools/experiments/promotion_variants.py VARIANT KERNEL_FILE
+    python tools/experiments/promotion_variants.py VARIANT TREE
 
 Variants (several may be joined with '+'):
   double_ffma   every promotion FFMA twice (wrong results on purpose: the cost of issue slots)
   unit_scales   no shared-memory scale loads in the math warps (scales = 1; wrong on purpose)
   no_overlap    the second scratch accumulator off: issue, wait, promote (DeepGEMM's order)
-  pingpong      the two math warpgroups take turns issuing their batches
   lane0_empty   one lane per math warp arrives on the empty barrier, after __syncwarp
   lane0_full    one lane of the scale warp arrives on the full barrier, after __syncwarp
   unroll8       the promoted k-block loop unrolled 8 deep (with no_overlap: DeepGEMM's loop shape)
+
+The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
+neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
 """
 import sys
+from pathlib import Path
+
+MAINLOOP = "kernels_src/gemm/mainloop.cuh"
+TRAITS = "kernels_src/gemm/traits.cuh"
+STAGING = "kernels_src/gemm/scale_staging.cuh"
+
+# variant -> [(file, old text, new text)]
+PATCHES = {
+    "double_ffma": [(MAINLOOP, "        for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);\n",
+                     "        for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);\n"
+                     "        for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.hi[0], sc.lo[0]);\n")],
+    "unit_scales": [(MAINLOOP, "    sc.lo[0] = ld_shared_f32(sf);", "    sc.lo[0] = 1.0f;"),
+                    (MAINLOOP, "    sc.hi[0] = ld_shared_f32(sf + 8 * 4);", "    sc.hi[0] = 1.0f;")],
+    "no_overlap": [(MAINLOOP, "static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;",
+                    "static constexpr bool kOverlap = false;")],
+    "lane0_empty": [(TRAITS, "static constexpr int kEmptyArrivals = kNumMathWG * 128 +",
+                     "static constexpr int kEmptyArrivals = kNumMathWG * 4 +"),
+                    (MAINLOOP, "    empty[stage].arrive();\n", "    __syncwarp();\n    if (lane == 0) empty[stage].arrive();\n")],
+    "lane0_full": [(TRAITS, "kScaleAtEnd ? 1 : 1 + 32;", "kScaleAtEnd ? 1 : 1 + 1;"),
+                   (STAGING, "      smem.full[stage].arrive();  // release",
+                    "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
+    "unroll8": [(MAINLOOP, "      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
+                 "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;",
+                 "      #pragma unroll 8\n      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
+                 "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;")],
+}
 
 
-def patch(text: str, old: str, new: str, count: int = 1) -> str:
-    if text.count(old) != count:
-        raise SystemExit(f"pattern found {text.count(old)} times, expected {count}: {old!r}")
+def patch(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise SystemExit(f"pattern found {text.count(old)} times, expected 1: {old!r}")
     return text.replace(old, new)
 
 
-def apply(variant: str, src: str) -> str:
+def apply(variant: str, files: dict[str, str]) -> dict[str, str]:
+    """The patched texts of `files` (path relative to the tree -> text) for one variant."""
     if variant == "base":
-        return src
-    if variant == "double_ffma":
-        line = "            for (int c = 0; c < BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);\n"
-        return patch(src, line, line + line.replace("sc.lo[0], sc.hi[0]", "sc.hi[0], sc.lo[0]"))
-    if variant == "unit_scales":
-        src = patch(src, "        sc.lo[0] = ld_shared_f32(sf);", "        sc.lo[0] = 1.0f;")
-        return patch(src, "        sc.hi[0] = ld_shared_f32(sf + 8 * 4);", "        sc.hi[0] = 1.0f;")
-    if variant == "no_overlap":
-        return patch(src, "constexpr bool kOverlap = kScaleGranN == 128 && BLOCK_N <= 128 && kWaves == 1 && !kPingPong;",
-                     "constexpr bool kOverlap = false;")
-    if variant == "pingpong":
-        return patch(src, "constexpr bool kPingPongEnabled = false;", "constexpr bool kPingPongEnabled = true;")
-    if variant == "lane0_empty":
-        src = patch(src, "constexpr int kEmptyArrivals = kNumMathWG * 128 +", "constexpr int kEmptyArrivals = kNumMathWG * 4 +")
-        return patch(src, "        mbar_arrive(empty_bar + stage * 8);\n",
-                     "        __syncwarp();\n        if (lane == 0) mbar_arrive(empty_bar + stage * 8);\n")
-    if variant == "lane0_full":
-        src = patch(src, "kScaleAtEnd ? 1 : 1 + 32);", "kScaleAtEnd ? 1 : 1 + 1);")
-        return patch(src, "          mbar_arrive(full_bar + stage * 8);  // release",
-                     "          __syncwarp();\n          if (lane == 0) mbar_arrive(full_bar + stage * 8);  // release")
-    if variant == "unroll8":
-        old = ("        for (int kb = 0; kb < num_blocks; ++kb) {\n          const int stage = wait_stage();\n"
-               "          #pragma unroll\n          for (int wave = 0; wave < kWaves; ++wave) {\n            BlockScales sc;")
-        return patch(src, old, "        #pragma unroll 8\n" + old)
-    raise SystemExit(f"unknown variant {variant}")
+        return dict(files)
+    if variant not in PATCHES:
+        raise SystemExit(f"unknown variant {variant}; known: base, {', '.join(PATCHES)}")
+    out = dict(files)
+    for path, old, new in PATCHES[variant]:
+        out[path] = patch(out[path], old, new)
+    return out
 
 
 def main() -> None:
-    variants, path = sys.argv[1], sys.argv[2]
-    with open(path) as f:
-        src = f.read()
+    variants, tree = sys.argv[1], Path(sys.argv[2])
+    paths = {path for patches in PATCHES.values() for path, _, _ in patches}
+    files = {path: (tree / path).read_text() for path in paths}
     for variant in variants.split("+"):
-        src = apply(variant, src)
-    with open(path, "w") as f:
-        f.write(src)
+        files = apply(variant, files)
+    for path, text in files.items():
+        (tree / path).write_text(text)
 
 
 if __name__ == "__main__":

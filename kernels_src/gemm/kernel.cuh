@@ -1,0 +1,112 @@
+// The GEMM core's kernel body: set-up, then the roles. Warpgroup 0 produces (one thread issues the
+// TMA loads, warps 1-3 stage the block scales or transpose MN-major operands); warpgroups
+// 1..kNumMathWG consume (main loop, split-K reduction, epilogue). Persistent grid over the tiles.
+#pragma once
+#include "mainloop.cuh"
+#include "producer.cuh"
+#include "scale_staging.cuh"
+#include "split_k.cuh"
+#include "tile_epilogue.cuh"
+
+namespace mategemm {
+
+template <class T>
+__device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
+                                              GemmScheduler<T>& scheduler, int math_wg) {
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  ConsumerStages<T> stages{smem.full, smem.empty, {}, smem_desc_k128_sw128(smem.a), smem_desc_k128_sw128(smem.b),
+                           scheduler.rank() ^ 1, lane};
+  PromotedMainLoop<T> promoted{stages, smem.scales, math_wg, warp, lane, math_wg * T::kWaves * 64 + warp * 16 + lane / 4,
+                               0};
+  float acc[T::kWaves * T::kAcc];
+  float part0[T::kScaleAtEnd ? 1 : T::kAcc];
+  float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
+  Tile t;
+  while (scheduler.next(t)) {
+    #pragma unroll
+    for (int i = 0; i < T::kWaves * T::kAcc; ++i) acc[i] = 0.0f;
+    if constexpr (T::kScaleAtEnd) {
+      scale_at_end_mainloop<T>(stages, acc, t, args, math_wg, warp, lane);
+    } else {
+      // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
+      // n0 / 128, the rest the next block.
+      promoted.first_chunks = (128 - t.n_block * T::BLOCK_N % 128) / 8;
+      promoted.run(acc, part0, part1, t);
+    }
+    if constexpr (T::kSplitK) {
+      if (!split_k_reduce<T>(acc, t, args, smem.split_flag)) continue;
+    }
+    store_tile<T>(acc, t, args, smem, math_wg, warp, lane);
+  }
+  if ((threadIdx.x % 128) == 0) tma_store_wait_all();
+}
+
+template <class T>
+__device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
+  extern __shared__ __align__(1024) u8 smem_raw[];
+  u8* smem_base = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
+  const GemmSmem<T> smem(smem_base);
+  const int warpgroup = warp_uniform(threadIdx.x / 128);
+  // A 16-bit K tail is zero-filled by TMA; FP8's K is a multiple of 128 (checked on the host).
+  const int num_k_blocks = T::kUnscaled ? ceil_div(args.k, T::kBlockKElems) : args.k / kBlockK;
+  // Split-K: work item `split` of a tile covers k-blocks [split, split + 1) * k_blocks_per_split
+  // (the host picks num_splits so that none is empty; it passes 1 unless kSplitK).
+  const int k_blocks_per_split = T::kSplitK ? ceil_div(num_k_blocks, args.num_splits) : num_k_blocks;
+
+  // ---- set-up: barriers and descriptor prefetch ----
+  if (threadIdx.x == 0) {
+    tma_prefetch_desc(args.tmap_a);
+    tma_prefetch_desc(args.tmap_b);
+    tma_prefetch_desc(args.tmap_d);
+    #pragma unroll
+    for (int s = 0; s < T::kNumStages; ++s) {
+      smem.full[s].init(T::kFullArrivals);
+      smem.empty[s].init(T::kEmptyArrivals);
+      if constexpr (T::kMnMajor != 0) smem.staged[s].init(1);
+    }
+    fence_mbar_init();
+  }
+  const GroupTable table{smem.group_ints, smem.group_ints + T::kMaxGroups, smem.group_ints + 2 * T::kMaxGroups};
+  if constexpr (group_has_table<T::kGroupMode>()) {
+    if (threadIdx.x / 32 == 1) {
+      build_group_table<T::kGroupMode>(table, args.group_info, args.num_groups,
+                                       T::kGroupMode == kGroupK ? args.k : args.m, args.group_stride, T::BLOCK_M);
+    }
+  }
+  // The peer's multicast loads and arrivals target these barriers: they must exist first.
+  if constexpr (T::kCluster > 1) cluster_sync(); else __syncthreads();
+
+  GemmScheduler<T> scheduler(args, table, num_k_blocks, k_blocks_per_split);
+  if (warpgroup == 0) {
+    if constexpr (T::kNumMathWG > 1) setmaxnreg_dec<T::kProducerRegs>();
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x == 0) {
+      produce_tiles<T>(args, smem, scheduler);
+    } else if (warp > 0 && (!T::kScaleAtEnd || T::kMnMajor != 0)) {
+      stage_scales_and_operands<T>(args, smem, scheduler, warp);
+    }
+  } else {
+    if constexpr (T::kNumMathWG > 1) setmaxnreg_inc<T::kMathRegs>();
+    consume_tiles<T>(args, smem, scheduler, warpgroup - 1);
+  }
+  // A CTA's barriers must outlive the peer's last arrivals on them.
+  if constexpr (T::kCluster > 1) cluster_sync();
+}
+
+// The kernel parameters, as every GEMM kernel takes them (the host's Launch.TYPES).
+#define MATEGEMM_GEMM_PARAMS                                                                                       \
+  const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,                                  \
+      const __grid_constant__ TmaDesc tmap_d, const float *__restrict__ sfa, int sfa_stride_m, int sfa_stride_k,  \
+      const float *__restrict__ sfb, int sfb_stride_n, int sfb_stride_k, int m, int n, int k, int group_n,        \
+      int a_box_rows, int num_splits, float *__restrict__ split_workspace, int *__restrict__ split_counters,      \
+      const int *__restrict__ group_info, int num_groups, int group_stride, int sfa_stride_group,                 \
+      int sfb_stride_group, void *__restrict__ out_ptr, int out_ld, int *__restrict__ signal, int signal_blocks
+#define MATEGEMM_GEMM_ARGS                                                                                         \
+  GemmArgs {                                                                                                       \
+    &tmap_a, &tmap_b, &tmap_d, sfa, sfa_stride_m, sfa_stride_k, sfb, sfb_stride_n, sfb_stride_k, m, n, k, group_n, \
+        a_box_rows, num_splits, split_workspace, split_counters, group_info, num_groups, group_stride,            \
+        sfa_stride_group, sfb_stride_group, out_ptr, out_ld, signal, signal_blocks                                 \
+  }
+
+}  // namespace mategemm

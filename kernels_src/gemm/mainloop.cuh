@@ -1,0 +1,240 @@
+// The math warpgroups' main loops, one per recipe family. Each warpgroup owns BLOCK_M / kNumMathWG
+// rows of the tile in waves of 64 and issues 4 wgmma (32 bytes of K each) per stage and wave.
+//   promoted (block scales, kScaleGranN 128 or 1): per 128-K block into a scratch accumulator,
+//     then added into the main one with the block's scales on the CUDA cores;
+//   scale at end (per-row A / per-tensor B scales, or 16-bit operands): the wgmma accumulate over
+//     all of K and the scales are applied once.
+#pragma once
+#include "../common/pipeline.cuh"
+#include "../common/wgmma.cuh"
+#include "scheduler.cuh"
+
+namespace mategemm {
+
+// The math threads' side of the ring: wait for a full stage, hand it back, address its tiles.
+template <class T>
+struct ConsumerStages {
+  BarrierRing full, empty;
+  PipelineState<T::kNumStages> pipe;
+  u64 desc_a0, desc_b0;  // wgmma descriptors of stage 0, tile row 0
+  u32 peer_cta;
+  int lane;
+
+  // Waits until the next stage is full; returns it.
+  __device__ __forceinline__ int wait() {
+    const int stage = pipe.stage;
+    full[stage].wait(pipe.phase);
+    pipe.advance();
+    return stage;
+  }
+
+  // Hands a stage back once this thread's reads of it are done (its wgmma completed).
+  __device__ __forceinline__ void release(int stage) const {
+    empty[stage].arrive();
+    if constexpr (T::kCluster > 1) {
+      if (lane == 0) empty[stage].arrive_on(peer_cta);
+    }
+  }
+
+  // The descriptors' address field is (address >> 4): stages and rows are constant steps.
+  __device__ __forceinline__ u64 desc_a(int stage, int row0) const {
+    return desc_a0 + (stage * T::Layout::kABytes + row0 * kBlockK) / 16;
+  }
+  __device__ __forceinline__ u64 desc_b(int stage) const { return desc_b0 + stage * (T::Layout::kBBytes / 16); }
+};
+
+// 4 wgmma over one stage's 128 bytes of K into acc (accumulating, or overwriting first if !accumulate).
+template <class T>
+__device__ __forceinline__ void mma_stage(float* acc, u64 desc_a, u64 desc_b, bool accumulate) {
+  #pragma unroll
+  for (int kk = 0; kk < kBlockK / 32; ++kk) {
+    // Advancing the start address by 32 B walks K inside the 128-byte swizzled row.
+    Wgmma<T::BLOCK_N>::template mma<T::kTypeA, T::kTypeB>(acc, desc_a + kk * 2, desc_b + kk * 2, accumulate || kk > 0);
+  }
+}
+
+// One k-block's scales for one math thread's rows r (lo) and r + 8 (hi). (1,128,128): the products
+// sa * sb with B scale block 0 and 1 of the tile. (1,1,128): sa in lo[0], hi[0].
+struct BlockScales {
+  float lo[2], hi[2];
+};
+
+// acc += part * scale for one 8-column chunk of the m64nN layout: row r (lo) and row r + 8 (hi).
+__device__ __forceinline__ void promote_chunk(float* acc, const float* part, float scale_lo, float scale_hi) {
+  acc[0] = fmaf(part[0], scale_lo, acc[0]);
+  acc[1] = fmaf(part[1], scale_lo, acc[1]);
+  acc[2] = fmaf(part[2], scale_hi, acc[2]);
+  acc[3] = fmaf(part[3], scale_hi, acc[3]);
+}
+
+// Block-scaled recipes: acc (kWaves x kAcc, zeroed by the caller) = the tile's sum over its K blocks.
+template <class T>
+struct PromotedMainLoop {
+  using Layout = typename T::Layout;
+  static constexpr int kAcc = T::kAcc;
+  // NOTES: with a second scratch accumulator, the wgmma of k-block kb + 1 runs while kb is
+  // promoted, so the tensor cores are not idle during promotion. It costs BLOCK_N / 2 more
+  // registers per thread: affordable up to BLOCK_N 128 with one wave (acc + 2 scratch = 192
+  // of 232). With two waves (BLOCK_M 256) the other warpgroup's wgmma covers the promotion.
+  static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;
+
+  ConsumerStages<T>& stages;
+  u32 scales_addr;
+  int math_wg, warp, lane;
+  int thread_row;    // the row of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16)
+  int first_chunks;  // with 128-column B blocks: 8-column chunks before it use the tile's first block
+
+  // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
+  __device__ __forceinline__ int wave_row0(int wave) const { return (math_wg * T::kWaves + wave) * 64; }
+
+  // Issues wave `wave`'s 4 wgmma of `stage` into `part`, then reads the wave's scales.
+  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave) const {
+    #pragma unroll
+    for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
+    wgmma_fence();
+    mma_stage<T>(part, stages.desc_a(stage, wave_row0(wave)), stages.desc_b(stage), false);
+    wgmma_commit();
+    // The scales are needed only at promotion: read while the wgmma runs.
+    const u32 sf = scales_addr + stage * Layout::kSfBytes + (thread_row + wave * 64) * 4;
+    sc.lo[0] = ld_shared_f32(sf);
+    sc.hi[0] = ld_shared_f32(sf + 8 * 4);
+    if constexpr (Layout::kTwoScaleBlocks) {
+      sc.lo[1] = ld_shared_f32(sf + T::BLOCK_M * 4);
+      sc.hi[1] = ld_shared_f32(sf + (T::BLOCK_M + 8) * 4);
+    }
+  }
+
+  // After `part`'s wgmma completed: out += part * scales in FP32. With per-column B scales the
+  // stage's scales are read here, so the caller releases the stage afterwards.
+  __device__ __forceinline__ void promote(float* out, float* part, const BlockScales& sc, int stage) const {
+    #pragma unroll
+    for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
+    if constexpr (T::kScaleGranN == 128) {
+      if constexpr (!Layout::kTwoScaleBlocks) {
+        // The tile lies inside one 128-column scale block: one scale pair for all columns.
+        #pragma unroll
+        for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);
+      } else {
+        #pragma unroll
+        for (int c = 0; c < T::BLOCK_N / 8; ++c) {
+          const bool first = c < first_chunks;  // a select: an index would put sc in local memory
+          promote_chunk(out + c * 4, part + c * 4, first ? sc.lo[0] : sc.lo[1], first ? sc.hi[0] : sc.hi[1]);
+        }
+      }
+    } else {
+      const u32 sf = scales_addr + stage * Layout::kSfBytes + (T::BLOCK_M + (lane % 4) * 2) * 4;
+      #pragma unroll
+      for (int c = 0; c < T::BLOCK_N / 8; ++c) {
+        const float sb_lo = ld_shared_f32(sf + c * 32), sb_hi = ld_shared_f32(sf + c * 32 + 4);
+        out[c * 4 + 0] = fmaf(part[c * 4 + 0], sc.lo[0] * sb_lo, out[c * 4 + 0]);
+        out[c * 4 + 1] = fmaf(part[c * 4 + 1], sc.lo[0] * sb_hi, out[c * 4 + 1]);
+        out[c * 4 + 2] = fmaf(part[c * 4 + 2], sc.hi[0] * sb_lo, out[c * 4 + 2]);
+        out[c * 4 + 3] = fmaf(part[c * 4 + 3], sc.hi[0] * sb_hi, out[c * 4 + 3]);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void run(float* acc, float* part0, float* part1, const Tile& t) {
+    const int num_blocks = t.kb_end - t.kb_begin;  // k-blocks of this work item
+    if constexpr (kOverlap) {
+      // Two scratch accumulators in turn: k-block kb + 1's wgmma runs while kb is promoted.
+      // NOTES: no wgmma is in flight across the loop's back edge or a conditional issue; with
+      // either, ptxas serialised every wgmma (C7514) or injected waits before promotion (C7517).
+      BlockScales sc0, sc1;
+      int stage0 = stages.wait(), stage1;
+      issue(part0, sc0, stage0, 0);
+      wgmma_wait<0>();
+      int kb = 0;
+      for (; kb + 2 < num_blocks; kb += 2) {  // part0 holds k-block kb, complete
+        stage1 = stages.wait();
+        issue(part1, sc1, stage1, 0);
+        stages.release(stage0);
+        promote(acc, part0, sc0, stage0);
+        wgmma_wait<0>();
+        stage0 = stages.wait();
+        issue(part0, sc0, stage0, 0);
+        stages.release(stage1);
+        promote(acc, part1, sc1, stage1);
+        wgmma_wait<0>();
+      }
+      if (kb + 1 < num_blocks) {
+        stage1 = stages.wait();
+        issue(part1, sc1, stage1, 0);
+        stages.release(stage0);
+        promote(acc, part0, sc0, stage0);
+        wgmma_wait<0>();
+        stages.release(stage1);
+        promote(acc, part1, sc1, stage1);
+      } else {
+        stages.release(stage0);
+        promote(acc, part0, sc0, stage0);
+      }
+    } else {
+      for (int kb = 0; kb < num_blocks; ++kb) {
+        const int stage = stages.wait();
+        #pragma unroll
+        for (int wave = 0; wave < T::kWaves; ++wave) {
+          BlockScales sc;
+          issue(part0, sc, stage, wave);
+          wgmma_wait<0>();
+          if (T::kScaleGranN == 128 && wave == T::kWaves - 1) stages.release(stage);
+          promote(acc + wave * kAcc, part0, sc, stage);
+        }
+        if constexpr (T::kScaleGranN != 128) stages.release(stage);
+      }
+    }
+  }
+};
+
+// Per-row A and per-tensor B scales (or none): every wave accumulates in place over all of K; a
+// stage is released once the next k-block's wgmma are issued and its own have completed (one
+// batch stays in flight). Then acc *= sa(row) * sb.
+template <class T>
+__device__ __forceinline__ void scale_at_end_mainloop(ConsumerStages<T>& stages, float* acc, const Tile& t,
+                                                      const GemmArgs& args, int math_wg, int warp, int lane) {
+  constexpr int kAcc = T::kAcc;
+  auto wave_row0 = [&](int wave) { return (math_wg * T::kWaves + wave) * 64; };
+  const int num_blocks = t.kb_end - t.kb_begin;
+  int previous = -1;
+  for (int kb = 0; kb < num_blocks; ++kb) {
+    const int stage = stages.wait();
+    #pragma unroll
+    for (int i = 0; i < T::kWaves * kAcc; ++i) fence_operand(acc[i]);
+    wgmma_fence();
+    #pragma unroll
+    for (int wave = 0; wave < T::kWaves; ++wave) {
+      mma_stage<T>(acc + wave * kAcc, stages.desc_a(stage, wave_row0(wave)), stages.desc_b(stage), kb > 0);
+    }
+    wgmma_commit();
+    #pragma unroll
+    for (int i = 0; i < T::kWaves * kAcc; ++i) fence_operand(acc[i]);
+    wgmma_wait<1>();
+    if (previous >= 0) stages.release(previous);
+    previous = stage;
+  }
+  wgmma_wait<0>();
+  #pragma unroll
+  for (int i = 0; i < T::kWaves * kAcc; ++i) fence_operand(acc[i]);
+  if (previous >= 0) stages.release(previous);
+  if constexpr (!T::kUnscaled) {
+    const float* sfa_rows =
+        args.sfa + (T::kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * args.sfa_stride_group : 0);
+    const float sb = ldg_nc(args.sfb + static_cast<i64>(t.group) * args.sfb_stride_group);
+    const int m0 = t.row0;
+    #pragma unroll
+    for (int wave = 0; wave < T::kWaves; ++wave) {
+      const int row = m0 + wave_row0(wave) + warp * 16 + lane / 4;
+      const float s_lo = row < args.m ? ldg_nc(sfa_rows + static_cast<i64>(row) * args.sfa_stride_m) * sb : 0.0f;
+      const float s_hi = row + 8 < args.m ? ldg_nc(sfa_rows + static_cast<i64>(row + 8) * args.sfa_stride_m) * sb : 0.0f;
+      #pragma unroll
+      for (int c = 0; c < T::BLOCK_N / 8; ++c) {
+        acc[wave * kAcc + c * 4 + 0] *= s_lo;
+        acc[wave * kAcc + c * 4 + 1] *= s_lo;
+        acc[wave * kAcc + c * 4 + 2] *= s_hi;
+        acc[wave * kAcc + c * 4 + 3] *= s_hi;
+      }
+    }
+  }
+}
+
+}  // namespace mategemm

@@ -1,0 +1,66 @@
+// The GEMM's producer: one thread streams the A and B tiles of every work item through the ring
+// of stages with TMA. K-major operands land swizzled where the wgmma read them; MN-major ones land
+// untransposed in the stage's staging area (the scale warps transpose them); a tile shared by a
+// cluster pair is loaded half by each CTA into both (multicast).
+#pragma once
+#include "../common/pipeline.cuh"
+#include "scheduler.cuh"
+
+namespace mategemm {
+
+template <class T>
+__device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
+                                              GemmScheduler<T>& scheduler) {
+  using Layout = typename T::Layout;
+  PipelineState<T::kNumStages> pipe;
+  Tile t;
+  while (scheduler.next(t)) {
+    const int b_row0 = (T::kGroupedB ? t.group * args.n : 0) + t.n_block * T::BLOCK_N;
+    for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
+      const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
+      smem.empty[pipe.stage].wait(pipe.phase ^ 1);
+      loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes);
+      // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
+      u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
+      u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;
+      // MN-major operands: boxes of 128 K-rows x min(rows, 128) bytes into the staging area;
+      // the descriptors view them as (K rows of all groups, MN).
+      u8* staging = smem.staging + pipe.stage * Layout::kStagingBytes;
+      const int mn_k_row = kb * kBlockK;
+      if constexpr (T::kMnMajor & 1) {
+        constexpr int kWidth = T::BLOCK_M < 128 ? T::BLOCK_M : 128;
+        const int k_row = (T::kGroupMode == kGroupBatched ? t.group * args.k : 0) + mn_k_row;
+        #pragma unroll
+        for (int c = 0; c < T::BLOCK_M / kWidth; ++c) {
+          tma_load_2d(staging + c * kWidth * kBlockK, args.tmap_a, loaded.addr, t.row0 + c * kWidth, k_row);
+        }
+      } else if constexpr (T::kClusterN == 1) {
+        tma_load_2d(a_dst, args.tmap_a, loaded.addr, kb * T::kBlockKElems, t.a_row0);
+      } else {
+        constexpr int kHalfRows = T::BLOCK_M / 2;
+        const int offset = scheduler.rank() * kHalfRows;
+        tma_load_2d_multicast(a_dst + offset * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
+                              t.a_row0 + offset, 0x3);
+      }
+      if constexpr (T::kMnMajor & 2) {
+        constexpr int kWidth = T::BLOCK_N < 128 ? T::BLOCK_N : 128;
+        const int k_row = (T::kGroupedB ? t.group * args.k : 0) + mn_k_row;
+        #pragma unroll
+        for (int c = 0; c < T::BLOCK_N / kWidth; ++c) {
+          tma_load_2d(staging + Layout::kStagingABytes + c * kWidth * kBlockK, args.tmap_b, loaded.addr,
+                      t.n_block * T::BLOCK_N + c * kWidth, k_row);
+        }
+      } else if constexpr (T::kClusterM == 1) {
+        tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+      } else {
+        constexpr int kHalfRows = T::BLOCK_N / 2;
+        const int offset = scheduler.rank() * kHalfRows;
+        tma_load_2d_multicast(b_dst + offset * kBlockK, args.tmap_b, loaded.addr, kb * T::kBlockKElems,
+                              b_row0 + offset, 0x3);
+      }
+      pipe.advance();
+    }
+  }
+}
+
+}  // namespace mategemm

@@ -1,0 +1,101 @@
+// The GEMM's epilogue, per math warpgroup: registers -> swizzled shared tile -> TMA store (which
+// clips the M and N tails), or row by row where a grouped tile holds rows that are not its group's.
+#pragma once
+#include "../common/epilogue.cuh"
+#include "scheduler.cuh"
+
+namespace mategemm {
+
+template <class T>
+__device__ __forceinline__ void store_tile(const float* acc, const Tile& t, const GemmArgs& args,
+                                           const GemmSmem<T>& smem, int math_wg, int warp, int lane) {
+  auto wave_row0 = [&](int wave) { return (math_wg * T::kWaves + wave) * 64; };
+  const bool wg_leader = (threadIdx.x % 128) == 0;
+  const int m0 = t.row0;
+  const int n0 = t.n_block * T::BLOCK_N;
+  const int barrier_id = 1 + math_wg;
+  if (wg_leader) tma_store_wait_read();  // the previous tile's store has left shared memory
+  named_barrier_sync(barrier_id, 128);
+  // NOTES: opaque per tile, so the compiler computes the store addresses here instead of
+  // hoisting them out of the tile loop, where they spilled with BLOCK_M 256's accumulators.
+  u32 out_addr = smem_addr(smem.out);
+  asm volatile("" : "+r"(out_addr));
+  #pragma unroll
+  for (int wave = 0; wave < T::kWaves; ++wave) {
+    store_accum_to_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle, T::kOutType>(acc + wave * T::kAcc, out_addr,
+                                                                             wave_row0(wave));
+  }
+  fence_proxy_async_smem();
+  // Grouped M modes: a tile whose rows all belong to its group is stored whole (TMA); one
+  // with rows of another group, padding or rows past a masked count goes row by row.
+  bool whole_tile = true;
+  if constexpr (T::kRowsChecked) {
+    bool rows_ok = true;
+    #pragma unroll
+    for (int wave = 0; wave < T::kWaves; ++wave) {
+      #pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = wave_row0(wave) + warp * 16 + lane / 4 + 8 * i;
+        const int global_row = m0 + row;
+        bool ok = global_row < t.row_end;
+        if constexpr (T::kGroupMode == kGroupIds) ok = ok && __ldg(args.group_info + global_row) == t.group;
+        if (lane % 4 == 0) st_shared_u8(smem.row_ok + row, ok ? 1u : 0u);
+        rows_ok = rows_ok && ok;
+      }
+    }
+    // NOTES: with an overlap signal every tile goes row by row: the signal's release then
+    // covers plain stores, with no wait for TMA stores to complete.
+    whole_tile = named_barrier_and(barrier_id, 128, rows_ok) && args.signal == nullptr;
+  } else {
+    named_barrier_sync(barrier_id, 128);
+  }
+  if (whole_tile) {
+    if (wg_leader) {
+      constexpr int kChunkCols = T::kOutSwizzle / T::kOutElemBytes;
+      #pragma unroll
+      for (int wave = 0; wave < T::kWaves; ++wave) {
+        const int row0 = wave_row0(wave);
+        if (m0 + row0 >= args.m) break;  // rows past the end: nothing to store
+        #pragma unroll
+        for (int chunk = 0; chunk < T::BLOCK_N / kChunkCols; ++chunk) {
+          const u8* src = smem.out + chunk * T::BLOCK_M * T::kOutSwizzle + row0 * T::kOutSwizzle;
+          if constexpr (T::kOutAdd) {
+            tma_reduce_add_3d(args.tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
+          } else if constexpr (group_out_3d<T::kGroupMode>()) {
+            tma_store_3d(args.tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
+          } else {
+            tma_store_2d(args.tmap_d, src, n0 + chunk * kChunkCols, m0 + row0);
+          }
+        }
+      }
+      tma_store_commit();
+    }
+  } else if constexpr (T::kRowsChecked) {
+    u8* out_bytes = static_cast<u8*>(args.out_ptr);
+    #pragma unroll
+    for (int wave = 0; wave < T::kWaves; ++wave) {
+      const int row0 = wave_row0(wave);
+      u8* dst = out_bytes + (static_cast<i64>(m0 + row0) * args.out_ld + n0) * 2;
+      copy_rows_from_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle>(out_addr, smem.row_ok, row0, 64, dst, args.out_ld,
+                                                                  args.n - n0);
+    }
+    if (args.signal != nullptr) {
+      // Every row of the warpgroup's waves is written: count each 64-row block once more
+      // (a block is final when all its N-blocks have counted).
+      __threadfence();
+      named_barrier_sync(barrier_id, 128);
+      if (wg_leader) {
+        #pragma unroll
+        for (int wave = 0; wave < T::kWaves; ++wave) {
+          const int row0 = m0 + wave_row0(wave);
+          if (row0 < t.row_end) {
+            const int block = (row0 - t.group * args.group_stride) / 64;
+            red_release_gpu_add(args.signal + t.group * args.signal_blocks + block, 1);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mategemm

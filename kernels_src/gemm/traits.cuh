@@ -1,0 +1,189 @@
+// The GEMM core's compile-time description (GemmTraits: template arguments, derived constants,
+// the checks on their combination), its shared-memory layout, and its run-time arguments.
+#pragma once
+#include "../common/barrier.cuh"
+#include "../common/groups.cuh"
+#include "../common/ptx.cuh"
+#include "../common/types.cuh"
+
+namespace mategemm {
+
+constexpr int kBlockK = 128;  // bytes of K per stage row: one 128-byte swizzled row; one scale block of FP8
+
+__host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : const_gcd(b, a % b); }
+
+template <int BLOCK_M>
+__host__ __device__ constexpr int gemm_math_warpgroups() { return BLOCK_M == 64 ? 1 : 2; }
+
+template <int BLOCK_M>
+__host__ __device__ constexpr int gemm_threads() { return (gemm_math_warpgroups<BLOCK_M>() + 1) * 128; }
+
+template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
+          int kMnMajor>
+struct GemmSmemLayout {
+  static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
+  static constexpr int kABytes = BLOCK_M * kBlockK;
+  static constexpr int kBBytes = BLOCK_N * kBlockK;
+  // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
+  // block, then (if the tile can straddle two) with the next. (1,1,128): sa per row, sb per column.
+  static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
+  static constexpr int kSfFloats = kScaleGranN == 0     ? 0
+                                   : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
+                                                        : BLOCK_M + BLOCK_N;
+  static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
+  // MN-major operands (kMnMajor bit 0: A, bit 1: B) land untransposed in a staging area of the
+  // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
+  static constexpr int kStagingABytes = (kMnMajor & 1) ? kABytes : 0;
+  static constexpr int kStagingBytes = kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
+  static constexpr int kOffA = kOutBytes;
+  static constexpr int kOffB = kOffA + kNumStages * kABytes;
+  static constexpr int kOffStaging = kOffB + kNumStages * kBBytes;
+  static constexpr int kOffScales = kOffStaging + kNumStages * kStagingBytes;
+  static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
+  // full and empty per stage; with staging also "staged" (the TMA loads landed)
+  static constexpr int kNumBarrierSets = kMnMajor ? 3 : 2;
+  static constexpr int kOffSplitFlag = kOffBarriers + kNumBarrierSets * kNumStages * 8;  // split-K: "this CTA reduces"
+  // Grouped M modes: a byte per tile row, "this row belongs to the tile's group".
+  static constexpr int kRowOkBytes = group_rows_checked<kGroupMode>() ? (BLOCK_M + 15) & ~15 : 0;
+  static constexpr int kOffRowOk = kOffSplitFlag + 16;
+  static constexpr int kOffGroupTable = kOffRowOk + kRowOkBytes;  // GroupTable: 3 ints per group
+  // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
+  static constexpr int kTotalBytes = kOffGroupTable + 3 * kMaxGroups * 4 + 1024;
+  static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
+                "swizzled tiles must stay 1024-byte aligned");
+};
+
+template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
+          OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
+          int kMaxGroups_, int kMnMajor_>
+struct GemmTraits {
+  static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
+  // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
+  // (column, 128-K block); both promoted per 128-K block. 0: per-row A and per-tensor B scales
+  // (or none, 16-bit operands), applied once to the finished accumulator.
+  static constexpr int kScaleGranN = kScaleGranN_;
+  static constexpr OperandType kTypeA = kTypeA_, kTypeB = kTypeB_;
+  static constexpr OutType kOutType = kOutType_;
+  static constexpr int kOutSwizzle = kOutSwizzle_, kClusterM = kClusterM_, kClusterN = kClusterN_;
+  static constexpr bool kSplitK = kSplitK_;
+  static constexpr GroupMode kGroupMode = kGroupMode_;
+  static constexpr int kMaxGroups = kMaxGroups_, kMnMajor = kMnMajor_;
+
+  static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
+  static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
+  static constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
+  static constexpr int kCluster = kClusterM * kClusterN;
+  static constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (3-D outputs)
+  static constexpr int kOutElemBytes = kOutAdd ? 4 : 2;
+  static constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
+  static constexpr bool kScaleAtEnd = kScaleGranN == 0;
+  // 16-bit operands (bmm_fp16): no scales at all; a stage row of 128 bytes holds 64 elements of K.
+  static constexpr bool kUnscaled = operand_bytes(kTypeA) == 2;
+  static constexpr int kBlockKElems = kBlockK / operand_bytes(kTypeA);
+  // B's rows: grouped M modes stack the groups' (n, k) weights.
+  static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
+  using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
+                                kMnMajor>;
+
+  // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
+  // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
+  // a __syncwarp before one lane's arrive). The peer CTA's producer also overwrites this CTA's
+  // stage (multicast): one lane per math warp arrives on the peer's barrier.
+  static constexpr int kEmptyArrivals = kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;
+  // The full barrier: the TMA thread and every lane of the stage's scale warp; with staging, every
+  // lane of the three warps that transpose the stage together (after the scales, if any).
+  static constexpr int kFullArrivals = kMnMajor ? 3 * 32 : kScaleAtEnd ? 1 : 1 + 32;
+
+  // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
+  // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
+  // Transposing MN-major operands takes the producer's warps 1-3 past 40 registers: 56, or 64
+  // beside per-column B scales (56 spilled there); the promoted 128x128 math spilled at 216.
+  static constexpr int kProducerRegs = !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
+  static constexpr int kMathRegs = !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
+
+  static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
+  // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
+  // ahead of the consumers (mbarrier parity tells only one phase apart) only if the ring has
+  // at least as many stages as there are scale warps.
+  static_assert(kNumStages >= 3, "the scale warps need at least 3 stages");
+  static_assert(BLOCK_N % 8 == 0 && BLOCK_N >= 8 && BLOCK_N <= 256, "BLOCK_N is a multiple of 8 in [8, 256]");
+  static_assert(BLOCK_N % (kOutSwizzle / kOutElemBytes) == 0, "output swizzle chunk must divide BLOCK_N");
+  static_assert(group_has_table<kGroupMode>() == (kMaxGroups > 0) && (kMaxGroups & (kMaxGroups - 1)) == 0,
+                "the group table's capacity is a power of two, present exactly in the segment modes");
+  static_assert(kGroupMode == kGroupNone || (!kSplitK && kClusterM == 1),
+                "grouped GEMMs: no split-K; no cluster along M (its two tiles may belong to different groups)");
+  static_assert((!kOutAdd || group_out_3d<kGroupMode>()) && (kGroupMode != kGroupK || (kOutAdd && kScaleGranN == 1)),
+                "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe");
+  static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
+  static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
+                "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
+  // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
+  // aligned start n0 = j * BLOCK_N): BLOCK_N <= 128 + gcd(BLOCK_N, 128).
+  static_assert(kScaleGranN == 0 || kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
+                "BLOCK_N would straddle three B scale blocks");
+  static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
+  static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) &&
+                    (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd &&
+                                    (kGroupMode == kGroupNone || kGroupMode == kGroupBatched))),
+                "16-bit operands: the same type on both sides, unscaled, dense or batched");
+  // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
+  // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
+  // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes
+  // whose tiles start at multiples of BLOCK_M (not the packed segments, which start anywhere).
+  static_assert(kMnMajor == 0 || (!kUnscaled && kMnMajor <= 3 &&
+                                  (!(kMnMajor & 1) || (kClusterN == 1 && BLOCK_M % 64 == 0 &&
+                                                       kGroupMode != kGroupCounts && kGroupMode != kGroupPsum &&
+                                                       kGroupMode != kGroupMasked)) &&
+                                  (!(kMnMajor & 2) || (kClusterM == 1 && BLOCK_N % 64 == 0))),
+                "MN-major operands: FP8, tiles of 64, 128 or 256 rows, not shared by a cluster, aligned A tiles");
+  static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,
+                "register split exceeds the CTA's allocation");
+};
+
+// The kernel's run-time arguments (its parameters, gathered).
+struct GemmArgs {
+  const TmaDesc* tmap_a;
+  const TmaDesc* tmap_b;
+  const TmaDesc* tmap_d;
+  const float* sfa;
+  int sfa_stride_m, sfa_stride_k;
+  const float* sfb;
+  int sfb_stride_n, sfb_stride_k;
+  int m, n, k;
+  int group_n;     // N-blocks per rasterisation group
+  int a_box_rows;  // rows of A one CTA loads per stage (the TMA box)
+  int num_splits;
+  float* split_workspace;
+  int* split_counters;
+  const int* group_info;
+  int num_groups, group_stride, sfa_stride_group, sfb_stride_group;
+  void* out_ptr;
+  int out_ld;
+  int* signal;  // masked overlap counters, or null
+  int signal_blocks;
+};
+
+// Where everything lives in the CTA's shared memory.
+template <class T>
+struct GemmSmem {
+  u8* out;  // the epilogue's staging tile
+  u8* a;    // stage s's A tile at a + s * kABytes
+  u8* b;
+  u8* staging;  // stage s's untransposed MN-major tiles at staging + s * kStagingBytes
+  u32 scales;   // stage s's scales at scales + s * kSfBytes
+  BarrierRing full, empty;
+  BarrierRing staged;  // with MN-major operands: the stage's TMA loads landed
+  u32 split_flag;
+  u32 row_ok;
+  int* group_ints;
+
+  __device__ __forceinline__ explicit GemmSmem(u8* smem)
+      : out(smem), a(smem + T::Layout::kOffA), b(smem + T::Layout::kOffB),
+        staging(smem + T::Layout::kOffStaging), scales(smem_addr(smem + T::Layout::kOffScales)),
+        full{smem_addr(smem + T::Layout::kOffBarriers)}, empty{full.base + T::kNumStages * 8},
+        staged{empty.base + T::kNumStages * 8}, split_flag(smem_addr(smem + T::Layout::kOffSplitFlag)),
+        row_ok(smem_addr(smem + T::Layout::kOffRowOk)),
+        group_ints(reinterpret_cast<int*>(smem + T::Layout::kOffGroupTable)) {}
+};
+
+}  // namespace mategemm
