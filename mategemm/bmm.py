@@ -1,8 +1,8 @@
 """Batched FP8 GEMM (MATE's mate.gemm.bmm_fp8) on the block-scaled core's batched mode.
 
-Every recipe runs on sm90_fp8_gemm_blockscaled. Block recipes promote per 128-K block as the
-dense GEMM does; per-row (1,-1,-1) and per-tensor (-1,-1,-1) scales take the kernel's
-scales-at-the-end loop (the wgmma accumulate over all of K, then acc *= sa[row] * sb), a
+Every recipe runs on the GEMM core. Block recipes promote per 128-K block as the dense GEMM does
+(sm90_fp8_gemm_blockscaled); per-row (1,-1,-1) and per-tensor (-1,-1,-1) scales, and bmm_fp16,
+take sm90_gemm_scale_at_end (the wgmma accumulate over all of K, then acc *= sa[row] * sb), a
 per-tensor A scale being a per-row one read through a zero stride. Outputs:
 - bf16/fp16 with no `c`: stored by the kernel (a 3-D TMA store per batch entry);
 - fp32, or any output with `c`, or FP8 with `output_scale`: the kernel adds its fp32 product into
@@ -34,7 +34,7 @@ class _BmmCall(NamedTuple):
     accumulates: bool  # the kernel adds its fp32 product into an fp32 tensor (plan.batched_problem)
 
 
-_warm = calls.WarmCalls()
+_warm = prepare.WarmCalls()
 
 
 def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_granularity_mnk=None,
@@ -52,7 +52,7 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
     out = saturate_e4m3(result / output_scale). c: optional fp32 (batch, m, n) added to the product.
     out: optional (batch, m, n) of out_dtype, written in place.
     """
-    key = calls.memo_key("bmm_fp8", a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
+    key = prepare.memo_key("bmm_fp8", a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_mnk,
                          _layout(output_scale), _layout(c), major_a_mode, major_b_mode)
     call = _warm.get(key)
     if call is None:
@@ -94,7 +94,7 @@ def bmm_fp16(a, b, out_dtype, out=None, backend="auto", c=None) -> torch.Tensor:
     The same kernel as bmm_fp8 with wgmma k16 (HGMMA) and no scales. k % 8 == 0 (a K tail below
     64 is zero-filled), n % 8 == 0. out_dtype bf16/fp16/fp32; c optional fp32 (batch, m, n).
     """
-    key = calls.memo_key("bmm_fp16", a, b, out_dtype, out, backend, _layout(c))
+    key = prepare.memo_key("bmm_fp16", a, b, out_dtype, out, backend, _layout(c))
     call = _warm.get(key)
     if call is None:
         checked = validate.bmm_fp16(a, b, out_dtype, out, backend, c)

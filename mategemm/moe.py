@@ -1,6 +1,6 @@
 """Mixture-of-Experts grouped FP8 GEMMs (MATE's mate.gemm MoE surface, FlashInfer's masked form).
 
-All modes run on the dense kernel's core (kernels_src/sm90_fp8_gemm_blockscaled.cuh with a
+All modes run on the GEMM core (kernels_src/gemm/, its scheduler in a
 group mode): the routing (ids, counts, prefix sums) stays on the GPU and is read by the kernel,
 so no call synchronises with the host and every call can be captured in a CUDA graph.
 
@@ -23,7 +23,7 @@ from mategemm.runtime import device as rt_device
 SIGNAL_BLOCK_M = 64  # rows per overlap-signal counter
 
 
-_warm = calls.WarmCalls()
+_warm = prepare.WarmCalls()
 
 
 def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode="per_token", major_a_mode="K",
@@ -44,7 +44,7 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     The routing is never read on the host: an id out of range skips its tile; counts beyond the
     rows there are are clipped; nothing outside the tensors is read or written.
     """
-    key = calls.memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+    key = prepare.memo_key("ragged_m", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                          scale_granularity_mnk, num_mp, alignment_m, backend)
     call = _warm.get(key)
     if call is None:
@@ -83,7 +83,7 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
     E * ceil(max_m / 64)) is added to, so pass zeros; None allocates zeros. Returns out, or
     (out, signal, block_m, threshold) with enable_overlap, block_m being the 64 rows per counter.
     """
-    key = calls.memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
+    key = prepare.memo_key("masked", input_a, input_b, masked_tokens_info, out, scale_granularity_mnk, expect_tokens,
                          enable_overlap, backend)
     call = _warm.get(key) if signal is None else None
     if call is None:
@@ -154,7 +154,7 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
     same for b with "N"/"K". Counts on the CPU are checked (ValueError); counts on the GPU are not
     (no host sync): the kernel rounds each slice to whole 128-blocks and clips it to sum_k.
     """
-    key = calls.memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
+    key = prepare.memo_key("ragged_k", input_a, input_b, ragged_tokens_info, out, gemm_mode, major_a_mode, major_b_mode,
                          scale_granularity_mnk, num_mp)
     call = _warm.get(key)
     if call is None:

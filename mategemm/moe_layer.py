@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mategemm import moe, plan, validate
+from mategemm import moe, plan, prepare, validate
 from mategemm.kernels import sm90_fp8_moe_layer as kernel
-from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
 
 ACTIVATIONS = validate.MOE_ACTIVATIONS
@@ -173,7 +172,7 @@ def _layout(t: torch.Tensor | None):
     return t.dtype, t.shape, t.stride(), t.device, t.data_ptr() % 16 == 0
 
 
-_warm = calls.WarmCalls(limit=256)
+_warm = prepare.WarmCalls(limit=256)
 
 
 def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, *, activation="silu",
@@ -197,7 +196,7 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
     """
     try:
         key = ("fused_moe", *(_layout(t) for t in (hidden_states, hidden_states_scale, topk_weights, topk_ids)),
-               calls.memo_key(w1, w2, w1_scale, w2_scale, expert_map, activation, gemm1_alpha, gemm1_beta,
+               prepare.memo_key(w1, w2, w1_scale, w2_scale, expert_map, activation, gemm1_alpha, gemm1_beta,
                               gemm1_clamp_limit, global_num_experts, apply_router_weight_on_input))
         layer = _warm.get(key if key[-1] is not None else None)
     except (AttributeError, TypeError):  # not tensors where tensors belong: the checks say which

@@ -1,14 +1,20 @@
 """Prepared calls: a plan and the call's tensors -> its reusable launch (the kernel loaded, its TMA
 descriptors built, the operand copies the plan asks for set up). The cold path of a call;
-mategemm.runtime.calls runs what this builds."""
+mategemm.runtime.calls runs what this builds.
+
+Warm calls: a call whose tensors have the same addresses, dtypes, shapes and strides as an earlier
+valid call, with the same options and knobs, passes the same checks and picks the same kernel, so
+it reuses that call's prepared launch (WarmCalls) and skips validation, planning and descriptor
+encoding."""
 from __future__ import annotations
 
 import torch
 
-from mategemm import plan, validate
+from mategemm import env, plan, validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import transpose_8bit
 from mategemm.runtime import calls
+from mategemm.runtime import device as rt_device
 
 
 def operand_facts(mn_view: torch.Tensor | None, copy: bool) -> plan.Operand:
@@ -59,3 +65,49 @@ def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_stri
     """A grouped call's launch after its staged copies; the masked overlap threshold with it."""
     launch = gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
     return calls.PreparedCall(launch, tuple(staged), -(-gemm_plan.problem.n // gemm_plan.config.block_n))
+
+
+class WarmCalls:
+    """The warm-call memo: prepared calls by memo key, bounded (cleared when full)."""
+
+    def __init__(self, limit: int = 1024):
+        self._calls: dict[tuple, object] = {}
+        self._limit = limit
+
+    def get(self, key):
+        if key is None:
+            return None
+        try:
+            return self._calls.get(key)
+        except TypeError:  # an unhashable option (e.g. a list): checked the long way, not memoised
+            return None
+
+    def remember(self, key, call) -> None:
+        if key is None:
+            return
+        if len(self._calls) >= self._limit:
+            self._calls.clear()
+        try:
+            self._calls[key] = call
+        except TypeError:  # unhashable: not memoised
+            pass
+
+
+def memo_key(*values):
+    """Each tensor by address, device, dtype, shape and strides; other values as they are; the
+    knobs a call depends on. None when a value cannot be keyed (checked the long way)."""
+    key = []
+    try:
+        for v in values:
+            if isinstance(v, (tuple, list)):
+                for t in v:
+                    key += (t.data_ptr(), t.get_device(), t.dtype, t.shape, t.stride())
+            elif isinstance(v, torch.Tensor):
+                key += (v.data_ptr(), v.get_device(), v.dtype, v.shape, v.stride())
+            else:
+                hash(v)
+                key.append(v)
+    except (AttributeError, TypeError):
+        return None
+    key += (env.hot_knobs(), rt_device.get_num_mp_override())
+    return tuple(key)

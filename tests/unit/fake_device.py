@@ -52,7 +52,7 @@ def recorded_specs(monkeypatch):
     monkeypatch.setattr(sm90_fp8_mqa_logits, "encode_2d", _stop)  # its launch loads the kernel first
     for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit):
         monkeypatch.setattr(module, "_loaded", {})
-    monkeypatch.setattr(gemm, "_warm", {})
+    monkeypatch.setattr(gemm, "_warm", type(gemm._warm)())
     for module in (bmm, moe, moe_layer):
         monkeypatch.setattr(module, "_warm", type(module._warm)())
     monkeypatch.setattr(moe_layer, "_workspaces", {})

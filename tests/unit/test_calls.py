@@ -1,4 +1,4 @@
-"""Prepared-call reuse (mategemm.runtime.calls), operand staging (mategemm.plan and prepare) and the
+"""Prepared-call reuse (mategemm.prepare's warm-call memo), operand staging (mategemm.plan and prepare) and the
 grouped heuristic's bounds, without a GPU."""
 import dataclasses
 import math
@@ -16,27 +16,29 @@ E4M3 = torch.float8_e4m3fn
 
 def test_memo_key_tracks_tensor_layout_not_values():
     a = torch.zeros((4, 8))
-    key = calls.memo_key("x", a, (a, a), 3, None)
+    key = prepare.memo_key("x", a, (a, a), 3, None)
     a.fill_(1.0)  # new values, same tensor: the same call
-    assert calls.memo_key("x", a, (a, a), 3, None) == key
-    assert calls.memo_key("x", a.t(), (a, a), 3, None) != key  # other strides
-    assert calls.memo_key("x", torch.zeros((4, 8)), (a, a), 3, None) != key  # other address
-    assert calls.memo_key("x", a, (a, a), 4, None) != key  # other option
+    assert prepare.memo_key("x", a, (a, a), 3, None) == key
+    assert prepare.memo_key("x", a.t(), (a, a), 3, None) != key  # other strides
+    assert prepare.memo_key("x", torch.zeros((4, 8)), (a, a), 3, None) != key  # other address
+    assert prepare.memo_key("x", a, (a, a), 4, None) != key  # other option
 
 
 def test_memo_key_refuses_what_it_cannot_key():
-    assert calls.memo_key("x", [1, 2]) is None      # a list where tensors are expected
-    assert calls.memo_key("x", {"a": 1}) is None   # unhashable
+    assert prepare.memo_key("x", [1, 2]) is None      # a list where tensors are expected
+    assert prepare.memo_key("x", {"a": 1}) is None   # unhashable
 
 
 def test_warm_calls_stay_bounded():
-    cache = calls.WarmCalls(limit=2)
+    cache = prepare.WarmCalls(limit=2)
     for i in range(5):
         cache.remember(("k", i), calls.PreparedCall(None, (), i))
     assert cache.get(("k", 4)).threshold == 4
     assert sum(cache.get(("k", i)) is not None for i in range(5)) <= 2
     cache.remember(None, calls.PreparedCall(None, (), 0))  # no key: nothing stored
     assert cache.get(None) is None
+    cache.remember(("k", [1]), calls.PreparedCall(None, (), 0))  # unhashable: not memoised, no error
+    assert cache.get(("k", [1])) is None
 
 
 def test_a_copy_is_staged_only_when_planned():

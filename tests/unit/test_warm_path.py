@@ -46,7 +46,7 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(rt_device, "current_device_index", lambda: None)
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(rt_device, "current_stream_handle", lambda index: 0)
-    monkeypatch.setattr(gemm, "_warm", {})
+    monkeypatch.setattr(gemm, "_warm", type(gemm._warm)())
     monkeypatch.delenv("MATEGEMM_FORCE_CONFIG", raising=False)
     return counts, kernel
 
