@@ -26,7 +26,7 @@ def test_every_experiment_patch_applies_to_the_product_kernel():
     indexer = load_tool(ROOT / "tools" / "experiments" / "indexer_variants.py")
     for name in indexer.VARIANTS:
         assert indexer.source(name).endswith(f"// variant {name}\n")
-    promotion = load_tool(ROOT / "tools" / "experiments" / "promotion_variants.py")
+    promotion = load_tool(ROOT / "tools" / "experiments" / "gemm_variants.py")
     files = {path: (ROOT / path).read_text() for patches in promotion.PATCHES.values() for path, _, _ in patches}
     assert len(promotion.PATCHES) >= 5
     for name in promotion.PATCHES:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Which part of the FP8 promotion costs time (GPU; a lab tool). For each variant (see
-# promotion_variants.py; '+' joins several), copies the tree to /tmp/var_<variant>, patches the
+# gemm_variants.py; '+' joins several), copies the tree to /tmp/var_<variant>, patches the
 # kernels there and times forced configs side by side with tools/compare_configs.py, which flags
 # wrong results (double_ffma and unit_scales are wrong on purpose).
 # Run from the repository root:
@@ -13,7 +13,7 @@ variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(base double_ffma unit_scales no_overlap)
 for v in "${variants[@]}"; do
   d=/tmp/var_$v; rm -rf $d; mkdir -p $d; cp -r mategemm tools kernels_src pyproject.toml $d/ 2>/dev/null
-  python3 tools/experiments/promotion_variants.py "$v" $d || continue
+  python3 tools/experiments/gemm_variants.py "$v" $d || continue
   echo "== $v (changed lines: $(diff -r kernels_src $d/kernels_src | grep -c '^>'))"
   (cd $d && PYTHONPATH=$d MATEGEMM_CACHE_DIR=$d/.cache timeout 120 python3 tools/compare_configs.py --shapes "$SHAPES" \
      --configs "${config_list[@]}" 2>&1 | tail -4)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Patch the GEMM core into a lab variant (used by promotion_cost.sh on a copy of the tree).
 
-    python tools/experiments/promotion_variants.py VARIANT TREE
+    python tools/experiments/gemm_variants.py VARIANT TREE
 
 Variants (several may be joined with '+'):
   double_ffma   every promotion FFMA twice (wrong results on purpose: the cost of issue slots)
@@ -10,6 +10,8 @@ Variants (several may be joined with '+'):
   lane0_empty   one lane per math warp arrives on the empty barrier, after __syncwarp
   lane0_full    one lane of the scale warp arrives on the full barrier, after __syncwarp
   unroll8       the promoted k-block loop unrolled 8 deep (with no_overlap: DeepGEMM's loop shape)
+  stsm          the epilogue writes 16-bit outputs to the staging tile with stmatrix (four 8x8 blocks
+                per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -20,6 +22,30 @@ from pathlib import Path
 MAINLOOP = "kernels_src/gemm/mainloop.cuh"
 TRAITS = "kernels_src/gemm/traits.cuh"
 STAGING = "kernels_src/gemm/scale_staging.cuh"
+EPILOGUE = "kernels_src/common/epilogue.cuh"
+
+# stmatrix .x4: register i goes to 8x8 block i, whose 8 row addresses come from lanes 8i .. 8i + 7.
+# Blocks: rows 0-7 and 8-15 of the warp's 16, in 8-column chunks c and c + 1; a lane's register
+# for block i is the accumulator pair the wgmma layout gives it there (row lane/4, columns
+# 2 (lane % 4) and + 1). Each block row is one 16-byte unit of the swizzled tile.
+STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  if constexpr (kOutType != kOutF32Add && BLOCK_N % 16 == 0) {
+    const int block = lane / 8;
+    const int row = tile_row0 + warp * 16 + (block % 2) * 8 + lane % 8;
+    #pragma unroll
+    for (int c = 0; c < BLOCK_N / 8; c += 2) {
+      const u32 addr = smem_base + staging_offset<BLOCK_M, kSwizzleBytes, 2>(row, (c + block / 2) * 8);
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
+                   :: "r"(addr), "r"(pack_out2<kOutType>(acc[c * 4 + 0], acc[c * 4 + 1])),
+                      "r"(pack_out2<kOutType>(acc[c * 4 + 2], acc[c * 4 + 3])),
+                      "r"(pack_out2<kOutType>(acc[c * 4 + 4], acc[c * 4 + 5])),
+                      "r"(pack_out2<kOutType>(acc[c * 4 + 6], acc[c * 4 + 7])) : "memory");
+    }
+    return;
+  }
+  const int row = tile_row0 + warp * 16 + lane / 4;
+"""
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
@@ -36,6 +62,10 @@ PATCHES = {
     "lane0_full": [(TRAITS, "kScaleAtEnd ? 1 : 1 + 32;", "kScaleAtEnd ? 1 : 1 + 1;"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
+    "stsm": [(EPILOGUE, """  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  const int row = tile_row0 + warp * 16 + lane / 4;
+""", STSM_STORE)],
     "unroll8": [(MAINLOOP, "      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
                  "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;",
                  "      #pragma unroll 8\n      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
