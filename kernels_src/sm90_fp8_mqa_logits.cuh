@@ -188,6 +188,170 @@ __device__ __forceinline__ void fill_uncovered(int row, const int* lens, const i
   for (int col = max(covered_end, 0) + lane; col < num_cols; col += 32) out_row[col] = neg_inf();
 }
 
+// One key block's logits of a tile of one or two rows, for this thread's two key rows (sum0: row
+// key_row0, sum1: key_row0 + 8, one per tile row j), stored to the rows' logits.
+template <int kRows, bool kPaged>
+__device__ __forceinline__ void store_logits_by_pairs(float (&sum0)[kRows], float (&sum1)[kRows],
+                                                   const MqaTile<kRows, kPaged>& tile_info, int t, int block,
+                                                   int key_row0, float* __restrict__ logits, i64 logits_ld,
+                                                   int num_rows, int num_cols, int compressed, int clean) {
+  const int lane = threadIdx.x % 32;
+  const bool upper = lane & 2, odd = lane & 1;  // this lane's share of its quad's logits (see below)
+  const int store_row0 = key_row0 + (odd ? 8 : 0);
+  constexpr int kValuesPerLane = (kRows + 1) / 2;  // of the 2 x kRows logits per key row pair
+  // The quad's 4 lanes hold partial sums of all 2 x kRows values (row j, key half h: value
+  // 2j + h). A reduce-scatter per group of 4 leaves lane l with the full value l + 4i of group
+  // i: 3 shuffles per 4 values (an all-reduce took 8); lane l then stores it. A block every row
+  // sees in full (the common case) stores without per-position checks.
+  const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
+                     (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
+  const int position = block * kKvBlock + store_row0;
+  #pragma unroll
+  for (int i = 0; i < kValuesPerLane; ++i) {
+    float v[4];
+    #pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int index = 4 * i + r;
+      v[r] = index >= 2 * kRows ? 0.0f : index % 2 ? sum1[index / 2] : sum0[index / 2];
+    }
+    float keep0 = upper ? v[2] : v[0], keep1 = upper ? v[3] : v[1];
+    keep0 += __shfl_xor_sync(0xffffffffu, upper ? v[0] : v[2], 2);
+    keep1 += __shfl_xor_sync(0xffffffffu, upper ? v[1] : v[3], 2);
+    const float value = (odd ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, odd ? keep0 : keep1, 1);
+    const int j = 2 * i + (upper ? 1 : 0);
+    const int row = t * kRows + j;
+    if (j >= kRows || (!kPaged && row >= num_rows)) continue;
+    float* out_row = logits + static_cast<i64>(row) * logits_ld;
+    if (whole) {
+      out_row[position] = value;
+      continue;
+    }
+    int lo = 0, hi = 0;
+    #pragma unroll
+    for (int jj = 2 * i; jj < kRows && jj < 2 * i + 2; ++jj) {  // rows 2i and 2i + 1: this group's
+      if (jj == j) {
+        lo = tile_info.lo[jj];
+        hi = tile_info.hi[jj];
+      }
+    }
+    const bool visible = position >= lo && position < hi;
+    const int col = compressed ? position - lo : position;
+    if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
+  }
+}
+
+// The same for tiles of three rows or more.
+template <int kRows, bool kPaged>
+__device__ __forceinline__ void store_logits_by_quads(float (&sum0)[kRows], float (&sum1)[kRows],
+                                                   const MqaTile<kRows, kPaged>& tile_info, int t, int block,
+                                                   int key_row0, float* __restrict__ logits, i64 logits_ld,
+                                                   int num_rows, int num_cols, int compressed, int clean) {
+  const int lane = threadIdx.x % 32;
+  constexpr int kValuesPerLane = (kRows + 1) / 2;
+  #pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
+    sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
+    sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
+    sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
+  }
+  // The quad's 2 x kRows values (row j, key half h) are stored by its lanes in turn: lane l takes
+  // values l, l + 4, ..., so each lane issues one store per two rows. A block every row sees in
+  // full (the common case) stores without per-position checks. NOTES: the checked store repeats
+  // the branch above on purpose: one shared helper with `whole` hoisted measured 5% slower at
+  // next_n 3, 64 heads (H200: 36.0 -> 38.3 us; 1-2 rows compiled to the same SASS).
+  const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
+                     (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
+  #pragma unroll
+  for (int i = 0; i < kValuesPerLane; ++i) {
+    const int index = lane % 4 + 4 * i;
+    const int j = index / 2, half = index % 2;
+    const int row = t * kRows + j;
+    if (j >= kRows || (!kPaged && row >= num_rows)) continue;
+    float value = 0.0f;
+    int lo = 0, hi = 0;
+    #pragma unroll
+    for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // rows 2i and 2i + 1, this turn's
+      if (jj == j) {
+        value = half ? sum1[jj] : sum0[jj];
+        lo = tile_info.lo[jj];
+        hi = tile_info.hi[jj];
+      }
+    }
+    float* out_row = logits + static_cast<i64>(row) * logits_ld;
+    const int position = block * kKvBlock + key_row0 + half * 8;
+    if (whole) {
+      out_row[position] = value;
+      continue;
+    }
+    const bool visible = position >= lo && position < hi;
+    const int col = compressed ? position - lo : position;
+    if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
+  }
+}
+
+// Producer warp `warp` feeds ring `warp` with its blocks' keys and scales by TMA (lane 0 issues);
+// warp 0 also loads each tile's queries and weights into the two query buffers.
+template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
+__device__ __forceinline__ void mqa_produce(MqaWalker<kRows, kPaged>& walker, u8* smem, const TmaDesc* tmap_q,
+                                            const TmaDesc* tmap_keys, const TmaDesc* tmap_scales,
+                                            const TmaDesc* tmap_weights, const int* __restrict__ block_table,
+                                            int block_table_ld, int warp, int lane) {
+  using Smem = MqaLogitsSmem<kRows, kHeads, kStages>;
+  constexpr int kN = Smem::kN;
+  constexpr int kRingStages = kStages / kMathWG;
+  const u32 full_bar = smem_addr(smem + Smem::kOffBarriers);
+  const u32 empty_bar = full_bar + kStages * 8;
+  const u32 q_full_bar = empty_bar + kStages * 8;
+  const u32 q_empty_bar = q_full_bar + 2 * 8;
+  // NOTES: the whole warp walks the ring's blocks, so that lane l holds the table entry of the
+  // l-th of the next 32 (one load per 32 blocks, handed out by shuffle); lane 0 issues. A load
+  // per block put its ~600 cycles of L2 latency into every refill of the ring.
+  PipelineState<kRingStages> pipe;
+  int t, begin, end, q_loads = 0;
+  while (walker.next(t, begin, end)) {
+    if (warp == 0 && lane == 0) {
+      const int buf = q_loads & 1;
+      mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
+      mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes + kN * 4);
+      tma_load_2d(smem + Smem::kOffQ + buf * Smem::kQBytes, tmap_q, q_full_bar + buf * 8, 0, t * kN);
+      // the tile's kRows x kHeads weights; rows past the last are zero-filled
+      tma_load_2d(smem + Smem::kOffWeights + buf * Smem::kWeightBytes, tmap_weights, q_full_bar + buf * 8, 0,
+                  t * kRows);
+      ++q_loads;
+    }
+    int entries = 0;
+    int k = 0;  // the block's index in this ring's walk of the tile
+    for (int block = first_block_of<kMathWG>(warp, t, begin); block < end; block += kMathWG, ++k) {
+      int physical = block;
+      if constexpr (kPaged) {
+        if (k % 32 == 0) {
+          const int mine = block + lane * kMathWG;
+          entries = mine < end ? __ldg(block_table + static_cast<i64>(t) * block_table_ld + mine) : 0;
+        }
+        physical = __shfl_sync(0xffffffffu, entries, k % 32);
+      }
+      const int stage = warp * kRingStages + pipe.stage;
+      const u32 bar = full_bar + stage * 8;
+      mbar_wait(empty_bar + stage * 8, pipe.phase ^ 1);
+      pipe.advance();
+      if (lane != 0) continue;
+      mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
+      u8* keys = smem + Smem::kOffKeys + stage * Smem::kKeyBytes;
+      u8* scales = smem + Smem::kOffScales + stage * kKvBlock * 4;
+      if constexpr (kPaged) {
+        // NOTES: evict-first: a block is read once, and the logits written meanwhile keep their
+        // L2 lines (H200: -0.5 us at next_n 1, -1.4 us at next_n 2).
+        tma_load_2d_hinted(keys, tmap_keys, bar, 0, physical * kFusedBlockRows, kL2EvictFirst);
+        tma_load_2d_hinted(scales, tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock, kL2EvictFirst);
+      } else {
+        tma_load_2d(keys, tmap_keys, bar, 0, block * kKvBlock);
+        tma_load_2d(scales, tmap_scales, bar, block * kKvBlock, 0);
+      }
+    }
+  }
+}
+
 template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
 __global__ void __launch_bounds__((kMathWG + 1) * 128, 1)
 sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constant__ TmaDesc tmap_keys,
@@ -254,53 +418,8 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     // tile's queries); then the four warps set uncovered positions to -inf ----
     if constexpr (kMathWG > 1) setmaxnreg_dec<kProducerRegs>();
     if (warp < kMathWG) {
-      // NOTES: the whole warp walks the ring's blocks, so that lane l holds the table entry of the
-      // l-th of the next 32 (one load per 32 blocks, handed out by shuffle); lane 0 issues. A load
-      // per block put its ~600 cycles of L2 latency into every refill of the ring
-      // (tools/experiments/indexer_profile.py).
-      PipelineState<kRingStages> pipe;
-      int t, begin, end, q_loads = 0;
-      while (walker.next(t, begin, end)) {
-        if (warp == 0 && lane == 0) {
-          const int buf = q_loads & 1;
-          mbar_wait(q_empty_bar + buf * 8, ((q_loads >> 1) & 1) ^ 1);
-          mbar_arrive_expect_tx(q_full_bar + buf * 8, Smem::kQBytes + kN * 4);
-          tma_load_2d(smem + Smem::kOffQ + buf * Smem::kQBytes, &tmap_q, q_full_bar + buf * 8, 0, t * kN);
-          // the tile's kRows x kHeads weights; rows past the last are zero-filled
-          tma_load_2d(smem + Smem::kOffWeights + buf * Smem::kWeightBytes, &tmap_weights, q_full_bar + buf * 8, 0,
-                      t * kRows);
-          ++q_loads;
-        }
-        int entries = 0;
-        int k = 0;  // the block's index in this ring's walk of the tile
-        for (int block = first_block_of<kMathWG>(warp, t, begin); block < end; block += kMathWG, ++k) {
-          int physical = block;
-          if constexpr (kPaged) {
-            if (k % 32 == 0) {
-              const int mine = block + lane * kMathWG;
-              entries = mine < end ? __ldg(block_table + static_cast<i64>(t) * block_table_ld + mine) : 0;
-            }
-            physical = __shfl_sync(0xffffffffu, entries, k % 32);
-          }
-          const int stage = warp * kRingStages + pipe.stage;
-          const u32 bar = full_bar + stage * 8;
-          mbar_wait(empty_bar + stage * 8, pipe.phase ^ 1);
-          pipe.advance();
-          if (lane != 0) continue;
-          mbar_arrive_expect_tx(bar, Smem::kKeyBytes + kKvBlock * 4);
-          u8* keys = smem + Smem::kOffKeys + stage * Smem::kKeyBytes;
-          u8* scales = smem + Smem::kOffScales + stage * kKvBlock * 4;
-          if constexpr (kPaged) {
-            // NOTES: evict-first: a block is read once, and the logits written meanwhile keep their
-            // L2 lines (H200: -0.5 us at next_n 1, -1.4 us at next_n 2).
-            tma_load_2d_hinted(keys, &tmap_keys, bar, 0, physical * kFusedBlockRows, kL2EvictFirst);
-            tma_load_2d_hinted(scales, &tmap_scales, bar, 0, physical * kFusedBlockRows + kKvBlock, kL2EvictFirst);
-          } else {
-            tma_load_2d(keys, &tmap_keys, bar, 0, block * kKvBlock);
-            tma_load_2d(scales, &tmap_scales, bar, block * kKvBlock, 0);
-          }
-        }
-      }
+      mqa_produce<kRows, kHeads, kStages, kPaged, kMathWG>(walker, smem, &tmap_q, &tmap_keys, &tmap_scales,
+                                                           &tmap_weights, block_table, block_table_ld, warp, lane);
     }
     __syncwarp();
     if (clean) {
@@ -317,12 +436,9 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
   if constexpr (kMathWG > 1) setmaxnreg_inc<kMathRegs>();
   const int ring = warpgroup - 1;
   const int key_row0 = warp * 16 + lane / 4;  // this thread's key rows in a block: key_row0, key_row0 + 8
-  const bool upper = lane & 2, odd = lane & 1;  // this lane's share of its quad's logits (see below)
-  const int store_row0 = key_row0 + (odd ? 8 : 0);
   PipelineState<kRingStages> pipe;
   float acc[kN / 2];
   float w[kN / 4];  // the weights of this thread's columns: 2 per 8-column chunk
-  constexpr int kValuesPerLane = (kRows + 1) / 2;  // of the 2 x kRows logits per key row pair
   int t, begin, end, q_loads = 0;
   while (walker.next(t, begin, end)) {
     if (q_loads > 0) mbar_arrive(q_empty_bar + ((q_loads - 1) & 1) * 8);  // the previous tile's queries are read
@@ -376,86 +492,11 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         head_sums<kRows, kHeads, kN, true>(acc, w, scale0, scale1, sum0, sum1);
       }
       if constexpr (kRows <= 2) {
-        // The quad's 4 lanes hold partial sums of all 2 x kRows values (row j, key half h: value
-        // 2j + h). A reduce-scatter per group of 4 leaves lane l with the full value l + 4i of group
-        // i: 3 shuffles per 4 values (an all-reduce took 8); lane l then stores it. A block every row
-        // sees in full (the common case) stores without per-position checks.
-        const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
-                           (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
-        const int position = block * kKvBlock + store_row0;
-        #pragma unroll
-        for (int i = 0; i < kValuesPerLane; ++i) {
-          float v[4];
-          #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const int index = 4 * i + r;
-            v[r] = index >= 2 * kRows ? 0.0f : index % 2 ? sum1[index / 2] : sum0[index / 2];
-          }
-          float keep0 = upper ? v[2] : v[0], keep1 = upper ? v[3] : v[1];
-          keep0 += __shfl_xor_sync(0xffffffffu, upper ? v[0] : v[2], 2);
-          keep1 += __shfl_xor_sync(0xffffffffu, upper ? v[1] : v[3], 2);
-          const float value = (odd ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, odd ? keep0 : keep1, 1);
-          const int j = 2 * i + (upper ? 1 : 0);
-          const int row = t * kRows + j;
-          if (j >= kRows || (!kPaged && row >= num_rows)) continue;
-          float* out_row = logits + static_cast<i64>(row) * logits_ld;
-          if (whole) {
-            out_row[position] = value;
-            continue;
-          }
-          int lo = 0, hi = 0;
-          #pragma unroll
-          for (int jj = 2 * i; jj < kRows && jj < 2 * i + 2; ++jj) {  // rows 2i and 2i + 1: this group's
-            if (jj == j) {
-              lo = tile_info.lo[jj];
-              hi = tile_info.hi[jj];
-            }
-          }
-          const bool visible = position >= lo && position < hi;
-          const int col = compressed ? position - lo : position;
-          if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
-        }
+        store_logits_by_pairs<kRows, kPaged>(sum0, sum1, tile_info, t, block, key_row0, logits, logits_ld, num_rows,
+                                             num_cols, compressed, clean);
       } else {  // NOTES: the reduce-scatter spilled at 4 rows x 32 heads (112 registers)
-        #pragma unroll
-        for (int j = 0; j < kRows; ++j) {
-          sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 1);
-          sum0[j] += __shfl_xor_sync(0xffffffffu, sum0[j], 2);
-          sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 1);
-          sum1[j] += __shfl_xor_sync(0xffffffffu, sum1[j], 2);
-        }
-        // The quad's 2 x kRows values (row j, key half h) are stored by its lanes in turn: lane l takes
-        // values l, l + 4, ..., so each lane issues one store per two rows. A block every row sees in
-        // full (the common case) stores without per-position checks. NOTES: the checked store repeats
-        // the branch above on purpose: one shared helper with `whole` hoisted measured 5% slower at
-        // next_n 3, 64 heads (H200: 36.0 -> 38.3 us; 1-2 rows compiled to the same SASS).
-        const bool whole = !compressed && block * kKvBlock >= tile_info.all_lo &&
-                           (block + 1) * kKvBlock <= min(tile_info.all_hi, num_cols);
-        #pragma unroll
-        for (int i = 0; i < kValuesPerLane; ++i) {
-          const int index = lane % 4 + 4 * i;
-          const int j = index / 2, half = index % 2;
-          const int row = t * kRows + j;
-          if (j >= kRows || (!kPaged && row >= num_rows)) continue;
-          float value = 0.0f;
-          int lo = 0, hi = 0;
-          #pragma unroll
-          for (int jj = i * 2; jj < kRows && jj < i * 2 + 2; ++jj) {  // rows 2i and 2i + 1, this turn's
-            if (jj == j) {
-              value = half ? sum1[jj] : sum0[jj];
-              lo = tile_info.lo[jj];
-              hi = tile_info.hi[jj];
-            }
-          }
-          float* out_row = logits + static_cast<i64>(row) * logits_ld;
-          const int position = block * kKvBlock + key_row0 + half * 8;
-          if (whole) {
-            out_row[position] = value;
-            continue;
-          }
-          const bool visible = position >= lo && position < hi;
-          const int col = compressed ? position - lo : position;
-          if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
-        }
+        store_logits_by_quads<kRows, kPaged>(sum0, sum1, tile_info, t, block, key_row0, logits, logits_ld, num_rows,
+                                             num_cols, compressed, clean);
       }
     }
   }

@@ -17,8 +17,8 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   const int lane = threadIdx.x % 32;
   ConsumerStages<T> stages{smem.full, smem.empty, {}, smem_desc_k128_sw128(smem.a), smem_desc_k128_sw128(smem.b),
                            scheduler.rank() ^ 1, lane};
-  PromotedMainLoop<T> promoted{stages, smem.scales, math_wg, warp, lane, math_wg * T::kWaves * 64 + warp * 16 + lane / 4,
-                               0};
+  const int thread_row = math_wg * T::kWaves * 64 + warp * 16 + lane / 4;
+  PromotedMainLoop<T> promoted{stages, smem.scales, math_wg, warp, lane, thread_row, 0};
   float acc[T::kWaves * T::kAcc];
   float part0[T::kScaleAtEnd ? 1 : T::kAcc];
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];

@@ -224,8 +224,9 @@ __device__ __forceinline__ void scale_at_end_mainloop(ConsumerStages<T>& stages,
     #pragma unroll
     for (int wave = 0; wave < T::kWaves; ++wave) {
       const int row = m0 + wave_row0(wave) + warp * 16 + lane / 4;
-      const float s_lo = row < args.m ? ldg_nc(sfa_rows + static_cast<i64>(row) * args.sfa_stride_m) * sb : 0.0f;
-      const float s_hi = row + 8 < args.m ? ldg_nc(sfa_rows + static_cast<i64>(row + 8) * args.sfa_stride_m) * sb : 0.0f;
+      const float* sfa_row = sfa_rows + static_cast<i64>(row) * args.sfa_stride_m;
+      const float s_lo = row < args.m ? ldg_nc(sfa_row) * sb : 0.0f;
+      const float s_hi = row + 8 < args.m ? ldg_nc(sfa_row + 8 * static_cast<i64>(args.sfa_stride_m)) * sb : 0.0f;
       #pragma unroll
       for (int c = 0; c < T::BLOCK_N / 8; ++c) {
         acc[wave * kAcc + c * 4 + 0] *= s_lo;

@@ -59,7 +59,8 @@ __device__ __forceinline__ void stage_scales(const GemmArgs& args, u32 sf, const
   #pragma unroll
   for (int i = 0; i < kRowSlots; ++i) {
     const int row = m0 + lane + 32 * i;
-    va[i] = row < args.m ? ldg_nc(sfa_tile + (row * args.sfa_stride_m + kb * args.sfa_stride_k)) : 0.0f;  // < 2^31: checked on the host
+    // int offsets: < 2^31, checked on the host
+    va[i] = row < args.m ? ldg_nc(sfa_tile + (row * args.sfa_stride_m + kb * args.sfa_stride_k)) : 0.0f;
   }
   if constexpr (T::kScaleGranN == 128) {
     // NOTES: the products are formed here, so the math warps' promotion needs no FMUL

@@ -119,7 +119,8 @@ struct GemmTraits {
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
   // aligned start n0 = j * BLOCK_N): BLOCK_N <= 128 + gcd(BLOCK_N, 128).
-  static_assert(kScaleGranN == 0 || kScaleGranN == 1 || (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
+  static_assert(kScaleGranN == 0 || kScaleGranN == 1 ||
+                    (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
                 "BLOCK_N would straddle three B scale blocks");
   static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
   static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) &&
