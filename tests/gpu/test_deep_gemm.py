@@ -1,5 +1,6 @@
 """mategemm.deep_gemm on the GPU: DeepGEMM's names give the references' results, d in place, the
-contiguous layout's padding rows zeroed; its layout helpers and bench_kineto on CUDA tensors."""
+contiguous layout's padding rows zeroed, the einsum forms on DeepGEMM's test shapes (views included);
+its layout helpers and bench_kineto on CUDA tensors."""
 import pytest
 import torch
 
@@ -120,6 +121,52 @@ def test_skip_head_mid(m, n):
     out = d.view(m, heads, left + mid + right)
     assert calc_diff(torch.cat([out[:, :, :left], out[:, :, left + mid:]], dim=2), ref) <= TOL
     assert out[:, :, left:left + mid].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(128, 384, 128), (256, 256, 256), (384, 128, 384), (1, 8, 64), (200, 72, 40)])
+@pytest.mark.parametrize("s", [1, 129, 2048])
+def test_einsum_bmk_bnk_mn(s, m, n, k, dtype):
+    a = torch.randn((s, m, k), device="cuda", dtype=torch.bfloat16)
+    b = torch.randn((s, n, k), device="cuda", dtype=torch.bfloat16)
+    d = torch.randn((m, n), device="cuda").to(dtype)
+    c = d if dtype == torch.float32 else None  # float32 accumulates into d; bf16 is written
+    expected = torch.einsum("bmk,bnk->mn", a.double(), b.double()) + (0 if c is None else d.double())
+    assert dg.einsum("bmk,bnk->mn", a, b, d, c=c) is None
+    assert calc_diff(d, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("b", [1, 4, 37, 512])
+@pytest.mark.parametrize("h,r,d", [(128, 512, 128), (8, 4096, 1024)])
+@pytest.mark.parametrize("expr", ["bhr,hdr->bhd", "bhd,hdr->bhr"])
+def test_einsum_per_head(expr, h, r, d, b):
+    x = torch.randn((b, h, r if expr == "bhr,hdr->bhd" else d), device="cuda", dtype=torch.bfloat16)
+    y = torch.randn((h, d, r + 128), device="cuda", dtype=torch.bfloat16)[:, :, :r]  # a view, as DeepGEMM's test
+    z = torch.full((b, h, d if expr == "bhr,hdr->bhd" else r), float("nan"), device="cuda", dtype=torch.bfloat16)
+    expected = torch.einsum(expr, x.double(), y.double())
+    dg.einsum(expr, x, y, z)
+    assert calc_diff(z, expected) <= 1e-5
+    z.fill_(float("nan"))
+    dg.einsum(expr, x, y, z, use_cublaslt=True)
+    assert calc_diff(z, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("b", [1, 4, 33, 512])
+def test_fp8_einsum_bhr_hdr_bhd(b):
+    h, r, d = 8, 1024, 512
+    x = torch.randn((b, h, r), device="cuda", dtype=torch.bfloat16)
+    y = torch.randn((h, d, r), device="cuda", dtype=torch.bfloat16)
+    x_fp8, sx = dg.per_token_cast_to_fp8(x.view(-1, r), use_ue8m0=True)
+    x_fp8, sx = x_fp8.view(b, h, r), sx.view(b, h, r // 128)
+    y_fp8 = torch.empty_like(y, dtype=torch.float8_e4m3fn)
+    sy = torch.empty((h, d // 128, r // 128), device="cuda")
+    for i in range(h):
+        y_fp8[i], sy[i] = dg.per_block_cast_to_fp8(y[i], use_ue8m0=True)
+    z = torch.full((b, h, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+    assert dg.fp8_einsum("bhr,hdr->bhd", (x_fp8, sx), (y_fp8, sy), z) is None
+    expected = torch.stack([fp8_gemm_reference(x_fp8[:, i], y_fp8[i], sx[:, i], sy[i]) for i in range(h)], dim=1)
+    assert calc_diff(z, expected) <= TOL
+    assert calc_diff(z, torch.einsum("bhr,hdr->bhd", x.double(), y.double())) < 1e-3  # DeepGEMM's bound
 
 
 def test_layout_helpers_on_cuda():
