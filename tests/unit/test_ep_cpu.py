@@ -3,7 +3,11 @@ one process and on 2 and 4 gloo ranks (spawned) with the float64 reference exper
 single-process float64 reference of the same experts and routing; the default experts' call path
 on fake CUDA tensors."""
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -461,3 +465,18 @@ def test_four_ranks_raise_together(four_ranks, spec, message):
     for results in four_ranks:
         assert re.search(message, results[spec["name"]].get("error", "")), results[spec["name"]]
 
+
+# ---------------------------------------------------------------- the example
+
+
+def test_the_torchrun_example_runs_on_two_cpu_ranks():
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(root / "examples" / "ep_moe.py"), "--backend", "gloo", "--reference", "--experts", "8",
+               "--topk", "3", "--hidden", "256", "--intermediate", "128", "--input-dtype", "fp8"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = re.findall(r"rank (\d)/2 (\w+) +eager: (\d+) tokens.*: (OK|MISMATCH)", done.stdout)
+    assert sorted(lines) == [("0", "low_latency", "8", "OK"), ("0", "throughput", "8", "OK"),
+                             ("1", "low_latency", "9", "OK"), ("1", "throughput", "9", "OK")]
