@@ -5,6 +5,7 @@ from mategemm.api import (batch_deepgemm_fp8_nt_groupwise, bmm_fp8, bmm_fp16, fp
 from mategemm.runtime.device import get_num_mp, set_num_mp
 from mategemm import deep_gemm  # noqa: E402 - DeepGEMM's names (mategemm.deep_gemm.fp8_mqa_logits, ...)
 from mategemm import flashinfer  # noqa: E402 - FlashInfer's names
+from mategemm import ep  # noqa: E402 - expert parallelism over torch.distributed (mategemm.ep.EPMoE)
 from mategemm.version import __version__
 
 __all__ = ["batch_deepgemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "fp8_mqa_logits",

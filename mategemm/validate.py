@@ -710,6 +710,41 @@ def _float_or_none(name: str, value, positive: bool = False) -> None:
         raise ValueError(f"{name} must be positive, got {value!r}")
 
 
+def moe_weights(w1, w2, w1_scale, w2_scale, hidden: int | None = None) -> tuple[int, int]:
+    """A MoE layer's expert weights: w1 (E, 2N, K) and w2 (E, K, N) e4m3 with fp32 scales per 128x128
+    block; K = hidden when given, else w1's. Returns (E, N)."""
+    tensor("w1", w1, ndim=3, dtypes=(E4M3,))
+    experts, two_n, k1 = w1.shape
+    if hidden is None:
+        hidden = k1
+    if k1 != hidden or hidden == 0 or hidden % 128 or two_n % 256 or two_n == 0:
+        raise ValueError(f"w1 must be (E, 2N, K) with K = {hidden}, K and N positive multiples of 128, got "
+                         f"{tuple(w1.shape)}")
+    intermediate = two_n // 2
+    if not 1 <= experts <= MAX_GROUPS:
+        raise ValueError(f"w1: the number of experts must be in [1, {MAX_GROUPS}], got {experts}")
+    tensor("w2", w2, ndim=3, dtypes=(E4M3,))
+    shape("w2", w2, (experts, hidden, intermediate), "(E, K, N)")
+    tensor("w1_scale", w1_scale, ndim=3, dtypes=(torch.float32,))
+    shape("w1_scale", w1_scale, (experts, two_n // 128, hidden // 128), "one scale per 128x128 block")
+    tensor("w2_scale", w2_scale, ndim=3, dtypes=(torch.float32,))
+    shape("w2_scale", w2_scale, (experts, hidden // 128, intermediate // 128), "one scale per 128x128 block")
+    return experts, intermediate
+
+
+def moe_activation(activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit) -> str:
+    """The gated activation's name (None: "silu") and its options: alpha and beta for swigluoai only,
+    a positive clamp limit."""
+    activation = choice("activation", activation, MOE_ACTIVATIONS, "silu")
+    if activation != "swigluoai" and (gemm1_alpha is not None or gemm1_beta is not None):
+        raise ValueError(f"gemm1_alpha and gemm1_beta apply to activation 'swigluoai' only, got activation "
+                         f"{activation!r}")
+    _float_or_none("gemm1_alpha", gemm1_alpha)
+    _float_or_none("gemm1_beta", gemm1_beta)
+    _float_or_none("gemm1_clamp_limit", gemm1_clamp_limit, positive=True)
+    return activation
+
+
 def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, activation, gemm1_alpha, gemm1_beta,
               gemm1_clamp_limit, expert_map, global_num_experts, apply_router_weight_on_input, hidden_states_scale,
               out) -> FusedMoeChecked:
@@ -730,20 +765,7 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
             raise ValueError("hidden_states_scale must be contiguous along its last dimension")
     elif hidden_states_scale is not None:
         raise ValueError("hidden_states_scale goes with FP8 hidden_states only (bf16 is quantised inside)")
-    tensor("w1", w1, ndim=3, dtypes=(E4M3,))
-    experts, two_n, k1 = w1.shape
-    if k1 != hidden or two_n % 256 or two_n == 0:
-        raise ValueError(f"w1 must be (E, 2N, K) with K = {hidden} and N a positive multiple of 128, got "
-                         f"{tuple(w1.shape)}")
-    intermediate = two_n // 2
-    if not 1 <= experts <= MAX_GROUPS:
-        raise ValueError(f"w1: the number of experts must be in [1, {MAX_GROUPS}], got {experts}")
-    tensor("w2", w2, ndim=3, dtypes=(E4M3,))
-    shape("w2", w2, (experts, hidden, intermediate), "(E, K, N)")
-    tensor("w1_scale", w1_scale, ndim=3, dtypes=(torch.float32,))
-    shape("w1_scale", w1_scale, (experts, two_n // 128, hidden // 128), "one scale per 128x128 block")
-    tensor("w2_scale", w2_scale, ndim=3, dtypes=(torch.float32,))
-    shape("w2_scale", w2_scale, (experts, hidden // 128, intermediate // 128), "one scale per 128x128 block")
+    experts, intermediate = moe_weights(w1, w2, w1_scale, w2_scale, hidden)
     tensor("topk_ids", topk_ids, ndim=2, dtypes=(torch.int32, torch.int64))
     topk = topk_ids.shape[1]
     if topk_ids.shape[0] != tokens or topk == 0:
@@ -754,13 +776,7 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
     shape("topk_weights", topk_weights, (tokens, topk), "one weight per token and slot")
     if not topk_weights.is_contiguous():
         raise ValueError("topk_weights must be contiguous")
-    activation = choice("activation", activation, MOE_ACTIVATIONS, "silu")
-    if activation != "swigluoai" and (gemm1_alpha is not None or gemm1_beta is not None):
-        raise ValueError(f"gemm1_alpha and gemm1_beta apply to activation 'swigluoai' only, got activation "
-                         f"{activation!r}")
-    _float_or_none("gemm1_alpha", gemm1_alpha)
-    _float_or_none("gemm1_beta", gemm1_beta)
-    _float_or_none("gemm1_clamp_limit", gemm1_clamp_limit, positive=True)
+    activation = moe_activation(activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
     if not isinstance(apply_router_weight_on_input, bool):
         raise TypeError(f"apply_router_weight_on_input must be a bool, got {apply_router_weight_on_input!r}")
     if apply_router_weight_on_input and topk != 1:

@@ -107,6 +107,16 @@ def _local_experts(topk_ids: torch.Tensor, num_experts: int, expert_map, global_
     return emap[ids]
 
 
+def _expert_output(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w1_scale: torch.Tensor,
+                   w2_scale: torch.Tensor, activation: str, alpha: float, beta: float, limit: float | None) -> torch.Tensor:
+    """One expert on float64 rows x (rows, K) -> bf16 (rows, K): GEMM1 rounded to bf16, the gated
+    activation quantised 1x128, GEMM2 rounded to bf16."""
+    n = w1.shape[0] // 2
+    h = (x @ _dequant_blocks(w1, w1_scale).t()).to(torch.bfloat16)
+    a = _quant_dequant_tokens(gated_activation(h[:, :n], h[:, n:], activation, alpha, beta, limit).float())
+    return (a @ _dequant_blocks(w2, w2_scale).t()).to(torch.bfloat16)
+
+
 def fused_moe_reference(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids, *,
                         activation="silu", gemm1_alpha=None, gemm1_beta=None, gemm1_clamp_limit=None,
                         expert_map=None, global_num_experts=-1, apply_router_weight_on_input=False,
@@ -180,14 +190,46 @@ def fused_moe_reference(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights,
             x = x_all[tokens] * pair_weights[:, None]
         else:
             x = _quant_dequant_tokens(hidden_states[tokens].float() * weights32[tokens, slots, None])
-        h = (x @ _dequant_blocks(w1[e], w1_scale[e]).t()).to(torch.bfloat16)
-        a = gated_activation(h[:, :n], h[:, n:], activation, alpha, beta, limit)
-        a = _quant_dequant_tokens(a.float())
-        y = (a @ _dequant_blocks(w2[e], w2_scale[e]).t()).to(torch.bfloat16).double()
+        y = _expert_output(x, w1[e], w2[e], w1_scale[e], w2_scale[e], activation, alpha, beta, limit).double()
         if not apply_router_weight_on_input:
             y = y * pair_weights[:, None]
         out.index_add_(0, tokens, y)
     return out
+
+
+def reference_experts(w1, w2, w1_scale, w2_scale, expert_map=None, *, activation="silu", gemm1_alpha=None,
+                      gemm1_beta=None, gemm1_clamp_limit=None):
+    """An expert function for `mategemm.ep.EPMoE(experts=...)` in float64, on any device.
+
+    Weights and activation options as fused_moe_reference; expert_map (G,) int maps a global expert
+    id to a local expert of w1 or -1 (None: ids are local). The function takes (hidden_states (rows,
+    K) bf16 or FP8 e4m3, hidden_states_scale (rows, K/128) fp32 or None, expert_ids (rows,) int32)
+    and returns bf16 (rows, K): row r is expert expert_ids[r]'s output for row r, unweighted, with the
+    roundings of fused_moe_reference; zeros where the id maps to no local expert (-1 marks an empty
+    row). Every local expert runs on every row and the rows are picked with torch.where: no host
+    synchronisation, meant for small test sizes.
+    """
+    experts, two_n, hidden = w1.shape
+    alpha, beta, limit = activation_params(activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
+    local_of = None if expert_map is None else expert_map.to(w1.device).long().flatten()
+    num_ids = experts if local_of is None else local_of.numel()
+
+    def run(hidden_states, hidden_states_scale, expert_ids):
+        ids = expert_ids.long()
+        known = (ids >= 0) & (ids < num_ids)
+        local = ids if local_of is None else local_of[ids.clamp(0, num_ids - 1)]
+        local = torch.where(known, local, -1)
+        if hidden_states_scale is not None:
+            x = _dequant_tokens(hidden_states, hidden_states_scale)
+        else:
+            x = _quant_dequant_tokens(hidden_states)
+        y = torch.zeros((ids.numel(), hidden), dtype=torch.bfloat16, device=hidden_states.device)
+        for e in range(experts):
+            ye = _expert_output(x, w1[e], w2[e], w1_scale[e], w2_scale[e], activation, alpha, beta, limit)
+            y = torch.where((local == e)[:, None], ye, y)
+        return y
+
+    return run
 
 
 # ---------------------------------------------------------------- inputs

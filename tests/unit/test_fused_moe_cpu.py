@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mategemm
-from fake_device import call, recorded_specs
+from fake_device import NoLaunch, call, recorded_specs
 from mategemm import moe_layer as layer_module
 from mategemm import prewarm
 from mategemm.testing import moe_layer as ref
@@ -86,16 +86,6 @@ def test_bad_shapes_are_named(monkeypatch):
         args = inputs(hidden=200)
         with pytest.raises(ValueError, match="multiple of 128"):
             mategemm.fused_moe(*args.values())
-
-
-class NoLaunch:
-    """Stands in for the GEMMs' Launch: built and called as the real one, runs nothing."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args):
-        pass
 
 
 @pytest.mark.parametrize("input_dtype", [torch.bfloat16, E4M3])
