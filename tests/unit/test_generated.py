@@ -1,6 +1,5 @@
 """Generated sources are fresh: kernels_src/common/wgmma.cuh is what tools/gen_wgmma.py writes."""
 import importlib.util
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
