@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("plots", nargs="*", metavar="SUITE", help="plot only: the suites to redraw (default: all)")
     parser.add_argument("--out-dir", default=str(ROOT / "docs" / "bench"))
     parser.add_argument("--shapes", default=str(SHAPES))
+    parser.add_argument("--scale-major", choices=("K", "MN"), default="K",
+                        help="dense_fp8 only: A's scales K-major (m, k/128) or MN-major (k/128, m), DeepGEMM's "
+                             "kernel layout (default K)")
     parser.add_argument("--modes", nargs="+", choices=GROUPED_MODES, default=list(GROUPED_MODES),
                         help="grouped suite only: the modes to run (default: all)")
     args = parser.parse_args()

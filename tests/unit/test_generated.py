@@ -1,5 +1,6 @@
 """Generated sources are fresh: kernels_src/common/wgmma.cuh is what tools/gen_wgmma.py writes."""
 import importlib.util
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,3 +31,5 @@ def test_every_experiment_patch_applies_to_the_product_kernel():
     assert len(promotion.PATCHES) >= 5
     for name in promotion.PATCHES:
         assert promotion.apply(name, files) != files, name
+    for name, diff in promotion.PATCH_FILES.items():
+        subprocess.run(["git", "apply", "--check", str(diff)], cwd=ROOT, check=True)

@@ -29,17 +29,21 @@ def bench_dense_fp8(args) -> dict:
     deep_gemm = live_deepgemm()
     if deep_gemm is not None:
         result["deepgemm"] = f"live, {getattr(deep_gemm, '__version__', '?')}"
+    # "MN": A's scales stored (k/128, m), the layout DeepGEMM's kernel reads (it transposes K-major
+    # ones inside every call); B's stay K-major for cuBLAS and DeepGEMM.
+    scale_major = getattr(args, "scale_major", "K")
+    result["scale_major"] = scale_major
     for shape in shapes:
         m, n, k = shape["m"], shape["n"], shape["k"]
         nbytes = dense_bytes(m, n, k)
         flops = 2 * m * n * k
         num_sets = min(32, max(1, math.ceil(3 * l2 / nbytes)))
-        sets, outs, ours_calls = rotating_gemm_calls(m, n, k, num_sets)
+        sets, outs, ours_calls = rotating_gemm_calls(m, n, k, num_sets, scale_major)
         row = {"m": m, "n": n, "k": k}
-
-        a, b, sa, sb = sets[0]
-        ours = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, out=outs[0])
-        reference = fp8_gemm_reference(a, b, sa, sb)
+        ours = mategemm.gemm_fp8_nt_groupwise(*sets[0], scale_major_mode=scale_major, out=outs[0])
+        if scale_major == "MN":  # peers' views: A's scales (m, k/128) with unit M stride, B's K-major
+            sets = [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
+        reference = fp8_gemm_reference(*sets[0])
         row["mategemm_diff"] = calc_diff(ours, reference)
         impls = {
             "mategemm": ours_calls,

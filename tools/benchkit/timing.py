@@ -27,15 +27,17 @@ def median_ms(calls: list, warmup: int = WARMUP, timed: int = TIMED) -> float:
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def rotating_gemm_calls(m: int, n: int, k: int, num_sets: int) -> tuple[list, list, list]:
-    """`num_sets` FP8 GEMM input sets of (m, n, k), a bf16 output for each, and one
-    gemm_fp8_nt_groupwise call per set: rotate over them with median_ms to defeat L2 reuse."""
+def rotating_gemm_calls(m: int, n: int, k: int, num_sets: int, scale_major: str = "K") -> tuple[list, list, list]:
+    """`num_sets` FP8 GEMM input sets of (m, n, k) (scales `scale_major`, "K" or "MN"), a bf16
+    output for each, and one gemm_fp8_nt_groupwise call per set: rotate over them with median_ms
+    to defeat L2 reuse."""
     import torch
 
     import mategemm
     from mategemm.testing.reference import make_fp8_gemm_inputs
 
-    sets = [make_fp8_gemm_inputs(m, n, k) for _ in range(num_sets)]
+    sets = [make_fp8_gemm_inputs(m, n, k, scale_major_mode=scale_major) for _ in range(num_sets)]
     outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
-    calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, out=o) for s, o in zip(sets, outs)]
+    calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, scale_major_mode=scale_major, out=o)
+             for s, o in zip(sets, outs)]
     return sets, outs, calls

@@ -12,10 +12,15 @@ Variants (several may be joined with '+'):
   unroll8       the promoted k-block loop unrolled 8 deep (with no_overlap: DeepGEMM's loop shape)
   stsm          the epilogue writes 16-bit outputs to the staging tile with stmatrix (four 8x8 blocks
                 per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
+  tma_scales    (a diff, patches/tma_scales.diff) dense (1,128,128): A's scales ride in each stage's TMA
+                transaction, the tile's B scales are staged once per tile by the math warps, which
+                form sa * sb themselves (2 FMUL per wave and K block); no scale warps. Needs MN-major A
+                scales (tools/bench.py dense_fp8 --scale-major MN) and K <= 16384
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
 """
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +51,9 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
   }
   const int row = tile_row0 + warp * 16 + lane / 4;
 """
+
+# Larger variants as unified diffs against the tree, applied with git apply.
+PATCH_FILES = {"tma_scales": Path(__file__).resolve().parent / "patches" / "tma_scales.diff"}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
@@ -84,7 +92,7 @@ def apply(variant: str, files: dict[str, str]) -> dict[str, str]:
     if variant == "base":
         return dict(files)
     if variant not in PATCHES:
-        raise SystemExit(f"unknown variant {variant}; known: base, {', '.join(PATCHES)}")
+        raise SystemExit(f"unknown variant {variant}; known: base, {', '.join((*PATCHES, *PATCH_FILES))}")
     out = dict(files)
     for path, old, new in PATCHES[variant]:
         out[path] = patch(out[path], old, new)
@@ -94,11 +102,13 @@ def apply(variant: str, files: dict[str, str]) -> dict[str, str]:
 def main() -> None:
     variants, tree = sys.argv[1], Path(sys.argv[2])
     paths = {path for patches in PATCHES.values() for path, _, _ in patches}
-    files = {path: (tree / path).read_text() for path in paths}
     for variant in variants.split("+"):
-        files = apply(variant, files)
-    for path, text in files.items():
-        (tree / path).write_text(text)
+        if variant in PATCH_FILES:
+            subprocess.run(["git", "apply", str(PATCH_FILES[variant])], cwd=tree, check=True)
+            continue
+        files = apply(variant, {path: (tree / path).read_text() for path in paths})
+        for path, text in files.items():
+            (tree / path).write_text(text)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ NO_EPILOGUE = [
     ("      mbar_arrive(empty_bar + stage * 8);\n\n", "      mbar_arrive(empty_bar + stage * 8);\n      continue;\n"),
 ]
 NO_STORE = [
-    ("          if (whole) {\n            out_row[position] = value;",
-     "          if (value != -1234.5f) continue;\n          if (whole) {\n            out_row[position] = value;"),
+    ("    if (whole) {\n      out_row[position] = value;",
+     "    if (value != -1234.5f) continue;\n    if (whole) {\n      out_row[position] = value;"),
 ]
 # Each block released as soon as it lands, the math then run on it anyway (it may be overwritten:
 # wrong on purpose): whether holding the stage through the wgmma is what slows the stream.
@@ -58,7 +58,7 @@ NO_LENS = [
 ]
 # The logits stored with the streaming (evict-first) hint.
 STREAMING_STORES = [
-    ("          out_row[position] = value;", "          __stcs(out_row + position, value);"),
+    ("      out_row[position] = value;", "      __stcs(out_row + position, value);"),
     ("out_row[col] = visible ? value : neg_inf();", "__stcs(out_row + col, visible ? value : neg_inf());"),
 ]
 
