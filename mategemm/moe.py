@@ -110,6 +110,43 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
     return out, signal, SIGNAL_BLOCK_M, call.threshold
 
 
+def grouped_gemm_16bit(a: torch.Tensor, b: torch.Tensor, info: torch.Tensor, out: torch.Tensor, mode: str, *,
+                       alignment_m: int = 0, expect_tokens: int | None = None) -> torch.Tensor:
+    """Grouped GEMMs of bf16 or fp16 operands without scales (mategemm.deep_gemm's m_grouped_bf16_*
+    and k_grouped_bf16_* names run on it), written into `out`:
+      per_token: out[r] = a[r] @ b[info[r]]^T for the rows r of a group, rows with info -1 left as
+                 they were; groups start at multiples of alignment_m (128 or 256, default 128);
+      masked:    out[g, :info[g]] = a[g, :info[g]] @ b[g]^T, rows past each count left as they were;
+                 expect_tokens: the host's guess of the rows per group (default max_m);
+      ragged_k:  out[g] += A_g @ B_g^T, A_g the K slice of group g of a (m, sum_k) (info: the slices'
+                 K, multiples of 64), out float32 (E, m, n).
+    Layouts and errors: validate.grouped_16bit. The kernel is the scale-at-end GEMM (HGMMA) in the
+    group mode; the routing stays on the GPU (no host sync)."""
+    key = prepare.memo_key("grouped_16bit", a, b, info, out, mode, alignment_m, expect_tokens)
+    call = _warm.get(key)
+    if call is None:
+        checked = validate.grouped_16bit(a, b, info, out, mode)
+        if alignment_m not in (0, 128, 256):
+            raise ValueError(f"alignment_m must be 128 or 256, got {alignment_m!r}")
+        if checked.problem.m == 0:
+            return out
+        device = rt_device.device_info(a.device.index)
+        staged = []
+        if mode == "ragged_k" and info.device != a.device:  # host counts, checked: copied at every call
+            device_info = torch.empty_like(info, device=a.device)
+            staged.append(calls.TorchCopy(device_info, info))
+            info = device_info
+        gemm_plan = plan.grouped_gemm(checked.problem, device, alignment_m=(alignment_m or 128) if mode == "per_token"
+                                      else 0, max_m=checked.max_m, expect_tokens=expect_tokens)
+        rows = a.flatten(0, 1) if mode == "masked" else a
+        group = kernel_fp8.GroupArgs(info, stride=checked.max_m)
+        # No scales: the kernel never reads its scale pointers (a's address stands in).
+        call = prepare.grouped_call(gemm_plan, rows, b, a, (0, 0), a, (0, 0), group, staged)
+        _warm.remember(key, call)
+    calls.launch(call, out)
+    return out
+
+
 def batch_deepgemm_fp8_nt_groupwise(a, b, a_scale, b_scale, masked_m, expected_m, scale_granularity_mnk=(1, 128, 128),
                                     out=None, out_dtype=None) -> torch.Tensor:
     """FlashInfer's masked batched FP8 GEMM: out[i, :masked_m[i]] = a[i, :masked_m[i]] @ b[i]^T.

@@ -548,6 +548,91 @@ def bmm_fp16(a, b, out_dtype, out, backend, c) -> BmmChecked:
     return BmmChecked(problem, c is not None, (0, 0, 0), (0, 0, 0), "K", "K", tma_rows(a), tma_rows(b), out_shape)
 
 
+@dataclass(frozen=True)
+class Grouped16Checked:
+    problem: GemmProblem  # 16-bit operands, no scales (the scale-at-end kernel)
+    max_m: int            # masked: rows per group (0 otherwise)
+
+
+GROUPED_16BIT_MODES = ("per_token", "masked", "ragged_k")
+
+
+def grouped_16bit(a, b, info, out, mode) -> Grouped16Checked:
+    """Validate a 16-bit grouped GEMM (mategemm.moe.grouped_gemm_16bit): bf16 or fp16 a and b alike,
+    K-major, with
+      per_token: a (rows, k), b (E, n, k), info int32 (rows,) group per row (-1: skipped), out (rows, n);
+      masked:    a (E, max_m, k), b (E, n, k), info int32 (E,) rows per group, out (E, max_m, n);
+      ragged_k:  a (m, sum_k) and b (n, sum_k) (views, K-major rows), info int32 (E,) K per group
+                 (multiples of 64; on the host: checked), out float32 (E, m, n), added into.
+    M modes' out: bf16 or fp16. k: a positive multiple of 8 (16-byte rows; a tail is zero-filled)."""
+    choice("mode", mode, GROUPED_16BIT_MODES)
+    tensor("a", a, dtypes=HALF_DTYPES)
+    tensor("b", b, dtypes=HALF_DTYPES)
+    if b.dtype != a.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    max_m = 0
+    if mode == "ragged_k":
+        tensor("a", a, ndim=2)
+        tensor("b", b, ndim=2)
+        (m, k), (n, k_b) = a.shape, b.shape
+        if k_b != k:
+            raise ValueError(f"a (m, sum_k) and b (n, sum_k) must share sum_k: {tuple(a.shape)} vs {tuple(b.shape)}")
+        if k % 64 or k >= MAX_GROUPED_ROWS:
+            raise ValueError(f"sum_k must be a multiple of 64 below 2**30, got {k}")
+        tensor("out", out, ndim=3, dtypes=(torch.float32,))
+        num_groups = out.shape[0]
+        shape("out", out, (num_groups, m, n), "(groups, m, n)")
+        if out.stride(0) * 4 % 16:
+            raise ValueError(f"out.stride(0) must be a multiple of 4 elements (16 bytes), got {out.stride(0)}")
+        group_info("info", info, num_groups, a.device, allow_cpu=True)
+        if info.device.type == "cpu":
+            counts = info.tolist()
+            if any(c < 0 or c % 64 for c in counts) or sum(counts) > k:
+                raise ValueError(f"info: every group's K must be a non-negative multiple of 64, together at most "
+                                 f"sum_k = {k}, got {counts}")
+        rows, out_dtype = m, torch.float32
+    else:
+        tensor("b", b, ndim=3)
+        num_groups, n, k_b = b.shape
+        if mode == "masked":
+            tensor("a", a, ndim=3)
+            groups_a, max_m, k = a.shape
+            if groups_a != num_groups:
+                raise ValueError(f"a has {groups_a} groups, b has {num_groups}")
+            _stacked("a", a, max_m, "max_m", "rows")
+            rows, out_shape = num_groups * max_m, (num_groups, max_m, n)
+            group_info("info", info, num_groups, a.device)
+        else:
+            tensor("a", a, ndim=2)
+            rows, k = a.shape
+            out_shape = (rows, n)
+            group_info("info", info, rows, a.device)
+        if k_b != k:
+            raise ValueError(f"b must have K = {k} (as a) in its last dimension, got shape {tuple(b.shape)}")
+        if rows >= MAX_GROUPED_ROWS:
+            raise ValueError(f"a must have fewer than 2**30 rows, got {rows}")
+        tensor("out", out, ndim=len(out_shape), dtypes=HALF_DTYPES)
+        shape("out", out, out_shape)
+        if mode == "masked":
+            _stacked("out", out, max_m, "max_m", "rows")
+        out_dtype = out.dtype
+    if k == 0 or k % 8:
+        raise ValueError(f"k must be a positive multiple of 8 (16-byte rows), got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"n must be a positive multiple of 8, got {n}")
+    if not 1 <= num_groups <= MAX_GROUPS:
+        raise ValueError(f"the number of groups must be in [1, {MAX_GROUPS}], got {num_groups}")
+    tma_operand("a", a)
+    tma_operand("b", b)
+    if mode != "ragged_k":
+        _stacked("b", b, n, "n", "weights")
+    tma_operand("out", out)
+    same_device("a", a.device, b=b, out=out)
+    cuda("a", a)
+    problem = GemmProblem(rows, n, k, RECIPE_PER_ROW, a.dtype, b.dtype, out_dtype, mode, num_groups)
+    return Grouped16Checked(problem, max_m)
+
+
 MQA_FP8 = (torch.float8_e4m3fn,)
 MAX_MPS = 1 << 16  # schedule rows: one per CTA of the persistent grid
 

@@ -7,8 +7,8 @@
 //   kGroupCounts   per_expert: counts per group, rows packed in group order.
 //   kGroupPsum     psum_expert: inclusive prefix sums of those counts.
 //   kGroupMasked   masked: group g owns rows [g * stride, g * stride + count_g), count_g <= stride.
-//   kGroupK        ragged K: counts of K rows per group (multiples of 128); every group computes
-//                  the whole (m, n) output of its own, over its slice of K.
+//   kGroupK        ragged K: counts of K rows per group (multiples of a stage's K: 128 FP8, 64
+//                  16-bit); every group computes the whole (m, n) output of its own, over its slice of K.
 //   kGroupBatched  a batch of equal GEMMs: group g's A rows g * m ..., B rows g * n ..., out[g].
 // The segment modes tile each group's rows from the group's first row, so a tile never spans
 // two groups; a table of the segments is built in shared memory at kernel start.

@@ -67,8 +67,8 @@ struct GemmScheduler {
         const int m_blocks_per_group = ceil_div(m, T::BLOCK_M);
         t.group = t.m_block / m_blocks_per_group;
         t.row0 = (t.m_block - t.group * m_blocks_per_group) * T::BLOCK_M;
-        t.kb_begin = table.row_start[t.group] / kBlockK;
-        t.kb_end = (table.row_start[t.group] + table.rows[t.group]) / kBlockK;
+        t.kb_begin = table.row_start[t.group] / T::kBlockKElems;
+        t.kb_end = (table.row_start[t.group] + table.rows[t.group]) / T::kBlockKElems;
         if (t.kb_begin == t.kb_end) continue;  // an empty group adds nothing
       } else if constexpr (group_has_table<kMode>()) {
         t.group = find_group<T::kMaxGroups>(table.tile_end, num_groups, t.m_block);

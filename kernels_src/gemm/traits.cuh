@@ -112,8 +112,9 @@ struct GemmTraits {
                 "the group table's capacity is a power of two, present exactly in the segment modes");
   static_assert(kGroupMode == kGroupNone || (!kSplitK && kClusterM == 1),
                 "grouped GEMMs: no split-K; no cluster along M (its two tiles may belong to different groups)");
-  static_assert((!kOutAdd || group_out_3d<kGroupMode>()) && (kGroupMode != kGroupK || (kOutAdd && kScaleGranN == 1)),
-                "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe");
+  static_assert((!kOutAdd || group_out_3d<kGroupMode>()) &&
+                    (kGroupMode != kGroupK || (kOutAdd && (kScaleGranN == 1 || operand_bytes(kTypeA) == 2))),
+                "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe or unscaled");
   static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
@@ -123,10 +124,8 @@ struct GemmTraits {
                     (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
                 "BLOCK_N would straddle three B scale blocks");
   static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
-  static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) &&
-                    (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd &&
-                                    (kGroupMode == kGroupNone || kGroupMode == kGroupBatched))),
-                "16-bit operands: the same type on both sides, unscaled, dense or batched");
+  static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) && (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd)),
+                "16-bit operands: the same type on both sides, unscaled");
   // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
   // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
   // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes

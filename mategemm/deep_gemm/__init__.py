@@ -1,5 +1,5 @@
-"""DeepGEMM's names for mategemm's kernels (MATE's mate.deep_gemm): the FP8 dense, masked and
-contiguous grouped GEMMs, the BF16 and FP8 einsum forms and the lightning indexer so far,
+"""DeepGEMM's names for mategemm's kernels (MATE's mate.deep_gemm): the FP8 and BF16 dense, masked,
+contiguous and K-grouped GEMMs, the BF16 and FP8 einsum forms and the lightning indexer so far,
 DeepGEMM's runtime settings, `deep_gemm.utils` (its quantisation and scale-layout helpers, also at
 the top level as DeepGEMM has them) and `deep_gemm.testing` (what its test files import)."""
 from mategemm.api import fp8_mqa_logits, fp8_paged_mqa_logits
@@ -24,7 +24,11 @@ from mategemm.deep_gemm.gemm import (
     fp8_gemm_tn,
     fp8_gemm_tt,
     fp8_m_grouped_gemm_nt_masked,
+    k_grouped_bf16_gemm_tn_contiguous,
     k_grouped_fp8_gemm_nt_contiguous,
+    m_grouped_bf16_gemm_nn_contiguous,
+    m_grouped_bf16_gemm_nt_contiguous,
+    m_grouped_bf16_gemm_nt_masked,
     m_grouped_fp8_fp4_gemm_nt_contiguous,
     m_grouped_fp8_fp4_gemm_nt_masked,
     m_grouped_fp8_gemm_nt_contiguous,
@@ -43,7 +47,8 @@ from mategemm.deep_gemm.runtime import (
 )
 from mategemm.deep_gemm.utils import *  # noqa: F401,F403 - DeepGEMM's top level re-exports its utils
 
-__all__ = ["bf16_gemm_nn", "bf16_gemm_nt", "bf16_gemm_tn", "bf16_gemm_tt", "cublaslt_gemm_nn", "cublaslt_gemm_nt",
+__all__ = ["bf16_gemm_nn", "bf16_gemm_nt", "bf16_gemm_tn", "bf16_gemm_tt", "k_grouped_bf16_gemm_tn_contiguous",
+           "m_grouped_bf16_gemm_nn_contiguous", "m_grouped_bf16_gemm_nt_contiguous", "m_grouped_bf16_gemm_nt_masked", "cublaslt_gemm_nn", "cublaslt_gemm_nt",
            "cublaslt_gemm_tn", "cublaslt_gemm_tt", "einsum", "fp8_einsum", "fp8_fp4_gemm_nn", "fp8_fp4_gemm_nt",
            "fp8_fp4_gemm_tn", "fp8_fp4_gemm_tt", "fp8_gemm_nn", "fp8_gemm_nt", "fp8_gemm_nt_skip_head_mid", "fp8_gemm_tn",
            "fp8_gemm_tt", "fp8_m_grouped_gemm_nt_masked", "k_grouped_fp8_gemm_nt_contiguous",

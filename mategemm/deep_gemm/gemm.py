@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 import mategemm
+from mategemm import moe
 from mategemm.deep_gemm.utils import layout
 
 RECIPE_BLOCK_B, RECIPE_ROW_B = (1, 128, 128), (1, 1, 128)
@@ -295,6 +296,90 @@ def k_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, ks_cpu, grouped_layo
     a_rows, b_rows = _columns_by_group(a, ks, m), _columns_by_group(b, ks, n)
     mategemm.ragged_k_moe_gemm_8bit((a_rows.t(), sfa.t()), (b_rows.t(), sfb.t()), grouped_layout, d,
                                     major_a_mode="K", major_b_mode="K", scale_granularity_mnk=RECIPE_ROW_B)
+    return None
+
+
+def _bf16_tensors(func: str, **tensors) -> None:
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{func}: {name} must be a tensor, got {type(x).__name__}")
+        if x.dtype != torch.bfloat16:
+            raise TypeError(f"{func}: {name} must be bfloat16, got {x.dtype}")
+
+
+def _k_major(x: torch.Tensor) -> torch.Tensor:
+    """x itself when K-major (unit stride along its last dimension), else a K-major copy: Hopper's
+    16-bit path here reads K-major operands only."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def m_grouped_bf16_gemm_nt_contiguous(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, grouped_layout: torch.Tensor,
+                                      compiled_dims: str = "nk", use_psum_layout: bool = False,
+                                      ensure_zero_padding: bool = True,
+                                      expected_m_for_psum_layout: int | None = None) -> None:
+    """m_grouped_fp8_gemm_nt_contiguous for bf16 a (M, k), b (G, n, k) and d (M, n), no scales: the
+    same layouts (-1 rows written as zeros; or the psum layout, its gaps left as they were)."""
+    func = "m_grouped_bf16_gemm_nt_contiguous"
+    _bf16_tensors(func, a=a, b=b, d=d)
+    if expected_m_for_psum_layout is not None and not use_psum_layout:
+        raise ValueError("expected_m_for_psum_layout goes with use_psum_layout=True")
+    alignment = layout.get_mk_alignment_for_contiguous_layout()
+    row_groups = grouped_layout
+    if use_psum_layout:
+        if not isinstance(grouped_layout, torch.Tensor) or grouped_layout.dim() != 1 or \
+                grouped_layout.shape[0] != b.shape[0]:
+            raise ValueError(f"grouped_layout must hold one row end per group ({b.shape[0]}) with use_psum_layout")
+        row_groups = psum_row_groups(grouped_layout, d.shape[0], alignment)
+    moe.grouped_gemm_16bit(a, _k_major(b), row_groups, d, "per_token", alignment_m=alignment)
+    if not use_psum_layout and isinstance(grouped_layout, torch.Tensor) and d.shape[0] == grouped_layout.shape[0]:
+        d.masked_fill_(grouped_layout.lt(0).unsqueeze(1), 0)
+    return None
+
+
+def m_grouped_bf16_gemm_nn_contiguous(a, b, d, grouped_layout, compiled_dims: str = "nk",
+                                      use_psum_layout: bool = False, ensure_zero_padding: bool = True) -> None:
+    """m_grouped_bf16_gemm_nt_contiguous with b given as (G, k, n) (copied K-major first)."""
+    m_grouped_bf16_gemm_nt_contiguous(a, b.transpose(1, 2), d, grouped_layout, compiled_dims, use_psum_layout,
+                                      ensure_zero_padding)
+
+
+def m_grouped_bf16_gemm_nt_masked(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor,
+                                  expected_m: int, compiled_dims: str = "nk") -> None:
+    """d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]^T for bf16 a (G, max_m, k), b (G, n, k), d (G, max_m, n);
+    expected_m: the host's guess of rows per group."""
+    func = "m_grouped_bf16_gemm_nt_masked"
+    _bf16_tensors(func, a=a, b=b, d=d)
+    if isinstance(expected_m, bool) or not isinstance(expected_m, int) or expected_m <= 0:
+        raise ValueError(f"expected_m must be an int > 0, got {expected_m!r}")
+    moe.grouped_gemm_16bit(a, b, masked_m, d, "masked", expect_tokens=expected_m)
+    return None
+
+
+def k_grouped_bf16_gemm_tn_contiguous(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, ks_cpu,
+                                      grouped_layout: torch.Tensor, c: torch.Tensor | None = None,
+                                      compiled_dims: str = "mn", use_psum_layout: bool = False) -> None:
+    """d[g] = c[g] + A_g^T @ B_g for bf16 a (sum_k, m) and b (sum_k, n), group g's rows being its
+    ks_cpu[g] (multiples of 64) rows of K; d float32 (G, m, n); c float32 like d (may be d; None:
+    zeros). a and b are copied K-major ((m, sum_k), (n, sum_k)) first, then the ragged-K kernel runs."""
+    func = "k_grouped_bf16_gemm_tn_contiguous"
+    _bf16_tensors(func, a=a, b=b)
+    if use_psum_layout:
+        raise _sm100_only(func, "use_psum_layout")
+    if not ks_cpu:
+        raise ValueError("ks_cpu must list every group's K (DeepGEMM's empty ks_cpu goes with its SM100 psum layout)")
+    ks = [int(k) for k in ks_cpu]
+    if any(k < 0 or k % 64 for k in ks):
+        raise ValueError(f"ks_cpu: every group's K must be a non-negative multiple of 64, got {ks}")
+    if not isinstance(d, torch.Tensor) or d.dtype != torch.float32 or d.dim() != 3 or d.shape[0] != len(ks):
+        raise ValueError(f"d must be float32 (G={len(ks)}, m, n), got {getattr(d, 'dtype', d)} "
+                         f"{tuple(getattr(d, 'shape', ()))}")
+    if c is not None and (not isinstance(c, torch.Tensor) or c.dtype != torch.float32 or c.shape != d.shape):
+        raise ValueError(f"c must be float32 of d's shape {tuple(d.shape)}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != sum(ks) or b.shape[0] != sum(ks):
+        raise ValueError(f"a (sum_k, m) and b (sum_k, n) must have sum(ks_cpu) = {sum(ks)} rows, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    _start_from(c, d)
+    moe.grouped_gemm_16bit(a.t().contiguous(), b.t().contiguous(), grouped_layout, d, "ragged_k")
     return None
 
 

@@ -1,5 +1,5 @@
 """mategemm.deep_gemm on the GPU: DeepGEMM's names give the references' results, d in place, the
-contiguous layout's padding rows zeroed, the einsum forms on DeepGEMM's test shapes (views included);
+contiguous layout's padding rows zeroed (FP8 and BF16 grouped names), the einsum forms on DeepGEMM's test shapes (views included);
 its layout helpers and bench_kineto on CUDA tensors."""
 import pytest
 import torch
@@ -108,6 +108,78 @@ def test_k_grouped_contiguous():
     layout = torch.tensor(ks, dtype=torch.int32, device="cuda")
     dg.k_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), d, ks, layout, c=d)
     assert calc_diff(d, expected) <= TOL
+
+
+def _bf16(*shape):
+    return torch.randn(shape, device="cuda").to(torch.bfloat16)
+
+
+def _grouped_rows_reference(a, b, row_groups):
+    """float64 a[r] @ b[row_groups[r]]^T, zeros where row_groups is -1."""
+    ref = torch.zeros((a.shape[0], b.shape[1]), dtype=torch.float64, device=a.device)
+    for g in range(b.shape[0]):
+        rows = row_groups == g
+        ref[rows] = a[rows].double() @ b[g].double().t()
+    return ref
+
+
+@pytest.mark.parametrize("nn_form", [False, True])
+def test_m_grouped_bf16_contiguous(nn_form):
+    counts, n, k = [100, 0, 300, 128, 1], 512, 1024
+    layout, _ = moe.per_token_layout(counts, dg.get_mk_alignment_for_contiguous_layout())
+    a, b = _bf16(layout.numel(), k), _bf16(len(counts), n, k)
+    d = torch.full((layout.numel(), n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    if nn_form:
+        dg.m_grouped_bf16_gemm_nn_contiguous(a, b.transpose(1, 2).contiguous(), d, layout)
+    else:
+        dg.m_grouped_bf16_gemm_nt_contiguous(a, b, d, layout)
+    live = layout >= 0
+    ref = _grouped_rows_reference(a, b, layout)
+    assert calc_diff(d, ref) <= 1e-5 and torch.equal(d[~live], torch.zeros_like(d[~live]))
+
+
+def test_m_grouped_bf16_contiguous_psum_layout():
+    counts, n, k = [100, 0, 300, 1], 256, 512
+    ends, start = [], 0
+    for c in counts:
+        ends.append(start + c)
+        start = -(-(start + c) // 128) * 128
+    psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
+    rows = start + 128
+    a, b = _bf16(rows, k), _bf16(len(counts), n, k)
+    d = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    dg.m_grouped_bf16_gemm_nt_contiguous(a, b, d, psum, use_psum_layout=True, expected_m_for_psum_layout=100)
+    ids = dg.gemm.psum_row_groups(psum, rows, 128)
+    live = ids >= 0
+    ref = _grouped_rows_reference(a, b, ids)
+    assert calc_diff(d[live], ref[live]) <= 1e-5 and d[~live].isnan().all()
+
+
+def test_m_grouped_bf16_masked():
+    groups, max_m, n, k = 6, 256, 1024, 2048
+    a, b = _bf16(groups, max_m, k), _bf16(groups, n, k)
+    masked_m = torch.tensor([0, 1, 20, 128, 200, 256], dtype=torch.int32, device="cuda")
+    d = torch.full((groups, max_m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    dg.m_grouped_bf16_gemm_nt_masked(a, b, d, masked_m, 120)
+    for g, count in enumerate(masked_m.tolist()):
+        if count:
+            assert calc_diff(d[g, :count], a[g, :count].double() @ b[g].double().t()) <= 1e-5
+        assert d[g, count:].isnan().all()
+
+
+def test_k_grouped_bf16_tn():
+    ks, m, n = [256, 0, 1024, 128], 512, 384
+    a, b = _bf16(sum(ks), m), _bf16(sum(ks), n)  # (sum_k, m), (sum_k, n): the tn form
+    c = torch.randn((len(ks), m, n), device="cuda") * 32
+    d = c  # DeepGEMM's tests accumulate in place
+    expected = c.double().clone()
+    start = 0
+    for i, kk in enumerate(ks):
+        expected[i] += a[start:start + kk].double().t() @ b[start:start + kk].double()
+        start += kk
+    layout = torch.tensor(ks, dtype=torch.int32, device="cuda")
+    dg.k_grouped_bf16_gemm_tn_contiguous(a, b, d, ks, layout, c)
+    assert calc_diff(d, expected) <= 1e-5
 
 
 @pytest.mark.parametrize("m,n", [(128, 8192), (4096, 32768)])
