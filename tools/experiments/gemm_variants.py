@@ -12,6 +12,8 @@ Variants (several may be joined with '+'):
   unroll8       the promoted k-block loop unrolled 8 deep (with no_overlap: DeepGEMM's loop shape)
   stsm          the epilogue writes 16-bit outputs to the staging tile with stmatrix (four 8x8 blocks
                 per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
+  const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
+                "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   tma_scales    (a diff, patches/tma_scales.diff) dense (1,128,128): A's scales ride in each stage's TMA
                 transaction, the tile's B scales are staged once per tile by the math warps, which
                 form sa * sb themselves (2 FMUL per wave and K block); no scale warps. Needs MN-major A
@@ -28,6 +30,8 @@ MAINLOOP = "kernels_src/gemm/mainloop.cuh"
 TRAITS = "kernels_src/gemm/traits.cuh"
 STAGING = "kernels_src/gemm/scale_staging.cuh"
 EPILOGUE = "kernels_src/common/epilogue.cuh"
+ENTRY = "kernels_src/sm90_fp8_gemm_blockscaled.cuh"
+HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 
 # stmatrix .x4: register i goes to 8x8 block i, whose 8 row addresses come from lanes 8i .. 8i + 7.
 # Blocks: rows 0-7 and 8-15 of the warp's 16, in 8-column chunks c and c + 1; a lane's register
@@ -70,6 +74,15 @@ PATCHES = {
     "lane0_full": [(TRAITS, "kScaleAtEnd ? 1 : 1 + 32;", "kScaleAtEnd ? 1 : 1 + 1;"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
+    "const_nk": [(ENTRY, "          int kMaxGroups, int kMnMajor>\n",
+                  "          int kMaxGroups, int kMnMajor, int kConstN, int kConstK>\n"),
+                 (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
+                  "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
+                  "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
+                 (HOST, "            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major)\n",
+                  "            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major)\n"
+                  "    if name == KERNEL:\n"
+                  "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stsm": [(EPILOGUE, """  const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
   const int row = tile_row0 + warp * 16 + lane / 4;
