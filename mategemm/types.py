@@ -33,9 +33,9 @@ RECIPE_PER_ROW = Recipe(1, -1, -1)
 class GemmProblem:
     """An FP8 block-scaled GEMM D(m, n) = A(m, k) B(n, k)^T, as validated.
 
-    Grouped (group_mode one of the kernel's GROUP_MODES, not "none"): m is the rows of A and of the output (all
-    groups together), or for ragged_k the rows of each group's output with k the sum of the
-    groups' K; num_groups is the number of groups (experts).
+    Grouped (group_mode a key of the kernel's GROUP_MODES, not "none"): m is the rows of A and of
+    the output (all groups together), or for ragged_k the rows of each group's output with k the
+    sum of the groups' K; num_groups is the number of groups (experts).
     """
 
     m: int
