@@ -2,15 +2,18 @@
 //   logits[row, t] = sum_h weights[row, h] * relu((q[row, h, :] . k[t, :]) * k_scale[t])
 // for the key positions t a row sees, -inf at the others (when clean), in two forms:
 // - paged (kPaged): a request's kRows draft tokens form a tile. Its keys live in 64-key blocks of
-//   a fused cache (a block: 64 x 128 FP8 keys, then their 64 fp32 scales) named by a block table.
+//   a fused cache (a block: 64 x 128 FP8 keys, then their 64 fp32 scales) named by a block table;
+//   the head dimension is 128.
 //   Draft token j sees [0, hi_j). A persistent CTA per SM walks the (request, block) range the
 //   schedule metadata gives it.
 // - non-paged: kRows consecutive query rows form a tile (one CTA each); row r sees [ks_r, ke_r)
 //   of a contiguous key array with a separate scale array. With `compressed`, column c of row r
-//   holds key ks_r + c (DeepGEMM's max_seqlen_k form).
-// Per 64-key block: 4 x wgmma m64nNk32, the keys as A (64 rows of 128 bytes, 128-byte swizzle)
-// and the tile's queries as B (N = kRows x kHeads rows); each thread scales, rectifies and weights
-// its accumulators, and the 4 lanes that share a key row sum the heads.
+//   holds key ks_r + c (DeepGEMM's max_seqlen_k form). Head dimension kHeadDim: 32, 64 or 128.
+// Per 64-key block: kHeadDim / 32 x wgmma m64nNk32, the keys as A (64 rows of kHeadDim bytes, in
+// the swizzle of that span) and the tile's queries as B (N = kRows x kHeads rows, the same
+// layout); each thread scales, rectifies and weights its accumulators, and the 4 lanes that share
+// a key row sum the heads. Logits are fp32 or bf16 (Logit), each written once by one thread: the
+// result does not depend on timing.
 // Warp roles: kMathWG math warpgroups each take every kMathWG-th block of a tile from their own
 // ring of stages, so their waits and epilogues overlap; producer warp r feeds ring r by TMA (its
 // lanes hold the next 32 block-table entries, lane 0 issues; warp 0 also loads the tile's
@@ -24,16 +27,20 @@
 
 namespace mategemm {
 
-constexpr int kIndexDim = 128;          // bytes of one FP8 key or query head
+constexpr int kIndexDim = 128;          // bytes of one FP8 key or query head of the paged cache
 constexpr int kKvBlock = 64;            // keys per block
 constexpr int kFusedBlockRows = 66;     // a fused block as rows of 128 bytes: 64 keys, then 2 rows of scales
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
-template <int kRows, int kHeads, int kStages>
+// A logit as the output holds it: fp32, or bf16 by a 2-byte store (-inf stays -inf).
+__device__ __forceinline__ void store_logit(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store_logit(Bf16* p, float x) { *p = to_bf16(x); }
+
+template <int kRows, int kHeads, int kHeadDim, int kStages>
 struct MqaLogitsSmem {
   static constexpr int kN = kRows * kHeads;
-  static constexpr int kQBytes = kN * kIndexDim;
-  static constexpr int kKeyBytes = kKvBlock * kIndexDim;
+  static constexpr int kQBytes = kN * kHeadDim;
+  static constexpr int kKeyBytes = kKvBlock * kHeadDim;
   static constexpr int kWeightBytes = (kN * 4 + 127) / 128 * 128;  // the tile's fp32 weights
   // two buffers of a tile's queries and weights: the next tile's loads while this one runs
   static constexpr int kOffQ = 0;
@@ -42,7 +49,8 @@ struct MqaLogitsSmem {
   static constexpr int kOffScales = kOffKeys + kStages * kKeyBytes;
   static constexpr int kOffBarriers = kOffScales + kStages * kKvBlock * 4;
   static constexpr int kTotalBytes = kOffBarriers + (2 * kStages + 4) * 8 + 1024;  // + alignment slack
-  static_assert(kQBytes % 1024 == 0, "query buffers stay 1024-byte aligned");
+  // NOTES: a swizzled tile starts on its pattern's repeat, 8 rows of kHeadDim bytes (1024 B at 128)
+  static_assert(kQBytes % (8 * kHeadDim) == 0, "query buffers start on a swizzle repeat");
 };
 
 // The key window [lo, hi) of row j of a tile, and the tile's blocks [block_begin, block_end).
@@ -164,9 +172,9 @@ __device__ __forceinline__ void head_sums(const float* acc, const float* w, floa
 
 // With clean logits: -inf at the columns of output row `row` that no block of the main loop
 // covers (paged: from the request's last block on; non-paged: outside its tile's blocks). One warp.
-template <int kRows, bool kPaged>
+template <int kRows, bool kPaged, typename Logit>
 __device__ __forceinline__ void fill_uncovered(int row, const int* lens, const int* lens_end, int lens_2d,
-                                               float* logits, i64 logits_ld, int num_rows, int num_cols,
+                                               Logit* logits, i64 logits_ld, int num_rows, int num_cols,
                                                int compressed) {
   const int tile = row / kRows;
   MqaTile<kRows, kPaged> info;
@@ -182,18 +190,18 @@ __device__ __forceinline__ void fill_uncovered(int row, const int* lens, const i
     covered_end -= shift;
   }
   // Only the uncovered columns are walked: [0, covered_begin) and [covered_end, num_cols).
-  float* out_row = logits + static_cast<i64>(row) * logits_ld;
+  Logit* out_row = logits + static_cast<i64>(row) * logits_ld;
   const int lane = threadIdx.x % 32;
-  for (int col = lane; col < min(covered_begin, num_cols); col += 32) out_row[col] = neg_inf();
-  for (int col = max(covered_end, 0) + lane; col < num_cols; col += 32) out_row[col] = neg_inf();
+  for (int col = lane; col < min(covered_begin, num_cols); col += 32) store_logit(out_row + col, neg_inf());
+  for (int col = max(covered_end, 0) + lane; col < num_cols; col += 32) store_logit(out_row + col, neg_inf());
 }
 
 // One key block's logits of a tile of one or two rows, for this thread's two key rows (sum0: row
 // key_row0, sum1: key_row0 + 8, one per tile row j), stored to the rows' logits.
-template <int kRows, bool kPaged>
+template <int kRows, bool kPaged, typename Logit>
 __device__ __forceinline__ void store_logits_by_pairs(float (&sum0)[kRows], float (&sum1)[kRows],
                                                    const MqaTile<kRows, kPaged>& tile_info, int t, int block,
-                                                   int key_row0, float* __restrict__ logits, i64 logits_ld,
+                                                   int key_row0, Logit* __restrict__ logits, i64 logits_ld,
                                                    int num_rows, int num_cols, int compressed, int clean) {
   const int lane = threadIdx.x % 32;
   const bool upper = lane & 2, odd = lane & 1;  // this lane's share of its quad's logits (see below)
@@ -221,9 +229,9 @@ __device__ __forceinline__ void store_logits_by_pairs(float (&sum0)[kRows], floa
     const int j = 2 * i + (upper ? 1 : 0);
     const int row = t * kRows + j;
     if (j >= kRows || (!kPaged && row >= num_rows)) continue;
-    float* out_row = logits + static_cast<i64>(row) * logits_ld;
+    Logit* out_row = logits + static_cast<i64>(row) * logits_ld;
     if (whole) {
-      out_row[position] = value;
+      store_logit(out_row + position, value);
       continue;
     }
     int lo = 0, hi = 0;
@@ -236,15 +244,15 @@ __device__ __forceinline__ void store_logits_by_pairs(float (&sum0)[kRows], floa
     }
     const bool visible = position >= lo && position < hi;
     const int col = compressed ? position - lo : position;
-    if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
+    if ((visible || clean) && col >= 0 && col < num_cols) store_logit(out_row + col, visible ? value : neg_inf());
   }
 }
 
 // The same for tiles of three rows or more.
-template <int kRows, bool kPaged>
+template <int kRows, bool kPaged, typename Logit>
 __device__ __forceinline__ void store_logits_by_quads(float (&sum0)[kRows], float (&sum1)[kRows],
                                                    const MqaTile<kRows, kPaged>& tile_info, int t, int block,
-                                                   int key_row0, float* __restrict__ logits, i64 logits_ld,
+                                                   int key_row0, Logit* __restrict__ logits, i64 logits_ld,
                                                    int num_rows, int num_cols, int compressed, int clean) {
   const int lane = threadIdx.x % 32;
   constexpr int kValuesPerLane = (kRows + 1) / 2;
@@ -278,26 +286,26 @@ __device__ __forceinline__ void store_logits_by_quads(float (&sum0)[kRows], floa
         hi = tile_info.hi[jj];
       }
     }
-    float* out_row = logits + static_cast<i64>(row) * logits_ld;
+    Logit* out_row = logits + static_cast<i64>(row) * logits_ld;
     const int position = block * kKvBlock + key_row0 + half * 8;
     if (whole) {
-      out_row[position] = value;
+      store_logit(out_row + position, value);
       continue;
     }
     const bool visible = position >= lo && position < hi;
     const int col = compressed ? position - lo : position;
-    if ((visible || clean) && col >= 0 && col < num_cols) out_row[col] = visible ? value : neg_inf();
+    if ((visible || clean) && col >= 0 && col < num_cols) store_logit(out_row + col, visible ? value : neg_inf());
   }
 }
 
 // Producer warp `warp` feeds ring `warp` with its blocks' keys and scales by TMA (lane 0 issues);
 // warp 0 also loads each tile's queries and weights into the two query buffers.
-template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
+template <int kRows, int kHeads, int kHeadDim, int kStages, bool kPaged, int kMathWG>
 __device__ __forceinline__ void mqa_produce(MqaWalker<kRows, kPaged>& walker, u8* smem, const TmaDesc* tmap_q,
                                             const TmaDesc* tmap_keys, const TmaDesc* tmap_scales,
                                             const TmaDesc* tmap_weights, const int* __restrict__ block_table,
                                             int block_table_ld, int warp, int lane) {
-  using Smem = MqaLogitsSmem<kRows, kHeads, kStages>;
+  using Smem = MqaLogitsSmem<kRows, kHeads, kHeadDim, kStages>;
   constexpr int kN = Smem::kN;
   constexpr int kRingStages = kStages / kMathWG;
   const u32 full_bar = smem_addr(smem + Smem::kOffBarriers);
@@ -352,20 +360,22 @@ __device__ __forceinline__ void mqa_produce(MqaWalker<kRows, kPaged>& walker, u8
   }
 }
 
-template <int kRows, int kHeads, int kStages, bool kPaged, int kMathWG>
+template <int kRows, int kHeads, int kHeadDim, int kStages, bool kPaged, int kMathWG, typename Logit>
 __global__ void __launch_bounds__((kMathWG + 1) * 128, 1)
 sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constant__ TmaDesc tmap_keys,
                     const __grid_constant__ TmaDesc tmap_scales, const __grid_constant__ TmaDesc tmap_weights,
                     const int* __restrict__ lens, const int* __restrict__ lens_end, int lens_2d,
                     const int* __restrict__ block_table, int block_table_ld, const int* __restrict__ schedule,
-                    float* __restrict__ logits, i64 logits_ld, int num_rows, int num_cols, int compressed,
+                    Logit* __restrict__ logits, i64 logits_ld, int num_rows, int num_cols, int compressed,
                     int clean) {
-  using Smem = MqaLogitsSmem<kRows, kHeads, kStages>;
+  using Smem = MqaLogitsSmem<kRows, kHeads, kHeadDim, kStages>;
   constexpr int kN = Smem::kN;
   constexpr int kRingStages = kStages / kMathWG;  // each math warpgroup has its own ring of key blocks
   static_assert(kHeads % 8 == 0 && kN <= 256 && kRows <= 8, "a tile is at most 256 query heads");
   static_assert(kMathWG == 1 || kMathWG == 2 || kMathWG == 4, "one, two or four math warpgroups");
   static_assert(kStages % kMathWG == 0 && kRingStages >= 2, "rings of two stages or more");
+  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "a head is one swizzle span");
+  static_assert(!kPaged || kHeadDim == kIndexDim, "the paged cache holds 128-byte keys");
   // NOTES: the producer warpgroup hands its registers to the math warps, whose accumulators and
   // weights take 3/4 N registers (N <= 128 fits four warpgroups, 256 two). setmaxnreg.inc waits
   // until the CTA's pool (launch registers x threads) has the registers: what the math warps gain
@@ -418,15 +428,16 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
     // tile's queries); then the four warps set uncovered positions to -inf ----
     if constexpr (kMathWG > 1) setmaxnreg_dec<kProducerRegs>();
     if (warp < kMathWG) {
-      mqa_produce<kRows, kHeads, kStages, kPaged, kMathWG>(walker, smem, &tmap_q, &tmap_keys, &tmap_scales,
-                                                           &tmap_weights, block_table, block_table_ld, warp, lane);
+      mqa_produce<kRows, kHeads, kHeadDim, kStages, kPaged, kMathWG>(walker, smem, &tmap_q, &tmap_keys,
+                                                                     &tmap_scales, &tmap_weights, block_table,
+                                                                     block_table_ld, warp, lane);
     }
     __syncwarp();
     if (clean) {
       const int out_rows = kPaged ? num_rows * kRows : num_rows;
       for (int row = blockIdx.x * 4 + warp; row < out_rows; row += gridDim.x * 4) {
-        fill_uncovered<kRows, kPaged>(row, lens, lens_end, lens_2d, logits, logits_ld, num_rows, num_cols,
-                                      compressed);
+        fill_uncovered<kRows, kPaged, Logit>(row, lens, lens_end, lens_2d, logits, logits_ld, num_rows, num_cols,
+                                             compressed);
       }
     }
     return;
@@ -461,13 +472,13 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
       const int stage = ring * kRingStages + pipe.stage;
       mbar_wait(full_bar + stage * 8, pipe.phase);
       pipe.advance();
-      const u64 desc_keys = smem_desc_k128_sw128(smem + Smem::kOffKeys + stage * Smem::kKeyBytes);
-      const u64 desc_q = smem_desc_k128_sw128(smem + Smem::kOffQ + buf * Smem::kQBytes);
+      const u64 desc_keys = smem_desc_k_major_swizzled<kHeadDim>(smem + Smem::kOffKeys + stage * Smem::kKeyBytes);
+      const u64 desc_q = smem_desc_k_major_swizzled<kHeadDim>(smem + Smem::kOffQ + buf * Smem::kQBytes);
       #pragma unroll
       for (int i = 0; i < kN / 2; ++i) fence_operand(acc[i]);
       wgmma_fence();
       #pragma unroll
-      for (int kk = 0; kk < kIndexDim / 32; ++kk) {
+      for (int kk = 0; kk < kHeadDim / 32; ++kk) {
         Wgmma<kN>::template mma<kE4M3, kE4M3>(acc, desc_keys + kk * 2, desc_q + kk * 2, kk > 0);
       }
       wgmma_commit();
@@ -492,11 +503,11 @@ sm90_fp8_mqa_logits(const __grid_constant__ TmaDesc tmap_q, const __grid_constan
         head_sums<kRows, kHeads, kN, true>(acc, w, scale0, scale1, sum0, sum1);
       }
       if constexpr (kRows <= 2) {
-        store_logits_by_pairs<kRows, kPaged>(sum0, sum1, tile_info, t, block, key_row0, logits, logits_ld, num_rows,
-                                             num_cols, compressed, clean);
+        store_logits_by_pairs<kRows, kPaged, Logit>(sum0, sum1, tile_info, t, block, key_row0, logits, logits_ld,
+                                                    num_rows, num_cols, compressed, clean);
       } else {  // NOTES: the reduce-scatter spilled at 4 rows x 32 heads (112 registers)
-        store_logits_by_quads<kRows, kPaged>(sum0, sum1, tile_info, t, block, key_row0, logits, logits_ld, num_rows,
-                                             num_cols, compressed, clean);
+        store_logits_by_quads<kRows, kPaged, Logit>(sum0, sum1, tile_info, t, block, key_row0, logits, logits_ld,
+                                                    num_rows, num_cols, compressed, clean);
       }
     }
   }

@@ -401,7 +401,8 @@ def demo_grouped_specs() -> list:
     specs = [plan.grouped_gemm(problem, device, num_mp=device.num_sms, force="").spec for problem in problems]
     specs += [transpose_8bit.spec(vector_loads, "sm_90a") for vector_loads in (True, False)]
     # the lightning indexer: DeepSeek-V3.2's decode (64 heads, next_n 1 and 2) and prefill tiles
-    specs += [plan.mqa_logits(rows, 64, paged, device).spec for rows, paged in ((1, True), (2, True), (2, False))]
+    specs += [plan.mqa_logits(rows, 64, 128, paged, torch.float32, device).spec
+              for rows, paged in ((1, True), (2, True), (2, False))]
     return specs
 
 

@@ -234,35 +234,40 @@ def get_paged_mqa_logits_metadata(context_lens, block_kv, num_mps):
 
 @_op("fp8_paged_mqa_logits")
 def _paged(q: Tensor, fused_kv_cache: Tensor, weights: Tensor, context_lens: Tensor, block_table: Tensor,
-           schedule_meta: Tensor, max_context_len: int, clean_logits: bool) -> Tensor:
+           schedule_meta: Tensor, max_context_len: int, clean_logits: bool,
+           logits_dtype: torch.dtype = torch.float32) -> Tensor:
     return indexer.fp8_paged_mqa_logits(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta,
-                                        max_context_len, clean_logits)
+                                        max_context_len, clean_logits, logits_dtype)
 
 
 @_paged.register_fake
-def _(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits):
-    return q.new_empty((q.shape[0] * q.shape[1], max_context_len), dtype=torch.float32)
+def _(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits,
+      logits_dtype=torch.float32):
+    return q.new_empty((q.shape[0] * q.shape[1], max_context_len), dtype=logits_dtype)
 
 
 def fp8_paged_mqa_logits(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
-                         clean_logits):
-    return _paged(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits)
+                         clean_logits, logits_dtype):
+    return _paged(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len, clean_logits,
+                  logits_dtype)
 
 
 @_op("fp8_mqa_logits")
 def _prefill(q: Tensor, k: Tensor, k_scale: Tensor, weights: Tensor, cu_seq_len_k_start: Tensor,
-             cu_seq_len_k_end: Tensor, clean_logits: bool = True, max_seqlen_k: int = 0) -> Tensor:
+             cu_seq_len_k_end: Tensor, clean_logits: bool = True, max_seqlen_k: int = 0,
+             logits_dtype: torch.dtype = torch.float32) -> Tensor:
     return indexer.fp8_mqa_logits(q, (k, k_scale), weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits,
-                                  max_seqlen_k)
+                                  max_seqlen_k, logits_dtype)
 
 
 @_prefill.register_fake
-def _(q, k, k_scale, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits=True, max_seqlen_k=0):
-    return q.new_empty((q.shape[0], max_seqlen_k if max_seqlen_k > 0 else k.shape[0]), dtype=torch.float32)
+def _(q, k, k_scale, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits=True, max_seqlen_k=0,
+      logits_dtype=torch.float32):
+    return q.new_empty((q.shape[0], max_seqlen_k if max_seqlen_k > 0 else k.shape[0]), dtype=logits_dtype)
 
 
-def fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k):
-    return _prefill(q, *kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k)
+def fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k, logits_dtype):
+    return _prefill(q, *kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k, logits_dtype)
 
 
 # ---- the fused MoE layer ------------------------------------------------------------------------

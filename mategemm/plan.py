@@ -112,7 +112,9 @@ def staging(problem: GemmProblem, a: Operand, b: Operand, force: str | None = No
 class MqaPlan:
     rows: int        # query rows per tile (next_n for the paged form)
     heads: int
+    head_dim: int    # bytes of an FP8 query head or key: 32, 64 or 128 (paged: 128)
     paged: bool
+    logits_dtype: torch.dtype  # float32 or bfloat16, written by the kernel
     stages: int
     threads: int
     smem_bytes: int
@@ -124,11 +126,15 @@ def mqa_prefill_rows(heads: int) -> int:
     return max(1, 128 // heads)
 
 
-def mqa_logits(rows: int, heads: int, paged: bool, device: DeviceInfo) -> MqaPlan:
-    """The lightning indexer's kernel for `rows` query rows of `heads` heads per tile."""
-    stages = kernel_mqa.stages_for(rows, heads, device.smem_per_block)
-    return MqaPlan(rows, heads, paged, stages, (kernel_mqa.math_warpgroups(rows, heads) + 1) * 128,
-                   kernel_mqa.smem_bytes(rows, heads, stages), kernel_mqa.spec(rows, heads, stages, paged, device.arch))
+def mqa_logits(rows: int, heads: int, head_dim: int, paged: bool, logits_dtype: torch.dtype,
+               device: DeviceInfo) -> MqaPlan:
+    """The lightning indexer's kernel for `rows` query rows of `heads` heads of `head_dim` per tile,
+    writing `logits_dtype` logits."""
+    stages = kernel_mqa.stages_for(rows, heads, head_dim, device.smem_per_block)
+    return MqaPlan(rows, heads, head_dim, paged, logits_dtype, stages,
+                   (kernel_mqa.math_warpgroups(rows, heads) + 1) * 128,
+                   kernel_mqa.smem_bytes(rows, heads, head_dim, stages),
+                   kernel_mqa.spec(rows, heads, head_dim, stages, paged, logits_dtype, device.arch))
 
 
 def moe_layer_kernels(input_fp8: bool, activation: str, ids_64bit: bool,

@@ -370,16 +370,20 @@ def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, device: DeviceInfo
     return out
 
 
+INDEXER_LOGITS = torch.float32  # the indexer's default logits_dtype
+
+
 def indexer_specs(layer: IndexerLayer, device: DeviceInfo) -> list[tuple[KernelSpec, str]]:
     """(spec, use) of the MQA-logits kernels mategemm.indexer launches: the paged decode kernel per
-    next_n and the prefill kernel."""
+    next_n and the prefill kernel (float32 logits)."""
     out = []
     forms = [(j, True) for j in layer.next_n] if layer.paged else []
     if layer.prefill:
         forms.append((plan.mqa_prefill_rows(layer.heads), False))
     for rows, paged in forms:
         what = f"paged next_n={rows}" if paged else f"prefill rows={rows}"
-        out.append((plan.mqa_logits(rows, layer.heads, paged, device).spec, f"{what} heads={layer.heads}"))
+        mqa_plan = plan.mqa_logits(rows, layer.heads, kernel_mqa.INDEX_DIM, paged, INDEXER_LOGITS, device)
+        out.append((mqa_plan.spec, f"{what} heads={layer.heads}"))
     return out
 
 

@@ -657,12 +657,20 @@ def _int32_lens(context_lens) -> None:
         raise ValueError(f"context_lens must be contiguous, got strides {context_lens.stride()}")
 
 
-def _heads(name: str, heads: int, rows: int, dim: int) -> None:
-    if dim != mqa.INDEX_DIM:
-        raise ValueError(f"{name}: index_dim must be {mqa.INDEX_DIM}, got {dim}")
+def _heads(name: str, heads: int, rows: int, dim: int, paged: bool) -> None:
+    if paged and dim != mqa.INDEX_DIM:
+        raise ValueError(f"{name}: index_dim must be {mqa.INDEX_DIM} in the paged form (its fused cache's layout), "
+                         f"got {dim}")
+    if dim not in mqa.HEAD_DIMS:
+        raise ValueError(f"{name}: head_dim (the last dimension) must be one of {mqa.HEAD_DIMS}, got {dim}")
     if heads % mqa.HEADS_MULTIPLE or heads == 0 or rows * heads > mqa.MAX_TILE_HEADS:
         raise ValueError(f"{name}: heads must be a positive multiple of {mqa.HEADS_MULTIPLE} with next_n x heads <= "
                          f"{mqa.MAX_TILE_HEADS}, got heads={heads}, next_n={rows}")
+
+
+def _logits_dtype(logits_dtype) -> None:
+    if not isinstance(logits_dtype, torch.dtype) or logits_dtype not in mqa.LOGIT_TYPES:
+        raise TypeError(f"logits_dtype must be one of {_names(mqa.LOGIT_TYPES)}, got {logits_dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -691,13 +699,13 @@ def paged_mqa_metadata(context_lens, block_kv, num_mps) -> None:
 
 
 def paged_mqa_logits(q, cache, weights, context_lens, block_table, schedule_meta, max_context_len,
-                     clean_logits) -> PagedChecked:
+                     clean_logits, logits_dtype) -> PagedChecked:
     """Validate fp8_paged_mqa_logits's arguments."""
     tensor("q", q, 4, MQA_FP8)
     batch, next_n, heads, dim = q.shape
     if not 1 <= next_n <= mqa.MAX_NEXT_N:
         raise ValueError(f"q: next_n (dimension 1) must be in [1, {mqa.MAX_NEXT_N}], got {next_n}")
-    _heads("q", heads, next_n, dim)
+    _heads("q", heads, next_n, dim, paged=True)
     _contiguous("q", q)
     tensor("fused_kv_cache", cache, 4, (torch.uint8,) + MQA_FP8)
     if tuple(cache.shape[1:]) != (mqa.KV_BLOCK, 1, dim + 4):
@@ -725,20 +733,21 @@ def paged_mqa_logits(q, cache, weights, context_lens, block_table, schedule_meta
         raise ValueError(f"max_context_len must be a positive int, got {max_context_len!r}")
     if not isinstance(clean_logits, bool):
         raise TypeError(f"clean_logits must be a bool, got {type(clean_logits).__name__}")
+    _logits_dtype(logits_dtype)
     cuda("q", q)
     same_device("q", q.device, fused_kv_cache=cache, weights=weights, context_lens=context_lens,
                          block_table=block_table, schedule_meta=schedule_meta)
     return PagedChecked(batch, next_n, heads)
 
 
-def mqa_logits(q, kv, weights, ks, ke, clean_logits, max_seqlen_k) -> PrefillChecked:
+def mqa_logits(q, kv, weights, ks, ke, clean_logits, max_seqlen_k, logits_dtype) -> PrefillChecked:
     """Validate fp8_mqa_logits's arguments."""
     tensor("q", q, 3, MQA_FP8)
     seq_len, heads, dim = q.shape
-    _heads("q", heads, max(1, 128 // max(heads, 1)), dim)
+    _heads("q", heads, max(1, 128 // max(heads, 1)), dim, paged=False)
     _contiguous("q", q)
     if not isinstance(kv, (tuple, list)) or len(kv) != 2:
-        raise TypeError("kv must be a pair (k (seq_len_kv, 128) FP8, k_scale (seq_len_kv,) fp32)")
+        raise TypeError("kv must be a pair (k (seq_len_kv, head_dim) FP8, k_scale (seq_len_kv,) fp32)")
     k, k_scale = kv
     tensor("kv[0]", k, 2, MQA_FP8)
     if k.shape[1] != dim:
@@ -760,6 +769,7 @@ def mqa_logits(q, kv, weights, ks, ke, clean_logits, max_seqlen_k) -> PrefillChe
         raise TypeError(f"clean_logits must be a bool, got {type(clean_logits).__name__}")
     if not isinstance(max_seqlen_k, int) or isinstance(max_seqlen_k, bool) or not 0 <= max_seqlen_k < 2**31:
         raise ValueError(f"max_seqlen_k must be a non-negative int, got {max_seqlen_k!r}")
+    _logits_dtype(logits_dtype)
     if k.shape[0] >= 2**31:
         raise ValueError(f"kv[0] must have fewer than 2**31 keys, got {k.shape[0]}")
     cuda("q", q)

@@ -191,18 +191,42 @@ __device__ __forceinline__ void wgmma_wait() {
 // Keeps the compiler from moving accumulator reads/writes across wgmma issue and wait.
 __device__ __forceinline__ void fence_operand(float& x) { asm volatile("" : "+f"(x)::"memory"); }
 
-// Shared-memory matrix descriptor: K-major tile with 128-byte rows in the 128B swizzle,
-// 8-row core groups 1024 B apart. The tile must start 1024-B aligned.
+// Shared-memory matrix descriptor: K-major tile whose rows are one swizzle span of kRowBytes (32,
+// 64 or 128), as TMA writes it with the same swizzle; 8-row core groups 8 x kRowBytes apart. The
+// tile must start aligned to that (the swizzle pattern's repeat). A k32 step of 8-bit operands
+// advances the start address by 32 bytes (descriptor + 2) inside the row.
+// The fields other than the start address:
+template <int kRowBytes>
+__host__ __device__ constexpr u64 smem_desc_k_major_layout() {
+  static_assert(kRowBytes == 32 || kRowBytes == 64 || kRowBytes == 128, "rows of one swizzle span");
+  constexpr u64 kSwizzleMode = kRowBytes == 128 ? 1 : kRowBytes == 64 ? 2 : 3;  // 0 would be none
+  return static_cast<u64>(1) << 16                    // leading byte offset: unused for this layout
+         | static_cast<u64>(8 * kRowBytes >> 4) << 32  // stride byte offset: 8 rows
+         | kSwizzleMode << 62;
+}
+
+template <int kRowBytes>
+__device__ __forceinline__ u64 smem_desc_k_major_swizzled(const void* tile) {
+  return smem_desc_k_major_layout<kRowBytes>() | static_cast<u64>((smem_addr(tile) & 0x3FFFF) >> 4);
+}
+
+// 128-byte rows in the 128B swizzle, 8-row core groups 1024 B apart; the tile starts 1024-B aligned.
 __device__ __forceinline__ u64 smem_desc_k128_sw128(const void* tile) {
-  u64 desc = 0;
-  desc |= static_cast<u64>((smem_addr(tile) & 0x3FFFF) >> 4);
-  desc |= static_cast<u64>(1) << 16;           // leading byte offset: unused for this layout
-  desc |= static_cast<u64>(1024 >> 4) << 32;   // stride byte offset: 8 rows x 128 B
-  desc |= static_cast<u64>(1) << 62;           // 128-byte swizzle
-  return desc;
+  return smem_desc_k_major_swizzled<128>(tile);
 }
 
 // ---- conversions and stores ---------------------------------------------------------------
+// A bf16 value as its bits (no toolkit header here): a 2-byte store.
+struct Bf16 {
+  unsigned short bits;
+};
+
+__device__ __forceinline__ Bf16 to_bf16(float x) {  // round to nearest even; infinities stay
+  Bf16 r;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+  return r;
+}
+
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
   u32 r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));

@@ -1,7 +1,7 @@
 """The lightning indexer under DeepGEMM's names. The legacy names keep MATE's signatures
 (`fused_kv_cache`, `num_mps`); the `fp8_fp4_` names take DeepGEMM 2.6's (`q` as a (tensor, scale)
-pair, `kv_cache`, `logits_dtype`, `indices`). FP4 queries or keys and varlen `indices` are
-DeepGEMM's SM100 features: NotImplementedError."""
+pair, `kv_cache`, `logits_dtype` float32 or bfloat16, `indices`). FP4 queries or keys and varlen
+`indices` are DeepGEMM's SM100 features: NotImplementedError."""
 from __future__ import annotations
 
 import torch
@@ -25,11 +25,6 @@ def _fp8_query(q, func: str) -> torch.Tensor:
     return q
 
 
-def _float32_logits(logits_dtype, func: str) -> None:
-    if logits_dtype != torch.float32:
-        raise NotImplementedError(f"{func}: logits_dtype {logits_dtype} is not in mategemm yet (float32 logits)")
-
-
 def get_paged_mqa_logits_metadata(context_lens: torch.Tensor, block_kv: int, num_mps: int = 0,
                                   indices: torch.Tensor | None = None) -> torch.Tensor:
     """mategemm.get_paged_mqa_logits_metadata; the third argument is DeepGEMM's num_sms."""
@@ -45,8 +40,8 @@ def fp8_fp4_mqa_logits(q, kv: tuple, weights: torch.Tensor, cu_seq_len_k_start: 
     q = _fp8_query(q, func)
     if isinstance(kv, (tuple, list)) and kv and isinstance(kv[0], torch.Tensor) and kv[0].dtype == torch.int8:
         raise _sm100_only(func, "FP4 keys")
-    _float32_logits(logits_dtype, func)
-    return api.fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k)
+    return api.fp8_mqa_logits(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits, max_seqlen_k,
+                              logits_dtype)
 
 
 def fp8_fp4_paged_mqa_logits(q, kv_cache: torch.Tensor, weights: torch.Tensor, context_lens: torch.Tensor,
@@ -57,6 +52,5 @@ def fp8_fp4_paged_mqa_logits(q, kv_cache: torch.Tensor, weights: torch.Tensor, c
     q = _fp8_query(q, func)
     if indices is not None:
         raise _sm100_only(func, "varlen indices")
-    _float32_logits(logits_dtype, func)
     return api.fp8_paged_mqa_logits(q, kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
-                                    clean_logits)
+                                    clean_logits, logits_dtype)

@@ -8,7 +8,11 @@ from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 
 KERNEL = "sm90_fp8_mqa_logits"
-INDEX_DIM = 128
+INDEX_DIM = 128  # the paged cache's head dimension (its fused block layout)
+# The prefill form's head dimensions: a key row of 32, 64 or 128 FP8 bytes is one span of the TMA
+# and wgmma swizzle of that width.
+HEAD_DIMS = (32, 64, 128)
+LOGIT_TYPES = {torch.float32: "float", torch.bfloat16: "mategemm::Bf16"}  # the kernel's Logit
 KV_BLOCK = 64
 HEADS_MULTIPLE, MAX_TILE_HEADS, MAX_NEXT_N = 8, 256, 4  # heads per row, next_n x heads per tile, rows
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
@@ -21,20 +25,20 @@ TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.INT, rt.PTR, rt.
 _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
-def smem_bytes(rows: int, heads: int, stages: int) -> int:
+def smem_bytes(rows: int, heads: int, head_dim: int, stages: int) -> int:
     """Must match MqaLogitsSmem::kTotalBytes."""
-    q_bytes = rows * heads * INDEX_DIM
+    q_bytes = rows * heads * head_dim
     weight_bytes = -(-rows * heads * 4 // 128) * 128
     keys = -(-(2 * q_bytes + 2 * weight_bytes) // 1024) * 1024
-    return keys + stages * (KV_BLOCK * INDEX_DIM + KV_BLOCK * 4) + (2 * stages + 4) * 8 + 1024
+    return keys + stages * (KV_BLOCK * head_dim + KV_BLOCK * 4) + (2 * stages + 4) * 8 + 1024
 
 
-def stages_for(rows: int, heads: int, smem_limit: int) -> int:
+def stages_for(rows: int, heads: int, head_dim: int, smem_limit: int) -> int:
     """Up to MAX_STAGES key-block stages that fit, split evenly over the math warpgroups' rings (two
     at least each)."""
     rings = math_warpgroups(rows, heads)
     stages = MAX_STAGES // rings * rings
-    while stages > 2 * rings and smem_bytes(rows, heads, stages) > smem_limit:
+    while stages > 2 * rings and smem_bytes(rows, heads, head_dim, stages) > smem_limit:
         stages -= rings
     return stages
 
@@ -45,9 +49,11 @@ def math_warpgroups(rows: int, heads: int) -> int:
     return 4 if rows * heads <= 128 else 2
 
 
-def spec(rows: int, heads: int, stages: int, paged: bool, arch: str) -> KernelSpec:
+def spec(rows: int, heads: int, head_dim: int, stages: int, paged: bool, logits_dtype: torch.dtype,
+         arch: str) -> KernelSpec:
     math_wg = math_warpgroups(rows, heads)
-    name_expr = f"&mategemm::{KERNEL}<{rows}, {heads}, {stages}, {'true' if paged else 'false'}, {math_wg}>"
+    name_expr = (f"&mategemm::{KERNEL}<{rows}, {heads}, {head_dim}, {stages}, {'true' if paged else 'false'}, "
+                 f"{math_wg}, {LOGIT_TYPES[logits_dtype]}>")
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
 
@@ -72,18 +78,19 @@ class MqaLogitsLaunch:
                  block_table: torch.Tensor | None, schedule: torch.Tensor | None, logits: torch.Tensor,
                  num_rows: int, compressed: bool, clean: bool, grid: int):
         """plan: a mategemm.plan.MqaPlan. Paged: keys is the fused uint8 cache (num_blocks, 64, 1,
-        132); else keys (seq_len_kv, 128) FP8 with scales (seq_len_kv,) fp32, lens/lens_end the
-        windows' starts and ends."""
-        rows, heads = plan.rows, plan.heads
+        132); else keys (seq_len_kv, head_dim) FP8 with scales (seq_len_kv,) fp32, lens/lens_end the
+        windows' starts and ends. logits: plan.logits_dtype."""
+        rows, heads, head_dim = plan.rows, plan.heads, plan.head_dim
         self.main = _load(plan.spec, plan.threads, plan.smem_bytes, q.device.index, None)
         n = rows * heads
-        tmap_q = encode_2d(q.view(-1, INDEX_DIM), INDEX_DIM, n, 128)
+        swizzle = head_dim  # a row of FP8 queries or keys is one swizzle span (the kernel's descriptors)
+        tmap_q = encode_2d(q.view(-1, head_dim), head_dim, n, swizzle)
         if plan.paged:
             cache_rows = keys.view(torch.uint8).view(-1, INDEX_DIM)  # 66 rows of 128 bytes per block
-            tmap_keys = encode_2d(cache_rows, INDEX_DIM, KV_BLOCK, 128)
+            tmap_keys = encode_2d(cache_rows, INDEX_DIM, KV_BLOCK, swizzle)
             tmap_scales = encode_2d(cache_rows, INDEX_DIM, 2, 0)
         else:
-            tmap_keys = encode_2d(keys, INDEX_DIM, KV_BLOCK, 128)
+            tmap_keys = encode_2d(keys, head_dim, KV_BLOCK, swizzle)
             tmap_scales = encode_2d(scales.view(1, -1), KV_BLOCK, 1, 0)  # one row: boxes of 64 scales
         if weights.data_ptr() % 16:  # TMA reads from a 16-byte aligned base: a sliced view is copied
             weights = weights.clone()

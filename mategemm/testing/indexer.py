@@ -6,8 +6,9 @@ the row sees. Two forms:
     (mategemm.quant.paged_kv_cache_split), a block table and context lengths; row = b * next_n + j.
     context_lens 1-D (batch,): draft token j sees [0, ctx[b] - next_n + j]; 2-D (batch, next_n):
     it sees [0, ctx[b, j] - 1].
-  prefill: q e4m3 (seq_len, heads, 128), kv = (k e4m3 (seq_len_kv, 128), scale fp32 (seq_len_kv,));
-    row i sees [ks[i], ke[i]); with max_seqlen_k > 0 column c of row i is kv position ks[i] + c.
+  prefill: q e4m3 (seq_len, heads, head_dim), kv = (k e4m3 (seq_len_kv, head_dim), scale fp32
+    (seq_len_kv,)), head_dim 32, 64 or 128; row i sees [ks[i], ke[i]); with max_seqlen_k > 0 column
+    c of row i is kv position ks[i] + c.
 References mark positions a kernel must not write (clean_logits=False) with NaN, the ones it must
 clean with -inf. Everything runs on the tensors' own device, CPU too.
 """
@@ -140,15 +141,17 @@ def make_paged_case(batch: int, next_n: int, heads: int, context_lens, num_block
 
 
 def make_prefill_case(seq_len: int, seq_len_kv: int, heads: int, generator=None, device="cpu",
-                      causal_chunks=False) -> dict:
-    """Fresh random prefill inputs: dict with q e4m3 (seq_len, heads, 128), kv = (k e4m3 (seq_len_kv, 128),
-    scale fp32 (seq_len_kv,)), weights fp32 (seq_len, heads), ks and ke int32 (seq_len,), and
-    max_seqlen_k = max(ke - ks) (an int).
+                      causal_chunks=False, head_dim=HEAD_DIM) -> dict:
+    """Fresh random prefill inputs: dict with q e4m3 (seq_len, heads, head_dim), kv = (k e4m3
+    (seq_len_kv, head_dim), scale fp32 (seq_len_kv,)), weights fp32 (seq_len, heads), ks and ke int32
+    (seq_len,), and max_seqlen_k = max(ke - ks) (an int).
 
     causal_chunks=False: each row sees a random window 0 <= ks <= ke <= seq_len_kv (some empty).
     causal_chunks=True: kv packs up to 4 sequences back to back; query i sits at kv position
     p = seq_len_kv - seq_len + i and sees its own sequence causally, [start of its sequence, p + 1).
     """
+    if not 0 < head_dim <= HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {HEAD_DIM}], got {head_dim}")
     if causal_chunks and seq_len > seq_len_kv:
         raise ValueError(f"causal_chunks needs seq_len <= seq_len_kv, got {seq_len} > {seq_len_kv}")
     host = _host_generator(generator)
@@ -163,10 +166,14 @@ def make_prefill_case(seq_len: int, seq_len_kv: int, heads: int, generator=None,
         b = torch.randint(0, seq_len_kv + 1, (seq_len,), generator=host)
         ks, ke = torch.minimum(a, b), torch.maximum(a, b)
 
-    k = _draw(torch.randn, (seq_len_kv, HEAD_DIM), device, generator)
+    k = _draw(torch.randn, (seq_len_kv, head_dim), device, generator)
     k *= _magnitudes((seq_len_kv, 1), device, generator)
-    k_fp8, k_scale = per_token_cast_to_fp8(k)  # one scale per row: 128 columns are one group
-    q = _draw(torch.randn, (seq_len, heads, HEAD_DIM), device, generator)
+    # one scale per key: per_token_cast_to_fp8's one 128-column group, zero-padded past head_dim
+    # (zeros leave the amax as it is)
+    padded = torch.nn.functional.pad(k, (0, HEAD_DIM - head_dim))
+    k_fp8, k_scale = per_token_cast_to_fp8(padded)
+    k_fp8 = k_fp8[:, :head_dim].contiguous()
+    q = _draw(torch.randn, (seq_len, heads, head_dim), device, generator)
     return {
         "q": q.to(FP8),
         "kv": (k_fp8, k_scale[:, 0].contiguous()),

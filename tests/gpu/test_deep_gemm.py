@@ -1,11 +1,13 @@
 """mategemm.deep_gemm on the GPU: DeepGEMM's names give the references' results, d in place, the
-contiguous layout's padding rows zeroed (FP8 and BF16 grouped names), the einsum forms on DeepGEMM's test shapes (views included);
-its layout helpers and bench_kineto on CUDA tensors."""
+contiguous layout's padding rows zeroed (FP8 and BF16 grouped names), the einsum forms on DeepGEMM's
+test shapes (views included), the indexer in DeepGEMM's SM90 MQA cases (bf16 logits, head_dim 32/64,
+20 runs bit for bit); its layout helpers and bench_kineto on CUDA tensors."""
 import pytest
 import torch
 
 import mategemm.deep_gemm as dg
 from mategemm.testing import fp8_gemm_reference, make_fp8_gemm_inputs, moe
+from mategemm.testing import indexer as indexer_ref
 from mategemm.testing.numerics import TOLERANCE, calc_diff
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -239,6 +241,66 @@ def test_fp8_einsum_bhr_hdr_bhd(b):
     expected = torch.stack([fp8_gemm_reference(x_fp8[:, i], y_fp8[i], sx[:, i], sy[i]) for i in range(h)], dim=1)
     assert calc_diff(z, expected) <= TOL
     assert calc_diff(z, torch.einsum("bhr,hdr->bhd", x.double(), y.double())) < 1e-3  # DeepGEMM's bound
+
+
+def check_logits(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """The visible positions (finite in the reference) within the tolerance of got's dtype; -inf where
+    the reference has -inf (clean logits)."""
+    visible = torch.isfinite(want)
+    assert torch.equal(torch.isneginf(got) & ~visible, torch.isneginf(want)), f"{what}: -inf positions"
+    diff = calc_diff(got[visible].double(), want[visible].double())
+    assert diff <= TOLERANCE[("mqa_logits", got.dtype)], f"{what}: calc_diff {diff:.2e}"
+
+
+def assert_20_runs_identical(run, visible: torch.Tensor, what: str) -> None:
+    """DeepGEMM's self-consistency check: 20 more runs give the same bits where positions are visible."""
+    first = run().masked_fill(~visible, 0)
+    for _ in range(20):
+        dg.testing.assert_bitwise_equal(run().masked_fill(~visible, 0), first, what)
+
+
+# DeepGEMM's SM90 MQA cases: heads 32 and 64, head_dim 32, 64 and 128, float32 and bfloat16 logits,
+# (compressed, clean) in {(False, True), (True, False)} (shorter sequences than its tests)
+@pytest.mark.parametrize("logits_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("compressed,clean", [(False, True), (True, False)])
+@pytest.mark.parametrize("heads", [32, 64])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_fp8_fp4_mqa_logits(head_dim, heads, compressed, clean, logits_dtype):
+    gen = torch.Generator(device="cuda").manual_seed(head_dim + heads + compressed)
+    case = indexer_ref.make_prefill_case(1024, 4096, heads, generator=gen, device="cuda", causal_chunks=True,
+                                         head_dim=head_dim)
+    max_seqlen_k = case["max_seqlen_k"] if compressed else 0
+    args = ((case["q"], None), case["kv"], case["weights"], case["ks"], case["ke"], clean, max_seqlen_k,
+            logits_dtype)
+    got = dg.fp8_fp4_mqa_logits(*args)
+    want = indexer_ref.prefill_reference(case["q"], case["kv"], case["weights"], case["ks"], case["ke"], True,
+                                         max_seqlen_k)  # -inf marks the invisible positions
+    assert got.dtype == logits_dtype and got.shape == want.shape
+    what = f"prefill head_dim={head_dim} heads={heads} compressed={compressed} {logits_dtype}"
+    check_logits(got if clean else got.masked_fill(torch.isneginf(want), float("-inf")), want, what)
+    assert_20_runs_identical(lambda: dg.fp8_fp4_mqa_logits(*args), torch.isfinite(want), what)
+
+
+@pytest.mark.parametrize("logits_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("heads", [32, 64])
+@pytest.mark.parametrize("next_n", [1, 2])
+def test_fp8_fp4_paged_mqa_logits(next_n, heads, logits_dtype):
+    """DeepGEMM's SM90 paged cases: head_dim 128, 2-D context lens, unclean logits."""
+    gen = torch.Generator(device="cuda").manual_seed(next_n * 100 + heads)
+    lens = torch.randint(700, 1300, (64,), generator=torch.Generator().manual_seed(heads)).tolist()
+    lens = [[max(n - 5 * (next_n - 1 - j), 1) for j in range(next_n)] for n in lens]
+    case = indexer_ref.make_paged_case(len(lens), next_n, heads, lens, generator=gen, device="cuda")
+    meta = dg.get_paged_mqa_logits_metadata(case["context_lens"], 64, dg.get_num_sms())
+    kwargs = dict(q=(case["q"], None), kv_cache=case["fused_kv_cache"], weights=case["weights"],
+                  context_lens=case["context_lens"], block_table=case["block_table"], schedule_meta=meta,
+                  max_context_len=case["max_context_len"], clean_logits=False, logits_dtype=logits_dtype, indices=None)
+    got = dg.fp8_fp4_paged_mqa_logits(**kwargs)
+    want = indexer_ref.paged_reference(case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"],
+                                       case["block_table"], case["max_context_len"], clean_logits=True)
+    assert got.dtype == logits_dtype and got.shape == want.shape
+    what = f"paged next_n={next_n} heads={heads} {logits_dtype}"
+    check_logits(got.masked_fill(torch.isneginf(want), float("-inf")), want, what)
+    assert_20_runs_identical(lambda: dg.fp8_fp4_paged_mqa_logits(**kwargs), torch.isfinite(want), what)
 
 
 def test_layout_helpers_on_cuda():

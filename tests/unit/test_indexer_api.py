@@ -1,5 +1,6 @@
 """The lightning indexer without a GPU: schedule metadata, argument checks, SASS of its kernels."""
 import collections
+import re
 
 import pytest
 import torch
@@ -86,7 +87,10 @@ def paged_args(batch=2, next_n=2, heads=64, num_blocks=8):
     (dict(max_context_len=0), ValueError, "max_context_len"),
     (dict(max_context_len=2.5), ValueError, "max_context_len"),
     (dict(clean_logits=1), TypeError, "clean_logits"),
+    (dict(logits_dtype=torch.float16), TypeError, "logits_dtype must be one of"),
+    (dict(logits_dtype="bfloat16"), TypeError, "logits_dtype"),
     (dict(), ValueError, "CUDA"),  # everything right but on the CPU
+    (dict(logits_dtype=torch.bfloat16), ValueError, "CUDA"),
 ])
 def test_paged_logits_check_arguments_before_any_launch(change, error, match):
     args = paged_args()
@@ -95,9 +99,9 @@ def test_paged_logits_check_arguments_before_any_launch(change, error, match):
         mategemm.fp8_paged_mqa_logits(**args)
 
 
-def prefill_args(seq_len=16, heads=32, seq_len_kv=100):
-    q = torch.zeros((seq_len, heads, 128), dtype=torch.uint8).view(E4M3)
-    k = torch.zeros((seq_len_kv, 128), dtype=torch.uint8).view(E4M3)
+def prefill_args(seq_len=16, heads=32, seq_len_kv=100, head_dim=128):
+    q = torch.zeros((seq_len, heads, head_dim), dtype=torch.uint8).view(E4M3)
+    k = torch.zeros((seq_len_kv, head_dim), dtype=torch.uint8).view(E4M3)
     return dict(q=q, kv=(k, torch.ones(seq_len_kv)), weights=torch.zeros((seq_len, heads)),
                 cu_seq_len_k_start=torch.zeros(seq_len, dtype=torch.int32),
                 cu_seq_len_k_end=torch.full((seq_len,), seq_len_kv, dtype=torch.int32))
@@ -111,7 +115,10 @@ def prefill_args(seq_len=16, heads=32, seq_len_kv=100):
     (dict(cu_seq_len_k_start=torch.zeros(15, dtype=torch.int32)), ValueError, "cu_seq_len_k_start"),
     (dict(cu_seq_len_k_end=torch.zeros(16, dtype=torch.int64)), TypeError, "cu_seq_len_k_end"),
     (dict(max_seqlen_k=-1), ValueError, "max_seqlen_k"),
+    (dict(logits_dtype=torch.float16), TypeError, "logits_dtype must be one of"),
+    (dict(logits_dtype=None), TypeError, "logits_dtype"),
     (dict(), ValueError, "CUDA"),
+    (dict(logits_dtype=torch.bfloat16), ValueError, "CUDA"),
 ])
 def test_prefill_logits_check_arguments(change, error, match):
     args = prefill_args()
@@ -120,22 +127,68 @@ def test_prefill_logits_check_arguments(change, error, match):
         mategemm.fp8_mqa_logits(**args)
 
 
-def test_stage_ring_fits_shared_memory():
-    for rows, heads in ((1, 32), (1, 64), (2, 64), (4, 64), (4, 32), (8, 32)):
-        stages, rings = kernel.stages_for(rows, heads, 232448), kernel.math_warpgroups(rows, heads)
+@pytest.mark.parametrize("head_dim", (32, 64))
+def test_prefill_takes_small_heads_and_the_paged_form_does_not(head_dim):
+    args = prefill_args(head_dim=head_dim)
+    with pytest.raises(ValueError, match="CUDA"):  # every check passed but the device's
+        mategemm.fp8_mqa_logits(**args, logits_dtype=torch.bfloat16)
+    k, k_scale = args["kv"]
+    args["kv"] = (torch.zeros((100, 128), dtype=torch.uint8).view(E4M3), k_scale)
+    with pytest.raises(ValueError, match="kv\\[0\\] must be \\(seq_len_kv, " + str(head_dim)):
+        mategemm.fp8_mqa_logits(**args)
+    paged = paged_args()
+    paged["q"] = torch.zeros((2, 2, 64, head_dim), dtype=torch.uint8).view(E4M3)
+    with pytest.raises(ValueError, match="index_dim must be 128 in the paged form"):
+        mategemm.fp8_paged_mqa_logits(**paged)
+
+
+@pytest.mark.parametrize("head_dim", (16, 96, 256))
+def test_prefill_rejects_other_head_dims(head_dim):
+    with pytest.raises(ValueError, match=f"head_dim \\(the last dimension\\) must be one of \\(32, 64, 128\\), got "
+                                         f"{head_dim}"):
+        mategemm.fp8_mqa_logits(**prefill_args(head_dim=head_dim))
+
+
+@pytest.mark.parametrize("head_dim", kernel.HEAD_DIMS)
+def test_stage_ring_fits_shared_memory(head_dim):
+    for rows, heads in ((1, 32), (1, 64), (2, 64), (4, 64), (4, 32), (8, 32), (5, 24), (1, 256)):
+        stages, rings = kernel.stages_for(rows, heads, head_dim, 232448), kernel.math_warpgroups(rows, heads)
         assert stages % rings == 0 and 2 * rings <= stages <= kernel.MAX_STAGES
-        assert kernel.smem_bytes(rows, heads, stages) <= 232448
+        assert kernel.smem_bytes(rows, heads, head_dim, stages) <= 232448
+
+
+def test_smaller_heads_take_less_shared_memory():
+    sizes = [kernel.smem_bytes(2, 64, head_dim, 8) for head_dim in kernel.HEAD_DIMS]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    # two query buffers and 8 key stages shrink with the head; weights, scales and barriers do not
+    assert sizes[-1] - sizes[0] == 2 * 128 * (128 - 32) + 8 * 64 * (128 - 32)
 
 
 def test_smem_bytes_match_the_kernel_layout():
     from mategemm.jit import nvrtc
 
-    for rows, heads, stages in ((1, 64, 16), (4, 64, 12), (4, 32, 16)):
+    for rows, heads, head_dim, stages in ((1, 64, 128, 16), (4, 64, 128, 12), (4, 32, 128, 16), (2, 64, 64, 8),
+                                          (4, 32, 32, 8), (5, 24, 32, 8), (5, 24, 64, 4)):
         source = ('#include "sm90_fp8_mqa_logits.cuh"\n'
-                  f"static_assert(mategemm::MqaLogitsSmem<{rows}, {heads}, {stages}>::kTotalBytes == "
-                  f'{kernel.smem_bytes(rows, heads, stages)}, "python and kernel disagree");\n'
+                  f"static_assert(mategemm::MqaLogitsSmem<{rows}, {heads}, {head_dim}, {stages}>::kTotalBytes == "
+                  f'{kernel.smem_bytes(rows, heads, head_dim, stages)}, "python and kernel disagree");\n'
                   "__global__ void probe() {}\n")
         nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
+
+
+def test_smem_descriptor_fields_follow_the_ptx_format():
+    """wgmma's shared-memory descriptor: leading byte offset (bits 16-29, in 16 B; unused when K-major
+    and swizzled: 1), stride byte offset (bits 32-45, in 16 B: 8 rows of one swizzle span), swizzle
+    mode (bits 62-63: 1 = 128B, 2 = 64B, 3 = 32B). Written here from the format, not from the kernel."""
+    from mategemm.jit import nvrtc
+
+    checks = []
+    for row_bytes, mode in ((128, 1), (64, 2), (32, 3)):
+        want = 1 << 16 | (8 * row_bytes // 16) << 32 | mode << 62
+        checks.append(f"static_assert(mategemm::smem_desc_k_major_layout<{row_bytes}>() == {want}ull, "
+                      f'"descriptor fields for {row_bytes}-byte rows");')
+    source = '#include "common/ptx.cuh"\n' + "\n".join(checks) + "\n__global__ void probe() {}\n"
+    nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
 
 
 @pytest.fixture(scope="module")
@@ -146,18 +199,37 @@ def sass_cache(tmp_path_factory):
     return KernelCache(tmp_path_factory.mktemp("indexer_sass"))
 
 
-# Every tile shape the API can launch: paged next_n 1-4 x heads 32/64; prefill 128-column tiles.
-INSTANCES = [(next_n, heads, True) for next_n in (1, 2, 3, 4) for heads in (32, 64)] + [(4, 32, False), (2, 64, False)]
+F32, BF16 = torch.float32, torch.bfloat16
+# Every tile shape the API can launch: paged next_n 1-4 x heads 32/64 (head_dim 128); prefill
+# 128-column tiles at head_dim 32, 64 and 128; fp32 logits, and bf16 where DeepGEMM's tests use them.
+INSTANCES = ([(next_n, heads, 128, True, F32) for next_n in (1, 2, 3, 4) for heads in (32, 64)]
+             + [(4, 32, 128, False, F32), (2, 64, 128, False, F32)]
+             + [(next_n, heads, 128, True, BF16) for next_n in (1, 2) for heads in (32, 64)]
+             + [(128 // heads, heads, head_dim, False, dtype) for heads in (32, 64) for head_dim in (32, 64, 128)
+                for dtype in (F32, BF16) if (head_dim, dtype) != (128, F32)])
 
 
-@pytest.mark.parametrize("rows,heads,paged", INSTANCES)
-def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged):
-    stages = kernel.stages_for(rows, heads, 232448)
-    compiled = sass_cache.get(kernel.spec(rows, heads, stages, paged, "sm_90a"))
-    text = sass.dump_sass(compiled.path / "kernel.cubin")
+def instance_id(rows, heads, head_dim, paged, dtype):
+    return f"{'paged' if paged else 'prefill'}-r{rows}-h{heads}-d{head_dim}-{str(dtype).split('.')[-1]}"
+
+
+def indexer_cubin(cache, rows, heads, head_dim, paged, dtype):
+    stages = kernel.stages_for(rows, heads, head_dim, 232448)
+    return cache.get(kernel.spec(rows, heads, head_dim, stages, paged, dtype, "sm_90a")).path / "kernel.cubin"
+
+
+@pytest.mark.parametrize("rows,heads,head_dim,paged,dtype", [pytest.param(*i, id=instance_id(*i)) for i in INSTANCES])
+def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, head_dim, paged, dtype):
+    text = sass.dump_sass(indexer_cubin(sass_cache, rows, heads, head_dim, paged, dtype))
     ops = collections.Counter(sass.opcodes(text))
-    assert f"QGMMA.64x{rows * heads}x32.F32.E4M3.E4M3" in text
+    # one k32 wgmma per 32 bytes of the head, unrolled
+    assert text.count(f"QGMMA.64x{rows * heads}x32.F32.E4M3.E4M3") == head_dim // 32 == ops["QGMMA"], ops
     assert ops["UTMALDG"] > 0 and ops["STG"] > 0 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    # bf16 logits: every store is 2 bytes (the kernel rounds; -inf included); fp32: 4 bytes
+    stores = collections.Counter(re.findall(r"\bSTG\.\S+", text))
+    assert set(stores) == ({"STG.E.U16"} if dtype == BF16 else {"STG.E"}), stores
+    assert ("F2FP.BF16.F32.PACK_AB" in text) == (dtype == BF16)
+    assert bool(re.search(r"\b0xff80\b", text)) == (dtype == BF16)  # the cleaned positions' bf16 -inf
     # the math warpgroups take the producer's registers: four get 112 each (producer 32), two 232 (40)
     math_regs, producer_regs = {4: (112, 32), 2: (232, 40)}[kernel.math_warpgroups(rows, heads)]
     assert f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {math_regs:#x}" in text
@@ -167,3 +239,12 @@ def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, paged):
 def test_indexer_math_warpgroups_fit_their_registers():
     assert [kernel.math_warpgroups(r, h) for r, h in ((1, 32), (1, 64), (2, 64), (4, 32), (3, 64), (4, 64))] == \
         [4, 4, 4, 4, 2, 2]
+
+
+@pytest.mark.parametrize("head_dim,dtype", [(128, F32), (32, BF16)])
+def test_indexer_launch_arguments_match_the_kernel_signature(sass_cache, head_dim, dtype):
+    import ctypes
+
+    size = {None: 128, ctypes.c_void_p: 8, ctypes.c_int: 4, ctypes.c_longlong: 8}  # TMAP: CUtensorMap by value
+    cubin = indexer_cubin(sass_cache, 2, 64, head_dim, False, dtype)
+    assert sass.kernel_param_sizes(cubin) == [size[t] for t in kernel.TYPES]

@@ -329,6 +329,23 @@ def test_prefill_reference_matches_the_slow_loop(seq_len, seq_len_kv, causal, ge
     assert torch.equal(torch.isnan(unclean), ~seen) and torch.equal(unclean[seen], ref[seen])
 
 
+@pytest.mark.parametrize("head_dim", (32, 64))
+def test_prefill_case_and_reference_at_smaller_heads(head_dim, generator):
+    case = indexer.make_prefill_case(6, 30, 8, generator=generator, head_dim=head_dim)
+    q, kv, w, ks, ke = case["q"], case["kv"], case["weights"], case["ks"], case["ke"]
+    assert q.shape == (6, 8, head_dim) and kv[0].shape == (30, head_dim) and kv[0].is_contiguous()
+    assert kv[0].dtype == FP8 and kv[1].shape == (30,)
+    # one scale per key: its largest value lands on the e4m3 maximum
+    assert torch.equal(kv[0].float().abs().amax(dim=1), torch.full((30,), 448.0))
+    ref = indexer.prefill_reference(q, kv, w, ks, ke)
+    slow = slow_prefill(q, kv, w, ks, ke)
+    seen = torch.isfinite(slow)
+    assert torch.equal(torch.isneginf(ref), ~seen)
+    torch.testing.assert_close(ref[seen].double(), slow[seen], rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="head_dim"):
+        indexer.make_prefill_case(2, 4, 8, head_dim=256)
+
+
 def test_prefill_windows_and_compressed_columns(generator):
     case = indexer.make_prefill_case(3, 10, 2, generator=generator)
     q, kv, w = case["q"], case["kv"], case["weights"]

@@ -87,8 +87,8 @@ def brute_force(preset, max_tokens):
     if preset.indexer is not None:
         heads = preset.indexer.heads
         for rows, paged in [(j, True) for j in preset.indexer.next_n] + [(max(1, 128 // heads), False)]:
-            stages = kernel_mqa.stages_for(rows, heads, DEVICE.smem_per_block)
-            found.setdefault(kernel_mqa.spec(rows, heads, stages, paged, ARCH), "indexer")
+            stages = kernel_mqa.stages_for(rows, heads, 128, DEVICE.smem_per_block)
+            found.setdefault(kernel_mqa.spec(rows, heads, 128, stages, paged, torch.float32, ARCH), "indexer")
     return found
 
 

@@ -29,8 +29,9 @@ def reference_masked(input_a, input_b, masked_tokens_info, out=None, scale_granu
 
 
 def reference_paged(q, fused_kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
-                    clean_logits):
-    return ref.paged_reference(q, fused_kv_cache, weights, context_lens, block_table, max_context_len, clean_logits)
+                    clean_logits, logits_dtype=torch.float32):
+    return ref.paged_reference(q, fused_kv_cache, weights, context_lens, block_table, max_context_len,
+                               clean_logits).to(logits_dtype)
 
 
 @pytest.fixture

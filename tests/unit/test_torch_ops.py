@@ -75,6 +75,15 @@ CASES = {
         empty(7, 32, 128, dtype=E4), (empty(50, 128, dtype=E4), empty(50)), empty(7, 32),
         empty(7, dtype=torch.int32), empty(7, dtype=torch.int32)),
         ((7, 50), torch.float32), "fp8_mqa_logits"),
+    "paged bf16 logits": (lambda: mategemm.fp8_paged_mqa_logits(
+        empty(5, 2, 64, 128, dtype=E4), empty(30, 64, 1, 132, dtype=torch.uint8), empty(10, 64),
+        empty(5, dtype=torch.int32), empty(5, 6, dtype=torch.int32), empty(9, 2, dtype=torch.int32), 333, True,
+        logits_dtype=torch.bfloat16),
+        ((10, 333), torch.bfloat16), "fp8_paged_mqa_logits"),
+    "prefill head_dim 64, bf16": (lambda: mategemm.fp8_mqa_logits(
+        empty(7, 32, 64, dtype=E4), (empty(50, 64, dtype=E4), empty(50)), empty(7, 32),
+        empty(7, dtype=torch.int32), empty(7, dtype=torch.int32), logits_dtype=torch.bfloat16),
+        ((7, 50), torch.bfloat16), "fp8_mqa_logits"),
     "prefill compressed": (lambda: mategemm.deep_gemm.fp8_mqa_logits(
         empty(7, 32, 128, dtype=E4), (empty(50, 128, dtype=E4), empty(50)), empty(7, 32),
         empty(7, dtype=torch.int32), empty(7, dtype=torch.int32), max_seqlen_k=20),
@@ -158,7 +167,8 @@ def python_defaults(op_name: str) -> dict:
 
     An argument is required if the Python function requires it, if it is one of a tuple's parts
     (input_a -> a, a_scale), if it is `out` of an _out op, or if a required argument follows it (a
-    schema's defaults are trailing). A tuple default reads as None (a schema cannot hold it).
+    schema's defaults are trailing). A tuple default reads as None (a schema cannot hold it); a dtype
+    as its ScalarType number.
     """
     python = inspect.signature(getattr(mategemm, op_name.removesuffix("_out"))).parameters
     expected, required_after = {}, False
@@ -169,9 +179,16 @@ def python_defaults(op_name: str) -> dict:
         if default is inspect.Parameter.empty or required_after:
             required_after = True
             expected[arg.name] = REQUIRED
+        elif isinstance(default, torch.dtype):  # a schema holds a dtype default as its ScalarType number
+            expected[arg.name] = scalar_type_number(default)
         else:  # a schema holds no tuple default: None stands for it
             expected[arg.name] = None if isinstance(default, tuple) else default
     return expected
+
+
+def scalar_type_number(dtype: torch.dtype) -> int:
+    name = str(dtype).removeprefix("torch.")
+    return torch._C.parse_schema(f"f(ScalarType x={name}) -> ()").arguments[0].default_value
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

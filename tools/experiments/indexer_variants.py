@@ -38,8 +38,8 @@ NO_EPILOGUE = [
     ("      mbar_arrive(empty_bar + stage * 8);\n\n", "      mbar_arrive(empty_bar + stage * 8);\n      continue;\n"),
 ]
 NO_STORE = [
-    ("    if (whole) {\n      out_row[position] = value;",
-     "    if (value != -1234.5f) continue;\n    if (whole) {\n      out_row[position] = value;"),
+    ("    if (whole) {\n      store_logit(out_row + position, value);",
+     "    if (value != -1234.5f) continue;\n    if (whole) {\n      store_logit(out_row + position, value);"),
 ]
 # Each block released as soon as it lands, the math then run on it anyway (it may be overwritten:
 # wrong on purpose): whether holding the stage through the wgmma is what slows the stream.
@@ -57,9 +57,9 @@ NO_LENS = [
      "        tile_info.all_lo = 0;\n        tile_info.all_hi = 0x7fffffff;\n      }"),
 ]
 # The logits stored with the streaming (evict-first) hint.
-STREAMING_STORES = [
-    ("      out_row[position] = value;", "      __stcs(out_row + position, value);"),
-    ("out_row[col] = visible ? value : neg_inf();", "__stcs(out_row + col, visible ? value : neg_inf());"),
+STREAMING_STORES = [  # fp32 logits only
+    ("      store_logit(out_row + position, value);", "      __stcs(out_row + position, value);"),
+    ("store_logit(out_row + col, visible ? value : neg_inf());", "__stcs(out_row + col, visible ? value : neg_inf());"),
 ]
 
 VARIANTS = {
@@ -84,11 +84,12 @@ def source(name):
 
 
 def specs(name):
+    import torch
     from mategemm.jit.cache import KernelSpec
     from mategemm.kernels import sm90_fp8_mqa_logits as K
     out = []
     for rows, heads, paged in ((1, 64, True), (2, 64, True), (4, 64, True), (2, 64, False)):
-        s = K.spec(rows, heads, K.stages_for(rows, heads, 232448), paged, "sm_90a")
+        s = K.spec(rows, heads, 128, K.stages_for(rows, heads, 128, 232448), paged, torch.float32, "sm_90a")
         out.append(KernelSpec(s.kernel, source(name), s.name_expr, "sm_90a"))
     return out
 
