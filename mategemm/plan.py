@@ -122,8 +122,8 @@ class MqaPlan:
 
 
 def mqa_prefill_rows(heads: int) -> int:
-    """Query rows per tile of the prefill form: 128 columns of heads."""
-    return max(1, 128 // heads)
+    """Query rows per tile of the prefill form: 128 columns of heads, at most the kernel's 8 rows."""
+    return min(kernel_mqa.MAX_TILE_ROWS, max(1, 128 // heads))
 
 
 def mqa_logits(rows: int, heads: int, head_dim: int, paged: bool, logits_dtype: torch.dtype,

@@ -15,6 +15,7 @@ HEAD_DIMS = (32, 64, 128)
 LOGIT_TYPES = {torch.float32: "float", torch.bfloat16: "mategemm::Bf16"}  # the kernel's Logit
 KV_BLOCK = 64
 HEADS_MULTIPLE, MAX_TILE_HEADS, MAX_NEXT_N = 8, 256, 4  # heads per row, next_n x heads per tile, rows
+MAX_TILE_ROWS = 8  # query rows per tile (the kernel's static_assert)
 FUSED_BLOCK_ROWS = 66  # a fused paged block as rows of 128 bytes: 64 keys, then 2 rows of scales
 # H200: 8 stages (two a ring) beat 12 / 16 / 20 by
 # 3-4% / ~7% / 8-10% at batch 64-128, next_n 1-2, 8192 keys. Fewer bytes in flight, faster.

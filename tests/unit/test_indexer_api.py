@@ -236,6 +236,18 @@ def test_indexer_kernels_are_hopper_sass(sass_cache, rows, heads, head_dim, page
     assert f"USETMAXREG.DEALLOC.CTAPOOL {producer_regs:#x}" in text
 
 
+@pytest.mark.parametrize("heads", [8, 16, 24, 32, 64, 128])
+def test_prefill_tiles_stay_within_the_kernel_rows(sass_cache, heads):
+    """8 heads used to ask for 16-row tiles, which the kernel refuses (at most 8 rows): a compile
+    error at the first call instead of a kernel."""
+    from mategemm import plan
+
+    rows = plan.mqa_prefill_rows(heads)
+    assert 1 <= rows <= kernel.MAX_TILE_ROWS and rows * heads <= 128
+    if heads == 8:
+        assert indexer_cubin(sass_cache, rows, heads, 128, False, F32).exists()
+
+
 def test_indexer_math_warpgroups_fit_their_registers():
     assert [kernel.math_warpgroups(r, h) for r, h in ((1, 32), (1, 64), (2, 64), (4, 32), (3, 64), (4, 64))] == \
         [4, 4, 4, 4, 2, 2]
