@@ -104,8 +104,10 @@ def nvfp4_grouped_gemm(a, b, a_scales, b_scales, group_offsets, expert_ids, expe
             validate.tensor("a", a, ndim=2, dtypes=(torch.uint8,))
             validate.tensor("b", b, ndim=3, dtypes=(torch.uint8,))
             out = torch.empty((a.shape[0], b.shape[1]), dtype=out_dtype, device=a.device)
-        elif out_dtype != out.dtype:
-            raise ValueError(f"out_dtype {out_dtype} differs from out.dtype {out.dtype}")
+        else:
+            validate.tensor("out", out, ndim=2, dtypes=validate.NVFP4_OUT_DTYPES)
+            if out_dtype != out.dtype:
+                raise ValueError(f"out_dtype {out_dtype} differs from out.dtype {out.dtype}")
         validate.tensor("expert_ids", expert_ids, ndim=1)
         call = _nvfp4_call(key, out, a, b, a_scales, b_scales, group_offsets, None, expert_ids, expert_scales,
                            expert_ids.shape[0], "out")

@@ -950,7 +950,7 @@ def nvfp4_grouped(c, a, b, a_scales, b_scales, group_offsets, group_scale_offset
     active = None
     if isinstance(num_active_experts, torch.Tensor):
         tensor("num_active_experts", num_active_experts, dtypes=(torch.int32,))
-        if num_active_experts.numel() != 1:
+        if num_active_experts.numel() != 1 or num_active_experts.dim() > 1:
             raise ValueError(f"num_active_experts as a tensor must hold one int32, got shape "
                              f"{tuple(num_active_experts.shape)}")
         if num_active_experts.device != a.device:
