@@ -354,3 +354,49 @@ def moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr, scale_granular
         return _mxfp8(*args, out_dtype)
     _mxfp8_out(*args, out, out_dtype)
     return out
+
+
+# ---- NVFP4 grouped GEMM -------------------------------------------------------------------------
+# num_active_experts is an int or a tensor: the schema holds the one given (the other None).
+
+@_op("grouped_matmul_dynamic_scaled_nvfp4_out", ("c",))
+def _nvfp4_max_out(c: Tensor, a: Tensor, b: Tensor, a_scales: Tensor, b_scales: Tensor, group_offsets: Tensor,
+                   group_scale_offsets: Tensor, expert_ids: Tensor, expert_scales: Tensor,
+                   num_active_experts: OptInt, num_active_experts_tensor: OptTensor) -> None:
+    formats.grouped_matmul_dynamic_scaled_nvfp4(
+        c, a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids, expert_scales,
+        num_active_experts_tensor if num_active_experts is None else num_active_experts)
+
+
+def grouped_matmul_dynamic_scaled_nvfp4(c, a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids,
+                                        expert_scales, num_active_experts):
+    as_tensor = isinstance(num_active_experts, torch.Tensor)
+    _nvfp4_max_out(c, a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids, expert_scales,
+                   None if as_tensor else num_active_experts, num_active_experts if as_tensor else None)
+    return c
+
+
+@_op("nvfp4_grouped_gemm")
+def _nvfp4(a: Tensor, b: Tensor, a_scales: Tensor, b_scales: Tensor, group_offsets: Tensor, expert_ids: Tensor,
+           expert_scales: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    return formats.nvfp4_grouped_gemm(a, b, a_scales, b_scales, group_offsets, expert_ids, expert_scales, None,
+                                      out_dtype)
+
+
+@_nvfp4.register_fake
+def _(a, b, a_scales, b_scales, group_offsets, expert_ids, expert_scales, out_dtype=torch.bfloat16):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+@_op("nvfp4_grouped_gemm_out", ("out",))
+def _nvfp4_out(a: Tensor, b: Tensor, a_scales: Tensor, b_scales: Tensor, group_offsets: Tensor, expert_ids: Tensor,
+               expert_scales: Tensor, out: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> None:
+    formats.nvfp4_grouped_gemm(a, b, a_scales, b_scales, group_offsets, expert_ids, expert_scales, out, out_dtype)
+
+
+def nvfp4_grouped_gemm(a, b, a_scales, b_scales, group_offsets, expert_ids, expert_scales, out, out_dtype):
+    args = (a, b, a_scales, b_scales, group_offsets, expert_ids, expert_scales)
+    if out is None:
+        return _nvfp4(*args, out_dtype)
+    _nvfp4_out(*args, out, out_dtype)
+    return out

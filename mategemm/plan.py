@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from mategemm import env, heuristics
-from mategemm.heuristics import fp8_gemm, grouped, parse_force_config
+from mategemm.heuristics import fp8_gemm, grouped, nvfp4, parse_force_config
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
+from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel_nvfp4
 from mategemm.runtime.device import DeviceInfo, get_num_mp
-from mategemm.types import RECIPE_PER_ROW, GemmConfig, GemmProblem
+from mategemm.types import RECIPE_PER_ROW, GemmConfig, GemmProblem, Nvfp4Problem
 
 # How an FP8 operand reaches the kernel: read as it is given (K-major), read MN-major and
 # transposed in shared memory by the kernel, or copied K-major into a workspace before each launch.
@@ -106,6 +107,28 @@ def staging(problem: GemmProblem, a: Operand, b: Operand, force: str | None = No
     a_how, b_how = how(a), how(b)
     mn_major = int(a_how == IN_KERNEL) | int(b_how == IN_KERNEL) << 1
     return dataclasses.replace(problem, mn_major=mn_major), a_how, b_how
+
+
+@dataclass(frozen=True)
+class Nvfp4Plan:
+    problem: Nvfp4Problem
+    config: GemmConfig
+    spec: KernelSpec
+
+
+def nvfp4_rows_per_group(problem: Nvfp4Problem) -> int:
+    """The rows per group the NVFP4 tile choice is made for: the average over the active groups
+    (all of them when their count is on the device)."""
+    groups = problem.num_groups if problem.active is None else problem.active
+    return -(-problem.m // max(1, groups))
+
+
+def nvfp4_grouped(problem: Nvfp4Problem, device: DeviceInfo, num_mp: int | None = None,
+                  force: str | None = None) -> Nvfp4Plan:
+    """The NVFP4 grouped GEMM (token-packed groups, experts by id)."""
+    config = nvfp4.choose(problem, nvfp4_rows_per_group(problem), device, mp_budget(device, num_mp), _force(force))
+    heuristics.report(kernel_nvfp4.KERNEL, problem, config)
+    return Nvfp4Plan(problem, config, kernel_nvfp4.spec(problem, config, device.arch))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import DeviceInfo, info_for_arch
 from mategemm.types import (RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW, RECIPE_PER_TENSOR, GemmConfig,
-                            GemmProblem, Recipe)
+                            GemmProblem, Nvfp4Problem, Recipe)
 
 RECIPES = (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
 
@@ -490,6 +490,20 @@ def _moe_layers_suite(row, device, num_mp, force):
                 yield gemm_plan.spec, "moe", f"{use} per_token rows={rows}"
 
 
+def _nvfp4_suite(row, device, num_mp, force):
+    """The NVFP4 grouped GEMM of `active_experts` token-packed groups of `tokens_per_expert` rows, its
+    count given on the host or on the GPU (the same kernel); and the FP8 per_expert GEMM of the same
+    shape it is compared with, where K is a whole number of 128-wide scale blocks."""
+    groups, tokens, n, k = row["active_experts"], row["tokens_per_expert"], row["n"], row["k"]
+    shape = f"groups={groups} tokens_per_expert={tokens} n={n} k={k}"
+    for active in (groups, None):
+        problem = Nvfp4Problem(groups * tokens, n, k, groups, groups, BF16, active)
+        yield plan.nvfp4_grouped(problem, device, num_mp, force).spec, "nvfp4", f"{shape} nvfp4"
+    if k % FP8_K_MULTIPLE == 0:
+        problem = GemmProblem(groups * tokens, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_expert", groups)
+        yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "moe", f"{shape} fp8 per_expert"
+
+
 SUITE_PLANNERS = {"dense": _dense_suite, "bmm": _bmm_suite, "contiguous": _contiguous_suite,
                   "masked": _masked_suite, "k_grouped": _k_grouped_suite, "indexer": _indexer_suite,
-                  "moe_layers": _moe_layers_suite}
+                  "moe_layers": _moe_layers_suite, "nvfp4": _nvfp4_suite}

@@ -13,11 +13,14 @@ from its rows' fields; every row of a suite has the same fields:
     k_grouped   {groups, k_per_group, m, n}                   ragged_k_moe_gemm_8bit
     indexer     {batch, next_n, heads, index_dim, block_kv,   fp8_paged_mqa_logits
                  avg_context}
+    nvfp4       {active_experts, tokens_per_expert, n, k}     grouped_matmul_dynamic_scaled_nvfp4 (token-packed
+                                                              groups), and ragged_m_moe_gemm_8bit per_expert
     moe_layers  an object (not a list) of model name ->       ragged_m_moe_gemm_8bit, per_expert
                 {hidden, intermediate, experts, topk, tokens}  and per_token
 
-Rules: m, batch, m_per_group, k_per_group, avg_context positive integers; n a positive multiple
-of 8; k, hidden and intermediate positive multiples of 128; groups and experts in [1, 1024];
+Rules: m, batch, m_per_group, k_per_group, avg_context, tokens_per_expert positive integers; n a
+positive multiple of 8; k, hidden and intermediate positive multiples of 128 (k of nvfp4 rows: of
+32); groups, experts and active_experts in [1, 1024];
 topk in [1, experts]; next_n in [1, 4]; heads a multiple of 8 with next_n x heads <= 256;
 index_dim 128; block_kv 64; tokens a non-empty list of positive integers. Contiguous and k_grouped
 rows are DeepGEMM's test shapes: each group's size is drawn in [0.7, 1.3) x the nominal one.
@@ -41,7 +44,9 @@ ROW_FIELDS = {
     "contiguous": ("groups", "m_per_group", "n", "k"),
     "k_grouped": ("groups", "k_per_group", "m", "n"),
     "indexer": ("batch", "next_n", "heads", "index_dim", "block_kv", "avg_context"),
+    "nvfp4": ("active_experts", "tokens_per_expert", "n", "k"),
 }
+NVFP4_K_MULTIPLE = 32
 MODEL_FIELDS = ("hidden", "intermediate", "experts", "topk", "tokens")
 KINDS = (*ROW_FIELDS, "masked", "moe_layers")
 
@@ -173,7 +178,7 @@ def _field_problem(field: str, value) -> str:
     rules = {"n": (8, "a positive multiple of 8"), "k": (128, "a positive multiple of 128"),
              "hidden": (128, "a positive multiple of 128"), "intermediate": (128, "a positive multiple of 128")}
     multiple, rule = rules.get(field, (1, "a positive integer"))
-    if field in ("groups", "experts"):
+    if field in ("groups", "experts", "active_experts"):
         if not _positive(value) or value > MAX_GROUPS:
             return f"{field} must be an integer in [1, {MAX_GROUPS}], got {value!r}"
         return ""
@@ -185,6 +190,10 @@ def _field_problem(field: str, value) -> str:
 def _check_row(row: dict) -> str:
     for field, value in row.items():
         if field.startswith("_") or field in ("next_n", "index_dim", "block_kv"):
+            continue
+        if field == "k" and "tokens_per_expert" in row:  # NVFP4: 16-byte packed rows
+            if not _positive(value) or value % NVFP4_K_MULTIPLE:
+                return f"k must be a positive multiple of {NVFP4_K_MULTIPLE}, got {value!r}"
             continue
         problem = _field_problem(field, value)
         if problem:

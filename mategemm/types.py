@@ -87,3 +87,30 @@ class GemmConfig:
     def num_threads(self) -> int:
         """A producer warpgroup, plus one math warpgroup (BLOCK_M 64) or two."""
         return (1 if self.block_m == 64 else 2) * 128 + 128
+
+
+@dataclass(frozen=True)
+class Nvfp4Problem:
+    """A grouped NVFP4 GEMM as validated: token-packed groups of A (m rows, k values) times their
+    experts' (n, k) weights.
+
+    num_groups: the groups the call may hold (the length of expert_ids), the table's capacity;
+    active: the groups that count when the host gives their number, None when a device tensor does.
+    """
+
+    m: int
+    n: int
+    k: int
+    num_groups: int
+    num_experts: int
+    out_dtype: torch.dtype = torch.bfloat16
+    active: int | None = None
+
+    @property
+    def max_groups(self) -> int:
+        """The group table's capacity (a template argument): a power of two >= 32."""
+        return max(32, 1 << (self.num_groups - 1).bit_length())
+
+    @property
+    def out_elem_bytes(self) -> int:
+        return self.out_dtype.itemsize

@@ -7,7 +7,7 @@ import torch
 
 from mategemm.kernels import sm90_fp8_mqa_logits as mqa
 from mategemm.types import (FP8_DTYPES, OUT_DTYPES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW,
-                            RECIPE_PER_TENSOR, GemmProblem, Recipe)
+                            RECIPE_PER_TENSOR, GemmProblem, Nvfp4Problem, Recipe)
 
 INT32_MAX = 2**31 - 1
 
@@ -972,3 +972,105 @@ def moe_gemm_mxfp8(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk, scal
         raise NotImplementedError("moe_gemm_mxfp8_nt_groupwise: scale_granularity_mnk (1, 1, 32) needs a main loop "
                                   "that applies a scale per k32 step; only (1, 1, 128) runs on Hopper so far")
     return Mxfp8Checked(cum_m, n, k, experts, k_gran)
+
+
+# ---- NVFP4 grouped GEMM ------------------------------------------------------------------------
+NVFP4_K_MULTIPLE = 32  # 16-byte packed rows (TMA), whole 16-value scale blocks
+NVFP4_OUT_DTYPES = (torch.bfloat16, torch.float16)
+GROUP_INDEX_DTYPES = (torch.int32, torch.uint32)
+
+
+@dataclass(frozen=True)
+class Nvfp4Checked:
+    problem: Nvfp4Problem
+    active: torch.Tensor | None  # the device count of the groups that count, or None (problem.active)
+
+
+def _nvfp4_index(name: str, t, length: int, dtypes: tuple, device: torch.device) -> None:
+    tensor(name, t, ndim=1, dtypes=dtypes)
+    shape(name, t, (length,))
+    if length > 1 and t.stride(0) != 1:
+        raise ValueError(f"{name} must be contiguous")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (same device as a)")
+
+
+def nvfp4_grouped(c, a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids, expert_scales,
+                  num_active_experts, scale_offsets_given: bool = True, out_name: str = "c") -> Nvfp4Checked:
+    """Validate grouped_matmul_dynamic_scaled_nvfp4's arguments (scale_offsets_given False: the
+    Pythonic form, whose group_scale_offsets is None and whose output is `out_name`).
+    TypeError/ValueError naming the argument."""
+    tensor("a", a, ndim=2, dtypes=(torch.uint8,))
+    tensor("b", b, ndim=3, dtypes=(torch.uint8,))
+    tokens, k_bytes = a.shape
+    experts, n, b_k_bytes = b.shape
+    if b_k_bytes != k_bytes:
+        raise ValueError(f"a (tokens, K/2) and b (E, N, K/2) must hold the same K/2 packed bytes per row, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    k = 2 * k_bytes
+    if k == 0 or k % NVFP4_K_MULTIPLE:
+        raise ValueError(f"K (2 x a.shape[1], two e2m1 values per byte) must be a positive multiple of "
+                         f"{NVFP4_K_MULTIPLE}, got {k}")
+    if n == 0 or n % 8:
+        raise ValueError(f"N (b.shape[1]) must be a positive multiple of 8 (16-byte rows of c), got {n}")
+    if experts == 0 or experts * n > INT32_MAX:
+        raise ValueError(f"b must hold 1 or more experts with E x N < 2**31 rows, got {tuple(b.shape)}")
+    if tokens > MAX_GROUPED_ROWS:
+        raise ValueError(f"a must have at most {MAX_GROUPED_ROWS} rows, got {tokens}")
+    k_tiles = -(-k // 64)
+    tensor("a_scales", a_scales, ndim=5, dtypes=(E4M3,))
+    if tuple(a_scales.shape[1:]) != (k_tiles, 32, 4, 4) or (tokens and a_scales.shape[0] == 0):
+        raise ValueError(f"a_scales must have shape (tiles, {k_tiles}, 32, 4, 4): one e4m3 scale per 16 values in "
+                         f"128x4 blocks, each group from a new 128-row tile (as quant.nvfp4_quantize writes them), "
+                         f"got {tuple(a_scales.shape)}")
+    tensor("b_scales", b_scales, ndim=6, dtypes=(E4M3,))
+    shape("b_scales", b_scales, (experts, -(-n // 128), k_tiles, 32, 4, 4),
+          "(E, ceil(N/128), ceil(K/64), 32, 4, 4): one e4m3 scale per 16 values in 128x4 blocks")
+    for name, t in (("a_scales", a_scales), ("b_scales", b_scales)):
+        if not t.is_contiguous() or t.data_ptr() % 16:
+            raise ValueError(f"{name} must be contiguous with a 16-byte aligned base (its 512-byte blocks are "
+                             f"loaded whole)")
+    if a_scales.numel() // 128 > INT32_MAX:
+        raise ValueError(f"a_scales spans more than 2**31 rows of 128 bytes, got {tuple(a_scales.shape)}")
+    tensor("group_offsets", group_offsets, ndim=1, dtypes=GROUP_INDEX_DTYPES)
+    groups = group_offsets.shape[0] - 1
+    if not 1 <= groups <= MAX_GROUPS:
+        raise ValueError(f"group_offsets must have shape (groups + 1,) with 1 to {MAX_GROUPS} groups, got "
+                         f"{tuple(group_offsets.shape)}")
+    _nvfp4_index("group_offsets", group_offsets, groups + 1, GROUP_INDEX_DTYPES, a.device)
+    _nvfp4_index("expert_ids", expert_ids, groups, (torch.int32,), a.device)
+    if scale_offsets_given:
+        _nvfp4_index("group_scale_offsets", group_scale_offsets, groups, GROUP_INDEX_DTYPES, a.device)
+    _nvfp4_index("expert_scales", expert_scales, experts, (torch.float32,), a.device)
+    active = None
+    if isinstance(num_active_experts, torch.Tensor):
+        tensor("num_active_experts", num_active_experts, dtypes=(torch.int32,))
+        if num_active_experts.numel() != 1 or num_active_experts.dim() > 1:
+            raise ValueError(f"num_active_experts as a tensor must hold one int32, got shape "
+                             f"{tuple(num_active_experts.shape)}")
+        if num_active_experts.device != a.device:
+            raise ValueError(f"num_active_experts is on {num_active_experts.device}, expected {a.device} (a count on "
+                             f"the host is passed as an int)")
+        count = None
+    elif isinstance(num_active_experts, int) and not isinstance(num_active_experts, bool):
+        if not 0 <= num_active_experts <= groups:
+            raise ValueError(f"num_active_experts must be in [0, {groups}] (the groups of expert_ids), got "
+                             f"{num_active_experts}")
+        count = num_active_experts
+    else:
+        raise TypeError(f"num_active_experts must be an int or an int32 tensor, got "
+                        f"{type(num_active_experts).__name__}")
+    tensor(out_name, c, ndim=2, dtypes=NVFP4_OUT_DTYPES)
+    shape(out_name, c, (tokens, n), "(tokens, N)")
+    if tokens:
+        tma_operand(out_name, c)
+        tma_operand("a", a)
+    if not tma_rows(b):
+        raise ValueError("b must be contiguous along K with its experts' rows stacked (stride(0) == N x stride(1)) "
+                         "and 16-byte aligned")
+    same_device("a", a.device, b=b, a_scales=a_scales, b_scales=b_scales, **{out_name: c})
+    cuda("a", a)
+    if count is None:
+        active = num_active_experts.reshape(1)
+    problem = Nvfp4Problem(tokens, n, k, groups, experts, c.dtype, count)
+    return Nvfp4Checked(problem, active)

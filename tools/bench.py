@@ -18,6 +18,10 @@
     python tools/bench.py mxfp8     (moe_gemm_mxfp8_nt_groupwise at both granularities on the contiguous
                                      shapes and decode-size experts, against our FP8 ragged path and
                                      dequantised bf16 torch._grouped_mm)
+    python tools/bench.py nvfp4     (the NVFP4 grouped GEMM on "nvfp4_moe", DeepSeek-V3's and Qwen3's expert
+                                     shapes at 1-4096 tokens per active expert, against our FP8 per_expert
+                                     GEMM, dequantise-to-bf16 + torch._grouped_mm and bf16 torch._grouped_mm;
+                                     the NVFP4 weights' GB/s beside the copy bandwidth)
     python tools/bench.py plot [SUITE ...]   (no GPU: redraw docs/bench/<suite>.png from <suite>.json)
     python tools/bench.py docs      (no GPU: rewrite the generated tables of README.md and
                                      docs/benchmarks.md from docs/bench/*.json)

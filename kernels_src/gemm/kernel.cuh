@@ -1,8 +1,9 @@
 // The GEMM core's kernel body: set-up, then the roles. Warpgroup 0 produces (one thread issues the
-// TMA loads, warps 1-3 stage the block scales or transpose MN-major operands); warpgroups
+// TMA loads, warps 1-3 stage the block scales, transpose MN-major operands or decode NVFP4); warpgroups
 // 1..kNumMathWG consume (main loop, split-K reduction, epilogue). Persistent grid over the tiles.
 #pragma once
 #include "mainloop.cuh"
+#include "nvfp4_staging.cuh"
 #include "producer.cuh"
 #include "scale_staging.cuh"
 #include "split_k.cuh"
@@ -48,8 +49,8 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
   u8* smem_base = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
   const GemmSmem<T> smem(smem_base);
   const int warpgroup = warp_uniform(threadIdx.x / 128);
-  // A 16-bit K tail is zero-filled by TMA; FP8's K is a multiple of 128 (checked on the host).
-  const int num_k_blocks = T::kUnscaled ? ceil_div(args.k, T::kBlockKElems) : args.k / kBlockK;
+  // A 16-bit (or NVFP4) K tail is zero-filled by TMA; FP8's K is a multiple of 128 (checked on the host).
+  const int num_k_blocks = T::kUnscaled || T::kNvfp4 ? ceil_div(args.k, T::kBlockKElems) : args.k / kBlockK;
   // Split-K: work item `split` of a tile covers k-blocks [split, split + 1) * k_blocks_per_split
   // (the host picks num_splits so that none is empty; it passes 1 unless kSplitK).
   const int k_blocks_per_split = T::kSplitK ? ceil_div(num_k_blocks, args.num_splits) : num_k_blocks;
@@ -59,19 +60,25 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     tma_prefetch_desc(args.tmap_a);
     tma_prefetch_desc(args.tmap_b);
     tma_prefetch_desc(args.tmap_d);
+    if constexpr (T::kNvfp4) {
+      tma_prefetch_desc(args.tmap_sfa);
+      tma_prefetch_desc(args.tmap_sfb);
+    }
     #pragma unroll
     for (int s = 0; s < T::kNumStages; ++s) {
       smem.full[s].init(T::kFullArrivals);
       smem.empty[s].init(T::kEmptyArrivals);
-      if constexpr (T::kMnMajor != 0) smem.staged[s].init(1);
+      if constexpr (T::kMnMajor != 0 || T::kNvfp4) smem.staged[s].init(1);
     }
     fence_mbar_init();
   }
-  const GroupTable table{smem.group_ints, smem.group_ints + T::kMaxGroups, smem.group_ints + 2 * T::kMaxGroups};
+  const GroupTable table{smem.group_ints, smem.group_ints + T::kMaxGroups, smem.group_ints + 2 * T::kMaxGroups,
+                         smem.group_ints + 3 * T::kMaxGroups};
   if constexpr (group_has_table<T::kGroupMode>()) {
     if (threadIdx.x / 32 == 1) {
       build_group_table<T::kGroupMode>(table, args.group_info, args.num_groups,
-                                       T::kGroupMode == kGroupK ? args.k : args.m, args.group_stride, T::BLOCK_M);
+                                       T::kGroupMode == kGroupK ? args.k : args.m, args.group_stride, T::BLOCK_M,
+                                       args.active_groups);
     }
   }
   // The peer's multicast loads and arrivals target these barriers: they must exist first.
@@ -82,9 +89,17 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_dec<T::kProducerRegs>();
     const int warp = threadIdx.x / 32;
     if (threadIdx.x == 0) {
-      produce_tiles<T>(args, smem, scheduler);
-    } else if (warp > 0 && (!T::kScaleAtEnd || T::kMnMajor != 0)) {
-      stage_scales_and_operands<T>(args, smem, scheduler, warp);
+      if constexpr (T::kNvfp4) {
+        produce_nvfp4_tiles<T>(args, smem, scheduler);
+      } else {
+        produce_tiles<T>(args, smem, scheduler);
+      }
+    } else if (warp > 0 && (!T::kScaleAtEnd || T::kMnMajor != 0 || T::kNvfp4)) {
+      if constexpr (T::kNvfp4) {
+        decode_nvfp4_stages<T>(smem, scheduler);
+      } else {
+        stage_scales_and_operands<T>(args, smem, scheduler, warp);
+      }
     }
   } else {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_inc<T::kMathRegs>();

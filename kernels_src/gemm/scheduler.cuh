@@ -15,6 +15,7 @@ struct Tile {
   int a_row0;    // first row of A (and of A's scales)
   int row_end;   // end of the group's rows (m when the rows end with the tensor)
   int kb_begin, kb_end;  // the K blocks to accumulate
+  int a_scale_row;  // kGroupOffsets: the tile's first row in A's 128-row scale tiles
 };
 
 template <class T>
@@ -24,13 +25,17 @@ struct GemmScheduler {
   const int* group_info;
   int num_groups, m;
   int num_k_blocks, k_blocks_per_split;
+  const int* group_experts;
+  const u32* group_scale_tiles;
+  int num_experts;
 
   // The table must be built (and the CTA synchronised) before this runs.
   __device__ __forceinline__ GemmScheduler(const GemmArgs& args, GroupTable table_, int num_k_blocks_,
                                            int k_blocks_per_split_)
       : tiles(num_m_blocks(args, table_), ceil_div(args.n, T::BLOCK_N), args.group_n, args.num_splits),
         table(table_), group_info(args.group_info), num_groups(args.num_groups), m(args.m),
-        num_k_blocks(num_k_blocks_), k_blocks_per_split(k_blocks_per_split_) {}
+        num_k_blocks(num_k_blocks_), k_blocks_per_split(k_blocks_per_split_), group_experts(args.group_experts),
+        group_scale_tiles(args.group_scale_tiles), num_experts(args.num_experts) {}
 
   // M-blocks of the persistent loop: the dense tiling of m rows; the groups' tiles (segment
   // modes); every group's tiling of its m x n output (ragged K, batched).
@@ -75,6 +80,17 @@ struct GemmScheduler {
         const int first_tile = t.group == 0 ? 0 : table.tile_end[t.group - 1];
         t.row0 = table.row_start[t.group] + (t.m_block - first_tile) * T::BLOCK_M;
         t.row_end = table.row_start[t.group] + table.rows[t.group];
+      }
+      if constexpr (kMode == kGroupOffsets) {
+        // From here on the tile's group is its expert (B's rows, the epilogue's scale); a group
+        // whose expert is -1 (or out of range) is skipped, its rows of the output untouched.
+        const int segment = t.group;
+        t.group = __ldg(group_experts + segment);
+        if (t.group < 0 || t.group >= num_experts) continue;
+        // A's scales: each group's from the tile given, else from a new 128-row tile after the last group's
+        const int scale_tile = group_scale_tiles != nullptr ? static_cast<int>(__ldg(group_scale_tiles + segment))
+                                                            : table.scale_tile_start[segment];
+        t.a_scale_row = scale_tile * 128 + (t.row0 - table.row_start[segment]);
       }
       t.a_row0 = (kMode == kGroupBatched ? t.group * m : 0) + t.row0;
       return true;

@@ -18,8 +18,26 @@ __host__ __device__ constexpr int gemm_math_warpgroups() { return BLOCK_M == 64 
 template <int BLOCK_M>
 __host__ __device__ constexpr int gemm_threads() { return (gemm_math_warpgroups<BLOCK_M>() + 1) * 128; }
 
+// NVFP4 operands (kNvfp4): one stage is 64 values of K, two e2m1 per byte, so its packed rows are
+// 32 bytes; their e4m3 scales come in NVIDIA's 128x4 blocked layout, 512 bytes per 128 rows and 64
+// values of K (row r's 4 scales at (r % 32) * 16 + (r / 32) * 4). Per stage, TMA lands A's and B's
+// packed tiles and the scale chunks covering their rows in a staging area; the producer's warps 1-3
+// decode them into the bf16 tiles the wgmma read.
+template <int BLOCK_M, int BLOCK_N>
+struct Nvfp4StageLayout {
+  static constexpr int kPackedRowBytes = 32;
+  static constexpr int kScaleChunkBytes = 512;  // 128 rows x 4 scales
+  static constexpr int kScaleChunkRows = 128;
+  static constexpr int kAChunks = ceil_div(BLOCK_M, kScaleChunkRows), kBChunks = ceil_div(BLOCK_N, kScaleChunkRows);
+  static constexpr int kOffA = 0;  // every part starts 128-byte aligned, as TMA destinations must
+  static constexpr int kOffB = kOffA + BLOCK_M * kPackedRowBytes;
+  static constexpr int kOffScalesA = kOffB + BLOCK_N * kPackedRowBytes;
+  static constexpr int kOffScalesB = kOffScalesA + kAChunks * kScaleChunkBytes;
+  static constexpr int kBytes = kOffScalesB + kBChunks * kScaleChunkBytes;
+};
+
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
-          int kMnMajor>
+          int kMnMajor, bool kNvfp4 = false>
 struct GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
@@ -34,28 +52,31 @@ struct GemmSmemLayout {
   // MN-major operands (kMnMajor bit 0: A, bit 1: B) land untransposed in a staging area of the
   // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
   static constexpr int kStagingABytes = (kMnMajor & 1) ? kABytes : 0;
-  static constexpr int kStagingBytes = kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
+  static constexpr int kStagingBytes =
+      kNvfp4 ? Nvfp4StageLayout<BLOCK_M, BLOCK_N>::kBytes : kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
   static constexpr int kOffStaging = kOffB + kNumStages * kBBytes;
   static constexpr int kOffScales = kOffStaging + kNumStages * kStagingBytes;
   static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
   // full and empty per stage; with staging also "staged" (the TMA loads landed)
-  static constexpr int kNumBarrierSets = kMnMajor ? 3 : 2;
+  static constexpr int kNumBarrierSets = kMnMajor || kNvfp4 ? 3 : 2;
   static constexpr int kOffSplitFlag = kOffBarriers + kNumBarrierSets * kNumStages * 8;  // split-K: "this CTA reduces"
   // Grouped M modes: a byte per tile row, "this row belongs to the tile's group".
   static constexpr int kRowOkBytes = group_rows_checked<kGroupMode>() ? (BLOCK_M + 15) & ~15 : 0;
   static constexpr int kOffRowOk = kOffSplitFlag + 16;
   static constexpr int kOffGroupTable = kOffRowOk + kRowOkBytes;  // GroupTable: 3 ints per group
+  // kGroupOffsets: a fourth, each group's first 128-row tile of A's NVFP4 scales
+  static constexpr int kGroupTableInts = kGroupMode == kGroupOffsets ? 4 : 3;
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
-  static constexpr int kTotalBytes = kOffGroupTable + 3 * kMaxGroups * 4 + 1024;
+  static constexpr int kTotalBytes = kOffGroupTable + kGroupTableInts * kMaxGroups * 4 + 1024;
   static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
                 "swizzled tiles must stay 1024-byte aligned");
 };
 
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
-          int kMaxGroups_, int kMnMajor_>
+          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -68,6 +89,9 @@ struct GemmTraits {
   static constexpr bool kSplitK = kSplitK_;
   static constexpr GroupMode kGroupMode = kGroupMode_;
   static constexpr int kMaxGroups = kMaxGroups_, kMnMajor = kMnMajor_;
+  // NVFP4 operands decoded to bf16 in shared memory (kTypeA = kTypeB = kBF16: the wgmma's types),
+  // with the expert's scale applied at the end.
+  static constexpr bool kNvfp4 = kNvfp4_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
@@ -78,12 +102,12 @@ struct GemmTraits {
   static constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
   static constexpr bool kScaleAtEnd = kScaleGranN == 0;
   // 16-bit operands (bmm_fp16): no scales at all; a stage row of 128 bytes holds 64 elements of K.
-  static constexpr bool kUnscaled = operand_bytes(kTypeA) == 2;
+  static constexpr bool kUnscaled = operand_bytes(kTypeA) == 2 && !kNvfp4;
   static constexpr int kBlockKElems = kBlockK / operand_bytes(kTypeA);
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor>;
+                                kMnMajor, kNvfp4>;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -91,15 +115,17 @@ struct GemmTraits {
   // stage (multicast): one lane per math warp arrives on the peer's barrier.
   static constexpr int kEmptyArrivals = kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;
   // The full barrier: the TMA thread and every lane of the stage's scale warp; with staging, every
-  // lane of the three warps that transpose the stage together (after the scales, if any).
-  static constexpr int kFullArrivals = kMnMajor ? 3 * 32 : kScaleAtEnd ? 1 : 1 + 32;
+  // lane of the three warps that transpose (or decode) the stage together (after the scales, if any).
+  static constexpr int kFullArrivals = kMnMajor || kNvfp4 ? 3 * 32 : kScaleAtEnd ? 1 : 1 + 32;
 
   // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
   // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
   // Transposing MN-major operands takes the producer's warps 1-3 past 40 registers: 56, or 64
   // beside per-column B scales (56 spilled there); the promoted 128x128 math spilled at 216.
-  static constexpr int kProducerRegs = !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
-  static constexpr int kMathRegs = !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
+  // Decoding NVFP4 holds a 16-entry table and a 16-value block's words per thread: 64 beside
+  // 216 for the math (a scale-at-end 128-wide tile needs 64 accumulators per thread and wave).
+  static constexpr int kProducerRegs = kNvfp4 ? 64 : !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
+  static constexpr int kMathRegs = kNvfp4 ? 216 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
 
   static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
   // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
@@ -126,6 +152,11 @@ struct GemmTraits {
   static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
   static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) && (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd)),
                 "16-bit operands: the same type on both sides, unscaled");
+  static_assert(!kNvfp4 || (kTypeA == kBF16 && kTypeB == kBF16 && kScaleAtEnd && kGroupMode == kGroupOffsets &&
+                            kCluster == 1 && kMnMajor == 0 && BLOCK_M <= 128 && BLOCK_N % 64 == 0),
+                "NVFP4: decoded to bf16, scaled at the end, token-packed groups, no cluster, K-major, "
+                "BLOCK_M 64 or 128, BLOCK_N 64, 128 or 256");
+  static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
   // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
   // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
   // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes
@@ -161,6 +192,16 @@ struct GemmArgs {
   int out_ld;
   int* signal;  // masked overlap counters, or null
   int signal_blocks;
+  // kGroupOffsets (NVFP4): each group's expert (-1 or out of range: skipped), the device count of
+  // groups that count (null: num_groups), each group's first 128-row tile of A's scales, and the
+  // descriptors of the scale chunks (rows of 128 bytes). Without group_scale_tiles each group's
+  // scales start a new 128-row tile after the previous group's.
+  const int* group_experts = nullptr;
+  const int* active_groups = nullptr;
+  const u32* group_scale_tiles = nullptr;
+  int num_experts = 0;
+  const TmaDesc* tmap_sfa = nullptr;
+  const TmaDesc* tmap_sfb = nullptr;
 };
 
 // Where everything lives in the CTA's shared memory.

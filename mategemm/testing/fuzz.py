@@ -251,6 +251,36 @@ def moe_gemm_mxfp8_nt_groupwise_case(device):
                        "scale_granularity_mnk": ("scale_granularity_mnk",), "out": ("out",)}, {}
 
 
+def _nvfp4_operands(device):
+    """10 tokens in 3 groups (3, 0 and 7 rows: the quantiser's 2 scale tiles), 3 experts of 64 x 256."""
+    return dict(a=torch.zeros((10, 128), dtype=torch.uint8, device=device),
+                b=torch.zeros((3, 64, 128), dtype=torch.uint8, device=device),
+                a_scales=torch.zeros((2, 4, 32, 4, 4), dtype=torch.uint8, device=device).view(E4M3),
+                b_scales=torch.zeros((3, 1, 4, 32, 4, 4), dtype=torch.uint8, device=device).view(E4M3),
+                group_offsets=_ints([0, 3, 3, 10], device), expert_ids=_ints([2, -1, 0], device),
+                expert_scales=scales(3, device=device))
+
+
+NVFP4_NAMES = {"a": ("a", "c", "out", "K"), "b": ("b", "b_scales", "expert_scales", "N", "K"),
+               "group_offsets": ("group_offsets", "expert_ids", "group_scale_offsets")}
+
+
+def grouped_matmul_dynamic_scaled_nvfp4_case(device):
+    operands = _nvfp4_operands(device)
+    baselines = [dict(c=torch.zeros((10, 64), dtype=torch.bfloat16, device=device), **operands,
+                      group_scale_offsets=_ints([0, 1, 1], device), num_active_experts=count)
+                 for count in (3, _ints([2], device))]
+    return baselines, NVFP4_NAMES, {"free_rows": ("a_scales",)}
+
+
+def nvfp4_grouped_gemm_case(device):
+    operands = _nvfp4_operands(device)
+    baselines = [dict(**operands, out=torch.zeros((10, 64), dtype=torch.float16, device=device),
+                      out_dtype=torch.float16), dict(**operands, out=None, out_dtype=torch.bfloat16)]
+    # with out None any number of token rows is a valid call (rows past the last group are left alone)
+    return baselines, NVFP4_NAMES, {"free_rows": ("a_scales", "a")}
+
+
 CASES = {
     "gemm_fp8_nt_groupwise": gemm_fp8_nt_groupwise_case, "bmm_fp8": bmm_fp8_case, "bmm_fp16": bmm_fp16_case,
     "ragged_m_moe_gemm_8bit": ragged_m_moe_gemm_8bit_case, "masked_moe_gemm_8bit": masked_moe_gemm_8bit_case,
@@ -259,6 +289,8 @@ CASES = {
     "fp8_paged_mqa_logits": fp8_paged_mqa_logits_case, "fp8_mqa_logits": fp8_mqa_logits_case,
     "batch_deepgemm_fp8_nt_groupwise": batch_deepgemm_fp8_nt_groupwise_case, "fused_moe": fused_moe_case,
     "moe_gemm_mxfp8_nt_groupwise": moe_gemm_mxfp8_nt_groupwise_case,
+    "grouped_matmul_dynamic_scaled_nvfp4": grouped_matmul_dynamic_scaled_nvfp4_case,
+    "nvfp4_grouped_gemm": nvfp4_grouped_gemm_case,
 }
 
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import mategemm
-from mategemm import bmm, gemm, moe as moe_api, prewarm, suites
+from mategemm import bmm, formats, gemm, moe as moe_api, prewarm, quant, suites
 from mategemm.jit.cache import KernelCache
-from mategemm.kernels import sm90_fp8_gemm_blockscaled, sm90_fp8_mqa_logits, transpose_8bit
+from mategemm.kernels import (sm90_fp8_gemm_blockscaled, sm90_fp8_mqa_logits, sm90_nvfp4_grouped_gemm,
+                              transpose_8bit)
 from mategemm.runtime.device import get_num_mp
 from mategemm.testing import indexer as indexer_testing
 from mategemm.testing import make_fp8_gemm_inputs, moe
@@ -26,10 +27,10 @@ def requested(monkeypatch):
         return real_get(self, spec)
 
     monkeypatch.setattr(KernelCache, "get", get)
-    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_mqa_logits, transpose_8bit):
+    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_mqa_logits, sm90_nvfp4_grouped_gemm, transpose_8bit):
         monkeypatch.setattr(module, "_loaded", {})
     monkeypatch.setattr(gemm, "_warm", {})
-    for module in (bmm, moe_api):
+    for module in (bmm, formats, moe_api):
         monkeypatch.setattr(module, "_warm", type(module._warm)())
     return asked
 
@@ -131,3 +132,25 @@ def test_moe_layers(requested):
             mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token", alignment_m=128)
     check_planned(suites.Suite("moe_layers", "moe_layers", (row,)), requested)
 
+
+
+def test_nvfp4(requested):
+    """tools/bench.py nvfp4's calls: the MAX form with the count on the host and on the GPU, the
+    Pythonic form, the FP8 per_expert GEMM of the same shape."""
+    row = {"active_experts": 4, "tokens_per_expert": 3, "n": 512, "k": 512}
+    groups, tokens, n, k = row["active_experts"], row["tokens_per_expert"], row["n"], row["k"]
+    offsets = list(range(0, groups * tokens + 1, tokens))
+    a, a_scales, starts = quant.nvfp4_quantize(torch.randn((groups * tokens, k), device="cuda"), 1.0, offsets)
+    b, b_scales = quant.nvfp4_quantize(torch.randn((groups, n, k), device="cuda"), 1.0)
+    group_offsets = torch.tensor(offsets, dtype=torch.int32, device="cuda")
+    ids, scales = torch.arange(groups, dtype=torch.int32, device="cuda"), torch.ones(groups, device="cuda")
+    out = torch.empty((groups * tokens, n), dtype=torch.bfloat16, device="cuda")
+    for count in (groups, torch.tensor([groups], dtype=torch.int32, device="cuda")):
+        mategemm.grouped_matmul_dynamic_scaled_nvfp4(out, a, b, a_scales, b_scales, group_offsets, starts, ids, scales,
+                                                     count)
+    mategemm.nvfp4_grouped_gemm(a, b, a_scales, b_scales, group_offsets, ids, scales, out=out)
+    a8, sfa = moe.make_tokens(groups * tokens, k)
+    b8, sfb = moe.make_expert_weights(groups, n, k)
+    counts = torch.full((groups,), tokens, dtype=torch.int32, device="cuda")
+    mategemm.ragged_m_moe_gemm_8bit((a8, sfa), (b8, sfb), counts, out, gemm_mode="per_expert")
+    check_planned(suites.Suite("nvfp4_moe", "nvfp4", (row,)), requested)

@@ -10,9 +10,10 @@ import warnings
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from mategemm import bmm, gemm, moe, moe_layer
+from mategemm import bmm, formats, gemm, moe, moe_layer
 from mategemm.jit.cache import CompiledKernel, KernelCache
-from mategemm.kernels import sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit
+from mategemm.kernels import (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits,
+                              sm90_nvfp4_grouped_gemm, transpose_8bit)
 from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt_launch
 
@@ -59,11 +60,13 @@ def recorded_specs(monkeypatch):
     monkeypatch.setattr(rt_device, "current_device_info", lambda: rt_device.SM90_NO_DEVICE)
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", _stop)
+    monkeypatch.setattr(sm90_nvfp4_grouped_gemm, "Launch", _stop)
     monkeypatch.setattr(sm90_fp8_mqa_logits, "encode_2d", _stop)  # its launch loads the kernel first
-    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit):
+    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, sm90_nvfp4_grouped_gemm,
+                   transpose_8bit):
         monkeypatch.setattr(module, "_loaded", {})
     monkeypatch.setattr(gemm, "_warm", type(gemm._warm)())
-    for module in (bmm, moe, moe_layer):
+    for module in (bmm, formats, moe, moe_layer):
         monkeypatch.setattr(module, "_warm", type(module._warm)())
     monkeypatch.setattr(moe_layer, "_workspaces", {})
     monkeypatch.setattr(moe_layer, "_outgrown", [])

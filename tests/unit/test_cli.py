@@ -204,7 +204,7 @@ def test_every_shipped_suite_is_prewarmable():
     """What tools/bench.py runs: every suite of the shipped file plans kernels of its own kind."""
     families = {"dense_fp8": {"dense"}, "bmm": {"bmm"}, "grouped_contiguous_fp8": {"moe"},
                 "grouped_masked_fp8": {"moe"}, "grouped_k_fp8": {"moe", "transpose"}, "paged_mqa_logits": {"indexer"},
-                "moe_layers": {"moe"}}
+                "moe_layers": {"moe"}, "nvfp4_moe": {"nvfp4", "moe"}}
     shipped = suites.read(suites.SHAPES_FILE)
     assert set(shipped) == set(families)
     for name, suite in shipped.items():

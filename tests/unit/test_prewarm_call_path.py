@@ -131,6 +131,27 @@ def test_moe_layers(monkeypatch, model):
     assert_planned(suites.Suite("moe_layers", "moe_layers", (model,)), asked)
 
 
+@pytest.mark.parametrize("row", [{"active_experts": 32, "tokens_per_expert": t, "n": n, "k": k}
+                                 for t in (1, 64, 65, 4096) for n, k in ((4096, 7168), (2048, 768))], ids=str)
+def test_nvfp4(monkeypatch, row):
+    """tools/bench.py nvfp4's mategemm calls: the MAX form (device and host counts), the Pythonic
+    form, and the FP8 per_expert GEMM of the same shape."""
+    groups, tokens, n, k = row["active_experts"], row["tokens_per_expert"], row["n"], row["k"]
+    rows, u8 = groups * tokens, torch.uint8
+    with recorded_specs(monkeypatch) as asked:
+        a, b = cuda(rows, k // 2, dtype=u8), cuda(groups, n, k // 2, dtype=u8)
+        sa, sb = cuda(rows, -(-k // 64), 32, 4, 4, dtype=E4M3), cuda(groups, -(-n // 128), -(-k // 64), 32, 4, 4,
+                                                                         dtype=E4M3)
+        offsets, ids, scales = cuda(groups + 1, dtype=torch.int32), cuda(groups, dtype=torch.int32), cuda(groups)
+        out = cuda(rows, n, dtype=torch.bfloat16)
+        for count in (cuda(1, dtype=torch.int32), groups):
+            call(mategemm.grouped_matmul_dynamic_scaled_nvfp4, out, a, b, sa, sb, offsets,
+                 cuda(groups, dtype=torch.int32), ids, scales, count)
+        call(mategemm.nvfp4_grouped_gemm, a, b, sa, sb, offsets, ids, scales, out=out)
+        ragged_m(rows, n, k, groups, cuda(groups, dtype=torch.int32), gemm_mode="per_expert")
+    assert_planned(suites.Suite("nvfp4_moe", "nvfp4", (row,)), asked)
+
+
 @pytest.mark.parametrize("name", ["deepseek_v3", "qwen3_30b_a3b"])
 def test_preset(monkeypatch, name):
     """A model's calls at a sweep of token counts ask only for kernels its preset plan holds."""

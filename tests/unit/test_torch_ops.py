@@ -14,7 +14,8 @@ OPS = {"gemm_fp8_nt_groupwise", "gemm_fp8_nt_groupwise_out", "bmm_fp8", "bmm_fp8
        "ragged_m_moe_gemm_8bit_out", "ragged_k_moe_gemm_8bit_out", "masked_moe_gemm_8bit", "masked_moe_gemm_8bit_out",
        "batch_deepgemm_fp8_nt_groupwise_out", "get_paged_mqa_logits_metadata", "fp8_paged_mqa_logits",
        "fp8_mqa_logits", "fused_moe", "fused_moe_out", "moe_gemm_mxfp8_nt_groupwise",
-       "moe_gemm_mxfp8_nt_groupwise_out"}
+       "moe_gemm_mxfp8_nt_groupwise_out", "grouped_matmul_dynamic_scaled_nvfp4_out", "nvfp4_grouped_gemm",
+       "nvfp4_grouped_gemm_out"}
 
 
 def test_every_public_function_has_its_ops():
@@ -105,7 +106,26 @@ CASES = {
         empty(10, 256, dtype=E4), empty(3, 64, 256, dtype=E4), empty(16, 1, dtype=torch.int32),
         empty(3, 64, 1, dtype=torch.int32), empty(4, dtype=torch.int32), out=empty(10, 64, dtype=torch.bfloat16)),
         ((10, 64), torch.bfloat16), "moe_gemm_mxfp8_nt_groupwise_out"),
+    "nvfp4 MAX form, device count": (lambda: mategemm.grouped_matmul_dynamic_scaled_nvfp4(
+        *nvfp4_args(), empty(1, dtype=torch.int32)), ((10, 64), torch.bfloat16),
+        "grouped_matmul_dynamic_scaled_nvfp4_out"),
+    "nvfp4 MAX form, host count": (lambda: mategemm.grouped_matmul_dynamic_scaled_nvfp4(*nvfp4_args(), 2),
+                                   ((10, 64), torch.bfloat16), "grouped_matmul_dynamic_scaled_nvfp4_out"),
+    "nvfp4": (lambda: mategemm.nvfp4_grouped_gemm(*nvfp4_args()[1:6], *nvfp4_args()[7:], out_dtype=torch.half),
+              ((10, 64), torch.half), "nvfp4_grouped_gemm"),
+    "nvfp4 out=": (lambda: mategemm.nvfp4_grouped_gemm(*nvfp4_args()[1:6], *nvfp4_args()[7:],
+                                                       out=empty(10, 64, dtype=torch.bfloat16)),
+                   ((10, 64), torch.bfloat16), "nvfp4_grouped_gemm_out"),
 }
+
+
+def nvfp4_args():
+    """(c, a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids, expert_scales): 10 tokens
+    in 3 groups, 3 experts of 64 x 256."""
+    return (empty(10, 64, dtype=torch.bfloat16), empty(10, 128, dtype=torch.uint8),
+            empty(3, 64, 128, dtype=torch.uint8), empty(3, 4, 32, 4, 4, dtype=E4), empty(3, 1, 4, 32, 4, 4, dtype=E4),
+            empty(4, dtype=torch.int32),
+            empty(3, dtype=torch.int32), empty(3, dtype=torch.int32), empty(3))
 
 
 class Calls(torch.nn.Module):
@@ -214,6 +234,10 @@ def kernel_inputs():
                  topk_weights=empty(5, 2), topk_ids=empty(5, 2, dtype=torch.int32))
     mxfp8 = dict(a=empty(10, 256, dtype=E4), b=empty(3, 64, 256, dtype=E4), a_scale=empty(16, 1, dtype=torch.int32),
                  b_scale=empty(3, 64, 1, dtype=torch.int32), m_indptr=empty(4, dtype=torch.int32))
+    names = ("c", "a", "b", "a_scales", "b_scales", "group_offsets", "group_scale_offsets", "expert_ids",
+             "expert_scales")
+    nvfp4_max = dict(zip(names, nvfp4_args()))
+    nvfp4 = {name: value for name, value in nvfp4_max.items() if name not in ("c", "group_scale_offsets")}
     return {
         "gemm_fp8_nt_groupwise": gemm,
         # a schema's defaults are trailing: those before the required out stay required
@@ -249,6 +273,10 @@ def kernel_inputs():
         "moe_gemm_mxfp8_nt_groupwise_out": dict(mxfp8, scale_granularity_mnk=None, scale_major_mode="MN",
                                                 backend="auto", out=empty(10, 64, dtype=torch.bfloat16)),
         "fused_moe_out": dict(layer, out=empty(5, 256, dtype=torch.bfloat16)),
+        "grouped_matmul_dynamic_scaled_nvfp4_out": dict(nvfp4_max, num_active_experts=None,
+                                                        num_active_experts_tensor=empty(1, dtype=torch.int32)),
+        "nvfp4_grouped_gemm": nvfp4,
+        "nvfp4_grouped_gemm_out": dict(nvfp4, out=empty(10, 64, dtype=torch.bfloat16)),
     }
 
 

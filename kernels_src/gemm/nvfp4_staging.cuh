@@ -1,0 +1,196 @@
+// NVFP4 operands on the GEMM core (traits kNvfp4): the producer thread TMA-loads each stage's packed
+// e2m1 tiles and their e4m3 scale chunks into the stage's staging area (Nvfp4StageLayout); the
+// producer warpgroup's warps 1-3 decode them into the bf16 tiles, K-major and 128-byte swizzled,
+// that the wgmma read, then arrive on the stage's full barrier. Every product of an e2m1 value (two
+// significant bits) and an e4m3 scale (four) is exact in bf16 (eight), so the bf16 wgmma with fp32
+// accumulation computes the block-scaled product exactly up to the order of its fp32 additions.
+#pragma once
+#include "scheduler.cuh"
+
+namespace mategemm {
+
+// ---- decode helpers -------------------------------------------------------------------------
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 selector) {
+  u32 r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+  return r;
+}
+
+// Both halves multiplied in bf16 (round to nearest; every product here is exact).
+__device__ __forceinline__ u32 mul_bf16x2(u32 a, u32 b) {
+  u32 r;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+__device__ __forceinline__ u32 ld_shared_u16(u32 addr) {
+  u32 v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
+// The bf16 values of the 8 e2m1 magnitudes times one block's scale, split into their low and high
+// bytes: byte i of (lo0, lo1) is the low byte of magnitude i's product, of (hi0, hi1) its high byte.
+// Selector nibbles of prmt pick from 8 bytes: one prmt per 4 values and byte half.
+struct E2m1Table {
+  u32 lo0, lo1, hi0, hi1;
+};
+
+// NOTES: the scale's 7 magnitude bits shifted left by 4 are a bf16 of value scale x 2^-120 (e4m3
+// subnormals included: both formats' denormals line up), so a bf16 multiply by (magnitude x 2^120)
+// gives each entry exactly; magnitude 0 multiplies into +0. The scale's sign bit is ignored (block
+// scales are non-negative). Cost: 1 LOP3 + 1 IMAD + 4 HMUL2 + 4 PRMT per 16 values.
+__device__ __forceinline__ E2m1Table e2m1_table(u32 scale_byte) {
+  const u32 scaled = (scale_byte & 0x7Fu) * 0x00100010u;  // bf16 scale x 2^-120 in both halves
+  // (low, high) halves: (0, 0.5), (1, 1.5), (2, 3), (4, 6), each x 2^120
+  const u32 w01 = mul_bf16x2(scaled, 0x7B000000u), w23 = mul_bf16x2(scaled, 0x7BC07B80u);
+  const u32 w45 = mul_bf16x2(scaled, 0x7C407C00u), w67 = mul_bf16x2(scaled, 0x7CC07C80u);
+  return {prmt(w01, w23, 0x6420), prmt(w45, w67, 0x6420), prmt(w01, w23, 0x7531), prmt(w45, w67, 0x7531)};
+}
+
+// 8 e2m1 values (nibble i = value i, sign in its bit 3) -> 4 words of 2 bf16 (value 2i in the low half).
+// NOTES: 15 ALU instructions per 8 values: a mask and a shift for the selectors, 4 table PRMT, the
+// 8 sign bits moved to bit 7 of each high byte (a shift, 2 PRMT, 2 LOP3), 4 PRMT interleaving
+// low and high bytes.
+__device__ __forceinline__ void decode_e2m1x8(u32 packed, const E2m1Table& table, u32* out) {
+  const u32 magnitudes = packed & 0x77777777u;  // a selector nibble's bit 3 would replicate a sign instead
+  const u32 upper = magnitudes >> 16;           // prmt reads the low 4 selector nibbles only
+  const u32 lo_first = prmt(table.lo0, table.lo1, magnitudes), lo_second = prmt(table.lo0, table.lo1, upper);
+  u32 hi_first = prmt(table.hi0, table.hi1, magnitudes), hi_second = prmt(table.hi0, table.hi1, upper);
+  // Value i's sign is bit 4i + 3: (packed << 4) holds the even values' signs at bit 7 of their byte,
+  // packed the odd values'; interleaved bytewise they sit at bit 7 of byte i for value i.
+  const u32 shifted = packed << 4;
+  hi_first |= prmt(shifted, packed, 0x5140) & 0x80808080u;
+  hi_second |= prmt(shifted, packed, 0x7362) & 0x80808080u;
+  out[0] = prmt(lo_first, hi_first, 0x5140);
+  out[1] = prmt(lo_first, hi_first, 0x7362);
+  out[2] = prmt(lo_second, hi_second, 0x5140);
+  out[3] = prmt(lo_second, hi_second, 0x7362);
+}
+
+// ---- the producer thread ----------------------------------------------------------------------
+template <class T>
+__device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
+                                                    GemmScheduler<T>& scheduler) {
+  using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
+  constexpr u32 kStageBytes = (T::BLOCK_M + T::BLOCK_N) * Stage::kPackedRowBytes +
+                              (Stage::kAChunks + Stage::kBChunks) * Stage::kScaleChunkBytes;
+  constexpr int kChunkBoxRows = Stage::kScaleChunkBytes / 128;  // the scale descriptors' rows are 128 bytes
+  const int n_scale_tiles = ceil_div(args.n, Stage::kScaleChunkRows);
+  PipelineState<T::kNumStages> pipe;
+  Tile t;
+  while (scheduler.next(t)) {
+    const int n0 = t.n_block * T::BLOCK_N;
+    const int b_row0 = t.group * args.n + n0;
+    // The chunks of 128 scale rows holding the tile's rows; each spans K in steps of 64 values.
+    const int a_tile0 = t.a_scale_row / Stage::kScaleChunkRows;
+    const int b_tile0 = t.group * n_scale_tiles + n0 / Stage::kScaleChunkRows;
+    const int k_chunks = scheduler.num_k_blocks;
+    for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
+      const Barrier loaded = smem.staged[pipe.stage];
+      smem.empty[pipe.stage].wait(pipe.phase ^ 1);
+      loaded.arrive_expect_tx(kStageBytes);
+      u8* staging = smem.staging + pipe.stage * T::Layout::kStagingBytes;
+      const int k_byte = kb * Stage::kPackedRowBytes;
+      tma_load_2d(staging + Stage::kOffA, args.tmap_a, loaded.addr, k_byte, t.a_row0);
+      tma_load_2d(staging + Stage::kOffB, args.tmap_b, loaded.addr, k_byte, b_row0);
+      #pragma unroll
+      for (int c = 0; c < Stage::kAChunks; ++c) {
+        tma_load_2d(staging + Stage::kOffScalesA + c * Stage::kScaleChunkBytes, args.tmap_sfa, loaded.addr, 0,
+                    ((a_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
+      }
+      #pragma unroll
+      for (int c = 0; c < Stage::kBChunks; ++c) {
+        tma_load_2d(staging + Stage::kOffScalesB + c * Stage::kScaleChunkBytes, args.tmap_sfb, loaded.addr, 0,
+                    ((b_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
+      }
+      pipe.advance();
+    }
+  }
+}
+
+// ---- warps 1-3: decode -------------------------------------------------------------------------
+// Row r of a run of 128-row scale chunks keeps its 4 scales at (r / 128) * 512 + (r % 32) * 16 +
+// (r / 32 % 4) * 4; `kOneChunk`: r < 128.
+template <bool kOneChunk>
+__device__ __forceinline__ u32 nvfp4_scale_offset(u32 row) {
+  return (kOneChunk ? 0 : (row >> 7) * 512) + (row & 31) * 16 + ((row >> 5) & 3) * 4;
+}
+
+// One operand's rows [row, rows) in steps of 48 (the 96 threads, 2 per row): each thread decodes
+// half `half` of its rows' 64 values, 32 values of two scale blocks (16 packed bytes, 2 scales)
+// into four 16-byte chunks of the bf16 row. 48 is a multiple of 8, so those chunks keep their
+// swizzled places (chunk c of row r at c ^ r % 8: the 128-byte swizzle; tiles 1024-B aligned).
+template <bool kOneChunk>
+__device__ __forceinline__ void decode_nvfp4_rows(u32 row, u32 rows, u32 half, u32 packed, u32 scales,
+                                                  u32 scale_row0, u32 tile) {
+  constexpr u32 kStep = 48, kPackedRowBytes = 32;
+  u32 chunk[4];
+  #pragma unroll
+  for (int c = 0; c < 4; ++c) chunk[c] = ((4 * half + c) ^ (row % 8)) * 16;
+  #pragma unroll 1
+  for (; row < rows; row += kStep) {
+    const uint4 values = ld_shared_v4(packed + row * kPackedRowBytes + half * 16);
+    const u32 two_scales = ld_shared_u16(scales + nvfp4_scale_offset<kOneChunk>(scale_row0 + row) + half * 2);
+    const E2m1Table first = e2m1_table(two_scales), second = e2m1_table(two_scales >> 8);
+    const u32 row_addr = tile + row * kBlockK;
+    u32 out[4];
+    decode_e2m1x8(values.x, first, out);
+    st_shared_v4(row_addr + chunk[0], out[0], out[1], out[2], out[3]);
+    decode_e2m1x8(values.y, first, out);
+    st_shared_v4(row_addr + chunk[1], out[0], out[1], out[2], out[3]);
+    decode_e2m1x8(values.z, second, out);
+    st_shared_v4(row_addr + chunk[2], out[0], out[1], out[2], out[3]);
+    decode_e2m1x8(values.w, second, out);
+    st_shared_v4(row_addr + chunk[3], out[0], out[1], out[2], out[3]);
+  }
+}
+
+// One stage: A's rows of the tile's group (rows past them feed only output rows that are never
+// stored), then all of B's. Thread i of the 96 takes half i % 2 of rows i / 2, i / 2 + 48, ... of
+// A's rows followed by B's. A warp's packed loads are 512 contiguous bytes and each quarter-warp's
+// stores hit the 8 chunks of four rows: no bank conflicts (the 2-byte scale loads of 16 rows 16
+// bytes apart: two-way).
+template <class T>
+__device__ __forceinline__ void decode_nvfp4_stage(u32 staging, u32 tile_a, u32 tile_b, u32 a_rows, u32 a_scale_row0,
+                                                   u32 b_scale_row0, u32 thread) {
+  using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
+  constexpr u32 kRowsPerPass = 48;
+  const u32 half = thread % 2;
+  const u32 first = thread / 2;
+  // a tile of at most 128 rows lies in one scale chunk (a 64-row one starts at row 0 or 64 of it)
+  decode_nvfp4_rows<Stage::kAChunks == 1>(first, a_rows, half, staging + Stage::kOffA, staging + Stage::kOffScalesA,
+                                          a_scale_row0, tile_a);
+  // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / 48) rows
+  const u32 a_passes = first < a_rows ? (a_rows - first + kRowsPerPass - 1) / kRowsPerPass : 0;
+  decode_nvfp4_rows<Stage::kBChunks == 1>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
+                                          staging + Stage::kOffB, staging + Stage::kOffScalesB, b_scale_row0, tile_b);
+}
+
+template <class T>
+__device__ __forceinline__ void decode_nvfp4_stages(const GemmSmem<T>& smem, GemmScheduler<T>& scheduler) {
+  using Layout = typename T::Layout;
+  using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
+  const u32 thread = threadIdx.x - 32;  // warps 1-3 of the producer warpgroup
+  int iter = 0;
+  Tile t;
+  while (scheduler.next(t)) {
+    const u32 a_rows = min(T::BLOCK_M, t.row_end - t.row0);
+    // A tile's rows within its scale chunks: a 64-row tile may start half-way into a 128-row chunk
+    const u32 a_scale_row0 = static_cast<u32>(t.a_scale_row) % Stage::kScaleChunkRows;
+    const u32 b_scale_row0 = static_cast<u32>(t.n_block * T::BLOCK_N) % Stage::kScaleChunkRows;
+    for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
+      const int stage = iter % T::kNumStages;
+      // NOTES: no wait on the empty barrier: the TMA loads completing `staged` were issued after
+      // the producer saw the consumers release this stage, so its bf16 tiles are free by then.
+      smem.staged[stage].wait((iter / T::kNumStages) & 1);
+      decode_nvfp4_stage<T>(smem_addr(smem.staging + stage * Layout::kStagingBytes),
+                            smem_addr(smem.a + stage * Layout::kABytes), smem_addr(smem.b + stage * Layout::kBBytes),
+                            a_rows, a_scale_row0, b_scale_row0, thread);
+      fence_proxy_async_smem();   // the wgmma (async proxy) read what these stores wrote
+      smem.full[stage].arrive();  // release: the stores above are visible to the waiters
+    }
+  }
+}
+
+}  // namespace mategemm

@@ -1,0 +1,97 @@
+"""Config choice for sm90_nvfp4_grouped_gemm (token-packed MoE groups, NVFP4 decoded to bf16).
+
+The rows per group live on the GPU, so the choice rests on their average, as for the FP8
+grouped modes. At 1-64 rows per group the kernel streams weights: each weight tile is read once
+and decoded by the producer's warps 1-3, so the tile is the smallest that keeps the tensor cores'
+work per stage negligible (BLOCK_M 64, one math warpgroup) and the ring as deep as shared memory
+allows; at more rows, BLOCK_M 128 halves the decode of the weights per output row.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
+from mategemm.runtime.device import DeviceInfo
+from mategemm.types import GemmConfig, Nvfp4Problem
+
+# NOTES: a stage is 64 values of K: bf16 tiles of 128-byte rows (what the wgmma read), and the
+# staging area of the packed rows (32 bytes) and their scale chunks (512 bytes per 128 rows).
+K_PER_STAGE = 64
+BF16_ROW_BYTES = 128
+PACKED_ROW_BYTES = 32
+SCALE_CHUNK_ROWS, SCALE_CHUNK_BYTES = 128, 512
+BLOCK_MS = (64, 128)
+# NOTES: the decoding warps take 64 rows at a time per tile of B (the scale chunks are 128 rows);
+# 256 is for forcing: with BLOCK_M 128 it does not fit 3 stages.
+BLOCK_NS = (64, 128, 256)
+DEFAULT_BLOCK_N = 128
+DECODE_ROWS = 64  # rows per group up to which one 64-row tile holds a group
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n")
+
+
+def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2) -> int:
+    """Must match GemmSmemLayout with kNvfp4 (kernels_src/gemm/traits.cuh): the output tile, the
+    ring (bf16 tiles and staging), three barriers per stage, the split-K flag's 16 bytes, a byte per
+    tile row, a table of 4 ints per group and the alignment slack."""
+    staging = ((block_m + block_n) * PACKED_ROW_BYTES +
+               (math.ceil(block_m / SCALE_CHUNK_ROWS) + math.ceil(block_n / SCALE_CHUNK_ROWS)) * SCALE_CHUNK_BYTES)
+    per_stage = (block_m + block_n) * BF16_ROW_BYTES + staging
+    row_ok = (block_m + 15) // 16 * 16
+    return (block_m * block_n * out_elem_bytes + stages * per_stage + 3 * stages * 8 + 16 + row_ok +
+            16 * max_groups + sm90.SMEM_SLACK)
+
+
+def max_stages(block_m: int, block_n: int, max_groups: int, smem_limit: int, out_elem_bytes: int = 2) -> int:
+    """The most stages (at most sm90.MAX_STAGES) that fit; fewer than sm90.MIN_STAGES if none fit."""
+    stages = sm90.MAX_STAGES
+    while stages >= sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, max_groups,
+                                                   out_elem_bytes) > smem_limit:
+        stages -= 1
+    return stages
+
+
+def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
+    """An upper bound on the tiles of a launch: each group adds at most one partial M tile."""
+    groups = problem.num_groups if problem.active is None else problem.active
+    return (math.ceil(problem.m / block_m) + groups) * math.ceil(problem.n / block_n)
+
+
+@functools.lru_cache(maxsize=4096)
+def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
+    """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
+    MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp and
+    group_n; other keys, or values that do not fit, raise ValueError."""
+    forced = parse_force_config(force)
+    unknown = sorted(set(forced) - set(FORCE_KEYS))
+    if unknown:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: {unknown} do not apply to the NVFP4 grouped GEMM "
+                         f"(keys: {', '.join(FORCE_KEYS)})")
+    block_m = forced.get("block_m", 64 if rows_per_group <= DECODE_ROWS else 128)
+    if block_m not in BLOCK_MS:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS} here, got {block_m}")
+    if "num_mp" in forced:
+        num_mp = max(1, min(forced["num_mp"], device.num_sms))
+    if "block_n" in forced:
+        block_n = forced["block_n"]
+        if block_n not in BLOCK_NS:
+            raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n must be one of {BLOCK_NS} here, got {block_n}")
+    else:
+        # Narrower tiles where 128-wide ones would leave SMs without a weight tile to stream.
+        block_n = DEFAULT_BLOCK_N
+        if problem.n <= 64 or tile_bound(problem, block_m, DEFAULT_BLOCK_N) < num_mp:
+            block_n = 64
+    out_bytes = problem.out_elem_bytes
+    stages = forced.get("stages") or max_stages(block_m, block_n, problem.max_groups, device.smem_per_block,
+                                                out_bytes)
+    if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]; "
+                         f"{block_m}x{block_n} tiles fit {max(stages, 0)} here")
+    smem = smem_bytes(block_m, block_n, stages, problem.max_groups, out_bytes)
+    if smem > device.smem_per_block:
+        raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
+                         f"device has {device.smem_per_block}")
+    num_mp = max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
+    return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
+                      group_n=forced.get("group_n", fp8_gemm.GROUP_N),
+                      out_swizzle=fp8_gemm.out_swizzle(block_n, out_bytes), smem_bytes=smem)

@@ -1,0 +1,87 @@
+"""Host side of kernels_src/sm90_nvfp4_grouped_gemm.cuh: stub, TMA descriptors, launch."""
+from __future__ import annotations
+
+import torch
+
+from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.runtime import launch as rt
+from mategemm.runtime.tma import encode_2d
+from mategemm.types import GemmConfig, Nvfp4Problem
+
+KERNEL = "sm90_nvfp4_grouped_gemm"
+OUT_TYPES = {torch.bfloat16: "kOutBF16", torch.float16: "kOutF16"}
+# NOTES: TMA boxes per stage (the kernel's Nvfp4StageLayout): 32 packed bytes (64 values) of K by
+# the tile's rows, and scale chunks of 512 bytes (128 rows x 4 scales), addressed as 4 rows of 128.
+PACKED_BOX_BYTES = 32
+SCALE_ROW_BYTES, SCALE_CHUNK_ROWS = 128, 4
+OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
+
+_loaded: dict[tuple, rt.LoadedKernel] = {}
+
+
+def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
+    """The specialisation for (tile, stages, output type, group table capacity); M, N, K, the groups
+    and the experts stay run-time."""
+    args = (config.block_m, config.block_n, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
+            config.out_swizzle, problem.max_groups)
+    name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
+    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+
+
+def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
+         cache: KernelCache | None = None) -> rt.LoadedKernel:
+    """The kernel of `kernel_spec`, loaded on a device once."""
+    key = (device_index, kernel_spec)
+    kernel = _loaded.get(key)
+    if kernel is None:
+        compiled = (cache or default_cache()).get(kernel_spec)
+        kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes)
+        _loaded[key] = kernel
+    return kernel
+
+
+def _scale_rows(scales: torch.Tensor) -> torch.Tensor:
+    """Blocked e4m3 scales as rows of 128 bytes (4 per 128-row chunk of one 64-value K step)."""
+    return scales.view(torch.uint8).reshape(-1, SCALE_ROW_BYTES)
+
+
+class Launch:
+    """Everything of one call but the output: descriptors and arguments built once, reusable."""
+
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed")
+    TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT,
+             rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT)
+
+    def __init__(self, kernel: rt.LoadedKernel, problem: Nvfp4Problem, config: GemmConfig, a: torch.Tensor,
+                 b: torch.Tensor, a_scales: torch.Tensor, b_scales: torch.Tensor, group_offsets: torch.Tensor,
+                 group_scale_offsets: torch.Tensor | None, expert_ids: torch.Tensor, expert_scales: torch.Tensor,
+                 active: torch.Tensor | None):
+        """a (m, k/2) and b (E, n, k/2) packed uint8; the scales as nvfp4_quantize lays them out;
+        group_scale_offsets None: each group's scales from a new 128-row tile after the previous
+        group's; active: the device count of the groups, or None (problem.active of them)."""
+        self.kernel = kernel
+        self.grid = config.num_mp
+        experts, n = b.shape[0], b.shape[1]
+        self.head = (encode_2d(a, PACKED_BOX_BYTES, config.block_m, 0),
+                     encode_2d(b, PACKED_BOX_BYTES, config.block_n, 0, rows=experts * n))
+        self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
+                     encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
+                     expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
+                     0 if group_scale_offsets is None else group_scale_offsets.data_ptr(),
+                     0 if active is None else active.data_ptr(),
+                     problem.num_groups if problem.active is None else problem.active, problem.num_experts,
+                     problem.m, problem.n, problem.k, config.group_n)
+        self.out_swizzle = config.out_swizzle
+        self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
+
+    def __call__(self, out: torch.Tensor, stream: int, signal: int = 0) -> None:
+        """Launch writing `out` (m, n) on `stream` (a raw CUstream handle of the current device)."""
+        key = (out.data_ptr(), out.shape, out.stride(), stream)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= 64:
+                self._packed.clear()
+            tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
+            values = (*self.head, tmap_d, *self.tail, out.data_ptr(), out.stride(0))
+            packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
+        self.kernel.launch(self.grid, stream, packed)

@@ -1,0 +1,428 @@
+"""The NVFP4 grouped GEMM without a GPU: argument checks (each names its argument), the plan and
+kernel spec over a sweep of shapes, the call path on fake CUDA tensors up to the launch, the
+kernel's shared-memory size and SASS (sm_90a: HGMMA, TMA, no local memory), and a bit-exact model
+of the decode the producer's warps run (tables, byte permutes, swizzled placement) against the
+exact NVFP4 values."""
+import collections
+import math
+import re
+
+import pytest
+import torch
+
+import mategemm
+from fake_device import call, recorded_specs
+from mategemm import plan, prewarm, quant, suites
+from mategemm.heuristics import nvfp4 as heuristics
+from mategemm.jit.cache import KernelCache
+from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel
+from mategemm.runtime.device import SM90_NO_DEVICE
+from mategemm.testing import nvfp4 as ref
+from mategemm.testing import sass
+from mategemm.types import Nvfp4Problem
+
+E4M3, U8, I32 = torch.float8_e4m3fn, torch.uint8, torch.int32
+ARCH = "sm_90a"
+
+
+def cuda(*shape, dtype=torch.float32):
+    return torch.empty(shape, dtype=dtype, device="cuda")
+
+
+def args(tokens=10, n=64, k=256, experts=3, groups=3, out=torch.bfloat16):
+    """The MAX form's arguments on fake CUDA tensors, num_active_experts a device count."""
+    return dict(c=cuda(tokens, n, dtype=out), a=cuda(tokens, k // 2, dtype=U8), b=cuda(experts, n, k // 2, dtype=U8),
+                a_scales=cuda(max(1, groups), -(-k // 64), 32, 4, 4, dtype=E4M3),
+                b_scales=cuda(experts, -(-n // 128), -(-k // 64), 32, 4, 4, dtype=E4M3),
+                group_offsets=cuda(groups + 1, dtype=I32), group_scale_offsets=cuda(groups, dtype=I32),
+                expert_ids=cuda(groups, dtype=I32), expert_scales=cuda(experts), num_active_experts=cuda(1, dtype=I32))
+
+
+# ---- argument checks ---------------------------------------------------------------------------
+BAD = [
+    (dict(a=lambda: cuda(10, 128, dtype=E4M3)), TypeError, "a must have dtype"),
+    (dict(a=lambda: cuda(10, 100, dtype=U8), b=lambda: cuda(3, 64, 100, dtype=U8)), ValueError,
+     "K .* multiple of 32"),
+    (dict(b=lambda: cuda(3, 64, 96, dtype=U8)), ValueError, "a .* and b .* same K/2"),
+    (dict(b=lambda: cuda(64, 128, dtype=U8)), ValueError, "b must be 3-D"),
+    (dict(b=lambda: cuda(3, 60, 128, dtype=U8), b_scales=lambda: cuda(3, 1, 4, 32, 4, 4, dtype=E4M3),
+          c=lambda: cuda(10, 60, dtype=torch.bfloat16)), ValueError, "N .* multiple of 8"),
+    (dict(a_scales=lambda: cuda(3, 2, 32, 4, 4, dtype=E4M3)), ValueError, "a_scales must have shape"),
+    (dict(a_scales=lambda: cuda(3, 4, 32, 4, 4, dtype=U8)), TypeError, "a_scales must have dtype"),
+    (dict(a_scales=lambda: cuda(3, 4, 32, 16, dtype=E4M3)), ValueError, "a_scales must be 5-D"),
+    (dict(b_scales=lambda: cuda(3, 1, 2, 32, 4, 4, dtype=E4M3)), ValueError, "b_scales must have shape"),
+    (dict(b_scales=lambda: cuda(3, 1, 4, 32, 4, 4)), TypeError, "b_scales must have dtype"),
+    (dict(b_scales=lambda: cuda(3, 1, 4, 32, 4, 4, dtype=E4M3).transpose(-1, -2)), ValueError,
+     "b_scales must be contiguous"),
+    (dict(group_offsets=lambda: cuda(4)), TypeError, "group_offsets must have dtype"),
+    (dict(group_offsets=lambda: cuda(1, dtype=I32)), ValueError, "group_offsets must have shape"),
+    (dict(group_offsets=lambda: cuda(4, 2, dtype=I32)), ValueError, "group_offsets must be 1-D"),
+    (dict(group_offsets=lambda: cuda(8, dtype=I32).as_strided((4,), (2,))), ValueError,
+     "group_offsets must be contiguous"),
+    (dict(group_offsets=lambda: torch.empty(4, dtype=I32)), ValueError, "group_offsets is on cpu"),
+    (dict(expert_ids=lambda: cuda(4, dtype=I32)), ValueError, r"expert_ids must have shape \(3,\)"),
+    (dict(expert_ids=lambda: cuda(3, dtype=torch.int64)), TypeError, "expert_ids must have dtype"),
+    (dict(group_scale_offsets=lambda: cuda(2, dtype=I32)), ValueError, "group_scale_offsets must have shape"),
+    (dict(group_scale_offsets=lambda: None), TypeError, "group_scale_offsets must be a torch.Tensor"),
+    (dict(expert_scales=lambda: cuda(2)), ValueError, "expert_scales must have shape"),
+    (dict(expert_scales=lambda: cuda(3, dtype=torch.bfloat16)), TypeError, "expert_scales must have dtype"),
+    (dict(num_active_experts=lambda: 4), ValueError, r"num_active_experts must be in \[0, 3\]"),
+    (dict(num_active_experts=lambda: True), TypeError, "num_active_experts must be an int"),
+    (dict(num_active_experts=lambda: 2.0), TypeError, "num_active_experts must be an int"),
+    (dict(num_active_experts=lambda: cuda(2, dtype=I32)), ValueError, "num_active_experts as a tensor"),
+    (dict(num_active_experts=lambda: cuda(1, dtype=torch.int64)), TypeError, "num_active_experts must have dtype"),
+    (dict(num_active_experts=lambda: torch.ones(1, dtype=I32)), ValueError, "num_active_experts is on cpu"),
+    (dict(c=lambda: cuda(10, 64, dtype=torch.float32)), TypeError, "c must have dtype"),
+    (dict(c=lambda: cuda(9, 64, dtype=torch.bfloat16)), ValueError, r"c must have shape \(10, 64\)"),
+    (dict(c=lambda: cuda(64, 10, dtype=torch.bfloat16).t()), ValueError, "c must be contiguous along its last"),
+    (dict(a=lambda: cuda(10, 256, dtype=U8).as_strided((10, 128), (256, 2))), ValueError,
+     "a must be contiguous along its last"),
+    (dict(b=lambda: cuda(3, 128, 128, dtype=U8).as_strided((3, 64, 128), (16384, 128, 1))), ValueError,
+     "b must be contiguous along K with its experts"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_arguments_are_named_before_anything_compiles(monkeypatch, change, error, message):
+    with recorded_specs(monkeypatch) as asked:
+        values = args()
+        values.update({name: make() for name, make in change.items()})
+        with pytest.raises(error, match=message):
+            mategemm.grouped_matmul_dynamic_scaled_nvfp4(**values)
+    assert asked == []
+
+
+def test_pythonic_form_names_its_arguments(monkeypatch):
+    with recorded_specs(monkeypatch) as asked:
+        values = args()
+        rest = {name: values[name] for name in ("a", "b", "a_scales", "b_scales", "group_offsets", "expert_ids",
+                                                "expert_scales")}
+        with pytest.raises(TypeError, match="out_dtype must be"):
+            mategemm.nvfp4_grouped_gemm(**rest, out_dtype=torch.float32)
+        with pytest.raises(ValueError, match="out_dtype .* differs from out.dtype"):
+            mategemm.nvfp4_grouped_gemm(**rest, out=values["c"], out_dtype=torch.float16)
+        with pytest.raises(ValueError, match=r"out must have shape \(10, 64\)"):
+            mategemm.nvfp4_grouped_gemm(**rest, out=cuda(9, 64, dtype=torch.bfloat16))
+        with pytest.raises(TypeError, match="expert_ids must be a torch.Tensor"):
+            mategemm.nvfp4_grouped_gemm(**dict(rest, expert_ids=[0, 1, 2]))
+    assert asked == []
+
+
+# ---- the call path up to the launch --------------------------------------------------------------
+def test_call_path_asks_for_the_planned_kernel(monkeypatch):
+    """Host and device counts and the Pythonic form ask for one kernel: the plan's, which prewarm's
+    nvfp4 suite holds for the same shape."""
+    with recorded_specs(monkeypatch) as asked:
+        values = args(tokens=32 * 4, n=4096, k=7168, experts=32, groups=32)
+        rest = {name: values[name] for name in ("a", "b", "a_scales", "b_scales", "group_offsets", "expert_ids",
+                                                "expert_scales")}
+        for fn, kwargs in ((mategemm.grouped_matmul_dynamic_scaled_nvfp4, values),
+                           (mategemm.grouped_matmul_dynamic_scaled_nvfp4, dict(values, num_active_experts=32)),
+                           (mategemm.nvfp4_grouped_gemm, rest)):
+            monkeypatch.setattr(kernel, "_loaded", {})  # each call loads its kernel
+            call(fn, **kwargs)
+    assert len(asked) == 3 and len(set(asked)) == 1
+    spec = asked[0]
+    assert spec.kernel == kernel.KERNEL and spec.name_expr == \
+        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32>"
+    row = {"active_experts": 32, "tokens_per_expert": 4, "n": 4096, "k": 7168}
+    planned = prewarm.plan_suites([suites.Suite("nvfp4_moe", "nvfp4", (row,))], ARCH, num_mp=132)
+    assert spec in {p.spec for p in planned} and {p.family for p in planned} == {"nvfp4", "moe"}
+
+
+def test_nothing_to_compute_asks_for_nothing(monkeypatch):
+    with recorded_specs(monkeypatch) as asked:
+        empty = args(tokens=0)
+        assert mategemm.grouped_matmul_dynamic_scaled_nvfp4(**empty) is empty["c"]
+        none_active = args()
+        assert mategemm.grouped_matmul_dynamic_scaled_nvfp4(**dict(none_active, num_active_experts=0)) \
+            is none_active["c"]
+    assert asked == []
+
+
+def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
+    suite = suites.resolve("nvfp4_moe")[0]
+    shapes = {(row["n"], row["k"]) for row in suite.rows}
+    for hidden, inter in ((7168, 2048), (4096, 1536), (2048, 768)):  # DeepSeek-V3, Qwen3-235B, Qwen3-30B
+        assert {(2 * inter, hidden), (hidden, inter)} <= shapes
+    assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
+    planned = prewarm.plan_suites([suite], ARCH)
+    nvfp4 = [p for p in planned if p.family == "nvfp4"]
+    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32>",
+                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32>"}
+
+
+def test_suite_rows_check_k_for_nvfp4(tmp_path):
+    path = tmp_path / "shapes.json"
+    path.write_text('{"mine": [{"active_experts": 4, "tokens_per_expert": 2, "n": 256, "k": 96}]}')
+    assert suites.read(path)["mine"].kind == "nvfp4"
+    path.write_text('{"mine": [{"active_experts": 4, "tokens_per_expert": 2, "n": 256, "k": 80}]}')
+    with pytest.raises(suites.ShapesError, match="k must be a positive multiple of 32"):
+        suites.read(path)
+    planned = prewarm.plan_suites([suites.Suite("s", "nvfp4", ({"active_experts": 4, "tokens_per_expert": 2,
+                                                                "n": 256, "k": 96},))], ARCH)
+    assert {p.family for p in planned} == {"nvfp4"}  # K = 96: no FP8 peer (K blocks of 128)
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+SWEEP = [(tokens, groups, n, k) for tokens in (1, 4, 16, 63, 64, 65, 256, 4096)
+         for groups, n, k in ((32, 4096, 7168), (8, 7168, 2048), (1, 64, 32), (256, 1536, 2048), (3, 72, 96),
+                              (1024, 2048, 768))]
+
+
+@pytest.mark.parametrize("tokens,groups,n,k", SWEEP, ids=str)
+def test_plan_over_a_sweep(tokens, groups, n, k):
+    problem = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, groups)
+    nvfp4_plan = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="")
+    config = nvfp4_plan.config
+    assert config.block_m == (64 if tokens <= 64 else 128)
+    assert config.block_n in (64, 128) and (config.block_n == 64) == (
+        n <= 64 or heuristics.tile_bound(problem, config.block_m, 128) < 132)
+    assert 3 <= config.stages <= 8 and config.block_k == 64 and config.out_swizzle == 128
+    assert config.smem_bytes == heuristics.smem_bytes(config.block_m, config.block_n, config.stages,
+                                                      problem.max_groups)
+    assert config.smem_bytes <= SM90_NO_DEVICE.smem_per_block
+    assert config.stages == 8 or heuristics.smem_bytes(config.block_m, config.block_n, config.stages + 1,
+                                                       problem.max_groups) > SM90_NO_DEVICE.smem_per_block
+    assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
+    assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
+    assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
+                                         f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}>")
+    # a count on the device plans for every group of expert_ids: the same kernel here
+    on_device = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, None)
+    assert plan.nvfp4_grouped(on_device, SM90_NO_DEVICE, force="").spec == nvfp4_plan.spec
+
+
+def test_forced_configs():
+    problem = Nvfp4Problem(64, 4096, 7168, 16, 16, torch.float16, 16)
+    config = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,block_n=64,stages=5,num_mp=7,group_n=2")
+    assert (config.block_m, config.block_n, config.stages, config.num_mp, config.group_n) == (128, 64, 5, 7, 2)
+    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32>")
+    assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
+    for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
+                           ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
+                           ("block_m=128,block_n=256", "stages must be in")):
+        with pytest.raises(ValueError, match=message):
+            heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
+
+
+@pytest.mark.parametrize("block_m,block_n,stages,max_groups,out_bytes", [
+    (64, 128, 6, 32, 2), (128, 128, 4, 256, 2), (64, 64, 8, 1024, 2), (128, 64, 5, 64, 2), (64, 256, 3, 32, 2)])
+def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups, out_bytes):
+    """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
+    from mategemm.jit import nvrtc
+
+    expected = heuristics.smem_bytes(block_m, block_n, stages, max_groups, out_bytes)
+    layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, 0, {out_bytes}, mategemm::kGroupOffsets, "
+              f"{max_groups}, 0, true>")
+    source = ('#include "gemm/traits.cuh"\n'
+              f'static_assert({layout}::kTotalBytes == {expected}, "python and kernel disagree");\n'
+              f'static_assert({layout}::kStagingBytes % 128 == 0, "TMA destinations stay aligned");\n'
+              "__global__ void probe() {}\n")
+    nvrtc.compile_cubin(source, "&probe", nvrtc.base_options(ARCH, debug=False))
+
+
+# ---- SASS -----------------------------------------------------------------------------------------
+INSTANCES = [(64, 128, 6, "kOutBF16", 32), (128, 128, 4, "kOutBF16", 256), (64, 64, 8, "kOutF16", 1024),
+             (64, 256, 3, "kOutBF16", 32)]
+
+
+@pytest.fixture(scope="module")
+def nvfp4_sass(tmp_path_factory):
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    cache = KernelCache(tmp_path_factory.mktemp("nvfp4_sass"))
+    out = {}
+    for block_m, block_n, stages, out_type, max_groups in INSTANCES:
+        name_expr = (f"&mategemm::{kernel.KERNEL}<{block_m}, {block_n}, {stages}, mategemm::{out_type}, 128, "
+                     f"{max_groups}>")
+        spec = kernel.KernelSpec(kernel.KERNEL, f'#include "{kernel.KERNEL}.cuh"\n', name_expr, ARCH)
+        compiled = cache.get(spec)
+        out[(block_m, block_n)] = (sass.dump_sass(compiled.path / "kernel.cubin"), compiled)
+    return out
+
+
+def loops(text: str) -> list[collections.Counter]:
+    """The opcode counts of every loop (a backward branch to the loop's head) of a SASS listing."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in
+           (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in text.splitlines()) if m]
+    index = {address: i for i, (address, _) in enumerate(ins)}
+    found = []
+    for i, (address, body) in enumerate(ins):
+        target = re.search(r"\bBRA\b.*0x([0-9a-f]+)", body)
+        if target and int(target.group(1), 16) < address and int(target.group(1), 16) in index:
+            found.append(collections.Counter(re.sub(r"^@!?U?P[T0-9]+\s+", "", b).split()[0].split(".")[0]
+                                             for _, b in ins[index[int(target.group(1), 16)]:i + 1]))
+    return found
+
+
+@pytest.mark.parametrize("tile", [(m, n) for m, n, *_ in INSTANCES], ids=str)
+def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
+    text, _ = nvfp4_sass[tile]
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["HGMMA"] >= 4 and ops["UTMALDG"] >= 4, "bf16 wgmma fed by TMA (A, B and both scale chunks)"
+    assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
+    # the decode loops, A's rows and B's: 32 values (two scale blocks) per thread and pass
+    decode = [loop for loop in loops(text) if loop["HMUL2"] and sum(loop.values()) < 200]
+    assert len(decode) == 2
+    for loop in decode:
+        assert loop["HMUL2"] == 8 and loop["PRMT"] == 48 and loop["STS"] == 4 and loop["LDS"] == 2, loop
+        assert sum(loop.values()) <= 108, f"{sum(loop.values())} instructions per 32 values"
+    # the main loop: 4 wgmma per 64-value stage, as bmm_fp16's
+    assert any(loop["HGMMA"] == 4 and sum(loop.values()) < 100 for loop in loops(text))
+
+
+def test_launch_arguments_match_the_kernel_signature(nvfp4_sass):
+    import ctypes
+
+    _, compiled = nvfp4_sass[(64, 128)]
+    size = {None: 128, ctypes.c_void_p: 8, ctypes.c_int: 4}
+    assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [size[t] for t in kernel.Launch.TYPES]
+
+
+# ---- a bit-exact model of the decode ------------------------------------------------------------
+def prmt(a: int, b: int, selector: int) -> int:
+    """PTX prmt.b32 (default mode): byte i of the result is byte (nibble i & 7) of b:a, or that
+    byte's sign replicated when the nibble's bit 3 is set."""
+    source, out = a | b << 32, 0
+    for i in range(4):
+        nibble = selector >> 4 * i & 0xF
+        byte = source >> 8 * (nibble & 7) & 0xFF
+        out |= ((0xFF if byte & 0x80 else 0) if nibble & 8 else byte) << 8 * i
+    return out
+
+
+def bf16_value(bits: int) -> float:
+    return torch.tensor([bits], dtype=torch.int32).to(torch.int16).view(torch.bfloat16).double().item()
+
+
+def mul_bf16x2(a: int, b: int) -> int:
+    """mul.rn.bf16x2, asserting the products are exact (as the kernel relies on)."""
+    out = 0
+    for half in (0, 16):
+        product = bf16_value(a >> half & 0xFFFF) * bf16_value(b >> half & 0xFFFF)
+        bits = torch.tensor([product], dtype=torch.float64).to(torch.bfloat16).view(torch.int16).item() & 0xFFFF
+        assert bf16_value(bits) == product
+        out |= bits << half
+    return out
+
+
+def e2m1_table(scale_byte: int) -> tuple[int, int, int, int]:
+    """kernels_src/gemm/nvfp4_staging.cuh's e2m1_table, step for step."""
+    scaled = ((scale_byte & 0x7F) * 0x00100010) & 0xFFFFFFFF
+    w01, w23 = mul_bf16x2(scaled, 0x7B000000), mul_bf16x2(scaled, 0x7BC07B80)
+    w45, w67 = mul_bf16x2(scaled, 0x7C407C00), mul_bf16x2(scaled, 0x7CC07C80)
+    return prmt(w01, w23, 0x6420), prmt(w45, w67, 0x6420), prmt(w01, w23, 0x7531), prmt(w45, w67, 0x7531)
+
+
+def decode_e2m1x8(packed: int, table) -> list[int]:
+    """kernels_src/gemm/nvfp4_staging.cuh's decode_e2m1x8, step for step."""
+    lo0, lo1, hi0, hi1 = table
+    magnitudes = packed & 0x77777777
+    upper = magnitudes >> 16
+    lo_first, lo_second = prmt(lo0, lo1, magnitudes), prmt(lo0, lo1, upper)
+    hi_first, hi_second = prmt(hi0, hi1, magnitudes), prmt(hi0, hi1, upper)
+    shifted = packed << 4 & 0xFFFFFFFF
+    hi_first |= prmt(shifted, packed, 0x5140) & 0x80808080
+    hi_second |= prmt(shifted, packed, 0x7362) & 0x80808080
+    return [prmt(lo_first, hi_first, 0x5140), prmt(lo_first, hi_first, 0x7362), prmt(lo_second, hi_second, 0x5140),
+            prmt(lo_second, hi_second, 0x7362)]
+
+
+def test_decode_model_gives_every_code_times_every_scale_exactly():
+    """All 16 codes in every nibble position times every non-negative e4m3 scale (subnormals, zero,
+    the NaN encoding included: its bits decode as a number, 480)."""
+    gen = torch.Generator().manual_seed(0)
+    for scale_byte in range(128):
+        scale = torch.tensor([scale_byte], dtype=torch.uint8).view(E4M3).double().item()
+        if scale_byte == 0x7F:
+            scale = 480.0
+        table = e2m1_table(scale_byte)
+        words = [sum(c << 4 * i for i, c in enumerate(range(8))), sum(c << 4 * i for i, c in enumerate(range(8, 16)))]
+        words += torch.randint(0, 2**32, (2,), generator=gen).tolist()
+        for packed in words:
+            codes = torch.tensor([packed >> 4 * i & 0xF for i in range(8)], dtype=torch.uint8)
+            want = (ref.e2m1_values(codes) * scale).tolist()
+            got = [bf16_value(w >> half & 0xFFFF) for w in decode_e2m1x8(packed, table) for half in (0, 16)]
+            assert got == want, (scale_byte, hex(packed))
+            # +-0 both decode to a zero of the code's sign; the output bits are those of bf16(value)
+            for value, w in zip(want, [w >> h & 0xFFFF for w in decode_e2m1x8(packed, table) for h in (0, 16)]):
+                assert value != 0 or w & 0x7FFF == 0
+
+
+def test_scale_offsets_and_chunk_rows_follow_the_quantisers_layout():
+    """nvfp4_scale_offset (row r of a 128-row chunk) and the producer's chunk coordinate ((tile x
+    ceil(K/64) + kb) x 4 rows of 128 bytes) find each scale where swizzle_nvfp4_scales put it."""
+    rows, cols = 300, 20  # 3 row tiles, 5 K steps of 64 values (4 scales each)
+    scales = (torch.arange(rows * cols) % 250 + 1).view(rows, cols).to(torch.uint8).view(E4M3)
+    flat = quant.swizzle_nvfp4_scales(scales).view(U8).reshape(-1)
+    k_chunks = -(-cols // 4)
+
+    def scale_offset(row, one_chunk):
+        return (0 if one_chunk else (row >> 7) * 512) + (row & 31) * 16 + ((row >> 5) & 3) * 4
+
+    for row in range(rows):
+        for col in range(cols):
+            tile, kb, block = row // 128, col // 4, col % 4
+            chunk_row = (tile * k_chunks + kb) * kernel.SCALE_CHUNK_ROWS
+            byte = chunk_row * kernel.SCALE_ROW_BYTES + scale_offset(row % 128, True) + block
+            assert flat[byte] == scales[row, col].view(U8)
+            # a 256-row B tile: two chunks loaded 512 bytes apart, rows past 128 in the second
+            two = scale_offset(row % 256, False)
+            assert two // 512 == row % 256 // 128 and two % 512 == scale_offset(row % 128, True)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(64, 64), (64, 128), (128, 128), (64, 256)])
+def test_decode_threads_cover_each_row_half_once_in_its_swizzled_place(block_m, block_n):
+    """decode_nvfp4_stage's split over the 96 threads, for every count of A rows: each (operand,
+    row, half) once; each chunk at c ^ row % 8 (its place fixed per thread: steps of 48 rows); each
+    quarter-warp's 16-byte stores and packed loads on distinct banks."""
+    step = 48
+    for a_rows in range(1, block_m + 1):
+        seen = collections.Counter()
+        stores = collections.defaultdict(list)  # (warp, pass, store) -> (lane, address)
+        for thread in range(96):
+            half, first = thread % 2, thread // 2
+            passes = math.ceil((a_rows - first) / step) if first < a_rows else 0
+            for operand, start, rows in (("a", first, a_rows), ("b", first + passes * step - a_rows, block_n)):
+                chunks = [((4 * half + c) ^ (start % 8)) * 16 for c in range(4)]
+                for i, row in enumerate(range(start, rows, step)):
+                    seen[operand, row, half] += 1
+                    assert chunks == [((4 * half + c) ^ (row % 8)) * 16 for c in range(4)]
+                    for c in range(4):
+                        stores[operand, thread // 32, i, c].append((thread % 32, row * 128 + chunks[c]))
+                    stores[operand, thread // 32, i, "load"].append((thread % 32, row * 32 + half * 16))
+        assert seen == {(op, row, h): 1 for op, rows in (("a", a_rows), ("b", block_n)) for row in range(rows)
+                        for h in (0, 1)}
+        for accesses in stores.values():
+            by_quarter = collections.defaultdict(list)
+            for lane, address in accesses:
+                by_quarter[lane // 8].append(address // 16 % 8)  # 16-byte bank group of 128 bytes
+            for groups in by_quarter.values():
+                assert len(groups) == len(set(groups))
+
+
+def group_table_model(offsets: list[int], active: int, rows: int) -> tuple[list[int], list[int], list[int]]:
+    """build_group_table's offsets mode: (starts, counts, first 128-row scale tile) per group; offsets
+    clipped to the rows and made monotone, groups past `active` empty."""
+    starts, counts, scale_tiles = [], [], []
+    end, tiles = min(max(offsets[0], 0), rows), 0
+    for g in range(len(offsets) - 1):
+        start = end
+        end = max(end, min(max(offsets[g + 1], 0), rows)) if g < active else end
+        starts.append(start)
+        counts.append(end - start)
+        scale_tiles.append(tiles)
+        tiles += -(-(end - start) // 128)
+    return starts, counts, scale_tiles
+
+
+def test_scale_tiles_found_from_the_offsets_are_the_quantisers():
+    """The Pythonic form's kernel derives each group's first scale tile from group_offsets: the
+    starts nvfp4_quantize returns for the same groups."""
+    offsets = [0, 5, 5, 140, 300, 301, 557]
+    x = torch.randn(557, 64)
+    _, _, starts = quant.nvfp4_quantize(x, 1.0, offsets)
+    assert group_table_model(offsets, 6, 557)[2] == starts.tolist()
+    assert group_table_model([0, 9, 4, 12], 3, 10) == ([0, 9, 9], [9, 0, 1], [0, 1, 1])
+    assert group_table_model([0, 9, 12, 20], 1, 30)[1] == [9, 0, 0]
