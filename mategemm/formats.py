@@ -1,10 +1,10 @@
 """MXFP8 and NVFP4 on Hopper.
 
 MXFP8, FlashInfer's moe_gemm_mxfp8_nt_groupwise (token-packed experts, UE8M0 scales).
-Granularity 128: one small kernel decodes the UE8M0 exponents to fp32 powers of two (exact) and
-gathers each token row's scales from its expert's padded rows, then the GEMM runs on the grouped
-core's psum_expert mode with recipe (1,1,128), exactly as an FP32-scaled call. Granularity 32 (one
-scale per wgmma k32 step) needs its own main loop and is not available yet.
+One small kernel decodes the UE8M0 exponents to fp32 powers of two (exact) and gathers each token
+row's scales from its expert's padded rows, then the GEMM runs on the grouped core's psum_expert
+mode: granularity 128 with recipe (1,1,128), exactly as an FP32-scaled call; granularity 32 with
+(1,1,32), which promotes each k32 wgmma with its own scales (four promotions per 128 values of K).
 
 NVFP4, MAX's grouped_matmul_dynamic_scaled_nvfp4 and the Pythonic nvfp4_grouped_gemm: one kernel
 (sm90_nvfp4_grouped_gemm) on the GEMM core decodes both operands to bf16 in shared memory (exact)
@@ -30,7 +30,7 @@ def moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr, scale_granular
     k_align) per row of B; k_align = ceil(k / (4 x k_granularity)). m_indptr int32 (E + 1,) CSR
     offsets, m_indptr[0] = 0, m_indptr[E] = cum_m (on the GPU they are not checked: a segment
     past cum_m is clipped). scale_granularity_mnk (1, 1, 128) or (1, 1, 32), anything else a
-    ValueError; (1, 1, 32) raises NotImplementedError for now. out: (cum_m, n) bf16 or None.
+    ValueError; k a multiple of 128 either way. out: (cum_m, n) bf16 or None.
     """
     checked = validate.moe_gemm_mxfp8(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk, scale_major_mode,
                                       backend, out, out_dtype)
@@ -49,7 +49,7 @@ def moe_gemm_mxfp8_nt_groupwise(a, b, a_scale, b_scale, m_indptr, scale_granular
     rt_device.run_on_current_stream(index, kernel_scales.decode, kernel, a_scale, offsets, b_scale, sa, sb,
                                     info.num_sms)
     return moe.ragged_m_moe_gemm_8bit((a, sa), (b, sb), offsets[1:], out, gemm_mode="psum_expert",
-                                      scale_granularity_mnk=(1, 1, 128))
+                                      scale_granularity_mnk=(1, 1, checked.k_granularity))
 
 
 _warm = prepare.WarmCalls()

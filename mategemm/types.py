@@ -25,6 +25,7 @@ class Recipe:
 
 RECIPE_1x128_128x128 = Recipe(1, 128, 128)
 RECIPE_1x128_1x128 = Recipe(1, 1, 128)
+RECIPE_1x32_1x32 = Recipe(1, 1, 32)  # MXFP8's blocks: A per (row, 32 K), B per (column, 32 K)
 RECIPE_PER_TENSOR = Recipe(-1, -1, -1)
 RECIPE_PER_ROW = Recipe(1, -1, -1)
 

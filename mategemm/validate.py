@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from mategemm.kernels import sm90_fp8_mqa_logits as mqa
-from mategemm.types import (FP8_DTYPES, OUT_DTYPES, RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW,
-                            RECIPE_PER_TENSOR, GemmProblem, Nvfp4Problem, Recipe)
+from mategemm.types import (FP8_DTYPES, OUT_DTYPES, RECIPE_1x32_1x32, RECIPE_1x128_128x128, RECIPE_1x128_1x128,
+                            RECIPE_PER_ROW, RECIPE_PER_TENSOR, GemmProblem, Nvfp4Problem, Recipe)
 
 INT32_MAX = 2**31 - 1
 
@@ -204,8 +204,8 @@ def _grouped_common(k: int, n: int, num_groups: int) -> None:
 
 
 def _expert_weights(b, sfb, rec: Recipe, k: int, k_major: bool = True, name: str = "input_b"):
-    """b (E, n, k) fp8 with per-group scales (E, ceil(n/128) or n, k/128); returns (E, n, strides).
-    k_major: b is read in place (else it is copied K-major first)."""
+    """b (E, n, k) fp8 with per-group scales (E, ceil(n/128) or n, k/128, or k/32 with (1,1,32));
+    returns (E, n, strides). k_major: b is read in place (else it is copied K-major first)."""
     _fp8_operand(f"{name}[0]", b, 3)
     num_groups, n, kb_ = b.shape
     if kb_ != k:
@@ -217,8 +217,8 @@ def _expert_weights(b, sfb, rec: Recipe, k: int, k_major: bool = True, name: str
         _stacked(f"{name}[0]", b, n, "n", "weights")
     tensor(f"{name}[1]", sfb, ndim=3, dtypes=(torch.float32,))
     rows = -(-n // 128) if rec.gn == 128 else n
-    shape(f"{name}[1]", sfb, (num_groups, rows, k // 128),
-          "one scale per 128x128 block" if rec.gn == 128 else "one scale per column and 128-K block")
+    shape(f"{name}[1]", sfb, (num_groups, rows, k // rec.gk),
+          "one scale per 128x128 block" if rec.gn == 128 else f"one scale per column and {rec.gk}-K block")
     strides = (sfb.stride(1), sfb.stride(2))
     if num_groups * sfb.stride(0) > INT32_MAX or sfb.data_ptr() % 4:
         raise ValueError(f"{name}[1] must be 4-byte aligned and span less than 2**31 elements")
@@ -249,7 +249,8 @@ def ragged_m(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode,
     major_a = choice("major_a_mode", major_a_mode, ("K", "M"), "K")
     major_b = choice("major_b_mode", major_b_mode, ("K", "N"), "K")
     choice("backend", backend, ("auto", "sm90"), "auto")
-    rec = recipe(scale_granularity_mnk, (RECIPE_1x128_128x128, RECIPE_1x128_1x128), RECIPE_1x128_128x128)
+    rec = recipe(scale_granularity_mnk, (RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_1x32_1x32),
+                 RECIPE_1x128_128x128)
     if alignment_m is not None and alignment_m not in (128, 256):
         raise ValueError(f"alignment_m must be 128 or 256, got {alignment_m!r}")
     _fp8_operand("input_a[0]", a, 2)
@@ -259,7 +260,7 @@ def ragged_m(input_a, input_b, info, out, gemm_mode, major_a_mode, major_b_mode,
     if major_a == "K":
         tma_operand("input_a[0]", a)
     num_groups, n, sfb_strides = _expert_weights(b, sfb, rec, k, k_major=major_b == "K")
-    sfa_strides = scale_strides("input_a[1]", sfa, "K", rows, k // 128, "one scale per row and 128-K block")
+    sfa_strides = scale_strides("input_a[1]", sfa, "K", rows, k // rec.gk, f"one scale per row and {rec.gk}-K block")
     group_info("ragged_tokens_info", info, rows if mode == "per_token" else num_groups, a.device)
     tensor("out", out, ndim=2)
     _out_dtype_check(out)
@@ -968,9 +969,6 @@ def moe_gemm_mxfp8(a, b, a_scale, b_scale, m_indptr, scale_granularity_mnk, scal
     if m_indptr.device != a.device and m_indptr.device.type != "cpu":
         raise ValueError(f"m_indptr is on {m_indptr.device}, expected {a.device} or the CPU")
     cuda("a", a)
-    if k_gran == 32:
-        raise NotImplementedError("moe_gemm_mxfp8_nt_groupwise: scale_granularity_mnk (1, 1, 32) needs a main loop "
-                                  "that applies a scale per k32 step; only (1, 1, 128) runs on Hopper so far")
     return Mxfp8Checked(cum_m, n, k, experts, k_gran)
 
 

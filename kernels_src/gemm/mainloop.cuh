@@ -77,6 +77,8 @@ struct PromotedMainLoop {
   // registers per thread: affordable up to BLOCK_N 128 with one wave (acc + 2 scratch = 192
   // of 232). With two waves (BLOCK_M 256) the other warpgroup's wgmma covers the promotion.
   static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;
+  // (1,1,32): the floats of one 32-value K block's scales in a stage (sa per row, then sb per column)
+  static constexpr int kScaleBlockFloats = T::BLOCK_M + T::BLOCK_N;
 
   ConsumerStages<T>& stages;
   u32 scales_addr;
@@ -87,15 +89,21 @@ struct PromotedMainLoop {
   // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
   __device__ __forceinline__ int wave_row0(int wave) const { return (math_wg * T::kWaves + wave) * 64; }
 
-  // Issues wave `wave`'s 4 wgmma of `stage` into `part`, then reads the wave's scales.
-  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave) const {
+  // Issues wave `wave`'s 4 wgmma of `stage` into `part` (with (1,1,32) scales: the one of 32-value
+  // K block `j`), then reads the wave's scales.
+  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave, int j = 0) const {
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
     wgmma_fence();
-    mma_stage<T>(part, stages.desc_a(stage, wave_row0(wave)), stages.desc_b(stage), false);
+    const u64 desc_a = stages.desc_a(stage, wave_row0(wave)), desc_b = stages.desc_b(stage);
+    if constexpr (T::kScaleBlocksK == 1) {
+      mma_stage<T>(part, desc_a, desc_b, false);
+    } else {
+      Wgmma<T::BLOCK_N>::template mma<T::kTypeA, T::kTypeB>(part, desc_a + j * 2, desc_b + j * 2, false);
+    }
     wgmma_commit();
     // The scales are needed only at promotion: read while the wgmma runs.
-    const u32 sf = scales_addr + stage * Layout::kSfBytes + (thread_row + wave * 64) * 4;
+    const u32 sf = scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + thread_row + wave * 64) * 4;
     sc.lo[0] = ld_shared_f32(sf);
     sc.hi[0] = ld_shared_f32(sf + 8 * 4);
     if constexpr (Layout::kTwoScaleBlocks) {
@@ -106,7 +114,7 @@ struct PromotedMainLoop {
 
   // After `part`'s wgmma completed: out += part * scales in FP32. With per-column B scales the
   // stage's scales are read here, so the caller releases the stage afterwards.
-  __device__ __forceinline__ void promote(float* out, float* part, const BlockScales& sc, int stage) const {
+  __device__ __forceinline__ void promote(float* out, float* part, const BlockScales& sc, int stage, int j = 0) const {
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
     if constexpr (T::kScaleGranN == 128) {
@@ -122,7 +130,7 @@ struct PromotedMainLoop {
         }
       }
     } else {
-      const u32 sf = scales_addr + stage * Layout::kSfBytes + (T::BLOCK_M + (lane % 4) * 2) * 4;
+      const u32 sf = scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + T::BLOCK_M + (lane % 4) * 2) * 4;
       #pragma unroll
       for (int c = 0; c < T::BLOCK_N / 8; ++c) {
         const float sb_lo = ld_shared_f32(sf + c * 32), sb_hi = ld_shared_f32(sf + c * 32 + 4);
@@ -175,10 +183,21 @@ struct PromotedMainLoop {
         #pragma unroll
         for (int wave = 0; wave < T::kWaves; ++wave) {
           BlockScales sc;
-          issue(part0, sc, stage, wave);
-          wgmma_wait<0>();
-          if (T::kScaleGranN == 128 && wave == T::kWaves - 1) stages.release(stage);
-          promote(acc + wave * kAcc, part0, sc, stage);
+          if constexpr (T::kScaleBlocksK == 1) {
+            issue(part0, sc, stage, wave);
+            wgmma_wait<0>();
+            if (T::kScaleGranN == 128 && wave == T::kWaves - 1) stages.release(stage);
+            promote(acc + wave * kAcc, part0, sc, stage);
+          } else {
+            // (1,1,32): each 32-value K block's wgmma promoted alone. NOTES: a loop, not unrolled:
+            // unrolled, the four blocks' scale loads were hoisted and 128x128 tiles spilled.
+            #pragma unroll 1
+            for (int j = 0; j < T::kScaleBlocksK; ++j) {
+              issue(part0, sc, stage, wave, j);
+              wgmma_wait<0>();
+              promote(acc + wave * kAcc, part0, sc, stage, j);
+            }
+          }
         }
         if constexpr (T::kScaleGranN != 128) stages.release(stage);
       }

@@ -54,14 +54,18 @@ __device__ __forceinline__ void stage_scales(const GemmArgs& args, u32 sf, const
                                              const float* sfb_group, int m0, int n0, int kb, int lane) {
   using Layout = typename T::Layout;
   constexpr int kRowSlots = ceil_div(T::BLOCK_M, 32);
-  // Issue every load of the stage, then store: one memory latency per stage.
+  // A's scales of K block `block` for this lane's rows (int offsets: < 2^31, checked on the host).
+  auto load_rows = [&](float (&va)[kRowSlots], int block) {
+    #pragma unroll
+    for (int i = 0; i < kRowSlots; ++i) {
+      const int row = m0 + lane + 32 * i;
+      va[i] = row < args.m ? ldg_nc(sfa_tile + (row * args.sfa_stride_m + block * args.sfa_stride_k)) : 0.0f;
+    }
+  };
+  // Issue every load of the stage, then store: one memory latency per stage (per 32-value K block
+  // with (1,1,32) scales).
   float va[kRowSlots];
-  #pragma unroll
-  for (int i = 0; i < kRowSlots; ++i) {
-    const int row = m0 + lane + 32 * i;
-    // int offsets: < 2^31, checked on the host
-    va[i] = row < args.m ? ldg_nc(sfa_tile + (row * args.sfa_stride_m + kb * args.sfa_stride_k)) : 0.0f;
-  }
+  load_rows(va, kb * T::kScaleBlocksK);
   if constexpr (T::kScaleGranN == 128) {
     // NOTES: the products are formed here, so the math warps' promotion needs no FMUL
     // waiting on a shared-memory load; ptxas had put those between the wgmma of a batch.
@@ -82,21 +86,29 @@ __device__ __forceinline__ void stage_scales(const GemmArgs& args, u32 sf, const
     }
   } else {
     constexpr int kColSlots = ceil_div(T::BLOCK_N, 32);
-    float vb[kColSlots];
-    #pragma unroll
-    for (int i = 0; i < kColSlots; ++i) {
-      const int col = n0 + lane + 32 * i;
-      vb[i] = lane + 32 * i < T::BLOCK_N && col < args.n
-                  ? ldg_nc(sfb_group + (col * args.sfb_stride_n + kb * args.sfb_stride_k))
-                  : 0.0f;
-    }
-    #pragma unroll
-    for (int i = 0; i < kRowSlots; ++i) {
-      if (lane + 32 * i < T::BLOCK_M) st_shared_f32(sf + (lane + 32 * i) * 4, va[i]);
-    }
-    #pragma unroll
-    for (int i = 0; i < kColSlots; ++i) {
-      if (lane + 32 * i < T::BLOCK_N) st_shared_f32(sf + (T::BLOCK_M + lane + 32 * i) * 4, vb[i]);
+    // NOTES: one K block at a time: unrolled, the four blocks' addresses spilled the producer's 40
+    // registers (128x128 tiles).
+    #pragma unroll 1
+    for (int j = 0; j < T::kScaleBlocksK; ++j) {
+      const int block = kb * T::kScaleBlocksK + j;
+      const u32 sf_block = sf + j * (T::BLOCK_M + T::BLOCK_N) * 4;
+      if (j > 0) load_rows(va, block);
+      float vb[kColSlots];
+      #pragma unroll
+      for (int i = 0; i < kColSlots; ++i) {
+        const int col = n0 + lane + 32 * i;
+        vb[i] = lane + 32 * i < T::BLOCK_N && col < args.n
+                    ? ldg_nc(sfb_group + (col * args.sfb_stride_n + block * args.sfb_stride_k))
+                    : 0.0f;
+      }
+      #pragma unroll
+      for (int i = 0; i < kRowSlots; ++i) {
+        if (lane + 32 * i < T::BLOCK_M) st_shared_f32(sf_block + (lane + 32 * i) * 4, va[i]);
+      }
+      #pragma unroll
+      for (int i = 0; i < kColSlots; ++i) {
+        if (lane + 32 * i < T::BLOCK_N) st_shared_f32(sf_block + (T::BLOCK_M + lane + 32 * i) * 4, vb[i]);
+      }
     }
   }
 }

@@ -37,17 +37,18 @@ struct Nvfp4StageLayout {
 };
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
-          int kMnMajor, bool kNvfp4 = false>
+          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128>
 struct GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
   static constexpr int kBBytes = BLOCK_N * kBlockK;
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
-  // block, then (if the tile can straddle two) with the next. (1,1,128): sa per row, sb per column.
+  // block, then (if the tile can straddle two) with the next. (1,1,128): sa per row, sb per column;
+  // (1,1,32): those for each of the stage's four 32-value K blocks in turn.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
   static constexpr int kSfFloats = kScaleGranN == 0     ? 0
                                    : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
-                                                        : BLOCK_M + BLOCK_N;
+                                                        : (BLOCK_M + BLOCK_N) * (kBlockK / kScaleGranK);
   static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
   // MN-major operands (kMnMajor bit 0: A, bit 1: B) land untransposed in a staging area of the
   // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
@@ -76,7 +77,7 @@ struct GemmSmemLayout {
 
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
-          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false>
+          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -92,6 +93,10 @@ struct GemmTraits {
   // NVFP4 operands decoded to bf16 in shared memory (kTypeA = kTypeB = kBF16: the wgmma's types),
   // with the expert's scale applied at the end.
   static constexpr bool kNvfp4 = kNvfp4_;
+  // Scales per 128 (one per stage) or per 32 values of K (MXFP8's blocks: four per stage, each
+  // promoting its own k32 wgmma; with per-column B scales only).
+  static constexpr int kScaleGranK = kScaleGranK_;
+  static constexpr int kScaleBlocksK = kBlockK / kScaleGranK;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
@@ -107,7 +112,7 @@ struct GemmTraits {
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor, kNvfp4>;
+                                kMnMajor, kNvfp4, kScaleGranK>;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -150,6 +155,8 @@ struct GemmTraits {
                     (kScaleGranN == 128 && BLOCK_N <= 128 + const_gcd(BLOCK_N, 128)),
                 "BLOCK_N would straddle three B scale blocks");
   static_assert(!kScaleAtEnd || !kSplitK, "scales applied at the end: no split-K");
+  static_assert(kScaleGranK == 128 || (kScaleGranK == 32 && kScaleGranN == 1 && kMnMajor == 0),
+                "scales per 32 values of K: with per-column B scales, K-major operands");
   static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) && (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd)),
                 "16-bit operands: the same type on both sides, unscaled");
   static_assert(!kNvfp4 || (kTypeA == kBF16 && kTypeB == kBF16 && kScaleAtEnd && kGroupMode == kGroupOffsets &&

@@ -53,17 +53,18 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
-               rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0) -> int:
+               rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0, scale_gran_k: int = 128) -> int:
     """Must match GemmSmemLayout in kernels_src/gemm/traits.cuh.
 
     Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
     3 ints per group (max_groups: the table's capacity); MN-major operands (mn_major bits) a
-    staging copy of their tile per stage and a third barrier per stage."""
+    staging copy of their tile per stage and a third barrier per stage; (1,1,32) scales
+    (scale_gran_k 32) four sets of per-row and per-column scales per stage."""
     out = block_m * block_n * out_elem_bytes
     if scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
         scale_floats = block_m * (1 if 128 % block_n == 0 else 2)
-    elif scale_gran_n == 1:  # sa per row, sb per column
-        scale_floats = block_m + block_n
+    elif scale_gran_n == 1:  # sa per row, sb per column, for each scale block of the stage's K
+        scale_floats = (block_m + block_n) * (sm90.BLOCK_K_FP8 // scale_gran_k)
     else:  # per-row / per-tensor scales, applied after the last k-block: none in the ring
         scale_floats = 0
     scales = (scale_floats * 4 + 15) // 16 * 16

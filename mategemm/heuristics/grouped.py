@@ -110,6 +110,10 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     if problem.mn_major:
         # the batched mode's promoted 128-row tiles spilled beside the transposing warps
         block_ms = tuple(bm for bm in block_ms if bm in MN_MAJOR_BLOCKS and not (promoted_batch and bm > 64))
+    if problem.recipe.gk == 32:
+        # NOTES: (1,1,32) promotes four times per stage; with two math warpgroups (232 registers
+        # each) 128-row tiles spilled, one warpgroup of 64 rows keeps all 255.
+        block_ms = (64,)
     if alignment_m:
         block_ms = tuple(bm for bm in block_ms if alignment_m % bm == 0)
     if "block_m" in forced:
@@ -132,7 +136,8 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
 
     rows = max(1, rows_per_group)
     extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": problem.group_mode in ROWS_CHECKED_MODES,
-             "max_groups": problem.max_groups, "mn_major": problem.mn_major}
+             "max_groups": problem.max_groups, "mn_major": problem.mn_major,
+             "scale_gran_k": problem.recipe.gk if problem.recipe.gn == 1 else 128}
     best = None
     if scale_at_end and not fp32_out and not ({"block_m", "block_n", "cluster_n"} & forced.keys()):
         # NOTES (H200, 2026-11-28, forced configs side by side, TFLOPS): without promotion the

@@ -33,11 +33,11 @@ def kernel_name(problem: GemmProblem) -> str:
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
-    the B scale granularity (128 or 1) and split-K."""
+    the scale granularity along N (128 or 1) and K (128 or 32) and split-K."""
     name = kernel_name(problem)
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
-    promotion = (problem.recipe.gn,) if name == KERNEL else ()
+    promotion = (problem.recipe.gn, problem.recipe.gk) if name == KERNEL else ()
     split_k = ("true" if config.num_splits > 1 else "false",) if name == KERNEL else ()
     args = (*tile, *promotion, enum(OPERAND_TYPES[problem.a_dtype]), enum(OPERAND_TYPES[problem.b_dtype]),
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,

@@ -12,38 +12,40 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TOL = TOLERANCE[("fp8_gemm", torch.bfloat16)]
 
 
-def case(counts, n=256, k=512, spread=1.0, seed=0):
+def case(counts, n=256, k=512, spread=1.0, seed=0, gran=128):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     offsets = [0]
     for c in counts:
         offsets.append(offsets[-1] + c)
     a = torch.randn((offsets[-1], k), device="cuda", generator=gen) * spread
     b = torch.randn((len(counts), n, k), device="cuda", generator=gen)
-    qa, sa = quant.mxfp8_quantize(a.to(torch.bfloat16), 128, offsets)
-    qb, sb = quant.mxfp8_quantize(b.to(torch.bfloat16), 128)
+    qa, sa = quant.mxfp8_quantize(a.to(torch.bfloat16), gran, offsets)
+    qb, sb = quant.mxfp8_quantize(b.to(torch.bfloat16), gran)
     return qa, qb, sa, sb, torch.tensor(offsets, dtype=torch.int32, device="cuda")
 
 
+@pytest.mark.parametrize("gran", [128, 32])
 @pytest.mark.parametrize("counts", [[5, 0, 130, 1, 64], [1], [0, 0, 7], [300, 200], [0, 3] * 20])
-def test_matches_the_exact_reference(counts):
-    qa, qb, sa, sb, m_indptr = case(counts)
+def test_matches_the_exact_reference(counts, gran):
+    qa, qb, sa, sb, m_indptr = case(counts, gran=gran)
     out = torch.full((qa.shape[0], qb.shape[1]), float("nan"), dtype=torch.bfloat16, device="cuda")
-    got = mategemm.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr, out=out)
+    got = mategemm.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr, scale_granularity_mnk=(1, 1, gran), out=out)
     assert got is out
-    want = ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), 128)
+    want = ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), gran)
     if qa.shape[0]:
         assert calc_diff(got, want) <= TOL
 
 
-def test_extreme_exponents():
+@pytest.mark.parametrize("gran", [128, 32])
+def test_extreme_exponents(gran):
     """Rows scaled by 2^-100 and 2^90: the decoded powers of two are exact, the products finite."""
-    qa, qb, sa, sb, m_indptr = case([4, 9], spread=1.0, seed=1)
+    qa, qb, sa, sb, m_indptr = case([4, 9], spread=1.0, seed=1, gran=gran)
     a = torch.randn((13, 512), device="cuda")
     a[:4] *= 2.0 ** -100
     a[4:] *= 2.0 ** 90
-    qa, sa = quant.mxfp8_quantize(a, 128, [0, 4, 13])
-    got = mategemm.flashinfer.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr)
-    want = ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), 128)
+    qa, sa = quant.mxfp8_quantize(a, gran, [0, 4, 13])
+    got = mategemm.flashinfer.moe_gemm_mxfp8_nt_groupwise(qa, qb, sa, sb, m_indptr, scale_granularity_mnk=(1, 1, gran))
+    want = ref.moe_gemm_mxfp8_reference(qa, qb, sa, sb, m_indptr.cpu(), gran)
     assert calc_diff(got[:4].double() * 2.0 ** 100, want[:4] * 2.0 ** 100) <= TOL
     assert calc_diff(got[4:], want[4:]) <= TOL
 

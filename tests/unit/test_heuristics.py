@@ -148,23 +148,26 @@ def test_info_for_unknown_arch():
     assert rt_device.info_for_arch("sm_90a").num_sms == 132
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,gran_n,out_bytes,group_mode,max_groups,mn_major", [
-    (128, 128, 5, 128, 2, "none", 0, 0), (64, 16, 8, 128, 2, "none", 0, 0), (128, 144, 5, 128, 2, "none", 0, 0),
-    (128, 112, 6, 1, 2, "none", 0, 0), (64, 160, 4, 1, 2, "none", 0, 0), (256, 128, 3, 128, 2, "none", 0, 0),
-    (128, 128, 5, 128, 2, "per_token", 0, 0), (64, 96, 6, 128, 2, "per_expert", 256, 0),
-    (256, 128, 3, 1, 2, "masked", 32, 0), (128, 128, 4, 1, 4, "ragged_k", 64, 0), (128, 128, 6, 0, 2, "batched", 0, 0),
-    (64, 96, 8, 0, 4, "batched", 0, 0), (128, 64, 3, 1, 4, "ragged_k", 32, 3), (64, 128, 4, 128, 2, "batched", 0, 1),
-    (128, 128, 4, 0, 2, "batched", 0, 2)])
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n,out_bytes,group_mode,max_groups,mn_major,gran_k", [
+    (128, 128, 5, 128, 2, "none", 0, 0, 128), (64, 16, 8, 128, 2, "none", 0, 0, 128),
+    (128, 144, 5, 128, 2, "none", 0, 0, 128), (128, 112, 6, 1, 2, "none", 0, 0, 128),
+    (64, 160, 4, 1, 2, "none", 0, 0, 128), (256, 128, 3, 128, 2, "none", 0, 0, 128),
+    (128, 128, 5, 128, 2, "per_token", 0, 0, 128), (64, 96, 6, 128, 2, "per_expert", 256, 0, 128),
+    (256, 128, 3, 1, 2, "masked", 32, 0, 128), (128, 128, 4, 1, 4, "ragged_k", 64, 0, 128),
+    (128, 128, 6, 0, 2, "batched", 0, 0, 128), (64, 96, 8, 0, 4, "batched", 0, 0, 128),
+    (128, 64, 3, 1, 4, "ragged_k", 32, 3, 128), (64, 128, 4, 128, 2, "batched", 0, 1, 128),
+    (128, 128, 4, 0, 2, "batched", 0, 2, 128), (64, 160, 6, 1, 2, "psum_expert", 256, 0, 32)])
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups,
-                                            mn_major):
+                                            mn_major, gran_k):
     """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
     from mategemm.kernels.sm90_fp8_gemm_blockscaled import GROUP_MODES
 
     rows_checked = group_mode in grouped.ROWS_CHECKED_MODES
-    expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups, mn_major)
+    expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups, mn_major,
+                                   scale_gran_k=gran_k)
     layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
-              f"mategemm::{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}>")
+              f"mategemm::{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}, false, {gran_k}>")
     source = ('#include "gemm/traits.cuh"\n'
               f"static_assert({layout}::kTotalBytes"
               f' == {expected}, "python and kernel disagree on the shared-memory size");\n'

@@ -73,8 +73,7 @@ def cuda(*shape, dtype=torch.float32):
 
 
 BAD = [(lambda: dict(scale_granularity_mnk=(1, 128, 128)), ValueError, "scale_granularity_mnk must be"),
-       (lambda: dict(scale_granularity_mnk=(1, 1, 32), a_scale=cuda(16, 2, dtype=torch.int32),
-                     b_scale=cuda(3, 64, 2, dtype=torch.int32)), NotImplementedError, r"\(1, 1, 32\)"),
+       (lambda: dict(scale_granularity_mnk=(1, 1, 32)), ValueError, "a_scale must have shape"),  # k_align 2
        (lambda: dict(scale_major_mode="K"), ValueError, "scale_major_mode"),
        (lambda: dict(out_dtype=torch.float16), TypeError, "out_dtype"),
        (lambda: dict(a_scale=cuda(12, 1, dtype=torch.int32)), ValueError, "a_scale must have shape"),
@@ -105,3 +104,46 @@ def test_host_offsets_are_checked():
 
 def test_the_flashinfer_name_is_the_same_function():
     assert mategemm.flashinfer.moe_gemm_mxfp8_nt_groupwise is mategemm.moe_gemm_mxfp8_nt_groupwise
+
+
+@pytest.mark.parametrize("gran", [128, 32])
+def test_each_granularity_plans_its_grouped_kernel(gran):
+    """The GEMM after the exponent decode: psum_expert with recipe (1,1,gran); (1,1,32) promotes per
+    32 values of K, in 64-row tiles, and its scales (rows, k/32) pass the grouped checks."""
+    from mategemm import plan, validate
+    from mategemm.runtime.device import SM90_NO_DEVICE
+    from mategemm.types import GemmProblem, Recipe
+
+    problem = GemmProblem(4096, 512, 7168, Recipe(1, 1, gran), E4M3, E4M3, torch.bfloat16, "psum_expert", 8)
+    spec = plan.grouped_gemm(problem, SM90_NO_DEVICE).spec
+    assert f", 1, {gran}, mategemm::kE4M3, mategemm::kE4M3," in spec.name_expr
+    assert gran == 128 or spec.name_expr.startswith("&mategemm::sm90_fp8_gemm_blockscaled<64, ")
+    a, b = torch.zeros(64, 256, dtype=E4M3), torch.zeros(3, 64, 256, dtype=E4M3)
+    sa, sb = torch.ones(64, 256 // gran), torch.ones(3, 64, 256 // gran)
+    counts = torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(ValueError, match="must be a CUDA tensor"):  # every other check passed
+        validate.ragged_m((a, sa), (b, sb), counts, torch.empty(64, 64, dtype=torch.bfloat16), "psum_expert", "K",
+                          "K", (1, 1, gran), None, None, "auto")
+    with pytest.raises(ValueError, match=f"one scale per row and {gran}-K block"):
+        validate.ragged_m((a, sa[:, :-1]), (b, sb), counts, torch.empty(64, 64, dtype=torch.bfloat16), "psum_expert",
+                          "K", "K", (1, 1, gran), None, None, "auto")
+
+
+def test_granularity_32_kernel_is_hopper_sass(tmp_path):
+    """Four k32 wgmma issued and promoted one at a time per stage: QGMMA and the per-column
+    promotion present, no local memory."""
+    import collections
+
+    from mategemm import plan
+    from mategemm.jit.cache import KernelCache
+    from mategemm.runtime.device import SM90_NO_DEVICE
+    from mategemm.testing import sass
+    from mategemm.types import RECIPE_1x32_1x32, GemmProblem
+
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found")
+    problem = GemmProblem(256 * 64, 4096, 7168, RECIPE_1x32_1x32, E4M3, E4M3, torch.bfloat16, "psum_expert", 256)
+    compiled = KernelCache(tmp_path).get(plan.grouped_gemm(problem, SM90_NO_DEVICE).spec)
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(compiled.path / "kernel.cubin")))
+    assert ops["QGMMA"] >= 1 and ops["FFMA"] >= 64 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+

@@ -74,8 +74,8 @@ PATCHES = {
     "lane0_full": [(TRAITS, "kScaleAtEnd ? 1 : 1 + 32;", "kScaleAtEnd ? 1 : 1 + 1;"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          int kMaxGroups, int kMnMajor>\n",
-                  "          int kMaxGroups, int kMnMajor, int kConstN, int kConstK>\n"),
+    "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor>\n",
+                  "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, int kConstN, int kConstK>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
                   "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
                   "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
