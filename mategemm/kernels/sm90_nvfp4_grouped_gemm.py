@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelSpec
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 from mategemm.types import GemmConfig, Nvfp4Problem
@@ -16,7 +17,6 @@ PACKED_BOX_BYTES = 32
 SCALE_ROW_BYTES, SCALE_CHUNK_ROWS = 128, 4
 OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
 
-_loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
@@ -28,16 +28,7 @@ def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
 
-def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
-         cache: KernelCache | None = None) -> rt.LoadedKernel:
-    """The kernel of `kernel_spec`, loaded on a device once."""
-    key = (device_index, kernel_spec)
-    kernel = _loaded.get(key)
-    if kernel is None:
-        compiled = (cache or default_cache()).get(kernel_spec)
-        kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes)
-        _loaded[key] = kernel
-    return kernel
+load = kernel_fp8.load  # the GEMM core's loader (one kernel per device and spec)
 
 
 def _scale_rows(scales: torch.Tensor) -> torch.Tensor:

@@ -76,14 +76,19 @@ def test_m_grouped_contiguous_writes_zero_padding_rows():
     assert calc_diff(d, ref) <= TOL and torch.equal(d[layout < 0], torch.zeros_like(d[layout < 0]))
 
 
-def test_m_grouped_contiguous_psum_layout():
-    counts, n, k = [100, 0, 300, 1], 512, 1024
+def psum_layout(counts, alignment=128):
+    """DeepGEMM's psum layout of `counts`: each group's row end (its start: the previous end rounded
+    up to `alignment`), and rows enough for all of it plus one spare tile."""
     ends, start = [], 0
     for c in counts:
         ends.append(start + c)
-        start = -(-(start + c) // 128) * 128
-    psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
-    rows = start + 128
+        start = -(-(start + c) // alignment) * alignment
+    return torch.tensor(ends, dtype=torch.int32, device="cuda"), start + alignment
+
+
+def test_m_grouped_contiguous_psum_layout():
+    counts, n, k = [100, 0, 300, 1], 512, 1024
+    psum, rows = psum_layout(counts)
     a, sfa = moe.make_tokens(rows, k)
     b, sfb = moe.make_expert_weights(len(counts), n, k)
     d = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
@@ -142,12 +147,7 @@ def test_m_grouped_bf16_contiguous(nn_form):
 
 def test_m_grouped_bf16_contiguous_psum_layout():
     counts, n, k = [100, 0, 300, 1], 256, 512
-    ends, start = [], 0
-    for c in counts:
-        ends.append(start + c)
-        start = -(-(start + c) // 128) * 128
-    psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
-    rows = start + 128
+    psum, rows = psum_layout(counts)
     a, b = _bf16(rows, k), _bf16(len(counts), n, k)
     d = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     dg.m_grouped_bf16_gemm_nt_contiguous(a, b, d, psum, use_psum_layout=True, expected_m_for_psum_layout=100)

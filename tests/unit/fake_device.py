@@ -62,8 +62,7 @@ def recorded_specs(monkeypatch):
     monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", _stop)
     monkeypatch.setattr(sm90_nvfp4_grouped_gemm, "Launch", _stop)
     monkeypatch.setattr(sm90_fp8_mqa_logits, "encode_2d", _stop)  # its launch loads the kernel first
-    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, sm90_nvfp4_grouped_gemm,
-                   transpose_8bit):
+    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit):
         monkeypatch.setattr(module, "_loaded", {})
     monkeypatch.setattr(gemm, "_warm", type(gemm._warm)())
     for module in (bmm, formats, moe, moe_layer):
