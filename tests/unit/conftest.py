@@ -25,6 +25,19 @@ def shared_kernel_cache(tmp_path_factory):
 
 
 @pytest.fixture
+def record_calls(monkeypatch):
+    """record_calls(module, names): each named function of `module` appends (name, args, kwargs) to
+    the returned list instead of running."""
+    def install(module, names):
+        calls = []
+        for name in names:
+            monkeypatch.setattr(module, name,
+                                lambda *args, name=name, **kwargs: calls.append((name, args, kwargs)))
+        return calls
+    return install
+
+
+@pytest.fixture
 def fake_pyplot(monkeypatch):
     """matplotlib replaced by mocks whose subplots hand out one mock axes per grid cell: (fig, axes),
     axes filled as the plot asks for them."""

@@ -17,17 +17,8 @@ BF16, E4M3 = torch.bfloat16, torch.float8_e4m3fn
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    calls = []
-
-    def recorder(name):
-        def record(*args, **kwargs):
-            calls.append((name, args, kwargs))
-        return record
-
-    for name in ("bmm_fp16", "bmm_fp8"):
-        monkeypatch.setattr(mategemm, name, recorder(name))
-    return calls
+def recorded(record_calls):
+    return record_calls(mategemm, ("bmm_fp16", "bmm_fp8"))
 
 
 @pytest.fixture

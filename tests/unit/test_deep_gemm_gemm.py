@@ -12,18 +12,9 @@ E4M3 = torch.float8_e4m3fn
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    calls = []
-
-    def recorder(name):
-        def record(*args, **kwargs):
-            calls.append((name, args, kwargs))
-        return record
-
-    for name in ("gemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "masked_moe_gemm_8bit", "ragged_m_moe_gemm_8bit",
-                 "ragged_k_moe_gemm_8bit"):
-        monkeypatch.setattr(mategemm, name, recorder(name))
-    return calls
+def recorded(record_calls):
+    return record_calls(mategemm, ("gemm_fp8_nt_groupwise", "bmm_fp8", "bmm_fp16", "masked_moe_gemm_8bit",
+                                   "ragged_m_moe_gemm_8bit", "ragged_k_moe_gemm_8bit"))
 
 
 def operands(m=64, n=256, k=512, groups=None):
