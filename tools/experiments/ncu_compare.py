@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""mategemm's and DeepGEMM's dense FP8 GEMM on one shape under Nsight Compute, side by side (a lab
+tool). `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`); `table`
+reads ncu's raw CSV pages anywhere.
+
+    python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full]
+    python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [--labels deepgemm,mategemm]
+
+`run` profiles one launch of each (after two warm-up launches; A's scales MN-major for both, the
+layout DeepGEMM's kernel reads), writes DIR/<impl>_raw.csv (`ncu --csv --page raw`) and prints the
+table: the metrics the core-speed work compares, each kernel's value and their ratio.
+"""
+import argparse
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (row label, ncu metric)
+METRICS = (
+    ("elapsed cycles", "gpc__cycles_elapsed.max"),
+    ("SM frequency (GHz)", "sm__cycles_elapsed.avg.per_second"),
+    ("tensor pipe active (%)", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
+    ("issued IPC", "sm__inst_issued.avg.per_cycle_active"),
+    ("executed instructions", "smsp__inst_executed.sum"),
+    ("branch instructions", "smsp__inst_executed_op_branch.sum"),
+    ("warp cycles per issued instruction", "smsp__average_warp_latency_per_inst_issued.ratio"),
+    ("stall long scoreboard / issue", "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"),
+    ("stall wait / issue", "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio"),
+    ("stall gmma / issue", "smsp__average_warps_issue_stalled_gmma_per_issue_active.ratio"),
+    ("stall barrier / issue", "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio"),
+    ("global load instructions", "smsp__sass_inst_executed_op_global_ld.sum"),
+    ("shared store instructions", "smsp__sass_inst_executed_op_shared_st.sum"),
+    ("stmatrix instructions", "smsp__inst_executed_op_shared_stsm.sum"),
+    ("shared store bank conflicts", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"),
+    ("L2 throughput (%)", "lts__throughput.avg.pct_of_peak_sustained_elapsed"),
+    ("achieved warps per SM", "sm__warps_active.avg.per_cycle_active"),
+)
+KERNELS = {"mategemm": "sm90_fp8_gemm_blockscaled", "deepgemm": "sm90_fp8_gemm_1d2d"}
+
+
+def read_raw(path: Path) -> dict[str, float]:
+    """The metrics of the first profiled kernel in an `ncu --csv --page raw` file (header, units,
+    values; thousands separators dropped; non-numbers skipped)."""
+    rows = list(csv.reader(path.read_text().splitlines()))
+    header, values = rows[0], rows[2]
+    metrics = {}
+    for name, value in zip(header, values):
+        try:
+            metrics[name] = float(value.replace(",", ""))
+        except ValueError:
+            continue
+    return metrics
+
+
+def table(paths: list[Path], labels: list[str]) -> str:
+    runs = [read_raw(p) for p in paths]
+    lines = [f"| metric | {' | '.join(labels)} | {labels[1]} / {labels[0]} |", "|---|" + "---|" * (len(labels) + 1)]
+    for label, metric in METRICS:
+        cells = [run.get(metric) for run in runs]
+        shown = [f"{c:,.3g}" if c is not None and abs(c) < 100 else f"{c:,.0f}" if c is not None else "-" for c in cells]
+        ratio = f"{cells[1] / cells[0]:.2f}" if None not in cells[:2] and cells[0] else "-"
+        lines.append(f"| {label} | {' | '.join(shown)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def launch(impl: str, m: int, n: int, k: int) -> None:
+    """Three launches of one implementation (ncu skips the first two)."""
+    import torch
+
+    import mategemm
+    from mategemm.testing.reference import make_fp8_gemm_inputs
+
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, scale_major_mode="MN")
+    out = torch.empty((m, n), dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        if impl == "mategemm":
+            mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN", out=out)
+        else:
+            import deep_gemm
+            deep_gemm.fp8_gemm_nt((a, sa.t()), (b, sb.t().contiguous()), out, disable_ue8m0_cast=True)
+    torch.cuda.synchronize()
+
+
+def run(shape: str, out: Path, section_set: str) -> None:
+    m, n, k = (int(v) for v in shape.split("x"))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for impl, kernel in (("deepgemm", KERNELS["deepgemm"]), ("mategemm", KERNELS["mategemm"])):
+        path = out / f"{impl}_{shape}_raw.csv"
+        command = ["ncu", "--set", section_set, "--csv", "--page", "raw", "--kernel-name", f"regex:{kernel}",
+                   "--launch-skip", "2", "--launch-count", "1", sys.executable, __file__, "_launch", impl, shape]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        csv_start = done.stdout.find('"ID"')
+        if done.returncode != 0 or csv_start < 0:
+            raise SystemExit(f"ncu failed for {impl} (rc {done.returncode}):\n{done.stderr[-2000:]}")
+        path.write_text(done.stdout[csv_start:])
+        paths.append(path)
+    print(f"{shape}, one launch each (ncu locks the clocks):")
+    print(table(paths, ["deepgemm", "mategemm"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="profile both kernels (GPU)")
+    r.add_argument("--shape", default="4096x4096x7168")
+    r.add_argument("--out", type=Path, default=Path("/tmp/ncu_compare"))
+    r.add_argument("--set", dest="section_set", default="full")
+    t = sub.add_parser("table", help="the table of two raw CSV pages")
+    t.add_argument("paths", type=Path, nargs=2)
+    t.add_argument("--labels", default="deepgemm,mategemm")
+    launch_parser = sub.add_parser("_launch")
+    launch_parser.add_argument("impl", choices=tuple(KERNELS))
+    launch_parser.add_argument("shape")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.shape, args.out, args.section_set)
+    elif args.command == "table":
+        print(table(args.paths, args.labels.split(",")))
+    else:
+        sys.path.insert(0, str(ROOT))
+        launch(args.impl, *(int(v) for v in args.shape.split("x")))
+
+
+if __name__ == "__main__":
+    main()
