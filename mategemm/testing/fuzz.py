@@ -248,7 +248,7 @@ def moe_gemm_mxfp8_nt_groupwise_case(device):
     return baselines, {"a": ("a", "a_scale", "k", "m_indptr", "out"), "b": ("b", "b_scale", "k", "n", "a_scale",
                                                                            "m_indptr"),
                        "a_scale": ("a_scale",), "b_scale": ("b_scale",), "m_indptr": ("m_indptr", "a_scale"),
-                       "scale_granularity_mnk": ("scale_granularity_mnk",), "out": ("out",)}, {}
+                       "scale_granularity_mnk": ("scale_granularity_mnk",), "out": ("out",)}, {"host_ok": ("m_indptr",)}
 
 
 def _nvfp4_operands(device):

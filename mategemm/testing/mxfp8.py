@@ -25,7 +25,9 @@ def mxfp8_dequantize(values: torch.Tensor, packed: torch.Tensor, k_granularity: 
         _, starts = mxfp8_scale_rows(offsets)
         rows = [start + i for start, lo, hi in zip(starts, offsets, offsets[1:]) for i in range(hi - lo)]
         exponents = exponents[torch.tensor(rows, dtype=torch.long, device=packed.device)]
-    scales = torch.pow(2.0, (exponents - UE8M0_BIAS).double())
+    # 2^(e - 127) built from its float64 bits (exponent field e - 127 + 1023, always normal): exact on
+    # any device (a GPU's pow need not return powers of two exactly).
+    scales = ((exponents - UE8M0_BIAS + 1023) << 52).view(torch.float64)
     per_column = scales.repeat_interleave(k_granularity, dim=-1)[..., :k]
     return values.double() * per_column
 
