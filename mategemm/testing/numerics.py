@@ -12,8 +12,8 @@ TOLERANCE = {
     ("fp8_gemm", torch.bfloat16): 2e-5,
     ("fp8_gemm", torch.float16): 1e-5,
     # the MoE layer against testing.moe_layer.fused_moe_reference, which follows its roundings; GEMM1
-    # accumulates in fp32 there and float64 here, so a few activations land on the other side of an
-    # FP8 rounding boundary (one e4m3 step, ~6%): H200, 2.2e-5 to 4.1e-5 on the tests' cases
+    # accumulates in fp32 there and in float64 here, so an activation near an FP8 rounding boundary
+    # can round to the neighbouring e4m3 value (~6% apart): H200, 2.2e-5 to 4.1e-5 on the tests' cases
     ("fused_moe", torch.bfloat16): 1e-4,
     # the lightning indexer against testing.indexer's references: FP8 products are exact, the sums
     # over the head dimension and the heads are fp32; bf16 logits add their own rounding
