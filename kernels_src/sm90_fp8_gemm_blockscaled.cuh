@@ -4,7 +4,8 @@
 // Recipes: A scales per (row, 128-K block); B scales per (128-column block, 128-K block) when
 // kScaleGranN == 128 (DeepSeek-V3's 1x128 / 128x128), or per (column, 128-K block) when 1; with
 // kScaleGranK == 32 (MXFP8's blocks, kScaleGranN 1) both per 32 values of K instead.
-// Scale tensors are read with run-time strides, so K-major and MN-major layouts share a binary.
+// Scale tensors are read with run-time strides, so K-major and MN-major layouts share a binary;
+// with kTmaScales (dense (1,128,128)) A's scales come MN-major, loaded by TMA with each stage.
 //
 // The pieces, by role (gemm/): traits.cuh (template arguments, shared-memory layout), scheduler.cuh
 // (tiles and group modes), producer.cuh (TMA loads), scale_staging.cuh (scale warps, MN-major
@@ -27,11 +28,12 @@ namespace mategemm {
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kScaleGranK, OperandType kTypeA,
           OperandType kTypeB, OutType kOutType, int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK,
-          GroupMode kGroupMode, int kMaxGroups, int kMnMajor>
+          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kTmaScales>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M>(), 1) sm90_fp8_gemm_blockscaled(MATEGEMM_GEMM_PARAMS) {
   static_assert(kScaleGranN == 128 || kScaleGranN == 1, "block scales per 128 or per 1 column of B");
   using Traits = GemmTraits<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kTypeA, kTypeB, kOutType, kOutSwizzle,
-                            kClusterM, kClusterN, kSplitK, kGroupMode, kMaxGroups, kMnMajor, false, kScaleGranK>;
+                            kClusterM, kClusterN, kSplitK, kGroupMode, kMaxGroups, kMnMajor, false, kScaleGranK,
+                            kTmaScales>;
   gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);
 }
 

@@ -42,7 +42,8 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out=None, backend="auto", scale_g
     """out[i] = (a[i] * a_scale) @ (b[i] * b_scale)^T (+ c[i]) for every batch entry i.
 
     a: (batch, m, k) fp8 ("K") or (batch, k, m) ("M"); b: (batch, n, k) ("K") or (batch, k, n) ("N");
-    the declared major dimension has stride 1. k % 128 == 0, n % 8 == 0.
+    the declared major dimension has stride 1. k % 16 == 0 (k % 128 == 0 with an MN-major operand),
+    n % 8 == 0; a K tail past the last whole 128-K block has its own scales (k/128 below is ceil(k/128)).
     scale_granularity_mnk (default (-1,-1,-1)):
       (-1,-1,-1) per tensor: a_scale and b_scale fp32 with 1 element (shape () or (1,)) or batch;
       (1,-1,-1) per row of A: a_scale (batch, m), b_scale per tensor as above;

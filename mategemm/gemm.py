@@ -14,10 +14,13 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
                           output_scale: torch.Tensor | None = None) -> torch.Tensor:
     """out(m, n) = (a * a_scale) @ (b * b_scale)^T with FP8 operands and FP32 block scales.
 
-    a: (m, k) float8_e4m3fn or float8_e5m2, row-major; b: (n, k) likewise. k % 128 == 0, n % 8 == 0.
+    a: (m, k) float8_e4m3fn or float8_e5m2, row-major; b: (n, k) likewise. k % 16 == 0, n % 8 == 0;
+    a K tail past the last whole 128-K block has its own scales (k/128 below is ceil(k/128)).
     scale_granularity_mnk: (1, 128, 128) (default) or (1, 1, 128).
     scale_major_mode "K" (default): a_scale (m, k/128), b_scale (ceil(n/128), k/128) or (n, k/128);
-    "MN": the transposes, (k/128, m) and (k/128, ceil(n/128)) or (k/128, n). fp32, any strides.
+    "MN": the transposes, (k/128, m) and (k/128, ceil(n/128)) or (k/128, n). fp32, any strides;
+    with (1,128,128) and k <= 16384, an MN-major a_scale whose rows start 16-byte aligned (row
+    stride a multiple of 4) is loaded by TMA with the tiles, the faster path at compute-bound sizes.
     out: optional (m, n) bf16/fp16 tensor, written in place (its row stride may exceed n).
     out_dtype: bf16 (default) or fp16 when out is None. mma_sm: None or 1.
     output_scale: one fp32 element: FP8 output, out (e4m3) = saturate(result / output_scale); the
@@ -38,7 +41,9 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
         problem = checked.problem
         if problem.m == 0:
             return out if out is not None else torch.empty((0, problem.n), dtype=problem.out_dtype, device=a.device)
-        gemm_plan = plan.dense(problem, rt_device.device_info(a.device.index))
+        gemm_plan = plan.dense(problem, rt_device.device_info(a.device.index),
+                               a_scales_tma=plan.a_scales_tma_readable(checked.sfa_strides, a_scale.data_ptr(),
+                                                                       problem.m))
         launch = prepare.gemm_launch(gemm_plan, a, b, a_scale, checked.sfa_strides, b_scale, checked.sfb_strides)
         _warm.remember(key, launch)
     if out is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mategemm import plan, suites
+from mategemm import plan, suites, validate
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import DeviceInfo, info_for_arch
@@ -31,6 +31,11 @@ class PlannedKernel:
     config: GemmConfig
 
 
+# A dense GEMM's A scales as calls may give them: any layout (read by the scale warps), or MN-major
+# as TMA reads them (plan.a_scales_tma_readable). Both are planned: each is its own kernel.
+DENSE_SCALE_LAYOUTS = (False, True)
+
+
 def plan_dense(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Recipe, ...] = RECIPES,
                a_dtype: torch.dtype = torch.float8_e4m3fn, b_dtype: torch.dtype = torch.float8_e4m3fn,
                out_dtype: torch.dtype = torch.bfloat16, num_mp: int | None = None,
@@ -43,8 +48,10 @@ def plan_dense(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Rec
     planned: dict[KernelSpec, PlannedKernel] = {}
     for m, n, k in shapes:
         for recipe in recipes:
-            gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, a_dtype, b_dtype, out_dtype), device, num_mp, force)
-            planned.setdefault(gemm_plan.spec, PlannedKernel(gemm_plan.spec, gemm_plan.problem, gemm_plan.config))
+            for a_scales_tma in DENSE_SCALE_LAYOUTS:
+                gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, a_dtype, b_dtype, out_dtype), device, num_mp,
+                                       force, a_scales_tma)
+                planned.setdefault(gemm_plan.spec, PlannedKernel(gemm_plan.spec, gemm_plan.problem, gemm_plan.config))
     return list(planned.values())
 
 
@@ -54,9 +61,10 @@ DEFAULT_MAX_TOKENS = 16384
 MOE_MODES = ("per_expert", "psum_expert", "per_token", "masked")
 PRESET_RECIPES = (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
 E4M3 = torch.float8_e4m3fn
-# NOTES: what the FP8 entry points accept (mategemm.validate): K a whole number of 128-wide scale
+# NOTES: what the FP8 entry points accept (mategemm.validate): a dense GEMM's K a multiple of 16
+# (a tail past the last 128-wide scale block allowed), a grouped GEMM's K a whole number of scale
 # blocks, N a multiple of 8 (16-byte output rows for the TMA store).
-FP8_K_MULTIPLE, FP8_N_MULTIPLE = 128, 8
+DENSE_K_MULTIPLE, GROUPED_K_MULTIPLE, FP8_N_MULTIPLE = validate.FP8_K_MULTIPLE, 128, 8
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,8 @@ def parse_preset(data: object, name: str, where: str = "preset") -> Preset:
         _fields(at, row, ("name", "n", "k"))
         if not isinstance(row["name"], str) or not row["name"]:
             raise ValueError(f"{at}.name must be a non-empty string")
-        dense.append(DenseGemm(row["name"], _fp8_dim(f"{at}.n", row["n"], FP8_N_MULTIPLE),
-                               _fp8_dim(f"{at}.k", row["k"], FP8_K_MULTIPLE)))
+        dense.append(DenseGemm(row["name"], _fp8_dim(f"{at}.n", row["n"], FP8_N_MULTIPLE, "N"),
+                               _fp8_dim(f"{at}.k", row["k"], DENSE_K_MULTIPLE, "K")))
     moe = None
     if data.get("moe") is not None:
         at = f"{where}: moe"
@@ -174,8 +182,8 @@ def parse_preset(data: object, name: str, where: str = "preset") -> Preset:
         if top_k > experts:
             raise ValueError(f"{at}.top_k must be at most num_experts ({experts}), got {top_k}")
         # hidden is gate_up's K and down's N; moe_intermediate is down's K (gate_up's N is twice it)
-        hidden = _fp8_dim(f"{at}.hidden", raw["hidden"], FP8_K_MULTIPLE)
-        inter = _fp8_dim(f"{at}.moe_intermediate", raw["moe_intermediate"], FP8_K_MULTIPLE)
+        hidden = _fp8_dim(f"{at}.hidden", raw["hidden"], GROUPED_K_MULTIPLE, "K")
+        inter = _fp8_dim(f"{at}.moe_intermediate", raw["moe_intermediate"], GROUPED_K_MULTIPLE, "K")
         modes = raw.get("modes", list(MoeLayer.modes))
         if not isinstance(modes, list) or not modes or any(m not in MOE_MODES for m in modes):
             raise ValueError(f"{at}.modes must be a non-empty list of {MOE_MODES}, got {modes!r}")
@@ -225,8 +233,7 @@ def _int(where: str, value: object, multiple: int = 1) -> int:
     return value
 
 
-def _fp8_dim(where: str, value: object, multiple: int) -> int:
-    what = "K" if multiple == FP8_K_MULTIPLE else "N"
+def _fp8_dim(where: str, value: object, multiple: int, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % multiple:
         raise ValueError(f"{where} = {value}: an FP8 GEMM's {what} must be a multiple of {multiple}; list the layer "
                          f"as the library would run it (padded) or leave it out and say so in _about")
@@ -285,19 +292,24 @@ def dense_m_runs(max_tokens: int) -> list[tuple[int, int]]:
 
 def dense_specs(n: int, k: int, recipe: Recipe, max_tokens: int, device: DeviceInfo, num_mp: int | None = None,
                 force: str = "") -> list[tuple[KernelSpec, int]]:
-    """(spec, M) for every M in 1..max_tokens whose pick differs from M - 1's, for a dense (n, k):
-    one choice per run of dense_m_runs, every M of a run whose two ends disagree."""
-    def pick(m: int) -> KernelSpec:
-        return plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16), device, num_mp, force).spec
-
+    """(spec, M) for every M in 1..max_tokens whose pick differs from M - 1's, for a dense (n, k),
+    with A's scales given either way (DENSE_SCALE_LAYOUTS): one choice per run of dense_m_runs,
+    every M of a run whose two ends disagree."""
     out: list[tuple[KernelSpec, int]] = []
-    for lo, hi in dense_m_runs(max_tokens):
-        first, last = pick(lo), pick(hi)
-        ms = [lo] if first == last else range(lo, hi + 1)
-        for m in ms:
-            spec = first if m == lo else pick(m)
-            if not out or out[-1][0] != spec:
-                out.append((spec, m))
+    for a_scales_tma in DENSE_SCALE_LAYOUTS:
+        def pick(m: int) -> KernelSpec:
+            return plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16), device, num_mp, force,
+                              a_scales_tma).spec
+
+        last_spec = None
+        for lo, hi in dense_m_runs(max_tokens):
+            first, last = pick(lo), pick(hi)
+            ms = [lo] if first == last else range(lo, hi + 1)
+            for m in ms:
+                spec = first if m == lo else pick(m)
+                if spec != last_spec:
+                    out.append((spec, m))
+                    last_spec = spec
     return out
 
 
@@ -411,8 +423,10 @@ def plan_suites(suite_list: list[suites.Suite], arch: str, num_mp: int | None = 
 def _dense_suite(row, device, num_mp, force):
     m, n, k = row["m"], row["n"], row["k"]
     for recipe in RECIPES:
-        gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16), device, num_mp, force)
-        yield gemm_plan.spec, "dense", f"m={m} n={n} k={k} {recipe.name}"
+        for a_scales_tma in DENSE_SCALE_LAYOUTS:
+            gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16), device, num_mp, force, a_scales_tma)
+            layout = " A scales by TMA" if gemm_plan.problem.tma_scales else ""
+            yield gemm_plan.spec, "dense", f"m={m} n={n} k={k} {recipe.name}{layout}"
 
 
 def _bmm_suite(row, device, num_mp, force):
@@ -499,7 +513,7 @@ def _nvfp4_suite(row, device, num_mp, force):
     for active in (groups, None):
         problem = Nvfp4Problem(groups * tokens, n, k, groups, groups, BF16, active)
         yield plan.nvfp4_grouped(problem, device, num_mp, force).spec, "nvfp4", f"{shape} nvfp4"
-    if k % FP8_K_MULTIPLE == 0:
+    if k % GROUPED_K_MULTIPLE == 0:
         problem = GemmProblem(groups * tokens, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_expert", groups)
         yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "moe", f"{shape} fp8 per_expert"
 

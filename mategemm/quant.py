@@ -7,35 +7,42 @@ FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 _EPS = 1e-4
 
 
-def _check(x: torch.Tensor, name: str = "x") -> None:
+def _padded(x: torch.Tensor, row_multiple: int) -> torch.Tensor:
+    """x (2-D) as fp32, zero-padded to whole 128-column groups and rows to a multiple of row_multiple
+    (zeros never raise a group's amax)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor")
-    if x.shape[1] % 128:
-        raise ValueError(f"{name}.shape[1] must be a multiple of 128, got {x.shape[1]}")
+        raise ValueError("x must be a 2-D tensor")
+    rows, k = x.shape
+    rows_pad, k_pad = -(-rows // row_multiple) * row_multiple, -(-k // 128) * 128
+    if (rows_pad, k_pad) == (rows, k):
+        return x.float()
+    padded = torch.zeros((rows_pad, k_pad), dtype=torch.float32, device=x.device)
+    padded[:rows, :k] = x.float()
+    return padded
 
 
 def per_token_cast_to_fp8(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
-    """x (m, k) -> (q (m, k) fp8, scales (m, k/128) fp32) with x ~= q * scale per 1x128 group."""
-    _check(x)
+    """x (m, k) -> (q (m, k) fp8, scales (m, ceil(k/128)) fp32) with x ~= q * scale per 1x128 group
+    (the last group of a K that is not a multiple of 128 is shorter)."""
+    padded = _padded(x, 1)
     m, k = x.shape
-    groups = x.float().view(m, k // 128, 128)
+    k_pad = padded.shape[1]
+    groups = padded.view(m, k_pad // 128, 128)
     amax = groups.abs().amax(dim=2).clamp(min=_EPS)
     scale = amax / FP8_MAX[dtype]
-    q = (groups / scale.unsqueeze(2)).to(dtype).view(m, k)
+    q = (groups / scale.unsqueeze(2)).to(dtype).view(m, k_pad)[:, :k].contiguous()
     return q, scale
 
 
 def per_block_cast_to_fp8(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
-    """x (n, k) -> (q (n, k) fp8, scales (ceil(n/128), k/128) fp32) per 128x128 block."""
-    _check(x)
+    """x (n, k) -> (q (n, k) fp8, scales (ceil(n/128), ceil(k/128)) fp32) per 128x128 block."""
+    padded = _padded(x, 128)
     n, k = x.shape
-    n_pad = -(-n // 128) * 128
-    padded = torch.zeros((n_pad, k), dtype=torch.float32, device=x.device)
-    padded[:n] = x.float()
-    blocks = padded.view(n_pad // 128, 128, k // 128, 128)
+    n_pad, k_pad = padded.shape
+    blocks = padded.view(n_pad // 128, 128, k_pad // 128, 128)
     amax = blocks.abs().amax(dim=(1, 3)).clamp(min=_EPS)
     scale = amax / FP8_MAX[dtype]
-    q = (blocks / scale[:, None, :, None]).to(dtype).view(n_pad, k)[:n].contiguous()
+    q = (blocks / scale[:, None, :, None]).to(dtype).view(n_pad, k_pad)[:n, :k].contiguous()
     return q, scale
 
 

@@ -19,8 +19,8 @@ from its rows' fields; every row of a suite has the same fields:
                 {hidden, intermediate, experts, topk, tokens}  and per_token
 
 Rules: m, batch, m_per_group, k_per_group, avg_context, tokens_per_expert positive integers; n a
-positive multiple of 8; k, hidden and intermediate positive multiples of 128 (k of nvfp4 rows: of
-32); groups, experts and active_experts in [1, 1024];
+positive multiple of 8; k, hidden and intermediate positive multiples of 128 (k of dense and bmm
+rows: of 16; of nvfp4 rows: of 32); groups, experts and active_experts in [1, 1024];
 topk in [1, experts]; next_n in [1, 4]; heads a multiple of 8 with next_n x heads <= 256;
 index_dim 128; block_kv 64; tokens a non-empty list of positive integers. Contiguous and k_grouped
 rows are DeepGEMM's test shapes: each group's size is drawn in [0.7, 1.3) x the nominal one.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
-from mategemm.validate import MAX_GROUPS
+from mategemm.validate import FP8_K_MULTIPLE, MAX_GROUPS
 
 SHAPES_FILE = Path(__file__).resolve().parent / "shapes" / "shapes.json"
 # DeepGEMM's grouped test shapes: each group int(nominal x (0.7 + 0.6 x U[0, 1))) rows (or K).
@@ -125,7 +125,7 @@ def _suite(name: str, value, errors: list, where: str) -> Suite | None:
     fields = ROW_FIELDS["contiguous" if kind == "masked" else kind]
     rows = []
     for i, row in enumerate(value):
-        problem = _row_problem(row, fields, _check_row)
+        problem = _row_problem(row, fields, lambda r: _check_row(r, kind))
         if problem:
             errors.append(f"{where}, row {i} {json.dumps(row)}: {problem}")
         else:
@@ -187,13 +187,15 @@ def _field_problem(field: str, value) -> str:
     return ""
 
 
-def _check_row(row: dict) -> str:
+def _check_row(row: dict, kind: str) -> str:
     for field, value in row.items():
         if field.startswith("_") or field in ("next_n", "index_dim", "block_kv"):
             continue
-        if field == "k" and "tokens_per_expert" in row:  # NVFP4: 16-byte packed rows
-            if not _positive(value) or value % NVFP4_K_MULTIPLE:
-                return f"k must be a positive multiple of {NVFP4_K_MULTIPLE}, got {value!r}"
+        # NVFP4: 16-byte packed rows; dense and batched FP8 (K-major): 16-byte rows, a K tail allowed
+        k_multiple = NVFP4_K_MULTIPLE if kind == "nvfp4" else FP8_K_MULTIPLE if kind in ("dense", "bmm") else 0
+        if field == "k" and k_multiple:
+            if not _positive(value) or value % k_multiple:
+                return f"k must be a positive multiple of {k_multiple}, got {value!r}"
             continue
         problem = _field_problem(field, value)
         if problem:

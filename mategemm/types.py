@@ -51,6 +51,15 @@ class GemmProblem:
     # MN-major FP8 operands the kernel reads as they are and transposes in shared memory: bit 0 A
     # given as (K rows, M), bit 1 B as (K rows, N). Otherwise both operands are K-major.
     mn_major: int = 0
+    # Dense (1,128,128): A's scales, given MN-major in rows TMA can read, are loaded by TMA with
+    # each stage; otherwise the kernel's scale warps copy them (any strides). Set by plan.dense.
+    tma_scales: bool = False
+
+    @property
+    def k_blocks(self) -> int:
+        """128-wide K blocks of FP8 operands (one per stage and scale): the last a tail when K is
+        not a multiple of 128 (zero-filled by TMA past K)."""
+        return -(-self.k // 128)
 
     @property
     def max_groups(self) -> int:

@@ -10,6 +10,10 @@ from mategemm.types import (FP8_DTYPES, OUT_DTYPES, RECIPE_1x32_1x32, RECIPE_1x1
                             RECIPE_PER_ROW, RECIPE_PER_TENSOR, GemmProblem, Nvfp4Problem, Recipe)
 
 INT32_MAX = 2**31 - 1
+# K of a dense or batched FP8 GEMM with K-major operands: 16-byte rows for TMA. A K tail past the
+# last whole 128-wide scale block is zero-filled by TMA and has its own scales (ceil(k / 128) of
+# them). The grouped modes, and MN-major operands, keep K a multiple of 128.
+FP8_K_MULTIPLE = 16
 
 
 def tensor(name: str, t, ndim: int | None = None, dtypes: tuple | None = None) -> torch.Tensor:
@@ -121,8 +125,8 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
     n, kb_ = b.shape
     if kb_ != k:
         raise ValueError(f"a and b must share K: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
-    if k == 0 or k % 128:
-        raise ValueError(f"k (a.shape[1]) must be a positive multiple of 128, got {k}")
+    if k == 0 or k % FP8_K_MULTIPLE:
+        raise ValueError(f"k (a.shape[1]) must be a positive multiple of {FP8_K_MULTIPLE} (16-byte rows), got {k}")
     if n == 0 or n % 8:
         raise ValueError(f"n (b.shape[0]) must be a positive multiple of 8, got {n}")
     if m > INT32_MAX or n > INT32_MAX:
@@ -134,7 +138,7 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
         raise ValueError(f"mma_sm must be 1 or None on Hopper, got {mma_sm!r}")
     rec = recipe(scale_granularity_mnk, (RECIPE_1x128_128x128, RECIPE_1x128_1x128), RECIPE_1x128_128x128)
     major = choice("scale_major_mode", scale_major_mode, ("K", "MN"), "K")
-    k_blocks = k // 128
+    k_blocks = -(-k // 128)
     sfa = scale_strides("a_scale", a_scale, major, m, k_blocks, "one scale per row and 128-K block")
     n_rows = -(-n // 128) if rec.gn == 128 else n
     sfb = scale_strides("b_scale", b_scale, major, n_rows, k_blocks,
@@ -484,8 +488,10 @@ def bmm_fp8(a, b, a_scale, b_scale, out_dtype, out, backend, scale_granularity_m
     if batch_b != batch or k_b != k:
         raise ValueError(f"a and b must share batch and K: a is {tuple(a.shape)} (major {major_a!r}), b is "
                          f"{tuple(b.shape)} (major {major_b!r})")
-    _batched_dims(batch, m, n, k, 128, "")
-    k_blocks = k // 128
+    k_major = major_a == "K" and major_b == "K"
+    _batched_dims(batch, m, n, k, FP8_K_MULTIPLE if k_major else 128,
+                  " (16-byte rows)" if k_major else " with an MN-major operand")
+    k_blocks = -(-k // 128)
     if rec in (RECIPE_PER_TENSOR, RECIPE_PER_ROW):
         if rec == RECIPE_PER_ROW:
             tensor("a_scale", a_scale, ndim=2, dtypes=(torch.float32,))

@@ -42,7 +42,7 @@ def candidates(m: int, n: int, k: int) -> list[tuple[int, int, int, int, int]]:
     if m <= 128:
         for bm in (64, 128):
             configs += [(bm, bn, 1, 1, 1) for bn in BLOCK_NS]
-            configs += [(bm, bn, 1, 1, s) for bn in SPLIT_BLOCK_NS for s in fp8_gemm.split_counts(k) if s > 1]
+            configs += [(bm, bn, 1, 1, s) for bn in SPLIT_BLOCK_NS for s in fp8_gemm.split_counts(-(-k // 128)) if s > 1]
         return configs
     for bm in (128, 256):
         for bn in BLOCK_NS:

@@ -98,12 +98,17 @@ __device__ __forceinline__ void tma_prefetch_desc(const TmaDesc* desc) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(desc) : "memory");
 }
 
-// Load box at (c0 inner, c1 outer) into shared memory; completes `bytes` on `bar`.
-__device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1) {
+// Load box at (c0 inner, c1 outer) into shared memory (at shared address `dst`); completes its
+// bytes on `bar`.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaDesc* desc, u32 bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
-      ::"r"(smem_addr(dst)), "l"(desc), "r"(bar), "r"(c0), "r"(c1)
+      ::"r"(dst), "l"(desc), "r"(bar), "r"(c0), "r"(c1)
       : "memory");
+}
+
+__device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u32 bar, int c0, int c1) {
+  tma_load_2d(smem_addr(dst), desc, bar, c0, c1);
 }
 
 // L2 cache policy for tma_load_2d_hinted (the encoding CUTLASS's CacheHintSm90 uses).

@@ -24,9 +24,14 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   float part0[T::kScaleAtEnd ? 1 : T::kAcc];
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
   Tile t;
+  int tile_parity = 0;  // kTmaScales: the B scale buffer of this tile
   while (scheduler.next(t)) {
     #pragma unroll
     for (int i = 0; i < T::kWaves * T::kAcc; ++i) acc[i] = 0.0f;
+    if constexpr (T::kTmaScales) {
+      promoted.sfb_tile = stage_tile_b_scales<T>(args, smem.sfb_tiles, t, tile_parity);
+      tile_parity ^= 1;
+    }
     if constexpr (T::kScaleAtEnd) {
       scale_at_end_mainloop<T>(stages, acc, t, args, math_wg, warp, lane);
     } else {
@@ -49,7 +54,9 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
   u8* smem_base = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
   const GemmSmem<T> smem(smem_base);
   const int warpgroup = warp_uniform(threadIdx.x / 128);
-  // A 16-bit (or NVFP4) K tail is zero-filled by TMA; FP8's K is a multiple of 128 (checked on the host).
+  // A K tail past the last whole block is zero-filled by TMA. FP8 (the tail block with its own
+  // scales): the host passes K rounded up to whole blocks. NOTES: a ceil_div here tipped the
+  // batched 128x128 (1,1,128) kernel into local memory (3 LDL, 1 STL).
   const int num_k_blocks = T::kUnscaled || T::kNvfp4 ? ceil_div(args.k, T::kBlockKElems) : args.k / kBlockK;
   // Split-K: work item `split` of a tile covers k-blocks [split, split + 1) * k_blocks_per_split
   // (the host picks num_splits so that none is empty; it passes 1 unless kSplitK).
@@ -60,6 +67,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     tma_prefetch_desc(args.tmap_a);
     tma_prefetch_desc(args.tmap_b);
     tma_prefetch_desc(args.tmap_d);
+    if constexpr (T::kTmaScales) tma_prefetch_desc(args.tmap_sfa);
     if constexpr (T::kNvfp4) {
       tma_prefetch_desc(args.tmap_sfa);
       tma_prefetch_desc(args.tmap_sfb);
@@ -94,7 +102,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       } else {
         produce_tiles<T>(args, smem, scheduler);
       }
-    } else if (warp > 0 && (!T::kScaleAtEnd || T::kMnMajor != 0 || T::kNvfp4)) {
+    } else if (warp > 0 && ((!T::kScaleAtEnd && !T::kTmaScales) || T::kMnMajor != 0 || T::kNvfp4)) {
       if constexpr (T::kNvfp4) {
         decode_nvfp4_stages<T>(smem, scheduler);
       } else {
@@ -109,10 +117,12 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
   if constexpr (T::kCluster > 1) cluster_sync();
 }
 
-// The kernel parameters, as every GEMM kernel takes them (the host's Launch.TYPES).
+// The kernel parameters, as every GEMM kernel takes them (the host's Launch.TYPES); tmap_sfa is
+// read only with kTmaScales.
 #define MATEGEMM_GEMM_PARAMS                                                                                       \
   const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,                                  \
-      const __grid_constant__ TmaDesc tmap_d, const float *__restrict__ sfa, int sfa_stride_m, int sfa_stride_k,  \
+      const __grid_constant__ TmaDesc tmap_d, const __grid_constant__ TmaDesc tmap_sfa,                          \
+      const float *__restrict__ sfa, int sfa_stride_m, int sfa_stride_k,                                          \
       const float *__restrict__ sfb, int sfb_stride_n, int sfb_stride_k, int m, int n, int k, int group_n,        \
       int a_box_rows, int num_splits, float *__restrict__ split_workspace, int *__restrict__ split_counters,      \
       const int *__restrict__ group_info, int num_groups, int group_stride, int sfa_stride_group,                 \
@@ -121,7 +131,8 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
   GemmArgs {                                                                                                       \
     &tmap_a, &tmap_b, &tmap_d, sfa, sfa_stride_m, sfa_stride_k, sfb, sfb_stride_n, sfb_stride_k, m, n, k, group_n, \
         a_box_rows, num_splits, split_workspace, split_counters, group_info, num_groups, group_stride,            \
-        sfa_stride_group, sfb_stride_group, out_ptr, out_ld, signal, signal_blocks                                 \
+        sfa_stride_group, sfb_stride_group, out_ptr, out_ld, signal, signal_blocks, nullptr, nullptr, nullptr, 0,  \
+        &tmap_sfa                                                                                                  \
   }
 
 }  // namespace mategemm

@@ -67,6 +67,29 @@ __device__ __forceinline__ void promote_chunk(float* acc, const float* part, flo
   acc[3] = fmaf(part[3], scale_hi, acc[3]);
 }
 
+// kTmaScales: the math threads copy the B scales of tile `t` (its one or two 128-column blocks,
+// each K block of its work item) into buffer `parity` and wait for each other. The buffers take
+// turns: a warpgroup may start the next tile while the other still reads this one's. Returns the
+// buffer's shared address.
+template <class T>
+__device__ __forceinline__ u32 stage_tile_b_scales(const GemmArgs& args, u32 sfb_tiles, const Tile& t, int parity) {
+  using Layout = typename T::Layout;
+  constexpr int kMathThreads = T::kNumMathWG * 128;
+  constexpr int kScaleBarrier = 2 + T::kNumMathWG;  // after the epilogue's and split-K's barriers
+  const u32 buffer = sfb_tiles + parity * Layout::kSfbTileFloats * 4;
+  const int num_blocks = t.kb_end - t.kb_begin;
+  const int block0 = t.n_block * T::BLOCK_N / 128;
+  const int last_block = ceil_div(args.n, 128) - 1;
+  for (int i = threadIdx.x - 128; i < num_blocks * (Layout::kTwoScaleBlocks ? 2 : 1); i += kMathThreads) {
+    const int which = i / num_blocks, kb = i % num_blocks;
+    const int block = min(block0 + which, last_block);
+    st_shared_f32(buffer + (which * Layout::kMaxTileKBlocks + kb) * 4,
+                  ldg_nc(args.sfb + (block * args.sfb_stride_n + (t.kb_begin + kb) * args.sfb_stride_k)));
+  }
+  named_barrier_sync(kScaleBarrier, kMathThreads);
+  return buffer;
+}
+
 // Block-scaled recipes: acc (kWaves x kAcc, zeroed by the caller) = the tile's sum over its K blocks.
 template <class T>
 struct PromotedMainLoop {
@@ -85,13 +108,14 @@ struct PromotedMainLoop {
   int math_wg, warp, lane;
   int thread_row;    // the row of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16)
   int first_chunks;  // with 128-column B blocks: 8-column chunks before it use the tile's first block
+  u32 sfb_tile = 0;  // kTmaScales: the tile's B scales per K block (stage_tile_b_scales)
 
   // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
   __device__ __forceinline__ int wave_row0(int wave) const { return (math_wg * T::kWaves + wave) * 64; }
 
-  // Issues wave `wave`'s 4 wgmma of `stage` into `part` (with (1,1,32) scales: the one of 32-value
-  // K block `j`), then reads the wave's scales.
-  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave, int j = 0) const {
+  // Issues wave `wave`'s 4 wgmma of `stage` (the work item's K block `kb`) into `part` (with (1,1,32)
+  // scales: the one of 32-value K block `j`), then reads the wave's scales.
+  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave, int kb, int j = 0) const {
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
     wgmma_fence();
@@ -106,7 +130,24 @@ struct PromotedMainLoop {
     const u32 sf = scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + thread_row + wave * 64) * 4;
     sc.lo[0] = ld_shared_f32(sf);
     sc.hi[0] = ld_shared_f32(sf + 8 * 4);
-    if constexpr (Layout::kTwoScaleBlocks) {
+    if constexpr (T::kTmaScales) {  // the stage holds sa; sb of K block kb from the tile's buffer
+      const float sa_lo = sc.lo[0], sa_hi = sc.hi[0];
+      const float sb0 = ld_shared_f32(sfb_tile + kb * 4);
+      sc.lo[0] = sa_lo * sb0;
+      sc.hi[0] = sa_hi * sb0;
+      if constexpr (Layout::kTwoScaleBlocks) {
+        const float sb1 = ld_shared_f32(sfb_tile + (Layout::kMaxTileKBlocks + kb) * 4);
+        sc.lo[1] = sa_lo * sb1;
+        sc.hi[1] = sa_hi * sb1;
+        // NOTES: unfenced, ptxas multiplied the selected sb into sa again in every 8-column chunk
+        // of promote (36 FMUL at BLOCK_N 144 instead of 4).
+        #pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          fence_operand(sc.lo[i]);
+          fence_operand(sc.hi[i]);
+        }
+      }
+    } else if constexpr (Layout::kTwoScaleBlocks) {
       sc.lo[1] = ld_shared_f32(sf + T::BLOCK_M * 4);
       sc.hi[1] = ld_shared_f32(sf + (T::BLOCK_M + 8) * 4);
     }
@@ -150,24 +191,24 @@ struct PromotedMainLoop {
       // either, ptxas serialised every wgmma (C7514) or injected waits before promotion (C7517).
       BlockScales sc0, sc1;
       int stage0 = stages.wait(), stage1;
-      issue(part0, sc0, stage0, 0);
+      issue(part0, sc0, stage0, 0, 0);
       wgmma_wait<0>();
       int kb = 0;
       for (; kb + 2 < num_blocks; kb += 2) {  // part0 holds k-block kb, complete
         stage1 = stages.wait();
-        issue(part1, sc1, stage1, 0);
+        issue(part1, sc1, stage1, 0, kb + 1);
         stages.release(stage0);
         promote(acc, part0, sc0, stage0);
         wgmma_wait<0>();
         stage0 = stages.wait();
-        issue(part0, sc0, stage0, 0);
+        issue(part0, sc0, stage0, 0, kb + 2);
         stages.release(stage1);
         promote(acc, part1, sc1, stage1);
         wgmma_wait<0>();
       }
       if (kb + 1 < num_blocks) {
         stage1 = stages.wait();
-        issue(part1, sc1, stage1, 0);
+        issue(part1, sc1, stage1, 0, kb + 1);
         stages.release(stage0);
         promote(acc, part0, sc0, stage0);
         wgmma_wait<0>();
@@ -184,7 +225,7 @@ struct PromotedMainLoop {
         for (int wave = 0; wave < T::kWaves; ++wave) {
           BlockScales sc;
           if constexpr (T::kScaleBlocksK == 1) {
-            issue(part0, sc, stage, wave);
+            issue(part0, sc, stage, wave, kb);
             wgmma_wait<0>();
             if (T::kScaleGranN == 128 && wave == T::kWaves - 1) stages.release(stage);
             promote(acc + wave * kAcc, part0, sc, stage);
@@ -193,7 +234,7 @@ struct PromotedMainLoop {
             // unrolled, the four blocks' scale loads were hoisted and 128x128 tiles spilled.
             #pragma unroll 1
             for (int j = 0; j < T::kScaleBlocksK; ++j) {
-              issue(part0, sc, stage, wave, j);
+              issue(part0, sc, stage, wave, kb, j);
               wgmma_wait<0>();
               promote(acc + wave * kAcc, part0, sc, stage, j);
             }

@@ -1,7 +1,7 @@
-// The GEMM's producer: one thread streams the A and B tiles of every work item through the ring
-// of stages with TMA. K-major operands land swizzled where the wgmma read them; MN-major ones land
-// untransposed in the stage's staging area (the scale warps transpose them); a tile shared by a
-// cluster pair is loaded half by each CTA into both (multicast).
+// The GEMM's producer: one thread streams the A and B tiles (and, kTmaScales, A's scales) of every
+// work item through the ring of stages with TMA. K-major operands land swizzled where the wgmma
+// read them; MN-major ones land untransposed in the stage's staging area (the scale warps
+// transpose them); a tile shared by a cluster pair is loaded half by each CTA into both (multicast).
 #pragma once
 #include "../common/pipeline.cuh"
 #include "scheduler.cuh"
@@ -19,7 +19,11 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
     for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
       const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
       smem.empty[pipe.stage].wait(pipe.phase ^ 1);
-      loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes);
+      loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes +
+                              (T::kTmaScales ? T::BLOCK_M * 4 : 0));
+      if constexpr (T::kTmaScales) {  // A's scales of the tile's rows (rows past m zero-filled)
+        tma_load_2d(smem.scales + pipe.stage * Layout::kSfBytes, args.tmap_sfa, loaded.addr, t.row0, kb);
+      }
       // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
       u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
       u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;

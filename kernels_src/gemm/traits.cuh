@@ -37,16 +37,18 @@ struct Nvfp4StageLayout {
 };
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
-          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128>
+          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false>
 struct GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
   static constexpr int kBBytes = BLOCK_N * kBlockK;
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
-  // block, then (if the tile can straddle two) with the next. (1,1,128): sa per row, sb per column;
-  // (1,1,32): those for each of the stage's four 32-value K blocks in turn.
+  // block, then (if the tile can straddle two) with the next; with kTmaScales only sa per row, as
+  // TMA lands them. (1,1,128): sa per row, sb per column; (1,1,32): those for each of the stage's
+  // four 32-value K blocks in turn.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
   static constexpr int kSfFloats = kScaleGranN == 0     ? 0
+                                   : kTmaScales         ? BLOCK_M
                                    : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
                                                         : (BLOCK_M + BLOCK_N) * (kBlockK / kScaleGranK);
   static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
@@ -69,15 +71,20 @@ struct GemmSmemLayout {
   static constexpr int kOffGroupTable = kOffRowOk + kRowOkBytes;  // GroupTable: 3 ints per group
   // kGroupOffsets: a fourth, each group's first 128-row tile of A's NVFP4 scales
   static constexpr int kGroupTableInts = kGroupMode == kGroupOffsets ? 4 : 3;
+  // kTmaScales: a tile's B scales for each of its K blocks (at most kMaxTileKBlocks) and its one or
+  // two B scale blocks, in two buffers that tiles take in turn.
+  static constexpr int kMaxTileKBlocks = 128;
+  static constexpr int kSfbTileFloats = kTmaScales ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
+  static constexpr int kOffSfbTiles = kOffGroupTable + kGroupTableInts * kMaxGroups * 4;
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
-  static constexpr int kTotalBytes = kOffGroupTable + kGroupTableInts * kMaxGroups * 4 + 1024;
+  static constexpr int kTotalBytes = kOffSfbTiles + 2 * kSfbTileFloats * 4 + 1024;
   static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
                 "swizzled tiles must stay 1024-byte aligned");
 };
 
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
-          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128>
+          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -97,6 +104,10 @@ struct GemmTraits {
   // promoting its own k32 wgmma; with per-column B scales only).
   static constexpr int kScaleGranK = kScaleGranK_;
   static constexpr int kScaleBlocksK = kBlockK / kScaleGranK;
+  // (1,128,128), dense: A's scales (given MN-major, a row of M per K block) ride in each stage's TMA
+  // transaction; the math warps stage each tile's B scales once and form sa * sb themselves.
+  // Otherwise the producer's warps 1-3 copy every stage's scales (any strides).
+  static constexpr bool kTmaScales = kTmaScales_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
@@ -112,7 +123,7 @@ struct GemmTraits {
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor, kNvfp4, kScaleGranK>;
+                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales>;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -120,8 +131,9 @@ struct GemmTraits {
   // stage (multicast): one lane per math warp arrives on the peer's barrier.
   static constexpr int kEmptyArrivals = kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;
   // The full barrier: the TMA thread and every lane of the stage's scale warp; with staging, every
-  // lane of the three warps that transpose (or decode) the stage together (after the scales, if any).
-  static constexpr int kFullArrivals = kMnMajor || kNvfp4 ? 3 * 32 : kScaleAtEnd ? 1 : 1 + 32;
+  // lane of the three warps that transpose (or decode) the stage together (after the scales, if any);
+  // the TMA thread alone when no scales are copied.
+  static constexpr int kFullArrivals = kMnMajor || kNvfp4 ? 3 * 32 : kScaleAtEnd || kTmaScales ? 1 : 1 + 32;
 
   // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
   // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
@@ -174,6 +186,9 @@ struct GemmTraits {
                                                        kGroupMode != kGroupMasked)) &&
                                   (!(kMnMajor & 2) || (kClusterM == 1 && BLOCK_N % 64 == 0))),
                 "MN-major operands: FP8, tiles of 64, 128 or 256 rows, not shared by a cluster, aligned A tiles");
+  static_assert(!kTmaScales || (kScaleGranN == 128 && kScaleGranK == 128 && kGroupMode == kGroupNone &&
+                                kMnMajor == 0 && !kUnscaled && !kNvfp4),
+                "scales by TMA: the (1,128,128) recipe, dense, K-major FP8 operands");
   static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,
                 "register split exceeds the CTA's allocation");
 };
@@ -207,7 +222,7 @@ struct GemmArgs {
   const int* active_groups = nullptr;
   const u32* group_scale_tiles = nullptr;
   int num_experts = 0;
-  const TmaDesc* tmap_sfa = nullptr;
+  const TmaDesc* tmap_sfa = nullptr;  // also (kTmaScales) A's scales: rows of M floats, one per K block
   const TmaDesc* tmap_sfb = nullptr;
 };
 
@@ -219,6 +234,7 @@ struct GemmSmem {
   u8* b;
   u8* staging;  // stage s's untransposed MN-major tiles at staging + s * kStagingBytes
   u32 scales;   // stage s's scales at scales + s * kSfBytes
+  u32 sfb_tiles;  // kTmaScales: B scale buffer p of the tiles at sfb_tiles + p * kSfbTileFloats * 4
   BarrierRing full, empty;
   BarrierRing staged;  // with MN-major operands: the stage's TMA loads landed
   u32 split_flag;
@@ -228,6 +244,7 @@ struct GemmSmem {
   __device__ __forceinline__ explicit GemmSmem(u8* smem)
       : out(smem), a(smem + T::Layout::kOffA), b(smem + T::Layout::kOffB),
         staging(smem + T::Layout::kOffStaging), scales(smem_addr(smem + T::Layout::kOffScales)),
+        sfb_tiles(smem_addr(smem + T::Layout::kOffSfbTiles)),
         full{smem_addr(smem + T::Layout::kOffBarriers)}, empty{full.base + T::kNumStages * 8},
         staged{empty.base + T::kNumStages * 8}, split_flag(smem_addr(smem + T::Layout::kOffSplitFlag)),
         row_ok(smem_addr(smem + T::Layout::kOffRowOk)),

@@ -6,7 +6,8 @@ import functools
 from mategemm import env
 from mategemm.log import verbose
 
-FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits", "transpose")
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits", "transpose",
+              "tma_scales")
 _printed: set = set()
 
 

@@ -53,16 +53,21 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
-               rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0, scale_gran_k: int = 128) -> int:
+               rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0, scale_gran_k: int = 128,
+               tma_scales: bool = False) -> int:
     """Must match GemmSmemLayout in kernels_src/gemm/traits.cuh.
 
     Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
     3 ints per group (max_groups: the table's capacity); MN-major operands (mn_major bits) a
     staging copy of their tile per stage and a third barrier per stage; (1,1,32) scales
-    (scale_gran_k 32) four sets of per-row and per-column scales per stage."""
+    (scale_gran_k 32) four sets of per-row and per-column scales per stage; A's scales by TMA
+    (tma_scales) sa per row and stage, and two buffers of a tile's B scales."""
     out = block_m * block_n * out_elem_bytes
-    if scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
-        scale_floats = block_m * (1 if 128 % block_n == 0 else 2)
+    two_b_blocks = 128 % block_n != 0
+    if tma_scales:  # sa per row as TMA lands it
+        scale_floats = block_m
+    elif scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
+        scale_floats = block_m * (2 if two_b_blocks else 1)
     elif scale_gran_n == 1:  # sa per row, sb per column, for each scale block of the stage's K
         scale_floats = (block_m + block_n) * (sm90.BLOCK_K_FP8 // scale_gran_k)
     else:  # per-row / per-tensor scales, applied after the last k-block: none in the ring
@@ -72,8 +77,9 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     per_stage = (block_m + block_n + staging) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
     barriers = (3 if mn_major else 2) * stages * 8
+    sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if tma_scales else 0
     # 16: the split-K flag
-    return out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sm90.SMEM_SLACK
+    return out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sfb_tiles + sm90.SMEM_SLACK
 
 
 def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, **extra) -> int:
@@ -128,9 +134,8 @@ def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bo
     return num_splits == 1 or (block_m <= 128 and cluster == (1, 1))
 
 
-def split_counts(k: int) -> list[int]:
+def split_counts(k_blocks: int) -> list[int]:
     """Split-K counts with no empty slice: s such that ceil(k_blocks / s) slices cover K exactly."""
-    k_blocks = k // sm90.BLOCK_K_FP8
     counts = []
     for splits in range(1, MAX_SPLITS + 1):
         per_split = math.ceil(k_blocks / splits)
@@ -157,7 +162,7 @@ def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int,
     a_rows = min(block_m, math.ceil(problem.m / 8) * 8)
     mma_ns = 2.0 * block_m * block_n * sm90.BLOCK_K_FP8 / (sm90.FP8_FLOPS_PER_SM_PER_NS * mma_efficiency(block_n))
     feed_ns = (a_rows / cluster_n + block_n / cluster_m) * sm90.BLOCK_K_FP8 * active / sm90.FEED_BYTES_PER_NS
-    k_blocks = math.ceil(problem.k // sm90.BLOCK_K_FP8 / num_splits)
+    k_blocks = math.ceil(problem.k_blocks / num_splits)
     reduce_ns = SPLIT_REDUCE_NS if num_splits > 1 else 0.0
     return waves * k_blocks * max(mma_ns, feed_ns, sm90.K_BLOCK_FLOOR_NS) + reduce_ns
 
@@ -177,9 +182,9 @@ def split_k_rule(problem: GemmProblem, block_m: int, block_n: int, cluster: tupl
     """
     if problem.m > 128 or block_n >= 64 or cluster != (1, 1) or not block_n_allowed(64, problem.recipe.gn):
         return block_n, 1
-    k_blocks = problem.k // sm90.BLOCK_K_FP8
+    k_blocks = problem.k_blocks
     tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / 64)
-    fits = [s for s in split_counts(problem.k) if tiles * s <= num_mp and k_blocks / s >= MIN_K_BLOCKS_PER_SPLIT]
+    fits = [s for s in split_counts(k_blocks) if tiles * s <= num_mp and k_blocks / s >= MIN_K_BLOCKS_PER_SPLIT]
     splits = max(fits, default=1)
     return (64, splits) if splits >= MIN_SPLITS else (block_n, 1)
 
@@ -205,7 +210,7 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
 
-    counts = split_counts(problem.k)
+    counts = split_counts(problem.k_blocks)
     if "num_splits" in forced:
         if forced["num_splits"] not in counts:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: num_splits must leave no K slice empty; for k={problem.k} "
@@ -243,10 +248,12 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     _, block_m, block_n, (cluster_m, cluster_n), num_splits = best
     if free and "block_n" not in forced and "num_splits" not in forced:
         block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)
-    stages = forced["stages"] if "stages" in forced else max_stages(block_m, block_n, gran_n, device.smem_per_block)
+    extra = {"tma_scales": True} if problem.tma_scales else {}
+    stages = (forced["stages"] if "stages" in forced else
+              max_stages(block_m, block_n, gran_n, device.smem_per_block, **extra))
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
-    smem = smem_bytes(block_m, block_n, stages, gran_n)
+    smem = smem_bytes(block_m, block_n, stages, gran_n, **extra)
     if smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of {block_m}x{block_n} need {smem} B of shared "
                          f"memory; the device has {device.smem_per_block}")

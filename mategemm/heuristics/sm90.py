@@ -19,3 +19,4 @@ SMEM_SLACK = 1024        # alignment slack every mategemm kernel reserves
 BLOCK_K_FP8 = 128        # one 128-byte swizzled row; one scale block of K
 MAX_STAGES = 8
 MIN_STAGES = 3          # the FP8 GEMM's three scale warps need a ring of at least 3
+MAX_TILE_K_BLOCKS = 128  # K blocks of a tile whose B scales the GEMM stages once (A's scales by TMA)

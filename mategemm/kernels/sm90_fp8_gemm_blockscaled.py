@@ -8,7 +8,7 @@ import torch
 
 from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
 from mategemm.runtime import launch as rt
-from mategemm.runtime.tma import encode_2d, encode_3d
+from mategemm.runtime.tma import encode_2d, encode_3d, encode_rows
 from mategemm.types import GemmConfig, GemmProblem
 
 KERNEL = "sm90_fp8_gemm_blockscaled"  # block scales, promoted per 128-K block
@@ -33,7 +33,7 @@ def kernel_name(problem: GemmProblem) -> str:
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
-    the scale granularity along N (128 or 1) and K (128 or 32) and split-K."""
+    the scale granularity along N (128 or 1) and K (128 or 32), split-K and A's scales by TMA."""
     name = kernel_name(problem)
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
@@ -41,7 +41,8 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     split_k = ("true" if config.num_splits > 1 else "false",) if name == KERNEL else ()
     args = (*tile, *promotion, enum(OPERAND_TYPES[problem.a_dtype]), enum(OPERAND_TYPES[problem.b_dtype]),
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
-            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major)
+            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
+            *(("true" if problem.tma_scales else "false",) if name == KERNEL else ()))
     name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(name, source, name_expr, arch)
@@ -72,11 +73,11 @@ class GroupArgs(NamedTuple):
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "group_tail", "signal_blocks", "signal_blocks_total",
+    __slots__ = ("kernel", "grid", "head", "tmap_sfa", "tail", "group_tail", "signal_blocks", "signal_blocks_total",
                  "out_swizzle", "out_elem", "out_dtype", "out_3d", "_packed", "_split", "_split_buffers")
-    TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
-             rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT, rt.PTR,
-             rt.INT)
+    TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
+             rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT,
+             rt.PTR, rt.INT)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -108,8 +109,15 @@ class Launch:
                      encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
                      encode_2d(b, min(config.block_n, 128), 128, 0, rows=b_rows) if problem.mn_major & 2 else
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
+        # A's scales by TMA (problem.tma_scales): rows of m floats, one per K block, a box of a
+        # tile's rows (rows past m zero-filled). Otherwise the parameter is not read.
+        self.tmap_sfa = (encode_rows(sfa.data_ptr(), torch.float32, problem.m, problem.k_blocks,
+                                     sfa_strides[1], config.block_m, 1, 0)
+                         if problem.tma_scales else self.head[0])
+        # FP8: K in whole 128-K blocks (a tail is zero-filled by TMA); 16-bit: K as it is.
+        k = problem.k if problem.a_dtype.itemsize == 2 else problem.k_blocks * config.block_k
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],
-                     problem.m, problem.n, problem.k, config.group_n, a_box_rows, config.num_splits)
+                     problem.m, problem.n, k, config.group_n, a_box_rows, config.num_splits)
         if group is None:
             group = GroupArgs(None)
         info = 0 if group.info is None else group.info.data_ptr()
@@ -139,7 +147,7 @@ class Launch:
                 tmap_d = encode_3d(out, chunk, 64, self.out_swizzle)
             else:  # a 3-D output (masked: groups x rows x n) is addressed as its stacked rows
                 tmap_d = encode_2d(out, chunk, 64, self.out_swizzle, rows=out.numel() // out.shape[-1])
-            values = (*self.head, tmap_d, *self.tail, *self._split_pointers(stream), *self.group_tail,
+            values = (*self.head, tmap_d, self.tmap_sfa, *self.tail, *self._split_pointers(stream), *self.group_tail,
                       out.data_ptr(), out.stride(-2), signal, self.signal_blocks)
             packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
         self.kernel.launch(self.grid, stream, packed)

@@ -27,17 +27,23 @@ def encode_2d(t: torch.Tensor, box_inner: int, box_outer: int, swizzle: int, row
     `rows` overrides the outer extent (e.g. a 3-D tensor flattened over its leading dims).
     Descriptors depend only on address, extents, strides and box, so they are memoised on those.
     """
-    inner = t.shape[-1]
     outer = rows if rows is not None else t.shape[-2]
-    row_stride_bytes = t.stride(-2) * t.element_size()
-    key = (t.data_ptr(), t.dtype, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle)
+    return encode_rows(t.data_ptr(), t.dtype, t.shape[-1], outer, t.stride(-2), box_inner, box_outer, swizzle)
+
+
+def encode_rows(address: int, dtype: torch.dtype, inner: int, outer: int, row_stride: int, box_inner: int,
+                box_outer: int, swizzle: int):
+    """Descriptor over `outer` rows of `inner` contiguous elements, `row_stride` elements apart."""
+    elem = dtype.itemsize
+    row_stride_bytes = row_stride * elem
+    key = (address, dtype, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle)
     desc = _descriptors.get(key)
     if desc is None:
         if len(_descriptors) >= MAX_CACHED_DESCRIPTORS:
             _descriptors.clear()
         if outer == 1:  # a single row's stride is never used but must still be legal
-            row_stride_bytes = -(-inner * t.element_size() // 16) * 16
-        desc = _descriptors[key] = _encode(t.dtype, key[0], (inner, outer), (row_stride_bytes,), (box_inner, box_outer),
+            row_stride_bytes = -(-inner * elem // 16) * 16
+        desc = _descriptors[key] = _encode(dtype, address, (inner, outer), (row_stride_bytes,), (box_inner, box_outer),
                                            swizzle)
     return desc
 

@@ -14,9 +14,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TOL = TOLERANCE[("fp8_gemm", torch.bfloat16)]
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 2112, 7168), (128, 576, 7168), (4096, 4096, 7168), (300, 7168, 2048)])
-def test_fp8_gemm_nt_block_recipe(m, n, k):
+# (4096, 7168, 2112), (4096, 7168, 576): DeepGEMM's dgrad shapes, K not a multiple of 128.
+@pytest.mark.parametrize("m,n,k", [(1, 2112, 7168), (128, 576, 7168), (4096, 4096, 7168), (300, 7168, 2048),
+                                   (4096, 7168, 2112), (4096, 7168, 576)])
+@pytest.mark.parametrize("tma_aligned_sfa", (False, True))
+def test_fp8_gemm_nt_block_recipe(m, n, k, tma_aligned_sfa):
     a, b, sa, sb = make_fp8_gemm_inputs(m, n, k)
+    if tma_aligned_sfa:  # as DeepGEMM's callers pass them: A's scales then go by TMA
+        sa = dg.get_mn_major_tma_aligned_tensor(sa)
     d = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     assert dg.fp8_gemm_nt((a, sa), (b, sb), d, disable_ue8m0_cast=True) is None
     assert calc_diff(d, fp8_gemm_reference(a, b, sa, sb)) <= TOL

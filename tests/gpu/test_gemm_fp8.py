@@ -5,7 +5,10 @@ import pytest
 import torch
 
 import mategemm
+from mategemm import plan
+from mategemm.deep_gemm import get_mn_major_tma_aligned_tensor
 from mategemm.testing import assert_close, fp8_gemm_reference, make_fp8_gemm_inputs
+from mategemm.types import RECIPE_1x128_128x128, GemmProblem
 
 MS = (1, 7, 64, 128, 1000, 4096)
 NS = (576, 2112, 4096, 7168)
@@ -28,6 +31,30 @@ def run_checked(m, n, k, recipe, major, out_dtype=torch.bfloat16, a_dtype=torch.
 @pytest.mark.parametrize("m,n,k,recipe,major", list(itertools.product(MS, NS, KS, RECIPES, MAJORS)))
 def test_sweep(m, n, k, recipe, major):
     run_checked(m, n, k, recipe, major)
+
+
+# K not a multiple of 128 (DeepGEMM's dgrad shapes have k = 2112 and 576): TMA zero-fills the tail
+# block of A and B, which has its own scales; one 16-wide K, a split-K, K just past 16384 (the scale
+# warps then read A's scales even when given MN-major).
+K_TAIL_CASES = ((1, 576, 64), (128, 7168, 2112), (4096, 2112, 576), (333, 1040, 336), (4096, 7168, 2112),
+                (7, 256, 16), (64, 2112, 16384 + 16))
+
+
+@pytest.mark.parametrize("m,n,k", K_TAIL_CASES)
+@pytest.mark.parametrize("recipe,major", list(itertools.product(RECIPES, MAJORS)))
+def test_k_tail(m, n, k, recipe, major):
+    run_checked(m, n, k, recipe, major)
+
+
+@pytest.mark.parametrize("force", ("block_m=64,block_n=64,num_splits=3", "block_m=128,block_n=144",
+                                   "block_m=256,block_n=128,cluster_n=2"))
+def test_k_tail_forced_configs(monkeypatch, force):
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+    for scales in (tma_aligned_scales, torch.Tensor.contiguous):
+        a, b, sa, sb = make_fp8_gemm_inputs(256, 1040, 336, (1, 128, 128), "MN")
+        sa = scales(sa)
+        out = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN")
+        assert_close(out, fp8_gemm_reference(a, b, sa, sb, (1, 128, 128), "MN"), "fp8_gemm", force)
 
 
 @pytest.mark.parametrize("out_dtype", (torch.bfloat16, torch.float16))
@@ -220,3 +247,80 @@ def test_repeated_calls_are_bitwise_identical():
     first = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb)
     for _ in range(3):
         assert torch.equal(mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb), first)
+
+
+# ---- A's scales by TMA: (1,128,128), given MN-major with 16-byte aligned rows -------------------
+def tma_aligned_scales(sa_mn: torch.Tensor) -> torch.Tensor:
+    """(k/128, m) MN-major scales copied into rows padded to 4 floats (DeepGEMM's TMA-aligned layout)."""
+    return get_mn_major_tma_aligned_tensor(sa_mn.t()).t()
+
+
+def by_tma(sa: torch.Tensor, m: int, k: int) -> bool:
+    """What the call path decides for these scales (plan.dense with the facts gemm.py passes)."""
+    readable = plan.a_scales_tma_readable((sa.stride(1), sa.stride(0)), sa.data_ptr(), m)
+    return readable and plan.tma_scales_allowed(
+        GemmProblem(m, 256, k, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16))
+
+
+def tma_and_warps(monkeypatch, m, n, k, scales=tma_aligned_scales, force=""):
+    """The same call with A's scales by TMA and by the scale warps (tma_scales=0): both match the
+    reference in a poisoned buffer and each other bit for bit (both promote with fp32 sa * sb)."""
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, (1, 128, 128), "MN")
+    sa = scales(sa)
+    ref = fp8_gemm_reference(a, b, sa, sb, (1, 128, 128), "MN")
+    outs = []
+    for knob in (force, ",".join(filter(None, (force, "tma_scales=0")))):
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", knob)
+        big = torch.full((m + 2, n + 16), 7.0, dtype=torch.bfloat16, device="cuda")
+        out = big[1:m + 1, 8:n + 8]
+        out.fill_(float("nan"))
+        mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN", out=out)
+        assert_close(out, ref, "fp8_gemm", f"m={m} n={n} k={k} {knob}")
+        mask = torch.ones_like(big, dtype=torch.bool)
+        mask[1:m + 1, 8:n + 8] = False
+        assert (big[mask] == 7.0).all()
+        outs.append(out.clone())
+    assert torch.equal(outs[0], outs[1]), "scales by TMA and by the scale warps differ"
+    return sa
+
+
+@pytest.mark.parametrize("m,n,k", list(itertools.product((1, 3, 64, 130, 1000, 4096), (576, 2112, 7168),
+                                                         (128, 7168, 16384))))
+def test_tma_scales_sweep(monkeypatch, m, n, k):
+    sa = tma_and_warps(monkeypatch, m, n, k)
+    assert by_tma(sa, m, k)
+
+
+@pytest.mark.parametrize("force,m,n,k", [
+    ("block_m=128,block_n=144", 333, 1040, 640),            # two B scale blocks per tile
+    ("block_m=64,block_n=160,stages=3", 333, 1040, 640),
+    ("block_m=128,block_n=112,group_n=1", 250, 1000, 1024),
+    ("block_m=128,block_n=128,cluster_m=2", 250, 1000, 640),
+    ("block_m=128,block_n=128,cluster_n=2", 250, 1000, 640),
+    ("block_m=256,block_n=128,cluster_n=2", 520, 1000, 640),
+    ("block_m=256,block_n=112,cluster_n=2,num_mp=6", 300, 888, 640),
+    ("block_m=64,block_n=32,num_splits=2", 1, 2112, 1024),  # split-K: each item stages its K slice
+    ("block_m=64,block_n=64,num_splits=3", 64, 1000, 640),
+    ("block_m=64,block_n=144,num_splits=5", 100, 2112, 640),
+    ("block_m=128,block_n=128,num_mp=3", 1000, 4096, 2048),  # many tiles per CTA: both buffers in turn
+])
+def test_tma_scales_forced_configs(monkeypatch, force, m, n, k):
+    tma_and_warps(monkeypatch, m, n, k, force=force)
+
+
+def shifted_start(sa: torch.Tensor) -> torch.Tensor:
+    """sa's values in padded rows whose view starts 4 bytes past a 16-byte boundary."""
+    k_blocks, m = sa.shape
+    lead = -(-m // 4) * 4
+    view = torch.as_strided(torch.zeros(k_blocks * lead + 4, device="cuda"), (k_blocks, m), (lead, 1), 1)
+    view.copy_(sa)
+    return view
+
+
+@pytest.mark.parametrize("m,k,scales", [(333, 640, torch.Tensor.contiguous),  # rows of 333 floats: unaligned
+                                        (64, 640, shifted_start),
+                                        (256, 16384 + 128, tma_aligned_scales)])  # past the B scale buffer
+def test_tma_scales_fall_back_where_tma_cannot_read_them(monkeypatch, m, k, scales):
+    """The scale warps run instead, with the same results."""
+    sa = tma_and_warps(monkeypatch, m, 1024, k, scales=scales)
+    assert not by_tma(sa, m, k)

@@ -30,6 +30,20 @@ def test_valid_arguments_reach_the_device_check(recipe):
         mategemm.bmm_fp8(**args(recipe))
 
 
+@pytest.mark.parametrize("recipe", ((1, 128, 128), (1, 1, 128)))
+def test_a_k_tail_takes_ceil_k_over_128_scale_blocks(recipe):
+    """K-major operands with k = 336 (two whole 128-K blocks and a tail of 80): three scale blocks."""
+    k = 336
+    sa = torch.ones((B, M, 3))
+    sb = torch.ones((B, N // 128 if recipe[1] == 128 else N, 3))
+    operands = dict(a=torch.zeros((B, M, k), dtype=E4M3), b=torch.zeros((B, N, k), dtype=E4M3), a_scale=sa,
+                    b_scale=sb)
+    with pytest.raises(ValueError, match="CUDA"):
+        mategemm.bmm_fp8(**args(recipe, **operands))
+    with pytest.raises(ValueError, match="a_scale must have shape"):
+        mategemm.bmm_fp8(**args(recipe, **{**operands, "a_scale": sa[:, :, :2]}))
+
+
 @pytest.mark.parametrize("recipe,name,bad,match", [
     ((-1, -1, -1), "a_scale", torch.ones((2,)), "one fp32 scale"),
     ((1, -1, -1), "a_scale", torch.ones((B, M + 1)), r"a_scale must have shape \(3, 64\)"),
@@ -50,7 +64,9 @@ def test_scale_shapes_are_checked_per_recipe(recipe, name, bad, match):
     (dict(major_a_mode="N"), ValueError, "major_a_mode"),
     (dict(b=torch.zeros((B, N, 200), dtype=E4M3)), ValueError, "share batch and K"),
     (dict(a=torch.zeros((B, M, 200), dtype=E4M3), b=torch.zeros((B, N, 200), dtype=E4M3)), ValueError,
-     "multiple of 128"),
+     "multiple of 16"),
+    (dict(a=torch.zeros((B, 192, M), dtype=E4M3), b=torch.zeros((B, N, 192), dtype=E4M3),
+          major_a_mode="M"), ValueError, "multiple of 128 with an MN-major operand"),
     (dict(b=torch.zeros((B, 100, K), dtype=E4M3)), ValueError, "multiple of 8"),
     (dict(a=torch.zeros((B, K, M), dtype=E4M3).transpose(1, 2)), ValueError, "stride 1"),
     (dict(c=torch.zeros((B, M, N), dtype=torch.bfloat16)), TypeError, "c must have dtype"),

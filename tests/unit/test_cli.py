@@ -15,6 +15,8 @@ from mategemm.jit.cache import MARKER
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_DENSE_KERNELS = len(prewarm.plan_suites(suites.resolve("dense_fp8"), "sm_90a"))
+# One dense shape (below: 128x4096x512) plans 3 kernels: (1,128,128) with A's scales copied by the
+# scale warps and loaded by TMA, and (1,1,128).
 
 
 def mategemm_cmd(cache: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -90,7 +92,7 @@ def test_cache_verify_finds_and_repairs_a_corrupt_cubin(tmp_path):
     cache = tmp_path / "cache"
     shapes = write_json(tmp_path / "mine.json", [{"m": 128, "n": 4096, "k": 512}])
     ok(mategemm_cmd(cache, "prewarm", "--shapes", str(shapes)))
-    assert "all 2 entries OK" in ok(mategemm_cmd(cache, "cache", "verify"))
+    assert "all 3 entries OK" in ok(mategemm_cmd(cache, "cache", "verify"))
     cubin = Path(json.loads(ok(mategemm_cmd(cache, "cache", "ls", "--json")))[0]["cubin"])
     data = bytearray(cubin.read_bytes())
     data[100] ^= 0x40
@@ -100,9 +102,9 @@ def test_cache_verify_finds_and_repairs_a_corrupt_cubin(tmp_path):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"BAD {cubin.parent.name}: kernel.cubin fails its checksum" in bad.stdout
     assert not cubin.parent.exists()
-    assert "all 1 entries OK" in ok(mategemm_cmd(cache, "cache", "verify"))
+    assert "all 2 entries OK" in ok(mategemm_cmd(cache, "cache", "verify"))
     rewarm = ok(mategemm_cmd(cache, "prewarm", "--shapes", str(shapes)))
-    assert "2 kernels for shapes mine: 1 compiled, 1 already cached" in rewarm
+    assert "3 kernels for shapes mine: 1 compiled, 2 already cached" in rewarm
 
 
 def test_info(cache, first_prewarm):
@@ -135,9 +137,9 @@ def test_prewarm_from_a_file_then_clear(tmp_path):
                                                   "my_masked": [{"groups": 2, "m_per_group": 8, "n": 64, "k": 128}]})
     cache = tmp_path / "cache"
     out = ok(mategemm_cmd(cache, "prewarm", "--arch", "sm_90a", "--shapes", str(shapes)))
-    assert "shapes mine, my_masked, sm_90a (132 SMs): 2 dense + 1 moe kernels" in out
-    assert "3 kernels for shapes mine, my_masked: 3 compiled, 0 already cached" in out
-    assert f"removed 3 entries from {cache}" in ok(mategemm_cmd(cache, "cache", "clear"))
+    assert "shapes mine, my_masked, sm_90a (132 SMs): 3 dense + 1 moe kernels" in out
+    assert "4 kernels for shapes mine, my_masked: 4 compiled, 0 already cached" in out
+    assert f"removed 4 entries from {cache}" in ok(mategemm_cmd(cache, "cache", "clear"))
     assert json.loads(ok(mategemm_cmd(cache, "cache", "ls", "--json"))) == []
     assert "all 0 entries OK" in ok(mategemm_cmd(cache, "cache", "verify"))
     assert sorted(p.name for p in cache.iterdir()) == [".locks", ".staging", MARKER]
@@ -154,8 +156,8 @@ BAD_ROWS = [({"m": -64, "n": 4096, "k": 512}, "m must be a positive integer, got
             ({"m": 0, "n": 4096, "k": 512}, "m must be a positive integer, got 0"),
             ({"m": "64", "n": 4096, "k": 512}, "m must be a positive integer, got '64'"),
             ({"m": 64, "n": 100, "k": 512}, "n must be a positive multiple of 8, got 100"),
-            ({"m": 64, "n": 4096, "k": 7168.5}, "k must be a positive multiple of 128, got 7168.5"),
-            ({"m": 64, "n": 4096, "k": 100}, "k must be a positive multiple of 128, got 100"),
+            ({"m": 64, "n": 4096, "k": 7168.5}, "k must be a positive multiple of 16, got 7168.5"),
+            ({"m": 64, "n": 4096, "k": 100}, "k must be a positive multiple of 16, got 100"),
             ({"m": 64, "n": 4096}, "missing field(s) ['k']"),
             ({"m": 64, "n": 4096, "k": 512, "batch": 2, "x": 1}, "unknown field(s) ['batch', 'x']")]
 
@@ -165,6 +167,7 @@ def test_every_bad_row_is_rejected_with_file_suite_row_and_reason(tmp_path):
     shapes = write_json(tmp_path / "shapes.json", {
         "mixed": [good] + [row for row, _ in BAD_ROWS],
         "masked": [{"groups": 0, "m_per_group": 8, "n": 64, "k": 128}],
+        "contiguous": [{"groups": 2, "m_per_group": 8, "n": 64, "k": 2112}],  # grouped: whole 128-K blocks
         "indexer": [{"batch": 1, "next_n": 5, "heads": 64, "index_dim": 128, "block_kv": 64, "avg_context": 10}],
         "models": {"m": {"hidden": 7168, "intermediate": 2048, "experts": 8, "topk": 9, "tokens": [1]}},
         "nothing": [], "number": 3, "odd": [{"a": 1}]})
@@ -176,6 +179,8 @@ def test_every_bad_row_is_rejected_with_file_suite_row_and_reason(tmp_path):
     assert "suite 'mixed', row 0 " not in done.stderr
     assert f"{shapes}: suite 'masked', row 0 " in done.stderr
     assert "groups must be an integer in [1, 1024], got 0" in done.stderr
+    assert "suite 'contiguous', row 0 " in done.stderr and "k must be a positive multiple of 128, got 2112" \
+        in done.stderr
     assert "suite 'indexer', row 0 " in done.stderr and "next_n must be an integer in [1, 4], got 5" in done.stderr
     assert "suite 'models', model 'm' " in done.stderr and "topk must be an integer in [1, experts = 8], got 9" \
         in done.stderr
@@ -286,12 +291,12 @@ def test_foreign_files_in_a_cache_are_reported_and_left(tmp_path):
     files = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()
              and p.relative_to(root).parts[0] in ("photos", "notes.txt", lookalike.name, "failed")}
     listed = ok(mategemm_cmd(root, "cache", "ls"))
-    assert "2 entries; also holds 3 items mategemm did not write" in listed and lookalike.name in listed
+    assert "3 entries; also holds 3 items mategemm did not write" in listed and lookalike.name in listed
     assert "notes.txt" in mategemm_cmd(root, "cache", "ls", "--json").stderr
     verified = ok_run(mategemm_cmd(root, "cache", "verify"))
-    assert "all 2 entries OK" in verified.stdout and "photos/" in verified.stderr
+    assert "all 3 entries OK" in verified.stdout and "photos/" in verified.stderr
     cleared = ok_run(mategemm_cmd(root, "cache", "clear"))
-    assert f"removed 2 entries from {root}" in cleared.stdout and "notes.txt" in cleared.stderr
+    assert f"removed 3 entries from {root}" in cleared.stdout and "notes.txt" in cleared.stderr
     still_there(root, files)
     assert (root / MARKER).is_file()
 

@@ -36,7 +36,7 @@ def test_dense_configs_are_legal(recipe, num_mp):
         assert num_tiles >= 1, where
         assert 1 <= c.num_mp <= min(num_mp, num_tiles * c.num_splits), where
         assert c.num_mp % (c.cluster_m * c.cluster_n) == 0, where
-        assert c.num_splits in fp8_gemm.split_counts(k), where
+        assert c.num_splits in fp8_gemm.split_counts(k // 128), where
         assert c.num_splits == 1 or (m <= 128 and c.cluster_m * c.cluster_n == 1), where
         assert c.block_m in fp8_gemm.BLOCK_MS, where
         assert fp8_gemm.block_n_allowed(c.block_n, recipe.gn), where
@@ -148,26 +148,29 @@ def test_info_for_unknown_arch():
     assert rt_device.info_for_arch("sm_90a").num_sms == 132
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,gran_n,out_bytes,group_mode,max_groups,mn_major,gran_k", [
-    (128, 128, 5, 128, 2, "none", 0, 0, 128), (64, 16, 8, 128, 2, "none", 0, 0, 128),
-    (128, 144, 5, 128, 2, "none", 0, 0, 128), (128, 112, 6, 1, 2, "none", 0, 0, 128),
-    (64, 160, 4, 1, 2, "none", 0, 0, 128), (256, 128, 3, 128, 2, "none", 0, 0, 128),
-    (128, 128, 5, 128, 2, "per_token", 0, 0, 128), (64, 96, 6, 128, 2, "per_expert", 256, 0, 128),
-    (256, 128, 3, 1, 2, "masked", 32, 0, 128), (128, 128, 4, 1, 4, "ragged_k", 64, 0, 128),
-    (128, 128, 6, 0, 2, "batched", 0, 0, 128), (64, 96, 8, 0, 4, "batched", 0, 0, 128),
-    (128, 64, 3, 1, 4, "ragged_k", 32, 3, 128), (64, 128, 4, 128, 2, "batched", 0, 1, 128),
-    (128, 128, 4, 0, 2, "batched", 0, 2, 128), (64, 160, 6, 1, 2, "psum_expert", 256, 0, 32)])
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n,out_bytes,group_mode,max_groups,mn_major,gran_k,tma", [
+    (128, 128, 5, 128, 2, "none", 0, 0, 128, False), (64, 16, 8, 128, 2, "none", 0, 0, 128, False),
+    (128, 144, 5, 128, 2, "none", 0, 0, 128, False), (128, 112, 6, 1, 2, "none", 0, 0, 128, False),
+    (64, 160, 4, 1, 2, "none", 0, 0, 128, False), (256, 128, 3, 128, 2, "none", 0, 0, 128, False),
+    (128, 128, 5, 128, 2, "per_token", 0, 0, 128, False), (64, 96, 6, 128, 2, "per_expert", 256, 0, 128, False),
+    (256, 128, 3, 1, 2, "masked", 32, 0, 128, False), (128, 128, 4, 1, 4, "ragged_k", 64, 0, 128, False),
+    (128, 128, 6, 0, 2, "batched", 0, 0, 128, False), (64, 96, 8, 0, 4, "batched", 0, 0, 128, False),
+    (128, 64, 3, 1, 4, "ragged_k", 32, 3, 128, False), (64, 128, 4, 128, 2, "batched", 0, 1, 128, False),
+    (128, 128, 4, 0, 2, "batched", 0, 2, 128, False), (64, 160, 6, 1, 2, "psum_expert", 256, 0, 32, False),
+    (128, 128, 5, 128, 2, "none", 0, 0, 128, True), (128, 144, 5, 128, 2, "none", 0, 0, 128, True),
+    (256, 128, 3, 128, 2, "none", 0, 0, 128, True), (64, 16, 8, 128, 2, "none", 0, 0, 128, True)])
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups,
-                                            mn_major, gran_k):
+                                            mn_major, gran_k, tma):
     """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
     from mategemm.kernels.sm90_fp8_gemm_blockscaled import GROUP_MODES
 
     rows_checked = group_mode in grouped.ROWS_CHECKED_MODES
     expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups, mn_major,
-                                   scale_gran_k=gran_k)
+                                   scale_gran_k=gran_k, tma_scales=tma)
     layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
-              f"mategemm::{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}, false, {gran_k}>")
+              f"mategemm::{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}, false, {gran_k}, "
+              f"{str(tma).lower()}>")
     source = ('#include "gemm/traits.cuh"\n'
               f"static_assert({layout}::kTotalBytes"
               f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
@@ -178,7 +181,7 @@ def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, ou
 @pytest.mark.parametrize("k", (128, 640, 1024, 2048, 7168, 16384))
 def test_split_counts_leave_no_slice_empty(k):
     k_blocks = k // 128
-    counts = fp8_gemm.split_counts(k)
+    counts = fp8_gemm.split_counts(k_blocks)
     assert counts[0] == 1 and len(set(counts)) == len(counts)
     for splits in counts:
         per_split = -(-k_blocks // splits)

@@ -16,6 +16,23 @@ def cuda(*shape, dtype=torch.float32):
     return torch.empty(shape, dtype=dtype, device="cuda")
 
 
+def mn_major_scales(rows: int, k_blocks: int) -> torch.Tensor:
+    """(k_blocks, rows) scales whose rows start 16-byte aligned (padded to 4 floats), as TMA reads them."""
+    return torch.empty_strided((k_blocks, rows), (-(-rows // 4) * 4, 1), device="cuda")
+
+
+def dense_calls(m: int, n: int, k: int, recipes) -> None:
+    """gemm_fp8_nt_groupwise with K-major scales and with MN-major ones as TMA reads them."""
+    k_blocks = -(-k // 128)
+    for recipe in recipes:
+        sb_rows = -(-n // 128) if recipe[1] == 128 else n
+        a, b = cuda(m, k, dtype=E4M3), cuda(n, k, dtype=E4M3)
+        call(mategemm.gemm_fp8_nt_groupwise, a, b, cuda(m, k_blocks), cuda(sb_rows, k_blocks),
+             scale_granularity_mnk=recipe)
+        call(mategemm.gemm_fp8_nt_groupwise, a, b, mn_major_scales(m, k_blocks), cuda(k_blocks, sb_rows),
+             scale_major_mode="MN", scale_granularity_mnk=recipe)
+
+
 def assert_planned(suite: suites.Suite, asked: list) -> None:
     planned = {p.spec for p in prewarm.plan_suites([suite], "sm_90a", num_mp=SM90_NO_DEVICE.num_sms)}
     assert asked, "no kernel was requested"
@@ -24,13 +41,12 @@ def assert_planned(suite: suites.Suite, asked: list) -> None:
 
 
 @pytest.mark.parametrize("row", [{"m": m, "n": n, "k": k} for m in (1, 64, 200, 4096)
-                                 for n, k in ((2112, 7168), (576, 7168), (4096, 512))], ids=str)
+                                 for n, k in ((2112, 7168), (576, 7168), (4096, 512), (7168, 2112))], ids=str)
 def test_dense(monkeypatch, row):
     m, n, k = row["m"], row["n"], row["k"]
     with recorded_specs(monkeypatch) as asked:
-        for recipe, sb_rows in (((1, 128, 128), -(-n // 128)), ((1, 1, 128), n)):
-            call(mategemm.gemm_fp8_nt_groupwise, cuda(m, k, dtype=E4M3), cuda(n, k, dtype=E4M3), cuda(m, k // 128),
-                 cuda(sb_rows, k // 128), scale_granularity_mnk=recipe)
+        dense_calls(m, n, k, ((1, 128, 128), (1, 1, 128)))
+    assert sum(spec.name_expr.endswith(", true>") for spec in asked) == 1  # (1,128,128), MN-major: by TMA
     assert_planned(suites.Suite("dense_fp8", "dense", (row,)), asked)
 
 
@@ -161,9 +177,7 @@ def test_preset(monkeypatch, name):
     with recorded_specs(monkeypatch) as asked:
         for tokens in (1, 3, 8, 9, 64, 129, 256, 257, 511, 600):
             for dense in preset.dense:
-                n, k = dense.n, dense.k
-                call(mategemm.gemm_fp8_nt_groupwise, cuda(tokens, k, dtype=E4M3), cuda(n, k, dtype=E4M3),
-                     cuda(tokens, k // 128), cuda(-(-n // 128), k // 128), scale_granularity_mnk=recipe)
+                dense_calls(tokens, dense.n, dense.k, (recipe,))
             experts, topk = layer.num_experts, layer.top_k
             for _, n, k in layer.gemms:
                 ragged_m(tokens * topk, n, k, experts, cuda(experts, dtype=torch.int32), gemm_mode="per_expert")

@@ -33,8 +33,10 @@ BRUTE_MAX_TOKENS = 512
 
 
 # ---- what the runtime picks (mategemm.gemm / mategemm.moe / mategemm.indexer, written out) ------
-def runtime_dense(m, n, k, recipe):
-    problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16)
+def runtime_dense(m, n, k, recipe, a_scales_tma=False):
+    """a_scales_tma: A's scales given MN-major as TMA reads them."""
+    tma_scales = a_scales_tma and recipe == RECIPE_1x128_128x128 and k <= 16384
+    problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16, tma_scales=tma_scales)
     return kernel_fp8.spec(problem, fp8_gemm.choose(problem, DEVICE, NUM_MP), ARCH)
 
 
@@ -62,7 +64,8 @@ def brute_force(preset, max_tokens):
     layer = preset.moe
     for m in range(1, max_tokens + 1):
         for gemm in preset.dense:
-            found.setdefault(runtime_dense(m, gemm.n, gemm.k, preset.recipe), "dense")
+            for a_scales_tma in (False, True):
+                found.setdefault(runtime_dense(m, gemm.n, gemm.k, preset.recipe, a_scales_tma), "dense")
         if layer is None:
             continue
         expect = -(-m * layer.top_k // layer.num_experts)
@@ -137,13 +140,15 @@ GOOD = {"recipe": [1, 128, 128], "dense": [{"name": "proj", "n": 256, "k": 512}]
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"dense": [{"name": "proj", "n": 256, "k": 500}]}, "dense[0].k = 500: an FP8 GEMM's K must be a multiple of 128"),
+    ({"dense": [{"name": "proj", "n": 256, "k": 500}]}, "dense[0].k = 500: an FP8 GEMM's K must be a multiple of 16"),
     ({"dense": [{"name": "proj", "n": 260, "k": 512}]}, "dense[0].n = 260: an FP8 GEMM's N must be a multiple of 8"),
     ({"dense": [{"name": "proj", "n": 256}]}, "dense[0]: missing field(s) ['k']"),
     ({"recipe": [1, 1, 1]}, "recipe must be one of"),
     ({"moes": {}}, "unknown field(s) ['moes']"),
     ({"moe": {**GOOD["moe"], "top_k": 9}}, "moe.top_k must be at most num_experts (8)"),
     ({"moe": {**GOOD["moe"], "moe_intermediate": 100}}, "moe.moe_intermediate = 100"),
+    ({"moe": {**GOOD["moe"], "moe_intermediate": 208}},  # grouped GEMMs: whole 128-K blocks
+     "moe.moe_intermediate = 208: an FP8 GEMM's K must be a multiple of 128"),
     ({"moe": {**GOOD["moe"], "modes": ["ragged_k"]}}, "moe.modes must be a non-empty list"),
     ({"indexer": {"heads": 64, "index_dim": 128, "next_n": [5]}}, "indexer.next_n must be"),
     ({"indexer": {"heads": 60, "index_dim": 128, "next_n": [1]}}, "indexer.heads must be a positive integer"),
@@ -211,7 +216,8 @@ def test_runtime_picks_for_random_token_counts_are_planned(name, full_plans):
     generator = torch.Generator().manual_seed(len(name))
     for m in token_counts(len(name)):
         for gemm in preset.dense:
-            assert runtime_dense(m, gemm.n, gemm.k, preset.recipe) in planned, (gemm, m)
+            for a_scales_tma in (False, True):
+                assert runtime_dense(m, gemm.n, gemm.k, preset.recipe, a_scales_tma) in planned, (gemm, m)
         counts = moe.routing_counts(m, layer.num_experts, layer.top_k, generator=generator)
         padded = sum(moe.align(c, layer.alignment_m) for c in counts)
         lo, hi = per_token_bounds(m, layer)

@@ -39,8 +39,9 @@ def kernel_id(problem: GemmProblem, config) -> str:
     dtypes = ".".join(DTYPE_NAMES[d] for d in (problem.a_dtype, problem.b_dtype, problem.out_dtype))
     group = "" if problem.group_mode == "none" else f"-{problem.group_mode}{problem.max_groups}"
     mn = f"-mn{problem.mn_major}" if problem.mn_major else ""
+    tma = "-tma_scales" if problem.tma_scales else ""
     return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-"
-            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}{group}{mn}")
+            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}{group}{mn}{tma}")
 
 
 def params(items):
@@ -117,15 +118,17 @@ def grouped_instances():
 
 def forced_cluster_instances():
     """CTA pairs, which the heuristics no longer pick but MATEGEMM_FORCE_CONFIG still runs: dense
-    with B shared (cluster_m 2) or A shared (cluster_n 2, BLOCK_M 128 and 256), both recipes; and
-    the grouped per_token mode with A shared."""
+    with B shared (cluster_m 2) or A shared (cluster_n 2, BLOCK_M 128 and 256), both recipes
+    ((1,128,128) also with A's scales by TMA); and the grouped per_token mode with A shared."""
     items = []
     e4m3, bf16 = torch.float8_e4m3fn, torch.bfloat16
-    for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128):
-        problem = GemmProblem(4096, 7168, 16384, recipe, e4m3, e4m3, bf16)
+    for recipe, tma_scales in ((RECIPE_1x128_128x128, False), (RECIPE_1x128_128x128, True), (RECIPE_1x128_1x128, False)):
+        problem = GemmProblem(4096, 7168, 16384, recipe, e4m3, e4m3, bf16, tma_scales=tma_scales)
         for force in ("block_m=128,block_n=128,cluster_m=2", "block_m=128,block_n=128,cluster_n=2",
                       "block_m=256,block_n=128,cluster_n=2"):
             items.append((problem, fp8_gemm.choose(problem, SM90_NO_DEVICE, 132, force)))
+        if tma_scales:
+            continue
         problem = GemmProblem(256 * 4096, 4096, 7168, recipe, e4m3, e4m3, bf16, "per_token", 256)
         items.append((problem, grouped.choose(problem, 4096, SM90_NO_DEVICE, 132, "cluster_n=2", 128)))
     return items
@@ -161,6 +164,7 @@ def test_launch_arguments_match_the_kernel_signature(sass_cache):
 
 def test_plan_covers_both_recipes():
     assert {p.problem.recipe.gn for p in PLANNED} == {1, 128}
+    assert {p.problem.tma_scales for p in PLANNED} == {False, True}  # A's scales by the scale warps or by TMA
     assert len({p.spec for p in PLANNED}) == len(PLANNED)
 
 
@@ -247,21 +251,24 @@ def test_opcode_tokens_are_whole_words():
 PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,gran_n,cluster", [
-    (128, 128, 5, 128, ""),  # two math warpgroups, promotion overlapped with the next wgmma
-    (64, 64, 8, 128, ""),    # one math warpgroup, overlapped
-    (128, 144, 5, 128, ""),  # straddles two B scale blocks, not overlapped
-    (128, 112, 6, 1, ""),    # per-column B scales
-    (128, 128, 5, 128, ",cluster_m=2"),  # B multicast across a 2-CTA cluster
-    (256, 128, 3, 128, ",cluster_n=2"),  # two 64-row waves per warpgroup, A multicast
-    (256, 96, 3, 1, ""),
-    (64, 32, 8, 128, ",num_splits=4"),   # split-K: partial tiles through the workspace
+@pytest.mark.parametrize("block_m,block_n,stages,gran_n,cluster,tma_scales", [
+    (128, 128, 5, 128, "", False),  # two math warpgroups, promotion overlapped with the next wgmma
+    (64, 64, 8, 128, "", False),    # one math warpgroup, overlapped
+    (128, 144, 5, 128, "", False),  # straddles two B scale blocks, not overlapped
+    (128, 112, 6, 1, "", False),    # per-column B scales
+    (128, 128, 5, 128, ",cluster_m=2", False),  # B multicast across a 2-CTA cluster
+    (256, 128, 3, 128, ",cluster_n=2", False),  # two 64-row waves per warpgroup, A multicast
+    (256, 96, 3, 1, "", False),
+    (64, 32, 8, 128, ",num_splits=4", False),   # split-K: partial tiles through the workspace
+    # A's scales by TMA, the tile's B scales staged by the math warps
+    (128, 128, 5, 128, "", True), (64, 64, 8, 128, "", True), (128, 144, 5, 128, "", True),
+    (256, 128, 3, 128, ",cluster_n=2", True), (64, 32, 8, 128, ",num_splits=4", True),
 ])
-def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster):
+def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster, tma_scales):
     from mategemm.jit import nvrtc
 
     problem = GemmProblem(4096, 4096, 7168, RECIPE_1x128_128x128 if gran_n == 128 else RECIPE_1x128_1x128,
-                          torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16)
+                          torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16, tma_scales=tma_scales)
     config = fp8_gemm.choose(problem, SM90_NO_DEVICE, 132,
                              f"block_m={block_m},block_n={block_n},stages={stages}{cluster}")
     spec = kernel_fp8.spec(problem, config, ARCH)

@@ -16,7 +16,7 @@ def show_kernel(cache_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["4096", "7168", "100"], "k (a.shape[1]) must be a positive multiple of 128, got 100"),
+    (["4096", "7168", "100"], "k (a.shape[1]) must be a positive multiple of 16 (16-byte rows), got 100"),
     (["4096", "100", "7168"], "n (b.shape[0]) must be a positive multiple of 8, got 100"),
     (["0", "7168", "7168"], "m must be >= 1, got 0"),
     (["4096", "7168", "7168", "--recipe", "1,64,64"], "scale_granularity_mnk (--recipe) must be one of"),

@@ -57,8 +57,19 @@ def test_operand_not_a_tensor():
 
 
 # ---- shapes -------------------------------------------------------------------------------------
-def test_k_multiple_of_128():
-    rejects(ValueError, r"^k \(a.shape\[1\]\) must be a positive multiple of 128", a=fp8(M, 200), b=fp8(N, 200))
+def test_k_multiple_of_16():
+    rejects(ValueError, r"^k \(a.shape\[1\]\) must be a positive multiple of 16", a=fp8(M, 200), b=fp8(N, 200))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("major", MAJORS)
+def test_k_tail_takes_ceil_k_over_128_scale_blocks(recipe, major):
+    """k = 576: four whole 128-K blocks and a tail of 64, five scale blocks; four are refused."""
+    args = inputs(recipe, major, k=576)
+    assert args["a_scale"].shape == ((M, 5) if major == "K" else (5, M))
+    rejects(ValueError, r"^a must be a CUDA tensor", **args)  # the last check: every other one passed
+    short = args["a_scale"][:, :4] if major == "K" else args["a_scale"][:4]
+    rejects(ValueError, r"^a_scale must have shape", **{**args, "a_scale": short})
 
 
 def test_n_multiple_of_8():

@@ -14,10 +14,9 @@ Variants (several may be joined with '+'):
                 per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
-  tma_scales    (a diff, patches/tma_scales.diff) dense (1,128,128): A's scales ride in each stage's TMA
-                transaction, the tile's B scales are staged once per tile by the math warps, which
-                form sa * sb themselves (2 FMUL per wave and K block); no scale warps. Needs MN-major A
-                scales (tools/bench.py dense_fp8 --scale-major MN) and K <= 16384
+Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
+A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
+path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead.
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -56,8 +55,8 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
   const int row = tile_row0 + warp * 16 + lane / 4;
 """
 
-# Larger variants as unified diffs against the tree, applied with git apply.
-PATCH_FILES = {"tma_scales": Path(__file__).resolve().parent / "patches" / "tma_scales.diff"}
+# Larger variants as unified diffs against the tree (under patches/), applied with git apply.
+PATCH_FILES: dict[str, Path] = {}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
@@ -71,16 +70,17 @@ PATCHES = {
     "lane0_empty": [(TRAITS, "static constexpr int kEmptyArrivals = kNumMathWG * 128 +",
                      "static constexpr int kEmptyArrivals = kNumMathWG * 4 +"),
                     (MAINLOOP, "    empty[stage].arrive();\n", "    __syncwarp();\n    if (lane == 0) empty[stage].arrive();\n")],
-    "lane0_full": [(TRAITS, "kScaleAtEnd ? 1 : 1 + 32;", "kScaleAtEnd ? 1 : 1 + 1;"),
+    "lane0_full": [(TRAITS, "kScaleAtEnd || kTmaScales ? 1 : 1 + 32;", "kScaleAtEnd || kTmaScales ? 1 : 1 + 1;"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor>\n",
-                  "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, int kConstN, int kConstK>\n"),
+    "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kTmaScales>\n",
+                  "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kTmaScales, int kConstN,\n"
+                  "          int kConstK>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
                   "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
                   "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
-                 (HOST, "            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major)\n",
-                  "            enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major)\n"
+                 (HOST, "            *((\"true\" if problem.tma_scales else \"false\",) if name == KERNEL else ()))\n",
+                  "            *((\"true\" if problem.tma_scales else \"false\",) if name == KERNEL else ()))\n"
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stsm": [(EPILOGUE, """  const int warp = (threadIdx.x / 32) % 4;

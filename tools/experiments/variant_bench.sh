@@ -7,7 +7,8 @@
 # and DeepGEMM TFLOPS per shape with their ratio and the geomean per variant and round. Each run has
 # its own anchor, so the ratios compare across variants under the card's drifting clock.
 # Run from the repository root:
-#   ROUNDS=2 bash tools/experiments/variant_bench.sh base tma_scales stsm
+#   ROUNDS=2 bash tools/experiments/variant_bench.sh base stsm
+# (MATEGEMM_FORCE_CONFIG=tma_scales=0 in the environment runs every variant with the scale warps.)
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:-/tmp/variant_bench}
 ROUNDS=${ROUNDS:-2}
