@@ -323,3 +323,20 @@ def test_bench_kineto_times_a_gemm():
                                       suppress_kineto_output=True)
     assert 20e-6 < seconds < 5e-3  # 240 GFLOP of work: about 0.35 ms on an H100/H200
     assert dg.testing.bench_kineto(lambda: None, ("a", "b"), num_tests=2) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("m", (13, 4096))
+@pytest.mark.parametrize("num_splits", (None, 16))
+def test_tf32_hc_prenorm_gemm(m, num_splits, monkeypatch):
+    """DeepGEMM's hyperconnection test case: TF32 allowed, calc_diff below 1e-8 for d and sqr_sum."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    n, k = 24, 7168
+    a = torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
+    b = torch.randn((n, k), device="cuda")
+    lead = () if num_splits is None else (num_splits,)
+    d = torch.full((*lead, m, n), float("nan"), device="cuda")
+    s = torch.full((*lead, m), float("nan"), device="cuda")
+    dg.tf32_hc_prenorm_gemm(a, b, d, s, num_splits=num_splits)
+    final_d, final_s = (d, s) if num_splits is None else (d.sum(0), s.sum(0))
+    assert calc_diff(final_d, a.double() @ b.double().t()) < 1e-8
+    assert calc_diff(final_s, a.double().square().sum(-1)) < 1e-8
