@@ -29,7 +29,8 @@ KNOBS = (
          "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8,cluster_m=2' (keys: block_m, block_n, "
          "stages, num_mp, group_n, cluster_m, cluster_n, num_splits; transpose=1/0: M/N-major FP8 "
          "operands transposed in the kernel / copied K-major first; tma_scales=0: a dense GEMM's MN-major "
-         "A scales copied by the scale warps, not loaded by TMA).", False),
+         "A scales copied by the scale warps, not loaded by TMA; tma_scales=2: other A scales copied MN-major "
+         "before each launch, then loaded by TMA).", False),
 )
 
 _BY_NAME = {knob.name: knob for knob in KNOBS}

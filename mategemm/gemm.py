@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from mategemm import bmm, env, plan, prepare, validate
+from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
 
 
@@ -34,8 +35,8 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
         return bmm.gemm_fp8_output(a, b, a_scale, b_scale, scale_major_mode, scale_granularity_mnk, out, output_scale)
     key = _warm_key(a, b, a_scale, b_scale, out, scale_major_mode, mma_sm, scale_granularity_mnk, out_dtype,
                     backend, output_scale)
-    launch = _warm.get(key)
-    if launch is None:
+    call = _warm.get(key)
+    if call is None:
         checked = validate.gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm,
                                                  scale_granularity_mnk, out, out_dtype, backend, output_scale)
         problem = checked.problem
@@ -44,11 +45,11 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
         gemm_plan = plan.dense(problem, rt_device.device_info(a.device.index),
                                a_scales_tma=plan.a_scales_tma_readable(checked.sfa_strides, a_scale.data_ptr(),
                                                                        problem.m))
-        launch = prepare.gemm_launch(gemm_plan, a, b, a_scale, checked.sfa_strides, b_scale, checked.sfb_strides)
-        _warm.remember(key, launch)
+        call = prepare.dense_call(gemm_plan, a, b, a_scale, checked.sfa_strides, b_scale, checked.sfb_strides)
+        _warm.remember(key, call)
     if out is None:
-        out = torch.empty((a.shape[0], b.shape[0]), dtype=launch.out_dtype, device=a.device)
-    rt_device.run_on_current_stream(a.device.index, launch, out)
+        out = torch.empty((a.shape[0], b.shape[0]), dtype=call.launch.out_dtype, device=a.device)
+    calls.launch(call, out)
     return out
 
 

@@ -29,9 +29,10 @@ AS_IS, IN_KERNEL, COPY = "as_is", "in_kernel", "copy"
 
 @dataclass(frozen=True)
 class GemmPlan:
-    problem: GemmProblem  # as the kernel runs it (mn_major set by staging)
+    problem: GemmProblem  # as the kernel runs it (mn_major set by staging, tma_scales by dense)
     config: GemmConfig
     spec: KernelSpec
+    copy_a_scales: bool = False  # dense: A's scales copied MN-major, as TMA reads them, before each launch
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,22 @@ def dense(problem: GemmProblem, device: DeviceInfo, num_mp: int | None = None, f
           a_scales_tma: bool = False) -> GemmPlan:
     """A dense GEMM (group_mode "none"). a_scales_tma: A's scales are given as TMA reads them
     (a_scales_tma_readable); with the (1,128,128) recipe and K <= 16384 the kernel then loads them
-    with each stage (MATEGEMM_FORCE_CONFIG tma_scales=0 turns that off).
+    with each stage. MATEGEMM_FORCE_CONFIG tma_scales=0 turns that off; tma_scales=2 also copies
+    other A scales into such a layout before each launch (DeepGEMM's way), to measure whether that
+    pays where the GEMM is compute-bound.
 
     NOTES (H100, live DeepGEMM 2.6.1, MN-major scales for both, 2 rounds): scales by TMA against
     the scale warps: geomean 0.856 -> 0.904 of DeepGEMM over the dense suite, 4096x4096x7168 and
     4096x7168x16384 +10%, decode shapes unchanged."""
     force = _force(force)
-    problem = dataclasses.replace(problem, tma_scales=a_scales_tma and tma_scales_allowed(problem) and
-                                  parse_force_config(force).get("tma_scales", 1) == 1)
+    forced = parse_force_config(force).get("tma_scales", 1)
+    if forced not in (0, 1, 2):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: tma_scales must be 0, 1 or 2, got {forced}")
+    by_tma = tma_scales_allowed(problem) and (forced == 2 or (forced == 1 and a_scales_tma))
+    problem = dataclasses.replace(problem, tma_scales=by_tma)
     config = fp8_gemm.choose(problem, device, mp_budget(device, num_mp), force)
     heuristics.report(kernel_fp8.KERNEL, problem, config)
-    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch))
+    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch), by_tma and not a_scales_tma)
 
 
 def tma_scales_allowed(problem: GemmProblem) -> bool:

@@ -61,6 +61,19 @@ def gemm_launch(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strid
                                  sfb_strides, group)
 
 
+def dense_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides) -> calls.PreparedCall:
+    """A dense call's launch; with gemm_plan.copy_a_scales, after a copy of A's scales into an
+    MN-major workspace that TMA reads (rows of m floats, padded to 16 bytes) before each launch."""
+    staged = ()
+    if gemm_plan.copy_a_scales:
+        m, k_blocks = gemm_plan.problem.m, gemm_plan.problem.k_blocks
+        row = -(-m // 4) * 4
+        workspace = torch.empty_strided((k_blocks, m), (row, 1), dtype=torch.float32, device=sfa.device)
+        staged = (calls.TorchCopy(workspace, torch.as_strided(sfa, (k_blocks, m), (sfa_strides[1], sfa_strides[0]))),)
+        sfa, sfa_strides = workspace, (1, row)
+    return calls.PreparedCall(gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides), staged, 0)
+
+
 def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides, group: kernel_fp8.GroupArgs,
                  staged: list) -> calls.PreparedCall:
     """A grouped call's launch after its staged copies; the masked overlap threshold with it."""

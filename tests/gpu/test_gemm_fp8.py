@@ -324,3 +324,27 @@ def test_tma_scales_fall_back_where_tma_cannot_read_them(monkeypatch, m, k, scal
     """The scale warps run instead, with the same results."""
     sa = tma_and_warps(monkeypatch, m, 1024, k, scales=scales)
     assert not by_tma(sa, m, k)
+
+
+@pytest.mark.parametrize("m,n,k,major", [(1, 2112, 7168, "K"), (333, 1040, 640, "K"), (4096, 7168, 2112, "K"),
+                                         (333, 1040, 640, "MN")])
+def test_tma_scales_copied_first(monkeypatch, m, n, k, major):
+    """MATEGEMM_FORCE_CONFIG tma_scales=2: scales TMA cannot read are copied into a readable layout
+    before each launch; the result equals the scale warps' bit for bit, also replayed in a CUDA
+    graph after the scales change."""
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, (1, 128, 128), major)
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=0")
+    warps = mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major)
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=2")
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    call = lambda: mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major, out=out)  # noqa: E731
+    call()
+    assert torch.equal(out, warps)
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb, (1, 128, 128), major), "fp8_gemm", "copied")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    sa.mul_(0.5)
+    out.fill_(float("nan"))
+    graph.replay()
+    assert_close(out, fp8_gemm_reference(a, b, sa, sb, (1, 128, 128), major), "fp8_gemm", "copied, replayed")

@@ -33,8 +33,8 @@ def dense_calls(m: int, n: int, k: int, recipes) -> None:
              scale_major_mode="MN", scale_granularity_mnk=recipe)
 
 
-def assert_planned(suite: suites.Suite, asked: list) -> None:
-    planned = {p.spec for p in prewarm.plan_suites([suite], "sm_90a", num_mp=SM90_NO_DEVICE.num_sms)}
+def assert_planned(suite: suites.Suite, asked: list, force: str = "") -> None:
+    planned = {p.spec for p in prewarm.plan_suites([suite], "sm_90a", num_mp=SM90_NO_DEVICE.num_sms, force=force)}
     assert asked, "no kernel was requested"
     missing = sorted({spec.name_expr for spec in asked if spec not in planned})
     assert not missing, f"{suite.name}: called but not planned: {missing}"
@@ -48,6 +48,17 @@ def test_dense(monkeypatch, row):
         dense_calls(m, n, k, ((1, 128, 128), (1, 1, 128)))
     assert sum(spec.name_expr.endswith(", true>") for spec in asked) == 1  # (1,128,128), MN-major: by TMA
     assert_planned(suites.Suite("dense_fp8", "dense", (row,)), asked)
+
+
+def test_dense_with_a_scales_copied_for_tma(monkeypatch):
+    """MATEGEMM_FORCE_CONFIG tma_scales=2: every (1,128,128) call asks for the TMA instance, which a
+    prewarm with the same setting plans."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=2")
+    row = {"m": 333, "n": 2112, "k": 7168}
+    with recorded_specs(monkeypatch) as asked:
+        dense_calls(row["m"], row["n"], row["k"], ((1, 128, 128),))
+    assert asked and all(spec.name_expr.endswith(", true>") for spec in asked)
+    assert_planned(suites.Suite("dense_fp8", "dense", (row,)), asked, force="tma_scales=2")
 
 
 @pytest.mark.parametrize("row", [{"batch": 4, "m": 256, "n": 512, "k": 512},

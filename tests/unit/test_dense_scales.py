@@ -1,0 +1,68 @@
+"""How a dense (1,128,128) GEMM's A scales reach the kernel: the plan's choice (scale warps, TMA,
+or a copy into a TMA-readable layout first) and, on CPU tensors through the whole call path up to
+the recorded launch, the copy itself."""
+import pytest
+import torch
+
+import mategemm
+from mategemm import gemm, plan
+from mategemm.runtime.device import SM90_NO_DEVICE
+from mategemm.testing import make_fp8_gemm_inputs
+from mategemm.types import RECIPE_1x128_1x128, RECIPE_1x128_128x128, GemmProblem
+from test_warm_path import stubbed  # noqa: F401 - the fixture
+
+E4M3 = torch.float8_e4m3fn
+
+
+def dense_plan(k=7168, recipe=RECIPE_1x128_128x128, readable=True, force=""):
+    problem = GemmProblem(4096, 2112, k, recipe, E4M3, E4M3, torch.bfloat16)
+    return plan.dense(problem, SM90_NO_DEVICE, force=force, a_scales_tma=readable)
+
+
+@pytest.mark.parametrize("readable,force,by_tma,copy", [
+    (True, "", True, False), (False, "", False, False),
+    (True, "tma_scales=0", False, False), (False, "tma_scales=0", False, False),
+    (True, "tma_scales=2", True, False), (False, "tma_scales=2", True, True),
+])
+def test_the_plan_picks_the_scale_path(readable, force, by_tma, copy):
+    p = dense_plan(readable=readable, force=force)
+    assert (p.problem.tma_scales, p.copy_a_scales) == (by_tma, copy)
+    assert p.spec.name_expr.endswith(", true>" if by_tma else ", false>")
+
+
+@pytest.mark.parametrize("k,recipe", [(16384 + 128, RECIPE_1x128_128x128), (7168, RECIPE_1x128_1x128)])
+@pytest.mark.parametrize("force", ("", "tma_scales=2"))
+def test_scale_warps_where_tma_cannot_serve(k, recipe, force):
+    """K past the tile's B scale buffer, or per-column B scales: never by TMA, never copied."""
+    p = dense_plan(k, recipe, readable=True, force=force)
+    assert not p.problem.tma_scales and not p.copy_a_scales
+
+
+def test_a_bad_forced_value_is_named():
+    with pytest.raises(ValueError, match="tma_scales must be 0, 1 or 2"):
+        dense_plan(force="tma_scales=3")
+
+
+@pytest.mark.parametrize("m,major", [(333, "K"), (64, "K"), (333, "MN")])
+def test_forced_copy_feeds_the_kernel_a_tma_readable_workspace(stubbed, monkeypatch, m, major):  # noqa: F811
+    """tma_scales=2 with scales TMA cannot read: before each launch they are copied into rows of
+    m floats padded to a multiple of 4, and the kernel is given the workspace."""
+    _, kernel = stubbed
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=2")
+    a, b, sa, sb = make_fp8_gemm_inputs(m, 256, 640, scale_major_mode=major, device="cpu")
+    for scale in (1.0, 2.0):  # a warm call copies the new values again
+        sa.mul_(scale)
+        mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode=major)
+        (call,) = gemm._warm._calls.values()
+        (copy,) = call.staged
+        ptr, stride_m, stride_k = kernel.launches[-1][1][4:7]
+        assert (ptr, stride_m, stride_k) == (copy.workspace.data_ptr(), 1, -(-m // 4) * 4)
+        assert ptr % 16 == 0 and torch.equal(copy.workspace, sa.t() if major == "K" else sa)
+
+
+def test_readable_scales_are_read_where_they_are(stubbed, monkeypatch):  # noqa: F811
+    _, kernel = stubbed
+    a, b, sa, sb = make_fp8_gemm_inputs(64, 256, 640, scale_major_mode="MN", device="cpu")
+    mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN")
+    (call,) = gemm._warm._calls.values()
+    assert call.staged == () and kernel.launches[-1][1][4:7] == (sa.data_ptr(), 1, 64)
