@@ -57,6 +57,10 @@ def main() -> None:
     parser.add_argument("--scale-major", choices=("K", "MN"), default="K",
                         help="dense_fp8 only: A's scales K-major (m, k/128) or MN-major (k/128, m), DeepGEMM's "
                              "kernel layout (default K)")
+    parser.add_argument("--other-scale-path", action="store_true",
+                        help="dense_fp8 only: also time ours with A's scales taken the other way, in turns with the "
+                             "rest (K-major: copied MN-major for TMA first, MATEGEMM_FORCE_CONFIG tma_scales=2; MN: "
+                             "read by the scale warps, tma_scales=0)")
     parser.add_argument("--modes", nargs="+", choices=GROUPED_MODES, default=list(GROUPED_MODES),
                         help="grouped suite only: the modes to run (default: all)")
     args = parser.parse_args()

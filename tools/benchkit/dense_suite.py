@@ -12,8 +12,8 @@ import mategemm
 from mategemm.testing import calc_diff, fp8_gemm_reference
 
 from . import peers
-from .common import (card_kind, copy_tbps, dense_bytes, geomean, live_deepgemm, load_anchors, ratio, record_diff,
-    time_interleaved)
+from .common import (card_kind, copy_tbps, dense_bytes, forcing, geomean, live_deepgemm, load_anchors, ratio,
+    record_diff, time_interleaved)
 from .plots import panel, plot_panels
 from .timing import median_ms, rotating_gemm_calls
 
@@ -33,6 +33,11 @@ def bench_dense_fp8(args) -> dict:
     # ones inside every call); B's stay K-major for cuBLAS and DeepGEMM.
     scale_major = getattr(args, "scale_major", "K")
     result["scale_major"] = scale_major
+    # --other-scale-path: ours also with A's scales taken the other way, timed in turns with the rest:
+    # K-major ones copied MN-major for TMA first, MN-major ones read by the scale warps.
+    other_scales = "tma_scales=2" if scale_major == "K" else "tma_scales=0"
+    if getattr(args, "other_scale_path", False):
+        result["mategemm_other_scales"] = other_scales
     for shape in shapes:
         m, n, k = shape["m"], shape["n"], shape["k"]
         nbytes = dense_bytes(m, n, k)
@@ -50,6 +55,16 @@ def bench_dense_fp8(args) -> dict:
             "cublas_blockwise": lambda: [peers.cublas_blockwise(*s) for s in sets],
             "cublas_tensorwise": lambda: [peers.cublas_tensorwise(s[0], s[1]) for s in sets],
         }
+        in_turns = [("mategemm", lambda: ours_calls, None)]
+        if "mategemm_other_scales" in result:
+            other_calls = [forcing(call, other_scales) for call in ours_calls]
+
+            def other_diff():
+                other_calls[0]()  # writes outs[0]
+                return calc_diff(outs[0], reference)
+
+            record_diff(row, "mategemm_other_scales", other_diff)
+            in_turns.append(("mategemm_other_scales", lambda: other_calls, None))
         if deep_gemm is not None:  # the live anchor: ours and DeepGEMM take turns (the card's clock drifts)
             def deepgemm_calls():
                 return [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)
@@ -59,9 +74,10 @@ def bench_dense_fp8(args) -> dict:
                 return calc_diff(outs[0], reference)
 
             record_diff(row, "deepgemm", deepgemm_diff)
-            time_interleaved(row, [("mategemm", lambda: ours_calls, None), ("deepgemm", deepgemm_calls, None)],
-                             flops, nbytes)
+            in_turns.append(("deepgemm", deepgemm_calls, None))
             row["deepgemm_source"] = "live"
+        if len(in_turns) > 1:
+            time_interleaved(row, in_turns, flops, nbytes)
             del impls["mategemm"]
         for name, calls in impls.items():
             try:
@@ -99,13 +115,15 @@ def print_row(row: dict, first: bool) -> None:
     print(f"{row['m']:>5} {row['n']:>6} {row['k']:>6} | {fmt('mategemm_tflops', 8)} {fmt('mategemm_gbps', 7, 0)} "
           f"{fmt('mategemm_ms', 8, 4)} | {fmt('cublas_blockwise_tflops', 9)} {fmt_ratio('cublas_blockwise')} | "
           f"{fmt('deepgemm_tflops', 8)} {fmt_ratio('deepgemm')} | {fmt('cublas_tensorwise_tflops', 9)} | "
-          f"{row.get('mategemm_diff', float('nan')):.1e}", flush=True)
+          f"{row.get('mategemm_diff', float('nan')):.1e}" +
+          (f" | other scale path {fmt('mategemm_other_scales_tflops', 7)}" if "mategemm_other_scales_diff" in row
+           else ""), flush=True)
 
 
 def summarise(result: dict) -> None:
     rows = result["rows"]
     summary = {}
-    for peer in ("cublas_blockwise", "deepgemm", "cublas_tensorwise"):
+    for peer in ("cublas_blockwise", "deepgemm", "cublas_tensorwise", "mategemm_other_scales"):
         ratios = [r for r in (ratio(row, peer) for row in rows) if r]
         if ratios:
             summary[f"geomean_vs_{peer}"] = round(geomean(ratios), 4)
