@@ -416,7 +416,7 @@ def check_reference_cpu(shape: tuple[int, int, int], recipe: tuple[int, int, int
     a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe, device="cpu")
     sb_rows = sb.repeat_interleave(recipe[1], dim=0)[:n]  # one scale row per column of the output
     blockwise = torch.zeros((m, n), dtype=torch.float32)
-    for kb in range(k // 128):
+    for kb in range(-(-k // 128)):  # a K tail: the last block is shorter
         part = a[:, kb * 128:(kb + 1) * 128].float() @ b[:, kb * 128:(kb + 1) * 128].float().t()
         blockwise += part * sa[:, kb:kb + 1] * sb_rows[:, kb][None, :]
     ref = fp8_gemm_reference(a, b, sa, sb, recipe)
