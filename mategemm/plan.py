@@ -64,22 +64,35 @@ def dense(problem: GemmProblem, device: DeviceInfo, num_mp: int | None = None, f
           a_scales_tma: bool = False) -> GemmPlan:
     """A dense GEMM (group_mode "none"). a_scales_tma: A's scales are given as TMA reads them
     (a_scales_tma_readable); with the (1,128,128) recipe and K <= 16384 the kernel then loads them
-    with each stage. MATEGEMM_FORCE_CONFIG tma_scales=0 turns that off; tma_scales=2 also copies
-    other A scales into such a layout before each launch (DeepGEMM's way), to measure whether that
-    pays where the GEMM is compute-bound.
+    with each stage. Other A scales are copied into such a layout before each launch where that
+    pays (a_scales_copy_pays), else read by the scale warps. MATEGEMM_FORCE_CONFIG tma_scales=0
+    forces the scale warps, tma_scales=2 the copy wherever the kernel can load scales by TMA.
 
     NOTES (H100, live DeepGEMM 2.6.1, MN-major scales for both, 2 rounds): scales by TMA against
     the scale warps: geomean 0.856 -> 0.904 of DeepGEMM over the dense suite, 4096x4096x7168 and
-    4096x7168x16384 +10%, decode shapes unchanged."""
+    4096x7168x16384 +10%, decode shapes unchanged. H200, same suite: MN-major +3..+16% at m=4096,
+    +4..+20% at m=64..128."""
     force = _force(force)
     forced = parse_force_config(force).get("tma_scales", 1)
     if forced not in (0, 1, 2):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: tma_scales must be 0, 1 or 2, got {forced}")
-    by_tma = tma_scales_allowed(problem) and (forced == 2 or (forced == 1 and a_scales_tma))
+    wanted = {0: False, 1: a_scales_tma or a_scales_copy_pays(problem.m, problem.n, problem.k), 2: True}[forced]
+    by_tma = tma_scales_allowed(problem) and wanted
     problem = dataclasses.replace(problem, tma_scales=by_tma)
     config = fp8_gemm.choose(problem, device, mp_budget(device, num_mp), force)
     heuristics.report(kernel_fp8.KERNEL, problem, config)
     return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch), by_tma and not a_scales_tma)
+
+
+def a_scales_copy_pays(m: int, n: int, k: int) -> bool:
+    """Whether copying A's scales MN-major before the launch (one small extra kernel) costs less
+    than the scale warps' share of the GEMM: compute-bound problems of at least 1e11 FLOPs with at
+    least 12 K blocks.
+
+    NOTES (H200, dense suite, K-major A scales, copied vs scale warps, timed in turns): m=4096:
+    +7.4% 4096x7168 (k 7168), +7.7% 7168x16384, +3% 7168x2048, +2% 24576x1536, +1% 2112x7168;
+    -7% 32768x512 (4 K blocks), -8% 576x7168 (36 us: the copy's few us); m <= 128: -5..-20%."""
+    return 2 * m * n * k >= 1e11 and k > 11 * 128
 
 
 def tma_scales_allowed(problem: GemmProblem) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ("test_fp8_fp4.py", "test_bf16.py", "test_attention.py", "test_layout.py")
 RESULT_PREFIX = "deepgemm_tests result: "
+FINISHED = "deepgemm_tests: file finished"
 
 
 def alias_deep_gemm() -> None:
@@ -44,9 +45,9 @@ def outcome(error: BaseException) -> str:
 class RecordingNamespace(dict):
     """A module namespace whose test functions record their outcome instead of raising."""
 
-    def __init__(self, module_globals: dict, results: list):
+    def __init__(self, module_globals: dict):
         super().__init__()
-        self.module_globals, self.results = module_globals, results
+        self.module_globals = module_globals
 
     def __setitem__(self, name, value):
         if name.startswith("test_") and callable(value):
@@ -62,25 +63,37 @@ class RecordingNamespace(dict):
                 func(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - recorded, and the file goes on
                 traceback.print_exc()
-                self.results.append({"test": name, "outcome": outcome(error),
-                                     "error": f"{type(error).__name__}: {str(error)[:300]}"})
+                result = {"test": name, "outcome": outcome(error),
+                          "error": f"{type(error).__name__}: {str(error)[:300]}"}
             else:
-                self.results.append({"test": name, "outcome": "passed"})
+                result = {"test": name, "outcome": "passed"}
+            print(RESULT_PREFIX + json.dumps(result), flush=True)  # as it returns: a timeout keeps it
         return run
 
 
 def run_one(path: Path) -> int:
-    """Run one test file as its __main__ block does; print the results as one JSON line."""
+    """Run one test file as its __main__ block does; each test prints its result line as it returns."""
     alias_deep_gemm()
     sys.path.insert(0, str(path.parent))  # its generators.py
     module = types.ModuleType("__main__")
     module.__file__ = str(path)
     sys.modules["__main__"], sys.argv = module, [str(path)]
-    results: list = []
     code = compile(path.read_text(), str(path), "exec")
-    exec(code, module.__dict__, RecordingNamespace(module.__dict__, results))
-    print(RESULT_PREFIX + json.dumps(results), flush=True)
+    exec(code, module.__dict__, RecordingNamespace(module.__dict__))
+    print(FINISHED, flush=True)
     return 0
+
+
+def split_output(stdout: str | bytes | None) -> tuple[list, str, bool]:
+    """A child's stdout as (its recorded results, the rest of its output, whether it finished)."""
+    text = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout or ""
+    results, rest = [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(RESULT_PREFIX):
+            results.append(json.loads(line[len(RESULT_PREFIX):]))
+        elif line.rstrip("\n") != FINISHED:
+            rest.append(line)
+    return results, "".join(rest), FINISHED in text.splitlines()
 
 
 def run_file(path: Path, timeout: float) -> tuple[list, str | None]:
@@ -88,14 +101,16 @@ def run_file(path: Path, timeout: float) -> tuple[list, str | None]:
     try:
         proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
                               timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return [], f"timed out after {timeout:.0f} s"
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    sys.stdout.write(proc.stdout.replace(lines[0] + "\n", "") if lines else proc.stdout)
+    except subprocess.TimeoutExpired as expired:
+        results, rest, _ = split_output(expired.stdout)
+        sys.stdout.write(rest)
+        return results, f"timed out after {timeout:.0f} s"
+    results, rest, finished = split_output(proc.stdout)
+    sys.stdout.write(rest)
     sys.stderr.write(proc.stderr)
-    if proc.returncode or not lines:
-        return [], f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
-    return json.loads(lines[0][len(RESULT_PREFIX):]), None
+    if proc.returncode or not finished:
+        return results, f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+    return results, None
 
 
 def main() -> int:

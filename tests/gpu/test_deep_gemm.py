@@ -328,7 +328,8 @@ def test_bench_kineto_times_a_gemm():
 @pytest.mark.parametrize("m", (13, 4096))
 @pytest.mark.parametrize("num_splits", (None, 16))
 def test_tf32_hc_prenorm_gemm(m, num_splits, monkeypatch):
-    """DeepGEMM's hyperconnection test case: TF32 allowed, calc_diff below 1e-8 for d and sqr_sum."""
+    """DeepGEMM's hyperconnection test case: TF32 allowed, calc_diff below 1e-8 against torch's TF32 matmul;
+    against float64, d carries TF32's rounding (measured 2e-8 on the H200)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     n, k = 24, 7168
     a = torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
@@ -338,5 +339,6 @@ def test_tf32_hc_prenorm_gemm(m, num_splits, monkeypatch):
     s = torch.full((*lead, m), float("nan"), device="cuda")
     dg.tf32_hc_prenorm_gemm(a, b, d, s, num_splits=num_splits)
     final_d, final_s = (d, s) if num_splits is None else (d.sum(0), s.sum(0))
-    assert calc_diff(final_d, a.double() @ b.double().t()) < 1e-8
+    assert calc_diff(final_d, a.float() @ b.t()) < 1e-8
+    assert calc_diff(final_d, a.double() @ b.double().t()) < 1e-6
     assert calc_diff(final_s, a.double().square().sum(-1)) < 1e-8

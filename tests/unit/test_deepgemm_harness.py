@@ -1,6 +1,7 @@
 """tools/deepgemm_tests.py on a stand-in for DeepGEMM's tests/ folder (no GPU): `deep_gemm` is
 mategemm.deep_gemm inside the files, each test function is recorded, a failure does not stop the
-file, NotImplementedError naming SM100 counts as skipped, and a crashing file is reported."""
+file, NotImplementedError naming SM100 counts as skipped, and a crashing or timed-out file is reported
+with the results it reached."""
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,13 @@ def test_harness_passes_when_nothing_fails(tmp_path):
 def test_harness_names_missing_files(tmp_path):
     proc = run(tmp_path)
     assert proc.returncode == 2 and "no such test file" in proc.stderr and "test_fp8_fp4.py" in proc.stderr
+
+
+def test_a_file_past_its_timeout_keeps_the_results_so_far(tmp_path):
+    (tmp_path / "test_slow.py").write_text("import time\n\ndef test_quick():\n    pass\n\ndef test_slow():\n"
+                                           "    time.sleep(60)\n\nif __name__ == '__main__':\n"
+                                           "    test_quick()\n    test_slow()\n")
+    proc = subprocess.run([sys.executable, str(HARNESS), str(tmp_path), "test_slow.py", "--timeout", "10"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "test_slow.py: 1 passed, 0 failed, 0 skipped-as-SM100; did not finish (timed out after 10 s)" in proc.stdout

@@ -14,13 +14,13 @@ from test_warm_path import stubbed  # noqa: F401 - the fixture
 E4M3 = torch.float8_e4m3fn
 
 
-def dense_plan(k=7168, recipe=RECIPE_1x128_128x128, readable=True, force=""):
-    problem = GemmProblem(4096, 2112, k, recipe, E4M3, E4M3, torch.bfloat16)
+def dense_plan(k=7168, recipe=RECIPE_1x128_128x128, readable=True, force="", m=4096, n=2112):
+    problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16)
     return plan.dense(problem, SM90_NO_DEVICE, force=force, a_scales_tma=readable)
 
 
 @pytest.mark.parametrize("readable,force,by_tma,copy", [
-    (True, "", True, False), (False, "", False, False),
+    (True, "", True, False), (False, "", True, True),
     (True, "tma_scales=0", False, False), (False, "tma_scales=0", False, False),
     (True, "tma_scales=2", True, False), (False, "tma_scales=2", True, True),
 ])
@@ -28,6 +28,18 @@ def test_the_plan_picks_the_scale_path(readable, force, by_tma, copy):
     p = dense_plan(readable=readable, force=force)
     assert (p.problem.tma_scales, p.copy_a_scales) == (by_tma, copy)
     assert p.spec.name_expr.endswith(", true>" if by_tma else ", false>")
+
+
+@pytest.mark.parametrize("m,n,k,copied", [
+    (4096, 2112, 7168, True), (4096, 24576, 1536, True), (4096, 7168, 16384, True),
+    (4096, 32768, 512, False), (4096, 576, 7168, False), (128, 7168, 16384, False), (1, 4096, 7168, False),
+])
+def test_scales_tma_cannot_read_are_copied_only_where_that_pays(m, n, k, copied):
+    """As measured on the H200: the copy pays at compute-bound sizes with 12 or more K blocks; the
+    scale warps serve decode sizes, few K blocks and small problems. Readable scales always go by TMA."""
+    p = dense_plan(k, readable=False, m=m, n=n)
+    assert (p.problem.tma_scales, p.copy_a_scales) == (copied, copied)
+    assert dense_plan(k, readable=True, m=m, n=n).problem.tma_scales
 
 
 @pytest.mark.parametrize("k,recipe", [(16384 + 128, RECIPE_1x128_128x128), (7168, RECIPE_1x128_1x128)])

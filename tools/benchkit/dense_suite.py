@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import mategemm
+from mategemm import plan
 from mategemm.testing import calc_diff, fp8_gemm_reference
 
 from . import peers
@@ -33,11 +34,11 @@ def bench_dense_fp8(args) -> dict:
     # ones inside every call); B's stay K-major for cuBLAS and DeepGEMM.
     scale_major = getattr(args, "scale_major", "K")
     result["scale_major"] = scale_major
-    # --other-scale-path: ours also with A's scales taken the other way, timed in turns with the rest:
-    # K-major ones copied MN-major for TMA first, MN-major ones read by the scale warps.
-    other_scales = "tma_scales=2" if scale_major == "K" else "tma_scales=0"
+    # --other-scale-path: ours also with A's scales taken the way the plan did not take them, timed in
+    # turns with the rest: by the scale warps where the plan loads them by TMA (as given or copied),
+    # else copied MN-major for TMA first.
     if getattr(args, "other_scale_path", False):
-        result["mategemm_other_scales"] = other_scales
+        result["mategemm_other_scales"] = "the plan's other choice"
     for shape in shapes:
         m, n, k = shape["m"], shape["n"], shape["k"]
         nbytes = dense_bytes(m, n, k)
@@ -57,7 +58,8 @@ def bench_dense_fp8(args) -> dict:
         }
         in_turns = [("mategemm", lambda: ours_calls, None)]
         if "mategemm_other_scales" in result:
-            other_calls = [forcing(call, other_scales) for call in ours_calls]
+            by_tma = scale_major == "MN" or plan.a_scales_copy_pays(m, n, k)
+            other_calls = [forcing(call, "tma_scales=0" if by_tma else "tma_scales=2") for call in ours_calls]
 
             def other_diff():
                 other_calls[0]()  # writes outs[0]
