@@ -32,13 +32,6 @@ constexpr int kQuantGroup = 128;  // columns per scale
 __device__ __forceinline__ float bf16_lo(u32 pair) { return __uint_as_float(pair << 16); }
 __device__ __forceinline__ float bf16_hi(u32 pair) { return __uint_as_float(pair & 0xffff0000u); }
 
-__device__ __forceinline__ u32 e4m3x2(float first, float second) {
-  // first in the low byte (the lower address), second in the high byte
-  unsigned short r;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(second), "f"(first));
-  return r;
-}
-
 __device__ __forceinline__ int live_count(const int* live, int rows) {
   return live == nullptr ? rows : min(max(*live, 0), rows);
 }

@@ -4,10 +4,11 @@ Every recipe runs on the GEMM core. Block recipes promote per 128-K block as the
 (sm90_fp8_gemm_blockscaled); per-row (1,-1,-1) and per-tensor (-1,-1,-1) scales, and bmm_fp16,
 take sm90_gemm_scale_at_end (the wgmma accumulate over all of K, then acc *= sa[row] * sb), a
 per-tensor A scale being a per-row one read through a zero stride. Outputs:
-- bf16/fp16 with no `c`: stored by the kernel (a 3-D TMA store per batch entry);
-- fp32, or any output with `c`, or FP8 with `output_scale`: the kernel adds its fp32 product into
-  an fp32 tensor that holds `c` (or zeros) — `out` itself for an fp32 output, else a workspace
-  then converted (one extra pass over the output).
+- bf16/fp16 with no `c`: stored by the kernel (a 3-D TMA store per batch entry); FP8 with
+  `output_scale` and no `c` too where n % 16 == 0 (the epilogue divides by output_scale and rounds);
+- fp32, or any output with `c`, or another FP8 one: the kernel adds its fp32 product into an fp32
+  tensor that holds `c` (or zeros) — `out` itself for an fp32 output, else a workspace then
+  converted (one extra pass over the output).
 M-major A / N-major B: FP8 wgmma reads K-major shared memory, so such an operand is either
 transposed in shared memory by the GEMM itself (the kernel's producer warps; it costs shared-memory
 bandwidth and caps the GEMM near 600 TFLOPS per-tensor, 250 block-scaled on an H200) or copied
@@ -71,7 +72,7 @@ def _run(call: _BmmCall, device, out_dtype, out, c, output_scale) -> torch.Tenso
     if out is None:
         out = torch.empty(call.out_shape, dtype=out_dtype, device=device)
     if not call.accumulates:
-        calls.launch(call.prepared, out)
+        calls.launch(call.prepared, out, out_scale=output_scale)
         return out
     acc = out if out_dtype == torch.float32 else torch.empty(call.out_shape, dtype=torch.float32, device=device)
     if c is not None:
@@ -136,7 +137,8 @@ def _empty_result(a, out, out_dtype, checked):
 
 
 def gemm_fp8_output(a, b, a_scale, b_scale, scale_major_mode, scale_granularity_mnk, out, output_scale):
-    """gemm_fp8_nt_groupwise with an FP8 (e4m3) output: the batch-1 bmm with output_scale."""
+    """gemm_fp8_nt_groupwise with an FP8 (e4m3) output the dense kernel cannot store itself
+    (plan.fp8_out_stored): the batch-1 bmm with output_scale, through an fp32 tensor."""
     if scale_major_mode not in (None, "K"):
         a_scale, b_scale = a_scale.t(), b_scale.t()  # MN-major scales, seen K-major (any strides)
     out3 = None if out is None else out.unsqueeze(0)

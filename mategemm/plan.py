@@ -124,12 +124,19 @@ def grouped_gemm(problem: GemmProblem, device: DeviceInfo, *, num_mp: int | None
     return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch))
 
 
+def fp8_out_stored(problem: GemmProblem) -> bool:
+    """Whether the kernel stores an FP8 (e4m3) output itself (result / output_scale, rounded in its
+    epilogue): rows of n bytes a TMA store can write (n % 16 == 0). Otherwise the product goes
+    through an fp32 tensor, converted by torch after the launch."""
+    return problem.out_dtype == torch.float8_e4m3fn and problem.n % 16 == 0
+
+
 def batched_problem(problem: GemmProblem, add_c: bool) -> GemmProblem:
     """The kernel's problem of a batched call (bmm_fp8, bmm_fp16) as called: per-tensor and per-row
     scales run as per-row ones (a per-tensor A scale is a per-row one read through a zero stride);
-    an fp32 or FP8 output, or a `c` to add, makes the kernel add its fp32 product into an fp32
-    tensor (then converted)."""
-    accumulate = add_c or problem.out_dtype not in (torch.bfloat16, torch.float16)
+    an fp32 output, an FP8 one the kernel does not store (fp8_out_stored), or a `c` to add, makes
+    the kernel add its fp32 product into an fp32 tensor (then converted)."""
+    accumulate = add_c or not (problem.out_dtype in (torch.bfloat16, torch.float16) or fp8_out_stored(problem))
     return dataclasses.replace(problem, recipe=RECIPE_PER_ROW if problem.recipe.gn == -1 else problem.recipe,
                                out_dtype=torch.float32 if accumulate else problem.out_dtype)
 

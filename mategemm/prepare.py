@@ -124,14 +124,13 @@ def memo_key(*values):
     key = []
     try:
         for v in values:
-            if isinstance(v, (tuple, list)):
-                for t in v:
-                    key += (t.data_ptr(), t.get_device(), t.dtype, t.shape, t.stride())
-            elif isinstance(v, torch.Tensor):
-                key += (v.data_ptr(), v.get_device(), v.dtype, v.shape, v.stride())
-            else:
-                hash(v)
-                key.append(v)
+            for item in v if isinstance(v, (tuple, list)) else (v,):  # (tensor, scale) pairs, recipe tuples
+                if isinstance(item, torch.Tensor):
+                    key += (item.data_ptr(), item.get_device(), item.dtype, item.shape, item.stride())
+                else:
+                    hash(item)
+                    key.append(item)
+            key.append(type(v).__name__)  # a tuple's end: (1, 2), 3 differs from 1, (2, 3)
     except (AttributeError, TypeError):
         return None
     key += (env.hot_knobs(), rt_device.get_num_mp_override())

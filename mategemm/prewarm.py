@@ -6,6 +6,7 @@ the plan through the kernel cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,15 @@ def plan_dense(shapes: list[tuple[int, int, int]], arch: str, recipes: tuple[Rec
     planned: dict[KernelSpec, PlannedKernel] = {}
     for m, n, k in shapes:
         for recipe in recipes:
-            for a_scales_tma in DENSE_SCALE_LAYOUTS:
-                gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, a_dtype, b_dtype, out_dtype), device, num_mp,
-                                       force, a_scales_tma)
+            problem = GemmProblem(m, n, k, recipe, a_dtype, b_dtype, out_dtype)
+            if out_dtype == torch.float8_e4m3fn and not plan.fp8_out_stored(problem):  # bmm's fp32 path, batch 1
+                batched = dataclasses.replace(problem, group_mode="batched", num_groups=1)
+                gemm_plans = [plan.grouped_gemm(plan.batched_problem(batched, add_c=False), device, num_mp=num_mp,
+                                                force=force)]
+            else:
+                gemm_plans = [plan.dense(problem, device, num_mp, force, a_scales_tma)
+                              for a_scales_tma in DENSE_SCALE_LAYOUTS]
+            for gemm_plan in gemm_plans:
                 planned.setdefault(gemm_plan.spec, PlannedKernel(gemm_plan.spec, gemm_plan.problem, gemm_plan.config))
     return list(planned.values())
 

@@ -143,10 +143,12 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
     n_rows = -(-n // 128) if rec.gn == 128 else n
     sfb = scale_strides("b_scale", b_scale, major, n_rows, k_blocks,
                         "one scale per 128x128 block" if rec.gn == 128 else "one scale per column and 128-K block")
-    if output_scale is not None:
-        raise ValueError("output_scale (FP8 output) goes through mategemm.bmm; not through this check")
+    out_dtypes = OUT_DTYPES
+    if output_scale is not None:  # FP8 output: e4m3, the result divided by output_scale
+        fp8_output(out, out_dtype, output_scale)
+        out_dtype, out_dtypes = torch.float8_e4m3fn, (torch.float8_e4m3fn,)
     if out is not None:
-        tensor("out", out, ndim=2, dtypes=OUT_DTYPES)
+        tensor("out", out, ndim=2, dtypes=out_dtypes)
         shape("out", out, (m, n))
         if out_dtype is not None and out_dtype != out.dtype:
             raise ValueError(f"out_dtype {out_dtype} differs from out.dtype {out.dtype}")
@@ -154,10 +156,10 @@ def gemm_fp8_nt_groupwise(a, b, a_scale, b_scale, scale_major_mode, mma_sm, scal
             tma_operand("out", out)
         dtype = out.dtype
     else:
-        if out_dtype is not None and out_dtype not in OUT_DTYPES:
-            raise TypeError(f"out_dtype must be one of {_names(OUT_DTYPES)}, got {out_dtype}")
+        if out_dtype is not None and out_dtype not in out_dtypes:
+            raise TypeError(f"out_dtype must be one of {_names(out_dtypes)}, got {out_dtype}")
         dtype = out_dtype or torch.bfloat16
-    same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out)
+    same_device("a", a.device, b=b, a_scale=a_scale, b_scale=b_scale, out=out, output_scale=output_scale)
     cuda("a", a)
     return GemmChecked(GemmProblem(m, n, k, rec, a.dtype, b.dtype, dtype), sfa, sfb)
 

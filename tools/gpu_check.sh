@@ -18,7 +18,7 @@ SUBSET="ragged or forced or num_mp or dtypes or cluster_and or split_k or stream
 SUBSET+=" or (sweep and (7-2112 or 1000-576 or 4096-4096-512))"
 SUBSET+=" or (nvfp4 and (decode_is_exact or every_tile_config or skipped))"
 SUBSET+=" or grouped_bf16 or k_grouped_bf16 or small_heads_at_other or scale_decode_kernel or one_process_equals"
-SUBSET+=" or tma_scales_forced or tma_scales_fall_back or tma_scales_copied or k_tail_forced or tf32_hc"
+SUBSET+=" or tma_scales_forced or tma_scales_fall_back or tma_scales_copied or k_tail_forced or tf32_hc or fp8_output"
 
 status=0
 case "${1:-tests}" in

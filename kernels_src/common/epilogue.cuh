@@ -35,10 +35,12 @@ __device__ __forceinline__ u32 staging_offset(int row, int col) {
 }
 
 // Writes one warpgroup's 64 x BLOCK_N accumulator (wgmma m64nN layout) into the staging tile.
-// `tile_row0` is the warpgroup's first row inside the BLOCK_M-row tile.
+// `tile_row0` is the warpgroup's first row inside the BLOCK_M-row tile. FP8 output: each value
+// divided by `out_scale` (IEEE division, as torch's result / output_scale), then rounded.
 template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes, int kOutType>
-__device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_base, int tile_row0) {
-  constexpr int kElemBytes = kOutType == kOutF32Add ? 4 : 2;
+__device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_base, int tile_row0,
+                                                    float out_scale = 1.0f) {
+  constexpr int kElemBytes = out_elem_bytes(kOutType);
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
   const int row = tile_row0 + warp * 16 + lane / 4;
@@ -50,6 +52,9 @@ __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_b
       const u32 addr = smem_base + staging_offset<BLOCK_M, kSwizzleBytes, kElemBytes>(row + 8 * i, col);
       if constexpr (kOutType == kOutF32Add) {
         st_shared_f32x2(addr, acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]);
+      } else if constexpr (kOutType == kOutE4M3) {
+        st_shared_u16(addr, e4m3x2(__fdiv_rn(acc[c * 4 + i * 2], out_scale),
+                                   __fdiv_rn(acc[c * 4 + i * 2 + 1], out_scale)));
       } else {
         st_shared_u32(addr, pack_out2<kOutType>(acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]));
       }

@@ -264,6 +264,18 @@ __device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {
   asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
 
+__device__ __forceinline__ void st_shared_u16(u32 addr, u32 v) {
+  asm volatile("st.shared.b16 [%0], %1;" ::"r"(addr), "h"(static_cast<unsigned short>(v)) : "memory");
+}
+
+// Two floats to FP8 e4m3 (round to nearest even, saturated to +-448): first in the low byte (the
+// lower address), second in the high byte.
+__device__ __forceinline__ u32 e4m3x2(float first, float second) {
+  unsigned short r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(second), "f"(first));
+  return r;
+}
+
 __device__ __forceinline__ void st_shared_f32x2(u32 addr, float lo, float hi) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(lo), "f"(hi) : "memory");
 }

@@ -20,10 +20,12 @@ __device__ __forceinline__ void store_tile(const float* acc, const Tile& t, cons
   // hoisting them out of the tile loop, where they spilled with BLOCK_M 256's accumulators.
   u32 out_addr = smem_addr(smem.out);
   asm volatile("" : "+r"(out_addr));
+  float out_scale = 1.0f;
+  if constexpr (T::kOutType == kOutE4M3) out_scale = __ldg(args.out_scale);
   #pragma unroll
   for (int wave = 0; wave < T::kWaves; ++wave) {
     store_accum_to_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle, T::kOutType>(acc + wave * T::kAcc, out_addr,
-                                                                             wave_row0(wave));
+                                                                             wave_row0(wave), out_scale);
   }
   fence_proxy_async_smem();
   // Grouped M modes: a tile whose rows all belong to its group is stored whole (TMA); one

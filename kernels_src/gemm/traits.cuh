@@ -114,7 +114,7 @@ struct GemmTraits {
   static constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
   static constexpr int kCluster = kClusterM * kClusterN;
   static constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (3-D outputs)
-  static constexpr int kOutElemBytes = kOutAdd ? 4 : 2;
+  static constexpr int kOutElemBytes = out_elem_bytes(kOutType);
   static constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
   static constexpr bool kScaleAtEnd = kScaleGranN == 0;
   // 16-bit operands (bmm_fp16): no scales at all; a stage row of 128 bytes holds 64 elements of K.
@@ -159,6 +159,7 @@ struct GemmTraits {
                     (kGroupMode != kGroupK || (kOutAdd && (kScaleGranN == 1 || operand_bytes(kTypeA) == 2))),
                 "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe or unscaled");
   static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
+  static_assert(kOutType != kOutE4M3 || (!kRowsChecked && !kNvfp4), "FP8 output: whole tiles stored by TMA (dense or batched)");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
@@ -224,6 +225,7 @@ struct GemmArgs {
   int num_experts = 0;
   const TmaDesc* tmap_sfa = nullptr;  // also (kTmaScales) A's scales: rows of M floats, one per K block
   const TmaDesc* tmap_sfb = nullptr;
+  const float* out_scale = nullptr;  // kOutE4M3: the output is result / *out_scale
 };
 
 // Where everything lives in the CTA's shared memory.

@@ -17,8 +17,10 @@ BLOCK_MS = (64, 128, 256)
 MAX_BLOCK_N = 192
 
 
-def block_n_allowed(block_n: int, scale_gran_n: int) -> bool:
-    if block_n % 16 or not 16 <= block_n <= MAX_BLOCK_N:
+def block_n_allowed(block_n: int, scale_gran_n: int, out_elem_bytes: int = 2) -> bool:
+    """A tile width the kernel takes: a multiple of 16 (of 32 with a 1-byte output, whose narrowest
+    swizzled store chunk is 32 columns) up to MAX_BLOCK_N, within two B scale blocks."""
+    if block_n % (32 if out_elem_bytes == 1 else 16) or not 16 <= block_n <= MAX_BLOCK_N:
         return False
     return scale_gran_n != 128 or block_n <= 128 + math.gcd(block_n, 128)
 
@@ -201,10 +203,11 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     for bm in block_ms:
         if bm not in BLOCK_MS:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS}, got {bm}")
-    if "block_n" in forced and not block_n_allowed(forced["block_n"], gran_n):
+    out_bytes = problem.out_elem_bytes
+    if "block_n" in forced and not block_n_allowed(forced["block_n"], gran_n, out_bytes):
         bn = forced["block_n"]
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={bn} is not allowed for recipe "
-                         f"{problem.recipe.name} (multiples of 16 up to {MAX_BLOCK_N})")
+                         f"{problem.recipe.name} (multiples of {32 if out_bytes == 1 else 16} up to {MAX_BLOCK_N})")
     if not clusters:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: (cluster_m, cluster_n) must be one of {CLUSTERS}")
     if "num_mp" in forced:
@@ -226,7 +229,7 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
             if free and not worth_trying(problem, bm, cluster):
                 continue
             for bn in block_ns:
-                if not block_n_allowed(bn, gran_n) or not tile_allowed(problem, bm, bn, cluster, num_mp):
+                if not block_n_allowed(bn, gran_n, out_bytes) or not tile_allowed(problem, bm, bn, cluster, num_mp):
                     continue
                 if free and bm == 256 and bn != 128 and "block_n" not in forced:
                     continue  # NOTES: 4096x7168x16384 256x112 968 us vs 774 at 256x128; 256x96 spills with gn 1
@@ -248,7 +251,7 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     _, block_m, block_n, (cluster_m, cluster_n), num_splits = best
     if free and "block_n" not in forced and "num_splits" not in forced:
         block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)
-    extra = {"tma_scales": True} if problem.tma_scales else {}
+    extra = {"tma_scales": problem.tma_scales, "out_elem_bytes": out_bytes}
     stages = (forced["stages"] if "stages" in forced else
               max_stages(block_m, block_n, gran_n, device.smem_per_block, **extra))
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
@@ -264,5 +267,5 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     cluster = cluster_m * cluster_n
     num_mp = min(num_mp - num_mp % cluster, num_items)  # a whole number of clusters (num_items is)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
-                      num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n),
+                      num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n, out_bytes),
                       smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits)

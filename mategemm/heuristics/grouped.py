@@ -124,9 +124,11 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     if problem.mn_major:
         max_bn = min(max_bn, MN_MAJOR_BLOCKS[-1])
     block_ns = (forced["block_n"],) if "block_n" in forced else fp8_gemm.BLOCK_NS
-    if "block_n" in forced and not _block_n_allowed(forced["block_n"], problem.recipe.gn, max_bn, problem.mn_major):
+    if "block_n" in forced and not _block_n_allowed(forced["block_n"], problem.recipe.gn, max_bn, problem.mn_major,
+                                                  problem.out_elem_bytes):
+        multiple = 64 if problem.mn_major & 2 else 32 if problem.out_elem_bytes == 1 else 16
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={forced['block_n']} is not allowed here "
-                         f"(multiples of {64 if problem.mn_major & 2 else 16} up to {max_bn})")
+                         f"(multiples of {multiple} up to {max_bn})")
     clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1] and not (problem.mn_major & 1 and c[1] > 1)]
     if not clusters:
         raise ValueError("MATEGEMM_FORCE_CONFIG: cluster_n must be 1 or 2 for grouped GEMMs (1 with an M-major A "
@@ -154,7 +156,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                     dataclasses.replace(problem, m=rows), bm, cluster))):
                 continue
             for bn in block_ns:
-                if not _block_n_allowed(bn, problem.recipe.gn, max_bn, problem.mn_major):
+                if not _block_n_allowed(bn, problem.recipe.gn, max_bn, problem.mn_major, problem.out_elem_bytes):
                     continue
                 if fp8_gemm.smem_bytes(bm, bn, sm90.MIN_STAGES, problem.recipe.gn, **extra) > device.smem_per_block:
                     continue
@@ -202,9 +204,10 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                       cluster_m=1, cluster_n=cluster_n, num_splits=1)
 
 
-def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int, mn_major: int = 0) -> bool:
+def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int, mn_major: int = 0,
+                     out_elem_bytes: int = 2) -> bool:
     if mn_major & 2 and block_n % 64:
         return False
     if scale_gran_n <= 0:  # no B scale blocks to straddle
-        return block_n % 16 == 0 and 16 <= block_n <= max_block_n
-    return block_n <= max_block_n and fp8_gemm.block_n_allowed(block_n, scale_gran_n)
+        return block_n % (32 if out_elem_bytes == 1 else 16) == 0 and 16 <= block_n <= max_block_n
+    return block_n <= max_block_n and fp8_gemm.block_n_allowed(block_n, scale_gran_n, out_elem_bytes)

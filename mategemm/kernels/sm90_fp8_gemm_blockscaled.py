@@ -17,7 +17,8 @@ KERNEL_SCALE_AT_END = "sm90_gemm_scale_at_end"  # per-row / per-tensor scales (o
 # C++ enumerators (kernels_src/common/types.cuh, common/groups.cuh) of the template arguments.
 OPERAND_TYPES = {torch.float8_e4m3fn: "kE4M3", torch.float8_e5m2: "kE5M2", torch.bfloat16: "kBF16",
                  torch.float16: "kF16"}
-OUT_TYPES = {torch.bfloat16: "kOutBF16", torch.float16: "kOutF16", torch.float32: "kOutF32Add"}
+OUT_TYPES = {torch.bfloat16: "kOutBF16", torch.float16: "kOutF16", torch.float32: "kOutF32Add",
+             torch.float8_e4m3fn: "kOutE4M3"}
 GROUP_MODES = {"none": "kGroupNone", "per_token": "kGroupIds", "per_expert": "kGroupCounts",
                "psum_expert": "kGroupPsum", "masked": "kGroupMasked", "ragged_k": "kGroupK",
                "batched": "kGroupBatched"}
@@ -77,7 +78,7 @@ class Launch:
                  "out_swizzle", "out_elem", "out_dtype", "out_3d", "_packed", "_split", "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT,
-             rt.PTR, rt.INT)
+             rt.PTR, rt.INT, rt.PTR)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -134,10 +135,11 @@ class Launch:
         self.out_3d = problem.group_mode in ("ragged_k", "batched")  # a 3-D store (or reduce) per group
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
-    def __call__(self, out: torch.Tensor, stream: int, signal: int = 0) -> None:
+    def __call__(self, out: torch.Tensor, stream: int, signal: int = 0, out_scale: int = 0) -> None:
         """Launch writing `out` on `stream` (a raw CUstream handle of the current device); `signal`:
-        the address of the masked overlap counters, or 0."""
-        key = (out.data_ptr(), out.shape, out.stride(), stream, signal)
+        the address of the masked overlap counters, or 0; `out_scale`: an FP8 output's divisor (one
+        fp32 on the device), or 0."""
+        key = (out.data_ptr(), out.shape, out.stride(), stream, signal, out_scale)
         packed = self._packed.get(key)
         if packed is None:
             if len(self._packed) >= 64:
@@ -148,7 +150,7 @@ class Launch:
             else:  # a 3-D output (masked: groups x rows x n) is addressed as its stacked rows
                 tmap_d = encode_2d(out, chunk, 64, self.out_swizzle, rows=out.numel() // out.shape[-1])
             values = (*self.head, tmap_d, self.tmap_sfa, *self.tail, *self._split_pointers(stream), *self.group_tail,
-                      out.data_ptr(), out.stride(-2), signal, self.signal_blocks)
+                      out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale)
             packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
         self.kernel.launch(self.grid, stream, packed)
 

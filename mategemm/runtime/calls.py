@@ -9,7 +9,7 @@ from mategemm.runtime import device as rt_device
 
 
 class PreparedCall(NamedTuple):
-    launch: object   # kernels' Launch: launch(out, stream, signal)
+    launch: object   # kernels' Launch: launch(out, stream, signal, out_scale)
     staged: tuple    # copies run before each launch, called with the stream (K-major copies, host counts)
     threshold: int   # masked overlap: counter value at which a 64-row block is final
 
@@ -24,13 +24,16 @@ class TorchCopy(NamedTuple):
         self.workspace.copy_(self.source)
 
 
-def launch(call: PreparedCall, out: torch.Tensor, signal: torch.Tensor | None = None) -> None:
-    """Run the staged copies, then the kernel writing `out`, on torch's current stream of out's device."""
+def launch(call: PreparedCall, out: torch.Tensor, signal: torch.Tensor | None = None,
+           out_scale: torch.Tensor | None = None) -> None:
+    """Run the staged copies, then the kernel writing `out`, on torch's current stream of out's device;
+    `signal`: masked overlap counters; `out_scale`: an FP8 output's divisor (one fp32)."""
     rt_device.run_on_current_stream(out.device.index, _run_prepared, call, out,
-                                    0 if signal is None else signal.data_ptr())
+                                    0 if signal is None else signal.data_ptr(),
+                                    0 if out_scale is None else out_scale.data_ptr())
 
 
-def _run_prepared(call: PreparedCall, out: torch.Tensor, signal_ptr: int, stream: int) -> None:
+def _run_prepared(call: PreparedCall, out: torch.Tensor, signal_ptr: int, out_scale_ptr: int, stream: int) -> None:
     for copy in call.staged:
         copy(stream)
-    call.launch(out, stream, signal_ptr)
+    call.launch(out, stream, signal_ptr, out_scale_ptr)

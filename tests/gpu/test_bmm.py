@@ -116,6 +116,40 @@ def test_fp8_output():
     assert mismatched < 0.05, f"{mismatched:.3f} of the elements differ from the rounded reference"
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("batch,m,n,k", ((2, 130, 256, 384), (1, 4096, 2112, 7168), (3, 1, 96, 336)))
+def test_fp8_output_rounded_by_the_kernel_equals_torchs_rounding(batch, m, n, k, recipe):
+    """n % 16 == 0: the epilogue divides by output_scale and rounds to e4m3; torch rounding the
+    kernel's fp32 product (the same sums) must give the same bytes. The dense GEMM too (batch 1)."""
+    a, sa, _ = quantised(batch, m, k, recipe, "a")
+    b, sb, _ = quantised(batch, n, k, recipe, "b")
+    fp32 = mategemm.bmm_fp8(a, b, sa, sb, torch.float32, scale_granularity_mnk=recipe)
+    output_scale = (fp32.abs().amax() / 300).reshape(1)  # some values saturate at 448
+    expected = (fp32 / output_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    out = torch.full((batch, m, n), float("nan"), device="cuda").to(torch.float8_e4m3fn)
+    mategemm.bmm_fp8(a, b, sa, sb, torch.float8_e4m3fn, out=out, scale_granularity_mnk=recipe,
+                     output_scale=output_scale)
+    assert torch.equal(out.view(torch.uint8), expected.view(torch.uint8))
+    if batch == 1 and recipe[1] > 0:
+        dense = mategemm.gemm_fp8_nt_groupwise(a[0], b[0], sa[0], sb[0], scale_granularity_mnk=recipe,
+                                               output_scale=output_scale)
+        assert torch.equal(dense.view(torch.uint8), expected[0].view(torch.uint8))
+
+
+def test_fp8_output_rows_tma_cannot_write_go_through_fp32():
+    """n % 16 != 0: the fp32 path, the same bytes as torch's rounding of the fp32 product."""
+    a, sa, _ = quantised(2, 70, 256, (1, 128, 128), "a")
+    b, sb, _ = quantised(2, 136, 256, (1, 128, 128), "b")
+    fp32 = mategemm.bmm_fp8(a, b, sa, sb, torch.float32, scale_granularity_mnk=(1, 128, 128))
+    output_scale = (fp32.abs().amax() / 300).reshape(1)
+    expected = (fp32 / output_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    out = mategemm.bmm_fp8(a, b, sa, sb, torch.float8_e4m3fn, scale_granularity_mnk=(1, 128, 128),
+                           output_scale=output_scale)
+    assert torch.equal(out.view(torch.uint8), expected.view(torch.uint8))
+    dense = mategemm.gemm_fp8_nt_groupwise(a[0], b[0], sa[0], sb[0], output_scale=output_scale)
+    assert torch.equal(dense.view(torch.uint8), expected[0].view(torch.uint8))
+
+
 @pytest.mark.parametrize("k", (256, 336))
 def test_gemm_fp8_nt_groupwise_fp8_output(k):
     from mategemm.testing import fp8_gemm_reference, make_fp8_gemm_inputs

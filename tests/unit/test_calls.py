@@ -24,9 +24,18 @@ def test_memo_key_tracks_tensor_layout_not_values():
     assert prepare.memo_key("x", a, (a, a), 4, None) != key  # other option
 
 
+def test_memo_key_keys_option_tuples_by_value():
+    """A recipe tuple such as scale_granularity_mnk is part of the call (once, every bmm_fp8 call
+    that named one was checked and prepared again: tuples were taken for tensors)."""
+    key = prepare.memo_key("x", (1, 128, 128), 3)
+    assert key is not None and prepare.memo_key("x", (1, 128, 128), 3) == key
+    assert prepare.memo_key("x", (1, 1, 128), 3) != key
+    assert prepare.memo_key("x", (1, 128), (128, 3)) != prepare.memo_key("x", (1, 128, 128), (3,))
+
+
 def test_memo_key_refuses_what_it_cannot_key():
-    assert prepare.memo_key("x", [1, 2]) is None      # a list where tensors are expected
     assert prepare.memo_key("x", {"a": 1}) is None   # unhashable
+    assert prepare.memo_key("x", ([1], 2)) is None   # unhashable inside a tuple
 
 
 def test_warm_calls_stay_bounded():

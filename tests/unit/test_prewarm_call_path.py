@@ -213,3 +213,20 @@ def test_preset(monkeypatch, name):
     assert asked and not missing, missing
     if preset.indexer is not None:
         assert any(spec.kernel == "sm90_fp8_mqa_logits" for spec in asked)
+
+
+@pytest.mark.parametrize("n", (4096, 4104))
+def test_dense_fp8_output(monkeypatch, n):
+    """An FP8 output: stored by the dense kernel where n % 16 == 0, else through bmm's fp32 path
+    (batch 1); prewarm.plan_dense with out_dtype e4m3 plans what either asks for."""
+    m, k = 200, 7168
+    with recorded_specs(monkeypatch) as asked:
+        for recipe in ((1, 128, 128), (1, 1, 128)):
+            sb_rows = -(-n // 128) if recipe[1] == 128 else n
+            call(mategemm.gemm_fp8_nt_groupwise, cuda(m, k, dtype=E4M3), cuda(n, k, dtype=E4M3), cuda(m, k // 128),
+                 cuda(sb_rows, k // 128), scale_granularity_mnk=recipe, output_scale=cuda(1))
+    assert len(asked) == 2
+    assert all(("kOutE4M3" in spec.name_expr) == (n % 16 == 0) for spec in asked)
+    planned = {p.spec for p in prewarm.plan_dense([(m, n, k)], "sm_90a", out_dtype=E4M3,
+                                                  num_mp=SM90_NO_DEVICE.num_sms)}
+    assert not [spec.name_expr for spec in asked if spec not in planned]

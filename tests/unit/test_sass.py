@@ -8,7 +8,7 @@ import collections
 import pytest
 import torch
 
-from mategemm import prewarm, suites
+from mategemm import plan, prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
@@ -134,6 +134,25 @@ def forced_cluster_instances():
     return items
 
 
+def fp8_out_instances():
+    """FP8 (e4m3) outputs the kernel rounds itself: dense (both recipes, A's scales by TMA or by the
+    scale warps, a decode shape with split-K) and batched (the three bmm_fp8 recipes)."""
+    items = {}
+    e4m3 = torch.float8_e4m3fn
+    for m, n, k, tma in ((4096, 7168, 7168, True), (4096, 7168, 7168, False), (64, 2112, 7168, False),
+                         (1, 4096, 7168, True)):
+        for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128):
+            p = plan.dense(GemmProblem(m, n, k, recipe, e4m3, e4m3, e4m3), SM90_NO_DEVICE, a_scales_tma=tma)
+            items[p.spec] = (p.problem, p.config)
+    for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128, Recipe(1, -1, -1)):
+        for rows in (64, 4096):
+            problem = plan.batched_problem(GemmProblem(rows, 4096, 4096, recipe, e4m3, e4m3, e4m3, "batched", 16),
+                                           add_c=False)
+            items[kernel_fp8.spec(problem, grouped.choose(problem, rows, SM90_NO_DEVICE, 132), ARCH)] = (
+                problem, grouped.choose(problem, rows, SM90_NO_DEVICE, 132))
+    return list(items.values())
+
+
 @pytest.fixture(scope="session")
 def sass_cache(tmp_path_factory):
     if sass.tools_dir() is None:
@@ -183,6 +202,14 @@ def test_other_dtypes_are_hopper_sass(sass_cache, problem, config):
 @pytest.mark.parametrize("problem,config", params(grouped_instances()))
 def test_grouped_kernel_is_hopper_sass(sass_cache, problem, config):
     check_hopper_sass(sass_cache, problem, config)
+
+
+@pytest.mark.parametrize("problem,config", params(fp8_out_instances()))
+def test_fp8_out_kernel_is_hopper_sass(sass_cache, problem, config):
+    """The epilogue converts pairs with one saturating e4m3 pack (F2FP ... E4M3) and stores them."""
+    check_hopper_sass(sass_cache, problem, config)
+    text = sass.dump_sass(sass_cache.get(kernel_fp8.spec(problem, config, ARCH)).path / "kernel.cubin")
+    assert any("F2FP.SATFINITE.E4M3" in line for line in text.splitlines())
 
 
 @pytest.mark.parametrize("problem,config", params(forced_cluster_instances()))
