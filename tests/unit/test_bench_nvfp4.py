@@ -21,9 +21,10 @@ def test_rows_name_their_model_and_gemm():
     assert {(r["n"], r["k"]) for r in rows if (r["model"], r["gemm"]) == ("qwen3_30b_a3b", "w2")} == {(2048, 768)}
 
 
-def test_the_suite_is_runnable_but_unmeasured():
+def test_the_suite_is_runnable_measured_and_plotted():
     assert registry.RUNNERS["nvfp4"] is nvfp4_suite.bench_nvfp4
-    assert "nvfp4" in registry.UNMEASURED_SUITES and "nvfp4" not in registry.SUITES
+    assert "nvfp4" in registry.SUITES and "nvfp4" not in registry.UNMEASURED_SUITES
+    assert registry.PLOTS["nvfp4"] is nvfp4_suite.plot_nvfp4
 
 
 @pytest.mark.parametrize("rows,k", [(256, 64), (5, 96), (130, 1056)])

@@ -140,7 +140,8 @@ def summarise(result: dict) -> None:
 
 def dense_panels(result: dict) -> list:
     """dense_fp8: one panel per m, each on its own scale (m = 1 runs ~200x fewer TFLOPS than m = 4096)."""
-    impls = ("mategemm", "deepgemm", "cublas_blockwise", "cublas_tensorwise")
+    impls = tuple(impl for impl in ("mategemm", "mategemm_other_scales", "deepgemm", "cublas_blockwise",
+                                    "cublas_tensorwise") if any(f"{impl}_tflops" in r for r in result["rows"]))
     ms = sorted({r["m"] for r in result["rows"]})
     return [panel([r for r in result["rows"] if r["m"] == m], lambda r: f"{r['n']}x{r['k']}", impls,
                   ylabel="TFLOPS" if i == 0 else "", title=f"m = {m}; n x k below")

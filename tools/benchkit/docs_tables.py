@@ -5,9 +5,12 @@ import json
 from pathlib import Path
 
 from .bmm_suite import BMM_DENSE_RECIPE, BMM_RECIPES, BMM_TITLES, bmm_label, bmm_peer, recipe_name
-from .common import ROOT, ms_text, num, pct, ratio, speedup, times
+from .common import ROOT, geomean, ms_text, num, pct, ratio, speedup, times
 from .grouped_suite import ANCHOR_FIELDS
 from .indexer_suite import INDEXER_PEER, LONG_CONTEXT
+from .moe_layer_suite import MOE_LAYER_CHECKED_TOKENS, MOE_LAYER_LARGE_TOKENS, MOE_LAYER_SMALL_TOKENS
+from .mxfp8_suite import mxfp8_label
+from .nvfp4_suite import CHECKED_TOKENS as NVFP4_CHECKED_TOKENS, DECODE_TOKENS
 from .registry import PLOTS, SUITES
 
 
@@ -44,6 +47,27 @@ def mean_min(summary: dict, name: str, prefix: str = "", show=times) -> str:
     return f"{show(summary.get(f'{prefix}geomean_{name}'))} ({show(summary.get(f'{prefix}min_{name}'))})"
 
 
+def speedups(rows: list, ours: str, peer: str) -> list:
+    """The other's time / ours on each row that times both."""
+    return [v for v in (speedup(r, ours, peer) for r in rows) if v is not None]
+
+
+def rows_geomean(rows: list, ours: str, peer: str) -> float | None:
+    values = speedups(rows, ours, peer)
+    return geomean(values) if values else None
+
+
+def rows_mean_min(rows: list, ours: str, peer: str) -> str:
+    """'geomean (min)' of the other's time / ours over `rows`."""
+    values = speedups(rows, ours, peer)
+    return f"{times(geomean(values))} ({times(min(values))})" if values else "–"
+
+
+def largest_diff(rows: list, impl: str) -> str:
+    diffs = [r[f"{impl}_diff"] for r in rows if isinstance(r.get(f"{impl}_diff"), float)]
+    return f"{max(diffs):.1e}" if diffs else "–"
+
+
 def dense_block(result: dict) -> str:
     rows, summary, copy = result["rows"], result.get("summary", {}), result.get("copy_tbps")
 
@@ -53,7 +77,6 @@ def dense_block(result: dict) -> str:
     def tflops(row, impl):
         return "n/s" if f"{impl}_error" in row else num(row.get(f"{impl}_tflops"))
 
-    diffs = [r["mategemm_diff"] for r in rows if isinstance(r.get("mategemm_diff"), float)]
     head = md_table(["summary", "value"], [
         [f"vs cuBLAS blockwise, geomean (min) of {count('cublas_blockwise')} shapes",
          mean_min(summary, "vs_cublas_blockwise")],
@@ -61,7 +84,7 @@ def dense_block(result: dict) -> str:
         ["vs DeepGEMM at m <= 128, geomean", times(summary.get("geomean_vs_deepgemm_m_le_128"))],
         [f"vs cuBLAS per-tensor, geomean (min) of {count('cublas_tensorwise')} shapes",
          mean_min(summary, "vs_cublas_tensorwise")],
-        ["largest calc_diff against the float64 reference", f"{max(diffs):.1e}" if diffs else "–"]])
+        ["largest calc_diff against the float64 reference", largest_diff(rows, "mategemm")]])
     table = md_table(["m", "n", "k", "TFLOPS", "GB/s", "of copy", "ms", "cuBLAS blockwise TFLOPS",
                       "x cuBLAS blockwise", "DeepGEMM TFLOPS", "x DeepGEMM", "cuBLAS per-tensor TFLOPS",
                       "x cuBLAS per-tensor", "calc_diff"],
@@ -214,6 +237,96 @@ def indexer_block(result: dict) -> str:
     return f"{measured(result)}\n{head}\n{table}"
 
 
+def outside_gemms_peak(rows: list) -> str:
+    """The largest share of layer time outside the two GEMMs and the row it was measured on."""
+    peak = max((r for r in rows if "mategemm_outside_gemm_share" in r),
+               key=lambda r: r["mategemm_outside_gemm_share"], default=None)
+    return (f"{pct(peak['mategemm_outside_gemm_share'])} ({peak['model']}, {peak['tokens']} tokens, "
+            f"{peak['routing']} routing)" if peak else "–")
+
+
+def moe_layer_block(result: dict) -> str:
+    rows, summary = result["rows"], result.get("summary", {})
+    small, large = f"at <= {MOE_LAYER_SMALL_TOKENS} tokens", f"at >= {MOE_LAYER_LARGE_TOKENS} tokens"
+    head = md_table(["summary (x = the other's time / ours)", "value"], [
+        [f"vs the 128-row padded pipeline {small}, geomean (min)", mean_min(summary, "vs_seed_padded", "small_m_")],
+        [f"vs the 128-row padded pipeline, all {len(rows)} rows, geomean (min)",
+         rows_mean_min(rows, "mategemm", "seed_padded")],
+        [f"vs the bf16 torch._grouped_mm layer {small}, geomean (min)", mean_min(summary, "vs_torch_bf16", "small_m_")],
+        [f"vs the bf16 torch._grouped_mm layer, all {len(rows)} rows, geomean (min)",
+         rows_mean_min(rows, "mategemm", "torch_bf16")],
+        [f"largest share of our layer time outside the two GEMMs {large}",
+         outside_gemms_peak([r for r in rows if r["tokens"] >= MOE_LAYER_LARGE_TOKENS])],
+        [f"largest calc_diff against the float64 reference (up to {MOE_LAYER_CHECKED_TOKENS} tokens)",
+         largest_diff(rows, "mategemm")]])
+    table = md_table(["model", "tokens", "routing", "ms", "GEMMs ms", "outside the GEMMs", "padded ms", "x padded",
+                      "torch bf16 ms", "x torch bf16"],
+                     [[r["model"], r["tokens"], r["routing"], ms_text(r.get("mategemm_ms")),
+                       ms_text(r.get("mategemm_gemms_ms")), pct(r.get("mategemm_outside_gemm_share")),
+                       ms_text(r.get("seed_padded_ms")), times(speedup(r, "mategemm", "seed_padded")),
+                       ms_text(r.get("torch_bf16_ms")), times(speedup(r, "mategemm", "torch_bf16"))] for r in rows])
+    return f"{measured(result)}\n{head}\n{table}"
+
+
+# mxfp8: (ours, peer, what the summary line says)
+MXFP8_PAIRS = (("mategemm_gran128", "mategemm_fp8", "granularity 128 vs our FP8 path"),
+               ("mategemm_gran32", "mategemm_fp8", "granularity 32 vs our FP8 path"),
+               ("mategemm_gran128", "dequant_bf16", "granularity 128 vs bf16 torch._grouped_mm"),
+               ("mategemm_gran32", "dequant_bf16", "granularity 32 vs bf16 torch._grouped_mm"))
+
+
+def mxfp8_block(result: dict) -> str:
+    rows = result["rows"]
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    head = md_table(["summary (x = the other's time / ours), geomean (min)",
+                     f"all {len(rows)} shapes", *modes],
+                    [[text, rows_mean_min(rows, ours, peer),
+                      *(rows_mean_min([r for r in rows if r["mode"] == m], ours, peer) for m in modes)]
+                     for ours, peer, text in MXFP8_PAIRS])
+    table = md_table(["mode", "shape", "gran128 TFLOPS", "gran32 TFLOPS", "our FP8 TFLOPS", "bf16 TFLOPS",
+                      "gran128 ms", "gran128 x our FP8", "gran128 x bf16", "gran32 x our FP8", "calc_diff"],
+                     [[r["mode"], mxfp8_label(r), num(r.get("mategemm_gran128_tflops")),
+                       num(r.get("mategemm_gran32_tflops")), num(r.get("mategemm_fp8_tflops")),
+                       num(r.get("dequant_bf16_tflops")), ms_text(r.get("mategemm_gran128_ms")),
+                       times(speedup(r, "mategemm_gran128", "mategemm_fp8")),
+                       times(speedup(r, "mategemm_gran128", "dequant_bf16")),
+                       times(speedup(r, "mategemm_gran32", "mategemm_fp8")),
+                       largest_diff([r], "mategemm_gran128")] for r in rows])
+    return f"{measured(result)}\n{head}\n{table}"
+
+
+def nvfp4_block(result: dict) -> str:
+    rows, summary, copy = result["rows"], result.get("summary", {}), result.get("copy_tbps")
+
+    def both(peer):
+        return (f"{times(summary.get(f'decode_geomean_vs_{peer}'))} at <= {DECODE_TOKENS} tokens per expert, "
+                f"{times(summary.get(f'all_geomean_vs_{peer}'))} over all {len(rows)} rows")
+
+    def of_copy(gbps):
+        return pct(gbps / (copy * 1e3)) if copy and isinstance(gbps, (int, float)) else "–"
+
+    head = md_table(["summary (x = the other's time / ours)", "value"], [
+        ["vs our FP8 (1,128,128) `per_expert` GEMM, geomean", both("mategemm_fp8")],
+        ["vs dequantise-to-bf16 + torch._grouped_mm per call, geomean", both("dequant_pipeline")],
+        ["vs torch._grouped_mm on bf16 operands dequantised beforehand, geomean", both("torch_grouped_bf16")],
+        [f"NVFP4 weights read at <= {DECODE_TOKENS} tokens per expert, best (median)",
+         f"{num(summary.get('decode_weight_gbps_max'), 0)} ({num(summary.get('decode_weight_gbps_median'), 0)}) "
+         f"GB/s; best {pct(summary.get('decode_weight_share_of_copy_max'))} of the device copy bandwidth"],
+        [f"largest calc_diff against the float64 reference (up to {NVFP4_CHECKED_TOKENS} tokens per expert)",
+         largest_diff(rows, "mategemm_nvfp4")]])
+    table = md_table(["model", "GEMM", "experts x tokens", "n", "k", "ms", "FP8 ms", "x FP8", "dequant + bf16 ms",
+                      "x dequant + bf16", "bf16 ms", "x bf16", "weights GB/s", "of copy"],
+                     [[r["model"], r["gemm"], f"{r['active_experts']} x {r['tokens_per_expert']}", r["n"], r["k"],
+                       ms_text(r.get("mategemm_nvfp4_ms")), ms_text(r.get("mategemm_fp8_ms")),
+                       times(speedup(r, "mategemm_nvfp4", "mategemm_fp8")), ms_text(r.get("dequant_pipeline_ms")),
+                       times(speedup(r, "mategemm_nvfp4", "dequant_pipeline")),
+                       ms_text(r.get("torch_grouped_bf16_ms")),
+                       times(speedup(r, "mategemm_nvfp4", "torch_grouped_bf16")),
+                       num(r.get("mategemm_nvfp4_weight_gbps"), 0), of_copy(r.get("mategemm_nvfp4_weight_gbps"))]
+                      for r in rows])
+    return f"{measured(result)}\n{head}\n{table}"
+
+
 def host_block(result: dict) -> str:
     cold = result.get("cold_compile_s", {})
     return f"{measured(result)}\n" + md_table(["what", "value"], [
@@ -267,6 +380,25 @@ def readme_line(suite: str, result: dict | None) -> list:
                 f"{min(copy, default=0) * 100:.0f}-{pct(max(copy, default=0))} of the device copy bandwidth; "
                 f"{num(min(torch_x, default=None), 0)}-{num(max(torch_x, default=None), 0, 'x')} "
                 "the torch implementation")
+    elif suite == "moe_layer":
+        text = (f"`fused_moe` at <= {MOE_LAYER_SMALL_TOKENS} tokens {times(s.get('small_m_geomean_vs_seed_padded'))} "
+                f"a 128-row padded pipeline (min {times(s.get('small_m_min_vs_seed_padded'))}) and "
+                f"{times(s.get('small_m_geomean_vs_torch_bf16'))} a bf16 `torch._grouped_mm` layer (min "
+                f"{times(s.get('small_m_min_vs_torch_bf16'))}); at >= {MOE_LAYER_LARGE_TOKENS} tokens up to "
+                f"{pct(s.get('large_m_max_outside_gemm_share'))} of its time outside the two GEMMs")
+    elif suite == "mxfp8":
+        text = (f"`moe_gemm_mxfp8_nt_groupwise` against our FP8 path: granularity 128 "
+                f"{times(s.get('gran128_geomean_vs_fp8'))}, granularity 32 "
+                f"{times(rows_geomean(rows, 'mategemm_gran32', 'mategemm_fp8'))} (geomeans of {len(rows)} shapes); "
+                f"granularity 128 {times(rows_geomean(rows, 'mategemm_gran128', 'dequant_bf16'))} bf16 "
+                "`torch._grouped_mm` on operands dequantised beforehand")
+    elif suite == "nvfp4":
+        text = (f"NVFP4 grouped GEMM at <= {DECODE_TOKENS} tokens per expert: "
+                f"{times(s.get('decode_geomean_vs_mategemm_fp8'))} our FP8 `per_expert` GEMM, "
+                f"{times(s.get('decode_geomean_vs_torch_grouped_bf16'))} bf16 `torch._grouped_mm`, "
+                f"{times(s.get('decode_geomean_vs_dequant_pipeline'))} dequantise-to-bf16 + `torch._grouped_mm` "
+                f"(geomeans); weights read at up to {num(s.get('decode_weight_gbps_max'), 0)} GB/s "
+                f"({pct(s.get('decode_weight_share_of_copy_max'))} of the copy bandwidth)")
     else:
         cold = result.get("cold_compile_s", {})
         text = (f"{result.get('host_us_per_call', '–')} us per warm call; first call in a new process "
@@ -293,8 +425,8 @@ def readme_block(results: dict) -> str:
     return "\n".join(out)
 
 
-BLOCKS = {"dense_fp8": dense_block, "grouped": grouped_block, "bmm": bmm_block, "indexer": indexer_block,
-          "host": host_block}
+BLOCKS = {"dense_fp8": dense_block, "grouped": grouped_block, "moe_layer": moe_layer_block, "mxfp8": mxfp8_block,
+          "nvfp4": nvfp4_block, "bmm": bmm_block, "indexer": indexer_block, "host": host_block}
 
 
 def render(name: str, results: dict) -> str:

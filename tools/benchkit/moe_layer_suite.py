@@ -11,11 +11,15 @@ import mategemm
 from mategemm.testing import calc_diff, moe
 
 from .common import geomean, record_diff, time_interleaved
+from .plots import panel, plot_panels
 
 
 MOE_LAYER_TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 MOE_LAYER_ROUTINGS = ("uniform", "skewed")
 MOE_LAYER_CHECKED_TOKENS = 256  # rows up to this many tokens are checked against the float64 reference
+MOE_LAYER_SMALL_TOKENS = 64     # the summary's small-M rows: up to this many tokens
+MOE_LAYER_LARGE_TOKENS = 1024   # the summary's large-M rows: from this many tokens
+MOE_LAYER_IMPLS = ("mategemm", "seed_padded", "torch_bf16")
 
 
 def padded_layout(topk_ids: torch.Tensor, experts: int, align: int = 128):
@@ -139,20 +143,41 @@ def bench_moe_layer_row(name: str, model: dict, tokens: int, routing: str, weigh
 
 
 def moe_layer_summary(rows: list) -> dict:
-    """Geomeans of the other's time / ours at M <= 64 (against both peers) and the largest share of
-    layer time outside the two GEMMs at M >= 1024."""
+    """Geomeans of the other's time / ours at M <= MOE_LAYER_SMALL_TOKENS (against both peers) and the
+    largest share of layer time outside the two GEMMs at M >= MOE_LAYER_LARGE_TOKENS."""
     summary = {}
     for peer in ("seed_padded", "torch_bf16"):
         values = [r[f"{peer}_ms"] / r["mategemm_ms"] for r in rows
-                  if r["tokens"] <= 64 and f"{peer}_ms" in r and "mategemm_ms" in r]
+                  if r["tokens"] <= MOE_LAYER_SMALL_TOKENS and f"{peer}_ms" in r and "mategemm_ms" in r]
         if values:
             summary[f"small_m_geomean_vs_{peer}"] = round(geomean(values), 4)
             summary[f"small_m_min_vs_{peer}"] = round(min(values), 4)
     shares = [r["mategemm_outside_gemm_share"] for r in rows
-              if r["tokens"] >= 1024 and "mategemm_outside_gemm_share" in r]
+              if r["tokens"] >= MOE_LAYER_LARGE_TOKENS and "mategemm_outside_gemm_share" in r]
     if shares:
         summary["large_m_max_outside_gemm_share"] = max(shares)
     return summary
+
+
+def moe_layer_label(row: dict) -> str:
+    return f"{row['tokens']} {row['routing']}"
+
+
+def moe_layer_panels(result: dict) -> list:
+    """moe_layer: per model, the layer's time by tokens and routing (log scale: 0.04-35 ms) beside
+    the share of our layer's time spent outside its two GEMMs."""
+    panels = []
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["model"] == model]
+        panels.append(panel(rows, moe_layer_label, MOE_LAYER_IMPLS, "ms", "ms (log scale)", log=True,
+                            title=f"{model}: layer time (lower is better)"))
+        panels.append(panel(rows, moe_layer_label, ("mategemm",), "outside_gemm_share",
+                            "share of mategemm's layer time", title=f"{model}: share of time outside the GEMMs"))
+    return panels
+
+
+def plot_moe_layer(result: dict, path: Path) -> None:
+    plot_panels(result, path, moe_layer_panels(result), cols=2)
 
 
 def bench_moe_layer(args) -> dict:

@@ -11,9 +11,11 @@ import mategemm
 from mategemm.testing import calc_diff, moe
 
 from .common import geomean, record_diff, time_interleaved
+from .plots import panel, plot_panels
 
 
 MXFP8_DECODE = [{"experts": 32, "tokens_per_expert": t, "n": 4096, "k": 7168} for t in (1, 4, 16, 64)]
+MXFP8_IMPLS = ("mategemm_gran128", "mategemm_gran32", "mategemm_fp8", "dequant_bf16")
 
 
 def mxfp8_row_inputs(counts: list[int], n: int, k: int, gen) -> dict:
@@ -71,6 +73,29 @@ def bench_mxfp8_row(row: dict, counts: list[int]) -> dict:
                                       for impl in ("mategemm_gran128", "mategemm_gran32", "mategemm_fp8",
                                                    "dequant_bf16")), flush=True)
     return row
+
+
+def mxfp8_label(row: dict) -> str:
+    """groups x rows per group (contiguous) or experts x tokens per expert (decode), then n and k."""
+    if row["mode"] == "decode":
+        return f"{row['experts']}x{row['tokens_per_expert']} n{row['n']} k{row['k']}"
+    return f"{row['groups']}x{row['m_per_group']} n{row['n']} k{row['k']}"
+
+
+def mxfp8_panels(result: dict) -> list:
+    """mxfp8: TFLOPS per shape, contiguous and decode apart (decode on a log scale: 4-370 TFLOPS)."""
+    panels = []
+    for mode, title, log in (("contiguous", "contiguous: TFLOPS (higher is better)", False),
+                             ("decode", "decode: TFLOPS (higher is better)", True)):
+        rows = [r for r in result["rows"] if r["mode"] == mode]
+        if rows:
+            panels.append(panel(rows, mxfp8_label, MXFP8_IMPLS, ylabel="TFLOPS (log scale)" if log else "TFLOPS",
+                                title=title, log=log))
+    return panels
+
+
+def plot_mxfp8(result: dict, path: Path) -> None:
+    plot_panels(result, path, mxfp8_panels(result), cols=2)
 
 
 def bench_mxfp8(args) -> dict:

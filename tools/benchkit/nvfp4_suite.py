@@ -18,6 +18,7 @@ from mategemm.testing import calc_diff, moe
 
 from . import peers
 from .common import copy_tbps, geomean, record_diff, rotation_sets, time_interleaved
+from .plots import panel, plot_panels
 
 
 SUITE = "nvfp4_moe"
@@ -167,6 +168,27 @@ def nvfp4_summary(rows: list[dict], copy_rate_tbps: float) -> dict:
         if copy_rate_tbps:
             summary["decode_weight_share_of_copy_max"] = round(rates[-1] / (copy_rate_tbps * 1e3), 4)
     return summary
+
+
+def nvfp4_label(row: dict) -> str:
+    return f"{row['gemm']}, {row['tokens_per_expert']}/expert"
+
+
+def nvfp4_panels(result: dict) -> list:
+    """nvfp4: per model, the time of each implementation by GEMM and tokens per expert (log scale: the
+    per-call dequantisation is 2-50x slower), beside the NVFP4 weights' GB/s under the copy bandwidth."""
+    panels, copy = [], ((result["copy_tbps"] * 1e3, "device copy") if "copy_tbps" in result else None)
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["model"] == model]
+        panels.append(panel(rows, nvfp4_label, IMPLS, "ms", "ms (log scale)", log=True,
+                            title=f"{model}: time (lower is better)"))
+        panels.append(panel(rows, nvfp4_label, ("mategemm_nvfp4",), "weight_gbps", "GB/s of weights + scales",
+                            title=f"{model}: NVFP4 weights read", ceiling=copy))
+    return panels
+
+
+def plot_nvfp4(result: dict, path: Path) -> None:
+    plot_panels(result, path, nvfp4_panels(result), cols=2)
 
 
 def bench_nvfp4(args) -> dict:

@@ -9,14 +9,24 @@ SERIES = {"mategemm": ("mategemm", "tab:blue"),
           "mategemm_no_clean": ("mategemm, clean_logits=False", "tab:cyan"),
           "mategemm_packed": ("mategemm, token-packed", "tab:blue"),
           "mategemm_padded": ("mategemm, 128-row padding", "tab:cyan"),
-          "deepgemm": ("DeepGEMM (anchor)", "tab:orange"),
+          "mategemm_other_scales": ("mategemm, A's scales taken the other way", "tab:cyan"),
+          "deepgemm": ("DeepGEMM", "tab:orange"),
           "cublas_blockwise": ("cuBLAS blockwise", "tab:green"),
           "cublas_tensorwise": ("cuBLAS per-tensor", "tab:red"),
           "cublas_loop": ("cuBLAS, one call per batch entry", "tab:green"),
           "torch_bmm_bf16": ("torch.bmm, bf16", "tab:purple"),
           "torch_bmm": ("torch.bmm", "tab:purple"),
           "torch_scaled_grouped_rowwise": ("torch._scaled_grouped_mm, row-wise FP8", "tab:purple"),
-          "torch_paged_logits": ("torch implementation", "tab:purple")}
+          "torch_paged_logits": ("torch implementation", "tab:purple"),
+          "seed_padded": ("128-row padded pipeline (torch ops + per_token GEMMs)", "tab:orange"),
+          "torch_bf16": ("torch layer, bf16 _grouped_mm", "tab:purple"),
+          "mategemm_gran128": ("mategemm MXFP8, granularity 128", "tab:blue"),
+          "mategemm_gran32": ("mategemm MXFP8, granularity 32", "tab:cyan"),
+          "mategemm_fp8": ("mategemm FP8 (1,128,128), fp32 scales", "tab:olive"),
+          "mategemm_nvfp4": ("mategemm NVFP4", "tab:blue"),
+          "dequant_bf16": ("torch._grouped_mm, bf16, operands dequantised beforehand", "tab:purple"),
+          "dequant_pipeline": ("dequantise to bf16 + torch._grouped_mm, per call", "tab:red"),
+          "torch_grouped_bf16": ("torch._grouped_mm, bf16, operands dequantised beforehand", "tab:purple")}
 
 
 def pyplot():

@@ -6,14 +6,15 @@ from .dense_suite import bench_dense_fp8, plot_dense
 from .grouped_suite import bench_grouped, plot_grouped
 from .host_suite import bench_host
 from .indexer_suite import bench_indexer, plot_indexer
-from .moe_layer_suite import bench_moe_layer
-from .mxfp8_suite import bench_mxfp8
-from .nvfp4_suite import bench_nvfp4
+from .moe_layer_suite import bench_moe_layer, plot_moe_layer
+from .mxfp8_suite import bench_mxfp8, plot_mxfp8
+from .nvfp4_suite import bench_nvfp4, plot_nvfp4
 
 RUNNERS = {"dense_fp8": bench_dense_fp8, "grouped": bench_grouped, "bmm": bench_bmm, "indexer": bench_indexer,
            "host": bench_host, "moe_layer": bench_moe_layer, "mxfp8": bench_mxfp8, "nvfp4": bench_nvfp4}
 # Suites with committed results (docs/bench/<suite>.json), shown in the docs.
-SUITES = ("dense_fp8", "grouped", "bmm", "indexer", "host")
+SUITES = ("dense_fp8", "grouped", "moe_layer", "mxfp8", "nvfp4", "bmm", "indexer", "host")
 # Runnable suites with no result file yet: not in the docs or plots until a run writes one.
-UNMEASURED_SUITES = ("moe_layer", "mxfp8", "nvfp4")
-PLOTS = {"dense_fp8": plot_dense, "grouped": plot_grouped, "bmm": plot_bmm, "indexer": plot_indexer}
+UNMEASURED_SUITES = ()
+PLOTS = {"dense_fp8": plot_dense, "grouped": plot_grouped, "moe_layer": plot_moe_layer, "mxfp8": plot_mxfp8,
+         "nvfp4": plot_nvfp4, "bmm": plot_bmm, "indexer": plot_indexer}
