@@ -61,7 +61,8 @@ def ragged_m_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
         a, b = prepare.operand(a, a_mn, a_how, staged), prepare.operand(b, b_mn, b_how, staged)
         align = checked.alignment_m if problem.group_mode == "per_token" else 0
         gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp,
-                                      alignment_m=align)
+                                      alignment_m=align, a_scales_tma=plan.a_scales_tma_readable(
+                                          checked.sfa_strides, sfa.data_ptr(), problem.m))
         group = kernel_fp8.GroupArgs(ragged_tokens_info, sfb_stride_group=sfb.stride(0))
         call = prepare.grouped_call(gemm_plan, a, b, sfa, checked.sfa_strides, sfb, checked.sfb_strides, group,
                                     staged)

@@ -73,15 +73,24 @@ def dense(problem: GemmProblem, device: DeviceInfo, num_mp: int | None = None, f
     4096x7168x16384 +10%, decode shapes unchanged. H200, same suite: MN-major +3..+16% at m=4096,
     +4..+20% at m=64..128."""
     force = _force(force)
+    problem, copy_a_scales = scales_by_tma(problem, a_scales_tma, force)
+    config = fp8_gemm.choose(problem, device, mp_budget(device, num_mp), force)
+    heuristics.report(kernel_fp8.KERNEL, problem, config)
+    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch), copy_a_scales)
+
+
+def scales_by_tma(problem: GemmProblem, a_scales_tma: bool, force: str) -> tuple[GemmProblem, bool]:
+    """(problem with tma_scales set, whether A's scales are copied for TMA before each launch).
+    Dense: by TMA where given readable, or where the copy pays; grouped M modes with stacked tokens:
+    only with MATEGEMM_FORCE_CONFIG tma_scales=2 until measured on a GPU (their scales are otherwise
+    read by the scale warps); tma_scales=0 never."""
     forced = parse_force_config(force).get("tma_scales", 1)
     if forced not in (0, 1, 2):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: tma_scales must be 0, 1 or 2, got {forced}")
-    wanted = {0: False, 1: a_scales_tma or a_scales_copy_pays(problem.m, problem.n, problem.k), 2: True}[forced]
-    by_tma = tma_scales_allowed(problem) and wanted
-    problem = dataclasses.replace(problem, tma_scales=by_tma)
-    config = fp8_gemm.choose(problem, device, mp_budget(device, num_mp), force)
-    heuristics.report(kernel_fp8.KERNEL, problem, config)
-    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch), by_tma and not a_scales_tma)
+    dense_default = problem.group_mode == "none" and (a_scales_tma or
+                                                      a_scales_copy_pays(problem.m, problem.n, problem.k))
+    by_tma = tma_scales_allowed(problem) and (forced == 2 or (forced == 1 and dense_default))
+    return dataclasses.replace(problem, tma_scales=by_tma), by_tma and not a_scales_tma
 
 
 def a_scales_copy_pays(m: int, n: int, k: int) -> bool:
@@ -95,11 +104,15 @@ def a_scales_copy_pays(m: int, n: int, k: int) -> bool:
     return 2 * m * n * k >= 1e11 and k > 11 * 128
 
 
+# Modes whose A rows (and scale rows) are one stack of tokens, as TMA reads them in one 2-D map.
+TMA_SCALE_MODES = ("none", "per_token", "per_expert", "psum_expert")
+
+
 def tma_scales_allowed(problem: GemmProblem) -> bool:
-    """The problems whose A scales the kernel can load by TMA: dense, (1,128,128), K-major operands,
-    every tile's B scales within the kernel's per-tile buffer."""
-    return (problem.group_mode == "none" and problem.recipe == RECIPE_1x128_128x128 and problem.mn_major == 0
-            and problem.k_blocks <= sm90.MAX_TILE_K_BLOCKS)
+    """The problems whose A scales the kernel can load by TMA: dense or grouped with stacked tokens,
+    (1,128,128), K-major operands, every tile's B scales within the kernel's per-tile buffer."""
+    return (problem.group_mode in TMA_SCALE_MODES and problem.recipe == RECIPE_1x128_128x128
+            and problem.mn_major == 0 and problem.k_blocks <= sm90.MAX_TILE_K_BLOCKS)
 
 
 def rows_per_group(problem: GemmProblem, max_m: int = 0, expect_tokens: int | None = None) -> int:
@@ -115,13 +128,17 @@ def rows_per_group(problem: GemmProblem, max_m: int = 0, expect_tokens: int | No
 
 
 def grouped_gemm(problem: GemmProblem, device: DeviceInfo, *, num_mp: int | None = None, alignment_m: int = 0,
-                 max_m: int = 0, expect_tokens: int | None = None, force: str | None = None) -> GemmPlan:
+                 max_m: int = 0, expect_tokens: int | None = None, force: str | None = None,
+                 a_scales_tma: bool = False) -> GemmPlan:
     """A grouped or batched GEMM. alignment_m: per_token's segment alignment (0 otherwise);
-    max_m: masked's rows per group; expect_tokens: masked's hint of the rows per group."""
+    max_m: masked's rows per group; expect_tokens: masked's hint of the rows per group;
+    a_scales_tma: A's scales are given as TMA reads them (scales_by_tma)."""
+    force = _force(force)
+    problem, copy_a_scales = scales_by_tma(problem, a_scales_tma, force)
     config = grouped.choose(problem, rows_per_group(problem, max_m, expect_tokens), device,
-                            mp_budget(device, num_mp), _force(force), alignment_m, max_m)
+                            mp_budget(device, num_mp), force, alignment_m, max_m)
     heuristics.report(kernel_fp8.KERNEL, problem, config)
-    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch))
+    return GemmPlan(problem, config, kernel_fp8.spec(problem, config, device.arch), copy_a_scales)
 
 
 def fp8_out_stored(problem: GemmProblem) -> bool:

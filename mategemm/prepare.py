@@ -62,23 +62,32 @@ def gemm_launch(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strid
 
 
 def dense_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides) -> calls.PreparedCall:
-    """A dense call's launch; with gemm_plan.copy_a_scales, after a copy of A's scales into an
-    MN-major workspace that TMA reads (rows of m floats, padded to 16 bytes) before each launch."""
-    staged = ()
-    if gemm_plan.copy_a_scales:
-        m, k_blocks = gemm_plan.problem.m, gemm_plan.problem.k_blocks
-        row = -(-m // 4) * 4
-        workspace = torch.empty_strided((k_blocks, m), (row, 1), dtype=torch.float32, device=sfa.device)
-        staged = (calls.TorchCopy(workspace, torch.as_strided(sfa, (k_blocks, m), (sfa_strides[1], sfa_strides[0]))),)
-        sfa, sfa_strides = workspace, (1, row)
-    return calls.PreparedCall(gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides), staged, 0)
+    """A dense call's launch, after the copy of A's scales for TMA if the plan asks for it."""
+    staged = []
+    sfa, sfa_strides = a_scales_for_kernel(gemm_plan, sfa, sfa_strides, staged)
+    return calls.PreparedCall(gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides), tuple(staged), 0)
 
 
 def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides, group: kernel_fp8.GroupArgs,
                  staged: list) -> calls.PreparedCall:
-    """A grouped call's launch after its staged copies; the masked overlap threshold with it."""
+    """A grouped call's launch after its staged copies (A's scales' for TMA too, if the plan asks);
+    the masked overlap threshold with it."""
+    sfa, sfa_strides = a_scales_for_kernel(gemm_plan, sfa, sfa_strides, staged)
     launch = gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
     return calls.PreparedCall(launch, tuple(staged), -(-gemm_plan.problem.n // gemm_plan.config.block_n))
+
+
+def a_scales_for_kernel(gemm_plan: plan.GemmPlan, sfa, sfa_strides, staged: list):
+    """(A's scales, their strides) as the kernel reads them: with gemm_plan.copy_a_scales, an MN-major
+    workspace TMA reads (rows of m floats, padded to 16 bytes), refilled by a staged copy before each
+    launch; otherwise as given."""
+    if not gemm_plan.copy_a_scales:
+        return sfa, sfa_strides
+    m, k_blocks = gemm_plan.problem.m, gemm_plan.problem.k_blocks
+    row = -(-m // 4) * 4
+    workspace = torch.empty_strided((k_blocks, m), (row, 1), dtype=torch.float32, device=sfa.device)
+    staged.append(calls.TorchCopy(workspace, torch.as_strided(sfa, (k_blocks, m), (sfa_strides[1], sfa_strides[0]))))
+    return workspace, (1, row)
 
 
 def nvfp4_call(nvfp4_plan: plan.Nvfp4Plan, a, b, a_scales, b_scales, group_offsets, group_scale_offsets, expert_ids,

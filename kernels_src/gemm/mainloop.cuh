@@ -80,11 +80,12 @@ __device__ __forceinline__ u32 stage_tile_b_scales(const GemmArgs& args, u32 sfb
   const int num_blocks = t.kb_end - t.kb_begin;
   const int block0 = t.n_block * T::BLOCK_N / 128;
   const int last_block = ceil_div(args.n, 128) - 1;
+  const float* sfb = args.sfb + (T::kGroupedB ? static_cast<i64>(t.group) * args.sfb_stride_group : 0);
   for (int i = threadIdx.x - 128; i < num_blocks * (Layout::kTwoScaleBlocks ? 2 : 1); i += kMathThreads) {
     const int which = i / num_blocks, kb = i % num_blocks;
     const int block = min(block0 + which, last_block);
     st_shared_f32(buffer + (which * Layout::kMaxTileKBlocks + kb) * 4,
-                  ldg_nc(args.sfb + (block * args.sfb_stride_n + (t.kb_begin + kb) * args.sfb_stride_k)));
+                  ldg_nc(sfb + (block * args.sfb_stride_n + (t.kb_begin + kb) * args.sfb_stride_k)));
   }
   named_barrier_sync(kScaleBarrier, kMathThreads);
   return buffer;

@@ -139,7 +139,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     rows = max(1, rows_per_group)
     extra = {"out_elem_bytes": problem.out_elem_bytes, "rows_checked": problem.group_mode in ROWS_CHECKED_MODES,
              "max_groups": problem.max_groups, "mn_major": problem.mn_major,
-             "scale_gran_k": problem.recipe.gk if problem.recipe.gn == 1 else 128}
+             "scale_gran_k": problem.recipe.gk if problem.recipe.gn == 1 else 128, "tma_scales": problem.tma_scales}
     best = None
     if scale_at_end and not fp32_out and not ({"block_m", "block_n", "cluster_n"} & forced.keys()):
         # NOTES (H200, 2026-11-28, forced configs side by side, TFLOPS): without promotion the

@@ -51,6 +51,33 @@ def test_ragged_m_edge_counts(gemm_mode, recipe):
     check_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, info, gemm_mode, recipe), f"{gemm_mode} {recipe}")
 
 
+def tma_aligned_t(sfa):
+    """(rows, k/128) scales viewed MN-major with rows padded to 4 floats: TMA reads them in place."""
+    rows, k_blocks = sfa.shape
+    padded = torch.empty((k_blocks, -(-rows // 4) * 4), device=sfa.device)
+    padded[:, :rows] = sfa.t()
+    return padded[:, :rows].t()
+
+
+@pytest.mark.parametrize("gemm_mode", moe.GEMM_MODES)
+@pytest.mark.parametrize("counts,n,k", ((EDGE_COUNTS, 384, 512), ([3, 0, 300, 64, 1], 1040, 2048)))
+@pytest.mark.parametrize("layout", ("K", "tma_aligned"))
+def test_ragged_m_tma_scales_forced(gemm_mode, counts, n, k, layout, monkeypatch):
+    """MATEGEMM_FORCE_CONFIG tma_scales=2: A's scales by TMA (K-major ones copied first), each tile's
+    B scales from its expert's: the same bytes as the scale warps, every row the routing defines."""
+    a, sfa, b, sfb, info = ragged_inputs(counts, n, k, (1, 128, 128), gemm_mode)
+    if layout == "tma_aligned":
+        sfa = tma_aligned_t(sfa)
+    outs = []
+    for force in ("tma_scales=0", "tma_scales=2"):
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+        out = torch.full((a.shape[0], n), float("nan"), dtype=torch.bfloat16, device="cuda")
+        mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), info, out, gemm_mode=gemm_mode)
+        outs.append(out)
+    check_rows(outs[1], moe.ragged_m_reference(a, sfa, b, sfb, info, gemm_mode), f"{gemm_mode} {layout}")
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+
+
 @pytest.mark.parametrize("gemm_mode", moe.GEMM_MODES)
 @pytest.mark.parametrize("num_tokens", (1, 37, 600))
 def test_ragged_m_realistic_routing(gemm_mode, num_tokens):

@@ -78,3 +78,40 @@ def test_readable_scales_are_read_where_they_are(stubbed, monkeypatch):  # noqa:
     mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN")
     (call,) = gemm._warm._calls.values()
     assert call.staged == () and kernel.launches[-1][1][4:7] == (sa.data_ptr(), 1, 64)
+
+
+@pytest.mark.parametrize("mode", ("per_token", "per_expert", "psum_expert", "masked", "batched"))
+@pytest.mark.parametrize("readable", (True, False))
+@pytest.mark.parametrize("force", ("", "tma_scales=2"))
+def test_grouped_scales_by_tma_only_where_forced(mode, readable, force):
+    """Grouped GEMMs keep the scale warps by default (not yet measured on a GPU); with tma_scales=2 the
+    modes whose tokens are one stack load A's scales by TMA (copied first unless readable)."""
+    problem = GemmProblem(4096, 2112, 7168, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, mode, 8)
+    p = plan.grouped_gemm(problem, SM90_NO_DEVICE, alignment_m=128 if mode == "per_token" else 0, max_m=512,
+                          force=force, a_scales_tma=readable)
+    by_tma = force == "tma_scales=2" and mode in plan.TMA_SCALE_MODES
+    assert (p.problem.tma_scales, p.copy_a_scales) == (by_tma, by_tma and not readable)
+    assert p.spec.name_expr.endswith(", true>" if by_tma else ", false>")
+
+
+def test_grouped_forced_copy_feeds_the_kernel_a_workspace(stubbed, monkeypatch):  # noqa: F811
+    """ragged_m with tma_scales=2 and K-major scales: the staged copy fills an MN-major workspace
+    the launch reads; a warm call copies the new values again."""
+    from mategemm import moe
+    from mategemm.testing import moe as moe_testing
+
+    _, kernel = stubbed
+    monkeypatch.setattr(moe, "_warm", type(moe._warm)())
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=2")
+    counts, info = [5, 0, 70], moe_testing.packed_layout([5, 0, 70], device="cpu")[0]
+    a, sfa = moe_testing.make_tokens(sum(counts), 256, device="cpu")
+    b, sfb = moe_testing.make_expert_weights(3, 256, 256, (1, 128, 128), device="cpu")
+    out = torch.empty((sum(counts), 256), dtype=torch.bfloat16)
+    for scale in (1.0, 3.0):
+        sfa.mul_(scale)
+        mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), info, out, gemm_mode="per_expert")
+        (call,) = moe._warm._calls.values()
+        copy = next(c for c in call.staged if hasattr(c, "workspace"))
+        ptr, stride_m, stride_k = kernel.launches[-1][1][4:7]
+        assert (ptr, stride_m, stride_k) == (copy.workspace.data_ptr(), 1, 76)
+        assert torch.equal(copy.workspace, sfa.t())

@@ -97,6 +97,21 @@ def test_contiguous(monkeypatch, row):
     assert_planned(suites.Suite("grouped_contiguous_fp8", "contiguous", (row,)), asked)
 
 
+def test_contiguous_with_a_scales_by_tma(monkeypatch):
+    """MATEGEMM_FORCE_CONFIG tma_scales=2: the stacked-token modes ask for TMA-scale instances (K-major
+    scales copied, TMA-aligned MN-major ones read in place), which a prewarm with the setting plans."""
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=2")
+    row = {"groups": 4, "m_per_group": 100, "n": 512, "k": 512}
+    rows = 4 * 128
+    with recorded_specs(monkeypatch) as asked:
+        ragged_m(rows, 512, 512, 4, cuda(rows, dtype=torch.int32), gemm_mode="per_token", alignment_m=128)
+        call(mategemm.ragged_m_moe_gemm_8bit, (cuda(rows, 512, dtype=E4M3), mn_major_scales(rows, 4).t()),
+             (cuda(4, 512, 512, dtype=E4M3), cuda(4, 4, 4)), cuda(rows, dtype=torch.int32),
+             cuda(rows, 512, dtype=torch.bfloat16), gemm_mode="per_token", alignment_m=128)
+    assert asked and all(spec.name_expr.endswith(", true>") for spec in asked)
+    assert_planned(suites.Suite("grouped_contiguous_fp8", "contiguous", (row,)), asked, force="tma_scales=2")
+
+
 @pytest.mark.parametrize("row", [{"groups": 6, "m_per_group": 20, "n": 4096, "k": 7168},
                                  {"groups": 1, "m_per_group": 1024, "n": 7168, "k": 2048},
                                  {"groups": 32, "m_per_group": 192, "n": 4096, "k": 7168}], ids=str)
