@@ -92,7 +92,8 @@ def masked_moe_gemm_8bit(input_a, input_b, masked_tokens_info, out=None, scale_g
                                   enable_overlap, signal, backend)
         (a, sfa), (b, sfb), max_m = input_a, input_b, checked.max_m
         gemm_plan = plan.grouped_gemm(checked.problem, rt_device.device_info(a.device.index), max_m=max_m,
-                                      expect_tokens=expect_tokens)
+                                      expect_tokens=expect_tokens, a_scales_tma=plan.a_scales_tma_readable(
+                                          checked.sfa_strides, sfa.data_ptr(), checked.problem.m))
         group = kernel_fp8.GroupArgs(masked_tokens_info, stride=max_m, sfb_stride_group=sfb.stride(0),
                                      signal_blocks=-(-max_m // SIGNAL_BLOCK_M) if enable_overlap else 0)
         call = prepare.grouped_call(gemm_plan, a.flatten(0, 1), b, sfa, checked.sfa_strides, sfb,

@@ -104,8 +104,9 @@ def a_scales_copy_pays(m: int, n: int, k: int) -> bool:
     return 2 * m * n * k >= 1e11 and k > 11 * 128
 
 
-# Modes whose A rows (and scale rows) are one stack of tokens, as TMA reads them in one 2-D map.
-TMA_SCALE_MODES = ("none", "per_token", "per_expert", "psum_expert")
+# Modes whose A rows (and scale rows) are one stack of tokens, as TMA reads them in one 2-D map
+# (masked: the experts' max_m rows one after another).
+TMA_SCALE_MODES = ("none", "per_token", "per_expert", "psum_expert", "masked")
 
 
 def tma_scales_allowed(problem: GemmProblem) -> bool:

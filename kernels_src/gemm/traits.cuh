@@ -189,7 +189,7 @@ struct GemmTraits {
                 "MN-major operands: FP8, tiles of 64, 128 or 256 rows, not shared by a cluster, aligned A tiles");
   static_assert(!kTmaScales || (kScaleGranN == 128 && kScaleGranK == 128 && kMnMajor == 0 && !kUnscaled && !kNvfp4 &&
                                 (kGroupMode == kGroupNone || kGroupMode == kGroupIds || kGroupMode == kGroupCounts ||
-                                 kGroupMode == kGroupPsum)),
+                                 kGroupMode == kGroupPsum || kGroupMode == kGroupMasked)),
                 "scales by TMA: the (1,128,128) recipe, K-major FP8 operands, dense or with the groups' tokens "
                 "stacked along M (A's scales rows of all tokens per K block)");
   static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,

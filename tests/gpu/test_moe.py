@@ -78,6 +78,28 @@ def test_ragged_m_tma_scales_forced(gemm_mode, counts, n, k, layout, monkeypatch
     assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
 
 
+@pytest.mark.parametrize("max_m,masked", ((64, [0, 1, 64, 33]), (300, [300, 129, 0, 5000, 7])))
+def test_masked_tma_scales_forced(max_m, masked, monkeypatch):
+    """Masked with tma_scales=2: A's scales by TMA over the experts' stacked rows (K-major ones copied
+    first; stacked MN-major ones read in place): the same bytes as the scale warps (test_masked
+    checks those against the reference)."""
+    n, k, groups = 384, 512, len(masked)
+    a, sfa = moe.make_tokens(groups * max_m, k)
+    b, sfb = moe.make_expert_weights(groups, n, k, (1, 128, 128))
+    counts = torch.tensor(masked, dtype=torch.int32, device="cuda")
+    for layout in ("K", "stacked MN"):
+        scales = sfa if layout == "K" else tma_aligned_t(sfa)
+        outs = []
+        for force in ("tma_scales=0", "tma_scales=2"):
+            monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+            out = torch.full((groups, max_m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+            mategemm.masked_moe_gemm_8bit((a.view(groups, max_m, k), scales.view(groups, max_m, -1)), (b, sfb),
+                                          counts, out)
+            outs.append(out)
+        # the poisoned rows past each count must stay poisoned in both: compared as bytes too
+        assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16)), layout
+
+
 @pytest.mark.parametrize("gemm_mode", moe.GEMM_MODES)
 @pytest.mark.parametrize("num_tokens", (1, 37, 600))
 def test_ragged_m_realistic_routing(gemm_mode, num_tokens):

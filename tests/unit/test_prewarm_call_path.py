@@ -124,6 +124,17 @@ def test_masked(monkeypatch, row):
     assert_planned(suites.Suite("grouped_masked_fp8", "masked", (row,)), asked)
 
 
+def test_masked_with_a_scales_by_tma(monkeypatch):
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "tma_scales=2")
+    row = {"groups": 6, "m_per_group": 20, "n": 4096, "k": 7168}
+    with recorded_specs(monkeypatch) as asked:
+        call(mategemm.masked_moe_gemm_8bit, (cuda(6, 20, 7168, dtype=E4M3), cuda(6, 20, 56)),
+             (cuda(6, 4096, 7168, dtype=E4M3), cuda(6, 32, 56)), cuda(6, dtype=torch.int32),
+             cuda(6, 20, 4096, dtype=torch.bfloat16), expect_tokens=20)
+    assert asked and all(spec.name_expr.endswith(", true>") for spec in asked)
+    assert_planned(suites.Suite("grouped_masked_fp8", "masked", (row,)), asked, force="tma_scales=2")
+
+
 @pytest.mark.parametrize("row", [{"groups": 4, "k_per_group": 8192, "m": 4096, "n": 7168},
                                  {"groups": 16, "k_per_group": 1024, "m": 2048, "n": 7168},
                                  {"groups": 4, "k_per_group": 512, "m": 256, "n": 512}], ids=str)

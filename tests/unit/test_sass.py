@@ -77,11 +77,11 @@ def grouped_instances():
                                         rows if mode == "masked" else 0)
                 items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
     # A's scales by TMA (MATEGEMM_FORCE_CONFIG tma_scales=2) in the modes with stacked tokens
-    for mode in ("per_token", "per_expert", "psum_expert"):
+    for mode in ("per_token", "per_expert", "psum_expert", "masked"):
         for rows in (8, 4096):
             problem = GemmProblem(256 * rows, 4096, 7168, RECIPE_1x128_128x128, e4m3, e4m3, bf16, mode, 256)
             p = plan.grouped_gemm(problem, SM90_NO_DEVICE, alignment_m=128 if mode == "per_token" else 0,
-                                  force="tma_scales=2", a_scales_tma=True)
+                                  max_m=rows, force="tma_scales=2", a_scales_tma=True)
             items[p.spec] = (p.problem, p.config)
     # bmm_fp8: a batch of 16 (m, n, k) = (rows, 4096, 4096), stored bf16 or added in fp32; the
     # per-row recipe (scales applied at the end) too
