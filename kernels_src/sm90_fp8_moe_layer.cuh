@@ -196,21 +196,37 @@ __global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_unpermute(
     const u8* __restrict__ y, i64 y_ld, const i64* __restrict__ inv, int topk, const float* __restrict__ weights,
     int weight_output, u8* __restrict__ out, i64 out_ld, int tokens, int rows, const int* __restrict__ live,
     int k) {
+  // NOTES: the token's pairs go in batches of kBatch: their rows and weights first, then their
+  // rows of y, all in flight together (one at a time, each load waited on the row index before it,
+  // left the kernel latency-bound); the sum still runs in slot order.
+  constexpr int kBatch = 4;
   const int used = live_count(live, rows);
   for (int m = blockIdx.x; m < tokens; m += gridDim.x) {
     for (int col = threadIdx.x * 8; col < k; col += kMoeThreads * 8) {
       float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      for (int j = 0; j < topk; ++j) {
-        const i64 pair = static_cast<i64>(m) * topk + j;
-        const i64 r = __ldg(inv + pair);
-        if (r >= used) continue;  // routed to another rank
-        const float w = weight_output ? __ldg(weights + pair) : 1.0f;
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(y + (r * y_ld + col) * 2));
-        const u32 words[4] = {v.x, v.y, v.z, v.w};
+      for (int j0 = 0; j0 < topk; j0 += kBatch) {
+        i64 r[kBatch];
+        float w[kBatch];
+        uint4 v[kBatch];
         #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          acc[2 * i] += w * bf16_lo(words[i]);
-          acc[2 * i + 1] += w * bf16_hi(words[i]);
+        for (int u = 0; u < kBatch; ++u) {
+          const i64 pair = static_cast<i64>(m) * topk + j0 + u;
+          r[u] = j0 + u < topk ? __ldg(inv + pair) : used;  // past topk: skipped like another rank's pair
+          w[u] = j0 + u < topk && weight_output ? __ldg(weights + pair) : 1.0f;
+        }
+        #pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          if (r[u] < used) v[u] = __ldg(reinterpret_cast<const uint4*>(y + (r[u] * y_ld + col) * 2));
+        }
+        #pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          if (r[u] >= used) continue;  // routed to another rank
+          const u32 words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+          #pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            acc[2 * i] += w[u] * bf16_lo(words[i]);
+            acc[2 * i + 1] += w[u] * bf16_hi(words[i]);
+          }
         }
       }
       const uint4 packed = make_uint4(pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]),

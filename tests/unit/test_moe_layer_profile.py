@@ -1,0 +1,21 @@
+"""tools/experiments/moe_layer_profile.py without a GPU: its byte model of the layer's own kernels."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("moe_layer_profile", ROOT / "tools" / "experiments" / "moe_layer_profile.py")
+profile = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(profile)
+
+
+def test_least_bytes_of_the_layer_kernels():
+    tokens, topk, hidden, inter = 16384, 8, 2048, 768
+    pairs = tokens * topk
+    assert profile.least_bytes("void mategemm::sm90_fp8_moe_unpermute<false>(...)", tokens, topk, hidden,
+                               inter) == pairs * hidden * 2 + tokens * hidden * 2
+    assert profile.least_bytes("sm90_fp8_moe_permute<false>", tokens, topk, hidden, inter) == (
+        tokens * hidden * 2 + pairs * (hidden + hidden // 128 * 4))
+    assert profile.least_bytes("sm90_fp8_moe_gated_act<0>", tokens, topk, hidden, inter) == (
+        pairs * (4 * inter + inter + inter // 128 * 4))
+    assert profile.least_bytes("sm90_fp8_moe_route<false>", tokens, topk, hidden, inter) == pairs * 20
+    assert profile.least_bytes("sm90_fp8_gemm_blockscaled<...>", tokens, topk, hidden, inter) is None
