@@ -68,13 +68,18 @@ __device__ __forceinline__ float gated_act(float gate, float up, float alpha, fl
 }
 
 // ---- route -------------------------------------------------------------------------------------
-// One CTA of 1024 threads. Pass 1 counts the pairs per key (key = local expert, or `experts` for a
-// pair with none) in shared memory and scans the counts into each key's first row. Pass 2 places
-// 1024 pairs at a time: lanes with the same key find their rank by __match_any_sync, each warp's
-// count per key goes to a per-warp histogram, a prefix over the warps (per key) gives each warp
-// its rows, and the chunk's totals move each key's next row on. Shared memory: 33 x (experts + 1)
-// ints (experts <= 1024: 135 KB).
+// Pairs are placed by key (key = local expert, or `experts` for a pair with none), stably: within a
+// key in pair order. Counting: each key's pairs in shared memory. Placing 1024 pairs at a time:
+// lanes with the same key find their rank by __match_any_sync, each warp's count per key goes to a
+// per-warp histogram, a prefix over the warps (per key) gives each warp its rows, and the chunk's
+// totals move each key's next row on. Up to kRouteOneCta pairs one CTA does all of it
+// (sm90_fp8_moe_route); more pairs are split into kRouteChunk-pair ranges, one CTA each: one
+// kernel counts each range's keys (sm90_fp8_moe_route_count), the next (sm90_fp8_moe_route_place)
+// starts each range's keys after the earlier keys and the earlier ranges' pairs of the same key.
+// Shared memory: 33 x (experts + 1) ints (experts <= 1024: 135 KB).
 constexpr int kRouteThreads = 1024;
+constexpr int kRouteChunk = 4 * kRouteThreads;
+constexpr int kRouteOneCta = 2 * kRouteChunk;
 
 template <bool kIds64>
 __device__ __forceinline__ int local_expert(const void* ids, int pair, const int* expert_map, int global_experts,
@@ -85,39 +90,29 @@ __device__ __forceinline__ int local_expert(const void* ids, int pair, const int
   return e < 0 || e >= experts ? experts : e;
 }
 
+// The pairs [begin, end) counted per key into `counts` (shared, zeroed here). Ends with a barrier.
 template <bool kIds64>
-__global__ void __launch_bounds__(kRouteThreads) sm90_fp8_moe_route(
-    const void* __restrict__ ids, int pairs, const int* __restrict__ expert_map, int global_experts, int experts,
-    int* __restrict__ counts, int* __restrict__ live, i64* __restrict__ order, i64* __restrict__ inv) {
-  extern __shared__ int route_smem[];
+__device__ __forceinline__ void count_keys(const void* ids, int begin, int end, const int* expert_map,
+                                           int global_experts, int experts, int* counts) {
+  for (int b = threadIdx.x; b <= experts; b += kRouteThreads) counts[b] = 0;
+  __syncthreads();
+  for (int p = begin + threadIdx.x; p < end; p += kRouteThreads)
+    atomicAdd(counts + local_expert<kIds64>(ids, p, expert_map, global_experts, experts), 1);
+  __syncthreads();
+}
+
+// The pairs [begin, end) placed, each key's from next_row[key] on (shared; moved past them).
+template <bool kIds64>
+__device__ __forceinline__ void place_pairs(const void* ids, int begin, int end, const int* expert_map,
+                                            int global_experts, int experts, int* next_row, int* warp_rows,
+                                            i64* order, i64* inv) {
   const int bins = experts + 1;
-  int* next_row = route_smem;            // bins: each key's next packed row
-  int* warp_rows = route_smem + bins;    // 32 x bins: this chunk's pairs per (warp, key), then their first row
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-
-  for (int b = tid; b < bins; b += kRouteThreads) next_row[b] = 0;
-  __syncthreads();
-  for (int p = tid; p < pairs; p += kRouteThreads)
-    atomicAdd(next_row + local_expert<kIds64>(ids, p, expert_map, global_experts, experts), 1);
-  __syncthreads();
-  for (int b = tid; b < bins; b += kRouteThreads) counts[b] = next_row[b];
-  __syncthreads();
-  if (tid == 0) {
-    int row = 0;
-    for (int b = 0; b < bins; ++b) {
-      const int count = next_row[b];
-      next_row[b] = row;
-      row += count;
-    }
-    *live = next_row[experts];  // the rows of the local experts come first
-  }
-  __syncthreads();
-
-  for (int chunk = 0; chunk < pairs; chunk += kRouteThreads) {
+  for (int chunk = begin; chunk < end; chunk += kRouteThreads) {
     for (int i = tid; i < 32 * bins; i += kRouteThreads) warp_rows[i] = 0;
     __syncthreads();
     const int p = chunk + tid;
-    const int key = p < pairs ? local_expert<kIds64>(ids, p, expert_map, global_experts, experts) : -1;
+    const int key = p < end ? local_expert<kIds64>(ids, p, expert_map, global_experts, experts) : -1;
     const unsigned same = __match_any_sync(0xffffffffu, key);
     const int rank = __popc(same & ((1u << lane) - 1u));
     if (key >= 0 && rank == 0) warp_rows[warp * bins + key] = __popc(same);
@@ -139,6 +134,89 @@ __global__ void __launch_bounds__(kRouteThreads) sm90_fp8_moe_route(
     }
     __syncthreads();  // warp_rows is cleared for the next chunk
   }
+}
+
+// rows[b] (shared, bins entries) turned into each key's first row: the exclusive prefix sum, by
+// warp 0 in steps of 32 keys. Ends with a barrier.
+__device__ __forceinline__ void first_rows(int* rows, int bins) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int carry = 0;
+    for (int base = 0; base < bins; base += 32) {
+      const int b = base + lane;
+      const int count = b < bins ? rows[b] : 0;
+      int sum = count;
+      #pragma unroll
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const int other = __shfl_up_sync(0xffffffffu, sum, offset);
+        if (lane >= offset) sum += other;
+      }
+      if (b < bins) rows[b] = carry + sum - count;
+      carry += __shfl_sync(0xffffffffu, sum, 31);
+    }
+  }
+  __syncthreads();
+}
+
+template <bool kIds64>
+__global__ void __launch_bounds__(kRouteThreads) sm90_fp8_moe_route(
+    const void* __restrict__ ids, int pairs, const int* __restrict__ expert_map, int global_experts, int experts,
+    int* __restrict__ counts, int* __restrict__ live, i64* __restrict__ order, i64* __restrict__ inv) {
+  extern __shared__ int route_smem[];
+  const int bins = experts + 1;
+  int* next_row = route_smem;            // bins: each key's next packed row
+  int* warp_rows = route_smem + bins;    // 32 x bins: a chunk's pairs per (warp, key), then their first row
+  count_keys<kIds64>(ids, 0, pairs, expert_map, global_experts, experts, next_row);
+  for (int b = threadIdx.x; b < bins; b += kRouteThreads) counts[b] = next_row[b];
+  __syncthreads();
+  first_rows(next_row, bins);
+  if (threadIdx.x == 0) *live = next_row[experts];  // the rows of the local experts come first
+  place_pairs<kIds64>(ids, 0, pairs, expert_map, global_experts, experts, next_row, warp_rows, order, inv);
+}
+
+// CTA c counts the keys of pairs [c * kRouteChunk, (c + 1) * kRouteChunk) into range_counts[c][key].
+template <bool kIds64>
+__global__ void __launch_bounds__(kRouteThreads) sm90_fp8_moe_route_count(
+    const void* __restrict__ ids, int pairs, const int* __restrict__ expert_map, int global_experts, int experts,
+    int* __restrict__ range_counts) {
+  extern __shared__ int route_smem[];
+  const int bins = experts + 1;
+  const int begin = blockIdx.x * kRouteChunk;
+  count_keys<kIds64>(ids, begin, min(pairs, begin + kRouteChunk), expert_map, global_experts, experts, route_smem);
+  for (int b = threadIdx.x; b < bins; b += kRouteThreads) range_counts[blockIdx.x * bins + b] = route_smem[b];
+}
+
+// CTA c places its range's pairs: key b's from (the pairs of keys before b) + (the pairs of key b
+// in ranges before c). CTA 0 also writes the counts per key and `live`.
+template <bool kIds64>
+__global__ void __launch_bounds__(kRouteThreads) sm90_fp8_moe_route_place(
+    const void* __restrict__ ids, int pairs, const int* __restrict__ expert_map, int global_experts, int experts,
+    const int* __restrict__ range_counts, int* __restrict__ counts, int* __restrict__ live,
+    i64* __restrict__ order, i64* __restrict__ inv) {
+  extern __shared__ int route_smem[];
+  const int bins = experts + 1;
+  int* next_row = route_smem;
+  int* warp_rows = route_smem + bins;  // its first bins ints: the pairs of each key in earlier ranges
+  for (int b = threadIdx.x; b < bins; b += kRouteThreads) {
+    int total = 0, before = 0;
+    for (int c = 0; c < gridDim.x; ++c) {
+      const int count = range_counts[c * bins + b];
+      before += c < blockIdx.x ? count : 0;
+      total += count;
+    }
+    next_row[b] = total;
+    warp_rows[b] = before;
+    if (blockIdx.x == 0) counts[b] = total;
+  }
+  __syncthreads();
+  first_rows(next_row, bins);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *live = next_row[experts];  // the rows of the local experts
+  __syncthreads();
+  for (int b = threadIdx.x; b < bins; b += kRouteThreads) next_row[b] += warp_rows[b];
+  __syncthreads();
+  const int begin = blockIdx.x * kRouteChunk;
+  place_pairs<kIds64>(ids, begin, min(pairs, begin + kRouteChunk), expert_map, global_experts, experts, next_row,
+                      warp_rows, order, inv);
 }
 
 // ---- permute -----------------------------------------------------------------------------------

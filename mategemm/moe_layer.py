@@ -49,17 +49,20 @@ class Routing:
     inv: torch.Tensor      # int64 (pairs,): the packed row of each pair
     counts: torch.Tensor   # int32 (E + 1,): rows per local expert, then the pairs with none
     live: torch.Tensor     # int32 (): rows of local experts (the packed rows in use)
+    range_counts: torch.Tensor  # int32: the split routing's pairs per (range of pairs, key)
 
     @staticmethod
     def empty(pairs: int, experts: int, device) -> "Routing":
         return Routing(torch.empty(pairs, dtype=torch.int64, device=device),
                        torch.empty(pairs, dtype=torch.int64, device=device),
                        torch.empty(experts + 1, dtype=torch.int32, device=device),
-                       torch.empty((), dtype=torch.int32, device=device))
+                       torch.empty((), dtype=torch.int32, device=device),
+                       torch.empty(kernel.route_ranges(pairs) * (experts + 1), dtype=torch.int32, device=device))
 
     def first(self, pairs: int) -> "Routing":
-        """Views for the first `pairs` pairs (counts and live shared)."""
-        return Routing(self.order.narrow(0, 0, pairs), self.inv.narrow(0, 0, pairs), self.counts, self.live)
+        """Views for the first `pairs` pairs (the rest shared)."""
+        return Routing(self.order.narrow(0, 0, pairs), self.inv.narrow(0, 0, pairs), self.counts, self.live,
+                       self.range_counts)
 
 
 # ---- workspace ---------------------------------------------------------------------------------
@@ -121,10 +124,10 @@ class Layer:
         (h,) = ws.rows(pairs, 2 * c.intermediate, "bf16")
         q, q_scale = ws.rows(pairs, c.intermediate, "fp8")
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
-        route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
+        *route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
         with torch.cuda.device(self.index):
-            self.kernels = (kernel.load(route, self.index), kernel.load(permute, self.index),
-                            kernel.load(unpermute, self.index))
+            self.route_kernels = tuple(kernel.load(spec, self.index) for spec in route)
+            self.kernels = (kernel.load(permute, self.index), kernel.load(unpermute, self.index))
             self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
                                               limit, info.num_sms)
         counts = r.counts.narrow(0, 0, c.experts)
@@ -145,16 +148,16 @@ class Layer:
         c, r = self.checked, self.routing
         route = self._launch(
             ("route", topk_ids.data_ptr()),
-            lambda: kernel.route(self.kernels[0], topk_ids, self.expert_map, c.global_experts, c.experts, r.counts,
-                                 r.live, r.order, r.inv))
+            lambda: kernel.route(self.route_kernels, topk_ids, self.expert_map, c.global_experts, c.experts, r.counts,
+                                 r.live, r.order, r.inv, r.range_counts))
         permute = self._launch(
             ("permute", hidden_states.data_ptr(), 0 if hidden_states_scale is None else hidden_states_scale.data_ptr(),
              topk_weights.data_ptr()),
-            lambda: kernel.permute(self.kernels[1], hidden_states, hidden_states_scale, r.order, c.topk, topk_weights,
+            lambda: kernel.permute(self.kernels[0], hidden_states, hidden_states_scale, r.order, c.topk, topk_weights,
                                    self.weight_input, *self.a, r.live, self.num_sms))
         unpermute = self._launch(
             ("unpermute", topk_weights.data_ptr(), out.data_ptr()),
-            lambda: kernel.unpermute(self.kernels[2], self.y, r.inv, c.topk, topk_weights, not self.weight_input,
+            lambda: kernel.unpermute(self.kernels[1], self.y, r.inv, c.topk, topk_weights, not self.weight_input,
                                      out, r.live, self.num_sms))
         rt_device.run_on_current_stream(self.index, route)
         rt_device.run_on_current_stream(self.index, permute)

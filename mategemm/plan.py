@@ -228,10 +228,9 @@ def mqa_logits(rows: int, heads: int, head_dim: int, paged: bool, logits_dtype: 
                    kernel_mqa.spec(rows, heads, head_dim, stages, paged, logits_dtype, device.arch))
 
 
-def moe_layer_kernels(input_fp8: bool, activation: str, ids_64bit: bool,
-                      device: DeviceInfo) -> tuple[KernelSpec, KernelSpec, KernelSpec, KernelSpec]:
-    """The fused MoE layer's own kernels (its GEMMs are planned as per_expert grouped GEMMs):
-    route (int32 or int64 ids), permute (quantising a bf16 input), gated activation +
-    quantisation, unpermute."""
-    return (kernel_moe.route_spec(ids_64bit, device.arch), kernel_moe.permute_spec(input_fp8, device.arch),
+def moe_layer_kernels(input_fp8: bool, activation: str, ids_64bit: bool, device: DeviceInfo) -> tuple[KernelSpec, ...]:
+    """The fused MoE layer's own kernels (its GEMMs are planned as per_expert grouped GEMMs): the
+    three of the routing (int32 or int64 ids; one CTA, or a count and a place per range of pairs),
+    permute (quantising a bf16 input), gated activation + quantisation, unpermute."""
+    return (*kernel_moe.route_specs(ids_64bit, device.arch), kernel_moe.permute_spec(input_fp8, device.arch),
             kernel_moe.gated_act_spec(activation, device.arch), kernel_moe.unpermute_spec(device.arch))

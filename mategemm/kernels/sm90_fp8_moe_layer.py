@@ -12,6 +12,8 @@ from mategemm.runtime import launch as rt
 KERNEL = "sm90_fp8_moe_layer"
 THREADS = 256
 ROUTE_THREADS = 1024
+ROUTE_CHUNK = 4 * ROUTE_THREADS           # pairs per CTA where the routing is split (kRouteChunk)
+ROUTE_ONE_CTA = 2 * ROUTE_CHUNK           # up to this many pairs one CTA routes them all (kRouteOneCta)
 MAX_EXPERTS = 1024                        # validate.MAX_GROUPS
 ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key)
 GROUP = 128       # columns per scale
@@ -21,6 +23,8 @@ PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT,
                  rt.INT, rt.PTR, rt.INT)
 ACT_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.I64, rt.INT, rt.PTR, rt.INT, rt.FLOAT, rt.FLOAT, rt.FLOAT)
 ROUTE_TYPES = (rt.PTR, rt.INT, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.PTR)
+ROUTE_COUNT_TYPES = (rt.PTR, rt.INT, rt.PTR, rt.INT, rt.INT, rt.PTR)
+ROUTE_PLACE_TYPES = (rt.PTR, rt.INT, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR)
 UNPERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.INT, rt.INT, rt.PTR, rt.INT)
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
@@ -30,8 +34,16 @@ def _spec(name_expr: str, arch: str) -> KernelSpec:
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
 
-def route_spec(ids_64bit: bool, arch: str) -> KernelSpec:
-    return _spec(f"&mategemm::sm90_fp8_moe_route<{'true' if ids_64bit else 'false'}>", arch)
+def route_specs(ids_64bit: bool, arch: str) -> tuple[KernelSpec, KernelSpec, KernelSpec]:
+    """The routing's kernels: one CTA for all pairs; and, for more than ROUTE_ONE_CTA pairs, the count
+    per range of ROUTE_CHUNK pairs and the placing of each range."""
+    ids = "true" if ids_64bit else "false"
+    return tuple(_spec(f"&mategemm::sm90_fp8_moe_route{part}<{ids}>", arch) for part in ("", "_count", "_place"))
+
+
+def route_ranges(pairs: int) -> int:
+    """CTAs of the split routing for `pairs` pairs (0: one CTA routes them all)."""
+    return 0 if pairs <= ROUTE_ONE_CTA else -(-pairs // ROUTE_CHUNK)
 
 
 def permute_spec(input_fp8: bool, arch: str) -> KernelSpec:
@@ -78,11 +90,35 @@ class Launch:
         self.kernel.launch(self.grid, stream, self.args)
 
 
-def route(kernel, ids, expert_map, global_experts: int, experts: int, counts, live, order, inv) -> Launch:
-    """counts (E + 1), live, order and inv of the (token, slot) pairs of ids (M, topk): one CTA."""
-    values = (ids.data_ptr(), ids.numel(), _ptr(expert_map), global_experts, experts, counts.data_ptr(),
-              live.data_ptr(), order.data_ptr(), inv.data_ptr())
-    return Launch(kernel, 1, values, ROUTE_TYPES, (ids, expert_map, counts, live, order, inv))
+class Launches:
+    """Launches run one after another on a stream."""
+
+    __slots__ = ("launches",)
+
+    def __init__(self, *launches: Launch):
+        self.launches = launches
+
+    def __call__(self, stream: int) -> None:
+        for launch in self.launches:
+            launch(stream)
+
+
+def route(kernels, ids, expert_map, global_experts: int, experts: int, counts, live, order, inv,
+          range_counts) -> Launches:
+    """counts (E + 1), live, order and inv of the (token, slot) pairs of ids (M, topk). `kernels`: the
+    loaded route_specs; range_counts: int32, at least route_ranges(pairs) x (E + 1) (split routing)."""
+    pairs = ids.numel()
+    head = (ids.data_ptr(), pairs, _ptr(expert_map), global_experts, experts)
+    ranges = route_ranges(pairs)
+    if ranges == 0:
+        values = (*head, counts.data_ptr(), live.data_ptr(), order.data_ptr(), inv.data_ptr())
+        return Launches(Launch(kernels[0], 1, values, ROUTE_TYPES, (ids, expert_map, counts, live, order, inv)))
+    if range_counts.numel() < ranges * (experts + 1):
+        raise ValueError(f"range_counts holds {range_counts.numel()} ints; {ranges} x {experts + 1} needed")
+    tensors = (ids, expert_map, range_counts, counts, live, order, inv)
+    return Launches(Launch(kernels[1], ranges, (*head, range_counts.data_ptr()), ROUTE_COUNT_TYPES, tensors),
+                    Launch(kernels[2], ranges, (*head, range_counts.data_ptr(), counts.data_ptr(), live.data_ptr(),
+                                                order.data_ptr(), inv.data_ptr()), ROUTE_PLACE_TYPES, tensors))
 
 
 def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_scale, live, num_sms) -> Launch:

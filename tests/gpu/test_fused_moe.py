@@ -118,10 +118,12 @@ def test_a_warm_call_keeps_memory_flat():
 @pytest.mark.parametrize("tokens,topk,experts,global_experts,mapped,dtype",
                          [(1, 1, 1, 1, False, torch.int32), (5, 2, 4, 4, False, torch.int64),
                           (3000, 8, 256, 256, False, torch.int32), (700, 4, 16, 64, True, torch.int64),
-                          (2048, 8, 1024, 1024, False, torch.int32)])
+                          (2048, 8, 1024, 1024, False, torch.int32), (1024, 8, 64, 64, False, torch.int32),
+                          (1025, 8, 128, 256, True, torch.int64), (16384, 8, 128, 128, False, torch.int32)])
 def test_route_kernel_matches_the_reference(tokens, topk, experts, global_experts, mapped, dtype):
-    """The routing kernel alone, against testing.moe_layer.route_reference: several 1024-pair
-    chunks, an expert map, ids out of range, int32 and int64 ids, 1024 experts."""
+    """The routing kernels alone, against testing.moe_layer.route_reference: one CTA (up to 8192
+    pairs, several 1024-pair chunks) and split into 4096-pair ranges (8200 pairs: a short last
+    range; 131072 pairs), an expert map, ids out of range, int32 and int64 ids, 1024 experts."""
     from mategemm import moe_layer
     from mategemm.kernels import sm90_fp8_moe_layer as kernel
     from mategemm.runtime import device as rt_device
@@ -137,8 +139,9 @@ def test_route_kernel_matches_the_reference(tokens, topk, experts, global_expert
         chosen = torch.randperm(global_experts, device="cuda", generator=gen)[:experts]
         expert_map[chosen] = torch.arange(experts, dtype=torch.int32, device="cuda")
     r = moe_layer.Routing.empty(tokens * topk, experts, "cuda")
-    launch = kernel.route(kernel.load(kernel.route_spec(dtype == torch.int64, "sm_90a"), 0), ids, expert_map,
-                          global_experts, experts, r.counts, r.live, r.order, r.inv)
+    kernels = tuple(kernel.load(spec, 0) for spec in kernel.route_specs(dtype == torch.int64, "sm_90a"))
+    launch = kernel.route(kernels, ids, expert_map, global_experts, experts, r.counts, r.live, r.order, r.inv,
+                          r.range_counts)
     rt_device.run_on_current_stream(0, launch)
     order, inv, counts, live = ref.route_reference(ids.cpu(), None if expert_map is None else expert_map.cpu(),
                                                    global_experts, experts)

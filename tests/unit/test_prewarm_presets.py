@@ -83,7 +83,7 @@ def brute_force(preset, max_tokens):
                     found.setdefault(_ragged_memo(mode, rows, n, k, preset.recipe, layer.num_experts,
                                                   layer.alignment_m), "moe")
     if layer is not None:  # fused_moe's own kernels: either input dtype, silu by default
-        for spec in (kernel_moe.route_spec(False, ARCH), kernel_moe.route_spec(True, ARCH),
+        for spec in (*kernel_moe.route_specs(False, ARCH), *kernel_moe.route_specs(True, ARCH),
                      kernel_moe.permute_spec(False, ARCH), kernel_moe.permute_spec(True, ARCH),
                      kernel_moe.gated_act_spec("silu", ARCH), kernel_moe.unpermute_spec(ARCH)):
             found.setdefault(spec, "moe_layer")
