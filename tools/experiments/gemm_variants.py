@@ -14,6 +14,9 @@ Variants (several may be joined with '+'):
                 per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
+  overlap_gn1   the second scratch accumulator also with per-column B scales ((1,1,128), MXFP8's
+                granularity 128): k-block kb promoted while kb + 1's wgmma runs (no spills at
+                64/128 x 96/128); time with `tools/bench.py mxfp8` or `grouped` in both trees
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead.
@@ -87,6 +90,9 @@ PATCHES = {
   const int lane = threadIdx.x % 32;
   const int row = tile_row0 + warp * 16 + lane / 4;
 """, STSM_STORE)],
+    "overlap_gn1": [(MAINLOOP, "static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;",
+                     "static constexpr bool kOverlap = (T::kScaleGranN == 128 || T::kScaleGranN == 1) && T::BLOCK_N <= 128 &&\n"
+                     "                                   T::kWaves == 1;")],
     "unroll8": [(MAINLOOP, "      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
                  "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;",
                  "      #pragma unroll 8\n      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
