@@ -17,8 +17,10 @@ namespace mategemm {
 // tile is scaled by its expert's scale alone.
 __device__ const float kNvfp4UnitRowScale = 1.0f;
 
-template <int BLOCK_M, int BLOCK_N, int kNumStages, OutType kOutType, int kOutSwizzle, int kMaxGroups>
-__global__ void __launch_bounds__(gemm_threads<BLOCK_M>(), 1)
+// kDecoderWGs: a warpgroup of 4 more decoding warps beside the producer's 3 (BLOCK_M 64).
+template <int BLOCK_M, int BLOCK_N, int kNumStages, OutType kOutType, int kOutSwizzle, int kMaxGroups,
+          int kDecoderWGs = 0>
+__global__ void __launch_bounds__(gemm_threads<BLOCK_M, kDecoderWGs>(), 1)
     sm90_nvfp4_grouped_gemm(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                             const __grid_constant__ TmaDesc tmap_d, const __grid_constant__ TmaDesc tmap_sfa,
                             const __grid_constant__ TmaDesc tmap_sfb, const float* __restrict__ expert_scales,
@@ -27,7 +29,7 @@ __global__ void __launch_bounds__(gemm_threads<BLOCK_M>(), 1)
                             int num_groups, int num_experts, int m, int n, int k, int group_n,
                             void* __restrict__ out_ptr, int out_ld) {
   using Traits = GemmTraits<BLOCK_M, BLOCK_N, kNumStages, 0, kBF16, kBF16, kOutType, kOutSwizzle, 1, 1, false,
-                            kGroupOffsets, kMaxGroups, 0, true>;
+                            kGroupOffsets, kMaxGroups, 0, true, 128, false, kDecoderWGs>;
   // A's rows are boxes of BLOCK_M from each tile's first row; one split; no masked signal.
   const GemmArgs args{&tmap_a, &tmap_b, &tmap_d, &kNvfp4UnitRowScale, 0, 0, expert_scales, 0, 0, m, n, k, group_n,
                       BLOCK_M, 1, nullptr, nullptr, group_offsets, num_groups, 0, 0, 1, out_ptr, out_ld, nullptr, 0,

@@ -88,6 +88,7 @@ class GemmConfig:
     cluster_m: int = 1  # CTAs per cluster stacked along M, sharing (multicasting) one B tile
     cluster_n: int = 1  # CTAs per cluster side by side along N, sharing one A tile
     num_splits: int = 1  # split-K: work items per tile, each over a slice of the K blocks
+    decoder_wgs: int = 0  # NVFP4: warpgroups that decode beside the producer's warps
 
     @property
     def cluster(self) -> int:
@@ -95,8 +96,8 @@ class GemmConfig:
 
     @property
     def num_threads(self) -> int:
-        """A producer warpgroup, plus one math warpgroup (BLOCK_M 64) or two."""
-        return (1 if self.block_m == 64 else 2) * 128 + 128
+        """A producer warpgroup, plus one math warpgroup (BLOCK_M 64) or two, plus the decoders."""
+        return (1 if self.block_m == 64 else 2) * 128 + 128 + self.decoder_wgs * 128
 
 
 @dataclass(frozen=True)

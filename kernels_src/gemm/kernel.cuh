@@ -104,14 +104,16 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       }
     } else if (warp > 0 && ((!T::kScaleAtEnd && !T::kTmaScales) || T::kMnMajor != 0 || T::kNvfp4)) {
       if constexpr (T::kNvfp4) {
-        decode_nvfp4_stages<T>(smem, scheduler);
+        decode_nvfp4_stages<T>(smem, scheduler, threadIdx.x - 32);
       } else {
         stage_scales_and_operands<T>(args, smem, scheduler, warp);
       }
     }
-  } else {
+  } else if (warpgroup <= T::kNumMathWG) {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_inc<T::kMathRegs>();
     consume_tiles<T>(args, smem, scheduler, warpgroup - 1);
+  } else if constexpr (T::kDecoderWGs > 0) {  // decoder warpgroups: decoding threads 96 on
+    decode_nvfp4_stages<T>(smem, scheduler, 96 + threadIdx.x - (T::kNumMathWG + 1) * 128);
   }
   // A CTA's barriers must outlive the peer's last arrivals on them.
   if constexpr (T::kCluster > 1) cluster_sync();

@@ -117,14 +117,15 @@ __device__ __forceinline__ u32 nvfp4_scale_offset(u32 row) {
   return (kOneChunk ? 0 : (row >> 7) * 512) + (row & 31) * 16 + ((row >> 5) & 3) * 4;
 }
 
-// One operand's rows [row, rows) in steps of 48 (the 96 threads, 2 per row): each thread decodes
-// half `half` of its rows' 64 values, 32 values of two scale blocks (16 packed bytes, 2 scales)
-// into four 16-byte chunks of the bf16 row. 48 is a multiple of 8, so those chunks keep their
-// swizzled places (chunk c of row r at c ^ r % 8: the 128-byte swizzle; tiles 1024-B aligned).
-template <bool kOneChunk>
+// One operand's rows [row, rows) in steps of kStep (the decoding threads, 2 per row): each thread
+// decodes half `half` of its rows' 64 values, 32 values of two scale blocks (16 packed bytes, 2
+// scales) into four 16-byte chunks of the bf16 row. kStep is a multiple of 8, so those chunks keep
+// their swizzled places (chunk c of row r at c ^ r % 8: the 128-byte swizzle; tiles 1024-B aligned).
+template <bool kOneChunk, u32 kStep>
 __device__ __forceinline__ void decode_nvfp4_rows(u32 row, u32 rows, u32 half, u32 packed, u32 scales,
                                                   u32 scale_row0, u32 tile) {
-  constexpr u32 kStep = 48, kPackedRowBytes = 32;
+  static_assert(kStep % 8 == 0, "rows kStep apart keep their swizzled chunk places");
+  constexpr u32 kPackedRowBytes = 32;
   u32 chunk[4];
   #pragma unroll
   for (int c = 0; c < 4; ++c) chunk[c] = ((4 * half + c) ^ (row % 8)) * 16;
@@ -147,31 +148,34 @@ __device__ __forceinline__ void decode_nvfp4_rows(u32 row, u32 rows, u32 half, u
 }
 
 // One stage: A's rows of the tile's group (rows past them feed only output rows that are never
-// stored), then all of B's. Thread i of the 96 takes half i % 2 of rows i / 2, i / 2 + 48, ... of
-// A's rows followed by B's. A warp's packed loads are 512 contiguous bytes and each quarter-warp's
-// stores hit the 8 chunks of four rows: no bank conflicts (the 2-byte scale loads of 16 rows 16
-// bytes apart: two-way).
+// stored), then all of B's. Thread i of the decoding threads takes half i % 2 of rows i / 2,
+// i / 2 + kRowsPerPass, ... of A's rows followed by B's. A warp's packed loads are 512 contiguous
+// bytes and each quarter-warp's stores hit the 8 chunks of four rows: no bank conflicts (the 2-byte
+// scale loads of 16 rows 16 bytes apart: two-way).
 template <class T>
 __device__ __forceinline__ void decode_nvfp4_stage(u32 staging, u32 tile_a, u32 tile_b, u32 a_rows, u32 a_scale_row0,
                                                    u32 b_scale_row0, u32 thread) {
   using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
-  constexpr u32 kRowsPerPass = 48;
+  constexpr u32 kRowsPerPass = T::kDecodeWarps * 32 / 2;
   const u32 half = thread % 2;
   const u32 first = thread / 2;
   // a tile of at most 128 rows lies in one scale chunk (a 64-row one starts at row 0 or 64 of it)
-  decode_nvfp4_rows<Stage::kAChunks == 1>(first, a_rows, half, staging + Stage::kOffA, staging + Stage::kOffScalesA,
-                                          a_scale_row0, tile_a);
-  // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / 48) rows
+  decode_nvfp4_rows<Stage::kAChunks == 1, kRowsPerPass>(first, a_rows, half, staging + Stage::kOffA,
+                                                        staging + Stage::kOffScalesA, a_scale_row0, tile_a);
+  // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / kRowsPerPass) rows
   const u32 a_passes = first < a_rows ? (a_rows - first + kRowsPerPass - 1) / kRowsPerPass : 0;
-  decode_nvfp4_rows<Stage::kBChunks == 1>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
-                                          staging + Stage::kOffB, staging + Stage::kOffScalesB, b_scale_row0, tile_b);
+  decode_nvfp4_rows<Stage::kBChunks == 1, kRowsPerPass>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
+                                                        staging + Stage::kOffB, staging + Stage::kOffScalesB,
+                                                        b_scale_row0, tile_b);
 }
 
+// `thread`: this thread's index among the decoding ones (warps 1-3 of the producer warpgroup, then
+// the decoder warpgroups' warps).
 template <class T>
-__device__ __forceinline__ void decode_nvfp4_stages(const GemmSmem<T>& smem, GemmScheduler<T>& scheduler) {
+__device__ __forceinline__ void decode_nvfp4_stages(const GemmSmem<T>& smem, GemmScheduler<T>& scheduler,
+                                                    u32 thread) {
   using Layout = typename T::Layout;
   using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
-  const u32 thread = threadIdx.x - 32;  // warps 1-3 of the producer warpgroup
   int iter = 0;
   Tile t;
   while (scheduler.next(t)) {

@@ -15,8 +15,9 @@ __host__ __device__ constexpr int const_gcd(int a, int b) { return b == 0 ? a : 
 template <int BLOCK_M>
 __host__ __device__ constexpr int gemm_math_warpgroups() { return BLOCK_M == 64 ? 1 : 2; }
 
-template <int BLOCK_M>
-__host__ __device__ constexpr int gemm_threads() { return (gemm_math_warpgroups<BLOCK_M>() + 1) * 128; }
+// A producer warpgroup, the math warpgroups, and (NVFP4) kDecoderWGs more warpgroups that decode.
+template <int BLOCK_M, int kDecoderWGs = 0>
+__host__ __device__ constexpr int gemm_threads() { return (gemm_math_warpgroups<BLOCK_M>() + 1 + kDecoderWGs) * 128; }
 
 // NVFP4 operands (kNvfp4): one stage is 64 values of K, two e2m1 per byte, so its packed rows are
 // 32 bytes; their e4m3 scales come in NVIDIA's 128x4 blocked layout, 512 bytes per 128 rows and 64
@@ -84,7 +85,8 @@ struct GemmSmemLayout {
 
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
-          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false>
+          int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
+          int kDecoderWGs_ = 0>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -100,6 +102,9 @@ struct GemmTraits {
   // NVFP4 operands decoded to bf16 in shared memory (kTypeA = kTypeB = kBF16: the wgmma's types),
   // with the expert's scale applied at the end.
   static constexpr bool kNvfp4 = kNvfp4_;
+  // NVFP4: warpgroups after the math ones whose 4 warps decode beside the producer's warps 1-3.
+  static constexpr int kDecoderWGs = kDecoderWGs_;
+  static constexpr int kDecodeWarps = 3 + 4 * kDecoderWGs;
   // Scales per 128 (one per stage) or per 32 values of K (MXFP8's blocks: four per stage, each
   // promoting its own k32 wgmma; with per-column B scales only).
   static constexpr int kScaleGranK = kScaleGranK_;
@@ -133,7 +138,9 @@ struct GemmTraits {
   // The full barrier: the TMA thread and every lane of the stage's scale warp; with staging, every
   // lane of the three warps that transpose (or decode) the stage together (after the scales, if any);
   // the TMA thread alone when no scales are copied.
-  static constexpr int kFullArrivals = kMnMajor || kNvfp4 ? 3 * 32 : kScaleAtEnd || kTmaScales ? 1 : 1 + 32;
+  static constexpr int kFullArrivals = kNvfp4     ? kDecodeWarps * 32
+                                       : kMnMajor ? 3 * 32
+                                                  : (kScaleAtEnd || kTmaScales ? 1 : 1 + 32);
 
   // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
   // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
@@ -177,6 +184,10 @@ struct GemmTraits {
                 "NVFP4: decoded to bf16, scaled at the end, token-packed groups, no cluster, K-major, "
                 "BLOCK_M 64 or 128, BLOCK_N 64, 128 or 256");
   static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
+  // NOTES: with one math warpgroup the kernel sets no register split (all warps keep the launch's
+  // share); a decoder warpgroup beside two math ones would need one.
+  static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs == 1 && kNumMathWG == 1),
+                "decoder warpgroups: NVFP4, one of them, beside one math warpgroup (BLOCK_M 64)");
   // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
   // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
   // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes

@@ -27,7 +27,7 @@ BLOCK_MS = (64, 128)
 BLOCK_NS = (64, 128, 256)
 DEFAULT_BLOCK_N = 128
 DECODE_ROWS = 64  # rows per group up to which one 64-row tile holds a group
-FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n")
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders")
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2) -> int:
@@ -60,8 +60,9 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
 @functools.lru_cache(maxsize=4096)
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
-    MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp and
-    group_n; other keys, or values that do not fit, raise ValueError."""
+    MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n
+    and decoders (1: a warpgroup of 4 more decoding warps, BLOCK_M 64 only; not the default until
+    measured); other keys, or values that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -91,7 +92,11 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     if smem > device.smem_per_block:
         raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
                          f"device has {device.smem_per_block}")
+    decoder_wgs = forced.get("decoders", 0)
+    if decoder_wgs not in (0, 1) or (decoder_wgs and block_m != 64):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0 or 1 (1 with block_m 64), got {decoder_wgs} "
+                         f"with block_m {block_m}")
     num_mp = max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),
-                      out_swizzle=fp8_gemm.out_swizzle(block_n, out_bytes), smem_bytes=smem)
+                      out_swizzle=fp8_gemm.out_swizzle(block_n, out_bytes), smem_bytes=smem, decoder_wgs=decoder_wgs)

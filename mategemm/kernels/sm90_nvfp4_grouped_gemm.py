@@ -20,10 +20,10 @@ OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
 
 
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
-    """The specialisation for (tile, stages, output type, group table capacity); M, N, K, the groups
-    and the experts stay run-time."""
+    """The specialisation for (tile, stages, output type, group table capacity, decoder warpgroups);
+    M, N, K, the groups and the experts stay run-time."""
     args = (config.block_m, config.block_n, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
-            config.out_swizzle, problem.max_groups)
+            config.out_swizzle, problem.max_groups, config.decoder_wgs)
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 

@@ -125,7 +125,7 @@ def test_call_path_asks_for_the_planned_kernel(monkeypatch):
     assert len(asked) == 3 and len(set(asked)) == 1
     spec = asked[0]
     assert spec.kernel == kernel.KERNEL and spec.name_expr == \
-        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32>"
+        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 0>"
     row = {"active_experts": 32, "tokens_per_expert": 4, "n": 4096, "k": 7168}
     planned = prewarm.plan_suites([suites.Suite("nvfp4_moe", "nvfp4", (row,))], ARCH, num_mp=132)
     assert spec in {p.spec for p in planned} and {p.family for p in planned} == {"nvfp4", "moe"}
@@ -149,8 +149,8 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
     planned = prewarm.plan_suites([suite], ARCH)
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
-    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32>",
-                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32>"}
+    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 0>",
+                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 0>"}
 
 
 def test_suite_rows_check_k_for_nvfp4(tmp_path):
@@ -188,7 +188,7 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
     assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
     assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
-                                         f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}>")
+                                         f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, 0>")
     # a count on the device plans for every group of expert_ids: the same kernel here
     on_device = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, None)
     assert plan.nvfp4_grouped(on_device, SM90_NO_DEVICE, force="").spec == nvfp4_plan.spec
@@ -198,11 +198,15 @@ def test_forced_configs():
     problem = Nvfp4Problem(64, 4096, 7168, 16, 16, torch.float16, 16)
     config = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,block_n=64,stages=5,num_mp=7,group_n=2")
     assert (config.block_m, config.block_n, config.stages, config.num_mp, config.group_n) == (128, 64, 5, 7, 2)
-    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32>")
+    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 0>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
+    decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=1")
+    assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 1, 384)
+    assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 1>")
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
-                           ("block_m=128,block_n=256", "stages must be in")):
+                           ("block_m=128,block_n=256", "stages must be in"), ("decoders=2", "decoders must be"),
+                           ("block_m=128,decoders=1", "decoders must be")):
         with pytest.raises(ValueError, match=message):
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
@@ -224,8 +228,9 @@ def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups
 
 
 # ---- SASS -----------------------------------------------------------------------------------------
-INSTANCES = [(64, 128, 6, "kOutBF16", 32), (128, 128, 4, "kOutBF16", 256), (64, 64, 8, "kOutF16", 1024),
-             (64, 256, 3, "kOutBF16", 32)]
+# (block_m, block_n, stages, out type, group table capacity, decoder warpgroups)
+INSTANCES = [(64, 128, 6, "kOutBF16", 32, 0), (128, 128, 4, "kOutBF16", 256, 0), (64, 64, 8, "kOutF16", 1024, 0),
+             (64, 256, 3, "kOutBF16", 32, 0), (64, 128, 6, "kOutBF16", 32, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -234,12 +239,12 @@ def nvfp4_sass(tmp_path_factory):
         pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     cache = KernelCache(tmp_path_factory.mktemp("nvfp4_sass"))
     out = {}
-    for block_m, block_n, stages, out_type, max_groups in INSTANCES:
+    for block_m, block_n, stages, out_type, max_groups, decoders in INSTANCES:
         name_expr = (f"&mategemm::{kernel.KERNEL}<{block_m}, {block_n}, {stages}, mategemm::{out_type}, 128, "
-                     f"{max_groups}>")
+                     f"{max_groups}, {decoders}>")
         spec = kernel.KernelSpec(kernel.KERNEL, f'#include "{kernel.KERNEL}.cuh"\n', name_expr, ARCH)
         compiled = cache.get(spec)
-        out[(block_m, block_n)] = (sass.dump_sass(compiled.path / "kernel.cubin"), compiled)
+        out[(block_m, block_n, decoders)] = (sass.dump_sass(compiled.path / "kernel.cubin"), compiled)
     return out
 
 
@@ -257,7 +262,7 @@ def loops(text: str) -> list[collections.Counter]:
     return found
 
 
-@pytest.mark.parametrize("tile", [(m, n) for m, n, *_ in INSTANCES], ids=str)
+@pytest.mark.parametrize("tile", [(m, n, decoders) for m, n, *_, decoders in INSTANCES], ids=str)
 def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
     text, _ = nvfp4_sass[tile]
     ops = collections.Counter(sass.opcodes(text))
@@ -265,7 +270,7 @@ def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
     assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
     # the decode loops, A's rows and B's: 32 values (two scale blocks) per thread and pass
     decode = [loop for loop in loops(text) if loop["HMUL2"] and sum(loop.values()) < 200]
-    assert len(decode) == 2
+    assert len(decode) == 2 * (1 + tile[2])  # the producer's warps' and the decoder warpgroup's copy
     for loop in decode:
         assert loop["HMUL2"] == 8 and loop["PRMT"] == 48 and loop["STS"] == 4 and loop["LDS"] == 2, loop
         assert sum(loop.values()) <= 108, f"{sum(loop.values())} instructions per 32 values"
@@ -276,7 +281,7 @@ def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
 def test_launch_arguments_match_the_kernel_signature(nvfp4_sass):
     import ctypes
 
-    _, compiled = nvfp4_sass[(64, 128)]
+    _, compiled = nvfp4_sass[(64, 128, 0)]
     size = {None: 128, ctypes.c_void_p: 8, ctypes.c_int: 4}
     assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [size[t] for t in kernel.Launch.TYPES]
 
@@ -373,16 +378,18 @@ def test_scale_offsets_and_chunk_rows_follow_the_quantisers_layout():
             assert two // 512 == row % 256 // 128 and two % 512 == scale_offset(row % 128, True)
 
 
-@pytest.mark.parametrize("block_m,block_n", [(64, 64), (64, 128), (128, 128), (64, 256)])
-def test_decode_threads_cover_each_row_half_once_in_its_swizzled_place(block_m, block_n):
-    """decode_nvfp4_stage's split over the 96 threads, for every count of A rows: each (operand,
-    row, half) once; each chunk at c ^ row % 8 (its place fixed per thread: steps of 48 rows); each
+@pytest.mark.parametrize("block_m,block_n,threads", [(64, 64, 96), (64, 128, 96), (128, 128, 96), (64, 256, 96),
+                                                   (64, 64, 224), (64, 128, 224), (64, 256, 224)])
+def test_decode_threads_cover_each_row_half_once_in_its_swizzled_place(block_m, block_n, threads):
+    """decode_nvfp4_stage's split over the decoding threads (the producer's 96, and 128 more with a
+    decoder warpgroup), for every count of A rows: each (operand, row, half) once; each chunk at
+    c ^ row % 8 (its place fixed per thread: steps of threads / 2 rows, a multiple of 8); each
     quarter-warp's 16-byte stores and packed loads on distinct banks."""
-    step = 48
+    step = threads // 2
     for a_rows in range(1, block_m + 1):
         seen = collections.Counter()
         stores = collections.defaultdict(list)  # (warp, pass, store) -> (lane, address)
-        for thread in range(96):
+        for thread in range(threads):
             half, first = thread % 2, thread // 2
             passes = math.ceil((a_rows - first) / step) if first < a_rows else 0
             for operand, start, rows in (("a", first, a_rows), ("b", first + passes * step - a_rows, block_n)):
