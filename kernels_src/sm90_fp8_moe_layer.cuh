@@ -28,6 +28,9 @@ constexpr int kGatedSigmoid = 0, kSwigluStep = 1;
 constexpr int kMoeThreads = 256;
 constexpr int kMoeWarps = kMoeThreads / 32;
 constexpr int kQuantGroup = 128;  // columns per scale
+// NOTES: a warp's work item is kGroupsPerItem 128-column groups of one row: their loads are issued
+// together (one group at a time left the row kernels latency-bound, each load waited on).
+constexpr int kGroupsPerItem = 4;
 
 __device__ __forceinline__ float bf16_lo(u32 pair) { return __uint_as_float(pair << 16); }
 __device__ __forceinline__ float bf16_hi(u32 pair) { return __uint_as_float(pair & 0xffff0000u); }
@@ -228,22 +231,36 @@ __global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_permute(
     const int* __restrict__ live, int k) {
   const int lane = threadIdx.x % 32;
   const int groups = k / kQuantGroup;
-  const i64 items = static_cast<i64>(live_count(live, rows)) * groups;
+  const int items_per_row = ceil_div(groups, kGroupsPerItem);
+  const i64 items = static_cast<i64>(live_count(live, rows)) * items_per_row;
   for (i64 item = blockIdx.x * kMoeWarps + threadIdx.x / 32; item < items; item += gridDim.x * kMoeWarps) {
-    const i64 r = item / groups;
-    const int g = static_cast<int>(item % groups), col = g * kQuantGroup + lane * 4;
+    const i64 r = item / items_per_row;
+    const int g0 = static_cast<int>(item % items_per_row) * kGroupsPerItem;
     const i64 pair = __ldg(order + r);
     const i64 token = pair / topk;
     const float w = weight_input ? __ldg(weights + pair) : 1.0f;
     if constexpr (kInputFp8) {
-      *reinterpret_cast<u32*>(a + r * a_ld + col) = __ldg(reinterpret_cast<const u32*>(x + token * x_ld + col));
-      if (lane == 0) a_scale[r * a_scale_ld + g] = __ldg(x_scale + token * x_scale_ld + g) * w;
-    } else {
-      float v[4];
-      load_bf16x4(x + (token * x_ld + col) * 2, v);
       #pragma unroll
-      for (int i = 0; i < 4; ++i) v[i] *= w;
-      quantize_group(v, a + r * a_ld + g * kQuantGroup, a_scale + r * a_scale_ld + g, lane);
+      for (int u = 0; u < kGroupsPerItem; ++u) {
+        const int g = g0 + u, col = g * kQuantGroup + lane * 4;
+        if (g >= groups) break;
+        *reinterpret_cast<u32*>(a + r * a_ld + col) = __ldg(reinterpret_cast<const u32*>(x + token * x_ld + col));
+        if (lane == 0) a_scale[r * a_scale_ld + g] = __ldg(x_scale + token * x_scale_ld + g) * w;
+      }
+    } else {
+      float v[kGroupsPerItem][4];
+      #pragma unroll
+      for (int u = 0; u < kGroupsPerItem; ++u) {
+        if (g0 + u < groups) load_bf16x4(x + (token * x_ld + (g0 + u) * kQuantGroup + lane * 4) * 2, v[u]);
+      }
+      #pragma unroll
+      for (int u = 0; u < kGroupsPerItem; ++u) {
+        const int g = g0 + u;
+        if (g >= groups) break;  // the same for the whole warp: quantize_group's shuffles stay full
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) v[u][i] *= w;
+        quantize_group(v[u], a + r * a_ld + g * kQuantGroup, a_scale + r * a_scale_ld + g, lane);
+      }
     }
   }
 }
@@ -255,16 +272,29 @@ __global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_gated_act(
     int rows, const int* __restrict__ live, int n, float alpha, float beta, float limit) {
   const int lane = threadIdx.x % 32;
   const int groups = n / kQuantGroup;
-  const i64 items = static_cast<i64>(live_count(live, rows)) * groups;
+  const int items_per_row = ceil_div(groups, kGroupsPerItem);
+  const i64 items = static_cast<i64>(live_count(live, rows)) * items_per_row;
   for (i64 item = blockIdx.x * kMoeWarps + threadIdx.x / 32; item < items; item += gridDim.x * kMoeWarps) {
-    const i64 r = item / groups;
-    const int g = static_cast<int>(item % groups), col = g * kQuantGroup + lane * 4;
-    float gate[4], up[4], x[4];
-    load_bf16x4(h + (r * h_ld + col) * 2, gate);
-    load_bf16x4(h + (r * h_ld + n + col) * 2, up);
+    const i64 r = item / items_per_row;
+    const int g0 = static_cast<int>(item % items_per_row) * kGroupsPerItem;
+    float gate[kGroupsPerItem][4], up[kGroupsPerItem][4];
     #pragma unroll
-    for (int i = 0; i < 4; ++i) x[i] = gated_act<kActivation>(gate[i], up[i], alpha, beta, limit);
-    quantize_group(x, q + r * q_ld + g * kQuantGroup, scales + r * scale_ld + g, lane);
+    for (int u = 0; u < kGroupsPerItem; ++u) {
+      const int col = (g0 + u) * kQuantGroup + lane * 4;
+      if (g0 + u < groups) {
+        load_bf16x4(h + (r * h_ld + col) * 2, gate[u]);
+        load_bf16x4(h + (r * h_ld + n + col) * 2, up[u]);
+      }
+    }
+    #pragma unroll
+    for (int u = 0; u < kGroupsPerItem; ++u) {
+      const int g = g0 + u;
+      if (g >= groups) break;  // the same for the whole warp: quantize_group's shuffles stay full
+      float x[4];
+      #pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = gated_act<kActivation>(gate[u][i], up[u][i], alpha, beta, limit);
+      quantize_group(x, q + r * q_ld + g * kQuantGroup, scales + r * scale_ld + g, lane);
+    }
   }
 }
 

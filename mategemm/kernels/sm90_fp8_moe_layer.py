@@ -17,6 +17,7 @@ ROUTE_ONE_CTA = 2 * ROUTE_CHUNK           # up to this many pairs one CTA routes
 MAX_EXPERTS = 1024                        # validate.MAX_GROUPS
 ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key)
 GROUP = 128       # columns per scale
+GROUPS_PER_ITEM = 4  # a warp's work item in permute and gated_act: this many groups of one row (kGroupsPerItem)
 CTAS_PER_SM = 8   # the grids stride over their rows
 ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
 PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
@@ -69,8 +70,10 @@ def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None =
 
 
 def _warp_grid(rows: int, cols: int, num_sms: int) -> int:
-    """CTAs for one warp per (row, 128 columns), at most CTAS_PER_SM per SM (the grid strides)."""
-    return max(1, min(-(-rows * (cols // GROUP) // (THREADS // 32)), num_sms * CTAS_PER_SM))
+    """CTAs for one warp per work item (a row's GROUPS_PER_ITEM groups of 128 columns), at most
+    CTAS_PER_SM per SM (the grid strides)."""
+    items = rows * -(-(cols // GROUP) // GROUPS_PER_ITEM)
+    return max(1, min(-(-items // (THREADS // 32)), num_sms * CTAS_PER_SM))
 
 
 def _ptr(t: torch.Tensor | None) -> int:
