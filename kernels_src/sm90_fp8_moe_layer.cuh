@@ -75,14 +75,13 @@ __device__ __forceinline__ float gated_act(float gate, float up, float alpha, fl
 // key in pair order. Counting: each key's pairs in shared memory. Placing 1024 pairs at a time:
 // lanes with the same key find their rank by __match_any_sync, each warp's count per key goes to a
 // per-warp histogram, a prefix over the warps (per key) gives each warp its rows, and the chunk's
-// totals move each key's next row on. Up to kRouteOneCta pairs one CTA does all of it
-// (sm90_fp8_moe_route); more pairs are split into kRouteChunk-pair ranges, one CTA each: one
+// totals move each key's next row on. For few pairs (the host's ROUTE_ONE_CTA) one CTA does all of
+// it (sm90_fp8_moe_route); more pairs are split into kRouteChunk-pair ranges, one CTA each: one
 // kernel counts each range's keys (sm90_fp8_moe_route_count), the next (sm90_fp8_moe_route_place)
 // starts each range's keys after the earlier keys and the earlier ranges' pairs of the same key.
 // Shared memory: 33 x (experts + 1) ints (experts <= 1024: 135 KB).
 constexpr int kRouteThreads = 1024;
 constexpr int kRouteChunk = 4 * kRouteThreads;
-constexpr int kRouteOneCta = 2 * kRouteChunk;
 
 template <bool kIds64>
 __device__ __forceinline__ int local_expert(const void* ids, int pair, const int* expert_map, int global_experts,

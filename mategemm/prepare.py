@@ -133,13 +133,15 @@ def memo_key(*values):
     key = []
     try:
         for v in values:
-            for item in v if isinstance(v, (tuple, list)) else (v,):  # (tensor, scale) pairs, recipe tuples
+            items = v if isinstance(v, (tuple, list)) else (v,)  # (tensor, scale) pairs, recipe tuples
+            if items is v:
+                key.append(len(v))  # a tuple's length: (1, 2), 3 differs from 1, (2, 3)
+            for item in items:
                 if isinstance(item, torch.Tensor):
                     key += (item.data_ptr(), item.get_device(), item.dtype, item.shape, item.stride())
                 else:
                     hash(item)
                     key.append(item)
-            key.append(type(v).__name__)  # a tuple's end: (1, 2), 3 differs from 1, (2, 3)
     except (AttributeError, TypeError):
         return None
     key += (env.hot_knobs(), rt_device.get_num_mp_override())

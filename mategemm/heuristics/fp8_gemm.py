@@ -17,10 +17,16 @@ BLOCK_MS = (64, 128, 256)
 MAX_BLOCK_N = 192
 
 
+def block_n_multiple(out_elem_bytes: int = 2) -> int:
+    """What BLOCK_N must be a multiple of: 16, or 32 with a 1-byte output (its narrowest swizzled
+    store chunk is 32 columns)."""
+    return 32 if out_elem_bytes == 1 else 16
+
+
 def block_n_allowed(block_n: int, scale_gran_n: int, out_elem_bytes: int = 2) -> bool:
-    """A tile width the kernel takes: a multiple of 16 (of 32 with a 1-byte output, whose narrowest
-    swizzled store chunk is 32 columns) up to MAX_BLOCK_N, within two B scale blocks."""
-    if block_n % (32 if out_elem_bytes == 1 else 16) or not 16 <= block_n <= MAX_BLOCK_N:
+    """A tile width the kernel takes: a multiple of block_n_multiple up to MAX_BLOCK_N, within two B
+    scale blocks."""
+    if block_n % block_n_multiple(out_elem_bytes) or not 16 <= block_n <= MAX_BLOCK_N:
         return False
     return scale_gran_n != 128 or block_n <= 128 + math.gcd(block_n, 128)
 
@@ -207,7 +213,7 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     if "block_n" in forced and not block_n_allowed(forced["block_n"], gran_n, out_bytes):
         bn = forced["block_n"]
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={bn} is not allowed for recipe "
-                         f"{problem.recipe.name} (multiples of {32 if out_bytes == 1 else 16} up to {MAX_BLOCK_N})")
+                         f"{problem.recipe.name} (multiples of {block_n_multiple(out_bytes)} up to {MAX_BLOCK_N})")
     if not clusters:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: (cluster_m, cluster_n) must be one of {CLUSTERS}")
     if "num_mp" in forced:

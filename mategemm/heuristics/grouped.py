@@ -126,7 +126,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     block_ns = (forced["block_n"],) if "block_n" in forced else fp8_gemm.BLOCK_NS
     if "block_n" in forced and not _block_n_allowed(forced["block_n"], problem.recipe.gn, max_bn, problem.mn_major,
                                                   problem.out_elem_bytes):
-        multiple = 64 if problem.mn_major & 2 else 32 if problem.out_elem_bytes == 1 else 16
+        multiple = 64 if problem.mn_major & 2 else fp8_gemm.block_n_multiple(problem.out_elem_bytes)
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_n={forced['block_n']} is not allowed here "
                          f"(multiples of {multiple} up to {max_bn})")
     clusters = [c for c in CLUSTERS if forced.get("cluster_n", c[1]) == c[1] and not (problem.mn_major & 1 and c[1] > 1)]
@@ -209,5 +209,5 @@ def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int, mn_major
     if mn_major & 2 and block_n % 64:
         return False
     if scale_gran_n <= 0:  # no B scale blocks to straddle
-        return block_n % (32 if out_elem_bytes == 1 else 16) == 0 and 16 <= block_n <= max_block_n
+        return block_n % fp8_gemm.block_n_multiple(out_elem_bytes) == 0 and 16 <= block_n <= max_block_n
     return block_n <= max_block_n and fp8_gemm.block_n_allowed(block_n, scale_gran_n, out_elem_bytes)
