@@ -30,6 +30,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
     for (int i = 0; i < T::kWaves * T::kAcc; ++i) acc[i] = 0.0f;
     if constexpr (T::kTmaScales) {
       promoted.sfb_tile = stage_tile_b_scales<T>(args, smem.sfb_tiles, t, tile_parity);
+      promoted.scale_row_shift = t.a_row0 - T::Layout::scale_box_row(t.a_row0);
       tile_parity ^= 1;
     }
     if constexpr (T::kScaleAtEnd) {

@@ -110,6 +110,7 @@ struct PromotedMainLoop {
   int thread_row;    // the row of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16)
   int first_chunks;  // with 128-column B blocks: 8-column chunks before it use the tile's first block
   u32 sfb_tile = 0;  // kTmaScales: the tile's B scales per K block (stage_tile_b_scales)
+  int scale_row_shift = 0;  // kTmaScales: the tile's first row in the stage's scale rows
 
   // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
   __device__ __forceinline__ int wave_row0(int wave) const { return (math_wg * T::kWaves + wave) * 64; }
@@ -128,7 +129,8 @@ struct PromotedMainLoop {
     }
     wgmma_commit();
     // The scales are needed only at promotion: read while the wgmma runs.
-    const u32 sf = scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + thread_row + wave * 64) * 4;
+    const u32 sf =
+        scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + thread_row + wave * 64 + scale_row_shift) * 4;
     sc.lo[0] = ld_shared_f32(sf);
     sc.hi[0] = ld_shared_f32(sf + 8 * 4);
     if constexpr (T::kTmaScales) {  // the stage holds sa; sb of K block kb from the tile's buffer

@@ -20,9 +20,13 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
       const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
       smem.empty[pipe.stage].wait(pipe.phase ^ 1);
       loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes +
-                              (T::kTmaScales ? T::BLOCK_M * 4 : 0));
+                              (T::kTmaScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0));
       if constexpr (T::kTmaScales) {  // A's scales of the tile's rows (rows past m zero-filled)
-        tma_load_2d(smem.scales + pipe.stage * Layout::kSfBytes, args.tmap_sfa, loaded.addr, t.a_row0, kb);
+        #pragma unroll
+        for (int c = 0; c < Layout::kScaleBoxes; ++c) {
+          tma_load_2d(smem.scales + pipe.stage * Layout::kSfBytes + c * Layout::kScaleBoxStep * 4, args.tmap_sfa,
+                      loaded.addr, Layout::scale_box_row(t.a_row0) + c * Layout::kScaleBoxStep, kb);
+        }
       }
       // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
       u8* a_dst = smem.a + pipe.stage * Layout::kABytes;

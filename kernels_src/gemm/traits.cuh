@@ -48,11 +48,22 @@ struct GemmSmemLayout {
   // TMA lands them. (1,1,128): sa per row, sb per column; (1,1,32): those for each of the stage's
   // four 32-value K blocks in turn.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
+  // kTmaScales: a TMA box's first row must sit on 16 bytes (4 floats). Tiles of the grouped M modes
+  // start on any row: their boxes (up to 128 rows, 4 more) start at the row rounded down to 4, the
+  // next box 128 rows on (the boxes overlap by 4 rows); the stage holds BLOCK_M + 4 rows, 128-byte
+  // aligned as TMA writes them.
+  static constexpr int kScaleRowSlack = kTmaScales && group_rows_checked<kGroupMode>() ? 4 : 0;
+  static constexpr int kScaleBoxStep = kScaleRowSlack && BLOCK_M > 128 ? 128 : BLOCK_M;
+  static constexpr int kScaleBoxRows = kScaleBoxStep + kScaleRowSlack;
+  static constexpr int kScaleBoxes = BLOCK_M / kScaleBoxStep;
   static constexpr int kSfFloats = kScaleGranN == 0     ? 0
-                                   : kTmaScales         ? BLOCK_M
+                                   : kTmaScales         ? BLOCK_M + kScaleRowSlack
                                    : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
                                                         : (BLOCK_M + BLOCK_N) * (kBlockK / kScaleGranK);
-  static constexpr int kSfBytes = (kSfFloats * 4 + 15) & ~15;
+  static constexpr int kSfAlign = kScaleRowSlack ? 128 : 16;
+  static constexpr int kSfBytes = (kSfFloats * 4 + kSfAlign - 1) / kSfAlign * kSfAlign;
+  // The first row of the scale box of a tile starting at row a_row0 of A.
+  static __device__ __forceinline__ int scale_box_row(int a_row0) { return kScaleRowSlack ? a_row0 & ~3 : a_row0; }
   // MN-major operands (kMnMajor bit 0: A, bit 1: B) land untransposed in a staging area of the
   // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
   static constexpr int kStagingABytes = (kMnMajor & 1) ? kABytes : 0;

@@ -5,6 +5,7 @@ import functools
 import math
 
 from mategemm.heuristics import parse_force_config, sm90
+from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime.device import DeviceInfo
 from mategemm.types import GemmConfig, GemmProblem
 
@@ -31,9 +32,16 @@ def block_n_allowed(block_n: int, scale_gran_n: int, out_elem_bytes: int = 2) ->
     return scale_gran_n != 128 or block_n <= 128 + math.gcd(block_n, 128)
 
 
-# NOTES: the heuristic stops at 160: 176/192 were never faster in a measurement (128x24576x1536
-# 560 -> 535 TFLOPS when the floor-bound model picked 192); they remain forceable.
+# NOTES: the heuristic stops at 160 (176 never won a measurement), but for wide_tile_allowed.
 BLOCK_NS = tuple(bn for bn in range(16, 161, 16))
+WIDE_BLOCK_N = 192
+
+
+def wide_tile_allowed(problem: GemmProblem) -> bool:
+    """Whether the dense heuristic also weighs BLOCK_N = WIDE_BLOCK_N: measured only with the
+    (1,128,128) recipe and A's scales by TMA, past decode sizes. NOTES: at m = 128 the floor-bound
+    model picked 192 and it lost (128x24576x1536 560 -> 535 TFLOPS, scale warps)."""
+    return problem.recipe.gn == 128 and problem.tma_scales and problem.m >= 256
 # NOTES: N-blocks per raster group. 4096x7168x16384 at 128x128 on an H200: group_n 4 -> 1043,
 # 8 -> 1069, 16 -> 1082, 32 -> 1054 TFLOPS.
 GROUP_N = 16
@@ -72,15 +80,19 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     (tma_scales) sa per row and stage, and two buffers of a tile's B scales."""
     out = block_m * block_n * out_elem_bytes
     two_b_blocks = 128 % block_n != 0
+    scale_align = 16
     if tma_scales:  # sa per row as TMA lands it
-        scale_floats = block_m
+        box_rows, boxes = kernel_fp8.tma_scale_boxes(block_m, rows_checked)
+        scale_floats = block_m + box_rows - block_m // boxes  # the rows before the tile's first, in its box
+        if rows_checked:
+            scale_align = 128
     elif scale_gran_n == 128:  # per row: sa * sb for the tile's one or two B scale blocks
         scale_floats = block_m * (2 if two_b_blocks else 1)
     elif scale_gran_n == 1:  # sa per row, sb per column, for each scale block of the stage's K
         scale_floats = (block_m + block_n) * (sm90.BLOCK_K_FP8 // scale_gran_k)
     else:  # per-row / per-tensor scales, applied after the last k-block: none in the ring
         scale_floats = 0
-    scales = (scale_floats * 4 + 15) // 16 * 16
+    scales = -(-scale_floats * 4 // scale_align) * scale_align
     staging = (block_m if mn_major & 1 else 0) + (block_n if mn_major & 2 else 0)
     per_stage = (block_m + block_n + staging) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
@@ -106,9 +118,11 @@ def mma_efficiency(block_n: int) -> float:
     flight): 0.65-0.7 of the datasheet rate. BLOCK_N = 128 sits inside one B scale block (one scale
     pair per k-block, no per-chunk select) and stores through the 128-byte swizzle; other widths
     ran ~0.8x its rate per column (128x112 462 ns, 128x144 586 ns per k-block; 4096x2112x7168,
-    interleaved: 128x128 1039 TFLOPS, 128x112 975).
+    interleaved: 128x128 1039 TFLOPS, 128x112 975). With A's scales by TMA (H200, 2026-12-05,
+    4096x2112x7168, two rounds in turns): 128x128 1064 TFLOPS (416 ns per k-block), 128x192 1112
+    (664 ns: 0.66 of the datasheet rate on this scale), 128x144 1005 (0.60), 128x160 931 (0.61).
     """
-    return 0.7 if block_n == 128 else 0.55
+    return {128: 0.7, WIDE_BLOCK_N: 0.66}.get(block_n, 0.55)
 
 
 def tile_allowed(problem: GemmProblem, block_m: int, block_n: int, cluster: tuple[int, int], num_mp: int) -> bool:
@@ -203,7 +217,8 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     forced = parse_force_config(force)
     gran_n = problem.recipe.gn
     block_ms = (forced["block_m"],) if "block_m" in forced else BLOCK_MS
-    block_ns = (forced["block_n"],) if "block_n" in forced else BLOCK_NS
+    block_ns = ((forced["block_n"],) if "block_n" in forced else
+                BLOCK_NS + (WIDE_BLOCK_N,) if wide_tile_allowed(problem) else BLOCK_NS)
     clusters = [c for c in CLUSTERS
                 if forced.get("cluster_m", c[0]) == c[0] and forced.get("cluster_n", c[1]) == c[1]]
     for bm in block_ms:

@@ -61,6 +61,16 @@ def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
     return kernel
 
 
+def tma_scale_boxes(block_m: int, rows_checked: bool) -> tuple[int, int]:
+    """(rows per box, boxes) of a stage's TMA loads of A's scales (GemmSmemLayout's kScaleBoxRows,
+    kScaleBoxes). A box's first row must sit on 16 bytes: tiles that start on any row (rows_checked,
+    the grouped M modes) load boxes of up to 128 rows, 4 more, from the row rounded down to 4."""
+    if not rows_checked:
+        return block_m, 1
+    step = min(block_m, 128)
+    return step + 4, block_m // step
+
+
 class GroupArgs(NamedTuple):
     """The grouped modes' kernel arguments (problem.group_mode != "none")."""
 
@@ -110,10 +120,11 @@ class Launch:
                      encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
                      encode_2d(b, min(config.block_n, 128), 128, 0, rows=b_rows) if problem.mn_major & 2 else
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
-        # A's scales by TMA (problem.tma_scales): rows of m floats, one per K block, a box of a
+        # A's scales by TMA (problem.tma_scales): rows of m floats, one per K block, boxes of a
         # tile's rows (rows past m zero-filled). Otherwise the parameter is not read.
+        scale_box_rows = tma_scale_boxes(config.block_m, grouped_m)[0]
         self.tmap_sfa = (encode_rows(sfa.data_ptr(), torch.float32, problem.m, problem.k_blocks,
-                                     sfa_strides[1], config.block_m, 1, 0)
+                                     sfa_strides[1], scale_box_rows, 1, 0)
                          if problem.tma_scales else self.head[0])
         # FP8: K in whole 128-K blocks (a tail is zero-filled by TMA); 16-bit: K as it is.
         k = problem.k if problem.a_dtype.itemsize == 2 else problem.k_blocks * config.block_k

@@ -17,7 +17,8 @@ ROUTE_ONE_CTA = 2 * ROUTE_CHUNK           # up to this many pairs one CTA routes
 MAX_EXPERTS = 1024                        # validate.MAX_GROUPS
 ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key)
 GROUP = 128       # columns per scale
-GROUPS_PER_ITEM = 4  # a warp's work item in permute and gated_act: this many groups of one row (kGroupsPerItem)
+PERMUTE_GROUPS_PER_ITEM = 4  # a permute warp's work item: this many groups of one row (kGroupsPerItem)
+ACT_GROUPS_PER_ITEM = 1  # a gated activation warp's (kActGroupsPerItem)
 CTAS_PER_SM = 8   # the grids stride over their rows
 ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
 PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
@@ -69,10 +70,10 @@ def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None =
     return kernel
 
 
-def _warp_grid(rows: int, cols: int, num_sms: int) -> int:
-    """CTAs for one warp per work item (a row's GROUPS_PER_ITEM groups of 128 columns), at most
+def _warp_grid(rows: int, cols: int, groups_per_item: int, num_sms: int) -> int:
+    """CTAs for one warp per work item (a row's groups_per_item groups of 128 columns), at most
     CTAS_PER_SM per SM (the grid strides)."""
-    items = rows * -(-(cols // GROUP) // GROUPS_PER_ITEM)
+    items = rows * -(-(cols // GROUP) // groups_per_item)
     return max(1, min(-(-items // (THREADS // 32)), num_sms * CTAS_PER_SM))
 
 
@@ -131,7 +132,7 @@ def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_s
     values = (x.data_ptr(), x.stride(0), _ptr(x_scale), 0 if x_scale is None else x_scale.stride(0), order.data_ptr(),
               topk, weights.data_ptr(), int(weight_input), a.data_ptr(), a.stride(0), a_scale.data_ptr(),
               a_scale.stride(0), rows, live.data_ptr(), k)
-    return Launch(kernel, _warp_grid(rows, k, num_sms), values, PERMUTE_TYPES, (x, x_scale, order, weights, a, a_scale,
+    return Launch(kernel, _warp_grid(rows, k, PERMUTE_GROUPS_PER_ITEM, num_sms), values, PERMUTE_TYPES, (x, x_scale, order, weights, a, a_scale,
                                                                                 live))
 
 
@@ -140,7 +141,7 @@ def gated_act(kernel, h, q, q_scale, live, alpha: float, beta: float, limit: flo
     rows, n = q.shape
     values = (h.data_ptr(), h.stride(0), q.data_ptr(), q.stride(0), q_scale.data_ptr(), q_scale.stride(0), rows,
               live.data_ptr(), n, alpha, beta, math.inf if limit is None else limit)
-    return Launch(kernel, _warp_grid(rows, n, num_sms), values, ACT_TYPES, (h, q, q_scale, live))
+    return Launch(kernel, _warp_grid(rows, n, ACT_GROUPS_PER_ITEM, num_sms), values, ACT_TYPES, (h, q, q_scale, live))
 
 
 def unpermute(kernel, y, inv, topk, weights, weight_output: bool, out, live, num_sms) -> Launch:

@@ -51,9 +51,13 @@ def test_layer_matches_the_reference(activation, input_dtype, expert_map):
 
 @pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float8_e4m3fn])
 def test_router_weight_on_input(input_dtype):
-    case = ref.make_moe_layer_inputs(20, 256, 128, 4, 1, input_dtype)
-    check(run(case, apply_router_weight_on_input=True), reference(case, apply_router_weight_on_input=True),
-          f"weight on input {input_dtype}")
+    """topk 1 (which the option requires) with weights other than 1: each scales its token's input
+    row, which the activation's nonlinearity tells apart from scaling the output."""
+    case = ref.make_moe_layer_inputs(64, 256, 128, 4, 1, input_dtype)
+    case["topk_weights"] = torch.rand_like(case["topk_weights"]) * 0.9 + 0.1
+    got = run(case, apply_router_weight_on_input=True)
+    check(got, reference(case, apply_router_weight_on_input=True), f"weight on input {input_dtype}")
+    assert calc_diff(got, reference(case)) > 10 * TOL, "the weight scaled the output, not the input"
 
 
 @pytest.mark.parametrize("tokens,experts,topk,routing", [(1, 8, 2, "uniform"), (1, 4, 1, "uniform"),

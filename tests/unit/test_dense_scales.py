@@ -115,3 +115,30 @@ def test_grouped_forced_copy_feeds_the_kernel_a_workspace(stubbed, monkeypatch):
         ptr, stride_m, stride_k = kernel.launches[-1][1][4:7]
         assert (ptr, stride_m, stride_k) == (copy.workspace.data_ptr(), 1, 76)
         assert torch.equal(copy.workspace, sfa.t())
+
+
+@pytest.mark.parametrize("block_m", (64, 128, 256))
+@pytest.mark.parametrize("rows_checked", (False, True))
+def test_tma_scale_boxes_start_aligned_and_cover_the_tile(block_m, rows_checked):
+    """A's scale boxes start on 16 bytes (4 floats; TMA faults otherwise) wherever a tile of the
+    grouped M modes starts, stay within TMA's 256 rows, and cover the tile's rows within the
+    stage's scale rows (GemmSmemLayout::scale_box_row, as the kernel computes it)."""
+    from mategemm.heuristics import fp8_gemm
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+
+    box_rows, boxes = kernel_fp8.tma_scale_boxes(block_m, rows_checked)
+    step = block_m // boxes
+    stage_rows = block_m + box_rows - step
+    assert box_rows <= 256 and box_rows % 4 == 0 and step % 4 == 0
+    # a stage: A and B tiles, the scale rows (TMA writes 128-byte aligned boxes), two barriers
+    stage_bytes = (fp8_gemm.smem_bytes(block_m, 128, 4, 128, tma_scales=True, rows_checked=rows_checked)
+                   - fp8_gemm.smem_bytes(block_m, 128, 3, 128, tma_scales=True, rows_checked=rows_checked))
+    scale_bytes = stage_bytes - (block_m + 128) * 128 - 2 * 8
+    assert scale_bytes >= stage_rows * 4 and scale_bytes % (128 if rows_checked else 16) == 0
+    for a_row0 in range(0, 3 * block_m, 1 if rows_checked else block_m):
+        first = a_row0 & ~3 if rows_checked else a_row0
+        starts = [first + c * step for c in range(boxes)]
+        assert all(s % 4 == 0 for s in starts)
+        covered = set().union(*(range(s, s + box_rows) for s in starts))
+        assert set(range(a_row0, a_row0 + block_m)) <= covered
+        assert a_row0 - first + block_m <= stage_rows

@@ -158,7 +158,9 @@ def test_info_for_unknown_arch():
     (128, 64, 3, 1, 4, "ragged_k", 32, 3, 128, False), (64, 128, 4, 128, 2, "batched", 0, 1, 128, False),
     (128, 128, 4, 0, 2, "batched", 0, 2, 128, False), (64, 160, 6, 1, 2, "psum_expert", 256, 0, 32, False),
     (128, 128, 5, 128, 2, "none", 0, 0, 128, True), (128, 144, 5, 128, 2, "none", 0, 0, 128, True),
-    (256, 128, 3, 128, 2, "none", 0, 0, 128, True), (64, 16, 8, 128, 2, "none", 0, 0, 128, True)])
+    (256, 128, 3, 128, 2, "none", 0, 0, 128, True), (64, 16, 8, 128, 2, "none", 0, 0, 128, True),
+    (64, 128, 6, 128, 2, "per_expert", 256, 0, 128, True), (128, 144, 5, 128, 2, "psum_expert", 32, 0, 128, True),
+    (256, 128, 3, 128, 2, "masked", 32, 0, 128, True), (128, 128, 5, 128, 2, "per_token", 0, 0, 128, True)])
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups,
                                             mn_major, gran_k, tma):
     """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
