@@ -17,6 +17,10 @@ Variants (several may be joined with '+'):
   overlap_gn1   the second scratch accumulator also with per-column B scales ((1,1,128), MXFP8's
                 granularity 128): k-block kb promoted while kb + 1's wgmma runs (no spills at
                 64/128 x 96/128); time with `tools/bench.py mxfp8` or `grouped` in both trees
+  static_select with two B scale blocks per tile, the 8-column chunks that take the first (or the
+                second) block whatever the tile's offset are known at compile time: only the
+                chunks between gcd(BLOCK_N, 128) and 128 columns select at run time (8 of 24 at
+                BLOCK_N 192, 14 of 18 at 144)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead.
@@ -93,6 +97,9 @@ PATCHES = {
     "overlap_gn1": [(MAINLOOP, "static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;",
                      "static constexpr bool kOverlap = (T::kScaleGranN == 128 || T::kScaleGranN == 1) && T::BLOCK_N <= 128 &&\n"
                      "                                   T::kWaves == 1;")],
+    "static_select": [(MAINLOOP, "          const bool first = c < first_chunks;  // a select: an index would put sc in local memory\n",
+                       "          constexpr int kLowBit = T::BLOCK_N & -T::BLOCK_N;  // gcd(BLOCK_N, 128) for BLOCK_N <= 192\n"
+                       "          const bool first = c < (kLowBit < 128 ? kLowBit : 128) / 8 || (c < 16 && c < first_chunks);\n")],
     "unroll8": [(MAINLOOP, "      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
                  "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;",
                  "      #pragma unroll 8\n      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
