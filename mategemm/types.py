@@ -125,3 +125,13 @@ class Nvfp4Problem:
     @property
     def out_elem_bytes(self) -> int:
         return self.out_dtype.itemsize
+
+
+def tma_scale_boxes(block_m: int, rows_checked: bool) -> tuple[int, int]:
+    """(rows per box, boxes) of a stage's TMA loads of A's scales (GemmSmemLayout's kScaleBoxRows,
+    kScaleBoxes). A box's first row must sit on 16 bytes: tiles that start on any row (rows_checked,
+    the grouped M modes) load boxes of up to 128 rows, 4 more, from the row rounded down to 4."""
+    if not rows_checked:
+        return block_m, 1
+    step = min(block_m, 128)
+    return step + 4, block_m // step

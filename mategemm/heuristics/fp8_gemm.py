@@ -5,9 +5,8 @@ import functools
 import math
 
 from mategemm.heuristics import parse_force_config, sm90
-from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime.device import DeviceInfo
-from mategemm.types import GemmConfig, GemmProblem
+from mategemm.types import GemmConfig, GemmProblem, tma_scale_boxes
 
 BLOCK_MS = (64, 128, 256)
 # NOTES: BLOCK_N is any multiple of 16 up to 192: 256 spills (accumulator + scratch = 256
@@ -82,7 +81,7 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     two_b_blocks = 128 % block_n != 0
     scale_align = 16
     if tma_scales:  # sa per row as TMA lands it
-        box_rows, boxes = kernel_fp8.tma_scale_boxes(block_m, rows_checked)
+        box_rows, boxes = tma_scale_boxes(block_m, rows_checked)
         scale_floats = block_m + box_rows - block_m // boxes  # the rows before the tile's first, in its box
         if rows_checked:
             scale_align = 128

@@ -9,7 +9,7 @@ import torch
 from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d, encode_3d, encode_rows
-from mategemm.types import GemmConfig, GemmProblem
+from mategemm.types import GemmConfig, GemmProblem, tma_scale_boxes
 
 KERNEL = "sm90_fp8_gemm_blockscaled"  # block scales, promoted per 128-K block
 KERNEL_SCALE_AT_END = "sm90_gemm_scale_at_end"  # per-row / per-tensor scales (or none) applied at the end
@@ -59,16 +59,6 @@ def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
         kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes, config.cluster)
         _loaded[key] = kernel
     return kernel
-
-
-def tma_scale_boxes(block_m: int, rows_checked: bool) -> tuple[int, int]:
-    """(rows per box, boxes) of a stage's TMA loads of A's scales (GemmSmemLayout's kScaleBoxRows,
-    kScaleBoxes). A box's first row must sit on 16 bytes: tiles that start on any row (rows_checked,
-    the grouped M modes) load boxes of up to 128 rows, 4 more, from the row rounded down to 4."""
-    if not rows_checked:
-        return block_m, 1
-    step = min(block_m, 128)
-    return step + 4, block_m // step
 
 
 class GroupArgs(NamedTuple):

@@ -124,9 +124,9 @@ def test_tma_scale_boxes_start_aligned_and_cover_the_tile(block_m, rows_checked)
     grouped M modes starts, stay within TMA's 256 rows, and cover the tile's rows within the
     stage's scale rows (GemmSmemLayout::scale_box_row, as the kernel computes it)."""
     from mategemm.heuristics import fp8_gemm
-    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+    from mategemm.types import tma_scale_boxes
 
-    box_rows, boxes = kernel_fp8.tma_scale_boxes(block_m, rows_checked)
+    box_rows, boxes = tma_scale_boxes(block_m, rows_checked)
     step = block_m // boxes
     stage_rows = block_m + box_rows - step
     assert box_rows <= 256 and box_rows % 4 == 0 and step % 4 == 0
