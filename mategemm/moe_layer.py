@@ -74,6 +74,8 @@ class Workspace:
     def __init__(self, device, capacity: int, hidden: int, intermediate: int, experts: int):
         widest = max(hidden, intermediate)
         self.capacity = capacity
+        self.hidden = hidden
+        self.token_buffers: tuple[torch.Tensor, ...] | None = None  # see tokens()
         self.fp8 = torch.empty(capacity * widest, dtype=torch.uint8, device=device)
         self.scales = torch.empty(capacity * widest // 128, dtype=torch.float32, device=device)
         self.bf16 = torch.empty(capacity * max(2 * intermediate, hidden), dtype=torch.bfloat16, device=device)
@@ -85,6 +87,20 @@ class Workspace:
             return (self.bf16.narrow(0, 0, pairs * cols).view(pairs, cols),)
         q = self.fp8.narrow(0, 0, pairs * cols).view(torch.float8_e4m3fn).view(pairs, cols)
         return q, self.scales.narrow(0, 0, pairs * cols // 128).view(pairs, cols // 128)
+
+
+    def tokens(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(e4m3 (tokens, hidden), scales (tokens, hidden/128), int64 0 .. tokens - 1): a bf16 input
+        quantised once per token (plan.moe_quantize_first, topk >= 2), allocated on first use for
+        half the capacity in pairs."""
+        if self.token_buffers is None:
+            rows, device = self.capacity // 2, self.fp8.device
+            self.token_buffers = (torch.empty(rows * self.hidden, dtype=torch.uint8, device=device),
+                                  torch.empty(rows * self.hidden // 128, dtype=torch.float32, device=device),
+                                  torch.arange(rows, dtype=torch.int64, device=device))
+        fp8, scales, identity = self.token_buffers
+        q = fp8.narrow(0, 0, tokens * self.hidden).view(torch.float8_e4m3fn).view(tokens, self.hidden)
+        return q, scales.narrow(0, 0, tokens * self.hidden // 128).view(tokens, -1), identity.narrow(0, 0, tokens)
 
 
 _workspaces: dict[tuple, Workspace] = {}
@@ -125,9 +141,13 @@ class Layer:
         q, q_scale = ws.rows(pairs, c.intermediate, "fp8")
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
         *route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
+        # quantise each token once into x_q, then gather the pairs' rows with the FP8-input permute
+        self.x_q = ws.tokens(c.tokens) if plan.moe_quantize_first(c.input_fp8, c.topk) else None
         with torch.cuda.device(self.index):
             self.route_kernels = tuple(kernel.load(spec, self.index) for spec in route)
             self.kernels = (kernel.load(permute, self.index), kernel.load(unpermute, self.index))
+            if self.x_q is not None:
+                self.gather_kernel = kernel.load(kernel.permute_spec(True, info.arch), self.index)
             self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
                                               limit, info.num_sms)
         counts = r.counts.narrow(0, 0, c.experts)
@@ -150,11 +170,21 @@ class Layer:
             ("route", topk_ids.data_ptr()),
             lambda: kernel.route(self.route_kernels, topk_ids, self.expert_map, c.global_experts, c.experts, r.counts,
                                  r.live, r.order, r.inv, r.range_counts))
-        permute = self._launch(
-            ("permute", hidden_states.data_ptr(), 0 if hidden_states_scale is None else hidden_states_scale.data_ptr(),
-             topk_weights.data_ptr()),
-            lambda: kernel.permute(self.kernels[0], hidden_states, hidden_states_scale, r.order, c.topk, topk_weights,
-                                   self.weight_input, *self.a, r.live, self.num_sms))
+        if self.x_q is None:
+            permute = self._launch(
+                ("permute", hidden_states.data_ptr(),
+                 0 if hidden_states_scale is None else hidden_states_scale.data_ptr(), topk_weights.data_ptr()),
+                lambda: kernel.permute(self.kernels[0], hidden_states, hidden_states_scale, r.order, c.topk,
+                                       topk_weights, self.weight_input, *self.a, r.live, self.num_sms))
+        else:
+            x_q, x_q_scale, identity = self.x_q
+            permute = self._launch(
+                ("quantize, gather", hidden_states.data_ptr(), topk_weights.data_ptr()),
+                lambda: kernel.Launches(
+                    kernel.permute(self.kernels[0], hidden_states, None, identity, 1, topk_weights, False, x_q,
+                                   x_q_scale, None, self.num_sms),
+                    kernel.permute(self.gather_kernel, x_q, x_q_scale, r.order, c.topk, topk_weights, False, *self.a,
+                                   r.live, self.num_sms)))
         unpermute = self._launch(
             ("unpermute", topk_weights.data_ptr(), out.data_ptr()),
             lambda: kernel.unpermute(self.kernels[1], self.y, r.inv, c.topk, topk_weights, not self.weight_input,

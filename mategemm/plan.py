@@ -228,6 +228,13 @@ def mqa_logits(rows: int, heads: int, head_dim: int, paged: bool, logits_dtype: 
                    kernel_mqa.spec(rows, heads, head_dim, stages, paged, logits_dtype, device.arch))
 
 
+def moe_quantize_first(input_fp8: bool, topk: int, force: str | None = None) -> bool:
+    """Whether the fused MoE layer quantises a bf16 input once per token, then gathers each pair's
+    FP8 row (the FP8-input permute), instead of quantising once per pair: the input is read once,
+    not topk times. Opt-in (MATEGEMM_FORCE_CONFIG quant_first=1) until measured on a GPU."""
+    return not input_fp8 and topk > 1 and parse_force_config(_force(force)).get("quant_first", 0) == 1
+
+
 def moe_layer_kernels(input_fp8: bool, activation: str, ids_64bit: bool, device: DeviceInfo) -> tuple[KernelSpec, ...]:
     """The fused MoE layer's own kernels (its GEMMs are planned as per_expert grouped GEMMs): the
     three of the routing (int32 or int64 ids; one CTA, or a count and a place per range of pairs),

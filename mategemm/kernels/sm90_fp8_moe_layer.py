@@ -126,14 +126,15 @@ def route(kernels, ids, expert_map, global_experts: int, experts: int, counts, l
 
 
 def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_scale, live, num_sms) -> Launch:
-    """a[r], a_scale[r] = the FP8 row (and scales) of pair order[r] for r < *live; x bf16 (quantised
-    here) or FP8 with x_scale; times the pair's weight when weight_input."""
+    """a[r], a_scale[r] = the FP8 row (and scales) of pair order[r] for r < *live (every row of a
+    when live is None); x bf16 (quantised here) or FP8 with x_scale; times the pair's weight when
+    weight_input."""
     rows, k = a.shape
     values = (x.data_ptr(), x.stride(0), _ptr(x_scale), 0 if x_scale is None else x_scale.stride(0), order.data_ptr(),
               topk, weights.data_ptr(), int(weight_input), a.data_ptr(), a.stride(0), a_scale.data_ptr(),
-              a_scale.stride(0), rows, live.data_ptr(), k)
-    return Launch(kernel, _warp_grid(rows, k, PERMUTE_GROUPS_PER_ITEM, num_sms), values, PERMUTE_TYPES, (x, x_scale, order, weights, a, a_scale,
-                                                                                live))
+              a_scale.stride(0), rows, _ptr(live), k)
+    return Launch(kernel, _warp_grid(rows, k, PERMUTE_GROUPS_PER_ITEM, num_sms), values, PERMUTE_TYPES,
+                  (x, x_scale, order, weights, a, a_scale, live))
 
 
 def gated_act(kernel, h, q, q_scale, live, alpha: float, beta: float, limit: float | None, num_sms: int) -> Launch:

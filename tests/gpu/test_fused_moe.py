@@ -151,3 +151,16 @@ def test_route_kernel_matches_the_reference(tokens, topk, experts, global_expert
                                                    global_experts, experts)
     assert r.order.tolist() == order and r.inv.tolist() == inv
     assert r.counts.tolist() == counts and r.live.item() == live
+
+
+@pytest.mark.parametrize("tokens,topk", [(1, 2), (300, 4), (2049, 8)])
+def test_quantize_first_gives_the_same_bytes(monkeypatch, tokens, topk):
+    """MATEGEMM_FORCE_CONFIG quant_first=1 (each token quantised once, the pairs' FP8 rows gathered):
+    bit for bit the output of quantising pair by pair, and the reference's."""
+    case = ref.make_moe_layer_inputs(tokens, 512, 256, 16, topk, torch.bfloat16, routing="skewed")
+    pair_by_pair = run(case)
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "quant_first=1")
+    out = torch.full_like(pair_by_pair, float("nan"))
+    assert run(case, out=out) is out
+    assert torch.equal(out, pair_by_pair)
+    check(out, reference(case), f"quant_first M={tokens} topk={topk}")

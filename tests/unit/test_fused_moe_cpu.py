@@ -129,3 +129,33 @@ def test_new_activations_of_the_same_layout_reuse_the_prepared_layer(monkeypatch
         step = dict(inputs(tokens=6), **{k: weights[k] for k in ("w1", "w2", "w1_scale", "w2_scale")})
         mategemm.fused_moe(*step.values())  # another token count: another layout
         assert len(checks) == 2
+
+
+@pytest.mark.parametrize("topk,dtype,split", [(4, torch.bfloat16, True), (1, torch.bfloat16, False),
+                                              (4, E4M3, False)])
+def test_quantize_first_permutes_the_tokens_then_gathers_the_pairs(monkeypatch, topk, dtype, split):
+    """MATEGEMM_FORCE_CONFIG quant_first=1 with a bf16 input and topk >= 2: the bf16 permute quantises
+    each token once (identity order, topk 1, every row) into the token buffers, then the FP8 permute
+    gathers the pairs' rows from them; otherwise one permute of the pairs."""
+    from mategemm.kernels import sm90_fp8_moe_layer
+
+    permutes = []
+    real = sm90_fp8_moe_layer.permute
+    monkeypatch.setattr(sm90_fp8_moe_layer, "permute", lambda *args: permutes.append(args) or real(*args))
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "quant_first=1")
+    with recorded_specs(monkeypatch) as asked:
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", NoLaunch)
+        monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
+        args = inputs(tokens=5, topk=topk, dtype=dtype)
+        scale = torch.empty((5, 2), device="cuda") if dtype == E4M3 else None
+        call(mategemm.fused_moe, *args.values(), hidden_states_scale=scale)
+    fp8_permute = [s for s in asked if "permute<true>" in s.name_expr]
+    if not split:
+        assert len(permutes) == 1 and permutes[0][4] == topk and permutes[0][7].shape == (5 * topk, 256)
+        assert bool(fp8_permute) == (dtype == E4M3)
+        return
+    (_, x, x_scale, order, one, _, weight_input, q, q_scale, live, _), gather = permutes
+    assert x is args["hidden_states"] and x_scale is None and live is None and (one, weight_input) == (1, False)
+    assert order.shape == (5,) and order.dtype == torch.int64 and q.shape == (5, 256) and q_scale.shape == (5, 2)
+    assert gather[1] is q and gather[2] is q_scale and gather[4] == topk and gather[7].shape == (5 * topk, 256)
+    assert gather[9] is not None and fp8_permute
