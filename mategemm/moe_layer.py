@@ -88,7 +88,6 @@ class Workspace:
         q = self.fp8.narrow(0, 0, pairs * cols).view(torch.float8_e4m3fn).view(pairs, cols)
         return q, self.scales.narrow(0, 0, pairs * cols // 128).view(pairs, cols // 128)
 
-
     def tokens(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(e4m3 (tokens, hidden), scales (tokens, hidden/128), int64 0 .. tokens - 1): a bf16 input
         quantised once per token (plan.moe_quantize_first, topk >= 2), allocated on first use for

@@ -11,8 +11,8 @@ from mategemm.types import GemmConfig, GemmProblem, tma_scale_boxes
 BLOCK_MS = (64, 128, 256)
 # NOTES: BLOCK_N is any multiple of 16 up to 192: 256 spills (accumulator + scratch = 256
 # registers per math thread, of 232); the overlapped promotion's second scratch is used only up
-# to 128. 192 measured 990 TFLOPS vs 1180 at 128 (4096x7168x16384, H200), so the efficiency
-# model never picks it. With the (1,128,128) recipe a tile may straddle at most two 128-column
+# to 128. 192 measured 990 TFLOPS vs 1180 at 128 (4096x7168x16384, H200, A's scales by the scale
+# warps); the efficiency model picks it only where wide_tile_allowed. With the (1,128,128) recipe a tile may straddle at most two 128-column
 # scale blocks, which rules out BLOCK_N > 128 + gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
 MAX_BLOCK_N = 192
 
@@ -41,6 +41,8 @@ def wide_tile_allowed(problem: GemmProblem) -> bool:
     (1,128,128) recipe and A's scales by TMA, past decode sizes. NOTES: at m = 128 the floor-bound
     model picked 192 and it lost (128x24576x1536 560 -> 535 TFLOPS, scale warps)."""
     return problem.recipe.gn == 128 and problem.tma_scales and problem.m >= 256
+
+
 # NOTES: N-blocks per raster group. 4096x7168x16384 at 128x128 on an H200: group_n 4 -> 1043,
 # 8 -> 1069, 16 -> 1082, 32 -> 1054 TFLOPS.
 GROUP_N = 16
