@@ -141,7 +141,7 @@ class Layer:
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
         *route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
         # quantise each token once into x_q, then gather the pairs' rows with the FP8-input permute
-        self.x_q = ws.tokens(c.tokens) if plan.moe_quantize_first(c.input_fp8, c.topk) else None
+        self.x_q = ws.tokens(c.tokens) if plan.moe_quantize_first(c.input_fp8, c.tokens, c.topk) else None
         with torch.cuda.device(self.index):
             self.route_kernels = tuple(kernel.load(spec, self.index) for spec in route)
             self.kernels = (kernel.load(permute, self.index), kernel.load(unpermute, self.index))

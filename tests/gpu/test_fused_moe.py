@@ -155,9 +155,10 @@ def test_route_kernel_matches_the_reference(tokens, topk, experts, global_expert
 
 @pytest.mark.parametrize("tokens,topk", [(1, 2), (300, 4), (2049, 8)])
 def test_quantize_first_gives_the_same_bytes(monkeypatch, tokens, topk):
-    """MATEGEMM_FORCE_CONFIG quant_first=1 (each token quantised once, the pairs' FP8 rows gathered):
-    bit for bit the output of quantising pair by pair, and the reference's."""
+    """Each token quantised once and the pairs' FP8 rows gathered (quant_first=1, the default from 1024
+    tokens): bit for bit the output of quantising pair by pair (quant_first=0), and the reference's."""
     case = ref.make_moe_layer_inputs(tokens, 512, 256, 16, topk, torch.bfloat16, routing="skewed")
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "quant_first=0")
     pair_by_pair = run(case)
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "quant_first=1")
     out = torch.full_like(pair_by_pair, float("nan"))

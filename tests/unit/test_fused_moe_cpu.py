@@ -159,3 +159,14 @@ def test_quantize_first_permutes_the_tokens_then_gathers_the_pairs(monkeypatch, 
     assert order.shape == (5,) and order.dtype == torch.int64 and q.shape == (5, 256) and q_scale.shape == (5, 2)
     assert gather[1] is q and gather[2] is q_scale and gather[4] == topk and gather[7].shape == (5 * topk, 256)
     assert gather[9] is not None and fp8_permute
+
+
+@pytest.mark.parametrize("force,tokens,want", [("", 1023, False), ("", 1024, True), ("quant_first=0", 4096, False),
+                                               ("quant_first=1", 1, True)])
+def test_quantize_first_from_a_thousand_tokens_or_forced(force, tokens, want):
+    """A bf16 input with topk >= 2 is quantised once per token from QUANTIZE_FIRST_MIN_TOKENS tokens
+    (or as forced); an FP8 input or topk 1 never."""
+    from mategemm import plan
+
+    assert plan.moe_quantize_first(False, tokens, 8, force) == want
+    assert not plan.moe_quantize_first(True, tokens, 8, force) and not plan.moe_quantize_first(False, tokens, 1, force)
