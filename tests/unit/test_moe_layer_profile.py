@@ -13,8 +13,13 @@ def test_least_bytes_of_the_layer_kernels():
     pairs = tokens * topk
     assert profile.least_bytes("void mategemm::sm90_fp8_moe_unpermute<false>(...)", tokens, topk, hidden,
                                inter) == pairs * hidden * 2 + tokens * hidden * 2
+    fp8_row = hidden + hidden // 128 * 4
+    # a bf16 input of 16384 tokens is quantised per token (tokens rows), then the pairs' rows gathered
     assert profile.least_bytes("sm90_fp8_moe_permute<false>", tokens, topk, hidden, inter) == (
-        tokens * hidden * 2 + pairs * (hidden + hidden // 128 * 4))
+        tokens * hidden * 2 + tokens * fp8_row)
+    assert profile.least_bytes("sm90_fp8_moe_permute<true>", tokens, topk, hidden, inter) == (tokens + pairs) * fp8_row
+    assert profile.least_bytes("sm90_fp8_moe_permute<false>", 64, topk, hidden, inter) == (
+        64 * hidden * 2 + 64 * topk * fp8_row)
     assert profile.least_bytes("sm90_fp8_moe_gated_act<0>", tokens, topk, hidden, inter) == (
         pairs * (4 * inter + inter + inter // 128 * 4))
     assert profile.least_bytes("sm90_fp8_moe_route<false>", tokens, topk, hidden, inter) == pairs * 20

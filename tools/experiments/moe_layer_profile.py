@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import mategemm  # noqa: E402
+import mategemm.plan  # noqa: E402
 from mategemm.testing import moe_layer as layer_testing  # noqa: E402
 
 CALLS = 5
@@ -29,10 +30,14 @@ CALLS = 5
 def least_bytes(name: str, tokens: int, topk: int, hidden: int, intermediate: int) -> int | None:
     """Bytes a kernel of the layer must read and write at the least (bf16 input), or None (GEMMs)."""
     pairs = tokens * topk
+    fp8_row = hidden + hidden // 128 * 4  # a row quantised 1x128, with its scales
     if "route" in name:
         return pairs * (4 + 8 + 8)  # ids in, order and inverse out
-    if "permute" in name and "unpermute" not in name:
-        return tokens * hidden * 2 + pairs * (hidden + hidden // 128 * 4)
+    if "moe_permute<false>" in name:  # quantised per token first (plan.moe_quantize_first), else per pair
+        rows = tokens if mategemm.plan.moe_quantize_first(False, tokens, topk) else pairs
+        return tokens * hidden * 2 + rows * fp8_row
+    if "moe_permute<true>" in name:  # the pairs' rows gathered from the tokens' FP8 rows
+        return tokens * fp8_row + pairs * fp8_row
     if "gated_act" in name:
         return pairs * (2 * intermediate * 2 + intermediate + intermediate // 128 * 4)
     if "unpermute" in name:
