@@ -78,11 +78,12 @@ def test_ragged_m_tma_scales_forced(gemm_mode, counts, n, k, layout, monkeypatch
     assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
 
 
-@pytest.mark.parametrize("max_m,masked", ((64, [0, 1, 64, 33]), (300, [300, 129, 0, 5000, 7])))
+@pytest.mark.parametrize("max_m,masked", ((64, [0, 1, 64, 33]), (300, [300, 129, 0, 5000, 7]),
+                                          (301, [301, 2, 300, 0, 150])))
 def test_masked_tma_scales_forced(max_m, masked, monkeypatch):
     """Masked with tma_scales=2: A's scales by TMA over the experts' stacked rows (K-major ones copied
     first; stacked MN-major ones read in place): the same bytes as the scale warps (test_masked
-    checks those against the reference)."""
+    checks those against the reference). max_m 301: experts' rows start off the 4-row grid of TMA."""
     n, k, groups = 384, 512, len(masked)
     a, sfa = moe.make_tokens(groups * max_m, k)
     b, sfb = moe.make_expert_weights(groups, n, k, (1, 128, 128))
