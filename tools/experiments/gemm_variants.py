@@ -21,6 +21,9 @@ Variants (several may be joined with '+'):
                 second) block whatever the tile's offset are known at compile time: only the
                 chunks between gcd(BLOCK_N, 128) and 128 columns select at run time (8 of 24 at
                 BLOCK_N 192, 14 of 18 at 144)
+  split_dispatch  (a diff) with two B scale blocks per tile, one warp-uniform branch on the tile's
+                first-block chunk count picks a promotion compiled for it: no per-chunk select or
+                predicate at all (0 FSEL at 128x192 and 128x144; no local memory)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead.
@@ -63,7 +66,7 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 """
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
-PATCH_FILES: dict[str, Path] = {}
+PATCH_FILES: dict[str, Path] = {"split_dispatch": Path(__file__).resolve().parent / "patches" / "split_dispatch.diff"}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
