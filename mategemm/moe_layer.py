@@ -2,7 +2,8 @@
 
     route      local expert of every (token, slot) pair, pairs sorted by expert (stable), counts
                per expert: one kernel, no host synchronisation
-    permute    the pairs' FP8 rows packed by expert, a bf16 input quantised 1x128 on the way
+    permute    the pairs' FP8 rows packed by expert, a bf16 input quantised 1x128 on the way (from
+               1024 tokens quantised once per token first, then the pairs' rows gathered)
     GEMM1      ragged_m_moe_gemm_8bit per_expert: h = a . w1[e]^T, gate and up (bf16)
     gated_act  act(gate, up) quantised 1x128 to FP8 in one kernel
     GEMM2      ragged_m_moe_gemm_8bit per_expert: y = q . w2[e]^T (bf16)
