@@ -129,8 +129,8 @@ struct PromotedMainLoop {
     }
     wgmma_commit();
     // The scales are needed only at promotion: read while the wgmma runs.
-    const u32 sf =
-        scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + thread_row + wave * 64 + scale_row_shift) * 4;
+    const int row = thread_row + wave * 64 + (Layout::kScaleRowSlack ? scale_row_shift : 0);
+    const u32 sf = scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + row) * 4;
     sc.lo[0] = ld_shared_f32(sf);
     sc.hi[0] = ld_shared_f32(sf + 8 * 4);
     if constexpr (T::kTmaScales) {  // the stage holds sa; sb of K block kb from the tile's buffer
