@@ -19,7 +19,7 @@ ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key
 GROUP = 128       # columns per scale
 PERMUTE_GROUPS_PER_ITEM = 4  # a permute warp's work item: this many groups of one row (kGroupsPerItem)
 ACT_GROUPS_PER_ITEM = 1  # a gated activation warp's (kActGroupsPerItem)
-CTAS_PER_SM = 8   # the grids stride over their rows
+CTAS_PER_SM = 8   # the grids stride over their rows, at most this many CTAs per SM and no more than fit
 ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
 PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
                  rt.INT, rt.PTR, rt.INT)
@@ -70,11 +70,18 @@ def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None =
     return kernel
 
 
-def _warp_grid(rows: int, cols: int, groups_per_item: int, num_sms: int) -> int:
-    """CTAs for one warp per work item (a row's groups_per_item groups of 128 columns), at most
-    CTAS_PER_SM per SM (the grid strides)."""
+def _grid(kernel, ctas: int, num_sms: int) -> int:
+    """`ctas` CTAs, at most as many as are resident at once (the grid strides over the rest).
+
+    NOTES: 8 per SM were launched whatever fit: the row kernels hold 40-51 registers per thread, so
+    5-6 of their 256-thread CTAs fit an SM and the last 2-3 per SM ran alone in a second wave."""
+    return max(1, min(ctas, num_sms * min(CTAS_PER_SM, kernel.resident_ctas_per_sm())))
+
+
+def _warp_grid(kernel, rows: int, cols: int, groups_per_item: int, num_sms: int) -> int:
+    """CTAs for one warp per work item (a row's groups_per_item groups of 128 columns)."""
     items = rows * -(-(cols // GROUP) // groups_per_item)
-    return max(1, min(-(-items // (THREADS // 32)), num_sms * CTAS_PER_SM))
+    return _grid(kernel, -(-items // (THREADS // 32)), num_sms)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -133,7 +140,7 @@ def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_s
     values = (x.data_ptr(), x.stride(0), _ptr(x_scale), 0 if x_scale is None else x_scale.stride(0), order.data_ptr(),
               topk, weights.data_ptr(), int(weight_input), a.data_ptr(), a.stride(0), a_scale.data_ptr(),
               a_scale.stride(0), rows, _ptr(live), k)
-    return Launch(kernel, _warp_grid(rows, k, PERMUTE_GROUPS_PER_ITEM, num_sms), values, PERMUTE_TYPES,
+    return Launch(kernel, _warp_grid(kernel, rows, k, PERMUTE_GROUPS_PER_ITEM, num_sms), values, PERMUTE_TYPES,
                   (x, x_scale, order, weights, a, a_scale, live))
 
 
@@ -142,7 +149,8 @@ def gated_act(kernel, h, q, q_scale, live, alpha: float, beta: float, limit: flo
     rows, n = q.shape
     values = (h.data_ptr(), h.stride(0), q.data_ptr(), q.stride(0), q_scale.data_ptr(), q_scale.stride(0), rows,
               live.data_ptr(), n, alpha, beta, math.inf if limit is None else limit)
-    return Launch(kernel, _warp_grid(rows, n, ACT_GROUPS_PER_ITEM, num_sms), values, ACT_TYPES, (h, q, q_scale, live))
+    return Launch(kernel, _warp_grid(kernel, rows, n, ACT_GROUPS_PER_ITEM, num_sms), values, ACT_TYPES,
+                  (h, q, q_scale, live))
 
 
 def unpermute(kernel, y, inv, topk, weights, weight_output: bool, out, live, num_sms) -> Launch:
@@ -150,5 +158,5 @@ def unpermute(kernel, y, inv, topk, weights, weight_output: bool, out, live, num
     tokens, k = out.shape
     values = (y.data_ptr(), y.stride(0), inv.data_ptr(), topk, weights.data_ptr(), int(weight_output),
               out.data_ptr(), out.stride(0), tokens, y.shape[0], live.data_ptr(), k)
-    return Launch(kernel, max(1, min(tokens, num_sms * CTAS_PER_SM)), values, UNPERMUTE_TYPES,
+    return Launch(kernel, _grid(kernel, tokens, num_sms), values, UNPERMUTE_TYPES,
                   (y, inv, weights, out, live))

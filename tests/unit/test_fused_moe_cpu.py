@@ -170,3 +170,21 @@ def test_quantize_first_from_a_thousand_tokens_or_forced(force, tokens, want):
 
     assert plan.moe_quantize_first(False, tokens, 8, force) == want
     assert not plan.moe_quantize_first(True, tokens, 8, force) and not plan.moe_quantize_first(False, tokens, 1, force)
+
+
+def test_row_kernels_launch_no_more_ctas_than_fit():
+    """The row kernels' grids stride over their rows with at most the CTAs an SM holds at once (more
+    would leave a second wave of a few CTAs per SM running at a fraction of the occupancy)."""
+    from mategemm.kernels import sm90_fp8_moe_layer as kernel
+
+    class Fits:
+        def __init__(self, per_sm):
+            self.per_sm = per_sm
+
+        def resident_ctas_per_sm(self):
+            return self.per_sm
+
+    assert kernel._grid(Fits(5), 10**6, 132) == 5 * 132
+    assert kernel._grid(Fits(16), 10**6, 132) == kernel.CTAS_PER_SM * 132
+    assert kernel._grid(Fits(5), 7, 132) == 7 and kernel._grid(Fits(5), 0, 132) == 1
+    assert kernel._warp_grid(Fits(6), 100000, 768, 1, 132) == 6 * 132  # 6 groups a row, a warp each
