@@ -75,7 +75,7 @@ def _grid(kernel, ctas: int, num_sms: int) -> int:
 
     NOTES: 8 per SM were launched whatever fit: the row kernels hold 40-51 registers per thread, so
     5-6 of their 256-thread CTAs fit an SM and the last 2-3 per SM ran alone in a second wave."""
-    return max(1, min(ctas, num_sms * min(CTAS_PER_SM, kernel.resident_ctas_per_sm())))
+    return max(1, min(ctas, num_sms * min(CTAS_PER_SM, kernel.resident_per_sm)))
 
 
 def _warp_grid(kernel, rows: int, cols: int, groups_per_item: int, num_sms: int) -> int:

@@ -41,7 +41,9 @@ class LoadedKernel:
         # cuda-python costs more per call than the dictionary look-up.
         self._configs: dict[tuple[int, int], object] = {}
         self.max_resident_ctas = None if cluster == 1 else self._max_resident_ctas()
-        self._resident_per_sm: int | None = None
+        # CTAs of this kernel one SM holds at once (its registers, shared memory and threads)
+        self.resident_per_sm = max(1, check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            self.function, num_threads, smem_bytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor"))
 
     def _make_config(self, grid: int, stream: int):
         config = driver.CUlaunchConfig()
@@ -72,13 +74,6 @@ class LoadedKernel:
         config = self._make_config(self.cluster, 0)
         clusters = check(driver.cuOccupancyMaxActiveClusters(self.function, config), "cuOccupancyMaxActiveClusters")
         return max(1, clusters) * self.cluster
-
-    def resident_ctas_per_sm(self) -> int:
-        """CTAs of this kernel one SM holds at once (its registers, shared memory and threads)."""
-        if self._resident_per_sm is None:
-            self._resident_per_sm = max(1, check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                self.function, self.num_threads, self.smem_bytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor"))
-        return self._resident_per_sm
 
     @staticmethod
     def pack(values: tuple, types: tuple) -> "PackedArgs":

@@ -179,10 +179,7 @@ def test_row_kernels_launch_no_more_ctas_than_fit():
 
     class Fits:
         def __init__(self, per_sm):
-            self.per_sm = per_sm
-
-        def resident_ctas_per_sm(self):
-            return self.per_sm
+            self.resident_per_sm = per_sm
 
     assert kernel._grid(Fits(5), 10**6, 132) == 5 * 132
     assert kernel._grid(Fits(16), 10**6, 132) == kernel.CTAS_PER_SM * 132
