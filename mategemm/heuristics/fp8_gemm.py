@@ -12,8 +12,9 @@ BLOCK_MS = (64, 128, 256)
 # NOTES: BLOCK_N is any multiple of 16 up to 192: 256 spills (accumulator + scratch = 256
 # registers per math thread, of 232); the overlapped promotion's second scratch is used only up
 # to 128. 192 measured 990 TFLOPS vs 1180 at 128 (4096x7168x16384, H200, A's scales by the scale
-# warps); the efficiency model picks it only where wide_tile_allowed. With the (1,128,128) recipe a tile may straddle at most two 128-column
-# scale blocks, which rules out BLOCK_N > 128 + gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
+# warps); the efficiency model picks it only where wide_tile_allowed. With the (1,128,128) recipe a
+# tile may straddle at most two 128-column scale blocks, which rules out BLOCK_N > 128 +
+# gcd(BLOCK_N, 128) (e.g. 176, 208, 224, 240).
 MAX_BLOCK_N = 192
 
 

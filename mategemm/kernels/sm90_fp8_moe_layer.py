@@ -73,8 +73,8 @@ def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None =
 def _grid(kernel, ctas: int, num_sms: int) -> int:
     """`ctas` CTAs, at most as many as are resident at once (the grid strides over the rest).
 
-    NOTES: 8 per SM were launched whatever fit: the row kernels hold 40-51 registers per thread, so
-    5-6 of their 256-thread CTAs fit an SM and the last 2-3 per SM ran alone in a second wave."""
+    NOTES: the row kernels hold 40-51 registers per thread, so 4-6 of their 256-thread CTAs fit an
+    SM: a grid of 8 per SM ran its last 2-3 per SM alone, a second wave at low occupancy."""
     return max(1, min(ctas, num_sms * min(CTAS_PER_SM, kernel.resident_per_sm)))
 
 
