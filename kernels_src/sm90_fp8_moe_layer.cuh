@@ -30,10 +30,8 @@ constexpr int kMoeWarps = kMoeThreads / 32;
 constexpr int kQuantGroup = 128;  // columns per scale
 // NOTES: a permute work item is kGroupsPerItem 128-column groups of one row, their loads issued
 // together (H200, Qwen3-30B-A3B, 16384 tokens: 527 -> 396 us against one group per item). The
-// gated activation keeps one group per item (kActGroupsPerItem): with four, the same run measured
-// 264 -> 316 us (its rows of 6 groups split 4 + 2).
+// gated activation keeps one group per item: with four, the same run measured 264 -> 316 us.
 constexpr int kGroupsPerItem = 4;
-constexpr int kActGroupsPerItem = 1;
 
 __device__ __forceinline__ float bf16_lo(u32 pair) { return __uint_as_float(pair << 16); }
 __device__ __forceinline__ float bf16_hi(u32 pair) { return __uint_as_float(pair & 0xffff0000u); }
@@ -274,29 +272,16 @@ __global__ void __launch_bounds__(kMoeThreads) sm90_fp8_moe_gated_act(
     int rows, const int* __restrict__ live, int n, float alpha, float beta, float limit) {
   const int lane = threadIdx.x % 32;
   const int groups = n / kQuantGroup;
-  const int items_per_row = ceil_div(groups, kActGroupsPerItem);
-  const i64 items = static_cast<i64>(live_count(live, rows)) * items_per_row;
+  const i64 items = static_cast<i64>(live_count(live, rows)) * groups;
   for (i64 item = blockIdx.x * kMoeWarps + threadIdx.x / 32; item < items; item += gridDim.x * kMoeWarps) {
-    const i64 r = item / items_per_row;
-    const int g0 = static_cast<int>(item % items_per_row) * kActGroupsPerItem;
-    float gate[kActGroupsPerItem][4], up[kActGroupsPerItem][4];
+    const i64 r = item / groups;
+    const int g = static_cast<int>(item % groups), col = g * kQuantGroup + lane * 4;
+    float gate[4], up[4], x[4];
+    load_bf16x4(h + (r * h_ld + col) * 2, gate);
+    load_bf16x4(h + (r * h_ld + n + col) * 2, up);
     #pragma unroll
-    for (int u = 0; u < kActGroupsPerItem; ++u) {
-      const int col = (g0 + u) * kQuantGroup + lane * 4;
-      if (g0 + u < groups) {
-        load_bf16x4(h + (r * h_ld + col) * 2, gate[u]);
-        load_bf16x4(h + (r * h_ld + n + col) * 2, up[u]);
-      }
-    }
-    #pragma unroll
-    for (int u = 0; u < kActGroupsPerItem; ++u) {
-      const int g = g0 + u;
-      if (g >= groups) break;  // the same for the whole warp: quantize_group's shuffles stay full
-      float x[4];
-      #pragma unroll
-      for (int i = 0; i < 4; ++i) x[i] = gated_act<kActivation>(gate[u][i], up[u][i], alpha, beta, limit);
-      quantize_group(x, q + r * q_ld + g * kQuantGroup, scales + r * scale_ld + g, lane);
-    }
+    for (int i = 0; i < 4; ++i) x[i] = gated_act<kActivation>(gate[i], up[i], alpha, beta, limit);
+    quantize_group(x, q + r * q_ld + g * kQuantGroup, scales + r * scale_ld + g, lane);
   }
 }
 

@@ -18,7 +18,6 @@ MAX_EXPERTS = 1024                        # validate.MAX_GROUPS
 ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key)
 GROUP = 128       # columns per scale
 PERMUTE_GROUPS_PER_ITEM = 4  # a permute warp's work item: this many groups of one row (kGroupsPerItem)
-ACT_GROUPS_PER_ITEM = 1  # a gated activation warp's (kActGroupsPerItem)
 CTAS_PER_SM = 8   # the grids stride over their rows, at most this many CTAs per SM and no more than fit
 ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
 PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
@@ -145,11 +144,12 @@ def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_s
 
 
 def gated_act(kernel, h, q, q_scale, live, alpha: float, beta: float, limit: float | None, num_sms: int) -> Launch:
-    """q, q_scale = act(h[:, :n], h[:, n:]) quantised 1x128, for the rows r < *live."""
+    """q, q_scale = act(h[:, :n], h[:, n:]) quantised 1x128, for the rows r < *live (a warp per
+    group of 128 columns)."""
     rows, n = q.shape
     values = (h.data_ptr(), h.stride(0), q.data_ptr(), q.stride(0), q_scale.data_ptr(), q_scale.stride(0), rows,
               live.data_ptr(), n, alpha, beta, math.inf if limit is None else limit)
-    return Launch(kernel, _warp_grid(kernel, rows, n, ACT_GROUPS_PER_ITEM, num_sms), values, ACT_TYPES,
+    return Launch(kernel, _warp_grid(kernel, rows, n, 1, num_sms), values, ACT_TYPES,
                   (h, q, q_scale, live))
 
 
