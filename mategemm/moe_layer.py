@@ -1,7 +1,7 @@
 """The fused MoE expert layer (the job of vLLM's DeepGemmExperts, in one call):
 
     route      local expert of every (token, slot) pair, pairs sorted by expert (stable), counts
-               per expert: one kernel, no host synchronisation
+               per expert: one kernel (two above 8192 pairs), no host synchronisation
     permute    the pairs' FP8 rows packed by expert, a bf16 input quantised 1x128 on the way (from
                1024 tokens quantised once per token first, then the pairs' rows gathered)
     GEMM1      ragged_m_moe_gemm_8bit per_expert: h = a . w1[e]^T, gate and up (bf16)
@@ -86,8 +86,7 @@ class Workspace:
         """(pairs, cols) views: "fp8" -> (e4m3 rows, their (pairs, cols/128) scales); "bf16" -> (rows,)."""
         if kind == "bf16":
             return (self.bf16.narrow(0, 0, pairs * cols).view(pairs, cols),)
-        q = self.fp8.narrow(0, 0, pairs * cols).view(torch.float8_e4m3fn).view(pairs, cols)
-        return q, self.scales.narrow(0, 0, pairs * cols // 128).view(pairs, cols // 128)
+        return _fp8_rows(self.fp8, self.scales, pairs, cols)
 
     def tokens(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(e4m3 (tokens, hidden), scales (tokens, hidden/128), int64 0 .. tokens - 1): a bf16 input
@@ -99,8 +98,13 @@ class Workspace:
                                   torch.empty(rows * self.hidden // 128, dtype=torch.float32, device=device),
                                   torch.arange(rows, dtype=torch.int64, device=device))
         fp8, scales, identity = self.token_buffers
-        q = fp8.narrow(0, 0, tokens * self.hidden).view(torch.float8_e4m3fn).view(tokens, self.hidden)
-        return q, scales.narrow(0, 0, tokens * self.hidden // 128).view(tokens, -1), identity.narrow(0, 0, tokens)
+        return (*_fp8_rows(fp8, scales, tokens, self.hidden), identity.narrow(0, 0, tokens))
+
+
+def _fp8_rows(fp8: torch.Tensor, scales: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 (rows, cols), their (rows, cols/128) scales): views of the first rows of byte and float buffers."""
+    q = fp8.narrow(0, 0, rows * cols).view(torch.float8_e4m3fn).view(rows, cols)
+    return q, scales.narrow(0, 0, rows * cols // 128).view(rows, cols // 128)
 
 
 _workspaces: dict[tuple, Workspace] = {}
