@@ -5,7 +5,8 @@
 // kScaleGranN == 128 (DeepSeek-V3's 1x128 / 128x128), or per (column, 128-K block) when 1; with
 // kScaleGranK == 32 (MXFP8's blocks, kScaleGranN 1) both per 32 values of K instead.
 // Scale tensors are read with run-time strides, so K-major and MN-major layouts share a binary;
-// with kTmaScales (dense (1,128,128)) A's scales come MN-major, loaded by TMA with each stage.
+// with kTmaScales ((1,128,128), dense or tokens stacked along M) A's scales come MN-major, loaded
+// by TMA with each stage.
 //
 // The pieces, by role (gemm/): traits.cuh (template arguments, shared-memory layout), scheduler.cuh
 // (tiles and group modes), producer.cuh (TMA loads), scale_staging.cuh (scale warps, MN-major

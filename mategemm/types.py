@@ -51,8 +51,9 @@ class GemmProblem:
     # MN-major FP8 operands the kernel reads as they are and transposes in shared memory: bit 0 A
     # given as (K rows, M), bit 1 B as (K rows, N). Otherwise both operands are K-major.
     mn_major: int = 0
-    # Dense (1,128,128): A's scales, given MN-major in rows TMA can read, are loaded by TMA with
-    # each stage; otherwise the kernel's scale warps copy them (any strides). Set by plan.dense.
+    # (1,128,128), dense or tokens stacked along M: A's scales, MN-major in rows TMA can read, are
+    # loaded by TMA with each stage; otherwise the kernel's scale warps copy them (any strides).
+    # Set by plan.scales_by_tma.
     tma_scales: bool = False
 
     @property

@@ -120,9 +120,9 @@ struct GemmTraits {
   // promoting its own k32 wgmma; with per-column B scales only).
   static constexpr int kScaleGranK = kScaleGranK_;
   static constexpr int kScaleBlocksK = kBlockK / kScaleGranK;
-  // (1,128,128), dense: A's scales (given MN-major, a row of M per K block) ride in each stage's TMA
-  // transaction; the math warps stage each tile's B scales once and form sa * sb themselves.
-  // Otherwise the producer's warps 1-3 copy every stage's scales (any strides).
+  // (1,128,128), dense or tokens stacked along M: A's scales (MN-major, a row of M per K block)
+  // ride in each stage's TMA transaction; the math warps stage each tile's B scales once and form
+  // sa * sb themselves. Otherwise the producer's warps 1-3 copy every stage's scales (any strides).
   static constexpr bool kTmaScales = kTmaScales_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
