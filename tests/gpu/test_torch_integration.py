@@ -176,7 +176,8 @@ PREWARMED_RUN = textwrap.dedent("""
                                           b, masked, expect_tokens=-(-m * moe.top_k // moe.num_experts))
         for next_n in preset.indexer.next_n:
             batch = max(1, m // next_n)
-            case = ref.make_paged_case(batch, next_n, 64, [1000] * batch, device="cuda")
+            # one shared 16-block context keeps the cache small at 16384 requests (80 GB cards, many workers)
+            case = ref.make_paged_case(batch, next_n, 64, [1000] * batch, shared_prefix_blocks=16, device="cuda")
             meta = mategemm.get_paged_mqa_logits_metadata(case["context_lens"], 64)
             mategemm.fp8_paged_mqa_logits(case["q"], case["fused_kv_cache"], case["weights"], case["context_lens"],
                                           case["block_table"], meta, case["max_context_len"], True)
