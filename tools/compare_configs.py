@@ -8,7 +8,8 @@ An empty config is the heuristic's pick. Each cell is TFLOPS (CUDA events, as to
 median of --rounds rounds in which the configs take turns with the starting one rotated (under the
 card's power cap the clock drifts within a run, and a fixed order favours whoever goes first), with
 the rounds' spread; calc_diff is checked against the fp64 reference; configs that do not fit a shape
-print n/a. Writes the rows as JSON with --out.
+print n/a. With deep_gemm importable (`source tools/deepgemm_build.sh`), DeepGEMM's fp8_gemm_nt takes
+its turn in every round as the config named "deepgemm". Writes the rows as JSON with --out.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", required=True, help="MATEGEMM_FORCE_CONFIG values ('' = heuristic)")
     parser.add_argument("--input-sets", type=int, default=4, help="input sets rotated per shape (L2 residency)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns per shape")
+    parser.add_argument("--scale-major", choices=("K", "MN"), default="K", help="layout of A's and B's scales")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
 
@@ -42,16 +44,29 @@ def main() -> None:
         raise SystemExit(2)
 
     from mategemm.testing import calc_diff, fp8_gemm_reference
+    from benchkit.common import live_deepgemm
     from benchkit.timing import median_ms, rotating_gemm_calls
+
+    deep_gemm = live_deepgemm()
+    configs = [*args.configs, *(["deepgemm"] if deep_gemm is not None else [])]
 
     rows = []
     for shape in args.shapes.split(","):
         m, n, k = (int(x) for x in shape.split("x"))
-        sets, outs, calls = rotating_gemm_calls(m, n, k, args.input_sets)
+        sets, outs, ours = rotating_gemm_calls(m, n, k, args.input_sets, args.scale_major)
+        if args.scale_major == "MN":  # the reference's and DeepGEMM's views, as tools/bench.py dense_fp8
+            sets = [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
+        theirs = [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)
+                  for s, o in zip(sets, outs)]
         reference = fp8_gemm_reference(*sets[0])
+
+        def use(config):  # the config's calls, with MATEGEMM_FORCE_CONFIG set for them
+            os.environ["MATEGEMM_FORCE_CONFIG"] = "" if config == "deepgemm" else config
+            return theirs if config == "deepgemm" else ours
+
         runnable, cells = [], {}
-        for config in args.configs:
-            os.environ["MATEGEMM_FORCE_CONFIG"] = config
+        for config in configs:
+            calls = use(config)
             outs[0].fill_(float("nan"))
             try:
                 calls[0]()
@@ -65,8 +80,7 @@ def main() -> None:
         for r in range(args.rounds):
             start = r % max(1, len(runnable))
             for config in runnable[start:] + runnable[:start]:
-                os.environ["MATEGEMM_FORCE_CONFIG"] = config
-                by_config[config]["us_rounds"].append(round(median_ms(calls) * 1e3, 2))
+                by_config[config]["us_rounds"].append(round(median_ms(use(config)) * 1e3, 2))
         for config, row in by_config.items():
             us = statistics.median(row["us_rounds"])
             tflops = [2 * m * n * k / t / 1e6 for t in row["us_rounds"]]
@@ -74,9 +88,10 @@ def main() -> None:
             cells[config] = (f"{row['tflops']:.0f} ({min(tflops):.0f}-{max(tflops):.0f})"
                              + ("" if row["diff"] < 1e-5 else f" WRONG {row['diff']:.1e}"))
         os.environ.pop("MATEGEMM_FORCE_CONFIG", None)
-        print(f"{shape}: " + "  ".join(f"[{c or 'heuristic'}] {cells[c]}" for c in args.configs), flush=True)
+        print(f"{shape}: " + "  ".join(f"[{c or 'heuristic'}] {cells[c]}" for c in configs), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"card": torch.cuda.get_device_name(), "scale_major": args.scale_major,
+                                              "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ METRICS = (
     ("stmatrix instructions", "smsp__inst_executed_op_shared_stsm.sum"),
     ("shared store bank conflicts", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"),
     ("L2 throughput (%)", "lts__throughput.avg.pct_of_peak_sustained_elapsed"),
+    ("L2 hit rate (%)", "lts__t_sector_hit_rate.pct"),
+    ("DRAM throughput (%)", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+    ("DRAM bytes read", "dram__bytes_read.sum"),
     ("achieved warps per SM", "sm__warps_active.avg.per_cycle_active"),
 )
 KERNELS = {"mategemm": "sm90_fp8_gemm_blockscaled", "deepgemm": "sm90_fp8_gemm_1d2d"}
