@@ -9,7 +9,6 @@ Variants (several may be joined with '+'):
   no_overlap    the second scratch accumulator off: issue, wait, promote (DeepGEMM's order)
   lane0_empty   one lane per math warp arrives on the empty barrier, after __syncwarp
   lane0_full    one lane of the scale warp arrives on the full barrier, after __syncwarp
-  unroll8       the promoted k-block loop unrolled 8 deep (with no_overlap: DeepGEMM's loop shape)
   stsm          the epilogue writes 16-bit outputs to the staging tile with stmatrix (four 8x8 blocks
                 per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
@@ -17,16 +16,13 @@ Variants (several may be joined with '+'):
   overlap_gn1   the second scratch accumulator also with per-column B scales ((1,1,128), MXFP8's
                 granularity 128): k-block kb promoted while kb + 1's wgmma runs (no spills at
                 64/128 x 96/128); time with `tools/bench.py mxfp8` or `grouped` in both trees
-  static_select with two B scale blocks per tile, the 8-column chunks that take the first (or the
-                second) block whatever the tile's offset are known at compile time: only the
-                chunks between gcd(BLOCK_N, 128) and 128 columns select at run time (8 of 24 at
-                BLOCK_N 192, 14 of 18 at 144)
-  split_dispatch  (a diff) with two B scale blocks per tile, one warp-uniform branch on the tile's
-                first-block chunk count picks a promotion compiled for it: no per-chunk select or
-                predicate at all (0 FSEL at 128x192 and 128x144; no local memory)
+  stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
+                the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
-path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead.
+path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
+chunk selection with two B scale blocks (the split-dispatch diff measured the same) and the two-wave
+loop unrolled 8 deep (notebook, 2026-12-05).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -41,6 +37,7 @@ STAGING = "kernels_src/gemm/scale_staging.cuh"
 EPILOGUE = "kernels_src/common/epilogue.cuh"
 ENTRY = "kernels_src/sm90_fp8_gemm_blockscaled.cuh"
 HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
+SM90 = "mategemm/heuristics/sm90.py"
 
 # stmatrix .x4: register i goes to 8x8 block i, whose 8 row addresses come from lanes 8i .. 8i + 7.
 # Blocks: rows 0-7 and 8-15 of the warp's 16, in 8-column chunks c and c + 1; a lane's register
@@ -66,7 +63,7 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 """
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
-PATCH_FILES: dict[str, Path] = {"split_dispatch": Path(__file__).resolve().parent / "patches" / "split_dispatch.diff"}
+PATCH_FILES: dict[str, Path] = {}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
@@ -100,13 +97,7 @@ PATCHES = {
     "overlap_gn1": [(MAINLOOP, "static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;",
                      "static constexpr bool kOverlap = (T::kScaleGranN == 128 || T::kScaleGranN == 1) && T::BLOCK_N <= 128 &&\n"
                      "                                   T::kWaves == 1;")],
-    "static_select": [(MAINLOOP, "          const bool first = c < first_chunks;  // a select: an index would put sc in local memory\n",
-                       "          constexpr int kLowBit = T::BLOCK_N & -T::BLOCK_N;  // gcd(BLOCK_N, 128) for BLOCK_N <= 192\n"
-                       "          const bool first = c < (kLowBit < 128 ? kLowBit : 128) / 8 || (c < 16 && c < first_chunks);\n")],
-    "unroll8": [(MAINLOOP, "      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
-                 "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;",
-                 "      #pragma unroll 8\n      for (int kb = 0; kb < num_blocks; ++kb) {\n        const int stage = stages.wait();\n"
-                 "        #pragma unroll\n        for (int wave = 0; wave < T::kWaves; ++wave) {\n          BlockScales sc;")],
+    "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
 }
 
 
