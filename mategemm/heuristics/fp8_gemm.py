@@ -153,6 +153,21 @@ def worth_trying(problem: GemmProblem, block_m: int, cluster: tuple[int, int]) -
     return block_m <= 128 if problem.m <= 128 else block_m >= 128
 
 
+def streams_b_once(problem: GemmProblem, block_m: int, block_n: int, num_mp: int) -> bool:
+    """At 64 < m <= 128: one M-block of at least 64 columns whose tiles still cover 3/4 of the SMs,
+    so each B tile is streamed by one CTA instead of two 64-row ones. (The estimate cannot tell these
+    apart: where the per-k-block floor binds, one wave costs the same on 33 SMs as on 132.)
+
+    NOTES (H100, 2026-12-05, `tools/compare_configs.py`, 3 rounds in turns, K-major / MN-major
+    scales, TFLOPS 64-row pick -> 128 rows): 128x7168x16384 64x112 524/533 -> 128x64 624/619,
+    80x7168x16384 297/275 -> 394/387, 128x7168x2048 305/288 -> 312/304; with narrower tiles it
+    does not pay: 128x4096x7168 64x64 398/393 -> 128x32 403/404 (H200 sweep: 18.4 -> 19.0 us),
+    128x2112x7168 64x32 267/262 -> 128x16 251/244. The H200 sweep agrees on the 7168-wide shapes
+    (128x64 best, 4% ahead of 64x112) and has 128x64 at 128x4096x7168 (64 CTAs) 19% behind 64x64."""
+    tiles = math.ceil(problem.n / block_n)
+    return 64 < problem.m <= 128 and block_m >= problem.m and block_n >= 64 and 4 * tiles >= 3 * num_mp
+
+
 def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
     """Split-K runs on one-wave tiles without clusters (the kernel's static_assert)."""
     return num_splits == 1 or (block_m <= 128 and cluster == (1, 1))
@@ -260,10 +275,11 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
                     if not split_allowed(bm, cluster, splits):
                         continue
                     cost = estimate_ns(problem, bm, bn, num_mp, cluster, splits)
-                    # NOTES: ties (common where the per-k-block floor binds) go to the smaller tile:
-                    # more CTAs in flight measured faster at decode sizes on the H200 sweep; then to
-                    # no cluster and fewer splits.
-                    rank = (round(cost, 1), bm, bn, cluster, splits)
+                    # NOTES: ties (common where the per-k-block floor binds) go first to a tile
+                    # that streams B once (streams_b_once), then to the smaller tile: more CTAs in
+                    # flight measured faster at decode sizes on the H200 sweep; then to no cluster
+                    # and fewer splits.
+                    rank = (round(cost, 1), not streams_b_once(problem, bm, bn, num_mp), bm, bn, cluster, splits)
                     if best is None or rank < best[0]:
                         best = (rank, bm, bn, cluster, splits)
     if best is None:
