@@ -17,12 +17,12 @@ Variants (several may be joined with '+'):
                 granularity 128): k-block kb promoted while kb + 1's wgmma runs (no spills at
                 64/128 x 96/128); time with `tools/bench.py mxfp8` or `grouped` in both trees
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
-                the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16)
+                the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
-chunk selection with two B scale blocks (the split-dispatch diff measured the same) and the two-wave
-loop unrolled 8 deep (notebook, 2026-12-05).
+chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same)
+and the two-wave loop unrolled 8 deep.
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.

@@ -3,7 +3,7 @@
 tool). `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`); `table`
 reads ncu's raw CSV pages anywhere.
 
-    python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full]
+    python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
     python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [--labels deepgemm,mategemm]
 
 `run` profiles one launch of each (after two warm-up launches; A's scales MN-major for both, the
@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # (row label, ncu metric)
 METRICS = (
+    ("duration (ns)", "gpu__time_duration.sum"),
     ("elapsed cycles", "gpc__cycles_elapsed.max"),
-    ("SM frequency (GHz)", "sm__cycles_elapsed.avg.per_second"),
+    ("SM frequency (Hz)", "sm__cycles_elapsed.avg.per_second"),
     ("tensor pipe active (%)", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
     ("issued IPC", "sm__inst_issued.avg.per_cycle_active"),
     ("executed instructions", "smsp__inst_executed.sum"),
@@ -37,6 +38,7 @@ METRICS = (
     ("shared store bank conflicts", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"),
     ("L2 throughput (%)", "lts__throughput.avg.pct_of_peak_sustained_elapsed"),
     ("L2 hit rate (%)", "lts__t_sector_hit_rate.pct"),
+    ("L2 sectors from the other partition", "lts__t_sectors_srcunit_ltcfabric.sum"),
     ("DRAM throughput (%)", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
     ("DRAM bytes read", "dram__bytes_read.sum"),
     ("achieved warps per SM", "sm__warps_active.avg.per_cycle_active"),
@@ -87,21 +89,22 @@ def launch(impl: str, m: int, n: int, k: int) -> None:
     torch.cuda.synchronize()
 
 
-def run(shape: str, out: Path, section_set: str) -> None:
+def run(shape: str, out: Path, section_set: str, clock_control: str = "base") -> None:
     m, n, k = (int(v) for v in shape.split("x"))
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for impl, kernel in (("deepgemm", KERNELS["deepgemm"]), ("mategemm", KERNELS["mategemm"])):
         path = out / f"{impl}_{shape}_raw.csv"
-        command = ["ncu", "--set", section_set, "--csv", "--page", "raw", "--kernel-name", f"regex:{kernel}",
-                   "--launch-skip", "2", "--launch-count", "1", sys.executable, __file__, "_launch", impl, shape]
+        command = ["ncu", "--set", section_set, "--clock-control", clock_control, "--csv", "--page", "raw",
+                   "--kernel-name", f"regex:{kernel}", "--launch-skip", "2", "--launch-count", "1",
+                   sys.executable, __file__, "_launch", impl, shape]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         csv_start = done.stdout.find('"ID"')
         if done.returncode != 0 or csv_start < 0:
             raise SystemExit(f"ncu failed for {impl} (rc {done.returncode}):\n{done.stderr[-2000:]}")
         path.write_text(done.stdout[csv_start:])
         paths.append(path)
-    print(f"{shape}, one launch each (ncu locks the clocks):")
+    print(f"{shape}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}):")
     print(table(paths, ["deepgemm", "mategemm"]))
 
 
@@ -112,6 +115,8 @@ def main() -> None:
     r.add_argument("--shape", default="4096x4096x7168")
     r.add_argument("--out", type=Path, default=Path("/tmp/ncu_compare"))
     r.add_argument("--set", dest="section_set", default="full")
+    r.add_argument("--clock-control", choices=("base", "none"), default="base",
+                   help="ncu's default locks the SM clock to base; none profiles at the clocks a benchmark sees")
     t = sub.add_parser("table", help="the table of two raw CSV pages")
     t.add_argument("paths", type=Path, nargs=2)
     t.add_argument("--labels", default="deepgemm,mategemm")
@@ -120,7 +125,7 @@ def main() -> None:
     launch_parser.add_argument("shape")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.shape, args.out, args.section_set)
+        run(args.shape, args.out, args.section_set, args.clock_control)
     elif args.command == "table":
         print(table(args.paths, args.labels.split(",")))
     else:
