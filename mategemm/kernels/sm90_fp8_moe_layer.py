@@ -17,7 +17,9 @@ ROUTE_ONE_CTA = 2 * ROUTE_CHUNK           # up to this many pairs one CTA routes
 MAX_EXPERTS = 1024                        # validate.MAX_GROUPS
 ROUTE_SMEM = 33 * (MAX_EXPERTS + 1) * 4   # next row per key, and per (warp, key)
 GROUP = 128       # columns per scale
-PERMUTE_GROUPS_PER_ITEM = 4  # a permute warp's work item: this many groups of one row (kGroupsPerItem)
+# A permute warp's work item, in groups of 128 columns of one row: kGroupsPerItem for a bf16 input,
+# kFp8ItemBytes / 128 for an FP8 one.
+PERMUTE_GROUPS_PER_ITEM = {False: 4, True: 16}
 CTAS_PER_SM = 8   # the grids stride over their rows, at most this many CTAs per SM and no more than fit
 ACTIVATION_KINDS = {"silu": 0, "swigluoai": 0, "swiglustep": 1}  # kGatedSigmoid, kSwigluStep
 PERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I64, rt.PTR, rt.I64,
@@ -139,7 +141,8 @@ def permute(kernel, x, x_scale, order, topk, weights, weight_input: bool, a, a_s
     values = (x.data_ptr(), x.stride(0), _ptr(x_scale), 0 if x_scale is None else x_scale.stride(0), order.data_ptr(),
               topk, weights.data_ptr(), int(weight_input), a.data_ptr(), a.stride(0), a_scale.data_ptr(),
               a_scale.stride(0), rows, _ptr(live), k)
-    return Launch(kernel, _warp_grid(kernel, rows, k, PERMUTE_GROUPS_PER_ITEM, num_sms), values, PERMUTE_TYPES,
+    groups_per_item = PERMUTE_GROUPS_PER_ITEM[x_scale is not None]
+    return Launch(kernel, _warp_grid(kernel, rows, k, groups_per_item, num_sms), values, PERMUTE_TYPES,
                   (x, x_scale, order, weights, a, a_scale, live))
 
 
