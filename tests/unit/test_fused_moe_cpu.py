@@ -185,3 +185,20 @@ def test_row_kernels_launch_no_more_ctas_than_fit():
     assert kernel._grid(Fits(16), 10**6, 132) == kernel.CTAS_PER_SM * 132
     assert kernel._grid(Fits(5), 7, 132) == 7 and kernel._grid(Fits(5), 0, 132) == 1
     assert kernel._warp_grid(Fits(6), 100000, 768, 1, 132) == 6 * 132  # 6 groups a row, a warp each
+
+
+def test_permute_grid_mirrors_the_kernel_work_items():
+    """The host sizes the permute grid by the kernel's work item (groups of 128 columns per warp):
+    kGroupsPerItem for a bf16 input, kFp8ItemBytes / 128 for an FP8 one."""
+    import re
+
+    from mategemm.jit.key import KERNELS_SRC
+    from mategemm.kernels import sm90_fp8_moe_layer as kernel
+
+    text = (KERNELS_SRC / "sm90_fp8_moe_layer.cuh").read_text()
+
+    def constant(name):
+        return int(re.search(rf"constexpr int {name} = (\d+);", text).group(1))
+
+    assert kernel.PERMUTE_GROUPS_PER_ITEM[False] == constant("kGroupsPerItem")
+    assert kernel.PERMUTE_GROUPS_PER_ITEM[True] == 32 * 16 * constant("kFp8LoadsPerLane") // kernel.GROUP

@@ -226,3 +226,14 @@ def test_heuristic_stays_fitted_to_the_committed_sweep():
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
     assert sweep.score([sweep.SWEEP]) <= 1.01
+
+
+@pytest.mark.parametrize("m, n, k, tile", [(128, 7168, 16384, (128, 64)), (80, 7168, 16384, (128, 64)),
+                                           (128, 7168, 2048, (128, 64)), (128, 4096, 7168, (64, 64)),
+                                           (128, 2112, 7168, (64, 32)), (64, 7168, 16384, (64, 64))])
+def test_decode_ties_go_to_one_m_block_only_where_it_streams_b_once(m, n, k, tile):
+    """At 64 < m <= 128 one 128-row M-block wins a tie when it is >= 64 wide and covers 3/4 of the
+    SMs (measured faster); narrower or fewer tiles keep the 64-row pick (measured slower)."""
+    config = fp8_gemm.choose(problem(m, n, k), H100, 132)
+    assert (config.block_m, config.block_n) == tile
+    assert fp8_gemm.streams_b_once(problem(m, n, k), 128, 64, 132) == (n == 7168 and m > 64)
