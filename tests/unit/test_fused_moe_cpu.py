@@ -187,18 +187,20 @@ def test_row_kernels_launch_no_more_ctas_than_fit():
     assert kernel._warp_grid(Fits(6), 100000, 768, 1, 132) == 6 * 132  # 6 groups a row, a warp each
 
 
-def test_permute_grid_mirrors_the_kernel_work_items():
-    """The host sizes the permute grid by the kernel's work item (groups of 128 columns per warp):
-    kGroupsPerItem for a bf16 input, kFp8ItemBytes / 128 for an FP8 one."""
+def test_host_constants_mirror_the_kernel():
+    """The launches' threads, the split routing's pairs per CTA (a mismatch would place pairs wrongly)
+    and the permute grid's work item (groups of 128 columns per warp) match the kernel's constants."""
     import re
 
     from mategemm.jit.key import KERNELS_SRC
     from mategemm.kernels import sm90_fp8_moe_layer as kernel
 
     text = (KERNELS_SRC / "sm90_fp8_moe_layer.cuh").read_text()
+    constants: dict[str, int] = {}
+    for name, expr in re.findall(r"^constexpr int (\w+) = ([\w\s*/+()]+);", text, re.MULTILINE):
+        constants[name] = eval(expr.replace("/", "//"), {}, dict(constants))  # the file's own integer expressions
 
-    def constant(name):
-        return int(re.search(rf"constexpr int {name} = (\d+);", text).group(1))
-
-    assert kernel.PERMUTE_GROUPS_PER_ITEM[False] == constant("kGroupsPerItem")
-    assert kernel.PERMUTE_GROUPS_PER_ITEM[True] == 32 * 16 * constant("kFp8LoadsPerLane") // kernel.GROUP
+    assert kernel.THREADS == constants["kMoeThreads"] and kernel.ROUTE_THREADS == constants["kRouteThreads"]
+    assert kernel.ROUTE_CHUNK == constants["kRouteChunk"] and kernel.GROUP == constants["kQuantGroup"]
+    assert kernel.PERMUTE_GROUPS_PER_ITEM[False] == constants["kGroupsPerItem"]
+    assert kernel.PERMUTE_GROUPS_PER_ITEM[True] == constants["kFp8ItemBytes"] // kernel.GROUP
