@@ -149,7 +149,8 @@ class Layer:
         self.x_q = ws.tokens(c.tokens) if plan.moe_quantize_first(c.input_fp8, c.tokens, c.topk) else None
         with torch.cuda.device(self.index):
             self.route_kernels = tuple(kernel.load(spec, self.index) for spec in route)
-            self.kernels = (kernel.load(permute, self.index), kernel.load(unpermute, self.index))
+            self.permute_kernel = kernel.load(permute, self.index)
+            self.unpermute_kernel = kernel.load(unpermute, self.index)
             if self.x_q is not None:
                 self.gather_kernel = kernel.load(kernel.permute_spec(True, info.arch), self.index)
             self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
@@ -178,20 +179,20 @@ class Layer:
             permute = self._launch(
                 ("permute", hidden_states.data_ptr(),
                  0 if hidden_states_scale is None else hidden_states_scale.data_ptr(), topk_weights.data_ptr()),
-                lambda: kernel.permute(self.kernels[0], hidden_states, hidden_states_scale, r.order, c.topk,
+                lambda: kernel.permute(self.permute_kernel, hidden_states, hidden_states_scale, r.order, c.topk,
                                        topk_weights, self.weight_input, *self.a, r.live, self.num_sms))
         else:
             x_q, x_q_scale, identity = self.x_q
             permute = self._launch(
                 ("quantize, gather", hidden_states.data_ptr(), topk_weights.data_ptr()),
                 lambda: kernel.Launches(
-                    kernel.permute(self.kernels[0], hidden_states, None, identity, 1, topk_weights, False, x_q,
+                    kernel.permute(self.permute_kernel, hidden_states, None, identity, 1, topk_weights, False, x_q,
                                    x_q_scale, None, self.num_sms),
                     kernel.permute(self.gather_kernel, x_q, x_q_scale, r.order, c.topk, topk_weights, False, *self.a,
                                    r.live, self.num_sms)))
         unpermute = self._launch(
             ("unpermute", topk_weights.data_ptr(), out.data_ptr()),
-            lambda: kernel.unpermute(self.kernels[1], self.y, r.inv, c.topk, topk_weights, not self.weight_input,
+            lambda: kernel.unpermute(self.unpermute_kernel, self.y, r.inv, c.topk, topk_weights, not self.weight_input,
                                      out, r.live, self.num_sms))
         rt_device.run_on_current_stream(self.index, route)
         rt_device.run_on_current_stream(self.index, permute)
