@@ -2,8 +2,10 @@
 //
 // Modes (kernel template argument kGroupMode):
 //   kGroupNone     dense GEMM.
-//   kGroupIds      per_token: one int32 group id per row of A, -1 on padding rows; the dense
-//                  M tiling, a tile belongs to its first row's group and skips if that is invalid.
+//   kGroupIds      per_token: one int32 group id per row of A, -1 on padding rows; segments
+//                  start at multiples of kIdsSegmentRows. The dense M tiling: a tile belongs to
+//                  its first row's group and skips if that is invalid; a 256-row tile whose
+//                  halves name different groups runs once for each valid one.
 //   kGroupCounts   per_expert: counts per group, rows packed in group order.
 //   kGroupPsum     psum_expert: inclusive prefix sums of those counts.
 //   kGroupMasked   masked: group g owns rows [g * stride, g * stride + count_g), count_g <= stride.
@@ -28,6 +30,9 @@ enum GroupMode : int {
   kGroupNone = 0, kGroupIds = 1, kGroupCounts = 2, kGroupPsum = 3, kGroupMasked = 4, kGroupK = 5, kGroupBatched = 6,
   kGroupOffsets = 7
 };
+
+// kGroupIds: the segment alignment the tiling relies on (the host's default alignment_m).
+constexpr int kIdsSegmentRows = 128;
 
 // Modes whose output is 3-D (group, m, n), stored per group by a 3-D TMA (which clips each
 // group's M and N tails).

@@ -28,6 +28,7 @@ struct GemmScheduler {
   const int* group_experts;
   const u32* group_scale_tiles;
   int num_experts;
+  int pending_group = -1;  // kGroupIds: the second group of the tile just returned
 
   // The table must be built (and the CTA synchronised) before this runs.
   __device__ __forceinline__ GemmScheduler(const GemmArgs& args, GroupTable table_, int num_k_blocks_,
@@ -55,6 +56,13 @@ struct GemmScheduler {
   // The next work item of this CTA, skipping tiles with nothing to compute; false when none is left.
   __device__ __forceinline__ bool next(Tile& t) {
     constexpr GroupMode kMode = T::kGroupMode;
+    if constexpr (kMode == kGroupIds && T::BLOCK_M > kIdsSegmentRows) {
+      if (pending_group >= 0) {  // the same tile again (t unchanged), for its upper half's group
+        t.group = pending_group;
+        pending_group = -1;
+        return true;
+      }
+    }
     while (tiles.next(t.m_block, t.n_block, t.split)) {
       t.group = 0;
       t.row0 = t.m_block * T::BLOCK_M;
@@ -63,6 +71,18 @@ struct GemmScheduler {
       t.kb_end = min(num_k_blocks, t.kb_begin + k_blocks_per_split);
       if constexpr (kMode == kGroupIds) {
         t.group = __ldg(group_info + t.row0);
+        if constexpr (T::BLOCK_M > kIdsSegmentRows) {
+          static_assert(T::BLOCK_M == 2 * kIdsSegmentRows, "a per_token tile spans at most two segments");
+          const int upper_row = t.row0 + kIdsSegmentRows;
+          const int upper = upper_row < m ? __ldg(group_info + upper_row) : t.group;
+          if (upper != t.group && upper >= 0 && upper < num_groups) {
+            if (t.group >= 0 && t.group < num_groups) {
+              pending_group = upper;  // the epilogue stores each pass's rows of its group only
+            } else {
+              t.group = upper;
+            }
+          }
+        }
         if (t.group < 0 || t.group >= num_groups) continue;  // padding rows: nothing to compute
       } else if constexpr (kMode == kGroupBatched) {
         const int m_blocks_per_group = ceil_div(m, T::BLOCK_M);

@@ -86,6 +86,16 @@ def transpose_in_kernel(problem: GemmProblem, mn_major_bytes: int) -> bool:
     return in_kernel_us < copied_us
 
 
+def passes_per_group(rows: int, block_m: int, alignment_m: int) -> float:
+    """Tile passes over a group of `rows` rows. per_token (alignment_m > 0): a tile whose halves
+    belong to different segments runs once per segment (the kernel's kGroupIds); a segment starts
+    at any multiple of alignment_m, so it meets (blocks + halves - 1) / halves tiles on average."""
+    if not alignment_m or alignment_m % block_m == 0:
+        return math.ceil(rows / block_m)
+    blocks, halves = math.ceil(rows / alignment_m), block_m // alignment_m
+    return (blocks + halves - 1) / halves
+
+
 @functools.lru_cache(maxsize=4096)
 def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "",
            alignment_m: int = 0, max_m: int = 0) -> GemmConfig:
@@ -110,12 +120,14 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     if problem.mn_major:
         # the batched mode's promoted 128-row tiles spilled beside the transposing warps
         block_ms = tuple(bm for bm in block_ms if bm in MN_MAJOR_BLOCKS and not (promoted_batch and bm > 64))
+    if problem.group_mode == "per_token" and problem.recipe.gn == 1:
+        # NOTES: 256-row per_token tiles with per-column B scales spilled (9 LDL, 8 STL); the
+        # other M modes' did not
+        block_ms = tuple(bm for bm in block_ms if bm <= 128)
     if problem.recipe.gk == 32:
         # NOTES: (1,1,32) promotes four times per stage; with two math warpgroups (232 registers
         # each) 128-row tiles spilled, one warpgroup of 64 rows keeps all 255.
         block_ms = (64,)
-    if alignment_m:
-        block_ms = tuple(bm for bm in block_ms if alignment_m % bm == 0)
     if "block_m" in forced:
         if forced["block_m"] not in block_ms:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {block_ms} here, got {forced['block_m']}")
@@ -165,7 +177,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                     m_tiles = problem.num_groups * math.ceil(problem.m / bm)
                     k = max(128, rows // 128 * 128) if ragged_k else problem.k
                 else:
-                    m_tiles = problem.num_groups * math.ceil(rows / bm)
+                    m_tiles = math.ceil(problem.num_groups * passes_per_group(rows, bm, alignment_m))
                     k = problem.k
                 k *= problem.a_dtype.itemsize  # the model counts 128-byte blocks of K
                 if cluster[1] > 1 and math.ceil(problem.n / bn) % 2:

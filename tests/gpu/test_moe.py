@@ -124,6 +124,28 @@ def test_ragged_m_one_expert_takes_all(gemm_mode):
     check_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, info, gemm_mode), gemm_mode)
 
 
+@pytest.mark.parametrize("force", ("block_m=256", "block_m=256,tma_scales=2", "block_m=256,cluster_n=2"))
+def test_per_token_256_row_tiles_over_128_row_segments(force, monkeypatch):
+    """256-row tiles over segments aligned to 128: a tile whose halves hold different experts runs
+    once per expert and stores only that expert's rows. The ids hold every case: segments starting
+    on odd 128-row blocks, an empty expert, a padding block (-1) below a segment, an id out of
+    range below a valid one, and a lower half whose upper half lies past the last row."""
+    blocks = [0, 0, 2, 2, 2, -1, 7, 3, 3, 1, -1, 1, 4]  # each 128-row block's expert (7: out of range)
+    ids = torch.tensor(blocks, dtype=torch.int32).repeat_interleave(128)
+    ids[0 * 128 + 100:1 * 128] = -1   # a segment's padding tail
+    ids[9 * 128 + 5:10 * 128] = -1
+    ids = ids[:-64]                  # the last tile: 64 rows, no upper half
+    rows, n, k = ids.numel(), 512, 640
+    a, sfa = moe.make_tokens(rows, k)
+    b, sfb = moe.make_expert_weights(6, n, k, (1, 128, 128))  # expert 5 has no rows
+    ids = ids.cuda()
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+    out = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token")
+    ids_ref = torch.where(ids < 6, ids, -1)
+    check_rows(out, moe.ragged_m_reference(a, sfa, b, sfb, ids_ref, "per_token"), force)
+
+
 @pytest.mark.parametrize("alignment_m", (128, 256))
 @pytest.mark.parametrize("n", (136, 1000))
 def test_per_token_alignment_and_ragged_n(alignment_m, n):

@@ -237,3 +237,22 @@ def test_decode_ties_go_to_one_m_block_only_where_it_streams_b_once(m, n, k, til
     config = fp8_gemm.choose(problem(m, n, k), H100, 132)
     assert (config.block_m, config.block_n) == tile
     assert fp8_gemm.streams_b_once(problem(m, n, k), 128, 64, 132) == (n == 7168 and m > 64)
+
+
+def test_passes_per_group_counts_split_tiles():
+    """per_token segments aligned to 128 under 256-row tiles: a segment of b blocks meets
+    (b + 1) / 2 tiles on average; tiles that divide the alignment tile each segment on its own."""
+    assert grouped.passes_per_group(8192, 256, 128) == 32.5
+    assert grouped.passes_per_group(100, 256, 128) == 1.0
+    assert grouped.passes_per_group(300, 128, 128) == 3
+    assert grouped.passes_per_group(300, 256, 256) == 2
+    assert grouped.passes_per_group(300, 64, 0) == 5
+
+
+@pytest.mark.parametrize("groups, rows, block_m", [(4, 8192, 256), (8, 4096, 256), (64, 128, 128), (32, 256, 128)])
+def test_contiguous_tiles_span_two_segments_only_where_rows_are_many(groups, rows, block_m):
+    """Segments aligned to 128 take 256-row tiles when each expert has many rows (the split tiles
+    are few), 128-row ones when most tiles would run twice."""
+    p = GemmProblem(groups * rows, 4096, 7168, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                    torch.bfloat16, "per_token", groups)
+    assert grouped.choose(p, rows, H100, 132, "", 128, 0).block_m == block_m
