@@ -33,3 +33,14 @@ def test_table_reads_raw_pages_and_divides(tmp_path):
     assert "| executed instructions | 46,455,640 | 50,810,852 | 1.09 |" in lines
     assert "| achieved warps per SM | - | - | - |" in lines  # not a number, or not profiled
     assert len(lines) == 2 + len(tool.METRICS)
+
+
+def test_table_divides_each_column_by_the_first(tmp_path):
+    tool = load_tool()
+    tensor = "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"
+    pages = [raw_page(tmp_path / f"{i}.csv", {tensor: value}) for i, value in enumerate((80.0, 60.0, 40.0))]
+    lines = tool.table(pages, ["mategemm_dense", "mategemm", "deepgemm"]).splitlines()
+    assert lines[0] == ("| metric | mategemm_dense | mategemm | deepgemm | mategemm / mategemm_dense | "
+                        "deepgemm / mategemm_dense |")
+    assert lines[1].count("---") == 6
+    assert "| tensor pipe active (%) | 80 | 60 | 40 | 0.75 | 0.50 |" in lines

@@ -13,16 +13,14 @@ Variants (several may be joined with '+'):
                 per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
-  overlap_gn1   the second scratch accumulator also with per-column B scales ((1,1,128), MXFP8's
-                granularity 128): k-block kb promoted while kb + 1's wgmma runs (no spills at
-                64/128 x 96/128); time with `tools/bench.py mxfp8` or `grouped` in both trees
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
-chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same)
-and the two-wave loop unrolled 8 deep.
+chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
+the two-wave loop unrolled 8 deep, and the scratch accumulator overlap with per-column B scales
+(ragged K).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -72,7 +70,8 @@ PATCHES = {
                      "        for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.hi[0], sc.lo[0]);\n")],
     "unit_scales": [(MAINLOOP, "    sc.lo[0] = ld_shared_f32(sf);", "    sc.lo[0] = 1.0f;"),
                     (MAINLOOP, "    sc.hi[0] = ld_shared_f32(sf + 8 * 4);", "    sc.hi[0] = 1.0f;")],
-    "no_overlap": [(MAINLOOP, "static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;",
+    "no_overlap": [(MAINLOOP, "static constexpr bool kOverlap = (T::kScaleGranN == 128 || kOverlapPerColumn) && T::BLOCK_N <= 128 &&\n"
+                              "                                   T::kWaves == 1;",
                     "static constexpr bool kOverlap = false;")],
     "lane0_empty": [(TRAITS, "static constexpr int kEmptyArrivals = kNumMathWG * 128 +",
                      "static constexpr int kEmptyArrivals = kNumMathWG * 4 +"),
@@ -94,9 +93,6 @@ PATCHES = {
   const int lane = threadIdx.x % 32;
   const int row = tile_row0 + warp * 16 + lane / 4;
 """, STSM_STORE)],
-    "overlap_gn1": [(MAINLOOP, "static constexpr bool kOverlap = T::kScaleGranN == 128 && T::BLOCK_N <= 128 && T::kWaves == 1;",
-                     "static constexpr bool kOverlap = (T::kScaleGranN == 128 || T::kScaleGranN == 1) && T::BLOCK_N <= 128 &&\n"
-                     "                                   T::kWaves == 1;")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
 }
 

@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""mategemm's and DeepGEMM's dense FP8 GEMM on one shape under Nsight Compute, side by side (a lab
-tool). `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`); `table`
-reads ncu's raw CSV pages anywhere.
+"""FP8 GEMM kernels on one shape under Nsight Compute, side by side (a lab tool): DeepGEMM's and
+mategemm's dense GEMM, or with --groups their contiguous grouped GEMM (and our dense one on the
+same work). `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`) where
+a DeepGEMM column is asked for; `table` reads ncu's raw CSV pages anywhere.
 
     python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
-    python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [--labels deepgemm,mategemm]
+    python tools/experiments/ncu_compare.py run --shape 8192x4096x7168 --groups 4 --impls mategemm_dense,mategemm
+    python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [...] [--labels deepgemm,mategemm]
 
-`run` profiles one launch of each (after two warm-up launches; A's scales MN-major for both, the
-layout DeepGEMM's kernel reads), writes DIR/<impl>_raw.csv (`ncu --csv --page raw`) and prints the
-table: the metrics the core-speed work compares, each kernel's value and their ratio.
+`run` profiles one launch of each (after two warm-up launches; A's scales MN-major for all, the
+layout DeepGEMM's kernel reads), writes DIR/<impl>_<shape>_raw.csv (`ncu --csv --page raw`) and
+prints the table: the metrics the core-speed work compares, each kernel's value and its ratio to
+the first column's. --groups G: G experts of m rows each (multiples of 128: no padding rows, so
+every tile is whole), per_token ids for ours, DeepGEMM's contiguous layout; mategemm_dense is our
+dense GEMM of (G * m, n, k).
 """
 import argparse
 import csv
@@ -43,7 +48,8 @@ METRICS = (
     ("DRAM bytes read", "dram__bytes_read.sum"),
     ("achieved warps per SM", "sm__warps_active.avg.per_cycle_active"),
 )
-KERNELS = {"mategemm": "sm90_fp8_gemm_blockscaled", "deepgemm": "sm90_fp8_gemm_1d2d"}
+KERNELS = {"mategemm": "sm90_fp8_gemm_blockscaled", "mategemm_dense": "sm90_fp8_gemm_blockscaled",
+           "deepgemm": "sm90_fp8_gemm_1d2d"}
 
 
 def read_raw(path: Path) -> dict[str, float]:
@@ -62,26 +68,43 @@ def read_raw(path: Path) -> dict[str, float]:
 
 def table(paths: list[Path], labels: list[str]) -> str:
     runs = [read_raw(p) for p in paths]
-    lines = [f"| metric | {' | '.join(labels)} | {labels[1]} / {labels[0]} |", "|---|" + "---|" * (len(labels) + 1)]
+    ratios = [f"{label} / {labels[0]}" for label in labels[1:]]
+    lines = [f"| metric | {' | '.join(labels)} | {' | '.join(ratios)} |", "|---|" + "---|" * (2 * len(labels) - 1)]
     for label, metric in METRICS:
         cells = [run.get(metric) for run in runs]
         shown = [f"{c:,.3g}" if c is not None and abs(c) < 100 else f"{c:,.0f}" if c is not None else "-" for c in cells]
-        ratio = f"{cells[1] / cells[0]:.2f}" if None not in cells[:2] and cells[0] else "-"
-        lines.append(f"| {label} | {' | '.join(shown)} | {ratio} |")
+        shown += [f"{c / cells[0]:.2f}" if c is not None and cells[0] else "-" for c in cells[1:]]
+        lines.append(f"| {label} | {' | '.join(shown)} |")
     return "\n".join(lines)
 
 
-def launch(impl: str, m: int, n: int, k: int) -> None:
+def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
     """Three launches of one implementation (ncu skips the first two)."""
     import torch
 
     import mategemm
+    from mategemm.testing import moe
     from mategemm.testing.reference import make_fp8_gemm_inputs
 
+    if groups and impl != "mategemm_dense":
+        a, sfa = moe.make_tokens(groups * m, k)
+        sfa = sfa.t().contiguous().t()  # MN-major, as DeepGEMM's kernel reads them
+        b, sfb = moe.make_expert_weights(groups, n, k)
+        ids = torch.arange(groups, dtype=torch.int32, device="cuda").repeat_interleave(m)
+        out = torch.empty((groups * m, n), dtype=torch.bfloat16, device="cuda")
+        for _ in range(3):
+            if impl == "mategemm":
+                mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token")
+            else:
+                import deep_gemm
+                deep_gemm.m_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), out, ids, disable_ue8m0_cast=True)
+        torch.cuda.synchronize()
+        return
+    m = max(1, groups) * m
     a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, scale_major_mode="MN")
     out = torch.empty((m, n), dtype=torch.bfloat16, device="cuda")
     for _ in range(3):
-        if impl == "mategemm":
+        if impl.startswith("mategemm"):
             mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN", out=out)
         else:
             import deep_gemm
@@ -89,23 +112,27 @@ def launch(impl: str, m: int, n: int, k: int) -> None:
     torch.cuda.synchronize()
 
 
-def run(shape: str, out: Path, section_set: str, clock_control: str = "base") -> None:
-    m, n, k = (int(v) for v in shape.split("x"))
+def run(shape: str, out: Path, section_set: str, clock_control: str = "base", groups: int = 0,
+        impls: tuple[str, ...] = ("deepgemm", "mategemm")) -> None:
+    if groups and int(shape.split("x")[0]) % 128:
+        raise SystemExit("--groups: m (rows per expert) must be a multiple of 128")
     out.mkdir(parents=True, exist_ok=True)
+    tag = f"{groups}x{shape}" if groups else shape
     paths = []
-    for impl, kernel in (("deepgemm", KERNELS["deepgemm"]), ("mategemm", KERNELS["mategemm"])):
-        path = out / f"{impl}_{shape}_raw.csv"
+    for impl in impls:
+        path = out / f"{impl}_{tag}_raw.csv"
         command = ["ncu", "--set", section_set, "--clock-control", clock_control, "--csv", "--page", "raw",
-                   "--kernel-name", f"regex:{kernel}", "--launch-skip", "2", "--launch-count", "1",
-                   sys.executable, __file__, "_launch", impl, shape]
+                   "--kernel-name", f"regex:{KERNELS[impl]}", "--launch-skip", "2", "--launch-count", "1",
+                   sys.executable, __file__, "_launch", impl, shape, str(groups)]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         csv_start = done.stdout.find('"ID"')
         if done.returncode != 0 or csv_start < 0:
             raise SystemExit(f"ncu failed for {impl} (rc {done.returncode}):\n{done.stderr[-2000:]}")
         path.write_text(done.stdout[csv_start:])
         paths.append(path)
-    print(f"{shape}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}):")
-    print(table(paths, ["deepgemm", "mategemm"]))
+    what = f"{groups} experts of {shape}" if groups else shape
+    print(f"{what}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}):")
+    print(table(paths, list(impls)))
 
 
 def main() -> None:
@@ -117,20 +144,29 @@ def main() -> None:
     r.add_argument("--set", dest="section_set", default="full")
     r.add_argument("--clock-control", choices=("base", "none"), default="base",
                    help="ncu's default locks the SM clock to base; none profiles at the clocks a benchmark sees")
-    t = sub.add_parser("table", help="the table of two raw CSV pages")
-    t.add_argument("paths", type=Path, nargs=2)
+    r.add_argument("--groups", type=int, default=0, help="the contiguous grouped GEMM: experts of --shape's m rows")
+    r.add_argument("--impls", default="deepgemm,mategemm", help=f"comma-separated, of {', '.join(KERNELS)}")
+    t = sub.add_parser("table", help="the table of raw CSV pages")
+    t.add_argument("paths", type=Path, nargs="+")
     t.add_argument("--labels", default="deepgemm,mategemm")
     launch_parser = sub.add_parser("_launch")
     launch_parser.add_argument("impl", choices=tuple(KERNELS))
     launch_parser.add_argument("shape")
+    launch_parser.add_argument("groups", type=int)
     args = parser.parse_args()
     if args.command == "run":
-        run(args.shape, args.out, args.section_set, args.clock_control)
+        impls = tuple(args.impls.split(","))
+        if set(impls) - set(KERNELS):
+            parser.error(f"--impls: each one of {', '.join(KERNELS)}")
+        run(args.shape, args.out, args.section_set, args.clock_control, args.groups, impls)
     elif args.command == "table":
-        print(table(args.paths, args.labels.split(",")))
+        labels = args.labels.split(",")
+        if len(labels) != len(args.paths):
+            parser.error("--labels: one per path")
+        print(table(args.paths, labels))
     else:
         sys.path.insert(0, str(ROOT))
-        launch(args.impl, *(int(v) for v in args.shape.split("x")))
+        launch(args.impl, *(int(v) for v in args.shape.split("x")), args.groups)
 
 
 if __name__ == "__main__":
