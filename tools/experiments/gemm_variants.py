@@ -15,6 +15,13 @@ Variants (several may be joined with '+'):
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
+  uniform_walk  (patches/uniform_walk.diff) a tile walk that depends on no data, so that the main
+                loop's wgmma descriptors stay in uniform registers: per_token tiles of at most 128
+                rows with padding tiles kept as empty items every role passes through its stages;
+                ragged K's empty groups kept as items of no K blocks, its K bounds made
+                warp-uniform (REDUX); the math warps' ring position from the stages consumed. SASS
+                from the first to the last wgmma: per_token 128x128 528 -> 399 instructions, R2UR
+                60 -> 1 (dense 443, 0); ragged K 128x128 829 -> 755, R2UR 60 -> 0
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -61,7 +68,9 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 """
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
-PATCH_FILES: dict[str, Path] = {}
+PATCH_FILES: dict[str, Path] = {
+    "uniform_walk": Path(__file__).resolve().parent / "patches" / "uniform_walk.diff",
+}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
