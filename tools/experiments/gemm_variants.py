@@ -22,6 +22,9 @@ Variants (several may be joined with '+'):
                 warp-uniform (REDUX); the math warps' ring position from the stages consumed. SASS
                 from the first to the last wgmma: per_token 128x128 528 -> 399 instructions, R2UR
                 60 -> 1 (dense 443, 0); ragged K 128x128 829 -> 755, R2UR 60 -> 0
+  desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
+                never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
+                2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -70,6 +73,7 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
     "uniform_walk": Path(__file__).resolve().parent / "patches" / "uniform_walk.diff",
+    "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
 }
 
 # variant -> [(file, old text, new text)]
