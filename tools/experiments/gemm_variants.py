@@ -16,12 +16,12 @@ Variants (several may be joined with '+'):
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
   uniform_walk  (patches/uniform_walk.diff) tile walks that depend on no data, so that the main loop's
-                wgmma descriptors stay in uniform registers: per_token, masked and ragged K keep
-                tiles with nothing to compute as items of no K blocks (their group and K range
-                made warp-uniform by REDUX), the math warps' ring position from the stages
-                consumed; per_token picks tiles of at most 128 rows. SASS from the first to the
-                last wgmma: masked 256x128 2038 -> 1530 (dense 1519), per_token 128x128 528 -> 421
-                (dense 443), ragged K 128x128 829 -> 754; R2UR 284/60/60 -> 0
+                wgmma descriptors stay in uniform registers: every grouped M mode and ragged K
+                keeps tiles with nothing to compute as items of no K blocks (their group and K
+                range through one REDUX per item), 256-row per_token tiles as two items (one per
+                segment), the math warps' ring position from the stages consumed. SASS from the
+                first to the last wgmma at 256x128: per_token, masked, per_expert 2040 -> 1530
+                (dense 1519), ragged K 128x128 829 -> 754; R2UR 284 -> 0
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
