@@ -202,8 +202,8 @@ struct PromotedMainLoop {
     }
   }
 
-  // promote, and free the stage: first where the scales are in registers (the producer refills it
-  // sooner), last where promote reads the stage's per-column B scales.
+  // Promotes `part` and frees its stage: the stage first where the scales are in registers (the
+  // producer refills it sooner), after the promotion where that reads per-column B scales from it.
   __device__ __forceinline__ void promote_release(float* out, float* part, const BlockScales& sc, int stage) const {
     if constexpr (T::kScaleGranN == 128) {
       stages.release(stage);
