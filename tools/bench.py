@@ -26,6 +26,9 @@
     python tools/bench.py docs      (no GPU: rewrite the generated tables of README.md and
                                      docs/benchmarks.md from docs/bench/*.json)
 
+Before the timing, the kernels of the suite's shipped shape lists are compiled in parallel into the
+kernel cache (`mategemm prewarm`; --no-prewarm skips it).
+
 Timing (docs/benchmarks.md): CUDA events around each call, 5 warm-up calls, then
 30 timed calls queued behind a ~10 ms GPU sleep, median; input sets rotated so the data touched
 exceeds 3x L2. Benchmarks never assert; correctness is reported as calc_diff beside each row.
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,7 +48,7 @@ sys.path.insert(0, str(ROOT))  # mategemm from this checkout when it is not inst
 from benchkit.common import SHAPES  # noqa: E402
 from benchkit.docs_tables import redraw, write_docs  # noqa: E402
 from benchkit.grouped_suite import GROUPED_MODES  # noqa: E402
-from benchkit.registry import PLOTS, RUNNERS, SUITES, UNMEASURED_SUITES  # noqa: E402
+from benchkit.registry import PLOTS, RUNNERS, SUITES, UNMEASURED_SUITES, prewarm_names  # noqa: E402
 
 
 def main() -> None:
@@ -63,6 +68,9 @@ def main() -> None:
                              "read by the scale warps, tma_scales=0)")
     parser.add_argument("--modes", nargs="+", choices=GROUPED_MODES, default=list(GROUPED_MODES),
                         help="grouped suite only: the modes to run (default: all)")
+    parser.add_argument("--no-prewarm", action="store_true",
+                        help="do not compile the suite's kernels in parallel first (`mategemm prewarm`); they are "
+                             "then compiled one by one as the rows first call them")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     if args.plots and (args.suite != "plot" or set(args.plots) - set(PLOTS)):
@@ -81,10 +89,26 @@ def main() -> None:
         print(error, file=sys.stderr)
         raise SystemExit(2)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_prewarm:
+        prewarm(prewarm_names(args.suite, args.modes))
     result = RUNNERS[args.suite](args)
     (out_dir / f"{args.suite}.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.suite in PLOTS:
         PLOTS[args.suite](result, out_dir / f"{args.suite}.png")
+
+
+def prewarm(names: list[str]) -> None:
+    """Compile the kernels of these shipped shape suites into the kernel cache, one worker process per
+    CPU core (MATEGEMM_CACHE_DIR and MATEGEMM_FORCE_CONFIG apply as to the run). A failure only warns:
+    the run then compiles what is missing as it goes."""
+    if not names:
+        return
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    done = subprocess.run([sys.executable, "-m", "mategemm", "prewarm", "--shapes", ",".join(names),
+                           "--jobs", str(os.cpu_count() or 1)], env=env, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    print(f"prewarm {','.join(names)}: {lines[-1] if lines else ''}"
+          + ("" if done.returncode == 0 else f" (exit {done.returncode}; continuing)"), flush=True)
 
 
 if __name__ == "__main__":

@@ -112,3 +112,15 @@ def test_plot_writes_a_png(suite, tmp_path):
     pytest.importorskip("matplotlib")
     registry.PLOTS[suite](result(suite), tmp_path / f"{suite}.png")
     assert (tmp_path / f"{suite}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prewarm_names_are_shipped_suites():
+    """tools/bench.py compiles a suite's kernels first through `mategemm prewarm --shapes`: every name
+    it passes is a shipped suite, and each grouped mode with a shipped shape list has one."""
+    from mategemm import suites
+    from benchkit.grouped_suite import GROUPED_MODES
+
+    names = {name for suite in registry.RUNNERS for name in registry.prewarm_names(suite, list(GROUPED_MODES))}
+    assert suites.resolve(",".join(sorted(names)))
+    assert registry.prewarm_names("grouped", ["contiguous", "per_expert"]) == ["grouped_contiguous_fp8"]
+    assert registry.prewarm_names("host", []) == []

@@ -18,3 +18,16 @@ SUITES = ("dense_fp8", "grouped", "moe_layer", "mxfp8", "nvfp4", "bmm", "indexer
 UNMEASURED_SUITES = ()
 PLOTS = {"dense_fp8": plot_dense, "grouped": plot_grouped, "moe_layer": plot_moe_layer, "mxfp8": plot_mxfp8,
          "nvfp4": plot_nvfp4, "bmm": plot_bmm, "indexer": plot_indexer}
+# The shipped shape suites (mategemm prewarm --shapes) whose kernels a suite or grouped mode calls:
+# compiled in parallel before the timing starts, not one by one as the rows first call them.
+PREWARM_SUITES = {"dense_fp8": ("dense_fp8",), "bmm": ("bmm",), "indexer": ("paged_mqa_logits",),
+                  "moe_layer": ("moe_layers",), "nvfp4": ("nvfp4_moe",)}
+PREWARM_GROUPED_MODES = {"contiguous": "grouped_contiguous_fp8", "masked": "grouped_masked_fp8",
+                         "k_grouped": "grouped_k_fp8", "moe_layer": "moe_layers"}
+
+
+def prewarm_names(suite: str, modes: list[str]) -> list[str]:
+    """The shipped shape suites to pre-compile for `suite` (grouped: for its `modes`)."""
+    if suite == "grouped":
+        return sorted({PREWARM_GROUPED_MODES[mode] for mode in modes if mode in PREWARM_GROUPED_MODES})
+    return list(PREWARM_SUITES.get(suite, ()))
