@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # mategemm from this checkout when it is not installed
 
-from benchkit.common import SHAPES  # noqa: E402
+from benchkit.common import SHAPES, require_gpu_or_exit  # noqa: E402
 from benchkit.docs_tables import redraw, write_docs  # noqa: E402
 from benchkit.grouped_suite import GROUPED_MODES  # noqa: E402
 from benchkit.registry import PLOTS, RUNNERS, SUITES, UNMEASURED_SUITES, prewarm_names  # noqa: E402
@@ -81,13 +81,7 @@ def main() -> None:
     if args.suite == "docs":
         write_docs(out_dir)
         return
-    from mategemm.runtime.device import require_cuda_gpu
-    from mategemm.runtime.errors import NoCudaGpuError
-    try:
-        require_cuda_gpu(f"tools/bench.py {args.suite}")
-    except NoCudaGpuError as error:
-        print(error, file=sys.stderr)
-        raise SystemExit(2)
+    require_gpu_or_exit(f"tools/bench.py {args.suite}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_prewarm:
         prewarm(prewarm_names(args.suite, args.modes))

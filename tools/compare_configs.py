@@ -35,16 +35,10 @@ def main() -> None:
 
     import torch
 
-    from mategemm.runtime.device import require_cuda_gpu
-    from mategemm.runtime.errors import NoCudaGpuError
-    try:
-        require_cuda_gpu("tools/compare_configs.py")
-    except NoCudaGpuError as error:
-        print(error, file=sys.stderr)
-        raise SystemExit(2)
+    from benchkit.common import live_deepgemm, require_gpu_or_exit
+    require_gpu_or_exit("tools/compare_configs.py")
 
     from mategemm.testing import calc_diff, fp8_gemm_reference
-    from benchkit.common import live_deepgemm
     from benchkit.timing import median_ms, rotating_gemm_calls
 
     deep_gemm = live_deepgemm()

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -37,6 +38,17 @@ def load_anchors(suite: str, kind: str, fields: tuple = ("m", "n", "k"), path: P
 
 def dense_bytes(m: int, n: int, k: int) -> int:
     return m * k + n * k + m * (k // 128) * 4 + math.ceil(n / 128) * (k // 128) * 4 + m * n * 2
+
+
+def require_gpu_or_exit(what: str) -> None:
+    """Exit with status 2 and the reason on stderr when there is no CUDA GPU for `what` to run on."""
+    from mategemm.runtime.device import require_cuda_gpu
+    from mategemm.runtime.errors import NoCudaGpuError
+    try:
+        require_cuda_gpu(what)
+    except NoCudaGpuError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2)
 
 
 def live_deepgemm():

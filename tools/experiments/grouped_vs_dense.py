@@ -72,13 +72,8 @@ def main() -> None:
     parser.add_argument("--input-sets", type=int, default=2)
     args = parser.parse_args()
 
-    from mategemm.runtime.device import require_cuda_gpu
-    from mategemm.runtime.errors import NoCudaGpuError
-    try:
-        require_cuda_gpu("tools/experiments/grouped_vs_dense.py")
-    except NoCudaGpuError as error:
-        print(error, file=sys.stderr)
-        raise SystemExit(2)
+    from benchkit.common import require_gpu_or_exit
+    require_gpu_or_exit("tools/experiments/grouped_vs_dense.py")
     from benchkit.timing import median_ms
 
     for shape in args.shapes.split(","):
