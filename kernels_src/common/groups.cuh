@@ -4,8 +4,8 @@
 //   kGroupNone     dense GEMM.
 //   kGroupIds      per_token: one int32 group id per row of A, -1 on padding rows; segments
 //                  start at multiples of kIdsSegmentRows. The dense M tiling: a tile belongs to
-//                  its first row's group and skips if that is invalid; a 256-row tile whose
-//                  halves name different groups runs once for each valid one.
+//                  its first row's group (none if that is invalid); a 256-row tile is two items,
+//                  one for each half's group where they differ.
 //   kGroupCounts   per_expert: counts per group, rows packed in group order.
 //   kGroupPsum     psum_expert: inclusive prefix sums of those counts.
 //   kGroupMasked   masked: group g owns rows [g * stride, g * stride + count_g), count_g <= stride.

@@ -25,7 +25,16 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
   Tile t;
   int tile_parity = 0;  // kTmaScales: the B scale buffer of this tile
-  while (scheduler.next(t)) {
+  [[maybe_unused]] int consumed = 0;  // stages consumed so far
+  while (scheduler.template next<true>(t)) {
+    if constexpr (GemmScheduler<T>::kStaticWalk) {
+      // The ring position from a count that depends on no data (see Tile); items of no K blocks
+      // neither compute nor store.
+      stages.pipe.stage = consumed % T::kNumStages;
+      stages.pipe.phase = (consumed / T::kNumStages) & 1;
+      consumed += t.kb_end - t.kb_begin;
+      if (t.kb_begin == t.kb_end) continue;
+    }
     #pragma unroll
     for (int i = 0; i < T::kWaves * T::kAcc; ++i) acc[i] = 0.0f;
     if constexpr (T::kTmaScales) {

@@ -46,8 +46,10 @@ __device__ __forceinline__ void store_tile(const float* acc, const Tile& t, cons
       }
     }
     // NOTES: with an overlap signal every tile goes row by row: the signal's release then
-    // covers plain stores, with no wait for TMA stores to complete.
-    whole_tile = named_barrier_and(barrier_id, 128, rows_ok) && args.signal == nullptr;
+    // covers plain stores, with no wait for TMA stores to complete. The flag through REDUX: from
+    // the barrier's predicate NVRTC 13.0 lost that the tile walk is warp-uniform, and the main
+    // loop's wgmma descriptors left the uniform registers (284 R2UR at 256x128).
+    whole_tile = warp_value<true>(named_barrier_and(barrier_id, 128, rows_ok)) != 0 && args.signal == nullptr;
   } else {
     named_barrier_sync(barrier_id, 128);
   }

@@ -82,16 +82,28 @@ def test_readable_scales_are_read_where_they_are(stubbed, monkeypatch):  # noqa:
 
 @pytest.mark.parametrize("mode", ("per_token", "per_expert", "psum_expert", "masked", "batched"))
 @pytest.mark.parametrize("readable", (True, False))
-@pytest.mark.parametrize("force", ("", "tma_scales=2"))
-def test_grouped_scales_by_tma_only_where_forced(mode, readable, force):
-    """Grouped GEMMs keep the scale warps by default (not yet measured on a GPU); with tma_scales=2 the
-    modes whose tokens are one stack load A's scales by TMA (copied first unless readable)."""
-    problem = GemmProblem(4096, 2112, 7168, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, mode, 8)
-    p = plan.grouped_gemm(problem, SM90_NO_DEVICE, alignment_m=128 if mode == "per_token" else 0, max_m=512,
+@pytest.mark.parametrize("force", ("", "tma_scales=2", "tma_scales=0"))
+@pytest.mark.parametrize("rows", (4096, 1024))
+def test_grouped_scales_by_tma_where_the_copy_pays(mode, readable, force, rows):
+    """The grouped modes whose tokens are one stack load A's scales by TMA (copied first unless
+    readable) where the copy pays for the rows they compute (masked: experts x max_m), or with
+    tma_scales=2; the scale warps otherwise, and always with tma_scales=0."""
+    problem = GemmProblem(rows, 2112, 7168, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, mode, 8)
+    p = plan.grouped_gemm(problem, SM90_NO_DEVICE, alignment_m=128 if mode == "per_token" else 0, max_m=rows // 8,
                           force=force, a_scales_tma=readable)
-    by_tma = force == "tma_scales=2" and mode in plan.TMA_SCALE_MODES
+    pays = plan.a_scales_copy_pays(rows, 2112, 7168)
+    assert pays == (rows == 4096)
+    by_tma = mode in plan.TMA_SCALE_MODES and (force == "tma_scales=2" or (force == "" and pays))
     assert (p.problem.tma_scales, p.copy_a_scales) == (by_tma, by_tma and not readable)
     assert p.spec.name_expr.endswith(", true>" if by_tma else ", false>")
+
+
+def test_masked_scales_by_tma_follow_the_expected_tokens():
+    """Masked: the rows the copy must pay for are the experts' expected tokens, not their max_m."""
+    problem = GemmProblem(8 * 4096, 2112, 7168, RECIPE_1x128_128x128, E4M3, E4M3, torch.bfloat16, "masked", 8)
+    full = plan.grouped_gemm(problem, SM90_NO_DEVICE, max_m=4096)
+    decode = plan.grouped_gemm(problem, SM90_NO_DEVICE, max_m=4096, expect_tokens=16)
+    assert full.problem.tma_scales and not decode.problem.tma_scales
 
 
 def test_grouped_forced_copy_feeds_the_kernel_a_workspace(stubbed, monkeypatch):  # noqa: F811

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mategemm import cli, prewarm
+from mategemm import cli, plan, prewarm
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
@@ -42,13 +42,14 @@ def runtime_dense(m, n, k, recipe, a_scales_tma=False):
 
 def runtime_ragged_m(mode, rows, n, k, recipe, experts, alignment=128):
     """ragged_m_moe_gemm_8bit with `rows` rows of A: rows per expert is the ceil average."""
-    problem = GemmProblem(rows, n, k, recipe, E4M3, E4M3, BF16, mode, experts)
+    problem, _ = plan.scales_by_tma(GemmProblem(rows, n, k, recipe, E4M3, E4M3, BF16, mode, experts), False, "")
     config = grouped.choose(problem, -(-rows // experts), DEVICE, NUM_MP, "", alignment if mode == "per_token" else 0)
     return kernel_fp8.spec(problem, config, ARCH)
 
 
 def runtime_masked(expect_tokens, max_m, n, k, recipe, experts):
     problem = GemmProblem(experts * max_m, n, k, recipe, E4M3, E4M3, BF16, "masked", experts)
+    problem, _ = plan.scales_by_tma(problem, False, "", experts * expect_tokens)
     return kernel_fp8.spec(problem, grouped.choose(problem, expect_tokens, DEVICE, NUM_MP, "", 0, max_m), ARCH)
 
 

@@ -15,22 +15,16 @@ Variants (several may be joined with '+'):
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
-  uniform_walk  (patches/uniform_walk.diff) tile walks that depend on no data, so that the main loop's
-                wgmma descriptors stay in uniform registers: every grouped M mode and ragged K
-                keeps tiles with nothing to compute as items of no K blocks (their group and K
-                range through one REDUX per item), 256-row per_token tiles as two items (one per
-                segment), the math warps' ring position from the stages consumed. SASS from the
-                first to the last wgmma at 256x128: per_token, masked, per_expert 2040 -> 1530
-                (dense 1519), ragged K 128x128 829 -> 754; R2UR 284 -> 0
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
+                (measured before the grouped walks stopped depending on data; NVFP4's still does)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
 chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
-the two-wave loop unrolled 8 deep, and the scratch accumulator overlap with per-column B scales
-(ragged K).
+the two-wave loop unrolled 8 deep, the scratch accumulator overlap with per-column B scales
+(ragged K), and the grouped tile walks that depend on no data (gemm/scheduler.cuh).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -72,7 +66,6 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
-    "uniform_walk": Path(__file__).resolve().parent / "patches" / "uniform_walk.diff",
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
 }
 

@@ -8,7 +8,9 @@ dense one at the same 256x128 tile; each variant below removes one difference:
     per_token        G experts of m rows (per_token ids, scale warps: the grouped default)
     per_token_tma    the same, A's scales by TMA (tma_scales=2)
     per_token_one_b  per_token with every row on expert 0 (one B for all tiles, as in dense)
+    per_token_one_b_tma  the same, A's scales by TMA
     masked           G experts of m rows in the masked layout (the segment table instead of ids)
+    masked_tma       the same, A's scales by TMA (tma_scales=2)
 
     python tools/experiments/grouped_vs_dense.py [--shapes 4x8192x4096x7168,8x4096x7168x2048] [--rounds 3]
 
@@ -26,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = ("dense", "dense_warps", "per_token", "per_token_tma", "per_token_one_b", "masked")
+VARIANTS = ("dense", "dense_warps", "per_token", "per_token_tma", "per_token_one_b", "per_token_one_b_tma", "masked",
+            "masked_tma")
 
 
 def variant_calls(name: str, groups: int, m: int, n: int, k: int, sets: int) -> list:
@@ -47,16 +50,16 @@ def variant_calls(name: str, groups: int, m: int, n: int, k: int, sets: int) -> 
             force = "tma_scales=0" if name == "dense_warps" else ""
             call = (lambda a=a, sfa=sfa, b=b[0], sfb=sfb[0], out=out:
                     mategemm.gemm_fp8_nt_groupwise(a, b, sfa.t(), sfb.t(), scale_major_mode="MN", out=out))
-        elif name == "masked":
+        elif name.startswith("masked"):
             counts = torch.full((groups,), m, dtype=torch.int32, device="cuda")
-            force = ""
+            force = "tma_scales=2" if name == "masked_tma" else ""
             call = (lambda a=a.view(groups, m, k), sfa=sfa.view(groups, m, -1), b=b, sfb=sfb, out=out, counts=counts:
                     mategemm.masked_moe_gemm_8bit((a, sfa), (b, sfb), counts, out.view(groups, m, n)))
         else:
             ids = torch.arange(groups, dtype=torch.int32, device="cuda").repeat_interleave(m)
-            if name == "per_token_one_b":
+            if name.startswith("per_token_one_b"):
                 ids.zero_()
-            force = "tma_scales=2" if name == "per_token_tma" else ""
+            force = "tma_scales=2" if name.endswith("_tma") else ""
             call = (lambda a=a, sfa=sfa, b=b, sfb=sfb, out=out, ids=ids:
                     mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token"))
         calls.append(forcing(call, force))
