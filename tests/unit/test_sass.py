@@ -311,3 +311,31 @@ def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster, 
     _, _, log = nvrtc.compile_cubin(spec.source, spec.name_expr, nvrtc.base_options(ARCH, debug=True))
     assert "ptxas info" in log, "no ptxas report in the log"
     assert not [code for code in PTXAS_FORBIDDEN if code in log], log
+
+
+@pytest.mark.parametrize("mode,tma_scales", [("none", True), ("per_token", False), ("per_token", True),
+                                             ("per_expert", True), ("psum_expert", False), ("masked", False),
+                                             ("masked", True), ("ragged_k", False)])
+def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
+    """The planned 256x128 kernels (ragged K: 128x128, per-column B scales) keep the wgmma descriptors
+    in uniform registers: no R2UR from the first wgmma to the last. A tile walk the compiler cannot
+    prove warp-uniform moves them to vector registers, with a move before every wgmma."""
+    recipe = RECIPE_1x128_1x128 if mode == "ragged_k" else RECIPE_1x128_128x128
+    out = torch.float32 if mode == "ragged_k" else torch.bfloat16
+    m, k = (4096, 4 * 8192) if mode == "ragged_k" else (32768, 7168)
+    problem = GemmProblem(m, 4096, k, recipe, torch.float8_e4m3fn, torch.float8_e4m3fn, out, mode,
+                          1 if mode == "none" else 4)
+    force = "tma_scales=2" if tma_scales else "tma_scales=0"
+    if mode == "none":
+        gemm_plan = plan.dense(problem, SM90_NO_DEVICE, force=force, a_scales_tma=True)
+    else:
+        gemm_plan = plan.grouped_gemm(problem, SM90_NO_DEVICE, alignment_m=128 if mode == "per_token" else 0,
+                                      max_m=m // 4, force=force)
+    config = gemm_plan.config
+    assert (config.block_m, config.block_n) == ((128, 128) if mode == "ragged_k" else (256, 128))
+    assert gemm_plan.problem.tma_scales == tma_scales
+    text = sass.dump_sass(sass_cache.get(gemm_plan.spec).path / "kernel.cubin")
+    lines = [line for line in text.splitlines() if line.strip()]
+    mma = [i for i, line in enumerate(lines) if " QGMMA." in line]
+    moves = [line for line in lines[mma[0]:mma[-1] + 1] if " R2UR " in line]
+    assert not moves, f"{len(moves)} R2UR between the first and the last wgmma"
