@@ -15,6 +15,16 @@ Variants (several may be joined with '+'):
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
+  inner_passes  (patches/inner_passes.diff) a 256-row per_token tile over two segments runs its second
+                pass inside the same work item (a loop of at most two passes in every role) instead
+                of as an item of its own: the walk holds one item per tile, so no role spends an
+                empty item (two loads and a REDUX) on each tile that lies in one segment. SASS: the
+                main loop stays on the uniform datapath with NVRTC 13.0 and 13.5 (per_token span
+                1580 -> 1610 instructions at 256x128)
+  row_ids_early (patches/row_ids_early.diff, written on top of inner_passes, which it applies first)
+                per_token's epilogue row check compares ids each math thread loaded when the tile
+                started (4 registers at 256x128, no spills) instead of loading them after the main
+                loop, where the tile's store waited on them
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -66,8 +76,12 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
+    "inner_passes": Path(__file__).resolve().parent / "patches" / "inner_passes.diff",
+    "row_ids_early": Path(__file__).resolve().parent / "patches" / "row_ids_early.diff",
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
 }
+# Patch files written against the tree with others applied first (applied before them, once).
+PATCH_BASES: dict[str, tuple[str, ...]] = {"row_ids_early": ("inner_passes",)}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
@@ -124,9 +138,13 @@ def apply(variant: str, files: dict[str, str]) -> dict[str, str]:
 def main() -> None:
     variants, tree = sys.argv[1], Path(sys.argv[2])
     paths = {path for patches in PATCHES.values() for path, _, _ in patches}
+    applied = set()
     for variant in variants.split("+"):
         if variant in PATCH_FILES:
-            subprocess.run(["git", "apply", str(PATCH_FILES[variant])], cwd=tree, check=True)
+            for name in (*PATCH_BASES.get(variant, ()), variant):
+                if name not in applied:
+                    subprocess.run(["git", "apply", str(PATCH_FILES[name])], cwd=tree, check=True)
+                    applied.add(name)
             continue
         files = apply(variant, {path: (tree / path).read_text() for path in paths})
         for path, text in files.items():
