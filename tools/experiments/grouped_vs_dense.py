@@ -1,16 +1,14 @@
 #!/usr/bin/env python3
 """Our grouped FP8 GEMM against our dense one on the same work, with what differs between them
 toggled one thing at a time (GPU; a lab tool). The contiguous grouped kernel ran ~20% below the
-dense one at the same 256x128 tile; each variant below removes one difference:
+dense one at the same 256x128 tile (with A's scales read by the scale warps, and a tile walk that
+took the main loop off the uniform datapath); each variant below removes one difference:
 
     dense            (G*m, n, k), A's scales MN-major by TMA (the dense default)
-    dense_warps      the same, A's scales read by the scale warps (tma_scales=0)
-    per_token        G experts of m rows (per_token ids, scale warps: the grouped default)
-    per_token_tma    the same, A's scales by TMA (tma_scales=2)
+    per_token        G experts of m rows (per_token ids; A's scales by TMA at these sizes: the default)
     per_token_one_b  per_token with every row on expert 0 (one B for all tiles, as in dense)
-    per_token_one_b_tma  the same, A's scales by TMA
     masked           G experts of m rows in the masked layout (the segment table instead of ids)
-    masked_tma       the same, A's scales by TMA (tma_scales=2)
+    <variant>_warps  any of them with A's scales read by the scale warps (tma_scales=0)
 
     python tools/experiments/grouped_vs_dense.py [--shapes 4x8192x4096x7168,8x4096x7168x2048] [--rounds 3]
 
@@ -28,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = ("dense", "dense_warps", "per_token", "per_token_tma", "per_token_one_b", "per_token_one_b_tma", "masked",
-            "masked_tma")
+BASE_VARIANTS = ("dense", "per_token", "per_token_one_b", "masked")
+VARIANTS = BASE_VARIANTS + tuple(f"{name}_warps" for name in BASE_VARIANTS)
 
 
 def variant_calls(name: str, groups: int, m: int, n: int, k: int, sets: int) -> list:
@@ -46,20 +44,18 @@ def variant_calls(name: str, groups: int, m: int, n: int, k: int, sets: int) -> 
         sfa = sfa.t().contiguous().t()  # MN-major: TMA reads it in place, the scale warps coalesce
         b, sfb = moe.make_expert_weights(groups, n, k)
         out = torch.empty((groups * m, n), dtype=torch.bfloat16, device="cuda")
+        force = "tma_scales=0" if name.endswith("_warps") else ""
         if name.startswith("dense"):
-            force = "tma_scales=0" if name == "dense_warps" else ""
             call = (lambda a=a, sfa=sfa, b=b[0], sfb=sfb[0], out=out:
                     mategemm.gemm_fp8_nt_groupwise(a, b, sfa.t(), sfb.t(), scale_major_mode="MN", out=out))
         elif name.startswith("masked"):
             counts = torch.full((groups,), m, dtype=torch.int32, device="cuda")
-            force = "tma_scales=2" if name == "masked_tma" else ""
             call = (lambda a=a.view(groups, m, k), sfa=sfa.view(groups, m, -1), b=b, sfb=sfb, out=out, counts=counts:
                     mategemm.masked_moe_gemm_8bit((a, sfa), (b, sfb), counts, out.view(groups, m, n)))
         else:
             ids = torch.arange(groups, dtype=torch.int32, device="cuda").repeat_interleave(m)
             if name.startswith("per_token_one_b"):
                 ids.zero_()
-            force = "tma_scales=2" if name.endswith("_tma") else ""
             call = (lambda a=a, sfa=sfa, b=b, sfb=sfb, out=out, ids=ids:
                     mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token"))
         calls.append(forcing(call, force))
