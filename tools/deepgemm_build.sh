@@ -19,5 +19,5 @@ if ! ls "$DEST"/deep_gemm/_C*.so > /dev/null 2>&1; then
   (cd "$DEST" && CC=/usr/bin/gcc CXX=/usr/bin/g++ bash develop.sh > "$DEST/build.log" 2>&1) \
     || { tail -20 "$DEST/build.log"; exit 1; }
 fi
-export PYTHONPATH=$DEST${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$DEST${PYTHONPATH:+:$PYTHONPATH} DEEPGEMM_BUILD=$DEST  # DEEPGEMM_BUILD: benchkit.common.live_deepgemm
 python3 -c "import deep_gemm; print('deep_gemm', deep_gemm.__version__, 'from', deep_gemm.__file__)"

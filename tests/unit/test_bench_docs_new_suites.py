@@ -1,6 +1,7 @@
 """The moe_layer, mxfp8 and nvfp4 suites in the docs, without a GPU: their blocks and README lines
 rendered from the committed result files, their plots' panels, and each plot written as a PNG."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,20 @@ def test_prewarm_names_are_shipped_suites():
     assert suites.resolve(",".join(sorted(names)))
     assert registry.prewarm_names("grouped", ["contiguous", "per_expert"]) == ["grouped_contiguous_fp8"]
     assert registry.prewarm_names("host", []) == []
+
+
+def test_live_deepgemm_found_through_its_build_variable(tmp_path, monkeypatch):
+    """A DeepGEMM build named by $DEEPGEMM_BUILD imports where PYTHONPATH does not hold it (a lab
+    copy of the tree sets its own); without either, the suites fall back to the anchors."""
+    from benchkit import common
+
+    monkeypatch.delitem(sys.modules, "deep_gemm", raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    monkeypatch.delenv("DEEPGEMM_BUILD", raising=False)
+    assert common.live_deepgemm() is None
+    (tmp_path / "deep_gemm").mkdir()
+    (tmp_path / "deep_gemm" / "__init__.py").write_text("__version__ = 'stub'\n")
+    monkeypatch.setenv("DEEPGEMM_BUILD", str(tmp_path))
+    module = common.live_deepgemm()
+    assert module is not None and module.__version__ == "stub"
+    sys.modules.pop("deep_gemm")  # not through monkeypatch: its undo would put the stub back

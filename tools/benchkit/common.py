@@ -52,8 +52,12 @@ def require_gpu_or_exit(what: str) -> None:
 
 
 def live_deepgemm():
-    """DeepGEMM's module when it imports (a build on the PYTHONPATH: tools/deepgemm_build.sh), else
-    None: the suites then take DeepGEMM's numbers from the anchors."""
+    """DeepGEMM's module when it imports (a build on the PYTHONPATH, or in $DEEPGEMM_BUILD:
+    tools/deepgemm_build.sh sets both), else None: the suites then take DeepGEMM's numbers from the
+    anchors. $DEEPGEMM_BUILD keeps the build found where PYTHONPATH is set anew (lab copies of the tree)."""
+    build = os.environ.get("DEEPGEMM_BUILD")
+    if build and build not in sys.path:
+        sys.path.append(build)
     try:
         import deep_gemm
     except Exception:  # noqa: BLE001 - not built here, or built for another torch
