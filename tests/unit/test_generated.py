@@ -34,8 +34,9 @@ def test_every_experiment_patch_applies_to_the_product_kernel():
     assert len(promotion.PATCHES) >= 5
     for name in promotion.PATCHES:
         assert promotion.apply(name, files) != files, name
-    for name in promotion.PATCH_FILES:  # on a copy of the kernel sources, after the patches it builds on
+    for name in promotion.PATCH_FILES:  # on a copy of the sources, after the patches it builds on
         with tempfile.TemporaryDirectory() as tree:
-            shutil.copytree(ROOT / "kernels_src", Path(tree) / "kernels_src")
+            for part in ("kernels_src", "mategemm"):
+                shutil.copytree(ROOT / part, Path(tree) / part, ignore=shutil.ignore_patterns("__pycache__"))
             subprocess.run([sys.executable, str(ROOT / "tools" / "experiments" / "gemm_variants.py"), name, tree],
                            check=True)
