@@ -30,8 +30,9 @@ KNOBS = (
          "stages, num_mp, group_n, cluster_m, cluster_n, num_splits; transpose=1/0: M/N-major FP8 "
          "operands transposed in the kernel / copied K-major first; tma_scales=0: A scales read by the "
          "scale warps, never loaded by TMA; tma_scales=2: A scales loaded by TMA wherever the kernel can "
-         "(copied MN-major first where TMA cannot read them); decoders=1: NVFP4 with 4 more decoding warps; quant_first=1/0: "
-         "fused_moe quantises a bf16 input once per token, then gathers the pairs' FP8 rows / pair by pair).",
+         "(copied MN-major first where TMA cannot read them); decoders=1: NVFP4 with 4 more decoding "
+         "warps; quant_first=1/0: fused_moe quantises a bf16 input once per token, then gathers the "
+         "pairs' FP8 rows / pair by pair).",
          False),
 )
 
