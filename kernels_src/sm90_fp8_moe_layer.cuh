@@ -10,21 +10,14 @@
 //   unpermute: out[m] = sum over the slots j of w[m, j] * y[inv[m * topk + j]] (GEMM2's bf16 rows),
 //              in slot order (deterministic); pairs at packed rows >= live (off-rank) add nothing.
 //
-// Quantisation (mategemm.quant.per_token_cast_to_fp8's rule): per row and 128 columns,
-// scale = max(amax, 1e-4) / 448, q = saturate_rn(x / scale). One warp per (row, 128-column
-// group), 4 values per lane, the amax reduced by shuffles. `live` is read on the device (the
-// routing's count of local pairs): no launch depends on the routing from the host.
-//
-// Activations, limit = +inf when none is given:
-//   kGatedSigmoid: gate' = min(gate, limit), up' = clamp(up, -limit, limit),
-//                  act = (up' + beta) * gate' * sigmoid(alpha * gate')   (silu: alpha 1, beta 0)
-//   kSwigluStep:   act = min(silu(gate), limit) * clamp(up, -limit, limit)
+// Quantisation and activations: common/gated_act.cuh. One warp per (row, 128-column group), 4
+// values per lane, the amax reduced by shuffles. `live` is read on the device (the routing's count
+// of local pairs): no launch depends on the routing from the host.
 #pragma once
-#include "common/ptx.cuh"
+#include "common/gated_act.cuh"
 
 namespace mategemm {
 
-constexpr int kGatedSigmoid = 0, kSwigluStep = 1;
 constexpr int kMoeThreads = 256;
 constexpr int kMoeWarps = kMoeThreads / 32;
 constexpr int kQuantGroup = 128;  // columns per scale
@@ -50,9 +43,9 @@ __device__ __forceinline__ void quantize_group(const float (&x)[4], u8* q, float
   float amax = fmaxf(fmaxf(fabsf(x[0]), fabsf(x[1])), fmaxf(fabsf(x[2]), fabsf(x[3])));
   #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-  const float scale = fmaxf(amax, 1e-4f) / 448.0f;
-  *reinterpret_cast<u32*>(q + lane * 4) = e4m3x2(x[0] / scale, x[1] / scale) | e4m3x2(x[2] / scale, x[3] / scale) << 16;
-  if (lane == 0) *scale_out = scale;
+  *reinterpret_cast<u32*>(q + lane * 4) = e4m3x2(fp8_group_value(x[0], amax), fp8_group_value(x[1], amax)) |
+                                          e4m3x2(fp8_group_value(x[2], amax), fp8_group_value(x[3], amax)) << 16;
+  if (lane == 0) *scale_out = fp8_group_scale(amax);
 }
 
 __device__ __forceinline__ void load_bf16x4(const u8* from, float (&x)[4]) {
@@ -61,19 +54,6 @@ __device__ __forceinline__ void load_bf16x4(const u8* from, float (&x)[4]) {
   x[1] = bf16_hi(v.x);
   x[2] = bf16_lo(v.y);
   x[3] = bf16_hi(v.y);
-}
-
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-template <int kActivation>
-__device__ __forceinline__ float gated_act(float gate, float up, float alpha, float beta, float limit) {
-  up = fminf(fmaxf(up, -limit), limit);
-  if constexpr (kActivation == kGatedSigmoid) {
-    gate = fminf(gate, limit);
-    return (up + beta) * gate * sigmoid(alpha * gate);
-  } else {
-    return fminf(gate * sigmoid(gate), limit) * up;
-  }
 }
 
 // ---- route -------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ KNOBS = (
          "scale warps, never loaded by TMA; tma_scales=2: A scales loaded by TMA wherever the kernel can "
          "(copied MN-major first where TMA cannot read them); decoders=1: NVFP4 with 4 more decoding "
          "warps; quant_first=1/0: fused_moe quantises a bf16 input once per token, then gathers the "
-         "pairs' FP8 rows / pair by pair).",
+         "pairs' FP8 rows / pair by pair; gated_gemm=1/0: fused_moe's first GEMM applies the gated "
+         "activation and quantises in its epilogue / a bf16 GEMM then the activation kernel).",
          False),
 )
 

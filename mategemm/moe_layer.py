@@ -6,6 +6,8 @@
                1024 tokens quantised once per token first, then the pairs' rows gathered)
     GEMM1      ragged_m_moe_gemm_8bit per_expert: h = a . w1[e]^T, gate and up (bf16)
     gated_act  act(gate, up) quantised 1x128 to FP8 in one kernel
+               (or, where plan.moe_gated_gemm_wanted, one kernel does both: the gated GEMM, which
+               applies the activation and quantises in its epilogue)
     GEMM2      ragged_m_moe_gemm_8bit per_expert: y = q . w2[e]^T (bf16)
     unpermute  out[m] = sum_j w[m, j] * y[row of (m, j)], in slot order
 
@@ -15,12 +17,14 @@ call allocates nothing but its output (none with `out`), and a CUDA graph captur
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from mategemm import moe, plan, prepare, validate
 from mategemm.kernels import sm90_fp8_moe_layer as kernel
+from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
 
 ACTIVATIONS = validate.MOE_ACTIVATIONS
@@ -76,7 +80,9 @@ class Workspace:
         widest = max(hidden, intermediate)
         self.capacity = capacity
         self.hidden = hidden
+        self.intermediate = intermediate
         self.token_buffers: tuple[torch.Tensor, ...] | None = None  # see tokens()
+        self.gated_buffers: tuple[torch.Tensor, ...] | None = None  # see gated_rows()
         self.fp8 = torch.empty(capacity * widest, dtype=torch.uint8, device=device)
         self.scales = torch.empty(capacity * widest // 128, dtype=torch.float32, device=device)
         self.bf16 = torch.empty(capacity * max(2 * intermediate, hidden), dtype=torch.bfloat16, device=device)
@@ -99,6 +105,15 @@ class Workspace:
                                   torch.arange(rows, dtype=torch.int64, device=device))
         fp8, scales, identity = self.token_buffers
         return (*_fp8_rows(fp8, scales, tokens, self.hidden), identity.narrow(0, 0, tokens))
+
+    def gated_rows(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e4m3 (pairs, intermediate), scales (pairs, intermediate/128)): the gated GEMM's output, apart
+        from the FP8 rows it reads (those of `rows`), allocated on first use for the capacity."""
+        if self.gated_buffers is None:
+            device, cols = self.fp8.device, self.intermediate
+            self.gated_buffers = (torch.empty(self.capacity * cols, dtype=torch.uint8, device=device),
+                                  torch.empty(self.capacity * cols // 128, dtype=torch.float32, device=device))
+        return _fp8_rows(*self.gated_buffers, pairs, self.intermediate)
 
 
 def _fp8_rows(fp8: torch.Tensor, scales: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +157,9 @@ class Layer:
         self.weight_input = apply_router_weight_on_input
         self.a = ws.rows(pairs, c.hidden, "fp8")
         (h,) = ws.rows(pairs, 2 * c.intermediate, "bf16")
-        q, q_scale = ws.rows(pairs, c.intermediate, "fp8")
+        # the gated GEMM writes its FP8 rows beside the ones it reads; the activation kernel over them
+        gated = plan.moe_gated_gemm_wanted(c.tokens) and w1.is_contiguous() and w1.data_ptr() % 16 == 0
+        q, q_scale = ws.gated_rows(pairs) if gated else ws.rows(pairs, c.intermediate, "fp8")
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
         *route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
         # quantise each token once into x_q, then gather the pairs' rows with the FP8-input permute
@@ -153,10 +170,20 @@ class Layer:
             self.unpermute_kernel = kernel.load(unpermute, self.index)
             if self.x_q is not None:
                 self.gather_kernel = kernel.load(kernel.permute_spec(True, info.arch), self.index)
-            self.gated_act = kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale, r.live, alpha, beta,
-                                              limit, info.num_sms)
+            self.gated_act = None if gated else kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale,
+                                                                 r.live, alpha, beta, limit, info.num_sms)
         counts = r.counts.narrow(0, 0, c.experts)
         self.gemm1 = (self.a, (w1, w1_scale), counts, h)
+        self.gated_gemm = None
+        if gated:
+            a_scale = self.a[1]
+            a_scale_strides = (a_scale.stride(0), a_scale.stride(1))
+            a_scales_tma = plan.a_scales_tma_readable(a_scale_strides, a_scale.data_ptr(), pairs)
+            gated_plan = plan.moe_gated_gemm(pairs, c.intermediate, c.hidden, c.experts, c.activation, info,
+                                             a_scales_tma)
+            act_params = (alpha, beta, math.inf if limit is None else limit)
+            self.gated_gemm = prepare.gated_call(gated_plan, *self.a, w1, w1_scale, counts, act_params, q_scale)
+        self.q = q
         self.gemm2 = ((q, q_scale), (w2, w2_scale), counts, self.y)
         self.num_sms = info.num_sms
         self._launches: dict[tuple, kernel.Launch] = {}
@@ -196,8 +223,11 @@ class Layer:
                                      out, r.live, self.num_sms))
         rt_device.run_on_current_stream(self.index, route)
         rt_device.run_on_current_stream(self.index, permute)
-        moe.ragged_m_moe_gemm_8bit(*self.gemm1, gemm_mode="per_expert")
-        rt_device.run_on_current_stream(self.index, self.gated_act)
+        if self.gated_gemm is not None:
+            calls.launch(self.gated_gemm, self.q)
+        else:
+            moe.ragged_m_moe_gemm_8bit(*self.gemm1, gemm_mode="per_expert")
+            rt_device.run_on_current_stream(self.index, self.gated_act)
         moe.ragged_m_moe_gemm_8bit(*self.gemm2, gemm_mode="per_expert")
         rt_device.run_on_current_stream(self.index, unpermute)
         return out

@@ -250,6 +250,37 @@ def moe_quantize_first(input_fp8: bool, tokens: int, topk: int, force: str | Non
     return not input_fp8 and topk > 1 and wanted
 
 
+# NOTES: opt-in until it has run on a GPU: correctness (bit for bit against the two-kernel path) and
+# the token count from which it pays are still to measure. None: off by default.
+GATED_GEMM_MIN_TOKENS: int | None = None
+
+
+def moe_gated_gemm_wanted(tokens: int, force: str | None = None) -> bool:
+    """Whether the fused MoE layer's first GEMM applies the gated activation and quantises in its
+    epilogue (the gated GEMM) instead of storing bf16 rows for the activation kernel: from
+    GATED_GEMM_MIN_TOKENS tokens (none yet); MATEGEMM_FORCE_CONFIG gated_gemm=1 / 0 forces it on / off."""
+    forced = parse_force_config(_force(force)).get("gated_gemm")
+    if forced is not None:
+        return forced == 1
+    return GATED_GEMM_MIN_TOKENS is not None and tokens >= GATED_GEMM_MIN_TOKENS
+
+
+def moe_gated_gemm(pairs: int, intermediate: int, hidden: int, experts: int, activation: str, device: DeviceInfo,
+                   a_scales_tma: bool = False, num_mp: int | None = None, force: str | None = None) -> GemmPlan:
+    """The gated GEMM of a fused MoE layer: `pairs` packed rows of `hidden` FP8 values (per_expert
+    counts) times each expert's (2 x intermediate, hidden) gate and up rows, (1,128,128) scales,
+    writing act(gate, up) as FP8 rows of `intermediate` with a scale per 128 columns. A's scales by
+    TMA as for the grouped GEMMs (scales_by_tma)."""
+    force = _force(force)
+    problem = GemmProblem(pairs, intermediate, hidden, RECIPE_1x128_128x128, torch.float8_e4m3fn,
+                          torch.float8_e4m3fn, torch.float8_e4m3fn, "per_expert", experts)
+    problem, copy_a_scales = scales_by_tma(problem, a_scales_tma, force)
+    config = grouped.choose_gated(problem, rows_per_group(problem), device, mp_budget(device, num_mp), force)
+    heuristics.report(kernel_fp8.KERNEL_GATED, problem, config)
+    spec = kernel_fp8.gated_spec(problem, config, kernel_moe.ACTIVATION_KINDS[activation], device.arch)
+    return GemmPlan(problem, config, spec, copy_a_scales)
+
+
 def moe_layer_kernels(input_fp8: bool, activation: str, ids_64bit: bool, device: DeviceInfo) -> tuple[KernelSpec, ...]:
     """The fused MoE layer's own kernels (its GEMMs are planned as per_expert grouped GEMMs): the
     three of the routing (int32 or int64 ids; one CTA, or a count and a place per range of pairs),

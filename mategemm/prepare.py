@@ -77,6 +77,23 @@ def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_stri
     return calls.PreparedCall(launch, tuple(staged), -(-gemm_plan.problem.n // gemm_plan.config.block_n))
 
 
+def gated_call(gemm_plan: plan.GemmPlan, a, sfa, w1, w1_scale, counts, act_params: tuple[float, float, float],
+               act_scales) -> calls.PreparedCall:
+    """The gated GEMM's launch (plan.moe_gated_gemm): a (rows, K) FP8 with scales sfa (rows, K/128)
+    of any strides, w1 (E, 2N, K) contiguous with w1_scale (E, 2N/128, K/128), counts per expert
+    (int32, on the device); it writes its `out` (rows, N) e4m3 and act_scales (rows, N/128)."""
+    staged = []
+    sfa, sfa_strides = a_scales_for_kernel(gemm_plan, sfa, (sfa.stride(0), sfa.stride(1)), staged)
+    index = a.device.index
+    with torch.cuda.device(index):
+        kernel = kernel_fp8.load(gemm_plan.spec, gemm_plan.config, index)
+        launch = kernel_fp8.GatedLaunch(kernel, gemm_plan.problem, gemm_plan.config, a, w1, sfa, sfa_strides, w1_scale,
+                                        (w1_scale.stride(1), w1_scale.stride(2)),
+                                        kernel_fp8.GroupArgs(counts, sfb_stride_group=w1_scale.stride(0)),
+                                        act_params=act_params, act_scales=act_scales)
+    return calls.PreparedCall(launch, tuple(staged), 0)
+
+
 def a_scales_for_kernel(gemm_plan: plan.GemmPlan, sfa, sfa_strides, staged: list):
     """(A's scales, their strides) as the kernel reads them: with gemm_plan.copy_a_scales, an MN-major
     workspace TMA reads (rows of m floats, padded to 16 bytes), refilled by a staged copy before each

@@ -273,6 +273,9 @@ def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str 
                     use = f"fused_moe {activation} {'fp8' if input_fp8 else 'bf16'} input"
                     for spec in plan.moe_layer_kernels(input_fp8, activation, ids_64bit, device):
                         planned.setdefault(spec, KernelUse(spec, "moe_layer", use))
+        for activation in activations:
+            for spec, use in gated_gemm_specs(preset.moe, activation, max_tokens, device, num_mp, force):
+                planned.setdefault(spec, KernelUse(spec, "moe_layer", use))
     if preset.indexer is not None:
         for spec, use in indexer_specs(preset.indexer, device):
             planned.setdefault(spec, KernelUse(spec, "indexer", use))
@@ -386,6 +389,28 @@ def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, device: DeviceInfo
                 for r, lo, _ in moe_rows_per_expert_runs(max_tokens, experts, top_k):
                     out.append((pick(mode, experts * max_tokens, r, max_m=max_tokens),
                                 f"{use} M={lo} expect_tokens={r}"))
+    return out
+
+
+def gated_gemm_specs(moe: MoeLayer, activation: str, max_tokens: int, device: DeviceInfo, num_mp: int | None = None,
+                     force: str = "") -> list[tuple[KernelSpec, str]]:
+    """(spec, use) of the fused MoE layer's gated GEMM for the token counts at which it runs it
+    (plan.moe_gated_gemm_wanted) up to max_tokens, as the layer plans it."""
+    def pick(tokens: int) -> KernelSpec:
+        return plan.moe_gated_gemm(tokens * moe.top_k, moe.moe_intermediate, moe.hidden, moe.num_experts, activation,
+                                   device, num_mp=num_mp, force=force).spec
+
+    out: list[tuple[KernelSpec, str]] = []
+    use = f"fused_moe {activation} gated GEMM n={moe.moe_intermediate} k={moe.hidden}"
+    for _, lo, hi in moe_rows_per_expert_runs(max_tokens, moe.num_experts, moe.top_k):
+        ms = [m for m in range(lo, hi + 1) if plan.moe_gated_gemm_wanted(m, force)]
+        if not ms:
+            continue
+        first = pick(ms[0])
+        if first == pick(ms[-1]):  # the same kernel at both ends: at every M between (the rules are monotone)
+            out.append((first, f"{use} M={ms[0]}"))
+        else:
+            out += [(pick(m), f"{use} M={m}") for m in ms]
     return out
 
 

@@ -36,8 +36,9 @@ __device__ __forceinline__ u32 staging_offset(int row, int col) {
 
 // Writes one warpgroup's 64 x BLOCK_N accumulator (wgmma m64nN layout) into the staging tile.
 // `tile_row0` is the warpgroup's first row inside the BLOCK_M-row tile. FP8 output: each value
-// divided by `out_scale` (IEEE division, as torch's result / output_scale), then rounded.
-template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes, int kOutType>
+// divided by `out_scale` (IEEE division, as torch's result / output_scale), then rounded; without
+// kDivide rounded as it is.
+template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes, int kOutType, bool kDivide = true>
 __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_base, int tile_row0,
                                                     float out_scale = 1.0f) {
   constexpr int kElemBytes = out_elem_bytes(kOutType);
@@ -53,8 +54,8 @@ __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_b
       if constexpr (kOutType == kOutF32Add) {
         st_shared_f32x2(addr, acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]);
       } else if constexpr (kOutType == kOutE4M3) {
-        st_shared_u16(addr, e4m3x2(__fdiv_rn(acc[c * 4 + i * 2], out_scale),
-                                   __fdiv_rn(acc[c * 4 + i * 2 + 1], out_scale)));
+        const float lo = acc[c * 4 + i * 2], hi = acc[c * 4 + i * 2 + 1];
+        st_shared_u16(addr, kDivide ? e4m3x2(__fdiv_rn(lo, out_scale), __fdiv_rn(hi, out_scale)) : e4m3x2(lo, hi));
       } else {
         st_shared_u32(addr, pack_out2<kOutType>(acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]));
       }
@@ -62,20 +63,21 @@ __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_b
   }
 }
 
-// Copies `rows` rows x BLOCK_N columns (16-bit elements) of the staging tile from tile row
+// Copies `rows` rows x BLOCK_N columns (of kElemBytes, 2 or 1) of the staging tile from tile row
 // `tile_row0` to global memory at `out` (row stride `ld` elements) with 16-byte stores, all
 // threads of a warpgroup; a row is stored only where row_ok[row] (shared bytes) is set, a column
 // only below `cols`.
-template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes>
+template <int BLOCK_M, int BLOCK_N, int kSwizzleBytes, int kElemBytes = 2>
 __device__ __forceinline__ void copy_rows_from_smem(u32 smem_base, u32 row_ok, int tile_row0, int rows, u8* out,
                                                     int ld, int cols) {
-  constexpr int kUnits = BLOCK_N / 8;  // 16-byte units per row
+  constexpr int kUnitCols = 16 / kElemBytes;
+  constexpr int kUnits = BLOCK_N / kUnitCols;  // 16-byte units per row
   for (int idx = threadIdx.x % 128; idx < rows * kUnits; idx += 128) {
-    const int r = idx / kUnits, col = (idx % kUnits) * 8;
+    const int r = idx / kUnits, col = (idx % kUnits) * kUnitCols;
     const int row = tile_row0 + r;
     if (col < cols && ld_shared_u8(row_ok + row) != 0) {
-      const uint4 v = ld_shared_v4(smem_base + staging_offset<BLOCK_M, kSwizzleBytes, 2>(row, col));
-      st_global_v4(out + (static_cast<long long>(r) * ld + col) * 2, v);
+      const uint4 v = ld_shared_v4(smem_base + staging_offset<BLOCK_M, kSwizzleBytes, kElemBytes>(row, col));
+      st_global_v4(out + (static_cast<long long>(r) * ld + col) * kElemBytes, v);
     }
   }
 }

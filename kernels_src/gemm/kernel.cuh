@@ -20,7 +20,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
                            scheduler.rank() ^ 1, lane};
   const int thread_row = math_wg * T::kWaves * 64 + warp * 16 + lane / 4;
   PromotedMainLoop<T> promoted{stages, smem.scales, math_wg, warp, lane, thread_row, 0};
-  float acc[T::kWaves * T::kAcc];
+  float acc[T::kSubTiles * T::kAcc];
   float part0[T::kScaleAtEnd ? 1 : T::kAcc];
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
   Tile t;
@@ -36,7 +36,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
       if (t.kb_begin == t.kb_end) continue;
     }
     #pragma unroll
-    for (int i = 0; i < T::kWaves * T::kAcc; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < T::kSubTiles * T::kAcc; ++i) acc[i] = 0.0f;
     if constexpr (T::kTmaScales) {
       promoted.sfb_tile = stage_tile_b_scales<T>(args, smem.sfb_tiles, t, tile_parity);
       promoted.scale_row_shift = t.a_row0 - T::Layout::scale_box_row(t.a_row0);

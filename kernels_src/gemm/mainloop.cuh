@@ -83,7 +83,8 @@ __device__ __forceinline__ u32 stage_tile_b_scales(const GemmArgs& args, u32 sfb
   const float* sfb = args.sfb + (T::kGroupedB ? static_cast<i64>(t.group) * args.sfb_stride_group : 0);
   for (int i = threadIdx.x - 128; i < num_blocks * (Layout::kTwoScaleBlocks ? 2 : 1); i += kMathThreads) {
     const int which = i / num_blocks, kb = i % num_blocks;
-    const int block = min(block0 + which, last_block);
+    // the next block, or (gated) the up rows' block of the same columns
+    const int block = T::kGated ? block0 + which * (args.n / 128) : min(block0 + which, last_block);
     st_shared_f32(buffer + (which * Layout::kMaxTileKBlocks + kb) * 4,
                   ldg_nc(sfb + (block * args.sfb_stride_n + (t.kb_begin + kb) * args.sfb_stride_k)));
   }
@@ -107,12 +108,12 @@ struct PromotedMainLoop {
                                             T::kGroupMode == kGroupK && T::kMnMajor == 0 &&
                                             T::kCluster == 1;
   static constexpr bool kOverlap = (T::kScaleGranN == 128 || kOverlapPerColumn) && T::BLOCK_N <= 128 &&
-                                   T::kWaves == 1;
+                                   T::kSubTiles == 1;
   // NOTES (H100, live DeepGEMM, 2 rounds): the two-wave loop (BLOCK_M 256) unrolled 8 deep folds
   // the per-k-block bookkeeping: +2..3% at 4096x{7168x16384, 4096x7168, 7168x2048}; at 128x192 the
   // same unroll lost 16% (1098 -> 918 TFLOPS) and 256x128 with per-column B scales spilled, so
-  // other tiles keep the plain loop.
-  static constexpr int kUnrollKBlocks = T::kWaves == 2 && T::kScaleGranN == 128 && T::kScaleBlocksK == 1 ? 8 : 1;
+  // other tiles keep the plain loop. A gated tile's two halves are two 64 x 128 sub-tiles, as two waves.
+  static constexpr int kUnrollKBlocks = T::kSubTiles == 2 && T::kScaleGranN == 128 && T::kScaleBlocksK == 1 ? 8 : 1;
   // (1,1,32): the floats of one 32-value K block's scales in a stage (sa per row, then sb per column)
   static constexpr int kScaleBlockFloats = T::BLOCK_M + T::BLOCK_N;
 
@@ -127,13 +128,15 @@ struct PromotedMainLoop {
   // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
   __device__ __forceinline__ int wave_row0(int wave) const { return (math_wg * T::kWaves + wave) * 64; }
 
-  // Issues wave `wave`'s 4 wgmma of `stage` (the work item's K block `kb`) into `part` (with (1,1,32)
-  // scales: the one of 32-value K block `j`), then reads the wave's scales.
-  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave, int kb, int j = 0) const {
+  // Issues wave `wave`'s 4 wgmma of `stage` (the work item's K block `kb`; gated: with B half `half`)
+  // into `part` (with (1,1,32) scales: the one of 32-value K block `j`), then reads the wave's scales.
+  __device__ __forceinline__ void issue(float* part, BlockScales& sc, int stage, int wave, int kb, int j = 0,
+                                        int half = 0) const {
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
     wgmma_fence();
-    const u64 desc_a = stages.desc_a(stage, wave_row0(wave)), desc_b = stages.desc_b(stage);
+    const u64 desc_a = stages.desc_a(stage, wave_row0(wave));
+    const u64 desc_b = stages.desc_b(stage) + half * (Layout::kBHalfBytes / 16);
     if constexpr (T::kScaleBlocksK == 1) {
       mma_stage<T>(part, desc_a, desc_b, false);
     } else {
@@ -169,12 +172,19 @@ struct PromotedMainLoop {
   }
 
   // After `part`'s wgmma completed: out += part * scales in FP32. With per-column B scales the
-  // stage's scales are read here, so the caller releases the stage afterwards.
-  __device__ __forceinline__ void promote(float* out, float* part, const BlockScales& sc, int stage, int j = 0) const {
+  // stage's scales are read here, so the caller releases the stage afterwards. Gated: B half
+  // `half` lies in B scale block `half` of the tile.
+  __device__ __forceinline__ void promote(float* out, float* part, const BlockScales& sc, int stage, int j = 0,
+                                          int half = 0) const {
     #pragma unroll
     for (int i = 0; i < kAcc; ++i) fence_operand(part[i]);
     if constexpr (T::kScaleGranN == 128) {
-      if constexpr (!Layout::kTwoScaleBlocks) {
+      if constexpr (T::kGated) {
+        #pragma unroll
+        for (int c = 0; c < T::BLOCK_N / 8; ++c) {
+          promote_chunk(out + c * 4, part + c * 4, half ? sc.lo[1] : sc.lo[0], half ? sc.hi[1] : sc.hi[0]);
+        }
+      } else if constexpr (!Layout::kTwoScaleBlocks) {
         // The tile lies inside one 128-column scale block: one scale pair for all columns.
         #pragma unroll
         for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);
@@ -249,13 +259,14 @@ struct PromotedMainLoop {
       for (int kb = 0; kb < num_blocks; ++kb) {
         const int stage = stages.wait();
         #pragma unroll
-        for (int wave = 0; wave < T::kWaves; ++wave) {
+        for (int sub = 0; sub < T::kSubTiles; ++sub) {  // (wave, B half)
+          const int wave = sub / T::kBHalves, half = sub % T::kBHalves;
           BlockScales sc;
           if constexpr (T::kScaleBlocksK == 1) {
-            issue(part0, sc, stage, wave, kb);
+            issue(part0, sc, stage, wave, kb, 0, half);
             wgmma_wait<0>();
-            if (T::kScaleGranN == 128 && wave == T::kWaves - 1) stages.release(stage);
-            promote(acc + wave * kAcc, part0, sc, stage);
+            if (T::kScaleGranN == 128 && sub == T::kSubTiles - 1) stages.release(stage);
+            promote(acc + sub * kAcc, part0, sc, stage, 0, half);
           } else {
             // (1,1,32): each 32-value K block's wgmma promoted alone. NOTES: a loop, not unrolled:
             // unrolled, the four blocks' scale loads were hoisted and 128x128 tiles spilled.

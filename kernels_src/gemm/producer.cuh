@@ -15,7 +15,8 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
   PipelineState<T::kNumStages> pipe;
   Tile t;
   while (scheduler.next(t)) {
-    const int b_row0 = (T::kGroupedB ? t.group * args.n : 0) + t.n_block * T::BLOCK_N;
+    // a gated GEMM's group holds gate rows, then up rows: 2 n rows
+    const int b_row0 = (T::kGroupedB ? t.group * args.n * T::kBHalves : 0) + t.n_block * T::BLOCK_N;
     for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
       const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
       smem.empty[pipe.stage].wait(pipe.phase ^ 1);
@@ -60,6 +61,9 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
         }
       } else if constexpr (T::kClusterM == 1) {
         tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+        if constexpr (T::kGated) {  // the up rows of the tile's columns
+          tma_load_2d(b_dst + Layout::kBHalfBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0 + args.n);
+        }
       } else {
         constexpr int kHalfRows = T::BLOCK_N / 2;
         const int offset = scheduler.rank() * kHalfRows;

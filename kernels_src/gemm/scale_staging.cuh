@@ -72,10 +72,10 @@ __device__ __forceinline__ void stage_scales(const GemmArgs& args, u32 sf, const
     const int num_n_scale_blocks = ceil_div(args.n, 128);
     const int block0 = n0 / 128;
     const float sb0 = ldg_nc(sfb_group + (block0 * args.sfb_stride_n + kb * args.sfb_stride_k));
-    const float sb1 = Layout::kTwoScaleBlocks
-                          ? ldg_nc(sfb_group + (min(block0 + 1, num_n_scale_blocks - 1) * args.sfb_stride_n +
-                                                kb * args.sfb_stride_k))
-                          : 0.0f;
+    // the second block: the next one, or (gated) the up rows' block of the same columns
+    const int block1 = T::kGated ? (args.n + n0) / 128 : min(block0 + 1, num_n_scale_blocks - 1);
+    const float sb1 =
+        Layout::kTwoScaleBlocks ? ldg_nc(sfb_group + (block1 * args.sfb_stride_n + kb * args.sfb_stride_k)) : 0.0f;
     #pragma unroll
     for (int i = 0; i < kRowSlots; ++i) {
       const int row = lane + 32 * i;

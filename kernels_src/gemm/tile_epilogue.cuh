@@ -6,8 +6,50 @@
 
 namespace mategemm {
 
+// A gated tile's act(gate, up) quantised 1x128 into the staging tile, its per-row scales stored to
+// global memory. acc[0, kAcc) holds the gate half, acc[kAcc, 2 kAcc) the up half, the same (row,
+// column) at the same index. The values are rounded to bf16 first, as a bf16 GEMM output read by the
+// layer's activation kernel would be: both paths quantise the same numbers the same way.
 template <class T>
-__device__ __forceinline__ void store_tile(const float* acc, const Tile& t, const GemmArgs& args,
+__device__ __forceinline__ void store_gated_tile_to_smem(float* acc, const Tile& t, const GemmArgs& args,
+                                                         u32 out_addr, int tile_row0, int warp, int lane) {
+  constexpr int kAcc = T::kAcc;
+  float amax_lo = 0.0f, amax_hi = 0.0f;  // the thread's rows r and r + 8
+  #pragma unroll
+  for (int i = 0; i < kAcc; i += 2) {
+    const u32 gate = pack_bf16x2(acc[i], acc[i + 1]), up = pack_bf16x2(acc[kAcc + i], acc[kAcc + i + 1]);
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float g = __uint_as_float(j == 0 ? gate << 16 : gate & 0xffff0000u);
+      const float u = __uint_as_float(j == 0 ? up << 16 : up & 0xffff0000u);
+      const float x = gated_act<T::kGatedAct>(g, u, args.act_alpha, args.act_beta, args.act_limit);
+      acc[i + j] = x;
+      if (i % 4 == 0) {
+        amax_lo = fmaxf(amax_lo, fabsf(x));
+      } else {
+        amax_hi = fmaxf(amax_hi, fabsf(x));
+      }
+    }
+  }
+  // a row's 128 columns lie with the 4 threads of a quad
+  #pragma unroll
+  for (int offset = 1; offset < 4; offset *= 2) {
+    amax_lo = fmaxf(amax_lo, __shfl_xor_sync(0xffffffffu, amax_lo, offset));
+    amax_hi = fmaxf(amax_hi, __shfl_xor_sync(0xffffffffu, amax_hi, offset));
+  }
+  #pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = fp8_group_value(acc[i], i % 4 < 2 ? amax_lo : amax_hi);
+  store_accum_to_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle, kOutE4M3, false>(acc, out_addr, tile_row0);
+  const int row = t.row0 + tile_row0 + warp * 16 + lane / 4;
+  if (lane % 4 == 0) {
+    float* scales = args.act_scales + static_cast<i64>(t.n_block) * args.act_scales_stride_k;
+    if (row < t.row_end) scales[static_cast<i64>(row) * args.act_scales_stride_m] = fp8_group_scale(amax_lo);
+    if (row + 8 < t.row_end) scales[static_cast<i64>(row + 8) * args.act_scales_stride_m] = fp8_group_scale(amax_hi);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store_tile(float* acc, const Tile& t, const GemmArgs& args,
                                            const GemmSmem<T>& smem, int math_wg, int warp, int lane) {
   auto wave_row0 = [&](int wave) { return (math_wg * T::kWaves + wave) * 64; };
   const bool wg_leader = (threadIdx.x % 128) == 0;
@@ -20,12 +62,16 @@ __device__ __forceinline__ void store_tile(const float* acc, const Tile& t, cons
   // hoisting them out of the tile loop, where they spilled with BLOCK_M 256's accumulators.
   u32 out_addr = smem_addr(smem.out);
   asm volatile("" : "+r"(out_addr));
-  float out_scale = 1.0f;
-  if constexpr (T::kOutType == kOutE4M3) out_scale = __ldg(args.out_scale);
-  #pragma unroll
-  for (int wave = 0; wave < T::kWaves; ++wave) {
-    store_accum_to_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle, T::kOutType>(acc + wave * T::kAcc, out_addr,
-                                                                             wave_row0(wave), out_scale);
+  if constexpr (T::kGated) {
+    store_gated_tile_to_smem<T>(acc, t, args, out_addr, wave_row0(0), warp, lane);
+  } else {
+    float out_scale = 1.0f;
+    if constexpr (T::kOutType == kOutE4M3) out_scale = __ldg(args.out_scale);
+    #pragma unroll
+    for (int wave = 0; wave < T::kWaves; ++wave) {
+      store_accum_to_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle, T::kOutType>(acc + wave * T::kAcc, out_addr,
+                                                                               wave_row0(wave), out_scale);
+    }
   }
   fence_proxy_async_smem();
   // Grouped M modes: a tile whose rows all belong to its group is stored whole (TMA); one
@@ -79,9 +125,9 @@ __device__ __forceinline__ void store_tile(const float* acc, const Tile& t, cons
     #pragma unroll
     for (int wave = 0; wave < T::kWaves; ++wave) {
       const int row0 = wave_row0(wave);
-      u8* dst = out_bytes + (static_cast<i64>(m0 + row0) * args.out_ld + n0) * 2;
-      copy_rows_from_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle>(out_addr, smem.row_ok, row0, 64, dst, args.out_ld,
-                                                                  args.n - n0);
+      u8* dst = out_bytes + (static_cast<i64>(m0 + row0) * args.out_ld + n0) * T::kOutElemBytes;
+      copy_rows_from_smem<T::BLOCK_M, T::BLOCK_N, T::kOutSwizzle, T::kOutElemBytes>(out_addr, smem.row_ok, row0, 64,
+                                                                                    dst, args.out_ld, args.n - n0);
     }
     if (args.signal != nullptr) {
       // Every row of the warpgroup's waves is written: count each 64-row block once more

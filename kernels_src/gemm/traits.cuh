@@ -2,6 +2,7 @@
 // the checks on their combination), its shared-memory layout, and its run-time arguments.
 #pragma once
 #include "../common/barrier.cuh"
+#include "../common/gated_act.cuh"
 #include "../common/groups.cuh"
 #include "../common/ptx.cuh"
 #include "../common/types.cuh"
@@ -38,16 +39,17 @@ struct Nvfp4StageLayout {
 };
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
-          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false>
+          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false, int kBHalves = 1>
 struct GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
-  static constexpr int kBBytes = BLOCK_N * kBlockK;
+  static constexpr int kBHalfBytes = BLOCK_N * kBlockK;  // one half of a gated B tile (gate or up rows)
+  static constexpr int kBBytes = kBHalves * kBHalfBytes;
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
   // block, then (if the tile can straddle two) with the next; with kTmaScales only sa per row, as
   // TMA lands them. (1,1,128): sa per row, sb per column; (1,1,32): those for each of the stage's
-  // four 32-value K blocks in turn.
-  static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && 128 % BLOCK_N != 0;
+  // four 32-value K blocks in turn. A gated tile's two halves take a B scale block each.
+  static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && (128 % BLOCK_N != 0 || kBHalves == 2);
   // kTmaScales: a TMA box's first row must sit on 16 bytes (4 floats). Tiles of the grouped M modes
   // start on any row: their boxes (up to 128 rows, 4 more) start at the row rounded down to 4, the
   // next box 128 rows on (the boxes overlap by 4 rows); the stage holds BLOCK_M + 4 rows, 128-byte
@@ -97,7 +99,7 @@ struct GemmSmemLayout {
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
-          int kDecoderWGs_ = 0>
+          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -124,10 +126,17 @@ struct GemmTraits {
   // ride in each stage's TMA transaction; the math warps stage each tile's B scales once and form
   // sa * sb themselves. Otherwise the producer's warps 1-3 copy every stage's scales (any strides).
   static constexpr bool kTmaScales = kTmaScales_;
+  // A gated GEMM (the MoE layer's first): B's rows per group are [gate (n) | up (n)]; a tile of n
+  // columns multiplies both halves (two 128-row TMA boxes per stage, two wgmma per stage and wave)
+  // and stores act(gate, up) quantised to FP8 per row and 128 columns, with the scales beside.
+  static constexpr int kGatedAct = kGatedAct_;
+  static constexpr bool kGated = kGatedAct != kNoGatedAct;
+  static constexpr int kBHalves = kGated ? 2 : 1;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
   static constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
+  static constexpr int kSubTiles = kWaves * kBHalves;  // m64nBLOCK_N accumulators per math thread
   static constexpr int kCluster = kClusterM * kClusterN;
   static constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (3-D outputs)
   static constexpr int kOutElemBytes = out_elem_bytes(kOutType);
@@ -139,7 +148,7 @@ struct GemmTraits {
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales>;
+                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves>;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
@@ -177,7 +186,12 @@ struct GemmTraits {
                     (kGroupMode != kGroupK || (kOutAdd && (kScaleGranN == 1 || operand_bytes(kTypeA) == 2))),
                 "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe or unscaled");
   static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
-  static_assert(kOutType != kOutE4M3 || (!kRowsChecked && !kNvfp4), "FP8 output: whole tiles stored by TMA (dense or batched)");
+  static_assert(kOutType != kOutE4M3 || ((!kRowsChecked || kGated) && !kNvfp4),
+                "FP8 output: whole tiles stored by TMA (dense or batched), or a gated GEMM's");
+  static_assert(!kGated || (BLOCK_N == 128 && kWaves == 1 && kScaleGranN == 128 && kScaleGranK == 128 &&
+                            kOutType == kOutE4M3 && kOutSwizzle == 128 && kCluster == 1 && !kSplitK && kMnMajor == 0 &&
+                            (kGroupMode == kGroupCounts || kGroupMode == kGroupPsum) && !kNvfp4),
+                "gated: 64 or 128 x 128 tiles of the (1,128,128) recipe, packed token rows, K-major, FP8 output");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
@@ -250,6 +264,11 @@ struct GemmArgs {
   const TmaDesc* tmap_sfa = nullptr;  // also (kTmaScales) A's scales: rows of M floats, one per K block
   const TmaDesc* tmap_sfb = nullptr;
   const float* out_scale = nullptr;  // kOutE4M3: the output is result / *out_scale
+  // kGated: the activation's parameters, and its FP8 output's scales, one per row and 128 columns
+  // at act_scales[row * stride_m + (column / 128) * stride_k].
+  float act_alpha = 1.0f, act_beta = 0.0f, act_limit = 0.0f;
+  float* act_scales = nullptr;
+  int act_scales_stride_m = 0, act_scales_stride_k = 0;
 };
 
 // Where everything lives in the CTA's shared memory.

@@ -72,16 +72,17 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
 
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
                rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0, scale_gran_k: int = 128,
-               tma_scales: bool = False) -> int:
+               tma_scales: bool = False, b_halves: int = 1) -> int:
     """Must match GemmSmemLayout in kernels_src/gemm/traits.cuh.
 
     Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
     3 ints per group (max_groups: the table's capacity); MN-major operands (mn_major bits) a
     staging copy of their tile per stage and a third barrier per stage; (1,1,32) scales
     (scale_gran_k 32) four sets of per-row and per-column scales per stage; A's scales by TMA
-    (tma_scales) sa per row and stage, and two buffers of a tile's B scales."""
+    (tma_scales) sa per row and stage, and two buffers of a tile's B scales; a gated GEMM
+    (b_halves 2) a B tile of gate and up rows, each half in a B scale block of its own."""
     out = block_m * block_n * out_elem_bytes
-    two_b_blocks = 128 % block_n != 0
+    two_b_blocks = 128 % block_n != 0 or b_halves == 2
     scale_align = 16
     if tma_scales:  # sa per row as TMA lands it
         box_rows, boxes = tma_scale_boxes(block_m, rows_checked)
@@ -96,7 +97,7 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
         scale_floats = 0
     scales = -(-scale_floats * 4 // scale_align) * scale_align
     staging = (block_m if mn_major & 1 else 0) + (block_n if mn_major & 2 else 0)
-    per_stage = (block_m + block_n + staging) * sm90.BLOCK_K_FP8 + scales
+    per_stage = (block_m + block_n * b_halves + staging) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
     barriers = (3 if mn_major else 2) * stages * 8
     sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if tma_scales else 0

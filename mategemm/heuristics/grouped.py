@@ -216,6 +216,43 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
                       cluster_m=1, cluster_n=cluster_n, num_splits=1)
 
 
+# The gated GEMM's tile width: 128 activation columns, one quantisation group (its B tile is the gate
+# and the up rows of those columns).
+GATED_BLOCK_N = 128
+GATED_BLOCK_MS = (64, 128)
+
+
+@functools.lru_cache(maxsize=1024)
+def choose_gated(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp: int,
+                 force: str = "") -> GemmConfig:
+    """The gated GEMM's config (problem.n: the activation's columns): 128-column tiles, 64 rows
+    (one math warpgroup) where groups hold at most 64 rows, else 128 (two); as many stages as
+    fit. MATEGEMM_FORCE_CONFIG block_m, stages, num_mp and group_n apply."""
+    forced = parse_force_config(force)
+    block_m = forced.get("block_m", GATED_BLOCK_MS[0] if rows_per_group <= 64 else GATED_BLOCK_MS[1])
+    if block_m not in GATED_BLOCK_MS:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {GATED_BLOCK_MS} for the gated GEMM, "
+                         f"got {block_m}")
+    if forced.get("block_n", GATED_BLOCK_N) != GATED_BLOCK_N or forced.get("cluster_n", 1) != 1:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: the gated GEMM's tiles are {GATED_BLOCK_N} columns wide, "
+                         "without a cluster")
+    if "num_mp" in forced:
+        num_mp = max(1, min(forced["num_mp"], device.num_sms))
+    extra = {"out_elem_bytes": 1, "rows_checked": True, "max_groups": problem.max_groups,
+             "tma_scales": problem.tma_scales, "b_halves": 2}
+    stages = forced.get("stages") or fp8_gemm.max_stages(block_m, GATED_BLOCK_N, 128, device.smem_per_block, **extra)
+    if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
+    smem = fp8_gemm.smem_bytes(block_m, GATED_BLOCK_N, stages, 128, **extra)
+    if smem > device.smem_per_block:
+        raise ValueError(f"{stages} stages of the gated {block_m}x{GATED_BLOCK_N} tile need {smem} B of shared "
+                         f"memory; the device has {device.smem_per_block}")
+    tiles = tile_bound(problem, block_m, GATED_BLOCK_N, 0, 0)
+    return GemmConfig(block_m=block_m, block_n=GATED_BLOCK_N, block_k=sm90.BLOCK_K_FP8, stages=stages,
+                      num_mp=max(1, min(num_mp, tiles)), group_n=forced.get("group_n", fp8_gemm.GROUP_N),
+                      out_swizzle=128, smem_bytes=smem)
+
+
 def _block_n_allowed(block_n: int, scale_gran_n: int, max_block_n: int, mn_major: int = 0,
                      out_elem_bytes: int = 2) -> bool:
     if mn_major & 2 and block_n % 64:

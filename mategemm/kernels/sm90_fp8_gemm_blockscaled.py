@@ -13,6 +13,7 @@ from mategemm.types import GemmConfig, GemmProblem, tma_scale_boxes
 
 KERNEL = "sm90_fp8_gemm_blockscaled"  # block scales, promoted per 128-K block
 KERNEL_SCALE_AT_END = "sm90_gemm_scale_at_end"  # per-row / per-tensor scales (or none) applied at the end
+KERNEL_GATED = "sm90_fp8_gemm_gated"  # the MoE layer's first GEMM, its gated activation in the epilogue
 
 # C++ enumerators (kernels_src/common/types.cuh, common/groups.cuh) of the template arguments.
 OPERAND_TYPES = {torch.float8_e4m3fn: "kE4M3", torch.float8_e5m2: "kE5M2", torch.bfloat16: "kBF16",
@@ -47,6 +48,17 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(name, source, name_expr, arch)
+
+
+def gated_spec(problem: GemmProblem, config: GemmConfig, activation_kind: int, arch: str) -> KernelSpec:
+    """The gated GEMM's specialisation: 128-column tiles of `config`, the group mode, A's scales
+    by TMA or not, and the activation (kernels_src/common/gated_act.cuh's kGatedSigmoid or
+    kSwigluStep)."""
+    args = (config.block_m, config.stages, f"mategemm::{GROUP_MODES[problem.group_mode]}", problem.max_groups,
+            "true" if problem.tma_scales else "false", activation_kind)
+    name_expr = f"&mategemm::{KERNEL_GATED}<{', '.join(str(a) for a in args)}>"
+    source = f'#include "{KERNEL_GATED}.cuh"\n// instance: {name_expr}\n'
+    return KernelSpec(KERNEL_GATED, source, name_expr, arch)
 
 
 def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
@@ -150,10 +162,14 @@ class Launch:
                 tmap_d = encode_3d(out, chunk, 64, self.out_swizzle)
             else:  # a 3-D output (masked: groups x rows x n) is addressed as its stacked rows
                 tmap_d = encode_2d(out, chunk, 64, self.out_swizzle, rows=out.numel() // out.shape[-1])
-            values = (*self.head, tmap_d, self.tmap_sfa, *self.tail, *self._split_pointers(stream), *self.group_tail,
-                      out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale)
+            values = self._values(tmap_d, out, stream, signal, out_scale)
             packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
         self.kernel.launch(self.grid, stream, packed)
+
+    def _values(self, tmap_d, out: torch.Tensor, stream: int, signal: int, out_scale: int) -> tuple:
+        """The kernel's arguments, in the order of TYPES."""
+        return (*self.head, tmap_d, self.tmap_sfa, *self.tail, *self._split_pointers(stream), *self.group_tail,
+                out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale)
 
     def _split_pointers(self, stream: int) -> tuple[int, int]:
         """Split-K's workspace and counters (which the kernel returns to zero) for one stream:
@@ -167,3 +183,18 @@ class Launch:
             buffers = self._split_buffers[stream] = (torch.empty(floats, dtype=torch.float32, device=device),
                                                      torch.zeros(tiles, dtype=torch.int32, device=device))
         return buffers[0].data_ptr(), buffers[1].data_ptr()
+
+
+class GatedLaunch(Launch):
+    """The gated GEMM's launch: the core's arguments, then the activation's (alpha, beta, limit)
+    and the scales of its FP8 output (a (rows, n / 128) fp32 view, any strides)."""
+
+    __slots__ = ("act_tail",)
+    TYPES = Launch.TYPES + (rt.FLOAT, rt.FLOAT, rt.FLOAT, rt.PTR, rt.INT, rt.INT)
+
+    def __init__(self, *args, act_params: tuple[float, float, float], act_scales: torch.Tensor, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act_tail = (*act_params, act_scales.data_ptr(), act_scales.stride(0), act_scales.stride(1))
+
+    def _values(self, tmap_d, out: torch.Tensor, stream: int, signal: int, out_scale: int) -> tuple:
+        return super()._values(tmap_d, out, stream, signal, out_scale) + self.act_tail

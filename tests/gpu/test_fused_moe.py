@@ -166,3 +166,25 @@ def test_quantize_first_gives_the_same_bytes(monkeypatch, tokens, topk):
     assert torch.equal(out, pair_by_pair)
     if tokens > 1:  # one token's 512 outputs: calc_diff drew 1.1e-4 once (test_routings covers M=1)
         check(out, reference(case), f"quant_first M={tokens} topk={topk}")
+
+
+@pytest.mark.parametrize("activation", ["silu", "swigluoai", "swiglustep"])
+@pytest.mark.parametrize("tokens,experts,topk,force", [
+    (3, 8, 2, "block_m=64"), (300, 16, 4, "block_m=128"), (300, 16, 4, "block_m=64,tma_scales=2"),
+    (2049, 32, 8, ""), (2049, 32, 8, "tma_scales=2"), (5000, 4, 2, "tma_scales=0")])
+def test_gated_gemm_gives_the_same_bytes(monkeypatch, activation, tokens, experts, topk, force):
+    """The first GEMM with the activation and quantisation in its epilogue (gated_gemm=1): bit for bit
+    the layer with a bf16 GEMM and the activation kernel (gated_gemm=0), and the reference. Skewed routing leaves experts empty and segments of every length; N = 384
+    puts the up rows' scale blocks 3 blocks after the gate rows'."""
+    case = ref.make_moe_layer_inputs(tokens, 512, 384, experts, topk, torch.bfloat16, routing="skewed")
+    options = {"activation": activation}
+    if activation != "swiglustep":
+        options["gemm1_clamp_limit"] = 5.0
+    separate = ",".join(filter(None, ("gated_gemm=0", force)))
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", separate)
+    two_kernels = run(case, **options)
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", separate.replace("gated_gemm=0", "gated_gemm=1"))
+    out = torch.full_like(two_kernels, float("nan"))
+    assert run(case, out=out, **options) is out
+    assert torch.equal(out, two_kernels), f"{activation} M={tokens} {force}"
+    check(out, reference(case, **options), f"gated GEMM {activation} M={tokens} {force}")

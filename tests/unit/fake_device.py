@@ -62,6 +62,7 @@ def recorded_specs(monkeypatch):
     monkeypatch.setattr(rt_device, "current_device_info", lambda: rt_device.SM90_NO_DEVICE)
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", _stop)
+    monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "GatedLaunch", _stop)
     monkeypatch.setattr(sm90_nvfp4_grouped_gemm, "Launch", _stop)
     monkeypatch.setattr(sm90_fp8_mqa_logits, "encode_2d", _stop)  # its launch loads the kernel first
     for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit):

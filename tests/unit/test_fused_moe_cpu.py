@@ -91,20 +91,25 @@ def test_bad_shapes_are_named(monkeypatch):
 @pytest.mark.parametrize("input_dtype", [torch.bfloat16, E4M3])
 @pytest.mark.parametrize("activation", ["silu", "swigluoai", "swiglustep"])
 def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dtype, activation):
-    """DeepSeek-V3's experts at a few token counts: the layer's own kernels and its two GEMMs."""
+    """DeepSeek-V3's experts at a few token counts: the layer's own kernels and its two GEMMs (forced
+    gated_gemm=1: the first of them the gated GEMM)."""
     preset = prewarm.load_preset("deepseek_v3")
     moe = preset.moe
-    planned = {p.spec for p in prewarm.plan_preset(preset, 64, "sm_90a", activations=(activation,))}
+    planned = {p.spec for p in prewarm.plan_preset(preset, 2049, "sm_90a", activations=(activation,))}
+    planned |= {p.spec for p in prewarm.plan_preset(preset, 2049, "sm_90a", force="gated_gemm=1",
+                                                      activations=(activation,))}
 
     with recorded_specs(monkeypatch) as asked:
         monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", NoLaunch)
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "GatedLaunch", NoLaunch)
         monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
-        for tokens in (1, 7, 64):
+        for force, tokens in (("", 1), ("", 7), ("", 64), ("", 2049), ("gated_gemm=1", 7), ("gated_gemm=1", 2049)):
+            monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
             args = inputs(tokens, moe.hidden, moe.moe_intermediate, moe.num_experts, moe.top_k, input_dtype)
             scale = torch.empty((tokens, moe.hidden // 128), device="cuda") if input_dtype == E4M3 else None
             call(mategemm.fused_moe, *args.values(), activation=activation, hidden_states_scale=scale)
     kernels = {spec.kernel for spec in asked}
-    assert kernels == {"sm90_fp8_moe_layer", "sm90_fp8_gemm_blockscaled"}
+    assert kernels == {"sm90_fp8_moe_layer", "sm90_fp8_gemm_blockscaled", "sm90_fp8_gemm_gated"}
     missing = sorted({spec.name_expr for spec in asked if spec not in planned})
     assert not missing, missing
 

@@ -106,7 +106,7 @@ PATCHES = {
     "unit_scales": [(MAINLOOP, "    sc.lo[0] = ld_shared_f32(sf);", "    sc.lo[0] = 1.0f;"),
                     (MAINLOOP, "    sc.hi[0] = ld_shared_f32(sf + 8 * 4);", "    sc.hi[0] = 1.0f;")],
     "no_overlap": [(MAINLOOP, "static constexpr bool kOverlap = (T::kScaleGranN == 128 || kOverlapPerColumn) && T::BLOCK_N <= 128 &&\n"
-                              "                                   T::kWaves == 1;",
+                              "                                   T::kSubTiles == 1;",
                     "static constexpr bool kOverlap = false;")],
     "lane0_empty": [(TRAITS, "static constexpr int kEmptyArrivals = kNumMathWG * 128 +",
                      "static constexpr int kEmptyArrivals = kNumMathWG * 4 +"),
