@@ -148,7 +148,7 @@ class Launch:
         self.out_3d = problem.group_mode in ("ragged_k", "batched")  # a 3-D store (or reduce) per group
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
-    def __call__(self, out: torch.Tensor, stream: int, signal: int = 0, out_scale: int = 0) -> None:
+    def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` on `stream` (a raw CUstream handle of the current device); `signal`:
         the address of the masked overlap counters, or 0; `out_scale`: an FP8 output's divisor (one
         fp32 on the device), or 0."""

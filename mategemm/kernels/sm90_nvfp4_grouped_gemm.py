@@ -65,7 +65,7 @@ class Launch:
         self.out_swizzle = config.out_swizzle
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
-    def __call__(self, out: torch.Tensor, stream: int, signal: int = 0, out_scale: int = 0) -> None:
+    def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` (m, n) on `stream` (a raw CUstream handle of the current device); the
         GEMM core's other outputs' arguments (signal, out_scale) do not apply."""
         key = (out.data_ptr(), out.shape, out.stride(), stream)

@@ -129,6 +129,11 @@ PATCHES = {
   const int row = tile_row0 + warp * 16 + lane / 4;
 """, STSM_STORE)],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
+    # per-column B scales (MXFP8 granularity 128) in the packed token modes with the second scratch
+    # accumulator, as ragged K has it: time with MATEGEMM_FORCE_CONFIG block_m=128,block_n=128
+    "overlap_packed": [(MAINLOOP, "T::kGroupMode == kGroupK && T::kMnMajor == 0 &&",
+                        "(T::kGroupMode == kGroupK || T::kGroupMode == kGroupPsum || T::kGroupMode == kGroupCounts) &&\n"
+                        "                                            T::kMnMajor == 0 &&")],
 }
 
 
