@@ -94,6 +94,8 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
+    # the two math warpgroups a few stages apart, so that one's epilogue runs beside the other's wgmma
+    "skew_wg": Path(__file__).resolve().parent / "patches" / "skew_wg.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"row_ids_early": ("inner_passes",), "layer_mn_scales": ("fast_moe_act",)}
