@@ -9,12 +9,13 @@
 
 namespace mategemm {
 
-template <int BLOCK_M, int kNumStages, GroupMode kGroupMode, int kMaxGroups, bool kTmaScales, int kActivation>
+template <int BLOCK_M, int kNumStages, GroupMode kGroupMode, int kMaxGroups, bool kTmaScales, int kActivation,
+          bool kGatherA>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M>(), 1) sm90_fp8_gemm_gated(
     MATEGEMM_GEMM_PARAMS, float act_alpha, float act_beta, float act_limit, float* __restrict__ act_scales,
     int act_scales_stride_m, int act_scales_stride_k) {
   using Traits = GemmTraits<BLOCK_M, 128, kNumStages, 128, kE4M3, kE4M3, kOutE4M3, 128, 1, 1, false, kGroupMode,
-                            kMaxGroups, 0, false, 128, kTmaScales, 0, kActivation>;
+                            kMaxGroups, 0, false, 128, kTmaScales, 0, kActivation, kGatherA>;
   GemmArgs args = MATEGEMM_GEMM_ARGS;
   args.act_alpha = act_alpha;
   args.act_beta = act_beta;

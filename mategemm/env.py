@@ -33,7 +33,8 @@ KNOBS = (
          "(copied MN-major first where TMA cannot read them); decoders=1: NVFP4 with 4 more decoding "
          "warps; quant_first=1/0: fused_moe quantises a bf16 input once per token, then gathers the "
          "pairs' FP8 rows / pair by pair; gated_gemm=1/0: fused_moe's first GEMM applies the gated "
-         "activation and quantises in its epilogue / a bf16 GEMM then the activation kernel).",
+         "activation and quantises in its epilogue / a bf16 GEMM then the activation kernel; gather_a=1: "
+         "fused_moe's first GEMM reads each pair's FP8 row where it lies instead of a permuted copy).",
          False),
 )
 

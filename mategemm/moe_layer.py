@@ -3,8 +3,9 @@
     route      local expert of every (token, slot) pair, pairs sorted by expert (stable), counts
                per expert: one kernel (two above 8192 pairs), no host synchronisation
     permute    the pairs' FP8 rows packed by expert, a bf16 input quantised 1x128 on the way (from
-               1024 tokens quantised once per token first, then the pairs' rows gathered)
-    GEMM1      ragged_m_moe_gemm_8bit per_expert: h = a . w1[e]^T, gate and up (bf16)
+               1024 tokens quantised once per token first, then the pairs' rows gathered; where
+               plan.moe_gather_a_wanted, GEMM1 gathers them itself)
+    GEMM1      per_expert grouped GEMM: h = a . w1[e]^T, gate and up (bf16)
     gated_act  act(gate, up) quantised 1x128 to FP8 in one kernel
                (or, where plan.moe_gated_gemm_wanted, one kernel does both: the gated GEMM, which
                applies the activation and quantises in its epilogue)
@@ -146,7 +147,8 @@ class Layer:
     and weights; unpermute: the weights and `out`) packed once per set of addresses."""
 
     def __init__(self, checked: validate.FusedMoeChecked, device, w1, w2, w1_scale, w2_scale, expert_map,
-                 apply_router_weight_on_input: bool, alpha: float, beta: float, limit: float | None):
+                 apply_router_weight_on_input: bool, alpha: float, beta: float, limit: float | None,
+                 input_tma_rows: bool):
         c = self.checked = checked
         self.index = device.index
         info = rt_device.device_info(self.index)
@@ -163,30 +165,41 @@ class Layer:
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
         *route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
         # quantise each token once into x_q, then gather the pairs' rows with the FP8-input permute
-        self.x_q = ws.tokens(c.tokens) if plan.moe_quantize_first(c.input_fp8, c.tokens, c.topk) else None
+        quantize_first = plan.moe_quantize_first(c.input_fp8, c.tokens, c.topk)
+        self.x_q = ws.tokens(c.tokens) if quantize_first else None
+        # or GEMM1 gathers them itself, from x_q or an FP8 input (rows TMA reads as they are given)
+        self.gather = (plan.moe_gather_a_wanted(c.input_fp8 and input_tma_rows, quantize_first,
+                                                apply_router_weight_on_input)
+                       and w1.is_contiguous() and w1.data_ptr() % 16 == 0)
         with torch.cuda.device(self.index):
             self.route_kernels = tuple(kernel.load(spec, self.index) for spec in route)
             self.permute_kernel = kernel.load(permute, self.index)
             self.unpermute_kernel = kernel.load(unpermute, self.index)
-            if self.x_q is not None:
+            if self.x_q is not None and not self.gather:
                 self.gather_kernel = kernel.load(kernel.permute_spec(True, info.arch), self.index)
             self.gated_act = None if gated else kernel.gated_act(kernel.load(gated_act, self.index), h, q, q_scale,
                                                                  r.live, alpha, beta, limit, info.num_sms)
-        counts = r.counts.narrow(0, 0, c.experts)
-        self.gemm1 = (self.a, (w1, w1_scale), counts, h)
-        self.gated_gemm = None
-        if gated:
-            a_scale = self.a[1]
-            a_scale_strides = (a_scale.stride(0), a_scale.stride(1))
-            a_scales_tma = plan.a_scales_tma_readable(a_scale_strides, a_scale.data_ptr(), pairs)
-            gated_plan = plan.moe_gated_gemm(pairs, c.intermediate, c.hidden, c.experts, c.activation, info,
-                                             a_scales_tma)
-            act_params = (alpha, beta, math.inf if limit is None else limit)
-            self.gated_gemm = prepare.gated_call(gated_plan, *self.a, w1, w1_scale, counts, act_params, q_scale)
-        self.q = q
-        self.gemm2 = ((q, q_scale), (w2, w2_scale), counts, self.y)
+        self.counts = r.counts.narrow(0, 0, c.experts)
+        self.w1 = (w1, w1_scale)
+        # GEMM1's A rows: packed by the permute (their scales' layout decides A's scale path), or gathered
+        a_scale = self.a[1]
+        a_scales_tma = not self.gather and plan.a_scales_tma_readable((a_scale.stride(0), a_scale.stride(1)),
+                                                                      a_scale.data_ptr(), pairs)
+        self.gemm1_plan = plan.moe_gemm1(pairs, c.intermediate, c.hidden, c.experts, info,
+                                         activation=c.activation if gated else None, gather_a=self.gather,
+                                         a_scales_tma=a_scales_tma)
+        self.act = ((alpha, beta, math.inf if limit is None else limit), q_scale) if gated else (None, None)
+        self.gemm1_out = q if gated else h
+        self.gemm2 = ((q, q_scale), (w2, w2_scale), self.counts, self.y)
         self.num_sms = info.num_sms
         self._launches: dict[tuple, kernel.Launch] = {}
+
+    def _gemm1(self, a, a_scale) -> calls.PreparedCall:
+        """GEMM1's prepared launch reading `a`: the packed rows, or the tokens' rows when gathered."""
+        r, gather = self.routing, None
+        if self.gather:
+            gather = (r.order, self.checked.topk)
+        return prepare.moe_gemm1_call(self.gemm1_plan, a, a_scale, *self.w1, self.counts, gather, *self.act)
 
     def _launch(self, key: tuple, make) -> kernel.Launch:
         launch = self._launches.get(key)
@@ -202,31 +215,36 @@ class Layer:
             ("route", topk_ids.data_ptr()),
             lambda: kernel.route(self.route_kernels, topk_ids, self.expert_map, c.global_experts, c.experts, r.counts,
                                  r.live, r.order, r.inv, r.range_counts))
+        if self.gather:  # GEMM1 reads each pair's row where it lies: the tokens quantised once, or the input
+            a, a_scale = self.x_q[:2] if self.x_q is not None else (hidden_states, hidden_states_scale)
+            gemm1 = self._launch(("gemm1", a.data_ptr(), a_scale.data_ptr()), lambda: self._gemm1(a, a_scale))
+        else:
+            gemm1 = self._launch(("gemm1",), lambda: self._gemm1(*self.a))
         if self.x_q is None:
-            permute = self._launch(
+            permute = None if self.gather else self._launch(
                 ("permute", hidden_states.data_ptr(),
                  0 if hidden_states_scale is None else hidden_states_scale.data_ptr(), topk_weights.data_ptr()),
                 lambda: kernel.permute(self.permute_kernel, hidden_states, hidden_states_scale, r.order, c.topk,
                                        topk_weights, self.weight_input, *self.a, r.live, self.num_sms))
         else:
             x_q, x_q_scale, identity = self.x_q
-            permute = self._launch(
+            quantize = self._launch(
+                ("quantize", hidden_states.data_ptr(), topk_weights.data_ptr()),
+                lambda: kernel.permute(self.permute_kernel, hidden_states, None, identity, 1, topk_weights, False, x_q,
+                                       x_q_scale, None, self.num_sms))
+            permute = quantize if self.gather else self._launch(
                 ("quantize, gather", hidden_states.data_ptr(), topk_weights.data_ptr()),
-                lambda: kernel.Launches(
-                    kernel.permute(self.permute_kernel, hidden_states, None, identity, 1, topk_weights, False, x_q,
-                                   x_q_scale, None, self.num_sms),
-                    kernel.permute(self.gather_kernel, x_q, x_q_scale, r.order, c.topk, topk_weights, False, *self.a,
-                                   r.live, self.num_sms)))
+                lambda: kernel.Launches(quantize, kernel.permute(self.gather_kernel, x_q, x_q_scale, r.order, c.topk,
+                                                                 topk_weights, False, *self.a, r.live, self.num_sms)))
         unpermute = self._launch(
             ("unpermute", topk_weights.data_ptr(), out.data_ptr()),
             lambda: kernel.unpermute(self.unpermute_kernel, self.y, r.inv, c.topk, topk_weights, not self.weight_input,
                                      out, r.live, self.num_sms))
         rt_device.run_on_current_stream(self.index, route)
-        rt_device.run_on_current_stream(self.index, permute)
-        if self.gated_gemm is not None:
-            calls.launch(self.gated_gemm, self.q)
-        else:
-            moe.ragged_m_moe_gemm_8bit(*self.gemm1, gemm_mode="per_expert")
+        if permute is not None:
+            rt_device.run_on_current_stream(self.index, permute)
+        calls.launch(gemm1, self.gemm1_out)
+        if self.gated_act is not None:
             rt_device.run_on_current_stream(self.index, self.gated_act)
         moe.ragged_m_moe_gemm_8bit(*self.gemm2, gemm_mode="per_expert")
         rt_device.run_on_current_stream(self.index, unpermute)
@@ -277,7 +295,7 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
             return out if out is not None else hidden_states.new_empty((0, checked.hidden), dtype=torch.bfloat16)
         alpha, beta, limit = activation_params(checked.activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
         layer = Layer(checked, hidden_states.device, w1, w2, w1_scale, w2_scale, expert_map,
-                      apply_router_weight_on_input, alpha, beta, limit)
+                      apply_router_weight_on_input, alpha, beta, limit, validate.tma_rows(hidden_states))
         if key is not None and key[-1] is not None:
             _warm.remember(key, layer)
     elif out is not None:

@@ -116,9 +116,10 @@ TMA_SCALE_MODES = ("none", "per_token", "per_expert", "psum_expert", "masked")
 
 def tma_scales_allowed(problem: GemmProblem) -> bool:
     """The problems whose A scales the kernel can load by TMA: dense or grouped with stacked tokens,
-    (1,128,128), K-major operands, every tile's B scales within the kernel's per-tile buffer."""
+    (1,128,128), K-major operands, every tile's B scales within the kernel's per-tile buffer; not
+    gathered rows (a TMA box of scales holds consecutive rows)."""
     return (problem.group_mode in TMA_SCALE_MODES and problem.recipe == RECIPE_1x128_128x128
-            and problem.mn_major == 0 and problem.k_blocks <= sm90.MAX_TILE_K_BLOCKS)
+            and problem.mn_major == 0 and problem.k_blocks <= sm90.MAX_TILE_K_BLOCKS and not problem.gather_a)
 
 
 def rows_per_group(problem: GemmProblem, max_m: int = 0, expect_tokens: int | None = None) -> int:
@@ -265,15 +266,40 @@ def moe_gated_gemm_wanted(tokens: int, force: str | None = None) -> bool:
     return GATED_GEMM_MIN_TOKENS is not None and tokens >= GATED_GEMM_MIN_TOKENS
 
 
+def moe_gather_a_wanted(input_fp8: bool, quantize_first: bool, weight_input: bool, force: str | None = None) -> bool:
+    """Whether the fused MoE layer's first GEMM reads each pair's FP8 row where it lies (gathered A
+    rows: the tokens quantised once, or an FP8 input) instead of from rows a permute kernel packed
+    by expert: opt-in (MATEGEMM_FORCE_CONFIG gather_a=1) until measured; never where the permute
+    has more to do than move rows (a bf16 input quantised pair by pair, router weights on the input)."""
+    if parse_force_config(_force(force)).get("gather_a") != 1:
+        return False
+    return quantize_first or (input_fp8 and not weight_input)
+
+
+def moe_gemm1(pairs: int, intermediate: int, hidden: int, experts: int, device: DeviceInfo, *,
+              activation: str | None = None, gather_a: bool = False, a_scales_tma: bool = False,
+              num_mp: int | None = None, force: str | None = None) -> GemmPlan:
+    """A fused MoE layer's first GEMM: `pairs` rows of `hidden` FP8 values (per_expert counts, rows
+    packed by expert or gathered) times each expert's (2 x intermediate, hidden) gate and up rows:
+    bf16 gate and up rows, or with `activation` the gated GEMM (moe_gated_gemm)."""
+    if activation is not None:
+        return moe_gated_gemm(pairs, intermediate, hidden, experts, activation, device, a_scales_tma, num_mp, force,
+                              gather_a)
+    problem = GemmProblem(pairs, 2 * intermediate, hidden, RECIPE_1x128_128x128, torch.float8_e4m3fn,
+                          torch.float8_e4m3fn, torch.bfloat16, "per_expert", experts, gather_a=gather_a)
+    return grouped_gemm(problem, device, num_mp=num_mp, force=force, a_scales_tma=a_scales_tma)
+
+
 def moe_gated_gemm(pairs: int, intermediate: int, hidden: int, experts: int, activation: str, device: DeviceInfo,
-                   a_scales_tma: bool = False, num_mp: int | None = None, force: str | None = None) -> GemmPlan:
-    """The gated GEMM of a fused MoE layer: `pairs` packed rows of `hidden` FP8 values (per_expert
-    counts) times each expert's (2 x intermediate, hidden) gate and up rows, (1,128,128) scales,
-    writing act(gate, up) as FP8 rows of `intermediate` with a scale per 128 columns. A's scales by
-    TMA as for the grouped GEMMs (scales_by_tma)."""
+                   a_scales_tma: bool = False, num_mp: int | None = None, force: str | None = None,
+                   gather_a: bool = False) -> GemmPlan:
+    """The gated GEMM of a fused MoE layer: `pairs` packed (or gathered) rows of `hidden` FP8 values
+    (per_expert counts) times each expert's (2 x intermediate, hidden) gate and up rows, (1,128,128)
+    scales, writing act(gate, up) as FP8 rows of `intermediate` with a scale per 128 columns. A's
+    scales by TMA as for the grouped GEMMs (scales_by_tma)."""
     force = _force(force)
     problem = GemmProblem(pairs, intermediate, hidden, RECIPE_1x128_128x128, torch.float8_e4m3fn,
-                          torch.float8_e4m3fn, torch.float8_e4m3fn, "per_expert", experts)
+                          torch.float8_e4m3fn, torch.float8_e4m3fn, "per_expert", experts, gather_a=gather_a)
     problem, copy_a_scales = scales_by_tma(problem, a_scales_tma, force)
     config = grouped.choose_gated(problem, rows_per_group(problem), device, mp_budget(device, num_mp), force)
     heuristics.report(kernel_fp8.KERNEL_GATED, problem, config)

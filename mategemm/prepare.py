@@ -77,20 +77,26 @@ def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_stri
     return calls.PreparedCall(launch, tuple(staged), -(-gemm_plan.problem.n // gemm_plan.config.block_n))
 
 
-def gated_call(gemm_plan: plan.GemmPlan, a, sfa, w1, w1_scale, counts, act_params: tuple[float, float, float],
-               act_scales) -> calls.PreparedCall:
-    """The gated GEMM's launch (plan.moe_gated_gemm): a (rows, K) FP8 with scales sfa (rows, K/128)
+def moe_gemm1_call(gemm_plan: plan.GemmPlan, a, sfa, w1, w1_scale, counts, gather=None, act_params=None,
+                   act_scales=None) -> calls.PreparedCall:
+    """A fused MoE layer's first GEMM (plan.moe_gemm1): a (rows, K) FP8 with scales sfa (rows, K/128)
     of any strides, w1 (E, 2N, K) contiguous with w1_scale (E, 2N/128, K/128), counts per expert
-    (int32, on the device); it writes its `out` (rows, N) e4m3 and act_scales (rows, N/128)."""
+    (int32, on the device); gather: (int64 index per GEMM row, divisor) when the plan gathers A's
+    rows, `a` then being the tokens' rows. It writes its `out`: (rows, 2N) bf16, or for the gated
+    GEMM (rows, N) e4m3 and act_scales (rows, N/128) from act_params (alpha, beta, limit)."""
     staged = []
     sfa, sfa_strides = a_scales_for_kernel(gemm_plan, sfa, (sfa.stride(0), sfa.stride(1)), staged)
+    rows, div = gather if gather is not None else (None, 1)
+    group = kernel_fp8.GroupArgs(counts, sfb_stride_group=w1_scale.stride(0), gather=rows, gather_div=div)
+    args = (gemm_plan.problem, gemm_plan.config, a, w1, sfa, sfa_strides, w1_scale,
+            (w1_scale.stride(1), w1_scale.stride(2)), group)
     index = a.device.index
     with torch.cuda.device(index):
         kernel = kernel_fp8.load(gemm_plan.spec, gemm_plan.config, index)
-        launch = kernel_fp8.GatedLaunch(kernel, gemm_plan.problem, gemm_plan.config, a, w1, sfa, sfa_strides, w1_scale,
-                                        (w1_scale.stride(1), w1_scale.stride(2)),
-                                        kernel_fp8.GroupArgs(counts, sfb_stride_group=w1_scale.stride(0)),
-                                        act_params=act_params, act_scales=act_scales)
+        if act_params is None:
+            launch = kernel_fp8.Launch(kernel, *args)
+        else:
+            launch = kernel_fp8.GatedLaunch(kernel, *args, act_params=act_params, act_scales=act_scales)
     return calls.PreparedCall(launch, tuple(staged), 0)
 
 

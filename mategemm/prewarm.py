@@ -274,7 +274,7 @@ def plan_preset(preset: Preset, max_tokens: int = DEFAULT_MAX_TOKENS, arch: str 
                     for spec in plan.moe_layer_kernels(input_fp8, activation, ids_64bit, device):
                         planned.setdefault(spec, KernelUse(spec, "moe_layer", use))
         for activation in activations:
-            for spec, use in gated_gemm_specs(preset.moe, activation, max_tokens, device, num_mp, force):
+            for spec, use in layer_gemm1_specs(preset.moe, activation, max_tokens, device, num_mp, force):
                 planned.setdefault(spec, KernelUse(spec, "moe_layer", use))
     if preset.indexer is not None:
         for spec, use in indexer_specs(preset.indexer, device):
@@ -392,25 +392,32 @@ def moe_specs(moe: MoeLayer, recipe: Recipe, max_tokens: int, device: DeviceInfo
     return out
 
 
-def gated_gemm_specs(moe: MoeLayer, activation: str, max_tokens: int, device: DeviceInfo, num_mp: int | None = None,
-                     force: str = "") -> list[tuple[KernelSpec, str]]:
-    """(spec, use) of the fused MoE layer's gated GEMM for the token counts at which it runs it
-    (plan.moe_gated_gemm_wanted) up to max_tokens, as the layer plans it."""
-    def pick(tokens: int) -> KernelSpec:
-        return plan.moe_gated_gemm(tokens * moe.top_k, moe.moe_intermediate, moe.hidden, moe.num_experts, activation,
-                                   device, num_mp=num_mp, force=force).spec
+def layer_gemm1_specs(moe: MoeLayer, activation: str, max_tokens: int, device: DeviceInfo,
+                      num_mp: int | None = None, force: str = "") -> list[tuple[KernelSpec, str]]:
+    """(spec, use) of the fused MoE layer's first GEMM where it is not the per_expert GEMM of
+    moe_specs: the gated GEMM (plan.moe_gated_gemm_wanted) and A's rows gathered
+    (plan.moe_gather_a_wanted), for either input dtype and 1..max_tokens tokens, as the layer plans it."""
+    def pick(tokens: int, input_fp8: bool) -> tuple[KernelSpec, str] | None:
+        gated = plan.moe_gated_gemm_wanted(tokens, force)
+        quantize_first = plan.moe_quantize_first(input_fp8, tokens, moe.top_k, force)
+        gather = plan.moe_gather_a_wanted(input_fp8, quantize_first, False, force)
+        if not (gated or gather):
+            return None
+        gemm_plan = plan.moe_gemm1(tokens * moe.top_k, moe.moe_intermediate, moe.hidden, moe.num_experts, device,
+                                   activation=activation if gated else None, gather_a=gather, num_mp=num_mp,
+                                   force=force)
+        kind = " ".join(name for name, on in (("gated", gated), ("gathered", gather)) if on)
+        return gemm_plan.spec, (f"fused_moe {activation} {'fp8' if input_fp8 else 'bf16'} input {kind} GEMM1 "
+                                f"n={moe.moe_intermediate} k={moe.hidden} M={tokens}")
 
     out: list[tuple[KernelSpec, str]] = []
-    use = f"fused_moe {activation} gated GEMM n={moe.moe_intermediate} k={moe.hidden}"
-    for _, lo, hi in moe_rows_per_expert_runs(max_tokens, moe.num_experts, moe.top_k):
-        ms = [m for m in range(lo, hi + 1) if plan.moe_gated_gemm_wanted(m, force)]
-        if not ms:
-            continue
-        first = pick(ms[0])
-        if first == pick(ms[-1]):  # the same kernel at both ends: at every M between (the rules are monotone)
-            out.append((first, f"{use} M={ms[0]}"))
-        else:
-            out += [(pick(m), f"{use} M={m}") for m in ms]
+    for input_fp8 in (False, True):
+        for _, lo, hi in moe_rows_per_expert_runs(max_tokens, moe.num_experts, moe.top_k):
+            first, last = pick(lo, input_fp8), pick(hi, input_fp8)
+            if first is not None and last is not None and first[0] == last[0]:
+                out.append(first)  # the same kernel at both ends: at every M between (the rules are monotone)
+            else:
+                out += [p for p in (pick(m, input_fp8) for m in range(lo, hi + 1)) if p is not None]
     return out
 
 

@@ -55,6 +55,9 @@ class GemmProblem:
     # loaded by TMA with each stage; otherwise the kernel's scale warps copy them (any strides).
     # Set by plan.scales_by_tma.
     tma_scales: bool = False
+    # Grouped M modes with packed rows (the MoE layer's first GEMM): row r of the GEMM reads A row
+    # gather[r] / div of the tokens given (an index tensor on the GPU) instead of A row r.
+    gather_a: bool = False
 
     @property
     def k_blocks(self) -> int:

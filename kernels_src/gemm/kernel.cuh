@@ -106,7 +106,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
   if (warpgroup == 0) {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_dec<T::kProducerRegs>();
     const int warp = threadIdx.x / 32;
-    if (threadIdx.x == 0) {
+    if (T::kGatherA ? warp == 0 : threadIdx.x == 0) {  // gathered A rows: the warp's lanes load them
       if constexpr (T::kNvfp4) {
         produce_nvfp4_tiles<T>(args, smem, scheduler);
       } else {
@@ -130,7 +130,8 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
 }
 
 // The kernel parameters, as every GEMM kernel takes them (the host's Launch.TYPES); tmap_sfa is
-// read only with kTmaScales, out_scale only with kOutE4M3.
+// read only with kTmaScales, out_scale only with kOutE4M3, gather_pairs and gather_div only with
+// kGatherA.
 #define MATEGEMM_GEMM_PARAMS                                                                                       \
   const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,                                  \
       const __grid_constant__ TmaDesc tmap_d, const __grid_constant__ TmaDesc tmap_sfa,                          \
@@ -139,13 +140,13 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       int a_box_rows, int num_splits, float *__restrict__ split_workspace, int *__restrict__ split_counters,      \
       const int *__restrict__ group_info, int num_groups, int group_stride, int sfa_stride_group,                 \
       int sfb_stride_group, void *__restrict__ out_ptr, int out_ld, int *__restrict__ signal, int signal_blocks,    \
-      const float *__restrict__ out_scale
+      const float *__restrict__ out_scale, const long long *__restrict__ gather_pairs, int gather_div
 #define MATEGEMM_GEMM_ARGS                                                                                         \
   GemmArgs {                                                                                                       \
     &tmap_a, &tmap_b, &tmap_d, sfa, sfa_stride_m, sfa_stride_k, sfb, sfb_stride_n, sfb_stride_k, m, n, k, group_n, \
         a_box_rows, num_splits, split_workspace, split_counters, group_info, num_groups, group_stride,            \
         sfa_stride_group, sfb_stride_group, out_ptr, out_ld, signal, signal_blocks, nullptr, nullptr, nullptr, 0,  \
-        &tmap_sfa, nullptr, out_scale                                                                              \
+        &tmap_sfa, nullptr, out_scale, gather_pairs, gather_div                                                    \
   }
 
 }  // namespace mategemm

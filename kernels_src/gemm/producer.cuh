@@ -1,5 +1,7 @@
 // The GEMM's producer: one thread streams the A and B tiles (and, kTmaScales, A's scales) of every
-// work item through the ring of stages with TMA. K-major operands land swizzled where the wgmma
+// work item through the ring of stages with TMA; gathered A rows (kGatherA): the warp, each lane
+// loading rows of its own as one-row boxes (the 128-byte swizzle is a function of the shared-memory
+// address, so each lands in its place of the tile). K-major operands land swizzled where the wgmma
 // read them; MN-major ones land untransposed in the stage's staging area (the scale warps
 // transpose them); a tile shared by a cluster pair is loaded half by each CTA into both (multicast).
 #pragma once
@@ -12,14 +14,44 @@ template <class T>
 __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
                                               GemmScheduler<T>& scheduler) {
   using Layout = typename T::Layout;
+  constexpr int kGatherRows = T::kGatherA ? T::BLOCK_M / 32 : 1;  // A rows each lane loads per stage
+  const int lane = threadIdx.x % 32;
   PipelineState<T::kNumStages> pipe;
   Tile t;
   while (scheduler.next(t)) {
+    [[maybe_unused]] int gather_rows[kGatherRows];
+    if constexpr (T::kGatherA) {  // rows past the tensor read its last row (their outputs are never stored)
+      #pragma unroll
+      for (int i = 0; i < kGatherRows; ++i) {
+        const int row = min(t.a_row0 + lane + 32 * i, args.m - 1);
+        gather_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
+      }
+    }
     // a gated GEMM's group holds gate rows, then up rows: 2 n rows
     const int b_row0 = (T::kGroupedB ? t.group * args.n * T::kBHalves : 0) + t.n_block * T::BLOCK_N;
     for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
       const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
       smem.empty[pipe.stage].wait(pipe.phase ^ 1);
+      u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
+      u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;
+      auto load_k_major_b = [&] {
+        tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+        if constexpr (T::kGated) {  // the up rows of the tile's columns
+          tma_load_2d(b_dst + Layout::kBHalfBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0 + args.n);
+        }
+      };
+      if constexpr (T::kGatherA) {
+        if (lane == 0) loaded.arrive_expect_tx(T::BLOCK_M * kBlockK + Layout::kBBytes);
+        __syncwarp();  // the transaction is expected before any lane's rows land
+        #pragma unroll
+        for (int i = 0; i < kGatherRows; ++i) {
+          tma_load_2d(a_dst + (lane + 32 * i) * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
+                      gather_rows[i]);
+        }
+        if (lane == 0) load_k_major_b();
+        pipe.advance();
+        continue;
+      }
       loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes +
                               (T::kTmaScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0));
       if constexpr (T::kTmaScales) {  // A's scales of the tile's rows (rows past m zero-filled)
@@ -30,8 +62,6 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
         }
       }
       // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
-      u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
-      u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;
       // MN-major operands: boxes of 128 K-rows x min(rows, 128) bytes into the staging area;
       // the descriptors view them as (K rows of all groups, MN).
       u8* staging = smem.staging + pipe.stage * Layout::kStagingBytes;
@@ -60,10 +90,7 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
                       t.n_block * T::BLOCK_N + c * kWidth, k_row);
         }
       } else if constexpr (T::kClusterM == 1) {
-        tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
-        if constexpr (T::kGated) {  // the up rows of the tile's columns
-          tma_load_2d(b_dst + Layout::kBHalfBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0 + args.n);
-        }
+        load_k_major_b();
       } else {
         constexpr int kHalfRows = T::BLOCK_N / 2;
         const int offset = scheduler.rank() * kHalfRows;

@@ -47,19 +47,25 @@ __device__ __forceinline__ void transpose_stage_to_k_major(u32 src, u32 dst, int
   }
 }
 
-// One stage's scales: A's per row of the tile; with 128-column B blocks the products sa * sb with
-// the tile's (one or two) B blocks, else B's per column after A's.
+template <class T>
+constexpr int kScaleRowSlots = ceil_div(T::BLOCK_M, 32);  // a scale warp's lane: rows lane, lane + 32, ...
+
+// One stage's scales: A's per row of the tile (kGatherA: of the A rows `a_rows` the lane's tile rows
+// read); with 128-column B blocks the products sa * sb with the tile's (one or two) B blocks, else
+// B's per column after A's.
 template <class T>
 __device__ __forceinline__ void stage_scales(const GemmArgs& args, u32 sf, const float* sfa_tile,
-                                             const float* sfb_group, int m0, int n0, int kb, int lane) {
+                                             const float* sfb_group, int m0, int n0, int kb, int lane,
+                                             const int (&a_rows)[kScaleRowSlots<T>]) {
   using Layout = typename T::Layout;
-  constexpr int kRowSlots = ceil_div(T::BLOCK_M, 32);
+  constexpr int kRowSlots = kScaleRowSlots<T>;
   // A's scales of K block `block` for this lane's rows (int offsets: < 2^31, checked on the host).
   auto load_rows = [&](float (&va)[kRowSlots], int block) {
     #pragma unroll
     for (int i = 0; i < kRowSlots; ++i) {
       const int row = m0 + lane + 32 * i;
-      va[i] = row < args.m ? ldg_nc(sfa_tile + (row * args.sfa_stride_m + block * args.sfa_stride_k)) : 0.0f;
+      const int a_row = T::kGatherA ? a_rows[i] : row;
+      va[i] = row < args.m ? ldg_nc(sfa_tile + (a_row * args.sfa_stride_m + block * args.sfa_stride_k)) : 0.0f;
     }
   };
   // Issue every load of the stage, then store: one memory latency per stage (per 32-value K block
@@ -125,6 +131,14 @@ __device__ __forceinline__ void stage_scales_and_operands(const GemmArgs& args, 
     const int m0 = t.row0, n0 = t.n_block * T::BLOCK_N;
     const float* sfa_tile =
         args.sfa + (T::kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * args.sfa_stride_group : 0);
+    int a_rows[kScaleRowSlots<T>] = {};  // kGatherA: the A rows of this lane's tile rows
+    if constexpr (T::kGatherA) {
+      #pragma unroll
+      for (int i = 0; i < kScaleRowSlots<T>; ++i) {
+        const int row = min(m0 + lane + 32 * i, args.m - 1);
+        if (t.kb_begin < t.kb_end) a_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
+      }
+    }
     const float* sfb_group = args.sfb + t.group * args.sfb_stride_group;
     for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
       const bool scales_here = iter % kNumScaleWarps == warp - 1;
@@ -132,7 +146,8 @@ __device__ __forceinline__ void stage_scales_and_operands(const GemmArgs& args, 
       const int stage = iter % T::kNumStages;
       smem.empty[stage].wait(((iter / T::kNumStages) & 1) ^ 1);
       if (!T::kScaleAtEnd && scales_here) {
-        stage_scales<T>(args, smem.scales + stage * Layout::kSfBytes, sfa_tile, sfb_group, m0, n0, kb, lane);
+        stage_scales<T>(args, smem.scales + stage * Layout::kSfBytes, sfa_tile, sfb_group, m0, n0, kb, lane,
+                        a_rows);
       }
       if constexpr (T::kMnMajor != 0) {
         smem.staged[stage].wait((iter / T::kNumStages) & 1);

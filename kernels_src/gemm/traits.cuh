@@ -99,7 +99,7 @@ struct GemmSmemLayout {
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
-          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct>
+          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -132,6 +132,10 @@ struct GemmTraits {
   static constexpr int kGatedAct = kGatedAct_;
   static constexpr bool kGated = kGatedAct != kNoGatedAct;
   static constexpr int kBHalves = kGated ? 2 : 1;
+  // A's rows gathered (the MoE layer's first GEMM reading each token's FP8 row where it lies): GEMM
+  // row r reads A row gather_pairs[r] / gather_div, one TMA box of one row each (issued by the 32
+  // lanes of the producer's warp); A's scales through the same index by the scale warps.
+  static constexpr bool kGatherA = kGatherA_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
@@ -168,8 +172,9 @@ struct GemmTraits {
   // beside per-column B scales (56 spilled there); the promoted 128x128 math spilled at 216.
   // Decoding NVFP4 holds a 16-entry table and a 16-value block's words per thread: 64 beside
   // 216 for the math (a scale-at-end 128-wide tile needs 64 accumulators per thread and wave).
-  static constexpr int kProducerRegs = kNvfp4 ? 64 : !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
-  static constexpr int kMathRegs = kNvfp4 ? 216 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
+  // Gathered A rows: the producer's lanes keep the tile's row indices (8 at BLOCK_M 256; 40 spilled).
+  static constexpr int kProducerRegs = kNvfp4 ? 64 : kGatherA ? 56 : !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
+  static constexpr int kMathRegs = kNvfp4 ? 216 : kGatherA ? 224 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
 
   static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
   // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
@@ -192,6 +197,11 @@ struct GemmTraits {
                             kOutType == kOutE4M3 && kOutSwizzle == 128 && kCluster == 1 && !kSplitK && kMnMajor == 0 &&
                             (kGroupMode == kGroupCounts || kGroupMode == kGroupPsum) && !kNvfp4),
                 "gated: 64 or 128 x 128 tiles of the (1,128,128) recipe, packed token rows, K-major, FP8 output");
+  static_assert(!kGatherA || ((kGroupMode == kGroupCounts || kGroupMode == kGroupPsum) && !kTmaScales &&
+                              kScaleGranN == 128 && kScaleGranK == 128 && kMnMajor == 0 && kCluster == 1 &&
+                              !kNvfp4 && BLOCK_M % 32 == 0),
+                "gathered A rows: packed token rows of the (1,128,128) recipe, A's scales by the scale warps, "
+                "K-major, no cluster");
   static_assert(kCluster <= 2 && (kClusterM == 1 || BLOCK_N % 16 == 0) && (kClusterN == 1 || BLOCK_M % 16 == 0),
                 "a cluster is 1 or 2 CTAs; each CTA's half of the shared tile must stay 1024-byte aligned");
   // NOTES: a tile may straddle at most two 128-column scale blocks of B (checked for every
@@ -264,6 +274,8 @@ struct GemmArgs {
   const TmaDesc* tmap_sfa = nullptr;  // also (kTmaScales) A's scales: rows of M floats, one per K block
   const TmaDesc* tmap_sfb = nullptr;
   const float* out_scale = nullptr;  // kOutE4M3: the output is result / *out_scale
+  const i64* gather_pairs = nullptr;  // kGatherA: GEMM row r reads A row gather_pairs[r] / gather_div
+  int gather_div = 1;
   // kGated: the activation's parameters, and its FP8 output's scales, one per row and 128 columns
   // at act_scales[row * stride_m + (column / 128) * stride_k].
   float act_alpha = 1.0f, act_beta = 0.0f, act_limit = 0.0f;

@@ -44,7 +44,8 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     args = (*tile, *promotion, enum(OPERAND_TYPES[problem.a_dtype]), enum(OPERAND_TYPES[problem.b_dtype]),
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
-            *(("true" if problem.tma_scales else "false",) if name == KERNEL else ()))
+            *(("true" if problem.tma_scales else "false", "true" if problem.gather_a else "false")
+              if name == KERNEL else ()))
     name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(name, source, name_expr, arch)
@@ -55,7 +56,7 @@ def gated_spec(problem: GemmProblem, config: GemmConfig, activation_kind: int, a
     by TMA or not, and the activation (kernels_src/common/gated_act.cuh's kGatedSigmoid or
     kSwigluStep)."""
     args = (config.block_m, config.stages, f"mategemm::{GROUP_MODES[problem.group_mode]}", problem.max_groups,
-            "true" if problem.tma_scales else "false", activation_kind)
+            "true" if problem.tma_scales else "false", activation_kind, "true" if problem.gather_a else "false")
     name_expr = f"&mategemm::{KERNEL_GATED}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{KERNEL_GATED}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(KERNEL_GATED, source, name_expr, arch)
@@ -81,16 +82,19 @@ class GroupArgs(NamedTuple):
     sfb_stride_group: int = 0     # floats between two groups' B scales (grouped M modes, batched)
     sfa_stride_group: int = 0     # floats between two groups' A scales (batched)
     signal_blocks: int = 0        # masked overlap: 64-row blocks (counters) per group, ceil(max_m / 64)
+    gather: torch.Tensor | None = None  # problem.gather_a: int64 per row r, A row gather[r] // gather_div
+    gather_div: int = 1
 
 
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tmap_sfa", "tail", "group_tail", "signal_blocks", "signal_blocks_total",
-                 "out_swizzle", "out_elem", "out_dtype", "out_3d", "_packed", "_split", "_split_buffers")
+    __slots__ = ("kernel", "grid", "head", "tmap_sfa", "tail", "group_tail", "gather_tail", "signal_blocks",
+                 "signal_blocks_total", "out_swizzle", "out_elem", "out_dtype", "out_3d", "_packed", "_split",
+                 "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT,
-             rt.PTR, rt.INT, rt.PTR)
+             rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.INT)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -118,8 +122,9 @@ class Launch:
         a_rows = a.shape[0] * a.shape[1] if a.dim() == 3 else None  # batched: the batch's rows stacked
         # MN-major operands ((K rows, MN), stacked per group): unswizzled boxes of 128 K-rows by
         # up to 128 bytes of MN, transposed in shared memory by the kernel.
+        # Gathered rows (problem.gather_a): boxes of one row each, the tokens' rows as given.
         self.head = (encode_2d(a, min(config.block_m, 128), 128, 0, rows=a_rows) if problem.mn_major & 1 else
-                     encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
+                     encode_2d(a, config.block_k, 1 if problem.gather_a else a_load_rows, 128, rows=a_rows),
                      encode_2d(b, min(config.block_n, 128), 128, 0, rows=b_rows) if problem.mn_major & 2 else
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
         # A's scales by TMA (problem.tma_scales): rows of m floats, one per K block, boxes of a
@@ -136,6 +141,9 @@ class Launch:
             group = GroupArgs(None)
         info = 0 if group.info is None else group.info.data_ptr()
         self.group_tail = (info, problem.num_groups, group.stride, group.sfa_stride_group, group.sfb_stride_group)
+        if problem.gather_a != (group.gather is not None):
+            raise ValueError("a gathered A (problem.gather_a) needs its row indices (GroupArgs.gather), and only it")
+        self.gather_tail = (0 if group.gather is None else group.gather.data_ptr(), group.gather_div)
         self.signal_blocks = group.signal_blocks
         self.signal_blocks_total = group.signal_blocks * problem.num_groups
         # Split-K: (workspace floats, tiles) of its partial tiles and per-tile finish counters.
@@ -169,7 +177,7 @@ class Launch:
     def _values(self, tmap_d, out: torch.Tensor, stream: int, signal: int, out_scale: int) -> tuple:
         """The kernel's arguments, in the order of TYPES."""
         return (*self.head, tmap_d, self.tmap_sfa, *self.tail, *self._split_pointers(stream), *self.group_tail,
-                out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale)
+                out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale, *self.gather_tail)
 
     def _split_pointers(self, stream: int) -> tuple[int, int]:
         """Split-K's workspace and counters (which the kernel returns to zero) for one stream:

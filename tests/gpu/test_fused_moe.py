@@ -174,8 +174,9 @@ def test_quantize_first_gives_the_same_bytes(monkeypatch, tokens, topk):
     (2049, 32, 8, ""), (2049, 32, 8, "tma_scales=2"), (5000, 4, 2, "tma_scales=0")])
 def test_gated_gemm_gives_the_same_bytes(monkeypatch, activation, tokens, experts, topk, force):
     """The first GEMM with the activation and quantisation in its epilogue (gated_gemm=1): bit for bit
-    the layer with a bf16 GEMM and the activation kernel (gated_gemm=0), and the reference. Skewed routing leaves experts empty and segments of every length; N = 384
-    puts the up rows' scale blocks 3 blocks after the gate rows'."""
+    the layer with a bf16 GEMM and the activation kernel (gated_gemm=0), and the reference. Skewed
+    routing leaves experts empty and segments of every length; N = 384 puts the up rows' scale blocks
+    3 blocks after the gate rows'."""
     case = ref.make_moe_layer_inputs(tokens, 512, 384, experts, topk, torch.bfloat16, routing="skewed")
     options = {"activation": activation}
     if activation != "swiglustep":
@@ -188,3 +189,24 @@ def test_gated_gemm_gives_the_same_bytes(monkeypatch, activation, tokens, expert
     assert run(case, out=out, **options) is out
     assert torch.equal(out, two_kernels), f"{activation} M={tokens} {force}"
     check(out, reference(case, **options), f"gated GEMM {activation} M={tokens} {force}")
+
+
+@pytest.mark.parametrize("input_dtype,tokens,experts,topk,force", [
+    (torch.bfloat16, 2049, 32, 8, "gather_a=1"), (torch.bfloat16, 1500, 16, 4, "gather_a=1,block_m=64"),
+    (torch.float8_e4m3fn, 300, 16, 4, "gather_a=1"), (torch.float8_e4m3fn, 3, 8, 2, "gather_a=1"),
+    (torch.float8_e4m3fn, 2049, 32, 8, "gather_a=1,block_m=256"),
+    (torch.bfloat16, 2049, 32, 8, "gather_a=1,gated_gemm=1"),
+    (torch.float8_e4m3fn, 300, 16, 4, "gather_a=1,gated_gemm=1")])
+def test_gathered_rows_give_the_same_bytes(monkeypatch, input_dtype, tokens, experts, topk, force):
+    """GEMM1 reading each pair's FP8 row where it lies (gather_a=1: the tokens quantised once, or the
+    FP8 input, one-row TMA boxes by the routing's order): bit for bit the layer whose permute packs
+    the rows first (the same values and scales in the same tiles), with the gated GEMM too."""
+    case = ref.make_moe_layer_inputs(tokens, 512, 384, experts, topk, input_dtype, routing="skewed")
+    packed_force = ",".join(part for part in force.split(",") if part != "gather_a=1")
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", packed_force)
+    packed = run(case)
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+    out = torch.full_like(packed, float("nan"))
+    assert run(case, out=out) is out
+    assert torch.equal(out, packed), f"{input_dtype} M={tokens} {force}"
+    check(out, reference(case), f"gathered {input_dtype} M={tokens} {force}")

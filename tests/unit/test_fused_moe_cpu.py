@@ -96,14 +96,16 @@ def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dty
     preset = prewarm.load_preset("deepseek_v3")
     moe = preset.moe
     planned = {p.spec for p in prewarm.plan_preset(preset, 2049, "sm_90a", activations=(activation,))}
-    planned |= {p.spec for p in prewarm.plan_preset(preset, 2049, "sm_90a", force="gated_gemm=1",
-                                                      activations=(activation,))}
+    for force in ("gated_gemm=1", "gather_a=1", "gated_gemm=1,gather_a=1"):
+        planned |= {p.spec for p in prewarm.plan_preset(preset, 2049, "sm_90a", force=force,
+                                                          activations=(activation,))}
 
     with recorded_specs(monkeypatch) as asked:
         monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", NoLaunch)
         monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "GatedLaunch", NoLaunch)
         monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
-        for force, tokens in (("", 1), ("", 7), ("", 64), ("", 2049), ("gated_gemm=1", 7), ("gated_gemm=1", 2049)):
+        for force, tokens in (("", 1), ("", 7), ("", 64), ("", 2049), ("gated_gemm=1", 7), ("gated_gemm=1", 2049),
+                              ("gather_a=1", 7), ("gather_a=1", 2049), ("gated_gemm=1,gather_a=1", 2049)):
             monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
             args = inputs(tokens, moe.hidden, moe.moe_intermediate, moe.num_experts, moe.top_k, input_dtype)
             scale = torch.empty((tokens, moe.hidden // 128), device="cuda") if input_dtype == E4M3 else None
@@ -112,6 +114,39 @@ def test_the_layer_asks_only_for_kernels_the_preset_plans(monkeypatch, input_dty
     assert kernels == {"sm90_fp8_moe_layer", "sm90_fp8_gemm_blockscaled", "sm90_fp8_gemm_gated"}
     missing = sorted({spec.name_expr for spec in asked if spec not in planned})
     assert not missing, missing
+
+
+@pytest.mark.parametrize("dtype,tokens,gathered", [(torch.bfloat16, 2048, True), (torch.bfloat16, 100, False),
+                                                   (E4M3, 100, True)])
+def test_gathered_rows_leave_the_pairs_rows_unwritten(monkeypatch, dtype, tokens, gathered):
+    """gather_a=1: GEMM1 reads the tokens quantised once (bf16 input, from 1024 tokens) or the FP8
+    input by the routing's order, divided by topk; no permute writes the pairs' rows. A bf16 input
+    quantised pair by pair is permuted as before."""
+    from mategemm.kernels import sm90_fp8_moe_layer
+
+    permutes, gemm1 = [], []
+    real = sm90_fp8_moe_layer.permute
+    monkeypatch.setattr(sm90_fp8_moe_layer, "permute", lambda *args: permutes.append(args) or real(*args))
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "gather_a=1")
+
+    class Recorded(NoLaunch):
+        def __init__(self, kernel, problem, config, a, b, sfa, sfa_strides, sfb, sfb_strides, group=None, **kw):
+            gemm1.append((problem, a, group))
+
+    with recorded_specs(monkeypatch):
+        monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", Recorded)
+        monkeypatch.setattr(rt_device, "run_on_current_stream", lambda index, fn, *args: None)
+        args = inputs(tokens=tokens, topk=4, dtype=dtype)
+        scale = torch.empty((tokens, 2), device="cuda") if dtype == E4M3 else None
+        call(mategemm.fused_moe, *args.values(), hidden_states_scale=scale)
+    problem, a, group = gemm1[0]
+    assert problem.gather_a == gathered and (group.gather is not None) == gathered
+    if gathered:
+        assert a.shape == (tokens, 256) and group.gather.shape == (tokens * 4,) and group.gather_div == 4
+        assert a is args["hidden_states"] if dtype == E4M3 else len(permutes) == 1  # the quantisation alone
+        assert not (dtype == E4M3 and permutes)
+    else:
+        assert a.shape == (tokens * 4, 256) and len(permutes) == 1
 
 
 def test_new_activations_of_the_same_layout_reuse_the_prepared_layer(monkeypatch):

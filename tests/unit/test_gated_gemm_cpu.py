@@ -78,30 +78,50 @@ def sass_cache(tmp_path_factory):
 
 
 def preset_specs():
-    """Every gated GEMM instance the presets plan up to 16384 tokens, for each activation kind."""
+    """Every first-GEMM instance of the fused layer the presets plan up to 16384 tokens with the gated
+    GEMM, gathered A rows or both forced on, for each activation kind."""
     specs = {}
     for name in prewarm.preset_names():
         preset = prewarm.load_preset(name)
         if preset.moe is None:
             continue
-        for activation in ("silu", "swiglustep"):
-            for spec, use in prewarm.gated_gemm_specs(preset.moe, activation, 16384, SM90_NO_DEVICE,
-                                                      force="gated_gemm=1"):
-                specs.setdefault(spec, f"{name} {use}")
+        for force in ("gated_gemm=1", "gather_a=1", "gated_gemm=1,gather_a=1"):
+            for activation in ("silu", "swiglustep"):
+                for spec, use in prewarm.layer_gemm1_specs(preset.moe, activation, 16384, SM90_NO_DEVICE, force=force):
+                    specs.setdefault(spec, f"{name} {use}")
     return specs
 
 
 PRESET_SPECS = preset_specs()
 
 
-def test_the_presets_plan_both_tiles_and_both_scale_paths():
+def test_the_presets_plan_both_tiles_both_scale_paths_and_gathered_rows():
     """Forced on, every token count plans a gated GEMM; by default none does."""
     preset = prewarm.load_preset("qwen3_30b_a3b")
-    assert len(prewarm.gated_gemm_specs(preset.moe, "silu", 16384, SM90_NO_DEVICE, force="gated_gemm=1")) > 1
-    assert prewarm.gated_gemm_specs(preset.moe, "silu", 16384, SM90_NO_DEVICE) == []
-    exprs = [spec.name_expr for spec in PRESET_SPECS]
-    assert any("<64," in e for e in exprs) and any("<128," in e for e in exprs)
-    assert any("true" in e for e in exprs) and any("false" in e for e in exprs)
+    assert len(prewarm.layer_gemm1_specs(preset.moe, "silu", 16384, SM90_NO_DEVICE, force="gated_gemm=1")) > 1
+    assert prewarm.layer_gemm1_specs(preset.moe, "silu", 16384, SM90_NO_DEVICE) == []
+    gated = [spec.name_expr for spec in PRESET_SPECS if spec.kernel == kernel_fp8.KERNEL_GATED]
+    assert any("<64," in e for e in gated) and any("<128," in e for e in gated)
+    assert any(", true, 0, false>" in e for e in gated) and any(", false, 0, false>" in e for e in gated)
+    assert any(e.endswith(", false, 0, true>") for e in gated)  # gated and gathered (never with TMA scales)
+    plain = [spec.name_expr for spec in PRESET_SPECS if spec.kernel == kernel_fp8.KERNEL]
+    assert plain and all(e.endswith("false, true>") for e in plain)  # gathered, A's scales by the scale warps
+
+
+@pytest.mark.parametrize("input_fp8,quantize_first,weight_input,force,want", [
+    (False, True, False, "gather_a=1", True), (True, False, False, "gather_a=1", True),
+    (True, False, True, "gather_a=1", False), (False, False, False, "gather_a=1", False),
+    (True, False, False, "", False), (False, True, False, "gather_a=0", False)])
+def test_gathered_rows_only_where_the_permute_only_moves_rows(input_fp8, quantize_first, weight_input, force, want):
+    """Opt-in; from the tokens quantised once or an FP8 input, never with router weights on the input
+    (the permute scales the rows then) or a bf16 input quantised pair by pair."""
+    assert plan.moe_gather_a_wanted(input_fp8, quantize_first, weight_input, force) == want
+
+
+def test_a_gathered_plan_loads_a_scales_by_the_scale_warps():
+    p = plan.moe_gemm1(131072, 768, 2048, 128, SM90_NO_DEVICE, gather_a=True, force="tma_scales=2")
+    assert p.problem.gather_a and not p.problem.tma_scales and not p.copy_a_scales
+    assert p.spec.name_expr.endswith("false, true>")
 
 
 @pytest.mark.parametrize("spec", list(PRESET_SPECS), ids=list(PRESET_SPECS.values()))
