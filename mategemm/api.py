@@ -13,32 +13,20 @@ from mategemm import bmm, formats, gemm, indexer, moe, moe_layer, ops
 
 
 def _traced_as(fn):
-    """`fn`, calling ops.<its name> with every argument in `fn`'s order (defaults filled in) while traced.
+    """`fn`, calling ops.<its name> with every argument in `fn`'s order (defaults filled in) while traced."""
+    parameters = inspect.signature(fn).parameters
+    names = tuple(parameters)
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    is_compiling = torch.compiler.is_compiling  # NOTES: looked up once: each lookup is host time per call
 
-    NOTES: the wrapper is written with `fn`'s own parameters (no *args / **kwargs): packing them cost
-    ~0.3 us of host time per call, which decode-sized GEMMs (~10 us kernels, ~9 us of host time per
-    warm call) feel."""
-    signature = inspect.signature(fn)
-    defaults = {f"_default_{name}": p.default for name, p in signature.parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    params, names, passed = [], [], []
-    for name, p in signature.parameters.items():
-        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            raise TypeError(f"{fn.__name__}: *args / **kwargs cannot be traced as an op's arguments")
-        keyword_only = p.kind == inspect.Parameter.KEYWORD_ONLY
-        if keyword_only and "*" not in params:
-            params.append("*")
-        params.append(f"{name}=_default_{name}" if p.default is not inspect.Parameter.empty else name)
-        names.append(name)
-        passed.append(f"{name}={name}" if keyword_only else name)
-    source = (f"def {fn.__name__}({', '.join(params)}):\n"
-              f"    if _is_compiling():\n"
-              f"        return _op({', '.join(names)})\n"
-              f"    return _fn({', '.join(passed)})\n")
-    scope = {"_is_compiling": torch.compiler.is_compiling, "_fn": fn, **defaults,
-             "_op": lambda *values: getattr(ops, fn.__name__)(*values)}
-    exec(compile(source, f"<mategemm.api.{fn.__name__}>", "exec"), scope)  # noqa: S102
-    return functools.wraps(fn)(scope[fn.__name__])
+    @functools.wraps(fn)
+    def dispatch(*args, **kwargs):
+        if is_compiling():
+            values = list(args) + [kwargs[name] if name in kwargs else defaults[name] for name in names[len(args):]]
+            return getattr(ops, fn.__name__)(*values)
+        return fn(*args, **kwargs)
+
+    return dispatch
 
 
 gemm_fp8_nt_groupwise = _traced_as(gemm.gemm_fp8_nt_groupwise)

@@ -139,8 +139,8 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       const float *__restrict__ sfb, int sfb_stride_n, int sfb_stride_k, int m, int n, int k, int group_n,        \
       int a_box_rows, int num_splits, float *__restrict__ split_workspace, int *__restrict__ split_counters,      \
       const int *__restrict__ group_info, int num_groups, int group_stride, int sfa_stride_group,                 \
-      int sfb_stride_group, void *__restrict__ out_ptr, int out_ld, int *__restrict__ signal, int signal_blocks,    \
-      const float *__restrict__ out_scale, const long long *__restrict__ gather_pairs, int gather_div
+      int sfb_stride_group, const long long *__restrict__ gather_pairs, int gather_div, void *__restrict__ out_ptr, \
+      int out_ld, int *__restrict__ signal, int signal_blocks, const float *__restrict__ out_scale
 #define MATEGEMM_GEMM_ARGS                                                                                         \
   GemmArgs {                                                                                                       \
     &tmap_a, &tmap_b, &tmap_d, sfa, sfa_stride_m, sfa_stride_k, sfb, sfb_stride_n, sfb_stride_k, m, n, k, group_n, \

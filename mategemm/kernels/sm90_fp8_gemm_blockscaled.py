@@ -44,7 +44,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     args = (*tile, *promotion, enum(OPERAND_TYPES[problem.a_dtype]), enum(OPERAND_TYPES[problem.b_dtype]),
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
-            *(("true" if problem.tma_scales else "false", "true" if problem.gather_a else "false")
+            *(("true" if problem.gather_a else "false", "true" if problem.tma_scales else "false")
               if name == KERNEL else ()))
     name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
@@ -94,7 +94,7 @@ class Launch:
                  "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT,
-             rt.PTR, rt.INT, rt.PTR, rt.PTR, rt.INT)
+             rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -177,7 +177,7 @@ class Launch:
     def _values(self, tmap_d, out: torch.Tensor, stream: int, signal: int, out_scale: int) -> tuple:
         """The kernel's arguments, in the order of TYPES."""
         return (*self.head, tmap_d, self.tmap_sfa, *self.tail, *self._split_pointers(stream), *self.group_tail,
-                out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale, *self.gather_tail)
+                *self.gather_tail, out.data_ptr(), out.stride(-2), signal, self.signal_blocks, out_scale)
 
     def _split_pointers(self, stream: int) -> tuple[int, int]:
         """Split-K's workspace and counters (which the kernel returns to zero) for one stream:

@@ -116,14 +116,14 @@ PATCHES = {
     "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32);", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1);"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kTmaScales>\n",
-                  "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kTmaScales, int kConstN,\n"
-                  "          int kConstK>\n"),
+    "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales>\n",
+                  "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales,\n"
+                  "          int kConstN, int kConstK>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
                   "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
                   "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
-                 (HOST, "            *((\"true\" if problem.tma_scales else \"false\",) if name == KERNEL else ()))\n",
-                  "            *((\"true\" if problem.tma_scales else \"false\",) if name == KERNEL else ()))\n"
+                 (HOST, "              if name == KERNEL else ()))\n",
+                  "              if name == KERNEL else ()))\n"
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stsm": [(EPILOGUE, """  const int warp = (threadIdx.x / 32) % 4;
