@@ -147,8 +147,7 @@ class Layer:
     and weights; unpermute: the weights and `out`) packed once per set of addresses."""
 
     def __init__(self, checked: validate.FusedMoeChecked, device, w1, w2, w1_scale, w2_scale, expert_map,
-                 apply_router_weight_on_input: bool, alpha: float, beta: float, limit: float | None,
-                 input_tma_rows: bool):
+                 apply_router_weight_on_input: bool, alpha: float, beta: float, limit: float | None):
         c = self.checked = checked
         self.index = device.index
         info = rt_device.device_info(self.index)
@@ -159,18 +158,16 @@ class Layer:
         self.weight_input = apply_router_weight_on_input
         self.a = ws.rows(pairs, c.hidden, "fp8")
         (h,) = ws.rows(pairs, 2 * c.intermediate, "bf16")
+        gated = plan.moe_gated_gemm_wanted(c.tokens)
         # the gated GEMM writes its FP8 rows beside the ones it reads; the activation kernel over them
-        gated = plan.moe_gated_gemm_wanted(c.tokens) and w1.is_contiguous() and w1.data_ptr() % 16 == 0
         q, q_scale = ws.gated_rows(pairs) if gated else ws.rows(pairs, c.intermediate, "fp8")
         (self.y,) = ws.rows(pairs, c.hidden, "bf16")
         *route, permute, gated_act, unpermute = plan.moe_layer_kernels(c.input_fp8, c.activation, c.ids_64bit, info)
         # quantise each token once into x_q, then gather the pairs' rows with the FP8-input permute
         quantize_first = plan.moe_quantize_first(c.input_fp8, c.tokens, c.topk)
         self.x_q = ws.tokens(c.tokens) if quantize_first else None
-        # or GEMM1 gathers them itself, from x_q or an FP8 input (rows TMA reads as they are given)
-        self.gather = (plan.moe_gather_a_wanted(c.input_fp8 and input_tma_rows, quantize_first,
-                                                apply_router_weight_on_input)
-                       and w1.is_contiguous() and w1.data_ptr() % 16 == 0)
+        # or GEMM1 gathers them itself, from x_q or an FP8 input
+        self.gather = plan.moe_gather_a_wanted(c.input_fp8, quantize_first, apply_router_weight_on_input)
         with torch.cuda.device(self.index):
             self.route_kernels = tuple(kernel.load(spec, self.index) for spec in route)
             self.permute_kernel = kernel.load(permute, self.index)
@@ -270,7 +267,9 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
     hidden_states (M, K) bf16 (quantised inside, one scale per token and 128 columns) or FP8 e4m3
     with hidden_states_scale (M, K/128) fp32. w1 (E, 2N, K) e4m3, gate rows then up rows, w1_scale
     (E, 2N/128, K/128); w2 (E, K, N) e4m3, w2_scale (E, K/128, N/128); fp32 scales per 128x128
-    block; K and N multiples of 128. topk_ids (M, topk) int32/int64, topk_weights (M, topk) fp32.
+    block; K and N multiples of 128; w1 and w2 read in place: unit stride along K, 16-byte rows,
+    experts stacked row after row (as torch allocates them). topk_ids (M, topk) int32/int64,
+    topk_weights (M, topk) fp32.
     activation: "silu" (silu(gate) * up; with gemm1_clamp_limit, gate clamped above and up to
     +-limit first), "swigluoai" ((up' + beta) * gate' * sigmoid(alpha * gate'), defaults alpha
     1.702, beta 1.0, limit 7.0) or "swiglustep" (min(silu(gate), limit) * clamp(up, +-limit), limit
@@ -295,7 +294,7 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
             return out if out is not None else hidden_states.new_empty((0, checked.hidden), dtype=torch.bfloat16)
         alpha, beta, limit = activation_params(checked.activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
         layer = Layer(checked, hidden_states.device, w1, w2, w1_scale, w2_scale, expert_map,
-                      apply_router_weight_on_input, alpha, beta, limit, validate.tma_rows(hidden_states))
+                      apply_router_weight_on_input, alpha, beta, limit)
         if key is not None and key[-1] is not None:
             _warm.remember(key, layer)
     elif out is not None:

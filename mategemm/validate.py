@@ -870,6 +870,9 @@ def fused_moe(hidden_states, w1, w2, w1_scale, w2_scale, topk_weights, topk_ids,
     elif hidden_states_scale is not None:
         raise ValueError("hidden_states_scale goes with FP8 hidden_states only (bf16 is quantised inside)")
     experts, intermediate = moe_weights(w1, w2, w1_scale, w2_scale, hidden)
+    for name, w in (("w1", w1), ("w2", w2)):  # read in place by TMA: K-major rows, experts stacked
+        tma_operand(name, w)
+        _stacked(name, w, w.shape[1], "rows", "weights")
     tensor("topk_ids", topk_ids, ndim=2, dtypes=(torch.int32, torch.int64))
     topk = topk_ids.shape[1]
     if topk_ids.shape[0] != tokens or topk == 0:

@@ -149,6 +149,23 @@ def test_gathered_rows_leave_the_pairs_rows_unwritten(monkeypatch, dtype, tokens
         assert a.shape == (tokens * 4, 256) and len(permutes) == 1
 
 
+@pytest.mark.parametrize("name", ["w1", "w2"])
+def test_weights_tma_cannot_read_in_place_are_named_before_any_launch(monkeypatch, name):
+    """The layer's GEMMs read w1 and w2 in place as (E x rows, K) rows: experts stacked with a gap (a
+    slice of larger weights) or a K stride other than 1 is a ValueError naming the weight."""
+    with recorded_specs(monkeypatch) as asked:
+        args = inputs(tokens=5, topk=2)
+        e, rows, k = args[name].shape
+        args[name] = torch.empty_strided((e, rows, k), ((rows + 128) * k, k, 1), dtype=E4M3, device="cuda")
+        with pytest.raises(ValueError, match=f"{name}: the experts' weights must be stacked"):
+            mategemm.fused_moe(*args.values())
+        args = inputs(tokens=5, topk=2)
+        args[name] = torch.empty_strided((e, rows, k), (rows * k, 1, rows), dtype=E4M3, device="cuda")
+        with pytest.raises(ValueError, match=f"{name} must be contiguous along its last dimension"):
+            mategemm.fused_moe(*args.values())
+    assert asked == []
+
+
 def test_new_activations_of_the_same_layout_reuse_the_prepared_layer(monkeypatch):
     """A serving step passes new hidden_states, ids and weights each time: checked and set up once."""
     from mategemm import validate
