@@ -193,9 +193,7 @@ class Layer:
 
     def _gemm1(self, a, a_scale) -> calls.PreparedCall:
         """GEMM1's prepared launch reading `a`: the packed rows, or the tokens' rows when gathered."""
-        r, gather = self.routing, None
-        if self.gather:
-            gather = (r.order, self.checked.topk)
+        gather = (self.routing.order, self.checked.topk) if self.gather else None
         return prepare.moe_gemm1_call(self.gemm1_plan, a, a_scale, *self.w1, self.counts, gather, *self.act)
 
     def _launch(self, key: tuple, make) -> kernel.Launch:

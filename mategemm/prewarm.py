@@ -396,11 +396,12 @@ def layer_gemm1_specs(moe: MoeLayer, activation: str, max_tokens: int, device: D
                       num_mp: int | None = None, force: str = "") -> list[tuple[KernelSpec, str]]:
     """(spec, use) of the fused MoE layer's first GEMM where it is not the per_expert GEMM of
     moe_specs: the gated GEMM (plan.moe_gated_gemm_wanted) and A's rows gathered
-    (plan.moe_gather_a_wanted), for either input dtype and 1..max_tokens tokens, as the layer plans it."""
-    def pick(tokens: int, input_fp8: bool) -> tuple[KernelSpec, str] | None:
+    (plan.moe_gather_a_wanted), for either input dtype, router weights on the input or not, and
+    1..max_tokens tokens, as the layer plans it."""
+    def pick(tokens: int, input_fp8: bool, weight_input: bool) -> tuple[KernelSpec, str] | None:
         gated = plan.moe_gated_gemm_wanted(tokens, force)
         quantize_first = plan.moe_quantize_first(input_fp8, tokens, moe.top_k, force)
-        gather = plan.moe_gather_a_wanted(input_fp8, quantize_first, False, force)
+        gather = plan.moe_gather_a_wanted(input_fp8, quantize_first, weight_input, force)
         if not (gated or gather):
             return None
         gemm_plan = plan.moe_gemm1(tokens * moe.top_k, moe.moe_intermediate, moe.hidden, moe.num_experts, device,
@@ -411,13 +412,13 @@ def layer_gemm1_specs(moe: MoeLayer, activation: str, max_tokens: int, device: D
                                 f"n={moe.moe_intermediate} k={moe.hidden} M={tokens}")
 
     out: list[tuple[KernelSpec, str]] = []
-    for input_fp8 in (False, True):
+    for input_fp8, weight_input in ((False, False), (True, False), (True, True)):
         for _, lo, hi in moe_rows_per_expert_runs(max_tokens, moe.num_experts, moe.top_k):
-            first, last = pick(lo, input_fp8), pick(hi, input_fp8)
+            first, last = pick(lo, input_fp8, weight_input), pick(hi, input_fp8, weight_input)
             if first is not None and last is not None and first[0] == last[0]:
                 out.append(first)  # the same kernel at both ends: at every M between (the rules are monotone)
             else:
-                out += [p for p in (pick(m, input_fp8) for m in range(lo, hi + 1)) if p is not None]
+                out += [p for p in (pick(m, input_fp8, weight_input) for m in range(lo, hi + 1)) if p is not None]
     return out
 
 
