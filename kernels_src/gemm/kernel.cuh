@@ -27,33 +27,38 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   int tile_parity = 0;  // kTmaScales: the B scale buffer of this tile
   [[maybe_unused]] int consumed = 0;  // stages consumed so far
   while (scheduler.template next<true>(t)) {
-    if constexpr (GemmScheduler<T>::kStaticWalk) {
-      // The ring position from a count that depends on no data (see Tile); items of no K blocks
-      // neither compute nor store.
-      stages.pipe.stage = consumed % T::kNumStages;
-      stages.pipe.phase = (consumed / T::kNumStages) & 1;
-      consumed += t.kb_end - t.kb_begin;
-      if (t.kb_begin == t.kb_end) continue;
+    for (int pass = 0; pass < GemmScheduler<T>::kPasses; ++pass) {  // GemmScheduler::pass
+      if (!scheduler.pass(t, pass)) break;
+      if constexpr (GemmScheduler<T>::kStaticWalk) {
+        // The ring position from a count that depends on no data (see Tile); items of no K blocks
+        // neither compute nor store.
+        stages.pipe.stage = consumed % T::kNumStages;
+        stages.pipe.phase = (consumed / T::kNumStages) & 1;
+        consumed += t.kb_end - t.kb_begin;
+        if (t.kb_begin == t.kb_end) continue;
+      }
+      RowIds<T> row_ids;
+      if constexpr (RowIds<T>::kCount > 0) row_ids.load(t, args, math_wg, warp, lane);
+      #pragma unroll
+      for (int i = 0; i < T::kSubTiles * T::kAcc; ++i) acc[i] = 0.0f;
+      if constexpr (T::kTmaScales) {
+        promoted.sfb_tile = stage_tile_b_scales<T>(args, smem.sfb_tiles, t, tile_parity);
+        promoted.scale_row_shift = t.a_row0 - T::Layout::scale_box_row(t.a_row0);
+        tile_parity ^= 1;
+      }
+      if constexpr (T::kScaleAtEnd) {
+        scale_at_end_mainloop<T>(stages, acc, t, args, math_wg, warp, lane);
+      } else {
+        // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
+        // n0 / 128, the rest the next block.
+        promoted.first_chunks = (128 - t.n_block * T::BLOCK_N % 128) / 8;
+        promoted.run(acc, part0, part1, t);
+      }
+      if constexpr (T::kSplitK) {
+        if (!split_k_reduce<T>(acc, t, args, smem.split_flag)) continue;
+      }
+      store_tile<T>(acc, t, args, smem, math_wg, warp, lane, row_ids);
     }
-    #pragma unroll
-    for (int i = 0; i < T::kSubTiles * T::kAcc; ++i) acc[i] = 0.0f;
-    if constexpr (T::kTmaScales) {
-      promoted.sfb_tile = stage_tile_b_scales<T>(args, smem.sfb_tiles, t, tile_parity);
-      promoted.scale_row_shift = t.a_row0 - T::Layout::scale_box_row(t.a_row0);
-      tile_parity ^= 1;
-    }
-    if constexpr (T::kScaleAtEnd) {
-      scale_at_end_mainloop<T>(stages, acc, t, args, math_wg, warp, lane);
-    } else {
-      // B scales: with 128-column blocks, chunks of 8 columns before `first_chunks` use block
-      // n0 / 128, the rest the next block.
-      promoted.first_chunks = (128 - t.n_block * T::BLOCK_N % 128) / 8;
-      promoted.run(acc, part0, part1, t);
-    }
-    if constexpr (T::kSplitK) {
-      if (!split_k_reduce<T>(acc, t, args, smem.split_flag)) continue;
-    }
-    store_tile<T>(acc, t, args, smem, math_wg, warp, lane);
   }
   if ((threadIdx.x % 128) == 0) tma_store_wait_all();
 }

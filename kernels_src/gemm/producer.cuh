@@ -19,85 +19,88 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
   PipelineState<T::kNumStages> pipe;
   Tile t;
   while (scheduler.next(t)) {
-    [[maybe_unused]] int gather_rows[kGatherRows];
-    if constexpr (T::kGatherA) {  // rows past the tensor read its last row (their outputs are never stored)
-      #pragma unroll
-      for (int i = 0; i < kGatherRows; ++i) {
-        const int row = min(t.a_row0 + lane + 32 * i, args.m - 1);
-        gather_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
-      }
-    }
-    // a gated GEMM's group holds gate rows, then up rows: 2 n rows
-    const int b_row0 = (T::kGroupedB ? t.group * args.n * T::kBHalves : 0) + t.n_block * T::BLOCK_N;
-    for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
-      const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
-      smem.empty[pipe.stage].wait(pipe.phase ^ 1);
-      u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
-      u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;
-      auto load_k_major_b = [&] {
-        tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
-        if constexpr (T::kGated) {  // the up rows of the tile's columns
-          tma_load_2d(b_dst + Layout::kBHalfBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0 + args.n);
-        }
-      };
-      if constexpr (T::kGatherA) {
-        if (lane == 0) loaded.arrive_expect_tx(T::BLOCK_M * kBlockK + Layout::kBBytes);
-        __syncwarp();  // the transaction is expected before any lane's rows land
+    for (int pass = 0; pass < GemmScheduler<T>::kPasses; ++pass) {  // GemmScheduler::pass
+      if (!scheduler.pass(t, pass)) break;
+      [[maybe_unused]] int gather_rows[kGatherRows];
+      if constexpr (T::kGatherA) {  // rows past the tensor read its last row (their outputs are never stored)
         #pragma unroll
         for (int i = 0; i < kGatherRows; ++i) {
-          tma_load_2d(a_dst + (lane + 32 * i) * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
-                      gather_rows[i]);
+          const int row = min(t.a_row0 + lane + 32 * i, args.m - 1);
+          gather_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
         }
-        if (lane == 0) load_k_major_b();
+      }
+      // a gated GEMM's group holds gate rows, then up rows: 2 n rows
+      const int b_row0 = (T::kGroupedB ? t.group * args.n * T::kBHalves : 0) + t.n_block * T::BLOCK_N;
+      for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
+        const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
+        smem.empty[pipe.stage].wait(pipe.phase ^ 1);
+        u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
+        u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;
+        auto load_k_major_b = [&] {
+          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+          if constexpr (T::kGated) {  // the up rows of the tile's columns
+            tma_load_2d(b_dst + Layout::kBHalfBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0 + args.n);
+          }
+        };
+        if constexpr (T::kGatherA) {
+          if (lane == 0) loaded.arrive_expect_tx(T::BLOCK_M * kBlockK + Layout::kBBytes);
+          __syncwarp();  // the transaction is expected before any lane's rows land
+          #pragma unroll
+          for (int i = 0; i < kGatherRows; ++i) {
+            tma_load_2d(a_dst + (lane + 32 * i) * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
+                        gather_rows[i]);
+          }
+          if (lane == 0) load_k_major_b();
+          pipe.advance();
+          continue;
+        }
+        loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes +
+                                (T::kTmaScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0));
+        if constexpr (T::kTmaScales) {  // A's scales of the tile's rows (rows past m zero-filled)
+          #pragma unroll
+          for (int c = 0; c < Layout::kScaleBoxes; ++c) {
+            tma_load_2d(smem.scales + pipe.stage * Layout::kSfBytes + c * Layout::kScaleBoxStep * 4, args.tmap_sfa,
+                        loaded.addr, Layout::scale_box_row(t.a_row0) + c * Layout::kScaleBoxStep, kb);
+          }
+        }
+        // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
+        // MN-major operands: boxes of 128 K-rows x min(rows, 128) bytes into the staging area;
+        // the descriptors view them as (K rows of all groups, MN).
+        u8* staging = smem.staging + pipe.stage * Layout::kStagingBytes;
+        const int mn_k_row = kb * kBlockK;
+        if constexpr (T::kMnMajor & 1) {
+          constexpr int kWidth = T::BLOCK_M < 128 ? T::BLOCK_M : 128;
+          const int k_row = (T::kGroupMode == kGroupBatched ? t.group * args.k : 0) + mn_k_row;
+          #pragma unroll
+          for (int c = 0; c < T::BLOCK_M / kWidth; ++c) {
+            tma_load_2d(staging + c * kWidth * kBlockK, args.tmap_a, loaded.addr, t.row0 + c * kWidth, k_row);
+          }
+        } else if constexpr (T::kClusterN == 1) {
+          tma_load_2d(a_dst, args.tmap_a, loaded.addr, kb * T::kBlockKElems, t.a_row0);
+        } else {
+          constexpr int kHalfRows = T::BLOCK_M / 2;
+          const int offset = scheduler.rank() * kHalfRows;
+          tma_load_2d_multicast(a_dst + offset * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
+                                t.a_row0 + offset, 0x3);
+        }
+        if constexpr (T::kMnMajor & 2) {
+          constexpr int kWidth = T::BLOCK_N < 128 ? T::BLOCK_N : 128;
+          const int k_row = (T::kGroupedB ? t.group * args.k : 0) + mn_k_row;
+          #pragma unroll
+          for (int c = 0; c < T::BLOCK_N / kWidth; ++c) {
+            tma_load_2d(staging + Layout::kStagingABytes + c * kWidth * kBlockK, args.tmap_b, loaded.addr,
+                        t.n_block * T::BLOCK_N + c * kWidth, k_row);
+          }
+        } else if constexpr (T::kClusterM == 1) {
+          load_k_major_b();
+        } else {
+          constexpr int kHalfRows = T::BLOCK_N / 2;
+          const int offset = scheduler.rank() * kHalfRows;
+          tma_load_2d_multicast(b_dst + offset * kBlockK, args.tmap_b, loaded.addr, kb * T::kBlockKElems,
+                                b_row0 + offset, 0x3);
+        }
         pipe.advance();
-        continue;
       }
-      loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes +
-                              (T::kTmaScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0));
-      if constexpr (T::kTmaScales) {  // A's scales of the tile's rows (rows past m zero-filled)
-        #pragma unroll
-        for (int c = 0; c < Layout::kScaleBoxes; ++c) {
-          tma_load_2d(smem.scales + pipe.stage * Layout::kSfBytes + c * Layout::kScaleBoxStep * 4, args.tmap_sfa,
-                      loaded.addr, Layout::scale_box_row(t.a_row0) + c * Layout::kScaleBoxStep, kb);
-        }
-      }
-      // A shared tile: this CTA loads its half (the descriptor's box is half the rows) into both.
-      // MN-major operands: boxes of 128 K-rows x min(rows, 128) bytes into the staging area;
-      // the descriptors view them as (K rows of all groups, MN).
-      u8* staging = smem.staging + pipe.stage * Layout::kStagingBytes;
-      const int mn_k_row = kb * kBlockK;
-      if constexpr (T::kMnMajor & 1) {
-        constexpr int kWidth = T::BLOCK_M < 128 ? T::BLOCK_M : 128;
-        const int k_row = (T::kGroupMode == kGroupBatched ? t.group * args.k : 0) + mn_k_row;
-        #pragma unroll
-        for (int c = 0; c < T::BLOCK_M / kWidth; ++c) {
-          tma_load_2d(staging + c * kWidth * kBlockK, args.tmap_a, loaded.addr, t.row0 + c * kWidth, k_row);
-        }
-      } else if constexpr (T::kClusterN == 1) {
-        tma_load_2d(a_dst, args.tmap_a, loaded.addr, kb * T::kBlockKElems, t.a_row0);
-      } else {
-        constexpr int kHalfRows = T::BLOCK_M / 2;
-        const int offset = scheduler.rank() * kHalfRows;
-        tma_load_2d_multicast(a_dst + offset * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
-                              t.a_row0 + offset, 0x3);
-      }
-      if constexpr (T::kMnMajor & 2) {
-        constexpr int kWidth = T::BLOCK_N < 128 ? T::BLOCK_N : 128;
-        const int k_row = (T::kGroupedB ? t.group * args.k : 0) + mn_k_row;
-        #pragma unroll
-        for (int c = 0; c < T::BLOCK_N / kWidth; ++c) {
-          tma_load_2d(staging + Layout::kStagingABytes + c * kWidth * kBlockK, args.tmap_b, loaded.addr,
-                      t.n_block * T::BLOCK_N + c * kWidth, k_row);
-        }
-      } else if constexpr (T::kClusterM == 1) {
-        load_k_major_b();
-      } else {
-        constexpr int kHalfRows = T::BLOCK_N / 2;
-        const int offset = scheduler.rank() * kHalfRows;
-        tma_load_2d_multicast(b_dst + offset * kBlockK, args.tmap_b, loaded.addr, kb * T::kBlockKElems,
-                              b_row0 + offset, 0x3);
-      }
-      pipe.advance();
     }
   }
 }

@@ -128,41 +128,44 @@ __device__ __forceinline__ void stage_scales_and_operands(const GemmArgs& args, 
   int iter = 0;
   Tile t;
   while (scheduler.next(t)) {
-    const int m0 = t.row0, n0 = t.n_block * T::BLOCK_N;
-    const float* sfa_tile =
-        args.sfa + (T::kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * args.sfa_stride_group : 0);
-    int a_rows[kScaleRowSlots<T>] = {};  // kGatherA: the A rows of this lane's tile rows
-    if constexpr (T::kGatherA) {
-      #pragma unroll
-      for (int i = 0; i < kScaleRowSlots<T>; ++i) {
-        const int row = min(m0 + lane + 32 * i, args.m - 1);
-        if (t.kb_begin < t.kb_end) a_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
-      }
-    }
-    const float* sfb_group = args.sfb + t.group * args.sfb_stride_group;
-    for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
-      const bool scales_here = iter % kNumScaleWarps == warp - 1;
-      if (!T::kMnMajor && !scales_here) continue;
-      const int stage = iter % T::kNumStages;
-      smem.empty[stage].wait(((iter / T::kNumStages) & 1) ^ 1);
-      if (!T::kScaleAtEnd && scales_here) {
-        stage_scales<T>(args, smem.scales + stage * Layout::kSfBytes, sfa_tile, sfb_group, m0, n0, kb, lane,
-                        a_rows);
-      }
-      if constexpr (T::kMnMajor != 0) {
-        smem.staged[stage].wait((iter / T::kNumStages) & 1);
-        const u32 staging = smem_addr(smem.staging + stage * Layout::kStagingBytes);
-        if constexpr (T::kMnMajor & 1) {
-          transpose_stage_to_k_major<T::BLOCK_M, kNumScaleWarps>(
-              staging, smem_addr(smem.a + stage * Layout::kABytes), lane, warp - 1);
+    for (int pass = 0; pass < GemmScheduler<T>::kPasses; ++pass) {  // GemmScheduler::pass
+      if (!scheduler.pass(t, pass)) break;
+      const int m0 = t.row0, n0 = t.n_block * T::BLOCK_N;
+      const float* sfa_tile =
+          args.sfa + (T::kGroupMode == kGroupBatched ? static_cast<i64>(t.group) * args.sfa_stride_group : 0);
+      int a_rows[kScaleRowSlots<T>] = {};  // kGatherA: the A rows of this lane's tile rows
+      if constexpr (T::kGatherA) {
+        #pragma unroll
+        for (int i = 0; i < kScaleRowSlots<T>; ++i) {
+          const int row = min(m0 + lane + 32 * i, args.m - 1);
+          if (t.kb_begin < t.kb_end) a_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
         }
-        if constexpr (T::kMnMajor & 2) {
-          transpose_stage_to_k_major<T::BLOCK_N, kNumScaleWarps>(
-              staging + Layout::kStagingABytes, smem_addr(smem.b + stage * Layout::kBBytes), lane, warp - 1);
-        }
-        fence_proxy_async_smem();  // the wgmma (async proxy) read what these stores wrote
       }
-      smem.full[stage].arrive();  // release: the stores above are visible to the waiters
+      const float* sfb_group = args.sfb + t.group * args.sfb_stride_group;
+      for (int kb = t.kb_begin; kb < t.kb_end; ++kb, ++iter) {
+        const bool scales_here = iter % kNumScaleWarps == warp - 1;
+        if (!T::kMnMajor && !scales_here) continue;
+        const int stage = iter % T::kNumStages;
+        smem.empty[stage].wait(((iter / T::kNumStages) & 1) ^ 1);
+        if (!T::kScaleAtEnd && scales_here) {
+          stage_scales<T>(args, smem.scales + stage * Layout::kSfBytes, sfa_tile, sfb_group, m0, n0, kb, lane,
+                          a_rows);
+        }
+        if constexpr (T::kMnMajor != 0) {
+          smem.staged[stage].wait((iter / T::kNumStages) & 1);
+          const u32 staging = smem_addr(smem.staging + stage * Layout::kStagingBytes);
+          if constexpr (T::kMnMajor & 1) {
+            transpose_stage_to_k_major<T::BLOCK_M, kNumScaleWarps>(
+                staging, smem_addr(smem.a + stage * Layout::kABytes), lane, warp - 1);
+          }
+          if constexpr (T::kMnMajor & 2) {
+            transpose_stage_to_k_major<T::BLOCK_N, kNumScaleWarps>(
+                staging + Layout::kStagingABytes, smem_addr(smem.b + stage * Layout::kBBytes), lane, warp - 1);
+          }
+          fence_proxy_async_smem();  // the wgmma (async proxy) read what these stores wrote
+        }
+        smem.full[stage].arrive();  // release: the stores above are visible to the waiters
+      }
     }
   }
 }

@@ -9,14 +9,14 @@
 namespace mategemm {
 
 // Items of no K blocks (kb_begin == kb_end): in the grouped M modes and ragged K, a tile with
-// nothing to compute (padding rows, rows past a group's count, tiles past the last group's, the
-// second pass of a 256-row tile that lies in one segment, an empty group) stays in the walk, and no
-// role loads or computes for it. NOTES: the walk, and with it the math warps' ring position, then
-// depends on no data; with the item's group and K range read through one warp_value per item, the
-// compiler keeps the main loop's wgmma descriptors in uniform registers (SASS from the first to the
-// last wgmma at 256x128: per_token, masked, per_expert 2040 -> 1530 instructions, dense 1519;
-// ragged K 128x128 829 -> 754). Skipped tiles put them in vector registers with a move before every
-// wgmma; so did per_token with a warp_value for each half of its tile (hence one for both).
+// nothing to compute (padding rows, rows past a group's count, tiles past the last group's, an
+// empty group) stays in the walk, and no role loads or computes for it. NOTES: the walk, and with
+// it the math warps' ring position, then depends on no data; with the item's group and K range read
+// through one warp_value per item, the compiler keeps the main loop's wgmma descriptors in uniform
+// registers (SASS from the first to the last wgmma at 256x128: per_token, masked, per_expert
+// 2040 -> 1530 instructions, dense 1519; ragged K 128x128 829 -> 754). Skipped tiles put them in
+// vector registers with a move before every wgmma; so did per_token with a warp_value for each half
+// of its tile (hence one for both).
 struct Tile {
   int m_block, n_block, split;
   int group;     // the tile's group (0 for a dense GEMM)
@@ -25,6 +25,7 @@ struct Tile {
   int row_end;   // end of the group's rows (m when the rows end with the tensor)
   int kb_begin, kb_end;  // the K blocks to accumulate
   int a_scale_row;  // kGroupOffsets: the tile's first row in A's 128-row scale tiles
+  int next_group;  // a 256-row per_token tile over two segments: the upper one's group (else -1)
 };
 
 // A value all lanes of a warp hold, moved into a uniform register (REDUX) so that the compiler
@@ -43,8 +44,8 @@ struct GemmScheduler {
   // Whether the walk depends on no data (items of no K blocks instead of skipped tiles).
   static constexpr bool kStaticWalk = T::kGroupMode != kGroupNone && T::kGroupMode != kGroupBatched &&
                                       T::kGroupMode != kGroupOffsets;
-  // kGroupIds: a 256-row tile may span two segments; the walk holds two items per tile (m_block
-  // 2i + pass), each computing the whole tile with one segment's weights.
+  // kGroupIds: a 256-row tile may span two segments; it then runs twice (pass()), each pass
+  // computing the whole tile with one segment's weights.
   static constexpr bool kTwoPasses = T::kGroupMode == kGroupIds && T::BLOCK_M > kIdsSegmentRows;
   static_assert(!kTwoPasses || T::BLOCK_M == 2 * kIdsSegmentRows, "a per_token tile spans at most two segments");
 
@@ -77,7 +78,6 @@ struct GemmScheduler {
     if constexpr (kMode == kGroupMasked) return args.num_groups * ceil_div(args.group_stride, T::BLOCK_M);
     if constexpr (kMode == kGroupCounts || kMode == kGroupPsum) return blocks + min(args.num_groups, args.m);
     if constexpr (group_has_table<kMode>()) return args.num_groups > 0 ? table.tile_end[args.num_groups - 1] : 0;
-    if constexpr (kTwoPasses) return 2 * blocks;
     return blocks;
   }
 
@@ -89,12 +89,8 @@ struct GemmScheduler {
   __device__ __forceinline__ bool next(Tile& t) {
     constexpr GroupMode kMode = T::kGroupMode;
     while (tiles.next(t.m_block, t.n_block, t.split)) {
-      [[maybe_unused]] int pass = 0;
-      if constexpr (kTwoPasses) {
-        pass = t.m_block & 1;
-        t.m_block >>= 1;
-      }
       t.group = 0;
+      t.next_group = -1;
       t.row0 = t.m_block * T::BLOCK_M;
       t.row_end = m;
       t.kb_begin = t.split * k_blocks_per_split;
@@ -115,15 +111,11 @@ struct GemmScheduler {
         t.group = lower;
         computes = lower_ok;
         if constexpr (kTwoPasses) {
-          // pass 0: the lower half's segment (else the upper's); pass 1: the upper half's, where
-          // both are valid and differ. The epilogue stores each pass's rows of its group only.
-          if (pass == 0) {
-            if (!lower_ok && upper_ok) t.group = upper;
-            computes = lower_ok || upper_ok;
-          } else {
-            t.group = upper;
-            computes = lower_ok && upper_ok;
-          }
+          // the lower half's segment (else the upper's), then the upper half's where both are
+          // valid and differ. The epilogue stores each pass's rows of its group only.
+          if (!lower_ok && upper_ok) t.group = upper;
+          computes = lower_ok || upper_ok;
+          if (lower_ok && upper_ok) t.next_group = upper;
         }
       } else if constexpr (kMode == kGroupBatched) {
         const int m_blocks_per_group = ceil_div(m, T::BLOCK_M);
@@ -179,6 +171,16 @@ struct GemmScheduler {
       return true;
     }
     return false;
+  }
+
+  // Passes over each tile the walk returns: a 256-row per_token tile over two segments runs once
+  // for each. pass(t, 1) turns t into the second pass (the upper segment's group), or says none.
+  static constexpr int kPasses = kTwoPasses ? 2 : 1;
+  __device__ __forceinline__ bool pass(Tile& t, int p) const {
+    if (p == 0) return true;
+    if (t.next_group < 0) return false;
+    t.group = t.next_group;
+    return true;
   }
 };
 

@@ -48,9 +48,26 @@ __device__ __forceinline__ void store_gated_tile_to_smem(float* acc, const Tile&
   }
 }
 
+// per_token: the group ids of this thread's rows of tile t (rows past m: -1), loaded when the tile
+// starts so that the epilogue's row check does not wait on them.
+template <class T>
+struct RowIds {
+  static constexpr int kCount = T::kGroupMode == kGroupIds ? T::kWaves * 2 : 0;
+  int ids[kCount > 0 ? kCount : 1];
+
+  __device__ __forceinline__ void load(const Tile& t, const GemmArgs& args, int math_wg, int warp, int lane) {
+    #pragma unroll
+    for (int i = 0; i < kCount; ++i) {
+      const int row = t.row0 + (math_wg * T::kWaves + i / 2) * 64 + warp * 16 + lane / 4 + 8 * (i % 2);
+      ids[i] = row < args.m ? __ldg(args.group_info + row) : -1;
+    }
+  }
+};
+
 template <class T>
 __device__ __forceinline__ void store_tile(float* acc, const Tile& t, const GemmArgs& args,
-                                           const GemmSmem<T>& smem, int math_wg, int warp, int lane) {
+                                           const GemmSmem<T>& smem, int math_wg, int warp, int lane,
+                                           const RowIds<T>& row_ids) {
   auto wave_row0 = [&](int wave) { return (math_wg * T::kWaves + wave) * 64; };
   const bool wg_leader = (threadIdx.x % 128) == 0;
   const int m0 = t.row0;
@@ -86,7 +103,7 @@ __device__ __forceinline__ void store_tile(float* acc, const Tile& t, const Gemm
         const int row = wave_row0(wave) + warp * 16 + lane / 4 + 8 * i;
         const int global_row = m0 + row;
         bool ok = global_row < t.row_end;
-        if constexpr (T::kGroupMode == kGroupIds) ok = ok && __ldg(args.group_info + global_row) == t.group;
+        if constexpr (T::kGroupMode == kGroupIds) ok = ok && row_ids.ids[wave * 2 + i] == t.group;
         if (lane % 4 == 0) st_shared_u8(smem.row_ok + row, ok ? 1u : 0u);
         rows_ok = rows_ok && ok;
       }

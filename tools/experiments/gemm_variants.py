@@ -47,7 +47,8 @@ A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now 
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
 chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
 the two-wave loop unrolled 8 deep, the scratch accumulator overlap with per-column B scales
-(ragged K), and the grouped tile walks that depend on no data (gemm/scheduler.cuh).
+(ragged K), the grouped tile walks that depend on no data (gemm/scheduler.cuh), and per_token's second
+pass inside the work item with the row ids loaded when a tile starts.
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -89,16 +90,12 @@ STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
-    "inner_passes": Path(__file__).resolve().parent / "patches" / "inner_passes.diff",
-    "row_ids_early": Path(__file__).resolve().parent / "patches" / "row_ids_early.diff",
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    # the two math warpgroups a few stages apart, so that one's epilogue runs beside the other's wgmma
-    "skew_wg": Path(__file__).resolve().parent / "patches" / "skew_wg.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
-PATCH_BASES: dict[str, tuple[str, ...]] = {"row_ids_early": ("inner_passes",), "layer_mn_scales": ("fast_moe_act",)}
+PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
