@@ -52,13 +52,16 @@ def k_major_copy(t: torch.Tensor, staged: list) -> torch.Tensor:
 
 
 def gemm_launch(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides,
-                group: kernel_fp8.GroupArgs | None = None) -> kernel_fp8.Launch:
-    """The plan's kernel, loaded on the operands' device, with the launch of these tensors."""
+                group: kernel_fp8.GroupArgs | None = None, act_params=None, act_scales=None) -> kernel_fp8.Launch:
+    """The plan's kernel, loaded on the operands' device, with the launch of these tensors (the
+    gated GEMM's with act_params (alpha, beta, limit) and its output's scales act_scales)."""
     index = a.device.index
+    args = (gemm_plan.problem, gemm_plan.config, a, b, sfa, sfa_strides, sfb, sfb_strides, group)
     with torch.cuda.device(index):
         kernel = kernel_fp8.load(gemm_plan.spec, gemm_plan.config, index)
-        return kernel_fp8.Launch(kernel, gemm_plan.problem, gemm_plan.config, a, b, sfa, sfa_strides, sfb,
-                                 sfb_strides, group)
+        if act_params is None:
+            return kernel_fp8.Launch(kernel, *args)
+        return kernel_fp8.GatedLaunch(kernel, *args, act_params=act_params, act_scales=act_scales)
 
 
 def dense_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides) -> calls.PreparedCall:
@@ -88,15 +91,8 @@ def moe_gemm1_call(gemm_plan: plan.GemmPlan, a, sfa, w1, w1_scale, counts, gathe
     sfa, sfa_strides = a_scales_for_kernel(gemm_plan, sfa, (sfa.stride(0), sfa.stride(1)), staged)
     rows, div = gather if gather is not None else (None, 1)
     group = kernel_fp8.GroupArgs(counts, sfb_stride_group=w1_scale.stride(0), gather=rows, gather_div=div)
-    args = (gemm_plan.problem, gemm_plan.config, a, w1, sfa, sfa_strides, w1_scale,
-            (w1_scale.stride(1), w1_scale.stride(2)), group)
-    index = a.device.index
-    with torch.cuda.device(index):
-        kernel = kernel_fp8.load(gemm_plan.spec, gemm_plan.config, index)
-        if act_params is None:
-            launch = kernel_fp8.Launch(kernel, *args)
-        else:
-            launch = kernel_fp8.GatedLaunch(kernel, *args, act_params=act_params, act_scales=act_scales)
+    launch = gemm_launch(gemm_plan, a, w1, sfa, sfa_strides, w1_scale, (w1_scale.stride(1), w1_scale.stride(2)),
+                         group, act_params, act_scales)
     return calls.PreparedCall(launch, tuple(staged), 0)
 
 

@@ -56,3 +56,13 @@ def kernel_param_sizes(cubin: Path | str) -> list[int]:
 def opcodes(sass: str) -> list[str]:
     """Every instruction's opcode without modifiers, in order: 'QGMMA', 'UTMALDG', 'STL', ..."""
     return [m.group(1) for m in map(_INSTRUCTION.match, sass.splitlines()) if m]
+
+
+def main_loop_r2ur(sass: str) -> list[str]:
+    """The R2UR moves from the first wgmma (QGMMA) to the last: a main loop whose wgmma descriptors
+    left the uniform registers has one before every wgmma."""
+    lines = [line for line in sass.splitlines() if line.strip()]
+    mma = [i for i, line in enumerate(lines) if " QGMMA." in line]
+    if not mma:
+        raise ValueError("no wgmma (QGMMA) in the SASS")
+    return [line for line in lines[mma[0]:mma[-1] + 1] if " R2UR " in line]

@@ -24,6 +24,18 @@ def shared_kernel_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("kernel_cache") / "cache"
 
 
+@pytest.fixture(scope="module")
+def sass_cache(request, tmp_path_factory):
+    """A kernel cache of the module's own, for the tests that read compiled kernels' SASS (skipped
+    without the CUDA binary tools)."""
+    from mategemm.jit.cache import KernelCache
+    from mategemm.testing import sass
+
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    return KernelCache(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+
+
 @pytest.fixture
 def record_calls(monkeypatch):
     """record_calls(module, names): each named function of `module` appends (name, args, kwargs) to

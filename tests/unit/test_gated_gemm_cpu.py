@@ -1,7 +1,7 @@
 """The fused MoE layer's gated GEMM (its first GEMM with the activation and the 1x128 quantisation in
-the epilogue) without a GPU: the plan and its rules, the shared-memory layout against the kernel's,
-the SASS of every instance the presets plan, the launch's arguments against the kernel's, and the
-layer's buffers."""
+the epilogue) and gathered A rows without a GPU: the plans and their rules, the SASS of every
+instance the presets plan, the launch's arguments against the kernel's, and the layer's buffers
+(the shared-memory layout: test_heuristics)."""
 import collections
 import ctypes
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from mategemm import moe_layer, plan, prewarm
-from mategemm.heuristics import fp8_gemm, grouped
-from mategemm.jit.cache import KernelCache
+from mategemm.heuristics import grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import sass
@@ -53,28 +52,6 @@ def test_the_plan():
 def test_forced_values_the_gated_gemm_cannot_take_are_named(force, message):
     with pytest.raises(ValueError, match=message):
         gated_plan(SHAPES[1], force=force)
-
-
-@pytest.mark.parametrize("block_m,stages,tma", [(64, 5, False), (128, 4, False), (128, 4, True), (64, 6, True)])
-def test_smem_bytes_match_the_kernel_layout(block_m, stages, tma):
-    """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes with two B halves."""
-    from mategemm.jit import nvrtc
-
-    expected = fp8_gemm.smem_bytes(block_m, 128, stages, 128, 1, True, 128, tma_scales=tma, b_halves=2)
-    layout = (f"mategemm::GemmSmemLayout<{block_m}, 128, {stages}, 128, 1, mategemm::kGroupCounts, 128, 0, false, "
-              f"128, {str(tma).lower()}, 2>")
-    source = ('#include "gemm/traits.cuh"\n'
-              f"static_assert({layout}::kTotalBytes"
-              f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
-              "__global__ void probe() {}\n")
-    nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
-
-
-@pytest.fixture(scope="module")
-def sass_cache(tmp_path_factory):
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    return KernelCache(tmp_path_factory.mktemp("gated_sass"))
 
 
 def preset_specs():
@@ -132,9 +109,7 @@ def test_gated_kernels_are_hopper_sass_on_the_uniform_datapath(sass_cache, spec)
     ops = collections.Counter(sass.opcodes(text))
     assert ops["QGMMA"] > 0 and ops["UTMALDG"] > 0 and ops["UTMASTG"] > 0
     assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL"
-    lines = [line for line in text.splitlines() if line.strip()]
-    mma = [i for i, line in enumerate(lines) if " QGMMA." in line]
-    moves = [line for line in lines[mma[0]:mma[-1] + 1] if " R2UR " in line]
+    moves = sass.main_loop_r2ur(text)
     assert not moves, f"{len(moves)} R2UR between the first and the last wgmma"
 
 

@@ -164,17 +164,29 @@ def test_info_for_unknown_arch():
 def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, out_bytes, group_mode, max_groups,
                                             mn_major, gran_k, tma):
     """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
-    from mategemm.jit import nvrtc
     from mategemm.kernels.sm90_fp8_gemm_blockscaled import GROUP_MODES
 
     rows_checked = group_mode in grouped.ROWS_CHECKED_MODES
     expected = fp8_gemm.smem_bytes(block_m, block_n, stages, gran_n, out_bytes, rows_checked, max_groups, mn_major,
                                    scale_gran_k=gran_k, tma_scales=tma)
-    layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, "
-              f"mategemm::{GROUP_MODES[group_mode]}, {max_groups}, {mn_major}, false, {gran_k}, "
-              f"{str(tma).lower()}>")
+    check_smem_layout(f"{block_m}, {block_n}, {stages}, {gran_n}, {out_bytes}, mategemm::{GROUP_MODES[group_mode]}, "
+                      f"{max_groups}, {mn_major}, false, {gran_k}, {str(tma).lower()}", expected)
+
+
+@pytest.mark.parametrize("block_m,stages,tma", [(64, 5, False), (128, 4, False), (128, 4, True), (64, 6, True)])
+def test_gated_smem_bytes_match_the_kernel_layout(block_m, stages, tma):
+    """The gated GEMM's B tile of gate and up rows (two halves), as its launch sizes it."""
+    expected = fp8_gemm.smem_bytes(block_m, 128, stages, 128, 1, True, 128, tma_scales=tma, b_halves=2)
+    check_smem_layout(f"{block_m}, 128, {stages}, 128, 1, mategemm::kGroupCounts, 128, 0, false, 128, "
+                      f"{str(tma).lower()}, 2", expected)
+
+
+def check_smem_layout(template_args: str, expected: int) -> None:
+    """GemmSmemLayout<template_args>::kTotalBytes == expected, checked by NVRTC."""
+    from mategemm.jit import nvrtc
+
     source = ('#include "gemm/traits.cuh"\n'
-              f"static_assert({layout}::kTotalBytes"
+              f"static_assert(mategemm::GemmSmemLayout<{template_args}>::kTotalBytes"
               f' == {expected}, "python and kernel disagree on the shared-memory size");\n'
               "__global__ void probe() {}\n")
     nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))

@@ -191,14 +191,6 @@ def test_smem_descriptor_fields_follow_the_ptx_format():
     nvrtc.compile_cubin(source, "&probe", nvrtc.base_options("sm_90a", debug=False))
 
 
-@pytest.fixture(scope="module")
-def sass_cache(tmp_path_factory):
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    from mategemm.jit.cache import KernelCache
-    return KernelCache(tmp_path_factory.mktemp("indexer_sass"))
-
-
 F32, BF16 = torch.float32, torch.bfloat16
 # Every tile shape the API can launch: paged next_n 1-4 x heads 32/64 (head_dim 128); prefill
 # 128-column tiles at head_dim 32, 64 and 128; fp32 logits, and bf16 where DeepGEMM's tests use them.

@@ -160,13 +160,6 @@ def fp8_out_instances():
     return list(items.values())
 
 
-@pytest.fixture(scope="session")
-def sass_cache(tmp_path_factory):
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    return KernelCache(tmp_path_factory.mktemp("sass_cache"))
-
-
 def check_hopper_sass(cache: KernelCache, problem: GemmProblem, config) -> collections.Counter:
     compiled = cache.get(kernel_fp8.spec(problem, config, ARCH))
     text = sass.dump_sass(compiled.path / "kernel.cubin")
@@ -335,7 +328,5 @@ def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
     assert (config.block_m, config.block_n) == ((128, 128) if mode == "ragged_k" else (256, 128))
     assert gemm_plan.problem.tma_scales == tma_scales
     text = sass.dump_sass(sass_cache.get(gemm_plan.spec).path / "kernel.cubin")
-    lines = [line for line in text.splitlines() if line.strip()]
-    mma = [i for i, line in enumerate(lines) if " QGMMA." in line]
-    moves = [line for line in lines[mma[0]:mma[-1] + 1] if " R2UR " in line]
+    moves = sass.main_loop_r2ur(text)
     assert not moves, f"{len(moves)} R2UR between the first and the last wgmma"
