@@ -164,6 +164,18 @@ __device__ __forceinline__ void tma_store_wait_read() {
 // Wait until every committed store is complete (global writes visible).
 __device__ __forceinline__ void tma_store_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
+// 16 bytes from global to shared memory, bypassing L1; only `src_bytes` (0 or 16) are read, the
+// rest zero-filled.
+__device__ __forceinline__ void cp_async_16(u32 dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// One arrival on `bar` once every cp.async this thread issued before has landed (the barrier's
+// count includes it).
+__device__ __forceinline__ void cp_async_arrive_noinc(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+
 // Generic-proxy writes to shared memory, made visible to the async proxy (TMA, wgmma).
 __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");

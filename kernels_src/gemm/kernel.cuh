@@ -135,8 +135,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
 }
 
 // The kernel parameters, as every GEMM kernel takes them (the host's Launch.TYPES); tmap_sfa is
-// read only with kTmaScales, out_scale only with kOutE4M3, gather_pairs and gather_div only with
-// kGatherA.
+// read only with kTmaScales, out_scale only with kOutE4M3, the gather_* only with kGatherA.
 #define MATEGEMM_GEMM_PARAMS                                                                                       \
   const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,                                  \
       const __grid_constant__ TmaDesc tmap_d, const __grid_constant__ TmaDesc tmap_sfa,                          \
@@ -144,14 +143,15 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       const float *__restrict__ sfb, int sfb_stride_n, int sfb_stride_k, int m, int n, int k, int group_n,        \
       int a_box_rows, int num_splits, float *__restrict__ split_workspace, int *__restrict__ split_counters,      \
       const int *__restrict__ group_info, int num_groups, int group_stride, int sfa_stride_group,                 \
-      int sfb_stride_group, const long long *__restrict__ gather_pairs, int gather_div, void *__restrict__ out_ptr, \
-      int out_ld, int *__restrict__ signal, int signal_blocks, const float *__restrict__ out_scale
+      int sfb_stride_group, const long long *__restrict__ gather_pairs, int gather_div,                            \
+      const unsigned char *__restrict__ gather_src, int gather_ld, void *__restrict__ out_ptr, int out_ld,         \
+      int *__restrict__ signal, int signal_blocks, const float *__restrict__ out_scale
 #define MATEGEMM_GEMM_ARGS                                                                                         \
   GemmArgs {                                                                                                       \
     &tmap_a, &tmap_b, &tmap_d, sfa, sfa_stride_m, sfa_stride_k, sfb, sfb_stride_n, sfb_stride_k, m, n, k, group_n, \
         a_box_rows, num_splits, split_workspace, split_counters, group_info, num_groups, group_stride,            \
         sfa_stride_group, sfb_stride_group, out_ptr, out_ld, signal, signal_blocks, nullptr, nullptr, nullptr, 0,  \
-        &tmap_sfa, nullptr, out_scale, gather_pairs, gather_div                                                    \
+        &tmap_sfa, nullptr, out_scale, gather_pairs, gather_div, gather_src, gather_ld                             \
   }
 
 }  // namespace mategemm

@@ -24,6 +24,7 @@ struct ConsumerStages {
   __device__ __forceinline__ int wait() {
     const int stage = pipe.stage;
     full[stage].wait(pipe.phase);
+    if constexpr (T::kGatherA) fence_proxy_async_smem();  // A's rows came by cp.async (generic proxy)
     pipe.advance();
     return stage;
   }

@@ -1,8 +1,7 @@
 // The GEMM's producer: one thread streams the A and B tiles (and, kTmaScales, A's scales) of every
-// work item through the ring of stages with TMA; gathered A rows (kGatherA): the warp, each lane
-// loading rows of its own as one-row boxes (the 128-byte swizzle is a function of the shared-memory
-// address, so each lands in its place of the tile). K-major operands land swizzled where the wgmma
-// read them; MN-major ones land untransposed in the stage's staging area (the scale warps
+// work item through the ring of stages with TMA; gathered A rows (kGatherA): the warp, B by TMA
+// and A's rows 16 bytes a lane by cp.async (gather_a_rows). K-major operands land swizzled where
+// the wgmma read them; MN-major ones land untransposed in the stage's staging area (the scale warps
 // transpose them); a tile shared by a cluster pair is loaded half by each CTA into both (multicast).
 #pragma once
 #include "../common/pipeline.cuh"
@@ -10,23 +9,54 @@
 
 namespace mategemm {
 
+// Gathered A rows: each lane copies tile rows lane / 2 + 16 i (i < kGatherRows), 16-byte chunks
+// 2 j + lane % 2 of each, so a warp instruction reads 16 rows' 32-byte sectors whole.
+template <class T>
+inline constexpr int kGatherRows = T::BLOCK_M / 16;
+
+// One stage's A tile of gathered rows (`rows`: the A rows of this lane's tile rows) by cp.async into
+// the 128-byte swizzle the wgmma descriptor reads: chunk c of tile row r at chunk c ^ (r % 8), the
+// stage being 1024-byte aligned; a lane's rows share r % 8, so its four chunk places are fixed.
+// Chunks past K are zero-filled. The lane's copies arrive on `bar` once they have landed.
+template <class T>
+__device__ __forceinline__ void gather_a_rows(u8* a_dst, const GemmArgs& args, const int* rows, int kb, int lane,
+                                              u32 bar) {
+  const int half = lane % 2, row = lane / 2;
+  const u32 dst = smem_addr(a_dst) + row * kBlockK;
+  const u8* src = args.gather_src + kb * kBlockK + half * 16;
+  const u32 ld = static_cast<u32>(args.gather_ld);  // rows and strides are non-negative: one IMAD.WIDE.U32
+  #pragma unroll
+  for (int i = 0; i < kGatherRows<T>; ++i) {
+    u32 a_row = static_cast<u32>(rows[i]);
+    asm volatile("" : "+r"(a_row));  // keeps row x ld per stage: hoisted out of the K loop, 16 of them spill
+    const u8* row_src = src + static_cast<u64>(a_row) * ld;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int chunk = 2 * j + half;
+      cp_async_16(dst + i * 16 * kBlockK + ((chunk ^ (row % 8)) << 4), row_src + 32 * j,
+                  kb * kBlockK + chunk * 16 < args.k ? 16 : 0);
+    }
+  }
+  cp_async_arrive_noinc(bar);
+}
+
 template <class T>
 __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
                                               GemmScheduler<T>& scheduler) {
   using Layout = typename T::Layout;
-  constexpr int kGatherRows = T::kGatherA ? T::BLOCK_M / 32 : 1;  // A rows each lane loads per stage
   const int lane = threadIdx.x % 32;
   PipelineState<T::kNumStages> pipe;
   Tile t;
   while (scheduler.next(t)) {
     for (int pass = 0; pass < GemmScheduler<T>::kPasses; ++pass) {  // GemmScheduler::pass
       if (!scheduler.pass(t, pass)) break;
-      [[maybe_unused]] int gather_rows[kGatherRows];
+      [[maybe_unused]] int gather_rows[T::kGatherA ? kGatherRows<T> : 1];
       if constexpr (T::kGatherA) {  // rows past the tensor read its last row (their outputs are never stored)
         #pragma unroll
-        for (int i = 0; i < kGatherRows; ++i) {
-          const int row = min(t.a_row0 + lane + 32 * i, args.m - 1);
-          gather_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
+        for (int i = 0; i < kGatherRows<T>; ++i) {
+          const int row = min(t.a_row0 + lane / 2 + 16 * i, args.m - 1);
+          gather_rows[i] = static_cast<int>(static_cast<u32>(__ldg(args.gather_pairs + row)) /
+                                            static_cast<u32>(args.gather_div));
         }
       }
       // a gated GEMM's group holds gate rows, then up rows: 2 n rows
@@ -43,14 +73,11 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
           }
         };
         if constexpr (T::kGatherA) {
-          if (lane == 0) loaded.arrive_expect_tx(T::BLOCK_M * kBlockK + Layout::kBBytes);
-          __syncwarp();  // the transaction is expected before any lane's rows land
-          #pragma unroll
-          for (int i = 0; i < kGatherRows; ++i) {
-            tma_load_2d(a_dst + (lane + 32 * i) * kBlockK, args.tmap_a, loaded.addr, kb * T::kBlockKElems,
-                        gather_rows[i]);
+          if (lane == 0) {
+            loaded.arrive_expect_tx(Layout::kBBytes);
+            load_k_major_b();
           }
-          if (lane == 0) load_k_major_b();
+          gather_a_rows<T>(a_dst, args, gather_rows, kb, lane, loaded.addr);
           pipe.advance();
           continue;
         }

@@ -133,8 +133,8 @@ struct GemmTraits {
   static constexpr bool kGated = kGatedAct != kNoGatedAct;
   static constexpr int kBHalves = kGated ? 2 : 1;
   // A's rows gathered (the MoE layer's first GEMM reading each token's FP8 row where it lies): GEMM
-  // row r reads A row gather_pairs[r] / gather_div, one TMA box of one row each (issued by the 32
-  // lanes of the producer's warp); A's scales through the same index by the scale warps.
+  // row r reads A row gather_pairs[r] / gather_div, copied 16 bytes a lane by the producer's warp
+  // (cp.async into the swizzled places); A's scales through the same index by the scale warps.
   static constexpr bool kGatherA = kGatherA_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
@@ -161,10 +161,11 @@ struct GemmTraits {
   static constexpr int kEmptyArrivals = kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;
   // The full barrier: the TMA thread and every lane of the stage's scale warp; with staging, every
   // lane of the three warps that transpose (or decode) the stage together (after the scales, if any);
-  // the TMA thread alone when no scales are copied.
+  // the TMA thread alone when no scales are copied; with gathered A rows also every lane of the
+  // producer's warp once its copies have landed.
   static constexpr int kFullArrivals = kNvfp4     ? kDecodeWarps * 32
                                        : kMnMajor ? 3 * 32
-                                                  : (kScaleAtEnd || kTmaScales ? 1 : 1 + 32);
+                                                  : (kScaleAtEnd || kTmaScales ? 1 : 1 + 32) + (kGatherA ? 32 : 0);
 
   // NOTES: setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 threads
   // under __launch_bounds__(384, 1)); asking for more than the producer released blocks forever.
@@ -172,7 +173,7 @@ struct GemmTraits {
   // beside per-column B scales (56 spilled there); the promoted 128x128 math spilled at 216.
   // Decoding NVFP4 holds a 16-entry table and a 16-value block's words per thread: 64 beside
   // 216 for the math (a scale-at-end 128-wide tile needs 64 accumulators per thread and wave).
-  // Gathered A rows: the producer's lanes keep the tile's row indices (8 at BLOCK_M 256; 40 spilled).
+  // Gathered A rows: the producer's lanes keep the tile's row indices (16 at BLOCK_M 256; 40 spilled).
   static constexpr int kProducerRegs = kNvfp4 ? 64 : kGatherA ? 56 : !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
   static constexpr int kMathRegs = kNvfp4 ? 216 : kGatherA ? 224 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
 
@@ -276,6 +277,8 @@ struct GemmArgs {
   const float* out_scale = nullptr;  // kOutE4M3: the output is result / *out_scale
   const i64* gather_pairs = nullptr;  // kGatherA: GEMM row r reads A row gather_pairs[r] / gather_div
   int gather_div = 1;
+  const u8* gather_src = nullptr;  // kGatherA: A's rows (K contiguous bytes each), gather_ld bytes apart
+  int gather_ld = 0;
   // kGated: the activation's parameters, and its FP8 output's scales, one per row and 128 columns
   // at act_scales[row * stride_m + (column / 128) * stride_k].
   float act_alpha = 1.0f, act_beta = 0.0f, act_limit = 0.0f;

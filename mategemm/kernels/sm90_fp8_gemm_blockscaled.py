@@ -94,7 +94,7 @@ class Launch:
                  "_split_buffers")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT,
-             rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR)
+             rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR)
 
     def __init__(self, kernel: rt.LoadedKernel, problem: GemmProblem, config: GemmConfig, a: torch.Tensor,
                  b: torch.Tensor, sfa: torch.Tensor, sfa_strides: tuple[int, int], sfb: torch.Tensor,
@@ -122,9 +122,9 @@ class Launch:
         a_rows = a.shape[0] * a.shape[1] if a.dim() == 3 else None  # batched: the batch's rows stacked
         # MN-major operands ((K rows, MN), stacked per group): unswizzled boxes of 128 K-rows by
         # up to 128 bytes of MN, transposed in shared memory by the kernel.
-        # Gathered rows (problem.gather_a): boxes of one row each, the tokens' rows as given.
+        # Gathered rows (problem.gather_a) are copied by the kernel from a's address, not by TMA.
         self.head = (encode_2d(a, min(config.block_m, 128), 128, 0, rows=a_rows) if problem.mn_major & 1 else
-                     encode_2d(a, config.block_k, 1 if problem.gather_a else a_load_rows, 128, rows=a_rows),
+                     encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
                      encode_2d(b, min(config.block_n, 128), 128, 0, rows=b_rows) if problem.mn_major & 2 else
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
         # A's scales by TMA (problem.tma_scales): rows of m floats, one per K block, boxes of a
@@ -143,7 +143,8 @@ class Launch:
         self.group_tail = (info, problem.num_groups, group.stride, group.sfa_stride_group, group.sfb_stride_group)
         if problem.gather_a != (group.gather is not None):
             raise ValueError("a gathered A (problem.gather_a) needs its row indices (GroupArgs.gather), and only it")
-        self.gather_tail = (0 if group.gather is None else group.gather.data_ptr(), group.gather_div)
+        self.gather_tail = ((0, 1, 0, 0) if group.gather is None else
+                            (group.gather.data_ptr(), group.gather_div, a.data_ptr(), a.stride(0) * a.element_size()))
         self.signal_blocks = group.signal_blocks
         self.signal_blocks_total = group.signal_blocks * problem.num_groups
         # Split-K: (workspace floats, tiles) of its partial tiles and per-tile finish counters.

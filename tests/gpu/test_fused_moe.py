@@ -200,7 +200,7 @@ def test_gated_gemm_gives_the_same_bytes(monkeypatch, activation, tokens, expert
     (torch.float8_e4m3fn, 300, 16, 4, "gather_a=1,gated_gemm=1")])
 def test_gathered_rows_give_the_same_bytes(monkeypatch, input_dtype, tokens, experts, topk, force):
     """GEMM1 reading each pair's FP8 row where it lies (gather_a=1: the tokens quantised once, or the
-    FP8 input, one-row TMA boxes by the routing's order): bit for bit the layer whose permute packs
+    FP8 input, copied row by row in the routing's order): bit for bit the layer whose permute packs
     the rows first (the same values and scales in the same tiles), with the gated GEMM too."""
     case = ref.make_moe_layer_inputs(tokens, 512, 384, experts, topk, input_dtype, routing="skewed")
     packed_force = ",".join(part for part in force.split(",") if part != "gather_a=1")

@@ -110,7 +110,7 @@ PATCHES = {
     "lane0_empty": [(TRAITS, "static constexpr int kEmptyArrivals = kNumMathWG * 128 +",
                      "static constexpr int kEmptyArrivals = kNumMathWG * 4 +"),
                     (MAINLOOP, "    empty[stage].arrive();\n", "    __syncwarp();\n    if (lane == 0) empty[stage].arrive();\n")],
-    "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32);", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1);"),
+    "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32)", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1)"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
     "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales>\n",
