@@ -38,6 +38,12 @@ Variants (several may be joined with '+'):
                 of A's scales before GEMM1 and GEMM2 where they load them by TMA (13 us at 16384
                 tokens of Qwen3-30B-A3B on the H100); the permute and activation kernels take a
                 stride per scale group
+  sfb_overlap   (patches/sfb_overlap.diff) A's scales by TMA: the math warps' wait for each other's
+                copies of a tile's B scales moves from before its first wgmma to after its first K
+                block, whose B scales each thread loads itself: the loads' latency (~300 cycles at
+                every tile start, when the tensor cores idle) hides under that block's wgmma. Aimed
+                at short K (4096x32768x512: 4 K blocks a tile). SASS: dense kernels stay uniform; the
+                per_token kernel with A's scales by TMA does not (16 R2UR in its main loop)
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -93,6 +99,7 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
+    "sfb_overlap": Path(__file__).resolve().parent / "patches" / "sfb_overlap.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
