@@ -42,8 +42,10 @@ Variants (several may be joined with '+'):
                 copies of a tile's B scales moves from before its first wgmma to after its first K
                 block, whose B scales each thread loads itself: the loads' latency (~300 cycles at
                 every tile start, when the tensor cores idle) hides under that block's wgmma. Aimed
-                at short K (4096x32768x512: 4 K blocks a tile). SASS: dense kernels stay uniform; the
-                per_token kernel with A's scales by TMA does not (16 R2UR in its main loop)
+                at short K (4096x32768x512: 4 K blocks a tile). The first K block is peeled off the
+                unrolled loop (inside it, the wait made per_token's loop non-uniform: 16 R2UR). SASS:
+                dense and per_token stay uniform; per_expert and the gated kernels with TMA scales move
+                one value to a uniform register at the loop's entry (1 R2UR, not per wgmma)
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
