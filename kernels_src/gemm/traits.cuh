@@ -173,7 +173,7 @@ struct GemmTraits {
   // beside per-column B scales (56 spilled there); the promoted 128x128 math spilled at 216.
   // Decoding NVFP4 holds a 16-entry table and a 16-value block's words per thread: 64 beside
   // 216 for the math (a scale-at-end 128-wide tile needs 64 accumulators per thread and wave).
-  // Gathered A rows: the producer's lanes keep the tile's row indices (16 at BLOCK_M 256; 40 spilled).
+  // Gathered A rows: the producer's lanes keep the tile's row indices (16 at BLOCK_M 256).
   static constexpr int kProducerRegs = kNvfp4 ? 64 : kGatherA ? 56 : !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
   static constexpr int kMathRegs = kNvfp4 ? 216 : kGatherA ? 224 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
 
