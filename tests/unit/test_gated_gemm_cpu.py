@@ -3,14 +3,17 @@ the epilogue) and gathered A rows without a GPU: the plans and their rules, the 
 instance the presets plan, the launch's arguments against the kernel's, and the layer's buffers
 (the shared-memory layout: test_heuristics)."""
 import collections
+import contextlib
 import ctypes
 
 import pytest
 import torch
 
-from mategemm import moe_layer, plan, prewarm
+from mategemm import moe_layer, plan, prepare, prewarm
 from mategemm.heuristics import grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.runtime import launch as rt
+from mategemm.runtime import tma
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import sass
 
@@ -99,6 +102,36 @@ def test_a_gathered_plan_loads_a_scales_by_the_scale_warps():
     p = plan.moe_gemm1(131072, 768, 2048, 128, SM90_NO_DEVICE, gather_a=True, force="tma_scales=2")
     assert p.problem.gather_a and not p.problem.tma_scales and not p.copy_a_scales
     assert p.spec.name_expr.endswith("true, false>")
+
+
+class RecordingKernel:
+    max_resident_ctas = None
+
+    @staticmethod
+    def pack(values, types):
+        assert len(values) == len(types)
+        return values
+
+
+def test_a_gathered_launch_passes_the_rows_address_and_stride(monkeypatch):
+    """The kernel copies gathered rows itself: after the group arguments come the row index, its
+    divisor, and the tokens' address and row stride in bytes (a strided view keeps its own)."""
+    monkeypatch.setattr(kernel_fp8, "load", lambda *args, **kwargs: RecordingKernel())
+    monkeypatch.setattr(tma, "_encode", lambda *args: object())
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    tokens, topk, experts, hidden, inter = 100, 4, 8, 512, 256
+    gemm_plan = plan.moe_gemm1(tokens * topk, inter, hidden, experts, SM90_NO_DEVICE, gather_a=True)
+    a = torch.empty((tokens, hidden + 128), dtype=E4M3)[:, :hidden]
+    sfa = torch.ones((tokens, hidden // 128))
+    w1, w1_scale = torch.empty((experts, 2 * inter, hidden), dtype=E4M3), torch.ones((experts, 4, 4))
+    counts, order = torch.zeros(experts, dtype=torch.int32), torch.arange(tokens * topk)
+    call = prepare.moe_gemm1_call(gemm_plan, a, sfa, w1, w1_scale, counts, (order, topk))
+    out = torch.empty((tokens * topk, 2 * inter), dtype=torch.bfloat16)
+    values = call.launch._values(object(), out, 0, 0, 0)
+    types = kernel_fp8.Launch.TYPES
+    at = values.index(order.data_ptr())
+    assert values[at:at + 5] == (order.data_ptr(), topk, a.data_ptr(), hidden + 128, out.data_ptr())
+    assert types[at:at + 5] == (rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR)
 
 
 @pytest.mark.parametrize("spec", list(PRESET_SPECS), ids=list(PRESET_SPECS.values()))
