@@ -164,10 +164,9 @@ __device__ __forceinline__ void tma_store_wait_read() {
 // Wait until every committed store is complete (global writes visible).
 __device__ __forceinline__ void tma_store_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
-// 16 bytes from global to shared memory, bypassing L1; only `src_bytes` (0 or 16) are read, the
-// rest zero-filled.
-__device__ __forceinline__ void cp_async_16(u32 dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+// 16 bytes from global to shared memory, bypassing L1.
+__device__ __forceinline__ void cp_async_16(u32 dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
 
 // One arrival on `bar` once every cp.async this thread issued before has landed (the barrier's

@@ -17,7 +17,7 @@ inline constexpr int kGatherRows = T::BLOCK_M / 16;
 // One stage's A tile of gathered rows (`rows`: the A rows of this lane's tile rows) by cp.async into
 // the 128-byte swizzle the wgmma descriptor reads: chunk c of tile row r at chunk c ^ (r % 8), the
 // stage being 1024-byte aligned; a lane's rows share r % 8, so its four chunk places are fixed.
-// Chunks past K are zero-filled. The lane's copies arrive on `bar` once they have landed.
+// K is whole 128-byte blocks (the host checks). The lane's copies arrive on `bar` once they have landed.
 template <class T>
 __device__ __forceinline__ void gather_a_rows(u8* a_dst, const GemmArgs& args, const int* rows, int kb, int lane,
                                               u32 bar) {
@@ -33,8 +33,7 @@ __device__ __forceinline__ void gather_a_rows(u8* a_dst, const GemmArgs& args, c
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int chunk = 2 * j + half;
-      cp_async_16(dst + i * 16 * kBlockK + ((chunk ^ (row % 8)) << 4), row_src + 32 * j,
-                  kb * kBlockK + chunk * 16 < args.k ? 16 : 0);
+      cp_async_16(dst + i * 16 * kBlockK + ((chunk ^ (row % 8)) << 4), row_src + 32 * j);
     }
   }
   cp_async_arrive_noinc(bar);

@@ -143,6 +143,8 @@ class Launch:
         self.group_tail = (info, problem.num_groups, group.stride, group.sfa_stride_group, group.sfb_stride_group)
         if problem.gather_a != (group.gather is not None):
             raise ValueError("a gathered A (problem.gather_a) needs its row indices (GroupArgs.gather), and only it")
+        if problem.gather_a and problem.k % config.block_k:
+            raise ValueError(f"a gathered A's K must be whole {config.block_k}-byte blocks, got {problem.k}")
         self.gather_tail = ((0, 1, 0, 0) if group.gather is None else
                             (group.gather.data_ptr(), group.gather_div, a.data_ptr(), a.stride(0) * a.element_size()))
         self.signal_blocks = group.signal_blocks
