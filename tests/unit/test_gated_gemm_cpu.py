@@ -132,6 +132,10 @@ def test_a_gathered_launch_passes_the_rows_address_and_stride(monkeypatch):
     at = values.index(order.data_ptr())
     assert values[at:at + 5] == (order.data_ptr(), topk, a.data_ptr(), hidden + 128, out.data_ptr())
     assert types[at:at + 5] == (rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR)
+    ragged_plan = plan.moe_gemm1(tokens * topk, inter, hidden - 16, experts, SM90_NO_DEVICE, gather_a=True)
+    with pytest.raises(ValueError, match="whole 128-byte blocks"):  # the kernel copies whole 128-byte blocks
+        prepare.moe_gemm1_call(ragged_plan, a[:, :hidden - 16], sfa, w1[..., :hidden - 16], w1_scale, counts,
+                               (order, topk))
 
 
 @pytest.mark.parametrize("spec", list(PRESET_SPECS), ids=list(PRESET_SPECS.values()))
