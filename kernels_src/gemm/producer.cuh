@@ -50,13 +50,9 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
     for (int pass = 0; pass < GemmScheduler<T>::kPasses; ++pass) {  // GemmScheduler::pass
       if (!scheduler.pass(t, pass)) break;
       [[maybe_unused]] int gather_rows[T::kGatherA ? kGatherRows<T> : 1];
-      if constexpr (T::kGatherA) {  // rows past the tensor read its last row (their outputs are never stored)
+      if constexpr (T::kGatherA) {
         #pragma unroll
-        for (int i = 0; i < kGatherRows<T>; ++i) {
-          const int row = min(t.a_row0 + lane / 2 + 16 * i, args.m - 1);
-          gather_rows[i] = static_cast<int>(static_cast<u32>(__ldg(args.gather_pairs + row)) /
-                                            static_cast<u32>(args.gather_div));
-        }
+        for (int i = 0; i < kGatherRows<T>; ++i) gather_rows[i] = args.gathered_row(t.a_row0 + lane / 2 + 16 * i);
       }
       // a gated GEMM's group holds gate rows, then up rows: 2 n rows
       const int b_row0 = (T::kGroupedB ? t.group * args.n * T::kBHalves : 0) + t.n_block * T::BLOCK_N;

@@ -137,8 +137,7 @@ __device__ __forceinline__ void stage_scales_and_operands(const GemmArgs& args, 
       if constexpr (T::kGatherA) {
         #pragma unroll
         for (int i = 0; i < kScaleRowSlots<T>; ++i) {
-          const int row = min(m0 + lane + 32 * i, args.m - 1);
-          if (t.kb_begin < t.kb_end) a_rows[i] = static_cast<int>(__ldg(args.gather_pairs + row) / args.gather_div);
+          if (t.kb_begin < t.kb_end) a_rows[i] = args.gathered_row(m0 + lane + 32 * i);
         }
       }
       const float* sfb_group = args.sfb + t.group * args.sfb_stride_group;

@@ -284,6 +284,12 @@ struct GemmArgs {
   float act_alpha = 1.0f, act_beta = 0.0f, act_limit = 0.0f;
   float* act_scales = nullptr;
   int act_scales_stride_m = 0, act_scales_stride_k = 0;
+
+  // kGatherA: the A row GEMM row `row` reads (rows past m read the last one's: their outputs are
+  // never stored). Pair indices are below m, so the division is a 32-bit one.
+  __device__ __forceinline__ int gathered_row(int row) const {
+    return static_cast<int>(static_cast<u32>(__ldg(gather_pairs + min(row, m - 1))) / static_cast<u32>(gather_div));
+  }
 };
 
 // Where everything lives in the CTA's shared memory.
