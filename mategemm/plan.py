@@ -275,7 +275,8 @@ def moe_gather_a_wanted(input_fp8: bool, quantize_first: bool, weight_input: boo
     by expert: opt-in (MATEGEMM_FORCE_CONFIG gather_a=1); never where the permute has more to do
     than move rows (a bf16 input quantised pair by pair, router weights on the input). NOTES (H100,
     Qwen3-30B-A3B, 16384 tokens, bit for bit equal): GEMM1 with one-row TMA loads 6919 us, with
-    cp.async from the producer's warp 1411, with packed rows 785 (+ 160 for the permute)."""
+    cp.async from the producer's warp 1411 (from its four warps 1415), with packed rows 785 (+ 160
+    for the permute)."""
     if parse_force_config(_force(force)).get("gather_a") != 1:
         return False
     return quantize_first or (input_fp8 and not weight_input)

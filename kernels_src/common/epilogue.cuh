@@ -44,6 +44,20 @@ __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_b
   constexpr int kElemBytes = out_elem_bytes(kOutType);
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
+  if constexpr (kElemBytes == 2 && BLOCK_N % 16 == 0) {
+    // 16-bit values by stmatrix: a warp's 16 rows of two 8-column chunks in one instruction, where
+    // 32-bit stores took four (the fragments are in stmatrix's order as wgmma leaves them).
+    const int block = lane / 8;  // rows 0-7 of chunk c, rows 8-15 of it, then the same of chunk c + 1
+    const int block_row = tile_row0 + warp * 16 + (block % 2) * 8 + lane % 8;
+    #pragma unroll
+    for (int c = 0; c < BLOCK_N / 8; c += 2) {
+      const float* v = acc + c * 4;
+      stsm_x4(smem_base + staging_offset<BLOCK_M, kSwizzleBytes, 2>(block_row, (c + block / 2) * 8),
+              pack_out2<kOutType>(v[0], v[1]), pack_out2<kOutType>(v[2], v[3]), pack_out2<kOutType>(v[4], v[5]),
+              pack_out2<kOutType>(v[6], v[7]));
+    }
+    return;
+  }
   const int row = tile_row0 + warp * 16 + lane / 4;
   #pragma unroll
   for (int c = 0; c < BLOCK_N / 8; ++c) {

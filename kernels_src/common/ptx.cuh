@@ -275,6 +275,13 @@ __device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {
   asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
 
+// Four 8x8 blocks of 16-bit values from a warp: register j of lane l holds row l / 4, columns
+// 2 (l % 4) and 2 (l % 4) + 1 of block j; lane l gives the address of row l % 8 of block l / 8.
+__device__ __forceinline__ void stsm_x4(u32 addr, u32 v0, u32 v1, u32 v2, u32 v3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
+               ::"r"(addr), "r"(v0), "r"(v1), "r"(v2), "r"(v3) : "memory");
+}
+
 __device__ __forceinline__ void st_shared_u16(u32 addr, u32 v) {
   asm volatile("st.shared.b16 [%0], %1;" ::"r"(addr), "h"(static_cast<unsigned short>(v)) : "memory");
 }

@@ -9,22 +9,10 @@ Variants (several may be joined with '+'):
   no_overlap    the second scratch accumulator off: issue, wait, promote (DeepGEMM's order)
   lane0_empty   one lane per math warp arrives on the empty barrier, after __syncwarp
   lane0_full    one lane of the scale warp arrives on the full barrier, after __syncwarp
-  stsm          the epilogue writes 16-bit outputs to the staging tile with stmatrix (four 8x8 blocks
-                per instruction, DeepGEMM's way) instead of one 32-bit store per row pair and chunk
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
-  inner_passes  (patches/inner_passes.diff) a 256-row per_token tile over two segments runs its second
-                pass inside the same work item (a loop of at most two passes in every role) instead
-                of as an item of its own: the walk holds one item per tile, so no role spends an
-                empty item (two loads and a REDUX) on each tile that lies in one segment. SASS: the
-                main loop stays on the uniform datapath with NVRTC 13.0 and 13.5 (per_token span
-                1580 -> 1610 instructions at 256x128)
-  row_ids_early (patches/row_ids_early.diff, written on top of inner_passes, which it applies first)
-                per_token's epilogue row check compares ids each math thread loaded when the tile
-                started (4 registers at 256x128, no spills) instead of loading them after the main
-                loop, where the tile's store waited on them
   fast_moe_act  (patches/fast_moe_act.diff; the fused MoE layer's kernels, not the GEMM core) the
                 gated activation's sigmoid from the approximate exp2 and reciprocal, the 1x128
                 quantisation as values x (448 / amax) instead of divided by the scale (an e4m3
@@ -32,26 +20,15 @@ Variants (several may be joined with '+'):
                 (row, group) walk stepped without a 64-bit division per item. SASS: the activation's
                 loop 295 -> 174 instructions per warp and 128 columns, the bf16 permute's 565 -> 421;
                 the activation kernel looked issue-bound (~290 instructions x 786K items at 16384
-                tokens of Qwen3-30B-A3B: ~250 us of issue, 263 us measured)
+                tokens of Qwen3-30B-A3B: ~250 us of issue, 263 us measured). Measured with
+                layer_mn_scales (H100, 2 rounds): activation 267 -> 183 us, layer -4% at 4096 and
+                16384 tokens, but swigluoai's reference check and the gated GEMM's bit equality with
+                the activation kernel under the scale warps (swigluoai, swiglustep) fail
   layer_mn_scales (patches/layer_mn_scales.diff, on top of fast_moe_act) the fused layer's FP8 rows'
                 scales written MN-major (rows rounded up to 4), as the GEMMs' TMA reads them: no copy
                 of A's scales before GEMM1 and GEMM2 where they load them by TMA (13 us at 16384
                 tokens of Qwen3-30B-A3B on the H100); the permute and activation kernels take a
                 stride per scale group
-  sfb_overlap   (patches/sfb_overlap.diff) A's scales by TMA: the math warps' wait for each other's
-                copies of a tile's B scales moves from before its first wgmma to after its first K
-                block, whose B scales each thread loads itself: the loads' latency (~300 cycles at
-                every tile start, when the tensor cores idle) hides under that block's wgmma. Aimed
-                at short K (4096x32768x512: 4 K blocks a tile). The first K block is peeled off the
-                unrolled loop (inside it, the wait made per_token's loop non-uniform: 16 R2UR). SASS:
-                dense and per_token stay uniform; per_expert and the gated kernels with TMA scales move
-                one value to a uniform register at the loop's entry (1 R2UR, not per wgmma)
-  gather_4warps (patches/gather_4warps.diff) gathered A rows (MATEGEMM_FORCE_CONFIG gather_a=1) copied
-                by all four warps of the producer warpgroup, a quarter of each stage's rows each (the
-                scale warps then wait on every stage), instead of by the producer's warp alone, which
-                measured 1.8x slower than packed rows in the layer's GEMM1 (H100: ~51 cycles a copy
-                instruction, ~10 bytes a cycle a SM): four times the copies in flight. SASS: no
-                spills, uniform main loops (NVRTC 13.5)
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -62,7 +39,11 @@ path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are th
 chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
 the two-wave loop unrolled 8 deep, the scratch accumulator overlap with per-column B scales
 (ragged K), the grouped tile walks that depend on no data (gemm/scheduler.cuh), and per_token's second
-pass inside the work item with the row ids loaded when a tile starts.
+pass inside the work item with the row ids loaded when a tile starts, and 16-bit outputs staged
+by stmatrix (+1..3.5% at K <= 2048 on the H100).
+Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
+the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
+rows copied by all four producer warps (gather_4warps: as slow as one warp's copies).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -74,41 +55,15 @@ from pathlib import Path
 MAINLOOP = "kernels_src/gemm/mainloop.cuh"
 TRAITS = "kernels_src/gemm/traits.cuh"
 STAGING = "kernels_src/gemm/scale_staging.cuh"
-EPILOGUE = "kernels_src/common/epilogue.cuh"
 ENTRY = "kernels_src/sm90_fp8_gemm_blockscaled.cuh"
 HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 SM90 = "mategemm/heuristics/sm90.py"
-
-# stmatrix .x4: register i goes to 8x8 block i, whose 8 row addresses come from lanes 8i .. 8i + 7.
-# Blocks: rows 0-7 and 8-15 of the warp's 16, in 8-column chunks c and c + 1; a lane's register
-# for block i is the accumulator pair the wgmma layout gives it there (row lane/4, columns
-# 2 (lane % 4) and + 1). Each block row is one 16-byte unit of the swizzled tile.
-STSM_STORE = """  const int warp = (threadIdx.x / 32) % 4;
-  const int lane = threadIdx.x % 32;
-  if constexpr (kOutType != kOutF32Add && BLOCK_N % 16 == 0) {
-    const int block = lane / 8;
-    const int row = tile_row0 + warp * 16 + (block % 2) * 8 + lane % 8;
-    #pragma unroll
-    for (int c = 0; c < BLOCK_N / 8; c += 2) {
-      const u32 addr = smem_base + staging_offset<BLOCK_M, kSwizzleBytes, 2>(row, (c + block / 2) * 8);
-      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
-                   :: "r"(addr), "r"(pack_out2<kOutType>(acc[c * 4 + 0], acc[c * 4 + 1])),
-                      "r"(pack_out2<kOutType>(acc[c * 4 + 2], acc[c * 4 + 3])),
-                      "r"(pack_out2<kOutType>(acc[c * 4 + 4], acc[c * 4 + 5])),
-                      "r"(pack_out2<kOutType>(acc[c * 4 + 6], acc[c * 4 + 7])) : "memory");
-    }
-    return;
-  }
-  const int row = tile_row0 + warp * 16 + lane / 4;
-"""
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    "sfb_overlap": Path(__file__).resolve().parent / "patches" / "sfb_overlap.diff",
-    "gather_4warps": Path(__file__).resolve().parent / "patches" / "gather_4warps.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
@@ -139,10 +94,6 @@ PATCHES = {
                   "              if name == KERNEL else ()))\n"
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
-    "stsm": [(EPILOGUE, """  const int warp = (threadIdx.x / 32) % 4;
-  const int lane = threadIdx.x % 32;
-  const int row = tile_row0 + warp * 16 + lane / 4;
-""", STSM_STORE)],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
     # per-column B scales (MXFP8 granularity 128) in the packed token modes with the second scratch
     # accumulator, as ragged K has it: time with MATEGEMM_FORCE_CONFIG block_m=128,block_n=128

@@ -9,8 +9,8 @@
 # shapes file), with each shape's TFLOPS; SUITE=grouped: the modes in $MODES (default contiguous
 # masked k_grouped).
 # Run from the repository root:
-#   ROUNDS=2 bash tools/experiments/variant_bench.sh base stsm
-#   SUITE=grouped MODES=contiguous bash tools/experiments/variant_bench.sh base inner_passes
+#   ROUNDS=2 bash tools/experiments/variant_bench.sh base lane0_empty
+#   SUITE=grouped MODES=contiguous bash tools/experiments/variant_bench.sh base desc32
 # (MATEGEMM_FORCE_CONFIG=tma_scales=0 in the environment runs every variant with the scale warps.)
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:-/tmp/variant_bench}
