@@ -40,7 +40,7 @@ chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count
 the two-wave loop unrolled 8 deep, the scratch accumulator overlap with per-column B scales
 (ragged K), the grouped tile walks that depend on no data (gemm/scheduler.cuh), and per_token's second
 pass inside the work item with the row ids loaded when a tile starts, and 16-bit outputs staged
-by stmatrix (+1..3.5% at K <= 2048 on the H100).
+by stmatrix (+1.3..3.3% at K <= 2048 on the H100).
 Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
 the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
 rows copied by all four producer warps (gather_4warps: as slow as one warp's copies).
