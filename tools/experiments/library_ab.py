@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time a few cases through the public API of whichever mategemm is first on PYTHONPATH (a lab
-tool; GPU). It imports none of the repository's benchmark code, so an older tree's library runs
-the same inputs under the same timing as today's: run the trees in turns, e.g.
+tool; GPU). Of the benchmark code it takes only benchkit.timing (tools/bench.py's CUDA-event
+timing and dense inputs, which use the library's public API), so an older tree's library runs the
+same inputs under the same timing as today's: run the trees in turns, e.g.
 
     for r in 1 2; do for t in . .baseline; do
       PYTHONPATH=$t python3 tools/experiments/library_ab.py --label $t --dense 1x2112x7168 --k-grouped 8x4096x4096x2048
@@ -13,38 +14,18 @@ seeded), K-major operands, fp32 out. Each line: label, case, median ms of --time
 events, queued behind a GPU sleep so launch overhead stays out; input sets rotated past the L2).
 """
 import argparse
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 
-import mategemm
-from mategemm.testing import moe
-from mategemm.testing.reference import make_fp8_gemm_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/: benchkit's timing, not the library
+
+import mategemm  # noqa: E402
+from benchkit.timing import median_ms, rotating_gemm_calls  # noqa: E402
+from mategemm.testing import moe  # noqa: E402
 
 SETS = 4
-
-
-def median_ms(calls: list, timed: int) -> float:
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(timed)]
-    torch.cuda._sleep(20_000_000)
-    for i, (start, end) in enumerate(events):
-        start.record()
-        calls[i % len(calls)]()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
-
-
-def dense_calls(m: int, n: int, k: int) -> list:
-    calls = []
-    for _ in range(SETS):
-        args = make_fp8_gemm_inputs(m, n, k, scale_major_mode="K")
-        out = torch.empty((m, n), dtype=torch.bfloat16, device="cuda")
-        calls.append(lambda args=args, out=out: mategemm.gemm_fp8_nt_groupwise(*args, scale_major_mode="K", out=out))
-    return calls
 
 
 def k_grouped_calls(groups: int, m: int, n: int, k_per_group: int) -> list:
@@ -70,10 +51,11 @@ def main() -> None:
     parser.add_argument("--timed", type=int, default=50)
     args = parser.parse_args()
     print(f"# mategemm from {mategemm.__file__}")
-    cases = [(f"dense {s}", dense_calls, s) for s in filter(None, args.dense.split(","))]
+    cases = [(f"dense {s}", lambda m, n, k: rotating_gemm_calls(m, n, k, SETS)[2], s)
+             for s in filter(None, args.dense.split(","))]
     cases += [(f"k_grouped {s}", k_grouped_calls, s) for s in filter(None, args.k_grouped.split(","))]
     for name, make, shape in cases:
-        ms = median_ms(make(*(int(v) for v in shape.split("x"))), args.timed)
+        ms = median_ms(make(*(int(v) for v in shape.split("x"))), timed=args.timed)
         print(f"{args.label}\t{name}\t{ms:.5f}")
 
 
