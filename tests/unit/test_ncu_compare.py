@@ -44,3 +44,30 @@ def test_table_divides_each_column_by_the_first(tmp_path):
                         "deepgemm / mategemm_dense |")
     assert lines[1].count("---") == 6
     assert "| tensor pipe active (%) | 80 | 60 | 40 | 0.75 | 0.50 |" in lines
+
+
+def test_hot_sums_opcodes_and_ranks_stalled_lines(tmp_path):
+    """`hot` reads a SASS source page as ncu exports it: a kernel-name line, then the header."""
+    tool = load_tool()
+    page = tmp_path / "k_sass.csv"
+    header = ["Address", "Source", "Warp Stall Sampling (All Samples)", "Warp Stall Sampling (Not-issued Samples)",
+              "Instructions Executed"]
+    rows = [["0x10", "@!P0  BRA 0x40", "30", "20", "1,000"],
+            ["0x20", "      FFMA R1, R2, R3, R1", "10", "1", "6,000"],
+            ["0x30", "      FFMA R4, R2, R3, R4", "0", "0", "3,000"],
+            ["0x40", "      QGMMA.64x128x32.F32.E4M3.E4M3 R24, gdesc[UR4], RZ, !UPT", "60", "50", "0"]]
+    lines = ['"Kernel Name","void k<1>(float *)",'] + [",".join(f'"{c}"' for c in r) for r in [header, *rows]]
+    page.write_text("\n".join(lines) + "\n")
+    out = tool.hot(page, top=3).splitlines()
+    assert out[0] == "k_sass.csv: 10,000 warp instructions, 100 stall samples"
+    assert out[3] == "| FFMA | 9,000 | 90.0 | 10.0 |" and out[4] == "| BRA | 1,000 | 10.0 | 30.0 |"
+    ranked = out[out.index("| # | stall samples % | executed | SASS |") + 2:]
+    assert ranked[0].startswith("| 3 | 60.0 | 0 | QGMMA") and ranked[1].startswith("| 0 | 30.0 | 1,000 | @!P0  BRA")
+    assert len(ranked) == 3
+
+
+def test_hot_names_missing_columns(tmp_path):
+    tool = load_tool()
+    page = tmp_path / "raw.csv"
+    page.write_text('"Address","Source"\n"0x10","NOP"\n')
+    assert "no executed/stall-sampling columns" in tool.hot(page)

@@ -33,6 +33,18 @@ Variants (several may be joined with '+'):
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
                 (measured before the grouped walks stopped depending on data; NVFP4's still does)
+  sfb_warp      (patches/sfb_warp.diff) with A's scales by TMA, the producer's idle warp 1 stages each
+                work item's B scales into the item's buffer (two, each with a full and an empty
+                barrier) ahead of the math warps, instead of the math threads loading them at the tile
+                start and meeting at a 256-thread barrier: Nsight Compute put 10% of the short-K
+                kernel's stall samples on that barrier (H100, 4096x32768x512). A first form (one load in
+                flight per lane) measured on the H100 against live DeepGEMM, 2 rounds: 4096x32768x512
+                922 -> 964 TFLOPS (+4.5%), 4096x7168x2048 +1.5%, 4096x24576x1536 +0.2%, 4096x4096x7168
+                -1.3%, 4096x7168x16384 -2..-9%, 128x2112x7168 263 -> 241 (-8.5%: a decode CTA's one
+                item waited two load latencies for its 56 scales), 128x7168x16384 -3%; grouped
+                contiguous 0.939 -> 0.949 of DeepGEMM. The patch has two loads in flight per lane
+                (one latency per 64 K blocks; four spilled per_token's 40 producer registers): not
+                yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -64,6 +76,7 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
+    "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}

@@ -7,13 +7,18 @@ a DeepGEMM column is asked for; `table` reads ncu's raw CSV pages anywhere.
     python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
     python tools/experiments/ncu_compare.py run --shape 8192x4096x7168 --groups 4 --impls mategemm_dense,mategemm
     python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [...] [--labels deepgemm,mategemm]
+    python tools/experiments/ncu_compare.py run --shape 4096x32768x512 --source   (and per SASS line)
+    python tools/experiments/ncu_compare.py hot A_sass.csv [...]
 
 `run` profiles one launch of each (after two warm-up launches; A's scales MN-major for all, the
 layout DeepGEMM's kernel reads), writes DIR/<impl>_<shape>_raw.csv (`ncu --csv --page raw`) and
 prints the table: the metrics the core-speed work compares, each kernel's value and its ratio to
-the first column's. --groups G: G experts of m rows each (multiples of 128: no padding rows, so
-every tile is whole), per_token ids for ours, DeepGEMM's contiguous layout; mategemm_dense is our
-dense GEMM of (G * m, n, k).
+the first column's. --source also keeps each report and exports its SASS source page
+(DIR/<impl>_<shape>_sass.csv: executed instructions and warp-stall samples per instruction), then
+prints per kernel the opcodes by executed instructions and the lines that drew the most stall
+samples (`hot` prints the same from exported pages). --groups G: G experts of m rows each
+(multiples of 128: no padding rows, so every tile is whole), per_token ids for ours, DeepGEMM's
+contiguous layout; mategemm_dense is our dense GEMM of (G * m, n, k).
 """
 import argparse
 import csv
@@ -78,6 +83,49 @@ def table(paths: list[Path], labels: list[str]) -> str:
     return "\n".join(lines)
 
 
+def read_source(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The rows of an `ncu --page source --csv --print-source sass` export (columns as ncu names them)."""
+    lines = path.read_text().splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith(('"Address"', '"# Address"'))), 0)
+    rows = list(csv.DictReader(lines[header:]))
+    return (list(rows[0]) if rows else []), rows
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float((value or "").replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+def hot(path: Path, top: int = 25) -> str:
+    """Executed warp instructions per opcode, and the SASS lines that drew the most stall samples."""
+    columns, rows = read_source(path)
+    executed = next((c for c in columns if c.startswith("Instructions Executed")), None)
+    samples = next((c for c in columns if c.startswith("Warp Stall Sampling (All")), None)
+    if executed is None or samples is None:
+        return f"{path.name}: no executed/stall-sampling columns in {columns}"
+    per_op: dict[str, list[float]] = {}
+    for row in rows:
+        tokens = row.get("Source", "").replace("@", " @").split()
+        op = next((t.split(".")[0] for t in tokens if not t.startswith("@")), "?")
+        entry = per_op.setdefault(op, [0.0, 0.0])
+        entry[0] += _number(row.get(executed))
+        entry[1] += _number(row.get(samples))
+    total_exec = sum(v[0] for v in per_op.values()) or 1.0
+    total_samples = sum(v[1] for v in per_op.values()) or 1.0
+    lines = [f"{path.name}: {total_exec:,.0f} warp instructions, {total_samples:,.0f} stall samples",
+             "| opcode | executed | % | stall samples % |", "|---|---|---|---|"]
+    for op, (n, smp) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {op} | {n:,.0f} | {100 * n / total_exec:.1f} | {100 * smp / total_samples:.1f} |")
+    lines += ["", "| # | stall samples % | executed | SASS |", "|---|---|---|---|"]
+    ranked = sorted(enumerate(rows), key=lambda ir: -_number(ir[1].get(samples)))[:top]
+    for i, row in ranked:
+        lines.append(f"| {i} | {100 * _number(row.get(samples)) / total_samples:.1f} | "
+                     f"{_number(row.get(executed)):,.0f} | {row.get('Source', '').strip()[:70]} |")
+    return "\n".join(lines)
+
+
 def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
     """Three launches of one implementation (ncu skips the first two)."""
     import torch
@@ -113,7 +161,7 @@ def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
 
 
 def run(shape: str, out: Path, section_set: str, clock_control: str = "base", groups: int = 0,
-        impls: tuple[str, ...] = ("deepgemm", "mategemm")) -> None:
+        impls: tuple[str, ...] = ("deepgemm", "mategemm"), source: bool = False) -> None:
     if groups and int(shape.split("x")[0]) % 128:
         raise SystemExit("--groups: m (rows per expert) must be a multiple of 128")
     out.mkdir(parents=True, exist_ok=True)
@@ -121,15 +169,28 @@ def run(shape: str, out: Path, section_set: str, clock_control: str = "base", gr
     paths = []
     for impl in impls:
         path = out / f"{impl}_{tag}_raw.csv"
-        command = ["ncu", "--set", section_set, "--clock-control", clock_control, "--csv", "--page", "raw",
+        report = out / f"{impl}_{tag}"
+        command = ["ncu", "--set", section_set, "--clock-control", clock_control,
+                   *(("--import-source", "no", "-f", "-o", str(report)) if source else ("--csv", "--page", "raw")),
                    "--kernel-name", f"regex:{KERNELS[impl]}", "--launch-skip", "2", "--launch-count", "1",
                    sys.executable, __file__, "_launch", impl, shape, str(groups)]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode == 0 and source:  # the raw page and the SASS source page of the saved report
+            done = subprocess.run(["ncu", "--import", f"{report}.ncu-rep", "--csv", "--page", "raw"],
+                                  capture_output=True, text=True)
         csv_start = done.stdout.find('"ID"')
         if done.returncode != 0 or csv_start < 0:
             raise SystemExit(f"ncu failed for {impl} (rc {done.returncode}):\n{done.stderr[-2000:]}")
         path.write_text(done.stdout[csv_start:])
         paths.append(path)
+        if source:
+            exported = subprocess.run(["ncu", "--import", f"{report}.ncu-rep", "--page", "source", "--csv",
+                                       "--print-source", "sass"], capture_output=True, text=True)
+            if exported.returncode != 0:
+                raise SystemExit(f"ncu source export failed for {impl}:\n{exported.stderr[-2000:]}")
+            sass_path = out / f"{impl}_{tag}_sass.csv"
+            sass_path.write_text(exported.stdout)
+            print(hot(sass_path))
     what = f"{groups} experts of {shape}" if groups else shape
     print(f"{what}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}):")
     print(table(paths, list(impls)))
@@ -146,6 +207,9 @@ def main() -> None:
                    help="ncu's default locks the SM clock to base; none profiles at the clocks a benchmark sees")
     r.add_argument("--groups", type=int, default=0, help="the contiguous grouped GEMM: experts of --shape's m rows")
     r.add_argument("--impls", default="deepgemm,mategemm", help=f"comma-separated, of {', '.join(KERNELS)}")
+    r.add_argument("--source", action="store_true", help="also export each kernel's SASS source page")
+    h = sub.add_parser("hot", help="opcodes and stall-sampled lines of exported SASS source pages")
+    h.add_argument("paths", type=Path, nargs="+")
     t = sub.add_parser("table", help="the table of raw CSV pages")
     t.add_argument("paths", type=Path, nargs="+")
     t.add_argument("--labels", default="deepgemm,mategemm")
@@ -158,12 +222,15 @@ def main() -> None:
         impls = tuple(args.impls.split(","))
         if set(impls) - set(KERNELS):
             parser.error(f"--impls: each one of {', '.join(KERNELS)}")
-        run(args.shape, args.out, args.section_set, args.clock_control, args.groups, impls)
+        run(args.shape, args.out, args.section_set, args.clock_control, args.groups, impls, args.source)
     elif args.command == "table":
         labels = args.labels.split(",")
         if len(labels) != len(args.paths):
             parser.error("--labels: one per path")
         print(table(args.paths, labels))
+    elif args.command == "hot":
+        for path in args.paths:
+            print(hot(path))
     else:
         sys.path.insert(0, str(ROOT))
         launch(args.impl, *(int(v) for v in args.shape.split("x")), args.groups)
