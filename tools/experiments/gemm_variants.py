@@ -45,6 +45,10 @@ Variants (several may be joined with '+'):
                 contiguous 0.939 -> 0.949 of DeepGEMM. The patch has two loads in flight per lane
                 (one latency per 64 K blocks; four spilled per_token's 40 producer registers): not
                 yet timed
+  sfb_sync      (patches/sfb_sync.diff, on sfb_warp) the math warpgroups still meet at each tile
+                start (a 256-thread barrier, now with no load before it), as the old path and
+                DeepGEMM's kernel keep them in step: whether the first form's long-K loss came from
+                the warpgroups drifting apart over a 3-stage ring
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -77,9 +81,10 @@ PATCH_FILES: dict[str, Path] = {
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
+    "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
-PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
+PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
