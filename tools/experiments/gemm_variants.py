@@ -56,6 +56,12 @@ Variants (several may be joined with '+'):
                 Nsight Compute (H100, 4096x32768x512): the walk's 118 instructions per tile drew
                 5.7% of the stall samples, DeepGEMM's 26 (compile-time divisors) 2.2%. A Python
                 model of both walks agrees on 600K items; SASS tests pass (NVRTC 13.0): not yet timed
+  late_products (patches/late_products.diff) with A's scales by TMA, the overlapped loop (64- and
+                128-row tiles up to 128 wide) forms sa * sb when it promotes, a K block after reading
+                them, instead of right after the K block's first wgmma, where the FMUL waited for its
+                two shared loads and held up the block's last two wgmma: 6.5% of the stall samples
+                at 128x2112x7168 (H100). SASS there: that FMUL gone, same instruction count; other
+                loops unchanged up to register names. Not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -90,6 +96,7 @@ PATCH_FILES: dict[str, Path] = {
     "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
     "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
     "sched_fast": Path(__file__).resolve().parent / "patches" / "sched_fast.diff",
+    "late_products": Path(__file__).resolve().parent / "patches" / "late_products.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
