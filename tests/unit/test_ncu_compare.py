@@ -71,3 +71,10 @@ def test_hot_names_missing_columns(tmp_path):
     page = tmp_path / "raw.csv"
     page.write_text('"Address","Source"\n"0x10","NOP"\n')
     assert "no executed/stall-sampling columns" in tool.hot(page)
+
+
+def test_read_raw_skips_ncu_lines_before_the_header(tmp_path):
+    tool = load_tool()
+    page = raw_page(tmp_path / "a.csv", {"smsp__inst_executed.sum": "1,024"})
+    page.write_text("==PROF== Connected to process 1\n" + page.read_text())
+    assert tool.read_raw(page)["smsp__inst_executed.sum"] == 1024

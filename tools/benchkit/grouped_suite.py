@@ -398,6 +398,9 @@ def bench_grouped(args) -> dict:
     shapes = json.loads(Path(args.shapes).read_text())
     result = {"suite": "grouped", "card": props.name, "date": time.strftime("%Y-%m-%d"),
               "copy_tbps": round(copy_tbps(), 3), "modes": list(args.modes), "rows": []}
+    deep_gemm = live_deepgemm()
+    if deep_gemm is not None:  # contiguous and masked rows time it; k-grouped rows keep the anchors
+        result["deepgemm"] = f"live, {getattr(deep_gemm, '__version__', '?')}"
     for mode in GROUPED_MODES:
         if mode in args.modes:
             result["rows"] += GROUPED_BENCHES[mode](ctx, shapes)

@@ -60,7 +60,9 @@ KERNELS = {"mategemm": "sm90_fp8_gemm_blockscaled", "mategemm_dense": "sm90_fp8_
 def read_raw(path: Path) -> dict[str, float]:
     """The metrics of the first profiled kernel in an `ncu --csv --page raw` file (header, units,
     values; thousands separators dropped; non-numbers skipped)."""
-    rows = list(csv.reader(path.read_text().splitlines()))
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), 0)  # after ncu's own lines
+    rows = list(csv.reader(lines[start:]))
     header, values = rows[0], rows[2]
     metrics = {}
     for name, value in zip(header, values):
