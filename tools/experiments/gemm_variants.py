@@ -62,6 +62,11 @@ Variants (several may be joined with '+'):
                 two shared loads and held up the block's last two wgmma: 6.5% of the stall samples
                 at 128x2112x7168 (H100). SASS there: that FMUL gone, same instruction count; other
                 loops unchanged up to register names. Not yet timed
+  split_lean    (patches/split_lean.diff) split-K's finishing work item sums the partials in the same
+                order but takes its own from its registers and loads two slices at a time (64-column
+                tiles and narrower): 2 memory latencies instead of 4 at 4 splits, the decode rows
+                that split (1x2112x7168, 64x2112x7168, the n = 576 ones); results bit for bit as
+                before. SASS: no local memory, also with forced 128-wide split tiles. Not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -97,6 +102,7 @@ PATCH_FILES: dict[str, Path] = {
     "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
     "sched_fast": Path(__file__).resolve().parent / "patches" / "sched_fast.diff",
     "late_products": Path(__file__).resolve().parent / "patches" / "late_products.diff",
+    "split_lean": Path(__file__).resolve().parent / "patches" / "split_lean.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
