@@ -65,6 +65,13 @@ def live_deepgemm():
     return deep_gemm
 
 
+def mark_live_deepgemm(result: dict) -> None:
+    """Records in a suite's result that its DeepGEMM column is timed live (and which version)."""
+    deep_gemm = live_deepgemm()
+    if deep_gemm is not None:
+        result["deepgemm"] = f"live, {getattr(deep_gemm, '__version__', '?')}"
+
+
 def ratio(row: dict, peer: str) -> float | None:
     if "mategemm_ms" in row and f"{peer}_ms" in row:
         return row[f"{peer}_ms"] / row["mategemm_ms"]

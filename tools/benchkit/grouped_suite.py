@@ -12,8 +12,8 @@ import mategemm
 from mategemm.testing import moe
 
 from . import peers
-from .common import (ANCHORS, card_kind, cell, copy_tbps, dense_bytes, forcing, geomean, live_deepgemm, record_diff,
-    rotation_sets, speedup, time_impl, time_interleaved)
+from .common import (ANCHORS, card_kind, cell, copy_tbps, dense_bytes, forcing, geomean, live_deepgemm,
+    mark_live_deepgemm, record_diff, rotation_sets, speedup, time_impl, time_interleaved)
 from .plots import panel, plot_panels
 from .timing import rotating_gemm_calls
 
@@ -398,9 +398,7 @@ def bench_grouped(args) -> dict:
     shapes = json.loads(Path(args.shapes).read_text())
     result = {"suite": "grouped", "card": props.name, "date": time.strftime("%Y-%m-%d"),
               "copy_tbps": round(copy_tbps(), 3), "modes": list(args.modes), "rows": []}
-    deep_gemm = live_deepgemm()
-    if deep_gemm is not None:  # contiguous and masked rows time it; k-grouped rows keep the anchors
-        result["deepgemm"] = f"live, {getattr(deep_gemm, '__version__', '?')}"
+    mark_live_deepgemm(result)  # contiguous and masked rows time it; k-grouped rows keep the anchors
     for mode in GROUPED_MODES:
         if mode in args.modes:
             result["rows"] += GROUPED_BENCHES[mode](ctx, shapes)
