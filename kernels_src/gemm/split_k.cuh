@@ -26,16 +26,35 @@ __device__ __forceinline__ bool split_k_reduce(float* acc, const Tile& t, const 
   named_barrier_sync(kSplitBarrier, kMathThreads);
   if (ld_shared_u32(split_flag) == 0) return false;  // another work item of this tile finishes it
   __threadfence();
-  // Sum the partials in split order (this item's own one read back too): one slice's loads
-  // are all in flight together, so the reduction costs num_splits memory latencies.
+  // Sum the partials in split order (deterministic), this item's own from its registers; the loads
+  // of kInFlight slices at a time are in flight together: about (num_splits - 1) / kInFlight memory
+  // latencies. NOTES: 2 at a time only for 64-column tiles and narrower (four copies of the tile's
+  // accumulators in registers).
+  constexpr int kInFlight = kAccFloats <= 32 ? 2 : 1;
+  float own[kAccFloats];
   #pragma unroll
-  for (int i = 0; i < kAccFloats; ++i) acc[i] = 0.0f;
-  for (int s = 0; s < args.num_splits; ++s) {
-    float slice[kAccFloats];
+  for (int i = 0; i < kAccFloats; ++i) {
+    own[i] = acc[i];
+    acc[i] = 0.0f;
+  }
+  for (int s0 = 0; s0 < args.num_splits; s0 += kInFlight) {
+    float slices[kInFlight][kAccFloats];
     #pragma unroll
-    for (int i = 0; i < kAccFloats; ++i) slice[i] = __ldcg(partials + s * kTileFloats + i * kMathThreads + tid);
+    for (int j = 0; j < kInFlight; ++j) {
+      const int s = s0 + j;
+      if (s < args.num_splits && s != t.split) {
+        #pragma unroll
+        for (int i = 0; i < kAccFloats; ++i) slices[j][i] = __ldcg(partials + s * kTileFloats + i * kMathThreads + tid);
+      }
+    }
     #pragma unroll
-    for (int i = 0; i < kAccFloats; ++i) acc[i] += slice[i];
+    for (int j = 0; j < kInFlight; ++j) {
+      const int s = s0 + j;
+      if (s < args.num_splits) {
+        #pragma unroll
+        for (int i = 0; i < kAccFloats; ++i) acc[i] += s == t.split ? own[i] : slices[j][i];
+      }
+    }
   }
   if (tid == 0) args.split_counters[tile] = 0;  // ready for the next launch
   return true;

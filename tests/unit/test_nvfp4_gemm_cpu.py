@@ -200,9 +200,12 @@ def test_forced_configs():
     assert (config.block_m, config.block_n, config.stages, config.num_mp, config.group_n) == (128, 64, 5, 7, 2)
     assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 0>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
-    decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=1")
+    decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132)  # the decoders by default at BLOCK_M 64
     assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 1, 384)
     assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 1>")
+    alone = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=0")
+    assert (alone.block_m, alone.decoder_wgs, alone.num_threads) == (64, 0, 256)
+    assert heuristics.choose(problem, 256, SM90_NO_DEVICE, 132).decoder_wgs == 0  # BLOCK_M 128
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
                            ("block_m=128,block_n=256", "stages must be in"), ("decoders=2", "decoders must be"),

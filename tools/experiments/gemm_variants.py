@@ -43,41 +43,30 @@ Variants (several may be joined with '+'):
                 -1.3%, 4096x7168x16384 -2..-9%, 128x2112x7168 263 -> 241 (-8.5%: a decode CTA's one
                 item waited two load latencies for its 56 scales), 128x7168x16384 -3%; grouped
                 contiguous 0.939 -> 0.949 of DeepGEMM. The patch has two loads in flight per lane
-                (one latency per 64 K blocks; four spilled per_token's 40 producer registers): not
-                yet timed
+                (one latency per 64 K blocks; four spilled per_token's 40 producer registers); H100,
+                2 rounds: 4096x32768x512 926 -> 970 (+4.7%), 4096x7168x16384 1417 -> 1325-1375
+                (-3..-7%), 128x2112x7168 257 -> 232 (-10%): the decode loss stayed
   sfb_sync      (patches/sfb_sync.diff, on sfb_warp) the math warpgroups still meet at each tile
                 start (a 256-thread barrier, now with no load before it), as the old path and
                 DeepGEMM's kernel keep them in step: whether the first form's long-K loss came from
-                the warpgroups drifting apart over a 3-stage ring
-  sched_fast    (patches/sched_fast.diff) the tile walk's three integer divisions per work item (by
-                the split count, the units per raster group and the group's width: ~30 instructions
-                and a MUFU.RCP each) become a multiply by the divisor's float reciprocal, computed
-                once per CTA, with exact corrections; none by the split count without split-K.
-                Nsight Compute (H100, 4096x32768x512): the walk's 118 instructions per tile drew
-                5.7% of the stall samples, DeepGEMM's 26 (compile-time divisors) 2.2%. A Python
-                model of both walks agrees on 600K items; SASS tests pass (NVRTC 13.0): not yet timed
-  late_products (patches/late_products.diff) with A's scales by TMA, the overlapped loop (64- and
-                128-row tiles up to 128 wide) forms sa * sb when it promotes, a K block after reading
-                them, instead of right after the K block's first wgmma, where the FMUL waited for its
-                two shared loads and held up the block's last two wgmma: 6.5% of the stall samples
-                at 128x2112x7168 (H100). SASS there: that FMUL gone, same instruction count; other
-                loops unchanged up to register names. Not yet timed
-  split_lean    (patches/split_lean.diff) split-K's finishing work item sums the partials in the same
-                order but takes its own from its registers and loads two slices at a time (64-column
-                tiles and narrower): 2 memory latencies instead of 4 at 4 splits, the decode rows
-                that split (1x2112x7168, 64x2112x7168, the n = 576 ones); results bit for bit as
-                before. SASS: no local memory, also with forced 128-wide split tiles. Not yet timed
+                the warpgroups drifting apart over a 3-stage ring. H100, 1 round against base:
+                4096x32768x512 +1.9%, 4096x7168x16384 -3%, 128x2112x7168 -4.7%: not that alone
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
 chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
-the two-wave loop unrolled 8 deep, the scratch accumulator overlap with per-column B scales
-(ragged K), the grouped tile walks that depend on no data (gemm/scheduler.cuh), and per_token's second
-pass inside the work item with the row ids loaded when a tile starts, and 16-bit outputs staged
-by stmatrix (+1.3..3.3% at K <= 2048 on the H100).
+the two-wave loop unrolled 8 deep, split-K's finishing item summing its own partial from registers
+and loading two slices at a time (-1.5..2% at 1x2112x7168 and 64x2112x7168 on the H100), the scratch
+accumulator overlap with per-column B scales (ragged K), the grouped tile walks that depend on no
+data (gemm/scheduler.cuh), per_token's second pass inside the work item with the row ids loaded
+when a tile starts, and 16-bit outputs staged by stmatrix (+1.3..3.3% at K <= 2048 on the H100).
 Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
 the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
-rows copied by all four producer warps (gather_4warps: as slow as one warp's copies).
+rows copied by all four producer warps (gather_4warps: as slow as one warp's copies), the tile
+walk's divisions as float-reciprocal multiplies (sched_fast: H100, 7 shapes, 2 rounds, level within
+1%), the scale products formed when promoted (late_products: level on 7 decode and short-K shapes),
+the second scratch accumulator with per-column B scales in the packed token modes (overlap_packed:
+MXFP8 granularity 128 at 128x128, 0.754 of the FP8 path against 0.750 without).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -100,9 +89,6 @@ PATCH_FILES: dict[str, Path] = {
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
     "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
-    "sched_fast": Path(__file__).resolve().parent / "patches" / "sched_fast.diff",
-    "late_products": Path(__file__).resolve().parent / "patches" / "late_products.diff",
-    "split_lean": Path(__file__).resolve().parent / "patches" / "split_lean.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
@@ -134,11 +120,6 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
-    # per-column B scales (MXFP8 granularity 128) in the packed token modes with the second scratch
-    # accumulator, as ragged K has it: time with MATEGEMM_FORCE_CONFIG block_m=128,block_n=128
-    "overlap_packed": [(MAINLOOP, "T::kGroupMode == kGroupK && T::kMnMajor == 0 &&",
-                        "(T::kGroupMode == kGroupK || T::kGroupMode == kGroupPsum || T::kGroupMode == kGroupCounts) &&\n"
-                        "                                            T::kMnMajor == 0 &&")],
 }
 
 
