@@ -125,7 +125,7 @@ def test_call_path_asks_for_the_planned_kernel(monkeypatch):
     assert len(asked) == 3 and len(set(asked)) == 1
     spec = asked[0]
     assert spec.kernel == kernel.KERNEL and spec.name_expr == \
-        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 0>"
+        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 1>"
     row = {"active_experts": 32, "tokens_per_expert": 4, "n": 4096, "k": 7168}
     planned = prewarm.plan_suites([suites.Suite("nvfp4_moe", "nvfp4", (row,))], ARCH, num_mp=132)
     assert spec in {p.spec for p in planned} and {p.family for p in planned} == {"nvfp4", "moe"}
@@ -149,7 +149,7 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
     planned = prewarm.plan_suites([suite], ARCH)
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
-    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 0>",
+    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
                                                                "128, 128, 4, mategemm::kOutBF16, 128, 32, 0>"}
 
 
@@ -187,8 +187,10 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
                                                        problem.max_groups) > SM90_NO_DEVICE.smem_per_block
     assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
     assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
+    assert config.decoder_wgs == (1 if config.block_m == 64 else 0)
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
-                                         f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, 0>")
+                                         f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
+                                         f"{config.decoder_wgs}>")
     # a count on the device plans for every group of expert_ids: the same kernel here
     on_device = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, None)
     assert plan.nvfp4_grouped(on_device, SM90_NO_DEVICE, force="").spec == nvfp4_plan.spec
