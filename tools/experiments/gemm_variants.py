@@ -51,6 +51,15 @@ Variants (several may be joined with '+'):
                 DeepGEMM's kernel keep them in step: whether the first form's long-K loss came from
                 the warpgroups drifting apart over a 3-stage ring. H100, 1 round against base:
                 4096x32768x512 +1.9%, 4096x7168x16384 -3%, 128x2112x7168 -4.7%: not that alone
+  sfb_ahead     (patches/sfb_ahead.diff) with A's scales by TMA, the math threads issue the loads of
+                the next work item's B scales when an item starts and store them into the other
+                buffer after its main loop, so only the first item of a CTA waits for their memory
+                latency before the tile-start barrier (which stays: the warpgroups meet there as in
+                DeepGEMM's kernel). The consumer walks one item ahead of the one it computes; kernels
+                with two passes over a tile (per_token at BLOCK_M 256) keep loading at the start.
+                Aimed at sfb_warp's short-K gain (+4.7% at 4096x32768x512) without its losses at
+                decode and long K, where a CTA's one item, or its long main loop, is unchanged. SASS
+                (NVRTC 13.0): no local memory; not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -89,6 +98,7 @@ PATCH_FILES: dict[str, Path] = {
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
     "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
+    "sfb_ahead": Path(__file__).resolve().parent / "patches" / "sfb_ahead.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
