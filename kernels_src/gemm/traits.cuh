@@ -222,8 +222,8 @@ struct GemmTraits {
   static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
   // NOTES: with one math warpgroup the kernel sets no register split (all warps keep the launch's
   // share); a decoder warpgroup beside two math ones would need one.
-  static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs == 1 && kNumMathWG == 1),
-                "decoder warpgroups: NVFP4, one of them, beside one math warpgroup (BLOCK_M 64)");
+  static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs <= 2 && kNumMathWG == 1),
+                "decoder warpgroups: NVFP4, one or two, beside one math warpgroup (BLOCK_M 64)");
   // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
   // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
   // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes

@@ -32,6 +32,9 @@ DECODE_ROWS = 64  # rows per group up to which one 64-row tile holds a group
 # decode row, ms: 235B w1 64 tokens 0.280 -> 0.245, 16: 0.231 -> 0.213; 235B w2 1: 0.147 -> 0.139;
 # 30B w1 1: 0.077 -> 0.073, 64: 0.078 -> 0.070; decode geomean against the FP8 path 0.56 -> 0.61.
 DECODER_WGS_64 = 1
+# Two decoder warpgroups (11 decoding warps, 512 threads, at most 128 registers each): a stage of
+# up to 176 rows in one pass instead of two. Forced only until measured.
+MAX_DECODER_WGS = 2
 FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders")
 
 
@@ -66,8 +69,8 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
     MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n
-    and decoders (1: a warpgroup of 4 more decoding warps, BLOCK_M 64 only, where it is the default;
-    0: the producer's warps alone); other keys, or values that do not fit, raise ValueError."""
+    and decoders (warpgroups of 4 more decoding warps at BLOCK_M 64: 1, the default there; 0: the
+    producer's warps alone; 2); other keys, or values that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -98,9 +101,9 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
         raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
                          f"device has {device.smem_per_block}")
     decoder_wgs = forced.get("decoders", DECODER_WGS_64 if block_m == 64 else 0)
-    if decoder_wgs not in (0, 1) or (decoder_wgs and block_m != 64):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0 or 1 (1 with block_m 64), got {decoder_wgs} "
-                         f"with block_m {block_m}")
+    if not 0 <= decoder_wgs <= MAX_DECODER_WGS or (decoder_wgs and block_m != 64):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS} (1 or more only with "
+                         f"block_m 64), got {decoder_wgs} with block_m {block_m}")
     num_mp = max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),

@@ -208,9 +208,12 @@ def test_forced_configs():
     alone = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=0")
     assert (alone.block_m, alone.decoder_wgs, alone.num_threads) == (64, 0, 256)
     assert heuristics.choose(problem, 256, SM90_NO_DEVICE, 132).decoder_wgs == 0  # BLOCK_M 128
+    two = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=2")
+    assert (two.decoder_wgs, two.num_threads) == (2, 512)
+    assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2>")
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
-                           ("block_m=128,block_n=256", "stages must be in"), ("decoders=2", "decoders must be"),
+                           ("block_m=128,block_n=256", "stages must be in"), ("decoders=3", "decoders must be"),
                            ("block_m=128,decoders=1", "decoders must be")):
         with pytest.raises(ValueError, match=message):
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
@@ -235,7 +238,8 @@ def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups
 # ---- SASS -----------------------------------------------------------------------------------------
 # (block_m, block_n, stages, out type, group table capacity, decoder warpgroups)
 INSTANCES = [(64, 128, 6, "kOutBF16", 32, 0), (128, 128, 4, "kOutBF16", 256, 0), (64, 64, 8, "kOutF16", 1024, 0),
-             (64, 256, 3, "kOutBF16", 32, 0), (64, 128, 6, "kOutBF16", 32, 1)]
+             (64, 256, 3, "kOutBF16", 32, 0), (64, 128, 6, "kOutBF16", 32, 1), (64, 128, 6, "kOutBF16", 32, 2),
+             (64, 64, 8, "kOutBF16", 32, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +279,7 @@ def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
     assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
     # the decode loops, A's rows and B's: 32 values (two scale blocks) per thread and pass
     decode = [loop for loop in loops(text) if loop["HMUL2"] and sum(loop.values()) < 200]
-    assert len(decode) == 2 * (1 + tile[2])  # the producer's warps' and the decoder warpgroup's copy
+    assert len(decode) == 2 * (1 + min(tile[2], 1))  # the producer's warps' and the decoder warpgroups' copy
     for loop in decode:
         assert loop["HMUL2"] == 8 and loop["PRMT"] == 48 and loop["STS"] == 4 and loop["LDS"] == 2, loop
         assert sum(loop.values()) <= 108, f"{sum(loop.values())} instructions per 32 values"
@@ -384,10 +388,11 @@ def test_scale_offsets_and_chunk_rows_follow_the_quantisers_layout():
 
 
 @pytest.mark.parametrize("block_m,block_n,threads", [(64, 64, 96), (64, 128, 96), (128, 128, 96), (64, 256, 96),
-                                                   (64, 64, 224), (64, 128, 224), (64, 256, 224)])
+                                                   (64, 64, 224), (64, 128, 224), (64, 256, 224),
+                                                   (64, 64, 352), (64, 128, 352), (64, 256, 352)])
 def test_decode_threads_cover_each_row_half_once_in_its_swizzled_place(block_m, block_n, threads):
     """decode_nvfp4_stage's split over the decoding threads (the producer's 96, and 128 more with a
-    decoder warpgroup), for every count of A rows: each (operand, row, half) once; each chunk at
+    decoder warpgroup, 256 with two), for every count of A rows: each (operand, row, half) once; each chunk at
     c ^ row % 8 (its place fixed per thread: steps of threads / 2 rows, a multiple of 8); each
     quarter-warp's 16-byte stores and packed loads on distinct banks."""
     step = threads // 2
