@@ -13,6 +13,10 @@ Variants (several may be joined with '+'):
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
+  decode_share_a at 64-128 rows, a one-split pick with an even number of N-blocks runs as cluster
+                pairs sharing A (cluster_n 2, A multicast): A is most of a narrow decode tile's operand
+                bytes and every CTA reads it from L2 (~6.5-7 TB/s out of L2 at 128x2112x7168, ours
+                and DeepGEMM's alike). Not yet timed (compare_configs with forced clusters first)
   fast_moe_act  (patches/fast_moe_act.diff; the fused MoE layer's kernels, not the GEMM core) the
                 gated activation's sigmoid from the approximate exp2 and reciprocal, the 1x128
                 quantisation as values x (448 / amax) instead of divided by the scale (an e4m3
@@ -90,6 +94,7 @@ STAGING = "kernels_src/gemm/scale_staging.cuh"
 ENTRY = "kernels_src/sm90_fp8_gemm_blockscaled.cuh"
 HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 SM90 = "mategemm/heuristics/sm90.py"
+FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -130,6 +135,10 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
+    "decode_share_a": [(FP8_HEURISTIC, "        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)\n",
+                        "        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)\n"
+                        "        if 64 <= problem.m <= 128 and num_splits == 1 and math.ceil(problem.n / block_n) % 2 == 0:\n"
+                        "            cluster_n = 2\n")],
 }
 
 
