@@ -64,6 +64,13 @@ Variants (several may be joined with '+'):
                 Aimed at sfb_warp's short-K gain (+4.7% at 4096x32768x512) without its losses at
                 decode and long K, where a CTA's one item, or its long main loop, is unchanged. SASS
                 (NVRTC 13.0): no local memory; not yet timed
+  overlap32     (patches/overlap32.diff) (1,1,32) scales (MXFP8 granularity 32) with one wave of at
+                most 128 columns: the two scratch accumulators in turn over each stage's four k32
+                blocks, the next block's wgmma issued before the current one is promoted (also
+                across stages), instead of issue, wait, promote four times a stage. SASS (NVRTC 13.0,
+                64x128, psum_expert and per_expert): each promotion's 64 FMUL + 64 FFMA + 16 LDS sit
+                between the next QGMMA and its wait; no local memory. The heuristic's 64x160 pick
+                keeps the old loop: time with MATEGEMM_FORCE_CONFIG block_n=128 on both trees
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -104,6 +111,7 @@ PATCH_FILES: dict[str, Path] = {
     "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
     "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
     "sfb_ahead": Path(__file__).resolve().parent / "patches" / "sfb_ahead.diff",
+    "overlap32": Path(__file__).resolve().parent / "patches" / "overlap32.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
