@@ -71,6 +71,14 @@ Variants (several may be joined with '+'):
                 64x128, psum_expert and per_expert): each promotion's 64 FMUL + 64 FFMA + 16 LDS sit
                 between the next QGMMA and its wait; no local memory. The heuristic's 64x160 pick
                 keeps the old loop: time with MATEGEMM_FORCE_CONFIG block_n=128 on both trees
+  tail_split    (patches/tail_split.diff) dense multi-wave GEMMs split the tiles past the grid's last
+                whole wave over K (split-K mode 2: the scheduler walks whole tiles first, then the
+                tail's slices; one- and two-wave tiles; partials of wide tiles read back 16 floats
+                at a time), where the tail's time drops by 15% of a wave or more with slices of at
+                least 8 K blocks: 4096x2112x7168 (128x192, 2.67 waves, 3 slices: tail 1 -> 0.67 of
+                a wave), 4096x7168x16384 (256x128, 6.79 waves, 5 slices: 1 -> 0.8). SASS (NVRTC 13.0):
+                no local memory. Its tests (a GPU test_tail_split, the heuristics' legality rule) are
+                patches/tail_split.tests.diff, for a tree with tests/. Not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -112,6 +120,7 @@ PATCH_FILES: dict[str, Path] = {
     "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
     "sfb_ahead": Path(__file__).resolve().parent / "patches" / "sfb_ahead.diff",
     "overlap32": Path(__file__).resolve().parent / "patches" / "overlap32.diff",
+    "tail_split": Path(__file__).resolve().parent / "patches" / "tail_split.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
