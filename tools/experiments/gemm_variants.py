@@ -77,8 +77,9 @@ Variants (several may be joined with '+'):
                 at a time), where the tail's time drops by 15% of a wave or more with slices of at
                 least 8 K blocks: 4096x2112x7168 (128x192, 2.67 waves, 3 slices: tail 1 -> 0.67 of
                 a wave), 4096x7168x16384 (256x128, 6.79 waves, 5 slices: 1 -> 0.8). SASS (NVRTC 13.0):
-                no local memory. Its tests (a GPU test_tail_split, the heuristics' legality rule) are
-                patches/tail_split.tests.diff, for a tree with tests/. Not yet timed
+                no local memory. Its tests (a GPU test_tail_split, a CPU model of the walk, the
+                heuristics' legality rule) are patches/tail_split.tests.diff, for a tree with tests/.
+                Not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
