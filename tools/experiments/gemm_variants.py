@@ -13,6 +13,9 @@ Variants (several may be joined with '+'):
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
+  decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
+                B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
+                DeepGEMM at 128x2112x7168 (H100). Not yet timed
   decode_share_a at 64-128 rows, a one-split pick with an even number of N-blocks runs as cluster
                 pairs sharing A (cluster_n 2, A multicast): A is most of a narrow decode tile's operand
                 bytes and every CTA reads it from L2 (~6.5-7 TB/s out of L2 at 128x2112x7168, ours
@@ -111,6 +114,7 @@ ENTRY = "kernels_src/sm90_fp8_gemm_blockscaled.cuh"
 HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 SM90 = "mategemm/heuristics/sm90.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
+PRODUCER = "kernels_src/gemm/producer.cuh"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -153,6 +157,13 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
+    # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
+    "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
+                              "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"
+                              "            tma_load_2d_hinted(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0, kL2EvictFirst);\n"
+                              "          } else {\n"
+                              "            tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n"
+                              "          }\n")],
     "decode_share_a": [(FP8_HEURISTIC, "        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)\n",
                         "        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)\n"
                         "        if 64 <= problem.m <= 128 and num_splits == 1 and math.ceil(problem.n / block_n) % 2 == 0:\n"
