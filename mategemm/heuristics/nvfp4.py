@@ -27,7 +27,7 @@ BLOCK_MS = (64, 128)
 BLOCK_NS = (64, 128, 256)
 DEFAULT_BLOCK_N = 128
 DECODE_ROWS = 64  # rows per group up to which one 64-row tile holds a group
-# NOTES (H100, 2026-12-06, `tools/bench.py nvfp4` with and without decoders=1 in one session):
+# NOTES (H100, 2026-12-06, `tools/bench.py nvfp4` with and without decoders=1 on one machine):
 # a warpgroup of 4 more decoding warps beside the producer's at BLOCK_M 64 is faster on every
 # decode row, ms: 235B w1 64 tokens 0.280 -> 0.245, 16: 0.231 -> 0.213; 235B w2 1: 0.147 -> 0.139;
 # 30B w1 1: 0.077 -> 0.073, 64: 0.078 -> 0.070; decode geomean against the FP8 path 0.56 -> 0.61.
