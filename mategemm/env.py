@@ -31,11 +31,11 @@ KNOBS = (
          "operands transposed in the kernel / copied K-major first; tma_scales=0: A scales read by the "
          "scale warps, never loaded by TMA; tma_scales=2: A scales loaded by TMA wherever the kernel can "
          "(copied MN-major first where TMA cannot read them); decoders=0/1/2: NVFP4 at BLOCK_M 64 with "
-         "0, 4 (the default) or 8 more decoding warps; quant_first=1/0: fused_moe quantises a bf16 "
-         "input once per token, then gathers the pairs' FP8 rows / pair by pair; gated_gemm=1/0: "
-         "fused_moe's first GEMM applies the gated activation and quantises in its epilogue / a bf16 "
-         "GEMM then the activation kernel; gather_a=1: fused_moe's first GEMM reads each pair's FP8 row "
-         "where it lies instead of a permuted copy).",
+         "0, 4 or 8 more decoding warps (default: 8 up to 16 rows per group, else 4); quant_first=1/0: "
+         "fused_moe quantises a bf16 input once per token, then gathers the pairs' FP8 rows / pair by "
+         "pair; gated_gemm=1/0: fused_moe's first GEMM applies the gated activation and quantises in its "
+         "epilogue / a bf16 GEMM then the activation kernel; gather_a=1: fused_moe's first GEMM reads each "
+         "pair's FP8 row where it lies instead of a permuted copy).",
          False),
 )
 

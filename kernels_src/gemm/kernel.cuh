@@ -23,10 +23,24 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   float acc[T::kSubTiles * T::kAcc];
   float part0[T::kScaleAtEnd ? 1 : T::kAcc];
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
-  Tile t;
-  int tile_parity = 0;  // kTmaScales: the B scale buffer of this tile
+  // kTmaScales: each item's B scales go into one of two buffers in turn (a warpgroup may start the
+  // next item while the other still reads this one's). Two-wave tiles of one pass also issue the
+  // next item's loads when an item starts and store them after its main loop: measured faster at
+  // short K there, slower with one-wave tiles (128x192 at K 7168, the decode tiles).
+  constexpr bool kScalesAhead = T::kTmaScales && GemmScheduler<T>::kPasses == 1 && T::kWaves == 2;
+  constexpr int kScaleBarrier = 2 + T::kNumMathWG;  // after the epilogue's and split-K's barriers
+  int tile_parity = 0;
+  [[maybe_unused]] bool ahead_staged = false;  // the coming item's B scales are in buffer tile_parity
+  [[maybe_unused]] ItemBScales<T> ahead_scales;
   [[maybe_unused]] int consumed = 0;  // stages consumed so far
-  while (scheduler.template next<true>(t)) {
+  Tile t;
+  [[maybe_unused]] Tile ahead;
+  [[maybe_unused]] bool more = kScalesAhead && scheduler.template next<true>(ahead);
+  while (kScalesAhead ? more : scheduler.template next<true>(t)) {
+    if constexpr (kScalesAhead) {
+      t = ahead;
+      more = scheduler.template next<true>(ahead);
+    }
     for (int pass = 0; pass < GemmScheduler<T>::kPasses; ++pass) {  // GemmScheduler::pass
       if (!scheduler.pass(t, pass)) break;
       if constexpr (GemmScheduler<T>::kStaticWalk) {
@@ -42,9 +56,13 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
       #pragma unroll
       for (int i = 0; i < T::kSubTiles * T::kAcc; ++i) acc[i] = 0.0f;
       if constexpr (T::kTmaScales) {
-        promoted.sfb_tile = stage_tile_b_scales<T>(args, smem.sfb_tiles, t, tile_parity);
+        promoted.sfb_tile = smem.sfb_tiles + tile_parity * T::Layout::kSfbTileFloats * 4;
+        if (!ahead_staged) ItemBScales<T>::copy(args, t, promoted.sfb_tile);
+        named_barrier_sync(kScaleBarrier, T::kNumMathWG * 128);
         promoted.scale_row_shift = t.a_row0 - T::Layout::scale_box_row(t.a_row0);
         tile_parity ^= 1;
+        ahead_staged = kScalesAhead && more && ahead.kb_begin < ahead.kb_end;
+        if (ahead_staged) ahead_scales.load(args, ahead);
       }
       if constexpr (T::kScaleAtEnd) {
         scale_at_end_mainloop<T>(stages, acc, t, args, math_wg, warp, lane);
@@ -53,6 +71,9 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
         // n0 / 128, the rest the next block.
         promoted.first_chunks = (128 - t.n_block * T::BLOCK_N % 128) / 8;
         promoted.run(acc, part0, part1, t);
+      }
+      if constexpr (kScalesAhead) {
+        if (ahead_staged) ahead_scales.store(smem.sfb_tiles + tile_parity * T::Layout::kSfbTileFloats * 4);
       }
       if constexpr (T::kSplitK) {
         if (!split_k_reduce<T>(acc, t, args, smem.split_flag)) continue;

@@ -68,30 +68,63 @@ __device__ __forceinline__ void promote_chunk(float* acc, const float* part, flo
   acc[3] = fmaf(part[3], scale_hi, acc[3]);
 }
 
-// kTmaScales: the math threads copy the B scales of tile `t` (its one or two 128-column blocks,
-// each K block of its work item) into buffer `parity` and wait for each other. The buffers take
-// turns: a warpgroup may start the next tile while the other still reads this one's. Returns the
-// buffer's shared address.
+// kTmaScales: the B scales of a work item (its one or two 128-column blocks, each K block of the
+// item) for a buffer of the tile's B scales. copy() moves them all, the math threads' shares in
+// turn; load() and store() move one thread's share in two steps, so that the loads of the next
+// item run under this item's main loop. The caller syncs the math threads before they are read.
 template <class T>
-__device__ __forceinline__ u32 stage_tile_b_scales(const GemmArgs& args, u32 sfb_tiles, const Tile& t, int parity) {
+struct ItemBScales {
   using Layout = typename T::Layout;
-  constexpr int kMathThreads = T::kNumMathWG * 128;
-  constexpr int kScaleBarrier = 2 + T::kNumMathWG;  // after the epilogue's and split-K's barriers
-  const u32 buffer = sfb_tiles + parity * Layout::kSfbTileFloats * 4;
-  const int num_blocks = t.kb_end - t.kb_begin;
-  const int block0 = t.n_block * T::BLOCK_N / 128;
-  const int last_block = ceil_div(args.n, 128) - 1;
-  const float* sfb = args.sfb + (T::kGroupedB ? static_cast<i64>(t.group) * args.sfb_stride_group : 0);
-  for (int i = threadIdx.x - 128; i < num_blocks * (Layout::kTwoScaleBlocks ? 2 : 1); i += kMathThreads) {
-    const int which = i / num_blocks, kb = i % num_blocks;
-    // the next block, or (gated) the up rows' block of the same columns
-    const int block = T::kGated ? block0 + which * (args.n / 128) : min(block0 + which, last_block);
-    st_shared_f32(buffer + (which * Layout::kMaxTileKBlocks + kb) * 4,
-                  ldg_nc(sfb + (block * args.sfb_stride_n + (t.kb_begin + kb) * args.sfb_stride_k)));
+  static constexpr int kMathThreads = T::kNumMathWG * 128;
+  static constexpr int kPer = ceil_div(Layout::kMaxTileKBlocks * (Layout::kTwoScaleBlocks ? 2 : 1), kMathThreads);
+  float value[kPer];
+  int offset[kPer];  // the value's float in the buffer, or -1: none
+
+  // Where item t's scales are: scale i's address, and (slot) its float in the buffer.
+  struct Source {
+    const float* sfb;
+    int num_blocks, count, block0, last_block, kb_begin;
+
+    __device__ __forceinline__ Source(const GemmArgs& args, const Tile& t)
+        : sfb(args.sfb + (T::kGroupedB ? static_cast<i64>(t.group) * args.sfb_stride_group : 0)),
+          num_blocks(t.kb_end - t.kb_begin), count(num_blocks * (Layout::kTwoScaleBlocks ? 2 : 1)),
+          block0(t.n_block * T::BLOCK_N / 128), last_block(ceil_div(args.n, 128) - 1), kb_begin(t.kb_begin) {}
+
+    __device__ __forceinline__ const float* at(const GemmArgs& args, int i, int& slot) const {
+      const int which = i / num_blocks, kb = i % num_blocks;
+      // the next block, or (gated) the up rows' block of the same columns
+      const int block = T::kGated ? block0 + which * (args.n / 128) : min(block0 + which, last_block);
+      slot = which * Layout::kMaxTileKBlocks + kb;
+      return sfb + (block * args.sfb_stride_n + (kb_begin + kb) * args.sfb_stride_k);
+    }
+  };
+
+  __device__ __forceinline__ static void copy(const GemmArgs& args, const Tile& t, u32 buffer) {
+    const Source source(args, t);
+    for (int i = threadIdx.x - 128; i < source.count; i += kMathThreads) {
+      int slot;
+      const float* from = source.at(args, i, slot);
+      st_shared_f32(buffer + slot * 4, ldg_nc(from));
+    }
   }
-  named_barrier_sync(kScaleBarrier, kMathThreads);
-  return buffer;
-}
+
+  __device__ __forceinline__ void load(const GemmArgs& args, const Tile& t) {
+    const Source source(args, t);
+    #pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = static_cast<int>(threadIdx.x) - 128 + j * kMathThreads;
+      offset[j] = -1;
+      if (i < source.count) value[j] = ldg_nc(source.at(args, i, offset[j]));
+    }
+  }
+
+  __device__ __forceinline__ void store(u32 buffer) const {
+    #pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      if (offset[j] >= 0) st_shared_f32(buffer + offset[j] * 4, value[j]);
+    }
+  }
+};
 
 // Block-scaled recipes: acc (kWaves x kAcc, zeroed by the caller) = the tile's sum over its K blocks.
 template <class T>
@@ -123,7 +156,7 @@ struct PromotedMainLoop {
   int math_wg, warp, lane;
   int thread_row;    // the row of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16)
   int first_chunks;  // with 128-column B blocks: 8-column chunks before it use the tile's first block
-  u32 sfb_tile = 0;  // kTmaScales: the tile's B scales per K block (stage_tile_b_scales)
+  u32 sfb_tile = 0;  // kTmaScales: the tile's B scales per K block (ItemBScales)
   int scale_row_shift = 0;  // kTmaScales: the tile's first row in the stage's scale rows
 
   // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.

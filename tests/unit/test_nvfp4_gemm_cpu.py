@@ -125,7 +125,7 @@ def test_call_path_asks_for_the_planned_kernel(monkeypatch):
     assert len(asked) == 3 and len(set(asked)) == 1
     spec = asked[0]
     assert spec.kernel == kernel.KERNEL and spec.name_expr == \
-        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 1>"
+        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 2>"
     row = {"active_experts": 32, "tokens_per_expert": 4, "n": 4096, "k": 7168}
     planned = prewarm.plan_suites([suites.Suite("nvfp4_moe", "nvfp4", (row,))], ARCH, num_mp=132)
     assert spec in {p.spec for p in planned} and {p.family for p in planned} == {"nvfp4", "moe"}
@@ -149,7 +149,8 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
     planned = prewarm.plan_suites([suite], ARCH)
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
-    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
+    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 2>",
+                                                               "64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
                                                                "128, 128, 4, mategemm::kOutBF16, 128, 32, 0>"}
 
 
@@ -187,7 +188,7 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
                                                        problem.max_groups) > SM90_NO_DEVICE.smem_per_block
     assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
     assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
-    assert config.decoder_wgs == (1 if config.block_m == 64 else 0)
+    assert config.decoder_wgs == (0 if config.block_m == 128 else 2 if tokens <= 16 else 1)
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
                                          f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
                                          f"{config.decoder_wgs}>")
@@ -203,8 +204,13 @@ def test_forced_configs():
     assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 0>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
     decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132)  # the decoders by default at BLOCK_M 64
-    assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 1, 384)
-    assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 1>")
+    assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 2, 512)
+    assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 2>")
+    assert [heuristics.choose(problem, rows, SM90_NO_DEVICE, 132).decoder_wgs for rows in (1, 16, 17, 64, 65)] == \
+        [2, 2, 1, 1, 0]
+    one = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=1")
+    assert (one.block_m, one.decoder_wgs, one.num_threads) == (64, 1, 384)
+    assert kernel.spec(problem, one, ARCH).name_expr.endswith(", 1>")
     alone = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=0")
     assert (alone.block_m, alone.decoder_wgs, alone.num_threads) == (64, 0, 256)
     assert heuristics.choose(problem, 256, SM90_NO_DEVICE, 132).decoder_wgs == 0  # BLOCK_M 128

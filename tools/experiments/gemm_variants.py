@@ -16,10 +16,6 @@ Variants (several may be joined with '+'):
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
-  decode_share_a at 64-128 rows, a one-split pick with an even number of N-blocks runs as cluster
-                pairs sharing A (cluster_n 2, A multicast): A is most of a narrow decode tile's operand
-                bytes and every CTA reads it from L2 (~6.5-7 TB/s out of L2 at 128x2112x7168, ours
-                and DeepGEMM's alike). Not yet timed (compare_configs with forced clusters first)
   fast_moe_act  (patches/fast_moe_act.diff; the fused MoE layer's kernels, not the GEMM core) the
                 gated activation's sigmoid from the approximate exp2 and reciprocal, the 1x128
                 quantisation as values x (448 / amax) instead of divided by the scale (an e4m3
@@ -40,55 +36,16 @@ Variants (several may be joined with '+'):
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
                 (measured before the grouped walks stopped depending on data; NVFP4's still does)
-  sfb_warp      (patches/sfb_warp.diff) with A's scales by TMA, the producer's idle warp 1 stages each
-                work item's B scales into the item's buffer (two, each with a full and an empty
-                barrier) ahead of the math warps, instead of the math threads loading them at the tile
-                start and meeting at a 256-thread barrier: Nsight Compute put 10% of the short-K
-                kernel's stall samples on that barrier (H100, 4096x32768x512). A first form (one load in
-                flight per lane) measured on the H100 against live DeepGEMM, 2 rounds: 4096x32768x512
-                922 -> 964 TFLOPS (+4.5%), 4096x7168x2048 +1.5%, 4096x24576x1536 +0.2%, 4096x4096x7168
-                -1.3%, 4096x7168x16384 -2..-9%, 128x2112x7168 263 -> 241 (-8.5%: a decode CTA's one
-                item waited two load latencies for its 56 scales), 128x7168x16384 -3%; grouped
-                contiguous 0.939 -> 0.949 of DeepGEMM. The patch has two loads in flight per lane
-                (one latency per 64 K blocks; four spilled per_token's 40 producer registers); H100,
-                2 rounds: 4096x32768x512 926 -> 970 (+4.7%), 4096x7168x16384 1417 -> 1325-1375
-                (-3..-7%), 128x2112x7168 257 -> 232 (-10%): the decode loss stayed
-  sfb_sync      (patches/sfb_sync.diff, on sfb_warp) the math warpgroups still meet at each tile
-                start (a 256-thread barrier, now with no load before it), as the old path and
-                DeepGEMM's kernel keep them in step: whether the first form's long-K loss came from
-                the warpgroups drifting apart over a 3-stage ring. H100, 1 round against base:
-                4096x32768x512 +1.9%, 4096x7168x16384 -3%, 128x2112x7168 -4.7%: not that alone
-  sfb_ahead     (patches/sfb_ahead.diff) with A's scales by TMA, the math threads issue the loads of
-                the next work item's B scales when an item starts and store them into the other
-                buffer after its main loop, so only the first item of a CTA waits for their memory
-                latency before the tile-start barrier (which stays: the warpgroups meet there as in
-                DeepGEMM's kernel). The consumer walks one item ahead of the one it computes; kernels
-                with two passes over a tile (per_token at BLOCK_M 256) keep loading at the start.
-                Aimed at sfb_warp's short-K gain (+4.7% at 4096x32768x512) without its losses at
-                decode and long K, where a CTA's one item, or its long main loop, is unchanged. SASS
-                (NVRTC 13.0): no local memory; not yet timed
-  overlap32     (patches/overlap32.diff) (1,1,32) scales (MXFP8 granularity 32) with one wave of at
-                most 128 columns: the two scratch accumulators in turn over each stage's four k32
-                blocks, the next block's wgmma issued before the current one is promoted (also
-                across stages), instead of issue, wait, promote four times a stage. SASS (NVRTC 13.0,
-                64x128, psum_expert and per_expert): each promotion's 64 FMUL + 64 FFMA + 16 LDS sit
-                between the next QGMMA and its wait; no local memory. The heuristic's 64x160 pick
-                keeps the old loop: time with MATEGEMM_FORCE_CONFIG block_n=128 on both trees
-  tail_split    (patches/tail_split.diff) dense multi-wave GEMMs split the tiles past the grid's last
-                whole wave over K (split-K mode 2: the scheduler walks whole tiles first, then the
-                tail's slices; one- and two-wave tiles; partials of wide tiles read back 16 floats
-                at a time), where the tail's time drops by 15% of a wave or more with slices of at
-                least 8 K blocks: 4096x2112x7168 (128x192, 2.67 waves, 3 slices: tail 1 -> 0.67 of
-                a wave), 4096x7168x16384 (256x128, 6.79 waves, 5 slices: 1 -> 0.8). SASS (NVRTC 13.0):
-                no local memory. Its tests (a GPU test_tail_split, a CPU model of the walk, the
-                heuristics' legality rule) are patches/tail_split.tests.diff, for a tree with tests/.
-                Not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
 chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
 the two-wave loop unrolled 8 deep, split-K's finishing item summing its own partial from registers
-and loading two slices at a time (-1.5..2% at 1x2112x7168 and 64x2112x7168 on the H100), the scratch
+and loading two slices at a time (-1.5..2% at 1x2112x7168 and 64x2112x7168 on the H100), the next
+work item's B scales loaded by the math threads under the current item's main loop, in two-wave
+tiles (H100 against live DeepGEMM, 2 rounds, with 256x128 tiles: 4096x32768x512 +3.3%, K 1536-2048
++2%; one-wave tiles, which keep loading at the item's start: 128x192 at 4096x2112x7168 -2..-5%,
+decode -1%), the scratch
 accumulator overlap with per-column B scales (ragged K), the grouped tile walks that depend on no
 data (gemm/scheduler.cuh), per_token's second pass inside the work item with the row ids loaded
 when a tile starts, and 16-bit outputs staged by stmatrix (+1.3..3.3% at K <= 2048 on the H100).
@@ -98,7 +55,12 @@ rows copied by all four producer warps (gather_4warps: as slow as one warp's cop
 walk's divisions as float-reciprocal multiplies (sched_fast: H100, 7 shapes, 2 rounds, level within
 1%), the scale products formed when promoted (late_products: level on 7 decode and short-K shapes),
 the second scratch accumulator with per-column B scales in the packed token modes (overlap_packed:
-MXFP8 granularity 128 at 128x128, 0.754 of the FP8 path against 0.750 without).
+MXFP8 granularity 128 at 128x128, 0.754 of the FP8 path against 0.750 without), the B scales staged
+by the producer's idle warp (sfb_warp, sfb_sync: +4.7% at K=512 but -3..-10% at long K and decode),
+granularity 32's two scratch accumulators in turn (overlap32: 0.240 of the FP8 path at block_n 128
+against 0.243 without), the tiles past the last whole wave split over K (tail_split: H100, 2 rounds,
+4096x2112x7168 -8..-9% and 4096x7168x16384 -11..-12% where +5..10% was predicted), and forced
+2-CTA clusters sharing A at decode (decode_share_a: 5-15% slower on four 64-128-row decode shapes).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -121,14 +83,9 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    "sfb_warp": Path(__file__).resolve().parent / "patches" / "sfb_warp.diff",
-    "sfb_sync": Path(__file__).resolve().parent / "patches" / "sfb_sync.diff",
-    "sfb_ahead": Path(__file__).resolve().parent / "patches" / "sfb_ahead.diff",
-    "overlap32": Path(__file__).resolve().parent / "patches" / "overlap32.diff",
-    "tail_split": Path(__file__).resolve().parent / "patches" / "tail_split.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
-PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",), "sfb_sync": ("sfb_warp",)}
+PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
 
 # variant -> [(file, old text, new text)]
 PATCHES = {
@@ -164,10 +121,6 @@ PATCHES = {
                               "          } else {\n"
                               "            tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n"
                               "          }\n")],
-    "decode_share_a": [(FP8_HEURISTIC, "        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)\n",
-                        "        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)\n"
-                        "        if 64 <= problem.m <= 128 and num_splits == 1 and math.ceil(problem.n / block_n) % 2 == 0:\n"
-                        "            cluster_n = 2\n")],
 }
 
 
