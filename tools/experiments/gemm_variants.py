@@ -13,6 +13,11 @@ Variants (several may be joined with '+'):
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
                 the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
+  clusters_large dense GEMMs of at least 1024 rows and more than one wave run as 2-CTA clusters,
+                DeepGEMM's picks there: 256-row tiles in N-block pairs sharing A (cluster_n 2), 128-row
+                ones in M-block pairs sharing B (4096x2112x7168: 128x192 cluster_m 2). The H200 sweep of
+                2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
+                the main-loop changes. Not yet timed
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
@@ -121,6 +126,15 @@ PATCHES = {
                               "          } else {\n"
                               "            tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n"
                               "          }\n")],
+    # DeepGEMM's picks at the compute-bound dense shapes: A shared by N-block pairs with 256-row tiles,
+    # B by M-block pairs with 128-row ones
+    "clusters_large": [(FP8_HEURISTIC, "    _, block_m, block_n, (cluster_m, cluster_n), num_splits = best\n",
+                        "    _, block_m, block_n, (cluster_m, cluster_n), num_splits = best\n"
+                        "    pair = (1, 2) if block_m == 256 else (2, 1)\n"
+                        "    if (free and problem.group_mode == \"none\" and problem.m >= 1024 and num_splits == 1\n"
+                        "            and math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) > num_mp\n"
+                        "            and tile_allowed(problem, block_m, block_n, pair, num_mp)):\n"
+                        "        cluster_m, cluster_n = pair\n")],
 }
 
 

@@ -28,7 +28,7 @@ STUB = """#include <deep_gemm/impls/sm90_fp8_gemm_1d2d.cuh>
 using namespace deep_gemm;
 static void instantiate() {{
     auto ptr = reinterpret_cast<void*>(&sm90_fp8_gemm_1d2d_impl<cute::UMMA::Major::K, 0, {n}, {k}, 1,
-        {bm}, {bn}, {bk}, 128, 128, 128, {stages}, 128, {math}, {multicast}, true, 132, GemmType::Normal,
+        {bm}, {bn}, {bk}, 128, 128, {swizzle_d}, {stages}, 128, {math}, {multicast}, true, 132, GemmType::Normal,
         cutlass::bfloat16_t, epilogue::transform::EpilogueIdentity>);
 }}
 """
@@ -37,8 +37,10 @@ static void instantiate() {{
 def deepgemm_cubin(tree: Path, n: int, k: int, bm: int, bn: int, bk: int, stages: int, multicast: int) -> Path:
     out = Path(tempfile.mkdtemp()) / "deepgemm.cubin"
     source = out.with_suffix(".cu")
+    # the output's swizzle: the widest of 128, 64, 32 bytes that a bf16 row of the tile fills (its heuristic)
+    swizzle_d = next(s for s in (128, 64, 32, 16) if bn * 2 % s == 0)
     source.write_text(STUB.format(n=n, k=k, bm=bm, bn=bn, bk=bk, stages=stages, math=256 if bm > 64 else 128,
-                                  multicast=multicast))
+                                  multicast=multicast, swizzle_d=swizzle_d))
     # DeepGEMM's JIT flags (csrc/jit/compiler.hpp)
     subprocess.run(["nvcc", "-cubin", "-arch=sm_90a", "-std=c++20", "-O3", "--expt-relaxed-constexpr",
                     "--expt-extended-lambda", "--diag-suppress=39,161,174,177,186,940",
@@ -52,14 +54,21 @@ def main() -> None:
     parser.add_argument("tree", type=Path)
     parser.add_argument("--shape", default="4096,4096,7168")
     parser.add_argument("--deepgemm-config", default="256,128,128,3,2")
+    parser.add_argument("--dump", type=Path, help="write both kernels' SASS into this folder")
     args = parser.parse_args()
     m, n, k = (int(v) for v in args.shape.split(","))
     bm, bn, bk, stages, multicast = (int(v) for v in args.deepgemm_config.split(","))
     e4m3 = torch.float8_e4m3fn
-    ours_plan = plan.dense(GemmProblem(m, n, k, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16), SM90_NO_DEVICE,
-                           SM90_NO_DEVICE.num_sms, "")
-    ours = sass.opcodes(sass.dump_sass(default_cache().get(ours_plan.spec).path / "kernel.cubin"))
-    theirs = sass.opcodes(sass.dump_sass(deepgemm_cubin(args.tree, n, k, bm, bn, bk, stages, multicast)))
+    # A's scales loaded by TMA, as for the MN-major scales DeepGEMM takes
+    problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, tma_scales=True)
+    ours_plan = plan.dense(problem, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms, "")
+    ours_sass = sass.dump_sass(default_cache().get(ours_plan.spec).path / "kernel.cubin")
+    theirs_sass = sass.dump_sass(deepgemm_cubin(args.tree, n, k, bm, bn, bk, stages, multicast))
+    if args.dump:
+        args.dump.mkdir(parents=True, exist_ok=True)
+        (args.dump / "ours.sass").write_text(ours_sass)
+        (args.dump / "deepgemm.sass").write_text(theirs_sass)
+    ours, theirs = sass.opcodes(ours_sass), sass.opcodes(theirs_sass)
     a, b = collections.Counter(theirs), collections.Counter(ours)
     print(f"{m}x{n}x{k}: DeepGEMM {bm}x{bn}x{bk}, {stages} stages, multicast {multicast}; ours {ours_plan.config}")
     print(f"{'opcode':10} {'DeepGEMM':>9} {'ours':>6}")
