@@ -271,21 +271,41 @@ def bench_k_grouped_row(ctx: GroupedContext, shape: dict) -> dict:
     row["diff_experts"] = len(experts)
     ref = moe.ragged_k_reference(s0["a"], s0["sfa"], s0["b"], s0["sfb"], ks, torch.zeros_like(s0["out"]), experts)
 
-    def diff(k_major: bool) -> float:
+    def diff(run) -> float:  # one call on a zeroed output
         s0["out"].zero_()
-        call(s0, k_major)()
+        run()
         return moe.calc_diff_rows(s0["out"], ref)
 
-    record_diff(row, "mategemm", lambda: diff(True))
-    record_diff(row, "mategemm_mn_major", lambda: diff(False))
+    record_diff(row, "mategemm", lambda: diff(call(s0, True)))
+    record_diff(row, "mategemm_mn_major", lambda: diff(call(s0, False)))
     flops = 2 * m * n * sum_k
     # M/N-major operands: the heuristic's way (here: copied K-major by transpose_8bit first), and
     # transposed in shared memory by the GEMM itself
-    time_interleaved(row, [("mategemm", lambda: [call(s, True) for s in sets], None),
-                           ("mategemm_mn_major", lambda: [call(s, False) for s in sets], None),
-                           ("mategemm_mn_in_kernel", lambda: [forcing(call(s, False), "transpose=1") for s in sets],
-                            None)], flops, nbytes)
+    impls = [("mategemm", lambda: [call(s, True) for s in sets], None),
+             ("mategemm_mn_major", lambda: [call(s, False) for s in sets], None),
+             ("mategemm_mn_in_kernel", lambda: [forcing(call(s, False), "transpose=1") for s in sets], None)]
+    deep_gemm = live_deepgemm()
+    if deep_gemm is not None:  # the live anchor on the same K sizes and values
+        deepgemm = deepgemm_k_grouped(deep_gemm, ks, counts)
+        record_diff(row, "deepgemm", lambda: diff(deepgemm(s0)))
+        impls.append(("deepgemm", lambda: [deepgemm(s) for s in sets], None))
+    time_interleaved(row, impls, flops, nbytes)
     return finish_row(ctx, row)
+
+
+def deepgemm_k_grouped(deep_gemm, ks: list[int], counts: torch.Tensor):
+    """DeepGEMM's SM90 k-grouped GEMM (k_grouped_fp8_gemm_nt_contiguous) on a set's operands: it reads
+    each group's K rows K-major one group after another (a flat copy, made with the set's first call),
+    its scales as given (MN-major), and adds into the fp32 output like ours."""
+    starts = [sum(ks[:g]) for g in range(len(ks))]
+
+    def call(s):
+        for x in ("a", "b"):
+            if f"flat_{x}" not in s:
+                s[f"flat_{x}"] = torch.cat([s[x][p:p + k].t().reshape(-1) for p, k in zip(starts, ks)])
+        return lambda: deep_gemm.k_grouped_fp8_gemm_nt_contiguous(
+            (s["flat_a"], s["sfa"].t()), (s["flat_b"], s["sfb"].t()), s["out"], ks, counts, s["out"])
+    return call
 
 
 def bench_contiguous(ctx: GroupedContext, shapes: dict) -> list[dict]:
@@ -398,7 +418,7 @@ def bench_grouped(args) -> dict:
     shapes = json.loads(Path(args.shapes).read_text())
     result = {"suite": "grouped", "card": props.name, "date": time.strftime("%Y-%m-%d"),
               "copy_tbps": round(copy_tbps(), 3), "modes": list(args.modes), "rows": []}
-    mark_live_deepgemm(result)  # contiguous and masked rows time it; k-grouped rows keep the anchors
+    mark_live_deepgemm(result)  # the contiguous, masked and k-grouped rows time it
     for mode in GROUPED_MODES:
         if mode in args.modes:
             result["rows"] += GROUPED_BENCHES[mode](ctx, shapes)
