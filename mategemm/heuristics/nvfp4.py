@@ -27,12 +27,13 @@ BLOCK_MS = (64, 128)
 BLOCK_NS = (64, 128, 256)
 DEFAULT_BLOCK_N = 128
 DECODE_ROWS = 64  # rows per group up to which one 64-row tile holds a group
-# NOTES (H100, 2026-12-06, `tools/bench.py nvfp4` with decoders=0, 1 and 2 on one machine): a warpgroup
-# of 4 more decoding warps beside the producer's at BLOCK_M 64 is faster on every decode row, ms:
-# 235B w1 64 tokens 0.280 -> 0.245, 16: 0.231 -> 0.213; 30B w1 1: 0.077 -> 0.073 (decode geomean
-# against the FP8 path 0.56 -> 0.61). Two (11 decoding warps, 512 threads, at most 128 registers
-# each: a stage of up to 176 rows in one pass instead of two) are 1-4% faster again at 1-16 tokens
-# per group on all six expert GEMMs (DeepSeek-V3 w1 1 token 0.588 -> 0.564) and 2% slower at 64.
+# NOTES (H100, 2026-12-06, `tools/bench.py nvfp4`, decoders=0 against 1, then 1 against 2, each pair on
+# one machine): a warpgroup of 4 more decoding warps beside the producer's at BLOCK_M 64 is faster on
+# every decode row, ms: 235B w1 64 tokens 0.280 -> 0.245, 16: 0.231 -> 0.213; 30B w1 1: 0.077 ->
+# 0.073 (decode geomean against the FP8 path 0.56 -> 0.61). Two (11 decoding warps, 512 threads, at
+# most 128 registers each: a stage of up to 176 rows in one pass instead of two) are 1-4% faster again
+# at 1-16 tokens per group on all six expert GEMMs (DeepSeek-V3 w1 1 token 0.588 -> 0.564) and 2%
+# slower at 64.
 DECODER_WGS_64 = 1
 DECODER_WGS_FEW_ROWS, FEW_ROWS = 2, 16
 MAX_DECODER_WGS = 2
@@ -102,8 +103,8 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     if smem > device.smem_per_block:
         raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
                          f"device has {device.smem_per_block}")
-    default_decoders = (DECODER_WGS_FEW_ROWS if rows_per_group <= FEW_ROWS else DECODER_WGS_64) if block_m == 64 else 0
-    decoder_wgs = forced.get("decoders", default_decoders)
+    decoders = DECODER_WGS_FEW_ROWS if rows_per_group <= FEW_ROWS else DECODER_WGS_64
+    decoder_wgs = forced.get("decoders", decoders if block_m == 64 else 0)
     if not 0 <= decoder_wgs <= MAX_DECODER_WGS or (decoder_wgs and block_m != 64):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS} (1 or more only with "
                          f"block_m 64), got {decoder_wgs} with block_m {block_m}")
