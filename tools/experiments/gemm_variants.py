@@ -37,6 +37,15 @@ Variants (several may be joined with '+'):
                 of A's scales before GEMM1 and GEMM2 where they load them by TMA (13 us at 16384
                 tokens of Qwen3-30B-A3B on the H100); the permute and activation kernels take a
                 stride per scale group
+  nvfp4_deep_staging (patches/nvfp4_deep_staging.diff; the NVFP4 grouped GEMM) the packed bytes in a ring of
+                their own, deeper than the bf16 tiles': the producer waits for a slot's bytes to be
+                decoded ("decoded" barriers) instead of for the stage's bf16 tiles to be consumed, and
+                the decoding warps wait for the bf16 tiles (the empty barriers) themselves. 64x128: 4
+                bf16 stages and 16 slots of 7 KB (before: 6 stages, both together); 128x128: 4 and 7.
+                A decode stage measured ~1140 cycles (H100, 1 token per expert) where neither the
+                decode's issue, its passes, the wgmma nor the bandwidth account for it; ~43 KB of packed
+                bytes were in flight per SM against the FP8 path's ~200 KB. SASS (NVRTC 13.0): no local
+                memory; the layout's size checked against the host's. Not yet timed
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -88,6 +97,7 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
+    "nvfp4_deep_staging": Path(__file__).resolve().parent / "patches" / "nvfp4_deep_staging.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
