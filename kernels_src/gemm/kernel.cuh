@@ -30,6 +30,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   constexpr bool kScalesAhead = T::kTmaScales && GemmScheduler<T>::kPasses == 1 && T::kWaves == 2;
   constexpr int kScaleBarrier = 2 + T::kNumMathWG;  // after the epilogue's and split-K's barriers
   int tile_parity = 0;
+  auto sfb_buffer = [&](int parity) { return smem.sfb_tiles + parity * T::Layout::kSfbTileFloats * 4; };
   [[maybe_unused]] bool ahead_staged = false;  // the coming item's B scales are in buffer tile_parity
   [[maybe_unused]] ItemBScales<T> ahead_scales;
   [[maybe_unused]] int consumed = 0;  // stages consumed so far
@@ -56,7 +57,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
       #pragma unroll
       for (int i = 0; i < T::kSubTiles * T::kAcc; ++i) acc[i] = 0.0f;
       if constexpr (T::kTmaScales) {
-        promoted.sfb_tile = smem.sfb_tiles + tile_parity * T::Layout::kSfbTileFloats * 4;
+        promoted.sfb_tile = sfb_buffer(tile_parity);
         if (!ahead_staged) ItemBScales<T>::copy(args, t, promoted.sfb_tile);
         named_barrier_sync(kScaleBarrier, T::kNumMathWG * 128);
         promoted.scale_row_shift = t.a_row0 - T::Layout::scale_box_row(t.a_row0);
@@ -73,7 +74,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
         promoted.run(acc, part0, part1, t);
       }
       if constexpr (kScalesAhead) {
-        if (ahead_staged) ahead_scales.store(smem.sfb_tiles + tile_parity * T::Layout::kSfbTileFloats * 4);
+        if (ahead_staged) ahead_scales.store(sfb_buffer(tile_parity));
       }
       if constexpr (T::kSplitK) {
         if (!split_k_reduce<T>(acc, t, args, smem.split_flag)) continue;

@@ -65,11 +65,13 @@ def live_deepgemm():
     return deep_gemm
 
 
-def mark_live_deepgemm(result: dict) -> None:
-    """Records in a suite's result that its DeepGEMM column is timed live (and which version)."""
+def mark_live_deepgemm(result: dict):
+    """Records in a suite's result that its DeepGEMM column is timed live (and which version);
+    returns live_deepgemm()'s module or None."""
     deep_gemm = live_deepgemm()
     if deep_gemm is not None:
         result["deepgemm"] = f"live, {getattr(deep_gemm, '__version__', '?')}"
+    return deep_gemm
 
 
 def ratio(row: dict, peer: str) -> float | None:

@@ -13,8 +13,8 @@ from mategemm import plan
 from mategemm.testing import calc_diff, fp8_gemm_reference
 
 from . import peers
-from .common import (card_kind, copy_tbps, dense_bytes, forcing, geomean, live_deepgemm, load_anchors,
-    mark_live_deepgemm, ratio, record_diff, time_interleaved)
+from .common import (card_kind, copy_tbps, dense_bytes, forcing, geomean, load_anchors, mark_live_deepgemm,
+    ratio, record_diff, time_interleaved)
 from .plots import panel, plot_panels
 from .timing import median_ms, rotating_gemm_calls
 
@@ -27,8 +27,7 @@ def bench_dense_fp8(args) -> dict:
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     result = {"suite": "dense_fp8", "card": props.name, "date": time.strftime("%Y-%m-%d"),
               "copy_tbps": round(copy_tbps(), 3), "rows": []}
-    deep_gemm = live_deepgemm()
-    mark_live_deepgemm(result)
+    deep_gemm = mark_live_deepgemm(result)
     # "MN": A's scales stored (k/128, m), the layout DeepGEMM's kernel reads (it transposes K-major
     # ones inside every call); B's stay K-major for cuBLAS and DeepGEMM.
     scale_major = getattr(args, "scale_major", "K")
