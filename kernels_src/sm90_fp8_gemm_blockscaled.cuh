@@ -6,7 +6,7 @@
 // kScaleGranK == 32 (MXFP8's blocks, kScaleGranN 1) both per 32 values of K instead.
 // Scale tensors are read with run-time strides, so K-major and MN-major layouts share a binary;
 // with kTmaScales ((1,128,128), dense or tokens stacked along M) A's scales come MN-major, loaded
-// by TMA with each stage.
+// by TMA with each stage; ragged K's (1,1,128) both operands' MN-major scale rows, by bulk copies.
 //
 // The pieces, by role (gemm/): traits.cuh (template arguments, shared-memory layout), scheduler.cuh
 // (tiles and group modes), producer.cuh (TMA loads), scale_staging.cuh (scale warps, MN-major

@@ -210,7 +210,10 @@ def ragged_k_moe_gemm_8bit(input_a, input_b, ragged_tokens_info, out, gemm_mode=
             device_info = torch.empty_like(info, device=a.device)
             staged.append(calls.TorchCopy(device_info, info))
             info = device_info
-        gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp)
+        scales_bulk = plan.ragged_k_scales_bulk_readable(checked.sfa_strides, sfa.data_ptr(), problem.m,
+                                                         checked.sfb_strides, sfb.data_ptr(), problem.n)
+        gemm_plan = plan.grouped_gemm(problem, rt_device.device_info(a.device.index), num_mp=num_mp,
+                                      a_scales_tma=scales_bulk)
         call = prepare.grouped_call(gemm_plan, a_op, b_op, sfa, checked.sfa_strides, sfb, checked.sfb_strides,
                                     kernel_fp8.GroupArgs(info), staged)
         _warm.remember(key, call)

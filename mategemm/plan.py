@@ -20,7 +20,8 @@ from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel_nvfp4
 from mategemm.runtime.device import DeviceInfo, get_num_mp
-from mategemm.types import RECIPE_1x128_128x128, RECIPE_PER_ROW, GemmConfig, GemmProblem, Nvfp4Problem
+from mategemm.types import (RECIPE_1x128_1x128, RECIPE_1x128_128x128, RECIPE_PER_ROW, GemmConfig, GemmProblem,
+                            Nvfp4Problem)
 
 # How an FP8 operand reaches the kernel: read as it is given (K-major), read MN-major and
 # transposed in shared memory by the kernel, or copied K-major into a workspace before each launch.
@@ -88,14 +89,34 @@ def scales_by_tma(problem: GemmProblem, a_scales_tma: bool, force: str,
 
     NOTES (H200, tools/bench.py grouped, 2 rounds in turns, scale warps -> TMA): contiguous +4..+12%
     (geomean +10%); masked +2..+9% where the copy pays, -3..-12% on the rows where it does not
-    (k 2048 with 1024 rows, 20 rows per expert)."""
+    (k 2048 with 1024 rows, 20 rows per expert).
+
+    Ragged K ((1,1,128), K-major): a_scales_tma means both operands' scales are given as the
+    kernel's bulk copies read them (ragged_k_scales_bulk_readable); they are then copied with each
+    stage (never copied before the launch), else read by the scale warps.
+
+    NOTES (H100, live DeepGEMM 2.6.1, 8 groups of 2048 K-rows, 7168x2048, ncu): with the scale
+    warps the k-grouped kernel issued 917K global loads (DeepGEMM 10K), its warps stalled 3.1
+    cycles per instruction on them (DeepGEMM 0.9) and the tensor pipe was active 41% (51%)."""
     forced = parse_force_config(force).get("tma_scales", 1)
     if forced not in (0, 1, 2):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: tma_scales must be 0, 1 or 2, got {forced}")
+    if problem.group_mode == "ragged_k":
+        by_bulk = (forced != 0 and a_scales_tma and problem.recipe == RECIPE_1x128_1x128 and problem.mn_major == 0
+                   and problem.a_dtype.itemsize == 1)
+        return dataclasses.replace(problem, tma_scales=by_bulk), False
     pays = a_scales_copy_pays(problem.m if work_rows is None else work_rows, problem.n, problem.k)
     default = pays or (problem.group_mode == "none" and a_scales_tma)
     by_tma = tma_scales_allowed(problem) and (forced == 2 or (forced == 1 and default))
     return dataclasses.replace(problem, tma_scales=by_tma), by_tma and not a_scales_tma
+
+
+def ragged_k_scales_bulk_readable(sfa_strides: tuple[int, int], sfa_address: int, m: int,
+                                  sfb_strides: tuple[int, int], sfb_address: int, n: int) -> bool:
+    """Whether ragged K's kernel can copy each K block's scales of a tile as they are given: A's
+    and B's MN-major, each K block's row 16-byte aligned and of m and n floats, multiples of 4."""
+    return (m % 4 == 0 and n % 4 == 0 and a_scales_tma_readable(sfa_strides, sfa_address, m)
+            and a_scales_tma_readable(sfb_strides, sfb_address, n))
 
 
 def a_scales_copy_pays(m: int, n: int, k: int) -> bool:

@@ -502,7 +502,8 @@ def _masked_suite(row, device, num_mp, force):
 
 def _k_grouped_suite(row, device, num_mp, force):
     """ragged_k for every sum of the drawn K sizes (each aligned to 128), with K-major operands and
-    with M/N-major ones (transposed in the kernel, or copied K-major by transpose_8bit first)."""
+    with M/N-major ones (transposed in the kernel, or copied K-major by transpose_8bit first); the
+    scales as the kernel's bulk copies read them, and any others."""
     from mategemm.kernels import transpose_8bit
 
     groups, m, n = row["groups"], row["m"], row["n"]
@@ -510,11 +511,15 @@ def _k_grouped_suite(row, device, num_mp, force):
     for sum_k in range(max(128, groups * low), groups * high + 1, 128):
         problem = GemmProblem(m, n, sum_k, RECIPE_1x128_1x128, E4M3, E4M3, torch.float32, "ragged_k", groups)
         shape = f"ragged_k sum_k={sum_k} m={m} n={n}"
-        yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "moe", shape
+        for bulk in (True, False):
+            yield (plan.grouped_gemm(problem, device, num_mp=num_mp, force=force, a_scales_tma=bulk).spec, "moe",
+                   shape)
         # M/N-major: a (sum_k, m) and b (sum_k, n) row-major, TMA-readable with 16-byte rows
         a, b = (plan.Operand(copy=True, mn_readable=rows % 16 == 0, mn_bytes=sum_k * rows) for rows in (m, n))
         staged, a_how, b_how = plan.staging(problem, a, b, force)
-        yield plan.grouped_gemm(staged, device, num_mp=num_mp, force=force).spec, "moe", f"{shape} MN-major"
+        for bulk in (True, False):
+            yield (plan.grouped_gemm(staged, device, num_mp=num_mp, force=force, a_scales_tma=bulk).spec, "moe",
+                   f"{shape} MN-major")
         for rows, how in ((m, a_how), (n, b_how)):
             if how == plan.COPY:  # the copy reads 16-byte vectors where the MN-major rows allow
                 yield transpose_8bit.spec(rows % 16 == 0, device.arch), "transpose", f"{shape} MN-major copy"

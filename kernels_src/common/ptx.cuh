@@ -111,6 +111,14 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u32 
   tma_load_2d(smem_addr(dst), desc, bar, c0, c1);
 }
 
+// Copy `bytes` contiguous bytes (a multiple of 16; both addresses 16-byte aligned) from global
+// memory into shared memory at `dst`; completes its bytes on `bar`. No tensor map.
+__device__ __forceinline__ void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // L2 cache policy for tma_load_2d_hinted (the encoding CUTLASS's CacheHintSm90 uses).
 constexpr u64 kL2EvictFirst = 0x12F0000000000000ull;
 

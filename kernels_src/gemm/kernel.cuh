@@ -23,11 +23,11 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   float acc[T::kSubTiles * T::kAcc];
   float part0[T::kScaleAtEnd ? 1 : T::kAcc];
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
-  // kTmaScales: each item's B scales go into one of two buffers in turn (a warpgroup may start the
+  // kItemBScales: each item's B scales go into one of two buffers in turn (a warpgroup may start the
   // next item while the other still reads this one's). Two-wave tiles of one pass also issue the
   // next item's loads when an item starts and store them after its main loop: measured faster at
   // short K there, slower with one-wave tiles (128x192 at K 7168, the decode tiles).
-  constexpr bool kScalesAhead = T::kTmaScales && GemmScheduler<T>::kPasses == 1 && T::kWaves == 2;
+  constexpr bool kScalesAhead = T::kItemBScales && GemmScheduler<T>::kPasses == 1 && T::kWaves == 2;
   constexpr int kScaleBarrier = 2 + T::kNumMathWG;  // after the epilogue's and split-K's barriers
   int tile_parity = 0;
   auto sfb_buffer = [&](int parity) { return smem.sfb_tiles + parity * T::Layout::kSfbTileFloats * 4; };
@@ -56,7 +56,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
       if constexpr (RowIds<T>::kCount > 0) row_ids.load(t, args, math_wg, warp, lane);
       #pragma unroll
       for (int i = 0; i < T::kSubTiles * T::kAcc; ++i) acc[i] = 0.0f;
-      if constexpr (T::kTmaScales) {
+      if constexpr (T::kItemBScales) {
         promoted.sfb_tile = sfb_buffer(tile_parity);
         if (!ahead_staged) ItemBScales<T>::copy(args, t, promoted.sfb_tile);
         named_barrier_sync(kScaleBarrier, T::kNumMathWG * 128);
@@ -104,7 +104,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     tma_prefetch_desc(args.tmap_a);
     tma_prefetch_desc(args.tmap_b);
     tma_prefetch_desc(args.tmap_d);
-    if constexpr (T::kTmaScales) tma_prefetch_desc(args.tmap_sfa);
+    if constexpr (T::kItemBScales) tma_prefetch_desc(args.tmap_sfa);
     if constexpr (T::kNvfp4) {
       tma_prefetch_desc(args.tmap_sfa);
       tma_prefetch_desc(args.tmap_sfb);

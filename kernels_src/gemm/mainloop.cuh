@@ -156,8 +156,8 @@ struct PromotedMainLoop {
   int math_wg, warp, lane;
   int thread_row;    // the row of wave 0 this thread owns (wgmma layout: lane/4 and lane/4 + 8 of its warp's 16)
   int first_chunks;  // with 128-column B blocks: 8-column chunks before it use the tile's first block
-  u32 sfb_tile = 0;  // kTmaScales: the tile's B scales per K block (ItemBScales)
-  int scale_row_shift = 0;  // kTmaScales: the tile's first row in the stage's scale rows
+  u32 sfb_tile = 0;  // kItemBScales: the tile's B scales per K block (ItemBScales)
+  int scale_row_shift = 0;  // kItemBScales: the tile's first row in the stage's scale rows
 
   // Wave w of this warpgroup covers tile rows wave_row0(w) .. + 63.
   __device__ __forceinline__ int wave_row0(int wave) const { return (math_wg * T::kWaves + wave) * 64; }
@@ -182,7 +182,7 @@ struct PromotedMainLoop {
     const u32 sf = scales_addr + stage * Layout::kSfBytes + (j * kScaleBlockFloats + row) * 4;
     sc.lo[0] = ld_shared_f32(sf);
     sc.hi[0] = ld_shared_f32(sf + 8 * 4);
-    if constexpr (T::kTmaScales) {  // the stage holds sa; sb of K block kb from the tile's buffer
+    if constexpr (T::kItemBScales) {  // the stage holds sa; sb of K block kb from the tile's buffer
       const float sa_lo = sc.lo[0], sa_hi = sc.hi[0];
       const float sb0 = ld_shared_f32(sfb_tile + kb * 4);
       sc.lo[0] = sa_lo * sb0;

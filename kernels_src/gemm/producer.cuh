@@ -1,4 +1,4 @@
-// The GEMM's producer: one thread streams the A and B tiles (and, kTmaScales, A's scales) of every
+// The GEMM's producer: one thread streams the A and B tiles (and, kTmaScales, the stage's scales) of every
 // work item through the ring of stages with TMA; gathered A rows (kGatherA): the warp, B by TMA
 // and A's rows 16 bytes a lane by cp.async (gather_a_rows). K-major operands land swizzled where
 // the wgmma read them; MN-major ones land untransposed in the stage's staging area (the scale warps
@@ -56,6 +56,10 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
       }
       // a gated GEMM's group holds gate rows, then up rows: 2 n rows
       const int b_row0 = (T::kGroupedB ? t.group * args.n * T::kBHalves : 0) + t.n_block * T::BLOCK_N;
+      [[maybe_unused]] const float* sfa_tile = args.sfa + t.row0;  // kBulkStageScales: K block 0's rows
+      [[maybe_unused]] const float* sfb_tile = args.sfb + t.n_block * T::BLOCK_N;
+      [[maybe_unused]] const u32 sa_bytes = min(T::BLOCK_M, args.m - t.row0) * 4;
+      [[maybe_unused]] const u32 scale_bytes = sa_bytes + min(T::BLOCK_N, args.n - t.n_block * T::BLOCK_N) * 4;
       for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
         const Barrier loaded = (T::kMnMajor ? smem.staged : smem.full)[pipe.stage];
         smem.empty[pipe.stage].wait(pipe.phase ^ 1);
@@ -77,8 +81,17 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
           continue;
         }
         loaded.arrive_expect_tx(((T::kMnMajor & 1) ? T::BLOCK_M : args.a_box_rows) * kBlockK + Layout::kBBytes +
-                                (T::kTmaScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0));
-        if constexpr (T::kTmaScales) {  // A's scales of the tile's rows (rows past m zero-filled)
+                                (T::kItemBScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0) +
+                                (T::kBulkStageScales ? scale_bytes : 0));
+        if constexpr (T::kBulkStageScales) {
+          // sa of the tile's rows, then sb of its columns: MN-major rows of m and n floats (the host
+          // checks 16-byte alignment and m, n multiples of 4). Rows and columns past m and n keep
+          // stale values; they meet only zero-filled A rows and B columns, and are never stored.
+          const u32 sf = smem.scales + pipe.stage * Layout::kSfBytes;
+          bulk_load(sf, sfa_tile + kb * args.sfa_stride_k, sa_bytes, loaded.addr);
+          bulk_load(sf + T::BLOCK_M * 4, sfb_tile + kb * args.sfb_stride_k, scale_bytes - sa_bytes, loaded.addr);
+        }
+        if constexpr (T::kItemBScales) {  // A's scales of the tile's rows (rows past m zero-filled)
           #pragma unroll
           for (int c = 0; c < Layout::kScaleBoxes; ++c) {
             tma_load_2d(smem.scales + pipe.stage * Layout::kSfBytes + c * Layout::kScaleBoxStep * 4, args.tmap_sfa,

@@ -47,7 +47,8 @@ struct GemmSmemLayout {
   static constexpr int kBBytes = kBHalves * kBHalfBytes;
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
   // block, then (if the tile can straddle two) with the next; with kTmaScales only sa per row, as
-  // TMA lands them. (1,1,128): sa per row, sb per column; (1,1,32): those for each of the stage's
+  // TMA lands them. (1,1,128): sa per row, sb per column (kTmaScales: each row as a bulk copy
+  // lands it, 16-byte aligned); (1,1,32): those for each of the stage's
   // four 32-value K blocks in turn. A gated tile's two halves take a B scale block each.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && (128 % BLOCK_N != 0 || kBHalves == 2);
   // kTmaScales: a TMA box's first row must sit on 16 bytes (4 floats). Tiles of the grouped M modes
@@ -58,10 +59,10 @@ struct GemmSmemLayout {
   static constexpr int kScaleBoxStep = kScaleRowSlack && BLOCK_M > 128 ? 128 : BLOCK_M;
   static constexpr int kScaleBoxRows = kScaleBoxStep + kScaleRowSlack;
   static constexpr int kScaleBoxes = BLOCK_M / kScaleBoxStep;
-  static constexpr int kSfFloats = kScaleGranN == 0     ? 0
-                                   : kTmaScales         ? BLOCK_M + kScaleRowSlack
-                                   : kScaleGranN == 128 ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
-                                                        : (BLOCK_M + BLOCK_N) * (kBlockK / kScaleGranK);
+  static constexpr int kSfFloats = kScaleGranN == 0                     ? 0
+                                   : kTmaScales && kScaleGranN == 128 ? BLOCK_M + kScaleRowSlack
+                                   : kScaleGranN == 128               ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
+                                                                      : (BLOCK_M + BLOCK_N) * (kBlockK / kScaleGranK);
   static constexpr int kSfAlign = kScaleRowSlack ? 128 : 16;
   static constexpr int kSfBytes = (kSfFloats * 4 + kSfAlign - 1) / kSfAlign * kSfAlign;
   // The first row of the scale box of a tile starting at row a_row0 of A.
@@ -88,7 +89,8 @@ struct GemmSmemLayout {
   // kTmaScales: a tile's B scales for each of its K blocks (at most kMaxTileKBlocks) and its one or
   // two B scale blocks, in two buffers that tiles take in turn.
   static constexpr int kMaxTileKBlocks = 128;
-  static constexpr int kSfbTileFloats = kTmaScales ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
+  static constexpr int kSfbTileFloats =
+      kTmaScales && kScaleGranN == 128 ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
   static constexpr int kOffSfbTiles = kOffGroupTable + kGroupTableInts * kMaxGroups * 4;
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
   static constexpr int kTotalBytes = kOffSfbTiles + 2 * kSfbTileFloats * 4 + 1024;
@@ -126,6 +128,11 @@ struct GemmTraits {
   // ride in each stage's TMA transaction; the math warps stage each tile's B scales once and form
   // sa * sb themselves. Otherwise the producer's warps 1-3 copy every stage's scales (any strides).
   static constexpr bool kTmaScales = kTmaScales_;
+  // kTmaScales with the (1,128,128) recipe: A's scales per stage by TMA, each work item's B scales in
+  // a buffer of its own (ItemBScales); with ragged K's (1,1,128): each stage's row of sa and of sb
+  // copied by bulk copies beside its tiles.
+  static constexpr bool kItemBScales = kTmaScales && kScaleGranN == 128;
+  static constexpr bool kBulkStageScales = kTmaScales && kScaleGranN == 1;
   // A gated GEMM (the MoE layer's first): B's rows per group are [gate (n) | up (n)]; a tile of n
   // columns multiplies both halves (two 128-row TMA boxes per stage, two wgmma per stage and wave)
   // and stores act(gate, up) quantised to FP8 per row and 128 columns, with the scales beside.
@@ -234,11 +241,13 @@ struct GemmTraits {
                                                        kGroupMode != kGroupMasked)) &&
                                   (!(kMnMajor & 2) || (kClusterM == 1 && BLOCK_N % 64 == 0))),
                 "MN-major operands: FP8, tiles of 64, 128 or 256 rows, not shared by a cluster, aligned A tiles");
-  static_assert(!kTmaScales || (kScaleGranN == 128 && kScaleGranK == 128 && kMnMajor == 0 && !kUnscaled && !kNvfp4 &&
-                                (kGroupMode == kGroupNone || kGroupMode == kGroupIds || kGroupMode == kGroupCounts ||
-                                 kGroupMode == kGroupPsum || kGroupMode == kGroupMasked)),
-                "scales by TMA: the (1,128,128) recipe, K-major FP8 operands, dense or with the groups' tokens "
-                "stacked along M (A's scales rows of all tokens per K block)");
+  static_assert(!kTmaScales || (kScaleGranK == 128 && kMnMajor == 0 && !kUnscaled && !kNvfp4 &&
+                                ((kScaleGranN == 128 && (kGroupMode == kGroupNone || kGroupMode == kGroupIds ||
+                                                         kGroupMode == kGroupCounts || kGroupMode == kGroupPsum ||
+                                                         kGroupMode == kGroupMasked)) ||
+                                 (kScaleGranN == 1 && kGroupMode == kGroupK))),
+                "scales by TMA: K-major FP8 operands; the (1,128,128) recipe dense or with the groups' tokens "
+                "stacked along M (A's scales rows of all tokens per K block), or ragged K's (1,1,128)");
   static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,
                 "register split exceeds the CTA's allocation");
 };

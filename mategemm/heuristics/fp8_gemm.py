@@ -79,12 +79,14 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     3 ints per group (max_groups: the table's capacity); MN-major operands (mn_major bits) a
     staging copy of their tile per stage and a third barrier per stage; (1,1,32) scales
     (scale_gran_k 32) four sets of per-row and per-column scales per stage; A's scales by TMA
-    (tma_scales) sa per row and stage, and two buffers of a tile's B scales; a gated GEMM
+    ((1,128,128) with tma_scales) sa per row and stage, and two buffers of a tile's B scales (with
+    per-column B scales the stage's scales are laid out the same either way); a gated GEMM
     (b_halves 2) a B tile of gate and up rows, each half in a B scale block of its own."""
     out = block_m * block_n * out_elem_bytes
     two_b_blocks = 128 % block_n != 0 or b_halves == 2
     scale_align = 16
-    if tma_scales:  # sa per row as TMA lands it
+    item_b_scales = tma_scales and scale_gran_n == 128
+    if item_b_scales:  # sa per row as TMA lands it
         box_rows, boxes = tma_scale_boxes(block_m, rows_checked)
         scale_floats = block_m + box_rows - block_m // boxes  # the rows before the tile's first, in its box
         if rows_checked:
@@ -100,7 +102,7 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     per_stage = (block_m + block_n * b_halves + staging) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
     barriers = (3 if mn_major else 2) * stages * 8
-    sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if tma_scales else 0
+    sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if item_b_scales else 0
     # 16: the split-K flag
     return out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sfb_tiles + sm90.SMEM_SLACK
 

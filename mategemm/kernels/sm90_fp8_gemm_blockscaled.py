@@ -127,12 +127,13 @@ class Launch:
                      encode_2d(a, config.block_k, a_load_rows, 128, rows=a_rows),
                      encode_2d(b, min(config.block_n, 128), 128, 0, rows=b_rows) if problem.mn_major & 2 else
                      encode_2d(b, config.block_k, b_load_rows, 128, rows=b_rows))
-        # A's scales by TMA (problem.tma_scales): rows of m floats, one per K block, boxes of a
-        # tile's rows (rows past m zero-filled). Otherwise the parameter is not read.
+        # A's scales by TMA (problem.tma_scales, (1,128,128)): rows of m floats, one per K block,
+        # boxes of a tile's rows (rows past m zero-filled). Otherwise the parameter is not read
+        # (ragged K's scales by TMA are bulk copies from the addresses in the tail).
         scale_box_rows = tma_scale_boxes(config.block_m, grouped_m)[0]
         self.tmap_sfa = (encode_rows(sfa.data_ptr(), torch.float32, problem.m, problem.k_blocks,
                                      sfa_strides[1], scale_box_rows, 1, 0)
-                         if problem.tma_scales else self.head[0])
+                         if problem.tma_scales and problem.recipe.gn == 128 else self.head[0])
         # FP8: K in whole 128-K blocks (a tail is zero-filled by TMA); 16-bit: K as it is.
         k = problem.k if problem.a_dtype.itemsize == 2 else problem.k_blocks * config.block_k
         self.tail = (sfa.data_ptr(), sfa_strides[0], sfa_strides[1], sfb.data_ptr(), sfb_strides[0], sfb_strides[1],

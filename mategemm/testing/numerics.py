@@ -15,6 +15,11 @@ TOLERANCE = {
     # accumulates in fp32 there and in float64 here, so an activation near an FP8 rounding boundary
     # can round to the neighbouring e4m3 value (~6% apart): H200, 2.2e-5 to 4.1e-5 on the tests' cases
     ("fused_moe", torch.bfloat16): 1e-4,
+    # the same with at most 64 routed pairs: one such flip is a large share of so few values (H100, 40
+    # fresh draws each: 1 token on 1 of 4 experts median 6.2e-7, 4 above 1e-4, max 5.3e-3; 64 tokens,
+    # topk 1, weights on the input: median 1.9e-5, 4 above 1e-4, max 6.1e-4). A wrong expert, row or
+    # scale still gives far more.
+    ("fused_moe_few_pairs", torch.bfloat16): 1e-2,
     # the lightning indexer against testing.indexer's references: FP8 products are exact, the sums
     # over the head dimension and the heads are fp32; bf16 logits add their own rounding
     ("mqa_logits", torch.float32): 1e-5,

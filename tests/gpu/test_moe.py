@@ -345,6 +345,29 @@ def test_ragged_k(major, counts, monkeypatch):
             assert torch.equal(out[e], init[e]), "an empty expert's output changed"
 
 
+@pytest.mark.parametrize("m,n", [(320, 512), (100, 200), (36, 72), (38, 136)])
+def test_ragged_k_scales_by_bulk_copies_match_the_scale_warps(m, n, monkeypatch):
+    """K-major operands with MN-major scales: each stage's scale rows by bulk copies (partial tiles
+    along M and N; m = 38 cannot, and takes the scale warps) give the reference and, bit for bit,
+    what the scale warps give (MATEGEMM_FORCE_CONFIG tma_scales=0)."""
+    counts = [256, 0, 384, 128]
+    sum_k = sum(counts)
+    a, sfa = moe.make_k_grouped_operand(sum_k, m)
+    b, sfb = moe.make_k_grouped_operand(sum_k, n)
+    a, b = moe.k_major(a), moe.k_major(b)
+    info = torch.tensor(counts, dtype=torch.int32, device="cuda")
+    outs = []
+    for force in ("", "tma_scales=0"):
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+        out = torch.full((len(counts), m, n), 0.5, dtype=torch.float32, device="cuda")
+        outs.append(mategemm.ragged_k_moe_gemm_8bit((a, sfa), (b, sfb), info, out, major_a_mode="K",
+                                                    major_b_mode="K"))
+    ref = moe.ragged_k_reference(a, sfa, b, sfb, counts, torch.full_like(outs[0], 0.5))
+    diff = calc_diff(outs[0], ref)
+    assert diff <= 1e-6, f"ragged K scales by bulk copies, m={m} n={n}: calc_diff {diff:.3e}"
+    assert torch.equal(outs[0], outs[1]), "bulk-copied scales and the scale warps' differ"
+
+
 def test_ragged_k_host_counts_checked():
     a, sfa = moe.make_k_grouped_operand(256, 128)
     b, sfb = moe.make_k_grouped_operand(256, 128)

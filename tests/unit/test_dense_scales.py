@@ -154,3 +154,58 @@ def test_tma_scale_boxes_start_aligned_and_cover_the_tile(block_m, rows_checked)
         covered = set().union(*(range(s, s + box_rows) for s in starts))
         assert set(range(a_row0, a_row0 + block_m)) <= covered
         assert a_row0 - first + block_m <= stage_rows
+
+
+def ragged_k_plan(readable=True, force="", m=4096, n=2048, mn_major=0):
+    problem = GemmProblem(m, n, 8 * 2048, RECIPE_1x128_1x128, E4M3, E4M3, torch.float32, "ragged_k", 8,
+                          mn_major=mn_major)
+    return plan.grouped_gemm(problem, SM90_NO_DEVICE, force=force, a_scales_tma=readable)
+
+
+@pytest.mark.parametrize("readable,force,mn_major,bulk", [
+    (True, "", 0, True), (True, "tma_scales=2", 0, True), (True, "tma_scales=0", 0, False),
+    (False, "", 0, False), (False, "tma_scales=2", 0, False), (True, "", 3, False),
+])
+def test_ragged_k_copies_its_scales_with_each_stage_where_readable(readable, force, mn_major, bulk):
+    """Both operands' scale rows by bulk copies where given readable (never copied first); the scale
+    warps with tma_scales=0, with scales the copies cannot read, and beside operands transposed in
+    the kernel."""
+    p = ragged_k_plan(readable, force, mn_major=mn_major)
+    assert (p.problem.tma_scales, p.copy_a_scales) == (bulk, False)
+    assert p.spec.name_expr.endswith(", true>" if bulk else ", false>")
+
+
+@pytest.mark.parametrize("m,n,offset,strides,readable", [
+    (4096, 2048, 0, ((1, 4096), (1, 2048)), True),
+    (4100, 2048, 0, ((1, 4100), (1, 2048)), True),
+    (4098, 2048, 0, ((1, 4100), (1, 2048)), False),   # a row of m floats is no multiple of 16 bytes
+    (4096, 2050, 0, ((1, 4096), (1, 2052)), False),
+    (4096, 2048, 4, ((1, 4096), (1, 2048)), False),   # not 16-byte aligned
+    (4096, 2048, 0, ((16, 1), (1, 2048)), False),     # K-major scales
+    (4096, 2048, 0, ((1, 4098), (1, 2048)), False),   # rows 4098 floats apart
+])
+def test_ragged_k_scales_bulk_readable(m, n, offset, strides, readable):
+    assert plan.ragged_k_scales_bulk_readable(strides[0], 4096 + offset, m, strides[1], 8192, n) == readable
+
+
+def test_ragged_k_call_plans_bulk_scales_as_given(stubbed, monkeypatch):  # noqa: F811
+    """Through the call path: MN-major scales with aligned rows take the bulk-copy instance and are
+    passed where they lie; scales with rows of m = 36 + 2 floats take the scale warps."""
+    from mategemm import moe
+    from mategemm.testing import moe as moe_testing
+
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+
+    _, kernel = stubbed
+    specs = []
+    monkeypatch.setattr(kernel_fp8, "load", lambda spec, *args, **kwargs: specs.append(spec) or kernel)
+    for m, bulk in ((64, True), (38, False)):
+        monkeypatch.setattr(moe, "_warm", type(moe._warm)())
+        a, sfa = moe_testing.make_k_grouped_operand(256, m, device="cpu")
+        b, sfb = moe_testing.make_k_grouped_operand(256, 128, device="cpu")
+        out = torch.zeros((2, m, 128), dtype=torch.float32)
+        mategemm.ragged_k_moe_gemm_8bit((moe_testing.k_major(a), sfa), (moe_testing.k_major(b), sfb),
+                                        torch.tensor([128, 128], dtype=torch.int32), out, major_a_mode="K",
+                                        major_b_mode="K")
+        assert specs[-1].name_expr.endswith(", true>" if bulk else ", false>")
+        assert kernel.launches[-1][1][4:7] == (sfa.data_ptr(), 1, m)

@@ -311,7 +311,7 @@ def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster, 
 
 @pytest.mark.parametrize("mode,tma_scales", [("none", True), ("per_token", False), ("per_token", True),
                                              ("per_expert", True), ("psum_expert", False), ("masked", False),
-                                             ("masked", True), ("ragged_k", False)])
+                                             ("masked", True), ("ragged_k", False), ("ragged_k", True)])
 def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
     """The planned 256x128 kernels (ragged K: 128x128, per-column B scales) keep the wgmma descriptors
     in uniform registers: no R2UR from the first wgmma to the last. A tile walk the compiler cannot
@@ -326,10 +326,12 @@ def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
         gemm_plan = plan.dense(problem, SM90_NO_DEVICE, force=force, a_scales_tma=True)
     else:
         gemm_plan = plan.grouped_gemm(problem, SM90_NO_DEVICE, alignment_m=128 if mode == "per_token" else 0,
-                                      max_m=m // 4, force=force)
+                                      max_m=m // 4, force=force, a_scales_tma=mode == "ragged_k" and tma_scales)
     config = gemm_plan.config
     assert (config.block_m, config.block_n) == ((128, 128) if mode == "ragged_k" else (256, 128))
     assert gemm_plan.problem.tma_scales == tma_scales
     text = sass.dump_sass(sass_cache.get(gemm_plan.spec).path / "kernel.cubin")
     moves = sass.main_loop_r2ur(text)
     assert not moves, f"{len(moves)} R2UR between the first and the last wgmma"
+    # ragged K's scales by bulk copies (one for sa, one for sb), none by the scale warps' loads
+    assert text.count("UBLKCP") == (2 if mode == "ragged_k" and tma_scales else 0)

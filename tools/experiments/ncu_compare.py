@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """FP8 GEMM kernels on one shape under Nsight Compute, side by side (a lab tool): DeepGEMM's and
 mategemm's dense GEMM, or with --groups their contiguous grouped GEMM (and our dense one on the
-same work). `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`) where
+same work), or with --k-groups their k-grouped (weight-gradient) GEMM. `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`) where
 a DeepGEMM column is asked for; `table` reads ncu's raw CSV pages anywhere.
 
     python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
     python tools/experiments/ncu_compare.py run --shape 8192x4096x7168 --groups 4 --impls mategemm_dense,mategemm
     python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [...] [--labels deepgemm,mategemm]
+    python tools/experiments/ncu_compare.py run --shape 7168x2048x2048 --k-groups 8
     python tools/experiments/ncu_compare.py run --shape 4096x32768x512 --source   (and per SASS line)
     python tools/experiments/ncu_compare.py hot A_sass.csv [...]
 
@@ -18,7 +19,9 @@ the first column's. --source also keeps each report and exports its SASS source 
 prints per kernel the opcodes by executed instructions and the lines that drew the most stall
 samples (`hot` prints the same from exported pages). --groups G: G experts of m rows each
 (multiples of 128: no padding rows, so every tile is whole), per_token ids for ours, DeepGEMM's
-contiguous layout; mategemm_dense is our dense GEMM of (G * m, n, k).
+contiguous layout; mategemm_dense is our dense GEMM of (G * m, n, k). --k-groups G: G groups of k
+K-rows each (a multiple of 128) adding into one fp32 (G, m, n) output, both operands K-major (ours
+strided over all groups' K, DeepGEMM's one group after another), scales MN-major.
 """
 import argparse
 import csv
@@ -42,6 +45,10 @@ METRICS = (
     ("stall wait / issue", "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio"),
     ("stall gmma / issue", "smsp__average_warps_issue_stalled_gmma_per_issue_active.ratio"),
     ("stall barrier / issue", "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio"),
+    ("stall short scoreboard / issue", "smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio"),
+    ("stall mio throttle / issue", "smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio"),
+    ("stall math pipe throttle / issue", "smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio"),
+    ("shared load wavefronts", "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum"),
     ("global load instructions", "smsp__sass_inst_executed_op_global_ld.sum"),
     ("shared store instructions", "smsp__sass_inst_executed_op_shared_st.sum"),
     ("stmatrix instructions", "smsp__inst_executed_op_shared_stsm.sum"),
@@ -54,7 +61,8 @@ METRICS = (
     ("achieved warps per SM", "sm__warps_active.avg.per_cycle_active"),
 )
 KERNELS = {"mategemm": "sm90_fp8_gemm_blockscaled", "mategemm_dense": "sm90_fp8_gemm_blockscaled",
-           "deepgemm": "sm90_fp8_gemm_1d2d"}
+           "deepgemm": "sm90_fp8_gemm_1d2d", "mategemm_k_grouped": "sm90_fp8_gemm_blockscaled",
+           "deepgemm_k_grouped": "sm90_fp8_gemm_1d1d"}
 
 
 def read_raw(path: Path) -> dict[str, float]:
@@ -128,6 +136,30 @@ def hot(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def launch_k_grouped(impl: str, m: int, n: int, k: int, groups: int) -> None:
+    import torch
+
+    import mategemm
+    from mategemm.testing import moe
+
+    (a, sfa), (b, sfb) = (moe.make_k_grouped_operand(groups * k, cols) for cols in (m, n))
+    out = torch.zeros((groups, m, n), dtype=torch.float32, device="cuda")
+    counts = torch.full((groups,), k, dtype=torch.int32, device="cuda")
+    if impl.startswith("deepgemm"):
+        import deep_gemm
+        flat_a, flat_b = (torch.cat([x[g * k:(g + 1) * k].t().reshape(-1) for g in range(groups)]) for x in (a, b))
+    else:
+        a_k, b_k = moe.k_major(a), moe.k_major(b)
+    for _ in range(3):
+        if impl.startswith("deepgemm"):
+            deep_gemm.k_grouped_fp8_gemm_nt_contiguous((flat_a, sfa.t()), (flat_b, sfb.t()), out, [k] * groups, counts,
+                                                      out)
+        else:
+            mategemm.ragged_k_moe_gemm_8bit((a_k, sfa), (b_k, sfb), counts, out, major_a_mode="K", major_b_mode="K",
+                                            scale_granularity_mnk=(1, 1, 128))
+    torch.cuda.synchronize()
+
+
 def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
     """Three launches of one implementation (ncu skips the first two)."""
     import torch
@@ -136,6 +168,8 @@ def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
     from mategemm.testing import moe
     from mategemm.testing.reference import make_fp8_gemm_inputs
 
+    if impl.endswith("_k_grouped"):
+        return launch_k_grouped(impl, m, n, k, groups)
     if groups and impl != "mategemm_dense":
         a, sfa = moe.make_tokens(groups * m, k)
         sfa = sfa.t().contiguous().t()  # MN-major, as DeepGEMM's kernel reads them
@@ -164,7 +198,10 @@ def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
 
 def run(shape: str, out: Path, section_set: str, clock_control: str = "base", groups: int = 0,
         impls: tuple[str, ...] = ("deepgemm", "mategemm"), source: bool = False) -> None:
-    if groups and int(shape.split("x")[0]) % 128:
+    k_grouped = any(impl.endswith("_k_grouped") for impl in impls)
+    if k_grouped and (not groups or int(shape.split("x")[2]) % 128):
+        raise SystemExit("the k-grouped impls need --k-groups and k (K-rows per group) a multiple of 128")
+    if groups and not k_grouped and int(shape.split("x")[0]) % 128:
         raise SystemExit("--groups: m (rows per expert) must be a multiple of 128")
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{groups}x{shape}" if groups else shape
@@ -193,7 +230,7 @@ def run(shape: str, out: Path, section_set: str, clock_control: str = "base", gr
             sass_path = out / f"{impl}_{tag}_sass.csv"
             sass_path.write_text(exported.stdout)
             print(hot(sass_path))
-    what = f"{groups} experts of {shape}" if groups else shape
+    what = f"{groups} K-groups of {shape}" if k_grouped else f"{groups} experts of {shape}" if groups else shape
     print(f"{what}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}):")
     print(table(paths, list(impls)))
 
@@ -208,7 +245,9 @@ def main() -> None:
     r.add_argument("--clock-control", choices=("base", "none"), default="base",
                    help="ncu's default locks the SM clock to base; none profiles at the clocks a benchmark sees")
     r.add_argument("--groups", type=int, default=0, help="the contiguous grouped GEMM: experts of --shape's m rows")
-    r.add_argument("--impls", default="deepgemm,mategemm", help=f"comma-separated, of {', '.join(KERNELS)}")
+    r.add_argument("--k-groups", type=int, default=0,
+                   help="the k-grouped GEMM: groups of --shape's k K-rows (impls default to the k-grouped pair)")
+    r.add_argument("--impls", default="", help=f"comma-separated, of {', '.join(KERNELS)}")
     r.add_argument("--source", action="store_true", help="also export each kernel's SASS source page")
     h = sub.add_parser("hot", help="opcodes and stall-sampled lines of exported SASS source pages")
     h.add_argument("paths", type=Path, nargs="+")
@@ -221,10 +260,14 @@ def main() -> None:
     launch_parser.add_argument("groups", type=int)
     args = parser.parse_args()
     if args.command == "run":
-        impls = tuple(args.impls.split(","))
+        default = "deepgemm_k_grouped,mategemm_k_grouped" if args.k_groups else "deepgemm,mategemm"
+        impls = tuple((args.impls or default).split(","))
         if set(impls) - set(KERNELS):
             parser.error(f"--impls: each one of {', '.join(KERNELS)}")
-        run(args.shape, args.out, args.section_set, args.clock_control, args.groups, impls, args.source)
+        if args.k_groups and args.groups:
+            parser.error("--groups and --k-groups: one or the other")
+        run(args.shape, args.out, args.section_set, args.clock_control, args.groups or args.k_groups, impls,
+            args.source)
     elif args.command == "table":
         labels = args.labels.split(",")
         if len(labels) != len(args.paths):
