@@ -47,9 +47,9 @@ struct GemmSmemLayout {
   static constexpr int kBBytes = kBHalves * kBHalfBytes;
   // Scales of one stage. (1,128,128): per row, the products sa * sb with the tile's first B scale
   // block, then (if the tile can straddle two) with the next; with kTmaScales only sa per row, as
-  // TMA lands them. (1,1,128): sa per row, sb per column (kTmaScales: each row as a bulk copy
-  // lands it, 16-byte aligned); (1,1,32): those for each of the stage's
-  // four 32-value K blocks in turn. A gated tile's two halves take a B scale block each.
+  // TMA lands them. (1,1,128): sa per row, sb per column (kTmaScales: each as a bulk copy lands
+  // it, 16-byte aligned); (1,1,32): those for each of the stage's four 32-value K blocks in turn.
+  // A gated tile's two halves take a B scale block each.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && (128 % BLOCK_N != 0 || kBHalves == 2);
   // kTmaScales: a TMA box's first row must sit on 16 bytes (4 floats). Tiles of the grouped M modes
   // start on any row: their boxes (up to 128 rows, 4 more) start at the row rounded down to 4, the

@@ -17,7 +17,12 @@ Variants (several may be joined with '+'):
                 DeepGEMM's picks there: 256-row tiles in N-block pairs sharing A (cluster_n 2), 128-row
                 ones in M-block pairs sharing B (4096x2112x7168: 128x192 cluster_m 2). The H200 sweep of
                 2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
-                the main-loop changes. Not yet timed
+                the main-loop changes. Measured (H100, 8 shapes, 2 rounds): 1-5% slower, geomean
+                against DeepGEMM 0.957 / 0.953 against 0.976 / 0.976
+  overlap_clusters ragged K's second scratch accumulator (the wgmma of k-block kb + 1 under kb's
+                promotion) kept in 2-CTA clusters too, for MATEGEMM_FORCE_CONFIG cluster_n=2 on the
+                k-grouped rows (DeepGEMM shares a tile across a pair at <= 4 groups). Once spilled;
+                now 0 bytes of local memory at 128x128 (NVRTC 13.0). Not yet timed
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
@@ -145,6 +150,8 @@ PATCHES = {
                         "            and math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) > num_mp\n"
                         "            and tile_allowed(problem, block_m, block_n, pair, num_mp)):\n"
                         "        cluster_m, cluster_n = pair\n")],
+    "overlap_clusters": [(MAINLOOP, "                                            T::kCluster == 1;",
+                          "                                            T::kCluster <= 2;")],
 }
 
 
