@@ -51,6 +51,13 @@ Variants (several may be joined with '+'):
                 decode's issue, its passes, the wgmma nor the bandwidth account for it; ~43 KB of packed
                 bytes were in flight per SM against the FP8 path's ~200 KB. SASS (NVRTC 13.0): no local
                 memory; the layout's size checked against the host's. Not yet timed
+  nvfp4_a_boxes16 (patches/nvfp4_a_boxes16.diff; the NVFP4 grouped GEMM) A's packed rows in boxes of
+                16, as many per stage as the tile's group has rows (1-4 at decode), instead of one
+                box of BLOCK_M: at 1-4 tokens per expert nearly every 64-row box ran past the tokens'
+                last row, and those rows were 19-23% slower than 16 tokens with the same weights
+                and tiles (H100). Worth timing only if the same call with spare rows after A (no group
+                covers them) makes 1-4 tokens as fast as 16. SASS (NVRTC 13.0): no local memory. Not
+                yet timed
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -103,6 +110,7 @@ PATCH_FILES: dict[str, Path] = {
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "nvfp4_deep_staging": Path(__file__).resolve().parent / "patches" / "nvfp4_deep_staging.diff",
+    "nvfp4_a_boxes16": Path(__file__).resolve().parent / "patches" / "nvfp4_a_boxes16.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
