@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """FP8 GEMM kernels on one shape under Nsight Compute, side by side (a lab tool): DeepGEMM's and
 mategemm's dense GEMM, or with --groups their contiguous grouped GEMM (and our dense one on the
-same work), or with --k-groups their k-grouped (weight-gradient) GEMM. `run` needs a GPU, ncu and DeepGEMM importable (`source tools/deepgemm_build.sh`) where
-a DeepGEMM column is asked for; `table` reads ncu's raw CSV pages anywhere.
+same work), or with --k-groups their k-grouped (weight-gradient) GEMM. `run` needs a GPU, ncu and
+DeepGEMM importable (`source tools/deepgemm_build.sh`) where a DeepGEMM column is asked for;
+`table` reads ncu's raw CSV pages anywhere.
 
     python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
     python tools/experiments/ncu_compare.py run --shape 8192x4096x7168 --groups 4 --impls mategemm_dense,mategemm
