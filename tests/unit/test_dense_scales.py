@@ -190,11 +190,10 @@ def test_ragged_k_scales_bulk_readable(m, n, offset, strides, readable):
 
 def test_ragged_k_call_plans_bulk_scales_as_given(stubbed, monkeypatch):  # noqa: F811
     """Through the call path: MN-major scales with aligned rows take the bulk-copy instance and are
-    passed where they lie; scales with rows of m = 36 + 2 floats take the scale warps."""
+    passed where they lie; rows of 38 floats (no multiple of 16 bytes) take the scale warps."""
     from mategemm import moe
-    from mategemm.testing import moe as moe_testing
-
     from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+    from mategemm.testing import moe as moe_testing
 
     _, kernel = stubbed
     specs = []
