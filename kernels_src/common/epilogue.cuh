@@ -59,38 +59,28 @@ __device__ __forceinline__ void store_accum_to_smem(const float* acc, u32 smem_b
     return;
   }
   const int row = tile_row0 + warp * 16 + lane / 4;
-  if constexpr (kOutType == kOutF32Add && kSwizzleBytes == 128 && BLOCK_N % 32 == 0) {
-    // NOTES: 8-byte stores go by half-warps (4 rows). Chunk c's columns of row r sit in 16-byte
-    // units 2 (c % 4) + {0, 1} XOR r % 8: the half-warp's 4 rows met one half of the row's units
-    // twice (ncu, ragged K 128x128: 2.8 bank conflicts per store). Lanes 2 and 3 of a quad store
-    // chunk c ^ 2 meanwhile, whose units lie XOR 4 away: 8 units, one wavefront per half-warp.
-    const bool other = lane % 4 >= 2;
-    #pragma unroll
-    for (int c = 0; c < BLOCK_N / 8; ++c) {
-      const int chunk = other ? c ^ 2 : c;
-      const int col = chunk * 8 + (lane % 4) * 2;
-      #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const float lo = other ? acc[(c ^ 2) * 4 + i * 2] : acc[c * 4 + i * 2];
-        const float hi = other ? acc[(c ^ 2) * 4 + i * 2 + 1] : acc[c * 4 + i * 2 + 1];
-        st_shared_f32x2(smem_base + staging_offset<BLOCK_M, kSwizzleBytes, kElemBytes>(row + 8 * i, col), lo, hi);
-      }
-    }
-    return;
-  }
+  // NOTES: 8-byte stores go by half-warps (4 rows). With fp32 in the 128-byte swizzle, chunk c's
+  // columns of row r sit in 16-byte units 2 (c % 4) + {0, 1} XOR r % 8: the half-warp's 4 rows met
+  // one half of the row's units twice (ncu, ragged K 128x128: 2.8 bank conflicts per store). Lanes
+  // 2 and 3 of a quad store chunk c ^ 2 meanwhile, whose units lie XOR 4 away: 8 units, one
+  // wavefront per half-warp. (Selects between two registers: an index would go to local memory.)
+  constexpr bool kSwapChunks = kOutType == kOutF32Add && kSwizzleBytes == 128 && BLOCK_N % 32 == 0;
+  const bool other = kSwapChunks && lane % 4 >= 2;
   #pragma unroll
   for (int c = 0; c < BLOCK_N / 8; ++c) {
-    const int col = c * 8 + (lane % 4) * 2;
+    const int partner = kSwapChunks ? c ^ 2 : c;  // the chunk lanes 2 and 3 store in c's turn
+    const int col = (other ? partner : c) * 8 + (lane % 4) * 2;
     #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const u32 addr = smem_base + staging_offset<BLOCK_M, kSwizzleBytes, kElemBytes>(row + 8 * i, col);
+      const float lo = other ? acc[partner * 4 + i * 2] : acc[c * 4 + i * 2];
+      const float hi = other ? acc[partner * 4 + i * 2 + 1] : acc[c * 4 + i * 2 + 1];
       if constexpr (kOutType == kOutF32Add) {
-        st_shared_f32x2(addr, acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]);
+        st_shared_f32x2(addr, lo, hi);
       } else if constexpr (kOutType == kOutE4M3) {
-        const float lo = acc[c * 4 + i * 2], hi = acc[c * 4 + i * 2 + 1];
         st_shared_u16(addr, kDivide ? e4m3x2(__fdiv_rn(lo, out_scale), __fdiv_rn(hi, out_scale)) : e4m3x2(lo, hi));
       } else {
-        st_shared_u32(addr, pack_out2<kOutType>(acc[c * 4 + i * 2], acc[c * 4 + i * 2 + 1]));
+        st_shared_u32(addr, pack_out2<kOutType>(lo, hi));
       }
     }
   }

@@ -68,7 +68,7 @@ __device__ __forceinline__ void promote_chunk(float* acc, const float* part, flo
   acc[3] = fmaf(part[3], scale_hi, acc[3]);
 }
 
-// kTmaScales: the B scales of a work item (its one or two 128-column blocks, each K block of the
+// kItemBScales: the B scales of a work item (its one or two 128-column blocks, each K block of the
 // item) for a buffer of the tile's B scales. copy() moves them all, the math threads' shares in
 // turn; load() and store() move one thread's share in two steps, so that the loads of the next
 // item run under this item's main loop. The caller syncs the math threads before they are read.

@@ -51,6 +51,11 @@ struct GemmSmemLayout {
   // it, 16-byte aligned); (1,1,32): those for each of the stage's four 32-value K blocks in turn.
   // A gated tile's two halves take a B scale block each.
   static constexpr bool kTwoScaleBlocks = kScaleGranN == 128 && (128 % BLOCK_N != 0 || kBHalves == 2);
+  // kTmaScales with the (1,128,128) recipe: A's scales per stage by TMA, each work item's B scales in
+  // a buffer of its own (ItemBScales); with ragged K's (1,1,128): each stage's row of sa and of sb
+  // copied by bulk copies beside its tiles.
+  static constexpr bool kItemBScales = kTmaScales && kScaleGranN == 128;
+  static constexpr bool kBulkStageScales = kTmaScales && kScaleGranN == 1;
   // kTmaScales: a TMA box's first row must sit on 16 bytes (4 floats). Tiles of the grouped M modes
   // start on any row: their boxes (up to 128 rows, 4 more) start at the row rounded down to 4, the
   // next box 128 rows on (the boxes overlap by 4 rows); the stage holds BLOCK_M + 4 rows, 128-byte
@@ -60,7 +65,7 @@ struct GemmSmemLayout {
   static constexpr int kScaleBoxRows = kScaleBoxStep + kScaleRowSlack;
   static constexpr int kScaleBoxes = BLOCK_M / kScaleBoxStep;
   static constexpr int kSfFloats = kScaleGranN == 0                     ? 0
-                                   : kTmaScales && kScaleGranN == 128 ? BLOCK_M + kScaleRowSlack
+                                   : kItemBScales                     ? BLOCK_M + kScaleRowSlack
                                    : kScaleGranN == 128               ? BLOCK_M * (kTwoScaleBlocks ? 2 : 1)
                                                                       : (BLOCK_M + BLOCK_N) * (kBlockK / kScaleGranK);
   static constexpr int kSfAlign = kScaleRowSlack ? 128 : 16;
@@ -86,11 +91,10 @@ struct GemmSmemLayout {
   static constexpr int kOffGroupTable = kOffRowOk + kRowOkBytes;  // GroupTable: 3 ints per group
   // kGroupOffsets: a fourth, each group's first 128-row tile of A's NVFP4 scales
   static constexpr int kGroupTableInts = kGroupMode == kGroupOffsets ? 4 : 3;
-  // kTmaScales: a tile's B scales for each of its K blocks (at most kMaxTileKBlocks) and its one or
+  // kItemBScales: a tile's B scales for each of its K blocks (at most kMaxTileKBlocks) and its one or
   // two B scale blocks, in two buffers that tiles take in turn.
   static constexpr int kMaxTileKBlocks = 128;
-  static constexpr int kSfbTileFloats =
-      kTmaScales && kScaleGranN == 128 ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
+  static constexpr int kSfbTileFloats = kItemBScales ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
   static constexpr int kOffSfbTiles = kOffGroupTable + kGroupTableInts * kMaxGroups * 4;
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
   static constexpr int kTotalBytes = kOffSfbTiles + 2 * kSfbTileFloats * 4 + 1024;
@@ -124,15 +128,9 @@ struct GemmTraits {
   // promoting its own k32 wgmma; with per-column B scales only).
   static constexpr int kScaleGranK = kScaleGranK_;
   static constexpr int kScaleBlocksK = kBlockK / kScaleGranK;
-  // (1,128,128), dense or tokens stacked along M: A's scales (MN-major, a row of M per K block)
-  // ride in each stage's TMA transaction; the math warps stage each tile's B scales once and form
-  // sa * sb themselves. Otherwise the producer's warps 1-3 copy every stage's scales (any strides).
+  // Scales loaded with each stage's tiles (Layout::kItemBScales, kBulkStageScales); otherwise the
+  // producer's warps 1-3 copy every stage's scales (any strides).
   static constexpr bool kTmaScales = kTmaScales_;
-  // kTmaScales with the (1,128,128) recipe: A's scales per stage by TMA, each work item's B scales in
-  // a buffer of its own (ItemBScales); with ragged K's (1,1,128): each stage's row of sa and of sb
-  // copied by bulk copies beside its tiles.
-  static constexpr bool kItemBScales = kTmaScales && kScaleGranN == 128;
-  static constexpr bool kBulkStageScales = kTmaScales && kScaleGranN == 1;
   // A gated GEMM (the MoE layer's first): B's rows per group are [gate (n) | up (n)]; a tile of n
   // columns multiplies both halves (two 128-row TMA boxes per stage, two wgmma per stage and wave)
   // and stores act(gate, up) quantised to FP8 per row and 128 columns, with the scales beside.
@@ -160,6 +158,7 @@ struct GemmTraits {
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
                                 kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves>;
+  static constexpr bool kItemBScales = Layout::kItemBScales, kBulkStageScales = Layout::kBulkStageScales;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
   // ordered before the scale warp's next write by the barrier alone (racecheck follows that, not
