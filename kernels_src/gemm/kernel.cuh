@@ -150,6 +150,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_inc<T::kMathRegs>();
     consume_tiles<T>(args, smem, scheduler, warpgroup - 1);
   } else if constexpr (T::kDecoderWGs > 0) {  // decoder warpgroups: decoding threads 96 on
+    if constexpr (T::kNumMathWG > 1) setmaxnreg_dec<T::kProducerRegs>();
     decode_nvfp4_stages<T>(smem, scheduler, 96 + threadIdx.x - (T::kNumMathWG + 1) * 128);
   }
   // A CTA's barriers must outlive the peer's last arrivals on them.

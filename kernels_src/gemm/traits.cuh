@@ -180,8 +180,15 @@ struct GemmTraits {
   // Decoding NVFP4 holds a 16-entry table and a 16-value block's words per thread: 64 beside
   // 216 for the math (a scale-at-end 128-wide tile needs 64 accumulators per thread and wave).
   // Gathered A rows: the producer's lanes keep the tile's row indices (16 at BLOCK_M 256).
+  // Decoder warpgroups beside two math ones keep the producer's 64 too; the math warpgroups take
+  // what is left of the launch's allocation (64K registers over the threads, in steps of 8).
   static constexpr int kProducerRegs = kNvfp4 ? 64 : kGatherA ? 56 : !kMnMajor ? 40 : kScaleGranN == 1 ? 64 : 56;
-  static constexpr int kMathRegs = kNvfp4 ? 216 : kGatherA ? 224 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
+  static constexpr int kThreads = gemm_threads<BLOCK_M, kDecoderWGs>();
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
+  static constexpr int kMathRegsLeft =
+      (kLaunchRegs * kThreads - (1 + kDecoderWGs) * 128 * kProducerRegs) / (kNumMathWG * 128) / 8 * 8;
+  static constexpr int kMathRegs = kNvfp4 ? (kMathRegsLeft < 216 ? kMathRegsLeft : 216)
+                                 : kGatherA ? 224 : !kMnMajor ? 232 : kScaleGranN == 1 ? 216 : 224;
 
   static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256, "BLOCK_M is 64, 128 or 256");
   // NOTES: the three scale warps fill stages out of order; a warp may run at most one ring
@@ -227,9 +234,8 @@ struct GemmTraits {
                 "BLOCK_M 64 or 128, BLOCK_N 64, 128 or 256");
   static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
   // NOTES: with one math warpgroup the kernel sets no register split (all warps keep the launch's
-  // share); a decoder warpgroup beside two math ones would need one.
-  static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs <= 2 && kNumMathWG == 1),
-                "decoder warpgroups: NVFP4, one or two, beside one math warpgroup (BLOCK_M 64)");
+  // share); beside two math ones the decoder warpgroups give theirs back as the producer's does.
+  static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs <= 2), "decoder warpgroups: NVFP4, one or two");
   // MN-major FP8 operands are transposed in shared memory by the producer's warps 1-3; an operand
   // shared by a cluster pair stays K-major (each CTA would need the whole staged tile). A TMA box
   // must start 16-byte aligned along its contiguous dimension: an M-major A only in the modes
@@ -247,7 +253,8 @@ struct GemmTraits {
                                  (kScaleGranN == 1 && kGroupMode == kGroupK))),
                 "scales by TMA: K-major FP8 operands; the (1,128,128) recipe dense or with the groups' tokens "
                 "stacked along M (A's scales rows of all tokens per K block), or ragged K's (1,1,128)");
-  static_assert(kNumMathWG == 1 || kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= 168 * 384,
+  static_assert(kNumMathWG == 1 ||
+                    (1 + kDecoderWGs) * kProducerRegs * 128 + kMathRegs * kNumMathWG * 128 <= kLaunchRegs * kThreads,
                 "register split exceeds the CTA's allocation");
 };
 

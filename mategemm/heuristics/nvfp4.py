@@ -71,9 +71,9 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
     MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n
-    and decoders (warpgroups of 4 more decoding warps at BLOCK_M 64, where the default is 2 up to
-    16 rows per group and 1 above; 0: the producer's warps alone); other keys, or values that do
-    not fit, raise ValueError."""
+    and decoders (warpgroups of 4 more decoding warps, 0-2: at BLOCK_M 64 the default is 2 up to 16
+    rows per group and 1 above, at 128 it is 0, the producer's warps alone); other keys, or values
+    that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -105,9 +105,8 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
                          f"device has {device.smem_per_block}")
     decoders = DECODER_WGS_FEW_ROWS if rows_per_group <= FEW_ROWS else DECODER_WGS_64
     decoder_wgs = forced.get("decoders", decoders if block_m == 64 else 0)
-    if not 0 <= decoder_wgs <= MAX_DECODER_WGS or (decoder_wgs and block_m != 64):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS} (1 or more only with "
-                         f"block_m 64), got {decoder_wgs} with block_m {block_m}")
+    if not 0 <= decoder_wgs <= MAX_DECODER_WGS:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS}, got {decoder_wgs}")
     num_mp = max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),

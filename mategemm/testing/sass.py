@@ -44,6 +44,11 @@ def dump_sass(cubin: Path | str) -> str:
     return _cuobjdump("--dump-sass", cubin, "Function")
 
 
+def registers(cubin: Path | str) -> int:
+    """The registers per thread a cubin's (one) kernel is launched with (`cuobjdump -res-usage`)."""
+    return int(re.search(r"REG:(\d+)", _cuobjdump("-res-usage", cubin, "REG:")).group(1))
+
+
 _KPARAM = re.compile(r"Ordinal\s*:\s*0x([0-9a-f]+)\s+Offset\s*:\s*0x([0-9a-f]+)\s+Size\s*:\s*0x([0-9a-f]+)")
 
 

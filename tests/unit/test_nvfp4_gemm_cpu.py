@@ -216,11 +216,13 @@ def test_forced_configs():
     assert heuristics.choose(problem, 256, SM90_NO_DEVICE, 132).decoder_wgs == 0  # BLOCK_M 128
     two = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=2")
     assert (two.decoder_wgs, two.num_threads) == (2, 512)
+    wide = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,decoders=2")  # beside two math warpgroups
+    assert (wide.block_m, wide.decoder_wgs, wide.num_threads) == (128, 2, 640)
     assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2>")
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
                            ("block_m=128,block_n=256", "stages must be in"), ("decoders=3", "decoders must be"),
-                           ("block_m=128,decoders=1", "decoders must be")):
+                           ("decoders=-1", "decoders must be")):
         with pytest.raises(ValueError, match=message):
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
@@ -245,7 +247,7 @@ def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups
 # (block_m, block_n, stages, out type, group table capacity, decoder warpgroups)
 INSTANCES = [(64, 128, 6, "kOutBF16", 32, 0), (128, 128, 4, "kOutBF16", 256, 0), (64, 64, 8, "kOutF16", 1024, 0),
              (64, 256, 3, "kOutBF16", 32, 0), (64, 128, 6, "kOutBF16", 32, 1), (64, 128, 6, "kOutBF16", 32, 2),
-             (64, 64, 8, "kOutBF16", 32, 2)]
+             (64, 64, 8, "kOutBF16", 32, 2), (128, 128, 4, "kOutBF16", 256, 1), (128, 128, 4, "kOutBF16", 256, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +293,22 @@ def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
         assert sum(loop.values()) <= 108, f"{sum(loop.values())} instructions per 32 values"
     # the main loop: 4 wgmma per 64-value stage, as bmm_fp16's
     assert any(loop["HGMMA"] == 4 and sum(loop.values()) < 100 for loop in loops(text))
+
+
+@pytest.mark.parametrize("tile", [(m, n, decoders) for m, n, *_, decoders in INSTANCES if m == 128], ids=str)
+def test_register_split_fits_the_launch_allocation(nvfp4_sass, tile):
+    """Beside two math warpgroups every other warpgroup (the producer's, the decoders') gives back
+    registers before the math ones ask for more; asking for more than was given back would block
+    forever."""
+    text, compiled = nvfp4_sass[tile]
+    threads = (3 + tile[2]) * 128
+    launch = sass.registers(compiled.path / "kernel.cubin")
+    assert launch * threads <= 65536
+    given = [int(v, 16) for v in re.findall(r"USETMAXREG\.DEALLOC\.CTAPOOL (0x[0-9a-f]+)", text)]
+    taken = [int(v, 16) for v in re.findall(r"USETMAXREG\.TRY_ALLOC\.CTAPOOL \w+, (0x[0-9a-f]+)", text)]
+    assert len(given) == 1 + min(tile[2], 1) and len(taken) == 1, (given, taken)
+    assert given[0] * 128 * (1 + tile[2]) + taken[0] * 256 <= launch * threads
+    assert taken[0] >= 144  # the 128-wide tile's 64 accumulators per thread and wave, and room
 
 
 def test_launch_arguments_match_the_kernel_signature(nvfp4_sass):
@@ -395,10 +413,11 @@ def test_scale_offsets_and_chunk_rows_follow_the_quantisers_layout():
 
 @pytest.mark.parametrize("block_m,block_n,threads", [(64, 64, 96), (64, 128, 96), (128, 128, 96), (64, 256, 96),
                                                    (64, 64, 224), (64, 128, 224), (64, 256, 224),
-                                                   (64, 64, 352), (64, 128, 352), (64, 256, 352)])
+                                                   (64, 64, 352), (64, 128, 352), (64, 256, 352),
+                                                   (128, 128, 224), (128, 64, 352), (128, 128, 352)])
 def test_decode_threads_cover_each_row_half_once_in_its_swizzled_place(block_m, block_n, threads):
     """decode_nvfp4_stage's split over the decoding threads (the producer's 96, and 128 more with a
-    decoder warpgroup, 256 with two), for every count of A rows: each (operand, row, half) once; each
+    decoder warpgroup, 256 with two; beside one math warpgroup or two), for every count of A rows: each (operand, row, half) once; each
     chunk at c ^ row % 8 (its place fixed per thread: steps of threads / 2 rows, a multiple of 8);
     each quarter-warp's 16-byte stores and packed loads on distinct banks."""
     step = threads // 2
