@@ -17,7 +17,7 @@ namespace mategemm {
 // tile is scaled by its expert's scale alone.
 __device__ const float kNvfp4UnitRowScale = 1.0f;
 
-// kDecoderWGs: warpgroups of 4 more decoding warps each beside the producer's 3 (BLOCK_M 64; 1 or 2).
+// kDecoderWGs: warpgroups of 4 more decoding warps each beside the producer's 3 (1 or 2).
 template <int BLOCK_M, int BLOCK_N, int kNumStages, OutType kOutType, int kOutSwizzle, int kMaxGroups,
           int kDecoderWGs = 0>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M, kDecoderWGs>(), 1)

@@ -2,9 +2,10 @@
 
 The rows per group live on the GPU, so the choice rests on their average, as for the FP8
 grouped modes. At 1-64 rows per group the kernel streams weights: each weight tile is read once
-and decoded by the producer's warps 1-3, so the tile is the smallest that keeps the tensor cores'
-work per stage negligible (BLOCK_M 64, one math warpgroup) and the ring as deep as shared memory
-allows; at more rows, BLOCK_M 128 halves the decode of the weights per output row.
+and decoded by the producer's warps 1-3 and the decoder warpgroups, so the tile is the smallest
+that keeps the tensor cores' work per stage negligible (BLOCK_M 64, one math warpgroup) and the ring
+as deep as shared memory allows; at more rows, BLOCK_M 128 halves the decode of the weights per
+output row.
 """
 from __future__ import annotations
 
@@ -33,8 +34,14 @@ DECODE_ROWS = 64  # rows per group up to which one 64-row tile holds a group
 # 0.073 (decode geomean against the FP8 path 0.56 -> 0.61). Two (11 decoding warps, 512 threads, at
 # most 128 registers each: a stage of up to 176 rows in one pass instead of two) are 1-4% faster again
 # at 1-16 tokens per group on all six expert GEMMs (DeepSeek-V3 w1 1 token 0.588 -> 0.564) and 2%
-# slower at 64.
+# slower at 64. At BLOCK_M 128 (more than 64 rows per group) the producer's 3 decoding warps alone
+# bound the kernel (a stage's 256 rows at ~3 lane instructions per value); two decoder warpgroups
+# beside the two math ones (H100, 2026-12-06, forced against the default, 2 rounds): 25-30% faster on
+# all six expert GEMMs at 256 and 4096 tokens (DeepSeek-V3 w2 4096: 15.1 -> 11.4 ms, 256: 0.99 ->
+# 0.75; one warpgroup 2-3% behind two; 128x64 tiles 25% slower); at 64 tokens the 64-row tile stays
+# 14-17% ahead.
 DECODER_WGS_64 = 1
+DECODER_WGS_128 = 2
 DECODER_WGS_FEW_ROWS, FEW_ROWS = 2, 16
 MAX_DECODER_WGS = 2
 FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders")
@@ -71,9 +78,9 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
     MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n
-    and decoders (warpgroups of 4 more decoding warps, 0-2: at BLOCK_M 64 the default is 2 up to 16
-    rows per group and 1 above, at 128 it is 0, the producer's warps alone); other keys, or values
-    that do not fit, raise ValueError."""
+    and decoders (warpgroups of 4 more decoding warps beside the producer's 3, 0-2: by default 2 at
+    BLOCK_M 128 and at BLOCK_M 64 up to 16 rows per group, 1 above); other keys, or values that do
+    not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -104,7 +111,7 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
         raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
                          f"device has {device.smem_per_block}")
     decoders = DECODER_WGS_FEW_ROWS if rows_per_group <= FEW_ROWS else DECODER_WGS_64
-    decoder_wgs = forced.get("decoders", decoders if block_m == 64 else 0)
+    decoder_wgs = forced.get("decoders", decoders if block_m == 64 else DECODER_WGS_128)
     if not 0 <= decoder_wgs <= MAX_DECODER_WGS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS}, got {decoder_wgs}")
     num_mp = max(1, min(num_mp, tile_bound(problem, block_m, block_n)))

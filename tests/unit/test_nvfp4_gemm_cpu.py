@@ -151,7 +151,7 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
     assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 2>",
                                                                "64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
-                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 0>"}
+                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 2>"}
 
 
 def test_suite_rows_check_k_for_nvfp4(tmp_path):
@@ -188,7 +188,7 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
                                                        problem.max_groups) > SM90_NO_DEVICE.smem_per_block
     assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
     assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
-    assert config.decoder_wgs == (0 if config.block_m == 128 else 2 if tokens <= 16 else 1)
+    assert config.decoder_wgs == (2 if config.block_m == 128 or tokens <= 16 else 1)
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
                                          f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
                                          f"{config.decoder_wgs}>")
@@ -201,23 +201,25 @@ def test_forced_configs():
     problem = Nvfp4Problem(64, 4096, 7168, 16, 16, torch.float16, 16)
     config = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,block_n=64,stages=5,num_mp=7,group_n=2")
     assert (config.block_m, config.block_n, config.stages, config.num_mp, config.group_n) == (128, 64, 5, 7, 2)
-    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 0>")
+    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 2>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
     decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132)  # the decoders by default at BLOCK_M 64
     assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 2, 512)
     assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 2>")
     assert [heuristics.choose(problem, rows, SM90_NO_DEVICE, 132).decoder_wgs for rows in (1, 16, 17, 64, 65)] == \
-        [2, 2, 1, 1, 0]
+        [2, 2, 1, 1, 2]
     one = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=1")
     assert (one.block_m, one.decoder_wgs, one.num_threads) == (64, 1, 384)
     assert kernel.spec(problem, one, ARCH).name_expr.endswith(", 1>")
     alone = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=0")
     assert (alone.block_m, alone.decoder_wgs, alone.num_threads) == (64, 0, 256)
-    assert heuristics.choose(problem, 256, SM90_NO_DEVICE, 132).decoder_wgs == 0  # BLOCK_M 128
+    wide = heuristics.choose(problem, 256, SM90_NO_DEVICE, 132)  # BLOCK_M 128: two beside the two math warpgroups
+    assert (wide.block_m, wide.decoder_wgs, wide.num_threads) == (128, 2, 640)
+    assert heuristics.choose(problem, 256, SM90_NO_DEVICE, 132, "decoders=0").num_threads == 384
     two = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=2")
     assert (two.decoder_wgs, two.num_threads) == (2, 512)
-    wide = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,decoders=2")  # beside two math warpgroups
-    assert (wide.block_m, wide.decoder_wgs, wide.num_threads) == (128, 2, 640)
+    forced_wide = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,decoders=1")
+    assert (forced_wide.block_m, forced_wide.decoder_wgs, forced_wide.num_threads) == (128, 1, 512)
     assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2>")
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
