@@ -12,17 +12,14 @@ Variants (several may be joined with '+'):
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
   stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
-                the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain
+                the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain on our picks,
+                +1.5..3% on DeepGEMM's 64x16 / 64x32 tiles over all of K, still 5-10% behind DeepGEMM's kernel
   clusters_large dense GEMMs of at least 1024 rows and more than one wave run as 2-CTA clusters,
                 DeepGEMM's picks there: 256-row tiles in N-block pairs sharing A (cluster_n 2), 128-row
                 ones in M-block pairs sharing B (4096x2112x7168: 128x192 cluster_m 2). The H200 sweep of
                 2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
                 the main-loop changes. Measured (H100, 8 shapes, 2 rounds): 1-5% slower, geomean
                 against DeepGEMM 0.957 / 0.953 against 0.976 / 0.976
-  overlap_clusters ragged K's second scratch accumulator (the wgmma of k-block kb + 1 under kb's
-                promotion) kept in 2-CTA clusters too, for MATEGEMM_FORCE_CONFIG cluster_n=2 on the
-                k-grouped rows (DeepGEMM shares a tile across a pair at <= 4 groups). Once spilled;
-                now 0 bytes of local memory at 128x128 (NVRTC 13.0). Not yet timed
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
@@ -42,22 +39,6 @@ Variants (several may be joined with '+'):
                 of A's scales before GEMM1 and GEMM2 where they load them by TMA (13 us at 16384
                 tokens of Qwen3-30B-A3B on the H100); the permute and activation kernels take a
                 stride per scale group
-  nvfp4_deep_staging (patches/nvfp4_deep_staging.diff; the NVFP4 grouped GEMM) the packed bytes in a ring of
-                their own, deeper than the bf16 tiles': the producer waits for a slot's bytes to be
-                decoded ("decoded" barriers) instead of for the stage's bf16 tiles to be consumed, and
-                the decoding warps wait for the bf16 tiles (the empty barriers) themselves. 64x128: 4
-                bf16 stages and 16 slots of 7 KB (before: 6 stages, both together); 128x128: 4 and 7.
-                A decode stage measured ~1140 cycles (H100, 1 token per expert) where neither the
-                decode's issue, its passes, the wgmma nor the bandwidth account for it; ~43 KB of packed
-                bytes were in flight per SM against the FP8 path's ~200 KB. SASS (NVRTC 13.0): no local
-                memory; the layout's size checked against the host's. Not yet timed
-  nvfp4_a_boxes16 (patches/nvfp4_a_boxes16.diff; the NVFP4 grouped GEMM) A's packed rows in boxes of
-                16, as many per stage as the tile's group has rows (1-4 at decode), instead of one
-                box of BLOCK_M: at 1-4 tokens per expert nearly every 64-row box ran past the tokens'
-                last row, and those rows were 19-23% slower than 16 tokens with the same weights
-                and tiles (H100). Worth timing only if the same call with spare rows after A (no group
-                covers them) makes 1-4 tokens as fast as 16. SASS (NVRTC 13.0): no local memory. Not
-                yet timed
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -109,8 +90,6 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    "nvfp4_deep_staging": Path(__file__).resolve().parent / "patches" / "nvfp4_deep_staging.diff",
-    "nvfp4_a_boxes16": Path(__file__).resolve().parent / "patches" / "nvfp4_a_boxes16.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
@@ -158,8 +137,6 @@ PATCHES = {
                         "            and math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) > num_mp\n"
                         "            and tile_allowed(problem, block_m, block_n, pair, num_mp)):\n"
                         "        cluster_m, cluster_n = pair\n")],
-    "overlap_clusters": [(MAINLOOP, "                                            T::kCluster == 1;",
-                          "                                            T::kCluster <= 2;")],
 }
 
 
