@@ -39,6 +39,12 @@ Variants (several may be joined with '+'):
                 of A's scales before GEMM1 and GEMM2 where they load them by TMA (13 us at 16384
                 tokens of Qwen3-30B-A3B on the H100); the permute and activation kernels take a
                 stride per scale group
+  nvfp4_feed_only the NVFP4 grouped GEMM's producer loads each stage and the decoding warps arrive
+                without decoding (the wgmma read stale tiles): the feed's and the barriers' pace alone
+  nvfp4_decode_only the decoding warps decode whatever the staging area holds, the producer arrives on
+                each stage without loading it: the decode's and the barriers' pace alone. A decode
+                stage took ~1140 cycles (H100, 1-4 tokens per expert) and a deeper ring of packed
+                bytes did not shorten it; these two say which half sets the pace
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -84,6 +90,7 @@ HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 SM90 = "mategemm/heuristics/sm90.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
+NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -137,6 +144,11 @@ PATCHES = {
                         "            and math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) > num_mp\n"
                         "            and tile_allowed(problem, block_m, block_n, pair, num_mp)):\n"
                         "        cluster_m, cluster_n = pair\n")],
+    # NVFP4 decode stages taken apart: the loads and barriers without the decode, or the decode and
+    # barriers without the loads (wrong results on purpose both)
+    "nvfp4_feed_only": [(NVFP4, "      decode_nvfp4_stage<T>(smem_addr(", "      if (kb < 0) decode_nvfp4_stage<T>(smem_addr(")],
+    "nvfp4_decode_only": [(NVFP4, "      loaded.arrive_expect_tx(kStageBytes);\n", "      loaded.arrive();\n      if (kb < 0) {\n"),
+                          (NVFP4, "      pipe.advance();\n", "      }\n      pipe.advance();\n")],
 }
 
 
