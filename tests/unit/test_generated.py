@@ -36,7 +36,7 @@ def test_every_experiment_patch_applies_to_the_product_kernel():
         assert promotion.apply(name, files) != files, name
     for name in promotion.PATCH_FILES:  # on a copy of the sources, after the patches it builds on
         with tempfile.TemporaryDirectory() as tree:
-            for part in ("kernels_src", "mategemm"):
+            for part in ("kernels_src", "mategemm", "tests"):
                 shutil.copytree(ROOT / part, Path(tree) / part, ignore=shutil.ignore_patterns("__pycache__"))
             subprocess.run([sys.executable, str(ROOT / "tools" / "experiments" / "gemm_variants.py"), name, tree],
                            check=True)
