@@ -420,8 +420,9 @@ def test_scale_offsets_and_chunk_rows_follow_the_quantisers_layout():
 def test_decode_threads_cover_each_row_half_once_in_its_swizzled_place(block_m, block_n, threads):
     """decode_nvfp4_stage's split over the decoding threads (the producer's 96, and 128 more with a
     decoder warpgroup, 256 with two; beside one math warpgroup or two), for every count of A rows:
-    each (operand, row, half) once; each chunk at c ^ row % 8 (its place fixed per thread: steps of threads / 2 rows, a multiple of 8);
-    each quarter-warp's 16-byte stores and packed loads on distinct banks."""
+    each (operand, row, half) once; each chunk at c ^ row % 8 (its place fixed per thread: steps of
+    threads / 2 rows, a multiple of 8); each quarter-warp's 16-byte stores and packed loads on
+    distinct banks."""
     step = threads // 2
     for a_rows in range(1, block_m + 1):
         seen = collections.Counter()
