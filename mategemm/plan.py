@@ -19,6 +19,7 @@ from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel_nvfp4
+from mategemm.kernels import sm90_nvfp4_stream_gemm as kernel_nvfp4_stream
 from mategemm.runtime.device import DeviceInfo, get_num_mp
 from mategemm.types import (RECIPE_1x128_1x128, RECIPE_1x128_128x128, RECIPE_PER_ROW, GemmConfig, GemmProblem,
                             Nvfp4Problem)
@@ -223,8 +224,9 @@ def nvfp4_grouped(problem: Nvfp4Problem, device: DeviceInfo, num_mp: int | None 
                   force: str | None = None) -> Nvfp4Plan:
     """The NVFP4 grouped GEMM (token-packed groups, experts by id)."""
     config = nvfp4.choose(problem, nvfp4_rows_per_group(problem), device, mp_budget(device, num_mp), _force(force))
-    heuristics.report(kernel_nvfp4.KERNEL, problem, config)
-    return Nvfp4Plan(problem, config, kernel_nvfp4.spec(problem, config, device.arch))
+    kernel = kernel_nvfp4_stream if config.nvfp4_stream else kernel_nvfp4
+    heuristics.report(kernel.KERNEL, problem, config)
+    return Nvfp4Plan(problem, config, kernel.spec(problem, config, device.arch))
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class GemmConfig:
     cluster_n: int = 1  # CTAs per cluster side by side along N, sharing one A tile
     num_splits: int = 1  # split-K: work items per tile, each over a slice of the K blocks
     decoder_wgs: int = 0  # NVFP4: warpgroups that decode beside the producer's warps
+    # NVFP4: sm90_nvfp4_stream_gemm (weights decoded into the wgmma's registers, BLOCK_M rows of a
+    # group by 128 weight rows per tile) instead of the GEMM core's NVFP4 staging
+    nvfp4_stream: bool = False
 
     @property
     def cluster(self) -> int:
@@ -100,7 +103,10 @@ class GemmConfig:
 
     @property
     def num_threads(self) -> int:
-        """A producer warpgroup, plus one math warpgroup (BLOCK_M 64) or two, plus the decoders."""
+        """A producer warpgroup, plus one math warpgroup (BLOCK_M 64) or two, plus the decoders;
+        the streaming NVFP4 kernel: a producer and two math warpgroups."""
+        if self.nvfp4_stream:
+            return 3 * 128
         return (1 if self.block_m == 64 else 2) * 128 + 128 + self.decoder_wgs * 128
 
 

@@ -42,6 +42,24 @@ def emit_fp8(n: int) -> str:
     return "\n".join(lines)
 
 
+def emit_register_a(n: int) -> str:
+    """The bf16 form with A from registers: 4 words of 2 bf16 per thread (the m64k16 A fragment)."""
+    regs = n // 2
+    outs = ", ".join(f"%{i}" for i in range(regs))
+    constraints = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    a = ", ".join(f"%{regs + i}" for i in range(4))
+    return "\n".join([
+        f"template <> struct WgmmaRegA<{n}> {{",
+        "  static __device__ __forceinline__ void mma(float* d, const u32* a, u64 desc_b, int scale_d) {",
+        f'    asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 5}, 0;\\n'
+        f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 "
+        f'{{{outs}}}, {{{a}}}, %{regs + 4}, p, 1, 1, 0;\\n}}\\n"',
+        f"      : {constraints}",
+        '      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));',
+        "  }",
+        "};"])
+
+
 def render() -> str:
     """The header's text."""
     parts = [
@@ -60,6 +78,16 @@ def render() -> str:
     ]
     for n in range(8, 257, 8):
         parts.append(emit_fp8(n))
+        parts.append("")
+    parts += [
+        "// D(64xN, fp32) (+)= A(64 x 16 bf16 of K, registers: words a[0..3] of the m64k16 fragment, row",
+        "// lane / 4 (+ 8 in a[1], a[3]) of the warp's 16, K pair 2 * (lane % 4) (+ 8 in a[2], a[3])) * B(N x 16",
+        "// bf16 of K, smem)^T, B K-major.",
+        "template <int N> struct WgmmaRegA;",
+        "",
+    ]
+    for n in range(8, 257, 8):
+        parts.append(emit_register_a(n))
         parts.append("")
     parts.append("}  // namespace mategemm")
     return "\n".join(parts) + "\n"

@@ -312,6 +312,12 @@ __device__ __forceinline__ u32 ld_shared_u8(u32 addr) {
   return v;
 }
 
+__device__ __forceinline__ u32 ld_shared_u16(u32 addr) {
+  u32 v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
 __device__ __forceinline__ void st_shared_u8(u32 addr, u32 v) {
   asm volatile("st.shared.u8 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }

@@ -44,7 +44,16 @@ DECODER_WGS_64 = 1
 DECODER_WGS_128 = 2
 DECODER_WGS_FEW_ROWS, FEW_ROWS = 2, 16
 MAX_DECODER_WGS = 2
-FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders")
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "stream")
+
+# The streaming kernel (sm90_nvfp4_stream_gemm): tiles of 128 weight rows by STREAM_TOKENS rows of a
+# group (the wgmma's N); a stage is 256 values of K: the weights' packed rows (128 bytes), the bf16 B
+# tile and the packed rows of the group, and a 2048-byte scale block of each operand.
+STREAM_TOKENS = (8, 16, 32)
+STREAM_WEIGHT_ROWS = 128
+STREAM_ROW_BYTES = 128
+STREAM_SCALE_BYTES = 2048
+STREAM_ROWS = 32  # rows per group up to which the streaming kernel runs by default
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2) -> int:
@@ -74,6 +83,37 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
     return (math.ceil(problem.m / block_m) + groups) * math.ceil(problem.n / block_n)
 
 
+def stream_smem_bytes(tokens: int, stages: int, max_groups: int) -> int:
+    """Must match StreamLayout (kernels_src/sm90_nvfp4_stream_gemm.cuh): the stages, three barriers
+    per stage, a table of 4 ints per group and the alignment slack."""
+    stage = (STREAM_WEIGHT_ROWS + tokens) * STREAM_ROW_BYTES + tokens * 2 * 2 * STREAM_ROW_BYTES + 2 * STREAM_SCALE_BYTES
+    return stages * stage + 3 * stages * 8 + 16 * max_groups + sm90.SMEM_SLACK
+
+
+def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int,
+                  forced: dict) -> GemmConfig:
+    """The streaming kernel's tile (the fewest rows of STREAM_TOKENS holding a group's), stages and SMs."""
+    tokens = forced.get("block_m", next((t for t in STREAM_TOKENS if t >= rows_per_group), STREAM_TOKENS[-1]))
+    if tokens not in STREAM_TOKENS:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {STREAM_TOKENS} with stream=1, got {tokens}")
+    if forced.get("block_n", STREAM_WEIGHT_ROWS) != STREAM_WEIGHT_ROWS or forced.get("decoders", 0) != 0:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS} and no decoders")
+    stages = forced.get("stages") or sm90.MAX_STAGES
+    if "stages" not in forced:
+        while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups) > device.smem_per_block:
+            stages -= 1
+    smem = stream_smem_bytes(tokens, stages, problem.max_groups)
+    if not 2 <= stages <= sm90.MAX_STAGES or smem > device.smem_per_block:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of the streaming NVFP4 kernel at block_m {tokens} "
+                         f"need {smem} B of shared memory; the device has {device.smem_per_block}")
+    if "num_mp" in forced:
+        num_mp = max(1, min(forced["num_mp"], device.num_sms))
+    num_mp = max(1, min(num_mp, tile_bound(problem, tokens, STREAM_WEIGHT_ROWS)))
+    return GemmConfig(block_m=tokens, block_n=STREAM_WEIGHT_ROWS, block_k=2 * STREAM_ROW_BYTES, stages=stages,
+                      num_mp=num_mp, group_n=forced.get("group_n", fp8_gemm.GROUP_N), out_swizzle=0, smem_bytes=smem,
+                      nvfp4_stream=True)
+
+
 @functools.lru_cache(maxsize=4096)
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
@@ -86,6 +126,13 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     if unknown:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {unknown} do not apply to the NVFP4 grouped GEMM "
                          f"(keys: {', '.join(FORCE_KEYS)})")
+    # a forced key only the GEMM core's NVFP4 kernel takes picks that kernel
+    core_forced = "decoders" in forced or forced.get("block_m") in BLOCK_MS or forced.get("block_n", 128) != 128
+    stream = forced.get("stream", int(rows_per_group <= STREAM_ROWS and not core_forced))
+    if stream not in (0, 1):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream must be 0 or 1, got {stream}")
+    if stream:
+        return choose_stream(problem, rows_per_group, device, num_mp, forced)
     block_m = forced.get("block_m", 64 if rows_per_group <= DECODE_ROWS else 128)
     if block_m not in BLOCK_MS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS} here, got {block_m}")

@@ -130,7 +130,8 @@ def test_skipped_groups_and_expert_scales():
                                    "block_m=64,block_n=64,decoders=1", "block_m=64,block_n=256,decoders=1",
                                    "block_m=64,decoders=2", "block_m=64,block_n=64,decoders=2", "decoders=0",
                                    "block_m=128,decoders=1", "block_m=128,decoders=2",
-                                   "block_m=128,block_n=64,decoders=2"])
+                                   "block_m=128,block_n=64,decoders=2", "stream=1", "stream=1,block_m=8",
+                                   "stream=1,block_m=16,stages=2", "stream=1,block_m=32,num_mp=3"])
 def test_every_tile_config(monkeypatch, force):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
     case = make_case([1, 130, 0, 64, 257], n=384, k=1056, seed=7)

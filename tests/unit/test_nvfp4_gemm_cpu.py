@@ -17,6 +17,7 @@ from mategemm.heuristics import nvfp4 as heuristics
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel
+from mategemm.kernels import sm90_nvfp4_stream_gemm as kernel_stream
 from mategemm.runtime.device import SM90_NO_DEVICE
 from mategemm.testing import nvfp4 as ref
 from mategemm.testing import sass
@@ -124,8 +125,8 @@ def test_call_path_asks_for_the_planned_kernel(monkeypatch):
             call(fn, **kwargs)
     assert len(asked) == 3 and len(set(asked)) == 1
     spec = asked[0]
-    assert spec.kernel == kernel.KERNEL and spec.name_expr == \
-        "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 2>"
+    assert spec.kernel == kernel_stream.KERNEL and spec.name_expr == \
+        "&mategemm::sm90_nvfp4_stream_gemm<8, 8, mategemm::kOutBF16, 32>"
     row = {"active_experts": 32, "tokens_per_expert": 4, "n": 4096, "k": 7168}
     planned = prewarm.plan_suites([suites.Suite("nvfp4_moe", "nvfp4", (row,))], ARCH, num_mp=132)
     assert spec in {p.spec for p in planned} and {p.family for p in planned} == {"nvfp4", "moe"}
@@ -149,7 +150,8 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
     planned = prewarm.plan_suites([suite], ARCH)
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
-    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"64, 128, 6, mategemm::kOutBF16, 128, 32, 2>",
+    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"8, 8, mategemm::kOutBF16, 32>",
+                                                               "16, 7, mategemm::kOutBF16, 32>",
                                                                "64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
                                                                "128, 128, 4, mategemm::kOutBF16, 128, 32, 2>"}
 
@@ -177,6 +179,14 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
     problem = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, groups)
     nvfp4_plan = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="")
     config = nvfp4_plan.config
+    on_device = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, None)
+    # a count on the device plans for every group of expert_ids: the same kernel here
+    assert plan.nvfp4_grouped(on_device, SM90_NO_DEVICE, force="").spec == nvfp4_plan.spec
+    if tokens <= heuristics.STREAM_ROWS:
+        assert config.nvfp4_stream and config.block_m == min(t for t in heuristics.STREAM_TOKENS if t >= tokens)
+        assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_stream_gemm<{config.block_m}, {config.stages}, "
+                                             f"mategemm::kOutBF16, {problem.max_groups}>")
+        return
     assert config.block_m == (64 if tokens <= 64 else 128)
     assert config.block_n in (64, 128) and (config.block_n == 64) == (
         n <= 64 or heuristics.tile_bound(problem, config.block_m, 128) < 132)
@@ -192,9 +202,6 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
                                          f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
                                          f"{config.decoder_wgs}>")
-    # a count on the device plans for every group of expert_ids: the same kernel here
-    on_device = Nvfp4Problem(tokens * groups, n, k, groups, groups, torch.bfloat16, None)
-    assert plan.nvfp4_grouped(on_device, SM90_NO_DEVICE, force="").spec == nvfp4_plan.spec
 
 
 def test_forced_configs():
@@ -203,11 +210,11 @@ def test_forced_configs():
     assert (config.block_m, config.block_n, config.stages, config.num_mp, config.group_n) == (128, 64, 5, 7, 2)
     assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 2>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
-    decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132)  # the decoders by default at BLOCK_M 64
+    decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=0")  # the decoders by default at BLOCK_M 64
     assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 2, 512)
     assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 2>")
-    assert [heuristics.choose(problem, rows, SM90_NO_DEVICE, 132).decoder_wgs for rows in (1, 16, 17, 64, 65)] == \
-        [2, 2, 1, 1, 2]
+    assert [heuristics.choose(problem, rows, SM90_NO_DEVICE, 132, "stream=0").decoder_wgs
+            for rows in (1, 16, 17, 64, 65)] == [2, 2, 1, 1, 2]
     one = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=1")
     assert (one.block_m, one.decoder_wgs, one.num_threads) == (64, 1, 384)
     assert kernel.spec(problem, one, ARCH).name_expr.endswith(", 1>")
@@ -222,7 +229,7 @@ def test_forced_configs():
     assert (forced_wide.block_m, forced_wide.decoder_wgs, forced_wide.num_threads) == (128, 1, 512)
     assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2>")
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
-                           ("cluster_n=2", "do not apply"), ("stages=9", "stages must be in"),
+                           ("cluster_n=2", "do not apply"), ("stream=0,stages=9", "stages must be in"),
                            ("block_m=128,block_n=256", "stages must be in"), ("decoders=3", "decoders must be"),
                            ("decoders=-1", "decoders must be")):
         with pytest.raises(ValueError, match=message):
@@ -472,3 +479,159 @@ def test_scale_tiles_found_from_the_offsets_are_the_quantisers():
     assert group_table_model(offsets, 6, 557)[2] == starts.tolist()
     assert group_table_model([0, 9, 4, 12], 3, 10) == ([0, 9, 9], [9, 0, 1], [0, 1, 1])
     assert group_table_model([0, 9, 12, 20], 1, 30)[1] == [9, 0, 0]
+
+
+# ---- the streaming kernel: plan, shared memory, SASS ------------------------------------------------
+def test_streaming_kernel_plan():
+    """stream=1: the fewest group rows of (8, 16, 32) per tile holding a group's, 128 weight rows, as
+    many stages as fit; keys of the other kernel are refused."""
+    problem = Nvfp4Problem(32 * 4, 4096, 7168, 32, 32, torch.bfloat16, 32)
+    for rows, tokens in ((1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (64, 32)):
+        config = heuristics.choose(problem, rows, SM90_NO_DEVICE, 132, "stream=1")
+        assert config.nvfp4_stream and (config.block_m, config.block_n, config.num_threads) == (tokens, 128, 384)
+        assert config.smem_bytes == heuristics.stream_smem_bytes(tokens, config.stages, problem.max_groups)
+        assert config.smem_bytes <= SM90_NO_DEVICE.smem_per_block < heuristics.stream_smem_bytes(
+            tokens, config.stages + 1, problem.max_groups) or config.stages == 8
+    forced = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=1,block_m=32,stages=3,num_mp=7,group_n=2")
+    assert (forced.block_m, forced.stages, forced.num_mp, forced.group_n) == (32, 3, 7, 2)
+    assert kernel_stream.spec(problem, forced, ARCH).name_expr == \
+        "&mategemm::sm90_nvfp4_stream_gemm<32, 3, mategemm::kOutBF16, 32>"
+    nvfp4_plan = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="stream=1")
+    assert nvfp4_plan.spec.kernel == kernel_stream.KERNEL
+    for force, message in (("stream=1,block_m=64", "block_m must be one of"), ("stream=1,block_n=64", "block_n 128"),
+                           ("stream=1,decoders=1", "no decoders"), ("stream=2", "stream must be 0 or 1"),
+                           ("stream=1,stages=9", "stages of the streaming")):
+        with pytest.raises(ValueError, match=message):
+            heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
+
+
+@pytest.mark.parametrize("tokens,stages,max_groups", [(8, 8, 32), (16, 7, 256), (32, 5, 1024), (32, 2, 32)])
+def test_stream_smem_bytes_match_the_kernel_layout(tokens, stages, max_groups):
+    from mategemm.jit import nvrtc
+
+    expected = heuristics.stream_smem_bytes(tokens, stages, max_groups)
+    source = ('#include "sm90_nvfp4_stream_gemm.cuh"\n'
+              f'static_assert(mategemm::StreamLayout<{tokens}, {stages}, {max_groups}>::kTotalBytes == {expected}, '
+              '"python and kernel disagree");\n'
+              "__global__ void probe() {}\n")
+    nvrtc.compile_cubin(source, "&probe", nvrtc.base_options(ARCH, debug=False))
+
+
+STREAM_INSTANCES = [(8, 8, "kOutBF16", 32), (16, 7, "kOutBF16", 256), (32, 5, "kOutF16", 1024)]
+
+
+@pytest.fixture(scope="module")
+def stream_sass(tmp_path_factory):
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    cache = KernelCache(tmp_path_factory.mktemp("nvfp4_stream_sass"))
+    out = {}
+    for tokens, stages, out_type, max_groups in STREAM_INSTANCES:
+        name_expr = f"&mategemm::{kernel_stream.KERNEL}<{tokens}, {stages}, mategemm::{out_type}, {max_groups}>"
+        compiled = cache.get(kernel.KernelSpec(kernel_stream.KERNEL, f'#include "{kernel_stream.KERNEL}.cuh"\n',
+                                               name_expr, ARCH))
+        out[tokens] = (sass.dump_sass(compiled.path / "kernel.cubin"), compiled)
+    return out
+
+
+@pytest.mark.parametrize("tokens", [t for t, *_ in STREAM_INSTANCES])
+def test_stream_kernel_sass_decodes_into_the_wgmma_registers(stream_sass, tokens):
+    text, compiled = stream_sass[tokens]
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["UTMALDG"] >= 4 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    assert sass.registers(compiled.path / "kernel.cubin") * 384 <= 65536
+    # the math loop: a stage's 16 wgmma with A from registers, their 8 scale tables (4 HMUL2 each),
+    # the packed bytes in 4 + 2 loads and no shared-memory store; the wgmma wait only in batches
+    main = min((loop for loop in loops(text) if loop["HGMMA"] == 16 and loop["STS"] == 0), key=lambda l: sum(l.values()))
+    assert main["HMUL2"] == 32 and main["LDS"] == 6 and main["WARPGROUP"] == 8, main
+    assert sum(main.values()) <= 560, f"{sum(main.values())} instructions per stage and thread"
+    assert re.search(r"HGMMA\.64x{}x16\.F32\.BF16 R\d+, R\d+, gdesc".format(tokens), text)
+    # the producer warps' B tile: 32 values of a row per pass, 4 scale tables, 4 16-byte stores
+    decode = [loop for loop in loops(text) if loop["STS"] == 4 and loop["HGMMA"] == 0]
+    assert decode and all(loop["HMUL2"] == 16 and loop["LDS"] == 8 for loop in decode), decode
+
+
+def test_stream_launch_arguments_match_the_kernel_signature(stream_sass):
+    import ctypes
+
+    _, compiled = stream_sass[8]
+    size = {None: 128, ctypes.c_void_p: 8, ctypes.c_int: 4}
+    assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [size[t] for t in kernel_stream.Launch.TYPES]
+
+
+# ---- the streaming kernel's two operand orders ------------------------------------------------------
+def swizzled(row: int, offset: int) -> int:
+    """Byte `offset` of 128-byte row `row` under the 128-byte swizzle (TMA's and the wgmma's)."""
+    return row * 128 + ((offset // 16) ^ (row % 8)) * 16 + offset % 16
+
+
+def word(image: bytearray, at: int) -> int:
+    return int.from_bytes(image[at:at + 4], "little")
+
+
+@pytest.mark.parametrize("tokens", [8, 16])
+def test_stream_kernel_operands_meet_in_one_k_order(tokens):
+    """sm90_nvfp4_stream_gemm step for step over one 256-value stage: the producer warps' B tile
+    (units of 32 values, swizzled 16-byte chunks) and the math threads' A fragments (bytes 32q.. of
+    their rows, the thread's 4 scales) read as the wgmma reads them give every weight row times every
+    group row exactly."""
+    gen = torch.Generator().manual_seed(tokens)
+    weights = torch.randint(0, 256, (128, 128), generator=gen, dtype=torch.uint8)
+    rows = torch.randint(0, 256, (tokens, 128), generator=gen, dtype=torch.uint8)
+    w_scales = torch.randint(0, 0x7F, (128, 16), generator=gen, dtype=torch.uint8)
+    r_scales = torch.randint(0, 0x7F, (tokens, 16), generator=gen, dtype=torch.uint8)
+
+    def chunks(scales):  # four 512-byte chunks of 128 rows x 4 scales
+        image = bytearray(2048)
+        for r in range(scales.shape[0]):
+            for s in range(16):
+                image[s // 4 * 512 + (r % 32) * 16 + (r // 32) * 4 + s % 4] = int(scales[r, s])
+        return image
+
+    def values(packed, scales):  # the exact values, K value 2b + h from byte b's nibble h
+        codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+        scale = scales.view(E4M3).double().repeat_interleave(16, dim=1)
+        return ref.e2m1_values(codes) * scale
+
+    w_image = bytearray(128 * 128)
+    for r in range(128):
+        for o in range(128):
+            w_image[swizzled(r, o)] = int(weights[r, o])
+    w_chunks, r_chunks = chunks(w_scales), chunks(r_scales)
+    r_image = bytes(rows.reshape(-1).tolist())
+    # producer warps 1-3: unit (row, w) -> four 16-byte chunks of slab w // 2
+    tile = bytearray(4 * tokens * 128)
+    for row in range(tokens):
+        for w in range(8):
+            out = [decode_e2m1x8(word(r_image, row * 128 + q * 32 + w * 4),
+                                 e2m1_table(r_chunks[q * 512 + (row % 32) * 16 + (row // 32) * 4 + w // 2]))
+                   for q in range(4)]
+            for c in range(4):
+                at = (w // 2) * tokens * 128 + swizzled(row, (4 * (w % 2) + c) * 16)
+                tile[at:at + 16] = b"".join(out[q][c].to_bytes(4, "little") for q in range(4))
+
+    def b_value(token, j, slot):  # the wgmma's B: chunk j = slab j // 4, bytes (j % 4) * 32 + 2 slot
+        at = (j // 4) * tokens * 128 + swizzled(token, (j % 4) * 32 + 2 * slot)
+        return bf16_value(int.from_bytes(tile[at:at + 2], "little"))
+
+    b = torch.tensor([[[b_value(t, j, s) for s in range(16)] for j in range(16)] for t in range(tokens)],
+                     dtype=torch.float64)
+    # math threads: row R is row g (lane / 4 = R % 8) or g + 8 of its warp; its 4 lanes q hold slots
+    # 2q, 2q + 1 (a0 / a1) and 8 + 2q, 9 + 2q (a2 / a3) of every chunk
+    a = torch.zeros(128, 16, 16, dtype=torch.float64)
+    for R in range(128):
+        for q in range(4):
+            packed = [word(w_image, R * 128 + ((2 * q + c) ^ (R % 8)) * 16 + 4 * i) for c in range(2) for i in range(4)]
+            scales = word(w_chunks, q * 512 + (R % 32) * 16 + (R // 32) * 4)
+            for batch in range(4):
+                table = e2m1_table(scales >> 8 * batch & 0xFF)
+                decoded = [decode_e2m1x8(packed[2 * batch + x], table) for x in range(2)]
+                for jj in range(4):
+                    j, w, byte = 4 * batch + jj, jj // 2, 2 * (jj % 2)
+                    for h in range(2):
+                        bits = decoded[w][byte + h]
+                        a[R, j, 8 * h + 2 * q] = bf16_value(bits & 0xFFFF)
+                        a[R, j, 8 * h + 2 * q + 1] = bf16_value(bits >> 16)
+    got = torch.einsum("rjs,tjs->rt", a, b)
+    want = values(weights, w_scales) @ values(rows, r_scales).T
+    assert torch.equal(got, want)

@@ -1,0 +1,60 @@
+// e2m1 (NVFP4) values to bf16 times their e4m3 block scale, exactly: every product of an e2m1
+// value (two significant bits) and an e4m3 scale (four) fits bf16's eight.
+#pragma once
+#include "ptx.cuh"
+
+namespace mategemm {
+
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 selector) {
+  u32 r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+  return r;
+}
+
+// Both halves multiplied in bf16 (round to nearest; every product here is exact).
+__device__ __forceinline__ u32 mul_bf16x2(u32 a, u32 b) {
+  u32 r;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+// The bf16 values of the 8 e2m1 magnitudes times one block's scale, split into their low and high
+// bytes: byte i of (lo0, lo1) is the low byte of magnitude i's product, of (hi0, hi1) its high byte.
+// Selector nibbles of prmt pick from 8 bytes: one prmt per 4 values and byte half.
+struct E2m1Table {
+  u32 lo0, lo1, hi0, hi1;
+};
+
+// NOTES: the scale's 7 magnitude bits shifted left by 4 are a bf16 of value scale x 2^-120 (e4m3
+// subnormals included: both formats' denormals line up), so a bf16 multiply by (magnitude x 2^120)
+// gives each entry exactly; magnitude 0 multiplies into +0. The scale's sign bit is ignored (block
+// scales are non-negative). Cost: 1 LOP3 + 1 IMAD + 4 HMUL2 + 4 PRMT per 16 values.
+__device__ __forceinline__ E2m1Table e2m1_table(u32 scale_byte) {
+  const u32 scaled = (scale_byte & 0x7Fu) * 0x00100010u;  // bf16 scale x 2^-120 in both halves
+  // (low, high) halves: (0, 0.5), (1, 1.5), (2, 3), (4, 6), each x 2^120
+  const u32 w01 = mul_bf16x2(scaled, 0x7B000000u), w23 = mul_bf16x2(scaled, 0x7BC07B80u);
+  const u32 w45 = mul_bf16x2(scaled, 0x7C407C00u), w67 = mul_bf16x2(scaled, 0x7CC07C80u);
+  return {prmt(w01, w23, 0x6420), prmt(w45, w67, 0x6420), prmt(w01, w23, 0x7531), prmt(w45, w67, 0x7531)};
+}
+
+// 8 e2m1 values (nibble i = value i, sign in its bit 3) -> 4 words of 2 bf16 (value 2i in the low half).
+// NOTES: 15 ALU instructions per 8 values: a mask and a shift for the selectors, 4 table PRMT, the
+// 8 sign bits moved to bit 7 of each high byte (a shift, 2 PRMT, 2 LOP3), 4 PRMT interleaving
+// low and high bytes.
+__device__ __forceinline__ void decode_e2m1x8(u32 packed, const E2m1Table& table, u32* out) {
+  const u32 magnitudes = packed & 0x77777777u;  // a selector nibble's bit 3 would replicate a sign instead
+  const u32 upper = magnitudes >> 16;           // prmt reads the low 4 selector nibbles only
+  const u32 lo_first = prmt(table.lo0, table.lo1, magnitudes), lo_second = prmt(table.lo0, table.lo1, upper);
+  u32 hi_first = prmt(table.hi0, table.hi1, magnitudes), hi_second = prmt(table.hi0, table.hi1, upper);
+  // Value i's sign is bit 4i + 3: (packed << 4) holds the even values' signs at bit 7 of their byte,
+  // packed the odd values'; interleaved bytewise they sit at bit 7 of byte i for value i.
+  const u32 shifted = packed << 4;
+  hi_first |= prmt(shifted, packed, 0x5140) & 0x80808080u;
+  hi_second |= prmt(shifted, packed, 0x7362) & 0x80808080u;
+  out[0] = prmt(lo_first, hi_first, 0x5140);
+  out[1] = prmt(lo_first, hi_first, 0x7362);
+  out[2] = prmt(lo_second, hi_second, 0x5140);
+  out[3] = prmt(lo_second, hi_second, 0x7362);
+}
+
+}  // namespace mategemm
