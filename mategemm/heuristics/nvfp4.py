@@ -1,11 +1,13 @@
-"""Config choice for sm90_nvfp4_grouped_gemm (token-packed MoE groups, NVFP4 decoded to bf16).
+"""Config choice for the NVFP4 grouped GEMM (token-packed MoE groups): sm90_nvfp4_stream_gemm or
+sm90_nvfp4_grouped_gemm.
 
 The rows per group live on the GPU, so the choice rests on their average, as for the FP8
-grouped modes. At 1-64 rows per group the kernel streams weights: each weight tile is read once
-and decoded by the producer's warps 1-3 and the decoder warpgroups, so the tile is the smallest
-that keeps the tensor cores' work per stage negligible (BLOCK_M 64, one math warpgroup) and the ring
-as deep as shared memory allows; at more rows, BLOCK_M 128 halves the decode of the weights per
-output row.
+grouped modes. Up to STREAM_ROWS rows per group (none yet: forced only) the streaming kernel decodes
+the weights straight into the wgmma's registers, 128 weight rows by the fewest of 8, 16 or 32 rows
+of a group per tile. Otherwise the GEMM core's NVFP4 kernel decodes
+both operands to bf16 tiles in shared memory (the producer's warps 1-3 and the decoder
+warpgroups): BLOCK_M 64 up to 64 rows per group, BLOCK_M 128 above, which halves the decode of the
+weights per output row.
 """
 from __future__ import annotations
 
@@ -53,7 +55,9 @@ STREAM_TOKENS = (8, 16, 32)
 STREAM_WEIGHT_ROWS = 128
 STREAM_ROW_BYTES = 128
 STREAM_SCALE_BYTES = 2048
-STREAM_ROWS = 32  # rows per group up to which the streaming kernel runs by default
+# NOTES: rows per group up to which the streaming kernel runs by default: none until it is measured on
+# the GPU (MATEGEMM_FORCE_CONFIG=stream=1 picks it; 32 is the intended bound, its largest tile).
+STREAM_ROWS = 0
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2) -> int:
@@ -86,7 +90,8 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
 def stream_smem_bytes(tokens: int, stages: int, max_groups: int) -> int:
     """Must match StreamLayout (kernels_src/sm90_nvfp4_stream_gemm.cuh): the stages, three barriers
     per stage, a table of 4 ints per group and the alignment slack."""
-    stage = (STREAM_WEIGHT_ROWS + tokens) * STREAM_ROW_BYTES + tokens * 2 * 2 * STREAM_ROW_BYTES + 2 * STREAM_SCALE_BYTES
+    packed = (STREAM_WEIGHT_ROWS + tokens) * STREAM_ROW_BYTES
+    stage = packed + tokens * 2 * 2 * STREAM_ROW_BYTES + 2 * STREAM_SCALE_BYTES  # + the bf16 B tile
     return stages * stage + 3 * stages * 8 + 16 * max_groups + sm90.SMEM_SLACK
 
 
@@ -116,11 +121,12 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
 
 @functools.lru_cache(maxsize=4096)
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
-    """BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows per group.
-    MATEGEMM_FORCE_CONFIG may set block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n
-    and decoders (warpgroups of 4 more decoding warps beside the producer's 3, 0-2: by default 2 at
-    BLOCK_M 128 and at BLOCK_M 64 up to 16 rows per group, 1 above); other keys, or values that do
-    not fit, raise ValueError."""
+    """The kernel, BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows
+    per group. MATEGEMM_FORCE_CONFIG may set stream (1: the streaming kernel, block_m 8, 16 or 32;
+    0: the core's), block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n and decoders
+    (warpgroups of 4 more decoding warps beside the producer's 3, 0-2: by default 2 at BLOCK_M 128 and
+    at BLOCK_M 64 up to 16 rows per group, 1 above); other keys, or values that do not fit, raise
+    ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
