@@ -45,17 +45,6 @@ Variants (several may be joined with '+'):
                 each stage without loading it: the decode's and the barriers' pace alone. A decode
                 stage took ~1140 cycles (H100, 1-4 tokens per expert) and a deeper ring of packed
                 bytes did not shorten it; these two say which half sets the pace
-  nvfp4_wide_slots (patches/nvfp4_wide_slots.diff; the NVFP4 grouped GEMM) the packed bytes in a ring of
-                slots of their own, each four stages' worth: 128-byte packed rows (128-byte swizzled)
-                and 16-row scale boxes, so one TMA row request brings four stages of a row instead of
-                one. The decode kernel's profile (H100, 4 tokens per expert): 6.3 cycles per L2
-                request per SM, the same row-request rate as the FP8 path's 128-byte rows at copy
-                bandwidth, with DRAM at 22% and a deeper ring of 32-byte rows no faster. The decoding
-                warps wait for the bf16 tiles' empty barriers and release a slot after its last
-                stage; lanes map to rows so that a quarter-warp's swizzled loads and stores are
-                conflict-free. SASS (NVRTC 13.0): no local memory, the lean decode loops, the layout's
-                size equal to the host's. Prediction: the decode rows 1.5-2.5x faster if request
-                count binds (nvfp4_feed_only tells first); nothing if it does not
   nvfp4_decoded_a (patches/nvfp4_decoded_a.diff; the NVFP4 grouped GEMM) at BLOCK_M 128 (more than 64
                 rows per group) A's rows decoded to bf16 once per call by a small kernel
                 (sm90_nvfp4_dequant_a: 16 values a thread, each group's scales from its tiles) into a new
@@ -119,7 +108,6 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    "nvfp4_wide_slots": Path(__file__).resolve().parent / "patches" / "nvfp4_wide_slots.diff",
     "nvfp4_decoded_a": Path(__file__).resolve().parent / "patches" / "nvfp4_decoded_a.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
