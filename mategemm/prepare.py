@@ -118,7 +118,7 @@ def nvfp4_call(nvfp4_plan: plan.Nvfp4Plan, a, b, a_scales, b_scales, group_offse
         module = kernel_nvfp4_stream if nvfp4_plan.config.nvfp4_stream else kernel_nvfp4
         kernel = module.load(nvfp4_plan.spec, nvfp4_plan.config, index)
         launch = module.Launch(kernel, nvfp4_plan.problem, nvfp4_plan.config, a, b, a_scales, b_scales,
-                                     group_offsets, group_scale_offsets, expert_ids, expert_scales, active)
+                               group_offsets, group_scale_offsets, expert_ids, expert_scales, active)
     return calls.PreparedCall(launch, (), 0)
 
 
