@@ -125,9 +125,8 @@ def test_call_path_asks_for_the_planned_kernel(monkeypatch):
             call(fn, **kwargs)
     assert len(asked) == 3 and len(set(asked)) == 1
     spec = asked[0]
-    assert spec.name_expr == ("&mategemm::sm90_nvfp4_stream_gemm<8, 8, mategemm::kOutBF16, 32>"
-                              if 4 <= heuristics.STREAM_ROWS else
-                              "&mategemm::sm90_nvfp4_grouped_gemm<64, 128, 6, mategemm::kOutBF16, 128, 32, 2>")
+    assert spec.kernel == kernel_stream.KERNEL and spec.name_expr == \
+        "&mategemm::sm90_nvfp4_stream_gemm<8, 8, mategemm::kOutBF16, 32>"
     row = {"active_experts": 32, "tokens_per_expert": 4, "n": 4096, "k": 7168}
     planned = prewarm.plan_suites([suites.Suite("nvfp4_moe", "nvfp4", (row,))], ARCH, num_mp=132)
     assert spec in {p.spec for p in planned} and {p.family for p in planned} == {"nvfp4", "moe"}
@@ -151,10 +150,10 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
     planned = prewarm.plan_suites([suite], ARCH)
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
-    stream = {"8, 8, mategemm::kOutBF16, 32>", "16, 7, mategemm::kOutBF16, 32>"}
-    core = {"64, 128, 6, mategemm::kOutBF16, 128, 32, 2>"}  # 1-16 tokens per expert without the streaming kernel
-    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == (stream if heuristics.STREAM_ROWS >= 16 else core) | {
-        "64, 128, 6, mategemm::kOutBF16, 128, 32, 1>", "128, 128, 4, mategemm::kOutBF16, 128, 32, 2>"}
+    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"8, 8, mategemm::kOutBF16, 32>",  # streaming
+                                                               "16, 7, mategemm::kOutBF16, 32>",
+                                                               "64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
+                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 2>"}
 
 
 def test_suite_rows_check_k_for_nvfp4(tmp_path):
