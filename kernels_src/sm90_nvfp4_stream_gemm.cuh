@@ -51,9 +51,6 @@ struct StreamWalk {
   static constexpr int kMaxGroups = kMaxGroups_, kClusterM = 1, kClusterN = 1;
 };
 
-// Row r of 128-row scale chunks keeps its 4 scales of a 64-value K step at (r % 32) * 16 + (r / 32) * 4.
-__device__ __forceinline__ u32 stream_scale_offset(u32 row) { return (row % 32) * 16 + (row / 32) * 4; }
-
 template <class L, class W>
 __device__ __forceinline__ void stream_produce(u8* smem, BarrierRing full, BarrierRing empty, GemmScheduler<W>& walk,
                                                const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
@@ -97,7 +94,7 @@ __device__ __forceinline__ void stream_decode_tokens(u8* smem, BarrierRing full,
       const u32 stage = smem_addr(smem) + pipe.stage * L::kStageBytes;
       for (u32 unit = thread; unit < rows * 8; unit += kStreamDecoders) {
         const u32 row = unit / 8, w = unit % 8;
-        const u32 scale = stage + L::kOffTokenScales + stream_scale_offset(scale_row0 + row) + w / 2;
+        const u32 scale = stage + L::kOffTokenScales + nvfp4_scale_offset<true>(scale_row0 + row) + w / 2;
         u32 out[4][4];
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -125,7 +122,8 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
   const u32 lane = threadIdx.x % 32, q = lane % 4;
   const u32 row = wg * 64 + (threadIdx.x / 32) % 4 * 16 + lane / 4;
   const u32 swizzle = lane / 4;  // row % 8: the 128-byte swizzle's chunk mask for both rows
-  const u32 scale_offset[2] = {q * 512 + stream_scale_offset(row), q * 512 + stream_scale_offset(row + 8)};
+  const u32 scale_offset[2] = {q * 512 + nvfp4_scale_offset<true>(row),
+                               q * 512 + nvfp4_scale_offset<true>(row + 8)};
   const u64 desc0 = smem_desc_k128_sw128(smem + L::kOffTokenTile);
   float acc[kTokens / 2];
   PipelineState<L::kNumStages> pipe;

@@ -212,6 +212,16 @@ class Nvfp4Plan:
     config: GemmConfig
     spec: KernelSpec
 
+    @property
+    def kernel(self):
+        """The host module of the planned kernel (spec, load, Launch)."""
+        return nvfp4_kernel(self.config)
+
+
+def nvfp4_kernel(config: GemmConfig):
+    """The NVFP4 kernel a config is for: the streaming one or the GEMM core's."""
+    return kernel_nvfp4_stream if config.nvfp4_stream else kernel_nvfp4
+
 
 def nvfp4_rows_per_group(problem: Nvfp4Problem) -> int:
     """The rows per group the NVFP4 tile choice is made for: the average over the active groups
@@ -224,7 +234,7 @@ def nvfp4_grouped(problem: Nvfp4Problem, device: DeviceInfo, num_mp: int | None 
                   force: str | None = None) -> Nvfp4Plan:
     """The NVFP4 grouped GEMM (token-packed groups, experts by id)."""
     config = nvfp4.choose(problem, nvfp4_rows_per_group(problem), device, mp_budget(device, num_mp), _force(force))
-    kernel = kernel_nvfp4_stream if config.nvfp4_stream else kernel_nvfp4
+    kernel = nvfp4_kernel(config)
     heuristics.report(kernel.KERNEL, problem, config)
     return Nvfp4Plan(problem, config, kernel.spec(problem, config, device.arch))
 

@@ -12,8 +12,6 @@ import torch
 
 from mategemm import env, plan, validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
-from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel_nvfp4
-from mategemm.kernels import sm90_nvfp4_stream_gemm as kernel_nvfp4_stream
 from mategemm.kernels import transpose_8bit
 from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
@@ -115,7 +113,7 @@ def nvfp4_call(nvfp4_plan: plan.Nvfp4Plan, a, b, a_scales, b_scales, group_offse
     """The NVFP4 grouped GEMM's kernel, loaded on the operands' device, with the launch of these tensors."""
     index = a.device.index
     with torch.cuda.device(index):
-        module = kernel_nvfp4_stream if nvfp4_plan.config.nvfp4_stream else kernel_nvfp4
+        module = nvfp4_plan.kernel
         kernel = module.load(nvfp4_plan.spec, nvfp4_plan.config, index)
         launch = module.Launch(kernel, nvfp4_plan.problem, nvfp4_plan.config, a, b, a_scales, b_scales,
                                group_offsets, group_scale_offsets, expert_ids, expert_scales, active)

@@ -1,5 +1,6 @@
 // e2m1 (NVFP4) values to bf16 times their e4m3 block scale, exactly: every product of an e2m1
 // value (two significant bits) and an e4m3 scale (four) fits bf16's eight.
+// And where NVIDIA's 128x4 blocked layout keeps a row's scales.
 #pragma once
 #include "ptx.cuh"
 
@@ -55,6 +56,13 @@ __device__ __forceinline__ void decode_e2m1x8(u32 packed, const E2m1Table& table
   out[1] = prmt(lo_first, hi_first, 0x7362);
   out[2] = prmt(lo_second, hi_second, 0x5140);
   out[3] = prmt(lo_second, hi_second, 0x7362);
+}
+
+// Row r of a run of 128-row scale chunks keeps its 4 scales at (r / 128) * 512 + (r % 32) * 16 +
+// (r / 32 % 4) * 4; `kOneChunk`: r < 128.
+template <bool kOneChunk>
+__device__ __forceinline__ u32 nvfp4_scale_offset(u32 row) {
+  return (kOneChunk ? 0 : (row >> 7) * 512) + (row & 31) * 16 + ((row >> 5) & 3) * 4;
 }
 
 }  // namespace mategemm

@@ -52,13 +52,6 @@ __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const 
 }
 
 // ---- warps 1-3: decode -------------------------------------------------------------------------
-// Row r of a run of 128-row scale chunks keeps its 4 scales at (r / 128) * 512 + (r % 32) * 16 +
-// (r / 32 % 4) * 4; `kOneChunk`: r < 128.
-template <bool kOneChunk>
-__device__ __forceinline__ u32 nvfp4_scale_offset(u32 row) {
-  return (kOneChunk ? 0 : (row >> 7) * 512) + (row & 31) * 16 + ((row >> 5) & 3) * 4;
-}
-
 // One operand's rows [row, rows) in steps of kStep (the decoding threads, 2 per row): each thread
 // decodes half `half` of its rows' 64 values, 32 values of two scale blocks (16 packed bytes, 2
 // scales) into four 16-byte chunks of the bf16 row. kStep is a multiple of 8, so those chunks keep

@@ -88,6 +88,11 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
     return (math.ceil(problem.m / block_m) + groups) * math.ceil(problem.n / block_n)
 
 
+def launch_sms(problem: Nvfp4Problem, block_m: int, block_n: int, num_mp: int) -> int:
+    """The CTAs of a launch: the SM budget, but no more than the launch's tiles can use."""
+    return max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
+
+
 def stream_smem_bytes(tokens: int, stages: int, max_groups: int) -> int:
     """Must match StreamLayout (kernels_src/sm90_nvfp4_stream_gemm.cuh): the stages, three barriers
     per stage, a table of 4 ints per group and the alignment slack."""
@@ -112,9 +117,7 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
     if not 2 <= stages <= sm90.MAX_STAGES or smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of the streaming NVFP4 kernel at block_m {tokens} "
                          f"need {smem} B of shared memory; the device has {device.smem_per_block}")
-    if "num_mp" in forced:
-        num_mp = max(1, min(forced["num_mp"], device.num_sms))
-    num_mp = max(1, min(num_mp, tile_bound(problem, tokens, STREAM_WEIGHT_ROWS)))
+    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)
     return GemmConfig(block_m=tokens, block_n=STREAM_WEIGHT_ROWS, block_k=2 * STREAM_ROW_BYTES, stages=stages,
                       num_mp=num_mp, group_n=forced.get("group_n", fp8_gemm.GROUP_N), out_swizzle=0, smem_bytes=smem,
                       nvfp4_stream=True)
@@ -138,13 +141,13 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     stream = forced.get("stream", int(rows_per_group <= STREAM_ROWS and not core_forced))
     if stream not in (0, 1):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream must be 0 or 1, got {stream}")
+    if "num_mp" in forced:
+        num_mp = max(1, min(forced["num_mp"], device.num_sms))
     if stream:
         return choose_stream(problem, rows_per_group, device, num_mp, forced)
     block_m = forced.get("block_m", 64 if rows_per_group <= DECODE_ROWS else 128)
     if block_m not in BLOCK_MS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS} here, got {block_m}")
-    if "num_mp" in forced:
-        num_mp = max(1, min(forced["num_mp"], device.num_sms))
     if "block_n" in forced:
         block_n = forced["block_n"]
         if block_n not in BLOCK_NS:
@@ -168,7 +171,7 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     decoder_wgs = forced.get("decoders", decoders if block_m == 64 else DECODER_WGS_128)
     if not 0 <= decoder_wgs <= MAX_DECODER_WGS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS}, got {decoder_wgs}")
-    num_mp = max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
+    num_mp = launch_sms(problem, block_m, block_n, num_mp)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),
                       out_swizzle=fp8_gemm.out_swizzle(block_n, out_bytes), smem_bytes=smem, decoder_wgs=decoder_wgs)
