@@ -18,6 +18,7 @@ from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
+from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_nvfp4_dequant_a
 from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel_nvfp4
 from mategemm.kernels import sm90_nvfp4_stream_gemm as kernel_nvfp4_stream
 from mategemm.runtime.device import DeviceInfo, get_num_mp
@@ -216,6 +217,13 @@ class Nvfp4Plan:
     def kernel(self):
         """The host module of the planned kernel (spec, load, Launch)."""
         return nvfp4_kernel(self.config)
+
+    @property
+    def specs(self) -> tuple[KernelSpec, ...]:
+        """Every kernel a call launches: A's rows decoded to bf16 first where the config asks, then the GEMM."""
+        if not self.config.decoded_a:
+            return (self.spec,)
+        return kernel_nvfp4_dequant_a.spec(self.problem.max_groups, self.spec.arch), self.spec
 
 
 def nvfp4_kernel(config: GemmConfig):

@@ -557,7 +557,8 @@ def _nvfp4_suite(row, device, num_mp, force):
     shape = f"groups={groups} tokens_per_expert={tokens} n={n} k={k}"
     for active in (groups, None):
         problem = Nvfp4Problem(groups * tokens, n, k, groups, groups, BF16, active)
-        yield plan.nvfp4_grouped(problem, device, num_mp, force).spec, "nvfp4", f"{shape} nvfp4"
+        for spec in plan.nvfp4_grouped(problem, device, num_mp, force).specs:
+            yield spec, "nvfp4", f"{shape} nvfp4"
     if k % GROUPED_K_MULTIPLE == 0:
         problem = GemmProblem(groups * tokens, n, k, RECIPE_1x128_128x128, E4M3, E4M3, BF16, "per_expert", groups)
         yield plan.grouped_gemm(problem, device, num_mp=num_mp, force=force).spec, "moe", f"{shape} fp8 per_expert"

@@ -96,6 +96,7 @@ class GemmConfig:
     # NVFP4: sm90_nvfp4_stream_gemm (weights decoded into the wgmma's registers, BLOCK_M rows of a
     # group by 128 weight rows per tile) instead of the GEMM core's NVFP4 staging
     nvfp4_stream: bool = False
+    decoded_a: bool = False  # NVFP4: A's rows decoded to bf16 beforehand, loaded by TMA
 
     @property
     def cluster(self) -> int:

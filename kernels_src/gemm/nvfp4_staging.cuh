@@ -15,8 +15,10 @@ template <class T>
 __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
                                                     GemmScheduler<T>& scheduler) {
   using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
-  constexpr u32 kStageBytes = (T::BLOCK_M + T::BLOCK_N) * Stage::kPackedRowBytes +
-                              (Stage::kAChunks + Stage::kBChunks) * Stage::kScaleChunkBytes;
+  constexpr u32 kStageBytes = T::kDecodedA ? T::Layout::kABytes + T::BLOCK_N * Stage::kPackedRowBytes +
+                                                  Stage::kBChunks * Stage::kScaleChunkBytes
+                                            : (T::BLOCK_M + T::BLOCK_N) * Stage::kPackedRowBytes +
+                                                  (Stage::kAChunks + Stage::kBChunks) * Stage::kScaleChunkBytes;
   constexpr int kChunkBoxRows = Stage::kScaleChunkBytes / 128;  // the scale descriptors' rows are 128 bytes
   const int n_scale_tiles = ceil_div(args.n, Stage::kScaleChunkRows);
   PipelineState<T::kNumStages> pipe;
@@ -34,13 +36,17 @@ __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const 
       loaded.arrive_expect_tx(kStageBytes);
       u8* staging = smem.staging + pipe.stage * T::Layout::kStagingBytes;
       const int k_byte = kb * Stage::kPackedRowBytes;
-      tma_load_2d(staging + Stage::kOffA, args.tmap_a, loaded.addr, k_byte, t.a_row0);
-      tma_load_2d(staging + Stage::kOffB, args.tmap_b, loaded.addr, k_byte, b_row0);
-      #pragma unroll
-      for (int c = 0; c < Stage::kAChunks; ++c) {
-        tma_load_2d(staging + Stage::kOffScalesA + c * Stage::kScaleChunkBytes, args.tmap_sfa, loaded.addr, 0,
-                    ((a_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
+      if constexpr (T::kDecodedA) {  // the bf16 tile itself (the stage's bf16 tiles are free: empty above)
+        tma_load_2d(smem.a + pipe.stage * T::Layout::kABytes, args.tmap_a, loaded.addr, kb * T::kBlockKElems, t.a_row0);
+      } else {
+        tma_load_2d(staging + Stage::kOffA, args.tmap_a, loaded.addr, k_byte, t.a_row0);
+        #pragma unroll
+        for (int c = 0; c < Stage::kAChunks; ++c) {
+          tma_load_2d(staging + Stage::kOffScalesA + c * Stage::kScaleChunkBytes, args.tmap_sfa, loaded.addr, 0,
+                      ((a_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
+        }
       }
+      tma_load_2d(staging + Stage::kOffB, args.tmap_b, loaded.addr, k_byte, b_row0);
       #pragma unroll
       for (int c = 0; c < Stage::kBChunks; ++c) {
         tma_load_2d(staging + Stage::kOffScalesB + c * Stage::kScaleChunkBytes, args.tmap_sfb, loaded.addr, 0,
@@ -114,7 +120,7 @@ __device__ __forceinline__ void decode_nvfp4_stages(const GemmSmem<T>& smem, Gem
   int iter = 0;
   Tile t;
   while (scheduler.next(t)) {
-    const u32 a_rows = min(T::BLOCK_M, t.row_end - t.row0);
+    const u32 a_rows = T::kDecodedA ? 0 : min(T::BLOCK_M, t.row_end - t.row0);  // A's rows to decode
     // A tile's rows within its scale chunks: a 64-row tile may start half-way into a 128-row chunk
     const u32 a_scale_row0 = static_cast<u32>(t.a_scale_row) % Stage::kScaleChunkRows;
     const u32 b_scale_row0 = static_cast<u32>(t.n_block * T::BLOCK_N) % Stage::kScaleChunkRows;

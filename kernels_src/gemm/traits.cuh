@@ -105,7 +105,7 @@ struct GemmSmemLayout {
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
-          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false>
+          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false, bool kNvfp4DecodedA_ = false>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -141,6 +141,9 @@ struct GemmTraits {
   // row r reads A row gather_pairs[r] / gather_div, copied 16 bytes a lane by the producer's warp
   // (cp.async into the swizzled places); A's scales through the same index by the scale warps.
   static constexpr bool kGatherA = kGatherA_;
+  // NVFP4 with A's rows decoded to bf16 beforehand (sm90_nvfp4_dequant_a): TMA loads A's bf16 tile
+  // straight into the stage; the decoding warps decode B alone.
+  static constexpr bool kDecodedA = kNvfp4DecodedA_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
@@ -233,6 +236,7 @@ struct GemmTraits {
                 "NVFP4: decoded to bf16, scaled at the end, token-packed groups, no cluster, K-major, "
                 "BLOCK_M 64 or 128, BLOCK_N 64, 128 or 256");
   static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
+  static_assert(!kDecodedA || kNvfp4, "A decoded beforehand: NVFP4");
   // NOTES: with one math warpgroup the kernel sets no register split (all warps keep the launch's
   // share); beside two math ones the decoder warpgroups give theirs back as the producer's does.
   static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs <= 2), "decoder warpgroups: NVFP4, one or two");

@@ -5,6 +5,8 @@ import torch
 
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant
+from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 from mategemm.types import GemmConfig, Nvfp4Problem
@@ -16,6 +18,7 @@ OUT_TYPES = {torch.bfloat16: "kOutBF16", torch.float16: "kOutF16"}
 PACKED_BOX_BYTES = 32
 SCALE_ROW_BYTES, SCALE_CHUNK_ROWS = 128, 4
 OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
+BF16_BOX_VALUES, BF16_SWIZZLE = 64, 128  # A's rows decoded beforehand: a stage's bf16 tile as the wgmma read it
 
 
 
@@ -23,7 +26,7 @@ def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (tile, stages, output type, group table capacity, decoder warpgroups);
     M, N, K, the groups and the experts stay run-time."""
     args = (config.block_m, config.block_n, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
-            config.out_swizzle, problem.max_groups, config.decoder_wgs)
+            config.out_swizzle, problem.max_groups, config.decoder_wgs, "true" if config.decoded_a else "false")
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
@@ -39,7 +42,7 @@ def _scale_rows(scales: torch.Tensor) -> torch.Tensor:
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed")
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a", "block_m", "k")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -55,6 +58,13 @@ class Launch:
         experts, n = b.shape[0], b.shape[1]
         self.head = (encode_2d(a, PACKED_BOX_BYTES, config.block_m, 0),
                      encode_2d(b, PACKED_BOX_BYTES, config.block_n, 0, rows=experts * n))
+        self.dequant_a, self.block_m, self.k = None, config.block_m, problem.k
+        if config.decoded_a:  # A's bf16 rows written into a new tensor by each call, its map made then
+            info = rt_device.device_info(a.device.index)
+            self.dequant_a = kernel_dequant.DequantA(
+                a, a_scales, group_offsets, group_scale_offsets, active,
+                problem.num_groups if problem.active is None else problem.active, problem.k, problem.max_groups,
+                info.arch, info.num_sms)
         self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
@@ -68,6 +78,14 @@ class Launch:
     def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` (m, n) on `stream` (a raw CUstream handle of the current device); the
         GEMM core's other outputs' arguments (signal, out_scale) do not apply."""
+        if self.dequant_a is not None:
+            a16 = torch.empty((self.dequant_a.m, self.k), dtype=torch.bfloat16, device=out.device)
+            self.dequant_a(a16, stream)
+            head = (encode_2d(a16, BF16_BOX_VALUES, self.block_m, BF16_SWIZZLE), self.head[1])
+            tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
+            values = (*head, tmap_d, *self.tail, out.data_ptr(), out.stride(0))
+            self.kernel.launch(self.grid, stream, self.kernel.pack(values, self.TYPES))
+            return
         key = (out.data_ptr(), out.shape, out.stride(), stream)
         packed = self._packed.get(key)
         if packed is None:

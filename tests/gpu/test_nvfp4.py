@@ -131,7 +131,8 @@ def test_skipped_groups_and_expert_scales():
                                    "block_m=64,decoders=2", "block_m=64,block_n=64,decoders=2", "decoders=0",
                                    "block_m=128,decoders=1", "block_m=128,decoders=2",
                                    "block_m=128,block_n=64,decoders=2", "stream=1", "stream=1,block_m=8",
-                                   "stream=1,block_m=16,stages=2", "stream=1,block_m=32,num_mp=3"])
+                                   "stream=1,block_m=16,stages=2", "stream=1,block_m=32,num_mp=3",
+                                   "decoded_a=1", "block_m=64,decoded_a=1", "block_m=128,decoded_a=0"])
 def test_every_tile_config(monkeypatch, force):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
     case = make_case([1, 130, 0, 64, 257], n=384, k=1056, seed=7)
@@ -253,3 +254,32 @@ def test_torch_compile_traces_the_pythonic_form():
 
     compiled = torch.compile(layer, fullgraph=True)
     assert torch.equal(compiled(*args), layer(*args))
+
+
+@pytest.mark.parametrize("counts,given_starts", [([5, 0, 130, 1, 64], True), ([3] * 40, False), ([0, 1] * 20 + [129], True)],
+                         ids=["odd", "many", "empty"])
+def test_token_rows_decoded_to_bf16_exactly(counts, given_starts):
+    """sm90_nvfp4_dequant_a writes each group's rows as the exact dequantisation (every e2m1 x e4m3
+    product is a bf16), its scales from the group's tiles (given, or each group after the last's);
+    rows past the groups untouched."""
+    from mategemm.kernels import sm90_nvfp4_dequant_a as dequant
+    from mategemm.runtime import device as rt_device
+
+    case = make_case(counts, k=544, seed=3)
+    m, k = case["a"].shape[0], case["a"].shape[1] * 2
+    out = torch.full((m + 8, k), float("nan"), dtype=torch.bfloat16, device="cuda")
+    info = rt_device.device_info(torch.cuda.current_device())
+    starts = case["group_scale_offsets"] if given_starts else None
+    run_dequant = dequant.DequantA(case["a"], case["a_scales"], case["group_offsets"], starts, None, len(counts), k,
+                                   32 if len(counts) <= 32 else 64, info.arch, info.num_sms)
+    run_dequant(out, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    offsets = case["group_offsets"].tolist()
+    for g in range(len(counts)):
+        lo, hi = offsets[g], offsets[g + 1]
+        if hi == lo:
+            continue
+        first = int(case["group_scale_offsets"][g])
+        want = ref.nvfp4_dequantize(case["a"][lo:hi], case["a_scales"][first:first - (-(hi - lo) // 128)], 1.0)
+        assert torch.equal(out[lo:hi].double(), want), f"group {g}"
+    assert torch.isnan(out[m:].float()).all()

@@ -152,8 +152,9 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
     assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"8, 8, mategemm::kOutBF16, 32>",  # streaming
                                                                "16, 7, mategemm::kOutBF16, 32>",
-                                                               "64, 128, 6, mategemm::kOutBF16, 128, 32, 1>",
-                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 2>"}
+                                                               "64, 128, 6, mategemm::kOutBF16, 128, 32, 1, false>",
+                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 2, true>",
+                                                               "32>"}  # sm90_nvfp4_dequant_a before the last
 
 
 def test_suite_rows_check_k_for_nvfp4(tmp_path):
@@ -201,23 +202,24 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
     assert config.decoder_wgs == (2 if config.block_m == 128 or tokens <= 16 else 1)
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
                                          f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
-                                         f"{config.decoder_wgs}>")
+                                         f"{config.decoder_wgs}, {'true' if config.decoded_a else 'false'}>")
+    assert config.decoded_a == (config.block_m == 128)
 
 
 def test_forced_configs():
     problem = Nvfp4Problem(64, 4096, 7168, 16, 16, torch.float16, 16)
     config = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,block_n=64,stages=5,num_mp=7,group_n=2")
     assert (config.block_m, config.block_n, config.stages, config.num_mp, config.group_n) == (128, 64, 5, 7, 2)
-    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 2>")
+    assert kernel.spec(problem, config, ARCH).name_expr.endswith("<128, 64, 5, mategemm::kOutF16, 128, 32, 2, true>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_n=256").stages == 3
     decoding = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=0")  # the decoders by default at BLOCK_M 64
     assert (decoding.block_m, decoding.decoder_wgs, decoding.num_threads) == (64, 2, 512)
-    assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 2>")
+    assert kernel.spec(problem, decoding, ARCH).name_expr.endswith(", 2, false>")
     assert [heuristics.choose(problem, rows, SM90_NO_DEVICE, 132, "stream=0").decoder_wgs
             for rows in (1, 16, 17, 64, 65)] == [2, 2, 1, 1, 2]
     one = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=1")
     assert (one.block_m, one.decoder_wgs, one.num_threads) == (64, 1, 384)
-    assert kernel.spec(problem, one, ARCH).name_expr.endswith(", 1>")
+    assert kernel.spec(problem, one, ARCH).name_expr.endswith(", 1, false>")
     alone = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoders=0")
     assert (alone.block_m, alone.decoder_wgs, alone.num_threads) == (64, 0, 256)
     wide = heuristics.choose(problem, 256, SM90_NO_DEVICE, 132)  # BLOCK_M 128: two beside the two math warpgroups
@@ -227,11 +229,13 @@ def test_forced_configs():
     assert (two.decoder_wgs, two.num_threads) == (2, 512)
     forced_wide = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,decoders=1")
     assert (forced_wide.block_m, forced_wide.decoder_wgs, forced_wide.num_threads) == (128, 1, 512)
-    assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2>")
+    assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2, false>")
+    assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoded_a=1").decoded_a
+    assert not heuristics.choose(problem, 256, SM90_NO_DEVICE, 132, "decoded_a=0").decoded_a
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stream=0,stages=9", "stages must be in"),
                            ("block_m=128,block_n=256", "stages must be in"), ("decoders=3", "decoders must be"),
-                           ("decoders=-1", "decoders must be")):
+                           ("decoders=-1", "decoders must be"), ("decoded_a=2", "decoded_a must be")):
         with pytest.raises(ValueError, match=message):
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
@@ -318,6 +322,32 @@ def test_register_split_fits_the_launch_allocation(nvfp4_sass, tile):
     assert len(given) == 1 + min(tile[2], 1) and len(taken) == 1, (given, taken)
     assert given[0] * 128 * (1 + tile[2]) + taken[0] * 256 <= launch * threads
     assert taken[0] >= 144  # the 128-wide tile's 64 accumulators per thread and wave, and room
+
+
+@pytest.mark.parametrize("decoders", [0, 2])
+def test_decoded_a_loads_a_by_tma_and_decodes_b_alone(tmp_path, decoders):
+    """With A's rows decoded beforehand the producer loads A's bf16 tile, B's packed rows and B's
+    scale chunk (3 TMA loads), and the decoding warps keep one decode each (B's)."""
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    name_expr = f"&mategemm::{kernel.KERNEL}<128, 128, 4, mategemm::kOutBF16, 128, 32, {decoders}, true>"
+    compiled = KernelCache(tmp_path).get(kernel.KernelSpec(kernel.KERNEL, f'#include "{kernel.KERNEL}.cuh"\n',
+                                                           name_expr, ARCH))
+    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["UTMALDG"] == 3 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    assert ops["HMUL2"] == 8 * (1 + min(decoders, 1)), ops  # one 32-value decode (B's) per copy of the warps' code
+
+
+def test_dequant_a_kernel_is_lean(tmp_path):
+    from mategemm.kernels import sm90_nvfp4_dequant_a as dequant
+
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    compiled = KernelCache(tmp_path).get(dequant.spec(1024, ARCH))
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(compiled.path / "kernel.cubin")))
+    assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STG"] == 2, ops  # two 16-byte stores per 16 values
+    assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [8] * 6 + [4] * 3 + [8]
 
 
 def test_launch_arguments_match_the_kernel_signature(nvfp4_sass):

@@ -45,17 +45,6 @@ Variants (several may be joined with '+'):
                 each stage without loading it: the decode's and the barriers' pace alone. A decode
                 stage took ~1140 cycles (H100, 1-4 tokens per expert) and a deeper ring of packed
                 bytes did not shorten it; these two say which half sets the pace
-  nvfp4_decoded_a (patches/nvfp4_decoded_a.diff; the NVFP4 grouped GEMM) at BLOCK_M 128 (more than 64
-                rows per group) A's rows decoded to bf16 once per call by a small kernel
-                (sm90_nvfp4_dequant_a: 16 values a thread, each group's scales from its tiles) into a new
-                tensor, which the GEMM's producer loads by TMA straight into the stage's bf16 A tile; the
-                decoding warps decode B alone. At 4096 tokens per expert a stage's 256 decoded rows cost
-                ~1500 warp instructions against the tile's 512 tensor cycles (decode-bound: 0.44-0.48x
-                bf16 _grouped_mm); B alone halves that, and A's rows are no longer decoded again for every
-                N tile (56 times at N 7168). SASS (NVRTC 13.0): no local memory, 3 TMA loads a stage, one
-                32-value decode per copy of the decoding code; the dequant kernel 2 16-byte stores per 16
-                values. The dequant kernel is not prewarmed. Prediction: 4096 tokens per expert 0.44 ->
-                ~0.8x bf16 _grouped_mm (decode IPC as today), 256 tokens +30..60%
   desc32        (patches/desc32.diff) wgmma descriptors advanced by a 32-bit add (the address field
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
@@ -108,7 +97,6 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    "nvfp4_decoded_a": Path(__file__).resolve().parent / "patches" / "nvfp4_decoded_a.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}

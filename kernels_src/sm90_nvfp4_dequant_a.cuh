@@ -1,0 +1,56 @@
+// sm90_nvfp4_dequant_a: the token rows of a grouped NVFP4 GEMM (e2m1 values two per byte, low nibble
+// first; e4m3 scales per 16 values in NVIDIA's 128x4 blocked layout, each group's from its own
+// 128-row scale tiles) decoded once to bf16 (exact), for the GEMM at many rows per group to load by
+// TMA instead of decoding them again for every N tile. Rows outside the groups are not written.
+#pragma once
+#include "gemm/nvfp4_staging.cuh"
+
+namespace mategemm {
+
+constexpr int kDequantThreads = 256;
+
+// One thread per 16 values (8 packed bytes, one scale): 32 bytes of bf16 out. `a_ld`: bytes between
+// A's rows; `group_scale_tiles` null: each group's scales from a new 128-row tile after the last's.
+template <int kMaxGroups>
+__global__ void __launch_bounds__(kDequantThreads) sm90_nvfp4_dequant_a(
+    const u8* __restrict__ a, long long a_ld, const u8* __restrict__ a_scales, const int* __restrict__ group_offsets,
+    const u32* __restrict__ group_scale_tiles, const int* __restrict__ active, int num_groups, int m, int k,
+    void* __restrict__ out) {
+  __shared__ int group_ints[4 * kMaxGroups];
+  const GroupTable groups{group_ints, group_ints + kMaxGroups, group_ints + 2 * kMaxGroups,
+                          group_ints + 3 * kMaxGroups};
+  if (threadIdx.x < 32) build_group_table<kGroupOffsets>(groups, group_offsets, num_groups, m, 0, 128, active);
+  __syncthreads();
+  const int blocks = k / 16;  // 16-value blocks per row (k is a multiple of 32)
+  const long long k_chunks = ceil_div(k, 64);
+  const long long items = static_cast<long long>(m) * blocks;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const int row = static_cast<int>(i / blocks), j = static_cast<int>(i % blocks);
+    // the row's group: the last whose rows start at or before it (empty groups share a start with
+    // the next), if its rows reach it
+    int lo = 0, hi = num_groups - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (groups.row_start[mid] <= row) lo = mid; else hi = mid - 1;
+    }
+    const int in_group = row - groups.row_start[lo];
+    if (in_group < 0 || in_group >= groups.rows[lo]) continue;
+    const int scale_tile = group_scale_tiles != nullptr ? static_cast<int>(__ldg(group_scale_tiles + lo))
+                                                        : groups.scale_tile_start[lo];
+    const int scale_row = scale_tile * 128 + in_group;
+    const int r = scale_row % 128;
+    const u32 scale = __ldg(a_scales + ((scale_row / 128) * k_chunks + j / 4) * 512 + (r % 32) * 16 + (r / 32) * 4 +
+                            j % 4);
+    const uint2 packed = __ldg(reinterpret_cast<const uint2*>(a + row * a_ld + j * 8));
+    const E2m1Table table = e2m1_table(scale);
+    u32 lo_words[4], hi_words[4];
+    decode_e2m1x8(packed.x, table, lo_words);
+    decode_e2m1x8(packed.y, table, hi_words);
+    u8* dst = static_cast<u8*>(out) + (static_cast<long long>(row) * k + j * 16) * 2;
+    st_global_v4(dst, make_uint4(lo_words[0], lo_words[1], lo_words[2], lo_words[3]));
+    st_global_v4(dst + 16, make_uint4(hi_words[0], hi_words[1], hi_words[2], hi_words[3]));
+  }
+}
+
+}  // namespace mategemm
