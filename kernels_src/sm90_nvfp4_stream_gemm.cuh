@@ -6,9 +6,12 @@
 // decoded into a bf16 tile by the producer warpgroup's warps 1-3.
 //
 // A stage is 256 values of K: 128 packed bytes per row, 16 k16 chunks. Math thread q = lane % 4
-// takes bytes [32q, 32q + 32) of its two rows and their 4 scales: chunk j's fragment words a0, a1
-// hold byte 2j of the rows, a2, a3 byte 2j + 1. The B tile puts K value 64q + 4j + 2h + e in chunk
-// j's slot 8h + 2q + e to match: one permutation of K for both operands leaves the sum unchanged.
+// takes bytes [32q, 32q + 32) of its two rows and their 4 scales; both operands are decoded by
+// decode_e2m1_pairs, whose word m holds nibbles m and m + 4 of a 32-bit word of packed values.
+// Chunk j = 4b + 2c + t takes word 2b + c of the thread's span: fragment words a0, a1 its nibbles
+// 2t and 2t + 4 of the rows, a2, a3 nibbles 2t + 1 and 2t + 5. So K value 64q + 16b + 8c + 4e + 2t + h
+// sits in chunk j's slot 8h + 2q + e, and the B tile puts it there too: one permutation of K for
+// both operands leaves the sum unchanged.
 #pragma once
 #include "common/e2m1.cuh"
 #include "common/epilogue.cuh"
@@ -99,7 +102,7 @@ __device__ __forceinline__ void stream_decode_tokens(u8* smem, BarrierRing full,
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const u32 word = ld_shared_u32(stage + L::kOffTokenPacked + row * kStreamRowBytes + q * 32 + w * 4);
-          decode_e2m1x8(word, e2m1_table(ld_shared_u8(scale + q * 512)), out[q]);
+          decode_e2m1_pairs(word, e2m1_pair_factor(ld_shared_u8(scale + q * 512)), out[q]);
         }
         const u32 dst = stage + L::kOffTokenTile + (w / 2) * L::kTokenSlabBytes + row * 128;
         #pragma unroll
@@ -152,20 +155,20 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
       // the previous batch's wgmma, whose registers are free again after the wait.
       #pragma unroll
       for (int b = 0; b < 4; ++b) {
-        const E2m1Table table0 = e2m1_table((scales[0] >> (8 * b)) & 0xFF);
-        const E2m1Table table1 = e2m1_table((scales[1] >> (8 * b)) & 0xFF);
+        const u32 factor0 = e2m1_pair_factor((scales[0] >> (8 * b)) & 0xFF);
+        const u32 factor1 = e2m1_pair_factor((scales[1] >> (8 * b)) & 0xFF);
         const uint4& v0 = packed[0][b / 2];
         const uint4& v1 = packed[1][b / 2];
-        u32 lo[2][4], hi[2][4];  // [word][byte] of row and row + 8
-        decode_e2m1x8(b % 2 ? v0.z : v0.x, table0, lo[0]);
-        decode_e2m1x8(b % 2 ? v0.w : v0.y, table0, lo[1]);
-        decode_e2m1x8(b % 2 ? v1.z : v1.x, table1, hi[0]);
-        decode_e2m1x8(b % 2 ? v1.w : v1.y, table1, hi[1]);
+        u32 lo[2][4], hi[2][4];  // [word c][nibble pair] of row and row + 8
+        decode_e2m1_pairs(b % 2 ? v0.z : v0.x, factor0, lo[0]);
+        decode_e2m1_pairs(b % 2 ? v0.w : v0.y, factor0, lo[1]);
+        decode_e2m1_pairs(b % 2 ? v1.z : v1.x, factor1, hi[0]);
+        decode_e2m1_pairs(b % 2 ? v1.w : v1.y, factor1, hi[1]);
         wgmma_fence();
         #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
-          const int j = 4 * b + jj, word = jj / 2, byte = 2 * (jj % 2);
-          const u32 a[4] = {lo[word][byte], hi[word][byte], lo[word][byte + 1], hi[word][byte + 1]};
+          const int j = 4 * b + jj, word = jj / 2, pair = 2 * (jj % 2);
+          const u32 a[4] = {lo[word][pair], hi[word][pair], lo[word][pair + 1], hi[word][pair + 1]};
           // chunk j: slab j / 4, 32 bytes of K per chunk inside the 128-byte row
           WgmmaRegA<kTokens>::mma(acc, a, desc_stage + (j / 4) * (L::kTokenSlabBytes / 16) + (j % 4) * 2, 1);
         }
@@ -179,7 +182,9 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
     #pragma unroll
     for (int i = 0; i < kTokens / 2; ++i) fence_operand(acc[i]);
     if (previous >= 0) empty[previous].arrive();
-    // acc[4i + 2r + e]: weight row (row + 8r), group row 8i + 2q + e of the tile
+    // acc[4i + 2r + e]: weight row (row + 8r), group row 8i + 2q + e of the tile; both operands'
+    // pair-decoded values carry kE2m1PairScale, taken back exactly before the expert's scale
+    constexpr float kUnscale = 1.0f / (kE2m1PairScale * kE2m1PairScale);
     const float scale = __ldg(expert_scales + t.group);
     unsigned short* out = static_cast<unsigned short*>(out_ptr);
     #pragma unroll
@@ -193,7 +198,7 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
           const int col = t.n_block * kStreamRows + static_cast<int>(row) + 8 * r;
           if (col < n) {
             out[static_cast<i64>(token) * out_ld + col] =
-                static_cast<unsigned short>(pack_out2<kOutType>(acc[4 * i + 2 * r + e] * scale, 0.0f) & 0xFFFFu);
+                static_cast<unsigned short>(pack_out2<kOutType>(acc[4 * i + 2 * r + e] * kUnscale * scale, 0.0f) & 0xFFFFu);
           }
         }
       }

@@ -58,6 +58,37 @@ __device__ __forceinline__ void decode_e2m1x8(u32 packed, const E2m1Table& table
   out[3] = prmt(lo_second, hi_second, 0x7362);
 }
 
+// The streaming kernel's decode: one bf16 multiply per 2 values instead of table lookups, the
+// shifts free to go to the FMA pipe, so that the ALU pipe (PRMT, LOP3, SHF) stops setting its pace.
+// A pair-decoded value is value x scale x 2^-8 (kE2m1PairScale): both operands decoded this way give
+// products 2^-16 of the true ones, exact, taken back in the epilogue.
+constexpr float kE2m1PairScale = 1.0f / 256.0f;
+
+// One e4m3 block scale as the bf16 factor of decode_e2m1_pairs in both halves: scale x 2^118.
+// NOTES: the scale's 7 magnitude bits shifted left by 4 are a bf16 of scale x 2^-120 (denormals
+// included, as in e2m1_table); two exact multiplies by 2^119 bring it to scale x 2^118 (< 2^127).
+__device__ __forceinline__ u32 e2m1_pair_factor(u32 scale_byte) {
+  const u32 scaled = (scale_byte & 0x7Fu) * 0x00100010u;
+  return mul_bf16x2(mul_bf16x2(scaled, 0x7B007B00u), 0x7B007B00u);
+}
+
+// 8 e2m1 values (nibble i = value i, sign in its bit 3) times their block's factor -> 4 words of 2
+// bf16: word m holds value m (low half) and value m + 4 (high half), each value x scale x 2^-8.
+// NOTES: a nibble's sign at bit 15 and its 3 magnitude bits at bits 6-8 make a bf16 of the value x
+// 2^-126 (codes 0 and 1 as denormals), so one multiply by the factor gives the product exactly (at
+// most 5 significant bits, between 2^-18 and 2^4). Nibbles m and m + 4 lie 16 bits apart: one shift
+// places both halves' magnitudes, another both signs. Per 8 values: 1 SHF and 8 LOP3 (ALU pipe), 7
+// shifts left that ptxas may give the FMA pipe as IMAD, 4 HMUL2.
+__device__ __forceinline__ void decode_e2m1_pairs(u32 packed, u32 factor, u32* out) {
+  const u32 high = packed >> 8;  // nibbles 2, 3, 6, 7 where nibbles 0, 1, 4, 5 were
+  const u32 magnitudes[4] = {packed << 6, packed << 2, high << 6, high << 2};
+  const u32 signs[4] = {packed << 12, packed << 8, packed << 4, packed};
+  #pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    out[m] = mul_bf16x2((magnitudes[m] & 0x01C001C0u) | (signs[m] & 0x80008000u), factor);
+  }
+}
+
 // Row r of a run of 128-row scale chunks keeps its 4 scales at (r / 128) * 512 + (r % 32) * 16 +
 // (r / 32 % 4) * 4; `kOneChunk`: r < 128.
 template <bool kOneChunk>

@@ -57,7 +57,8 @@ STREAM_SCALE_BYTES = 2048
 # NOTES (H100, 2026-12-06, 32 experts, one run each in turns, ms streaming / core / FP8 per_expert):
 # DeepSeek-V3 w1 1 token 0.224 / 0.568 / 0.322, 16: 0.253 / 0.468 / 0.337, 32: 0.308 / 0.490; w2 1:
 # 0.124 / 0.297 / 0.166; Qwen3-30B w1 1: 0.034 / 0.071 / 0.040. At 64 rows per group (two 32-row tiles
-# a group) 0.605 against the core's ~0.55: the streaming kernel up to 32 rows per group.
+# a group) 0.605 against the core's ~0.55: the streaming kernel up to 32 rows per group. With the pair
+# decode (same card, docs table): w1 1 token 0.188, 16: 0.215; 64 rows not yet timed again.
 STREAM_ROWS = 32
 
 # At BLOCK_M 128 A's rows are decoded to bf16 once per call (sm90_nvfp4_dequant_a, into a new (m, k)
