@@ -11,7 +11,9 @@
 // Chunk j = 4b + 2c + t takes word 2b + c of the thread's span: fragment words a0, a1 its nibbles
 // 2t and 2t + 4 of the rows, a2, a3 nibbles 2t + 1 and 2t + 5. So K value 64q + 16b + 8c + 4e + 2t + h
 // sits in chunk j's slot 8h + 2q + e, and the B tile puts it there too: one permutation of K for
-// both operands leaves the sum unchanged.
+// both operands leaves the sum unchanged. kDecodedTokens: the group's rows come decoded beforehand
+// (sm90_nvfp4_dequant_a in stream order, a bf16 tensor in this B order) and TMA lands the B tile
+// itself; warps 1-3 idle.
 #pragma once
 #include "common/e2m1.cuh"
 #include "common/epilogue.cuh"
@@ -26,7 +28,7 @@ constexpr int kStreamRowBytes = 128;     // packed bytes per row and stage
 constexpr int kStreamScaleBytes = 2048;  // per stage and operand: four 512-byte chunks (128 rows x 4 scales)
 constexpr int kStreamDecoders = 96;      // the producer warpgroup's warps 1-3
 
-template <int kTokens, int kNumStages_, int kMaxGroups>
+template <int kTokens, int kNumStages_, int kMaxGroups, bool kDecodedTokens = false>
 struct StreamLayout {
   static constexpr int kNumStages = kNumStages_;
   static_assert(kTokens % 8 == 0 && kTokens <= 64, "B tiles of 8-row core groups");
@@ -34,11 +36,12 @@ struct StreamLayout {
   static constexpr int kTokenSlabBytes = kTokens * 128;  // 64 bf16 of K per row, 128-byte swizzle
   static constexpr int kOffWeights = 0;
   static constexpr int kOffTokenTile = kOffWeights + kWeightBytes;  // the B tile: 4 slabs
-  static constexpr int kOffTokenPacked = kOffTokenTile + 4 * kTokenSlabBytes;
-  static constexpr int kOffWeightScales = kOffTokenPacked + kTokens * kStreamRowBytes;
+  static constexpr int kOffTokenPacked = kOffTokenTile + 4 * kTokenSlabBytes;  // (none when decoded)
+  static constexpr int kOffWeightScales = kOffTokenPacked + (kDecodedTokens ? 0 : kTokens * kStreamRowBytes);
   static constexpr int kOffTokenScales = kOffWeightScales + kStreamScaleBytes;
-  static constexpr int kStageBytes = kOffTokenScales + kStreamScaleBytes;
-  static constexpr u32 kTxBytes = kWeightBytes + kTokens * kStreamRowBytes + 2 * kStreamScaleBytes;
+  static constexpr int kStageBytes = kOffTokenScales + (kDecodedTokens ? 0 : kStreamScaleBytes);
+  static constexpr u32 kTxBytes = kWeightBytes + kStreamScaleBytes +
+                                  (kDecodedTokens ? 4 * kTokenSlabBytes : kTokens * kStreamRowBytes + kStreamScaleBytes);
   static constexpr int kOffBarriers = kNumStages * kStageBytes;  // full, decoded and empty per stage
   static constexpr int kOffGroupTable = kOffBarriers + 3 * kNumStages * 8;
   static constexpr int kTotalBytes = kOffGroupTable + 4 * kMaxGroups * 4 + 1024;  // + the base's alignment
@@ -54,7 +57,7 @@ struct StreamWalk {
   static constexpr int kMaxGroups = kMaxGroups_, kClusterM = 1, kClusterN = 1;
 };
 
-template <class L, class W>
+template <class L, bool kDecodedTokens, class W>
 __device__ __forceinline__ void stream_produce(u8* smem, BarrierRing full, BarrierRing empty, GemmScheduler<W>& walk,
                                                const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
                                                const TmaDesc* tmap_sfb, int n, int k) {
@@ -74,8 +77,16 @@ __device__ __forceinline__ void stream_produce(u8* smem, BarrierRing full, Barri
       u8* stage = smem + pipe.stage * L::kStageBytes;
       tma_load_2d(stage + L::kOffWeights, tmap_b, loaded.addr, kb * kStreamRowBytes, w_row0);
       tma_load_2d(stage + L::kOffWeightScales, tmap_sfb, loaded.addr, 0, w_scale_row + kb * 16);
-      tma_load_2d(stage + L::kOffTokenPacked, tmap_a, loaded.addr, kb * kStreamRowBytes, t.a_row0);
-      tma_load_2d(stage + L::kOffTokenScales, tmap_sfa, loaded.addr, 0, a_scale_row + kb * 16);
+      if constexpr (kDecodedTokens) {  // four boxes of 64 bf16 by the tile's rows
+        #pragma unroll
+        for (int slab = 0; slab < 4; ++slab) {
+          tma_load_2d(stage + L::kOffTokenTile + slab * L::kTokenSlabBytes, tmap_a, loaded.addr,
+                      kb * 2 * kStreamRowBytes + slab * 64, t.a_row0);
+        }
+      } else {
+        tma_load_2d(stage + L::kOffTokenPacked, tmap_a, loaded.addr, kb * kStreamRowBytes, t.a_row0);
+        tma_load_2d(stage + L::kOffTokenScales, tmap_sfa, loaded.addr, 0, a_scale_row + kb * 16);
+      }
       pipe.advance();
     }
   }
@@ -118,7 +129,7 @@ __device__ __forceinline__ void stream_decode_tokens(u8* smem, BarrierRing full,
 }
 
 // Math warpgroup `wg`: weight rows row and row + 8 of the tile (row = wg * 64 + warp * 16 + lane / 4).
-template <class L, int kTokens, OutType kOutType, class W>
+template <class L, int kTokens, OutType kOutType, bool kDecodedTokens, class W>
 __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, BarrierRing decoded, BarrierRing empty,
                                                GemmScheduler<W>& walk, int wg, const float* expert_scales, int n,
                                                void* out_ptr, int out_ld) {
@@ -138,7 +149,7 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
     for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
       const int stage = warp_value<true>(pipe.stage);  // uniform: the wgmma descriptors stay in uniform registers
       full[stage].wait(pipe.phase);
-      decoded[stage].wait(pipe.phase);
+      if constexpr (!kDecodedTokens) decoded[stage].wait(pipe.phase);
       pipe.advance();
       const u32 base = smem_addr(smem) + stage * L::kStageBytes;
       uint4 packed[2][2];  // [row, row + 8][bytes 32q + 16c ..]
@@ -206,7 +217,7 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
   }
 }
 
-template <int kTokens, int kNumStages, OutType kOutType, int kMaxGroups>
+template <int kTokens, int kNumStages, OutType kOutType, int kMaxGroups, bool kDecodedTokens = false>
 __global__ void __launch_bounds__(384, 1)
     sm90_nvfp4_stream_gemm(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                            const __grid_constant__ TmaDesc tmap_sfa, const __grid_constant__ TmaDesc tmap_sfb,
@@ -214,7 +225,7 @@ __global__ void __launch_bounds__(384, 1)
                            const int* __restrict__ expert_ids, const u32* __restrict__ group_scale_tiles,
                            const int* __restrict__ active_groups, int num_groups, int num_experts, int m, int n, int k,
                            int group_n, void* __restrict__ out_ptr, int out_ld) {
-  using L = StreamLayout<kTokens, kNumStages, kMaxGroups>;
+  using L = StreamLayout<kTokens, kNumStages, kMaxGroups, kDecodedTokens>;
   using W = StreamWalk<kTokens, kMaxGroups>;
   extern __shared__ __align__(1024) u8 smem_raw[];
   u8* smem = reinterpret_cast<u8*>((reinterpret_cast<u64>(smem_raw) + 1023) & ~static_cast<u64>(1023));
@@ -257,13 +268,13 @@ __global__ void __launch_bounds__(384, 1)
   const int warpgroup = warp_uniform(threadIdx.x / 128);
   if (warpgroup == 0) {
     if (threadIdx.x == 0) {
-      stream_produce<L>(smem, full, empty, walk, &tmap_a, &tmap_b, &tmap_sfa, &tmap_sfb, n, k);
-    } else if (threadIdx.x >= 32) {
+      stream_produce<L, kDecodedTokens>(smem, full, empty, walk, &tmap_a, &tmap_b, &tmap_sfa, &tmap_sfb, n, k);
+    } else if (!kDecodedTokens && threadIdx.x >= 32) {
       stream_decode_tokens<L, kTokens>(smem, full, decoded, walk, threadIdx.x - 32);
     }
   } else {
-    stream_consume<L, kTokens, kOutType>(smem, full, decoded, empty, walk, warpgroup - 1, expert_scales, n, out_ptr,
-                                         out_ld);
+    stream_consume<L, kTokens, kOutType, kDecodedTokens>(smem, full, decoded, empty, walk, warpgroup - 1,
+                                                         expert_scales, n, out_ptr, out_ld);
   }
 }
 

@@ -223,7 +223,8 @@ class Nvfp4Plan:
         """Every kernel a call launches: A's rows decoded to bf16 first where the config asks, then the GEMM."""
         if not self.config.decoded_a:
             return (self.spec,)
-        return kernel_nvfp4_dequant_a.spec(self.problem.max_groups, self.spec.arch), self.spec
+        decode = kernel_nvfp4_dequant_a.spec(self.problem.max_groups, self.spec.arch, self.config.nvfp4_stream)
+        return decode, self.spec
 
 
 def nvfp4_kernel(config: GemmConfig):

@@ -49,8 +49,11 @@ FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "
 
 # The streaming kernel (sm90_nvfp4_stream_gemm): tiles of 128 weight rows by STREAM_TOKENS rows of a
 # group (the wgmma's N); a stage is 256 values of K: the weights' packed rows (128 bytes), the bf16 B
-# tile and the packed rows of the group, and a 2048-byte scale block of each operand.
-STREAM_TOKENS = (8, 16, 32)
+# tile and the packed rows of the group, and a 2048-byte scale block of each operand. With decoded_a
+# (forced only, not yet timed) the group's rows come decoded beforehand by sm90_nvfp4_dequant_a in
+# the B tile's order and TMA lands the B tile: no packed rows or scales of theirs, no decode in the
+# kernel (the 64-row tile's B decode by three warps would cost half the weights' decode a stage).
+STREAM_TOKENS = (8, 16, 32, 64)
 STREAM_WEIGHT_ROWS = 128
 STREAM_ROW_BYTES = 128
 STREAM_SCALE_BYTES = 2048
@@ -99,11 +102,12 @@ def launch_sms(problem: Nvfp4Problem, block_m: int, block_n: int, num_mp: int) -
     return max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
 
 
-def stream_smem_bytes(tokens: int, stages: int, max_groups: int) -> int:
+def stream_smem_bytes(tokens: int, stages: int, max_groups: int, decoded_tokens: bool = False) -> int:
     """Must match StreamLayout (kernels_src/sm90_nvfp4_stream_gemm.cuh): the stages, three barriers
-    per stage, a table of 4 ints per group and the alignment slack."""
-    packed = (STREAM_WEIGHT_ROWS + tokens) * STREAM_ROW_BYTES
-    stage = packed + tokens * 2 * 2 * STREAM_ROW_BYTES + 2 * STREAM_SCALE_BYTES  # + the bf16 B tile
+    per stage, a table of 4 ints per group and the alignment slack. With the group's rows decoded
+    beforehand a stage holds no packed rows or scales of theirs."""
+    group_side = 0 if decoded_tokens else tokens * STREAM_ROW_BYTES + STREAM_SCALE_BYTES
+    stage = STREAM_WEIGHT_ROWS * STREAM_ROW_BYTES + tokens * 2 * 2 * STREAM_ROW_BYTES + STREAM_SCALE_BYTES + group_side
     return stages * stage + 3 * stages * 8 + 16 * max_groups + sm90.SMEM_SLACK
 
 
@@ -115,18 +119,21 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {STREAM_TOKENS} with stream=1, got {tokens}")
     if forced.get("block_n", STREAM_WEIGHT_ROWS) != STREAM_WEIGHT_ROWS or forced.get("decoders", 0) != 0:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS} and no decoders")
+    decoded_a = forced.get("decoded_a", 0)
+    if decoded_a not in (0, 1):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoded_a must be 0 or 1, got {decoded_a}")
     stages = forced.get("stages") or sm90.MAX_STAGES
     if "stages" not in forced:
-        while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups) > device.smem_per_block:
+        while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > device.smem_per_block:
             stages -= 1
-    smem = stream_smem_bytes(tokens, stages, problem.max_groups)
+    smem = stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a)
     if not 2 <= stages <= sm90.MAX_STAGES or smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of the streaming NVFP4 kernel at block_m {tokens} "
                          f"need {smem} B of shared memory; the device has {device.smem_per_block}")
     num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)
     return GemmConfig(block_m=tokens, block_n=STREAM_WEIGHT_ROWS, block_k=2 * STREAM_ROW_BYTES, stages=stages,
                       num_mp=num_mp, group_n=forced.get("group_n", fp8_gemm.GROUP_N), out_swizzle=0, smem_bytes=smem,
-                      nvfp4_stream=True)
+                      nvfp4_stream=True, decoded_a=bool(decoded_a))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -143,8 +150,7 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {unknown} do not apply to the NVFP4 grouped GEMM "
                          f"(keys: {', '.join(FORCE_KEYS)})")
     # a forced key only the GEMM core's NVFP4 kernel takes picks that kernel
-    core_forced = ("decoders" in forced or "decoded_a" in forced or forced.get("block_m") in BLOCK_MS or
-                   forced.get("block_n", 128) != 128)
+    core_forced = "decoders" in forced or forced.get("block_m") in BLOCK_MS or forced.get("block_n", 128) != 128
     stream = forced.get("stream", int(rows_per_group <= STREAM_ROWS and not core_forced))
     if stream not in (0, 1):
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream must be 0 or 1, got {stream}")

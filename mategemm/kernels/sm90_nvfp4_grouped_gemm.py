@@ -6,7 +6,6 @@ import torch
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant
-from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 from mategemm.types import GemmConfig, Nvfp4Problem
@@ -42,7 +41,7 @@ def _scale_rows(scales: torch.Tensor) -> torch.Tensor:
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a", "block_m", "k")
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a", "block_m")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -58,13 +57,10 @@ class Launch:
         experts, n = b.shape[0], b.shape[1]
         self.head = (encode_2d(a, PACKED_BOX_BYTES, config.block_m, 0),
                      encode_2d(b, PACKED_BOX_BYTES, config.block_n, 0, rows=experts * n))
-        self.dequant_a, self.block_m, self.k = None, config.block_m, problem.k
+        self.dequant_a, self.block_m = None, config.block_m
         if config.decoded_a:  # A's bf16 rows written into a new tensor by each call, its map made then
-            info = rt_device.device_info(a.device.index)
-            self.dequant_a = kernel_dequant.DequantA(
-                a, a_scales, group_offsets, group_scale_offsets, active,
-                problem.num_groups if problem.active is None else problem.active, problem.k, problem.max_groups,
-                info.arch, info.num_sms)
+            self.dequant_a = kernel_dequant.DequantA.for_problem(problem, a, a_scales, group_offsets,
+                                                                 group_scale_offsets, active)
         self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
@@ -79,8 +75,7 @@ class Launch:
         """Launch writing `out` (m, n) on `stream` (a raw CUstream handle of the current device); the
         GEMM core's other outputs' arguments (signal, out_scale) do not apply."""
         if self.dequant_a is not None:
-            a16 = torch.empty((self.dequant_a.m, self.k), dtype=torch.bfloat16, device=out.device)
-            self.dequant_a(a16, stream)
+            a16 = self.dequant_a(self.dequant_a.new_output(), stream)
             head = (encode_2d(a16, BF16_BOX_VALUES, self.block_m, BF16_SWIZZLE), self.head[1])
             tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
             values = (*head, tmap_d, *self.tail, out.data_ptr(), out.stride(0))

@@ -5,6 +5,7 @@ import torch
 
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant
 from mategemm.kernels.sm90_nvfp4_grouped_gemm import OUT_TYPES
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
@@ -16,11 +17,14 @@ KERNEL = "sm90_nvfp4_stream_gemm"
 PACKED_BOX_BYTES = 128
 WEIGHT_ROWS = 128
 SCALE_ROW_BYTES, SCALE_BOX_ROWS = 128, 16
+DECODED_BOX_VALUES = 64  # the group's rows decoded beforehand: a B-tile slab of 64 bf16 a row
 
 
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
-    """The specialisation for (rows of a group per tile, stages, output type, group table capacity)."""
-    args = (config.block_m, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}", problem.max_groups)
+    """The specialisation for (rows of a group per tile, stages, output type, group table capacity[, the
+    group's rows decoded beforehand])."""
+    args = (config.block_m, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}", problem.max_groups,
+            *(("true",) if config.decoded_a else ()))
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
@@ -31,7 +35,7 @@ load = kernel_fp8.load
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "_packed")
+    __slots__ = ("kernel", "grid", "head", "_packed", "dequant_a", "block_m")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -53,9 +57,19 @@ class Launch:
                      problem.num_groups if problem.active is None else problem.active, problem.num_experts,
                      problem.m, problem.n, problem.k, config.group_n)
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, stride, stream)
+        self.dequant_a, self.block_m = None, config.block_m
+        if config.decoded_a:  # the group's rows decoded by each call into a new tensor, its map made then
+            self.dequant_a = kernel_dequant.DequantA.for_problem(problem, a, a_scales, group_offsets,
+                                                                 group_scale_offsets, active, stream_order=True)
 
     def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` (m, n) on `stream`; signal and out_scale do not apply."""
+        if self.dequant_a is not None:
+            rows = self.dequant_a(self.dequant_a.new_output(), stream)
+            values = (encode_2d(rows, DECODED_BOX_VALUES, self.block_m, 128), *self.head[1:], out.data_ptr(),
+                      out.stride(0))
+            self.kernel.launch(self.grid, stream, self.kernel.pack(values, self.TYPES))
+            return
         key = (out.data_ptr(), out.stride(0), stream)
         packed = self._packed.get(key)
         if packed is None:

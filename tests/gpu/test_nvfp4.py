@@ -132,7 +132,9 @@ def test_skipped_groups_and_expert_scales():
                                    "block_m=128,decoders=1", "block_m=128,decoders=2",
                                    "block_m=128,block_n=64,decoders=2", "stream=1", "stream=1,block_m=8",
                                    "stream=1,block_m=16,stages=2", "stream=1,block_m=32,num_mp=3",
-                                   "decoded_a=1", "block_m=64,decoded_a=1", "block_m=128,decoded_a=0"])
+                                   "decoded_a=1", "block_m=64,decoded_a=1", "block_m=128,decoded_a=0",
+                                   "stream=1,block_m=64", "stream=1,decoded_a=1", "stream=1,block_m=64,decoded_a=1",
+                                   "stream=1,block_m=8,decoded_a=1,num_mp=5"])
 def test_every_tile_config(monkeypatch, force):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
     case = make_case([1, 130, 0, 64, 257], n=384, k=1056, seed=7)
@@ -283,3 +285,32 @@ def test_token_rows_decoded_to_bf16_exactly(counts, given_starts):
         want = ref.nvfp4_dequantize(case["a"][lo:hi], case["a_scales"][first:first - (-(hi - lo) // 128)], 1.0)
         assert torch.equal(out[lo:hi].double(), want), f"group {g}"
     assert torch.isnan(out[m:].float()).all()
+
+
+def test_token_rows_decoded_in_stream_order_exactly():
+    """In stream order each 256 values of a row sit where sm90_nvfp4_stream_gemm's B tile holds them:
+    position 32w + 8c + 2q + e of a stage holds nibble c + 4e of word w of the 32-byte span q, each
+    value x 2^-8; whole stages, zeros past k."""
+    from mategemm.kernels import sm90_nvfp4_dequant_a as dequant
+
+    case = make_case([5, 0, 130, 1], k=544, seed=4)
+    m, k = case["a"].shape[0], case["a"].shape[1] * 2
+    run_dequant = dequant.DequantA.for_problem(
+        mategemm.types.Nvfp4Problem(m, 8, k, 4, 4, torch.bfloat16, None), case["a"], case["a_scales"],
+        case["group_offsets"], case["group_scale_offsets"], None, stream_order=True)
+    out = torch.full((m, 768), float("nan"), dtype=torch.bfloat16, device="cuda")
+    run_dequant(out, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    p = torch.arange(256)
+    w, c, q, e = p // 32, p // 8 % 4, p // 2 % 4, p % 2
+    k_of = 64 * q + 8 * w + c + 4 * e
+    offsets = case["group_offsets"].tolist()
+    for g in range(4):
+        lo, hi = offsets[g], offsets[g + 1]
+        if hi == lo:
+            continue
+        first = int(case["group_scale_offsets"][g])
+        values = ref.nvfp4_dequantize(case["a"][lo:hi], case["a_scales"][first:first - (-(hi - lo) // 128)], 1.0)
+        padded = torch.nn.functional.pad(values, (0, 768 - k))
+        want = torch.cat([padded[:, 256 * s + k_of] for s in range(3)], dim=1) * 2.0 ** -8
+        assert torch.equal(out[lo:hi].double(), want), f"group {g}"

@@ -230,7 +230,7 @@ def test_forced_configs():
     forced_wide = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "block_m=128,decoders=1")
     assert (forced_wide.block_m, forced_wide.decoder_wgs, forced_wide.num_threads) == (128, 1, 512)
     assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2, false>")
-    assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "decoded_a=1").decoded_a
+    assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=0,decoded_a=1").decoded_a
     assert not heuristics.choose(problem, 256, SM90_NO_DEVICE, 132, "decoded_a=0").decoded_a
     for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stream=0,stages=9", "stages must be in"),
@@ -549,10 +549,10 @@ def test_scale_tiles_found_from_the_offsets_are_the_quantisers():
 
 # ---- the streaming kernel: plan, shared memory, SASS ------------------------------------------------
 def test_streaming_kernel_plan():
-    """stream=1: the fewest group rows of (8, 16, 32) per tile holding a group's, 128 weight rows, as
-    many stages as fit; keys of the other kernel are refused."""
+    """stream=1: the fewest group rows of (8, 16, 32, 64) per tile holding a group's, 128 weight rows,
+    as many stages as fit; keys of the other kernel are refused."""
     problem = Nvfp4Problem(32 * 4, 4096, 7168, 32, 32, torch.bfloat16, 32)
-    for rows, tokens in ((1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (64, 32)):
+    for rows, tokens in ((1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (64, 64), (200, 64)):
         config = heuristics.choose(problem, rows, SM90_NO_DEVICE, 132, "stream=1")
         assert config.nvfp4_stream and (config.block_m, config.block_n, config.num_threads) == (tokens, 128, 384)
         assert config.smem_bytes == heuristics.stream_smem_bytes(tokens, config.stages, problem.max_groups)
@@ -563,27 +563,62 @@ def test_streaming_kernel_plan():
     assert kernel_stream.spec(problem, forced, ARCH).name_expr == \
         "&mategemm::sm90_nvfp4_stream_gemm<32, 3, mategemm::kOutBF16, 32>"
     nvfp4_plan = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="stream=1")
-    assert nvfp4_plan.spec.kernel == kernel_stream.KERNEL
-    for force, message in (("stream=1,block_m=64", "block_m must be one of"), ("stream=1,block_n=64", "block_n 128"),
+    assert nvfp4_plan.spec.kernel == kernel_stream.KERNEL and nvfp4_plan.specs == (nvfp4_plan.spec,)
+    # the group's rows decoded beforehand (forced only): no packed rows or scales of theirs in a stage,
+    # the decode kernel in stream order planned first
+    decoded = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="stream=1,block_m=64,decoded_a=1")
+    assert decoded.config.decoded_a and decoded.config.smem_bytes == heuristics.stream_smem_bytes(
+        64, decoded.config.stages, problem.max_groups, True) < heuristics.stream_smem_bytes(
+        64, decoded.config.stages, problem.max_groups)
+    assert decoded.spec.name_expr == \
+        f"&mategemm::sm90_nvfp4_stream_gemm<64, {decoded.config.stages}, mategemm::kOutBF16, 32, true>"
+    assert [s.name_expr for s in decoded.specs] == ["&mategemm::sm90_nvfp4_dequant_a<32, true>", decoded.spec.name_expr]
+    assert not heuristics.choose(problem, 4, SM90_NO_DEVICE, 132).decoded_a  # not the default
+    for force, message in (("stream=1,block_m=128", "block_m must be one of"), ("stream=1,block_n=64", "block_n 128"),
                            ("stream=1,decoders=1", "no decoders"), ("stream=2", "stream must be 0 or 1"),
                            ("stream=1,stages=9", "stages of the streaming")):
         with pytest.raises(ValueError, match=message):
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
 
-@pytest.mark.parametrize("tokens,stages,max_groups", [(8, 8, 32), (16, 7, 256), (32, 5, 1024), (32, 2, 32)])
-def test_stream_smem_bytes_match_the_kernel_layout(tokens, stages, max_groups):
+@pytest.mark.parametrize("tokens,stages,max_groups,decoded", [(8, 8, 32, False), (16, 7, 256, False),
+                                                              (32, 5, 1024, False), (32, 2, 32, False),
+                                                              (64, 3, 32, False), (64, 4, 32, True), (16, 8, 256, True)])
+def test_stream_smem_bytes_match_the_kernel_layout(tokens, stages, max_groups, decoded):
     from mategemm.jit import nvrtc
 
-    expected = heuristics.stream_smem_bytes(tokens, stages, max_groups)
+    expected = heuristics.stream_smem_bytes(tokens, stages, max_groups, decoded)
+    layout = f"mategemm::StreamLayout<{tokens}, {stages}, {max_groups}, {'true' if decoded else 'false'}>"
     source = ('#include "sm90_nvfp4_stream_gemm.cuh"\n'
-              f'static_assert(mategemm::StreamLayout<{tokens}, {stages}, {max_groups}>::kTotalBytes == {expected}, '
-              '"python and kernel disagree");\n'
+              f'static_assert({layout}::kTotalBytes == {expected}, "python and kernel disagree");\n'
               "__global__ void probe() {}\n")
     nvrtc.compile_cubin(source, "&probe", nvrtc.base_options(ARCH, debug=False))
 
 
 STREAM_INSTANCES = [(8, 8, "kOutBF16", 32), (16, 7, "kOutBF16", 256), (32, 5, "kOutF16", 1024)]
+
+
+def test_stream_kernel_with_decoded_rows_lands_the_b_tile_by_tma(tmp_path):
+    """decoded_a=1 at 64 rows: the math loop as without it, the B tile by four TMA loads a stage and
+    no decode by the producer's warps; the stream-order decode kernel lean."""
+    from mategemm.kernels import sm90_nvfp4_dequant_a as dequant
+
+    if sass.tools_dir() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    cache = KernelCache(tmp_path)
+    name_expr = f"&mategemm::{kernel_stream.KERNEL}<64, 4, mategemm::kOutBF16, 32, true>"
+    compiled = cache.get(kernel.KernelSpec(kernel_stream.KERNEL, f'#include "{kernel_stream.KERNEL}.cuh"\n',
+                                           name_expr, ARCH))
+    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STS"] == 0 and ops["UTMALDG"] >= 6, ops
+    assert sass.registers(compiled.path / "kernel.cubin") * 384 <= 65536
+    main = min((loop for loop in loops(text) if loop["HGMMA"] == 16), key=lambda loop: sum(loop.values()))
+    assert main["HMUL2"] == 80 and main["LDS"] == 6 and main["WARPGROUP"] == 8, main
+    assert re.search(r"HGMMA\.64x64x16\.F32\.BF16 R\d+, R\d+, gdesc", text)
+    decode = cache.get(dequant.spec(32, ARCH, stream_order=True))
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(decode.path / "kernel.cubin")))
+    assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STG"] == 4 and ops["HMUL2"] >= 4 + 2, ops  # 4 16-byte stores
 
 
 @pytest.fixture(scope="module")
@@ -680,6 +715,25 @@ def test_stream_kernel_operands_meet_in_one_k_order(tokens):
             for c in range(4):
                 at = (w // 2) * tokens * 128 + swizzled(row, (4 * (w % 2) + c) * 16)
                 tile[at:at + 16] = b"".join(out[q][c].to_bytes(4, "little") for q in range(4))
+
+    # the same tile from the rows decoded beforehand (sm90_nvfp4_dequant_a in stream order: item w of
+    # a row writes 64 bytes from 64w, 16c + 4q holding span q's nibble pair c) landed by TMA: slab s
+    # is bytes 128s.. of each row, 128-byte swizzled
+    landed = bytearray(len(tile))
+    for row in range(tokens):
+        decoded_row = bytearray(512)
+        for w in range(8):
+            words = [decode_e2m1_pairs(word(r_image, row * 128 + 32 * q + 4 * w),
+                                       e2m1_pair_factor(r_chunks[q * 512 + (row % 32) * 16 + (row // 32) * 4 + w // 2]))
+                     for q in range(4)]
+            for c in range(4):
+                for q in range(4):
+                    decoded_row[64 * w + 16 * c + 4 * q:64 * w + 16 * c + 4 * q + 4] = words[q][c].to_bytes(4, "little")
+        for slab in range(4):
+            for offset in range(0, 128, 16):
+                at = slab * tokens * 128 + swizzled(row, offset)
+                landed[at:at + 16] = decoded_row[128 * slab + offset:128 * slab + offset + 16]
+    assert landed == tile
 
     def b_value(token, j, slot):  # the wgmma's B: chunk j = slab j // 4, bytes (j % 4) * 32 + 2 slot
         at = (j // 4) * tokens * 128 + swizzled(token, (j % 4) * 32 + 2 * slot)
