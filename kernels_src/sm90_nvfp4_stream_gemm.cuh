@@ -40,8 +40,9 @@ struct StreamLayout {
   static constexpr int kOffWeightScales = kOffTokenPacked + (kDecodedTokens ? 0 : kTokens * kStreamRowBytes);
   static constexpr int kOffTokenScales = kOffWeightScales + kStreamScaleBytes;
   static constexpr int kStageBytes = kOffTokenScales + (kDecodedTokens ? 0 : kStreamScaleBytes);
-  static constexpr u32 kTxBytes = kWeightBytes + kStreamScaleBytes +
-                                  (kDecodedTokens ? 4 * kTokenSlabBytes : kTokens * kStreamRowBytes + kStreamScaleBytes);
+  static constexpr int kTokenTxBytes =  // the B tile, or the packed rows and their scales
+      kDecodedTokens ? 4 * kTokenSlabBytes : kTokens * kStreamRowBytes + kStreamScaleBytes;
+  static constexpr u32 kTxBytes = kWeightBytes + kStreamScaleBytes + kTokenTxBytes;
   static constexpr int kOffBarriers = kNumStages * kStageBytes;  // full, decoded and empty per stage
   static constexpr int kOffGroupTable = kOffBarriers + 3 * kNumStages * 8;
   static constexpr int kTotalBytes = kOffGroupTable + 4 * kMaxGroups * 4 + 1024;  // + the base's alignment
@@ -208,8 +209,9 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
         for (int r = 0; r < 2; ++r) {
           const int col = t.n_block * kStreamRows + static_cast<int>(row) + 8 * r;
           if (col < n) {
+            const float value = acc[4 * i + 2 * r + e] * kUnscale * scale;
             out[static_cast<i64>(token) * out_ld + col] =
-                static_cast<unsigned short>(pack_out2<kOutType>(acc[4 * i + 2 * r + e] * kUnscale * scale, 0.0f) & 0xFFFFu);
+                static_cast<unsigned short>(pack_out2<kOutType>(value, 0.0f) & 0xFFFFu);
           }
         }
       }

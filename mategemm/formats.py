@@ -10,7 +10,8 @@ NVFP4, MAX's grouped_matmul_dynamic_scaled_nvfp4 and the Pythonic nvfp4_grouped_
 rows per group sm90_nvfp4_stream_gemm decodes the weights straight into the bf16 wgmma's registers,
 above that sm90_nvfp4_grouped_gemm on the GEMM core decodes the weights to bf16 in shared memory and
 the group's rows too up to 64 rows per group; from 65 the rows are decoded to a bf16 tensor first
-(sm90_nvfp4_dequant_a) that the GEMM loads by TMA (exact either way); the groups' offsets, experts and count stay on the GPU (no host sync).
+(sm90_nvfp4_dequant_a) that the GEMM loads by TMA (exact either way); the groups' offsets, experts
+and count stay on the GPU (no host sync).
 """
 from __future__ import annotations
 

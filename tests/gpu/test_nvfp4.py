@@ -258,7 +258,8 @@ def test_torch_compile_traces_the_pythonic_form():
     assert torch.equal(compiled(*args), layer(*args))
 
 
-@pytest.mark.parametrize("counts,given_starts", [([5, 0, 130, 1, 64], True), ([3] * 40, False), ([0, 1] * 20 + [129], True)],
+@pytest.mark.parametrize("counts,given_starts",
+                         [([5, 0, 130, 1, 64], True), ([3] * 40, False), ([0, 1] * 20 + [129], True)],
                          ids=["odd", "many", "empty"])
 def test_token_rows_decoded_to_bf16_exactly(counts, given_starts):
     """sm90_nvfp4_dequant_a writes each group's rows as the exact dequantisation (every e2m1 x e4m3

@@ -431,7 +431,8 @@ def test_pair_decode_model_gives_every_code_times_every_scale_exactly():
     zero and the NaN encoding, read as 480, included)."""
     gen = torch.Generator().manual_seed(1)
     for scale_byte in range(128):
-        scale = 480.0 if scale_byte == 0x7F else torch.tensor([scale_byte], dtype=torch.uint8).view(E4M3).double().item()
+        scale = torch.tensor([scale_byte], dtype=torch.uint8).view(E4M3).double().item()
+        scale = 480.0 if scale_byte == 0x7F else scale
         factor = e2m1_pair_factor(scale_byte)
         words = [sum(c << 4 * i for i, c in enumerate(range(8))), sum(c << 4 * i for i, c in enumerate(range(8, 16)))]
         words += torch.randint(0, 2**32, (2,), generator=gen).tolist()
@@ -581,9 +582,9 @@ def test_streaming_kernel_plan():
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
 
-@pytest.mark.parametrize("tokens,stages,max_groups,decoded", [(8, 8, 32, False), (16, 7, 256, False),
-                                                              (32, 5, 1024, False), (32, 2, 32, False),
-                                                              (64, 3, 32, False), (64, 4, 32, True), (16, 8, 256, True)])
+@pytest.mark.parametrize("tokens,stages,max_groups,decoded", [
+    (8, 8, 32, False), (16, 7, 256, False), (32, 5, 1024, False), (32, 2, 32, False), (64, 3, 32, False),
+    (64, 4, 32, True), (16, 8, 256, True)])
 def test_stream_smem_bytes_match_the_kernel_layout(tokens, stages, max_groups, decoded):
     from mategemm.jit import nvrtc
 
