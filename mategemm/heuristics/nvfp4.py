@@ -102,6 +102,14 @@ def launch_sms(problem: Nvfp4Problem, block_m: int, block_n: int, num_mp: int) -
     return max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
 
 
+def forced_flag(forced: dict, key: str, default: int) -> bool:
+    """A 0/1 key of MATEGEMM_FORCE_CONFIG, or `default`."""
+    value = forced.get(key, default)
+    if value not in (0, 1):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: {key} must be 0 or 1, got {value}")
+    return bool(value)
+
+
 def stream_smem_bytes(tokens: int, stages: int, max_groups: int, decoded_tokens: bool = False) -> int:
     """Must match StreamLayout (kernels_src/sm90_nvfp4_stream_gemm.cuh): the stages, three barriers
     per stage, a table of 4 ints per group and the alignment slack. With the group's rows decoded
@@ -119,9 +127,7 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {STREAM_TOKENS} with stream=1, got {tokens}")
     if forced.get("block_n", STREAM_WEIGHT_ROWS) != STREAM_WEIGHT_ROWS or forced.get("decoders", 0) != 0:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS} and no decoders")
-    decoded_a = forced.get("decoded_a", 0)
-    if decoded_a not in (0, 1):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoded_a must be 0 or 1, got {decoded_a}")
+    decoded_a = forced_flag(forced, "decoded_a", 0)
     stages = forced.get("stages") or sm90.MAX_STAGES
     if "stages" not in forced:
         while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > device.smem_per_block:
@@ -133,17 +139,18 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
     num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)
     return GemmConfig(block_m=tokens, block_n=STREAM_WEIGHT_ROWS, block_k=2 * STREAM_ROW_BYTES, stages=stages,
                       num_mp=num_mp, group_n=forced.get("group_n", fp8_gemm.GROUP_N), out_swizzle=0, smem_bytes=smem,
-                      nvfp4_stream=True, decoded_a=bool(decoded_a))
+                      nvfp4_stream=True, decoded_a=decoded_a)
 
 
 @functools.lru_cache(maxsize=4096)
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """The kernel, BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows
-    per group. MATEGEMM_FORCE_CONFIG may set stream (1: the streaming kernel, block_m 8, 16 or 32;
-    0: the core's), block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n and decoders
+    per group. MATEGEMM_FORCE_CONFIG may set stream (1: the streaming kernel, block_m 8, 16, 32 or 64;
+    0: the core's), block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n, decoders
     (warpgroups of 4 more decoding warps beside the producer's 3, 0-2: by default 2 at BLOCK_M 128 and
-    at BLOCK_M 64 up to 16 rows per group, 1 above); other keys, or values that do not fit, raise
-    ValueError."""
+    at BLOCK_M 64 up to 16 rows per group, 1 above) and decoded_a (the group's rows decoded beforehand:
+    by default at BLOCK_M 128, never in the streaming kernel); other keys, or values that do not fit,
+    raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -151,9 +158,7 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
                          f"(keys: {', '.join(FORCE_KEYS)})")
     # a forced key only the GEMM core's NVFP4 kernel takes picks that kernel
     core_forced = "decoders" in forced or forced.get("block_m") in BLOCK_MS or forced.get("block_n", 128) != 128
-    stream = forced.get("stream", int(rows_per_group <= STREAM_ROWS and not core_forced))
-    if stream not in (0, 1):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream must be 0 or 1, got {stream}")
+    stream = forced_flag(forced, "stream", int(rows_per_group <= STREAM_ROWS and not core_forced))
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
     if stream:
@@ -184,11 +189,9 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     decoder_wgs = forced.get("decoders", decoders if block_m == 64 else DECODER_WGS_128)
     if not 0 <= decoder_wgs <= MAX_DECODER_WGS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS}, got {decoder_wgs}")
-    decoded_a = forced.get("decoded_a", int(block_m >= DECODED_A_FROM_BLOCK_M))
-    if decoded_a not in (0, 1):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoded_a must be 0 or 1, got {decoded_a}")
+    decoded_a = forced_flag(forced, "decoded_a", int(block_m >= DECODED_A_FROM_BLOCK_M))
     num_mp = launch_sms(problem, block_m, block_n, num_mp)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),
                       out_swizzle=fp8_gemm.out_swizzle(block_n, out_bytes), smem_bytes=smem, decoder_wgs=decoder_wgs,
-                      decoded_a=bool(decoded_a))
+                      decoded_a=decoded_a)
