@@ -42,7 +42,7 @@ class DequantA:
     """Writes the bf16 rows of `a` (m, k/2 packed) into an (m, row_values(k)) bf16 tensor, before every
     GEMM launch that loads them."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "m", "k", "tensors")
+    __slots__ = ("kernel", "grid", "head", "m", "k", "tensors")
 
     def __init__(self, a: torch.Tensor, a_scales: torch.Tensor, group_offsets: torch.Tensor,
                  group_scale_offsets: torch.Tensor | None, active: torch.Tensor | None, num_groups: int, k: int,
