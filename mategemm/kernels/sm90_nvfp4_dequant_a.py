@@ -7,12 +7,14 @@ import torch
 from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
 from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt
+from mategemm.runtime.tma import encode_2d
 from mategemm.types import Nvfp4Problem
 
 KERNEL = "sm90_nvfp4_dequant_a"
 THREADS = 256
 STREAM_STAGE_VALUES = 256  # sm90_nvfp4_stream_gemm's stage of K
 CTAS_PER_SM = 8
+BOX_VALUES, BOX_SWIZZLE = 64, 128  # the GEMMs' TMA boxes of the rows: a stage's bf16 as the wgmma read it
 TYPES = (rt.PTR, rt.I64, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.PTR)
 
 _loaded: dict[tuple, rt.LoadedKernel] = {}
@@ -40,15 +42,15 @@ def row_values(k: int, stream_order: bool) -> int:
 
 class DequantA:
     """Writes the bf16 rows of `a` (m, k/2 packed) into an (m, row_values(k)) bf16 tensor, before every
-    GEMM launch that loads them."""
+    GEMM launch that loads them in boxes of `box_rows` rows."""
 
-    __slots__ = ("kernel", "grid", "head", "m", "k", "tensors")
+    __slots__ = ("kernel", "grid", "head", "m", "k", "box_rows", "tensors")
 
     def __init__(self, a: torch.Tensor, a_scales: torch.Tensor, group_offsets: torch.Tensor,
                  group_scale_offsets: torch.Tensor | None, active: torch.Tensor | None, num_groups: int, k: int,
-                 max_groups: int, arch: str, num_sms: int, stream_order: bool = False):
+                 max_groups: int, arch: str, num_sms: int, stream_order: bool = False, box_rows: int = 64):
         self.kernel = load(max_groups, arch, a.device.index, stream_order)
-        self.m, self.k = a.shape[0], row_values(k, stream_order)
+        self.m, self.k, self.box_rows = a.shape[0], row_values(k, stream_order), box_rows
         items = self.m * (self.k // 32 if stream_order else k // 16)  # a thread per 32 (16) values
         self.grid = max(1, min(-(-items // THREADS), num_sms * CTAS_PER_SM))
         self.head = (a.data_ptr(), a.stride(0), a_scales.data_ptr(), group_offsets.data_ptr(),
@@ -58,13 +60,13 @@ class DequantA:
 
     @classmethod
     def for_problem(cls, problem: Nvfp4Problem, a: torch.Tensor, a_scales: torch.Tensor, group_offsets: torch.Tensor,
-                    group_scale_offsets: torch.Tensor | None, active: torch.Tensor | None,
+                    group_scale_offsets: torch.Tensor | None, active: torch.Tensor | None, box_rows: int,
                     stream_order: bool = False) -> "DequantA":
-        """The decode before a GEMM launch of `problem` on `a`'s device."""
+        """The decode before a GEMM launch of `problem` on `a`'s device, its tiles `box_rows` rows."""
         info = rt_device.device_info(a.device.index)
         groups = problem.num_groups if problem.active is None else problem.active
         return cls(a, a_scales, group_offsets, group_scale_offsets, active, groups, problem.k, problem.max_groups,
-                   info.arch, info.num_sms, stream_order)
+                   info.arch, info.num_sms, stream_order, box_rows)
 
     def __call__(self, out: torch.Tensor, stream: int) -> torch.Tensor:
         """Writes the rows into `out` ((m, row_values(k)) bf16, row-contiguous; rows outside the groups
@@ -72,5 +74,7 @@ class DequantA:
         self.kernel.launch(self.grid, stream, self.kernel.pack((*self.head, out.data_ptr()), TYPES))
         return out
 
-    def new_output(self) -> torch.Tensor:
-        return torch.empty((self.m, self.k), dtype=torch.bfloat16, device=self.tensors[0].device)
+    def decoded_map(self, stream: int):
+        """Decodes the rows into a new tensor on `stream`: its TMA descriptor for the GEMM launched next."""
+        rows = torch.empty((self.m, self.k), dtype=torch.bfloat16, device=self.tensors[0].device)
+        return encode_2d(self(rows, stream), BOX_VALUES, self.box_rows, BOX_SWIZZLE)

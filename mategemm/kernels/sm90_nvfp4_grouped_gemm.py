@@ -17,7 +17,6 @@ OUT_TYPES = {torch.bfloat16: "kOutBF16", torch.float16: "kOutF16"}
 PACKED_BOX_BYTES = 32
 SCALE_ROW_BYTES, SCALE_CHUNK_ROWS = 128, 4
 OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
-BF16_BOX_VALUES, BF16_SWIZZLE = 64, 128  # A's rows decoded beforehand: a stage's bf16 tile as the wgmma read it
 
 
 
@@ -41,7 +40,7 @@ def _scale_rows(scales: torch.Tensor) -> torch.Tensor:
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a", "block_m")
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -57,10 +56,10 @@ class Launch:
         experts, n = b.shape[0], b.shape[1]
         self.head = (encode_2d(a, PACKED_BOX_BYTES, config.block_m, 0),
                      encode_2d(b, PACKED_BOX_BYTES, config.block_n, 0, rows=experts * n))
-        self.dequant_a, self.block_m = None, config.block_m
+        self.dequant_a = None
         if config.decoded_a:  # A's bf16 rows written into a new tensor by each call, its map made then
             self.dequant_a = kernel_dequant.DequantA.for_problem(problem, a, a_scales, group_offsets,
-                                                                 group_scale_offsets, active)
+                                                                 group_scale_offsets, active, config.block_m)
         self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
@@ -74,19 +73,17 @@ class Launch:
     def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` (m, n) on `stream` (a raw CUstream handle of the current device); the
         GEMM core's other outputs' arguments (signal, out_scale) do not apply."""
-        if self.dequant_a is not None:
-            a16 = self.dequant_a(self.dequant_a.new_output(), stream)
-            head = (encode_2d(a16, BF16_BOX_VALUES, self.block_m, BF16_SWIZZLE), self.head[1])
-            tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
-            values = (*head, tmap_d, *self.tail, out.data_ptr(), out.stride(0))
-            self.kernel.launch(self.grid, stream, self.kernel.pack(values, self.TYPES))
+        if self.dequant_a is not None:  # A's map is new with every call
+            self.kernel.launch(self.grid, stream, self._pack(self.dequant_a.decoded_map(stream), out))
             return
         key = (out.data_ptr(), out.shape, out.stride(), stream)
         packed = self._packed.get(key)
         if packed is None:
             if len(self._packed) >= 64:
                 self._packed.clear()
-            tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
-            values = (*self.head, tmap_d, *self.tail, out.data_ptr(), out.stride(0))
-            packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
+            packed = self._packed[key] = self._pack(self.head[0], out)
         self.kernel.launch(self.grid, stream, packed)
+
+    def _pack(self, tmap_a, out: torch.Tensor):
+        tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
+        return self.kernel.pack((tmap_a, self.head[1], tmap_d, *self.tail, out.data_ptr(), out.stride(0)), self.TYPES)

@@ -17,7 +17,6 @@ KERNEL = "sm90_nvfp4_stream_gemm"
 PACKED_BOX_BYTES = 128
 WEIGHT_ROWS = 128
 SCALE_ROW_BYTES, SCALE_BOX_ROWS = 128, 16
-DECODED_BOX_VALUES = 64  # the group's rows decoded beforehand: a B-tile slab of 64 bf16 a row
 
 
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
@@ -35,7 +34,7 @@ load = kernel_fp8.load
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "_packed", "dequant_a", "block_m")
+    __slots__ = ("kernel", "grid", "head", "_packed", "dequant_a")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -57,17 +56,16 @@ class Launch:
                      problem.num_groups if problem.active is None else problem.active, problem.num_experts,
                      problem.m, problem.n, problem.k, config.group_n)
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, stride, stream)
-        self.dequant_a, self.block_m = None, config.block_m
+        self.dequant_a = None
         if config.decoded_a:  # the group's rows decoded by each call into a new tensor, its map made then
             self.dequant_a = kernel_dequant.DequantA.for_problem(problem, a, a_scales, group_offsets,
-                                                                 group_scale_offsets, active, stream_order=True)
+                                                                 group_scale_offsets, active, config.block_m,
+                                                                 stream_order=True)
 
     def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` (m, n) on `stream`; signal and out_scale do not apply."""
         if self.dequant_a is not None:
-            rows = self.dequant_a(self.dequant_a.new_output(), stream)
-            values = (encode_2d(rows, DECODED_BOX_VALUES, self.block_m, 128), *self.head[1:], out.data_ptr(),
-                      out.stride(0))
+            values = (self.dequant_a.decoded_map(stream), *self.head[1:], out.data_ptr(), out.stride(0))
             self.kernel.launch(self.grid, stream, self.kernel.pack(values, self.TYPES))
             return
         key = (out.data_ptr(), out.stride(0), stream)

@@ -298,7 +298,7 @@ def test_token_rows_decoded_in_stream_order_exactly():
     m, k = case["a"].shape[0], case["a"].shape[1] * 2
     run_dequant = dequant.DequantA.for_problem(
         mategemm.types.Nvfp4Problem(m, 8, k, 4, 4, torch.bfloat16, None), case["a"], case["a_scales"],
-        case["group_offsets"], case["group_scale_offsets"], None, stream_order=True)
+        case["group_offsets"], case["group_scale_offsets"], None, 8, stream_order=True)
     out = torch.full((m, 768), float("nan"), dtype=torch.bfloat16, device="cuda")
     run_dequant(out, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()

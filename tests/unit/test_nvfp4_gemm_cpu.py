@@ -263,18 +263,27 @@ INSTANCES = [(64, 128, 6, "kOutBF16", 32, 0), (128, 128, 4, "kOutBF16", 256, 0),
              (64, 64, 8, "kOutBF16", 32, 2), (128, 128, 4, "kOutBF16", 256, 1), (128, 128, 4, "kOutBF16", 256, 2)]
 
 
-@pytest.fixture(scope="module")
-def nvfp4_sass(tmp_path_factory):
+def instance(family: str, name_expr: str) -> kernel.KernelSpec:
+    """The spec of one template instance of kernel family `family` (its header included)."""
+    return kernel.KernelSpec(family, f'#include "{family}.cuh"\n', name_expr, ARCH)
+
+
+def compiled_sass(cache: KernelCache, spec: kernel.KernelSpec) -> tuple[str, object]:
+    """(SASS text, compiled kernel) of `spec` compiled into `cache`; skips without the SASS tools."""
     if sass.tools_dir() is None:
         pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    compiled = cache.get(spec)
+    return sass.dump_sass(compiled.path / "kernel.cubin"), compiled
+
+
+@pytest.fixture(scope="module")
+def nvfp4_sass(tmp_path_factory):
     cache = KernelCache(tmp_path_factory.mktemp("nvfp4_sass"))
     out = {}
     for block_m, block_n, stages, out_type, max_groups, decoders in INSTANCES:
         name_expr = (f"&mategemm::{kernel.KERNEL}<{block_m}, {block_n}, {stages}, mategemm::{out_type}, 128, "
                      f"{max_groups}, {decoders}>")
-        spec = kernel.KernelSpec(kernel.KERNEL, f'#include "{kernel.KERNEL}.cuh"\n', name_expr, ARCH)
-        compiled = cache.get(spec)
-        out[(block_m, block_n, decoders)] = (sass.dump_sass(compiled.path / "kernel.cubin"), compiled)
+        out[(block_m, block_n, decoders)] = compiled_sass(cache, instance(kernel.KERNEL, name_expr))
     return out
 
 
@@ -328,12 +337,8 @@ def test_register_split_fits_the_launch_allocation(nvfp4_sass, tile):
 def test_decoded_a_loads_a_by_tma_and_decodes_b_alone(tmp_path, decoders):
     """With A's rows decoded beforehand the producer loads A's bf16 tile, B's packed rows and B's
     scale chunk (3 TMA loads), and the decoding warps keep one decode each (B's)."""
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     name_expr = f"&mategemm::{kernel.KERNEL}<128, 128, 4, mategemm::kOutBF16, 128, 32, {decoders}, true>"
-    compiled = KernelCache(tmp_path).get(kernel.KernelSpec(kernel.KERNEL, f'#include "{kernel.KERNEL}.cuh"\n',
-                                                           name_expr, ARCH))
-    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    text, _ = compiled_sass(KernelCache(tmp_path), instance(kernel.KERNEL, name_expr))
     ops = collections.Counter(sass.opcodes(text))
     assert ops["UTMALDG"] == 3 and ops["LDL"] == 0 and ops["STL"] == 0, ops
     assert ops["HMUL2"] == 8 * (1 + min(decoders, 1)), ops  # one 32-value decode (B's) per copy of the warps' code
@@ -342,10 +347,8 @@ def test_decoded_a_loads_a_by_tma_and_decodes_b_alone(tmp_path, decoders):
 def test_dequant_a_kernel_is_lean(tmp_path):
     from mategemm.kernels import sm90_nvfp4_dequant_a as dequant
 
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    compiled = KernelCache(tmp_path).get(dequant.spec(1024, ARCH))
-    ops = collections.Counter(sass.opcodes(sass.dump_sass(compiled.path / "kernel.cubin")))
+    text, compiled = compiled_sass(KernelCache(tmp_path), dequant.spec(1024, ARCH))
+    ops = collections.Counter(sass.opcodes(text))
     assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STG"] == 2, ops  # two 16-byte stores per 16 values
     assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [8] * 6 + [4] * 3 + [8]
 
@@ -604,35 +607,26 @@ def test_stream_kernel_with_decoded_rows_lands_the_b_tile_by_tma(tmp_path):
     no decode by the producer's warps; the stream-order decode kernel lean."""
     from mategemm.kernels import sm90_nvfp4_dequant_a as dequant
 
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     cache = KernelCache(tmp_path)
     name_expr = f"&mategemm::{kernel_stream.KERNEL}<64, 4, mategemm::kOutBF16, 32, true>"
-    compiled = cache.get(kernel.KernelSpec(kernel_stream.KERNEL, f'#include "{kernel_stream.KERNEL}.cuh"\n',
-                                           name_expr, ARCH))
-    text = sass.dump_sass(compiled.path / "kernel.cubin")
+    text, compiled = compiled_sass(cache, instance(kernel_stream.KERNEL, name_expr))
     ops = collections.Counter(sass.opcodes(text))
     assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STS"] == 0 and ops["UTMALDG"] >= 6, ops
     assert sass.registers(compiled.path / "kernel.cubin") * 384 <= 65536
     main = min((loop for loop in loops(text) if loop["HGMMA"] == 16), key=lambda loop: sum(loop.values()))
     assert main["HMUL2"] == 80 and main["LDS"] == 6 and main["WARPGROUP"] == 8, main
     assert re.search(r"HGMMA\.64x64x16\.F32\.BF16 R\d+, R\d+, gdesc", text)
-    decode = cache.get(dequant.spec(32, ARCH, stream_order=True))
-    ops = collections.Counter(sass.opcodes(sass.dump_sass(decode.path / "kernel.cubin")))
+    ops = collections.Counter(sass.opcodes(compiled_sass(cache, dequant.spec(32, ARCH, stream_order=True))[0]))
     assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STG"] == 4 and ops["HMUL2"] >= 4 + 2, ops  # 4 16-byte stores
 
 
 @pytest.fixture(scope="module")
 def stream_sass(tmp_path_factory):
-    if sass.tools_dir() is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     cache = KernelCache(tmp_path_factory.mktemp("nvfp4_stream_sass"))
     out = {}
     for tokens, stages, out_type, max_groups in STREAM_INSTANCES:
         name_expr = f"&mategemm::{kernel_stream.KERNEL}<{tokens}, {stages}, mategemm::{out_type}, {max_groups}>"
-        compiled = cache.get(kernel.KernelSpec(kernel_stream.KERNEL, f'#include "{kernel_stream.KERNEL}.cuh"\n',
-                                               name_expr, ARCH))
-        out[tokens] = (sass.dump_sass(compiled.path / "kernel.cubin"), compiled)
+        out[tokens] = compiled_sass(cache, instance(kernel_stream.KERNEL, name_expr))
     return out
 
 
