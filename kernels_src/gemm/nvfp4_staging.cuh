@@ -14,7 +14,7 @@ namespace mategemm {
 template <class T>
 __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
                                                     GemmScheduler<T>& scheduler) {
-  using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
+  using Stage = typename T::Nvfp4Stage;
   constexpr u32 kStageBytes = T::kDecodedA ? T::Layout::kABytes + T::BLOCK_N * Stage::kPackedRowBytes +
                                                   Stage::kBChunks * Stage::kScaleChunkBytes
                                             : (T::BLOCK_M + T::BLOCK_N) * Stage::kPackedRowBytes +
@@ -96,7 +96,7 @@ __device__ __forceinline__ void decode_nvfp4_rows(u32 row, u32 rows, u32 half, u
 template <class T>
 __device__ __forceinline__ void decode_nvfp4_stage(u32 staging, u32 tile_a, u32 tile_b, u32 a_rows, u32 a_scale_row0,
                                                    u32 b_scale_row0, u32 thread) {
-  using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
+  using Stage = typename T::Nvfp4Stage;
   constexpr u32 kRowsPerPass = T::kDecodeWarps * 32 / 2;
   const u32 half = thread % 2;
   const u32 first = thread / 2;
@@ -116,7 +116,7 @@ template <class T>
 __device__ __forceinline__ void decode_nvfp4_stages(const GemmSmem<T>& smem, GemmScheduler<T>& scheduler,
                                                     u32 thread) {
   using Layout = typename T::Layout;
-  using Stage = Nvfp4StageLayout<T::BLOCK_M, T::BLOCK_N>;
+  using Stage = typename T::Nvfp4Stage;
   int iter = 0;
   Tile t;
   while (scheduler.next(t)) {

@@ -39,7 +39,8 @@ struct Nvfp4StageLayout {
 };
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
-          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false, int kBHalves = 1>
+          int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false, int kBHalves = 1,
+          bool kNvfp4DecodedA = false>
 struct GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
@@ -76,7 +77,8 @@ struct GemmSmemLayout {
   // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
   static constexpr int kStagingABytes = (kMnMajor & 1) ? kABytes : 0;
   static constexpr int kStagingBytes =
-      kNvfp4 ? Nvfp4StageLayout<BLOCK_M, BLOCK_N>::kBytes : kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
+      kNvfp4 ? Nvfp4StageLayout<kNvfp4DecodedA ? 0 : BLOCK_M, BLOCK_N>::kBytes  // A decoded beforehand: no A staging
+             : kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
   static constexpr int kOffStaging = kOffB + kNumStages * kBBytes;
@@ -160,7 +162,9 @@ struct GemmTraits {
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves>;
+                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves, kNvfp4DecodedA_>;
+  // NVFP4's staging of a stage: the packed rows and scale chunks of the operands decoded in the kernel
+  using Nvfp4Stage = Nvfp4StageLayout<kNvfp4DecodedA_ ? 0 : BLOCK_M, BLOCK_N>;
   static constexpr bool kItemBScales = Layout::kItemBScales, kBulkStageScales = Layout::kBulkStageScales;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
@@ -232,9 +236,10 @@ struct GemmTraits {
   static_assert(operand_bytes(kTypeA) == operand_bytes(kTypeB) && (!kUnscaled || (kTypeA == kTypeB && kScaleAtEnd)),
                 "16-bit operands: the same type on both sides, unscaled");
   static_assert(!kNvfp4 || (kTypeA == kBF16 && kTypeB == kBF16 && kScaleAtEnd && kGroupMode == kGroupOffsets &&
-                            kCluster == 1 && kMnMajor == 0 && BLOCK_M <= 128 && BLOCK_N % 64 == 0),
+                            kCluster == 1 && kMnMajor == 0 && BLOCK_N % 64 == 0 &&
+                            (BLOCK_M <= 128 || (kDecodedA && kDecoderWGs == 0))),
                 "NVFP4: decoded to bf16, scaled at the end, token-packed groups, no cluster, K-major, "
-                "BLOCK_M 64 or 128, BLOCK_N 64, 128 or 256");
+                "BLOCK_M 64 or 128 (256 with A decoded beforehand and no decoder warpgroups), BLOCK_N 64, 128 or 256");
   static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
   static_assert(!kDecodedA || kNvfp4, "A decoded beforehand: NVFP4");
   // NOTES: with one math warpgroup the kernel sets no register split (all warps keep the launch's

@@ -3,10 +3,11 @@ sm90_nvfp4_grouped_gemm.
 
 The rows per group live on the GPU, so the choice rests on their average, as for the FP8
 grouped modes. Up to STREAM_ROWS rows per group the streaming kernel decodes the weights straight
-into the wgmma's registers, 128 weight rows by the fewest of 8, 16 or 32 rows of a group per tile.
-Above, the GEMM core's NVFP4 kernel decodes both operands to bf16 tiles in shared memory (the
-producer's warps 1-3 and the decoder warpgroups): BLOCK_M 64 up to 64 rows per group, BLOCK_M 128
-above, which halves the decode of the weights per output row.
+into the wgmma's registers, 128 weight rows by the fewest of 8, 16, 32 or 64 rows of a group per
+tile (64: the group's rows decoded to bf16 beforehand). Above, the GEMM core's NVFP4 kernel
+decodes the weights to bf16 tiles in shared memory (the producer's warps 1-3 and the decoder
+warpgroups) against the group's rows decoded beforehand: BLOCK_M 128, and 256 from TILE_256_ROWS
+rows per group, which halves the decode of the weights per output row again.
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ K_PER_STAGE = 64
 BF16_ROW_BYTES = 128
 PACKED_ROW_BYTES = 32
 SCALE_CHUNK_ROWS, SCALE_CHUNK_BYTES = 128, 512
-BLOCK_MS = (64, 128)
+BLOCK_MS = (64, 128, 256)
+# From TILE_256_ROWS rows per group on average: 256-row tiles (A's rows decoded beforehand, no decoder
+# warpgroups: the producer's 3 warps decode B's 128 rows a stage against twice the tensor work).
+TILE_256_ROWS = 1024
 # NOTES: the decoding warps take 64 rows at a time per tile of B (the scale chunks are 128 rows);
 # 256 is for forcing: with BLOCK_M 128 it does not fit 3 stages.
 BLOCK_NS = (64, 128, 256)
@@ -50,9 +54,9 @@ FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "
 # The streaming kernel (sm90_nvfp4_stream_gemm): tiles of 128 weight rows by STREAM_TOKENS rows of a
 # group (the wgmma's N); a stage is 256 values of K: the weights' packed rows (128 bytes), the bf16 B
 # tile and the packed rows of the group, and a 2048-byte scale block of each operand. With decoded_a
-# (forced only, not yet timed) the group's rows come decoded beforehand by sm90_nvfp4_dequant_a in
-# the B tile's order and TMA lands the B tile: no packed rows or scales of theirs, no decode in the
-# kernel (the 64-row tile's B decode by three warps would cost half the weights' decode a stage).
+# the group's rows come decoded beforehand by sm90_nvfp4_dequant_a in the B tile's order and TMA
+# lands the B tile: no packed rows or scales of theirs, no decode in the kernel (the 64-row tile's
+# B decode by three warps would cost half the weights' decode a stage).
 STREAM_TOKENS = (8, 16, 32, 64)
 STREAM_WEIGHT_ROWS = 128
 STREAM_ROW_BYTES = 128
@@ -61,8 +65,13 @@ STREAM_SCALE_BYTES = 2048
 # DeepSeek-V3 w1 1 token 0.224 / 0.568 / 0.322, 16: 0.253 / 0.468 / 0.337, 32: 0.308 / 0.490; w2 1:
 # 0.124 / 0.297 / 0.166; Qwen3-30B w1 1: 0.034 / 0.071 / 0.040. At 64 rows per group (two 32-row tiles
 # a group) 0.605 against the core's ~0.55: the streaming kernel up to 32 rows per group. With the pair
-# decode (same card, docs table): w1 1 token 0.188, 16: 0.215; 64 rows not yet timed again.
-STREAM_ROWS = 32
+# decode (same card, docs table): w1 1 token 0.188, 16: 0.215. 64-row tiles with the group's rows
+# decoded beforehand (H100, 2026-12-06, one run each in turns, ms decoded / core / 64 rows decoded in
+# the kernel): DeepSeek-V3 w1 64 tokens 0.280 / 0.552 / 0.442, w2 0.155 / 0.289 / 0.234, Qwen3-30B w1
+# 0.050 / 0.069 / 0.058. At 1 and 16 tokens the decode before costs a launch: same or 4-5% faster
+# on DeepSeek-V3's, 12-14% slower on Qwen3-30B's (0.038 against 0.034 ms): only the 64-row tile.
+STREAM_ROWS = 64
+STREAM_DECODED_TOKENS = 64
 
 # At BLOCK_M 128 A's rows are decoded to bf16 once per call (sm90_nvfp4_dequant_a, into a new (m, k)
 # bf16 tensor) and loaded by TMA: the decoding warps then decode B alone instead of A again for every
@@ -70,23 +79,27 @@ STREAM_ROWS = 32
 DECODED_A_FROM_BLOCK_M = 128
 
 
-def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2) -> int:
+def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2,
+               decoded_a: bool = False) -> int:
     """Must match GemmSmemLayout with kNvfp4 (kernels_src/gemm/traits.cuh): the output tile, the
-    ring (bf16 tiles and staging), three barriers per stage, the split-K flag's 16 bytes, a byte per
-    tile row, a table of 4 ints per group and the alignment slack."""
-    staging = ((block_m + block_n) * PACKED_ROW_BYTES +
-               (math.ceil(block_m / SCALE_CHUNK_ROWS) + math.ceil(block_n / SCALE_CHUNK_ROWS)) * SCALE_CHUNK_BYTES)
+    ring (bf16 tiles and staging: no A staging where A's rows come decoded), three barriers per stage,
+    the split-K flag's 16 bytes, a byte per tile row, a table of 4 ints per group and the alignment
+    slack."""
+    staged_a = 0 if decoded_a else block_m
+    staging = ((staged_a + block_n) * PACKED_ROW_BYTES +
+               (math.ceil(staged_a / SCALE_CHUNK_ROWS) + math.ceil(block_n / SCALE_CHUNK_ROWS)) * SCALE_CHUNK_BYTES)
     per_stage = (block_m + block_n) * BF16_ROW_BYTES + staging
     row_ok = (block_m + 15) // 16 * 16
     return (block_m * block_n * out_elem_bytes + stages * per_stage + 3 * stages * 8 + 16 + row_ok +
             16 * max_groups + sm90.SMEM_SLACK)
 
 
-def max_stages(block_m: int, block_n: int, max_groups: int, smem_limit: int, out_elem_bytes: int = 2) -> int:
+def max_stages(block_m: int, block_n: int, max_groups: int, smem_limit: int, out_elem_bytes: int = 2,
+               decoded_a: bool = False) -> int:
     """The most stages (at most sm90.MAX_STAGES) that fit; fewer than sm90.MIN_STAGES if none fit."""
     stages = sm90.MAX_STAGES
     while stages >= sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, max_groups,
-                                                   out_elem_bytes) > smem_limit:
+                                                   out_elem_bytes, decoded_a) > smem_limit:
         stages -= 1
     return stages
 
@@ -127,7 +140,7 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {STREAM_TOKENS} with stream=1, got {tokens}")
     if forced.get("block_n", STREAM_WEIGHT_ROWS) != STREAM_WEIGHT_ROWS or forced.get("decoders", 0) != 0:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS} and no decoders")
-    decoded_a = forced_flag(forced, "decoded_a", 0)
+    decoded_a = forced_flag(forced, "decoded_a", int(tokens >= STREAM_DECODED_TOKENS))
     stages = forced.get("stages") or sm90.MAX_STAGES
     if "stages" not in forced:
         while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > device.smem_per_block:
@@ -146,11 +159,11 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
 def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """The kernel, BLOCK_M, BLOCK_N, stages and SM count for `problem` at about `rows_per_group` rows
     per group. MATEGEMM_FORCE_CONFIG may set stream (1: the streaming kernel, block_m 8, 16, 32 or 64;
-    0: the core's), block_m (64, 128), block_n (64, 128, 256), stages, num_mp, group_n, decoders
+    0: the core's), block_m (64, 128, 256), block_n (64, 128, 256), stages, num_mp, group_n, decoders
     (warpgroups of 4 more decoding warps beside the producer's 3, 0-2: by default 2 at BLOCK_M 128 and
-    at BLOCK_M 64 up to 16 rows per group, 1 above) and decoded_a (the group's rows decoded beforehand:
-    by default at BLOCK_M 128, never in the streaming kernel); other keys, or values that do not fit,
-    raise ValueError."""
+    at BLOCK_M 64 up to 16 rows per group, 1 above, none at 256) and decoded_a (the group's rows
+    decoded beforehand: by default from BLOCK_M 128 in the core's kernel and at block_m 64 in the
+    streaming one); other keys, or values that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -163,7 +176,11 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
     if stream:
         return choose_stream(problem, rows_per_group, device, num_mp, forced)
-    block_m = forced.get("block_m", 64 if rows_per_group <= DECODE_ROWS else 128)
+    block_m = 64 if rows_per_group <= DECODE_ROWS else 128
+    if rows_per_group >= TILE_256_ROWS and max_stages(256, DEFAULT_BLOCK_N, problem.max_groups, device.smem_per_block,
+                                                      problem.out_elem_bytes, True) >= sm90.MIN_STAGES:
+        block_m = 256  # (a large group table leaves too little shared memory)
+    block_m = forced.get("block_m", block_m)
     if block_m not in BLOCK_MS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {BLOCK_MS} here, got {block_m}")
     if "block_n" in forced:
@@ -175,21 +192,24 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
         block_n = DEFAULT_BLOCK_N
         if problem.n <= 64 or tile_bound(problem, block_m, DEFAULT_BLOCK_N) < num_mp:
             block_n = 64
+    decoded_a = forced_flag(forced, "decoded_a", int(block_m >= DECODED_A_FROM_BLOCK_M))
+    if block_m == 256 and not decoded_a:
+        raise ValueError("MATEGEMM_FORCE_CONFIG: block_m 256 takes A's rows decoded beforehand (decoded_a 1)")
     out_bytes = problem.out_elem_bytes
     stages = forced.get("stages") or max_stages(block_m, block_n, problem.max_groups, device.smem_per_block,
-                                                out_bytes)
+                                                out_bytes, decoded_a)
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]; "
                          f"{block_m}x{block_n} tiles fit {max(stages, 0)} here")
-    smem = smem_bytes(block_m, block_n, stages, problem.max_groups, out_bytes)
+    smem = smem_bytes(block_m, block_n, stages, problem.max_groups, out_bytes, decoded_a)
     if smem > device.smem_per_block:
         raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
                          f"device has {device.smem_per_block}")
     decoders = DECODER_WGS_FEW_ROWS if rows_per_group <= FEW_ROWS else DECODER_WGS_64
-    decoder_wgs = forced.get("decoders", decoders if block_m == 64 else DECODER_WGS_128)
-    if not 0 <= decoder_wgs <= MAX_DECODER_WGS:
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS}, got {decoder_wgs}")
-    decoded_a = forced_flag(forced, "decoded_a", int(block_m >= DECODED_A_FROM_BLOCK_M))
+    decoder_wgs = forced.get("decoders", decoders if block_m == 64 else DECODER_WGS_128 if block_m == 128 else 0)
+    if not 0 <= decoder_wgs <= (MAX_DECODER_WGS if block_m < 256 else 0):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS} (0 at block_m 256), "
+                         f"got {decoder_wgs}")
     num_mp = launch_sms(problem, block_m, block_n, num_mp)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),

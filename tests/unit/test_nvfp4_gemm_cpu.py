@@ -152,9 +152,12 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
     assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"8, 8, mategemm::kOutBF16, 32>",  # streaming
                                                                "16, 7, mategemm::kOutBF16, 32>",
-                                                               "64, 128, 6, mategemm::kOutBF16, 128, 32, 1, false>",
-                                                               "128, 128, 4, mategemm::kOutBF16, 128, 32, 2, true>",
-                                                               "32>"}  # sm90_nvfp4_dequant_a before the last
+                                                               "64, 4, mategemm::kOutBF16, 32, true>",
+                                                               "128, 128, 5, mategemm::kOutBF16, 128, 32, 2, true>",
+                                                               "256, 128, 3, mategemm::kOutBF16, 128, 32, 0, true>",
+                                                               # sm90_nvfp4_dequant_a: in the streaming
+                                                               # kernel's order, and in the rows' own
+                                                               "32, true>", "32>"}
 
 
 def test_suite_rows_check_k_for_nvfp4(tmp_path):
@@ -185,25 +188,29 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
     assert plan.nvfp4_grouped(on_device, SM90_NO_DEVICE, force="").spec == nvfp4_plan.spec
     if tokens <= heuristics.STREAM_ROWS:
         assert config.nvfp4_stream and config.block_m == min(t for t in heuristics.STREAM_TOKENS if t >= tokens)
+        assert config.decoded_a == (config.block_m == 64)  # a 64-row tile's group rows decoded beforehand
         assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_stream_gemm<{config.block_m}, {config.stages}, "
-                                             f"mategemm::kOutBF16, {problem.max_groups}>")
+                                             f"mategemm::kOutBF16, {problem.max_groups}"
+                                             f"{', true' if config.decoded_a else ''}>")
         return
-    assert config.block_m == (64 if tokens <= 64 else 128)
+    wide = heuristics.max_stages(256, 128, problem.max_groups, SM90_NO_DEVICE.smem_per_block, decoded_a=True) >= 3
+    assert config.block_m == (256 if tokens >= heuristics.TILE_256_ROWS and wide else 128)
     assert config.block_n in (64, 128) and (config.block_n == 64) == (
         n <= 64 or heuristics.tile_bound(problem, config.block_m, 128) < 132)
     assert 3 <= config.stages <= 8 and config.block_k == 64 and config.out_swizzle == 128
     assert config.smem_bytes == heuristics.smem_bytes(config.block_m, config.block_n, config.stages,
-                                                      problem.max_groups)
+                                                      problem.max_groups, decoded_a=config.decoded_a)
     assert config.smem_bytes <= SM90_NO_DEVICE.smem_per_block
     assert config.stages == 8 or heuristics.smem_bytes(config.block_m, config.block_n, config.stages + 1,
-                                                       problem.max_groups) > SM90_NO_DEVICE.smem_per_block
+                                                       problem.max_groups,
+                                                       decoded_a=config.decoded_a) > SM90_NO_DEVICE.smem_per_block
     assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
     assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
-    assert config.decoder_wgs == (2 if config.block_m == 128 or tokens <= 16 else 1)
+    assert config.decoder_wgs == {64: 2 if tokens <= 16 else 1, 128: 2, 256: 0}[config.block_m]
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
                                          f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
                                          f"{config.decoder_wgs}, {'true' if config.decoded_a else 'false'}>")
-    assert config.decoded_a == (config.block_m == 128)
+    assert config.decoded_a == (config.block_m >= 128)
 
 
 def test_forced_configs():
@@ -232,7 +239,8 @@ def test_forced_configs():
     assert kernel.spec(problem, two, ARCH).name_expr.endswith(", 2, false>")
     assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=0,decoded_a=1").decoded_a
     assert not heuristics.choose(problem, 256, SM90_NO_DEVICE, 132, "decoded_a=0").decoded_a
-    for force, message in (("block_m=256", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
+    for force, message in (("block_m=256,decoded_a=0", "decoded_a 1"), ("block_m=256,decoders=1", "0 at block_m"),
+                           ("block_m=32,stream=0", "block_m must be one of"), ("block_n=96", "block_n must be one of"),
                            ("cluster_n=2", "do not apply"), ("stream=0,stages=9", "stages must be in"),
                            ("block_m=128,block_n=256", "stages must be in"), ("decoders=3", "decoders must be"),
                            ("decoders=-1", "decoders must be"), ("decoded_a=2", "decoded_a must be")):
@@ -240,15 +248,16 @@ def test_forced_configs():
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,max_groups,out_bytes", [
-    (64, 128, 6, 32, 2), (128, 128, 4, 256, 2), (64, 64, 8, 1024, 2), (128, 64, 5, 64, 2), (64, 256, 3, 32, 2)])
-def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups, out_bytes):
+@pytest.mark.parametrize("block_m,block_n,stages,max_groups,out_bytes,decoded", [
+    (64, 128, 6, 32, 2, False), (128, 128, 4, 256, 2, False), (64, 64, 8, 1024, 2, False), (128, 64, 5, 64, 2, False),
+    (64, 256, 3, 32, 2, False), (128, 128, 5, 32, 2, True), (256, 128, 3, 32, 2, True)])
+def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups, out_bytes, decoded):
     """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
 
-    expected = heuristics.smem_bytes(block_m, block_n, stages, max_groups, out_bytes)
+    expected = heuristics.smem_bytes(block_m, block_n, stages, max_groups, out_bytes, decoded)
     layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, 0, {out_bytes}, mategemm::kGroupOffsets, "
-              f"{max_groups}, 0, true>")
+              f"{max_groups}, 0, true, 128, false, 1, {'true' if decoded else 'false'}>")
     source = ('#include "gemm/traits.cuh"\n'
               f'static_assert({layout}::kTotalBytes == {expected}, "python and kernel disagree");\n'
               f'static_assert({layout}::kStagingBytes % 128 == 0, "TMA destinations stay aligned");\n'
@@ -333,11 +342,12 @@ def test_register_split_fits_the_launch_allocation(nvfp4_sass, tile):
     assert taken[0] >= 144  # the 128-wide tile's 64 accumulators per thread and wave, and room
 
 
-@pytest.mark.parametrize("decoders", [0, 2])
-def test_decoded_a_loads_a_by_tma_and_decodes_b_alone(tmp_path, decoders):
+@pytest.mark.parametrize("block_m,decoders", [(128, 0), (128, 2), (256, 0)])
+def test_decoded_a_loads_a_by_tma_and_decodes_b_alone(tmp_path, block_m, decoders):
     """With A's rows decoded beforehand the producer loads A's bf16 tile, B's packed rows and B's
-    scale chunk (3 TMA loads), and the decoding warps keep one decode each (B's)."""
-    name_expr = f"&mategemm::{kernel.KERNEL}<128, 128, 4, mategemm::kOutBF16, 128, 32, {decoders}, true>"
+    scale chunk (3 TMA loads), and the decoding warps keep one decode each (B's); at 256 rows two
+    64-row waves per math warpgroup."""
+    name_expr = f"&mategemm::{kernel.KERNEL}<{block_m}, 128, 3, mategemm::kOutBF16, 128, 32, {decoders}, true>"
     text, _ = compiled_sass(KernelCache(tmp_path), instance(kernel.KERNEL, name_expr))
     ops = collections.Counter(sass.opcodes(text))
     assert ops["UTMALDG"] == 3 and ops["LDL"] == 0 and ops["STL"] == 0, ops
@@ -559,25 +569,29 @@ def test_streaming_kernel_plan():
     for rows, tokens in ((1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (64, 64), (200, 64)):
         config = heuristics.choose(problem, rows, SM90_NO_DEVICE, 132, "stream=1")
         assert config.nvfp4_stream and (config.block_m, config.block_n, config.num_threads) == (tokens, 128, 384)
-        assert config.smem_bytes == heuristics.stream_smem_bytes(tokens, config.stages, problem.max_groups)
+        assert config.decoded_a == (tokens == 64)
+        assert config.smem_bytes == heuristics.stream_smem_bytes(tokens, config.stages, problem.max_groups,
+                                                                 config.decoded_a)
         assert config.smem_bytes <= SM90_NO_DEVICE.smem_per_block < heuristics.stream_smem_bytes(
-            tokens, config.stages + 1, problem.max_groups) or config.stages == 8
+            tokens, config.stages + 1, problem.max_groups, config.decoded_a) or config.stages == 8
     forced = heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=1,block_m=32,stages=3,num_mp=7,group_n=2")
     assert (forced.block_m, forced.stages, forced.num_mp, forced.group_n) == (32, 3, 7, 2)
     assert kernel_stream.spec(problem, forced, ARCH).name_expr == \
         "&mategemm::sm90_nvfp4_stream_gemm<32, 3, mategemm::kOutBF16, 32>"
     nvfp4_plan = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="stream=1")
     assert nvfp4_plan.spec.kernel == kernel_stream.KERNEL and nvfp4_plan.specs == (nvfp4_plan.spec,)
-    # the group's rows decoded beforehand (forced only): no packed rows or scales of theirs in a stage,
-    # the decode kernel in stream order planned first
-    decoded = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="stream=1,block_m=64,decoded_a=1")
+    # the group's rows decoded beforehand (by default at block_m 64): no packed rows or scales of theirs
+    # in a stage, the decode kernel in stream order planned first
+    decoded = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="stream=1,block_m=64")
     assert decoded.config.decoded_a and decoded.config.smem_bytes == heuristics.stream_smem_bytes(
         64, decoded.config.stages, problem.max_groups, True) < heuristics.stream_smem_bytes(
         64, decoded.config.stages, problem.max_groups)
     assert decoded.spec.name_expr == \
         f"&mategemm::sm90_nvfp4_stream_gemm<64, {decoded.config.stages}, mategemm::kOutBF16, 32, true>"
     assert [s.name_expr for s in decoded.specs] == ["&mategemm::sm90_nvfp4_dequant_a<32, true>", decoded.spec.name_expr]
-    assert not heuristics.choose(problem, 4, SM90_NO_DEVICE, 132).decoded_a  # not the default
+    assert not heuristics.choose(problem, 4, SM90_NO_DEVICE, 132).decoded_a  # not below 64-row tiles
+    assert heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, "stream=1,decoded_a=1").decoded_a
+    assert not heuristics.choose(problem, 64, SM90_NO_DEVICE, 132, "decoded_a=0").decoded_a
     for force, message in (("stream=1,block_m=128", "block_m must be one of"), ("stream=1,block_n=64", "block_n 128"),
                            ("stream=1,decoders=1", "no decoders"), ("stream=2", "stream must be 0 or 1"),
                            ("stream=1,stages=9", "stages of the streaming")):

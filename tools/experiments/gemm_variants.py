@@ -49,19 +49,6 @@ Variants (several may be joined with '+'):
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
                 (measured before the grouped walks stopped depending on data; NVFP4's still does)
-  nvfp4_tile256 (patches/nvfp4_tile256.diff; the NVFP4 grouped GEMM) from 1024 rows per group 256x128
-                tiles (two 64-row waves per math warpgroup) with A's rows decoded beforehand and no
-                decoder warpgroups: B's 128 rows a stage, decoded by the producer's 3 warps, now feed
-                twice the tensor work; A's staging dropped from the stage wherever A comes decoded
-                (so 128x128 fits 5 stages instead of 4). SASS (NVRTC 13.0): no local memory, 3 TMA
-                loads a stage. Prediction: 4096 tokens per expert 0.54-0.64x -> ~0.8x bf16
-                _grouped_mm on the six expert GEMMs; nothing below 1024 rows per group
-  nvfp4_pair_core (patches/nvfp4_pair_core.diff; the GEMM core's NVFP4 kernel and the row decode before
-                it) the streaming kernel's pair decode (bf16 embedding x scale, no prmt tables) for both
-                operands there too, each 8 values in pair order on both sides alike, the epilogue's row
-                scale 2^16. SASS (NVRTC 13.0): the 32-value decode loop 106 instructions as before, its
-                ALU-pipe share (LOP3, SHF, ...) ~49 against ~80. Prediction: 64 tokens per expert
-                (BLOCK_M 64, both operands decoded each stage) 10-30% faster; 256-4096 up to 10%
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -73,8 +60,9 @@ tiles (H100 against live DeepGEMM, 2 rounds, with 256x128 tiles: 4096x32768x512 
 +2%; one-wave tiles, which keep loading at the item's start: 128x192 at 4096x2112x7168 -2..-5%,
 decode -1%), the scratch accumulator overlap with per-column B scales (ragged K), the grouped tile
 walks that depend on no data (gemm/scheduler.cuh), per_token's second pass inside the work item
-with the row ids loaded when a tile starts, and 16-bit outputs staged by stmatrix (+1.3..3.3% at
-K <= 2048 on the H100).
+with the row ids loaded when a tile starts, 16-bit outputs staged by stmatrix (+1.3..3.3% at
+K <= 2048 on the H100), and NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
+beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs).
 Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
 the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
 rows copied by all four producer warps (gather_4warps: as slow as one warp's copies), the tile
@@ -85,8 +73,11 @@ MXFP8 granularity 128 at 128x128, 0.754 of the FP8 path against 0.750 without), 
 by the producer's idle warp (sfb_warp, sfb_sync: +4.7% at K=512 but -3..-10% at long K and decode),
 granularity 32's two scratch accumulators in turn (overlap32: 0.240 of the FP8 path at block_n 128
 against 0.243 without), the tiles past the last whole wave split over K (tail_split: H100, 2 rounds,
-4096x2112x7168 -8..-9% and 4096x7168x16384 -11..-12% where +5..10% was predicted), and forced
-2-CTA clusters sharing A at decode (decode_share_a: 5-15% slower on four 64-128-row decode shapes).
+4096x2112x7168 -8..-9% and 4096x7168x16384 -11..-12% where +5..10% was predicted), forced
+2-CTA clusters sharing A at decode (decode_share_a: 5-15% slower on four 64-128-row decode shapes),
+and the streaming kernel's pair decode in the GEMM core's NVFP4 kernel (nvfp4_pair_core: H100,
+64 tokens per expert 8-11% faster, where the streaming kernel with decoded rows is 2x faster; 256
+and 4096 tokens -5..+4%).
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
@@ -110,8 +101,6 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
-    "nvfp4_tile256": Path(__file__).resolve().parent / "patches" / "nvfp4_tile256.diff",
-    "nvfp4_pair_core": Path(__file__).resolve().parent / "patches" / "nvfp4_pair_core.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
