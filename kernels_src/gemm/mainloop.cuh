@@ -141,8 +141,8 @@ struct PromotedMainLoop {
   static constexpr bool kOverlapPerColumn = T::kScaleGranN == 1 && T::kScaleBlocksK == 1 &&
                                             T::kGroupMode == kGroupK && T::kMnMajor == 0 &&
                                             T::kCluster == 1;
-  static constexpr bool kOverlap = (T::kScaleGranN == 128 || kOverlapPerColumn) && T::BLOCK_N <= 128 &&
-                                   T::kSubTiles == 1;
+  static constexpr bool kOverlap = T::kAllowOverlap && (T::kScaleGranN == 128 || kOverlapPerColumn) &&
+                                   T::BLOCK_N <= 128 && T::kSubTiles == 1;
   // NOTES (H100, live DeepGEMM, 2 rounds): the two-wave loop (BLOCK_M 256) unrolled 8 deep folds
   // the per-k-block bookkeeping: +2..3% at 4096x{7168x16384, 4096x7168, 7168x2048}; at 128x192 the
   // same unroll lost 16% (1098 -> 918 TFLOPS) and 256x128 with per-column B scales spilled, so

@@ -107,7 +107,8 @@ struct GemmSmemLayout {
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
-          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false, bool kNvfp4DecodedA_ = false>
+          int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false, bool kNvfp4DecodedA_ = false,
+          bool kAllowOverlap_ = true>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -146,6 +147,8 @@ struct GemmTraits {
   // NVFP4 with A's rows decoded to bf16 beforehand (sm90_nvfp4_dequant_a): TMA loads A's bf16 tile
   // straight into the stage; the decoding warps decode B alone.
   static constexpr bool kDecodedA = kNvfp4DecodedA_;
+  // The second scratch accumulator where the tile allows it (PromotedMainLoop::kOverlap); false: never.
+  static constexpr bool kAllowOverlap = kAllowOverlap_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup

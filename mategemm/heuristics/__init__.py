@@ -7,7 +7,8 @@ from mategemm import env
 from mategemm.log import verbose
 
 FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits", "transpose",
-              "tma_scales", "decoders", "quant_first", "gated_gemm", "gather_a", "stream", "decoded_a")
+              "tma_scales", "decoders", "quant_first", "gated_gemm", "gather_a", "stream", "decoded_a",
+              "overlap")
 _printed: set = set()
 
 
@@ -30,6 +31,14 @@ def parse_force_config(raw: str) -> dict[str, int]:
         except ValueError:
             raise ValueError(f"MATEGEMM_FORCE_CONFIG: {name} must be an integer, got {value.strip()!r}") from None
     return forced
+
+
+def forced_flag(forced: dict, key: str, default: int) -> bool:
+    """A 0/1 key of MATEGEMM_FORCE_CONFIG, or `default`."""
+    value = forced.get(key, default)
+    if value not in (0, 1):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: {key} must be 0 or 1, got {value}")
+    return bool(value)
 
 
 def report(kind: str, problem, config) -> None:

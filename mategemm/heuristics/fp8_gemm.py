@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import math
 
-from mategemm.heuristics import parse_force_config, sm90
+from mategemm.heuristics import forced_flag, parse_force_config, sm90
 from mategemm.runtime.device import DeviceInfo
 from mategemm.types import GemmConfig, GemmProblem, tma_scale_boxes
 
@@ -310,4 +310,5 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     num_mp = min(num_mp - num_mp % cluster, num_items)  # a whole number of clusters (num_items is)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
                       num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n, out_bytes),
-                      smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits)
+                      smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits,
+                      overlap=forced_flag(forced, "overlap", 1))

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import math
 
-from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
+from mategemm.heuristics import forced_flag, fp8_gemm, parse_force_config, sm90
 from mategemm.runtime.device import DeviceInfo
 from mategemm.types import GemmConfig, GemmProblem
 
@@ -213,7 +213,7 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=block_k, stages=stages, num_mp=num_mp,
                       group_n=group_n,
                       out_swizzle=fp8_gemm.out_swizzle(block_n, problem.out_elem_bytes), smem_bytes=smem,
-                      cluster_m=1, cluster_n=cluster_n, num_splits=1)
+                      cluster_m=1, cluster_n=cluster_n, num_splits=1, overlap=forced_flag(forced, "overlap", 1))
 
 
 # The gated GEMM's tile width: 128 activation columns, one quantisation group (its B tile is the gate

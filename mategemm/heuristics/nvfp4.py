@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 
-from mategemm.heuristics import fp8_gemm, parse_force_config, sm90
+from mategemm.heuristics import forced_flag, fp8_gemm, parse_force_config, sm90
 from mategemm.runtime.device import DeviceInfo
 from mategemm.types import GemmConfig, Nvfp4Problem
 
@@ -113,14 +113,6 @@ def tile_bound(problem: Nvfp4Problem, block_m: int, block_n: int) -> int:
 def launch_sms(problem: Nvfp4Problem, block_m: int, block_n: int, num_mp: int) -> int:
     """The CTAs of a launch: the SM budget, but no more than the launch's tiles can use."""
     return max(1, min(num_mp, tile_bound(problem, block_m, block_n)))
-
-
-def forced_flag(forced: dict, key: str, default: int) -> bool:
-    """A 0/1 key of MATEGEMM_FORCE_CONFIG, or `default`."""
-    value = forced.get(key, default)
-    if value not in (0, 1):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: {key} must be 0 or 1, got {value}")
-    return bool(value)
 
 
 def stream_smem_bytes(tokens: int, stages: int, max_groups: int, decoded_tokens: bool = False) -> int:

@@ -35,7 +35,8 @@ def kernel_name(problem: GemmProblem) -> str:
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
-    the scale granularity along N (128 or 1) and K (128 or 32), split-K and A's scales by TMA."""
+    the scale granularity along N (128 or 1) and K (128 or 32), split-K, A's scales by TMA and,
+    where config.overlap is off, no second scratch accumulator."""
     name = kernel_name(problem)
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
@@ -45,7 +46,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
             *(("true" if problem.gather_a else "false", "true" if problem.tma_scales else "false")
-              if name == KERNEL else ()))
+              if name == KERNEL else ()), *(("false",) if name == KERNEL and not config.overlap else ()))
     name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(name, source, name_expr, arch)

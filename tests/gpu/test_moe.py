@@ -319,10 +319,13 @@ def test_masked_overlap_signal_consumer_reads_only_final_rows():
         assert (counters[g, :live] == threshold).all() and (counters[g, live:] == 0).all(), counters[g]
 
 
-@pytest.mark.parametrize("major", ("M", "K", "M-copied", "M-in-kernel"))
+@pytest.mark.parametrize("major", ("M", "K", "M-copied", "M-in-kernel", "K-no-overlap"))
 @pytest.mark.parametrize("counts", ([256, 0, 128, 384], [0, 0, 1024], [128] * 12))
 def test_ragged_k(major, counts, monkeypatch):
-    if major != "K" and major != "M":  # force either way of reading M/N-major operands
+    if major == "K-no-overlap":  # without the second scratch accumulator
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "overlap=0")
+        major = "K"
+    elif major != "K" and major != "M":  # force either way of reading M/N-major operands
         monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=0" if major == "M-copied" else "transpose=1")
         major = "M"
     m, n = 320, 512

@@ -85,6 +85,25 @@ def test_forced_values_are_used():
     assert (c.block_m, c.block_n, c.stages, c.num_mp, c.group_n) == (64, 96, 4, 66, 8)
 
 
+def test_overlap_is_forced_off_in_the_instance():
+    """overlap=0: the promoting kernel's instance without the second scratch accumulator (one more
+    template argument, false); by default the argument is left out (true)."""
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+    from mategemm.types import RECIPE_1x128_1x128
+
+    dense = problem(128, 4096, 7168)
+    ragged = GemmProblem(4096, 2048, 8 * 2048, RECIPE_1x128_1x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                         torch.float32, "ragged_k", 8)
+    for config_of, p in ((lambda f: fp8_gemm.choose(dense, H100, 132, f), dense),
+                         (lambda f: grouped.choose(ragged, 2048, H100, 132, f), ragged)):
+        on, off = config_of(""), config_of("overlap=0")
+        assert on.overlap and not off.overlap and (on.block_m, on.block_n) == (off.block_m, off.block_n)
+        name_on, name_off = (kernel_fp8.spec(p, c, "sm_90a").name_expr for c in (on, off))
+        assert name_off == name_on[:-1] + ", false>"
+        with pytest.raises(ValueError, match="overlap must be 0 or 1"):
+            config_of("overlap=2")
+
+
 @pytest.mark.parametrize("raw,named", [
     ("block_m=96", "block_m"),
     ("block_n=176", "block_n"),

@@ -76,6 +76,10 @@ def grouped_instances():
                 config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132, "", 128 if mode == "per_token" else 0,
                                         rows if mode == "masked" else 0)
                 items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
+    # ragged K without the second scratch accumulator (MATEGEMM_FORCE_CONFIG overlap=0)
+    problem = GemmProblem(4096, 7168, 8 * 2048, RECIPE_1x128_1x128, e4m3, e4m3, torch.float32, "ragged_k", 8)
+    config = grouped.choose(problem, 2048, SM90_NO_DEVICE, 132, "overlap=0")
+    items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
     # A's scales by TMA (MATEGEMM_FORCE_CONFIG tma_scales=2) in the modes with stacked tokens
     for mode in ("per_token", "per_expert", "psum_expert", "masked"):
         for rows in (8, 4096):
@@ -285,6 +289,7 @@ PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
 
 @pytest.mark.parametrize("block_m,block_n,stages,gran_n,cluster,tma_scales", [
     (128, 128, 5, 128, "", False),  # two math warpgroups, promotion overlapped with the next wgmma
+    (128, 128, 5, 128, ",overlap=0", False),  # the same without the second scratch accumulator
     (64, 64, 8, 128, "", False),    # one math warpgroup, overlapped
     (128, 144, 5, 128, "", False),  # straddles two B scale blocks, not overlapped
     (128, 112, 6, 1, "", False),    # per-column B scales
