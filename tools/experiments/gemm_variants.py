@@ -6,7 +6,8 @@
 Variants (several may be joined with '+'):
   double_ffma   every promotion FFMA twice (wrong results on purpose: the cost of issue slots)
   unit_scales   no shared-memory scale loads in the math warps (scales = 1; wrong on purpose)
-  no_overlap    the second scratch accumulator off: issue, wait, promote (DeepGEMM's order)
+  no_overlap    the second scratch accumulator off: issue, wait, promote (DeepGEMM's order); in one
+                instance: MATEGEMM_FORCE_CONFIG overlap=0
   lane0_empty   one lane per math warp arrives on the empty barrier, after __syncwarp
   lane0_full    one lane of the scale warp arrives on the full barrier, after __syncwarp
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
@@ -112,9 +113,7 @@ PATCHES = {
                      "        for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.hi[0], sc.lo[0]);\n")],
     "unit_scales": [(MAINLOOP, "    sc.lo[0] = ld_shared_f32(sf);", "    sc.lo[0] = 1.0f;"),
                     (MAINLOOP, "    sc.hi[0] = ld_shared_f32(sf + 8 * 4);", "    sc.hi[0] = 1.0f;")],
-    "no_overlap": [(MAINLOOP, "static constexpr bool kOverlap = (T::kScaleGranN == 128 || kOverlapPerColumn) && T::BLOCK_N <= 128 &&\n"
-                              "                                   T::kSubTiles == 1;",
-                    "static constexpr bool kOverlap = false;")],
+    "no_overlap": [(MAINLOOP, "static constexpr bool kOverlap = T::kAllowOverlap &&", "static constexpr bool kOverlap = false &&")],
     "lane0_empty": [(TRAITS, "static constexpr int kEmptyArrivals = kNumMathWG * 128 +",
                      "static constexpr int kEmptyArrivals = kNumMathWG * 4 +"),
                     (MAINLOOP, "    empty[stage].arrive();\n", "    __syncwarp();\n    if (lane == 0) empty[stage].arrive();\n")],
