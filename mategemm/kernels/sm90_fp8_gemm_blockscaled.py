@@ -46,7 +46,9 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
             *(("true" if problem.gather_a else "false", "true" if problem.tma_scales else "false")
-              if name == KERNEL else ()), *(("false",) if name == KERNEL and not config.overlap else ()))
+              if name == KERNEL else ()))
+    if name == KERNEL and not config.overlap:
+        args += ("false",)
     name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
     source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
     return KernelSpec(name, source, name_expr, arch)

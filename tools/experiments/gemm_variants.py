@@ -120,9 +120,8 @@ PATCHES = {
     "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32)", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1)"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales>\n",
-                  "          GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales,\n"
-                  "          int kConstN, int kConstK>\n"),
+    "const_nk": [(ENTRY, "          bool kAllowOverlap = true>\n",
+                  "          int kConstN, int kConstK, bool kAllowOverlap = true>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
                   "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
                   "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
