@@ -96,6 +96,12 @@ def passes_per_group(rows: int, block_m: int, alignment_m: int) -> float:
     return (blocks + halves - 1) / halves
 
 
+# NOTES (H100, 2026-12-06): ragged K without the second scratch accumulator (its per-column B scales
+# read in promotion): the grouped suite's k-grouped rows beside live DeepGEMM, 2 rounds in turns,
+# geomean 0.931 / 0.928 -> 0.958 / 0.950; by K per group (ms, 2 rounds): 8x7168x2048 with K 2048
+# 0.711 / 0.687 -> 0.632 / 0.628, 8x4096x4096 K 2048 0.804 / 0.828 -> 0.770 / 0.767, K 1024, 4096
+# and 8192 level within 1-2%. (On the H200 with the main loop of 2026-11 the overlap had measured
+# 0.72 -> 0.83 of DeepGEMM there.) MATEGEMM_FORCE_CONFIG overlap=1 brings it back.
 @functools.lru_cache(maxsize=4096)
 def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp: int, force: str = "",
            alignment_m: int = 0, max_m: int = 0) -> GemmConfig:
@@ -213,7 +219,8 @@ def choose(problem: GemmProblem, rows_per_group: int, device: DeviceInfo, num_mp
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=block_k, stages=stages, num_mp=num_mp,
                       group_n=group_n,
                       out_swizzle=fp8_gemm.out_swizzle(block_n, problem.out_elem_bytes), smem_bytes=smem,
-                      cluster_m=1, cluster_n=cluster_n, num_splits=1, overlap=forced_flag(forced, "overlap", 1))
+                      cluster_m=1, cluster_n=cluster_n, num_splits=1,
+                      overlap=forced_flag(forced, "overlap", int(not ragged_k)))
 
 
 # The gated GEMM's tile width: 128 activation columns, one quantisation group (its B tile is the gate

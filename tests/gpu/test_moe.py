@@ -319,11 +319,11 @@ def test_masked_overlap_signal_consumer_reads_only_final_rows():
         assert (counters[g, :live] == threshold).all() and (counters[g, live:] == 0).all(), counters[g]
 
 
-@pytest.mark.parametrize("major", ("M", "K", "M-copied", "M-in-kernel", "K-no-overlap"))
+@pytest.mark.parametrize("major", ("M", "K", "M-copied", "M-in-kernel", "K-overlap"))
 @pytest.mark.parametrize("counts", ([256, 0, 128, 384], [0, 0, 1024], [128] * 12))
 def test_ragged_k(major, counts, monkeypatch):
-    if major == "K-no-overlap":  # without the second scratch accumulator
-        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "overlap=0")
+    if major == "K-overlap":  # with the second scratch accumulator (off by default in ragged K)
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "overlap=1")
         major = "K"
     elif major != "K" and major != "M":  # force either way of reading M/N-major operands
         monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "transpose=0" if major == "M-copied" else "transpose=1")

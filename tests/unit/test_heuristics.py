@@ -87,16 +87,19 @@ def test_forced_values_are_used():
 
 def test_overlap_is_forced_off_in_the_instance():
     """overlap=0: the promoting kernel's instance without the second scratch accumulator (one more
-    template argument, false); by default the argument is left out (true)."""
+    template argument, false); by default the argument is left out (true), except in ragged K,
+    where the scratch accumulator is off unless overlap=1."""
     from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
     from mategemm.types import RECIPE_1x128_1x128
 
     dense = problem(128, 4096, 7168)
     ragged = GemmProblem(4096, 2048, 8 * 2048, RECIPE_1x128_1x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
                          torch.float32, "ragged_k", 8)
+    assert not grouped.choose(ragged, 2048, H100, 132).overlap
     for config_of, p in ((lambda f: fp8_gemm.choose(dense, H100, 132, f), dense),
                          (lambda f: grouped.choose(ragged, 2048, H100, 132, f), ragged)):
-        on, off = config_of(""), config_of("overlap=0")
+        on, off = config_of("overlap=1"), config_of("overlap=0")
+        assert on == config_of("") or p is ragged
         assert on.overlap and not off.overlap and (on.block_m, on.block_n) == (off.block_m, off.block_n)
         name_on, name_off = (kernel_fp8.spec(p, c, "sm_90a").name_expr for c in (on, off))
         assert name_off == name_on[:-1] + ", false>"

@@ -76,9 +76,9 @@ def grouped_instances():
                 config = grouped.choose(problem, rows, SM90_NO_DEVICE, 132, "", 128 if mode == "per_token" else 0,
                                         rows if mode == "masked" else 0)
                 items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
-    # ragged K without the second scratch accumulator (MATEGEMM_FORCE_CONFIG overlap=0)
+    # ragged K with the second scratch accumulator (MATEGEMM_FORCE_CONFIG overlap=1; off by default)
     problem = GemmProblem(4096, 7168, 8 * 2048, RECIPE_1x128_1x128, e4m3, e4m3, torch.float32, "ragged_k", 8)
-    config = grouped.choose(problem, 2048, SM90_NO_DEVICE, 132, "overlap=0")
+    config = grouped.choose(problem, 2048, SM90_NO_DEVICE, 132, "overlap=1")
     items[kernel_fp8.spec(problem, config, ARCH)] = (problem, config)
     # A's scales by TMA (MATEGEMM_FORCE_CONFIG tma_scales=2) in the modes with stacked tokens
     for mode in ("per_token", "per_expert", "psum_expert", "masked"):

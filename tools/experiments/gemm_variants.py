@@ -59,7 +59,8 @@ and loading two slices at a time (-1.5..2% at 1x2112x7168 and 64x2112x7168 on th
 work item's B scales loaded by the math threads under the current item's main loop, in two-wave
 tiles (H100 against live DeepGEMM, 2 rounds, with 256x128 tiles: 4096x32768x512 +3.3%, K 1536-2048
 +2%; one-wave tiles, which keep loading at the item's start: 128x192 at 4096x2112x7168 -2..-5%,
-decode -1%), the scratch accumulator overlap with per-column B scales (ragged K), the grouped tile
+decode -1%), the scratch accumulator overlap with per-column B scales (ragged K; since off by
+default there, MATEGEMM_FORCE_CONFIG overlap=1: the H100 up to 12% faster without), the grouped tile
 walks that depend on no data (gemm/scheduler.cuh), per_token's second pass inside the work item
 with the row ids loaded when a tile starts, 16-bit outputs staged by stmatrix (+1.3..3.3% at
 K <= 2048 on the H100), and NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
