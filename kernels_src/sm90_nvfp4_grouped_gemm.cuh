@@ -19,9 +19,12 @@ __device__ const float kNvfp4UnitRowScale = 1.0f;
 
 // kDecoderWGs: warpgroups of 4 more decoding warps each beside the producer's 3 (1 or 2).
 // kDecodedA: tmap_a is A's rows decoded to bf16 (64 values by BLOCK_M rows, 128-byte swizzled);
-// tmap_sfa is not read.
+// tmap_sfa is not read. kDecodedB (with kDecodedA): tmap_b is the groups' weights decoded to bf16 in
+// group order (64 values by BLOCK_N rows, 128-byte swizzled; sm90_nvfp4_dequant_b), expert_ids and
+// expert_scales are that kernel's group_experts and group_scales, num_experts the groups; tmap_sfb
+// is not read.
 template <int BLOCK_M, int BLOCK_N, int kNumStages, OutType kOutType, int kOutSwizzle, int kMaxGroups,
-          int kDecoderWGs = 0, bool kDecodedA = false>
+          int kDecoderWGs = 0, bool kDecodedA = false, bool kDecodedB = false>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M, kDecoderWGs>(), 1)
     sm90_nvfp4_grouped_gemm(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                             const __grid_constant__ TmaDesc tmap_d, const __grid_constant__ TmaDesc tmap_sfa,
@@ -32,7 +35,7 @@ __global__ void __launch_bounds__(gemm_threads<BLOCK_M, kDecoderWGs>(), 1)
                             void* __restrict__ out_ptr, int out_ld) {
   using Traits = GemmTraits<BLOCK_M, BLOCK_N, kNumStages, 0, kBF16, kBF16, kOutType, kOutSwizzle, 1, 1, false,
                             kGroupOffsets, kMaxGroups, 0, true, 128, false, kDecoderWGs, kNoGatedAct, false,
-                            kDecodedA>;
+                            kDecodedA, true, kDecodedB>;
   // A's rows are boxes of BLOCK_M from each tile's first row; one split; no masked signal.
   const GemmArgs args{&tmap_a, &tmap_b, &tmap_d, &kNvfp4UnitRowScale, 0, 0, expert_scales, 0, 0, m, n, k, group_n,
                       BLOCK_M, 1, nullptr, nullptr, group_offsets, num_groups, 0, 0, 1, out_ptr, out_ld, nullptr, 0,

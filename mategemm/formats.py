@@ -6,12 +6,12 @@ row's scales from its expert's padded rows, then the GEMM runs on the grouped co
 mode: granularity 128 with recipe (1,1,128), exactly as an FP32-scaled call; granularity 32 with
 (1,1,32), which promotes each k32 wgmma with its own scales (four promotions per 128 values of K).
 
-NVFP4, MAX's grouped_matmul_dynamic_scaled_nvfp4 and the Pythonic nvfp4_grouped_gemm: up to 32
-rows per group sm90_nvfp4_stream_gemm decodes the weights straight into the bf16 wgmma's registers,
-above that sm90_nvfp4_grouped_gemm on the GEMM core decodes the weights to bf16 in shared memory and
-the group's rows too up to 64 rows per group; from 65 the rows are decoded to a bf16 tensor first
-(sm90_nvfp4_dequant_a) that the GEMM loads by TMA (exact either way); the groups' offsets, experts
-and count stay on the GPU (no host sync).
+NVFP4, MAX's grouped_matmul_dynamic_scaled_nvfp4 and the Pythonic nvfp4_grouped_gemm: up to 64
+rows per group sm90_nvfp4_stream_gemm decodes the weights straight into the bf16 wgmma's registers
+(from 33 rows per group the group's rows decoded to a bf16 tensor first, sm90_nvfp4_dequant_a),
+above that sm90_nvfp4_grouped_gemm on the GEMM core decodes the weights to bf16 in shared memory
+and loads the group's rows, decoded to a bf16 tensor first, by TMA (exact either way); the groups'
+offsets, experts and count stay on the GPU (no host sync).
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_nvfp4_dequant_a
+from mategemm.kernels import sm90_nvfp4_dequant_b as kernel_nvfp4_dequant_b
 from mategemm.kernels import sm90_nvfp4_grouped_gemm as kernel_nvfp4
 from mategemm.kernels import sm90_nvfp4_stream_gemm as kernel_nvfp4_stream
 from mategemm.runtime.device import DeviceInfo, get_num_mp
@@ -220,11 +221,13 @@ class Nvfp4Plan:
 
     @property
     def specs(self) -> tuple[KernelSpec, ...]:
-        """Every kernel a call launches: A's rows decoded to bf16 first where the config asks, then the GEMM."""
+        """Every kernel a call launches: the weights and A's rows decoded to bf16 first where the config
+        asks, then the GEMM."""
+        decode_b = (kernel_nvfp4_dequant_b.spec(self.spec.arch),) if self.config.decoded_b else ()
         if not self.config.decoded_a:
-            return (self.spec,)
+            return (*decode_b, self.spec)
         decode = kernel_nvfp4_dequant_a.spec(self.problem.max_groups, self.spec.arch, self.config.nvfp4_stream)
-        return decode, self.spec
+        return (*decode_b, decode, self.spec)
 
 
 def nvfp4_kernel(config: GemmConfig):

@@ -97,6 +97,7 @@ class GemmConfig:
     # group by 128 weight rows per tile) instead of the GEMM core's NVFP4 staging
     nvfp4_stream: bool = False
     decoded_a: bool = False  # NVFP4: A's rows decoded to bf16 beforehand, loaded by TMA
+    decoded_b: bool = False  # NVFP4 (with decoded_a): the groups' weights too, in group order
     # the promoting kernel's second scratch accumulator where the tile allows it (its wgmma overlap
     # the promotion); False: issue, wait, promote
     overlap: bool = True

@@ -15,17 +15,18 @@ template <class T>
 __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
                                                     GemmScheduler<T>& scheduler) {
   using Stage = typename T::Nvfp4Stage;
-  constexpr u32 kStageBytes = T::kDecodedA ? T::Layout::kABytes + T::BLOCK_N * Stage::kPackedRowBytes +
-                                                  Stage::kBChunks * Stage::kScaleChunkBytes
-                                            : (T::BLOCK_M + T::BLOCK_N) * Stage::kPackedRowBytes +
-                                                  (Stage::kAChunks + Stage::kBChunks) * Stage::kScaleChunkBytes;
+  constexpr u32 kABytes = T::kDecodedA ? T::Layout::kABytes
+                                       : T::BLOCK_M * Stage::kPackedRowBytes + Stage::kAChunks * Stage::kScaleChunkBytes;
+  constexpr u32 kBBytes = T::kDecodedB ? T::Layout::kBBytes
+                                       : T::BLOCK_N * Stage::kPackedRowBytes + Stage::kBChunks * Stage::kScaleChunkBytes;
+  constexpr u32 kStageBytes = kABytes + kBBytes;
   constexpr int kChunkBoxRows = Stage::kScaleChunkBytes / 128;  // the scale descriptors' rows are 128 bytes
   const int n_scale_tiles = ceil_div(args.n, Stage::kScaleChunkRows);
   PipelineState<T::kNumStages> pipe;
   Tile t;
   while (scheduler.next(t)) {
     const int n0 = t.n_block * T::BLOCK_N;
-    const int b_row0 = t.group * args.n + n0;
+    const int b_row0 = t.group * args.n + n0;  // decoded B: t.group is the group (group_experts)
     // The chunks of 128 scale rows holding the tile's rows; each spans K in steps of 64 values.
     const int a_tile0 = t.a_scale_row / Stage::kScaleChunkRows;
     const int b_tile0 = t.group * n_scale_tiles + n0 / Stage::kScaleChunkRows;
@@ -46,11 +47,15 @@ __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const 
                       ((a_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
         }
       }
-      tma_load_2d(staging + Stage::kOffB, args.tmap_b, loaded.addr, k_byte, b_row0);
-      #pragma unroll
-      for (int c = 0; c < Stage::kBChunks; ++c) {
-        tma_load_2d(staging + Stage::kOffScalesB + c * Stage::kScaleChunkBytes, args.tmap_sfb, loaded.addr, 0,
-                    ((b_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
+      if constexpr (T::kDecodedB) {
+        tma_load_2d(smem.b + pipe.stage * T::Layout::kBBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+      } else {
+        tma_load_2d(staging + Stage::kOffB, args.tmap_b, loaded.addr, k_byte, b_row0);
+        #pragma unroll
+        for (int c = 0; c < Stage::kBChunks; ++c) {
+          tma_load_2d(staging + Stage::kOffScalesB + c * Stage::kScaleChunkBytes, args.tmap_sfb, loaded.addr, 0,
+                      ((b_tile0 + c) * k_chunks + kb) * kChunkBoxRows);
+        }
       }
       pipe.advance();
     }
@@ -103,11 +108,13 @@ __device__ __forceinline__ void decode_nvfp4_stage(u32 staging, u32 tile_a, u32 
   // a tile of at most 128 rows lies in one scale chunk (a 64-row one starts at row 0 or 64 of it)
   decode_nvfp4_rows<Stage::kAChunks == 1, kRowsPerPass>(first, a_rows, half, staging + Stage::kOffA,
                                                         staging + Stage::kOffScalesA, a_scale_row0, tile_a);
-  // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / kRowsPerPass) rows
-  const u32 a_passes = first < a_rows ? (a_rows - first + kRowsPerPass - 1) / kRowsPerPass : 0;
-  decode_nvfp4_rows<Stage::kBChunks == 1, kRowsPerPass>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
-                                                        staging + Stage::kOffB, staging + Stage::kOffScalesB,
-                                                        b_scale_row0, tile_b);
+  if constexpr (!T::kDecodedB) {  // (B decoded beforehand: TMA landed its bf16 tile)
+    // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / kRowsPerPass) rows
+    const u32 a_passes = first < a_rows ? (a_rows - first + kRowsPerPass - 1) / kRowsPerPass : 0;
+    decode_nvfp4_rows<Stage::kBChunks == 1, kRowsPerPass>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
+                                                          staging + Stage::kOffB, staging + Stage::kOffScalesB,
+                                                          b_scale_row0, tile_b);
+  }
 }
 
 // `thread`: this thread's index among the decoding ones (warps 1-3 of the producer warpgroup, then

@@ -40,7 +40,7 @@ struct Nvfp4StageLayout {
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
           int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false, int kBHalves = 1,
-          bool kNvfp4DecodedA = false>
+          bool kNvfp4DecodedA = false, bool kNvfp4DecodedB = false>
 struct GemmSmemLayout {
   static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
@@ -77,7 +77,8 @@ struct GemmSmemLayout {
   // stage: chunks of 128 K-rows x min(rows, 128) bytes, no swizzle.
   static constexpr int kStagingABytes = (kMnMajor & 1) ? kABytes : 0;
   static constexpr int kStagingBytes =
-      kNvfp4 ? Nvfp4StageLayout<kNvfp4DecodedA ? 0 : BLOCK_M, BLOCK_N>::kBytes  // A decoded beforehand: no A staging
+      // NVFP4: no staging of an operand decoded beforehand
+      kNvfp4 ? Nvfp4StageLayout<kNvfp4DecodedA ? 0 : BLOCK_M, kNvfp4DecodedB ? 0 : BLOCK_N>::kBytes
              : kStagingABytes + ((kMnMajor & 2) ? kBBytes : 0);
   static constexpr int kOffA = kOutBytes;
   static constexpr int kOffB = kOffA + kNumStages * kABytes;
@@ -108,7 +109,7 @@ template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, Operand
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
           int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false, bool kNvfp4DecodedA_ = false,
-          bool kAllowOverlap_ = true>
+          bool kAllowOverlap_ = true, bool kNvfp4DecodedB_ = false>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -147,6 +148,9 @@ struct GemmTraits {
   // NVFP4 with A's rows decoded to bf16 beforehand (sm90_nvfp4_dequant_a): TMA loads A's bf16 tile
   // straight into the stage; the decoding warps decode B alone.
   static constexpr bool kDecodedA = kNvfp4DecodedA_;
+  // NVFP4 with the groups' weights decoded to bf16 beforehand (sm90_nvfp4_dequant_b, in group order):
+  // TMA loads B's bf16 tile too and nothing is decoded in the kernel.
+  static constexpr bool kDecodedB = kNvfp4DecodedB_;
   // The second scratch accumulator where the tile allows it (PromotedMainLoop::kOverlap); false: never.
   static constexpr bool kAllowOverlap = kAllowOverlap_;
 
@@ -165,9 +169,9 @@ struct GemmTraits {
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves, kNvfp4DecodedA_>;
+                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves, kNvfp4DecodedA_, kNvfp4DecodedB_>;
   // NVFP4's staging of a stage: the packed rows and scale chunks of the operands decoded in the kernel
-  using Nvfp4Stage = Nvfp4StageLayout<kNvfp4DecodedA_ ? 0 : BLOCK_M, BLOCK_N>;
+  using Nvfp4Stage = Nvfp4StageLayout<kNvfp4DecodedA_ ? 0 : BLOCK_M, kNvfp4DecodedB_ ? 0 : BLOCK_N>;
   static constexpr bool kItemBScales = Layout::kItemBScales, kBulkStageScales = Layout::kBulkStageScales;
 
   // NOTES: every math thread arrives on the stage's empty barrier itself, so its scale reads are
@@ -245,6 +249,7 @@ struct GemmTraits {
                 "BLOCK_M 64 or 128 (256 with A decoded beforehand and no decoder warpgroups), BLOCK_N 64, 128 or 256");
   static_assert(kGroupMode != kGroupOffsets || kNvfp4, "the offsets group mode serves the NVFP4 kernel");
   static_assert(!kDecodedA || kNvfp4, "A decoded beforehand: NVFP4");
+  static_assert(!kDecodedB || (kNvfp4 && kDecodedA), "B decoded beforehand: NVFP4, with A decoded beforehand");
   // NOTES: with one math warpgroup the kernel sets no register split (all warps keep the launch's
   // share); beside two math ones the decoder warpgroups give theirs back as the producer's does.
   static_assert(kDecoderWGs == 0 || (kNvfp4 && kDecoderWGs <= 2), "decoder warpgroups: NVFP4, one or two");

@@ -49,7 +49,7 @@ DECODER_WGS_64 = 1
 DECODER_WGS_128 = 2
 DECODER_WGS_FEW_ROWS, FEW_ROWS = 2, 16
 MAX_DECODER_WGS = 2
-FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "stream", "decoded_a")
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "stream", "decoded_a", "decoded_b")
 
 # The streaming kernel (sm90_nvfp4_stream_gemm): tiles of 128 weight rows by STREAM_TOKENS rows of a
 # group (the wgmma's N); a stage is 256 values of K: the weights' packed rows (128 bytes), the bf16 B
@@ -77,17 +77,20 @@ STREAM_DECODED_TOKENS = 64
 # bf16 tensor) and loaded by TMA: the decoding warps then decode B alone instead of A again for every
 # N tile. H100, six GEMMs: 1.17-1.45x at 256 and 4096 rows per group.
 DECODED_A_FROM_BLOCK_M = 128
+# decoded_b (forced only, not yet timed): the groups' weights decoded to bf16 too, in group order
+# (sm90_nvfp4_dequant_b), so that the GEMM decodes nothing: at 4096 rows per group the decode reads
+# and writes ~2.4 GB for DeepSeek-V3 w1 (~0.9 ms) against a GEMM at bf16 speed (~10.5 ms).
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2,
-               decoded_a: bool = False) -> int:
+               decoded_a: bool = False, decoded_b: bool = False) -> int:
     """Must match GemmSmemLayout with kNvfp4 (kernels_src/gemm/traits.cuh): the output tile, the
-    ring (bf16 tiles and staging: no A staging where A's rows come decoded), three barriers per stage,
+    ring (bf16 tiles and staging: none of an operand that comes decoded), three barriers per stage,
     the split-K flag's 16 bytes, a byte per tile row, a table of 4 ints per group and the alignment
     slack."""
-    staged_a = 0 if decoded_a else block_m
-    staging = ((staged_a + block_n) * PACKED_ROW_BYTES +
-               (math.ceil(staged_a / SCALE_CHUNK_ROWS) + math.ceil(block_n / SCALE_CHUNK_ROWS)) * SCALE_CHUNK_BYTES)
+    staged_a, staged_b = 0 if decoded_a else block_m, 0 if decoded_b else block_n
+    staging = ((staged_a + staged_b) * PACKED_ROW_BYTES +
+               (math.ceil(staged_a / SCALE_CHUNK_ROWS) + math.ceil(staged_b / SCALE_CHUNK_ROWS)) * SCALE_CHUNK_BYTES)
     per_stage = (block_m + block_n) * BF16_ROW_BYTES + staging
     row_ok = (block_m + 15) // 16 * 16
     return (block_m * block_n * out_elem_bytes + stages * per_stage + 3 * stages * 8 + 16 + row_ok +
@@ -95,11 +98,11 @@ def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_ele
 
 
 def max_stages(block_m: int, block_n: int, max_groups: int, smem_limit: int, out_elem_bytes: int = 2,
-               decoded_a: bool = False) -> int:
+               decoded_a: bool = False, decoded_b: bool = False) -> int:
     """The most stages (at most sm90.MAX_STAGES) that fit; fewer than sm90.MIN_STAGES if none fit."""
     stages = sm90.MAX_STAGES
     while stages >= sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, max_groups,
-                                                   out_elem_bytes, decoded_a) > smem_limit:
+                                                   out_elem_bytes, decoded_a, decoded_b) > smem_limit:
         stages -= 1
     return stages
 
@@ -130,8 +133,10 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
     tokens = forced.get("block_m", next((t for t in STREAM_TOKENS if t >= rows_per_group), STREAM_TOKENS[-1]))
     if tokens not in STREAM_TOKENS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {STREAM_TOKENS} with stream=1, got {tokens}")
-    if forced.get("block_n", STREAM_WEIGHT_ROWS) != STREAM_WEIGHT_ROWS or forced.get("decoders", 0) != 0:
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS} and no decoders")
+    if (forced.get("block_n", STREAM_WEIGHT_ROWS) != STREAM_WEIGHT_ROWS or forced.get("decoders", 0) != 0 or
+            forced.get("decoded_b", 0) != 0):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS}, no decoders and no "
+                         f"decoded_b")
     decoded_a = forced_flag(forced, "decoded_a", int(tokens >= STREAM_DECODED_TOKENS))
     stages = forced.get("stages") or sm90.MAX_STAGES
     if "stages" not in forced:
@@ -155,14 +160,16 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     (warpgroups of 4 more decoding warps beside the producer's 3, 0-2: by default 2 at BLOCK_M 128 and
     at BLOCK_M 64 up to 16 rows per group, 1 above, none at 256) and decoded_a (the group's rows
     decoded beforehand: by default from BLOCK_M 128 in the core's kernel and at block_m 64 in the
-    streaming one); other keys, or values that do not fit, raise ValueError."""
+    streaming one) and decoded_b (the core's kernel with the groups' weights decoded beforehand too, in
+    group order: forced only, not yet timed); other keys, or values that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {unknown} do not apply to the NVFP4 grouped GEMM "
                          f"(keys: {', '.join(FORCE_KEYS)})")
     # a forced key only the GEMM core's NVFP4 kernel takes picks that kernel
-    core_forced = "decoders" in forced or forced.get("block_m") in BLOCK_MS or forced.get("block_n", 128) != 128
+    core_forced = ("decoders" in forced or forced.get("block_m") in BLOCK_MS or forced.get("block_n", 128) != 128 or
+                   forced.get("decoded_b", 0) == 1)
     stream = forced_flag(forced, "stream", int(rows_per_group <= STREAM_ROWS and not core_forced))
     if "num_mp" in forced:
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
@@ -187,23 +194,30 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     decoded_a = forced_flag(forced, "decoded_a", int(block_m >= DECODED_A_FROM_BLOCK_M))
     if block_m == 256 and not decoded_a:
         raise ValueError("MATEGEMM_FORCE_CONFIG: block_m 256 takes A's rows decoded beforehand (decoded_a 1)")
+    decoded_b = forced_flag(forced, "decoded_b", 0)
+    if decoded_b and not decoded_a:
+        raise ValueError("MATEGEMM_FORCE_CONFIG: decoded_b 1 takes A's rows decoded beforehand too (decoded_a 1)")
     out_bytes = problem.out_elem_bytes
     stages = forced.get("stages") or max_stages(block_m, block_n, problem.max_groups, device.smem_per_block,
-                                                out_bytes, decoded_a)
+                                                out_bytes, decoded_a, decoded_b)
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]; "
                          f"{block_m}x{block_n} tiles fit {max(stages, 0)} here")
-    smem = smem_bytes(block_m, block_n, stages, problem.max_groups, out_bytes, decoded_a)
+    smem = smem_bytes(block_m, block_n, stages, problem.max_groups, out_bytes, decoded_a, decoded_b)
     if smem > device.smem_per_block:
         raise ValueError(f"{stages} stages of {block_m}x{block_n} NVFP4 tiles need {smem} B of shared memory; the "
                          f"device has {device.smem_per_block}")
     decoders = DECODER_WGS_FEW_ROWS if rows_per_group <= FEW_ROWS else DECODER_WGS_64
-    decoder_wgs = forced.get("decoders", decoders if block_m == 64 else DECODER_WGS_128 if block_m == 128 else 0)
-    if not 0 <= decoder_wgs <= (MAX_DECODER_WGS if block_m < 256 else 0):
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS} (0 at block_m 256), "
-                         f"got {decoder_wgs}")
+    if decoded_b:  # nothing left to decode in the kernel
+        decoders = 0
+    elif block_m > 64:
+        decoders = DECODER_WGS_128 if block_m == 128 else 0
+    decoder_wgs = forced.get("decoders", decoders)
+    if not 0 <= decoder_wgs <= (MAX_DECODER_WGS if block_m < 256 and not decoded_b else 0):
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: decoders must be 0..{MAX_DECODER_WGS} (0 at block_m 256 or with "
+                         f"decoded_b), got {decoder_wgs}")
     num_mp = launch_sms(problem, block_m, block_n, num_mp)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=K_PER_STAGE, stages=stages, num_mp=num_mp,
                       group_n=forced.get("group_n", fp8_gemm.GROUP_N),
                       out_swizzle=fp8_gemm.out_swizzle(block_n, out_bytes), smem_bytes=smem, decoder_wgs=decoder_wgs,
-                      decoded_a=decoded_a)
+                      decoded_a=decoded_a, decoded_b=decoded_b)

@@ -6,6 +6,8 @@ import torch
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant
+from mategemm.kernels import sm90_nvfp4_dequant_b as kernel_dequant_b
+from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 from mategemm.types import GemmConfig, Nvfp4Problem
@@ -21,10 +23,11 @@ OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
 
 
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
-    """The specialisation for (tile, stages, output type, group table capacity, decoder warpgroups);
-    M, N, K, the groups and the experts stay run-time."""
+    """The specialisation for (tile, stages, output type, group table capacity, decoder warpgroups,
+    operands decoded beforehand); M, N, K, the groups and the experts stay run-time."""
     args = (config.block_m, config.block_n, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
-            config.out_swizzle, problem.max_groups, config.decoder_wgs, "true" if config.decoded_a else "false")
+            config.out_swizzle, problem.max_groups, config.decoder_wgs, "true" if config.decoded_a else "false",
+            *(("true",) if config.decoded_b else ()))
     name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
     return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
 
@@ -40,7 +43,7 @@ def _scale_rows(scales: torch.Tensor) -> torch.Tensor:
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a")
+    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a", "dequant_b")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -56,10 +59,15 @@ class Launch:
         experts, n = b.shape[0], b.shape[1]
         self.head = (encode_2d(a, PACKED_BOX_BYTES, config.block_m, 0),
                      encode_2d(b, PACKED_BOX_BYTES, config.block_n, 0, rows=experts * n))
-        self.dequant_a = None
+        self.dequant_a = self.dequant_b = None
         if config.decoded_a:  # A's bf16 rows written into a new tensor by each call, its map made then
             self.dequant_a = kernel_dequant.DequantA.for_problem(problem, a, a_scales, group_offsets,
                                                                  group_scale_offsets, active, config.block_m)
+        if config.decoded_b:  # likewise the groups' weights, with the groups' map and scales
+            info = rt_device.device_info(b.device.index)
+            self.dequant_b = kernel_dequant_b.DequantB(b, b_scales, expert_ids, expert_scales, active,
+                                                       problem.num_groups, problem.k, info.arch, info.num_sms,
+                                                       config.block_n)
         self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
@@ -73,6 +81,12 @@ class Launch:
     def __call__(self, out: torch.Tensor, signal: int, out_scale: int, stream: int) -> None:
         """Launch writing `out` (m, n) on `stream` (a raw CUstream handle of the current device); the
         GEMM core's other outputs' arguments (signal, out_scale) do not apply."""
+        if self.dequant_b is not None:  # with the weights' map, the groups' map and scales new too
+            tmap_b, (weights, group_experts, group_scales) = self.dequant_b(stream)
+            tail = (*self.tail[:2], group_scales.data_ptr(), self.tail[3], group_experts.data_ptr(), *self.tail[5:8],
+                    self.dequant_b.num_groups, *self.tail[9:])
+            self.kernel.launch(self.grid, stream, self._pack(self.dequant_a.decoded_map(stream), out, tmap_b, tail))
+            return
         if self.dequant_a is not None:  # A's map is new with every call
             self.kernel.launch(self.grid, stream, self._pack(self.dequant_a.decoded_map(stream), out))
             return
@@ -84,6 +98,7 @@ class Launch:
             packed = self._packed[key] = self._pack(self.head[0], out)
         self.kernel.launch(self.grid, stream, packed)
 
-    def _pack(self, tmap_a, out: torch.Tensor):
+    def _pack(self, tmap_a, out: torch.Tensor, tmap_b=None, tail: tuple | None = None):
         tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
-        return self.kernel.pack((tmap_a, self.head[1], tmap_d, *self.tail, out.data_ptr(), out.stride(0)), self.TYPES)
+        return self.kernel.pack((tmap_a, self.head[1] if tmap_b is None else tmap_b, tmap_d, *(tail or self.tail),
+                                 out.data_ptr(), out.stride(0)), self.TYPES)

@@ -134,7 +134,8 @@ def test_skipped_groups_and_expert_scales():
                                    "stream=1,block_m=16,stages=2", "stream=1,block_m=32,num_mp=3",
                                    "decoded_a=1", "block_m=64,decoded_a=1", "block_m=128,decoded_a=0",
                                    "stream=1,block_m=64", "stream=1,decoded_a=1", "stream=1,block_m=64,decoded_a=1",
-                                   "stream=1,block_m=8,decoded_a=1,num_mp=5", "block_m=256", "block_m=256,block_n=64"])
+                                   "stream=1,block_m=8,decoded_a=1,num_mp=5", "block_m=256", "block_m=256,block_n=64",
+                                   "decoded_b=1", "block_m=128,decoded_b=1", "block_m=256,block_n=64,decoded_b=1,num_mp=3"])
 def test_every_tile_config(monkeypatch, force):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
     case = make_case([1, 130, 0, 64, 257], n=384, k=1056, seed=7)
@@ -142,6 +143,24 @@ def test_every_tile_config(monkeypatch, force):
         c = poisoned(case)
         run(case, c, count)
         check_rows(c, reference(case), force)
+
+
+@pytest.mark.parametrize("count_on", ["host", "device"])
+def test_weights_decoded_beforehand_match_the_kernel_decode(monkeypatch, count_on):
+    """decoded_b=1 (the groups' weights decoded to bf16 in group order before the GEMM, the groups'
+    experts and scales remapped to them) gives, bit for bit, what decoding them in the kernel gives:
+    skipped groups, an expert used twice, groups past the active count, N not a multiple of the
+    128-row scale tiles."""
+    case = make_case([5, 9, 33, 2, 70], n=200, k=160, expert_ids=[0, 1, -1, 3, 0], seed=11)
+    for active in (0, 3, 5):
+        outs = []
+        for force in ("block_m=128", "block_m=128,decoded_b=1"):
+            monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
+            c = poisoned(case)
+            run(case, c, active if count_on == "host" else device_count(active))
+            outs.append(c)
+        check_rows(outs[1], reference(case, active), f"decoded_b, active {active}")
+        assert torch.equal(outs[0].nan_to_num(7.0), outs[1].nan_to_num(7.0)), f"active {active}"
 
 
 def test_scale_tiles_in_any_order():

@@ -248,16 +248,18 @@ def test_forced_configs():
             heuristics.choose(problem, 4, SM90_NO_DEVICE, 132, force)
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,max_groups,out_bytes,decoded", [
-    (64, 128, 6, 32, 2, False), (128, 128, 4, 256, 2, False), (64, 64, 8, 1024, 2, False), (128, 64, 5, 64, 2, False),
-    (64, 256, 3, 32, 2, False), (128, 128, 5, 32, 2, True), (256, 128, 3, 32, 2, True)])
-def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups, out_bytes, decoded):
+@pytest.mark.parametrize("block_m,block_n,stages,max_groups,out_bytes,decoded,decoded_b", [
+    (64, 128, 6, 32, 2, False, False), (128, 128, 4, 256, 2, False, False), (64, 64, 8, 1024, 2, False, False),
+    (128, 64, 5, 64, 2, False, False), (64, 256, 3, 32, 2, False, False), (128, 128, 5, 32, 2, True, False),
+    (256, 128, 3, 32, 2, True, False), (128, 128, 6, 32, 2, True, True), (256, 64, 4, 1024, 2, True, True)])
+def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, max_groups, out_bytes, decoded, decoded_b):
     """The launch's dynamic shared memory equals GemmSmemLayout::kTotalBytes (checked by NVRTC)."""
     from mategemm.jit import nvrtc
 
-    expected = heuristics.smem_bytes(block_m, block_n, stages, max_groups, out_bytes, decoded)
+    expected = heuristics.smem_bytes(block_m, block_n, stages, max_groups, out_bytes, decoded, decoded_b)
+    flag = {True: "true", False: "false"}
     layout = (f"mategemm::GemmSmemLayout<{block_m}, {block_n}, {stages}, 0, {out_bytes}, mategemm::kGroupOffsets, "
-              f"{max_groups}, 0, true, 128, false, 1, {'true' if decoded else 'false'}>")
+              f"{max_groups}, 0, true, 128, false, 1, {flag[decoded]}, {flag[decoded_b]}>")
     source = ('#include "gemm/traits.cuh"\n'
               f'static_assert({layout}::kTotalBytes == {expected}, "python and kernel disagree");\n'
               f'static_assert({layout}::kStagingBytes % 128 == 0, "TMA destinations stay aligned");\n'
@@ -352,6 +354,38 @@ def test_decoded_a_loads_a_by_tma_and_decodes_b_alone(tmp_path, block_m, decoder
     ops = collections.Counter(sass.opcodes(text))
     assert ops["UTMALDG"] == 3 and ops["LDL"] == 0 and ops["STL"] == 0, ops
     assert ops["HMUL2"] == 8 * (1 + min(decoders, 1)), ops  # one 32-value decode (B's) per copy of the warps' code
+
+
+def test_decoded_b_loads_both_tiles_and_decodes_nothing(tmp_path):
+    """With the weights decoded beforehand too the producer loads the two bf16 tiles (2 TMA loads a
+    stage) and nothing is decoded in the kernel (no HMUL2, no PRMT); the plan decodes the weights,
+    then A's rows, then runs the GEMM."""
+    problem = Nvfp4Problem(32 * 4096, 4096, 7168, 32, 32, torch.bfloat16, 32)
+    nvfp4_plan = plan.nvfp4_grouped(problem, SM90_NO_DEVICE, force="decoded_b=1")
+    config = nvfp4_plan.config
+    assert (config.block_m, config.decoded_a, config.decoded_b, config.decoder_wgs) == (256, True, True, 0)
+    assert config.smem_bytes == heuristics.smem_bytes(256, 128, config.stages, 32, 2, True, True)
+    assert [s.name_expr for s in nvfp4_plan.specs] == [
+        "&mategemm::sm90_nvfp4_dequant_b", "&mategemm::sm90_nvfp4_dequant_a<32>",
+        f"&mategemm::{kernel.KERNEL}<256, 128, {config.stages}, mategemm::kOutBF16, 128, 32, 0, true, true>"]
+    text, _ = compiled_sass(KernelCache(tmp_path), nvfp4_plan.spec)
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["UTMALDG"] == 2 and ops["HGMMA"] > 0 and ops["LDL"] == 0 and ops["STL"] == 0, ops
+    assert ops["HMUL2"] == 0 and ops["PRMT"] == 0, ops
+    for force, message in (("decoded_b=1,decoded_a=0", "decoded_a 1"), ("decoded_b=1,decoders=1", "decoders must be"),
+                           ("stream=1,decoded_b=1", "no decoded_b"), ("decoded_b=2", "decoded_b must be")):
+        with pytest.raises(ValueError, match=message):
+            heuristics.choose(problem, 4096, SM90_NO_DEVICE, 132, force)
+
+
+def test_dequant_b_kernel_is_lean(tmp_path):
+    from mategemm.kernels import sm90_nvfp4_dequant_b as dequant_b
+
+    text, compiled = compiled_sass(KernelCache(tmp_path), dequant_b.spec(ARCH))
+    ops = collections.Counter(sass.opcodes(text))
+    assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STG"] == 4, ops  # 2 x 16 bytes per 16 values, the maps
+    size = {dequant_b.rt.PTR: 8, dequant_b.rt.I64: 8, dequant_b.rt.INT: 4}
+    assert sass.kernel_param_sizes(compiled.path / "kernel.cubin") == [size[t] for t in dequant_b.TYPES]
 
 
 def test_dequant_a_kernel_is_lean(tmp_path):
