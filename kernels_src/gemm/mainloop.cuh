@@ -137,8 +137,9 @@ struct PromotedMainLoop {
   // of 232). With two waves (BLOCK_M 256) the other warpgroup's wgmma covers the promotion.
   // Per-column B scales in ragged K too (H200, live DeepGEMM, the grouped suite's ragged-K rows, 2
   // rounds in turns: 0.72/0.71 -> 0.83/0.85 of DeepGEMM); since then off there by default
-  // (heuristics/grouped.py: the H100 faster without, with today's main loop). NOTES: elsewhere ptxas spilled (batched,
-  // MN-major operands, clusters); (1,1,32) reads several scale blocks per stage, which it does not do.
+  // (heuristics/grouped.py: on the H100 with the main loop of 2026-12 faster without). NOTES:
+  // elsewhere ptxas spilled (batched, MN-major operands, clusters); (1,1,32) reads several scale
+  // blocks per stage, which it does not do.
   static constexpr bool kOverlapPerColumn = T::kScaleGranN == 1 && T::kScaleBlocksK == 1 &&
                                             T::kGroupMode == kGroupK && T::kMnMajor == 0 &&
                                             T::kCluster == 1;

@@ -15,10 +15,11 @@ template <class T>
 __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const GemmSmem<T>& smem,
                                                     GemmScheduler<T>& scheduler) {
   using Stage = typename T::Nvfp4Stage;
+  // per operand: its bf16 tile where decoded beforehand, else its packed rows and scale chunks
   constexpr u32 kABytes = T::kDecodedA ? T::Layout::kABytes
-                                       : T::BLOCK_M * Stage::kPackedRowBytes + Stage::kAChunks * Stage::kScaleChunkBytes;
+      : T::BLOCK_M * Stage::kPackedRowBytes + Stage::kAChunks * Stage::kScaleChunkBytes;
   constexpr u32 kBBytes = T::kDecodedB ? T::Layout::kBBytes
-                                       : T::BLOCK_N * Stage::kPackedRowBytes + Stage::kBChunks * Stage::kScaleChunkBytes;
+      : T::BLOCK_N * Stage::kPackedRowBytes + Stage::kBChunks * Stage::kScaleChunkBytes;
   constexpr u32 kStageBytes = kABytes + kBBytes;
   constexpr int kChunkBoxRows = Stage::kScaleChunkBytes / 128;  // the scale descriptors' rows are 128 bytes
   const int n_scale_tiles = ceil_div(args.n, Stage::kScaleChunkRows);

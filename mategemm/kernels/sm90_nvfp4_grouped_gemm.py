@@ -65,9 +65,9 @@ class Launch:
                                                                  group_scale_offsets, active, config.block_m)
         if config.decoded_b:  # likewise the groups' weights, with the groups' map and scales
             info = rt_device.device_info(b.device.index)
-            self.dequant_b = kernel_dequant_b.DequantB(b, b_scales, expert_ids, expert_scales, active,
-                                                       problem.num_groups, problem.k, info.arch, info.num_sms,
-                                                       config.block_n)
+            groups = problem.num_groups if problem.active is None else problem.active
+            self.dequant_b = kernel_dequant_b.DequantB(b, b_scales, expert_ids, expert_scales, active, groups,
+                                                       problem.k, info.arch, info.num_sms, config.block_n)
         self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
                      expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
