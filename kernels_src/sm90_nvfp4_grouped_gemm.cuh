@@ -22,7 +22,7 @@ __device__ const float kNvfp4UnitRowScale = 1.0f;
 // tmap_sfa is not read. kDecodedB (with kDecodedA): tmap_b is the groups' weights decoded to bf16 in
 // group order (64 values by BLOCK_N rows, 128-byte swizzled; sm90_nvfp4_dequant_b), expert_ids and
 // expert_scales are that kernel's group_experts and group_scales, num_experts the groups; tmap_sfb
-// is not read.
+// is not read and nothing is decoded here.
 template <int BLOCK_M, int BLOCK_N, int kNumStages, OutType kOutType, int kOutSwizzle, int kMaxGroups,
           int kDecoderWGs = 0, bool kDecodedA = false, bool kDecodedB = false>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M, kDecoderWGs>(), 1)

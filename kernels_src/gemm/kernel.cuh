@@ -141,7 +141,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       }
     } else if (warp > 0 && ((!T::kScaleAtEnd && !T::kTmaScales) || T::kMnMajor != 0 || T::kNvfp4)) {
       if constexpr (T::kNvfp4) {
-        decode_nvfp4_stages<T>(smem, scheduler, threadIdx.x - 32);
+        if constexpr (!T::kDecodedB) decode_nvfp4_stages<T>(smem, scheduler, threadIdx.x - 32);
       } else {
         stage_scales_and_operands<T>(args, smem, scheduler, warp);
       }

@@ -33,7 +33,8 @@ __device__ __forceinline__ void produce_nvfp4_tiles(const GemmArgs& args, const 
     const int b_tile0 = t.group * n_scale_tiles + n0 / Stage::kScaleChunkRows;
     const int k_chunks = scheduler.num_k_blocks;
     for (int kb = t.kb_begin; kb < t.kb_end; ++kb) {
-      const Barrier loaded = smem.staged[pipe.stage];
+      // with both operands decoded beforehand the loads complete the full barrier themselves
+      const Barrier loaded = (T::kDecodedB ? smem.full : smem.staged)[pipe.stage];
       smem.empty[pipe.stage].wait(pipe.phase ^ 1);
       loaded.arrive_expect_tx(kStageBytes);
       u8* staging = smem.staging + pipe.stage * T::Layout::kStagingBytes;
@@ -109,13 +110,11 @@ __device__ __forceinline__ void decode_nvfp4_stage(u32 staging, u32 tile_a, u32 
   // a tile of at most 128 rows lies in one scale chunk (a 64-row one starts at row 0 or 64 of it)
   decode_nvfp4_rows<Stage::kAChunks == 1, kRowsPerPass>(first, a_rows, half, staging + Stage::kOffA,
                                                         staging + Stage::kOffScalesA, a_scale_row0, tile_a);
-  if constexpr (!T::kDecodedB) {  // (B decoded beforehand: TMA landed its bf16 tile)
-    // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / kRowsPerPass) rows
-    const u32 a_passes = first < a_rows ? (a_rows - first + kRowsPerPass - 1) / kRowsPerPass : 0;
-    decode_nvfp4_rows<Stage::kBChunks == 1, kRowsPerPass>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
-                                                          staging + Stage::kOffB, staging + Stage::kOffScalesB,
-                                                          b_scale_row0, tile_b);
-  }
+  // where this thread's rows continue in B: its passes over A covered ceil((a_rows - first) / kRowsPerPass) rows
+  const u32 a_passes = first < a_rows ? (a_rows - first + kRowsPerPass - 1) / kRowsPerPass : 0;
+  decode_nvfp4_rows<Stage::kBChunks == 1, kRowsPerPass>(first + a_passes * kRowsPerPass - a_rows, T::BLOCK_N, half,
+                                                        staging + Stage::kOffB, staging + Stage::kOffScalesB,
+                                                        b_scale_row0, tile_b);
 }
 
 // `thread`: this thread's index among the decoding ones (warps 1-3 of the producer warpgroup, then

@@ -181,9 +181,9 @@ struct GemmTraits {
   static constexpr int kEmptyArrivals = kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;
   // The full barrier: the TMA thread and every lane of the stage's scale warp; with staging, every
   // lane of the three warps that transpose (or decode) the stage together (after the scales, if any);
-  // the TMA thread alone when no scales are copied; with gathered A rows also every lane of the
-  // producer's warp once its copies have landed.
-  static constexpr int kFullArrivals = kNvfp4     ? kDecodeWarps * 32
+  // the TMA thread alone when no scales are copied (or NVFP4 operands decoded beforehand, both);
+  // with gathered A rows also every lane of the producer's warp once its copies have landed.
+  static constexpr int kFullArrivals = kNvfp4     ? (kDecodedB ? 1 : kDecodeWarps * 32)
                                        : kMnMajor ? 3 * 32
                                                   : (kScaleAtEnd || kTmaScales ? 1 : 1 + 32) + (kGatherA ? 32 : 0);
 
