@@ -21,6 +21,12 @@ Variants (several may be joined with '+'):
                 2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
                 the main-loop changes. Measured (H100, 8 shapes, 2 rounds): 1-5% slower, geomean
                 against DeepGEMM 0.957 / 0.953 against 0.976 / 0.976
+  wait_hint     every mbarrier wait passes try_wait a suspend-time hint (10 ms, as CUTLASS's barrier
+                does): a waiting warp sleeps in the instruction instead of spinning back through a
+                branch. Ours issued 2x DeepGEMM's branches (barrier spins) at 128x4096x7168 (ncu, H100)
+                beside 7x its short-scoreboard stalls; the math warps share issue slots with the
+                spinning ones. SASS (NVRTC 13.0): each wait's slow path becomes TRYWAIT, NANOSLEEP.SYNCS,
+                PHASECHK instead of a TRYWAIT-and-branch loop. Not yet timed
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
@@ -97,6 +103,7 @@ SM90 = "mategemm/heuristics/sm90.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
+PTX = "kernels_src/common/ptx.cuh"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -131,6 +138,9 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
+    "wait_hint": [(PTX, '"{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"',
+                   '"{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, 10000000; '
+                   'selp.u32 %0, 1, 0, p; }"')],
     # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
     "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
                               "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"
