@@ -11,6 +11,16 @@ namespace mategemm {
 
 constexpr int kDequantThreads = 256;
 
+// 16 values (8 packed bytes) times their e4m3 scale, as 32 bytes of bf16 at `dst`.
+__device__ __forceinline__ void store_decoded_e2m1x16(uint2 packed, u32 scale, u8* dst) {
+  const E2m1Table table = e2m1_table(scale);
+  u32 lo_words[4], hi_words[4];
+  decode_e2m1x8(packed.x, table, lo_words);
+  decode_e2m1x8(packed.y, table, hi_words);
+  st_global_v4(dst, make_uint4(lo_words[0], lo_words[1], lo_words[2], lo_words[3]));
+  st_global_v4(dst + 16, make_uint4(hi_words[0], hi_words[1], hi_words[2], hi_words[3]));
+}
+
 // One thread per 16 values (8 packed bytes, one scale): 32 bytes of bf16 out. `a_ld`: bytes between
 // A's rows; `group_scale_tiles` null: each group's scales from a new 128-row tile after the last's.
 // In stream order a thread takes word w % 8 of the four 32-byte spans of a row's 128-byte stage
@@ -69,15 +79,9 @@ __global__ void __launch_bounds__(kDequantThreads) sm90_nvfp4_dequant_a(
       }
       continue;
     }
-    const u32 scale = __ldg(row_scales + (j / 4) * 512 + j % 4);
-    const uint2 packed = __ldg(reinterpret_cast<const uint2*>(a + row * a_ld + j * 8));
-    const E2m1Table table = e2m1_table(scale);
-    u32 lo_words[4], hi_words[4];
-    decode_e2m1x8(packed.x, table, lo_words);
-    decode_e2m1x8(packed.y, table, hi_words);
-    u8* dst = static_cast<u8*>(out) + (row * out_ld + j * 16) * 2;
-    st_global_v4(dst, make_uint4(lo_words[0], lo_words[1], lo_words[2], lo_words[3]));
-    st_global_v4(dst + 16, make_uint4(hi_words[0], hi_words[1], hi_words[2], hi_words[3]));
+    store_decoded_e2m1x16(__ldg(reinterpret_cast<const uint2*>(a + row * a_ld + j * 8)),
+                          __ldg(row_scales + (j / 4) * 512 + j % 4),
+                          static_cast<u8*>(out) + (row * out_ld + j * 16) * 2);
   }
 }
 

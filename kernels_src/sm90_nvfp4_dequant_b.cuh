@@ -6,7 +6,7 @@
 // and scale from `group_experts` (g, or -1: skipped) and `group_scales` (expert_scales[expert_ids[g]]),
 // both written here. Groups past the active count, or with an expert out of range, are not decoded.
 #pragma once
-#include "gemm/nvfp4_staging.cuh"
+#include "sm90_nvfp4_dequant_a.cuh"
 
 namespace mategemm {
 
@@ -41,15 +41,8 @@ __global__ void __launch_bounds__(kDequantBThreads) sm90_nvfp4_dequant_b(
     const int rr = r % 128;
     const u8* row_scales = b_scales + (static_cast<long long>(e) * n_tiles + r / 128) * k_chunks * 512 +
                            (rr % 32) * 16 + (rr / 32) * 4;
-    const u32 scale = __ldg(row_scales + (j / 4) * 512 + j % 4);
-    const uint2 packed = __ldg(reinterpret_cast<const uint2*>(b + e * b_expert_ld + r * b_row_ld + j * 8));
-    const E2m1Table table = e2m1_table(scale);
-    u32 lo_words[4], hi_words[4];
-    decode_e2m1x8(packed.x, table, lo_words);
-    decode_e2m1x8(packed.y, table, hi_words);
-    u8* dst = static_cast<u8*>(out) + (row * k + j * 16) * 2;
-    st_global_v4(dst, make_uint4(lo_words[0], lo_words[1], lo_words[2], lo_words[3]));
-    st_global_v4(dst + 16, make_uint4(hi_words[0], hi_words[1], hi_words[2], hi_words[3]));
+    store_decoded_e2m1x16(__ldg(reinterpret_cast<const uint2*>(b + e * b_expert_ld + r * b_row_ld + j * 8)),
+                          __ldg(row_scales + (j / 4) * 512 + j % 4), static_cast<u8*>(out) + (row * k + j * 16) * 2);
   }
 }
 

@@ -61,6 +61,13 @@ class KernelSpec:
     arch: str            # e.g. sm_90a
 
 
+def instance_spec(family: str, arch: str, *args, name: str = "") -> KernelSpec:
+    """The stub that includes kernels_src/<family>.cuh and names its kernel `name` (default: the
+    family's) with the template arguments `args` (none: a kernel without template)."""
+    name_expr = f"&mategemm::{name or family}" + (f"<{', '.join(str(a) for a in args)}>" if args else "")
+    return KernelSpec(family, f'#include "{family}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+
+
 @dataclass(frozen=True)
 class CompiledKernel:
     kernel: str

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelCache, KernelSpec, instance_spec
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d, encode_3d, encode_rows
 from mategemm.types import GemmConfig, GemmProblem, tma_scale_boxes
@@ -49,9 +49,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
               if name == KERNEL else ()))
     if name == KERNEL and not config.overlap:
         args += ("false",)
-    name_expr = f"&mategemm::{name}<{', '.join(str(a) for a in args)}>"
-    source = f'#include "{name}.cuh"\n// instance: {name_expr}\n'
-    return KernelSpec(name, source, name_expr, arch)
+    return instance_spec(name, arch, *args)
 
 
 def gated_spec(problem: GemmProblem, config: GemmConfig, activation_kind: int, arch: str) -> KernelSpec:
@@ -60,21 +58,14 @@ def gated_spec(problem: GemmProblem, config: GemmConfig, activation_kind: int, a
     kSwigluStep)."""
     args = (config.block_m, config.stages, f"mategemm::{GROUP_MODES[problem.group_mode]}", problem.max_groups,
             "true" if problem.tma_scales else "false", activation_kind, "true" if problem.gather_a else "false")
-    name_expr = f"&mategemm::{KERNEL_GATED}<{', '.join(str(a) for a in args)}>"
-    source = f'#include "{KERNEL_GATED}.cuh"\n// instance: {name_expr}\n'
-    return KernelSpec(KERNEL_GATED, source, name_expr, arch)
+    return instance_spec(KERNEL_GATED, arch, *args)
 
 
 def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
          cache: KernelCache | None = None) -> rt.LoadedKernel:
     """The kernel of `kernel_spec` (compiled for `config`), loaded on a device once."""
-    key = (device_index, kernel_spec)
-    kernel = _loaded.get(key)
-    if kernel is None:
-        compiled = (cache or default_cache()).get(kernel_spec)
-        kernel = rt.LoadedKernel(compiled, config.num_threads, config.smem_bytes, config.cluster)
-        _loaded[key] = kernel
-    return kernel
+    return rt.load_once(_loaded, (device_index, kernel_spec), kernel_spec, config.num_threads, config.smem_bytes,
+                        config.cluster, cache)
 
 
 class GroupArgs(NamedTuple):

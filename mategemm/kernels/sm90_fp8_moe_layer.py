@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelCache, KernelSpec, instance_spec
 from mategemm.runtime import launch as rt
 
 KERNEL = "sm90_fp8_moe_layer"
@@ -33,15 +33,11 @@ UNPERMUTE_TYPES = (rt.PTR, rt.I64, rt.PTR, rt.INT, rt.PTR, rt.INT, rt.PTR, rt.I6
 _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
-def _spec(name_expr: str, arch: str) -> KernelSpec:
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
-
-
 def route_specs(ids_64bit: bool, arch: str) -> tuple[KernelSpec, KernelSpec, KernelSpec]:
     """The routing's kernels: one CTA for all pairs; and, for more than ROUTE_ONE_CTA pairs, the count
     per range of ROUTE_CHUNK pairs and the placing of each range."""
     ids = "true" if ids_64bit else "false"
-    return tuple(_spec(f"&mategemm::sm90_fp8_moe_route{part}<{ids}>", arch) for part in ("", "_count", "_place"))
+    return tuple(instance_spec(KERNEL, arch, ids, name=f"sm90_fp8_moe_route{part}") for part in ("", "_count", "_place"))
 
 
 def route_ranges(pairs: int) -> int:
@@ -50,25 +46,21 @@ def route_ranges(pairs: int) -> int:
 
 
 def permute_spec(input_fp8: bool, arch: str) -> KernelSpec:
-    return _spec(f"&mategemm::sm90_fp8_moe_permute<{'true' if input_fp8 else 'false'}>", arch)
+    return instance_spec(KERNEL, arch, "true" if input_fp8 else "false", name="sm90_fp8_moe_permute")
 
 
 def gated_act_spec(activation: str, arch: str) -> KernelSpec:
-    return _spec(f"&mategemm::sm90_fp8_moe_gated_act<{ACTIVATION_KINDS[activation]}>", arch)
+    return instance_spec(KERNEL, arch, ACTIVATION_KINDS[activation], name="sm90_fp8_moe_gated_act")
 
 
 def unpermute_spec(arch: str) -> KernelSpec:
-    return _spec("&mategemm::sm90_fp8_moe_unpermute", arch)
+    return instance_spec(KERNEL, arch, name="sm90_fp8_moe_unpermute")
 
 
 def load(kernel_spec: KernelSpec, device_index: int, cache: KernelCache | None = None) -> rt.LoadedKernel:
-    key = (device_index, kernel_spec)
-    kernel = _loaded.get(key)
-    if kernel is None:
-        routing = "moe_route" in kernel_spec.name_expr
-        kernel = _loaded[key] = rt.LoadedKernel((cache or default_cache()).get(kernel_spec),
-                                                ROUTE_THREADS if routing else THREADS, ROUTE_SMEM if routing else 0)
-    return kernel
+    routing = "moe_route" in kernel_spec.name_expr
+    return rt.load_once(_loaded, (device_index, kernel_spec), kernel_spec, ROUTE_THREADS if routing else THREADS,
+                        ROUTE_SMEM if routing else 0, cache=cache)
 
 
 def _grid(kernel, ctas: int, num_sms: int) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelCache, KernelSpec, default_cache, instance_spec
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 
@@ -53,9 +53,8 @@ def math_warpgroups(rows: int, heads: int) -> int:
 def spec(rows: int, heads: int, head_dim: int, stages: int, paged: bool, logits_dtype: torch.dtype,
          arch: str) -> KernelSpec:
     math_wg = math_warpgroups(rows, heads)
-    name_expr = (f"&mategemm::{KERNEL}<{rows}, {heads}, {head_dim}, {stages}, {'true' if paged else 'false'}, "
-                 f"{math_wg}, {LOGIT_TYPES[logits_dtype]}>")
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+    return instance_spec(KERNEL, arch, rows, heads, head_dim, stages, "true" if paged else "false", math_wg,
+                         LOGIT_TYPES[logits_dtype])
 
 
 def _load(kernel_spec: KernelSpec, threads: int, smem: int, device_index: int,

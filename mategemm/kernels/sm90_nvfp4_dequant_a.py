@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelCache, KernelSpec, instance_spec
 from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
@@ -21,18 +21,13 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
 def spec(max_groups: int, arch: str, stream_order: bool = False) -> KernelSpec:
-    name_expr = f"&mategemm::{KERNEL}<{max_groups}{', true' if stream_order else ''}>"
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+    return instance_spec(KERNEL, arch, max_groups, *(("true",) if stream_order else ()))
 
 
 def load(max_groups: int, arch: str, device_index: int, stream_order: bool = False,
          cache: KernelCache | None = None) -> rt.LoadedKernel:
-    key = (device_index, arch, max_groups, stream_order)
-    kernel = _loaded.get(key)
-    if kernel is None:
-        compiled = (cache or default_cache()).get(spec(max_groups, arch, stream_order))
-        kernel = _loaded[key] = rt.LoadedKernel(compiled, THREADS, 0)
-    return kernel
+    return rt.load_once(_loaded, (device_index, arch, max_groups, stream_order), spec(max_groups, arch, stream_order),
+                        THREADS, cache=cache)
 
 
 def row_values(k: int, stream_order: bool) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelCache, KernelSpec, instance_spec
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant_a
 from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
@@ -18,16 +18,11 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
 def spec(arch: str) -> KernelSpec:
-    name_expr = f"&mategemm::{KERNEL}"
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+    return instance_spec(KERNEL, arch)
 
 
 def load(arch: str, device_index: int, cache: KernelCache | None = None) -> rt.LoadedKernel:
-    key = (device_index, arch)
-    kernel = _loaded.get(key)
-    if kernel is None:
-        kernel = _loaded[key] = rt.LoadedKernel((cache or default_cache()).get(spec(arch)), THREADS, 0)
-    return kernel
+    return rt.load_once(_loaded, (device_index, arch), spec(arch), THREADS, cache=cache)
 
 
 class DequantB:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelSpec
+from mategemm.jit.cache import KernelSpec, instance_spec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant
 from mategemm.kernels import sm90_nvfp4_dequant_b as kernel_dequant_b
@@ -25,11 +25,10 @@ OUT_BOX_ROWS = 64  # the epilogue stores a 64-row wave at a time
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (tile, stages, output type, group table capacity, decoder warpgroups,
     operands decoded beforehand); M, N, K, the groups and the experts stay run-time."""
-    args = (config.block_m, config.block_n, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
-            config.out_swizzle, problem.max_groups, config.decoder_wgs, "true" if config.decoded_a else "false",
-            *(("true",) if config.decoded_b else ()))
-    name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+    return instance_spec(KERNEL, arch, config.block_m, config.block_n, config.stages,
+                         f"mategemm::{OUT_TYPES[problem.out_dtype]}", config.out_swizzle, problem.max_groups,
+                         config.decoder_wgs, "true" if config.decoded_a else "false",
+                         *(("true",) if config.decoded_b else ()))
 
 
 load = kernel_fp8.load  # the GEMM core's loader (one kernel per device and spec)

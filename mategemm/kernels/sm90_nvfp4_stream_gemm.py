@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelSpec
+from mategemm.jit.cache import KernelSpec, instance_spec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_dequant
 from mategemm.kernels.sm90_nvfp4_grouped_gemm import OUT_TYPES
@@ -22,10 +22,8 @@ SCALE_ROW_BYTES, SCALE_BOX_ROWS = 128, 16
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (rows of a group per tile, stages, output type, group table capacity[, the
     group's rows decoded beforehand])."""
-    args = (config.block_m, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}", problem.max_groups,
-            *(("true",) if config.decoded_a else ()))
-    name_expr = f"&mategemm::{KERNEL}<{', '.join(str(a) for a in args)}>"
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+    return instance_spec(KERNEL, arch, config.block_m, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
+                         problem.max_groups, *(("true",) if config.decoded_a else ()))
 
 
 load = kernel_fp8.load

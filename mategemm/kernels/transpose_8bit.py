@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mategemm.jit.cache import KernelCache, KernelSpec, default_cache
+from mategemm.jit.cache import KernelCache, KernelSpec, instance_spec
 from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt
 
@@ -16,16 +16,11 @@ _loaded: dict[tuple, rt.LoadedKernel] = {}
 
 
 def spec(vector_loads: bool, arch: str) -> KernelSpec:
-    name_expr = f"&mategemm::{KERNEL}<{'true' if vector_loads else 'false'}>"
-    return KernelSpec(KERNEL, f'#include "{KERNEL}.cuh"\n// instance: {name_expr}\n', name_expr, arch)
+    return instance_spec(KERNEL, arch, "true" if vector_loads else "false")
 
 
 def load(vector_loads: bool, arch: str, device_index: int, cache: KernelCache | None = None) -> rt.LoadedKernel:
-    key = (device_index, arch, vector_loads)
-    kernel = _loaded.get(key)
-    if kernel is None:
-        kernel = _loaded[key] = rt.LoadedKernel((cache or default_cache()).get(spec(vector_loads, arch)), 256, 0)
-    return kernel
+    return rt.load_once(_loaded, (device_index, arch, vector_loads), spec(vector_loads, arch), 256, cache=cache)
 
 
 def supported(source: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ import ctypes
 
 from cuda.bindings import driver
 
-from mategemm.jit.cache import CompiledKernel
+from mategemm.jit.cache import CompiledKernel, KernelCache, KernelSpec, default_cache
 from mategemm.runtime.errors import check
 
 # Kernel argument kinds for PackedArgs: a ctypes type, or TMAP for a cuda.bindings CUtensorMap.
@@ -89,6 +89,17 @@ class LoadedKernel:
         err = _launch(config, self.function, args.address, 0)
         if err[0] != _SUCCESS:
             check(err, "cuLaunchKernelEx")
+
+
+def load_once(loaded: dict, key, kernel_spec: KernelSpec, num_threads: int, smem_bytes: int = 0, cluster: int = 1,
+              cache: KernelCache | None = None) -> LoadedKernel:
+    """The kernel of `kernel_spec` from `loaded[key]`, compiled (or taken from `cache`) and loaded there
+    the first time."""
+    kernel = loaded.get(key)
+    if kernel is None:
+        kernel = loaded[key] = LoadedKernel((cache or default_cache()).get(kernel_spec), num_threads, smem_bytes,
+                                            cluster)
+    return kernel
 
 
 class PackedArgs:
