@@ -10,11 +10,9 @@
 
 namespace mategemm {
 
-constexpr int kDequantBThreads = 256;
-
 // One thread per 16 values (8 packed bytes, one scale): 32 bytes of bf16 out. `b_expert_ld` and
 // `b_row_ld`: bytes between experts and between rows of `b`. `active` null: all num_groups count.
-__global__ void __launch_bounds__(kDequantBThreads) sm90_nvfp4_dequant_b(
+__global__ void __launch_bounds__(kDequantThreads) sm90_nvfp4_dequant_b(
     const u8* __restrict__ b, long long b_expert_ld, long long b_row_ld, const u8* __restrict__ b_scales,
     const int* __restrict__ expert_ids, const float* __restrict__ expert_scales, const int* __restrict__ active,
     int num_groups, int num_experts, int n, int k, void* __restrict__ out, int* __restrict__ group_experts,

@@ -197,7 +197,7 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
     // acc[4i + 2r + e]: weight row (row + 8r), group row 8i + 2q + e of the tile; both operands'
     // pair-decoded values carry kE2m1PairScale, taken back exactly before the expert's scale
     constexpr float kUnscale = 1.0f / (kE2m1PairScale * kE2m1PairScale);
-    const float scale = __ldg(expert_scales + t.group);
+    const float scale = __ldg(expert_scales + t.group) * kUnscale;
     unsigned short* out = static_cast<unsigned short*>(out_ptr);
     #pragma unroll
     for (int i = 0; i < kTokens / 8; ++i) {
@@ -209,9 +209,8 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
         for (int r = 0; r < 2; ++r) {
           const int col = t.n_block * kStreamRows + static_cast<int>(row) + 8 * r;
           if (col < n) {
-            const float value = acc[4 * i + 2 * r + e] * kUnscale * scale;
             out[static_cast<i64>(token) * out_ld + col] =
-                static_cast<unsigned short>(pack_out2<kOutType>(value, 0.0f) & 0xFFFFu);
+                static_cast<unsigned short>(pack_out2<kOutType>(acc[4 * i + 2 * r + e] * scale, 0.0f) & 0xFFFFu);
           }
         }
       }

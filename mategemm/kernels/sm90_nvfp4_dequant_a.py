@@ -30,6 +30,12 @@ def load(max_groups: int, arch: str, device_index: int, stream_order: bool = Fal
                         THREADS, cache=cache)
 
 
+def grid(items: int, num_sms: int) -> int:
+    """CTAs of THREADS threads for `items` thread items (this and the weights' decode kernel), at most
+    CTAS_PER_SM per SM: the grid strides over the rest."""
+    return max(1, min(-(-items // THREADS), num_sms * CTAS_PER_SM))
+
+
 def row_values(k: int, stream_order: bool) -> int:
     """Values per row of the bf16 output: k, or in stream order whole 256-value stages."""
     return -(-k // STREAM_STAGE_VALUES) * STREAM_STAGE_VALUES if stream_order else k
@@ -47,7 +53,7 @@ class DequantA:
         self.kernel = load(max_groups, arch, a.device.index, stream_order)
         self.m, self.k, self.box_rows = a.shape[0], row_values(k, stream_order), box_rows
         items = self.m * (self.k // 32 if stream_order else k // 16)  # a thread per 32 (16) values
-        self.grid = max(1, min(-(-items // THREADS), num_sms * CTAS_PER_SM))
+        self.grid = grid(items, num_sms)
         self.head = (a.data_ptr(), a.stride(0), a_scales.data_ptr(), group_offsets.data_ptr(),
                      0 if group_scale_offsets is None else group_scale_offsets.data_ptr(),
                      0 if active is None else active.data_ptr(), num_groups, self.m, k)

@@ -10,7 +10,7 @@ from mategemm.runtime import launch as rt
 from mategemm.runtime.tma import encode_2d
 
 KERNEL = "sm90_nvfp4_dequant_b"
-THREADS = 256
+THREADS = kernel_dequant_a.THREADS  # kDequantThreads, shared with the rows' decode
 TYPES = (rt.PTR, rt.I64, rt.I64, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.PTR,
          rt.PTR)
 
@@ -40,7 +40,7 @@ class DequantB:
         experts, n = b.shape[0], b.shape[1]
         self.rows, self.k, self.num_groups, self.box_rows = num_groups * n, k, num_groups, box_rows
         items = self.rows * (k // 16)  # a thread per 16 values
-        self.grid = max(1, min(-(-items // THREADS), num_sms * kernel_dequant_a.CTAS_PER_SM))
+        self.grid = kernel_dequant_a.grid(items, num_sms)
         self.head = (b.data_ptr(), b.stride(0), b.stride(1), b_scales.data_ptr(), expert_ids.data_ptr(),
                      expert_scales.data_ptr(), 0 if active is None else active.data_ptr(), num_groups, experts, n, k)
         self.tensors = (b, b_scales, expert_ids, expert_scales, active)  # read by address
