@@ -7,7 +7,8 @@ into the wgmma's registers, 128 weight rows by the fewest of 8, 16, 32 or 64 row
 tile (64: the group's rows decoded to bf16 beforehand). Above, the GEMM core's NVFP4 kernel
 decodes the weights to bf16 tiles in shared memory (the producer's warps 1-3 and the decoder
 warpgroups) against the group's rows decoded beforehand: BLOCK_M 128, and 256 from TILE_256_ROWS
-rows per group, which halves the decode of the weights per output row again.
+rows per group, which halves the decode of the weights per output row again; from DECODED_B_ROWS the
+weights too are decoded beforehand, once per call, and the GEMM is a bf16 one.
 """
 from __future__ import annotations
 
@@ -77,9 +78,12 @@ STREAM_DECODED_TOKENS = 64
 # bf16 tensor) and loaded by TMA: the decoding warps then decode B alone instead of A again for every
 # N tile. H100, six GEMMs: 1.17-1.45x at 256 and 4096 rows per group.
 DECODED_A_FROM_BLOCK_M = 128
-# decoded_b (forced only, not yet timed): the groups' weights decoded to bf16 too, in group order
-# (sm90_nvfp4_dequant_b), so that the GEMM decodes nothing: at 4096 rows per group the decode reads
-# and writes ~2.4 GB for DeepSeek-V3 w1 (~0.9 ms) against a GEMM at bf16 speed (~10.5 ms).
+# From DECODED_B_ROWS rows per group the groups' weights are decoded to bf16 too, in group order
+# (sm90_nvfp4_dequant_b), and the 256x128 GEMM decodes nothing. NOTES (H200, 2026-12-06, 32 experts,
+# ms default -> decoded_b): 4096 rows DeepSeek-V3 w1 14.67 -> 12.77, w2 7.27 -> 6.02, Qwen3-30B w1
+# 1.694 -> 1.427; 2048 rows 7.37 -> 6.85, 3.63 -> 3.13, 0.865 -> 0.798; 1024 rows 3.67 -> 3.96,
+# 1.76 -> 1.93, 0.441 -> 0.463 (the weights' decode, a pass over every expert's weights, pays from 2048).
+DECODED_B_ROWS = 2048
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2,
@@ -161,7 +165,7 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     at BLOCK_M 64 up to 16 rows per group, 1 above, none at 256) and decoded_a (the group's rows
     decoded beforehand: by default from BLOCK_M 128 in the core's kernel and at block_m 64 in the
     streaming one) and decoded_b (the core's kernel with the groups' weights decoded beforehand too, in
-    group order: forced only, not yet timed); other keys, or values that do not fit, raise ValueError."""
+    group order: by default at BLOCK_M 256 from DECODED_B_ROWS rows per group); other keys, or values that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:
@@ -194,7 +198,7 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     decoded_a = forced_flag(forced, "decoded_a", int(block_m >= DECODED_A_FROM_BLOCK_M))
     if block_m == 256 and not decoded_a:
         raise ValueError("MATEGEMM_FORCE_CONFIG: block_m 256 takes A's rows decoded beforehand (decoded_a 1)")
-    decoded_b = forced_flag(forced, "decoded_b", 0)
+    decoded_b = forced_flag(forced, "decoded_b", int(block_m == 256 and rows_per_group >= DECODED_B_ROWS))
     if decoded_b and not decoded_a:
         raise ValueError("MATEGEMM_FORCE_CONFIG: decoded_b 1 takes A's rows decoded beforehand too (decoded_a 1)")
     out_bytes = problem.out_elem_bytes

@@ -150,14 +150,14 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
     assert {row["tokens_per_expert"] for row in suite.rows} == {1, 4, 16, 64, 256, 4096}
     planned = prewarm.plan_suites([suite], ARCH)
     nvfp4 = [p for p in planned if p.family == "nvfp4"]
-    assert {p.spec.name_expr.split("<")[1] for p in nvfp4} == {"8, 8, mategemm::kOutBF16, 32>",  # streaming
-                                                               "16, 7, mategemm::kOutBF16, 32>",
-                                                               "64, 4, mategemm::kOutBF16, 32, true>",
-                                                               "128, 128, 5, mategemm::kOutBF16, 128, 32, 2, true>",
-                                                               "256, 128, 3, mategemm::kOutBF16, 128, 32, 0, true>",
-                                                               # sm90_nvfp4_dequant_a: in the streaming
-                                                               # kernel's order, and in the rows' own
-                                                               "32, true>", "32>"}
+    assert {p.spec.name_expr.removeprefix("&mategemm::") for p in nvfp4} == {
+        "sm90_nvfp4_stream_gemm<8, 8, mategemm::kOutBF16, 32>",
+        "sm90_nvfp4_stream_gemm<16, 7, mategemm::kOutBF16, 32>",
+        "sm90_nvfp4_stream_gemm<64, 4, mategemm::kOutBF16, 32, true>",
+        "sm90_nvfp4_grouped_gemm<128, 128, 5, mategemm::kOutBF16, 128, 32, 2, true>",
+        "sm90_nvfp4_grouped_gemm<256, 128, 3, mategemm::kOutBF16, 128, 32, 0, true, true>",  # 4096 rows: decoded_b
+        "sm90_nvfp4_dequant_a<32, true>", "sm90_nvfp4_dequant_a<32>",  # the streaming kernel's order, the rows' own
+        "sm90_nvfp4_dequant_b"}
 
 
 def test_suite_rows_check_k_for_nvfp4(tmp_path):
@@ -173,7 +173,7 @@ def test_suite_rows_check_k_for_nvfp4(tmp_path):
 
 
 # ---- the plan ------------------------------------------------------------------------------------
-SWEEP = [(tokens, groups, n, k) for tokens in (1, 4, 16, 63, 64, 65, 256, 4096)
+SWEEP = [(tokens, groups, n, k) for tokens in (1, 4, 16, 63, 64, 65, 256, 1024, 2048, 4096)
          for groups, n, k in ((32, 4096, 7168), (8, 7168, 2048), (1, 64, 32), (256, 1536, 2048), (3, 72, 96),
                               (1024, 2048, 768))]
 
@@ -198,19 +198,21 @@ def test_plan_over_a_sweep(tokens, groups, n, k):
     assert config.block_n in (64, 128) and (config.block_n == 64) == (
         n <= 64 or heuristics.tile_bound(problem, config.block_m, 128) < 132)
     assert 3 <= config.stages <= 8 and config.block_k == 64 and config.out_swizzle == 128
+    decoded = {"decoded_a": config.decoded_a, "decoded_b": config.decoded_b}
     assert config.smem_bytes == heuristics.smem_bytes(config.block_m, config.block_n, config.stages,
-                                                      problem.max_groups, decoded_a=config.decoded_a)
+                                                      problem.max_groups, **decoded)
     assert config.smem_bytes <= SM90_NO_DEVICE.smem_per_block
     assert config.stages == 8 or heuristics.smem_bytes(config.block_m, config.block_n, config.stages + 1,
-                                                       problem.max_groups,
-                                                       decoded_a=config.decoded_a) > SM90_NO_DEVICE.smem_per_block
+                                                       problem.max_groups, **decoded) > SM90_NO_DEVICE.smem_per_block
     assert 1 <= config.num_mp <= min(132, heuristics.tile_bound(problem, config.block_m, config.block_n))
     assert problem.max_groups == max(32, 1 << (groups - 1).bit_length())
     assert config.decoder_wgs == {64: 2 if tokens <= 16 else 1, 128: 2, 256: 0}[config.block_m]
     assert nvfp4_plan.spec.name_expr == (f"&mategemm::sm90_nvfp4_grouped_gemm<{config.block_m}, {config.block_n}, "
                                          f"{config.stages}, mategemm::kOutBF16, 128, {problem.max_groups}, "
-                                         f"{config.decoder_wgs}, {'true' if config.decoded_a else 'false'}>")
+                                         f"{config.decoder_wgs}, {'true' if config.decoded_a else 'false'}"
+                                         f"{', true' if config.decoded_b else ''}>")
     assert config.decoded_a == (config.block_m >= 128)
+    assert config.decoded_b == (config.block_m == 256 and tokens >= heuristics.DECODED_B_ROWS)
 
 
 def test_forced_configs():
