@@ -108,8 +108,6 @@ SM90 = "mategemm/heuristics/sm90.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
-PTX = "kernels_src/common/ptx.cuh"
-TILE_WALK = "kernels_src/common/scheduler.cuh"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -144,24 +142,6 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
-    "m_groups": [(TILE_WALK, """    const int units_per_group = num_m_units * group_n;
-    const int group = unit / units_per_group;
-    const int first_n = group * group_n;
-    const int width = min(group_n, num_n_units - first_n);
-    const int local = unit - group * units_per_group;
-    const int m_unit = local / width;
-    const int n_unit = first_n + local - m_unit * width;
-""", """    const int units_per_group = num_n_units * group_n;
-    const int group = unit / units_per_group;
-    const int first_m = group * group_n;
-    const int height = min(group_n, num_m_units - first_m);
-    const int local = unit - group * units_per_group;
-    const int n_unit = local / height;
-    const int m_unit = first_m + local - n_unit * height;
-""")],
-    "wait_hint": [(PTX, '"{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"',
-                   '"{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, 10000000; '
-                   'selp.u32 %0, 1, 0, p; }"')],
     # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
     "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
                               "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"
