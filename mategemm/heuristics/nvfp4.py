@@ -165,7 +165,8 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     at BLOCK_M 64 up to 16 rows per group, 1 above, none at 256) and decoded_a (the group's rows
     decoded beforehand: by default from BLOCK_M 128 in the core's kernel and at block_m 64 in the
     streaming one) and decoded_b (the core's kernel with the groups' weights decoded beforehand too, in
-    group order: by default at BLOCK_M 256 from DECODED_B_ROWS rows per group); other keys, or values that do not fit, raise ValueError."""
+    group order: by default at BLOCK_M 256 from DECODED_B_ROWS rows per group); other keys, or values
+    that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
     if unknown:

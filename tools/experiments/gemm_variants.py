@@ -144,7 +144,6 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
-    # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
     # Two CTAs of the streaming NVFP4 kernel per SM (at most 80 registers a thread, half the shared
     # memory each): twice the warps to hide a stage's load-decode-wgmma chain
     "stream_two_ctas": [(STREAM, "__launch_bounds__(384, 1)\n    sm90_nvfp4_stream_gemm",
@@ -153,6 +152,7 @@ PATCHES = {
                          "stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > 115712:"),
                         (NVFP4_HEURISTIC, "    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)\n",
                          "    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, 2 * num_mp)\n")],
+    # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
     "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
                               "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"
                               "            tma_load_2d_hinted(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0, kL2EvictFirst);\n"
