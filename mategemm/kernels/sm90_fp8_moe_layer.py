@@ -37,7 +37,8 @@ def route_specs(ids_64bit: bool, arch: str) -> tuple[KernelSpec, KernelSpec, Ker
     """The routing's kernels: one CTA for all pairs; and, for more than ROUTE_ONE_CTA pairs, the count
     per range of ROUTE_CHUNK pairs and the placing of each range."""
     ids = "true" if ids_64bit else "false"
-    return tuple(instance_spec(KERNEL, arch, ids, name=f"sm90_fp8_moe_route{part}") for part in ("", "_count", "_place"))
+    return tuple(instance_spec(KERNEL, arch, ids, name=f"sm90_fp8_moe_route{part}")
+                 for part in ("", "_count", "_place"))
 
 
 def route_ranges(pairs: int) -> int:

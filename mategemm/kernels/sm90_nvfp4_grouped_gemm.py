@@ -42,7 +42,8 @@ def _scale_rows(scales: torch.Tensor) -> torch.Tensor:
 class Launch:
     """Everything of one call but the output: descriptors and arguments built once, reusable."""
 
-    __slots__ = ("kernel", "grid", "head", "tail", "out_swizzle", "_packed", "dequant_a", "dequant_b")
+    __slots__ = ("kernel", "grid", "head", "scale_maps", "group_args", "dims", "tail", "out_swizzle", "_packed",
+                 "dequant_a", "dequant_b")
     TYPES = (rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.TMAP, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.PTR, rt.INT, rt.INT,
              rt.INT, rt.INT, rt.INT, rt.INT, rt.PTR, rt.INT)
 
@@ -58,22 +59,22 @@ class Launch:
         experts, n = b.shape[0], b.shape[1]
         self.head = (encode_2d(a, PACKED_BOX_BYTES, config.block_m, 0),
                      encode_2d(b, PACKED_BOX_BYTES, config.block_n, 0, rows=experts * n))
+        groups = problem.num_groups if problem.active is None else problem.active
         self.dequant_a = self.dequant_b = None
         if config.decoded_a:  # A's bf16 rows written into a new tensor by each call, its map made then
             self.dequant_a = kernel_dequant.DequantA.for_problem(problem, a, a_scales, group_offsets,
                                                                  group_scale_offsets, active, config.block_m)
         if config.decoded_b:  # likewise the groups' weights, with the groups' map and scales
             info = rt_device.device_info(b.device.index)
-            groups = problem.num_groups if problem.active is None else problem.active
             self.dequant_b = kernel_dequant_b.DequantB(b, b_scales, expert_ids, expert_scales, active, groups,
                                                        problem.k, info.arch, info.num_sms, config.block_n)
-        self.tail = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
-                     encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
-                     expert_scales.data_ptr(), group_offsets.data_ptr(), expert_ids.data_ptr(),
-                     0 if group_scale_offsets is None else group_scale_offsets.data_ptr(),
-                     0 if active is None else active.data_ptr(),
-                     problem.num_groups if problem.active is None else problem.active, problem.num_experts,
-                     problem.m, problem.n, problem.k, config.group_n)
+        self.scale_maps = (encode_2d(_scale_rows(a_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0),
+                           encode_2d(_scale_rows(b_scales), SCALE_ROW_BYTES, SCALE_CHUNK_ROWS, 0))
+        self.group_args = (group_offsets.data_ptr(),
+                           0 if group_scale_offsets is None else group_scale_offsets.data_ptr(),
+                           0 if active is None else active.data_ptr(), groups)
+        self.dims = (problem.m, problem.n, problem.k, config.group_n)
+        self.tail = self._tail(expert_scales.data_ptr(), expert_ids.data_ptr(), problem.num_experts)
         self.out_swizzle = config.out_swizzle
         self._packed: dict[tuple, object] = {}  # packed arguments per (output address, shape, strides, stream)
 
@@ -82,8 +83,7 @@ class Launch:
         GEMM core's other outputs' arguments (signal, out_scale) do not apply."""
         if self.dequant_b is not None:  # with the weights' map, the groups' map and scales new too
             tmap_b, (weights, group_experts, group_scales) = self.dequant_b(stream)
-            tail = (*self.tail[:2], group_scales.data_ptr(), self.tail[3], group_experts.data_ptr(), *self.tail[5:8],
-                    self.dequant_b.num_groups, *self.tail[9:])
+            tail = self._tail(group_scales.data_ptr(), group_experts.data_ptr(), self.dequant_b.num_groups)
             self.kernel.launch(self.grid, stream, self._pack(self.dequant_a.decoded_map(stream), out, tmap_b, tail))
             return
         if self.dequant_a is not None:  # A's map is new with every call
@@ -96,6 +96,13 @@ class Launch:
                 self._packed.clear()
             packed = self._packed[key] = self._pack(self.head[0], out)
         self.kernel.launch(self.grid, stream, packed)
+
+    def _tail(self, expert_scales: int, expert_ids: int, num_experts: int) -> tuple:
+        """The arguments after the output map, with the experts' scales, ids and count given (the
+        caller's, or the weights' decode's group scales, group map and group count)."""
+        offsets, scale_offsets, active, groups = self.group_args
+        return (*self.scale_maps, expert_scales, offsets, expert_ids, scale_offsets, active, groups, num_experts,
+                *self.dims)
 
     def _pack(self, tmap_a, out: torch.Tensor, tmap_b=None, tail: tuple | None = None):
         tmap_d = encode_2d(out, self.out_swizzle // out.element_size(), OUT_BOX_ROWS, self.out_swizzle)
