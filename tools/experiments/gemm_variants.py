@@ -61,6 +61,15 @@ Variants (several may be joined with '+'):
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
                 (measured before the grouped walks stopped depending on data; NVFP4's still does)
+  stream_two_ctas two CTAs of the streaming NVFP4 kernel per SM (launch bounds (384, 2): 80 registers,
+                a few per-tile spills at 8 and 32 rows; stages fit in 113 KB; twice the SMs in the
+                launch): twice the warps to hide a stage's load-decode-wgmma chain. Not yet timed
+  stream_math_decode (patches/stream_math_decode.diff) the streaming NVFP4 kernel at two CTAs of 288
+                threads per SM: the math warpgroups decode the group's rows themselves (one 8-value
+                word per thread and stage at 8 rows, then a 256-thread named barrier) and the
+                producer is one warp, so each thread keeps up to 96 registers (no spill at 8 and 16
+                rows, NVRTC 12 and 13; 32 and 64 rows spill a word or serialise their wgmma). Not yet
+                timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -116,6 +125,7 @@ PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
+    "stream_math_decode": Path(__file__).resolve().parent / "patches" / "stream_math_decode.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
