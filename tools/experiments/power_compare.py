@@ -86,11 +86,16 @@ def sustained(call, seconds: float, flops: float, index: int, field: str) -> dic
     batch = max(1, int(0.05e3 / max(begin.elapsed_time(end), 1e-3)))
     sampler = Sampler(index, field)
     begin.record()
+    queued = None  # the batch before the last: waited for, so one batch is always queued behind the GPU
     while time.monotonic() - started < seconds:
         for _ in range(batch):
             call()
         calls += batch
-        torch.cuda.synchronize()
+        done = torch.cuda.Event()
+        done.record()
+        if queued is not None:
+            queued.synchronize()
+        queued = done
     end.record()
     end.synchronize()
     samples = sampler.stop()
