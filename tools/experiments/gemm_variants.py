@@ -68,8 +68,8 @@ Variants (several may be joined with '+'):
                 threads per SM: the math warpgroups decode the group's rows themselves (one 8-value
                 word per thread and stage at 8 rows, then a 256-thread named barrier) and the
                 producer is one warp, so each thread keeps up to 96 registers (no spill at 8 and 16
-                rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their wgmma). Not yet
-                timed
+                rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their
+                wgmma). Not yet timed
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time

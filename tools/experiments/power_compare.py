@@ -15,7 +15,6 @@ joules also keeps a higher clock: that is what this shows and a per-call median 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -117,7 +116,7 @@ def main() -> None:
 
     import torch
 
-    from benchkit.common import live_deepgemm, require_gpu_or_exit
+    from benchkit.common import forcing, live_deepgemm, require_gpu_or_exit
     from benchkit.timing import rotating_gemm_calls
     from mategemm.testing import calc_diff, fp8_gemm_reference
     require_gpu_or_exit("tools/experiments/power_compare.py")
@@ -137,15 +136,7 @@ def main() -> None:
         reference = fp8_gemm_reference(a, b, sa.t(), sb.t().contiguous())
 
         def call_of(config):
-            if config == "deepgemm":
-                return theirs
-            def run():
-                os.environ["MATEGEMM_FORCE_CONFIG"] = config
-                try:
-                    ours[0]()
-                finally:
-                    os.environ.pop("MATEGEMM_FORCE_CONFIG", None)
-            return run
+            return theirs if config == "deepgemm" else forcing(ours[0], config)
 
         runnable = []
         for config in configs:
