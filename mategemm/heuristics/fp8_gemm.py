@@ -47,6 +47,15 @@ def wide_tile_allowed(problem: GemmProblem) -> bool:
 # NOTES: N-blocks per raster group. 4096x7168x16384 at 128x128 on an H200: group_n 4 -> 1043,
 # 8 -> 1069, 16 -> 1082, 32 -> 1054 TFLOPS.
 GROUP_N = 16
+
+
+def raster_group(num_m_blocks: int, num_items: int, num_mp: int) -> int:
+    """N-blocks per raster group. Where every work item runs in the first wave the walk only decides
+    which CTA takes which tile: group_n 1 puts the M-blocks that share an N-block's B on adjacent
+    CTAs. NOTES (dense, MN-major scales, group_n 16 -> 1, TFLOPS, DeepGEMM beside): 128x4096x7168
+    (64x64 tiles, 2 M-blocks) H100 399 -> 415 (DeepGEMM 444), H200 442 -> 464 (497); 128x2112x7168
+    H100 265 -> 267, 128x576x7168 102 -> 102; one M-block is the same walk either way."""
+    return 1 if 1 < num_m_blocks and num_items <= num_mp else GROUP_N
 # NOTES: 2-CTA clusters multicast the tile the two CTAs share: (cluster_m, cluster_n) = (2, 1)
 # puts them on adjacent M-blocks sharing B, (1, 2) on adjacent N-blocks sharing A. Each CTA
 # fetches half of the shared tile from L2. BLOCK_M 256 pairs only with sharing A (with B shared,
@@ -302,8 +311,9 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     if smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of {block_m}x{block_n} need {smem} B of shared "
                          f"memory; the device has {device.smem_per_block}")
-    num_items = math.ceil(problem.m / block_m) * math.ceil(problem.n / block_n) * num_splits
-    group_n = forced.get("group_n", GROUP_N)
+    num_m_blocks = math.ceil(problem.m / block_m)
+    num_items = num_m_blocks * math.ceil(problem.n / block_n) * num_splits
+    group_n = forced.get("group_n", raster_group(num_m_blocks, num_items, num_mp))
     if group_n < 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: group_n must be >= 1")
     cluster = cluster_m * cluster_n

@@ -273,6 +273,19 @@ def test_decode_ties_go_to_one_m_block_only_where_it_streams_b_once(m, n, k, til
     assert fp8_gemm.streams_b_once(problem(m, n, k), 128, 64, 132) == (n == 7168 and m > 64)
 
 
+@pytest.mark.parametrize("m, n, k, group_n", [(128, 4096, 7168, 1), (128, 2112, 7168, 1), (256, 4096, 7168, 1),
+                                              (64, 4096, 7168, fp8_gemm.GROUP_N), (128, 7168, 16384, fp8_gemm.GROUP_N),
+                                              (4096, 7168, 16384, fp8_gemm.GROUP_N)])
+def test_one_wave_of_several_m_blocks_walks_m_fastest(m, n, k, group_n):
+    """group_n 1 only where every tile runs in the first wave and more than one M-block shares B;
+    a forced group_n still wins."""
+    config = fp8_gemm.choose(problem(m, n, k), H100, 132)
+    assert config.group_n == group_n
+    tiles = math.ceil(m / config.block_m) * math.ceil(n / config.block_n) * config.num_splits
+    assert (group_n == 1) == (m > config.block_m and tiles <= 132)
+    assert fp8_gemm.choose(problem(m, n, k), H100, 132, "group_n=4").group_n == 4
+
+
 def test_passes_per_group_counts_split_tiles():
     """per_token segments aligned to 128 under 256-row tiles: a segment of b blocks meets
     (b + 1) / 2 tiles on average; tiles that divide the alignment tile each segment on its own."""
