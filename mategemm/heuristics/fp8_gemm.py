@@ -56,6 +56,8 @@ def raster_group(num_m_blocks: int, num_items: int, num_mp: int) -> int:
     (64x64 tiles, 2 M-blocks) H100 399 -> 415 (DeepGEMM 444), H200 442 -> 464 (497); 128x2112x7168
     H100 265 -> 267, 128x576x7168 102 -> 102; one M-block is the same walk either way."""
     return 1 if 1 < num_m_blocks and num_items <= num_mp else GROUP_N
+
+
 # NOTES: 2-CTA clusters multicast the tile the two CTAs share: (cluster_m, cluster_n) = (2, 1)
 # puts them on adjacent M-blocks sharing B, (1, 2) on adjacent N-blocks sharing A. Each CTA
 # fetches half of the shared tile from L2. BLOCK_M 256 pairs only with sharing A (with B shared,
