@@ -7,10 +7,13 @@
 # mode. Each run has its own anchor, so the ratios compare across variants under the card's
 # drifting clock. SUITE=dense_fp8 (default): --scale-major MN on the core shapes (or $SHAPES, a
 # shapes file), with each shape's TFLOPS; SUITE=grouped: the modes in $MODES (default contiguous
-# masked k_grouped).
+# masked k_grouped); SUITE=nvfp4: four expert GEMMs (DeepSeek-V3 w1 and w2, Qwen3-235B-A22B w1,
+# Qwen3-30B-A3B w2) at $TOKENS tokens per expert (default "1 16"), each row's NVFP4 ms and the
+# geomean of our FP8 GEMM's time over it (the nvfp4 suite's own peer; no DeepGEMM needed).
 # Run from the repository root:
 #   ROUNDS=2 bash tools/experiments/variant_bench.sh base lane0_empty
 #   SUITE=grouped MODES=contiguous bash tools/experiments/variant_bench.sh base desc32
+#   SUITE=nvfp4 TOKENS="1 16" bash tools/experiments/variant_bench.sh base decode_mul+factor_pairs
 # (MATEGEMM_FORCE_CONFIG=tma_scales=0 in the environment runs every variant with the scale warps.)
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:-/tmp/variant_bench}
@@ -19,6 +22,18 @@ SUITE=${SUITE:-dense_fp8}
 mkdir -p "$OUT_DIR"
 if [ "$SUITE" = grouped ]; then
   read -r -a suite_args <<< "--modes ${MODES:-contiguous masked k_grouped}"
+elif [ "$SUITE" = nvfp4 ]; then
+  SHAPES=$OUT_DIR/nvfp4_shapes.json
+  python3 - "$SHAPES" ${TOKENS:-1 16} <<'EOF'
+import json, sys
+from pathlib import Path
+rows = json.loads(Path("mategemm/shapes/shapes.json").read_text())["nvfp4_moe"]
+models = ("deepseek_v3 w1", "deepseek_v3 w2", "qwen3_235b_a22b w1", "qwen3_30b_a3b w2")
+tokens = [int(t) for t in sys.argv[2:]]
+json.dump({"nvfp4_moe": [dict(r, tokens_per_expert=t) for r in rows if r["_model"] in models and r["tokens_per_expert"] == 1
+                         for t in tokens]}, open(sys.argv[1], "w"))
+EOF
+  suite_args=(--shapes "$SHAPES")
 elif [ -z "$SHAPES" ]; then  # the compute-bound shapes and two decode ones
   SHAPES=$OUT_DIR/core_shapes.json
   python3 - "$SHAPES" <<'EOF'
@@ -28,7 +43,7 @@ shapes = [(4096, 7168, 16384), (4096, 4096, 7168), (4096, 2112, 7168), (4096, 24
 json.dump({"dense_fp8": [{"m": m, "n": n, "k": k} for m, n, k in shapes]}, open(sys.argv[1], "w"))
 EOF
 fi
-[ "$SUITE" = grouped ] || suite_args=(--scale-major MN --shapes "$SHAPES")
+[ "$SUITE" = grouped ] || [ "$SUITE" = nvfp4 ] || suite_args=(--scale-major MN --shapes "$SHAPES")
 variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(base)
 for round in $(seq 1 "$ROUNDS"); do
@@ -48,6 +63,13 @@ out, suite, variants = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 for v in variants:
     for path in sorted(out.glob(f"{v}.*.json")):
         rows = json.loads(path.read_text())["rows"]
+        if suite == "nvfp4":
+            ratios = [r["mategemm_fp8_ms"] / r["mategemm_nvfp4_ms"] for r in rows if "mategemm_nvfp4_ms" in r]
+            cells = " ".join(f"{r['model']}/{r['gemm']}/{r['tokens_per_expert']}:{r.get('mategemm_nvfp4_ms', '-')}"
+                             for r in rows)
+            print(f"{path.stem:24s} FP8 / NVFP4 time, geomean {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f}"
+                  f"  NVFP4 ms: {cells}")
+            continue
         by_mode = {}
         for r in rows:
             if r.get("deepgemm_tflops") and r.get("mategemm_tflops"):
