@@ -21,17 +21,6 @@ Variants (several may be joined with '+'):
                 2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
                 the main-loop changes. Measured (H100, 8 shapes, 2 rounds): 1-5% slower, geomean
                 against DeepGEMM 0.957 / 0.953 against 0.976 / 0.976
-  wait_hint     every mbarrier wait passes try_wait a suspend-time hint (10 ms, as CUTLASS's barrier
-                does): a waiting warp sleeps in the instruction instead of spinning back through a
-                branch. Ours issued 2x DeepGEMM's branches (barrier spins) at 128x4096x7168 (ncu, H100)
-                beside 7x its short-scoreboard stalls; the math warps share issue slots with the
-                spinning ones. SASS (NVRTC 13.0): each wait's slow path becomes TRYWAIT, NANOSLEEP.SYNCS,
-                PHASECHK instead of a TRYWAIT-and-branch loop. Not yet timed
-  m_groups      the persistent tile walk in groups of `group_n` M-blocks with the M-block fastest
-                (DeepGEMM's order without multicast on A) instead of groups of N-blocks with the N-block
-                fastest: at decode sizes the CTAs reading one B slice get adjacent block indices. ncu
-                (H100, 128x4096x7168): ours read 1.45x DeepGEMM's L2 sectors from the far partition.
-                Not yet timed
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
@@ -73,13 +62,16 @@ Variants (several may be joined with '+'):
                 (decode_mul+factor_pairs) 438 -> 386 at 8 rows, 436 -> 384 at 16. Not yet timed
   stream_two_ctas two CTAs of the streaming NVFP4 kernel per SM (launch bounds (384, 2): 80 registers,
                 a few per-tile spills at 8 and 32 rows; stages fit in 113 KB; twice the SMs in the
-                launch): twice the warps to hide a stage's load-decode-wgmma chain. Not yet timed
+                launch): twice the warps to hide a stage's load-decode-wgmma chain. H100 (one run,
+                time against base): -7..-3% at 16 tokens per expert, -3..+3% at 1, up to +10% at 32
+                and 64; the H100 is memory-capped at 1-4 tokens, so the H200 has to rank it there
   stream_math_decode (patches/stream_math_decode.diff) the streaming NVFP4 kernel at two CTAs of 288
                 threads per SM: the math warpgroups decode the group's rows themselves (one 8-value
                 word per thread and stage at 8 rows, then a 256-thread named barrier) and the
                 producer is one warp, so each thread keeps up to 96 registers (no spill at 8 and 16
                 rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their
-                wgmma). Not yet timed
+                wgmma). H100 (one run, time against base): -5..-1% at 1 token, -3..+2% at 16, +7..+12%
+                at 32 and 64
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -110,6 +102,10 @@ against 0.243 without), the tiles past the last whole wave split over K (tail_sp
 and the streaming kernel's pair decode in the GEMM core's NVFP4 kernel (nvfp4_pair_core: H100,
 64 tokens per expert 8-11% faster, where the streaming kernel with decoded rows is 2x faster; 256
 and 4096 tokens -5..+4%).
+
+Waits that sleep (a suspend-time hint on every mbarrier try_wait) and DeepGEMM's M-grouped tile walk
+measured level or 1-2% slower on the core shapes (H200) and left the lab; of the walk, group_n 1
+where one wave holds several M-blocks is the heuristic's now.
 
 The ping-pong turn order of the two math warpgroups was measured 8-10% slower at 128x128 and
 neutral at 256x128 (notebook, 2026-11-28) and left the kernel; its code is in the history.
