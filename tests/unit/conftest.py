@@ -1,9 +1,10 @@
-import importlib.util
 import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
+
+from lab_tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))  # benchkit, the benchmark suites' pure helpers are tested without a GPU
@@ -12,10 +13,7 @@ sys.path.insert(0, str(ROOT / "tools"))  # benchkit, the benchmark suites' pure 
 @pytest.fixture(scope="session")
 def bench():
     """tools/bench.py as a module: its command line."""
-    spec = importlib.util.spec_from_file_location("mategemm_tools_bench", ROOT / "tools" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench.py")
 
 
 @pytest.fixture(scope="session")

@@ -1,35 +1,27 @@
 """Generated sources are fresh: kernels_src/common/wgmma.cuh is what tools/gen_wgmma.py writes."""
-import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from lab_tools import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wgmma_header_matches_its_generator():
-    spec = importlib.util.spec_from_file_location("gen_wgmma", ROOT / "tools" / "gen_wgmma.py")
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
+    generator = load_tool("gen_wgmma.py")
     assert generator.HEADER == ROOT / "kernels_src" / "common" / "wgmma.cuh"
     assert generator.render() == generator.HEADER.read_text(), "run python tools/gen_wgmma.py and commit the header"
 
 
-def load_tool(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_experiment_patch_applies_to_the_product_kernel():
     """The lab variants under tools/experiments patch the kernels' text: each anchor is still there."""
-    indexer = load_tool(ROOT / "tools" / "experiments" / "indexer_variants.py")
+    indexer = load_tool("experiments/indexer_variants.py")
     for name in indexer.VARIANTS:
         assert indexer.source(name).endswith(f"// variant {name}\n")
-    promotion = load_tool(ROOT / "tools" / "experiments" / "gemm_variants.py")
+    promotion = load_tool("experiments/gemm_variants.py")
     files = {path: (ROOT / path).read_text() for patches in promotion.PATCHES.values() for path, _, _ in patches}
     assert len(promotion.PATCHES) >= 5
     for name in promotion.PATCHES:

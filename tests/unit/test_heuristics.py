@@ -10,6 +10,7 @@ from mategemm import env, prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped, parse_force_config, sm90
 from mategemm.runtime import device as rt_device
 from mategemm.types import RECIPE_1x128_128x128, GemmProblem
+from lab_tools import load_tool
 
 H100 = rt_device.SM90_NO_DEVICE
 SMEM_LIMIT = 232448
@@ -253,12 +254,7 @@ def test_print_configs_logs_each_choice_once(monkeypatch, caplog):
 def test_heuristic_stays_fitted_to_the_committed_sweep():
     """The dense picks against docs/bench/dense_fp8_config_sweep.json (H200): a change to the model
     that moves picks off the measured best shows here before it reaches a GPU."""
-    import importlib.util
-
-    tools = Path(__file__).resolve().parents[2] / "tools"
-    spec = importlib.util.spec_from_file_location("sweep_fp8_configs", tools / "sweep_fp8_configs.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_tool("sweep_fp8_configs.py")
     assert sweep.score([sweep.SWEEP]) <= 1.01
 
 

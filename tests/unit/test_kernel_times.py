@@ -1,18 +1,12 @@
 """tools/experiments/kernel_times.py without a GPU: summarising the profiler's kernel records."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from lab_tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("kernel_times", ROOT / "tools" / "experiments" / "kernel_times.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("experiments/kernel_times.py")
 
 
 def test_the_longest_kernel_is_summarised_with_its_starts(tool):

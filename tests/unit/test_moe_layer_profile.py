@@ -1,11 +1,7 @@
 """tools/experiments/moe_layer_profile.py without a GPU: its byte model of the layer's own kernels."""
-import importlib.util
-from pathlib import Path
+from lab_tools import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("moe_layer_profile", ROOT / "tools" / "experiments" / "moe_layer_profile.py")
-profile = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(profile)
+profile = load_tool("experiments/moe_layer_profile.py")
 
 
 def test_least_bytes_of_the_layer_kernels():

@@ -1,18 +1,12 @@
 """tools/experiments/power_compare.py without a GPU: reading nvidia-smi's samples."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from lab_tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("power_compare", ROOT / "tools" / "experiments" / "power_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("experiments/power_compare.py")
 
 
 def test_samples_are_read_and_spaced_over_the_span(tool):
