@@ -91,9 +91,9 @@ def main() -> None:
             for config, calls in runs:
                 event_us = median_ms(calls) * 1e3
                 got = profiled(calls)
-                print(f"{shape} [{config or 'heuristic'}] round {r + 1}: event {event_us:.2f} us, kernel "
-                      f"{got['kernel_us']:.2f} us, start to start {got['start_to_start_us'] or 0:.2f} us, kernels per "
-                      f"call {got['per_call']}", flush=True)
+                kernel, gap = (f"{got[key]:.2f}" if got[key] is not None else "-" for key in ("kernel_us", "start_to_start_us"))
+                print(f"{shape} [{config or 'heuristic'}] round {r + 1}: event {event_us:.2f} us, kernel {kernel} us, "
+                      f"start to start {gap} us, kernels per call {got['per_call']}", flush=True)
 
 
 if __name__ == "__main__":
