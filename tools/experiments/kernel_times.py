@@ -37,9 +37,10 @@ def summarise(records: list[tuple[str, float, float]], calls: int) -> dict:
     main = max(per_name, key=lambda n: sum(e - s for s, e in per_name[n]))
     spans = per_name[main]
     starts = [s for s, _ in spans]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
     return {"per_call": {n: round(len(v) / calls, 2) for n, v in per_name.items()}, "main": main,
             "kernel_us": statistics.median(e - s for s, e in spans),
-            "start_to_start_us": statistics.median(b - a for a, b in zip(starts, starts[1:])) if len(starts) > 1 else None}
+            "start_to_start_us": statistics.median(gaps) if gaps else None}
 
 
 def profiled(calls: list) -> dict:
@@ -91,7 +92,8 @@ def main() -> None:
             for config, calls in runs:
                 event_us = median_ms(calls) * 1e3
                 got = profiled(calls)
-                kernel, gap = (f"{got[key]:.2f}" if got[key] is not None else "-" for key in ("kernel_us", "start_to_start_us"))
+                kernel, gap = (f"{got[key]:.2f}" if got[key] is not None else "-"
+                               for key in ("kernel_us", "start_to_start_us"))
                 print(f"{shape} [{config or 'heuristic'}] round {r + 1}: event {event_us:.2f} us, kernel {kernel} us, "
                       f"start to start {gap} us, kernels per call {got['per_call']}", flush=True)
 

@@ -30,8 +30,9 @@ from pathlib import Path
 rows = json.loads(Path("mategemm/shapes/shapes.json").read_text())["nvfp4_moe"]
 models = ("deepseek_v3 w1", "deepseek_v3 w2", "qwen3_235b_a22b w1", "qwen3_30b_a3b w2")
 tokens = [int(t) for t in sys.argv[2:]]
-json.dump({"nvfp4_moe": [dict(r, tokens_per_expert=t) for r in rows if r["_model"] in models and r["tokens_per_expert"] == 1
-                         for t in tokens]}, open(sys.argv[1], "w"))
+picked = [dict(r, tokens_per_expert=t) for r in rows if r["_model"] in models and r["tokens_per_expert"] == 1
+          for t in tokens]
+json.dump({"nvfp4_moe": picked}, open(sys.argv[1], "w"))
 EOF
   suite_args=(--shapes "$SHAPES")
 elif [ -z "$SHAPES" ]; then  # the compute-bound shapes and two decode ones
