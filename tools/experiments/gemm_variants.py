@@ -72,6 +72,11 @@ Variants (several may be joined with '+'):
                 rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their
                 wgmma). H100 (one run, time against base): -5..-1% at 1 token, -3..+2% at 16, +7..+12%
                 at 32 and 64
+  decoded_out_one_wave (patches/decoded_out_one_wave.diff) the NVFP4 core's kernel with both operands
+                decoded beforehand (the 256x128 bf16 GEMM from 2048 rows per group) stages its
+                epilogue one 64-row wave per math warpgroup at a time (32 KB instead of 64), so the
+                ring keeps 4 stages of 64 values of K instead of 3 (231,280 B). SASS: 168 registers,
+                no local memory. Not yet timed (the notebook's stage budget at 4096 tokens)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -132,6 +137,7 @@ PATCH_FILES: dict[str, Path] = {
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "stream_math_decode": Path(__file__).resolve().parent / "patches" / "stream_math_decode.diff",
+    "decoded_out_one_wave": Path(__file__).resolve().parent / "patches" / "decoded_out_one_wave.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
