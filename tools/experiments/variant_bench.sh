@@ -9,7 +9,7 @@
 # shapes file), with each shape's TFLOPS; SUITE=grouped: the modes in $MODES (default contiguous
 # masked k_grouped); SUITE=nvfp4: four expert GEMMs (DeepSeek-V3 w1 and w2, Qwen3-235B-A22B w1,
 # Qwen3-30B-A3B w2) at $TOKENS tokens per expert (default "1 16"), each row's NVFP4 ms and the
-# geomean of our FP8 GEMM's time over it (the nvfp4 suite's own peer; no DeepGEMM needed).
+# geomeans of our FP8 GEMM's and torch's bf16 time over it (the nvfp4 suite's peers; no DeepGEMM).
 # Run from the repository root:
 #   ROUNDS=2 bash tools/experiments/variant_bench.sh base lane0_empty
 #   SUITE=grouped MODES=contiguous bash tools/experiments/variant_bench.sh base desc32
@@ -65,11 +65,15 @@ for v in variants:
     for path in sorted(out.glob(f"{v}.*.json")):
         rows = json.loads(path.read_text())["rows"]
         if suite == "nvfp4":
-            ratios = [r["mategemm_fp8_ms"] / r["mategemm_nvfp4_ms"] for r in rows if "mategemm_nvfp4_ms" in r]
+            geo = []
+            for peer in ("mategemm_fp8", "torch_grouped_bf16"):
+                x = [r[f"{peer}_ms"] / r["mategemm_nvfp4_ms"] for r in rows
+                     if f"{peer}_ms" in r and "mategemm_nvfp4_ms" in r]
+                if x:
+                    geo.append(f"{peer} / NVFP4 time {math.exp(sum(map(math.log, x)) / len(x)):.3f}")
             cells = " ".join(f"{r['model']}/{r['gemm']}/{r['tokens_per_expert']}:{r.get('mategemm_nvfp4_ms', '-')}"
                              for r in rows)
-            print(f"{path.stem:24s} FP8 / NVFP4 time, geomean {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f}"
-                  f"  NVFP4 ms: {cells}")
+            print(f"{path.stem:24s} geomean {', '.join(geo)}  NVFP4 ms: {cells}")
             continue
         by_mode = {}
         for r in rows:
