@@ -93,6 +93,27 @@ def make_set(row: dict, gen: torch.Generator) -> dict:
     return s
 
 
+def nvfp4_call(s: dict, groups: int):
+    """Our NVFP4 GEMM on input set `s` (make_set) of `groups` experts."""
+    return lambda: mategemm.grouped_matmul_dynamic_scaled_nvfp4(
+        s["out"], s["a"], s["b"], s["a_scales"], s["b_scales"], s["offsets"], s["group_scale_offsets"],
+        s["expert_ids"], s["expert_scales"], groups)
+
+
+def fp8_call(s: dict):
+    """Our FP8 (1,128,128) per_expert GEMM on input set `s`'s FP8 operands of the same shapes."""
+    return lambda: mategemm.ragged_m_moe_gemm_8bit(s["fp8_a"], s["fp8_b"], s["counts"], s["out"],
+                                                   gemm_mode="per_expert", scale_granularity_mnk=(1, 128, 128))
+
+
+def tokens_bf16(s: dict, row: dict) -> torch.Tensor:
+    """Input set `s`'s NVFP4 tokens in bf16 (every group's rows start a new 128-row scale tile: as many
+    tiles each)."""
+    groups, tokens, k = row["active_experts"], row["tokens_per_expert"], row["k"]
+    return dequantize_bf16(s["a"].view(groups, tokens, k // 2),
+                           s["a_scales"].view(groups, -1, *s["a_scales"].shape[1:]), tokens).view(groups * tokens, k)
+
+
 def bench_nvfp4_row(row: dict, l2_bytes: int) -> dict:
     groups, tokens, n, k = row["active_experts"], row["tokens_per_expert"], row["n"], row["k"]
     m = groups * tokens
@@ -100,27 +121,14 @@ def bench_nvfp4_row(row: dict, l2_bytes: int) -> dict:
     gen = torch.Generator(device="cuda").manual_seed(tokens * 7 + n + k)
     sets = [make_set(row, gen) for _ in range(rotation_sets(nbytes["mategemm_nvfp4"], l2_bytes))]
 
-    def nvfp4(s):
-        return lambda: mategemm.grouped_matmul_dynamic_scaled_nvfp4(
-            s["out"], s["a"], s["b"], s["a_scales"], s["b_scales"], s["offsets"], s["group_scale_offsets"],
-            s["expert_ids"], s["expert_scales"], groups)
-
-    def fp8(s):
-        return lambda: mategemm.ragged_m_moe_gemm_8bit(s["fp8_a"], s["fp8_b"], s["counts"], s["out"],
-                                                       gemm_mode="per_expert", scale_granularity_mnk=(1, 128, 128))
-
-    def tokens_bf16(s):  # every group's rows start a new 128-row scale tile: as many tiles each
-        return dequantize_bf16(s["a"].view(groups, tokens, k // 2),
-                               s["a_scales"].view(groups, -1, *s["a_scales"].shape[1:]), tokens).view(m, k)
-
     def pipeline(s):
         def run():
             b16 = dequantize_bf16(s["b"], s["b_scales"], n, s["expert_scales"])
-            return peers.torch_grouped_bf16(tokens_bf16(s), b16, s["offsets"][1:])()
+            return peers.torch_grouped_bf16(tokens_bf16(s, row), b16, s["offsets"][1:])()
         return run
 
     def bf16(s):
-        return peers.torch_grouped_bf16(tokens_bf16(s), s["b16"], s["offsets"][1:])
+        return peers.torch_grouped_bf16(tokens_bf16(s, row), s["b16"], s["offsets"][1:])
 
     if tokens <= CHECKED_TOKENS:
         from mategemm.testing import nvfp4 as ref
@@ -128,18 +136,18 @@ def bench_nvfp4_row(row: dict, l2_bytes: int) -> dict:
         s0 = sets[0]
 
         def diff():
-            nvfp4(s0)()
+            nvfp4_call(s0, groups)()
             want = ref.grouped_nvfp4_reference(s0["a"], s0["b"], s0["a_scales"], s0["b_scales"],
                                                list(range(0, m + 1, tokens)), s0["group_scale_offsets"].tolist(),
                                                list(range(groups)), s0["expert_scales"])
             return calc_diff(s0["out"], want)
 
         record_diff(row, "mategemm_nvfp4", diff)
-    impls = [("mategemm_nvfp4", lambda: [nvfp4(s) for s in sets], nbytes["mategemm_nvfp4"]),
+    impls = [("mategemm_nvfp4", lambda: [nvfp4_call(s, groups) for s in sets], nbytes["mategemm_nvfp4"]),
              ("dequant_pipeline", lambda: [pipeline(s) for s in sets], nbytes["dequant_pipeline"]),
              ("torch_grouped_bf16", lambda: [bf16(s) for s in sets], nbytes["torch_grouped_bf16"])]
     if k % 128 == 0:  # the FP8 recipe's K blocks
-        impls.insert(1, ("mategemm_fp8", lambda: [fp8(s) for s in sets], nbytes["mategemm_fp8"]))
+        impls.insert(1, ("mategemm_fp8", lambda: [fp8_call(s) for s in sets], nbytes["mategemm_fp8"]))
     time_interleaved(row, impls, 2 * m * n * k, nbytes["mategemm_nvfp4"])
     if "mategemm_nvfp4_ms" in row:
         row["mategemm_nvfp4_weight_gbps"] = round(nbytes["weights"] / (row["mategemm_nvfp4_ms"] * 1e-3) / 1e9, 1)

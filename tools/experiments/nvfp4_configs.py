@@ -58,10 +58,9 @@ def main() -> None:
 
     import torch
 
-    import mategemm
     from benchkit import peers
     from benchkit.common import forcing, require_gpu_or_exit, rotation_sets
-    from benchkit.nvfp4_suite import dequantize_bf16, make_set, row_bytes
+    from benchkit.nvfp4_suite import fp8_call, make_set, nvfp4_call, row_bytes, tokens_bf16
     from benchkit.timing import median_ms
     from mategemm.testing import calc_diff
     require_gpu_or_exit("tools/experiments/nvfp4_configs.py")
@@ -73,24 +72,12 @@ def main() -> None:
         gen = torch.Generator(device="cuda").manual_seed(tokens * 7 + row["n"] + row["k"])
         sets = [make_set(row, gen) for _ in range(rotation_sets(row_bytes(row)["mategemm_nvfp4"], l2_bytes))]
 
-        def nvfp4(s):
-            return lambda: mategemm.grouped_matmul_dynamic_scaled_nvfp4(
-                s["out"], s["a"], s["b"], s["a_scales"], s["b_scales"], s["offsets"], s["group_scale_offsets"],
-                s["expert_ids"], s["expert_scales"], groups)
-
-        def tokens_bf16(s):  # the tokens in bf16, as the nvfp4 suite hands them to torch
-            k = row["k"]
-            return dequantize_bf16(s["a"].view(groups, tokens, k // 2),
-                                   s["a_scales"].view(groups, -1, *s["a_scales"].shape[1:]), tokens).view(-1, k)
-
         def calls(config: str) -> list:
             if config == "torch":
-                return [peers.torch_grouped_bf16(tokens_bf16(s), s["b16"], s["offsets"][1:]) for s in sets]
+                return [peers.torch_grouped_bf16(tokens_bf16(s, row), s["b16"], s["offsets"][1:]) for s in sets]
             if config == "fp8":
-                return [lambda s=s: mategemm.ragged_m_moe_gemm_8bit(s["fp8_a"], s["fp8_b"], s["counts"], s["out"],
-                                                                    gemm_mode="per_expert",
-                                                                    scale_granularity_mnk=(1, 128, 128)) for s in sets]
-            return [forcing(nvfp4(s), config) for s in sets]
+                return [fp8_call(s) for s in sets]
+            return [forcing(nvfp4_call(s, groups), config) for s in sets]
 
         prepared, cells, reference = {}, {}, None
         for config in args.configs:
