@@ -35,7 +35,7 @@ def main() -> None:
 
     import torch
 
-    from benchkit.common import live_deepgemm, require_gpu_or_exit
+    from benchkit.common import in_turns, live_deepgemm, require_gpu_or_exit
     require_gpu_or_exit("tools/compare_configs.py")
 
     from mategemm.testing import calc_diff, fp8_gemm_reference
@@ -72,8 +72,7 @@ def main() -> None:
             rows.append({"m": m, "n": n, "k": k, "config": config, "diff": diff, "us_rounds": []})
         by_config = {row["config"]: row for row in rows[len(rows) - len(runnable):]}
         for r in range(args.rounds):
-            start = r % max(1, len(runnable))
-            for config in runnable[start:] + runnable[:start]:
+            for config in in_turns(runnable, r):
                 by_config[config]["us_rounds"].append(round(median_ms(use(config)) * 1e3, 2))
         for config, row in by_config.items():
             us = statistics.median(row["us_rounds"])

@@ -116,6 +116,13 @@ def time_impl(row: dict, impl: str, make_calls, flops: float, nbytes: float) -> 
         row[f"{impl}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
+def in_turns(names: list, round_index: int) -> list:
+    """`names` in the order of round `round_index`: the first one rotated each round, so that under the
+    card's power cap, whose clock drifts within a run, no one always goes first."""
+    start = round_index % len(names) if names else 0
+    return names[start:] + names[:start]
+
+
 def time_interleaved(row: dict, impls: list, flops: float, nbytes: float, rounds: int = 3) -> None:
     """Time implementations [(name, make_calls, nbytes or None)] taking turns, `rounds` times with
     the starting one rotated, and record each one's median over the rounds: under the card's power
@@ -128,7 +135,7 @@ def time_interleaved(row: dict, impls: list, flops: float, nbytes: float, rounds
             row[f"{impl}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     names = list(calls)
     for r in range(rounds):
-        for impl in names[r % len(names):] + names[:r % len(names)] if names else ():
+        for impl in in_turns(names, r):
             try:
                 times.setdefault(impl, []).append(median_ms(calls[impl]))
             except Exception as exc:  # noqa: BLE001

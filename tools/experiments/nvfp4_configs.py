@@ -59,7 +59,7 @@ def main() -> None:
     import torch
 
     from benchkit import peers
-    from benchkit.common import forcing, require_gpu_or_exit, rotation_sets
+    from benchkit.common import forcing, in_turns, require_gpu_or_exit, rotation_sets
     from benchkit.nvfp4_suite import fp8_call, make_set, nvfp4_call, row_bytes, tokens_bf16
     from benchkit.timing import median_ms
     from mategemm.testing import calc_diff
@@ -103,8 +103,7 @@ def main() -> None:
         runnable = list(prepared)
         times = {config: [] for config in runnable}
         for r in range(args.rounds):
-            start = r % max(1, len(runnable))
-            for config in runnable[start:] + runnable[:start]:
+            for config in in_turns(runnable, r):
                 times[config].append(median_ms(prepared[config]))
         cells.update({config: cell(times[config]) for config in runnable})
         name = f"{groups}x{row['n']}x{row['k']}@{tokens}"

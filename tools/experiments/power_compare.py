@@ -116,7 +116,7 @@ def main() -> None:
 
     import torch
 
-    from benchkit.common import forcing, live_deepgemm, require_gpu_or_exit
+    from benchkit.common import forcing, in_turns, live_deepgemm, require_gpu_or_exit
     from benchkit.timing import rotating_gemm_calls
     from mategemm.testing import calc_diff, fp8_gemm_reference
     require_gpu_or_exit("tools/experiments/power_compare.py")
@@ -153,8 +153,7 @@ def main() -> None:
             runnable.append(config)
         results = {config: [] for config in runnable}
         for r in range(args.rounds):
-            start = r % max(1, len(runnable))
-            for config in runnable[start:] + runnable[:start]:
+            for config in in_turns(runnable, r):
                 results[config].append(sustained(call_of(config), args.seconds, 2.0 * m * n * k, index, field))
         for config, runs in results.items():
             med = {key: statistics.median(run[key] for run in runs) for key in ("tflops", "watts", "mhz",
