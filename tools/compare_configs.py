@@ -39,7 +39,7 @@ def main() -> None:
     require_gpu_or_exit("tools/compare_configs.py")
 
     from mategemm.testing import calc_diff, fp8_gemm_reference
-    from benchkit.timing import median_ms, rotating_gemm_calls
+    from benchkit.timing import deepgemm_calls, median_ms, peer_views, rotating_gemm_calls
 
     deep_gemm = live_deepgemm()
     configs = [*args.configs, *(["deepgemm"] if deep_gemm is not None else [])]
@@ -48,10 +48,8 @@ def main() -> None:
     for shape in args.shapes.split(","):
         m, n, k = (int(x) for x in shape.split("x"))
         sets, outs, ours = rotating_gemm_calls(m, n, k, args.input_sets, args.scale_major)
-        if args.scale_major == "MN":  # the reference's and DeepGEMM's views, as tools/bench.py dense_fp8
-            sets = [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
-        theirs = [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)
-                  for s, o in zip(sets, outs)]
+        sets = peer_views(sets, args.scale_major)  # the reference's and DeepGEMM's, as tools/bench.py dense_fp8
+        theirs = deepgemm_calls(deep_gemm, sets, outs)
         reference = fp8_gemm_reference(*sets[0])
 
         def use(config):  # the config's calls, with MATEGEMM_FORCE_CONFIG set for them

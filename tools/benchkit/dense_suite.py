@@ -16,7 +16,7 @@ from . import peers
 from .common import (card_kind, copy_tbps, dense_bytes, forcing, geomean, load_anchors, mark_live_deepgemm,
     ratio, record_diff, time_interleaved)
 from .plots import panel, plot_panels
-from .timing import median_ms, rotating_gemm_calls
+from .timing import deepgemm_calls, median_ms, peer_views, rotating_gemm_calls
 
 
 def bench_dense_fp8(args) -> dict:
@@ -45,8 +45,7 @@ def bench_dense_fp8(args) -> dict:
         sets, outs, ours_calls = rotating_gemm_calls(m, n, k, num_sets, scale_major)
         row = {"m": m, "n": n, "k": k}
         ours = mategemm.gemm_fp8_nt_groupwise(*sets[0], scale_major_mode=scale_major, out=outs[0])
-        if scale_major == "MN":  # peers' views: A's scales (m, k/128) with unit M stride, B's K-major
-            sets = [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
+        sets = peer_views(sets, scale_major)
         reference = fp8_gemm_reference(*sets[0])
         row["mategemm_diff"] = calc_diff(ours, reference)
         impls = {
@@ -66,15 +65,12 @@ def bench_dense_fp8(args) -> dict:
             record_diff(row, "mategemm_other_scales", other_diff)
             in_turns.append(("mategemm_other_scales", lambda: other_calls, None))
         if deep_gemm is not None:  # the live anchor: ours and DeepGEMM take turns (the card's clock drifts)
-            def deepgemm_calls():
-                return [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)
-                        for s, o in zip(sets, outs)]
             def deepgemm_diff():
-                deepgemm_calls()[0]()  # writes outs[0]
+                deepgemm_calls(deep_gemm, sets, outs)[0]()  # writes outs[0]
                 return calc_diff(outs[0], reference)
 
             record_diff(row, "deepgemm", deepgemm_diff)
-            in_turns.append(("deepgemm", deepgemm_calls, None))
+            in_turns.append(("deepgemm", lambda: deepgemm_calls(deep_gemm, sets, outs), None))
             row["deepgemm_source"] = "live"
         if len(in_turns) > 1:
             time_interleaved(row, in_turns, flops, nbytes)

@@ -41,3 +41,17 @@ def rotating_gemm_calls(m: int, n: int, k: int, num_sets: int, scale_major: str 
     calls = [lambda s=s, o=o: mategemm.gemm_fp8_nt_groupwise(*s, scale_major_mode=scale_major, out=o)
              for s, o in zip(sets, outs)]
     return sets, outs, calls
+
+
+def peer_views(sets: list, scale_major: str) -> list:
+    """Input sets of rotating_gemm_calls as the peers and the fp64 reference take them: with MN-major
+    scales A's as an (m, k/128) view with unit M stride and B's K-major (a copy); K-major ones as they are."""
+    if scale_major != "MN":
+        return sets
+    return [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
+
+
+def deepgemm_calls(deep_gemm, views: list, outs: list) -> list:
+    """DeepGEMM's fp8_gemm_nt on each of `views` (peer_views) into the matching output."""
+    return [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)
+            for s, o in zip(views, outs)]

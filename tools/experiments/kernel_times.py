@@ -72,7 +72,7 @@ def main() -> None:
     import torch
 
     from benchkit.common import forcing, live_deepgemm, require_gpu_or_exit
-    from benchkit.timing import median_ms, rotating_gemm_calls
+    from benchkit.timing import deepgemm_calls, median_ms, peer_views, rotating_gemm_calls
     require_gpu_or_exit("tools/experiments/kernel_times.py")
 
     deep_gemm = live_deepgemm()
@@ -82,12 +82,9 @@ def main() -> None:
     for shape in args.shapes.split(","):
         m, n, k = (int(x) for x in shape.split("x"))
         sets, outs, ours = rotating_gemm_calls(m, n, k, 4, "MN")
-        views = [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
         runs = [(config, [forcing(call, config) for call in ours]) for config in args.configs]
         if deep_gemm is not None:
-            runs.append(("deepgemm", [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o,
-                                                                              disable_ue8m0_cast=True)
-                                      for s, o in zip(views, outs)]))
+            runs.append(("deepgemm", deepgemm_calls(deep_gemm, peer_views(sets, "MN"), outs)))
         for r in range(args.rounds):
             for config, calls in runs:
                 event_us = median_ms(calls) * 1e3

@@ -117,7 +117,7 @@ def main() -> None:
     import torch
 
     from benchkit.common import forcing, in_turns, live_deepgemm, require_gpu_or_exit
-    from benchkit.timing import rotating_gemm_calls
+    from benchkit.timing import deepgemm_calls, peer_views, rotating_gemm_calls
     from mategemm.testing import calc_diff, fp8_gemm_reference
     require_gpu_or_exit("tools/experiments/power_compare.py")
 
@@ -130,10 +130,9 @@ def main() -> None:
     for shape in args.shapes.split(","):
         m, n, k = (int(x) for x in shape.split("x"))
         sets, outs, ours = rotating_gemm_calls(m, n, k, 1, "MN")
-        a, b, sa, sb = sets[0]
-        theirs = lambda: deep_gemm.fp8_gemm_nt((a, sa.t()), (b, sb.t().contiguous()), outs[0],  # noqa: E731
-                                                disable_ue8m0_cast=True)
-        reference = fp8_gemm_reference(a, b, sa.t(), sb.t().contiguous())
+        views = peer_views(sets, "MN")
+        theirs = deepgemm_calls(deep_gemm, views, outs)[0]
+        reference = fp8_gemm_reference(*views[0])
 
         def call_of(config):
             return theirs if config == "deepgemm" else forcing(ours[0], config)
