@@ -64,10 +64,65 @@ struct RowIds {
   }
 };
 
+// store_tile where the staging tile holds one 64-row wave per math warpgroup (Layout::kOutRows <
+// BLOCK_M): each wave is staged, checked and stored before the next one overwrites it.
+template <class T>
+__device__ __forceinline__ void store_tile_by_wave(float* acc, const Tile& t, const GemmArgs& args,
+                                                   const GemmSmem<T>& smem, int math_wg, int warp, int lane) {
+  static_assert(T::kRowsChecked && !T::kGated && !T::kOutAdd && T::kOutType != kOutE4M3, "the NVFP4 kernel's tiles");
+  constexpr int kRows = T::Layout::kOutRows;
+  constexpr int kChunkCols = T::kOutSwizzle / T::kOutElemBytes;
+  const bool wg_leader = (threadIdx.x % 128) == 0;
+  const int barrier_id = 1 + math_wg;
+  const int n0 = t.n_block * T::BLOCK_N;
+  const int stage_row0 = math_wg * 64;  // this warpgroup's rows of the staging tile
+  u32 out_addr = smem_addr(smem.out);
+  asm volatile("" : "+r"(out_addr));
+  #pragma unroll
+  for (int wave = 0; wave < T::kWaves; ++wave) {
+    const int row0 = (math_wg * T::kWaves + wave) * 64;  // the wave's first row in the tile
+    if (wg_leader) tma_store_wait_read();  // the previous wave's (or tile's) store has left shared memory
+    named_barrier_sync(barrier_id, 128);
+    store_accum_to_smem<kRows, T::BLOCK_N, T::kOutSwizzle, T::kOutType>(acc + wave * T::kAcc, out_addr, stage_row0);
+    fence_proxy_async_smem();
+    bool rows_ok = true;
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = warp * 16 + lane / 4 + 8 * i;
+      const bool ok = t.row0 + row0 + row < t.row_end;
+      if (lane % 4 == 0) st_shared_u8(smem.row_ok + stage_row0 + row, ok ? 1u : 0u);
+      rows_ok = rows_ok && ok;
+    }
+    if (warp_value<true>(named_barrier_and(barrier_id, 128, rows_ok)) != 0) {
+      if (wg_leader) {
+        #pragma unroll
+        for (int chunk = 0; chunk < T::BLOCK_N / kChunkCols; ++chunk) {
+          const u8* src = smem.out + (chunk * kRows + stage_row0) * T::kOutSwizzle;
+          if constexpr (group_out_3d<T::kGroupMode>()) {
+            tma_store_3d(args.tmap_d, src, n0 + chunk * kChunkCols, t.row0 + row0, t.group);
+          } else {
+            tma_store_2d(args.tmap_d, src, n0 + chunk * kChunkCols, t.row0 + row0);
+          }
+        }
+        tma_store_commit();
+      }
+    } else {
+      u8* dst = static_cast<u8*>(args.out_ptr) +
+                (static_cast<i64>(t.row0 + row0) * args.out_ld + n0) * T::kOutElemBytes;
+      copy_rows_from_smem<kRows, T::BLOCK_N, T::kOutSwizzle, T::kOutElemBytes>(out_addr, smem.row_ok, stage_row0, 64,
+                                                                                 dst, args.out_ld, args.n - n0);
+    }
+  }
+}
+
 template <class T>
 __device__ __forceinline__ void store_tile(float* acc, const Tile& t, const GemmArgs& args,
                                            const GemmSmem<T>& smem, int math_wg, int warp, int lane,
                                            const RowIds<T>& row_ids) {
+  if constexpr (T::Layout::kOutRows < T::BLOCK_M) {
+    store_tile_by_wave<T>(acc, t, args, smem, math_wg, warp, lane);
+    return;
+  }
   auto wave_row0 = [&](int wave) { return (math_wg * T::kWaves + wave) * 64; };
   const bool wg_leader = (threadIdx.x % 128) == 0;
   const int m0 = t.row0;

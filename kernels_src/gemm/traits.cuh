@@ -42,7 +42,10 @@ template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutEle
           int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false, int kBHalves = 1,
           bool kNvfp4DecodedA = false, bool kNvfp4DecodedB = false>
 struct GemmSmemLayout {
-  static constexpr int kOutBytes = BLOCK_M * BLOCK_N * kOutElemBytes;
+  // The epilogue's staging rows: the whole tile, or with NVFP4 weights decoded beforehand one 64-row
+  // wave per math warpgroup, so that 256-row tiles keep a fourth stage (the waves go out in turn).
+  static constexpr int kOutRows = kNvfp4DecodedB ? 64 * gemm_math_warpgroups<BLOCK_M>() : BLOCK_M;
+  static constexpr int kOutBytes = kOutRows * BLOCK_N * kOutElemBytes;
   static constexpr int kABytes = BLOCK_M * kBlockK;
   static constexpr int kBHalfBytes = BLOCK_N * kBlockK;  // one half of a gated B tile (gate or up rows)
   static constexpr int kBBytes = kBHalves * kBHalfBytes;

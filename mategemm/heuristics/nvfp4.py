@@ -83,21 +83,25 @@ DECODED_A_FROM_BLOCK_M = 128
 # ms default -> decoded_b): 4096 rows DeepSeek-V3 w1 14.67 -> 12.77, w2 7.27 -> 6.02, Qwen3-30B w1
 # 1.694 -> 1.427; 2048 rows 7.37 -> 6.85, 3.63 -> 3.13, 0.865 -> 0.798; 1024 rows 3.67 -> 3.96,
 # 1.76 -> 1.93, 0.441 -> 0.463 (the weights' decode, a pass over every expert's weights, pays from 2048).
+# Its epilogue stages one 64-row wave per math warpgroup, so the ring keeps 4 stages instead of 3:
+# NOTES (H100, 2026-12-07, 4096 rows, 2 rounds, ms 3 -> 4 stages): DeepSeek-V3 w1 13.09 -> 12.57,
+# w2 6.57 -> 6.15, Qwen3-235B w1 5.80 -> 5.42, Qwen3-30B w2 0.787 -> 0.756.
 DECODED_B_ROWS = 2048
 
 
 def smem_bytes(block_m: int, block_n: int, stages: int, max_groups: int, out_elem_bytes: int = 2,
                decoded_a: bool = False, decoded_b: bool = False) -> int:
-    """Must match GemmSmemLayout with kNvfp4 (kernels_src/gemm/traits.cuh): the output tile, the
-    ring (bf16 tiles and staging: none of an operand that comes decoded), three barriers per stage,
-    the split-K flag's 16 bytes, a byte per tile row, a table of 4 ints per group and the alignment
-    slack."""
+    """Must match GemmSmemLayout with kNvfp4 (kernels_src/gemm/traits.cuh): the output tile (with
+    decoded_b one 64-row wave per math warpgroup), the ring (bf16 tiles and staging: none of an
+    operand that comes decoded), three barriers per stage, the split-K flag's 16 bytes, a byte per
+    tile row, a table of 4 ints per group and the alignment slack."""
     staged_a, staged_b = 0 if decoded_a else block_m, 0 if decoded_b else block_n
     staging = ((staged_a + staged_b) * PACKED_ROW_BYTES +
                (math.ceil(staged_a / SCALE_CHUNK_ROWS) + math.ceil(staged_b / SCALE_CHUNK_ROWS)) * SCALE_CHUNK_BYTES)
     per_stage = (block_m + block_n) * BF16_ROW_BYTES + staging
     row_ok = (block_m + 15) // 16 * 16
-    return (block_m * block_n * out_elem_bytes + stages * per_stage + 3 * stages * 8 + 16 + row_ok +
+    out_rows = min(block_m, 128) if decoded_b else block_m
+    return (out_rows * block_n * out_elem_bytes + stages * per_stage + 3 * stages * 8 + 16 + row_ok +
             16 * max_groups + sm90.SMEM_SLACK)
 
 

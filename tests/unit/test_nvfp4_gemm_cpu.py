@@ -155,7 +155,7 @@ def test_the_shipped_suite_is_prewarmable_and_its_rows_are_model_shapes():
         "sm90_nvfp4_stream_gemm<16, 7, mategemm::kOutBF16, 32>",
         "sm90_nvfp4_stream_gemm<64, 4, mategemm::kOutBF16, 32, true>",
         "sm90_nvfp4_grouped_gemm<128, 128, 5, mategemm::kOutBF16, 128, 32, 2, true>",
-        "sm90_nvfp4_grouped_gemm<256, 128, 3, mategemm::kOutBF16, 128, 32, 0, true, true>",  # 4096 rows: decoded_b
+        "sm90_nvfp4_grouped_gemm<256, 128, 4, mategemm::kOutBF16, 128, 32, 0, true, true>",  # 4096 rows: decoded_b
         "sm90_nvfp4_dequant_a<32, true>", "sm90_nvfp4_dequant_a<32>",  # the streaming kernel's order, the rows' own
         "sm90_nvfp4_dequant_b"}
 

@@ -72,11 +72,6 @@ Variants (several may be joined with '+'):
                 rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their
                 wgmma). H100 (one run, time against base): -5..-1% at 1 token, -3..+2% at 16, +7..+12%
                 at 32 and 64
-  decoded_out_one_wave (patches/decoded_out_one_wave.diff) the NVFP4 core's kernel with both operands
-                decoded beforehand (the 256x128 bf16 GEMM from 2048 rows per group) stages its
-                epilogue one 64-row wave per math warpgroup at a time (32 KB instead of 64), so the
-                ring keeps 4 stages of 64 values of K instead of 3 (231,280 B). SASS: 168 registers,
-                no local memory. Not yet timed (the notebook's stage budget at 4096 tokens)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -91,7 +86,9 @@ default there, MATEGEMM_FORCE_CONFIG overlap=1: the H100 up to 12% faster withou
 walks that depend on no data (gemm/scheduler.cuh), per_token's second pass inside the work item
 with the row ids loaded when a tile starts, 16-bit outputs staged by stmatrix (+1.3..3.3% at
 K <= 2048 on the H100), and NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
-beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs).
+beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs), and
+the epilogue of the 256x128 NVFP4 GEMM on weights decoded beforehand staged one 64-row wave per
+math warpgroup, for a fourth stage (decoded_out_one_wave: H100, 4096 tokens per expert 4-7% faster).
 Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
 the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
 rows copied by all four producer warps (gather_4warps: as slow as one warp's copies), the tile
@@ -137,7 +134,6 @@ PATCH_FILES: dict[str, Path] = {
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "stream_math_decode": Path(__file__).resolve().parent / "patches" / "stream_math_decode.diff",
-    "decoded_out_one_wave": Path(__file__).resolve().parent / "patches" / "decoded_out_one_wave.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
