@@ -6,6 +6,7 @@ DeepGEMM importable (`source tools/deepgemm_build.sh`) where a DeepGEMM column i
 `table` reads ncu's raw CSV pages anywhere.
 
     python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
+    python tools/experiments/ncu_compare.py run --shape 64x2112x7168 --clock-control none --cache-control none
     python tools/experiments/ncu_compare.py run --shape 8192x4096x7168 --groups 4 --impls mategemm_dense,mategemm
     python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [...] [--labels deepgemm,mategemm]
     python tools/experiments/ncu_compare.py run --shape 7168x2048x2048 --k-groups 8
@@ -198,7 +199,7 @@ def launch(impl: str, m: int, n: int, k: int, groups: int) -> None:
 
 
 def run(shape: str, out: Path, section_set: str, clock_control: str = "base", groups: int = 0,
-        impls: tuple[str, ...] = ("deepgemm", "mategemm"), source: bool = False) -> None:
+        impls: tuple[str, ...] = ("deepgemm", "mategemm"), source: bool = False, cache_control: str = "all") -> None:
     k_grouped = any(impl.endswith("_k_grouped") for impl in impls)
     if k_grouped and (not groups or int(shape.split("x")[2]) % 128):
         raise SystemExit("the k-grouped impls need --k-groups and k (K-rows per group) a multiple of 128")
@@ -210,7 +211,7 @@ def run(shape: str, out: Path, section_set: str, clock_control: str = "base", gr
     for impl in impls:
         path = out / f"{impl}_{tag}_raw.csv"
         report = out / f"{impl}_{tag}"
-        command = ["ncu", "--set", section_set, "--clock-control", clock_control,
+        command = ["ncu", "--set", section_set, "--clock-control", clock_control, "--cache-control", cache_control,
                    *(("--import-source", "no", "-f", "-o", str(report)) if source else ("--csv", "--page", "raw")),
                    "--kernel-name", f"regex:{KERNELS[impl]}", "--launch-skip", "2", "--launch-count", "1",
                    sys.executable, __file__, "_launch", impl, shape, str(groups)]
@@ -232,7 +233,8 @@ def run(shape: str, out: Path, section_set: str, clock_control: str = "base", gr
             sass_path.write_text(exported.stdout)
             print(hot(sass_path))
     what = f"{groups} K-groups of {shape}" if k_grouped else f"{groups} experts of {shape}" if groups else shape
-    print(f"{what}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}):")
+    print(f"{what}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}; "
+          f"caches: {'flushed' if cache_control == 'all' else 'as the warm-up launches left them'}):")
     print(table(paths, list(impls)))
 
 
@@ -245,6 +247,8 @@ def main() -> None:
     r.add_argument("--set", dest="section_set", default="full")
     r.add_argument("--clock-control", choices=("base", "none"), default="base",
                    help="ncu's default locks the SM clock to base; none profiles at the clocks a benchmark sees")
+    r.add_argument("--cache-control", choices=("all", "none"), default="all",
+                   help="ncu's default flushes the caches before the launch; none keeps what the warm-up left in L2")
     r.add_argument("--groups", type=int, default=0, help="the contiguous grouped GEMM: experts of --shape's m rows")
     r.add_argument("--k-groups", type=int, default=0,
                    help="the k-grouped GEMM: groups of --shape's k K-rows (impls default to the k-grouped pair)")
@@ -268,7 +272,7 @@ def main() -> None:
         if args.k_groups and args.groups:
             parser.error("--groups and --k-groups: one or the other")
         run(args.shape, args.out, args.section_set, args.clock_control, args.groups or args.k_groups, impls,
-            args.source)
+            args.source, args.cache_control)
     elif args.command == "table":
         labels = args.labels.split(",")
         if len(labels) != len(args.paths):
