@@ -57,8 +57,9 @@ def profiled(calls: list) -> dict:
         for i in range(CALLS):
             calls[i % len(calls)]()
         torch.cuda.synchronize()
+    # spin_kernel: torch.cuda._sleep's
     records = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA and "spin_kernel" not in e.name]  # spin_kernel: torch.cuda._sleep
+               if e.device_type == torch.autograd.DeviceType.CUDA and "spin_kernel" not in e.name]
     return summarise(records, CALLS)
 
 
