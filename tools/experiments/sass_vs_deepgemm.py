@@ -6,6 +6,11 @@ DeepGEMM tree) beside ours for one shape: opcode counts side by side. No GPU nee
         [--deepgemm-config 256,128,128,3,2]   (block m, n, k, stages, A multicast: DeepGEMM's pick)
 
 DEEPGEMM_TREE: an extracted .peers/deepgemm-src.tgz (tools/deepgemm_pack.sh); nvcc on the PATH.
+Or, without nvcc, a kernel DeepGEMM compiled on the device (its JIT cache, kept in
+.peers/deepgemm-built.tgz: deepgemm-jit/cache/kernel.sm90_fp8_gemm_1d2d.*/kernel.cubin, the
+configuration in the kernel.cu beside it):
+
+    python tools/experiments/sass_vs_deepgemm.py --deepgemm-cubin CUBIN --shape 64,2112,7168 [--dump DIR]
 """
 import argparse
 import collections
@@ -51,7 +56,8 @@ def deepgemm_cubin(tree: Path, n: int, k: int, bm: int, bn: int, bk: int, stages
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tree", type=Path)
+    parser.add_argument("tree", type=Path, nargs="?")
+    parser.add_argument("--deepgemm-cubin", type=Path, help="DeepGEMM's kernel as compiled already")
     parser.add_argument("--shape", default="4096,4096,7168")
     parser.add_argument("--deepgemm-config", default="256,128,128,3,2")
     parser.add_argument("--dump", type=Path, help="write both kernels' SASS into this folder")
@@ -59,18 +65,23 @@ def main() -> None:
     m, n, k = (int(v) for v in args.shape.split(","))
     bm, bn, bk, stages, multicast = (int(v) for v in args.deepgemm_config.split(","))
     e4m3 = torch.float8_e4m3fn
-    # A's scales loaded by TMA, as for the MN-major scales DeepGEMM takes
-    problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16, tma_scales=True)
-    ours_plan = plan.dense(problem, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms, "")
+    # A's scales given MN-major, as DeepGEMM takes them and tools/bench.py dense_fp8 --scale-major MN
+    # passes them: loaded by TMA at every size
+    problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, e4m3, e4m3, torch.bfloat16)
+    ours_plan = plan.dense(problem, SM90_NO_DEVICE, SM90_NO_DEVICE.num_sms, "", a_scales_tma=True)
     ours_sass = sass.dump_sass(default_cache().get(ours_plan.spec).path / "kernel.cubin")
-    theirs_sass = sass.dump_sass(deepgemm_cubin(args.tree, n, k, bm, bn, bk, stages, multicast))
+    if args.deepgemm_cubin is None and args.tree is None:
+        parser.error("DEEPGEMM_TREE or --deepgemm-cubin")
+    cubin = args.deepgemm_cubin or deepgemm_cubin(args.tree, n, k, bm, bn, bk, stages, multicast)
+    theirs_sass = sass.dump_sass(cubin)
     if args.dump:
         args.dump.mkdir(parents=True, exist_ok=True)
         (args.dump / "ours.sass").write_text(ours_sass)
         (args.dump / "deepgemm.sass").write_text(theirs_sass)
     ours, theirs = sass.opcodes(ours_sass), sass.opcodes(theirs_sass)
     a, b = collections.Counter(theirs), collections.Counter(ours)
-    print(f"{m}x{n}x{k}: DeepGEMM {bm}x{bn}x{bk}, {stages} stages, multicast {multicast}; ours {ours_plan.config}")
+    anchor = args.deepgemm_cubin or f"{bm}x{bn}x{bk}, {stages} stages, multicast {multicast}"
+    print(f"{m}x{n}x{k}: DeepGEMM {anchor}; ours {ours_plan.config}")
     print(f"{'opcode':10} {'DeepGEMM':>9} {'ours':>6}")
     for op in sorted(set(a) | set(b), key=lambda o: -(a[o] + b[o])):
         print(f"{op:10} {a[op]:9} {b[op]:6}")
