@@ -6,7 +6,6 @@ DeepGEMM importable (`source tools/deepgemm_build.sh`) where a DeepGEMM column i
 `table` reads ncu's raw CSV pages anywhere.
 
     python tools/experiments/ncu_compare.py run --shape 4096x4096x7168 [--out DIR] [--set full] [--clock-control none]
-    python tools/experiments/ncu_compare.py run --shape 64x2112x7168 --clock-control none --cache-control none
     python tools/experiments/ncu_compare.py run --shape 8192x4096x7168 --groups 4 --impls mategemm_dense,mategemm
     python tools/experiments/ncu_compare.py table A_raw.csv B_raw.csv [...] [--labels deepgemm,mategemm]
     python tools/experiments/ncu_compare.py run --shape 7168x2048x2048 --k-groups 8
@@ -233,8 +232,9 @@ def run(shape: str, out: Path, section_set: str, clock_control: str = "base", gr
             sass_path.write_text(exported.stdout)
             print(hot(sass_path))
     what = f"{groups} K-groups of {shape}" if k_grouped else f"{groups} experts of {shape}" if groups else shape
-    print(f"{what}, one launch each (clocks: {'locked to base' if clock_control == 'base' else 'as the card runs them'}; "
-          f"caches: {'flushed' if cache_control == 'all' else 'as the warm-up launches left them'}):")
+    clocks = "locked to base" if clock_control == "base" else "as the card runs them"
+    caches = "flushed" if cache_control == "all" else "as the warm-up launches left them"
+    print(f"{what}, one launch each (clocks: {clocks}; caches: {caches}):")
     print(table(paths, list(impls)))
 
 
