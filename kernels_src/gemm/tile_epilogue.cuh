@@ -64,6 +64,25 @@ struct RowIds {
   }
 };
 
+// One 64-row wave of a staged tile (from row `stage_row` of a staging tile of kRows rows, laid out
+// chunk by chunk) to output rows [row, row + 64): a TMA store (or reduce-add) per swizzle chunk.
+template <class T, int kRows>
+__device__ __forceinline__ void tma_store_wave(const GemmArgs& args, const u8* staged, int stage_row, int n0, int row,
+                                               int group) {
+  constexpr int kChunkCols = T::kOutSwizzle / T::kOutElemBytes;
+  #pragma unroll
+  for (int chunk = 0; chunk < T::BLOCK_N / kChunkCols; ++chunk) {
+    const u8* src = staged + chunk * kRows * T::kOutSwizzle + stage_row * T::kOutSwizzle;
+    if constexpr (T::kOutAdd) {
+      tma_reduce_add_3d(args.tmap_d, src, n0 + chunk * kChunkCols, row, group);
+    } else if constexpr (group_out_3d<T::kGroupMode>()) {
+      tma_store_3d(args.tmap_d, src, n0 + chunk * kChunkCols, row, group);
+    } else {
+      tma_store_2d(args.tmap_d, src, n0 + chunk * kChunkCols, row);
+    }
+  }
+}
+
 // store_tile where the staging tile holds one 64-row wave per math warpgroup (Layout::kOutRows <
 // BLOCK_M): each wave is staged, checked and stored before the next one overwrites it.
 template <class T>
@@ -71,7 +90,6 @@ __device__ __forceinline__ void store_tile_by_wave(float* acc, const Tile& t, co
                                                    const GemmSmem<T>& smem, int math_wg, int warp, int lane) {
   static_assert(T::kRowsChecked && !T::kGated && !T::kOutAdd && T::kOutType != kOutE4M3, "the NVFP4 kernel's tiles");
   constexpr int kRows = T::Layout::kOutRows;
-  constexpr int kChunkCols = T::kOutSwizzle / T::kOutElemBytes;
   const bool wg_leader = (threadIdx.x % 128) == 0;
   const int barrier_id = 1 + math_wg;
   const int n0 = t.n_block * T::BLOCK_N;
@@ -95,15 +113,7 @@ __device__ __forceinline__ void store_tile_by_wave(float* acc, const Tile& t, co
     }
     if (warp_value<true>(named_barrier_and(barrier_id, 128, rows_ok)) != 0) {
       if (wg_leader) {
-        #pragma unroll
-        for (int chunk = 0; chunk < T::BLOCK_N / kChunkCols; ++chunk) {
-          const u8* src = smem.out + (chunk * kRows + stage_row0) * T::kOutSwizzle;
-          if constexpr (group_out_3d<T::kGroupMode>()) {
-            tma_store_3d(args.tmap_d, src, n0 + chunk * kChunkCols, t.row0 + row0, t.group);
-          } else {
-            tma_store_2d(args.tmap_d, src, n0 + chunk * kChunkCols, t.row0 + row0);
-          }
-        }
+        tma_store_wave<T, kRows>(args, smem.out, stage_row0, n0, t.row0 + row0, t.group);
         tma_store_commit();
       }
     } else {
@@ -173,22 +183,11 @@ __device__ __forceinline__ void store_tile(float* acc, const Tile& t, const Gemm
   }
   if (whole_tile) {
     if (wg_leader) {
-      constexpr int kChunkCols = T::kOutSwizzle / T::kOutElemBytes;
       #pragma unroll
       for (int wave = 0; wave < T::kWaves; ++wave) {
         const int row0 = wave_row0(wave);
         if (m0 + row0 >= args.m) break;  // rows past the end: nothing to store
-        #pragma unroll
-        for (int chunk = 0; chunk < T::BLOCK_N / kChunkCols; ++chunk) {
-          const u8* src = smem.out + chunk * T::BLOCK_M * T::kOutSwizzle + row0 * T::kOutSwizzle;
-          if constexpr (T::kOutAdd) {
-            tma_reduce_add_3d(args.tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
-          } else if constexpr (group_out_3d<T::kGroupMode>()) {
-            tma_store_3d(args.tmap_d, src, n0 + chunk * kChunkCols, m0 + row0, t.group);
-          } else {
-            tma_store_2d(args.tmap_d, src, n0 + chunk * kChunkCols, m0 + row0);
-          }
-        }
+        tma_store_wave<T, T::BLOCK_M>(args, smem.out, row0, n0, m0 + row0, t.group);
       }
       tma_store_commit();
     }
