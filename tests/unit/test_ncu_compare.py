@@ -1,10 +1,13 @@
 """tools/experiments/ncu_compare.py's table from ncu's raw CSV pages (no GPU, no ncu)."""
 from pathlib import Path
 
+import pytest
+
 from lab_tools import load_tool
 
 
-def ncu_compare():
+@pytest.fixture(scope="module")
+def tool():
     return load_tool("experiments/ncu_compare.py")
 
 
@@ -16,8 +19,7 @@ def raw_page(path: Path, values: dict) -> Path:
     return path
 
 
-def test_table_reads_raw_pages_and_divides(tmp_path):
-    tool = ncu_compare()
+def test_table_reads_raw_pages_and_divides(tool, tmp_path):
     tensor = "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"
     a = raw_page(tmp_path / "a.csv", {tensor: 90.0, "smsp__inst_executed.sum": "46,455,640",
                                       "sm__warps_active.avg.per_cycle_active": "n/a"})
@@ -31,8 +33,7 @@ def test_table_reads_raw_pages_and_divides(tmp_path):
     assert len(lines) == 2 + len(tool.METRICS)
 
 
-def test_table_divides_each_column_by_the_first(tmp_path):
-    tool = ncu_compare()
+def test_table_divides_each_column_by_the_first(tool, tmp_path):
     tensor = "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"
     pages = [raw_page(tmp_path / f"{i}.csv", {tensor: value}) for i, value in enumerate((80.0, 60.0, 40.0))]
     lines = tool.table(pages, ["mategemm_dense", "mategemm", "deepgemm"]).splitlines()
@@ -42,9 +43,8 @@ def test_table_divides_each_column_by_the_first(tmp_path):
     assert "| tensor pipe active (%) | 80 | 60 | 40 | 0.75 | 0.50 |" in lines
 
 
-def test_hot_sums_opcodes_and_ranks_stalled_lines(tmp_path):
+def test_hot_sums_opcodes_and_ranks_stalled_lines(tool, tmp_path):
     """`hot` reads a SASS source page as ncu exports it: a kernel-name line, then the header."""
-    tool = ncu_compare()
     page = tmp_path / "k_sass.csv"
     header = ["Address", "Source", "Warp Stall Sampling (All Samples)", "Warp Stall Sampling (Not-issued Samples)",
               "Instructions Executed"]
@@ -62,15 +62,13 @@ def test_hot_sums_opcodes_and_ranks_stalled_lines(tmp_path):
     assert len(ranked) == 3
 
 
-def test_hot_names_missing_columns(tmp_path):
-    tool = ncu_compare()
+def test_hot_names_missing_columns(tool, tmp_path):
     page = tmp_path / "raw.csv"
     page.write_text('"Address","Source"\n"0x10","NOP"\n')
     assert "no executed/stall-sampling columns" in tool.hot(page)
 
 
-def test_read_raw_skips_ncu_lines_before_the_header(tmp_path):
-    tool = ncu_compare()
+def test_read_raw_skips_ncu_lines_before_the_header(tool, tmp_path):
     page = raw_page(tmp_path / "a.csv", {"smsp__inst_executed.sum": "1,024"})
     page.write_text("==PROF== Connected to process 1\n" + page.read_text())
     assert tool.read_raw(page)["smsp__inst_executed.sum"] == 1024
