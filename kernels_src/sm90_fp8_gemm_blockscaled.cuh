@@ -15,7 +15,8 @@
 //
 // Clusters: with kClusterM = 2 the two CTAs of a cluster take vertically adjacent tiles of one
 // N-block and each loads half of the shared B tile into both (TMA multicast); with kClusterN = 2
-// they take horizontally adjacent tiles of one M-block and share A the same way.
+// they take horizontally adjacent tiles of one M-block and share A the same way. With kSplitK = n > 1
+// the n CTAs of a cluster take the n K slices of one tile and reduce in shared memory (split_k.cuh).
 //
 // Grouped GEMMs (kGroupMode, common/groups.cuh) run on the same core: the M modes stack the
 // groups' weights in B (rows group * n + ...) and their tokens in A; tiles follow the groups'
@@ -28,7 +29,7 @@
 namespace mategemm {
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kScaleGranK, OperandType kTypeA,
-          OperandType kTypeB, OutType kOutType, int kOutSwizzle, int kClusterM, int kClusterN, bool kSplitK,
+          OperandType kTypeB, OutType kOutType, int kOutSwizzle, int kClusterM, int kClusterN, int kSplitK,
           GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales,
           bool kAllowOverlap = true>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M>(), 1) sm90_fp8_gemm_blockscaled(MATEGEMM_GEMM_PARAMS) {

@@ -55,7 +55,7 @@ template <int kTokens, int kMaxGroups_>
 struct StreamWalk {
   static constexpr int BLOCK_M = kTokens, BLOCK_N = kStreamRows;
   static constexpr GroupMode kGroupMode = kGroupOffsets;
-  static constexpr int kMaxGroups = kMaxGroups_, kClusterM = 1, kClusterN = 1;
+  static constexpr int kMaxGroups = kMaxGroups_, kClusterM = 1, kClusterN = 1, kSplitCluster = 1;
 };
 
 template <class L, bool kDecodedTokens, class W>

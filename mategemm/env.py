@@ -27,7 +27,9 @@ KNOBS = (
          "ptxas resource usage; adds -lineinfo.", True),
     Knob("MATEGEMM_FORCE_CONFIG", "", "Override heuristic choices, e.g. "
          "'block_m=128,block_n=160,stages=5,num_mp=66,group_n=8,cluster_m=2' (keys: block_m, block_n, "
-         "stages, num_mp, group_n, cluster_m, cluster_n, num_splits; transpose=1/0: M/N-major FP8 "
+         "stages, num_mp, group_n, cluster_m, cluster_n, num_splits; split_cluster=1/0: a tile's split-K "
+         "work items as one cluster reducing in shared memory / through a global workspace; "
+         "transpose=1/0: M/N-major FP8 "
          "operands transposed in the kernel / copied K-major first; tma_scales=0: A scales (ragged K: both "
          "operands') read by the scale warps, never loaded by TMA; tma_scales=2: A scales loaded by TMA "
          "wherever the kernel can (copied MN-major first where TMA cannot read them); stream=1/0: NVFP4 "

@@ -92,6 +92,9 @@ class GemmConfig:
     cluster_m: int = 1  # CTAs per cluster stacked along M, sharing (multicasting) one B tile
     cluster_n: int = 1  # CTAs per cluster side by side along N, sharing one A tile
     num_splits: int = 1  # split-K: work items per tile, each over a slice of the K blocks
+    # split-K: a tile's work items run as the CTAs of one cluster and reduce in shared memory
+    # instead of through a global workspace
+    split_in_cluster: bool = False
     decoder_wgs: int = 0  # NVFP4: warpgroups that decode beside the producer's warps
     # NVFP4: sm90_nvfp4_stream_gemm (weights decoded into the wgmma's registers, BLOCK_M rows of a
     # group by 128 weight rows per tile) instead of the GEMM core's NVFP4 staging
@@ -104,7 +107,7 @@ class GemmConfig:
 
     @property
     def cluster(self) -> int:
-        return self.cluster_m * self.cluster_n
+        return self.cluster_m * self.cluster_n * (self.num_splits if self.split_in_cluster else 1)
 
     @property
     def num_threads(self) -> int:

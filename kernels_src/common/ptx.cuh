@@ -93,6 +93,21 @@ __device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 cta) {
       : "memory");
 }
 
+// The address in CTA `cta` of the cluster of what `addr` is in this CTA's shared memory.
+__device__ __forceinline__ u32 map_to_cta(u32 addr, u32 cta) {
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(cta));
+  return remote;
+}
+
+// Stores 16 bytes into another CTA's shared memory and completes them on its mbarrier `bar` (both
+// addresses from map_to_cta), as a TMA load completes on the loading CTA's barrier.
+__device__ __forceinline__ void st_async_v4(u32 addr, float x, float y, float z, float w, u32 bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];"
+               ::"r"(addr), "f"(x), "f"(y), "f"(z), "f"(w), "r"(bar)
+               : "memory");
+}
+
 // ---- TMA ----------------------------------------------------------------------------------
 __device__ __forceinline__ void tma_prefetch_desc(const TmaDesc* desc) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(desc) : "memory");

@@ -4,16 +4,17 @@
 // M-block (kClusterN = 2, A tile); CTA rank r of the cluster takes the unit's r-th tile.
 // Units are walked in groups of `group_n` N-units; inside a group the N-unit varies fastest,
 // so CTAs running at the same time share A rows and a narrow band of B columns in L2.
-// Split-K (num_splits > 1, clusters of one): each tile is `num_splits` consecutive work items,
-// one per slice of the K blocks.
+// Split-K (num_splits > 1, no multicast cluster): each tile is `num_splits` consecutive work items,
+// one per slice of the K blocks; with kClusterK = num_splits a cluster takes a tile, rank r its
+// slice r.
 #pragma once
 #include "ptx.cuh"
 
 namespace mategemm {
 
-template <int kClusterM, int kClusterN>
+template <int kClusterM, int kClusterN, int kClusterK = 1>
 struct TileScheduler {
-  static constexpr int kCluster = kClusterM * kClusterN;
+  static constexpr int kCluster = kClusterM * kClusterN * kClusterK;
   int num_m_units;  // the host launches clusters only where the blocks divide into units
   int num_n_units;
   int group_n;
@@ -29,10 +30,11 @@ struct TileScheduler {
   // The next tile and K slice of this CTA; false when there is none.
   __device__ __forceinline__ bool next(int& m_block, int& n_block, int& split) {
     const int item = next_item;
-    if (item >= num_m_units * num_n_units * num_splits) return false;
+    const int items_per_unit = kClusterK > 1 ? 1 : num_splits;
+    if (item >= num_m_units * num_n_units * items_per_unit) return false;
     next_item += gridDim.x / kCluster;
-    const int unit = item / num_splits;
-    split = item - unit * num_splits;
+    const int unit = item / items_per_unit;
+    split = kClusterK > 1 ? rank : item - unit * items_per_unit;
     const int units_per_group = num_m_units * group_n;
     const int group = unit / units_per_group;
     const int first_n = group * group_n;

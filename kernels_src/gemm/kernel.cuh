@@ -34,6 +34,7 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   [[maybe_unused]] bool ahead_staged = false;  // the coming item's B scales are in buffer tile_parity
   [[maybe_unused]] ItemBScales<T> ahead_scales;
   [[maybe_unused]] int consumed = 0;  // stages consumed so far
+  [[maybe_unused]] int split_tiles = 0;  // split-K in a cluster: tiles reduced so far
   Tile t;
   [[maybe_unused]] Tile ahead;
   [[maybe_unused]] bool more = kScalesAhead && scheduler.template next<true>(ahead);
@@ -76,7 +77,9 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
       if constexpr (kScalesAhead) {
         if (ahead_staged) ahead_scales.store(sfb_buffer(tile_parity));
       }
-      if constexpr (T::kSplitK) {
+      if constexpr (T::kSplitCluster > 1) {
+        if (!split_k_reduce_in_cluster<T>(acc, t, smem, split_tiles++)) continue;
+      } else if constexpr (T::kSplitK) {
         if (!split_k_reduce<T>(acc, t, args, smem.split_flag)) continue;
       }
       store_tile<T>(acc, t, args, smem, math_wg, warp, lane, row_ids);
@@ -115,6 +118,10 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
       smem.empty[s].init(T::kEmptyArrivals);
       if constexpr (T::kMnMajor != 0 || T::kNvfp4) smem.staged[s].init(1);
     }
+    if constexpr (T::kSplitCluster > 1) {
+      smem.split_landed.init(1);
+      smem.split_read.init(1);
+    }
     fence_mbar_init();
   }
   const GroupTable table{smem.group_ints, smem.group_ints + T::kMaxGroups, smem.group_ints + 2 * T::kMaxGroups,
@@ -126,8 +133,8 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
                                        args.active_groups);
     }
   }
-  // The peer's multicast loads and arrivals target these barriers: they must exist first.
-  if constexpr (T::kCluster > 1) cluster_sync(); else __syncthreads();
+  // The peers' multicast loads, stores and arrivals target these barriers: they must exist first.
+  if constexpr (T::kCtasPerCluster > 1) cluster_sync(); else __syncthreads();
 
   GemmScheduler<T> scheduler(args, table, num_k_blocks, k_blocks_per_split);
   if (warpgroup == 0) {
@@ -153,8 +160,8 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_dec<T::kProducerRegs>();
     decode_nvfp4_stages<T>(smem, scheduler, 96 + threadIdx.x - (T::kNumMathWG + 1) * 128);
   }
-  // A CTA's barriers must outlive the peer's last arrivals on them.
-  if constexpr (T::kCluster > 1) cluster_sync();
+  // A CTA's barriers must outlive the peers' last arrivals on them.
+  if constexpr (T::kCtasPerCluster > 1) cluster_sync();
 }
 
 // The kernel parameters, as every GEMM kernel takes them (the host's Launch.TYPES); tmap_sfa is

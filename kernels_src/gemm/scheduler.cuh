@@ -49,7 +49,7 @@ struct GemmScheduler {
   static constexpr bool kTwoPasses = T::kGroupMode == kGroupIds && T::BLOCK_M > kIdsSegmentRows;
   static_assert(!kTwoPasses || T::BLOCK_M == 2 * kIdsSegmentRows, "a per_token tile spans at most two segments");
 
-  TileScheduler<T::kClusterM, T::kClusterN> tiles;
+  TileScheduler<T::kClusterM, T::kClusterN, T::kSplitCluster> tiles;
   GroupTable table;
   const int* group_info;
   int num_groups, m, group_stride;

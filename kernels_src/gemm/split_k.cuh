@@ -1,5 +1,8 @@
 // Split-K: every work item of a tile leaves its partial tile in a global workspace; the tile's last
-// one to finish sums all partials in split order (deterministic) and goes on to the epilogue.
+// one to finish sums all partials in split order (deterministic) and goes on to the epilogue. In a
+// cluster (kSplitCluster > 1) rank r computes slice r, ranks 1.. store their partials into slots in
+// rank 0's shared memory, and rank 0 sums them in the same order: the same bits, without the
+// workspace's memory round trips.
 #pragma once
 #include "scheduler.cuh"
 
@@ -57,6 +60,47 @@ __device__ __forceinline__ bool split_k_reduce(float* acc, const Tile& t, const 
     }
   }
   if (tid == 0) args.split_counters[tile] = 0;  // ready for the next launch
+  return true;
+}
+
+// Returns true in rank 0, with the whole sum in acc. `tiles_before`: the tiles this CTA reduced
+// before (the barriers' phase).
+template <class T>
+__device__ __forceinline__ bool split_k_reduce_in_cluster(float* acc, const Tile& t, const GemmSmem<T>& smem,
+                                                          int tiles_before) {
+  constexpr int kSplitBarrier = 1 + T::kNumMathWG;
+  constexpr int kMathThreads = T::kNumMathWG * 128;
+  constexpr u32 kSlotBytes = T::Layout::kSplitSlotBytes;
+  static_assert(kSlotBytes == kMathThreads * T::kAcc * 4, "a slot holds every math thread's accumulators");
+  const int tid = threadIdx.x - 128;
+  const u32 parity = tiles_before & 1;
+  // A thread's accumulators i..i+3 at byte (i / 4 * kMathThreads + tid) * 16 of a slot.
+  auto offset = [&](int i) { return static_cast<u32>((i / 4 * kMathThreads + tid) * 16); };
+  if (t.split != 0) {
+    smem.split_read.wait(parity ^ 1);  // rank 0 has read this CTA's previous partial
+    const u32 slot = map_to_cta(smem.split_slots + (t.split - 1) * kSlotBytes, 0);
+    const u32 landed = map_to_cta(smem.split_landed.addr, 0);
+    #pragma unroll
+    for (int i = 0; i < T::kAcc; i += 4) {
+      st_async_v4(slot + offset(i), acc[i], acc[i + 1], acc[i + 2], acc[i + 3], landed);
+    }
+    return false;
+  }
+  if (tid == 0) smem.split_landed.arrive_expect_tx((T::kSplitCluster - 1) * kSlotBytes);
+  smem.split_landed.wait(parity);
+  #pragma unroll
+  for (int s = 1; s < T::kSplitCluster; ++s) {
+    #pragma unroll
+    for (int i = 0; i < T::kAcc; i += 4) {
+      const uint4 v = ld_shared_v4(smem.split_slots + (s - 1) * kSlotBytes + offset(i));
+      acc[i] += __uint_as_float(v.x);
+      acc[i + 1] += __uint_as_float(v.y);
+      acc[i + 2] += __uint_as_float(v.z);
+      acc[i + 3] += __uint_as_float(v.w);
+    }
+  }
+  named_barrier_sync(kSplitBarrier, kMathThreads);  // every slot read
+  if (tid > 0 && tid < T::kSplitCluster) smem.split_read.arrive_on(tid);
   return true;
 }
 

@@ -40,7 +40,7 @@ struct Nvfp4StageLayout {
 
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kOutElemBytes, int kGroupMode, int kMaxGroups,
           int kMnMajor, bool kNvfp4 = false, int kScaleGranK = 128, bool kTmaScales = false, int kBHalves = 1,
-          bool kNvfp4DecodedA = false, bool kNvfp4DecodedB = false>
+          bool kNvfp4DecodedA = false, bool kNvfp4DecodedB = false, int kSplitCluster = 1>
 struct GemmSmemLayout {
   // The epilogue's staging rows: the whole tile, or with NVFP4 weights decoded beforehand one 64-row
   // wave per math warpgroup, so that 256-row tiles keep a fourth stage (the waves go out in turn).
@@ -90,7 +90,9 @@ struct GemmSmemLayout {
   static constexpr int kOffBarriers = kOffScales + kNumStages * kSfBytes;
   // full and empty per stage; with staging also "staged" (the TMA loads landed)
   static constexpr int kNumBarrierSets = kMnMajor || kNvfp4 ? 3 : 2;
-  static constexpr int kOffSplitFlag = kOffBarriers + kNumBarrierSets * kNumStages * 8;  // split-K: "this CTA reduces"
+  // Split-K, 16 bytes: through the workspace, the flag "this CTA reduces"; in a cluster, two mbarriers
+  // (rank 0's "the other ranks' partials landed", the others' "rank 0 has read them").
+  static constexpr int kOffSplitFlag = kOffBarriers + kNumBarrierSets * kNumStages * 8;
   // Grouped M modes: a byte per tile row, "this row belongs to the tile's group".
   static constexpr int kRowOkBytes = group_rows_checked<kGroupMode>() ? (BLOCK_M + 15) & ~15 : 0;
   static constexpr int kOffRowOk = kOffSplitFlag + 16;
@@ -102,14 +104,18 @@ struct GemmSmemLayout {
   static constexpr int kMaxTileKBlocks = 128;
   static constexpr int kSfbTileFloats = kItemBScales ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
   static constexpr int kOffSfbTiles = kOffGroupTable + kGroupTableInts * kMaxGroups * 4;
+  // Split-K in a cluster: rank 0's slots for the other ranks' fp32 partial tiles (16-byte stores).
+  static constexpr int kSplitSlotBytes = BLOCK_M * BLOCK_N * 4;
+  static constexpr int kOffSplitSlots = kOffSfbTiles + 2 * kSfbTileFloats * 4;
+  static_assert(kSplitCluster == 1 || kOffSplitSlots % 16 == 0, "split-K slots take 16-byte stores");
   // 1024 B of slack: the dynamic shared-memory base is aligned up to 1024 B in the kernel.
-  static constexpr int kTotalBytes = kOffSfbTiles + 2 * kSfbTileFloats * 4 + 1024;
+  static constexpr int kTotalBytes = kOffSplitSlots + (kSplitCluster - 1) * kSplitSlotBytes + 1024;
   static_assert(kOutBytes % 1024 == 0 && kABytes % 1024 == 0 && kBBytes % 1024 == 0,
                 "swizzled tiles must stay 1024-byte aligned");
 };
 
 template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, OperandType kTypeA_, OperandType kTypeB_,
-          OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, bool kSplitK_, GroupMode kGroupMode_,
+          OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, int kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
           int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false, bool kNvfp4DecodedA_ = false,
           bool kAllowOverlap_ = true, bool kNvfp4DecodedB_ = false>
@@ -122,7 +128,11 @@ struct GemmTraits {
   static constexpr OperandType kTypeA = kTypeA_, kTypeB = kTypeB_;
   static constexpr OutType kOutType = kOutType_;
   static constexpr int kOutSwizzle = kOutSwizzle_, kClusterM = kClusterM_, kClusterN = kClusterN_;
-  static constexpr bool kSplitK = kSplitK_;
+  // Split-K (Tile::split, split_k.cuh): 0 none; 1 a tile's work items reduce through a global
+  // workspace; n > 1 its n work items run as the n CTAs of a cluster and reduce in rank 0's shared
+  // memory.
+  static constexpr int kSplitK = kSplitK_;
+  static constexpr int kSplitCluster = kSplitK > 1 ? kSplitK : 1;
   static constexpr GroupMode kGroupMode = kGroupMode_;
   static constexpr int kMaxGroups = kMaxGroups_, kMnMajor = kMnMajor_;
   // NVFP4 operands decoded to bf16 in shared memory (kTypeA = kTypeB = kBF16: the wgmma's types),
@@ -161,7 +171,8 @@ struct GemmTraits {
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup
   static constexpr int kAcc = BLOCK_N / 2;  // fp32 accumulators per thread for m64nBLOCK_N
   static constexpr int kSubTiles = kWaves * kBHalves;  // m64nBLOCK_N accumulators per math thread
-  static constexpr int kCluster = kClusterM * kClusterN;
+  static constexpr int kCluster = kClusterM * kClusterN;  // CTAs sharing a multicast operand
+  static constexpr int kCtasPerCluster = kCluster * kSplitCluster;
   static constexpr bool kOutAdd = kOutType == kOutF32Add;  // fp32 output, added into `out` (3-D outputs)
   static constexpr int kOutElemBytes = out_elem_bytes(kOutType);
   static constexpr bool kRowsChecked = group_rows_checked<kGroupMode>();
@@ -172,7 +183,8 @@ struct GemmTraits {
   // B's rows: grouped M modes stack the groups' (n, k) weights.
   static constexpr bool kGroupedB = kGroupMode != kGroupNone && kGroupMode != kGroupK;
   using Layout = GemmSmemLayout<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kOutElemBytes, kGroupMode, kMaxGroups,
-                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves, kNvfp4DecodedA_, kNvfp4DecodedB_>;
+                                kMnMajor, kNvfp4, kScaleGranK, kTmaScales, kBHalves, kNvfp4DecodedA_, kNvfp4DecodedB_,
+                                kSplitCluster>;
   // NVFP4's staging of a stage: the packed rows and scale chunks of the operands decoded in the kernel
   using Nvfp4Stage = Nvfp4StageLayout<kNvfp4DecodedA_ ? 0 : BLOCK_M, kNvfp4DecodedB_ ? 0 : BLOCK_N>;
   static constexpr bool kItemBScales = Layout::kItemBScales, kBulkStageScales = Layout::kBulkStageScales;
@@ -222,6 +234,7 @@ struct GemmTraits {
                     (kGroupMode != kGroupK || (kOutAdd && (kScaleGranN == 1 || operand_bytes(kTypeA) == 2))),
                 "fp32 output is added into a 3-D output; ragged K adds fp32, with the (1,1,128) recipe or unscaled");
   static_assert(!kSplitK || (kCluster == 1 && kWaves == 1), "split-K is for one-wave tiles without clusters");
+  static_assert(kSplitK >= 0 && kSplitK <= 8, "split-K in a cluster: at most 8 CTAs");
   static_assert(kOutType != kOutE4M3 || ((!kRowsChecked || kGated) && !kNvfp4),
                 "FP8 output: whole tiles stored by TMA (dense or batched), or a gated GEMM's");
   static_assert(!kGated || (BLOCK_N == 128 && kWaves == 1 && kScaleGranN == 128 && kScaleGranK == 128 &&
@@ -339,6 +352,8 @@ struct GemmSmem {
   BarrierRing full, empty;
   BarrierRing staged;  // with MN-major operands: the stage's TMA loads landed
   u32 split_flag;
+  Barrier split_landed, split_read;  // split-K in a cluster (rank 0's, the other ranks')
+  u32 split_slots;
   u32 row_ok;
   int* group_ints;
 
@@ -348,6 +363,7 @@ struct GemmSmem {
         sfb_tiles(smem_addr(smem + T::Layout::kOffSfbTiles)),
         full{smem_addr(smem + T::Layout::kOffBarriers)}, empty{full.base + T::kNumStages * 8},
         staged{empty.base + T::kNumStages * 8}, split_flag(smem_addr(smem + T::Layout::kOffSplitFlag)),
+        split_landed{split_flag}, split_read{split_flag + 8}, split_slots(smem_addr(smem + T::Layout::kOffSplitSlots)),
         row_ok(smem_addr(smem + T::Layout::kOffRowOk)),
         group_ints(reinterpret_cast<int*>(smem + T::Layout::kOffGroupTable)) {}
 };

@@ -83,7 +83,7 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
 
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
                rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0, scale_gran_k: int = 128,
-               tma_scales: bool = False, b_halves: int = 1) -> int:
+               tma_scales: bool = False, b_halves: int = 1, split_cluster: int = 1) -> int:
     """Must match GemmSmemLayout in kernels_src/gemm/traits.cuh.
 
     Grouped GEMMs add a byte per tile row (rows_checked: the grouped M modes) and a table of
@@ -92,7 +92,8 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     (scale_gran_k 32) four sets of per-row and per-column scales per stage; A's scales by TMA
     ((1,128,128) with tma_scales) sa per row and stage, and two buffers of a tile's B scales (with
     per-column B scales the stage's scales are laid out the same either way); a gated GEMM
-    (b_halves 2) a B tile of gate and up rows, each half in a B scale block of its own."""
+    (b_halves 2) a B tile of gate and up rows, each half in a B scale block of its own; split-K in a
+    cluster of split_cluster CTAs a slot for each other CTA's fp32 partial tile."""
     out = block_m * block_n * out_elem_bytes
     two_b_blocks = 128 % block_n != 0 or b_halves == 2
     scale_align = 16
@@ -114,8 +115,10 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
     barriers = (3 if mn_major else 2) * stages * 8
     sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if item_b_scales else 0
-    # 16: the split-K flag
-    return out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sfb_tiles + sm90.SMEM_SLACK
+    split_slots = (split_cluster - 1) * block_m * block_n * 4
+    # 16: the split-K flag (or its cluster's barriers)
+    return (out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sfb_tiles + split_slots
+            + sm90.SMEM_SLACK)
 
 
 def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, **extra) -> int:
@@ -221,9 +224,11 @@ def estimate_ns(problem: GemmProblem, block_m: int, block_n: int, num_mp: int,
 
 
 def split_k_rule(problem: GemmProblem, block_m: int, block_n: int, cluster: tuple[int, int],
-                 num_mp: int) -> tuple[int, int]:
-    """(BLOCK_N, splits) after the one-split pick: decode shapes whose pick is a narrow tile (chosen
-    only to give every SM a tile) run 64-wide tiles split over K instead.
+                 num_mp: int) -> tuple[int, int, bool]:
+    """(BLOCK_N, splits, in a cluster) after the one-split pick: decode shapes whose pick is a narrow
+    tile (chosen only to give every SM a tile) run 32-wide tiles in cluster pairs, one K half each,
+    where those fill at least 3/4 of the SMs, else 64-wide tiles split over K through the workspace
+    (32-wide where 64-wide ones would leave half the SMs idle).
 
     NOTES (H200, 2026-11-28, `tools/bench.py dense_fp8`, TFLOPS one-split pick -> 64-wide split):
     64x2112x7168 141 -> 150 (4 splits), 64x576x7168 40 -> 43 (4), 128x576x7168 80 -> 85 (4),
@@ -231,15 +236,34 @@ def split_k_rule(problem: GemmProblem, block_m: int, block_n: int, cluster: tupl
     (64x4096x7168 249 -> 241, 1x4096x7168 4.1 -> 3.8), so at least 3 are required. Wider picks
     lost with splits (64x7168x16384 420 -> 380, 64x7168x2048 228 -> 169): the reduction (store,
     fence, count, re-read) costs a few us, so each split keeps >= 14 k-blocks and the work items
-    stay within one wave.
+    stay within one wave. Pairs reducing in shared memory (H100, 2026-12-07, compare_configs, us,
+    64x64 with 4 splits through the workspace -> 64x32 pairs): 1x2112x7168 13.82 -> 12.64,
+    64x2112x7168 14.38 -> 13.30; 64-wide pairs lost at 64x4096x7168 (16.98 -> 17.82) and
+    128x2112x7168 gained 1%; fours in a cluster lost everywhere (33 clusters of 4 do not all fit
+    at once). Where 64-wide splits leave half the SMs idle, 32-wide ones (H100, 2026-12-07, us, 64x64
+    with 4 splits -> 64x32 with 4): 1x576x7168 9.76 -> 9.16, 64x576x7168 9.92 -> 9.30 (128x576x7168,
+    72 items of 64-wide tiles, 10.26 -> 10.42 with 32-wide ones).
     """
     if problem.m > 128 or block_n >= 64 or cluster != (1, 1) or not block_n_allowed(64, problem.recipe.gn):
-        return block_n, 1
+        return block_n, 1, False
     k_blocks = problem.k_blocks
-    tiles = math.ceil(problem.m / block_m) * math.ceil(problem.n / 64)
-    fits = [s for s in split_counts(k_blocks) if tiles * s <= num_mp and k_blocks / s >= MIN_K_BLOCKS_PER_SPLIT]
-    splits = max(fits, default=1)
-    return (64, splits) if splits >= MIN_SPLITS else (block_n, 1)
+    m_blocks = math.ceil(problem.m / block_m)
+    pairs = 2 * m_blocks * math.ceil(problem.n / 32)
+    if (4 * pairs >= 3 * num_mp and pairs <= num_mp and 2 in split_counts(k_blocks)
+            and k_blocks / 2 >= MIN_K_BLOCKS_PER_SPLIT and block_n_allowed(32, problem.recipe.gn)):
+        return 32, 2, True
+
+    def most_splits(width: int) -> tuple[int, int]:  # (splits, work items) of width-wide tiles in one wave
+        tiles = m_blocks * math.ceil(problem.n / width)
+        fits = [s for s in split_counts(k_blocks) if tiles * s <= num_mp and k_blocks / s >= MIN_K_BLOCKS_PER_SPLIT]
+        return max(fits, default=1), tiles * max(fits, default=1)
+
+    splits, items = most_splits(64)
+    if 2 * items <= num_mp and block_n_allowed(32, problem.recipe.gn):  # half the SMs idle: narrower tiles
+        splits32, items32 = most_splits(32)
+        if items32 > items:
+            return (32, splits32, False) if splits32 >= MIN_SPLITS else (block_n, 1, False)
+    return (64, splits, False) if splits >= MIN_SPLITS else (block_n, 1, False)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -302,9 +326,14 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
                          f"by 2 and num_mp >= 2; block_m 256 needs block_n <= 128 and cluster_m 1; num_splits > 1 "
                          f"needs block_m <= 128 and no cluster")
     _, block_m, block_n, (cluster_m, cluster_n), num_splits = best
+    in_cluster = False
     if free and "block_n" not in forced and "num_splits" not in forced:
-        block_n, num_splits = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)
-    extra = {"tma_scales": problem.tma_scales, "out_elem_bytes": out_bytes}
+        block_n, num_splits, in_cluster = split_k_rule(problem, block_m, block_n, (cluster_m, cluster_n), num_mp)
+    split_in_cluster = forced_flag(forced, "split_cluster", int(in_cluster))
+    if split_in_cluster and not 2 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: split_cluster=1 needs 2 to {MAX_SPLITS} splits, got {num_splits}")
+    split_cluster = num_splits if split_in_cluster else 1
+    extra = {"tma_scales": problem.tma_scales, "out_elem_bytes": out_bytes, "split_cluster": split_cluster}
     stages = (forced["stages"] if "stages" in forced else
               max_stages(block_m, block_n, gran_n, device.smem_per_block, **extra))
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
@@ -318,9 +347,9 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     group_n = forced.get("group_n", raster_group(num_m_blocks, num_items, num_mp))
     if group_n < 1:
         raise ValueError("MATEGEMM_FORCE_CONFIG: group_n must be >= 1")
-    cluster = cluster_m * cluster_n
+    cluster = cluster_m * cluster_n * split_cluster
     num_mp = min(num_mp - num_mp % cluster, num_items)  # a whole number of clusters (num_items is)
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
                       num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n, out_bytes),
                       smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits,
-                      overlap=forced_flag(forced, "overlap", 1))
+                      split_in_cluster=split_in_cluster, overlap=forced_flag(forced, "overlap", 1))

@@ -32,6 +32,13 @@ def kernel_name(problem: GemmProblem) -> str:
     return KERNEL if problem.recipe.gn > 0 else KERNEL_SCALE_AT_END
 
 
+def split_k_kind(config: GemmConfig) -> int:
+    """The kernel's kSplitK: 0 no split-K, 1 through the global workspace, n in a cluster of n CTAs."""
+    if config.num_splits == 1:
+        return 0
+    return config.num_splits if config.split_in_cluster else 1
+
+
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
@@ -41,7 +48,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
     promotion = (problem.recipe.gn, problem.recipe.gk) if name == KERNEL else ()
-    split_k = ("true" if config.num_splits > 1 else "false",) if name == KERNEL else ()
+    split_k = (split_k_kind(config),) if name == KERNEL else ()
     args = (*tile, *promotion, enum(OPERAND_TYPES[problem.a_dtype]), enum(OPERAND_TYPES[problem.b_dtype]),
             enum(OUT_TYPES[problem.out_dtype]), config.out_swizzle, config.cluster_m, config.cluster_n, *split_k,
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
@@ -146,7 +153,8 @@ class Launch:
         self.signal_blocks_total = group.signal_blocks * problem.num_groups
         # Split-K: (workspace floats, tiles) of its partial tiles and per-tile finish counters.
         num_tiles = -(-problem.m // config.block_m) * -(-problem.n // config.block_n)
-        self._split = (num_tiles * config.num_splits * config.block_m * config.block_n, num_tiles, a.device)
+        self._split = ((num_tiles * config.num_splits * config.block_m * config.block_n, num_tiles, a.device)
+                       if split_k_kind(config) == 1 else None)
         self._split_buffers: dict[int, tuple] = {}
         self.out_swizzle = config.out_swizzle
         self.out_elem = problem.out_elem_bytes
@@ -180,8 +188,8 @@ class Launch:
     def _split_pointers(self, stream: int) -> tuple[int, int]:
         """Split-K's workspace and counters (which the kernel returns to zero) for one stream:
         launches on a stream run in order, so they never share them with a running launch.
-        Without split-K, two null pointers."""
-        if self.tail[-1] == 1:
+        Without split-K, or with split-K in clusters, two null pointers."""
+        if self._split is None:
             return 0, 0
         buffers = self._split_buffers.get(stream)
         if buffers is None:

@@ -155,6 +155,16 @@ SPLIT_CASES = (
     ("block_m=128,block_n=128,num_splits=4", 128, 1040, 2048),
     ("block_m=64,block_n=144,num_splits=5", 100, 2112, 640),
 )
+# The same in clusters (one CTA per K slice, reduced in shared memory): pairs, a cluster of 8 taking
+# every tile in turn, one of 3 over 5 k-blocks, two math warpgroups.
+SPLIT_CLUSTER_CASES = (
+    ("block_m=64,block_n=32,num_splits=2", 1, 2112, 1024),
+    ("block_m=64,block_n=64,num_splits=4", 64, 1000, 7168),
+    ("block_m=64,block_n=16,num_splits=8,num_mp=8", 37, 576, 7168),
+    ("block_m=64,block_n=64,num_splits=3,num_mp=6", 100, 2112, 640),
+    ("block_m=128,block_n=128,num_splits=2", 128, 1040, 2048),
+)
+SPLIT_CASES += tuple((force + ",split_cluster=1", m, n, k) for force, m, n, k in SPLIT_CLUSTER_CASES)
 
 
 @pytest.mark.parametrize("force,m,n,k", SPLIT_CASES)
@@ -185,6 +195,17 @@ def test_split_k(force, m, n, k, recipe, major, monkeypatch):
         out.fill_(float("nan"))
         graph.replay()
         assert torch.equal(out, first)
+
+
+@pytest.mark.parametrize("force,m,n,k", SPLIT_CLUSTER_CASES)
+def test_split_k_in_cluster_matches_workspace(force, m, n, k, monkeypatch):
+    """Both reductions add the partials in split order: the same bits."""
+    a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, (1, 128, 128), "MN")
+    outs = []
+    for where in ("", ",split_cluster=1"):
+        monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force + where)
+        outs.append(mategemm.gemm_fp8_nt_groupwise(a, b, sa, sb, scale_major_mode="MN"))
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_split_k_on_two_streams_at_once(monkeypatch):

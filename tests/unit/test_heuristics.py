@@ -196,6 +196,17 @@ def test_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, gran_n, ou
                       f"{max_groups}, {mn_major}, false, {gran_k}, {str(tma).lower()}", expected)
 
 
+@pytest.mark.parametrize("block_m,block_n,stages,tma,split_cluster", [(64, 32, 8, True, 2), (64, 64, 8, True, 4),
+                                                                      (128, 128, 3, False, 2), (64, 16, 8, False, 8)])
+def test_split_cluster_smem_bytes_match_the_kernel_layout(block_m, block_n, stages, tma, split_cluster):
+    """Split-K in a cluster: rank 0's slots for the other ranks' partial tiles."""
+    expected = fp8_gemm.smem_bytes(block_m, block_n, stages, 128, tma_scales=tma, split_cluster=split_cluster)
+    assert expected == (fp8_gemm.smem_bytes(block_m, block_n, stages, 128, tma_scales=tma)
+                        + (split_cluster - 1) * block_m * block_n * 4)
+    check_smem_layout(f"{block_m}, {block_n}, {stages}, 128, 2, mategemm::kGroupNone, 0, 0, false, 128, "
+                      f"{str(tma).lower()}, 1, false, false, {split_cluster}", expected)
+
+
 @pytest.mark.parametrize("block_m,stages,tma", [(64, 5, False), (128, 4, False), (128, 4, True), (64, 6, True)])
 def test_gated_smem_bytes_match_the_kernel_layout(block_m, stages, tma):
     """The gated GEMM's B tile of gate and up rows (two halves), as its launch sizes it."""
@@ -234,6 +245,42 @@ def test_forced_split_k_is_checked():
         fp8_gemm.choose(problem, H100, 132, "num_splits=4")  # 5 k-blocks: 2 + 2 + 1, one empty
     with pytest.raises(ValueError, match="num_splits"):
         fp8_gemm.choose(problem, H100, 132, "num_splits=2,cluster_n=2")
+
+
+@pytest.mark.parametrize("m,n,k,num_mp,expected", [
+    (64, 2112, 7168, 132, (32, 2, True, 132)),   # 32-wide pairs in clusters fill the SMs
+    (1, 2112, 7168, 132, (32, 2, True, 132)),
+    (64, 2112, 7168, 100, (64, 3, False, 99)),   # pairs would not fit: 64-wide through the workspace
+    (64, 576, 7168, 132, (32, 4, False, 72)),    # 64-wide splits would leave half the SMs idle
+    (128, 576, 7168, 132, (64, 4, False, 72)),
+    (64, 4096, 7168, 132, (32, 1, False, 128)),  # every SM has a tile: no split
+    (64, 2112, 1024, 132, (16, 1, False, 132)),  # too few k-blocks to split
+])
+def test_split_k_rule_at_decode(m, n, k, num_mp, expected):
+    problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16,
+                          tma_scales=True)
+    c = fp8_gemm.choose(problem, H100, num_mp, "")
+    assert (c.block_n, c.num_splits, c.split_in_cluster, c.num_mp) == expected
+
+
+def test_forced_split_k_in_cluster():
+    """A tile's splits as one cluster: whole clusters of CTAs, rank 0's slots in the shared memory,
+    the splits counted as the launch's cluster; never without splits."""
+    problem = GemmProblem(64, 2112, 7168, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                          torch.bfloat16, tma_scales=True)
+    config = fp8_gemm.choose(problem, H100, 132, "block_n=64,num_splits=4,split_cluster=1")
+    assert config.split_in_cluster and config.cluster == 4 and config.num_mp == 132
+    assert config.smem_bytes == fp8_gemm.smem_bytes(64, 64, config.stages, 128, tma_scales=True, split_cluster=4)
+    config = fp8_gemm.choose(problem, H100, 130, "block_n=64,num_splits=4,split_cluster=1")
+    assert config.num_mp == 128
+    workspace = fp8_gemm.choose(problem, H100, 132, "block_n=64,num_splits=4")
+    assert not workspace.split_in_cluster and workspace.cluster == 1
+    with pytest.raises(ValueError, match="split_cluster"):
+        fp8_gemm.choose(problem, H100, 132, "block_n=128,split_cluster=1")
+    with pytest.raises(ValueError, match="split_cluster"):
+        fp8_gemm.choose(problem, H100, 132, "num_splits=1,split_cluster=1")
+    with pytest.raises(ValueError, match="split_cluster must be 0 or 1"):
+        fp8_gemm.choose(problem, H100, 132, "num_splits=2,split_cluster=2")
 
 
 def test_print_configs_logs_each_choice_once(monkeypatch, caplog):

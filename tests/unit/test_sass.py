@@ -40,8 +40,9 @@ def kernel_id(problem: GemmProblem, config) -> str:
     group = "" if problem.group_mode == "none" else f"-{problem.group_mode}{problem.max_groups}"
     mn = f"-mn{problem.mn_major}" if problem.mn_major else ""
     tma = "-tma_scales" if problem.tma_scales else ""
+    split = "" if config.num_splits == 1 else f"-split{config.num_splits}{'c' if config.split_in_cluster else ''}"
     return (f"{kernel_fp8.KERNEL}-{config.block_m}x{config.block_n}x{config.stages}-"
-            f"c{config.cluster_m}x{config.cluster_n}-gn{problem.recipe.gn}-{dtypes}{group}{mn}{tma}")
+            f"c{config.cluster_m}x{config.cluster_n}{split}-gn{problem.recipe.gn}-{dtypes}{group}{mn}{tma}")
 
 
 def params(items):
@@ -145,6 +146,18 @@ def forced_cluster_instances():
     return items
 
 
+def split_cluster_instances():
+    """Split-K in clusters (MATEGEMM_FORCE_CONFIG split_cluster=1): pairs and fours of 64-row tiles,
+    A's scales by TMA or by the scale warps, both recipes; two math warpgroups."""
+    items = []
+    e4m3, bf16 = torch.float8_e4m3fn, torch.bfloat16
+    for recipe, tma in ((RECIPE_1x128_128x128, True), (RECIPE_1x128_128x128, False), (RECIPE_1x128_1x128, False)):
+        problem = GemmProblem(64, 2112, 7168, recipe, e4m3, e4m3, bf16, tma_scales=tma)
+        for force in ("block_n=32,num_splits=2", "block_n=64,num_splits=4", "block_m=128,block_n=128,num_splits=2"):
+            items.append((problem, fp8_gemm.choose(problem, SM90_NO_DEVICE, 132, force + ",split_cluster=1")))
+    return items
+
+
 def fp8_out_instances():
     """FP8 (e4m3) outputs the kernel rounds itself: dense (both recipes, A's scales by TMA or by the
     scale warps, a decode shape with split-K) and batched (the three bmm_fp8 recipes)."""
@@ -225,6 +238,17 @@ def test_forced_cluster_kernel_is_hopper_sass(sass_cache, problem, config):
     check_hopper_sass(sass_cache, problem, config)
 
 
+@pytest.mark.parametrize("problem,config", params(split_cluster_instances()))
+def test_split_cluster_kernel_is_hopper_sass(sass_cache, problem, config):
+    """The partials go to rank 0 by st.async (STAS), 16 bytes a store; no workspace (global stores,
+    the counter's atomic)."""
+    assert config.split_in_cluster
+    check_hopper_sass(sass_cache, problem, config)
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(
+        sass_cache.get(kernel_fp8.spec(problem, config, ARCH)).path / "kernel.cubin")))
+    assert ops["STAS"] == config.block_n // 8 and ops["ATOMG"] == 0 and ops["STG"] == 0, ops
+
+
 @pytest.mark.parametrize("vector_loads", (True, False))
 def test_transpose_kernel_sass(sass_cache, vector_loads):
     """The K-major copy of MN-major FP8 operands: 16-byte global stores, no spills."""
@@ -300,6 +324,7 @@ PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
     # A's scales by TMA, the tile's B scales staged by the math warps
     (128, 128, 5, 128, "", True), (64, 64, 8, 128, "", True), (128, 144, 5, 128, "", True),
     (256, 128, 3, 128, ",cluster_n=2", True), (64, 32, 8, 128, ",num_splits=4", True),
+    (64, 64, 8, 128, ",num_splits=4,split_cluster=1", True),  # split-K reduced in the cluster
 ])
 def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster, tma_scales):
     from mategemm.jit import nvrtc
