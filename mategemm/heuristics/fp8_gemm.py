@@ -336,8 +336,8 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     extra = {"tma_scales": problem.tma_scales, "out_elem_bytes": out_bytes, "split_cluster": split_cluster}
     stages = (forced["stages"] if "stages" in forced else
               max_stages(block_m, block_n, gran_n, device.smem_per_block, **extra))
-    if not sm90.MIN_STAGES <= stages <= sm90.MAX_STAGES:
-        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_STAGES}]")
+    if not sm90.MIN_STAGES <= stages <= sm90.MAX_FORCED_STAGES:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_FORCED_STAGES}]")
     smem = smem_bytes(block_m, block_n, stages, gran_n, **extra)
     if smem > device.smem_per_block:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of {block_m}x{block_n} need {smem} B of shared "

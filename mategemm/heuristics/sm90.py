@@ -18,5 +18,6 @@ MAX_THREADS_PER_BLOCK = 1024
 SMEM_SLACK = 1024        # alignment slack every mategemm kernel reserves
 BLOCK_K_FP8 = 128        # one 128-byte swizzled row; one scale block of K
 MAX_STAGES = 8
+MAX_FORCED_STAGES = 16   # MATEGEMM_FORCE_CONFIG stages for the FP8 GEMM (DeepGEMM's ring at decode)
 MIN_STAGES = 3          # the FP8 GEMM's three scale warps need a ring of at least 3
 MAX_TILE_K_BLOCKS = 128  # K blocks of a tile whose B scales the GEMM stages once (A's scales by TMA)

@@ -12,9 +12,6 @@ Variants (several may be joined with '+'):
   lane0_full    one lane of the scale warp arrives on the full barrier, after __syncwarp
   const_nk      N and K compiled in as constants for dense block-scaled calls (DeepGEMM's compiled_dims
                 "nk"): constant loop bounds and tile counts, one kernel per (N, K)
-  stages16      rings of up to 16 stages (DeepGEMM's cap) instead of 8: more bytes in flight for
-                the narrow decode tiles (64x112 9 stages, 64x64 13, 64x32 16); measured: no gain on our picks,
-                +1.5..3% on DeepGEMM's 64x16 / 64x32 tiles over all of K, still 5-10% behind DeepGEMM's kernel
   clusters_large dense GEMMs of at least 1024 rows and more than one wave run as 2-CTA clusters,
                 DeepGEMM's picks there: 256-row tiles in N-block pairs sharing A (cluster_n 2), 128-row
                 ones in M-block pairs sharing B (4096x2112x7168: 128x192 cluster_m 2). The H200 sweep of
@@ -105,6 +102,10 @@ and the streaming kernel's pair decode in the GEMM core's NVFP4 kernel (nvfp4_pa
 64 tokens per expert 8-11% faster, where the streaming kernel with decoded rows is 2x faster; 256
 and 4096 tokens -5..+4%).
 
+Rings of up to 16 stages (DeepGEMM's cap; stages16) measured no gain on the picks of 2026-12-06
+and +1.5..3% on DeepGEMM's 64x16 / 64x32 tiles; MATEGEMM_FORCE_CONFIG stages now reaches 16 for the
+FP8 GEMM instead.
+
 Waits that sleep (a suspend-time hint on every mbarrier try_wait) and DeepGEMM's M-grouped tile walk
 measured level or 1-2% slower on the core shapes (H200) and left the lab; of the walk, group_n 1
 where one wave holds several M-blocks is the heuristic's now.
@@ -121,7 +122,6 @@ TRAITS = "kernels_src/gemm/traits.cuh"
 STAGING = "kernels_src/gemm/scale_staging.cuh"
 ENTRY = "kernels_src/sm90_fp8_gemm_blockscaled.cuh"
 HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
-SM90 = "mategemm/heuristics/sm90.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
@@ -161,7 +161,6 @@ PATCHES = {
                   "              if name == KERNEL else ()))\n"
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
-    "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
     # the pair decode by one multiply per word: a nibble pair masked, multiplied into two copies each
     # (magnitude bits at 6-8, sign at 15), masked: 2 LOP3 + 1 IMAD + 1 HMUL2 per 2 values
     "decode_mul": [("kernels_src/common/e2m1.cuh",
