@@ -71,6 +71,7 @@ MAX_SPLITS = 8
 MIN_K_BLOCKS_PER_SPLIT = 14
 MIN_SPLITS = 3
 SPLIT_REDUCE_NS = 2000.0
+DECODE_RING_STAGES = 12  # see ring_stages
 
 
 def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
@@ -121,9 +122,10 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
             + sm90.SMEM_SLACK)
 
 
-def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, **extra) -> int:
-    """The most stages that fit; `extra`: smem_bytes' grouped-GEMM arguments."""
-    stages = sm90.MAX_STAGES
+def max_stages(block_m: int, block_n: int, scale_gran_n: int, smem_limit: int, most: int = sm90.MAX_STAGES,
+               **extra) -> int:
+    """The most stages (up to `most`) that fit; `extra`: smem_bytes' grouped-GEMM arguments."""
+    stages = most
     while stages > sm90.MIN_STAGES and smem_bytes(block_m, block_n, stages, scale_gran_n, **extra) > smem_limit:
         stages -= 1
     return stages
@@ -266,6 +268,21 @@ def split_k_rule(problem: GemmProblem, block_m: int, block_n: int, cluster: tupl
     return (64, splits, False) if splits >= MIN_SPLITS else (block_n, 1, False)
 
 
+def ring_stages(problem: GemmProblem, block_m: int, num_splits: int) -> int:
+    """The most stages the ring may take: DECODE_RING_STAGES for 64-row tiles of 64-128 rows whose
+    work items stream 24-64 k-blocks, else sm90.MAX_STAGES.
+
+    NOTES (H100, 2026-12-07, compare_configs, us, 8 stages -> 12): 64x2112x7168 13.23 -> 12.93,
+    128x2112x7168 14.41 -> 14.21, 64x4096x7168 16.86 -> 16.26, 128x4096x7168 17.70 -> 16.95 (16: no
+    better); but 1x2112x7168 12.43 -> 12.75, 1x4096x7168 17.60 -> 17.90, 64x7168x16384 (128 k-blocks)
+    44.70 -> 46.05, 64x7168x2048 (16) 10.98 -> 11.09, 64x576x7168 (4 splits of 14) level.
+    """
+    k_blocks = math.ceil(problem.k_blocks / num_splits)
+    if block_m == 64 and 64 <= problem.m <= 128 and 24 <= k_blocks <= 64:
+        return DECODE_RING_STAGES
+    return sm90.MAX_STAGES
+
+
 @functools.lru_cache(maxsize=4096)
 def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "") -> GemmConfig:
     """Pick BLOCK_M, BLOCK_N, cluster, stages, SM count and raster group for `problem` on `device`."""
@@ -335,7 +352,8 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     split_cluster = num_splits if split_in_cluster else 1
     extra = {"tma_scales": problem.tma_scales, "out_elem_bytes": out_bytes, "split_cluster": split_cluster}
     stages = (forced["stages"] if "stages" in forced else
-              max_stages(block_m, block_n, gran_n, device.smem_per_block, **extra))
+              max_stages(block_m, block_n, gran_n, device.smem_per_block,
+                         ring_stages(problem, block_m, num_splits), **extra))
     if not sm90.MIN_STAGES <= stages <= sm90.MAX_FORCED_STAGES:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stages must be in [{sm90.MIN_STAGES}, {sm90.MAX_FORCED_STAGES}]")
     smem = smem_bytes(block_m, block_n, stages, gran_n, **extra)

@@ -36,13 +36,13 @@ def test_dense_configs_are_legal(recipe, num_mp):
         num_tiles = math.ceil(m / c.block_m) * math.ceil(n / c.block_n)
         assert num_tiles >= 1, where
         assert 1 <= c.num_mp <= min(num_mp, num_tiles * c.num_splits), where
-        assert c.num_mp % (c.cluster_m * c.cluster_n) == 0, where
+        assert c.num_mp % c.cluster == 0, where
         assert c.num_splits in fp8_gemm.split_counts(k // 128), where
         assert c.num_splits == 1 or (m <= 128 and c.cluster_m * c.cluster_n == 1), where
         assert c.block_m in fp8_gemm.BLOCK_MS, where
         assert fp8_gemm.block_n_allowed(c.block_n, recipe.gn), where
         assert c.block_k == sm90.BLOCK_K_FP8 == 128, where
-        assert sm90.MIN_STAGES <= c.stages <= sm90.MAX_STAGES, where
+        assert sm90.MIN_STAGES <= c.stages <= fp8_gemm.ring_stages(p, c.block_m, c.num_splits), where
         tiles_bytes = c.block_m * c.block_n * 2 + c.stages * (c.block_m + c.block_n) * c.block_k
         assert tiles_bytes < c.smem_bytes <= SMEM_LIMIT, where
         assert (c.block_n * 2) % c.out_swizzle == 0 and c.out_swizzle in (32, 64, 128), where
@@ -261,6 +261,18 @@ def test_split_k_rule_at_decode(m, n, k, num_mp, expected):
                           tma_scales=True)
     c = fp8_gemm.choose(problem, H100, num_mp, "")
     assert (c.block_n, c.num_splits, c.split_in_cluster, c.num_mp) == expected
+
+
+@pytest.mark.parametrize("m,n,k,stages", [(64, 2112, 7168, 12), (128, 4096, 7168, 12), (1, 2112, 7168, 8),
+                                           (64, 7168, 16384, 8), (64, 7168, 2048, 8), (64, 576, 7168, 8),
+                                           (4096, 4096, 7168, 3)])
+def test_decode_rings_deepen_where_measured_faster(m, n, k, stages):
+    """12 stages for 64-128 rows of 64-row tiles streaming 24-64 k-blocks a work item."""
+    problem = GemmProblem(m, n, k, RECIPE_1x128_128x128, torch.float8_e4m3fn, torch.float8_e4m3fn, torch.bfloat16,
+                          tma_scales=True)
+    config = fp8_gemm.choose(problem, H100, 132, "")
+    assert config.stages == stages
+    assert config.smem_bytes <= H100.smem_per_block
 
 
 def test_forced_split_k_in_cluster():
