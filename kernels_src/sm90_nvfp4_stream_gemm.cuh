@@ -162,13 +162,16 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
         packed[r][1] = ld_shared_v4(at + ((2 * q + 1) ^ swizzle) * 16);
         scales[r] = ld_shared_u32(base + L::kOffWeightScales + scale_offset[r]);
       }
+      // the 8 scale factors, [row, row + 8][batches 0-1, 2-3]: batch b's is half b % 2 of word b / 2
+      const u32 factors[2][2] = {{e2m1_pair_factors(scales[0], 0), e2m1_pair_factors(scales[0], 1)},
+                                 {e2m1_pair_factors(scales[1], 0), e2m1_pair_factors(scales[1], 1)}};
       const u64 desc_stage = desc0 + static_cast<u64>(stage * L::kStageBytes / 16);
       // Four batches of 16 values per row (one scale each), each 4 wgmma; a batch's decode overlaps
       // the previous batch's wgmma, whose registers are free again after the wait.
       #pragma unroll
       for (int b = 0; b < 4; ++b) {
-        const u32 factor0 = e2m1_pair_factor((scales[0] >> (8 * b)) & 0xFF);
-        const u32 factor1 = e2m1_pair_factor((scales[1] >> (8 * b)) & 0xFF);
+        const u32 factor0 = bf16_broadcast(factors[0][b / 2], b % 2);
+        const u32 factor1 = bf16_broadcast(factors[1][b / 2], b % 2);
         const uint4& v0 = packed[0][b / 2];
         const uint4& v1 = packed[1][b / 2];
         u32 lo[2][4], hi[2][4];  // [word c][nibble pair] of row and row + 8

@@ -162,49 +162,6 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
-    # the pair decode by one multiply per word: a nibble pair masked, multiplied into two copies each
-    # (magnitude bits at 6-8, sign at 15), masked: 2 LOP3 + 1 IMAD + 1 HMUL2 per 2 values
-    "decode_mul": [("kernels_src/common/e2m1.cuh",
-                    "  const u32 magnitudes[4] = {packed << 6, packed << 2, high << 6, high << 2};\n"
-                    "  const u32 signs[4] = {packed << 12, packed << 8, packed << 4, packed};\n"
-                    "  #pragma unroll\n"
-                    "  for (int m = 0; m < 4; ++m) {\n"
-                    "    out[m] = mul_bf16x2((magnitudes[m] & 0x01C001C0u) | (signs[m] & 0x80008000u), factor);\n"
-                    "  }\n",
-                    "  #pragma unroll\n"
-                    "  for (int m = 0; m < 4; ++m) {\n"
-                    "    const u32 shift = 4 * (m % 2);  // the pair's nibbles at bits shift and shift + 16 of their source\n"
-                    "    const u32 nibbles = (m < 2 ? packed : high) & (0x000F000Fu << shift);\n"
-                    "    u32 placed;  // two copies of each nibble, at bits 6 and 12 (22 and 28): no carries between them\n"
-                    "    asm(\"mul.lo.u32 %0, %1, %2;\" : \"=r\"(placed) : \"r\"(nibbles), \"r\"((1u << (6 - shift)) + (1u << (12 - shift))));\n"
-                    "    out[m] = mul_bf16x2(placed & 0x81C081C0u, factor);\n"
-                    "  }\n")],
-    # the streaming kernel's 8 scale factors a stage two at a time: bytes b and b + 1 of a row's scales
-    # spread to the halves of one word by a PRMT, one shift, the two exact multiplies; each batch
-    # multiplies by one half broadcast (HMUL2's half-select operand)
-    "factor_pairs": [("kernels_src/common/e2m1.cuh", "// 8 e2m1 values (nibble i = value i, sign in its bit 3) times their block's factor",
-                      "// Two e4m3 block scales as factors (as e2m1_pair_factor): scale byte 2p of `scales` in the low\n"
-                      "// half, byte 2p + 1 in the high half.\n"
-                      "__device__ __forceinline__ u32 e2m1_pair_factors(u32 scales, int p) {\n"
-                      "  const u32 spread = prmt(scales & 0x7F7F7F7Fu, 0u, p ? 0x4342u : 0x4140u) << 4;\n"
-                      "  return mul_bf16x2(mul_bf16x2(spread, 0x7B007B00u), 0x7B007B00u);\n"
-                      "}\n\n"
-                      "// Half `h` of a bf16x2 word in both halves.\n"
-                      "__device__ __forceinline__ u32 bf16_broadcast(u32 two, int h) {\n"
-                      "  u32 r;\n"
-                      "  if (h) asm(\"{.reg .b16 l, u; mov.b32 {l, u}, %1; mov.b32 %0, {u, u};}\" : \"=r\"(r) : \"r\"(two));\n"
-                      "  else asm(\"{.reg .b16 l, u; mov.b32 {l, u}, %1; mov.b32 %0, {l, l};}\" : \"=r\"(r) : \"r\"(two));\n"
-                      "  return r;\n"
-                      "}\n\n"
-                      "// 8 e2m1 values (nibble i = value i, sign in its bit 3) times their block's factor"),
-                     (STREAM, "      const u64 desc_stage = desc0",
-                      "      const u32 factors[2][2] = {{e2m1_pair_factors(scales[0], 0), e2m1_pair_factors(scales[0], 1)},\n"
-                      "                                 {e2m1_pair_factors(scales[1], 0), e2m1_pair_factors(scales[1], 1)}};\n"
-                      "      const u64 desc_stage = desc0"),
-                     (STREAM, "        const u32 factor0 = e2m1_pair_factor((scales[0] >> (8 * b)) & 0xFF);\n"
-                              "        const u32 factor1 = e2m1_pair_factor((scales[1] >> (8 * b)) & 0xFF);\n",
-                      "        const u32 factor0 = bf16_broadcast(factors[0][b / 2], b % 2);\n"
-                      "        const u32 factor1 = bf16_broadcast(factors[1][b / 2], b % 2);\n")],
     # Two CTAs of the streaming NVFP4 kernel per SM (at most 80 registers a thread, half the shared
     # memory each): twice the warps to hide a stage's load-decode-wgmma chain
     "stream_two_ctas": [(STREAM, "__launch_bounds__(384, 1)\n    sm90_nvfp4_stream_gemm",
