@@ -71,7 +71,8 @@ Variants (several may be joined with '+'):
                 producer is one warp, so each thread keeps up to 96 registers (no spill at 8 and 16
                 rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their
                 wgmma). H100 (one run, time against base): -5..-1% at 1 token, -3..+2% at 16, +7..+12%
-                at 32 and 64
+                at 32 and 64. The diff now sits on the decode cuts and kCtasPerSm (2 at every tile);
+                not timed there
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -125,8 +126,6 @@ SM90 = "mategemm/heuristics/sm90.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
-STREAM = "kernels_src/sm90_nvfp4_stream_gemm.cuh"
-NVFP4_HEURISTIC = "mategemm/heuristics/nvfp4.py"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -162,14 +161,6 @@ PATCHES = {
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
     "stages16": [(SM90, "MAX_STAGES = 8\n", "MAX_STAGES = 16\n")],
-    # Two CTAs of the streaming NVFP4 kernel per SM (at most 80 registers a thread, half the shared
-    # memory each): twice the warps to hide a stage's load-decode-wgmma chain
-    "stream_two_ctas": [(STREAM, "__launch_bounds__(384, 1)\n    sm90_nvfp4_stream_gemm",
-                         "__launch_bounds__(384, 2)\n    sm90_nvfp4_stream_gemm"),
-                        (NVFP4_HEURISTIC, "stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > device.smem_per_block:",
-                         "stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > 115712:"),
-                        (NVFP4_HEURISTIC, "    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)\n",
-                         "    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, 2 * num_mp)\n")],
     # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
     "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
                               "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"
