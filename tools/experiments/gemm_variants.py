@@ -50,21 +50,6 @@ Variants (several may be joined with '+'):
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
                 (measured before the grouped walks stopped depending on data; NVFP4's still does)
-  decode_mul    the streaming NVFP4 kernel's pair decode with one multiply per word: a nibble pair
-                masked, multiplied by 2^6 + 2^12 (shifted for odd pairs) into two copies of each
-                nibble that cannot carry into each other, masked to the magnitude bits 6-8 and the
-                sign bit 15: 2 LOP3, 1 IMAD, 1 HMUL2 per 2 values. SASS (NVRTC 12): the math warps'
-                stage 438 -> 406 instructions at 8 rows, 436 -> 404 at 16; no spills. Not yet timed
-  factor_pairs  the streaming kernel's 8 scale factors a stage computed two at a time (bytes b and
-                b + 1 of a row's scales spread into one word's halves by a PRMT, one shift, the two
-                exact multiplies), each batch multiplying by one half broadcast, which ptxas folds
-                into HMUL2's half-select operand. SASS: 438 -> 418 a stage; with decode_mul
-                (decode_mul+factor_pairs) 438 -> 386 at 8 rows, 436 -> 384 at 16. Not yet timed
-  stream_two_ctas two CTAs of the streaming NVFP4 kernel per SM (launch bounds (384, 2): 80 registers,
-                a few per-tile spills at 8 and 32 rows; stages fit in 113 KB; twice the SMs in the
-                launch): twice the warps to hide a stage's load-decode-wgmma chain. H100 (one run,
-                time against base): -7..-3% at 16 tokens per expert, -3..+3% at 1, up to +10% at 32
-                and 64; the H100 is memory-capped at 1-4 tokens, so the H200 has to rank it there
   stream_math_decode (patches/stream_math_decode.diff) the streaming NVFP4 kernel at two CTAs of 288
                 threads per SM: the math warpgroups decode the group's rows themselves (one 8-value
                 word per thread and stage at 8 rows, then a 256-thread named barrier) and the
@@ -86,10 +71,14 @@ decode -1%), the scratch accumulator overlap with per-column B scales (ragged K;
 default there, MATEGEMM_FORCE_CONFIG overlap=1: the H100 up to 12% faster without), the grouped tile
 walks that depend on no data (gemm/scheduler.cuh), per_token's second pass inside the work item
 with the row ids loaded when a tile starts, 16-bit outputs staged by stmatrix (+1.3..3.3% at
-K <= 2048 on the H100), and NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
-beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs), and
+K <= 2048 on the H100), NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
+beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs),
 the epilogue of the 256x128 NVFP4 GEMM on weights decoded beforehand staged one 64-row wave per
-math warpgroup, for a fourth stage (decoded_out_one_wave: H100, 4096 tokens per expert 4-7% faster).
+math warpgroup, for a fourth stage (decoded_out_one_wave: H100, 4096 tokens per expert 4-7% faster),
+and the streaming NVFP4 kernel's pair decode by one multiply per word and its scale factors two at a
+time (decode_mul, factor_pairs) and two CTAs per SM up to 16 rows (stream_two_ctas): H100, 16 tokens
+per expert, time -3..-5% for the two cuts, -6..-9% all three; at 1 and 4 tokens (memory-bound on the
+H100) -4..+2%; at 64 tokens two CTAs +6..+9%, so one CTA from 32 rows.
 Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
 the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
 rows copied by all four producer warps (gather_4warps: as slow as one warp's copies), the tile
