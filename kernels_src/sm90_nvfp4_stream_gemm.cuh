@@ -13,7 +13,8 @@
 // sits in chunk j's slot 8h + 2q + e, and the B tile puts it there too: one permutation of K for
 // both operands leaves the sum unchanged. kDecodedTokens: the group's rows come decoded beforehand
 // (sm90_nvfp4_dequant_a in stream order, a bf16 tensor in this B order) and TMA lands the B tile
-// itself; warps 1-3 idle.
+// itself; warps 1-3 idle. kCtasPerSm: the CTAs an SM holds at once (the launch bounds); at 2 a
+// thread keeps at most 80 registers and the ring fits half the SM's shared memory.
 #pragma once
 #include "common/e2m1.cuh"
 #include "common/epilogue.cuh"
@@ -130,15 +131,15 @@ __device__ __forceinline__ void stream_decode_tokens(u8* smem, BarrierRing full,
 }
 
 // Math warpgroup `wg`: weight rows row and row + 8 of the tile (row = wg * 64 + warp * 16 + lane / 4).
-template <class L, int kTokens, OutType kOutType, bool kDecodedTokens, class W>
+template <class L, int kTokens, int kCtasPerSm, OutType kOutType, bool kDecodedTokens, class W>
 __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, BarrierRing decoded, BarrierRing empty,
                                                GemmScheduler<W>& walk, int wg, const float* expert_scales, int n,
                                                void* out_ptr, int out_ld) {
   const u32 lane = threadIdx.x % 32, q = lane % 4;
   const u32 row = wg * 64 + (threadIdx.x / 32) % 4 * 16 + lane / 4;
   const u32 swizzle = lane / 4;  // row % 8: the 128-byte swizzle's chunk mask for both rows
-  const u32 scale_offset[2] = {q * 512 + nvfp4_scale_offset<true>(row),
-                               q * 512 + nvfp4_scale_offset<true>(row + 8)};
+  // row + 8 stays in row's 32-row block (row % 16 < 8): its scales lie 8 x 16 bytes further
+  const u32 scale_offset = q * 512 + nvfp4_scale_offset<true>(row);
   const u64 desc0 = smem_desc_k128_sw128(smem + L::kOffTokenTile);
   float acc[kTokens / 2];
   PipelineState<L::kNumStages> pipe;
@@ -160,15 +161,22 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
         const u32 at = base + L::kOffWeights + (row + 8 * r) * kStreamRowBytes;
         packed[r][0] = ld_shared_v4(at + ((2 * q) ^ swizzle) * 16);
         packed[r][1] = ld_shared_v4(at + ((2 * q + 1) ^ swizzle) * 16);
-        scales[r] = ld_shared_u32(base + L::kOffWeightScales + scale_offset[r]);
+        scales[r] = ld_shared_u32(base + L::kOffWeightScales + scale_offset + r * 8 * 16);
       }
+      // the 8 scale factors, [row, row + 8][batches 0-1, 2-3]: batch b's is half b % 2 of word b / 2
+      const u32 factors[2][2] = {{e2m1_pair_factors(scales[0], 0), e2m1_pair_factors(scales[0], 1)},
+                                 {e2m1_pair_factors(scales[1], 0), e2m1_pair_factors(scales[1], 1)}};
       const u64 desc_stage = desc0 + static_cast<u64>(stage * L::kStageBytes / 16);
       // Four batches of 16 values per row (one scale each), each 4 wgmma; a batch's decode overlaps
       // the previous batch's wgmma, whose registers are free again after the wait.
+      // NOTES: 64x8 wgmma at 80 registers (two CTAs per SM) with a batch in flight over the next
+      // one's decode: ptxas (NVRTC 13.5) serialises every wgmma (C7512, a wait after each); waiting
+      // for each batch before the next decode keeps its 4 wgmma back to back, in 71 registers.
+      constexpr int kPendingBatches = kTokens == 8 && kCtasPerSm > 1 ? 0 : 1;
       #pragma unroll
       for (int b = 0; b < 4; ++b) {
-        const u32 factor0 = e2m1_pair_factor((scales[0] >> (8 * b)) & 0xFF);
-        const u32 factor1 = e2m1_pair_factor((scales[1] >> (8 * b)) & 0xFF);
+        const u32 factor0 = bf16_broadcast(factors[0][b / 2], b % 2);
+        const u32 factor1 = bf16_broadcast(factors[1][b / 2], b % 2);
         const uint4& v0 = packed[0][b / 2];
         const uint4& v1 = packed[1][b / 2];
         u32 lo[2][4], hi[2][4];  // [word c][nibble pair] of row and row + 8
@@ -185,7 +193,7 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
           WgmmaRegA<kTokens>::mma(acc, a, desc_stage + (j / 4) * (L::kTokenSlabBytes / 16) + (j % 4) * 2, 1);
         }
         wgmma_commit();
-        wgmma_wait<1>();
+        wgmma_wait<kPendingBatches>();
         if (b == 0 && previous >= 0) empty[previous].arrive();  // its last batch completed
       }
       previous = stage;
@@ -218,8 +226,9 @@ __device__ __forceinline__ void stream_consume(u8* smem, BarrierRing full, Barri
   }
 }
 
-template <int kTokens, int kNumStages, OutType kOutType, int kMaxGroups, bool kDecodedTokens = false>
-__global__ void __launch_bounds__(384, 1)
+template <int kTokens, int kNumStages, int kCtasPerSm, OutType kOutType, int kMaxGroups,
+          bool kDecodedTokens = false>
+__global__ void __launch_bounds__(384, kCtasPerSm)
     sm90_nvfp4_stream_gemm(const __grid_constant__ TmaDesc tmap_a, const __grid_constant__ TmaDesc tmap_b,
                            const __grid_constant__ TmaDesc tmap_sfa, const __grid_constant__ TmaDesc tmap_sfb,
                            const float* __restrict__ expert_scales, const int* __restrict__ group_offsets,
@@ -274,8 +283,9 @@ __global__ void __launch_bounds__(384, 1)
       stream_decode_tokens<L, kTokens>(smem, full, decoded, walk, threadIdx.x - 32);
     }
   } else {
-    stream_consume<L, kTokens, kOutType, kDecodedTokens>(smem, full, decoded, empty, walk, warpgroup - 1,
-                                                         expert_scales, n, out_ptr, out_ld);
+    stream_consume<L, kTokens, kCtasPerSm, kOutType, kDecodedTokens>(smem, full, decoded, empty, walk,
+                                                                     warpgroup - 1, expert_scales, n, out_ptr,
+                                                                     out_ld);
   }
 }
 

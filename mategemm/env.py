@@ -36,6 +36,7 @@ KNOBS = (
          "by the streaming kernel (weights decoded into the wgmma registers; block_m 8/16/32; default up "
          "to 32 rows per group) / by the GEMM core's; decoders=0/1/2: the latter with 0, 4 or 8 more "
          "decoding warps (default: 8 at BLOCK_M 128; at BLOCK_M 64 8 up to 16 rows per group, else 4); "
+         "ctas_per_sm=1/2: the streaming NVFP4 kernel's CTAs per SM (default 2 up to 16 rows per tile); "
          "quant_first=1/0: "
          "fused_moe quantises a bf16 input once per token, then gathers the pairs' FP8 rows / pair by "
          "pair; gated_gemm=1/0: fused_moe's first GEMM applies the gated activation and quantises in its "

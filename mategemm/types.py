@@ -101,6 +101,7 @@ class GemmConfig:
     nvfp4_stream: bool = False
     decoded_a: bool = False  # NVFP4: A's rows decoded to bf16 beforehand, loaded by TMA
     decoded_b: bool = False  # NVFP4 (with decoded_a): the groups' weights too, in group order
+    ctas_per_sm: int = 1  # NVFP4 streaming kernel: CTAs an SM holds at once (its launch bounds)
     # the promoting kernel's second scratch accumulator where the tile allows it (its wgmma overlap
     # the promotion); False: issue, wait, promote
     overlap: bool = True

@@ -59,9 +59,9 @@ __device__ __forceinline__ void decode_e2m1x8(u32 packed, const E2m1Table& table
 }
 
 // The streaming kernel's decode: one bf16 multiply per 2 values instead of table lookups, the
-// shifts free to go to the FMA pipe, so that the ALU pipe (PRMT, LOP3, SHF) stops setting its pace.
-// A pair-decoded value is value x scale x 2^-8 (kE2m1PairScale): both operands decoded this way give
-// products 2^-16 of the true ones, exact, taken back in the epilogue.
+// nibbles placed by an integer multiply (FMA pipe), so that the ALU pipe (PRMT, LOP3, SHF) does not
+// set its pace. A pair-decoded value is value x scale x 2^-8 (kE2m1PairScale): both operands decoded
+// this way give products 2^-16 of the true ones, exact, taken back in the epilogue.
 constexpr float kE2m1PairScale = 1.0f / 256.0f;
 
 // One e4m3 block scale as the bf16 factor of decode_e2m1_pairs in both halves: scale x 2^118.
@@ -72,20 +72,42 @@ __device__ __forceinline__ u32 e2m1_pair_factor(u32 scale_byte) {
   return mul_bf16x2(mul_bf16x2(scaled, 0x7B007B00u), 0x7B007B00u);
 }
 
+// Two of e2m1_pair_factor's factors at once: scale byte 2p of `scales` in the low half, byte 2p + 1
+// in the high half (one PRMT and one shift spread both bytes, the two multiplies serve both).
+__device__ __forceinline__ u32 e2m1_pair_factors(u32 scales, int p) {
+  const u32 scaled = prmt(scales & 0x7F7F7F7Fu, 0u, p ? 0x4342u : 0x4140u) << 4;
+  return mul_bf16x2(mul_bf16x2(scaled, 0x7B007B00u), 0x7B007B00u);
+}
+
+// Half `h` of a bf16x2 word in both halves. NOTES: as a multiply's operand ptxas folds it into
+// HMUL2's half select (.H0_H0 / .H1_H1): no instruction of its own.
+__device__ __forceinline__ u32 bf16_broadcast(u32 two, int h) {
+  u32 r;
+  if (h) {
+    asm("{.reg .b16 l, u; mov.b32 {l, u}, %1; mov.b32 %0, {u, u};}" : "=r"(r) : "r"(two));
+  } else {
+    asm("{.reg .b16 l, u; mov.b32 {l, u}, %1; mov.b32 %0, {l, l};}" : "=r"(r) : "r"(two));
+  }
+  return r;
+}
+
 // 8 e2m1 values (nibble i = value i, sign in its bit 3) times their block's factor -> 4 words of 2
 // bf16: word m holds value m (low half) and value m + 4 (high half), each value x scale x 2^-8.
 // NOTES: a nibble's sign at bit 15 and its 3 magnitude bits at bits 6-8 make a bf16 of the value x
 // 2^-126 (codes 0 and 1 as denormals), so one multiply by the factor gives the product exactly (at
-// most 5 significant bits, between 2^-18 and 2^4). Nibbles m and m + 4 lie 16 bits apart: one shift
-// places both halves' magnitudes, another both signs. Per 8 values: 1 SHF and 8 LOP3 (ALU pipe), 7
-// shifts left that ptxas may give the FMA pipe as IMAD, 4 HMUL2.
+// most 5 significant bits, between 2^-18 and 2^4). Nibbles m and m + 4 lie 16 bits apart, at bits s
+// and s + 16 (s = 0 or 4) of `packed` or `packed >> 8`: masked, one multiply by 2^(6-s) + 2^(12-s)
+// places two copies of each, at bits 6-9 and 12-15 (22-25 and 28-31), which cannot carry into each
+// other; one mask keeps the magnitude from the first copy and the sign from the second. Per 8
+// values: 1 SHF, 8 LOP3, 4 IMAD, 4 HMUL2.
 __device__ __forceinline__ void decode_e2m1_pairs(u32 packed, u32 factor, u32* out) {
   const u32 high = packed >> 8;  // nibbles 2, 3, 6, 7 where nibbles 0, 1, 4, 5 were
-  const u32 magnitudes[4] = {packed << 6, packed << 2, high << 6, high << 2};
-  const u32 signs[4] = {packed << 12, packed << 8, packed << 4, packed};
   #pragma unroll
   for (int m = 0; m < 4; ++m) {
-    out[m] = mul_bf16x2((magnitudes[m] & 0x01C001C0u) | (signs[m] & 0x80008000u), factor);
+    const u32 s = 4 * (m % 2);
+    const u32 nibbles = (m < 2 ? packed : high) & (0x000F000Fu << s);
+    const u32 placed = nibbles * ((1u << (6 - s)) + (1u << (12 - s)));
+    out[m] = mul_bf16x2(placed & 0x81C081C0u, factor);
   }
 }
 

@@ -50,7 +50,8 @@ DECODER_WGS_64 = 1
 DECODER_WGS_128 = 2
 DECODER_WGS_FEW_ROWS, FEW_ROWS = 2, 16
 MAX_DECODER_WGS = 2
-FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "stream", "decoded_a", "decoded_b")
+FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "decoders", "stream", "decoded_a", "decoded_b",
+              "ctas_per_sm")
 
 # The streaming kernel (sm90_nvfp4_stream_gemm): tiles of 128 weight rows by STREAM_TOKENS rows of a
 # group (the wgmma's N); a stage is 256 values of K: the weights' packed rows (128 bytes), the bf16 B
@@ -73,6 +74,14 @@ STREAM_SCALE_BYTES = 2048
 # on DeepSeek-V3's, 12-14% slower on Qwen3-30B's (0.038 against 0.034 ms): only the 64-row tile.
 STREAM_ROWS = 64
 STREAM_DECODED_TOKENS = 64
+# Up to STREAM_TWO_CTAS_TOKENS rows per tile two CTAs per SM (launch bounds (384, 2): at most 80
+# registers a thread, each CTA's stages in half the SM's shared memory, a launch of twice as many CTAs
+# as SMs): twice the warps to hide a stage's load-decode-wgmma chain. NOTES (H100, 32 experts,
+# time against one CTA without the decode cuts): at 16 tokens per expert the decode cuts -3..-5%,
+# with two CTAs -6..-9%; at 1 and 4 tokens (memory-bound on the H100) -4..+2%; at 64 tokens two CTAs
+# +6..+9%: one CTA from 32 rows.
+STREAM_TWO_CTAS_TOKENS = 16
+STREAM_CTAS_PER_SM = (1, 2)
 
 # At BLOCK_M 128 A's rows are decoded to bf16 once per call (sm90_nvfp4_dequant_a, into a new (m, k)
 # bf16 tensor) and loaded by TMA: the decoding warps then decode B alone instead of A again for every
@@ -137,7 +146,8 @@ def stream_smem_bytes(tokens: int, stages: int, max_groups: int, decoded_tokens:
 
 def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_mp: int,
                   forced: dict) -> GemmConfig:
-    """The streaming kernel's tile (the fewest rows of STREAM_TOKENS holding a group's), stages and SMs."""
+    """The streaming kernel's tile (the fewest rows of STREAM_TOKENS holding a group's), CTAs per SM,
+    stages and CTAs of the launch."""
     tokens = forced.get("block_m", next((t for t in STREAM_TOKENS if t >= rows_per_group), STREAM_TOKENS[-1]))
     if tokens not in STREAM_TOKENS:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: block_m must be one of {STREAM_TOKENS} with stream=1, got {tokens}")
@@ -146,18 +156,26 @@ def choose_stream(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: stream=1 takes block_n {STREAM_WEIGHT_ROWS}, no decoders and no "
                          f"decoded_b")
     decoded_a = forced_flag(forced, "decoded_a", int(tokens >= STREAM_DECODED_TOKENS))
+    # Two CTAs per SM only on the whole device: below it the hardware would spread 2 x num_mp CTAs over
+    # up to twice the SMs the budget names.
+    two = tokens <= STREAM_TWO_CTAS_TOKENS and num_mp >= device.num_sms
+    ctas_per_sm = forced.get("ctas_per_sm", 2 if two else 1)
+    if ctas_per_sm not in STREAM_CTAS_PER_SM:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: ctas_per_sm must be one of {STREAM_CTAS_PER_SM}, got {ctas_per_sm}")
+    smem_limit = sm90.smem_per_block(device.smem_per_block, ctas_per_sm)
     stages = forced.get("stages") or sm90.MAX_STAGES
     if "stages" not in forced:
-        while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > device.smem_per_block:
+        while stages > 2 and stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > smem_limit:
             stages -= 1
     smem = stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a)
-    if not 2 <= stages <= sm90.MAX_STAGES or smem > device.smem_per_block:
+    if not 2 <= stages <= sm90.MAX_STAGES or smem > smem_limit:
         raise ValueError(f"MATEGEMM_FORCE_CONFIG: {stages} stages of the streaming NVFP4 kernel at block_m {tokens} "
-                         f"need {smem} B of shared memory; the device has {device.smem_per_block}")
-    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)
+                         f"need {smem} B of shared memory; at {ctas_per_sm} CTA(s) per SM the device has {smem_limit} "
+                         f"per CTA")
+    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, ctas_per_sm * num_mp)
     return GemmConfig(block_m=tokens, block_n=STREAM_WEIGHT_ROWS, block_k=2 * STREAM_ROW_BYTES, stages=stages,
                       num_mp=num_mp, group_n=forced.get("group_n", fp8_gemm.GROUP_N), out_swizzle=0, smem_bytes=smem,
-                      nvfp4_stream=True, decoded_a=decoded_a)
+                      nvfp4_stream=True, decoded_a=decoded_a, ctas_per_sm=ctas_per_sm)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -169,7 +187,10 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
     at BLOCK_M 64 up to 16 rows per group, 1 above, none at 256) and decoded_a (the group's rows
     decoded beforehand: by default from BLOCK_M 128 in the core's kernel and at block_m 64 in the
     streaming one) and decoded_b (the core's kernel with the groups' weights decoded beforehand too, in
-    group order: by default at BLOCK_M 256 from DECODED_B_ROWS rows per group); other keys, or values
+    group order: by default at BLOCK_M 256 from DECODED_B_ROWS rows per group) and ctas_per_sm (the
+    streaming kernel's CTAs per SM, 1 or 2: by default 2 up to STREAM_TWO_CTAS_TOKENS rows per tile
+    when num_mp is the whole device, a launch of that many CTAs per SM of num_mp; the core's kernel
+    takes 1 only); other keys, or values
     that do not fit, raise ValueError."""
     forced = parse_force_config(force)
     unknown = sorted(set(forced) - set(FORCE_KEYS))
@@ -184,6 +205,9 @@ def choose(problem: Nvfp4Problem, rows_per_group: int, device: DeviceInfo, num_m
         num_mp = max(1, min(forced["num_mp"], device.num_sms))
     if stream:
         return choose_stream(problem, rows_per_group, device, num_mp, forced)
+    if forced.get("ctas_per_sm", 1) != 1:
+        raise ValueError(f"MATEGEMM_FORCE_CONFIG: ctas_per_sm must be 1 with the GEMM core's NVFP4 kernel, got "
+                         f"{forced['ctas_per_sm']}; two CTAs per SM take the streaming kernel (stream=1)")
     block_m = 64 if rows_per_group <= DECODE_ROWS else 128
     if rows_per_group >= TILE_256_ROWS and max_stages(256, DEFAULT_BLOCK_N, problem.max_groups, device.smem_per_block,
                                                       problem.out_elem_bytes, True) >= sm90.MIN_STAGES:

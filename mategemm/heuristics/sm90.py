@@ -16,8 +16,17 @@ K_BLOCK_FLOOR_NS = 400.0
 
 MAX_THREADS_PER_BLOCK = 1024
 SMEM_SLACK = 1024        # alignment slack every mategemm kernel reserves
+# NOTES: of an SM's 233,472 B of shared memory (H100, H200) the driver reserves 1 KB per resident
+# block: one block may opt in to 232,448 B (DeviceInfo.smem_per_block), each of two to 115,712 B.
+SMEM_RESERVED_PER_BLOCK = 1024
 BLOCK_K_FP8 = 128        # one 128-byte swizzled row; one scale block of K
 MAX_STAGES = 8
 MAX_FORCED_STAGES = 16   # MATEGEMM_FORCE_CONFIG stages for the FP8 GEMM (DeepGEMM's ring at decode)
 MIN_STAGES = 3          # the FP8 GEMM's three scale warps need a ring of at least 3
 MAX_TILE_K_BLOCKS = 128  # K blocks of a tile whose B scales the GEMM stages once (A's scales by TMA)
+
+
+def smem_per_block(device_smem_per_block: int, ctas_per_sm: int) -> int:
+    """The shared memory each of `ctas_per_sm` resident blocks may use, from the device's opt-in
+    limit for one block."""
+    return (device_smem_per_block + SMEM_RESERVED_PER_BLOCK) // ctas_per_sm - SMEM_RESERVED_PER_BLOCK

@@ -20,10 +20,11 @@ SCALE_ROW_BYTES, SCALE_BOX_ROWS = 128, 16
 
 
 def spec(problem: Nvfp4Problem, config: GemmConfig, arch: str) -> KernelSpec:
-    """The specialisation for (rows of a group per tile, stages, output type, group table capacity[, the
-    group's rows decoded beforehand])."""
-    return instance_spec(KERNEL, arch, config.block_m, config.stages, f"mategemm::{OUT_TYPES[problem.out_dtype]}",
-                         problem.max_groups, *(("true",) if config.decoded_a else ()))
+    """The specialisation for (rows of a group per tile, stages, CTAs per SM, output type, group table
+    capacity[, the group's rows decoded beforehand])."""
+    return instance_spec(KERNEL, arch, config.block_m, config.stages, config.ctas_per_sm,
+                         f"mategemm::{OUT_TYPES[problem.out_dtype]}", problem.max_groups,
+                         *(("true",) if config.decoded_a else ()))
 
 
 load = kernel_fp8.load

@@ -134,7 +134,8 @@ def test_skipped_groups_and_expert_scales():
                                    "stream=1,block_m=16,stages=2", "stream=1,block_m=32,num_mp=3",
                                    "decoded_a=1", "block_m=64,decoded_a=1", "block_m=128,decoded_a=0",
                                    "stream=1,block_m=64", "stream=1,decoded_a=1", "stream=1,block_m=64,decoded_a=1",
-                                   "stream=1,block_m=8,decoded_a=1,num_mp=5", "block_m=256", "block_m=256,block_n=64",
+                                   "stream=1,block_m=8,decoded_a=1,num_mp=5", "stream=1,block_m=8,ctas_per_sm=1",
+                                   "stream=1,block_m=32,ctas_per_sm=2", "block_m=256", "block_m=256,block_n=64",
                                    "decoded_b=1", "block_m=128,decoded_b=1", "block_m=256,block_n=64,decoded_b=1,num_mp=3"])
 def test_every_tile_config(monkeypatch, force):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)

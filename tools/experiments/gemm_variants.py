@@ -47,28 +47,14 @@ Variants (several may be joined with '+'):
                 never carries into the high word): SASS per 8 k-blocks at 256x128, grouped modes
                 2039 -> 1868 instructions between the first and last wgmma, dense 1519 -> 1575
                 (measured before the grouped walks stopped depending on data; NVFP4's still does)
-  decode_mul    the streaming NVFP4 kernel's pair decode with one multiply per word: a nibble pair
-                masked, multiplied by 2^6 + 2^12 (shifted for odd pairs) into two copies of each
-                nibble that cannot carry into each other, masked to the magnitude bits 6-8 and the
-                sign bit 15: 2 LOP3, 1 IMAD, 1 HMUL2 per 2 values. SASS (NVRTC 12): the math warps'
-                stage 438 -> 406 instructions at 8 rows, 436 -> 404 at 16; no spills. Not yet timed
-  factor_pairs  the streaming kernel's 8 scale factors a stage computed two at a time (bytes b and
-                b + 1 of a row's scales spread into one word's halves by a PRMT, one shift, the two
-                exact multiplies), each batch multiplying by one half broadcast, which ptxas folds
-                into HMUL2's half-select operand. SASS: 438 -> 418 a stage; with decode_mul
-                (decode_mul+factor_pairs) 438 -> 386 at 8 rows, 436 -> 384 at 16. Not yet timed
-  stream_two_ctas two CTAs of the streaming NVFP4 kernel per SM (launch bounds (384, 2): 80 registers,
-                a few per-tile spills at 8 and 32 rows; stages fit in 113 KB; twice the SMs in the
-                launch): twice the warps to hide a stage's load-decode-wgmma chain. H100 (one run,
-                time against base): -7..-3% at 16 tokens per expert, -3..+3% at 1, up to +10% at 32
-                and 64; the H100 is memory-capped at 1-4 tokens, so the H200 has to rank it there
   stream_math_decode (patches/stream_math_decode.diff) the streaming NVFP4 kernel at two CTAs of 288
                 threads per SM: the math warpgroups decode the group's rows themselves (one 8-value
                 word per thread and stage at 8 rows, then a 256-thread named barrier) and the
                 producer is one warp, so each thread keeps up to 96 registers (no spill at 8 and 16
                 rows, NVRTC 12 and 13; 32 and 64 rows spill a word or two, or serialise their
                 wgmma). H100 (one run, time against base): -5..-1% at 1 token, -3..+2% at 16, +7..+12%
-                at 32 and 64
+                at 32 and 64. The diff now sits on the decode cuts and kCtasPerSm (2 at every tile);
+                not timed there
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -82,10 +68,14 @@ decode -1%), the scratch accumulator overlap with per-column B scales (ragged K;
 default there, MATEGEMM_FORCE_CONFIG overlap=1: the H100 up to 12% faster without), the grouped tile
 walks that depend on no data (gemm/scheduler.cuh), per_token's second pass inside the work item
 with the row ids loaded when a tile starts, 16-bit outputs staged by stmatrix (+1.3..3.3% at
-K <= 2048 on the H100), and NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
-beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs), and
+K <= 2048 on the H100), NVFP4's 256x128 tiles from 1024 rows per group with A's rows decoded
+beforehand (nvfp4_tile256: H100, 4096 tokens per expert 1.16-1.21x on all six expert GEMMs),
 the epilogue of the 256x128 NVFP4 GEMM on weights decoded beforehand staged one 64-row wave per
-math warpgroup, for a fourth stage (decoded_out_one_wave: H100, 4096 tokens per expert 4-7% faster).
+math warpgroup, for a fourth stage (decoded_out_one_wave: H100, 4096 tokens per expert 4-7% faster),
+and the streaming NVFP4 kernel's pair decode by one multiply per word and its scale factors two at a
+time (decode_mul, factor_pairs) and two CTAs per SM up to 16 rows (stream_two_ctas): H100, 16 tokens
+per expert, time -3..-5% for the two cuts, -6..-9% all three; at 1 and 4 tokens (memory-bound on the
+H100) -4..+2%; at 64 tokens two CTAs +6..+9%, so one CTA from 32 rows.
 Measured and dropped (patches in the history): the first K block's B scales loaded per thread so
 the tile-start barrier moves after its wgmma (sfb_overlap: -1.7% at 4096x32768x512), gathered A
 rows copied by all four producer warps (gather_4warps: as slow as one warp's copies), the tile
@@ -125,8 +115,6 @@ HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
-STREAM = "kernels_src/sm90_nvfp4_stream_gemm.cuh"
-NVFP4_HEURISTIC = "mategemm/heuristics/nvfp4.py"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -161,57 +149,6 @@ PATCHES = {
                   "              if name == KERNEL else ()))\n"
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
-    # the pair decode by one multiply per word: a nibble pair masked, multiplied into two copies each
-    # (magnitude bits at 6-8, sign at 15), masked: 2 LOP3 + 1 IMAD + 1 HMUL2 per 2 values
-    "decode_mul": [("kernels_src/common/e2m1.cuh",
-                    "  const u32 magnitudes[4] = {packed << 6, packed << 2, high << 6, high << 2};\n"
-                    "  const u32 signs[4] = {packed << 12, packed << 8, packed << 4, packed};\n"
-                    "  #pragma unroll\n"
-                    "  for (int m = 0; m < 4; ++m) {\n"
-                    "    out[m] = mul_bf16x2((magnitudes[m] & 0x01C001C0u) | (signs[m] & 0x80008000u), factor);\n"
-                    "  }\n",
-                    "  #pragma unroll\n"
-                    "  for (int m = 0; m < 4; ++m) {\n"
-                    "    const u32 shift = 4 * (m % 2);  // the pair's nibbles at bits shift and shift + 16 of their source\n"
-                    "    const u32 nibbles = (m < 2 ? packed : high) & (0x000F000Fu << shift);\n"
-                    "    u32 placed;  // two copies of each nibble, at bits 6 and 12 (22 and 28): no carries between them\n"
-                    "    asm(\"mul.lo.u32 %0, %1, %2;\" : \"=r\"(placed) : \"r\"(nibbles), \"r\"((1u << (6 - shift)) + (1u << (12 - shift))));\n"
-                    "    out[m] = mul_bf16x2(placed & 0x81C081C0u, factor);\n"
-                    "  }\n")],
-    # the streaming kernel's 8 scale factors a stage two at a time: bytes b and b + 1 of a row's scales
-    # spread to the halves of one word by a PRMT, one shift, the two exact multiplies; each batch
-    # multiplies by one half broadcast (HMUL2's half-select operand)
-    "factor_pairs": [("kernels_src/common/e2m1.cuh", "// 8 e2m1 values (nibble i = value i, sign in its bit 3) times their block's factor",
-                      "// Two e4m3 block scales as factors (as e2m1_pair_factor): scale byte 2p of `scales` in the low\n"
-                      "// half, byte 2p + 1 in the high half.\n"
-                      "__device__ __forceinline__ u32 e2m1_pair_factors(u32 scales, int p) {\n"
-                      "  const u32 spread = prmt(scales & 0x7F7F7F7Fu, 0u, p ? 0x4342u : 0x4140u) << 4;\n"
-                      "  return mul_bf16x2(mul_bf16x2(spread, 0x7B007B00u), 0x7B007B00u);\n"
-                      "}\n\n"
-                      "// Half `h` of a bf16x2 word in both halves.\n"
-                      "__device__ __forceinline__ u32 bf16_broadcast(u32 two, int h) {\n"
-                      "  u32 r;\n"
-                      "  if (h) asm(\"{.reg .b16 l, u; mov.b32 {l, u}, %1; mov.b32 %0, {u, u};}\" : \"=r\"(r) : \"r\"(two));\n"
-                      "  else asm(\"{.reg .b16 l, u; mov.b32 {l, u}, %1; mov.b32 %0, {l, l};}\" : \"=r\"(r) : \"r\"(two));\n"
-                      "  return r;\n"
-                      "}\n\n"
-                      "// 8 e2m1 values (nibble i = value i, sign in its bit 3) times their block's factor"),
-                     (STREAM, "      const u64 desc_stage = desc0",
-                      "      const u32 factors[2][2] = {{e2m1_pair_factors(scales[0], 0), e2m1_pair_factors(scales[0], 1)},\n"
-                      "                                 {e2m1_pair_factors(scales[1], 0), e2m1_pair_factors(scales[1], 1)}};\n"
-                      "      const u64 desc_stage = desc0"),
-                     (STREAM, "        const u32 factor0 = e2m1_pair_factor((scales[0] >> (8 * b)) & 0xFF);\n"
-                              "        const u32 factor1 = e2m1_pair_factor((scales[1] >> (8 * b)) & 0xFF);\n",
-                      "        const u32 factor0 = bf16_broadcast(factors[0][b / 2], b % 2);\n"
-                      "        const u32 factor1 = bf16_broadcast(factors[1][b / 2], b % 2);\n")],
-    # Two CTAs of the streaming NVFP4 kernel per SM (at most 80 registers a thread, half the shared
-    # memory each): twice the warps to hide a stage's load-decode-wgmma chain
-    "stream_two_ctas": [(STREAM, "__launch_bounds__(384, 1)\n    sm90_nvfp4_stream_gemm",
-                         "__launch_bounds__(384, 2)\n    sm90_nvfp4_stream_gemm"),
-                        (NVFP4_HEURISTIC, "stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > device.smem_per_block:",
-                         "stream_smem_bytes(tokens, stages, problem.max_groups, decoded_a) > 115712:"),
-                        (NVFP4_HEURISTIC, "    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, num_mp)\n",
-                         "    num_mp = launch_sms(problem, tokens, STREAM_WEIGHT_ROWS, 2 * num_mp)\n")],
     # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
     "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
                               "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"

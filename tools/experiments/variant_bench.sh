@@ -13,7 +13,7 @@
 # Run from the repository root:
 #   ROUNDS=2 bash tools/experiments/variant_bench.sh base lane0_empty
 #   SUITE=grouped MODES=contiguous bash tools/experiments/variant_bench.sh base desc32
-#   SUITE=nvfp4 TOKENS="1 16" bash tools/experiments/variant_bench.sh base decode_mul+factor_pairs
+#   SUITE=nvfp4 TOKENS="1 16" bash tools/experiments/variant_bench.sh base stream_math_decode
 # (MATEGEMM_FORCE_CONFIG=tma_scales=0 in the environment runs every variant with the scale warps.)
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:-/tmp/variant_bench}
