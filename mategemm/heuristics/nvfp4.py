@@ -79,7 +79,8 @@ STREAM_DECODED_TOKENS = 64
 # as SMs): twice the warps to hide a stage's load-decode-wgmma chain. NOTES (H100, 32 experts,
 # time against one CTA without the decode cuts): at 16 tokens per expert the decode cuts -3..-5%,
 # with two CTAs -6..-9%; at 1 and 4 tokens (memory-bound on the H100) -4..+2%; at 64 tokens two CTAs
-# +6..+9%: one CTA from 32 rows.
+# +6..+9%: one CTA from 32 rows. As shipped (one scale offset for both rows, at 8 rows a wait after
+# each batch of wgmma): -4..-7% at 1 token, -8..-10% at 16.
 STREAM_TWO_CTAS_TOKENS = 16
 STREAM_CTAS_PER_SM = (1, 2)
 
