@@ -38,7 +38,9 @@ def test_fp8_output_tiles_are_whole_swizzle_chunks(m, n, k, num_mp):
         problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, E4M3)
         config = fp8_gemm.choose(problem, SM90_NO_DEVICE, num_mp)
         assert config.block_n % 32 == 0 and config.block_n % config.out_swizzle == 0
-        bf16 = fp8_gemm.smem_bytes(config.block_m, config.block_n, config.stages, recipe.gn)
+        split_cluster = config.num_splits if config.split_in_cluster else 1
+        bf16 = fp8_gemm.smem_bytes(config.block_m, config.block_n, config.stages, recipe.gn,
+                                   split_cluster=split_cluster)
         assert config.smem_bytes == bf16 - config.block_m * config.block_n
     for recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128, Recipe(1, -1, -1)):
         problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, E4M3, "batched", 4)
