@@ -256,6 +256,7 @@ __global__ void __launch_bounds__(384, kCtasPerSm)
     }
     fence_mbar_init();
   }
+  grid_dependency_wait();  // the launch's set-up above may overlap the previous kernel (MATEGEMM_PDL)
   if (threadIdx.x / 32 == 1) {
     build_group_table<kGroupOffsets>(table, group_offsets, num_groups, m, 0, kTokens, active_groups);
   }

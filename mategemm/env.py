@@ -23,6 +23,9 @@ KNOBS = (
          "else ~/.cache/mategemm).", False),
     Knob("MATEGEMM_NUM_MP", "0", "Number of SMs the kernels may use; 0 means all.", False),
     Knob("MATEGEMM_PRINT_CONFIGS", "0", "1 prints each chosen kernel config once.", False),
+    Knob("MATEGEMM_PDL", "0", "1 launches the GEMM kernels with programmatic dependent launch: each may "
+         "start while the kernel before it on the stream finishes, and waits for it before touching "
+         "memory.", False),
     Knob("MATEGEMM_JIT_DEBUG", "0", "1 keeps generated sources, prints NVRTC options, times and "
          "ptxas resource usage; adds -lineinfo.", True),
     Knob("MATEGEMM_FORCE_CONFIG", "", "Override heuristic choices, e.g. "
@@ -89,6 +92,12 @@ def force_config() -> str:
 # third of a warm call's Python time; os.environ's backing dict (CPython, POSIX: bytes keys,
 # kept in step by os.environ's setters) answers in ~40 ns.
 _ENV_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
+
+
+def pdl() -> bool:
+    """MATEGEMM_PDL, read on every launch (os.environ's backing dict where there is one)."""
+    raw = _ENV_BYTES.get(b"MATEGEMM_PDL") if _ENV_BYTES is not None else os.environ.get("MATEGEMM_PDL", "").encode()
+    return raw is not None and raw.strip().lower() in (b"1", b"true", b"yes", b"on")
 
 
 def hot_knobs() -> tuple:

@@ -70,6 +70,12 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
 
+// ---- programmatic dependent launch ---------------------------------------------------------
+// Waits until the grids this one depends on have completed and their writes are visible; without
+// programmatic dependent launch it returns at once. Everything before it may overlap the previous
+// kernel's end, so it must come before this grid's first global memory access.
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 // ---- clusters -----------------------------------------------------------------------------
 __device__ __forceinline__ u32 cluster_cta_rank() {
   u32 rank;

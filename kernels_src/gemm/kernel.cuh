@@ -124,6 +124,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
     }
     fence_mbar_init();
   }
+  grid_dependency_wait();  // the launch's set-up above may overlap the previous kernel (MATEGEMM_PDL)
   const GroupTable table{smem.group_ints, smem.group_ints + T::kMaxGroups, smem.group_ints + 2 * T::kMaxGroups,
                          smem.group_ints + 3 * T::kMaxGroups};
   if constexpr (group_has_table<T::kGroupMode>()) {

@@ -5,9 +5,9 @@ settings are kept and read back; what they change here is said on each.
 """
 from __future__ import annotations
 
-from mategemm.runtime import device
+from mategemm.runtime import device, launch
 
-_settings = {"tc_util": 0, "pdl": False, "ignore_compile_dims": False, "block_size_multiple_of": (1, 1)}
+_settings = {"tc_util": 0, "ignore_compile_dims": False, "block_size_multiple_of": (1, 1)}
 
 
 def set_num_sms(num_sms: int) -> None:
@@ -34,12 +34,13 @@ def get_tc_util() -> int:
 
 
 def set_pdl(enable_pdl: bool) -> None:
-    """Programmatic dependent launch: kept; mategemm's kernels launch without it."""
-    _settings["pdl"] = bool(enable_pdl)
+    """Programmatic dependent launch for the GEMM kernels (mategemm.runtime.launch.set_pdl; off by
+    default, as in DeepGEMM)."""
+    launch.set_pdl(bool(enable_pdl))
 
 
 def get_pdl() -> bool:
-    return _settings["pdl"]
+    return launch.pdl_enabled()
 
 
 def set_ignore_compile_dims(ignore: bool) -> None:

@@ -72,7 +72,7 @@ def load(kernel_spec: KernelSpec, config: GemmConfig, device_index: int,
          cache: KernelCache | None = None) -> rt.LoadedKernel:
     """The kernel of `kernel_spec` (compiled for `config`), loaded on a device once."""
     return rt.load_once(_loaded, (device_index, kernel_spec), kernel_spec, config.num_threads, config.smem_bytes,
-                        config.cluster, cache)
+                        config.cluster, cache, pdl=True)
 
 
 class GroupArgs(NamedTuple):

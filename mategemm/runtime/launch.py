@@ -9,6 +9,7 @@ import ctypes
 
 from cuda.bindings import driver
 
+from mategemm import env
 from mategemm.jit.cache import CompiledKernel, KernelCache, KernelSpec, default_cache
 from mategemm.runtime.errors import check
 
@@ -21,13 +22,32 @@ TMAP = None
 
 _launch = driver.cuLaunchKernelEx
 _SUCCESS = driver.CUresult.CUDA_SUCCESS
+_pdl_override: bool | None = None
+
+
+def set_pdl(enabled: bool | None) -> None:
+    """Programmatic dependent launch for the kernels that wait for their predecessor before touching
+    memory (the GEMM kernels): True / False, or None for MATEGEMM_PDL."""
+    global _pdl_override
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool or None, got {type(enabled).__name__}")
+    _pdl_override = enabled
+
+
+def pdl_enabled() -> bool:
+    """set_pdl()'s value, else MATEGEMM_PDL."""
+    return env.pdl() if _pdl_override is None else _pdl_override
 
 
 class LoadedKernel:
     """A kernel function loaded into the current context, ready to launch."""
 
-    def __init__(self, compiled: CompiledKernel, num_threads: int, smem_bytes: int, cluster: int = 1):
+    def __init__(self, compiled: CompiledKernel, num_threads: int, smem_bytes: int, cluster: int = 1,
+                 pdl: bool = False):
+        """pdl: the kernel waits for the grids before it (griddepcontrol.wait) before touching global
+        memory, so it may launch with programmatic dependent launch when pdl_enabled()."""
         self.compiled = compiled
+        self.pdl = pdl
         self.num_threads = num_threads
         self.smem_bytes = smem_bytes
         self.cluster = cluster
@@ -39,13 +59,13 @@ class LoadedKernel:
             smem_bytes), "cuFuncSetAttribute")
         # NOTES: one CUlaunchConfig per (grid, stream), made once: setting its fields through
         # cuda-python costs more per call than the dictionary look-up.
-        self._configs: dict[tuple[int, int], object] = {}
+        self._configs: dict[tuple[int, int, bool], object] = {}
         self.max_resident_ctas = None if cluster == 1 else self._max_resident_ctas()
         # CTAs of this kernel one SM holds at once (its registers, shared memory and threads)
         self.resident_per_sm = max(1, check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
             self.function, num_threads, smem_bytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor"))
 
-    def _make_config(self, grid: int, stream: int):
+    def _make_config(self, grid: int, stream: int, pdl: bool = False):
         config = driver.CUlaunchConfig()
         config.gridDimX = grid
         config.gridDimY = 1
@@ -58,14 +78,22 @@ class LoadedKernel:
         # NOTES: a kernel without CTA clusters launches without the cluster attribute: with a cluster
         # dimension of 1 it ran slower (H200, bmm_fp16 128x512x128x512: 32.2 -> 30.2 us without it;
         # a single 128x128 tile 6.2 -> 6.1 us).
+        attrs = []
         if self.cluster > 1:
             attr = driver.CUlaunchAttribute()
             attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
             attr.value.clusterDim.x = self.cluster
             attr.value.clusterDim.y = 1
             attr.value.clusterDim.z = 1
-            config.attrs = [attr]
-            config.numAttrs = 1
+            attrs.append(attr)
+        if pdl:
+            attr = driver.CUlaunchAttribute()
+            attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            attr.value.programmaticStreamSerializationAllowed = 1
+            attrs.append(attr)
+        if attrs:
+            config.attrs = attrs
+            config.numAttrs = len(attrs)
         return config
 
     def _max_resident_ctas(self) -> int:
@@ -81,24 +109,25 @@ class LoadedKernel:
 
     def launch(self, grid: int, stream: int, args: "PackedArgs") -> None:
         """Launch `grid` CTAs on the raw CUstream handle `stream`; DriverError on failure."""
-        config = self._configs.get((grid, stream))
+        key = (grid, stream, self.pdl and pdl_enabled())
+        config = self._configs.get(key)
         if config is None:
             if len(self._configs) >= 256:
                 self._configs.clear()
-            config = self._configs[(grid, stream)] = self._make_config(grid, stream)
+            config = self._configs[key] = self._make_config(*key)
         err = _launch(config, self.function, args.address, 0)
         if err[0] != _SUCCESS:
             check(err, "cuLaunchKernelEx")
 
 
 def load_once(loaded: dict, key, kernel_spec: KernelSpec, num_threads: int, smem_bytes: int = 0, cluster: int = 1,
-              cache: KernelCache | None = None) -> LoadedKernel:
+              cache: KernelCache | None = None, pdl: bool = False) -> LoadedKernel:
     """The kernel of `kernel_spec` from `loaded[key]`, compiled (or taken from `cache`) and loaded there
     the first time."""
     kernel = loaded.get(key)
     if kernel is None:
         kernel = loaded[key] = LoadedKernel((cache or default_cache()).get(kernel_spec), num_threads, smem_bytes,
-                                            cluster)
+                                            cluster, pdl)
     return kernel
 
 

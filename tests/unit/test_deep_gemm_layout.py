@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mategemm.deep_gemm as dg
-from mategemm.runtime import device
+from mategemm.runtime import device, launch
 
 
 @pytest.fixture
@@ -129,8 +129,10 @@ def test_runtime_settings(restore_settings):
     with pytest.raises(ValueError, match="tc_util"):
         dg.set_tc_util(101)
     dg.set_pdl(True)
-    assert dg.get_pdl() is True
+    assert dg.get_pdl() is True and launch.pdl_enabled()
     dg.set_pdl(False)
+    assert not launch.pdl_enabled()
+    launch.set_pdl(None)  # back to MATEGEMM_PDL
     dg.set_ignore_compile_dims(True)
     dg.set_block_size_multiple_of((16, 32))
     with pytest.raises(ValueError, match="multiple"):

@@ -22,3 +22,40 @@ def test_cluster_kernels_carry_their_cluster_dimension():
     attr = config.attrs[0]
     assert attr.id == driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
     assert (attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z) == (2, 1, 1)
+
+
+def pdl_config(cluster: int = 1):
+    kernel = LoadedKernel.__new__(LoadedKernel)
+    kernel.num_threads, kernel.smem_bytes, kernel.cluster = 384, 200_000, cluster
+    return kernel._make_config(132, 0, pdl=True)
+
+
+def test_programmatic_dependent_launch_is_an_attribute_beside_the_cluster():
+    serialization = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    config = pdl_config()
+    assert config.numAttrs == 1 and config.attrs[0].id == serialization
+    assert config.attrs[0].value.programmaticStreamSerializationAllowed == 1
+    config = pdl_config(cluster=2)
+    assert [a.id for a in config.attrs] == [driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                                           serialization]
+
+
+def test_pdl_setting_and_environment(monkeypatch):
+    import pytest
+
+    from mategemm.runtime import launch
+
+    monkeypatch.setattr(launch, "_pdl_override", None)
+    for raw, expected in (("1", True), ("on", True), ("0", False), ("", False)):
+        monkeypatch.setenv("MATEGEMM_PDL", raw)
+        assert launch.pdl_enabled() is expected
+    monkeypatch.delenv("MATEGEMM_PDL")
+    assert launch.pdl_enabled() is False  # off by default
+    launch.set_pdl(True)
+    assert launch.pdl_enabled() is True
+    monkeypatch.setenv("MATEGEMM_PDL", "0")
+    assert launch.pdl_enabled() is True  # the setting wins over the environment
+    launch.set_pdl(None)
+    assert launch.pdl_enabled() is False
+    with pytest.raises(TypeError, match="enabled"):
+        launch.set_pdl(1)

@@ -326,6 +326,7 @@ def test_kernel_is_hopper_sass_with_a_lean_decode_loop(nvfp4_sass, tile):
     ops = collections.Counter(sass.opcodes(text))
     assert ops["HGMMA"] >= 4 and ops["UTMALDG"] >= 4, "bf16 wgmma fed by TMA (A, B and both scale chunks)"
     assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
+    assert ops["ACQBULK"] == 1, "no wait for the previous grid (griddepcontrol.wait)"
     # the decode loops, A's rows and B's: 32 values (two scale blocks) per thread and pass
     decode = [loop for loop in loops(text) if loop["HMUL2"] and sum(loop.values()) < 200]
     assert len(decode) == 2 * (1 + min(tile[2], 1))  # the producer's warps' and the decoder warpgroups' copy
@@ -754,6 +755,7 @@ def test_stream_kernel_with_decoded_rows_lands_the_b_tile_by_tma(tmp_path):
     text, compiled = compiled_sass(cache, instance(kernel_stream.KERNEL, name_expr))
     ops = collections.Counter(sass.opcodes(text))
     assert ops["LDL"] == 0 and ops["STL"] == 0 and ops["STS"] == 0 and ops["UTMALDG"] >= 6, ops
+    assert ops["ACQBULK"] == 1, "no wait for the previous grid (griddepcontrol.wait)"
     assert sass.registers(compiled.path / "kernel.cubin") * 384 <= 65536
     main = min((loop for loop in loops(text) if loop["HGMMA"] == 16), key=lambda loop: sum(loop.values()))
     assert main["HMUL2"] == 72 and main["LDS"] == 6 and main["WARPGROUP"] == 8, main

@@ -185,6 +185,7 @@ def check_hopper_sass(cache: KernelCache, problem: GemmProblem, config) -> colle
     assert ops[mma] > 0, f"no wgmma ({mma}) in the SASS"
     assert ops["UTMALDG"] > 0, "no TMA load (UTMALDG) in the SASS"
     assert ops["LDL"] == 0 and ops["STL"] == 0, f"local memory: {ops['LDL']} LDL, {ops['STL']} STL (spills)"
+    assert ops["ACQBULK"] == 1, "no wait for the previous grid (griddepcontrol.wait) before the first memory access"
     # 16-bit outputs reach the staging tile by stmatrix, FP8 and fp32 ones by plain stores
     stmatrix = problem.out_dtype in (torch.bfloat16, torch.float16) and config.block_n % 16 == 0
     assert (ops["STSM"] > 0) == stmatrix, f"{ops['STSM']} STSM for {problem.out_dtype}, BLOCK_N {config.block_n}"

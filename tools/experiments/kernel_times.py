@@ -68,6 +68,10 @@ def main() -> None:
     parser.add_argument("--shapes", required=True, help="comma-separated MxNxK")
     parser.add_argument("--configs", nargs="+", default=[""], help="MATEGEMM_FORCE_CONFIG values ('' = heuristic)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pdl", action="store_true",
+                        help="programmatic dependent launch for ours (MATEGEMM_PDL) and DeepGEMM (its set_pdl): "
+                             "the back-to-back calls' start-to-start gap shows what it overlaps; the event "
+                             "median, one call between two events, cannot")
     args = parser.parse_args()
 
     import torch
@@ -77,6 +81,12 @@ def main() -> None:
     require_gpu_or_exit("tools/experiments/kernel_times.py")
 
     deep_gemm = live_deepgemm()
+    if args.pdl:
+        from mategemm.runtime import launch
+
+        launch.set_pdl(True)
+        if deep_gemm is not None:
+            deep_gemm.set_pdl(True)
     one = torch.zeros(1, device="cuda")
     print(f"{torch.cuda.get_device_name()}: floor (one-element add) {median_ms([lambda: one.add_(1)]) * 1e3:.2f} us "
           f"event median", flush=True)
