@@ -2,7 +2,7 @@
 
 This module is the only reader of ``os.environ`` in mategemm. Values are read at each call of
 the accessor, so a test or a long-lived process can change them; the hot path reads only
-``force_config`` and ``num_mp``, two dictionary look-ups.
+``force_config`` and ``num_mp`` (a call's plan) and ``pdl`` (each launch), dictionary look-ups.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class LoadedKernel:
         check(driver.cuFuncSetAttribute(
             self.function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem_bytes), "cuFuncSetAttribute")
-        # NOTES: one CUlaunchConfig per (grid, stream), made once: setting its fields through
+        # NOTES: one CUlaunchConfig per (grid, stream, pdl), made once: setting its fields through
         # cuda-python costs more per call than the dictionary look-up.
         self._configs: dict[tuple[int, int, bool], object] = {}
         self.max_resident_ctas = None if cluster == 1 else self._max_resident_ctas()
