@@ -94,7 +94,8 @@ and 4096 tokens -5..+4%).
 
 Rings of up to 16 stages (DeepGEMM's cap; stages16) measured no gain on the picks of 2026-12-06
 and +1.5..3% on DeepGEMM's 64x16 / 64x32 tiles; MATEGEMM_FORCE_CONFIG stages now reaches 16 for the
-FP8 GEMM instead.
+FP8 GEMM instead, and 12 stages are the default of the decode rows where they measured faster
+(fp8_gemm.ring_stages).
 
 Waits that sleep (a suspend-time hint on every mbarrier try_wait) and DeepGEMM's M-grouped tile walk
 measured level or 1-2% slower on the core shapes (H200) and left the lab; of the walk, group_n 1
