@@ -64,19 +64,22 @@ __device__ __forceinline__ void decode_e2m1x8(u32 packed, const E2m1Table& table
 // this way give products 2^-16 of the true ones, exact, taken back in the epilogue.
 constexpr float kE2m1PairScale = 1.0f / 256.0f;
 
-// One e4m3 block scale as the bf16 factor of decode_e2m1_pairs in both halves: scale x 2^118.
-// NOTES: the scale's 7 magnitude bits shifted left by 4 are a bf16 of scale x 2^-120 (denormals
-// included, as in e2m1_table); two exact multiplies by 2^119 bring it to scale x 2^118 (< 2^127).
+// Two e4m3 block scales' 7 magnitude bits, each at bits 4-10 of a bf16 half (a bf16 of scale x
+// 2^-120, denormals included, as in e2m1_table) -> the factors of decode_e2m1_pairs, scale x 2^118:
+// two exact multiplies by 2^119 (the result stays below 2^127).
+__device__ __forceinline__ u32 e2m1_factors_from_placed(u32 placed) {
+  return mul_bf16x2(mul_bf16x2(placed, 0x7B007B00u), 0x7B007B00u);
+}
+
+// One e4m3 block scale as the bf16 factor of decode_e2m1_pairs in both halves.
 __device__ __forceinline__ u32 e2m1_pair_factor(u32 scale_byte) {
-  const u32 scaled = (scale_byte & 0x7Fu) * 0x00100010u;
-  return mul_bf16x2(mul_bf16x2(scaled, 0x7B007B00u), 0x7B007B00u);
+  return e2m1_factors_from_placed((scale_byte & 0x7Fu) * 0x00100010u);
 }
 
 // Two of e2m1_pair_factor's factors at once: scale byte 2p of `scales` in the low half, byte 2p + 1
 // in the high half (one PRMT and one shift spread both bytes, the two multiplies serve both).
 __device__ __forceinline__ u32 e2m1_pair_factors(u32 scales, int p) {
-  const u32 scaled = prmt(scales & 0x7F7F7F7Fu, 0u, p ? 0x4342u : 0x4140u) << 4;
-  return mul_bf16x2(mul_bf16x2(scaled, 0x7B007B00u), 0x7B007B00u);
+  return e2m1_factors_from_placed(prmt(scales & 0x7F7F7F7Fu, 0u, p ? 0x4342u : 0x4140u) << 4);
 }
 
 // Half `h` of a bf16x2 word in both halves. NOTES: as a multiply's operand ptxas folds it into
