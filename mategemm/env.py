@@ -55,8 +55,11 @@ def _raw(name: str) -> str:
     return os.environ.get(name, _BY_NAME[name].default)
 
 
+_TRUE_WORDS = ("1", "true", "yes", "on")
+
+
 def _flag(name: str) -> bool:
-    return _raw(name).strip().lower() in ("1", "true", "yes", "on")
+    return _raw(name).strip().lower() in _TRUE_WORDS
 
 
 def cache_dir() -> str:
@@ -92,12 +95,13 @@ def force_config() -> str:
 # third of a warm call's Python time; os.environ's backing dict (CPython, POSIX: bytes keys,
 # kept in step by os.environ's setters) answers in ~40 ns.
 _ENV_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_TRUE_BYTES = tuple(word.encode() for word in _TRUE_WORDS)
 
 
 def pdl() -> bool:
     """MATEGEMM_PDL, read on every launch (os.environ's backing dict where there is one)."""
     raw = _ENV_BYTES.get(b"MATEGEMM_PDL") if _ENV_BYTES is not None else os.environ.get("MATEGEMM_PDL", "").encode()
-    return raw is not None and raw.strip().lower() in (b"1", b"true", b"yes", b"on")
+    return raw is not None and raw.strip().lower() in _TRUE_BYTES
 
 
 def hot_knobs() -> tuple:
