@@ -18,6 +18,9 @@ Variants (several may be joined with '+'):
                 2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
                 the main-loop changes. Measured (H100, 8 shapes, 2 rounds): 1-5% slower, geomean
                 against DeepGEMM 0.957 / 0.953 against 0.976 / 0.976
+  no_sfa_tma    A's scales not loaded by the producer (wrong results on purpose): what the scale box
+                of each stage costs. H100, live DeepGEMM, 2 passes: 128x2112x7168 271 -> 281 TFLOPS
+                (+3.5%), 64x2112x7168, 128x4096x7168, 64x7168x16384 and 4096x7168x2048 level
   decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
                 B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
                 DeepGEMM at 128x2112x7168 (H100). Not yet timed
@@ -90,7 +93,9 @@ against 0.243 without), the tiles past the last whole wave split over K (tail_sp
 2-CTA clusters sharing A at decode (decode_share_a: 5-15% slower on four 64-128-row decode shapes),
 and the streaming kernel's pair decode in the GEMM core's NVFP4 kernel (nvfp4_pair_core: H100,
 64 tokens per expert 8-11% faster, where the streaming kernel with decoded rows is 2x faster; 256
-and 4096 tokens -5..+4%).
+and 4096 tokens -5..+4%), and the next eight K blocks' B boxes prefetched into L2 every eight
+(b_prefetch_burst, for DRAM row-buffer hits: H100, -9..-25% on seven dense rows, 128x2112x7168 270 ->
+242 TFLOPS; its text is in the notebook).
 
 Rings of up to 16 stages (DeepGEMM's cap; stages16) measured no gain on the picks of 2026-12-06
 and +1.5..3% on DeepGEMM's 64x16 / 64x32 tiles; MATEGEMM_FORCE_CONFIG stages now reaches 16 for the
@@ -157,6 +162,9 @@ PATCHES = {
                               "          } else {\n"
                               "            tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n"
                               "          }\n")],
+    # A's scales not loaded (wrong results on purpose): what one TMA box a stage costs the feed
+    "no_sfa_tma": [(PRODUCER, "(T::kItemBScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0)", "0"),
+                   (PRODUCER, "if constexpr (T::kItemBScales) {  // A's scales", "if constexpr (false) {  // A's scales")],
     # DeepGEMM's picks at the compute-bound dense shapes: A shared by N-block pairs with 256-row tiles,
     # B by M-block pairs with 128-row ones
     "clusters_large": [(FP8_HEURISTIC, "    _, block_m, block_n, (cluster_m, cluster_n), num_splits = best\n",
