@@ -258,7 +258,8 @@ def split_k_rule(problem: GemmProblem, block_m: int, block_n: int, cluster: tupl
     def most_splits(width: int) -> tuple[int, int]:  # (splits, work items) of width-wide tiles in one wave
         tiles = m_blocks * math.ceil(problem.n / width)
         fits = [s for s in split_counts(k_blocks) if tiles * s <= num_mp and k_blocks / s >= MIN_K_BLOCKS_PER_SPLIT]
-        return max(fits, default=1), tiles * max(fits, default=1)
+        splits = max(fits, default=1)
+        return splits, tiles * splits
 
     splits, items = most_splits(64)
     if 2 * items <= num_mp and block_n_allowed(32, problem.recipe.gn):  # half the SMs idle: narrower tiles
