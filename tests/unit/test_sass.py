@@ -367,3 +367,17 @@ def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
     assert not moves, f"{len(moves)} R2UR between the first and the last wgmma"
     # ragged K's scales by bulk copies (one for sa, one for sb), none by the scale warps' loads
     assert text.count("UBLKCP") == (2 if mode == "ragged_k" and tma_scales else 0)
+
+
+@pytest.mark.parametrize("rows", (1, 2))
+@pytest.mark.parametrize("types", (("kE4M3", "kE4M3", "kOutBF16"), ("kE5M2", "kE4M3", "kOutF16")))
+def test_lab_gemv_streams_b_without_spills(sass_cache, rows, types):
+    """The lab GEMV (kernels_src/sm90_fp8_gemv.cuh): 16-byte loads of B and A, every FP8 pair
+    converted by one F2FP, no local memory."""
+    from mategemm.jit.cache import instance_spec
+
+    spec = instance_spec("sm90_fp8_gemv", ARCH, rows, *(f"mategemm::{t}" for t in types))
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(sass_cache.get(spec).path / "kernel.cubin")))
+    assert ops["LDL"] == ops["STL"] == 0
+    assert ops["LDG"] >= 4 * (1 + rows)  # the unrolled steps' B and A loads (and the scales)
+    assert ops["F2FP"] >= 4 * 8 * (1 + rows)  # 8 pairs of B and of each A row per 16 bytes, 4 steps
