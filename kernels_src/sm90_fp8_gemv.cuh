@@ -1,4 +1,4 @@
-// sm90_fp8_gemv (lab): out(r, n) = sum_k A(r, k) * B(n, k) * sa(r, k / 128) * sb(n / gran_n, k / 128) for
+// sm90_fp8_gemv: out(r, n) = sum_k A(r, k) * B(n, k) * sa(r, k / 128) * sb(n / gran_n, k / 128) for
 // the kRows (1-2) rows of a decode-size FP8 GEMM, on the CUDA cores: B streams once from memory with
 // 16-byte loads and no shared memory, tensor map, barrier ring or tensor core, so a launch reaches its
 // loads within a few hundred cycles.
@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) sm90_fp8_gemv(
   static_assert(kRows >= 1 && kRows <= 4, "a GEMV of 1-4 rows");
   static_assert(kOutType == kOutBF16 || kOutType == kOutF16, "16-bit outputs");
   __shared__ float partial[kGemvWarps][kRows];
+  grid_dependency_wait();  // MATEGEMM_PDL: the grid before may still be writing A or the scales
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int cols_per_cta = kGemvWarps / warps_per_col;
   const int col = blockIdx.x * cols_per_cta + warp / warps_per_col;

@@ -24,6 +24,7 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     stride a multiple of 4) is loaded by TMA with the tiles, the faster path at compute-bound sizes.
     out: optional (m, n) bf16/fp16 tensor, written in place (its row stride may exceed n).
     out_dtype: bf16 (default) or fp16 when out is None. mma_sm: None or 1.
+    One or two rows with a bf16 or fp16 output run on a GEMV (plan.dense_gemv), the rest on the GEMM.
     output_scale: one fp32 element on a's device: FP8 output, out (e4m3) = saturate(result /
     output_scale), rounded in the kernel's epilogue where n % 16 == 0, else formed in fp32 first
     (mategemm.bmm's accumulate path, batch 1).
@@ -41,10 +42,16 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
         if problem.out_dtype == torch.float8_e4m3fn and not plan.fp8_out_stored(problem):
             call = _FP8_THROUGH_FP32
         else:
-            gemm_plan = plan.dense(problem, rt_device.device_info(a.device.index),
-                                   a_scales_tma=plan.a_scales_tma_readable(checked.sfa_strides, a_scale.data_ptr(),
-                                                                           problem.m))
-            call = prepare.dense_call(gemm_plan, a, b, a_scale, checked.sfa_strides, b_scale, checked.sfb_strides)
+            device = rt_device.device_info(a.device.index)
+            gemv_plan = plan.dense_gemv(problem, device)
+            if gemv_plan is not None:
+                call = prepare.gemv_call(gemv_plan, a, b, a_scale, checked.sfa_strides, b_scale, checked.sfb_strides)
+            else:
+                gemm_plan = plan.dense(problem, device,
+                                       a_scales_tma=plan.a_scales_tma_readable(checked.sfa_strides,
+                                                                               a_scale.data_ptr(), problem.m))
+                call = prepare.dense_call(gemm_plan, a, b, a_scale, checked.sfa_strides, b_scale,
+                                          checked.sfb_strides)
         _warm.remember(key, call)
     if call is _FP8_THROUGH_FP32:
         return bmm.gemm_fp8_output(a, b, a_scale, b_scale, scale_major_mode, scale_granularity_mnk, out, output_scale)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from mategemm import env, heuristics
-from mategemm.heuristics import fp8_gemm, grouped, nvfp4, parse_force_config, sm90
+from mategemm.heuristics import forced_flag, fp8_gemm, grouped, nvfp4, parse_force_config, sm90
 from mategemm.jit.cache import KernelSpec
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_gemv as kernel_gemv
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.kernels import sm90_nvfp4_dequant_a as kernel_nvfp4_dequant_a
@@ -62,6 +63,36 @@ def a_scales_tma_readable(strides: tuple[int, int], address: int, m: int) -> boo
     given: MN-major, each K block's row of m floats starting 16-byte aligned."""
     stride_m, stride_k = strides
     return stride_m == 1 and stride_k >= m and stride_k % 4 == 0 and address % 16 == 0
+
+
+@dataclass(frozen=True)
+class GemvPlan:
+    problem: GemmProblem
+    spec: KernelSpec
+    warps_per_col: int  # warps splitting one column's K (kernel_gemv.warps_per_col)
+
+
+# MATEGEMM_FORCE_CONFIG keys that name a GEMM tile: forced, the call keeps the GEMM
+GEMM_TILE_KEYS = frozenset(("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n",
+                            "num_splits", "split_cluster", "overlap", "tma_scales"))
+
+
+def dense_gemv(problem: GemmProblem, device: DeviceInfo, force: str | None = None) -> GemvPlan | None:
+    """The GEMV for a dense problem of at most kernel_gemv.MAX_ROWS rows, or None (the GEMM): the
+    block-scaled recipes, a bf16 or fp16 output (validate has checked the 16-byte rows its vector
+    loads need). MATEGEMM_FORCE_CONFIG gemv=0 keeps the GEMM, as does a forced GEMM tile key unless
+    gemv=1. NOTES: at one row our GEMM's event times sit 5-8 us above the copy-bound time of B
+    (H100, notebook 2026-12-07); the GEMV has no barrier ring, tensor map or tensor core."""
+    forced = parse_force_config(_force(force))
+    wanted = forced_flag(forced, "gemv", int(not forced.keys() & GEMM_TILE_KEYS))
+    fits = (problem.group_mode == "none" and 1 <= problem.m <= kernel_gemv.MAX_ROWS
+            and problem.recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
+            and problem.out_dtype in (torch.bfloat16, torch.float16))
+    if not (wanted and fits):
+        return None
+    heuristics.report(kernel_gemv.KERNEL, problem, None)
+    return GemvPlan(problem, kernel_gemv.spec(problem, device.arch),
+                    kernel_gemv.warps_per_col(problem.n, device.num_sms))
 
 
 def dense(problem: GemmProblem, device: DeviceInfo, num_mp: int | None = None, force: str | None = None,

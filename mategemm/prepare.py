@@ -12,6 +12,7 @@ import torch
 
 from mategemm import env, plan, validate
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_gemv as kernel_gemv
 from mategemm.kernels import transpose_8bit
 from mategemm.runtime import calls
 from mategemm.runtime import device as rt_device
@@ -68,6 +69,15 @@ def dense_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_stride
     staged = []
     sfa, sfa_strides = a_scales_for_kernel(gemm_plan, sfa, sfa_strides, staged)
     return calls.PreparedCall(gemm_launch(gemm_plan, a, b, sfa, sfa_strides, sfb, sfb_strides), tuple(staged), 0)
+
+
+def gemv_call(gemv_plan: plan.GemvPlan, a, b, sfa, sfa_strides, sfb, sfb_strides) -> calls.PreparedCall:
+    """A dense call of 1-2 rows on the GEMV (plan.dense_gemv), scales read as given."""
+    index = a.device.index
+    with torch.cuda.device(index):
+        kernel = kernel_gemv.load(gemv_plan.spec, index)
+    return calls.PreparedCall(kernel_gemv.Launch(kernel, gemv_plan.problem, gemv_plan.warps_per_col, a, b, sfa,
+                                                 sfa_strides, sfb, sfb_strides), (), 0)
 
 
 def grouped_call(gemm_plan: plan.GemmPlan, a, b, sfa, sfa_strides, sfb, sfb_strides, group: kernel_fp8.GroupArgs,

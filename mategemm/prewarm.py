@@ -15,6 +15,7 @@ import torch
 
 from mategemm import plan, suites, validate
 from mategemm.jit.cache import KernelSpec
+from mategemm.kernels import sm90_fp8_gemv as kernel_gemv
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import DeviceInfo, info_for_arch
 from mategemm.types import (RECIPE_1x128_128x128, RECIPE_1x128_1x128, RECIPE_PER_ROW, RECIPE_PER_TENSOR, GemmConfig,
@@ -306,6 +307,10 @@ def dense_specs(n: int, k: int, recipe: Recipe, max_tokens: int, device: DeviceI
     with A's scales given either way (DENSE_SCALE_LAYOUTS): one choice per run of dense_m_runs,
     every M of a run whose two ends disagree."""
     out: list[tuple[KernelSpec, int]] = []
+    for m in range(1, min(max_tokens, kernel_gemv.MAX_ROWS) + 1):  # the GEMV where the call takes it
+        gemv_plan = plan.dense_gemv(GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16), device, force)
+        if gemv_plan is not None:
+            out.append((gemv_plan.spec, m))
     for a_scales_tma in DENSE_SCALE_LAYOUTS:
         def pick(m: int) -> KernelSpec:
             return plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, torch.bfloat16), device, num_mp, force,
@@ -461,12 +466,17 @@ def plan_suites(suite_list: list[suites.Suite], arch: str, num_mp: int | None = 
 
 
 def _dense_suite(row, device, num_mp, force):
+    """The GEMM for either A scale layout, and the GEMV where the call takes it."""
     m, n, k = row["m"], row["n"], row["k"]
     for recipe in RECIPES:
+        problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16)
         for a_scales_tma in DENSE_SCALE_LAYOUTS:
-            gemm_plan = plan.dense(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16), device, num_mp, force, a_scales_tma)
+            gemm_plan = plan.dense(problem, device, num_mp, force, a_scales_tma)
             layout = " A scales by TMA" if gemm_plan.problem.tma_scales else ""
             yield gemm_plan.spec, "dense", f"m={m} n={n} k={k} {recipe.name}{layout}"
+        gemv_plan = plan.dense_gemv(problem, device, force)
+        if gemv_plan is not None:
+            yield gemv_plan.spec, "dense", f"m={m} n={n} k={k} {recipe.name} GEMV"
 
 
 def _bmm_suite(row, device, num_mp, force):

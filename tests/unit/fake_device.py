@@ -12,7 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from mategemm import bmm, formats, gemm, moe, moe_layer
 from mategemm.jit.cache import CompiledKernel, KernelCache
-from mategemm.kernels import (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits,
+from mategemm.kernels import (sm90_fp8_gemm_blockscaled, sm90_fp8_gemv, sm90_fp8_moe_layer, sm90_fp8_mqa_logits,
                               sm90_nvfp4_grouped_gemm, sm90_nvfp4_stream_gemm, transpose_8bit)
 from mategemm.runtime import device as rt_device
 from mategemm.runtime import launch as rt_launch
@@ -63,10 +63,11 @@ def recorded_specs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "Launch", _stop)
     monkeypatch.setattr(sm90_fp8_gemm_blockscaled, "GatedLaunch", _stop)
+    monkeypatch.setattr(sm90_fp8_gemv, "Launch", _stop)
     monkeypatch.setattr(sm90_nvfp4_grouped_gemm, "Launch", _stop)
     monkeypatch.setattr(sm90_nvfp4_stream_gemm, "Launch", _stop)
     monkeypatch.setattr(sm90_fp8_mqa_logits, "encode_2d", _stop)  # its launch loads the kernel first
-    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit):
+    for module in (sm90_fp8_gemm_blockscaled, sm90_fp8_gemv, sm90_fp8_moe_layer, sm90_fp8_mqa_logits, transpose_8bit):
         monkeypatch.setattr(module, "_loaded", {})
     monkeypatch.setattr(gemm, "_warm", type(gemm._warm)())
     for module in (bmm, formats, moe, moe_layer):

@@ -17,6 +17,7 @@ import torch
 from mategemm import cli, plan, prewarm
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_gemv as kernel_gemv
 from mategemm.kernels import sm90_fp8_moe_layer as kernel_moe
 from mategemm.kernels import sm90_fp8_mqa_logits as kernel_mqa
 from mategemm.runtime.device import SM90_NO_DEVICE
@@ -38,6 +39,13 @@ def runtime_dense(m, n, k, recipe, a_scales_tma=False):
     tma_scales = a_scales_tma and recipe == RECIPE_1x128_128x128 and k <= 16384
     problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16, tma_scales=tma_scales)
     return kernel_fp8.spec(problem, fp8_gemm.choose(problem, DEVICE, NUM_MP), ARCH)
+
+
+def runtime_gemv(m, n, k, recipe):
+    """The GEMV the dense call takes at 1-2 rows (operands with rows 16-byte aligned), or None."""
+    if m > 2 or k % 16:
+        return None
+    return kernel_gemv.spec(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16), ARCH)
 
 
 def runtime_ragged_m(mode, rows, n, k, recipe, experts, alignment=128):
@@ -67,6 +75,9 @@ def brute_force(preset, max_tokens):
         for gemm in preset.dense:
             for a_scales_tma in (False, True):
                 found.setdefault(runtime_dense(m, gemm.n, gemm.k, preset.recipe, a_scales_tma), "dense")
+            gemv = runtime_gemv(m, gemm.n, gemm.k, preset.recipe)
+            if gemv is not None:
+                found.setdefault(gemv, "dense")
         if layer is None:
             continue
         expect = -(-m * layer.top_k // layer.num_experts)
