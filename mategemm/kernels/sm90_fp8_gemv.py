@@ -12,6 +12,9 @@ from mategemm.types import GemmProblem
 KERNEL = "sm90_fp8_gemv"
 MAX_ROWS = 2  # at ~75 instructions per 16 bytes of B a row, 4 rows would bind on issue (notebook)
 WARPS = 4  # kGemvWarps
+# A warp keeps up to 4 steps of 512 bytes of B in flight; below 2 steps (K 1024) the ~36 warps an SM
+# holds (registers) keep too few bytes in flight to stream B at copy speed: the GEMM there.
+MIN_K = 1024
 WARPS_PER_SM = 16  # a column per warp until that many; else the warps of a column split its K
 TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
          rt.INT, rt.PTR, rt.I64)

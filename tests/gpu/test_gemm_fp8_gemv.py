@@ -10,7 +10,7 @@ from mategemm.testing import assert_close, calc_diff, fp8_gemm_reference, make_f
 
 
 @pytest.mark.parametrize("m", (1, 2))
-@pytest.mark.parametrize("n,k", [(2112, 7168), (1056, 1040), (576, 640), (136, 16384)])
+@pytest.mark.parametrize("n,k", [(2112, 7168), (1056, 1040), (576, 1152), (136, 16384)])
 @pytest.mark.parametrize("recipe", ((1, 128, 128), (1, 1, 128)))
 @pytest.mark.parametrize("major", ("K", "MN"))
 def test_gemv_matches_the_reference(m, n, k, recipe, major):

@@ -24,11 +24,11 @@ def test_one_or_two_rows_take_the_gemv(m, recipe, out, a):
                                 f"mategemm::kE4M3, mategemm::{'kOutBF16' if out == BF16 else 'kOutF16'}>")
 
 
-@pytest.mark.parametrize("kwargs", [dict(m=3), dict(recipe=RECIPE_PER_ROW), dict(out=torch.float8_e4m3fn),
+@pytest.mark.parametrize("kwargs", [dict(m=3), dict(k=1008), dict(recipe=RECIPE_PER_ROW), dict(out=torch.float8_e4m3fn),
                                     dict(force="gemv=0"), dict(force="block_m=64"), dict(force="stages=8"),
                                     dict(force="tma_scales=0")])
 def test_the_gemm_elsewhere(kwargs):
-    """More rows, other recipes or outputs, gemv=0, or a forced GEMM tile: the GEMM."""
+    """More rows, K below 1024, other recipes or outputs, gemv=0, or a forced GEMM tile: the GEMM."""
     assert gemv(**kwargs) is None
 
 
