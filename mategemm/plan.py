@@ -78,18 +78,20 @@ GEMM_TILE_KEYS = frozenset(("block_m", "block_n", "stages", "num_mp", "group_n",
 
 
 def dense_gemv(problem: GemmProblem, device: DeviceInfo, force: str | None = None) -> GemvPlan | None:
-    """The GEMV for a dense problem of at most kernel_gemv.MAX_ROWS rows and K of at least
-    kernel_gemv.MIN_K, or None (the GEMM): the block-scaled recipes, a bf16 or fp16 output
-    (validate has checked the 16-byte rows its vector loads need). MATEGEMM_FORCE_CONFIG gemv=0
-    keeps the GEMM, as does a forced GEMM tile key unless gemv=1. NOTES: at one row our GEMM's event
-    times sit 5-8 us above the copy-bound time of B (H100, notebook 2026-12-07); the GEMV has no
-    barrier ring, tensor map or tensor core."""
+    """The GEMV for a dense problem of at most kernel_gemv.MAX_ROWS rows with a block-scaled recipe
+    and a bf16 or fp16 output (validate has checked the 16-byte rows its vector loads need) where it
+    pays (K of at least kernel_gemv.MIN_K, N of at most kernel_gemv.MAX_N), or None (the GEMM).
+    MATEGEMM_FORCE_CONFIG gemv=1 takes it wherever it runs; gemv=0, or a forced GEMM tile key
+    without gemv=1, keeps the GEMM. NOTES: at one row our GEMM's event times sit 5-8 us above the
+    copy-bound time of B (H100, notebook 2026-12-07); the GEMV has no barrier ring, tensor map or
+    tensor core."""
     forced = parse_force_config(_force(force))
-    wanted = forced_flag(forced, "gemv", int(not forced.keys() & GEMM_TILE_KEYS))
-    fits = (problem.group_mode == "none" and 1 <= problem.m <= kernel_gemv.MAX_ROWS
-            and problem.k >= kernel_gemv.MIN_K and problem.recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
+    pays = problem.k >= kernel_gemv.MIN_K and problem.n <= kernel_gemv.MAX_N
+    wanted = forced_flag(forced, "gemv", int(pays and not forced.keys() & GEMM_TILE_KEYS))
+    runs = (problem.group_mode == "none" and 1 <= problem.m <= kernel_gemv.MAX_ROWS
+            and problem.recipe in (RECIPE_1x128_128x128, RECIPE_1x128_1x128)
             and problem.out_dtype in (torch.bfloat16, torch.float16))
-    if not (wanted and fits):
+    if not (wanted and runs):
         return None
     heuristics.report(kernel_gemv.KERNEL, problem, None)
     return GemvPlan(problem, kernel_gemv.spec(problem, device.arch),

@@ -12,9 +12,11 @@ from mategemm.types import GemmProblem
 KERNEL = "sm90_fp8_gemv"
 MAX_ROWS = 2  # at ~75 instructions per 16 bytes of B a row, 4 rows would bind on issue (notebook)
 WARPS = 4  # kGemvWarps
-# A warp keeps up to 4 steps of 512 bytes of B in flight; below 2 steps (K 1024) the ~36 warps an SM
-# holds (registers) keep too few bytes in flight to stream B at copy speed: the GEMM there.
-MIN_K = 1024
+# Where the GEMV measured faster than the GEMM (H100, notebook 2026-12-07): K from 4096 and N up to 4096
+# (1x576x7168 -26%, 1x2112x7168 -5%, 1x4096x7168 -5%); with N 7168 or more, or K 2048 or less, the
+# GEMM's TMA ring streams B faster (1x7168x16384 +9%, 1x32768x2048 +22%, 1x7168x2048 +11%).
+MIN_K = 4096
+MAX_N = 4096
 WARPS_PER_SM = 16  # a column per warp until that many; else the warps of a column split its K
 TYPES = (rt.PTR, rt.I64, rt.PTR, rt.I64, rt.PTR, rt.INT, rt.INT, rt.PTR, rt.INT, rt.INT, rt.INT, rt.INT, rt.INT,
          rt.INT, rt.PTR, rt.I64)

@@ -24,12 +24,25 @@ def test_one_or_two_rows_take_the_gemv(m, recipe, out, a):
                                 f"mategemm::kE4M3, mategemm::{'kOutBF16' if out == BF16 else 'kOutF16'}>")
 
 
-@pytest.mark.parametrize("kwargs", [dict(m=3), dict(k=1008), dict(recipe=RECIPE_PER_ROW), dict(out=torch.float8_e4m3fn),
+@pytest.mark.parametrize("kwargs", [dict(m=3), dict(k=4080), dict(n=4097), dict(n=7168, k=16384), dict(k=2048),
+                                    dict(recipe=RECIPE_PER_ROW), dict(out=torch.float8_e4m3fn),
                                     dict(force="gemv=0"), dict(force="block_m=64"), dict(force="stages=8"),
                                     dict(force="tma_scales=0")])
 def test_the_gemm_elsewhere(kwargs):
-    """More rows, K below 1024, other recipes or outputs, gemv=0, or a forced GEMM tile: the GEMM."""
+    """More rows, K below 4096, N above 4096, other recipes or outputs, gemv=0, or a forced GEMM tile:
+    the GEMM."""
     assert gemv(**kwargs) is None
+
+
+@pytest.mark.parametrize("n,k", [(4096, 4096), (576, 16384), (4096, 7168)])
+def test_the_gemv_from_k_4096_up_to_n_4096(n, k):
+    assert gemv(n=n, k=k) is not None
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=1024), dict(n=7168, k=16384), dict(n=32768, k=16)])
+def test_gemv_1_takes_it_wherever_it_runs(kwargs):
+    assert gemv(force="gemv=1", **kwargs) is not None
+    assert gemv(force="gemv=1", recipe=RECIPE_PER_ROW, **kwargs) is None
 
 
 def test_gemv_1_keeps_it_beside_a_forced_tile():

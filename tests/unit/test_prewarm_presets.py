@@ -43,7 +43,7 @@ def runtime_dense(m, n, k, recipe, a_scales_tma=False):
 
 def runtime_gemv(m, n, k, recipe):
     """The GEMV the dense call takes at 1-2 rows (operands with rows 16-byte aligned), or None."""
-    if m > 2 or k < 1024:
+    if m > 2 or k < 4096 or n > 4096:
         return None
     return kernel_gemv.spec(GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16), ARCH)
 
