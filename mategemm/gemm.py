@@ -20,7 +20,7 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     scale_granularity_mnk: (1, 128, 128) (default) or (1, 1, 128).
     scale_major_mode "K" (default): a_scale (m, k/128), b_scale (ceil(n/128), k/128) or (n, k/128);
     "MN": the transposes, (k/128, m) and (k/128, ceil(n/128)) or (k/128, n). fp32, any strides;
-    with (1,128,128) and k <= 16384, an MN-major a_scale whose rows start 16-byte aligned (row
+    with (1,128,128) and k <= 32768, an MN-major a_scale whose rows start 16-byte aligned (row
     stride a multiple of 4) is loaded by TMA with the tiles, the faster path at compute-bound sizes.
     out: optional (m, n) bf16/fp16 tensor, written in place (its row stride may exceed n).
     out_dtype: bf16 (default) or fp16 when out is None. mma_sm: None or 1.

@@ -101,7 +101,7 @@ def dense_gemv(problem: GemmProblem, device: DeviceInfo, force: str | None = Non
 def dense(problem: GemmProblem, device: DeviceInfo, num_mp: int | None = None, force: str | None = None,
           a_scales_tma: bool = False) -> GemmPlan:
     """A dense GEMM (group_mode "none"). a_scales_tma: A's scales are given as TMA reads them
-    (a_scales_tma_readable); with the (1,128,128) recipe and K <= 16384 the kernel then loads them
+    (a_scales_tma_readable); with the (1,128,128) recipe and K <= 32768 the kernel then loads them
     with each stage. Other A scales are copied into such a layout before each launch where that
     pays (a_scales_copy_pays), else read by the scale warps. MATEGEMM_FORCE_CONFIG tma_scales=0
     forces the scale warps, tma_scales=2 the copy wherever the kernel can load scales by TMA.

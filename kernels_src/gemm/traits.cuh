@@ -101,7 +101,7 @@ struct GemmSmemLayout {
   static constexpr int kGroupTableInts = kGroupMode == kGroupOffsets ? 4 : 3;
   // kItemBScales: a tile's B scales for each of its K blocks (at most kMaxTileKBlocks) and its one or
   // two B scale blocks, in two buffers that tiles take in turn.
-  static constexpr int kMaxTileKBlocks = 128;
+  static constexpr int kMaxTileKBlocks = 256;
   static constexpr int kSfbTileFloats = kItemBScales ? kMaxTileKBlocks * (kTwoScaleBlocks ? 2 : 1) : 0;
   static constexpr int kOffSfbTiles = kOffGroupTable + kGroupTableInts * kMaxGroups * 4;
   // Split-K in a cluster: rank 0's slots for the other ranks' fp32 partial tiles (16-byte stores).

@@ -23,7 +23,7 @@ BLOCK_K_FP8 = 128        # one 128-byte swizzled row; one scale block of K
 MAX_STAGES = 8
 MAX_FORCED_STAGES = 16   # MATEGEMM_FORCE_CONFIG stages for the FP8 GEMM (DeepGEMM's ring at decode)
 MIN_STAGES = 3          # the FP8 GEMM's three scale warps need a ring of at least 3
-MAX_TILE_K_BLOCKS = 128  # K blocks of a tile whose B scales the GEMM stages once (A's scales by TMA)
+MAX_TILE_K_BLOCKS = 256  # K blocks of a tile whose B scales the GEMM stages once (A's scales by TMA)
 
 
 def smem_per_block(device_smem_per_block: int, ctas_per_sm: int) -> int:

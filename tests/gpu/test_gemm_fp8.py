@@ -34,10 +34,11 @@ def test_sweep(m, n, k, recipe, major):
 
 
 # K not a multiple of 128 (DeepGEMM's dgrad shapes have k = 2112 and 576): TMA zero-fills the tail
-# block of A and B, which has its own scales; one 16-wide K, a split-K, K just past 16384 (the scale
-# warps then read A's scales even when given MN-major).
+# block of A and B, which has its own scales; one 16-wide K, a split-K, K just past 16384 (DeepSeek-V3's
+# dense down projection's 18432 is past it too), K just past 32768 (the scale warps then read A's scales
+# even when given MN-major).
 K_TAIL_CASES = ((1, 576, 64), (128, 7168, 2112), (4096, 2112, 576), (333, 1040, 336), (4096, 7168, 2112),
-                (7, 256, 16), (64, 2112, 16384 + 16))
+                (7, 256, 16), (64, 2112, 16384 + 16), (64, 2112, 32768 + 16))
 
 
 @pytest.mark.parametrize("m,n,k", K_TAIL_CASES)
@@ -308,7 +309,7 @@ def tma_and_warps(monkeypatch, m, n, k, scales=tma_aligned_scales, force=""):
 
 
 @pytest.mark.parametrize("m,n,k", list(itertools.product((1, 3, 64, 130, 1000, 4096), (576, 2112, 7168),
-                                                         (128, 7168, 16384))))
+                                                         (128, 7168, 16384, 18432))))
 def test_tma_scales_sweep(monkeypatch, m, n, k):
     sa = tma_and_warps(monkeypatch, m, n, k)
     assert by_tma(sa, m, k)
@@ -342,7 +343,7 @@ def shifted_start(sa: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("m,k,scales", [(333, 640, torch.Tensor.contiguous),  # rows of 333 floats: unaligned
                                         (64, 640, shifted_start),
-                                        (256, 16384 + 128, tma_aligned_scales)])  # past the B scale buffer
+                                        (256, 32768 + 128, tma_aligned_scales)])  # past the B scale buffer
 def test_tma_scales_fall_back_where_tma_cannot_read_them(monkeypatch, m, k, scales):
     """The scale warps run instead, with the same results."""
     sa = tma_and_warps(monkeypatch, m, 1024, k, scales=scales)

@@ -42,7 +42,7 @@ def test_scales_tma_cannot_read_are_copied_only_where_that_pays(m, n, k, copied)
     assert dense_plan(k, readable=True, m=m, n=n).problem.tma_scales
 
 
-@pytest.mark.parametrize("k,recipe", [(16384 + 128, RECIPE_1x128_128x128), (7168, RECIPE_1x128_1x128)])
+@pytest.mark.parametrize("k,recipe", [(32768 + 128, RECIPE_1x128_128x128), (7168, RECIPE_1x128_1x128)])
 @pytest.mark.parametrize("force", ("", "tma_scales=2"))
 def test_scale_warps_where_tma_cannot_serve(k, recipe, force):
     """K past the tile's B scale buffer, or per-column B scales: never by TMA, never copied."""

@@ -36,7 +36,7 @@ BRUTE_MAX_TOKENS = 512
 # ---- what the runtime picks (mategemm.gemm / mategemm.moe / mategemm.indexer, written out) ------
 def runtime_dense(m, n, k, recipe, a_scales_tma=False):
     """a_scales_tma: A's scales given MN-major as TMA reads them."""
-    tma_scales = a_scales_tma and recipe == RECIPE_1x128_128x128 and k <= 16384
+    tma_scales = a_scales_tma and recipe == RECIPE_1x128_128x128 and k <= 32768
     problem = GemmProblem(m, n, k, recipe, E4M3, E4M3, BF16, tma_scales=tma_scales)
     return kernel_fp8.spec(problem, fp8_gemm.choose(problem, DEVICE, NUM_MP), ARCH)
 
