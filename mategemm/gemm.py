@@ -24,8 +24,8 @@ def gemm_fp8_nt_groupwise(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tenso
     stride a multiple of 4) is loaded by TMA with the tiles, the faster path at compute-bound sizes.
     out: optional (m, n) bf16/fp16 tensor, written in place (its row stride may exceed n).
     out_dtype: bf16 (default) or fp16 when out is None. mma_sm: None or 1.
-    One or two rows with K >= 1024 and a bf16 or fp16 output run on a GEMV (plan.dense_gemv), the rest on
-    the GEMM.
+    One or two rows with K >= 4096, N <= 4096 and a bf16 or fp16 output run on a GEMV (plan.dense_gemv),
+    the rest on the GEMM.
     output_scale: one fp32 element on a's device: FP8 output, out (e4m3) = saturate(result /
     output_scale), rounded in the kernel's epilogue where n % 16 == 0, else formed in fp32 first
     (mategemm.bmm's accumulate path, batch 1).
