@@ -1,7 +1,7 @@
-"""Dense calls of 1-2 rows on the GEMV (plan.dense_gemv, forced by gemv=1) against the fp64 reference: both recipes
-and scale layouts, K tails, N not a multiple of 128, every split of a column's K (N 2112: none,
-1056: two warps, 576: four), an output row stride past n (its neighbours untouched); and against
-the GEMM on the same inputs."""
+"""Dense calls of 1-2 rows on the GEMV (plan.dense_gemv; gemv=1 where the GEMM is the default)
+against the fp64 reference: both recipes and scale layouts, K tails, N not a multiple of 128, every
+split of a column's K (N 2112: none, 1056: two warps, 576: four), an output row stride past n (its
+neighbours untouched); and against the GEMM on the same inputs."""
 import pytest
 import torch
 
@@ -14,7 +14,7 @@ from mategemm.testing import assert_close, calc_diff, fp8_gemm_reference, make_f
 @pytest.mark.parametrize("recipe", ((1, 128, 128), (1, 1, 128)))
 @pytest.mark.parametrize("major", ("K", "MN"))
 def test_gemv_matches_the_reference(monkeypatch, m, n, k, recipe, major):
-    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "gemv=1")  # also where the GEMM is the default
+    monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", "gemv=1")
     a, b, sa, sb = make_fp8_gemm_inputs(m, n, k, recipe, major)
     big = torch.full((m, n + 8), 7.0, dtype=torch.bfloat16, device="cuda")
     out = big[:, :n]

@@ -47,7 +47,8 @@ def test_dense(monkeypatch, row):
     m, n, k = row["m"], row["n"], row["k"]
     with recorded_specs(monkeypatch) as asked:
         dense_calls(m, n, k, ((1, 128, 128), (1, 1, 128)))
-    if m <= sm90_fp8_gemv.MAX_ROWS and k >= sm90_fp8_gemv.MIN_K and n <= sm90_fp8_gemv.MAX_N:  # the GEMV, whatever the scales' layout
+    # the GEMV where it pays, whatever the scales' layout
+    if m <= sm90_fp8_gemv.MAX_ROWS and k >= sm90_fp8_gemv.MIN_K and n <= sm90_fp8_gemv.MAX_N:
         assert {spec.kernel for spec in asked} == {sm90_fp8_gemv.KERNEL}
     else:
         assert sum(spec.name_expr.endswith(", true>") for spec in asked) == 1  # (1,128,128), MN-major: by TMA

@@ -12,6 +12,7 @@ from mategemm import plan, prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped
 from mategemm.jit.cache import KernelCache
 from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+from mategemm.kernels import sm90_fp8_gemv as kernel_gemv
 from mategemm.kernels import sm90_fp8_moe_layer, transpose_8bit
 from mategemm.runtime import launch as rt_launch
 from mategemm.runtime.device import SM90_NO_DEVICE
@@ -375,16 +376,14 @@ def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
 def test_gemv_streams_b_without_spills(sass_cache, m, a_dtype, out_dtype):
     """The GEMV of 1-2 rows (plan.dense_gemv): 16-byte loads of B and A, every FP8 pair converted by
     one F2FP, no local memory, the grid-dependency wait (MATEGEMM_PDL) once."""
-    from mategemm.kernels import sm90_fp8_gemv as kernel_gemv
-
     problem = GemmProblem(m, 2112, 7168, RECIPE_1x128_128x128, a_dtype, torch.float8_e4m3fn, out_dtype)
     gemv = plan.dense_gemv(problem, SM90_NO_DEVICE, "")
     assert gemv.spec == kernel_gemv.spec(problem, ARCH)
-    ops = collections.Counter(sass.opcodes(sass.dump_sass(sass_cache.get(gemv.spec).path / "kernel.cubin")))
+    cubin = sass_cache.get(gemv.spec).path / "kernel.cubin"
+    ops = collections.Counter(sass.opcodes(sass.dump_sass(cubin)))
     assert ops["LDL"] == ops["STL"] == 0
     assert ops["LDG"] >= 4 * (1 + m)  # the unrolled steps' B and A loads (and the scales)
     assert ops["F2FP"] >= 4 * 8 * (1 + m)  # 8 pairs of B and of each A row per 16 bytes, 4 steps
     assert ops["ACQBULK"] == 1
-    cubin = sass_cache.get(gemv.spec).path / "kernel.cubin"
     sizes = {rt_launch.PTR: 8, rt_launch.I64: 8, rt_launch.INT: 4}
     assert sass.kernel_param_sizes(cubin) == [sizes[t] for t in kernel_gemv.TYPES]
