@@ -169,15 +169,13 @@ class Launch:
         key = (out.data_ptr(), out.shape, out.stride(), stream, signal, out_scale)
         packed = self._packed.get(key)
         if packed is None:
-            if len(self._packed) >= 64:
-                self._packed.clear()
             chunk = self.out_swizzle // self.out_elem
             if self.out_3d:
                 tmap_d = encode_3d(out, chunk, 64, self.out_swizzle)
             else:  # a 3-D output (masked: groups x rows x n) is addressed as its stacked rows
                 tmap_d = encode_2d(out, chunk, 64, self.out_swizzle, rows=out.numel() // out.shape[-1])
             values = self._values(tmap_d, out, stream, signal, out_scale)
-            packed = self._packed[key] = self.kernel.pack(values, self.TYPES)
+            packed = rt.keep_packed(self._packed, key, self.kernel.pack(values, self.TYPES))
         self.kernel.launch(self.grid, stream, packed)
 
     def _values(self, tmap_d, out: torch.Tensor, stream: int, signal: int, out_scale: int) -> tuple:

@@ -60,7 +60,6 @@ class Launch:
         key = (out.data_ptr(), out.stride(0))
         packed = self._packed.get(key)
         if packed is None:
-            if len(self._packed) >= 64:
-                self._packed.clear()
-            packed = self._packed[key] = self.kernel.pack((*self.head, out.data_ptr(), out.stride(0)), TYPES)
+            packed = rt.keep_packed(self._packed, key,
+                                    self.kernel.pack((*self.head, out.data_ptr(), out.stride(0)), TYPES))
         self.kernel.launch(self.grid, stream, packed)

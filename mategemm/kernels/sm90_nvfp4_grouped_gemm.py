@@ -92,9 +92,7 @@ class Launch:
         key = (out.data_ptr(), out.shape, out.stride(), stream)
         packed = self._packed.get(key)
         if packed is None:
-            if len(self._packed) >= 64:
-                self._packed.clear()
-            packed = self._packed[key] = self._pack(self.head[0], out)
+            packed = rt.keep_packed(self._packed, key, self._pack(self.head[0], out))
         self.kernel.launch(self.grid, stream, packed)
 
     def _tail(self, expert_scales: int, expert_ids: int, num_experts: int) -> tuple:

@@ -70,7 +70,6 @@ class Launch:
         key = (out.data_ptr(), out.stride(0), stream)
         packed = self._packed.get(key)
         if packed is None:
-            if len(self._packed) >= 64:
-                self._packed.clear()
-            packed = self._packed[key] = self.kernel.pack((*self.head, out.data_ptr(), out.stride(0)), self.TYPES)
+            packed = rt.keep_packed(self._packed, key,
+                                    self.kernel.pack((*self.head, out.data_ptr(), out.stride(0)), self.TYPES))
         self.kernel.launch(self.grid, stream, packed)

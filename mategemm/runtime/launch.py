@@ -131,6 +131,17 @@ def load_once(loaded: dict, key, kernel_spec: KernelSpec, num_threads: int, smem
     return kernel
 
 
+PACKED_PER_LAUNCH = 64  # argument arrays a launcher keeps (per output address, strides, stream, ...)
+
+
+def keep_packed(packed: dict, key, args: "PackedArgs") -> "PackedArgs":
+    """`args` stored as packed[key]; a full dict (PACKED_PER_LAUNCH entries) is emptied first."""
+    if len(packed) >= PACKED_PER_LAUNCH:
+        packed.clear()
+    packed[key] = args
+    return args
+
+
 class PackedArgs:
     """Kernel arguments as cuLaunchKernelEx's void*[] (one pointer to each argument's bytes), built
     once and never changed, so launches from several threads can share it.

@@ -1,6 +1,7 @@
-"""Launch configurations, built without a GPU (cuda-python's structures only)."""
+"""Launch configurations, built without a GPU (cuda-python's structures only); kept argument arrays."""
 from cuda.bindings import driver
 
+from mategemm.runtime import launch as rt_launch
 from mategemm.runtime.launch import LoadedKernel
 
 
@@ -59,3 +60,12 @@ def test_pdl_setting_and_environment(monkeypatch):
     assert launch.pdl_enabled() is False
     with pytest.raises(TypeError, match="enabled"):
         launch.set_pdl(1)
+
+
+def test_keep_packed_stores_and_empties_a_full_dict():
+    packed = {}
+    for i in range(rt_launch.PACKED_PER_LAUNCH):
+        assert rt_launch.keep_packed(packed, i, f"args{i}") == f"args{i}"
+    assert len(packed) == rt_launch.PACKED_PER_LAUNCH
+    assert rt_launch.keep_packed(packed, "next", "args") == "args"
+    assert packed == {"next": "args"}
