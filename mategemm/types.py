@@ -105,6 +105,8 @@ class GemmConfig:
     # the promoting kernel's second scratch accumulator where the tile allows it (its wgmma overlap
     # the promotion); False: issue, wait, promote
     overlap: bool = True
+    # B's tiles loaded with an evict-first L2 policy (heuristics.fp8_gemm.b_read_once)
+    b_evict_first: bool = False
 
     @property
     def cluster(self) -> int:

@@ -33,6 +33,17 @@ __device__ __forceinline__ u32 lane_id() {
 // Values that every thread of a warp holds equal, moved to a uniform register.
 __device__ __forceinline__ int warp_uniform(int x) { return __shfl_sync(0xffffffffu, x, 0); }
 
+// True in one lane of the converged warp. Code under it runs on one thread that ptxas knows to be
+// alone: TMA and other uniform-datapath instructions issue without a per-instruction election loop
+// (under threadIdx.x == 0 each one is wrapped in ELECT / BRA.U.ANY).
+__device__ __forceinline__ bool elect_one_sync() {
+  u32 elected = 0;
+  asm volatile(
+      "{\n .reg .pred p;\n elect.sync _|p, 0xffffffff;\n @p mov.u32 %0, 1;\n}"
+      : "+r"(elected));
+  return elected != 0;
+}
+
 // ---- global loads -------------------------------------------------------------------------
 __device__ __forceinline__ float ldg_nc(const float* ptr) {
   float v;

@@ -141,7 +141,7 @@ __device__ __forceinline__ void gemm_kernel_body(const GemmArgs& args) {
   if (warpgroup == 0) {
     if constexpr (T::kNumMathWG > 1) setmaxnreg_dec<T::kProducerRegs>();
     const int warp = threadIdx.x / 32;
-    if (T::kGatherA ? warp == 0 : threadIdx.x == 0) {  // gathered A rows: the warp's lanes load them
+    if (warp == 0 && (T::kGatherA || elect_one_sync())) {  // gathered A rows: the warp's lanes load them
       if constexpr (T::kNvfp4) {
         produce_nvfp4_tiles<T>(args, smem, scheduler);
       } else {

@@ -66,7 +66,11 @@ __device__ __forceinline__ void produce_tiles(const GemmArgs& args, const GemmSm
         u8* a_dst = smem.a + pipe.stage * Layout::kABytes;
         u8* b_dst = smem.b + pipe.stage * Layout::kBBytes;
         auto load_k_major_b = [&] {
-          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+          if constexpr (T::kBEvictFirst) {
+            tma_load_2d_hinted(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0, kL2EvictFirst);
+          } else {
+            tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);
+          }
           if constexpr (T::kGated) {  // the up rows of the tile's columns
             tma_load_2d(b_dst + Layout::kBHalfBytes, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0 + args.n);
           }

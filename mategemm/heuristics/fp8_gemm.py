@@ -187,6 +187,20 @@ def streams_b_once(problem: GemmProblem, block_m: int, block_n: int, num_mp: int
     return 64 < problem.m <= 128 and block_m >= problem.m and block_n >= 64 and 4 * tiles >= 3 * num_mp
 
 
+def b_read_once(problem: GemmProblem, block_m: int, num_splits: int, split_in_cluster: bool) -> bool:
+    """Whether B's tiles load evict-first in L2: dense, one 64-row M-block covering m, no split
+    through the workspace (each B line is read once, by one CTA).
+
+    NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2 processes x 2 rounds in turns, time
+    with / without): 64x24576x1536 -5.3%, 64x32768x512 -4.2%, 64x2112x7168 (split 2 in a cluster)
+    -3.4%, 1x24576x1536 and 1x32768x512 -2.4%, the other 1- and 64-row rows -0..-1.4%; 64x576x7168
+    (split 4 through the workspace) +2.1%. With 128-row tiles over 128 rows it went both ways
+    (128x24576x1536 -3.2%, 128x7168x16384 +2.0%), and every 4096-row row lost (B read by 32 M-blocks:
+    4096x24576x1536 +5.3%)."""
+    return (problem.group_mode == "none" and problem.m <= block_m == 64
+            and (num_splits == 1 or split_in_cluster))
+
+
 def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
     """Split-K runs on one-wave tiles without clusters (the kernel's static_assert)."""
     return num_splits == 1 or (block_m <= 128 and cluster == (1, 1))
@@ -371,4 +385,6 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
     return GemmConfig(block_m=block_m, block_n=block_n, block_k=sm90.BLOCK_K_FP8, stages=stages,
                       num_mp=num_mp, group_n=group_n, out_swizzle=out_swizzle(block_n, out_bytes),
                       smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits,
-                      split_in_cluster=split_in_cluster, overlap=forced_flag(forced, "overlap", 1))
+                      split_in_cluster=split_in_cluster, overlap=forced_flag(forced, "overlap", 1),
+                      b_evict_first=forced_flag(forced, "b_evict_first",
+                                                int(b_read_once(problem, block_m, num_splits, split_in_cluster))))

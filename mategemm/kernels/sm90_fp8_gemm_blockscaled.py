@@ -43,7 +43,8 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
     the scale granularity along N (128 or 1) and K (128 or 32), split-K, A's scales by TMA and,
-    where config.overlap is off, no second scratch accumulator."""
+    where config.overlap is off, no second scratch accumulator; with config.b_evict_first, B's tiles
+    loaded evict-first (both trailing arguments spelled out then)."""
     name = kernel_name(problem)
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
@@ -54,8 +55,10 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
             *(("true" if problem.gather_a else "false", "true" if problem.tma_scales else "false")
               if name == KERNEL else ()))
-    if name == KERNEL and not config.overlap:
-        args += ("false",)
+    if name == KERNEL and (not config.overlap or config.b_evict_first):
+        args += ("true" if config.overlap else "false",)
+    if name == KERNEL and config.b_evict_first:
+        args += ("true",)
     return instance_spec(name, arch, *args)
 
 

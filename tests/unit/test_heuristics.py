@@ -86,6 +86,35 @@ def test_forced_values_are_used():
     assert (c.block_m, c.block_n, c.stages, c.num_mp, c.group_n) == (64, 96, 4, 66, 8)
 
 
+def test_b_evict_first_is_a_template_argument():
+    """b_evict_first=1: the promoting kernel's instance loads B evict-first (the overlap argument
+    spelled out before it); b_evict_first=0 keeps the default instance's name."""
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+
+    dense = problem(64, 24576, 1536)
+    off, on = (fp8_gemm.choose(dense, H100, 132, f"b_evict_first={v}") for v in (0, 1))
+    both = fp8_gemm.choose(dense, H100, 132, "b_evict_first=1,overlap=0")
+    assert not off.b_evict_first and on.b_evict_first and (on.block_m, on.block_n) == (off.block_m, off.block_n)
+    name = kernel_fp8.spec(dense, off, "sm_90a").name_expr
+    assert kernel_fp8.spec(dense, on, "sm_90a").name_expr == name[:-1] + ", true, true>"
+    assert kernel_fp8.spec(dense, both, "sm_90a").name_expr == name[:-1] + ", false, true>"
+    with pytest.raises(ValueError, match="b_evict_first must be 0 or 1"):
+        fp8_gemm.choose(dense, H100, 132, "b_evict_first=2")
+
+
+@pytest.mark.parametrize("m,n,k,evict", [
+    (1, 24576, 1536, True), (64, 32768, 512, True),
+    (64, 2112, 7168, True),     # split 2 in a cluster: each CTA reads its own K slice of B once
+    (64, 576, 7168, False),     # split 4 through the workspace
+    (128, 2112, 7168, False),   # two 64-row M-blocks read each B tile
+    (128, 7168, 16384, False),  # 128-row tiles
+    (4096, 7168, 2048, False)])
+def test_b_evict_first_where_b_is_read_once(m, n, k, evict):
+    config = fp8_gemm.choose(problem(m, n, k), H100, 132)
+    assert config.b_evict_first == evict, config
+    assert config.b_evict_first == (config.block_m == 64 >= m and (config.num_splits == 1 or config.split_in_cluster))
+
+
 def test_overlap_is_forced_off_in_the_instance():
     """overlap=0: the promoting kernel's instance without the second scratch accumulator (one more
     template argument, false); by default the argument is left out (true), except in ragged K,

@@ -21,9 +21,11 @@ Variants (several may be joined with '+'):
   no_sfa_tma    A's scales not loaded by the producer (wrong results on purpose): what the scale box
                 of each stage costs. H100, live DeepGEMM, 2 passes: 128x2112x7168 271 -> 281 TFLOPS
                 (+3.5%), 64x2112x7168, 128x4096x7168, 64x7168x16384 and 4096x7168x2048 level
-  decode_b_evict_first dense GEMMs whose one M-block covers all of m load B evict-first in L2 (each
-                B line is read once; A, read by every CTA, stays): ours missed L2 22% more often than
-                DeepGEMM at 128x2112x7168 (H100). Not yet timed
+  end_wait_read the math warpgroups' last wait before the CTA exits only for their stores to leave
+                shared memory (CUTLASS's store tail), not for the writes to complete
+  end_no_wait   no wait there at all (DeepGEMM's kernels). Both from an Nsight Compute reading of
+                128x2112x7168 (stall samples after the main loop 57 ours / 23 DeepGEMM's); H100, 7
+                decode and short-K rows, 2 passes: both level within 0.6% (the samples were not time)
   fast_moe_act  (patches/fast_moe_act.diff; the fused MoE layer's kernels, not the GEMM core) the
                 gated activation's sigmoid from the approximate exp2 and reciprocal, the 1x128
                 quantisation as values x (448 / amax) instead of divided by the scale (an e4m3
@@ -95,7 +97,9 @@ and the streaming kernel's pair decode in the GEMM core's NVFP4 kernel (nvfp4_pa
 64 tokens per expert 8-11% faster, where the streaming kernel with decoded rows is 2x faster; 256
 and 4096 tokens -5..+4%), and the next eight K blocks' B boxes prefetched into L2 every eight
 (b_prefetch_burst, for DRAM row-buffer hits: H100, -9..-25% on seven dense rows, 128x2112x7168 270 ->
-242 TFLOPS; its text is in the notebook).
+242 TFLOPS; its text is in the notebook). B's tiles evict-first in L2 where one 64-row M-block covers
+m (decode_b_evict_first) measured up to 5% faster and is the product's b_evict_first
+(heuristics.fp8_gemm.b_read_once).
 
 Rings of up to 16 stages (DeepGEMM's cap; stages16) measured no gain on the picks of 2026-12-06
 and +1.5..3% on DeepGEMM's 64x16 / 64x32 tiles; MATEGEMM_FORCE_CONFIG stages now reaches 16 for the
@@ -121,6 +125,7 @@ HOST = "mategemm/kernels/sm90_fp8_gemm_blockscaled.py"
 FP8_HEURISTIC = "mategemm/heuristics/fp8_gemm.py"
 PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
+KERNEL = "kernels_src/gemm/kernel.cuh"
 
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
@@ -146,8 +151,8 @@ PATCHES = {
     "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32)", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1)"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          bool kAllowOverlap = true>\n",
-                  "          int kConstN, int kConstK, bool kAllowOverlap = true>\n"),
+    "const_nk": [(ENTRY, "          bool kAllowOverlap = true, bool kBEvictFirst = false>\n",
+                  "          int kConstN, int kConstK, bool kAllowOverlap = true, bool kBEvictFirst = false>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
                   "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
                   "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
@@ -155,13 +160,11 @@ PATCHES = {
                   "              if name == KERNEL else ()))\n"
                   "    if name == KERNEL:\n"
                   "        args += (problem.n, problem.k) if problem.group_mode == \"none\" else (0, 0)\n")],
-    # B tiles evict-first from L2 where one M-block covers all of m (decode: every B line is read once)
-    "decode_b_evict_first": [(PRODUCER, "          tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n",
-                              "          if (args.m <= T::BLOCK_M && T::kGroupMode == kGroupNone) {\n"
-                              "            tma_load_2d_hinted(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0, kL2EvictFirst);\n"
-                              "          } else {\n"
-                              "            tma_load_2d(b_dst, args.tmap_b, loaded.addr, kb * T::kBlockKElems, b_row0);\n"
-                              "          }\n")],
+    # The math warpgroups' last wait before the CTA exits: for the tile's stores to leave shared
+    # memory only (CUTLASS's store tail), or none (DeepGEMM's kernels), instead of for their writes
+    "end_wait_read": [(KERNEL, "  if ((threadIdx.x % 128) == 0) tma_store_wait_all();\n",
+                       "  if ((threadIdx.x % 128) == 0) tma_store_wait_read();\n")],
+    "end_no_wait": [(KERNEL, "  if ((threadIdx.x % 128) == 0) tma_store_wait_all();\n", "")],
     # A's scales not loaded (wrong results on purpose): what one TMA box a stage costs the feed
     "no_sfa_tma": [(PRODUCER, "(T::kItemBScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0)", "0"),
                    (PRODUCER, "if constexpr (T::kItemBScales) {  // A's scales", "if constexpr (false) {  // A's scales")],
