@@ -7,7 +7,7 @@ import torch
 import mategemm
 from fake_device import call, recorded_specs
 from mategemm import prewarm, suites
-from mategemm.kernels import sm90_fp8_gemv
+from mategemm.kernels import sm90_fp8_gemm_blockscaled, sm90_fp8_gemv
 from mategemm.runtime.device import SM90_NO_DEVICE
 
 E4M3 = torch.float8_e4m3fn
@@ -34,6 +34,12 @@ def dense_calls(m: int, n: int, k: int, recipes) -> None:
              scale_major_mode="MN", scale_granularity_mnk=recipe)
 
 
+def a_scales_by_tma(spec) -> bool:
+    """The GEMM core instance's kTmaScales, its 17th template argument (optional ones may follow)."""
+    args = spec.name_expr[spec.name_expr.index("<") + 1:-1].split(", ")
+    return spec.kernel == sm90_fp8_gemm_blockscaled.KERNEL and args[16] == "true"
+
+
 def assert_planned(suite: suites.Suite, asked: list, force: str = "") -> None:
     planned = {p.spec for p in prewarm.plan_suites([suite], "sm_90a", num_mp=SM90_NO_DEVICE.num_sms, force=force)}
     assert asked, "no kernel was requested"
@@ -51,7 +57,7 @@ def test_dense(monkeypatch, row):
     if m <= sm90_fp8_gemv.MAX_ROWS and k >= sm90_fp8_gemv.MIN_K and n <= sm90_fp8_gemv.MAX_N:
         assert {spec.kernel for spec in asked} == {sm90_fp8_gemv.KERNEL}
     else:
-        assert sum(spec.name_expr.endswith(", true>") for spec in asked) == 1  # (1,128,128), MN-major: by TMA
+        assert sum(a_scales_by_tma(spec) for spec in asked) == 1  # (1,128,128), MN-major: by TMA
     assert_planned(suites.Suite("dense_fp8", "dense", (row,)), asked)
 
 
@@ -62,7 +68,7 @@ def test_dense_with_a_scales_copied_for_tma(monkeypatch):
     row = {"m": 333, "n": 2112, "k": 7168}
     with recorded_specs(monkeypatch) as asked:
         dense_calls(row["m"], row["n"], row["k"], ((1, 128, 128),))
-    assert asked and all(spec.name_expr.endswith(", true>") for spec in asked)
+    assert asked and all(a_scales_by_tma(spec) for spec in asked)
     assert_planned(suites.Suite("dense_fp8", "dense", (row,)), asked, force="tma_scales=2")
 
 
@@ -113,7 +119,7 @@ def test_contiguous_with_a_scales_by_tma(monkeypatch):
         call(mategemm.ragged_m_moe_gemm_8bit, (cuda(rows, 512, dtype=E4M3), mn_major_scales(rows, 4).t()),
              (cuda(4, 512, 512, dtype=E4M3), cuda(4, 4, 4)), cuda(rows, dtype=torch.int32),
              cuda(rows, 512, dtype=torch.bfloat16), gemm_mode="per_token", alignment_m=128)
-    assert asked and all(spec.name_expr.endswith(", true>") for spec in asked)
+    assert asked and all(a_scales_by_tma(spec) for spec in asked)
     assert_planned(suites.Suite("grouped_contiguous_fp8", "contiguous", (row,)), asked, force="tma_scales=2")
 
 
@@ -136,7 +142,7 @@ def test_masked_with_a_scales_by_tma(monkeypatch):
         call(mategemm.masked_moe_gemm_8bit, (cuda(6, 20, 7168, dtype=E4M3), cuda(6, 20, 56)),
              (cuda(6, 4096, 7168, dtype=E4M3), cuda(6, 32, 56)), cuda(6, dtype=torch.int32),
              cuda(6, 20, 4096, dtype=torch.bfloat16), expect_tokens=20)
-    assert asked and all(spec.name_expr.endswith(", true>") for spec in asked)
+    assert asked and all(a_scales_by_tma(spec) for spec in asked)
     assert_planned(suites.Suite("grouped_masked_fp8", "masked", (row,)), asked, force="tma_scales=2")
 
 
