@@ -63,6 +63,20 @@ def opcodes(sass: str) -> list[str]:
     return [m.group(1) for m in map(_INSTRUCTION.match, sass.splitlines()) if m]
 
 
+def elected_tma_loads(sass: str) -> int:
+    """TMA loads (UTMALDG) issued inside an election loop (ELECT a few instructions before, BRA.U.ANY
+    after): what ptxas emits where it cannot tell that one thread of the warp is running alone."""
+    ops = opcodes(sass)
+
+    def elected(i: int) -> bool:  # an ELECT among the few instructions before, no branch between
+        for op in reversed(ops[max(0, i - 4):i]):
+            if op in ("ELECT", "BRA"):
+                return op == "ELECT"
+        return False
+
+    return sum(1 for i, op in enumerate(ops) if op == "UTMALDG" and elected(i))
+
+
 def main_loop_r2ur(sass: str) -> list[str]:
     """The R2UR moves from the first wgmma (QGMMA) to the last: a main loop whose wgmma descriptors
     left the uniform registers has one before every wgmma."""
