@@ -191,8 +191,8 @@ def b_read_once(problem: GemmProblem, block_m: int, num_splits: int, split_in_cl
     """Whether B's tiles load evict-first in L2: dense, one 64-row M-block covering m, no split
     through the workspace (each B line is read once, by one CTA).
 
-    NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2 processes x 2 rounds in turns, time
-    with / without): 64x24576x1536 -5.3%, 64x32768x512 -4.2%, 64x2112x7168 (split 2 in a cluster)
+    NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2 processes x 2 rounds in turns, 4 input
+    sets rotated, time with / without): 64x24576x1536 -5.3%, 64x32768x512 -4.2%, 64x2112x7168 (split 2 in a cluster)
     -3.4%, 1x24576x1536 and 1x32768x512 -2.4%, the other 1- and 64-row rows -0..-1.4%; 64x576x7168
     (split 4 through the workspace) +2.1%. With 128-row tiles over 128 rows it went both ways
     (128x24576x1536 -3.2%, 128x7168x16384 +2.0%), and every 4096-row row lost (B read by 32 M-blocks:
