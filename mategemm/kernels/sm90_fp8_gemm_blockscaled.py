@@ -39,12 +39,15 @@ def split_k_kind(config: GemmConfig) -> int:
     return config.num_splits if config.split_in_cluster else 1
 
 
+TRAILING_DEFAULTS = (True, False)  # the promoting kernel's kAllowOverlap, kBEvictFirst
+
+
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     """The specialisation for (problem's recipe, dtypes and group mode, config); M, N, K and the
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
     the scale granularity along N (128 or 1) and K (128 or 32), split-K, A's scales by TMA and,
     where config.overlap is off, no second scratch accumulator; with config.b_evict_first, B's tiles
-    loaded evict-first (both trailing arguments spelled out then)."""
+    loaded evict-first."""
     name = kernel_name(problem)
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
@@ -55,10 +58,13 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
             *(("true" if problem.gather_a else "false", "true" if problem.tma_scales else "false")
               if name == KERNEL else ()))
-    if name == KERNEL and (not config.overlap or config.b_evict_first):
-        args += ("true" if config.overlap else "false",)
-    if name == KERNEL and config.b_evict_first:
-        args += ("true",)
+    if name == KERNEL:
+        # the trailing template arguments, spelled out up to the last that differs from its default:
+        # default instances keep their names (and cache keys)
+        trailing = [config.overlap, config.b_evict_first]
+        while trailing and trailing[-1] == TRAILING_DEFAULTS[len(trailing) - 1]:
+            trailing.pop()
+        args += tuple("true" if flag else "false" for flag in trailing)
     return instance_spec(name, arch, *args)
 
 
