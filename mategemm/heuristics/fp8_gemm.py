@@ -387,4 +387,5 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
                       smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits,
                       split_in_cluster=split_in_cluster, overlap=forced_flag(forced, "overlap", 1),
                       b_evict_first=forced_flag(forced, "b_evict_first",
-                                                int(b_read_once(problem, block_m, num_splits, split_in_cluster))))
+                                                int(b_read_once(problem, block_m, num_splits, split_in_cluster))),
+                      scales_ahead=forced_flag(forced, "scales_ahead", 0))

@@ -55,9 +55,11 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
             enum(GROUP_MODES[problem.group_mode]), problem.max_groups, problem.mn_major,
             *(("true" if problem.gather_a else "false", "true" if problem.tma_scales else "false")
               if name == KERNEL else ()))
-    if name == KERNEL and (not config.overlap or config.b_evict_first):
+    if name == KERNEL and (not config.overlap or config.b_evict_first or config.scales_ahead):
         args += ("true" if config.overlap else "false",)
-    if name == KERNEL and config.b_evict_first:
+    if name == KERNEL and (config.b_evict_first or config.scales_ahead):
+        args += ("true" if config.b_evict_first else "false",)
+    if name == KERNEL and config.scales_ahead:
         args += ("true",)
     return instance_spec(name, arch, *args)
 

@@ -115,6 +115,18 @@ def test_b_evict_first_where_b_is_read_once(m, n, k, evict):
     assert config.b_evict_first == (config.block_m == 64 >= m and (config.num_splits == 1 or config.split_in_cluster))
 
 
+def test_scales_ahead_is_a_template_argument():
+    """scales_ahead=1: the instance's last template argument, after overlap and b_evict_first."""
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+
+    for (m, n, k), tail in (((64, 32768, 512), ", true>"), ((128, 32768, 512), ", true, false, true>")):
+        dense = problem(m, n, k)
+        off, on = (fp8_gemm.choose(dense, H100, 132, f"scales_ahead={v}") for v in (0, 1))
+        assert not off.scales_ahead and on.scales_ahead and off.b_evict_first == (m == 64)
+        name_off, name_on = (kernel_fp8.spec(dense, c, "sm_90a").name_expr for c in (off, on))
+        assert name_on == name_off[:-1] + tail
+
+
 def test_overlap_is_forced_off_in_the_instance():
     """overlap=0: the promoting kernel's instance without the second scratch accumulator (one more
     template argument, false); by default the argument is left out (true), except in ragged K,
