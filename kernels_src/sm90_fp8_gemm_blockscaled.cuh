@@ -31,12 +31,13 @@ namespace mategemm {
 template <int BLOCK_M, int BLOCK_N, int kNumStages, int kScaleGranN, int kScaleGranK, OperandType kTypeA,
           OperandType kTypeB, OutType kOutType, int kOutSwizzle, int kClusterM, int kClusterN, int kSplitK,
           GroupMode kGroupMode, int kMaxGroups, int kMnMajor, bool kGatherA, bool kTmaScales,
-          bool kAllowOverlap = true, bool kBEvictFirst = false>
+          bool kAllowOverlap = true, bool kBEvictFirst = false, bool kScalesAheadAll = false>
 __global__ void __launch_bounds__(gemm_threads<BLOCK_M>(), 1) sm90_fp8_gemm_blockscaled(MATEGEMM_GEMM_PARAMS) {
   static_assert(kScaleGranN == 128 || kScaleGranN == 1, "block scales per 128 or per 1 column of B");
   using Traits = GemmTraits<BLOCK_M, BLOCK_N, kNumStages, kScaleGranN, kTypeA, kTypeB, kOutType, kOutSwizzle,
                             kClusterM, kClusterN, kSplitK, kGroupMode, kMaxGroups, kMnMajor, false, kScaleGranK,
-                            kTmaScales, 0, kNoGatedAct, kGatherA, false, kAllowOverlap, false, kBEvictFirst>;
+                            kTmaScales, 0, kNoGatedAct, kGatherA, false, kAllowOverlap, false, kBEvictFirst,
+                            kScalesAheadAll>;
   gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);
 }
 

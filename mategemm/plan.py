@@ -74,7 +74,7 @@ class GemvPlan:
 
 # MATEGEMM_FORCE_CONFIG keys that name a GEMM tile: forced, the call keeps the GEMM
 GEMM_TILE_KEYS = frozenset(("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n",
-                            "num_splits", "split_cluster", "overlap", "tma_scales", "b_evict_first"))
+                            "num_splits", "split_cluster", "overlap", "tma_scales", "b_evict_first", "scales_ahead"))
 
 
 def dense_gemv(problem: GemmProblem, device: DeviceInfo, force: str | None = None) -> GemvPlan | None:

@@ -107,6 +107,9 @@ class GemmConfig:
     overlap: bool = True
     # B's tiles loaded with an evict-first L2 policy (heuristics.fp8_gemm.b_read_once)
     b_evict_first: bool = False
+    # kItemBScales: one-wave tiles too load the next work item's B scales under the current one's
+    # main loop, as two-wave tiles always do (heuristics.fp8_gemm.scales_ahead)
+    scales_ahead: bool = False
 
     @property
     def cluster(self) -> int:

@@ -25,9 +25,10 @@ __device__ __forceinline__ void consume_tiles(const GemmArgs& args, const GemmSm
   float part1[PromotedMainLoop<T>::kOverlap ? T::kAcc : 1];
   // kItemBScales: each item's B scales go into one of two buffers in turn (a warpgroup may start the
   // next item while the other still reads this one's). Two-wave tiles of one pass also issue the
-  // next item's loads when an item starts and store them after its main loop: measured faster at
-  // short K there, slower with one-wave tiles (128x192 at K 7168, the decode tiles).
-  constexpr bool kScalesAhead = T::kItemBScales && GemmScheduler<T>::kPasses == 1 && T::kWaves == 2;
+  // next item's loads when an item starts and store them after its main loop (faster at short K);
+  // one-wave tiles where kScalesAheadAll (heuristics.fp8_gemm.scales_ahead).
+  constexpr bool kScalesAhead = T::kItemBScales && GemmScheduler<T>::kPasses == 1 &&
+                                (T::kWaves == 2 || T::kScalesAheadAll);
   constexpr int kScaleBarrier = 2 + T::kNumMathWG;  // after the epilogue's and split-K's barriers
   int tile_parity = 0;
   auto sfb_buffer = [&](int parity) { return smem.sfb_tiles + parity * T::Layout::kSfbTileFloats * 4; };

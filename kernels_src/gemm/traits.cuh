@@ -118,7 +118,8 @@ template <int BLOCK_M_, int BLOCK_N_, int kNumStages_, int kScaleGranN_, Operand
           OutType kOutType_, int kOutSwizzle_, int kClusterM_, int kClusterN_, int kSplitK_, GroupMode kGroupMode_,
           int kMaxGroups_, int kMnMajor_, bool kNvfp4_ = false, int kScaleGranK_ = 128, bool kTmaScales_ = false,
           int kDecoderWGs_ = 0, int kGatedAct_ = kNoGatedAct, bool kGatherA_ = false, bool kNvfp4DecodedA_ = false,
-          bool kAllowOverlap_ = true, bool kNvfp4DecodedB_ = false, bool kBEvictFirst_ = false>
+          bool kAllowOverlap_ = true, bool kNvfp4DecodedB_ = false, bool kBEvictFirst_ = false,
+          bool kScalesAheadAll_ = false>
 struct GemmTraits {
   static constexpr int BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_, kNumStages = kNumStages_;
   // 128: B scales per (128-column block, 128-K block) (DeepSeek-V3's 1x128 / 128x128); 1: per
@@ -168,6 +169,8 @@ struct GemmTraits {
   static constexpr bool kAllowOverlap = kAllowOverlap_;
   // K-major B tiles loaded evict-first from L2 (each B line read by one CTA once).
   static constexpr bool kBEvictFirst = kBEvictFirst_;
+  // kItemBScales: one-wave tiles too stage the next item's B scales under the main loop (consume_tiles).
+  static constexpr bool kScalesAheadAll = kScalesAheadAll_;
 
   static constexpr int kNumMathWG = gemm_math_warpgroups<BLOCK_M>();
   static constexpr int kWaves = BLOCK_M / 64 / kNumMathWG;  // 64-row waves per math warpgroup

@@ -8,7 +8,7 @@ from mategemm.log import verbose
 
 FORCE_KEYS = ("block_m", "block_n", "stages", "num_mp", "group_n", "cluster_m", "cluster_n", "num_splits", "transpose",
               "tma_scales", "decoders", "quant_first", "gated_gemm", "gather_a", "stream", "decoded_a",
-              "decoded_b", "overlap", "split_cluster", "ctas_per_sm", "gemv", "b_evict_first")
+              "decoded_b", "overlap", "split_cluster", "ctas_per_sm", "gemv", "b_evict_first", "scales_ahead")
 _printed: set = set()
 
 

@@ -201,6 +201,19 @@ def b_read_once(problem: GemmProblem, block_m: int, num_splits: int, split_in_cl
             and (num_splits == 1 or split_in_cluster))
 
 
+def scales_ahead(problem: GemmProblem, block_m: int) -> bool:
+    """Whether one-wave tiles (block_m <= 128) stage the next work item's B scales under the current
+    item's main loop, as two-wave tiles always do: dense, (1,128,128) scales by TMA.
+
+    NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2 processes x 2 rounds, 8 input sets,
+    TFLOPS off / on): 128x32768x512 276 / 288 (+4%), 256x2112x7168 461 / 475 (+3%), 128x24576x1536
+    +2.5%, 64x32768x512 +2%, 128x4096x512 +0..4%, 32x32768x512 +1.5%; the rest within -0.9..+1%
+    (128x4096x4096 -0.7%, 16x24576x1536 -0..-1.5%; 4096-row tiles are two-wave already). Grouped
+    modes not measured."""
+    return (problem.group_mode == "none" and block_m <= 128 and problem.tma_scales
+            and problem.recipe.gn == 128)
+
+
 def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
     """Split-K runs on one-wave tiles without clusters (the kernel's static_assert)."""
     return num_splits == 1 or (block_m <= 128 and cluster == (1, 1))
@@ -387,4 +400,5 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
                       smem_bytes=smem, cluster_m=cluster_m, cluster_n=cluster_n, num_splits=num_splits,
                       split_in_cluster=split_in_cluster, overlap=forced_flag(forced, "overlap", 1),
                       b_evict_first=forced_flag(forced, "b_evict_first",
-                                                int(b_read_once(problem, block_m, num_splits, split_in_cluster))))
+                                                int(b_read_once(problem, block_m, num_splits, split_in_cluster))),
+                      scales_ahead=forced_flag(forced, "scales_ahead", int(scales_ahead(problem, block_m))))

@@ -39,7 +39,7 @@ def split_k_kind(config: GemmConfig) -> int:
     return config.num_splits if config.split_in_cluster else 1
 
 
-TRAILING_DEFAULTS = (True, False)  # the promoting kernel's kAllowOverlap, kBEvictFirst
+TRAILING_DEFAULTS = (True, False, False)  # the promoting kernel's kAllowOverlap, kBEvictFirst, kScalesAheadAll
 
 
 def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
@@ -47,7 +47,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     number of groups (up to the table's capacity) stay run-time. The promoting kernel also takes
     the scale granularity along N (128 or 1) and K (128 or 32), split-K, A's scales by TMA and,
     where config.overlap is off, no second scratch accumulator; with config.b_evict_first, B's tiles
-    loaded evict-first."""
+    loaded evict-first; with config.scales_ahead, one-wave tiles staging the next item's B scales."""
     name = kernel_name(problem)
     enum = "mategemm::{}".format
     tile = (config.block_m, config.block_n, config.stages)
@@ -61,7 +61,7 @@ def spec(problem: GemmProblem, config: GemmConfig, arch: str) -> KernelSpec:
     if name == KERNEL:
         # the trailing template arguments, spelled out up to the last that differs from its default:
         # default instances keep their names (and cache keys)
-        trailing = [config.overlap, config.b_evict_first]
+        trailing = [config.overlap, config.b_evict_first, config.scales_ahead]
         while trailing and trailing[-1] == TRAILING_DEFAULTS[len(trailing) - 1]:
             trailing.pop()
         args += tuple("true" if flag else "false" for flag in trailing)

@@ -50,7 +50,9 @@ def test_k_tail(m, n, k, recipe, major):
 @pytest.mark.parametrize("force", ("block_m=64,block_n=64,num_splits=3", "block_m=128,block_n=144",
                                    "block_m=128,block_n=192", "block_m=256,block_n=128,cluster_n=2",
                                    "block_m=128,block_n=128,overlap=0", "block_m=64,block_n=64,b_evict_first=1",
-                                   "block_m=128,block_n=128,overlap=0,b_evict_first=1"))
+                                   "block_m=128,block_n=128,overlap=0,b_evict_first=1",
+                                   "block_m=64,block_n=64,num_mp=8,scales_ahead=1",
+                                   "block_m=128,block_n=128,num_mp=3,num_splits=2,scales_ahead=1"))
 def test_k_tail_forced_configs(monkeypatch, force):
     monkeypatch.setenv("MATEGEMM_FORCE_CONFIG", force)
     for scales in (tma_aligned_scales, torch.Tensor.contiguous):

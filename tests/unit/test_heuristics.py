@@ -9,7 +9,7 @@ import torch
 from mategemm import env, prewarm, suites
 from mategemm.heuristics import fp8_gemm, grouped, parse_force_config, sm90
 from mategemm.runtime import device as rt_device
-from mategemm.types import RECIPE_1x128_128x128, GemmProblem
+from mategemm.types import RECIPE_1x128_1x128, RECIPE_1x128_128x128, GemmProblem
 from lab_tools import load_tool
 
 H100 = rt_device.SM90_NO_DEVICE
@@ -113,6 +113,36 @@ def test_b_evict_first_where_b_is_read_once(m, n, k, evict):
     config = fp8_gemm.choose(problem(m, n, k), H100, 132)
     assert config.b_evict_first == evict, config
     assert config.b_evict_first == (config.block_m == 64 >= m and (config.num_splits == 1 or config.split_in_cluster))
+
+
+def test_scales_ahead_is_a_template_argument():
+    """scales_ahead=1: the instance's last template argument, after overlap and b_evict_first."""
+    from mategemm.kernels import sm90_fp8_gemm_blockscaled as kernel_fp8
+
+    for (m, n, k), tail in (((64, 32768, 512), ", true>"), ((128, 32768, 512), ", true, false, true>")):
+        dense = problem(m, n, k)
+        off, on = (fp8_gemm.choose(dense, H100, 132, f"scales_ahead={v}") for v in (0, 1))
+        assert not off.scales_ahead and on.scales_ahead and off.b_evict_first == (m == 64)
+        name_off, name_on = (kernel_fp8.spec(dense, c, "sm_90a").name_expr for c in (off, on))
+        assert name_on == name_off[:-1] + tail
+
+
+def test_scales_ahead_on_one_wave_dense_tiles():
+    """By default one-wave tiles stage the next item's B scales only for dense (1,128,128) GEMMs
+    with scales by TMA; two-wave tiles (256 rows) need no flag."""
+    from dataclasses import replace
+
+    chosen = []
+    for m, n, k in ((64, 32768, 512), (128, 24576, 1536), (256, 2112, 7168), (4096, 7168, 16384)):
+        for tma in (False, True):
+            config = fp8_gemm.choose(replace(problem(m, n, k), tma_scales=tma), H100, 132)
+            assert config.scales_ahead == (tma and config.block_m <= 128), (m, n, k, tma, config)
+            chosen.append(config.scales_ahead)
+    assert any(chosen) and not all(chosen)
+    per_column = replace(problem(128, 24576, 1536, RECIPE_1x128_1x128), tma_scales=True)
+    assert not fp8_gemm.choose(per_column, H100, 132).scales_ahead
+    grouped_rows = replace(problem(8 * 128, 4096, 7168), group_mode="psum_expert", num_groups=8, tma_scales=True)
+    assert not fp8_gemm.choose(grouped_rows, H100, 132).scales_ahead
 
 
 def test_overlap_is_forced_off_in_the_instance():

@@ -330,6 +330,8 @@ PTXAS_FORBIDDEN = ("C7514", "C7517", "C7508")
     (64, 64, 8, 128, ",num_splits=4,split_cluster=1", True),  # split-K reduced in the cluster
     (64, 32, 16, 128, ",num_splits=2,split_cluster=1", True),  # a forced 16-stage ring
     (64, 64, 8, 128, ",b_evict_first=1", True),  # B loaded with the evict-first L2 policy
+    (64, 128, 8, 128, ",scales_ahead=1", True),  # a one-wave tile staging the next item's B scales
+    (128, 96, 6, 128, ",scales_ahead=1", True),
 ])
 def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster, tma_scales):
     from mategemm.jit import nvrtc

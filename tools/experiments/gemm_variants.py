@@ -151,8 +151,9 @@ PATCHES = {
     "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32)", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1)"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          bool kAllowOverlap = true, bool kBEvictFirst = false>\n",
-                  "          int kConstN, int kConstK, bool kAllowOverlap = true, bool kBEvictFirst = false>\n"),
+    "const_nk": [(ENTRY, "          bool kAllowOverlap = true, bool kBEvictFirst = false, bool kScalesAheadAll = false>\n",
+                  "          int kConstN, int kConstK, bool kAllowOverlap = true, bool kBEvictFirst = false,\n"
+                  "          bool kScalesAheadAll = false>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
                   "  if constexpr (kConstN > 0) n = kConstN;\n  if constexpr (kConstK > 0) k = kConstK;\n"
                   "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);"),
