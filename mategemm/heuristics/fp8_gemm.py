@@ -82,6 +82,12 @@ def out_swizzle(block_n: int, elem_bytes: int = 2) -> int:
     raise ValueError(f"block_n must be a multiple of 16, got {block_n}")
 
 
+def item_b_scales(tma_scales: bool, scale_gran_n: int) -> bool:
+    """The kernel's kItemBScales: with A's scales by TMA and (1,128,128) scales, each work item's B
+    scales are staged in a buffer of their own (two buffers in turn)."""
+    return tma_scales and scale_gran_n == 128
+
+
 def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_elem_bytes: int = 2,
                rows_checked: bool = False, max_groups: int = 0, mn_major: int = 0, scale_gran_k: int = 128,
                tma_scales: bool = False, b_halves: int = 1, split_cluster: int = 1) -> int:
@@ -98,8 +104,8 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     out = block_m * block_n * out_elem_bytes
     two_b_blocks = 128 % block_n != 0 or b_halves == 2
     scale_align = 16
-    item_b_scales = tma_scales and scale_gran_n == 128
-    if item_b_scales:  # sa per row as TMA lands it
+    b_scales_per_item = item_b_scales(tma_scales, scale_gran_n)
+    if b_scales_per_item:  # sa per row as TMA lands it
         box_rows, boxes = tma_scale_boxes(block_m, rows_checked)
         scale_floats = block_m + box_rows - block_m // boxes  # the rows before the tile's first, in its box
         if rows_checked:
@@ -115,7 +121,7 @@ def smem_bytes(block_m: int, block_n: int, stages: int, scale_gran_n: int, out_e
     per_stage = (block_m + block_n * b_halves + staging) * sm90.BLOCK_K_FP8 + scales
     row_ok = (block_m + 15) // 16 * 16 if rows_checked else 0
     barriers = (3 if mn_major else 2) * stages * 8
-    sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if item_b_scales else 0
+    sfb_tiles = 2 * sm90.MAX_TILE_K_BLOCKS * (2 if two_b_blocks else 1) * 4 if b_scales_per_item else 0
     split_slots = (split_cluster - 1) * block_m * block_n * 4
     # 16: the split-K flag (or its cluster's barriers)
     return (out + stages * per_stage + barriers + 16 + row_ok + 12 * max_groups + sfb_tiles + split_slots
@@ -203,15 +209,14 @@ def b_read_once(problem: GemmProblem, block_m: int, num_splits: int, split_in_cl
 
 def scales_ahead(problem: GemmProblem, block_m: int) -> bool:
     """Whether one-wave tiles (block_m <= 128) stage the next work item's B scales under the current
-    item's main loop, as two-wave tiles always do: dense, (1,128,128) scales by TMA.
+    item's main loop, as two-wave tiles always do: dense calls whose tiles stage B scales per item.
 
     NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2 processes x 2 rounds, 8 input sets,
     TFLOPS off / on): 128x32768x512 278 / 290 (+4%), 256x2112x7168 461 / 475 (+3%), 128x24576x1536
     +2.7%, 64x32768x512 +2%, 128x4096x512 +0..4%, 32x32768x512 +1.5%; the rest within -0.9..+1%
     (128x4096x4096 -0.7%, 16x24576x1536 -0..-1.5%; 4096-row tiles are two-wave already). Grouped
     modes not measured."""
-    return (problem.group_mode == "none" and block_m <= 128 and problem.tma_scales
-            and problem.recipe.gn == 128)
+    return problem.group_mode == "none" and block_m <= 128 and item_b_scales(problem.tma_scales, problem.recipe.gn)
 
 
 def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
