@@ -207,16 +207,19 @@ def b_read_once(problem: GemmProblem, block_m: int, num_splits: int, split_in_cl
             and (num_splits == 1 or split_in_cluster))
 
 
-def scales_ahead(problem: GemmProblem, block_m: int) -> bool:
+def scales_ahead(problem: GemmProblem, block_m: int, block_n: int) -> bool:
     """Whether one-wave tiles (block_m <= 128) stage the next work item's B scales under the current
-    item's main loop, as two-wave tiles always do: dense calls whose tiles stage B scales per item.
+    item's main loop, as two-wave tiles always do: dense calls whose tiles stage B scales per item,
+    but not 128x192 tiles.
 
-    NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2 processes x 2 rounds, 8 input sets,
+    NOTES (H100, live DeepGEMM, `tools/compare_configs.py` 2-3 processes x 2-3 rounds, 8 input sets,
     TFLOPS off / on): 128x32768x512 278 / 290 (+4%), 256x2112x7168 461 / 475 (+3%), 128x24576x1536
-    +2.7%, 64x32768x512 +2%, 128x4096x512 +0..4%, 32x32768x512 +1.5%; the rest within -0.9..+1%
-    (128x4096x4096 -0.7%, 16x24576x1536 -0..-1.5%; 4096-row tiles are two-wave already). Grouped
-    modes not measured."""
-    return problem.group_mode == "none" and block_m <= 128 and item_b_scales(problem.tma_scales, problem.recipe.gn)
+    +2.7%, 64x32768x512 +2%, 128x4096x512 +0..4%, 32x32768x512 +1.5%; 128x144 tiles at 2048x2112x7168
+    977 / 1027 (+5%), 1024x2112x7168 and 4096x576x7168 +2%; the rest within -0.9..+1% (128x4096x4096
+    -0.7%, 16x24576x1536 -0..-1.5%). The 128x192 tile lost in three processes alike: 4096x2112x7168
+    1254 / 1217 (-3%). Grouped modes not measured."""
+    return (problem.group_mode == "none" and block_m <= 128 and block_n != 192
+            and item_b_scales(problem.tma_scales, problem.recipe.gn))
 
 
 def split_allowed(block_m: int, cluster: tuple[int, int], num_splits: int) -> bool:
@@ -406,4 +409,4 @@ def choose(problem: GemmProblem, device: DeviceInfo, num_mp: int, force: str = "
                       split_in_cluster=split_in_cluster, overlap=forced_flag(forced, "overlap", 1),
                       b_evict_first=forced_flag(forced, "b_evict_first",
                                                 int(b_read_once(problem, block_m, num_splits, split_in_cluster))),
-                      scales_ahead=forced_flag(forced, "scales_ahead", int(scales_ahead(problem, block_m))))
+                      scales_ahead=forced_flag(forced, "scales_ahead", int(scales_ahead(problem, block_m, block_n))))
