@@ -136,7 +136,8 @@ def test_scales_ahead_on_one_wave_dense_tiles():
     for m, n, k in ((64, 32768, 512), (128, 24576, 1536), (256, 2112, 7168), (4096, 2112, 7168), (4096, 7168, 16384)):
         for tma in (False, True):
             config = fp8_gemm.choose(replace(problem(m, n, k), tma_scales=tma), H100, 132)
-            assert config.scales_ahead == (tma and config.block_m <= 128 and config.block_n != 192), (m, n, k, tma, config)
+            expected = tma and config.block_m <= 128 and config.block_n != 192
+            assert config.scales_ahead == expected, (m, n, k, tma, config)
             chosen.append(config.scales_ahead)
     assert any(chosen) and not all(chosen)
     wide = fp8_gemm.choose(replace(problem(4096, 2112, 7168), tma_scales=True), H100, 132)

@@ -151,7 +151,8 @@ PATCHES = {
     "lane0_full": [(TRAITS, "(kScaleAtEnd || kTmaScales ? 1 : 1 + 32)", "(kScaleAtEnd || kTmaScales ? 1 : 1 + 1)"),
                    (STAGING, "      smem.full[stage].arrive();  // release",
                     "      __syncwarp();\n      if (lane == 0) smem.full[stage].arrive();  // release")],
-    "const_nk": [(ENTRY, "          bool kAllowOverlap = true, bool kBEvictFirst = false, bool kScalesAheadAll = false>\n",
+    "const_nk": [(ENTRY, "          bool kAllowOverlap = true, bool kBEvictFirst = false, "
+                         "bool kScalesAheadAll = false>\n",
                   "          int kConstN, int kConstK, bool kAllowOverlap = true, bool kBEvictFirst = false,\n"
                   "          bool kScalesAheadAll = false>\n"),
                  (ENTRY, "  gemm_kernel_body<Traits>(MATEGEMM_GEMM_ARGS);",
