@@ -225,14 +225,18 @@ struct PromotedMainLoop {
         #pragma unroll
         for (int c = 0; c < T::BLOCK_N / 8; ++c) promote_chunk(out + c * 4, part + c * 4, sc.lo[0], sc.hi[0]);
       } else {
-        // Offsets of tile and block boundary are multiples of gcd(BLOCK_N, 128): the chunks below it
-        // take the first block at compile time, only the rest select (8 of 24 at BLOCK_N 192).
-        constexpr int kAlwaysFirst = (T::BLOCK_N & -T::BLOCK_N) / 8;
+        // Offsets of tile and block boundary are multiples of gcd(BLOCK_N, 128), kGroup chunks: the
+        // chunks of a group share their block. The first group takes the first block and groups from
+        // chunk 16 the second at compile time; each other group selects once (one group of the three
+        // at BLOCK_N 192: 2 selects a K block where a select per chunk took 16).
+        constexpr int kGroup = (T::BLOCK_N & -T::BLOCK_N) / 8;
         #pragma unroll
-        for (int c = 0; c < T::BLOCK_N / 8; ++c) {
+        for (int g = 0; g < T::BLOCK_N / 8 / kGroup; ++g) {
           // a select: an index would put sc in local memory
-          const bool first = c < kAlwaysFirst || (c < 16 && c < first_chunks);
-          promote_chunk(out + c * 4, part + c * 4, first ? sc.lo[0] : sc.lo[1], first ? sc.hi[0] : sc.hi[1]);
+          const bool first = g == 0 || (g * kGroup < 16 && g * kGroup < first_chunks);
+          const float lo = first ? sc.lo[0] : sc.lo[1], hi = first ? sc.hi[0] : sc.hi[1];
+          #pragma unroll
+          for (int c = g * kGroup; c < (g + 1) * kGroup; ++c) promote_chunk(out + c * 4, part + c * 4, lo, hi);
         }
       }
     } else {
