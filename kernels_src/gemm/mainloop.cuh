@@ -228,7 +228,8 @@ struct PromotedMainLoop {
         // Offsets of tile and block boundary are multiples of gcd(BLOCK_N, 128), kGroup chunks: the
         // chunks of a group share their block. The first group takes the first block and groups from
         // chunk 16 the second at compile time; each other group selects once (one group of the three
-        // at BLOCK_N 192: 2 selects a K block where a select per chunk took 16).
+        // at BLOCK_N 192: 2 selects a K block where a select per chunk took 16). NOTES (H100, live
+        // DeepGEMM, 2 passes): against a select per chunk, 4096x2112x7168 +3.5%, 128x144 rows +7..11%.
         constexpr int kGroup = (T::BLOCK_N & -T::BLOCK_N) / 8;
         #pragma unroll
         for (int g = 0; g < T::BLOCK_N / 8 / kGroup; ++g) {
