@@ -218,7 +218,7 @@ def scales_ahead(problem: GemmProblem, block_m: int, block_n: int) -> bool:
     977 / 1027 (+5%), 1024x2112x7168 and 4096x576x7168 +2%; the rest within -0.9..+1% (128x4096x4096
     -0.7%, 16x24576x1536 -0..-1.5%). The 128x192 tile lost in three processes alike: 4096x2112x7168
     1254 / 1217 (-3%). Grouped modes not measured."""
-    return (problem.group_mode == "none" and block_m <= 128 and block_n != 192
+    return (problem.group_mode == "none" and block_m <= 128 and block_n != WIDE_BLOCK_N
             and item_b_scales(problem.tma_scales, problem.recipe.gn))
 
 
