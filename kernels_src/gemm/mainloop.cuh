@@ -29,6 +29,18 @@ struct ConsumerStages {
     return stage;
   }
 
+  // Waits until `stage` is full in the ring's current turn (a whole turn unrolled: the stage is a
+  // compile-time constant; the caller flips the phase after the turn).
+  __device__ __forceinline__ void wait_in_turn(int stage) const {
+    full[stage].wait(pipe.phase);
+    if constexpr (T::kGatherA) fence_proxy_async_smem();
+  }
+
+  // At the start of an unrolled turn: an empty asm redefines stage 0's descriptors, so that ptxas
+  // derives each stage's from them inside the turn. NOTES: without it, ptxas hoisted every stage's
+  // descriptor sums out of the loop and the 128x192 kernel spilled (48 local loads and stores).
+  __device__ __forceinline__ void refresh_descriptors() { asm volatile("" : "+l"(desc_a0), "+l"(desc_b0)); }
+
   // Hands a stage back once this thread's reads of it are done (its wgmma completed).
   __device__ __forceinline__ void release(int stage) const {
     empty[stage].arrive();
@@ -145,11 +157,6 @@ struct PromotedMainLoop {
                                             T::kCluster == 1;
   static constexpr bool kOverlap = T::kAllowOverlap && (T::kScaleGranN == 128 || kOverlapPerColumn) &&
                                    T::BLOCK_N <= 128 && T::kSubTiles == 1;
-  // NOTES (H100, live DeepGEMM, 2 rounds): the two-wave loop (BLOCK_M 256) unrolled 8 deep folds
-  // the per-k-block bookkeeping: +2..3% at 4096x{7168x16384, 4096x7168, 7168x2048}; at 128x192 the
-  // same unroll lost 16% (1098 -> 918 TFLOPS) and 256x128 with per-column B scales spilled, so
-  // other tiles keep the plain loop. A gated tile's two halves are two 64 x 128 sub-tiles, as two waves.
-  static constexpr int kUnrollKBlocks = T::kSubTiles == 2 && T::kScaleGranN == 128 && T::kScaleBlocksK == 1 ? 8 : 1;
   // (1,1,32): the floats of one 32-value K block's scales in a stage (sa per row, then sb per column)
   static constexpr int kScaleBlockFloats = T::BLOCK_M + T::BLOCK_N;
 
@@ -295,33 +302,58 @@ struct PromotedMainLoop {
       } else {
         promote_release(acc, part0, sc0, stage0);
       }
+    } else if constexpr (T::kScaleBlocksK == 1) {
+      // The K blocks before the ring reaches stage 0 one at a time, then whole turns of the ring
+      // unrolled with each stage a compile-time constant (the ring position, descriptor and barrier
+      // addresses fold into immediates), then the rest one at a time. A gated tile's two halves are
+      // two 64 x 128 sub-tiles, as two waves. NOTES: this replaced an 8-deep unroll of the two-wave
+      // loop with the stage a run-time value (+2..3% on 256x128 at long K; at 128x192 it lost 16%).
+      int kb = 0;
+      for (; kb < num_blocks && stages.pipe.stage != 0; ++kb) k_block(acc, part0, stages.wait(), kb);
+      for (; kb + T::kNumStages <= num_blocks; kb += T::kNumStages) {
+        stages.refresh_descriptors();
+        #pragma unroll
+        for (int stage = 0; stage < T::kNumStages; ++stage) {
+          stages.wait_in_turn(stage);
+          k_block(acc, part0, stage, kb + stage);
+        }
+        stages.pipe.phase ^= 1;
+      }
+      for (; kb < num_blocks; ++kb) k_block(acc, part0, stages.wait(), kb);
     } else {
-      #pragma unroll (kUnrollKBlocks)
+      static_assert(T::kScaleGranN == 1 && !T::kGated, "(1,1,32) scales: per-column B, no gated halves");
       for (int kb = 0; kb < num_blocks; ++kb) {
         const int stage = stages.wait();
         #pragma unroll
-        for (int sub = 0; sub < T::kSubTiles; ++sub) {  // (wave, B half)
-          const int wave = sub / T::kBHalves, half = sub % T::kBHalves;
+        for (int wave = 0; wave < T::kWaves; ++wave) {
+          // (1,1,32): each 32-value K block's wgmma promoted alone. NOTES: a loop, not unrolled:
+          // unrolled, the four blocks' scale loads were hoisted and 128x128 tiles spilled.
           BlockScales sc;
-          if constexpr (T::kScaleBlocksK == 1) {
-            issue(part0, sc, stage, wave, kb, 0, half);
+          #pragma unroll 1
+          for (int j = 0; j < T::kScaleBlocksK; ++j) {
+            issue(part0, sc, stage, wave, kb, j);
             wgmma_wait<0>();
-            if (T::kScaleGranN == 128 && sub == T::kSubTiles - 1) stages.release(stage);
-            promote(acc + sub * kAcc, part0, sc, stage, 0, half);
-          } else {
-            // (1,1,32): each 32-value K block's wgmma promoted alone. NOTES: a loop, not unrolled:
-            // unrolled, the four blocks' scale loads were hoisted and 128x128 tiles spilled.
-            #pragma unroll 1
-            for (int j = 0; j < T::kScaleBlocksK; ++j) {
-              issue(part0, sc, stage, wave, kb, j);
-              wgmma_wait<0>();
-              promote(acc + wave * kAcc, part0, sc, stage, j);
-            }
+            promote(acc + wave * kAcc, part0, sc, stage, j);
           }
         }
-        if constexpr (T::kScaleGranN != 128) stages.release(stage);
+        stages.release(stage);
       }
     }
+  }
+
+  // One K block of one scale block (kScaleBlocksK == 1) in `stage`: each sub-tile (wave, B half)
+  // into `part`, then promoted; the stage is released once its last wgmma completed.
+  __device__ __forceinline__ void k_block(float* acc, float* part, int stage, int kb) const {
+    #pragma unroll
+    for (int sub = 0; sub < T::kSubTiles; ++sub) {
+      const int wave = sub / T::kBHalves, half = sub % T::kBHalves;
+      BlockScales sc;
+      issue(part, sc, stage, wave, kb, 0, half);
+      wgmma_wait<0>();
+      if (T::kScaleGranN == 128 && sub == T::kSubTiles - 1) stages.release(stage);
+      promote(acc + sub * kAcc, part, sc, stage, 0, half);
+    }
+    if constexpr (T::kScaleGranN != 128) stages.release(stage);
   }
 };
 
