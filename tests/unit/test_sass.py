@@ -352,7 +352,8 @@ def test_ptxas_keeps_wgmma_pipelined(block_m, block_n, stages, gran_n, cluster, 
 def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
     """The planned 256x128 kernels (ragged K: 128x128, per-column B scales) keep the wgmma descriptors
     in uniform registers: no R2UR from the first wgmma to the last. A tile walk the compiler cannot
-    prove warp-uniform moves them to vector registers, with a move before every wgmma."""
+    prove warp-uniform moves them to vector registers, with a move before every wgmma. One move is
+    allowed: ptxas may pass the barrier phase of an unrolled ring turn through a vector register."""
     recipe = RECIPE_1x128_1x128 if mode == "ragged_k" else RECIPE_1x128_128x128
     out = torch.float32 if mode == "ragged_k" else torch.bfloat16
     m, k = (4096, 4 * 8192) if mode == "ragged_k" else (32768, 7168)
@@ -369,7 +370,7 @@ def test_main_loop_on_the_uniform_datapath(sass_cache, mode, tma_scales):
     assert gemm_plan.problem.tma_scales == tma_scales
     text = sass.dump_sass(sass_cache.get(gemm_plan.spec).path / "kernel.cubin")
     moves = sass.main_loop_r2ur(text)
-    assert not moves, f"{len(moves)} R2UR between the first and the last wgmma"
+    assert len(moves) <= 1, f"{len(moves)} R2UR between the first and the last wgmma"
     # ragged K's scales by bulk copies (one for sa, one for sb), none by the scale warps' loads
     assert text.count("UBLKCP") == (2 if mode == "ragged_k" and tma_scales else 0)
 
