@@ -306,8 +306,10 @@ struct PromotedMainLoop {
       // The K blocks before the ring reaches stage 0 one at a time, then whole turns of the ring
       // unrolled with each stage a compile-time constant (the ring position, descriptor and barrier
       // addresses fold into immediates), then the rest one at a time. A gated tile's two halves are
-      // two 64 x 128 sub-tiles, as two waves. NOTES: this replaced an 8-deep unroll of the two-wave
-      // loop with the stage a run-time value (+2..3% on 256x128 at long K; at 128x192 it lost 16%).
+      // two 64 x 128 sub-tiles, as two waves. NOTES (H100, live DeepGEMM, 2 passes): against the
+      // loop one K block at a time (two-wave tiles: 8 deep with the stage a run-time value) 256x128
+      // +1..2%, 128x192 4096x2112x7168 +1.4% (2048x3072x7168 -0.5%), 128x144 4096x576x7168 +1.4%
+      // (2048x2112x7168 -2.5%), k-grouped +1.3%.
       int kb = 0;
       for (; kb < num_blocks && stages.pipe.stage != 0; ++kb) k_block(acc, part0, stages.wait(), kb);
       for (; kb + T::kNumStages <= num_blocks; kb += T::kNumStages) {

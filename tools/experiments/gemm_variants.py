@@ -64,7 +64,8 @@ Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied 
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
 chunk selection with two B scale blocks (a warp-uniform dispatch per chunk count measured the same),
-the two-wave loop unrolled 8 deep, split-K's finishing item summing its own partial from registers
+the two-wave loop unrolled 8 deep (since replaced by whole ring turns unrolled), split-K's finishing
+item summing its own partial from registers
 and loading two slices at a time (-1.5..2% at 1x2112x7168 and 64x2112x7168 on the H100), the next
 work item's B scales loaded by the math threads under the current item's main loop, in two-wave
 tiles (H100 against live DeepGEMM, 2 rounds, with 256x128 tiles: 4096x32768x512 +3.3%, K 1536-2048
