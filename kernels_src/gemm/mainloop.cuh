@@ -23,17 +23,16 @@ struct ConsumerStages {
   // Waits until the next stage is full; returns it.
   __device__ __forceinline__ int wait() {
     const int stage = pipe.stage;
-    full[stage].wait(pipe.phase);
-    if constexpr (T::kGatherA) fence_proxy_async_smem();  // A's rows came by cp.async (generic proxy)
+    wait_in_turn(stage);
     pipe.advance();
     return stage;
   }
 
-  // Waits until `stage` is full in the ring's current turn (a whole turn unrolled: the stage is a
-  // compile-time constant; the caller flips the phase after the turn).
+  // Waits until `stage` is full in the ring's current turn, without moving the ring position (a
+  // whole turn unrolled: the stage is a compile-time constant; the caller flips the phase after it).
   __device__ __forceinline__ void wait_in_turn(int stage) const {
     full[stage].wait(pipe.phase);
-    if constexpr (T::kGatherA) fence_proxy_async_smem();
+    if constexpr (T::kGatherA) fence_proxy_async_smem();  // A's rows came by cp.async (generic proxy)
   }
 
   // At the start of an unrolled turn: an empty asm redefines stage 0's descriptors, so that ptxas
