@@ -18,6 +18,15 @@ Variants (several may be joined with '+'):
                 2026-11-28 had the best pair 1-4% behind the tile alone, before A's scales by TMA and
                 the main-loop changes. Measured (H100, 8 shapes, 2 rounds): 1-5% slower, geomean
                 against DeepGEMM 0.957 / 0.953 against 0.976 / 0.976
+  cluster_own_loads a cluster pair's CTAs each load their whole tiles themselves (two boxes of half the
+                rows, no multicast) and release stages to their own producer only: the pair is launched
+                and walks the tiles as with multicast, but nothing couples the two rings. With forced
+                clusters (MATEGEMM_FORCE_CONFIG cluster_m=2 or cluster_n=2) beside base's, it splits
+                the clusters' loss (4096x2112x7168 at 128x192: 1261 TFLOPS alone, 1191 with cluster_m 2,
+                DeepGEMM's pick, where DeepGEMM gains) into the launch and walk of pairs (this variant)
+                and the coupled rings with shared loads (base)
+  cluster_leader_loads the shared tile loaded whole by the pair's rank-0 CTA into both (DeepGEMM's SM90
+                multicast: its rank 1 issues no load of that operand), instead of half by each CTA
   no_sfa_tma    A's scales not loaded by the producer (wrong results on purpose): what the scale box
                 of each stage costs. H100, live DeepGEMM, 2 passes: 128x2112x7168 271 -> 281 TFLOPS
                 (+3.5%), 64x2112x7168, 128x4096x7168, 64x7168x16384 and 4096x7168x2048 level
@@ -128,6 +137,31 @@ PRODUCER = "kernels_src/gemm/producer.cuh"
 NVFP4 = "kernels_src/gemm/nvfp4_staging.cuh"
 KERNEL = "kernels_src/gemm/kernel.cuh"
 
+
+def shared_tile_load(x: str, row0: str) -> str:
+    """The producer's load of its half of a tile shared by a cluster pair (operand x, "a" or "b"),
+    multicast into both CTAs, as the kernel has it."""
+    return (f"          tma_load_2d_multicast({x}_dst + offset * kBlockK, args.tmap_{x}, loaded.addr, "
+            f"kb * T::kBlockKElems,\n                                {row0} + offset, 0x3);\n")
+
+
+def own_tile_loads(x: str, row0: str) -> str:
+    """Both halves of the shared tile loaded by each CTA into its own shared memory."""
+    return (f"          tma_load_2d({x}_dst + offset * kBlockK, args.tmap_{x}, loaded.addr, kb * T::kBlockKElems, "
+            f"{row0} + offset);\n"
+            f"          tma_load_2d({x}_dst + (kHalfRows - offset) * kBlockK, args.tmap_{x}, loaded.addr, "
+            f"kb * T::kBlockKElems,\n                      {row0} + kHalfRows - offset);\n")
+
+
+def leader_tile_loads(x: str, row0: str) -> str:
+    """Both halves of the shared tile multicast by rank 0 (offset 0) alone."""
+    return (f"          if (offset == 0) {{\n"
+            f"            tma_load_2d_multicast({x}_dst, args.tmap_{x}, loaded.addr, kb * T::kBlockKElems, "
+            f"{row0}, 0x3);\n"
+            f"            tma_load_2d_multicast({x}_dst + kHalfRows * kBlockK, args.tmap_{x}, loaded.addr, "
+            f"kb * T::kBlockKElems,\n                                  {row0} + kHalfRows, 0x3);\n"
+            f"          }}\n")
+
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
@@ -168,6 +202,15 @@ PATCHES = {
     "end_wait_read": [(KERNEL, "  if ((threadIdx.x % 128) == 0) tma_store_wait_all();\n",
                        "  if ((threadIdx.x % 128) == 0) tma_store_wait_read();\n")],
     "end_no_wait": [(KERNEL, "  if ((threadIdx.x % 128) == 0) tma_store_wait_all();\n", "")],
+    # Cluster pairs without multicast: each CTA loads its whole tiles (the half-row boxes twice) and
+    # its stages go back to its own producer only
+    "cluster_own_loads": [(PRODUCER, shared_tile_load("a", "t.a_row0"), own_tile_loads("a", "t.a_row0")),
+                          (PRODUCER, shared_tile_load("b", "b_row0"), own_tile_loads("b", "b_row0")),
+                          (MAINLOOP, "      if (lane == 0) empty[stage].arrive_on(peer_cta);\n", ""),
+                          (TRAITS, "kNumMathWG * 128 + (kCluster - 1) * kNumMathWG * 4;", "kNumMathWG * 128;")],
+    # The shared tile multicast whole by the pair's rank 0 (both halves), none by rank 1
+    "cluster_leader_loads": [(PRODUCER, shared_tile_load("a", "t.a_row0"), leader_tile_loads("a", "t.a_row0")),
+                             (PRODUCER, shared_tile_load("b", "b_row0"), leader_tile_loads("b", "b_row0"))],
     # A's scales not loaded (wrong results on purpose): what one TMA box a stage costs the feed
     "no_sfa_tma": [(PRODUCER, "(T::kItemBScales ? Layout::kScaleBoxes * Layout::kScaleBoxRows * 4 : 0)", "0"),
                    (PRODUCER, "if constexpr (T::kItemBScales) {  // A's scales", "if constexpr (false) {  // A's scales")],

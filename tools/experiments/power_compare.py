@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""TFLOPS per watt of dense FP8 GEMMs under a sustained load, ours beside DeepGEMM (a lab tool; GPU).
+"""TFLOPS per watt of FP8 GEMMs under a sustained load, ours beside DeepGEMM (a lab tool; GPU).
 
-    python tools/experiments/power_compare.py --shapes 4096x7168x16384,4096x4096x7168 \
+    python tools/experiments/power_compare.py --shapes 4096x7168x16384,4096x4096x7168,8x4096x4096x7168 \
         --configs "" "block_m=128,block_n=192" [--seconds 3] [--rounds 2]
 
-Each config (MATEGEMM_FORCE_CONFIG values, '' = the heuristic's pick; with deep_gemm importable,
-`source tools/deepgemm_build.sh`, DeepGEMM's fp8_gemm_nt as "deepgemm") runs back to back for
+MxNxK is a dense GEMM (A's scales MN-major); GxMxNxK the contiguous grouped GEMM of tools/bench.py
+grouped: G groups of 0.7-1.3x M rows, each padded to 128 rows (per_token ids), timed on the padded
+rows. Each config (MATEGEMM_FORCE_CONFIG values, '' = the heuristic's pick; with deep_gemm importable,
+`source tools/deepgemm_build.sh`, DeepGEMM's fp8_gemm_nt or m_grouped_fp8_gemm_nt_contiguous as
+"deepgemm") runs back to back for
 --seconds while `nvidia-smi` samples the board's power and SM clock every 50 ms; the configs take
 turns in rounds, the first one rotated. Per config: TFLOPS over the whole loop (CUDA events at its
 ends), mean power and clock over the samples after the first half second (the clock and the power
@@ -106,9 +109,48 @@ def sustained(call, seconds: float, flops: float, index: int, field: str) -> dic
     return {"tflops": tflops, "watts": watts, "mhz": mhz, "tflops_per_watt": tflops / watts, "calls": calls}
 
 
+def dense_calls(deep_gemm, m: int, n: int, k: int):
+    """(flops, our call, DeepGEMM's call or None, the output, its check) of one dense GEMM."""
+    from benchkit.timing import deepgemm_calls, peer_views, rotating_gemm_calls
+    from mategemm.testing import calc_diff, fp8_gemm_reference
+
+    sets, outs, ours = rotating_gemm_calls(m, n, k, 1, "MN")
+    views = peer_views(sets, "MN")
+    theirs = deepgemm_calls(deep_gemm, views, outs)[0] if deep_gemm is not None else None
+    reference = fp8_gemm_reference(*views[0])
+    return 2.0 * m * n * k, ours[0], theirs, outs[0], lambda out: calc_diff(out.float(), reference)
+
+
+def grouped_calls(deep_gemm, groups: int, m_per_group: int, n: int, k: int):
+    """As dense_calls, for the contiguous grouped GEMM on one routing of the grouped suite's kind."""
+    import torch
+
+    import mategemm
+    from mategemm.testing import moe
+
+    counts = moe.deepgemm_group_sizes(groups, m_per_group, generator=torch.Generator().manual_seed(0))
+    ids, _ = moe.per_token_layout(counts, 128)
+    rows = ids.numel()
+    a, sfa = moe.make_tokens(rows, k)
+    b, sfb = moe.make_expert_weights(groups, n, k)
+    out = torch.empty((rows, n), dtype=torch.bfloat16, device="cuda")
+    experts = moe.spot_check_experts(counts, 2 * n * k, 2e11)
+    reference = moe.ragged_m_reference(a, sfa, b, sfb, ids, "per_token", (1, 128, 128), experts)
+
+    def ours():
+        mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token", alignment_m=128)
+
+    def theirs():
+        deep_gemm.m_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), out, ids, disable_ue8m0_cast=True)
+
+    return (2.0 * rows * n * k, ours, theirs if deep_gemm is not None else None, out,
+            lambda result: moe.calc_diff_rows(result.float(), reference))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="4096x7168x16384,4096x4096x7168", help="comma-separated MxNxK")
+    parser.add_argument("--shapes", default="4096x7168x16384,4096x4096x7168",
+                        help="comma-separated MxNxK (dense) or GxMxNxK (contiguous grouped)")
     parser.add_argument("--configs", nargs="+", default=[""], help="MATEGEMM_FORCE_CONFIG values ('' = heuristic)")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
@@ -117,8 +159,6 @@ def main() -> None:
     import torch
 
     from benchkit.common import forcing, in_turns, live_deepgemm, require_gpu_or_exit
-    from benchkit.timing import deepgemm_calls, peer_views, rotating_gemm_calls
-    from mategemm.testing import calc_diff, fp8_gemm_reference
     require_gpu_or_exit("tools/experiments/power_compare.py")
 
     deep_gemm = live_deepgemm()
@@ -128,24 +168,21 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}: {args.seconds} s per config and round, {field} and SM clock from "
           f"nvidia-smi every {SAMPLE_MS} ms after the first {SETTLE_S} s", flush=True)
     for shape in args.shapes.split(","):
-        m, n, k = (int(x) for x in shape.split("x"))
-        sets, outs, ours = rotating_gemm_calls(m, n, k, 1, "MN")
-        views = peer_views(sets, "MN")
-        theirs = deepgemm_calls(deep_gemm, views, outs)[0]
-        reference = fp8_gemm_reference(*views[0])
+        dims = [int(x) for x in shape.split("x")]
+        flops, ours, theirs, out, reference = (grouped_calls if len(dims) == 4 else dense_calls)(deep_gemm, *dims)
 
         def call_of(config):
-            return theirs if config == "deepgemm" else forcing(ours[0], config)
+            return theirs if config == "deepgemm" else forcing(ours, config)
 
         runnable = []
         for config in configs:
-            outs[0].fill_(float("nan"))
+            out.fill_(float("nan"))
             try:
                 call_of(config)()
             except ValueError as exc:
                 print(f"{shape} [{config or 'heuristic'}] n/a: {exc}", flush=True)
                 continue
-            diff = calc_diff(outs[0].float(), reference)
+            diff = reference(out)
             if diff > 1e-5:
                 print(f"{shape} [{config or 'heuristic'}] WRONG: calc_diff {diff:.1e}", flush=True)
                 continue
@@ -153,7 +190,7 @@ def main() -> None:
         results = {config: [] for config in runnable}
         for r in range(args.rounds):
             for config in in_turns(runnable, r):
-                results[config].append(sustained(call_of(config), args.seconds, 2.0 * m * n * k, index, field))
+                results[config].append(sustained(call_of(config), args.seconds, flops, index, field))
         for config, runs in results.items():
             med = {key: statistics.median(run[key] for run in runs) for key in ("tflops", "watts", "mhz",
                                                                                   "tflops_per_watt")}
