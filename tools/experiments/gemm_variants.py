@@ -69,6 +69,14 @@ Variants (several may be joined with '+'):
                 wgmma). H100 (one run, time against base): -5..-1% at 1 token, -3..+2% at 16, +7..+12%
                 at 32 and 64. The diff now sits on the decode cuts and kCtasPerSm (2 at every tile);
                 not timed there
+  per_token_pairs (patches/per_token_pairs.diff) per_token's 128-row tiles in M-block pairs, forced with
+                MATEGEMM_FORCE_CONFIG block_m=128,cluster_m=2 (any block_n): B multicast where both blocks
+                start in one expert, each CTA's own B where they differ, and a block with no rows of the
+                GEMM beside one with rows runs its peer's expert in lockstep and stores nothing; DeepGEMM's
+                contiguous pick is 128x192 with cluster_m 2. SASS (NVRTC 13.5): 128x192 131 instructions a
+                K block in the unrolled turn (127 unpaired), 168 registers, no local memory (the (1,1,128)
+                recipe at 192 columns: 1 LDL, 1 STL, as with cluster_n 2). With its unit and GPU tests
+                (tests/gpu/test_moe.py::test_per_token_block_pairs)
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -168,6 +176,7 @@ PATCH_FILES: dict[str, Path] = {
     "fast_moe_act": Path(__file__).resolve().parent / "patches" / "fast_moe_act.diff",
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "stream_math_decode": Path(__file__).resolve().parent / "patches" / "stream_math_decode.diff",
+    "per_token_pairs": Path(__file__).resolve().parent / "patches" / "per_token_pairs.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}

@@ -49,7 +49,7 @@ variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(base)
 for round in $(seq 1 "$ROUNDS"); do
   for v in "${variants[@]}"; do
-    d=/tmp/var_$v; rm -rf "$d"; mkdir -p "$d"; cp -r mategemm tools kernels_src pyproject.toml "$d"/ 2>/dev/null
+    d=/tmp/var_$v; rm -rf "$d"; mkdir -p "$d"; cp -r mategemm tools kernels_src tests pyproject.toml "$d"/ 2>/dev/null
     python3 tools/experiments/gemm_variants.py "$v" "$d" || continue
     echo "== $v, round $round"
     (cd "$d" && PYTHONPATH="$d:$PYTHONPATH" MATEGEMM_CACHE_DIR="$d/.cache" timeout 300 python3 tools/bench.py "$SUITE" \
