@@ -77,6 +77,11 @@ Variants (several may be joined with '+'):
                 K block in the unrolled turn (127 unpaired), 168 registers, no local memory (the (1,1,128)
                 recipe at 192 columns: 1 LDL, 1 STL, as with cluster_n 2). With its unit and GPU tests
                 (tests/gpu/test_moe.py::test_per_token_block_pairs)
+  two_ctas_dense (patches/two_ctas_dense.diff) two CTAs an SM for dense 64-row tiles, forced with
+                MATEGEMM_FORCE_CONFIG ctas_per_sm=2: launch bounds (256, 2), the registers split by
+                setmaxnreg (producer 40, math 216), half the shared memory a CTA, up to twice the SMs in
+                the grid; for two-item rows like 64x32768x512, where each SM runs its items one after
+                the other. SASS: no local memory. With its unit, SASS and GPU tests
 Larger variants may come as unified diffs under patches/ (PATCH_FILES), applied with git apply.
 A's scales by TMA (dense, MN-major scales) measured faster as a diff and is now the product's
 path; MATEGEMM_FORCE_CONFIG tma_scales=0 runs the scale warps instead. So are the compile-time
@@ -177,6 +182,7 @@ PATCH_FILES: dict[str, Path] = {
     "layer_mn_scales": Path(__file__).resolve().parent / "patches" / "layer_mn_scales.diff",
     "stream_math_decode": Path(__file__).resolve().parent / "patches" / "stream_math_decode.diff",
     "per_token_pairs": Path(__file__).resolve().parent / "patches" / "per_token_pairs.diff",
+    "two_ctas_dense": Path(__file__).resolve().parent / "patches" / "two_ctas_dense.diff",
 }
 # Patch files written against the tree with others applied first (applied before them, once).
 PATCH_BASES: dict[str, tuple[str, ...]] = {"layer_mn_scales": ("fast_moe_act",)}
