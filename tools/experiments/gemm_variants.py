@@ -175,6 +175,7 @@ def leader_tile_loads(x: str, row0: str) -> str:
             f"kb * T::kBlockKElems,\n                                  {row0} + kHalfRows, 0x3);\n"
             f"          }}\n")
 
+
 # Larger variants as unified diffs against the tree (under patches/), applied with git apply.
 PATCH_FILES: dict[str, Path] = {
     "desc32": Path(__file__).resolve().parent / "patches" / "desc32.diff",
