@@ -51,6 +51,35 @@ def peer_views(sets: list, scale_major: str) -> list:
     return [(a, b, sa.t(), sb.t().contiguous()) for a, b, sa, sb in sets]
 
 
+def contiguous_grouped_calls(groups: int, m_per_group: int, n: int, k: int, num_sets: int, deep_gemm=None,
+                             generator=None, reference_flops: float = 2e11) -> tuple:
+    """One routing of the contiguous grouped GEMM as `tools/bench.py grouped` draws it (groups of
+    0.7-1.3x m_per_group rows, each padded to 128 rows: per_token ids) with `num_sets` input sets:
+    (rows, a bf16 output per set, our per_token call per set, DeepGEMM's m_grouped contiguous call per
+    set or None without deep_gemm, a check: calc_diff of an output of set 0 against the fp64
+    reference on the experts that fit `reference_flops`)."""
+    import torch
+
+    import mategemm
+    from mategemm.testing import moe
+
+    counts = moe.deepgemm_group_sizes(groups, m_per_group, generator=generator)
+    ids, _ = moe.per_token_layout(counts, 128)
+    rows = ids.numel()
+    sets = [(*moe.make_tokens(rows, k), *moe.make_expert_weights(groups, n, k)) for _ in range(num_sets)]
+    outs = [torch.empty((rows, n), dtype=torch.bfloat16, device="cuda") for _ in sets]
+    ours = [lambda s=s, o=o: mategemm.ragged_m_moe_gemm_8bit((s[0], s[1]), (s[2], s[3]), ids, o,
+                                                             gemm_mode="per_token", alignment_m=128)
+            for s, o in zip(sets, outs)]
+    theirs = None if deep_gemm is None else [
+        lambda s=s, o=o: deep_gemm.m_grouped_fp8_gemm_nt_contiguous((s[0], s[1]), (s[2], s[3]), o, ids,
+                                                                    disable_ue8m0_cast=True)
+        for s, o in zip(sets, outs)]
+    experts = moe.spot_check_experts(counts, 2 * n * k, reference_flops)
+    reference = moe.ragged_m_reference(*sets[0], ids, "per_token", (1, 128, 128), experts)
+    return rows, outs, ours, theirs, lambda out: moe.calc_diff_rows(out.float(), reference)
+
+
 def deepgemm_calls(deep_gemm, views: list, outs: list) -> list:
     """DeepGEMM's fp8_gemm_nt on each of `views` (peer_views) into the matching output."""
     return [lambda s=s, o=o: deep_gemm.fp8_gemm_nt((s[0], s[2]), (s[1], s[3]), o, disable_ue8m0_cast=True)

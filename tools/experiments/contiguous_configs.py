@@ -22,8 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFERENCE_FLOPS = 2e11
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,37 +36,19 @@ def main() -> None:
 
     import torch
 
-    import mategemm
-    from benchkit.timing import median_ms
-    from mategemm.testing import moe
+    from benchkit.timing import contiguous_grouped_calls, median_ms
 
     deep_gemm = live_deepgemm()
     generator = torch.Generator().manual_seed(0)
     for shape in args.shapes.split(","):
         groups, m_per_group, n, k = (int(v) for v in shape.split("x"))
-        counts = moe.deepgemm_group_sizes(groups, m_per_group, generator=generator)
-        ids, _ = moe.per_token_layout(counts, 128)
-        rows = ids.numel()
-        sets = []
-        for _ in range(args.input_sets):
-            a, sfa = moe.make_tokens(rows, k)
-            b, sfb = moe.make_expert_weights(groups, n, k)
-            sets.append((a, sfa, b, sfb, torch.empty((rows, n), dtype=torch.bfloat16, device="cuda")))
-        experts = moe.spot_check_experts(counts, 2 * n * k, REFERENCE_FLOPS)
-        a, sfa, b, sfb, out = sets[0]
-        reference = moe.ragged_m_reference(a, sfa, b, sfb, ids, "per_token", (1, 128, 128), experts)
-
-        def calls(config):
-            if config == "deepgemm":
-                return [lambda s=s: deep_gemm.m_grouped_fp8_gemm_nt_contiguous(
-                    (s[0], s[1]), (s[2], s[3]), s[4], ids, disable_ue8m0_cast=True) for s in sets]
-            return [lambda s=s: mategemm.ragged_m_moe_gemm_8bit((s[0], s[1]), (s[2], s[3]), ids, s[4],
-                                                               gemm_mode="per_token", alignment_m=128)
-                    for s in sets]
+        rows, outs, ours, theirs, check = contiguous_grouped_calls(groups, m_per_group, n, k, args.input_sets,
+                                                                   deep_gemm, generator)
+        out = outs[0]
 
         def use(config):
             os.environ["MATEGEMM_FORCE_CONFIG"] = "" if config == "deepgemm" else config
-            return calls(config)
+            return theirs if config == "deepgemm" else ours
 
         configs = [*args.configs, *(["deepgemm"] if deep_gemm is not None else [])]
         runnable, cells, times = [], {}, {}
@@ -80,7 +60,7 @@ def main() -> None:
             except ValueError as error:
                 cells[config] = f"n/a ({error})"[:80]
                 continue
-            diff = moe.calc_diff_rows(out.float(), reference)
+            diff = check(out)
             runnable.append(config)
             times[config] = []
             cells[config] = "" if diff < 1e-5 else f" WRONG {diff:.1e}"

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SAMPLE_MS = 50
-REFERENCE_FLOPS = 2e11  # the grouped shapes' fp64 reference: the experts checked, within this work
 SETTLE_S = 0.5
 
 
@@ -126,26 +125,11 @@ def grouped_calls(deep_gemm, groups: int, m_per_group: int, n: int, k: int):
     """As dense_calls, for the contiguous grouped GEMM on one routing of the grouped suite's kind."""
     import torch
 
-    import mategemm
-    from mategemm.testing import moe
+    from benchkit.timing import contiguous_grouped_calls
 
-    counts = moe.deepgemm_group_sizes(groups, m_per_group, generator=torch.Generator().manual_seed(0))
-    ids, _ = moe.per_token_layout(counts, 128)
-    rows = ids.numel()
-    a, sfa = moe.make_tokens(rows, k)
-    b, sfb = moe.make_expert_weights(groups, n, k)
-    out = torch.empty((rows, n), dtype=torch.bfloat16, device="cuda")
-    experts = moe.spot_check_experts(counts, 2 * n * k, REFERENCE_FLOPS)
-    reference = moe.ragged_m_reference(a, sfa, b, sfb, ids, "per_token", (1, 128, 128), experts)
-
-    def ours():
-        mategemm.ragged_m_moe_gemm_8bit((a, sfa), (b, sfb), ids, out, gemm_mode="per_token", alignment_m=128)
-
-    def theirs():
-        deep_gemm.m_grouped_fp8_gemm_nt_contiguous((a, sfa), (b, sfb), out, ids, disable_ue8m0_cast=True)
-
-    return (2.0 * rows * n * k, ours, theirs if deep_gemm is not None else None, out,
-            lambda result: moe.calc_diff_rows(result.float(), reference))
+    rows, outs, ours, theirs, check = contiguous_grouped_calls(groups, m_per_group, n, k, 1, deep_gemm,
+                                                               torch.Generator().manual_seed(0))
+    return 2.0 * rows * n * k, ours[0], theirs[0] if theirs else None, outs[0], check
 
 
 def main() -> None:
